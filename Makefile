@@ -1,0 +1,30 @@
+# Two commands a new user needs: `make pipeline` and `make test`. Both build .venv from nothing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first, at the versions pip finds on this machine's disk; any other version downloads gigabytes.
+TORCH := torch==2.14.1 torchvision==0.29.1
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: venv pipeline test params clean-runs
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+pipeline: venv
+	dvc repro
+
+test: venv
+	$(PY) -m pytest
+
+# Regenerate params.yaml (what DVC tracks) after editing conf/.
+params: venv
+	$(PY) -m imgclf.config > params.yaml.tmp && mv params.yaml.tmp params.yaml
+
+clean-runs:
+	rm -rf outputs multirun

@@ -1,0 +1,1 @@
+"""imgclf: config-driven image classification pipeline."""

@@ -1,0 +1,95 @@
+"""Stratified train/val/test split, the sample subset, and the index files DVC tracks."""
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from . import SPLITS
+
+
+def stratified_split(
+    items: list[tuple[str, str]], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[tuple[str, str]]]:
+    """Split (path, label) pairs into train/val/test, keeping class proportions in each."""
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ValueError(f"data.split.{name} must be between 0 and 1 (exclusive); got {frac}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"data.split.val_fraction + test_fraction must be below 1; got {val_fraction + test_fraction}")
+    labels = [label for _, label in items]
+    rest, test = train_test_split(items, test_size=test_fraction, stratify=labels, random_state=seed)
+    rest_labels = [label for _, label in rest]
+    train, val = train_test_split(
+        rest, test_size=val_fraction / (1.0 - test_fraction), stratify=rest_labels, random_state=seed
+    )
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def sample_subset(items: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple[str, str]]:
+    """Pick up to `per_class` items of each class (fast.ai's sample set)."""
+    if per_class < 1:
+        raise ValueError(f"data.split.sample_per_class must be at least 1; got {per_class}")
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[tuple[str, str]]] = {}
+    for item in items:
+        by_class.setdefault(item[1], []).append(item)
+    picked = []
+    for label in sorted(by_class):
+        group = by_class[label]
+        idx = rng.permutation(len(group))[:per_class]
+        picked.extend(group[i] for i in sorted(idx))
+    return sorted(picked)
+
+
+def write_index(path: Path, rows: list[tuple[str, str]]) -> None:
+    """Write a (path, label) CSV index."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+
+
+def read_index(path: str | Path) -> list[tuple[str, str]]:
+    """Read a (path, label) CSV index written by write_index."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split index {path} not found; run the split stage first (dvc repro split)")
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != ["path", "label"]:
+            raise ValueError(f"{path} is not a split index: header {header}, expected ['path', 'label']")
+        return [(row[0], row[1]) for row in reader]
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Class names, one per line, in index order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels file {path} not found; run the split stage first (dvc repro split)")
+    return [line for line in path.read_text().splitlines() if line]
+
+
+def write_split(out_dir: Path, splits: dict[str, list], class_names: list[str], sample_per_class: int, seed: int) -> None:
+    """Write index CSVs, labels.txt and the sample/ subset of every split."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
+    for name in SPLITS:
+        write_index(out_dir / f"{name}.csv", splits[name])
+        write_index(out_dir / "sample" / f"{name}.csv", sample_subset(splits[name], sample_per_class, seed))
+
+
+def index_hash(split_dir: str | Path) -> str:
+    """Short sha256 over the index files and labels: the data version tagged on every run."""
+    split_dir = Path(split_dir)
+    h = hashlib.sha256()
+    for path in sorted(split_dir.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(split_dir).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]

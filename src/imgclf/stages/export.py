@@ -1,0 +1,49 @@
+"""export: the best model as ONNX, verified on real test images, with its labels and preprocessing."""
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from .. import tracking
+from ..data import DATA_ROOT
+from ..data.datasets import load_split
+from ..engine import Preprocess
+from ..export import export_onnx, verify_onnx
+from ..models import load_checkpoint, model_from_checkpoint
+from ..utils import atomic_path, write_json
+from ._app import read_run_file, stage_main
+
+log = logging.getLogger(__name__)
+
+
+def export(cfg: DictConfig) -> None:
+    ckpt = load_checkpoint("models/model.pt")
+    model = model_from_checkpoint(ckpt)
+    test_set = load_split(DATA_ROOT, cfg.data.name, "test", cfg.data.subset, ckpt["image_size"])
+    inputs = Preprocess(ckpt["mean"], ckpt["std"])(test_set.images[: cfg.export.verify_images])
+    with atomic_path("models/export") as tmp:
+        tmp.mkdir()
+        export_onnx(model, inputs[:1], tmp / "model.onnx", cfg.export.opset)
+        report = verify_onnx(model, tmp / "model.onnx", inputs)
+        log.info("ONNX vs PyTorch on %d test images: max |diff| %.3g, top-1 agreement %.4f", len(inputs),
+                 report["export/onnx_max_abs_diff"], report["export/onnx_top1_agreement"])
+        if report["export/onnx_max_abs_diff"] > cfg.export.atol:
+            raise RuntimeError(f"ONNX output differs from PyTorch by {report['export/onnx_max_abs_diff']:.3g} "
+                               f"> export.atol={cfg.export.atol}; not writing models/export")
+        (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in ckpt["class_names"]))
+        write_json(tmp / "preprocessing.json", {
+            "input": "images", "output": "logits", "layout": "NCHW", "color": "RGB",
+            "image_size": ckpt["image_size"], "resize": "bilinear, to a square",
+            "scale": "pixel / 255", "mean": ckpt["mean"], "std": ckpt["std"],
+        })
+    write_json("reports/export/metrics.json", report)
+    with tracking.run(cfg.tracking.uri, run_id=read_run_file()["run_id"]):
+        tracking.log_metrics(report)
+        tracking.log_artifacts("models/export", "export")
+
+
+main = stage_main(export)
+
+if __name__ == "__main__":
+    main()

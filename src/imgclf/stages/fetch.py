@@ -1,0 +1,26 @@
+"""fetch: bring a data set into data/<name>/images/<class>/... (the layout every later stage reads)."""
+from __future__ import annotations
+
+import logging
+
+from hydra.utils import call
+from omegaconf import DictConfig
+
+from ..data import DATA_ROOT, IMAGE_DIR, dataset_dir
+from ..utils import atomic_path
+from ._app import stage_main
+
+log = logging.getLogger(__name__)
+
+
+def fetch(cfg: DictConfig) -> None:
+    out = dataset_dir(DATA_ROOT, cfg.data.name) / IMAGE_DIR
+    with atomic_path(out) as tmp:  # a failed fetch leaves the previous images in place
+        call(cfg.data.fetch, out_dir=tmp)
+    log.info("fetched %s into %s", cfg.data.name, out)
+
+
+main = stage_main(fetch)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Fixtures: the project root, composed configs, and tiny image data sets made on the fly."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def project_env(monkeypatch):
+    """Environment for subprocesses: the venv's tools first on PATH."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("IMGCLF_DEBUG", None)
+    return env
+
+
+def make_class_folders(root: Path, classes: dict[str, int], size: int = 8, seed: int = 0) -> Path:
+    """Write `n` PNGs per class; each class has its own mean colour so a tiny net can learn it."""
+    rng = np.random.default_rng(seed)
+    for c, (name, n) in enumerate(classes.items()):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        base = np.zeros((size, size, 3), dtype=np.float32)
+        base[..., c % 3] = 200.0
+        base[: size // 2, :, (c + 1) % 3] = 60.0 * (c // 3)
+        for i in range(n):
+            noise = rng.normal(0, 20, base.shape)
+            Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def compose_cfg():
+    """Compose conf/ with overrides, as the stages see it."""
+    from imgclf.config import compose
+
+    def _compose(*overrides: str):
+        return compose(overrides, root=ROOT)
+    return _compose
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A working directory holding data/tiny with 3 classes, already split, and an MLflow store."""
+    from imgclf.data.folder import scan_image_folder
+    from imgclf.data.split import stratified_split, write_split
+
+    images = make_class_folders(tmp_path / "data" / "tiny" / "images", {"a": 20, "b": 20, "c": 20})
+    scan = scan_image_folder(images)
+    splits = stratified_split(scan.items, 0.2, 0.2, seed=0)
+    write_split(tmp_path / "data" / "tiny" / "split", splits, scan.class_names, 4, seed=0)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+TINY_OVERRIDES = (
+    "data.name=tiny", "trainer.epochs=2", "trainer.batch_size=8", "trainer.log_every=1",
+    "tracking.experiment=test",
+)
+
+
+@pytest.fixture
+def tiny_cfg(tiny_project, compose_cfg):
+    def _cfg(*overrides: str):
+        return compose_cfg(*TINY_OVERRIDES, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db", *overrides)
+    return _cfg

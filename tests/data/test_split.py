@@ -1,0 +1,57 @@
+from collections import Counter
+
+import pytest
+import torch
+
+from imgclf.data.datasets import build_loader, load_split
+from imgclf.data.split import index_hash, read_index, read_labels, sample_subset, stratified_split, write_split
+
+ITEMS = [(f"{c}/{i}.png", c) for c in "abcd" for i in range(50)]
+
+
+def test_stratified_split_keeps_proportions_and_is_disjoint():
+    splits = stratified_split(ITEMS, val_fraction=0.1, test_fraction=0.2, seed=3)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 140, "val": 20, "test": 40}
+    for name, size in (("train", 35), ("val", 5), ("test", 10)):
+        assert Counter(lbl for _, lbl in splits[name]) == {c: size for c in "abcd"}
+    paths = [p for s in splits.values() for p, _ in s]
+    assert len(paths) == len(set(paths)) == len(ITEMS)
+    assert stratified_split(ITEMS, 0.1, 0.2, seed=3) == splits
+    assert stratified_split(ITEMS, 0.1, 0.2, seed=4) != splits
+
+
+@pytest.mark.parametrize("val,test", [(0.0, 0.2), (0.5, 0.5), (0.2, 1.2)])
+def test_bad_fractions_are_rejected(val, test):
+    with pytest.raises(ValueError, match="data.split"):
+        stratified_split(ITEMS, val, test, seed=0)
+
+
+def test_sample_subset_picks_per_class_from_the_split():
+    sample = sample_subset(ITEMS, 3, seed=0)
+    assert Counter(lbl for _, lbl in sample) == {c: 3 for c in "abcd"}
+    assert set(sample) <= set(ITEMS)
+
+
+def test_index_files_round_trip_and_hash(tmp_path):
+    splits = stratified_split(ITEMS, 0.1, 0.2, seed=0)
+    write_split(tmp_path / "split", splits, list("abcd"), 2, seed=0)
+    assert read_index(tmp_path / "split" / "train.csv") == splits["train"]
+    assert read_labels(tmp_path / "split" / "labels.txt") == list("abcd")
+    assert len(read_index(tmp_path / "split" / "sample" / "test.csv")) == 8
+    before = index_hash(tmp_path / "split")
+    write_split(tmp_path / "split", stratified_split(ITEMS, 0.1, 0.2, seed=1), list("abcd"), 2, seed=0)
+    assert index_hash(tmp_path / "split") != before
+
+
+def test_load_split_decodes_resizes_and_batches(tiny_project):
+    ds = load_split("data", "tiny", "train", "full", image_size=16)
+    assert ds.images.shape == (36, 3, 16, 16) and ds.images.dtype == torch.uint8
+    assert sorted(Counter(ds.labels.tolist()).values()) == [12, 12, 12]
+    sample = load_split("data", "tiny", "train", "sample", image_size=16)
+    assert len(sample) == 12
+    images, labels = next(iter(build_loader(ds, 8, shuffle=False)))
+    assert images.shape == (8, 3, 16, 16) and torch.equal(labels, ds.labels[:8])
+    with pytest.raises(ValueError, match="unknown data.subset 'half'"):
+        load_split("data", "tiny", "train", "half", image_size=16)
+    with pytest.raises(FileNotFoundError, match="run the split stage"):
+        load_split("data", "missing", "train", "full", image_size=16)

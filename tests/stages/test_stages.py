@@ -1,0 +1,91 @@
+"""train -> evaluate -> export in-process on a tiny data set: outputs, MLflow contents, determinism, failures."""
+import csv
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from imgclf.stages.evaluate import evaluate
+from imgclf.stages.export import export
+from imgclf.stages.train import train
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out.extend(artifact_paths(client, run_id, item.path) if item.is_dir else [item.path])
+    return out
+
+
+def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
+    cfg = tiny_cfg()
+    best = train(cfg)
+    run_id = json.loads((tiny_project / "models/run.json").read_text())["run_id"]
+    history = list(csv.DictReader(open(tiny_project / "reports/train/history.csv")))
+    assert [int(h["epoch"]) for h in history] == [1, 2]
+    assert best == max(float(h["val/acc"]) for h in history)
+    ckpt = torch.load(tiny_project / "models/model.pt", weights_only=True)
+    assert ckpt["class_names"] == ["a", "b", "c"] and ckpt["arch"] == "alexnet" and ckpt["image_size"] == 64
+    assert ckpt["config"]["trainer"]["epochs"] == 2
+
+    test_acc = evaluate(cfg)
+    metrics = json.loads((tiny_project / "reports/evaluate/metrics.json").read_text())
+    assert metrics["test/acc"] == test_acc
+    assert {"test/macro_f1", "test/precision/a", "test/recall/c"} <= set(metrics)
+    rows = list(csv.DictReader(open(tiny_project / "reports/evaluate/predictions.csv")))
+    assert len(rows) == 12  # 20% of 60 images
+    assert np.mean([r["actual"] == r["predicted"] for r in rows]) == pytest.approx(test_acc)
+
+    export(cfg)
+    report = json.loads((tiny_project / "reports/export/metrics.json").read_text())
+    assert report["export/onnx_max_abs_diff"] < 1e-4 and report["export/onnx_top1_agreement"] == 1.0
+    exported = tiny_project / "models/export"
+    assert (exported / "labels.txt").read_text().split() == ["a", "b", "c"]
+    spec = json.loads((exported / "preprocessing.json").read_text())
+    assert spec["image_size"] == 64 and spec["mean"] == [0.485, 0.456, 0.406]
+    session = ort.InferenceSession(str(exported / "model.onnx"))
+    assert session.run(None, {"images": np.zeros((5, 3, 64, 64), np.float32)})[0].shape == (5, 3)  # dynamic batch
+
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "alexnet-tiny-lr0.0003-b8"
+    params = run.data.params
+    assert params["optim.lr"] == "0.0003" and params["trainer.epochs"] == "2" and params["data.name"] == "tiny"
+    assert [m.step for m in client.get_metric_history(run_id, "val/acc")] == [1, 2]
+    assert run.data.metrics["test/acc"] == test_acc
+    assert run.data.metrics["export/onnx_max_abs_diff"] == report["export/onnx_max_abs_diff"]
+    tags = run.data.tags
+    assert tags["imgclf.dataset"] == "tiny" and tags["imgclf.model"] == "alexnet"
+    assert len(tags["imgclf.data_version"]) == 16
+    assert {"train/config.yaml", "train/history.csv", "train/curves.png", "train/labels.txt", "checkpoint/model.pt",
+            "evaluate/confusion_matrix.png", "evaluate/predictions.csv", "export/model.onnx",
+            "export/labels.txt"} <= set(artifact_paths(client, run_id))
+
+
+def test_same_config_twice_gives_identical_metrics(tiny_cfg, tiny_project):
+    cfg = tiny_cfg("trainer.epochs=1")
+    train(cfg)
+    first = (tiny_project / "reports/train/history.csv").read_text().splitlines()
+    train(cfg)
+    second = (tiny_project / "reports/train/history.csv").read_text().splitlines()
+    strip = lambda rows: [[v for k, v in zip(rows[0].split(","), r.split(",")) if "time" not in k and "per_sec" not in k]  # noqa: E731
+                          for r in rows]
+    assert strip(first) == strip(second)
+
+
+def test_failing_train_marks_run_failed(tiny_cfg, tiny_project):
+    cfg = tiny_cfg("optim.lr=1e30", "trainer.epochs=1")  # diverges: a NaN/inf loss stops the run
+    with pytest.raises(Exception):
+        train(cfg)
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not (tiny_project / "models/model.pt").exists()
+
+
+def test_too_small_image_size_is_refused(tiny_cfg):
+    with pytest.raises(ValueError, match="too small for alexnet; it needs at least 63 px"):
+        train(tiny_cfg("model.image_size=32"))

@@ -1,0 +1,53 @@
+"""Config: params.yaml is the composition of conf/, every option composes, bad choices fail in one line."""
+import subprocess
+import sys
+
+import pytest
+
+from imgclf.config import config_groups, params_yaml
+from imgclf.stages._app import check_choices
+
+from .conftest import ROOT
+
+
+def test_params_yaml_is_the_composition_of_conf():
+    committed = (ROOT / "params.yaml").read_text()
+    assert committed == params_yaml(root=ROOT), "params.yaml is stale: run `make params` after editing conf/"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in config_groups(ROOT).items() for o in opts])
+def test_every_option_composes(compose_cfg, group, option):
+    cfg = compose_cfg(f"{group}={option}")
+    assert cfg[group] is not None
+
+
+def test_interface_keys_exist(compose_cfg):
+    cfg = compose_cfg()
+    for key in ("data.name", "model.name", "trainer.epochs", "trainer.batch_size", "trainer.device",
+                "optim.lr", "seed", "tracking.uri", "tracking.experiment"):
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert node is not None, key
+
+
+def test_schedule_follows_epochs(compose_cfg):
+    assert compose_cfg("trainer.epochs=3").schedule.T_max == 3
+
+
+def test_unknown_choice_is_one_line_listing_options(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert check_choices(["model=vgg61"]) == "unknown model 'vgg61'; choose one of: alexnet, vgg16"
+    assert check_choices(["-m", "model=alexnet,vgg61"]).startswith("unknown model 'vgg61'")
+    assert check_choices(["model=alexnet", "optim.lr=0.1"]) is None
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["data=imagenet"], "unknown data 'imagenet'; choose one of: digits"),
+    (["model=vgg61"], "unknown model 'vgg61'; choose one of: alexnet, vgg16"),
+])
+def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
+    proc = subprocess.run([sys.executable, "-m", "imgclf.stages.train", *args], cwd=ROOT, env=project_env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {expected}"

@@ -1,0 +1,95 @@
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from imgclf.data.datasets import TensorImageDataset, build_loader
+from imgclf.engine import DeviceSetup, NonFiniteLoss, Preprocess, Progress, evaluate, fit, train_one_epoch
+from imgclf.utils import resolve_device, seed_everything
+
+
+def tiny_data(n=32, classes=2):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % classes
+    images = (torch.rand(n, 3, 8, 8, generator=g) * 80).to(torch.uint8)
+    images[labels == 1, 0] += 150  # class 1 is red: learnable in a few steps
+    return TensorImageDataset(images, labels)
+
+
+def tiny_model(classes=2):
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, classes))
+
+
+def run_fit(epochs=3, lr=0.05):
+    generator = seed_everything(0)
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    ds = tiny_data()
+    return fit(model, nn.CrossEntropyLoss(), opt, sched, build_loader(ds, 8, True, generator), build_loader(ds, 8, False),
+               DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3), epochs)
+
+
+def test_fit_learns_and_keeps_best_by_val_acc():
+    result = run_fit(epochs=4)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+    best = max(h["val/acc"] for h in result.history)
+    assert result.best_metrics["val/acc"] == best == 1.0
+    assert set(result.best_state) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+
+
+def test_same_seed_gives_identical_history():
+    assert run_fit().history[-1]["train/loss"] == run_fit().history[-1]["train/loss"]
+    drop = lambda h: {k: v for k, v in h.items() if "time" not in k and "per_sec" not in k}  # noqa: E731
+    assert [drop(h) for h in run_fit().history] == [drop(h) for h in run_fit().history]
+
+
+def test_nonfinite_loss_stops_with_step():
+    model = tiny_model()
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    loader = build_loader(tiny_data(), 8, False)
+    with pytest.raises(NonFiniteLoss, match="epoch 1 step 1"):
+        train_one_epoch(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                        DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3), epoch=1)
+
+
+def test_evaluate_keys_and_accuracy():
+    model = tiny_model()
+    metrics = evaluate(model, nn.CrossEntropyLoss(), build_loader(tiny_data(), 8, False),
+                       DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3), prefix="test")
+    assert set(metrics) == {"test/loss", "test/acc"}
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and math.isfinite(metrics["test/loss"])
+
+
+def test_cpu_fallback_has_no_amp_or_channels_last():
+    setup = DeviceSetup.for_device(torch.device("cpu"))
+    assert setup.amp_dtype is None and not setup.channels_last
+    with setup.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    x = setup.to_input(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), Preprocess([0.5] * 3, [0.25] * 3))
+    assert x.dtype == torch.float32 and x.is_contiguous()
+    torch.testing.assert_close(x, torch.full_like(x, -2.0))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="choose one of: auto, cpu, cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_progress_logs_plain_lines_off_a_terminal(caplog):
+    caplog.set_level(logging.INFO, logger="imgclf.engine")
+    progress = Progress(total=5, desc="epoch 1", log_every=2, tty=False)
+    for step in range(1, 6):
+        progress.update(step, loss=0.5, images_per_sec=100.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["epoch 1 batch 2/5 loss 0.5000 100 img/s", "epoch 1 batch 4/5 loss 0.5000 100 img/s",
+                     "epoch 1 batch 5/5 loss 0.5000 100 img/s"]

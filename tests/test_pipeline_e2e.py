@@ -1,0 +1,96 @@
+"""The whole pipeline through DVC, in a copy of the repo: outputs, metrics, MLflow, and what reruns."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from .conftest import ROOT
+
+STAGES = ("fetch", "split", "train", "evaluate", "export")
+TINY = ["-S", "trainer.epochs=2", "-S", "data.subset=sample"]  # sample subset: a smoke run in seconds
+
+
+def sh(args, cwd, env, timeout=600):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A fresh git repo holding exactly what a clone of this project holds."""
+    dest = tmp_path_factory.mktemp("e2e") / "repo"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def env(repo):
+    from .conftest import BIN
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    sh(["git", "init", "-q"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "init"], repo, env)
+    return env
+
+
+@pytest.mark.slow
+def test_dvc_pipeline_end_to_end(repo, env):
+    out = sh(["dvc", "exp", "run", *TINY], repo, env)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["trainer"]["epochs"] == 2 and params["data"]["subset"] == "sample"
+
+    # every declared output is there
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    for stage in STAGES:
+        for entry in lock["stages"][stage].get("outs", []):
+            assert (repo / entry["path"]).exists(), entry["path"]
+    assert len(list((repo / "data/digits/images").rglob("*.png"))) == 1797
+    assert not (repo / "outputs").exists() and not list(repo.glob("*.log"))  # Hydra left nothing behind
+    assert not [line for line in sh(["git", "status", "--porcelain"], repo, env).splitlines() if line.startswith("??")]
+
+    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and "test/macro_f1" in metrics
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo, env))
+    assert "reports/evaluate/metrics.json" in json.dumps(shown)
+
+    run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.epochs"] == "2" and run.data.params["model.name"] == "alexnet"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
+    assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert "export/onnx_max_abs_diff" in run.data.metrics
+    assert run.data.tags["mlflow.source.git.commit"] == sh(["git", "rev-parse", "HEAD"], repo, env).strip()
+    assert run.data.tags["imgclf.dataset"] == "digits"
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"train", "checkpoint", "evaluate", "export"} <= top
+
+    # nothing changed: nothing reruns
+    again = sh(["dvc", "repro"], repo, env)
+    assert "Running stage" not in again
+    assert "Data and pipelines are up to date" in sh(["dvc", "status"], repo, env)
+
+    # a learning-rate change reruns train and what follows, not fetch or split
+    out = sh(["dvc", "exp", "run", *TINY, "-S", "optim.lr=0.001"], repo, env)
+    assert "Running stage 'fetch'" not in out and "Running stage 'split'" not in out
+    for stage in ("train", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in out
+    new_id = json.loads((repo / "models/run.json").read_text())["run_id"]
+    assert new_id != run_id
+    assert client.get_run(new_id).data.params["optim.lr"] == "0.001"
+    exps = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env))
+    assert "0.001" in json.dumps(exps)

@@ -1,0 +1,47 @@
+import pytest
+
+from imgclf import tracking
+
+
+def test_flatten_uses_dotted_keys():
+    assert tracking.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_secrets_never_leave_redact():
+    cfg = {"tracking": {"uri": "http://alice:s3cret@host:5000", "password": "pw"}, "kaggle": {"api_token": "tok"}}
+    out = tracking.redacted(cfg)
+    assert out == {"tracking": {"uri": "http://***@host:5000", "password": "***"}, "kaggle": {"api_token": "***"}}
+    assert "s3cret" not in str(out)
+
+
+def _store(tmp_path):
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_run_status_follows_outcome(tmp_path):
+    uri = _store(tmp_path)
+    with tracking.run(uri, "exp") as ok_id:
+        tracking.log_config({"optim": {"lr": 0.1}, **{f"k{i}": i for i in range(150)}})  # > one 100-param batch
+        tracking.log_metrics({"val/acc": 0.5}, step=1)
+    with pytest.raises(ValueError):
+        with tracking.run(uri, "exp") as failed_id:
+            raise ValueError("boom")
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.run(uri, "exp") as killed_id:
+            raise KeyboardInterrupt
+    ok = tracking.get_run(uri, ok_id)
+    assert ok.info.status == "FINISHED"
+    assert ok.data.params["optim.lr"] == "0.1" and len(ok.data.params) == 151
+    assert ok.data.metrics["val/acc"] == 0.5
+    assert tracking.get_run(uri, failed_id).info.status == "FAILED"
+    assert tracking.get_run(uri, killed_id).info.status == "KILLED"
+
+
+def test_reopened_run_gets_later_metrics(tmp_path):
+    uri = _store(tmp_path)
+    with tracking.run(uri, "exp") as run_id:
+        tracking.log_metrics({"val/acc": 0.5})
+    with tracking.run(uri, run_id=run_id) as same:
+        tracking.log_metrics({"test/acc": 0.7})
+    assert same == run_id
+    assert tracking.get_run(uri, run_id).data.metrics == {"val/acc": 0.5, "test/acc": 0.7}
