@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from imgclf.config import config_groups, params_yaml
-from imgclf.stages._app import check_choices
+from imgclf.stages._app import check_overrides
 
 from .conftest import ROOT
 
@@ -37,14 +37,22 @@ def test_schedule_follows_epochs(compose_cfg):
 
 def test_unknown_choice_is_one_line_listing_options(monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert check_choices(["model=vgg61"]) == "unknown model 'vgg61'; choose one of: alexnet, vgg16"
-    assert check_choices(["-m", "model=alexnet,vgg61"]).startswith("unknown model 'vgg61'")
-    assert check_choices(["model=alexnet", "optim.lr=0.1"]) is None
+    assert check_overrides(["model=vgg61"]) == "unknown model 'vgg61'; choose one of: alexnet, vgg16"
+    assert check_overrides(["-m", "model=alexnet,vgg61"]).startswith("unknown model 'vgg61'")
+    assert check_overrides(["model=alexnet", "optim.lr=0.1"]) is None
+    assert check_overrides(["optim=sgd", "optim.momentum=0.8"]) is None  # key of the chosen option
+    assert check_overrides(["optim.momentum=0.8"]) == (
+        "unknown key 'optim.momentum'; optim has: _target_, _partial_, lr, weight_decay, fused "
+        "(use +optim.momentum=... to add a new key)")
+    assert check_overrides(["+optim.momentum=0.8"]) is None
+    assert check_overrides(["trainer.epoch=3"]).startswith("unknown key 'trainer.epoch'; trainer has: epochs,")
 
 
 @pytest.mark.parametrize("args,expected", [
     (["data=imagenet"], "unknown data 'imagenet'; choose one of: digits"),
     (["model=vgg61"], "unknown model 'vgg61'; choose one of: alexnet, vgg16"),
+    (["trainer.epoch=3"], "unknown key 'trainer.epoch'; trainer has: epochs, batch_size, device, deterministic, "
+                          "log_every (use +trainer.epoch=... to add a new key)"),
 ])
 def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
     proc = subprocess.run([sys.executable, "-m", "imgclf.stages.train", *args], cwd=ROOT, env=project_env,

@@ -149,8 +149,8 @@ def fit(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer
         val_loader, setup: DeviceSetup, preprocess: Preprocess, epochs: int, on_epoch=None,
         log_every: int = 10) -> FitResult:
     """Train for `epochs`, validating after each; keep the weights with the best val/acc."""
-    if epochs < 1:
-        raise ValueError(f"trainer.epochs must be at least 1; got {epochs}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"trainer.epochs must be a positive integer; got {epochs!r}")
     scaler = torch.amp.GradScaler("cuda") if setup.amp_dtype == torch.float16 else None
     history, best_state, best_epoch, best_metrics = [], {}, 0, {}
     for epoch in range(1, epochs + 1):

@@ -4,16 +4,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .utils import atomic_path
 
-from .utils import atomic_path  # noqa: E402
+
+def _pyplot():
+    # imported on first use: matplotlib adds ~0.5 s to every stage that only might plot
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, path: Path) -> None:
+    plt = _pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -22,7 +29,7 @@ def _save(fig, path: Path) -> None:
 def plot_curves(history: Sequence[dict], path: str | Path) -> None:
     """Loss and accuracy per epoch, train against val."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc) = _pyplot().subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
         ax_loss.plot(epochs, [h[f"{split}/loss"] for h in history], marker="o", label=f"{split}/loss")
         ax_acc.plot(epochs, [h[f"{split}/acc"] for h in history], marker="o", label=f"{split}/acc")
@@ -38,7 +45,7 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | P
     """Confusion matrix with counts in the cells; rows are true classes."""
     n = len(class_names)
     size = max(4.0, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = _pyplot().subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     ticks = np.arange(n)
     ax.set_xticks(ticks, class_names, rotation=90 if n > 10 else 0)

@@ -69,8 +69,8 @@ def build_loader(
     pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader that fetches whole batches from memory (no per-sample collate)."""
-    if batch_size < 1:
-        raise ValueError(f"trainer.batch_size must be at least 1; got {batch_size}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"trainer.batch_size must be a positive integer; got {batch_size!r}")
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
         collate_fn=_batch_collate, pin_memory=pin_memory,

@@ -6,7 +6,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from . import SPLITS
 
@@ -15,6 +14,8 @@ def stratified_split(
     items: list[tuple[str, str]], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[tuple[str, str]]]:
     """Split (path, label) pairs into train/val/test, keeping class proportions in each."""
+    from sklearn.model_selection import train_test_split  # imported here: sklearn adds ~1 s to every stage
+
     for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < frac < 1.0:
             raise ValueError(f"data.split.{name} must be between 0 and 1 (exclusive); got {frac}")

@@ -16,31 +16,53 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import config_groups, conf_dir
+from ..config import compose, config_groups, conf_dir
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = Path("models/run.json")  # the MLflow run of the last train stage; evaluate and export log into it
 
 
-def check_choices(argv: list[str]) -> str | None:
-    """Return a one-line error for a `group=option` override naming an option that does not exist."""
-    if not conf_dir().is_dir():
-        return None
+def check_overrides(argv: list[str]) -> str | None:
+    """Return a one-line error for an override naming a missing option or key, else None."""
+    if not conf_dir().is_dir() or "--config-name" in argv or "-cn" in argv:
+        return None  # DVC runs read params.yaml, already composed (and checked) by DVC
     groups = config_groups()
     args = [a for a in argv if "=" in a and not a.startswith("-")]
     try:
         overrides = OverridesParser.create().parse_overrides(args)
     except Exception as exc:  # Hydra's grammar error: keep its first line, which names the bad token
         return f"bad override: {str(exc).splitlines()[0]}"
+    choices = []
     for ov in overrides:
-        group = ov.key_or_group.lstrip("+~")
-        if group not in groups or ov.is_delete():
+        key = ov.key_or_group
+        if key.startswith("hydra") or ov.is_delete() or ov.is_add() or ov.is_force_add():
             continue
         values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
-        for value in values:
-            if value not in groups[group]:
-                return f"unknown {group} '{value}'; choose one of: {', '.join(groups[group])}"
+        if key in groups:
+            bad = [v for v in values if v not in groups[key]]
+            if bad:
+                return f"unknown {key} '{bad[0]}'; choose one of: {', '.join(groups[key])}"
+            choices.append(f"{key}={values[0]}")
+    cfg = compose(choices)
+    for ov in overrides:
+        key = ov.key_or_group
+        if key in groups or key.startswith("hydra") or ov.is_add() or ov.is_force_add() or ov.is_delete():
+            continue
+        error = _missing_key(cfg, key)
+        if error:
+            return error
+    return None
+
+
+def _missing_key(cfg: DictConfig, key: str) -> str | None:
+    node, parts = cfg, key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or part not in node:
+            parent = ".".join(parts[:i]) or "the config"
+            valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else "no sub-keys"
+            return f"unknown key '{key}'; {parent} has: {valid} (use +{key}=... to add a new key)"
+        node = node[part]
     return None
 
 
@@ -70,7 +92,7 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
 def stage_main(task: Callable[[DictConfig], object]) -> Callable[[], None]:
     """Wrap `task` as a Hydra app reading conf/ (or `--config-dir . --config-name params` under DVC)."""
     def main() -> None:
-        error = check_choices(sys.argv[1:])
+        error = check_overrides(sys.argv[1:])
         if error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
