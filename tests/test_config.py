@@ -7,7 +7,7 @@ import pytest
 from imgclf.config import config_groups, params_yaml
 from imgclf.stages._app import check_overrides
 
-from .conftest import ROOT
+from .conftest import BIN, ROOT
 
 
 def test_params_yaml_is_the_composition_of_conf():
@@ -31,8 +31,6 @@ def test_interface_keys_exist(compose_cfg):
         assert node is not None, key
 
 
-def test_schedule_follows_epochs(compose_cfg):
-    assert compose_cfg("trainer.epochs=3").schedule.T_max == 3
 
 
 def test_unknown_choice_is_one_line_listing_options(monkeypatch):
@@ -59,3 +57,9 @@ def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {expected}"
+
+
+def test_console_script_rejects_unknown_command(project_env):
+    proc = subprocess.run([str(BIN / "imgclf"), "trian"], cwd=ROOT, env=project_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown command 'trian'; choose one of: fetch, split, train, evaluate, export"

@@ -7,6 +7,7 @@ from torch import nn
 
 from imgclf.data.datasets import TensorImageDataset, build_loader
 from imgclf.engine import DeviceSetup, NonFiniteLoss, Preprocess, Progress, evaluate, fit, train_one_epoch
+from imgclf.schedules import constant
 from imgclf.utils import resolve_device, seed_everything
 
 
@@ -26,7 +27,7 @@ def run_fit(epochs=3, lr=0.05):
     generator = seed_everything(0)
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    sched = constant(opt, epochs, 4)
     ds = tiny_data()
     return fit(model, nn.CrossEntropyLoss(), opt, sched, build_loader(ds, 8, True, generator), build_loader(ds, 8, False),
                DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3), epochs)

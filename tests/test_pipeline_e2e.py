@@ -65,6 +65,10 @@ def test_dvc_pipeline_end_to_end(repo, env):
     assert 0.0 <= metrics["test/acc"] <= 1.0 and "test/macro_f1" in metrics
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo, env))
     assert "reports/evaluate/metrics.json" in json.dumps(shown)
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], repo, env))["data"]
+    assert {"Loss", "Accuracy", "reports/evaluate/predictions.csv", "reports/evaluate/confusion_matrix.png"} <= set(plots)
+    loss_points = plots["Loss"][0]["content"]["data"]["values"]
+    assert {p["epoch"] for p in loss_points} == {"1", "2"}
 
     run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")

@@ -12,6 +12,8 @@ def test_secrets_never_leave_redact():
     out = tracking.redacted(cfg)
     assert out == {"tracking": {"uri": "http://***@host:5000", "password": "***"}, "kaggle": {"api_token": "***"}}
     assert "s3cret" not in str(out)
+    assert tracking.redact_overrides(["tracking.uri=https://u:pw@h", "+kaggle.key_token=abc", "optim.lr=0.1"]) == (
+        "tracking.uri=https://***@h +kaggle.key_token=*** optim.lr=0.1")
 
 
 def _store(tmp_path):

@@ -47,9 +47,10 @@ class DeviceSetup:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
-    def to_input(self, images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    def to_input(self, images: torch.Tensor, preprocess: Preprocess, augment=None) -> torch.Tensor:
         # non_blocking pairs with pinned loader memory so the copy overlaps compute
-        x = preprocess(images.to(self.device, non_blocking=True))
+        x = images.to(self.device, non_blocking=True)
+        x = preprocess(augment(x) if augment is not None else x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -80,20 +81,23 @@ class NonFiniteLoss(RuntimeError):
 def train_one_epoch(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader, setup: DeviceSetup,
     preprocess: Preprocess, epoch: int, scaler: torch.amp.GradScaler | None = None, log_every: int = 10,
+    augment=None, scheduler=None,
 ) -> dict[str, float]:
-    """One pass over `loader`; returns train/loss, train/acc and throughput."""
+    """One pass over `loader`, stepping `scheduler` per batch; returns train/loss, train/acc and throughput."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, seen = 0.0, 0
+    correct = torch.zeros((), dtype=torch.int64, device=setup.device)  # summed on the device: no sync per step
     progress = Progress(len(loader), f"epoch {epoch}", log_every)
     start = time.perf_counter()
     for step, (images, labels) in enumerate(loader, start=1):
-        x = setup.to_input(images, preprocess)
+        x = setup.to_input(images, preprocess, augment)
         y = labels.to(setup.device, non_blocking=True)
         with setup.autocast():
             logits = model(x)
             loss = criterion(logits, y)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch} step {step}; lower optim.lr or check the data")
+        loss_value = loss.item()  # the one host sync per step: checked before the weights change
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch} step {step}; lower optim.lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -102,14 +106,16 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         n = y.size(0)
-        total_loss += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += loss_value * n
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += n
-        progress.update(step, loss.item(), seen / (time.perf_counter() - start))
+        progress.update(step, loss_value, seen / (time.perf_counter() - start))
     progress.close()
     elapsed = time.perf_counter() - start
-    return {"train/loss": total_loss / seen, "train/acc": correct / seen,
+    return {"train/loss": total_loss / seen, "train/acc": correct.item() / seen,
             "train/epoch_time_s": elapsed, "train/images_per_sec": seen / elapsed}
 
 
@@ -147,18 +153,21 @@ class FitResult:
 
 def fit(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_loader,
         val_loader, setup: DeviceSetup, preprocess: Preprocess, epochs: int, on_epoch=None,
-        log_every: int = 10) -> FitResult:
-    """Train for `epochs`, validating after each; keep the weights with the best val/acc."""
+        log_every: int = 10, augment=None) -> FitResult:
+    """Train for `epochs`, validating after each; keep the weights with the best val/acc.
+
+    `scheduler` is stepped once per batch (see imgclf.schedules).
+    """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"trainer.epochs must be a positive integer; got {epochs!r}")
     scaler = torch.amp.GradScaler("cuda") if setup.amp_dtype == torch.float16 else None
     history, best_state, best_epoch, best_metrics = [], {}, 0, {}
     for epoch in range(1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        metrics = train_one_epoch(model, criterion, optimizer, train_loader, setup, preprocess, epoch, scaler, log_every)
+        metrics = train_one_epoch(model, criterion, optimizer, train_loader, setup, preprocess, epoch, scaler, log_every,
+                                  augment, scheduler)
         metrics.update(evaluate(model, criterion, val_loader, setup, preprocess, prefix="val"))
         metrics["lr"] = lr
-        scheduler.step()
         if not best_metrics or metrics["val/acc"] > best_metrics["val/acc"]:
             # a CPU copy: the best weights survive later epochs without touching the disk each time
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

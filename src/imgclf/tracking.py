@@ -29,6 +29,12 @@ def redact(key: str, value: Any) -> Any:
     return value
 
 
+def redact_overrides(overrides: list[str]) -> str:
+    """Hydra overrides as one string, with secret values hidden."""
+    parts = (o.split("=", 1) for o in overrides)
+    return " ".join(f"{p[0]}={redact(p[0], p[1])}" if len(p) == 2 else p[0] for p in parts)
+
+
 def redacted(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a nested config with secrets hidden (for artifacts, checkpoints and logs)."""
     return {k: redacted(v) if isinstance(v, Mapping) else redact(k, v) for k, v in cfg.items()}

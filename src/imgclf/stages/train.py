@@ -13,6 +13,7 @@ from .. import tracking
 from ..data import DATA_ROOT, SPLIT_DIR, dataset_dir
 from ..data.datasets import build_loader, load_split
 from ..data.split import index_hash, read_labels
+from ..data.transforms import build_augment
 from ..engine import DeviceSetup, Preprocess, fit
 from ..models import build_model, check_image_size, save_checkpoint
 from ..plots import plot_curves
@@ -24,6 +25,16 @@ log = logging.getLogger(__name__)
 
 def run_name(cfg: DictConfig) -> str:
     return cfg.tracking.run_name or f"{cfg.model.name}-{cfg.data.name}-lr{cfg.optim.lr:g}-b{cfg.trainer.batch_size}"
+
+
+def run_tags(cfg: DictConfig, split_dir, device, out) -> dict[str, str]:
+    git = git_state()
+    tags = {"imgclf.dataset": cfg.data.name, "imgclf.model": cfg.model.name, "imgclf.device": str(device),
+            "imgclf.data_version": index_hash(split_dir), "imgclf.overrides": tracking.redact_overrides(overrides()),
+            "mlflow.source.git.commit": git["commit"], "imgclf.git_dirty": git["dirty"]}
+    if is_multirun():  # jobs of one sweep share its directory as a tag
+        tags["imgclf.sweep"] = str(out.parent)
+    return tags
 
 
 def train(cfg: DictConfig) -> float:
@@ -40,17 +51,13 @@ def train(cfg: DictConfig) -> float:
     model = build_model(cfg.model.arch, len(class_names), cfg.model.pretrained).to(setup.device)
     preprocess = Preprocess(cfg.model.mean, cfg.model.std).to(setup.device)
     optimizer = instantiate(cfg.optim)(model.parameters())
-    scheduler = instantiate(cfg.schedule)(optimizer)
-    tags = {"imgclf.dataset": cfg.data.name, "imgclf.model": cfg.model.name, "imgclf.data_version": index_hash(split_dir),
-            "imgclf.overrides": " ".join(overrides()), "mlflow.source.git.commit": git_state()["commit"],
-            "imgclf.git_dirty": git_state()["dirty"], "imgclf.device": str(setup.device)}
-    if is_multirun():  # jobs of one sweep share its directory name as a tag
-        tags["imgclf.sweep"] = str(out.parent)
+    scheduler = instantiate(cfg.schedule)(optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=len(train_loader))
+    tags = run_tags(cfg, split_dir, setup.device, out)
     with tracking.run(cfg.tracking.uri, cfg.tracking.experiment, run_name=run_name(cfg), tags=tags) as run_id:
         tracking.log_config(to_dict(cfg))
         result = fit(model, nn.CrossEntropyLoss(), optimizer, scheduler, train_loader, val_loader, setup, preprocess,
                      cfg.trainer.epochs, on_epoch=lambda e, m: tracking.log_metrics(m, step=e),
-                     log_every=cfg.trainer.log_every)
+                     log_every=cfg.trainer.log_every, augment=build_augment(**cfg.data.augment, seed=cfg.seed))
         write_outputs(cfg, out, result, class_names, run_id)
     return result.best_metrics["val/acc"]
 

@@ -1,0 +1,134 @@
+"""Downloads from mirrors with checksums, written under a temporary name; extraction that stays inside its target."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """No mirror could serve a file."""
+
+
+class ChecksumError(ValueError):
+    """A file's digest differs from the expected one."""
+
+
+def parse_checksum(value: str) -> tuple[str, str]:
+    """'md5:abc…', 'sha256:abc…' or a bare hex digest (32 chars = md5, 64 = sha256) -> (algorithm, hex)."""
+    algo, _, digest = value.rpartition(":")
+    digest = digest.strip().lower()
+    algo = algo.lower() or {32: "md5", 64: "sha256"}.get(len(digest), "")
+    if algo not in ("md5", "sha256") or len(digest) != {"md5": 32, "sha256": 64}[algo]:
+        raise ValueError(f"bad checksum '{value}'; use an md5 (32 hex) or sha256 (64 hex) digest, "
+                         "optionally prefixed 'md5:' or 'sha256:'")
+    return algo, digest
+
+
+def file_digest(path: str | Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: str | Path, checksum: str | None) -> None:
+    """Raise ChecksumError (naming the file and both digests) unless `path` matches `checksum`."""
+    if not checksum:
+        return
+    algo, expected = parse_checksum(checksum)
+    actual = file_digest(path, algo)
+    if actual != expected:
+        raise ChecksumError(f"{Path(path).name}: {algo} is {actual}, expected {expected}")
+
+
+def download(filename: str, mirrors: Sequence[str], dest_dir: str | Path, checksum: str | None = None,
+             timeout: float = 60.0) -> Path:
+    """Fetch `filename` from the first mirror that serves it; verify; rename into place. A verified file is kept."""
+    dest = Path(dest_dir) / filename
+    if dest.is_file():
+        try:
+            verify(dest, checksum)
+            log.info("%s already downloaded and verified", dest)
+            return dest
+        except ChecksumError:
+            log.warning("%s fails its checksum; downloading it again", dest)
+            dest.unlink()
+    if not mirrors:
+        raise DownloadError(f"no mirror configured for {filename}; set data.mirrors or data.archive")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{filename}.part{os.getpid()}")
+    errors = []
+    for base in mirrors:
+        url = f"{base.rstrip('/')}/{filename}"
+        try:
+            _fetch(url, tmp, timeout)
+        except (urllib.error.URLError, OSError, DownloadError) as exc:
+            errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+            tmp.unlink(missing_ok=True)
+            continue
+        try:
+            verify(tmp, checksum)
+        except ChecksumError:
+            tmp.unlink(missing_ok=True)  # a bad file is deleted, never left where fetch would trust it
+            raise
+        os.replace(tmp, dest)
+        log.info("downloaded %s from %s", filename, url)
+        return dest
+    raise DownloadError(f"could not download {filename} from any mirror: {'; '.join(errors)}")
+
+
+def _fetch(url: str, path: Path, timeout: float) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "imgclf"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(path, "wb") as f:
+        expected = response.headers.get("Content-Length")
+        shutil.copyfileobj(response, f, CHUNK)
+    size = path.stat().st_size
+    if expected is not None and size != int(expected):
+        raise DownloadError(f"truncated: got {size} of {expected} bytes")
+
+
+def fetch_files(files: Mapping[str, str | None], mirrors: Sequence[str], dest_dir: str | Path) -> dict[str, Path]:
+    """Download every file (name -> checksum) into dest_dir; returns name -> path."""
+    return {name: download(name, mirrors, dest_dir, checksum) for name, checksum in files.items()}
+
+
+def _inside(root: Path, name: str) -> Path:
+    target = (root / name).resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"archive member '{name}' would be written outside {root}; refusing to extract")
+    return target
+
+
+def extract(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a .tar(.gz) or .zip into dest, refusing members (or links) that escape it."""
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                _inside(root, name)
+            zf.extractall(dest)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            for member in tf.getmembers():
+                _inside(root, member.name)
+                if member.issym() or member.islnk():
+                    raise ValueError(f"archive member '{member.name}' is a link; refusing to extract")
+            tf.extractall(dest, filter="data")
+    else:
+        raise ValueError(f"{archive} is neither a zip nor a tar archive")
+    return dest
