@@ -71,3 +71,45 @@ def tiny_cfg(tiny_project, compose_cfg):
     def _cfg(*overrides: str):
         return compose_cfg(*TINY_OVERRIDES, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db", *overrides)
     return _cfg
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """Serve tmp_path/'www' on 127.0.0.1; yields (base_url, www_dir, request_log).
+
+    /down/* answers 503 (a mirror that is down); /short/* sends half the bytes it promises (a truncated download).
+    """
+    import functools
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def do_GET(self):
+            requests.append(self.path)
+            if self.path.startswith("/down/"):
+                self.send_error(503, "mirror down")
+                return
+            if self.path.startswith("/short/"):
+                body = (www / self.path[len("/short/"):]).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(www)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", www, requests
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -44,14 +44,14 @@ def file_digest(path: str | Path, algo: str) -> str:
     return h.hexdigest()
 
 
-def verify(path: str | Path, checksum: str | None) -> None:
+def verify(path: str | Path, checksum: str | None, name: str | None = None) -> None:
     """Raise ChecksumError (naming the file and both digests) unless `path` matches `checksum`."""
     if not checksum:
         return
     algo, expected = parse_checksum(checksum)
     actual = file_digest(path, algo)
     if actual != expected:
-        raise ChecksumError(f"{Path(path).name}: {algo} is {actual}, expected {expected}")
+        raise ChecksumError(f"{name or Path(path).name}: {algo} is {actual}, expected {expected}")
 
 
 def download(filename: str, mirrors: Sequence[str], dest_dir: str | Path, checksum: str | None = None,
@@ -80,7 +80,7 @@ def download(filename: str, mirrors: Sequence[str], dest_dir: str | Path, checks
             tmp.unlink(missing_ok=True)
             continue
         try:
-            verify(tmp, checksum)
+            verify(tmp, checksum, filename)
         except ChecksumError:
             tmp.unlink(missing_ok=True)  # a bad file is deleted, never left where fetch would trust it
             raise

@@ -30,6 +30,24 @@ def stratified_split(
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
+def split_with_test(
+    items: list[tuple[str, str]], test_paths: list[str], val_fraction: float, seed: int
+) -> dict[str, list[tuple[str, str]]]:
+    """Keep a source's official test set as `test`; split the rest into train/val, stratified."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.split.val_fraction must be between 0 and 1 (exclusive); got {val_fraction}")
+    wanted = set(test_paths)
+    test = [item for item in items if item[0] in wanted]
+    rest = [item for item in items if item[0] not in wanted]
+    if not test:
+        raise ValueError("the official test list names no readable image")
+    train, val = train_test_split(rest, test_size=val_fraction, stratify=[lbl for _, lbl in rest],
+                                  random_state=seed)
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
 def sample_subset(items: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple[str, str]]:
     """Pick up to `per_class` items of each class (fast.ai's sample set)."""
     if per_class < 1:

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import compose, config_groups, conf_dir
+from ..data.download import DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _sigterm(signum, frame):
 
 
 # errors that mean "bad input or missing prerequisite": one line, no traceback, exit 1
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DownloadError)
 
 
 def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:

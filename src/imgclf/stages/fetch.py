@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from hydra.utils import call
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ..data import DATA_ROOT, IMAGE_DIR, dataset_dir
@@ -15,8 +15,10 @@ log = logging.getLogger(__name__)
 
 def fetch(cfg: DictConfig) -> None:
     out = dataset_dir(DATA_ROOT, cfg.data.name) / IMAGE_DIR
+    # a partial, called here: errors reach the user as they are, not wrapped by Hydra
+    fetcher = instantiate(cfg.data.fetch, _partial_=True, _convert_="all")
     with atomic_path(out) as tmp:  # a failed fetch leaves the previous images in place
-        call(cfg.data.fetch, out_dir=tmp)
+        fetcher(out_dir=tmp)
     log.info("fetched %s into %s", cfg.data.name, out)
 
 

@@ -6,9 +6,9 @@ from collections import Counter
 
 from omegaconf import DictConfig
 
-from ..data import DATA_ROOT, IMAGE_DIR, SPLIT_DIR, SPLITS, dataset_dir
+from ..data import DATA_ROOT, IMAGE_DIR, SPLIT_DIR, SPLITS, TEST_LIST, dataset_dir
 from ..data.folder import scan_image_folder
-from ..data.split import stratified_split, write_split
+from ..data.split import split_with_test, stratified_split, write_split
 from ..utils import atomic_path, write_json
 from ._app import stage_main
 
@@ -19,7 +19,11 @@ def split(cfg: DictConfig) -> None:
     root = dataset_dir(DATA_ROOT, cfg.data.name)
     params = cfg.data.split
     scan = scan_image_folder(root / IMAGE_DIR)
-    splits = stratified_split(scan.items, params.val_fraction, params.test_fraction, params.seed)
+    test_list = root / IMAGE_DIR / TEST_LIST
+    if test_list.is_file():  # the source's official test set (MNIST's t10k, CIFAR's test_batch) stays the test set
+        splits = split_with_test(scan.items, test_list.read_text().split(), params.val_fraction, params.seed)
+    else:
+        splits = stratified_split(scan.items, params.val_fraction, params.test_fraction, params.seed)
     report = {
         "class_names": scan.class_names,
         "images_per_class": {s: dict(sorted(Counter(lbl for _, lbl in splits[s]).items())) for s in SPLITS},

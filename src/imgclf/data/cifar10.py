@@ -1,0 +1,72 @@
+"""CIFAR-10 from cifar-10-python.tar.gz (the pickled batches), written as PNGs; test_batch is the official test."""
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import TEST_LIST
+from .download import download, extract, verify
+
+log = logging.getLogger(__name__)
+
+ARCHIVE = "cifar-10-python.tar.gz"
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} missing from {path.parent}; the archive is incomplete")
+    with path.open("rb") as f:
+        return pickle.load(f, encoding="bytes")  # Python 2 pickles: keys are bytes
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) and labels (N,) of one batch; rows are 1,024 R, then G, then B bytes."""
+    batch = _unpickle(path)
+    data, labels = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path.name}: data rows have shape {data.shape}, expected (N, 3072)")
+    if len(labels) != len(data):
+        raise ValueError(f"{path.name}: {len(data)} rows but {len(labels)} labels")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def read_label_names(batch_dir: Path) -> list[str]:
+    return [name.decode() for name in _unpickle(batch_dir / "batches.meta")[b"label_names"]]
+
+
+def fetch_cifar10(out_dir: str | Path, mirrors: Sequence[str], checksums: Mapping[str, str | None],
+                  download_dir: str | Path, archive: str | None = None) -> int:
+    """Download (or take `archive`), verify, extract safely, write PNGs per class; returns the image count."""
+    out_dir, download_dir = Path(out_dir), Path(download_dir)
+    if archive:
+        path = Path(archive)
+        if not path.is_file():
+            raise FileNotFoundError(f"data.archive={archive} does not exist")
+        verify(path, checksums.get(ARCHIVE))
+    else:
+        path = download(ARCHIVE, mirrors, download_dir, checksums.get(ARCHIVE))
+    batch_dir = extract(path, download_dir / "extracted") / BATCH_DIR
+    names = read_label_names(batch_dir)
+    total, test_paths = 0, []
+    for batch_name in (*TRAIN_BATCHES, TEST_BATCH):
+        images, labels = read_batch(batch_dir / batch_name)
+        if labels.size and labels.max() >= len(names):
+            raise ValueError(f"{batch_name}: label {labels.max()} but batches.meta names {len(names)} classes")
+        for i, (image, label) in enumerate(zip(images, labels)):
+            rel = f"{names[label]}/{batch_name}_{i:05d}.png"
+            (out_dir / names[label]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(out_dir / rel)
+            if batch_name == TEST_BATCH:
+                test_paths.append(rel)
+        total += len(labels)
+    (out_dir / TEST_LIST).write_text("".join(f"{p}\n" for p in test_paths))
+    log.info("CIFAR-10: %d images, %d classes, %d in the official test set", total, len(names), len(test_paths))
+    return total

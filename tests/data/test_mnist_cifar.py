@@ -1,0 +1,114 @@
+"""MNIST and CIFAR-10 fetched from a loopback server in their exact upstream formats, then split."""
+import gzip
+import hashlib
+import io
+import pickle
+import struct
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.data.mnist import read_idx
+from imgclf.data.split import read_index, read_labels
+from imgclf.stages.fetch import fetch
+from imgclf.stages.split import split
+
+RNG = np.random.default_rng(0)
+
+
+def idx_gz(array: np.ndarray, magic: int) -> bytes:
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(www, n_train=100, n_test=20):
+    data = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        data[prefix] = (images, labels)
+        (www / f"{prefix}-images-idx3-ubyte.gz").write_bytes(idx_gz(images, 2051))
+        (www / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(idx_gz(labels, 2049))
+    return data
+
+
+def checksums(www, names):
+    return "{" + ",".join(f"{n}:{hashlib.md5((www / n).read_bytes()).hexdigest()}" for n in names) + "}"
+
+
+def test_mnist_fetch_and_split_keep_official_test(http_server, tmp_path, monkeypatch, compose_cfg):
+    base, www, _ = http_server
+    data = write_mnist(www)
+    names = [p.name for p in www.iterdir()]
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("data=mnist", f"data.mirrors=[{base}/down,{base}]", f"data.checksums={checksums(www, names)}",
+                      "data.split.sample_per_class=1")
+    fetch(cfg)
+    split(cfg)
+    split_dir = tmp_path / "data/mnist/split"
+    test = read_index(split_dir / "test.csv")
+    assert len(test) == 20 and all("/test_" in p for p, _ in test)
+    assert len(read_index(split_dir / "val.csv")) == 10 and len(read_index(split_dir / "train.csv")) == 90
+    assert read_labels(split_dir / "labels.txt") == [str(d) for d in range(10)]
+    # pixels and labels round-trip
+    images, labels = data["train"]
+    png = np.asarray(Image.open(tmp_path / f"data/mnist/images/{labels[7]}/train_00007.png"))
+    np.testing.assert_array_equal(png, images[7])
+
+
+def test_mnist_truncated_or_mismatched_files_fail(tmp_path):
+    full = idx_gz(np.zeros((5, 28, 28)), 2051)
+    raw = gzip.decompress(full)
+    (tmp_path / "short.gz").write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(ValueError, match="header says 5x28x28 = 3920 bytes of data, file has 3820"):
+        read_idx(tmp_path / "short.gz", 2051)
+    (tmp_path / "cut.gz").write_bytes(full[: len(full) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt gzip"):
+        read_idx(tmp_path / "cut.gz", 2051)
+    (tmp_path / "labels.gz").write_bytes(idx_gz(np.zeros(5), 2049))
+    with pytest.raises(ValueError, match="bad IDX magic 00000801, expected 00000803"):
+        read_idx(tmp_path / "labels.gz", 2051)
+
+
+def cifar_tar(path, per_batch=12, classes=("plane", "car", "bird")):
+    """cifar-10-python.tar.gz layout: Python-2 style pickles with bytes keys, rows of R, G, B planes."""
+    batches = {}
+    with tarfile.open(path, "w:gz") as tf:
+        def add(name, obj):
+            blob = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+        add("batches.meta", {b"label_names": [c.encode() for c in classes], b"num_vis": 3072})
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            rows = RNG.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+            labels = [i % len(classes) for i in range(per_batch)]
+            batches[name] = (rows, labels)
+            add(name, {b"data": rows, b"labels": labels, b"batch_label": name.encode()})
+    return batches
+
+
+def test_cifar10_fetch_from_mirror_and_from_archive(http_server, tmp_path, monkeypatch, compose_cfg):
+    base, www, _ = http_server
+    batches = cifar_tar(www / "cifar-10-python.tar.gz")
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("data=cifar10", f"data.mirrors=[{base}]",
+                      f"data.checksums={checksums(www, ['cifar-10-python.tar.gz'])}", "data.split.sample_per_class=1")
+    fetch(cfg)
+    split(cfg)
+    split_dir = tmp_path / "data/cifar10/split"
+    assert read_labels(split_dir / "labels.txt") == ["bird", "car", "plane"]
+    assert len(read_index(split_dir / "test.csv")) == 12
+    assert sum(len(read_index(split_dir / f"{s}.csv")) for s in ("train", "val")) == 60
+    rows, labels = batches["data_batch_2"]
+    png = np.asarray(Image.open(tmp_path / "data/cifar10/images/car/data_batch_2_00001.png"))
+    assert labels[1] == 1
+    np.testing.assert_array_equal(png[..., 0], rows[1][:1024].reshape(32, 32))  # R plane first
+    np.testing.assert_array_equal(png[..., 2], rows[1][2048:].reshape(32, 32))
+
+    offline = compose_cfg("data=cifar10", "data.mirrors=[]", f"data.archive={www / 'cifar-10-python.tar.gz'}",
+                          "data.checksums={cifar-10-python.tar.gz:" + "0" * 32 + "}")
+    with pytest.raises(ValueError, match="cifar-10-python.tar.gz: md5 is [0-9a-f]{32}, expected 0{32}"):
+        fetch(offline)
