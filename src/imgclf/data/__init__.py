@@ -4,6 +4,7 @@ from pathlib import Path
 IMAGE_DIR = "images"   # data/<dataset>/images/<class>/<file>: the layout every source ends in
 SPLIT_DIR = "split"    # data/<dataset>/split/{train,val,test}.csv, labels.txt, sample/
 SPLITS = ("train", "val", "test")
+VAL_LIST = "val.txt"    # images/val.txt: a fixed validation set (a folder source's separate val folder)
 TEST_LIST = "test.txt"  # images/test.txt: a source's official test set (paths), kept as the test split
 
 

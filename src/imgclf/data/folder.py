@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +30,12 @@ def check_image(path: Path) -> str | None:
     if path.stat().st_size == 0:
         return "empty file"
     try:
-        with Image.open(path) as img:
-            img.load()  # full decode: catches truncated files that only a header check would pass
-    except Image.DecompressionBombError:
+        with warnings.catch_warnings():
+            # past Image.MAX_IMAGE_PIXELS PIL only warns (it errors at twice that): refuse at the limit
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # full decode: catches truncated files that only a header check would pass
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return "decompression bomb"
     except UnidentifiedImageError:
         return "not an image"
@@ -68,3 +73,37 @@ def scan_image_folder(root: str | Path) -> FolderScan:
 
 def _hidden(path: Path, base: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(base).parts)
+
+
+def copy_class_folders(src: str | Path, out_dir: str | Path, exclude=(), prefix: str = "") -> list[str]:
+    """Copy src/<class>/... into out_dir/<class>/<prefix><file> (hidden and excluded classes left out)."""
+    src, out_dir = Path(src), Path(out_dir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"data.path {src} is not a directory; point it at a folder of class sub-folders")
+    copied = []
+    for cls_dir in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if cls_dir.name in exclude:
+            continue
+        for path in sorted(p for p in cls_dir.rglob("*") if p.is_file() and not _hidden(p, cls_dir)):
+            rel = f"{cls_dir.name}/{prefix}{path.relative_to(cls_dir).as_posix().replace('/', '__')}"
+            (out_dir / cls_dir.name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out_dir / rel)  # a copy: DVC may make its cached files read-only
+            copied.append(rel)
+    return copied
+
+
+def fetch_folder(out_dir: str | Path, path: str | None, val_path: str | None = None, test_path: str | None = None,
+                 exclude=()) -> int:
+    """DIGITS' layout: one sub-folder per class; optional separate val/test folders become fixed splits."""
+    from . import TEST_LIST, VAL_LIST
+
+    if not path:
+        raise ValueError("data=folder needs data.path=/path/to/folder (one sub-folder per class)")
+    total = len(copy_class_folders(path, out_dir, exclude))
+    for extra, name, listing in ((val_path, "val", VAL_LIST), (test_path, "test", TEST_LIST)):
+        if extra:
+            rels = copy_class_folders(extra, out_dir, exclude, prefix=f"{name}__")
+            (Path(out_dir) / listing).write_text("".join(f"{r}\n" for r in rels))
+            total += len(rels)
+    log.info("copied %d files from %s", total, path)
+    return total

@@ -30,22 +30,32 @@ def stratified_split(
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
-def split_with_test(
-    items: list[tuple[str, str]], test_paths: list[str], val_fraction: float, seed: int
+def split_with_fixed(
+    items: list[tuple[str, str]], fixed: dict[str, list[str]], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[tuple[str, str]]]:
-    """Keep a source's official test set as `test`; split the rest into train/val, stratified."""
+    """Keep fixed splits (an official test set, separate val/test folders); carve the missing ones from the rest.
+
+    Here a fraction is of the images left once the fixed splits are taken out.
+    """
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.split.val_fraction must be between 0 and 1 (exclusive); got {val_fraction}")
-    wanted = set(test_paths)
-    test = [item for item in items if item[0] in wanted]
-    rest = [item for item in items if item[0] not in wanted]
-    if not test:
-        raise ValueError("the official test list names no readable image")
-    train, val = train_test_split(rest, test_size=val_fraction, stratify=[lbl for _, lbl in rest],
-                                  random_state=seed)
-    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+    out: dict[str, list[tuple[str, str]]] = {}
+    for name, paths in fixed.items():
+        wanted = set(paths)
+        out[name] = [item for item in items if item[0] in wanted]
+        if not out[name]:
+            raise ValueError(f"the fixed {name} list names no readable image")
+    taken = {p for split in out.values() for p, _ in split}
+    rest = [item for item in items if item[0] not in taken]
+    for name, frac in (("test", test_fraction), ("val", val_fraction)):
+        if name in out:
+            continue
+        if not 0.0 < frac < 1.0:
+            raise ValueError(f"data.split.{name}_fraction must be between 0 and 1 (exclusive); got {frac}")
+        rest, out[name] = train_test_split(rest, test_size=frac, stratify=[lbl for _, lbl in rest],
+                                           random_state=seed)
+    out["train"] = rest
+    return {name: sorted(out[name]) for name in SPLITS}
 
 
 def sample_subset(items: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple[str, str]]:

@@ -6,9 +6,9 @@ from collections import Counter
 
 from omegaconf import DictConfig
 
-from ..data import DATA_ROOT, IMAGE_DIR, SPLIT_DIR, SPLITS, TEST_LIST, dataset_dir
+from ..data import DATA_ROOT, IMAGE_DIR, SPLIT_DIR, SPLITS, TEST_LIST, VAL_LIST, dataset_dir
 from ..data.folder import scan_image_folder
-from ..data.split import split_with_test, stratified_split, write_split
+from ..data.split import split_with_fixed, stratified_split, write_split
 from ..utils import atomic_path, write_json
 from ._app import stage_main
 
@@ -19,9 +19,11 @@ def split(cfg: DictConfig) -> None:
     root = dataset_dir(DATA_ROOT, cfg.data.name)
     params = cfg.data.split
     scan = scan_image_folder(root / IMAGE_DIR)
-    test_list = root / IMAGE_DIR / TEST_LIST
-    if test_list.is_file():  # the source's official test set (MNIST's t10k, CIFAR's test_batch) stays the test set
-        splits = split_with_test(scan.items, test_list.read_text().split(), params.val_fraction, params.seed)
+    # fixed splits: an official test set (MNIST's t10k, CIFAR's test_batch), a folder source's val/test folders
+    fixed = {name: (root / IMAGE_DIR / listing).read_text().splitlines()
+             for name, listing in (("val", VAL_LIST), ("test", TEST_LIST)) if (root / IMAGE_DIR / listing).is_file()}
+    if fixed:
+        splits = split_with_fixed(scan.items, fixed, params.val_fraction, params.test_fraction, params.seed)
     else:
         splits = stratified_split(scan.items, params.val_fraction, params.test_fraction, params.seed)
     report = {

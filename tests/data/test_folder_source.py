@@ -1,0 +1,72 @@
+"""data=folder: DIGITS' class folders with bad files, optional val/test folders, excluded classes."""
+import io
+
+import pytest
+from PIL import Image
+
+from imgclf.data.split import read_index, read_labels
+from imgclf.stages.fetch import fetch
+from imgclf.stages.split import split
+
+from ..conftest import make_class_folders
+
+
+def add_odd_images(root):
+    """Every mode DIGITS users bring, plus files that must be skipped."""
+    for mode, fmt, name in (("L", "PNG", "gray.png"), ("RGBA", "PNG", "rgba.png"), ("CMYK", "JPEG", "cmyk.jpg"),
+                            ("P", "BMP", "palette.bmp"), ("RGB", "WEBP", "photo.webp")):
+        Image.new(mode, (12, 10)).save(root / "cat" / name, format=fmt)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "blue").save(buf, format="PNG")
+    (root / "dog" / "png_named.jpg").write_bytes(buf.getvalue())
+    (root / "dog" / "zero.jpg").write_bytes(b"")
+    (root / "dog" / "readme.txt").write_text("hello")
+    (root / "cat" / ".DS_Store").write_bytes(b"junk")
+
+
+def test_folder_with_bad_files_and_all_modes(tmp_path, monkeypatch, compose_cfg):
+    src = make_class_folders(tmp_path / "train_small", {"cat": 10, "dog": 10, "BACKGROUND_Google": 3})
+    add_odd_images(src)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("data=caltech101", f"data.path={src}", "data.split.sample_per_class=2")
+    fetch(cfg)
+    split(cfg)
+    split_dir = tmp_path / "data/caltech101/split"
+    assert read_labels(split_dir / "labels.txt") == ["cat", "dog"]  # BACKGROUND_Google excluded
+    paths = [p for s in ("train", "val", "test") for p, _ in read_index(split_dir / f"{s}.csv")]
+    assert len(paths) == 26 and "dog/png_named.jpg" in paths and "cat/cmyk.jpg" in paths
+    import json
+    report = json.loads((split_dir / "report.json").read_text())
+    assert report["skipped"]["counts"] == {"empty file": 1, "not an image": 1}
+    assert {f["path"] for f in report["skipped"]["files"]} == {"dog/zero.jpg", "dog/readme.txt"}
+
+
+def test_separate_val_and_test_folders_are_kept(tmp_path, monkeypatch, compose_cfg):
+    train = make_class_folders(tmp_path / "train", {"a": 8, "b": 8})
+    val = make_class_folders(tmp_path / "val", {"a": 2, "b": 2})
+    test = make_class_folders(tmp_path / "test", {"a": 3, "b": 3})
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("data=folder", f"data.path={train}", f"data.val_path={val}", f"data.test_path={test}")
+    fetch(cfg)
+    split(cfg)
+    split_dir = tmp_path / "data/folder/split"
+    assert len(read_index(split_dir / "train.csv")) == 16
+    assert all(p.split("/")[1].startswith("val__") for p, _ in read_index(split_dir / "val.csv"))
+    assert len(read_index(split_dir / "test.csv")) == 6
+
+
+def test_folder_errors_are_clear(tmp_path, monkeypatch, compose_cfg):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="data=folder needs data.path="):
+        fetch(compose_cfg("data=folder"))
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        fetch(compose_cfg("data=folder", f"data.path={tmp_path / 'nope'}"))
+    assert not (tmp_path / "data/folder/images").exists()  # nothing half-written
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    from imgclf.data.folder import check_image
+
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    assert check_image(tmp_path / "big.png") == "decompression bomb"
