@@ -1,16 +1,29 @@
 """Scan a folder of class sub-folders (DIGITS' layout), checking every image decodes."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
 import warnings
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the report needs of a readable image: size, mode and a hash of its decoded pixels."""
+
+    width: int
+    height: int
+    mode: str
+    digest: str
 
 
 @dataclass
@@ -20,31 +33,45 @@ class FolderScan:
     items: list[tuple[str, str]]
     class_names: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    info: dict[str, ImageInfo] = field(default_factory=dict)
 
     def skipped_counts(self) -> dict[str, int]:
         return dict(Counter(reason for _, reason in self.skipped))
 
 
-def check_image(path: Path) -> str | None:
-    """Return None if `path` decodes as an image (by content, not extension), else the reason."""
+def inspect_image(path: Path) -> tuple[str | None, ImageInfo | None]:
+    """Decode `path` by its content (not its extension): (None, info) if readable, else (reason, None)."""
     if path.stat().st_size == 0:
-        return "empty file"
+        return "empty file", None
     try:
         with warnings.catch_warnings():
             # past Image.MAX_IMAGE_PIXELS PIL only warns (it errors at twice that): refuse at the limit
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()  # full decode: catches truncated files that only a header check would pass
+                digest = hashlib.sha1(img.tobytes()).hexdigest()
+                return None, ImageInfo(img.width, img.height, img.mode, digest)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return "decompression bomb"
+        return "decompression bomb", None
     except UnidentifiedImageError:
-        return "not an image"
+        return "not an image", None
     except (OSError, SyntaxError, ValueError) as exc:
-        return f"corrupt ({type(exc).__name__})"
-    return None
+        return f"corrupt ({type(exc).__name__})", None
 
 
-def scan_image_folder(root: str | Path) -> FolderScan:
+def check_image(path: Path) -> str | None:
+    """Return None if `path` decodes as an image, else the reason it does not."""
+    return inspect_image(path)[0]
+
+
+def _inspect_all(paths: list[Path], workers: int) -> list[tuple[str | None, ImageInfo | None]]:
+    if workers <= 1 or len(paths) < 2000:  # below that, starting processes costs more than it saves
+        return [inspect_image(p) for p in paths]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(inspect_image, paths, chunksize=256))
+
+
+def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderScan:
     """List every decodable image in root/<class>/...; hidden files are ignored, bad ones recorded."""
     root = Path(root)
     if not root.is_dir():
@@ -52,23 +79,23 @@ def scan_image_folder(root: str | Path) -> FolderScan:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:
         raise ValueError(f"{root} has {len(class_dirs)} class sub-folder(s); a classifier needs at least 2")
-    items, skipped = [], []
-    for cls_dir in class_dirs:
-        files = sorted(p for p in cls_dir.rglob("*") if p.is_file() and not _hidden(p, cls_dir))
-        good = 0
-        for path in files:
-            rel = path.relative_to(root).as_posix()
-            reason = check_image(path)
-            if reason:
-                skipped.append((rel, reason))
-            else:
-                items.append((rel, cls_dir.name))
-                good += 1
-        if good == 0:
-            raise ValueError(f"class folder {cls_dir} has no readable images; remove it or add images")
-    if skipped:
-        log.warning("skipped %d unreadable files under %s: %s", len(skipped), root, dict(Counter(r for _, r in skipped)))
-    return FolderScan(items=items, class_names=[d.name for d in class_dirs], skipped=skipped)
+    files = [(cls_dir, p) for cls_dir in class_dirs
+             for p in sorted(cls_dir.rglob("*")) if p.is_file() and not _hidden(p, cls_dir)]
+    results = _inspect_all([p for _, p in files], workers or os.cpu_count() or 1)
+    scan = FolderScan(items=[], class_names=[d.name for d in class_dirs])
+    for (cls_dir, path), (reason, info) in zip(files, results):
+        rel = path.relative_to(root).as_posix()
+        if reason:
+            scan.skipped.append((rel, reason))
+        else:
+            scan.items.append((rel, cls_dir.name))
+            scan.info[rel] = info
+    empty = sorted(set(scan.class_names) - {label for _, label in scan.items})
+    if empty:
+        raise ValueError(f"class folder {root / empty[0]} has no readable images; remove it or add images")
+    if scan.skipped:
+        log.warning("skipped %d unreadable files under %s: %s", len(scan.skipped), root, scan.skipped_counts())
+    return scan
 
 
 def _hidden(path: Path, base: Path) -> bool:

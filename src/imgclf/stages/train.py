@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from functools import partial
+from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -84,6 +86,11 @@ def write_outputs(cfg: DictConfig, out, result, class_names: list[str], run_id: 
     for path in ("history.csv", "metrics.json", "curves.png", "config.yaml"):
         tracking.log_artifact(reports / path, "train")
     tracking.log_artifact(dataset_dir(DATA_ROOT, cfg.data.name) / SPLIT_DIR / "labels.txt", "train")
+    if Path("reports/split/report.json").is_file():  # the data report of the split this run trained on
+        tracking.log_artifacts("reports/split", "data")
+        data_report = json.loads(Path("reports/split/report.json").read_text())
+        tracking.log_metrics({"data/skipped_files": sum(data_report["skipped"]["counts"].values()),
+                              "data/cross_split_duplicates": data_report["cross_split_duplicates"]["groups"]})
     tracking.log_artifact(models / "model.pt", "checkpoint")  # once per run: checkpoints are hundreds of MB
     write_json(models / "run.json", {"run_id": run_id, "experiment": cfg.tracking.experiment})
 
