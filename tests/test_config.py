@@ -47,7 +47,7 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["data=imagenet"], "unknown data 'imagenet'; choose one of: cifar10, digits, mnist"),
+    (["data=imagenet"], "unknown data 'imagenet'; choose one of: caltech101, cifar10, digits, dogs_vs_cats, folder, mnist"),
     (["model=vgg61"], "unknown model 'vgg61'; choose one of: alexnet, vgg16"),
     (["trainer.epoch=3"], "unknown key 'trainer.epoch'; trainer has: epochs, batch_size, device, deterministic, "
                           "log_every (use +trainer.epoch=... to add a new key)"),
