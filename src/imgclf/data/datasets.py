@@ -1,6 +1,9 @@
 """In-memory datasets: each split is decoded and resized once, then served as uint8 tensor batches."""
 from __future__ import annotations
 
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import IMAGE_DIR, SPLIT_DIR, dataset_dir
+
+CACHE_DIR = "cache"  # data/<ds>/cache/: packed, resized splits; derived data, safe to delete
 from .split import read_index, read_labels
 
 
@@ -45,21 +50,49 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
+def decode_all(paths: list[Path], image_size: int, workers: int | None = None) -> np.ndarray:
+    """Decode and resize every image into one (N, S, S, 3) uint8 array, in parallel for big sets."""
+    images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(paths) >= 2000:  # below that, starting processes costs more than it saves
+        with ProcessPoolExecutor(workers) as pool:
+            for i, array in enumerate(pool.map(decode_image, paths, [image_size] * len(paths), chunksize=128)):
+                images[i] = array
+    else:
+        for i, path in enumerate(paths):
+            images[i] = decode_image(path, image_size)
+    return images
+
+
+def packed_split(root: Path, index_file: Path, rows: list[tuple[str, str]], image_size: int, tag: str) -> np.ndarray:
+    """The split's images resized once and packed in data/<ds>/cache/, keyed by the index and the size."""
+    key = hashlib.sha1(index_file.read_bytes() + f"|{image_size}".encode()).hexdigest()[:16]
+    cache = root / CACHE_DIR / f"{tag}-{image_size}px-{key}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    images = decode_all([root / IMAGE_DIR / rel for rel, _ in rows], image_size)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, images)
+    os.replace(tmp, cache)  # a half-written cache never looks complete
+    return images
+
+
 def load_split(data_root: str | Path, name: str, split: str, subset: str, image_size: int) -> TensorImageDataset:
     """Load one split (`train|val|test`) of a data set, full or its `sample` subset, into memory."""
     if subset not in ("full", "sample"):
         raise ValueError(f"unknown data.subset '{subset}'; choose one of: full, sample")
     root = dataset_dir(data_root, name)
     split_dir = root / SPLIT_DIR / ("sample" if subset == "sample" else "")
-    rows = read_index(split_dir / f"{split}.csv")
+    index_file = split_dir / f"{split}.csv"
+    rows = read_index(index_file)
     class_names = read_labels(root / SPLIT_DIR / "labels.txt")
     class_to_idx = {c: i for i, c in enumerate(class_names)}
     unknown = sorted({label for _, label in rows} - class_to_idx.keys())
     if unknown:
-        raise ValueError(f"{split_dir / (split + '.csv')} has labels {unknown} missing from labels.txt")
-    images = np.empty((len(rows), image_size, image_size, 3), dtype=np.uint8)
-    for i, (rel, _) in enumerate(rows):
-        images[i] = decode_image(root / IMAGE_DIR / rel, image_size)
+        raise ValueError(f"{index_file} has labels {unknown} missing from labels.txt")
+    images = packed_split(root, index_file, rows, image_size, tag=f"{subset}-{split}")
     labels = torch.tensor([class_to_idx[label] for _, label in rows], dtype=torch.int64)
     return TensorImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, [r for r, _ in rows])
 
