@@ -81,7 +81,8 @@ def test_dvc_pipeline_end_to_end(repo, env):
     assert run.data.tags["mlflow.source.git.commit"] == sh(["git", "rev-parse", "HEAD"], repo, env).strip()
     assert run.data.tags["imgclf.dataset"] == "digits"
     top = {a.path for a in client.list_artifacts(run_id)}
-    assert {"train", "checkpoint", "evaluate", "export"} <= top
+    assert {"train", "checkpoint", "evaluate", "export", "data"} <= top
+    assert json.loads((repo / "reports/split/report.json").read_text())["images_per_split"]["test"] == 360
 
     # nothing changed: nothing reruns
     again = sh(["dvc", "repro"], repo, env)
@@ -98,3 +99,21 @@ def test_dvc_pipeline_end_to_end(repo, env):
     assert client.get_run(new_id).data.params["optim.lr"] == "0.001"
     exps = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env))
     assert "0.001" in json.dumps(exps)
+
+
+@pytest.mark.slow
+def test_digits_lab_workflow_on_a_folder(repo, env, tmp_path):
+    """User story 1: a folder of class sub-folders, AlexNet, a few epochs, through `dvc exp run -S`."""
+    from .conftest import make_class_folders
+
+    folder = make_class_folders(tmp_path / "train_small", {"0": 20, "1": 20, "2": 20})
+    out = sh(["dvc", "exp", "run", "-S", "data=folder", "-S", f"data.path={folder}", "-S", "model=alexnet",
+              "-S", "trainer.epochs=2", "-S", "data.split.sample_per_class=2"], repo, env)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
+    assert (repo / "data/folder/split/labels.txt").read_text().split() == ["0", "1", "2"]
+    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    assert {"test/precision/0", "test/recall/2"} <= set(metrics)
+    run = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db").get_run(
+        json.loads((repo / "models/run.json").read_text())["run_id"])
+    assert run.data.params["data.path"] == str(folder) and run.data.tags["imgclf.dataset"] == "folder"

@@ -49,7 +49,123 @@ def test_archive_gives_labelled_train_and_unlabelled_predict_set(tmp_path, monke
     assert not (tmp_path / "data/dogs_vs_cats/downloads/extracted").exists()
 
 
-def test_missing_archive_says_how_to_get_it(tmp_path, monkeypatch, compose_cfg):
+def test_missing_archive_file_says_how_to_get_it(tmp_path, monkeypatch, compose_cfg):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="kaggle competitions download -c dogs-vs-cats"):
+    with pytest.raises(FileNotFoundError, match="data.archive=/nope.zip does not exist; set data.archive="):
+        fetch(compose_cfg("data=dogs_vs_cats", "data.archive=/nope.zip"))
+
+
+class FakeKaggle:
+    """The few calls the kaggle client makes to download competition files, served on http://localhost, where
+    kaggle 2.x sends them under KAGGLE_API_ENVIRONMENT=LOCALHOST (its --local mode; the SDK's TEST value, port
+    7777, is ignored by the kaggle package, which passes its environment explicitly): 401 for a wrong key,
+    403 for a user who has not accepted the competition's rules."""
+
+    def __init__(self, archive_bytes: bytes):
+        import base64
+        import http.server
+        import threading
+
+        self.calls = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                outer.calls.append(self.path)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                auth = self.headers.get("Authorization", "")
+                user, _, key = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":") if auth else ("", "", "")
+                if self.path != "/api/v1/competitions.CompetitionApiService/DownloadDataFiles":
+                    return self.send_error(404)
+                if key != "good-key":
+                    return self._json(401, {"code": 401, "message": "Unauthenticated"})
+                if user == "norules":
+                    return self._json(403, {"code": 403, "message": "You must accept this competition's rules"})
+                self.send_response(302)
+                self.send_header("Location", "/blobs/dogs-vs-cats.zip?token=abc")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                outer.calls.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/zip")
+                self.send_header("Content-Length", str(len(archive_bytes)))
+                self.send_header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")
+                self.end_headers()
+                self.wfile.write(archive_bytes)
+
+            def _json(self, status, body):
+                import json
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 80), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_kaggle(tmp_path, monkeypatch):
+    archive = competition_zip(tmp_path / "served.zip")
+    server = FakeKaggle(archive.read_bytes())
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    config = tmp_path / "kaggle-config"
+    config.mkdir()
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config))
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")  # both read when kaggle is first imported
+    from kaggle.api.kaggle_api_extended import KaggleApi
+    # the same settings, should kaggle have been imported by an earlier test
+    monkeypatch.setattr(KaggleApi, "args", ["--local"])
+    monkeypatch.setattr(KaggleApi, "config_dir", str(config))
+    monkeypatch.setattr(KaggleApi, "config", str(config / "kaggle.json"))
+    yield server
+    server.close()
+
+
+def test_kaggle_download_with_the_real_client(fake_kaggle, tmp_path, monkeypatch, compose_cfg, caplog):
+    import json
+
+    config = tmp_path / "kaggle-config"
+    (config / "kaggle.json").write_text(json.dumps({"username": "alice", "key": "good-key"}))
+    (config / "kaggle.json").chmod(0o600)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("data=dogs_vs_cats", "data.split.val_fraction=0.25", "data.split.test_fraction=0.25",
+                      "data.split.sample_per_class=2")
+    caplog.set_level("INFO")
+    fetch(cfg)
+    split(cfg)
+    assert fake_kaggle.calls == ["/api/v1/competitions.CompetitionApiService/DownloadDataFiles",
+                                 "/blobs/dogs-vs-cats.zip?token=abc"]
+    assert len(read_index(tmp_path / "data/dogs_vs_cats/split/train.csv")) == 12
+    assert "good-key" not in caplog.text  # the secret never reaches the logs
+    fetch(cfg)  # idempotent: the downloaded zip is reused
+    assert len(fake_kaggle.calls) == 2
+
+
+@pytest.mark.parametrize("creds,message", [
+    (None, "no Kaggle credentials found"),
+    (("alice", "bad-key"), "Kaggle rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY (401)"),
+    (("norules", "good-key"), "accept the competition rules at https://www.kaggle.com/c/dogs-vs-cats/rules"),
+])
+def test_kaggle_preflight_messages(fake_kaggle, tmp_path, monkeypatch, compose_cfg, creds, message):
+    if creds:
+        monkeypatch.setenv("KAGGLE_USERNAME", creds[0])
+        monkeypatch.setenv("KAGGLE_KEY", creds[1])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PermissionError, match=message.replace("(", "\\(").replace(")", "\\)")) as info:
         fetch(compose_cfg("data=dogs_vs_cats"))
+    assert "\n" not in str(info.value) and "bad-key" not in str(info.value)
+    assert not (tmp_path / "data/dogs_vs_cats/images").exists()

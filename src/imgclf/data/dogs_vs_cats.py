@@ -8,12 +8,12 @@ import zipfile
 from pathlib import Path
 
 from .download import extract
+from .kaggle_client import download_competition
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
-HOW_TO_GET = ("download it with `kaggle competitions download -c dogs-vs-cats` (accept the competition rules at "
-              "https://www.kaggle.com/c/dogs-vs-cats/rules first), then set data.archive=/path/dogs-vs-cats.zip")
+HOW_TO_GET = "set data.archive=/path/dogs-vs-cats.zip, or data.archive=null to download it with Kaggle credentials"
 
 
 def _find(root: Path, name: str) -> Path | None:
@@ -36,13 +36,17 @@ def unpack(archive: Path, work: Path) -> tuple[Path, Path | None]:
 
 
 def fetch_dogs_vs_cats(out_dir: str | Path, archive: str | None, download_dir: str | Path,
-                       predict_dir: str | Path) -> int:
-    """Labels from file names into out_dir/<cat|dog>/; the unlabelled test1 set goes to predict_dir."""
-    if not archive:
-        raise ValueError(f"data=dogs_vs_cats needs the competition archive: {HOW_TO_GET}")
-    archive_path = Path(archive)
-    if not archive_path.is_file():
-        raise FileNotFoundError(f"data.archive={archive} does not exist; {HOW_TO_GET}")
+                       predict_dir: str | Path, competition: str = "dogs-vs-cats") -> int:
+    """Labels from file names into out_dir/<cat|dog>/; the unlabelled test1 set goes to predict_dir.
+
+    The archive is `archive` when given (offline machines), else downloaded with the kaggle client.
+    """
+    if archive:
+        archive_path = Path(archive)
+        if not archive_path.is_file():
+            raise FileNotFoundError(f"data.archive={archive} does not exist; {HOW_TO_GET}")
+    else:
+        archive_path = download_competition(competition, download_dir)
     work = Path(download_dir) / "extracted"
     shutil.rmtree(work, ignore_errors=True)
     train, test1 = unpack(archive_path, work)

@@ -19,7 +19,7 @@ from ..data.transforms import build_augment
 from ..engine import DeviceSetup, Preprocess, fit
 from ..models import build_model, check_image_size, save_checkpoint
 from ..plots import plot_curves
-from ..utils import git_state, resolve_device, seed_everything, write_json, write_text
+from ..utils import atomic_path, git_state, resolve_device, seed_everything, write_json, write_text
 from ._app import is_multirun, output_root, overrides, stage_main, to_dict
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,12 @@ def train(cfg: DictConfig) -> float:
 
 
 def write_outputs(cfg: DictConfig, out, result, class_names: list[str], run_id: str) -> None:
+    """Checkpoint, curves, summary and config under `out`, then the same into the MLflow run."""
     models, reports = out / "models", out / "reports" / "train"
     save_checkpoint(models / "model.pt", result.best_state, arch=cfg.model.arch, class_names=class_names,
                     image_size=cfg.model.image_size, mean=list(cfg.model.mean), std=list(cfg.model.std),
                     epoch=result.best_epoch, config=tracking.redacted(to_dict(cfg)))
-    reports.mkdir(parents=True, exist_ok=True)
-    with (reports / "history.csv").open("w", newline="") as f:
+    with atomic_path(reports / "history.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(result.history[0]))
         writer.writeheader()
         writer.writerows(result.history)
@@ -82,17 +82,22 @@ def write_outputs(cfg: DictConfig, out, result, class_names: list[str], run_id: 
     write_json(reports / "metrics.json", summary)
     plot_curves(result.history, reports / "curves.png")
     write_text(reports / "config.yaml", OmegaConf.to_yaml(tracking.redacted(to_dict(cfg))))
+    log_outputs(cfg, models, reports, summary)
+    write_json(models / "run.json", {"run_id": run_id, "experiment": cfg.tracking.experiment})
+
+
+def log_outputs(cfg: DictConfig, models, reports, summary: dict) -> None:
     tracking.log_metrics({f"best/{k}": v for k, v in summary.items()})
     for path in ("history.csv", "metrics.json", "curves.png", "config.yaml"):
         tracking.log_artifact(reports / path, "train")
     tracking.log_artifact(dataset_dir(DATA_ROOT, cfg.data.name) / SPLIT_DIR / "labels.txt", "train")
-    if Path("reports/split/report.json").is_file():  # the data report of the split this run trained on
-        tracking.log_artifacts("reports/split", "data")
-        data_report = json.loads(Path("reports/split/report.json").read_text())
-        tracking.log_metrics({"data/skipped_files": sum(data_report["skipped"]["counts"].values()),
-                              "data/cross_split_duplicates": data_report["cross_split_duplicates"]["groups"]})
+    data_report = Path("reports/split/report.json")
+    if data_report.is_file():  # the data report of the split this run trained on
+        tracking.log_artifacts(data_report.parent, "data")
+        report = json.loads(data_report.read_text())
+        tracking.log_metrics({"data/skipped_files": sum(report["skipped"]["counts"].values()),
+                              "data/cross_split_duplicates": report["cross_split_duplicates"]["groups"]})
     tracking.log_artifact(models / "model.pt", "checkpoint")  # once per run: checkpoints are hundreds of MB
-    write_json(models / "run.json", {"run_id": run_id, "experiment": cfg.tracking.experiment})
 
 
 main = stage_main(train)
