@@ -46,16 +46,22 @@ def compose_cfg():
     return _compose
 
 
-@pytest.fixture
-def tiny_project(tmp_path, monkeypatch):
-    """A working directory holding data/tiny with 3 classes, already split, and an MLflow store."""
+def make_tiny_project(root: Path) -> Path:
+    """data/tiny under root: 3 classes of 20 images, already split (36/12/12)."""
     from imgclf.data.folder import scan_image_folder
     from imgclf.data.split import stratified_split, write_split
 
-    images = make_class_folders(tmp_path / "data" / "tiny" / "images", {"a": 20, "b": 20, "c": 20})
+    images = make_class_folders(root / "data" / "tiny" / "images", {"a": 20, "b": 20, "c": 20})
     scan = scan_image_folder(images)
     splits = stratified_split(scan.items, 0.2, 0.2, seed=0)
-    write_split(tmp_path / "data" / "tiny" / "split", splits, scan.class_names, 4, seed=0)
+    write_split(root / "data" / "tiny" / "split", splits, scan.class_names, 4, seed=0)
+    return root
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A working directory holding data/tiny with 3 classes, already split, and an MLflow store."""
+    make_tiny_project(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -62,4 +62,4 @@ def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
 def test_console_script_rejects_unknown_command(project_env):
     proc = subprocess.run([str(BIN / "imgclf"), "trian"], cwd=ROOT, env=project_env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown command 'trian'; choose one of: fetch, split, train, evaluate, export"
+    assert proc.stderr.strip() == "error: unknown command 'trian'; choose one of: fetch, split, train, evaluate, export, predict"

@@ -1,0 +1,154 @@
+"""Classify images with the exported model (DIGITS' Classify One / Classify Many)."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .data.datasets import decode_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+@dataclass
+class Prediction:
+    path: str
+    probs: np.ndarray | None = None  # None when the file could not be classified
+    error: str | None = None
+
+
+def collect_inputs(args: Sequence[str]) -> list[Path]:
+    """Files as given, folders expanded (images inside, recursively, sorted), .txt files read as lists of paths."""
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            paths.extend(Path(line.strip()) for line in path.read_text().splitlines() if line.strip())
+        else:
+            paths.append(path)  # a missing file is reported per file later, not here
+    return paths
+
+
+class Classifier:
+    """An exported model (ONNX through onnxruntime) or a checkpoint, with its labels and preprocessing."""
+
+    def __init__(self, model_path: str | Path):
+        model_path = Path(model_path)
+        if model_path.suffix == ".pt":
+            from .models import load_checkpoint, model_from_checkpoint
+
+            ckpt = load_checkpoint(model_path)
+            self.class_names, self.image_size = ckpt["class_names"], ckpt["image_size"]
+            self.mean, self.std = ckpt["mean"], ckpt["std"]
+            self._run = self._torch_runner(model_from_checkpoint(ckpt))
+        else:
+            is_file = model_path.suffix == ".onnx"
+            export_dir = model_path.parent if is_file else model_path
+            onnx_file = model_path if is_file else export_dir / "model.onnx"
+            if not onnx_file.is_file():
+                raise FileNotFoundError(f"no exported model at {onnx_file}; run the pipeline (dvc repro) or pass "
+                                        "--model models/export or --model models/model.pt")
+            spec = json.loads((export_dir / "preprocessing.json").read_text())
+            self.class_names = (export_dir / "labels.txt").read_text().split("\n")[:-1]
+            self.image_size, self.mean, self.std = spec["image_size"], spec["mean"], spec["std"]
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+            self._run = lambda x: session.run(["logits"], {"images": x})[0]
+
+    @staticmethod
+    def _torch_runner(model):
+        import torch
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+        return run
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> normalised (N, 3, S, S) float32, as in training and evaluation."""
+        x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def classify(self, paths: Sequence[Path], batch_size: int = 32) -> list[Prediction]:
+        """Softmax probabilities per image, in input order; unreadable files get an error and the rest go on."""
+        results = [Prediction(str(p)) for p in paths]
+        batch, slots = [], []
+        for i, path in enumerate(paths):
+            try:
+                batch.append(decode_image(path, self.image_size))
+                slots.append(i)
+            except FileNotFoundError:
+                results[i].error = "no such file"
+            except (OSError, ValueError, SyntaxError) as exc:
+                results[i].error = f"not a readable image ({type(exc).__name__})"
+            if len(batch) == batch_size or (i == len(paths) - 1 and batch):
+                for slot, probs in zip(slots, self._probs(np.stack(batch))):
+                    results[slot].probs = probs
+                batch, slots = [], []
+        return results
+
+    def _probs(self, images: np.ndarray) -> np.ndarray:
+        logits = self._run(self.preprocess(images))
+        exp = np.exp(logits - logits.max(1, keepdims=True))
+        return exp / exp.sum(1, keepdims=True)
+
+
+def top_k(pred: Prediction, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-pred.probs)[: min(k, len(class_names))]
+    return [(class_names[i], float(pred.probs[i])) for i in order]
+
+
+def write_table(preds: Sequence[Prediction], class_names: Sequence[str], path: str | Path) -> None:
+    """CSV (path, top-1, probability of every class, error) or JSON, by the file's suffix."""
+    from .utils import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".json":
+            rows = [{"path": p.path, "error": p.error} if p.error else
+                    {"path": p.path, "top1": class_names[int(p.probs.argmax())],
+                     "probs": {c: float(v) for c, v in zip(class_names, p.probs)}} for p in preds]
+            tmp.write_text(json.dumps(rows, indent=2) + "\n")
+            return
+        import csv
+
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "top1", *(f"p_{c}" for c in class_names), "error"])
+            for p in preds:
+                if p.error:
+                    writer.writerow([p.path, "", *([""] * len(class_names)), p.error])
+                else:
+                    writer.writerow([p.path, class_names[int(p.probs.argmax())], *(f"{v:.6f}" for v in p.probs), ""])
+
+
+def write_submission(preds: Sequence[Prediction], class_names: Sequence[str], positive: str, clip: float,
+                     path: str | Path) -> int:
+    """Kaggle's `id,label` with the positive class's probability clipped to [clip, 1-clip], rows in id order."""
+    from .utils import atomic_path
+
+    if positive not in class_names:
+        raise ValueError(f"--positive {positive!r} is not a class of this model; choose one of: {', '.join(class_names)}")
+    index = list(class_names).index(positive)
+    rows = []
+    for p in preds:
+        stem = Path(p.path).stem
+        if p.error or not stem.isdigit():
+            raise ValueError(f"{p.path}: {p.error or 'file name is not a numeric Kaggle id'}; no submission written")
+        rows.append((int(stem), float(np.clip(p.probs[index], clip, 1 - clip))))
+    rows.sort()
+    with atomic_path(path) as tmp:
+        tmp.write_text("id,label\n" + "".join(f"{i},{v:.6f}\n" for i, v in rows))
+    return len(rows)

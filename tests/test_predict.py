@@ -1,0 +1,98 @@
+"""imgclf predict: Classify One/Many with the exported model, same preprocessing as evaluation."""
+import csv
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.predict import Classifier, collect_inputs
+from imgclf.stages.evaluate import evaluate
+from imgclf.stages.export import export
+from imgclf.stages.train import train
+
+from .conftest import BIN, ROOT, TINY_OVERRIDES, make_tiny_project
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny project trained, evaluated and exported once for every test here."""
+    from imgclf.config import compose
+
+    root = make_tiny_project(tmp_path_factory.mktemp("predict"))
+    cfg = compose([*TINY_OVERRIDES, "trainer.epochs=3", f"tracking.uri=sqlite:///{root}/mlflow.db"], root=ROOT)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        train(cfg)
+        evaluate(cfg)
+        export(cfg)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def cli(args, cwd, env):
+    return subprocess.run([str(BIN / "imgclf"), "predict", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_predict_matches_evaluation_for_onnx_and_checkpoint(trained):
+    rows = list(csv.DictReader(open(trained / "reports/evaluate/predictions.csv")))
+    paths = [trained / "data/tiny/images" / r["path"] for r in rows]
+    for model in ("models/export", "models/model.pt", "models/export/model.onnx"):
+        preds = Classifier(trained / model).classify(paths, batch_size=5)  # batches of 5: a partial last batch too
+        for row, pred in zip(rows, preds):
+            assert pred.path.endswith(row["path"])
+            np.testing.assert_allclose(pred.probs, [float(row[f"p_{c}"]) for c in "abc"], atol=1e-4)
+
+
+def test_cli_classify_one_and_many(trained, project_env):
+    image = next((trained / "data/tiny/images/b").iterdir())
+    one = cli([str(image), "--top-k", "5"], trained, project_env)
+    assert one.returncode == 0, one.stderr
+    lines = one.stdout.splitlines()
+    assert lines[0] == str(image) and len(lines) == 4  # k capped at the 3 classes
+    assert [line.split()[1] for line in lines[1:]] != [] and all("%" in line for line in lines[1:])
+
+    (trained / "list.txt").write_text(f"{image}\n{trained / 'missing.png'}\n")
+    (trained / "data/tiny/images/a/broken.png").write_bytes(b"not a png")
+    many = cli(["data/tiny/images/a", "list.txt", "--out", "preds.json"], trained, project_env)
+    assert many.returncode == 0
+    assert "missing.png: no such file" in many.stderr and "broken.png: not a readable image" in many.stderr
+    out = json.loads((trained / "preds.json").read_text())
+    assert len(out) == 20 + 1 + 2 and sum("error" in r for r in out) == 2
+    good = [r for r in out if "probs" in r]
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-5 for r in good)
+
+
+def test_kaggle_submission_rows_in_id_order(trained, project_env):
+    unlabelled = trained / "test1"
+    unlabelled.mkdir()
+    for i in (10, 2, 1):
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(unlabelled / f"{i}.jpg")
+    proc = cli([str(unlabelled), "--submission", "sub.csv", "--positive", "b", "--clip", "0.05"], trained, project_env)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.reader(open(trained / "sub.csv")))
+    assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == ["1", "2", "10"]
+    assert all(0.05 <= float(r[1]) <= 0.95 for r in rows[1:])
+    bad = cli([str(unlabelled), "--submission", "sub.csv", "--positive", "dog"], trained, project_env)
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: --positive 'dog' is not a class of this model; " \
+                                                         "choose one of: a, b, c"
+
+
+def test_collect_inputs_expands_folders_and_lists(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/x.png", "d/sub/y.JPG", "d/notes.md", "d/.hidden.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "l.txt").write_text("a.png\n\nb.png\n")
+    got = collect_inputs([str(tmp_path / "d"), str(tmp_path / "l.txt"), "c.png"])
+    assert [p.name for p in got] == ["y.JPG", "x.png", "a.png", "b.png", "c.png"]
+
+
+def test_missing_export_is_one_clear_error(tmp_path, project_env):
+    proc = cli(["x.png"], tmp_path, project_env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: no exported model at models/export/model.onnx; run the pipeline")
