@@ -41,8 +41,11 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> None:
     _save(fig, Path(path))
 
 
-def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | Path) -> None:
-    """Confusion matrix with counts in the cells; rows are true classes."""
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: bool = False) -> None:
+    """Confusion matrix, rows are true classes: counts, or with `normalize` each row as shares of its class."""
+    total = int(matrix.sum())
+    if normalize:
+        matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     n = len(class_names)
     size = max(4.0, 0.45 * n + 2)
     fig, ax = _pyplot().subplots(figsize=(size, size))
@@ -50,11 +53,13 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | P
     ticks = np.arange(n)
     ax.set_xticks(ticks, class_names, rotation=90 if n > 10 else 0)
     ax.set_yticks(ticks, class_names)
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({int(matrix.sum())} images)")
+    kind = "row-normalised confusion" if normalize else "confusion matrix"
+    ax.set(xlabel="predicted", ylabel="true", title=f"{kind} ({total} images)")
     if n <= 30:  # past that, numbers are unreadable
         threshold = matrix.max() / 2 if matrix.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{matrix[i, j]:.2f}" if normalize else int(matrix[i, j]), ha="center", va="center",
+                        fontsize=8,
                         color="white" if matrix[i, j] > threshold else "black")
     _save(fig, Path(path))

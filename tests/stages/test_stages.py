@@ -38,6 +38,15 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     rows = list(csv.DictReader(open(tiny_project / "reports/evaluate/predictions.csv")))
     assert len(rows) == 12  # 20% of 60 images
     assert np.mean([r["actual"] == r["predicted"] for r in rows]) == pytest.approx(test_acc)
+    assert metrics["test/top5_acc"] == 1.0  # k capped at the 3 classes
+    analysis = json.loads((tiny_project / "reports/evaluate/analysis.json").read_text())
+    losses = {r["path"]: -np.log(max(float(r[f"p_{r['actual']}"]), 1e-12)) for r in rows}
+    shown = [r["path"] for r in analysis["top_losses"]]
+    rest = [loss for path, loss in losses.items() if path not in shown]
+    assert min(losses[p] for p in shown) >= max(rest, default=0) - 1e-5  # the highest-loss test images
+    assert [losses[p] for p in shown] == pytest.approx(sorted((losses[p] for p in shown), reverse=True), abs=1e-5)
+    n_wrong = sum(r["actual"] != r["predicted"] for r in rows)
+    assert sum(p["count"] for p in analysis["most_confused"]) == n_wrong
 
     export(cfg)
     report = json.loads((tiny_project / "reports/export/metrics.json").read_text())
@@ -61,7 +70,8 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     assert tags["imgclf.dataset"] == "tiny" and tags["imgclf.model"] == "alexnet"
     assert len(tags["imgclf.data_version"]) == 16
     assert {"train/config.yaml", "train/history.csv", "train/curves.png", "train/labels.txt", "checkpoint/model.pt",
-            "evaluate/confusion_matrix.png", "evaluate/predictions.csv", "export/model.onnx",
+            "evaluate/confusion_matrix.png", "evaluate/predictions.csv", "evaluate/top_losses.png",
+            "evaluate/analysis.json", "export/model.onnx",
             "export/labels.txt"} <= set(artifact_paths(client, run_id))
 
 

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from .. import tracking
+from ..analysis import top_k_accuracy, write_error_analysis
 from ..data import DATA_ROOT, SPLIT_DIR, dataset_dir
 from ..data.datasets import build_loader, load_split
 from ..data.split import read_labels
@@ -20,6 +21,8 @@ from ..utils import atomic_path, resolve_device, write_json
 from ._app import read_run_file, stage_main
 
 log = logging.getLogger(__name__)
+
+OUT = "reports/evaluate"
 
 
 def evaluate(cfg: DictConfig) -> float:
@@ -36,17 +39,20 @@ def evaluate(cfg: DictConfig) -> float:
     probs = torch.softmax(logits, 1).numpy()
     y_true = y_true.numpy()
     metrics = classification_metrics(y_true, probs, class_names, prefix="test")
-    write_outputs(test_set.paths, y_true, probs, class_names, metrics)
+    metrics["test/top5_acc"] = top_k_accuracy(probs, y_true, 5)  # k capped at the class count
+    matrix = confusion(y_true, probs.argmax(1), len(class_names))
+    write_outputs(test_set.paths, y_true, probs, class_names, metrics, matrix)
+    analysis = write_error_analysis(OUT, test_set.images.numpy(), test_set.paths, probs, y_true, class_names, matrix)
+    write_json(f"{OUT}/analysis.json", analysis)
     with tracking.run(cfg.tracking.uri, run_id=read_run_file()["run_id"]):
         tracking.log_metrics(metrics)
-        for name in ("metrics.json", "predictions.csv", "confusion_matrix.png"):
-            tracking.log_artifact(f"reports/evaluate/{name}", "evaluate")
+        tracking.log_artifacts(OUT, "evaluate")
     log.info("test/acc %.4f test/macro_f1 %.4f on %d images", metrics["test/acc"], metrics["test/macro_f1"], len(y_true))
     return metrics["test/acc"]
 
 
-def write_outputs(paths, y_true: np.ndarray, probs: np.ndarray, class_names, metrics) -> None:
-    out = "reports/evaluate"
+def write_outputs(paths, y_true: np.ndarray, probs: np.ndarray, class_names, metrics, matrix) -> None:
+    out = OUT
     write_json(f"{out}/metrics.json", metrics)
     y_pred = probs.argmax(1)
     # `actual`/`predicted` columns: what DVC's confusion template reads
@@ -55,7 +61,8 @@ def write_outputs(paths, y_true: np.ndarray, probs: np.ndarray, class_names, met
         writer.writerow(["path", "actual", "predicted", *(f"p_{c}" for c in class_names)])
         for path, t, p, row in zip(paths, y_true, y_pred, probs):
             writer.writerow([path, class_names[t], class_names[p], *(f"{v:.6f}" for v in row)])
-    plot_confusion(confusion(y_true, y_pred, len(class_names)), class_names, f"{out}/confusion_matrix.png")
+    plot_confusion(matrix, class_names, f"{out}/confusion_matrix.png")
+    plot_confusion(matrix, class_names, f"{out}/confusion_normalized.png", normalize=True)
 
 
 main = stage_main(evaluate)
