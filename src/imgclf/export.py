@@ -35,3 +35,58 @@ def verify_onnx(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> dic
         "export/onnx_top1_agreement": float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean()),
         "export/verified_images": float(len(inputs)),
     }
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
+    """Trace `model` to TorchScript (no Python needed to run it, e.g. from C++ with libtorch)."""
+    with torch.inference_mode():
+        traced = torch.jit.trace(model.eval().cpu(), example.cpu())
+    traced.save(str(path))
+
+
+def verify_torchscript(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> dict[str, float]:
+    """Max |logit difference| and top-1 agreement of the TorchScript file against PyTorch."""
+    scripted = torch.jit.load(str(path))
+    with torch.inference_mode():
+        ts_logits, torch_logits = scripted(inputs).numpy(), model.eval()(inputs).numpy()
+    return {"export/torchscript_max_abs_diff": float(np.abs(ts_logits - torch_logits).max()),
+            "export/torchscript_top1_agreement": float((ts_logits.argmax(1) == torch_logits.argmax(1)).mean())}
+
+
+def measure_latency(run, inputs: torch.Tensor, batch_sizes=(1, 32), repeats: int = 3) -> dict[str, float]:
+    """Median ms per batch and images/s of `run(x)` at each batch size (CPU, after one warm-up call)."""
+    import time
+
+    out = {}
+    for bs in batch_sizes:
+        x = inputs[:bs]
+        if len(x) < bs:  # fewer real images than the batch: repeat them
+            x = x.repeat((bs + len(x) - 1) // len(x), 1, 1, 1)[:bs]
+        run(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+        ms = float(np.median(times) * 1000)
+        out[f"b{bs}_ms"], out[f"b{bs}_images_per_sec"] = ms, bs / (ms / 1000)
+    return out
+
+
+def latency_report(model: nn.Module, export_dir: Path, inputs: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Latency and throughput of PyTorch, ONNX (onnxruntime) and TorchScript at batch 1 and 32."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(export_dir / "model.ts"))
+
+    def torch_run(m):
+        def run(x):
+            with torch.inference_mode():
+                return m(x)
+        return run
+    return {
+        "pytorch": measure_latency(torch_run(model.eval()), inputs),
+        "onnxruntime": measure_latency(lambda x: session.run(["logits"], {"images": x.numpy()}), inputs),
+        "torchscript": measure_latency(torch_run(scripted), inputs),
+    }

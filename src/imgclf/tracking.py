@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -103,3 +104,63 @@ def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> No
 def get_run(uri: str, run_id: str):
     """The run's data and info, for checks and reports."""
     return MlflowClient(tracking_uri=uri).get_run(run_id)
+
+
+def _served_model_class():
+    """The pyfunc class, defined on first use: importing mlflow.pyfunc (and defining a PythonModel) makes MLflow
+    warn about type hints, which every stage would print otherwise; the signature is given explicitly instead."""
+    import mlflow.pyfunc
+
+    class OnnxImageClassifier(mlflow.pyfunc.PythonModel):
+        """The exported ONNX network as an MLflow model: RGB uint8 images (N, S, S, 3) in, class probabilities out."""
+
+        def load_context(self, context) -> None:
+            import json
+
+            import numpy as np
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(context.artifacts["onnx"], providers=["CPUExecutionProvider"])
+            spec = json.loads(Path(context.artifacts["preprocessing"]).read_text())
+            self.labels = Path(context.artifacts["labels"]).read_text().split("\n")[:-1]
+            self.mean = np.asarray(spec["mean"], np.float32).reshape(1, 3, 1, 1)
+            self.std = np.asarray(spec["std"], np.float32).reshape(1, 3, 1, 1)
+
+        def predict(self, context, model_input, params=None):
+            import numpy as np
+            import pandas as pd
+
+            x = np.asarray(model_input, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
+            logits = self.session.run(["logits"], {"images": (x - self.mean) / self.std})[0]
+            exp = np.exp(logits - logits.max(1, keepdims=True))
+            probs = pd.DataFrame(exp / exp.sum(1, keepdims=True), columns=self.labels)
+            probs["label"] = [self.labels[i] for i in logits.argmax(1)]
+            return probs
+
+    return OnnxImageClassifier
+
+
+def log_served_model(export_dir: str | Path, examples, registered_name: str | None) -> str:
+    """Log the ONNX export as a pyfunc model (signature, input example) and register it; returns its URI."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    export_dir = Path(export_dir)
+    labels = (export_dir / "labels.txt").read_text().split("\n")[:-1]
+    size = examples.shape[1]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3))]),  # one unnamed tensor: {"inputs": [...]}
+        outputs=Schema([ColSpec("double", c) for c in labels] + [ColSpec("string", "label")]),
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+        model = _served_model_class()()
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=model, signature=signature, input_example=examples,
+        artifacts={"onnx": str(export_dir / "model.onnx"), "labels": str(export_dir / "labels.txt"),
+                   "preprocessing": str(export_dir / "preprocessing.json")},
+        pip_requirements=["onnxruntime", "numpy", "pandas"],  # the class is pickled by value: no imgclf needed
+        registered_model_name=registered_name or None,
+    )
+    return info.model_uri

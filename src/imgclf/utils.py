@@ -11,9 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import torch
-
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -54,8 +51,11 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
+def seed_everything(seed: int, deterministic: bool = True) -> "torch.Generator":
     """Seed Python, NumPy and torch; return a torch generator for data shuffling."""
+    import numpy as np
+    import torch  # imported here: fetch and split never need torch, and it costs them seconds
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -71,8 +71,10 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     return g
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> "torch.device":
     """Map `auto|cpu|cuda` to a torch device; `cuda` without CUDA is an error, not a fallback."""
+    import torch
+
     if name not in DEVICES:
         raise ValueError(f"unknown trainer.device '{name}'; choose one of: {', '.join(DEVICES)}")
     if name == "auto":

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from imgclf.stages.evaluate import evaluate
 from imgclf.stages.export import export
@@ -51,12 +52,29 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     export(cfg)
     report = json.loads((tiny_project / "reports/export/metrics.json").read_text())
     assert report["export/onnx_max_abs_diff"] < 1e-4 and report["export/onnx_top1_agreement"] == 1.0
+    assert report["export/torchscript_max_abs_diff"] < 1e-4 and report["export/torchscript_top1_agreement"] == 1.0
+    latency = json.loads((tiny_project / "reports/export/latency.json").read_text())
+    assert set(latency) == {"pytorch", "onnxruntime", "torchscript"}
+    assert all(f["b1_ms"] > 0 and f["b32_images_per_sec"] > 0 for f in latency.values())
+    scripted = torch.jit.load(str(tiny_project / "models/export/model.ts"))
+    assert scripted(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
     exported = tiny_project / "models/export"
     assert (exported / "labels.txt").read_text().split() == ["a", "b", "c"]
     spec = json.loads((exported / "preprocessing.json").read_text())
     assert spec["image_size"] == 64 and spec["mean"] == [0.485, 0.456, 0.406]
     session = ort.InferenceSession(str(exported / "model.onnx"))
     assert session.run(None, {"images": np.zeros((5, 3, 64, 64), np.float32)})[0].shape == (5, 3)  # dynamic batch
+
+    # the MLflow model: registered, loads back through pyfunc, predicts what onnxruntime predicts
+    import mlflow
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    served = mlflow.pyfunc.load_model(f"models:/{cfg.export.registered_name}/1")
+    images = np.stack([np.asarray(Image.open(tiny_project / "data/tiny/images" / r["path"]).convert("RGB")
+                                  .resize((64, 64), Image.Resampling.BILINEAR)) for r in rows])
+    out = served.predict(images)
+    np.testing.assert_allclose(out[["a", "b", "c"]].to_numpy(), [[float(r[f"p_{c}"]) for c in "abc"] for r in rows],
+                               atol=1e-4)
+    assert list(out["label"]) == [r["predicted"] for r in rows]
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     run = client.get_run(run_id)
