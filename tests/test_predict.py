@@ -47,6 +47,9 @@ def test_predict_matches_evaluation_for_onnx_and_checkpoint(trained):
         for row, pred in zip(rows, preds):
             assert pred.path.endswith(row["path"])
             np.testing.assert_allclose(pred.probs, [float(row[f"p_{c}"]) for c in "abc"], atol=1e-4)
+            if row["actual"] == row["predicted"]:  # a known image the model classifies right: predict says so too
+                assert "abc"[int(pred.probs.argmax())] == row["actual"]
+    assert sum(r["actual"] == r["predicted"] for r in rows) >= 6  # 3 epochs on well-separated colours
 
 
 def test_cli_classify_one_and_many(trained, project_env):

@@ -91,6 +91,7 @@ def write_error_analysis(out_dir: str | Path, images: np.ndarray, paths: Sequenc
         plot_image_grid(images[idx], [caption(i) for i in idx], f"{name.replace('_', ' ')}: true -> predicted",
                         out_dir / f"{name}.png")
     return {
+        "confusion_matrix": {"labels": list(class_names), "counts": matrix.tolist()},  # rows: true class
         "most_confused": most_confused(matrix, class_names),
         **{name: [{"path": paths[i], "true": class_names[y_true[i]], "predicted": class_names[y_pred[i]],
                    "probability": round(float(probs[i, y_pred[i]]), 6), "loss": round(float(losses[i]), 6)}

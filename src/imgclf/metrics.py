@@ -24,6 +24,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
         metrics[f"{prefix}/precision/{name}"] = float(precision[i])
         metrics[f"{prefix}/recall/{name}"] = float(recall[i])
         metrics[f"{prefix}/f1/{name}"] = float(f1[i])
+        metrics[f"{prefix}/support/{name}"] = int(support[i])
     return metrics
 
 

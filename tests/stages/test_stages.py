@@ -46,6 +46,9 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     rest = [loss for path, loss in losses.items() if path not in shown]
     assert min(losses[p] for p in shown) >= max(rest, default=0) - 1e-5  # the highest-loss test images
     assert [losses[p] for p in shown] == pytest.approx(sorted((losses[p] for p in shown), reverse=True), abs=1e-5)
+    counts = np.array(analysis["confusion_matrix"]["counts"])
+    assert counts.sum() == len(rows) == 12 and np.trace(counts) == round(test_acc * 12)
+    assert [metrics[f"test/support/{c}"] for c in "abc"] == list(counts.sum(1))
     n_wrong = sum(r["actual"] != r["predicted"] for r in rows)
     assert sum(p["count"] for p in analysis["most_confused"]) == n_wrong
 
