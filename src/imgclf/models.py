@@ -41,10 +41,6 @@ def check_image_size(arch: str, image_size: int) -> None:
         raise ValueError(f"model.image_size={image_size} is too small for {arch}; it needs at least {minimum} px")
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def load_checkpoint(path) -> dict:
     """Load a checkpoint written by the train stage (tensors and plain types only)."""
     return torch.load(path, map_location="cpu", weights_only=True)
