@@ -10,23 +10,28 @@ import numpy as np
 from . import SPLITS
 
 
+def _carve(items: list[tuple[str, str]], fraction: float, seed: int) -> tuple[list, list]:
+    """Split off `fraction` of the items, stratified by label: (rest, carved)."""
+    from sklearn.model_selection import train_test_split  # imported here: sklearn adds ~1 s to every stage
+
+    return train_test_split(items, test_size=fraction, stratify=[lbl for _, lbl in items], random_state=seed)
+
+
+def _check_fraction(name: str, fraction: float) -> None:
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.split.{name} must be between 0 and 1 (exclusive); got {fraction}")
+
+
 def stratified_split(
     items: list[tuple[str, str]], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[tuple[str, str]]]:
     """Split (path, label) pairs into train/val/test, keeping class proportions in each."""
-    from sklearn.model_selection import train_test_split  # imported here: sklearn adds ~1 s to every stage
-
-    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < frac < 1.0:
-            raise ValueError(f"data.split.{name} must be between 0 and 1 (exclusive); got {frac}")
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(f"data.split.val_fraction + test_fraction must be below 1; got {val_fraction + test_fraction}")
-    labels = [label for _, label in items]
-    rest, test = train_test_split(items, test_size=test_fraction, stratify=labels, random_state=seed)
-    rest_labels = [label for _, label in rest]
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (1.0 - test_fraction), stratify=rest_labels, random_state=seed
-    )
+    rest, test = _carve(items, test_fraction, seed)
+    train, val = _carve(rest, val_fraction / (1.0 - test_fraction), seed)  # val_fraction is of the whole set
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
@@ -37,8 +42,6 @@ def split_with_fixed(
 
     Here a fraction is of the images left once the fixed splits are taken out.
     """
-    from sklearn.model_selection import train_test_split
-
     out: dict[str, list[tuple[str, str]]] = {}
     for name, paths in fixed.items():
         wanted = set(paths)
@@ -48,12 +51,9 @@ def split_with_fixed(
     taken = {p for split in out.values() for p, _ in split}
     rest = [item for item in items if item[0] not in taken]
     for name, frac in (("test", test_fraction), ("val", val_fraction)):
-        if name in out:
-            continue
-        if not 0.0 < frac < 1.0:
-            raise ValueError(f"data.split.{name}_fraction must be between 0 and 1 (exclusive); got {frac}")
-        rest, out[name] = train_test_split(rest, test_size=frac, stratify=[lbl for _, lbl in rest],
-                                           random_state=seed)
+        if name not in out:
+            _check_fraction(f"{name}_fraction", frac)
+            rest, out[name] = _carve(rest, frac, seed)
     out["train"] = rest
     return {name: sorted(out[name]) for name in SPLITS}
 
