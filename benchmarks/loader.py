@@ -21,7 +21,7 @@ from torch import nn
 
 from imgclf.data.datasets import TensorImageDataset, build_loader, decode_all
 from imgclf.data.transforms import RandomShift
-from imgclf.engine import DeviceSetup, Preprocess, train_one_epoch
+from imgclf.engine import DeviceSetup, Preprocess, Trainer, train_one_epoch
 from imgclf.models import build_model
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -77,8 +77,8 @@ def main() -> None:
     loader_rate = seen / (time.perf_counter() - start)
     model = build_model(args.arch, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
-    model_rate = train_one_epoch(model, nn.CrossEntropyLoss(), opt, loader, setup, pre, epoch=1,
-                                 log_every=10**9, augment=aug)["train/images_per_sec"]
+    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, setup, pre, augment=aug, log_every=10**9)
+    model_rate = train_one_epoch(trainer, loader, epoch=1)["train/images_per_sec"]
     print(f"{args.images} JPEGs of {args.photo_size}x{int(args.photo_size * 0.75)} -> {args.image_size} px, "
           f"{os.cpu_count()} cores")
     for workers, rate in rates.items():

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from imgclf.data.datasets import TensorImageDataset, build_loader
-from imgclf.engine import DeviceSetup, Preprocess, train_one_epoch
+from imgclf.engine import DeviceSetup, Preprocess, Trainer, train_one_epoch
 from imgclf.models import build_model
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -39,8 +39,9 @@ def bare_loop(model, optimizer, images, labels, batch_size, device) -> float:
 
 def project_loop(model, optimizer, images, labels, batch_size, device) -> float:
     loader = build_loader(TensorImageDataset(images, labels), batch_size, shuffle=False)
-    metrics = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, DeviceSetup(device),
-                              Preprocess(MEAN, STD).to(device), epoch=1, log_every=10**9)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, DeviceSetup(device), Preprocess(MEAN, STD).to(device),
+                      log_every=10**9)
+    metrics = train_one_epoch(trainer, loader, epoch=1)
     return metrics["train/images_per_sec"]
 
 

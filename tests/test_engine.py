@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from imgclf.data.datasets import TensorImageDataset, build_loader
-from imgclf.engine import DeviceSetup, NonFiniteLoss, Preprocess, Progress, evaluate, fit, train_one_epoch
+from imgclf.engine import DeviceSetup, NonFiniteLoss, Preprocess, Progress, Trainer, evaluate, fit, train_one_epoch
 from imgclf.schedules import constant
 from imgclf.utils import resolve_device, seed_everything
 
@@ -29,8 +29,9 @@ def run_fit(epochs=3, lr=0.05):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     sched = constant(opt, epochs, 4)
     ds = tiny_data()
-    return fit(model, nn.CrossEntropyLoss(), opt, sched, build_loader(ds, 8, True, generator), build_loader(ds, 8, False),
-               DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3), epochs)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, DeviceSetup.for_device(torch.device("cpu")),
+                      Preprocess([0.5] * 3, [0.25] * 3), scheduler=sched)
+    return fit(trainer, build_loader(ds, 8, True, generator), build_loader(ds, 8, False), epochs)
 
 
 def test_fit_learns_and_keeps_best_by_val_acc():
@@ -54,13 +55,14 @@ def test_nonfinite_loss_stops_with_step():
         model[1].weight.fill_(float("nan"))
     loader = build_loader(tiny_data(), 8, False)
     with pytest.raises(NonFiniteLoss, match="epoch 1 step 1"):
-        train_one_epoch(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), loader,
-                        DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3), epoch=1)
+        train_one_epoch(Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                                DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3)),
+                        loader, epoch=1)
 
 
 def test_evaluate_keys_and_accuracy():
     model = tiny_model()
-    metrics = evaluate(model, nn.CrossEntropyLoss(), build_loader(tiny_data(), 8, False),
+    metrics = evaluate(model, build_loader(tiny_data(), 8, False),
                        DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3), prefix="test")
     assert set(metrics) == {"test/loss", "test/acc"}
     assert 0.0 <= metrics["test/acc"] <= 1.0 and math.isfinite(metrics["test/loss"])

@@ -1,16 +1,19 @@
-"""train_one_epoch() and evaluate(): plain functions over a model, a loader and a device."""
+"""train_one_epoch(), evaluate() and fit(): plain functions over a model, loaders and a device."""
 from __future__ import annotations
 
 import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+from . import distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +39,36 @@ class DeviceSetup:
     channels_last: bool = False
 
     @classmethod
-    def for_device(cls, device: torch.device) -> "DeviceSetup":
+    def for_device(cls, device: torch.device, amp: bool = True, channels_last: bool = True) -> "DeviceSetup":
         # GPU fast path: bf16 autocast where supported (no loss scaling needed), fp16 otherwise;
         # channels_last feeds tensor cores. On CPU both stay off: fp32 is what CPUs do fastest here.
         if device.type != "cuda":
             return cls(device)
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return cls(device, amp_dtype=dtype, channels_last=True)
+        return cls(device, amp_dtype=dtype if amp else None, channels_last=channels_last)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
-    def to_input(self, images: torch.Tensor, preprocess: Preprocess, augment=None) -> torch.Tensor:
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 needs loss scaling; bf16 and fp32 do not."""
+        return torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    def to_input(self, images: torch.Tensor, preprocess: nn.Module | None, augment=None) -> torch.Tensor:
         # non_blocking pairs with pinned loader memory so the copy overlaps compute
         x = images.to(self.device, non_blocking=True)
-        x = preprocess(augment(x) if augment is not None else x)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        if augment is not None:
+            x = augment(x)
+        if preprocess is not None:
+            x = preprocess(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
 class Progress:
     """tqdm bar on a terminal; plain log lines every `log_every` batches otherwise (CI, DVC logs)."""
 
     def __init__(self, total: int, desc: str, log_every: int = 10, tty: bool | None = None):
-        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.tty = (sys.stderr.isatty() and dist.is_main()) if tty is None else tty
         self.total, self.desc, self.log_every = total, desc, max(1, log_every)
         self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) if self.tty else None
 
@@ -78,49 +88,86 @@ class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
-def train_one_epoch(
-    model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader, setup: DeviceSetup,
-    preprocess: Preprocess, epoch: int, scaler: torch.amp.GradScaler | None = None, log_every: int = 10,
-    augment=None, scheduler=None,
-) -> dict[str, float]:
-    """One pass over `loader`, stepping `scheduler` per batch; returns train/loss, train/acc and throughput."""
+@dataclass
+class Trainer:
+    """What one training step needs besides the batch: the network, loss, optimizer, schedule and device."""
+
+    model: nn.Module                      # what trains: the network, its DDP wrapper, or a head on cached features
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    setup: DeviceSetup
+    preprocess: nn.Module | None = None   # None when batches are already features
+    scheduler: object = None              # stepped once per batch (imgclf.schedules)
+    scaler: torch.amp.GradScaler | None = None
+    augment: Callable | None = None
+    grad_clip: float | None = None        # max global gradient norm
+    frozen_backbone: bool = False         # backbone in eval mode (BN statistics and dropout off), head trains
+    log_every: int = 10
+
+
+def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
+    """Train mode for what trains; a frozen backbone stays in eval mode so its features do not drift."""
+    from .models import head
+
     model.train()
-    total_loss, seen = 0.0, 0
-    correct = torch.zeros((), dtype=torch.int64, device=setup.device)  # summed on the device: no sync per step
-    progress = Progress(len(loader), f"epoch {epoch}", log_every)
+    if frozen_backbone:
+        net = dist.unwrap(model)
+        net.eval()
+        head(net).train()
+
+
+def train_one_epoch(t: Trainer, loader, epoch: int) -> dict[str, float]:
+    """One pass over `loader`, stepping the schedule per batch; train/loss, train/acc and throughput."""
+    set_train_mode(t.model, t.frozen_backbone)
+    device = t.setup.device
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)  # summed on the device: no sync per step
+    seen = 0
+    params = [p for p in t.model.parameters() if p.requires_grad]
+    progress = Progress(len(loader), f"epoch {epoch}", t.log_every)
     start = time.perf_counter()
     for step, (images, labels) in enumerate(loader, start=1):
-        x = setup.to_input(images, preprocess, augment)
-        y = labels.to(setup.device, non_blocking=True)
-        with setup.autocast():
-            logits = model(x)
-            loss = criterion(logits, y)
+        x = t.setup.to_input(images, t.preprocess, t.augment)
+        y = labels.to(device, non_blocking=True)
+        with t.setup.autocast():
+            logits = t.model(x)
+            loss = t.criterion(logits, y)
         loss_value = loss.item()  # the one host sync per step: checked before the weights change
-        if not math.isfinite(loss_value):
-            raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch} step {step}; lower optim.lr or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
         n = y.size(0)
-        total_loss += loss_value * n
+        # ranks weigh their shard by its share of the global batch: the same gradient as one process
+        weight, bad = dist.shard_weight(n, not math.isfinite(loss_value), device)
+        if bad:
+            raise NonFiniteLoss(f"loss is {loss_value if not math.isfinite(loss_value) else 'not finite on another rank'}"
+                                f" at epoch {epoch} step {step}; lower optim.lr or check the data")
+        t.optimizer.zero_grad(set_to_none=True)
+        scaled = loss * weight if weight != 1.0 else loss
+        if t.scaler is not None:
+            t.scaler.scale(scaled).backward()
+            if t.grad_clip:
+                t.scaler.unscale_(t.optimizer)  # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(params, t.grad_clip)
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
+        else:
+            scaled.backward()
+            if t.grad_clip:
+                nn.utils.clip_grad_norm_(params, t.grad_clip)
+            t.optimizer.step()
+        if t.scheduler is not None:
+            t.scheduler.step()
+        total_loss += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
-        progress.update(step, loss_value, seen / (time.perf_counter() - start))
+        progress.update(step, loss_value, seen * dist.world_size() / (time.perf_counter() - start))
     progress.close()
     elapsed = time.perf_counter() - start
-    return {"train/loss": total_loss / seen, "train/acc": correct.item() / seen,
-            "train/epoch_time_s": elapsed, "train/images_per_sec": seen / elapsed}
+    loss_sum, correct_sum, seen_sum = dist.all_reduce_sum([total_loss.item(), correct.item(), seen], device)
+    return {"train/loss": loss_sum / seen_sum, "train/acc": correct_sum / seen_sum,
+            "train/epoch_time_s": elapsed, "train/images_per_sec": seen_sum / elapsed}
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, setup: DeviceSetup, preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, CPU) and labels for every batch of `loader`, in loader order."""
     model.eval()
     all_logits, all_labels = [], []
@@ -132,48 +179,77 @@ def predict(model: nn.Module, loader, setup: DeviceSetup, preprocess: Preprocess
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate(model: nn.Module, criterion: nn.Module, loader, setup: DeviceSetup, preprocess: Preprocess,
+def evaluate(model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module | None,
              prefix: str = "val") -> dict[str, float]:
-    """Mean loss and accuracy of `model` over `loader`, keyed `<prefix>/loss`, `<prefix>/acc`."""
+    """Mean cross-entropy and accuracy over `loader` (summed over ranks), keyed `<prefix>/loss`, `<prefix>/acc`."""
     logits, labels = predict(model, loader, setup, preprocess)
-    loss = criterion(logits, labels).item()
-    acc = (logits.argmax(1) == labels).float().mean().item()
-    return {f"{prefix}/loss": loss, f"{prefix}/acc": acc}
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum").item()
+    correct = (logits.argmax(1) == labels).sum().item()
+    loss_sum, correct, n = dist.all_reduce_sum([loss_sum, correct, len(labels)], setup.device)
+    return {f"{prefix}/loss": loss_sum / n, f"{prefix}/acc": correct / n}
+
+
+@torch.inference_mode()
+def compute_features(model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen backbone's output for every batch, once: head-only epochs then cost only the head."""
+    from .models import features
+
+    model.eval()
+    feats, labels = [], []
+    for images, y in loader:
+        with setup.autocast():
+            feats.append(features(model, setup.to_input(images, preprocess)).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
 
 
 @dataclass
-class FitResult:
-    """What fit() hands back: per-epoch history and the best weights by val/acc."""
+class FitState:
+    """Where training is: what a checkpoint restores and what fit() returns."""
 
-    history: list[dict]
-    best_state: dict[str, torch.Tensor]
-    best_epoch: int
-    best_metrics: dict[str, float]
+    epoch: int = 0                        # last completed epoch
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metrics: dict = field(default_factory=dict)
+    best_state: dict = field(default_factory=dict)
+    bad_epochs: int = 0                   # epochs since val/acc last improved by more than min_delta
+    stopped_early: bool = False
 
 
-def fit(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_loader,
-        val_loader, setup: DeviceSetup, preprocess: Preprocess, epochs: int, on_epoch=None,
-        log_every: int = 10, augment=None) -> FitResult:
-    """Train for `epochs`, validating after each; keep the weights with the best val/acc.
+def fit(t: Trainer, train_loader, val_loader, epochs: int, state: FitState | None = None,
+        weights: nn.Module | None = None, patience: int | None = None, min_delta: float = 0.0,
+        before_epoch: Callable[[int], None] | None = None,
+        after_epoch: Callable[[int, dict, FitState], None] | None = None) -> FitState:
+    """Train from `state.epoch + 1` to `epochs`, validating each epoch; keep the best weights by val/acc.
 
-    `scheduler` is stepped once per batch (see imgclf.schedules).
+    `weights` is the module whose state is the result (the whole network when only its head trains);
+    `patience` stops after that many epochs without a val/acc gain above `min_delta`.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"trainer.epochs must be a positive integer; got {epochs!r}")
-    scaler = torch.amp.GradScaler("cuda") if setup.amp_dtype == torch.float16 else None
-    history, best_state, best_epoch, best_metrics = [], {}, 0, {}
-    for epoch in range(1, epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        metrics = train_one_epoch(model, criterion, optimizer, train_loader, setup, preprocess, epoch, scaler, log_every,
-                                  augment, scheduler)
-        metrics.update(evaluate(model, criterion, val_loader, setup, preprocess, prefix="val"))
+    state = state or FitState()
+    weights = weights or dist.unwrap(t.model)
+    for epoch in range(state.epoch + 1, epochs + 1):
+        if before_epoch is not None:
+            before_epoch(epoch)
+        lr = t.optimizer.param_groups[-1]["lr"]  # the head's group: the rate the schedule sets
+        metrics = train_one_epoch(t, train_loader, epoch)
+        metrics.update(evaluate(t.model, val_loader, t.setup, t.preprocess, prefix="val"))
         metrics["lr"] = lr
-        if not best_metrics or metrics["val/acc"] > best_metrics["val/acc"]:
-            # a CPU copy: the best weights survive later epochs without touching the disk each time
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            best_epoch, best_metrics = epoch, dict(metrics)
+        if not state.best_metrics or metrics["val/acc"] > state.best_metrics["val/acc"]:
+            # a CPU copy: the best weights survive later epochs
+            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.state_dict().items()}
+            state.best_epoch, state.best_metrics = epoch, dict(metrics)
+        gain = metrics["val/acc"] - max((h["val/acc"] for h in state.history), default=-math.inf)
+        state.bad_epochs = 0 if gain > min_delta else state.bad_epochs + 1
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, **metrics})
         log.info("epoch %d/%d %s", epoch, epochs, " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        history.append({"epoch": epoch, **metrics})
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    return FitResult(history, best_state, best_epoch, best_metrics)
+        if after_epoch is not None:
+            after_epoch(epoch, metrics, state)
+        if patience and state.bad_epochs >= patience and epoch < epochs:
+            log.info("early stopping: val/acc has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
+                     min_delta, patience, state.best_metrics["val/acc"], state.best_epoch)
+            state.stopped_early = True
+            break
+    return state

@@ -1,44 +1,227 @@
-"""build_model(): the one place networks are created, weights loaded and heads swapped."""
+"""build_model(): the one place networks are created, pretrained weights found and loaded, and heads swapped."""
 from __future__ import annotations
 
 import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision import models as tv_models
 
 log = logging.getLogger(__name__)
 
-# smallest input each architecture accepts: AlexNet's stride-4 conv and three poolings need 63 px
-MIN_IMAGE_SIZE = {"alexnet": 63, "vgg16": 32, "vgg16_bn": 32}
-ARCHS = tuple(MIN_IMAGE_SIZE)
+SOURCES = ("torchvision", "timm")
+TORCHVISION_ARCHS = ("alexnet", "vgg16", "vgg16_bn")  # networks whose head is classifier[-1]
 
 
-def build_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """Create a torchvision network with its last layer replaced for `num_classes` outputs."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown model '{arch}'; choose one of: {', '.join(ARCHS)}")
+class WeightsNotFound(FileNotFoundError):
+    """Pretrained weights were requested and are neither cached nor downloadable."""
+
+
+@dataclass
+class Preprocessing:
+    """What the network expects as input, from its weights' metadata unless the config overrides it."""
+
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str = "bilinear"
+    min_size: int = 1
+
+
+def build_model(name: str, num_classes: int, source: str = "torchvision", pretrained: bool = False,
+                weights: str | None = None, download: bool = True) -> nn.Module:
+    """Create `name`, load ImageNet (`pretrained`) or local (`weights`) weights, replace the head for `num_classes`."""
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes; got {num_classes}")
-    weights = tv_models.get_model_weights(arch).DEFAULT if pretrained else None
-    model = tv_models.get_model(arch, weights=weights)
-    _replace_head(model, num_classes)
+    model = _create(source, name)
+    if weights:
+        load_weights(model, Path(weights).expanduser(), name)
+    elif pretrained:
+        load_weights(model, pretrained_file(source, name, download), name)
+    replace_head(model, num_classes)
     return model
 
 
-def _replace_head(model: nn.Module, num_classes: int) -> None:
-    # AlexNet and VGG end in classifier[-1]: a Linear from 4096 features
-    head = model.classifier[-1]
-    model.classifier[-1] = nn.Linear(head.in_features, num_classes)
-    log.info("replaced head: Linear(%d, %d) -> Linear(%d, %d)", head.in_features, head.out_features,
-             head.in_features, num_classes)
+def _create(source: str, name: str) -> nn.Module:
+    if source == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError(f"unknown timm model '{name}'; list them with: python -c \"import timm; "
+                             f"print(timm.list_models('{name.split('.')[0][:4]}*'))\"")
+        return timm.create_model(name, pretrained=False)
+    if source != "torchvision":
+        raise ValueError(f"unknown model.source '{source}'; choose one of: {', '.join(SOURCES)}")
+    if name not in TORCHVISION_ARCHS:
+        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
+                         "or model=timm model.name=<any timm model>")
+    from torchvision import models as tv_models
+
+    return tv_models.get_model(name, weights=None)
 
 
-def check_image_size(arch: str, image_size: int) -> None:
-    """Fail early with a clear message when the input is too small for the network."""
-    minimum = MIN_IMAGE_SIZE.get(arch, 1)
-    if image_size < minimum:
-        raise ValueError(f"model.image_size={image_size} is too small for {arch}; it needs at least {minimum} px")
+def pretrained_file(source: str, name: str, download: bool = True) -> Path:
+    """The local file of `name`'s default ImageNet weights: from the cache, else downloaded (`download`)."""
+    return _timm_file(name, download) if source == "timm" else _torchvision_file(name, download)
+
+
+def _torchvision_file(name: str, download: bool) -> Path:
+    from torchvision import models as tv_models
+
+    url = tv_models.get_model_weights(name).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)  # where torchvision caches it
+    if path.is_file():
+        return path
+    hint = f"download {url} to {path} (or set TORCH_HOME), or set model.weights=/path/to/file.pth"
+    if not download:
+        raise WeightsNotFound(f"pretrained weights for {name} not found at {path}; {hint}")
+    log.info("downloading %s to %s", url, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = re.search(r"-([a-f0-9]+)\.", path.name)  # torchvision names files <arch>-<sha256 prefix>.pth
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix.group(1) if prefix else None)
+    except Exception as exc:  # no network, proxy, bad hash: one line, never random weights instead
+        raise WeightsNotFound(f"pretrained weights for {name} not found at {path} and the download failed "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from None
+    return path
+
+
+def hf_cache_dir() -> Path:
+    """Hugging Face's hub cache, read from the environment now (HF_HUB_CACHE, HF_HOME), as huggingface_hub does."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _timm_file(name: str, download: bool) -> Path:
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        url = cfg.get("url") or ""
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+        if url and (path.is_file() or download):
+            if not path.is_file():
+                torch.hub.download_url_to_file(url, str(path))
+            return path
+        raise WeightsNotFound(f"pretrained weights for timm model {name} not found at {path}; "
+                              "set model.weights=/path/to/file")
+    cache = hf_cache_dir()
+    for filename in ("model.safetensors", "pytorch_model.bin"):  # timm's hub repos hold one or the other
+        found = try_to_load_from_cache(repo, filename, cache_dir=cache)
+        if isinstance(found, str):
+            return Path(found)
+    hint = (f"run `hf download {repo}` where there is internet and copy {cache} here (or set HF_HOME), "
+            "or set model.weights=/path/to/model.safetensors")
+    if not download:
+        raise WeightsNotFound(f"pretrained weights for timm model {name} not found in {cache} "
+                              f"(models--{repo.replace('/', '--')}); {hint}")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache))
+    except Exception as exc:
+        raise WeightsNotFound(f"pretrained weights for timm model {name} not in {cache} and the download failed "
+                              f"({type(exc).__name__}); {hint}") from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or .pth/.pt file (plain state dict, our checkpoint, or {'state_dict': ...})."""
+    if not path.is_file():
+        raise WeightsNotFound(f"model.weights file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read weights from {path}: {str(exc).splitlines()[0]}") from None
+    for key in ("model", "state_dict"):  # an imgclf checkpoint, or a common training-script layout
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def load_weights(model: nn.Module, path: Path, name: str) -> None:
+    """Load the tensors of `path` that fit `model`; log missing, unexpected and reshaped keys (timm's habit)."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    reshaped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    if not fits:
+        raise ValueError(f"no tensor in {path} fits {name}; is it a {name} checkpoint?")
+    result = model.load_state_dict(fits, strict=False)
+    log.info("loaded %d/%d tensors of %s from %s", len(fits), len(own), name, path)
+    for label, keys in (("missing", result.missing_keys), ("unexpected", sorted(set(state) - set(own))),
+                        ("skipped (shape differs)", reshaped)):
+        if keys:
+            log.info("%s keys (%d): %s", label, len(keys), ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+
+
+def head(model: nn.Module) -> nn.Module:
+    """The last layer, the one fine-tuning replaces."""
+    return model.get_classifier() if hasattr(model, "get_classifier") else model.classifier[-1]
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    old = head(model)
+    if hasattr(model, "reset_classifier"):  # timm models know their own head
+        model.reset_classifier(num_classes)
+    else:
+        model.classifier[-1] = nn.Linear(old.in_features, num_classes)
+    log.info("replaced head %s -> %s", old, head(model))
+
+
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of the head: what a frozen backbone computes (and what head-only training can cache)."""
+    if hasattr(model, "forward_head"):  # timm
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+    x = torch.flatten(model.avgpool(model.features(x)), 1)
+    return model.classifier[:-1](x)
+
+
+def preprocessing(source: str, name: str) -> Preprocessing:
+    """Input size, mean, std and interpolation from the weights' metadata (torchvision weights / timm cfg)."""
+    if source == "timm":
+        import timm
+
+        cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+        return Preprocessing(int(cfg["input_size"][-1]), list(cfg["mean"]), list(cfg["std"]),
+                             cfg.get("interpolation", "bicubic"))
+    _create(source, name)  # validates the name
+    from torchvision import models as tv_models
+
+    weights = tv_models.get_model_weights(name).DEFAULT
+    t = weights.transforms()
+    return Preprocessing(int(t.crop_size[0]), list(t.mean), list(t.std), t.interpolation.value,
+                         int(weights.meta.get("min_size", (1, 1))[0]))
+
+
+def resolve_preprocessing(source: str, name: str, image_size=None, mean=None, std=None,
+                          interpolation=None) -> Preprocessing:
+    """The weights' preprocessing with each config value that is not null taking precedence; checks the size."""
+    spec = preprocessing(source, name)
+    spec.image_size = int(image_size or spec.image_size)
+    spec.mean, spec.std = list(mean or spec.mean), list(std or spec.std)
+    spec.interpolation = interpolation or spec.interpolation
+    if spec.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown model.interpolation '{spec.interpolation}'; choose one of: {', '.join(INTERPOLATIONS)}")
+    if spec.image_size < spec.min_size:
+        raise ValueError(f"model.image_size={spec.image_size} is too small for {name}; "
+                         f"it needs at least {spec.min_size} px")
+    return spec
+
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
 def load_checkpoint(path) -> dict:
@@ -48,7 +231,7 @@ def load_checkpoint(path) -> dict:
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the trained network from a checkpoint, weights included, in eval mode."""
-    model = build_model(ckpt["arch"], len(ckpt["class_names"]), pretrained=False)
+    model = build_model(ckpt["arch"], len(ckpt["class_names"]), ckpt.get("source", "torchvision"))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -59,3 +242,27 @@ def save_checkpoint(path, state: dict[str, torch.Tensor], **meta) -> None:
 
     with atomic_path(path) as tmp:
         torch.save({"model": state, **meta}, tmp)
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze every parameter outside the head (the head always trains)."""
+    head_params = {id(p) for p in head(model).parameters()}
+    for p in model.parameters():
+        p.requires_grad_(trainable or id(p) in head_params)
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float = 1.0) -> list[dict]:
+    """Optimizer groups: backbone at lr / backbone_lr_mult, head at lr; no weight decay on norms and biases.
+
+    Decaying a bias or a norm's scale only pulls it towards 0, which regularises nothing (timm's
+    param_groups_weight_decay); the head group comes last, so param_groups[-1]["lr"] is the head's rate.
+    """
+    if backbone_lr_mult <= 0:
+        raise ValueError(f"finetune.lr_mult must be > 0; got {backbone_lr_mult}")
+    head_params = {id(p) for p in head(model).parameters()}
+    groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (True, False)}
+    for p in model.parameters():
+        groups[(id(p) in head_params, p.ndim > 1)].append(p)
+    return [{"params": params, "lr": lr if is_head else lr / backbone_lr_mult,
+             "weight_decay": weight_decay if decay else 0.0}
+            for (is_head, decay), params in groups.items() if params]

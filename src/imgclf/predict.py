@@ -49,6 +49,7 @@ class Classifier:
             ckpt = load_checkpoint(model_path)
             self.class_names, self.image_size = ckpt["class_names"], ckpt["image_size"]
             self.mean, self.std = ckpt["mean"], ckpt["std"]
+            self.interpolation = ckpt.get("interpolation", "bilinear")
             self._run = self._torch_runner(model_from_checkpoint(ckpt))
         else:
             is_file = model_path.suffix == ".onnx"
@@ -60,6 +61,7 @@ class Classifier:
             spec = json.loads((export_dir / "preprocessing.json").read_text())
             self.class_names = (export_dir / "labels.txt").read_text().split("\n")[:-1]
             self.image_size, self.mean, self.std = spec["image_size"], spec["mean"], spec["std"]
+            self.interpolation = spec.get("interpolation", "bilinear")
             import onnxruntime as ort
 
             session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
@@ -87,7 +89,7 @@ class Classifier:
         batch, slots = [], []
         for i, path in enumerate(paths):
             try:
-                batch.append(decode_image(path, self.image_size))
+                batch.append(decode_image(path, self.image_size, self.interpolation))
                 slots.append(i)
             except FileNotFoundError:
                 results[i].error = "no such file"

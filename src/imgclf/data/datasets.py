@@ -41,36 +41,40 @@ def _batch_collate(batch):
     return batch
 
 
-def decode_image(path: str | Path, image_size: int) -> np.ndarray:
+def decode_image(path: str | Path, image_size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Decode any PIL-readable image to RGB (grayscale expanded), resized to a square, as HWC uint8."""
     with Image.open(path) as img:
         img = img.convert("RGB")
         if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            img = img.resize((image_size, image_size), Image.Resampling[interpolation.upper()])
         return np.asarray(img, dtype=np.uint8)
 
 
-def decode_all(paths: list[Path], image_size: int, workers: int | None = None) -> np.ndarray:
+def decode_all(paths: list[Path], image_size: int, interpolation: str = "bilinear",
+               workers: int | None = None) -> np.ndarray:
     """Decode and resize every image into one (N, S, S, 3) uint8 array, in parallel for big sets."""
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(paths) >= 2000:  # below that, starting processes costs more than it saves
         with ProcessPoolExecutor(workers) as pool:
-            for i, array in enumerate(pool.map(decode_image, paths, [image_size] * len(paths), chunksize=128)):
+            for i, array in enumerate(pool.map(decode_image, paths, [image_size] * len(paths),
+                                                   [interpolation] * len(paths), chunksize=128)):
                 images[i] = array
     else:
         for i, path in enumerate(paths):
-            images[i] = decode_image(path, image_size)
+            images[i] = decode_image(path, image_size, interpolation)
     return images
 
 
-def packed_split(root: Path, index_file: Path, rows: list[tuple[str, str]], image_size: int, tag: str) -> np.ndarray:
-    """The split's images resized once and packed in data/<ds>/cache/, keyed by the index and the size."""
-    key = hashlib.sha1(index_file.read_bytes() + f"|{image_size}".encode()).hexdigest()[:16]
+def packed_split(root: Path, index_file: Path, rows: list[tuple[str, str]], image_size: int, tag: str,
+                 interpolation: str = "bilinear") -> np.ndarray:
+    """The split's images resized once and packed in data/<ds>/cache/, keyed by the index, size and resampling."""
+    resize = f"|{image_size}" + ("" if interpolation == "bilinear" else f"|{interpolation}")  # old keys stay valid
+    key = hashlib.sha1(index_file.read_bytes() + resize.encode()).hexdigest()[:16]
     cache = root / CACHE_DIR / f"{tag}-{image_size}px-{key}.npy"
     if cache.is_file():
         return np.load(cache)
-    images = decode_all([root / IMAGE_DIR / rel for rel, _ in rows], image_size)
+    images = decode_all([root / IMAGE_DIR / rel for rel, _ in rows], image_size, interpolation)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -79,7 +83,8 @@ def packed_split(root: Path, index_file: Path, rows: list[tuple[str, str]], imag
     return images
 
 
-def load_split(data_root: str | Path, name: str, split: str, subset: str, image_size: int) -> TensorImageDataset:
+def load_split(data_root: str | Path, name: str, split: str, subset: str, image_size: int,
+               interpolation: str = "bilinear") -> TensorImageDataset:
     """Load one split (`train|val|test`) of a data set, full or its `sample` subset, into memory."""
     if subset not in ("full", "sample"):
         raise ValueError(f"unknown data.subset '{subset}'; choose one of: full, sample")
@@ -92,7 +97,7 @@ def load_split(data_root: str | Path, name: str, split: str, subset: str, image_
     unknown = sorted({label for _, label in rows} - class_to_idx.keys())
     if unknown:
         raise ValueError(f"{index_file} has labels {unknown} missing from labels.txt")
-    images = packed_split(root, index_file, rows, image_size, tag=f"{subset}-{split}")
+    images = packed_split(root, index_file, rows, image_size, f"{subset}-{split}", interpolation)
     labels = torch.tensor([class_to_idx[label] for _, label in rows], dtype=torch.int64)
     return TensorImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, [r for r, _ in rows])
 
@@ -101,10 +106,17 @@ def build_loader(
     dataset: TensorImageDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader that fetches whole batches from memory (no per-sample collate)."""
+    """Whole batches fetched from memory (no per-sample collate); under torchrun, this rank's share of each batch.
+
+    Training batches come from one seeded permutation split across ranks, so N processes see the global batches
+    one process would; evaluation batches cover each sample exactly once over all ranks.
+    """
+    from ..distributed import ShardedBatchSampler, rank, shard_for_eval, world_size
+
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"trainer.batch_size must be a positive integer; got {batch_size!r}")
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-        collate_fn=_batch_collate, pin_memory=pin_memory,
-    )
+    if shuffle:
+        sampler = ShardedBatchSampler(len(dataset), batch_size, True, generator, rank(), world_size())
+    else:
+        sampler = shard_for_eval(len(dataset), batch_size)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_batch_collate, pin_memory=pin_memory)

@@ -33,7 +33,8 @@ def evaluate(cfg: DictConfig) -> float:
         raise ValueError(f"models/model.pt was trained on other classes than {labels_file}; rerun train (dvc repro)")
     setup = DeviceSetup.for_device(resolve_device(cfg.trainer.device))
     model = model_from_checkpoint(ckpt).to(setup.device)
-    test_set = load_split(DATA_ROOT, cfg.data.name, "test", cfg.data.subset, ckpt["image_size"])
+    test_set = load_split(DATA_ROOT, cfg.data.name, "test", cfg.data.subset, ckpt["image_size"],
+                          ckpt.get("interpolation", "bilinear"))
     loader = build_loader(test_set, cfg.trainer.batch_size, shuffle=False)
     logits, y_true = predict(model, loader, setup, Preprocess(ckpt["mean"], ckpt["std"]).to(setup.device))
     probs = torch.softmax(logits, 1).numpy()

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 def export(cfg: DictConfig) -> None:
     ckpt = load_checkpoint("models/model.pt")
     model = model_from_checkpoint(ckpt)
-    test_set = load_split(DATA_ROOT, cfg.data.name, "test", cfg.data.subset, ckpt["image_size"])
+    test_set = load_split(DATA_ROOT, cfg.data.name, "test", cfg.data.subset, ckpt["image_size"],
+                          ckpt.get("interpolation", "bilinear"))
     inputs = Preprocess(ckpt["mean"], ckpt["std"])(test_set.images[: cfg.export.verify_images])
     with atomic_path("models/export") as tmp:
         tmp.mkdir()
@@ -37,7 +38,8 @@ def export(cfg: DictConfig) -> None:
         (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in ckpt["class_names"]))
         write_json(tmp / "preprocessing.json", {
             "input": "images", "output": "logits", "layout": "NCHW", "color": "RGB",
-            "image_size": ckpt["image_size"], "resize": "bilinear, to a square",
+            "image_size": ckpt["image_size"], "resize": f"{ckpt.get('interpolation', 'bilinear')}, to a square",
+            "interpolation": ckpt.get("interpolation", "bilinear"),
             "scale": "pixel / 255", "mean": ckpt["mean"], "std": ckpt["std"],
         })
     latency = latency_report(model, Path("models/export"), inputs)

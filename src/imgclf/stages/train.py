@@ -1,28 +1,35 @@
 """train: fine-tune the configured network on the split, one MLflow run per call; returns best val/acc."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import math
 from functools import partial
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .. import distributed as dist
 from .. import tracking
+from ..checkpoint import find_resume_checkpoint, fingerprint, load_training_state, save_training_state
 from ..data import DATA_ROOT, SPLIT_DIR, dataset_dir
-from ..data.datasets import build_loader, load_split
+from ..data.datasets import TensorImageDataset, build_loader, load_split
 from ..data.split import index_hash, read_labels
 from ..data.transforms import build_augment
-from ..engine import DeviceSetup, Preprocess, fit
-from ..models import build_model, check_image_size, save_checkpoint
+from ..engine import DeviceSetup, FitState, NonFiniteLoss, Preprocess, Trainer, compute_features, fit
+from ..models import build_model, head, param_groups, resolve_preprocessing, save_checkpoint, set_backbone_trainable
 from ..plots import plot_curves
 from ..utils import atomic_path, git_state, resolve_device, seed_everything, write_json, write_text
 from ._app import is_multirun, output_root, overrides, stage_main, to_dict
 
 log = logging.getLogger(__name__)
+
+FREEZE_EPOCHS = {"head": math.inf, "full": 0}  # gradual: finetune.freeze_epochs
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -33,54 +40,149 @@ def run_tags(cfg: DictConfig, split_dir, device, out) -> dict[str, str]:
     git = git_state()
     tags = {"imgclf.dataset": cfg.data.name, "imgclf.model": cfg.model.name, "imgclf.device": str(device),
             "imgclf.data_version": index_hash(split_dir), "imgclf.overrides": tracking.redact_overrides(overrides()),
+            "imgclf.world_size": str(dist.world_size()), "imgclf.finetune": cfg.finetune.strategy,
+            "imgclf.checkpoint": str((out / "models" / "model.pt").resolve()),
             "mlflow.source.git.commit": git["commit"], "imgclf.git_dirty": git["dirty"]}
     if is_multirun():  # jobs of one sweep share its directory as a tag
         tags["imgclf.sweep"] = str(out.parent)
     return tags
 
 
+def freeze_epochs(cfg: DictConfig) -> float:
+    strategy = cfg.finetune.strategy
+    if strategy not in (*FREEZE_EPOCHS, "gradual"):
+        raise ValueError(f"unknown finetune.strategy '{strategy}'; choose one of: head, full, gradual")
+    return FREEZE_EPOCHS.get(strategy, cfg.finetune.freeze_epochs)
+
+
 def train(cfg: DictConfig) -> float:
     out = output_root()
-    setup = DeviceSetup.for_device(resolve_device(cfg.trainer.device))
+    device = dist.setup(resolve_device(cfg.trainer.device))
+    try:
+        return _train(cfg, out, device)
+    finally:
+        dist.teardown()
+
+
+def _train(cfg: DictConfig, out: Path, device: torch.device) -> float:
+    setup = DeviceSetup.for_device(device, cfg.trainer.amp, cfg.trainer.channels_last)
     generator = seed_everything(cfg.seed, cfg.trainer.deterministic)
-    check_image_size(cfg.model.arch, cfg.model.image_size)
+    spec = resolve_preprocessing(cfg.model.source, cfg.model.name, cfg.model.image_size, cfg.model.mean,
+                                 cfg.model.std, cfg.model.interpolation)
     split_dir = dataset_dir(DATA_ROOT, cfg.data.name) / SPLIT_DIR
     class_names = read_labels(split_dir / "labels.txt")
-    load = partial(load_split, DATA_ROOT, cfg.data.name, subset=cfg.data.subset, image_size=cfg.model.image_size)
-    pin = setup.device.type == "cuda"
+    load = partial(load_split, DATA_ROOT, cfg.data.name, subset=cfg.data.subset, image_size=spec.image_size,
+                   interpolation=spec.interpolation)
+    pin = device.type == "cuda"
     train_loader = build_loader(load(split="train"), cfg.trainer.batch_size, True, generator, pin)
     val_loader = build_loader(load(split="val"), cfg.trainer.batch_size, False, pin_memory=pin)
-    model = build_model(cfg.model.arch, len(class_names), cfg.model.pretrained).to(setup.device)
-    preprocess = Preprocess(cfg.model.mean, cfg.model.std).to(setup.device)
-    optimizer = instantiate(cfg.optim)(model.parameters())
-    scheduler = instantiate(cfg.schedule)(optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=len(train_loader))
-    tags = run_tags(cfg, split_dir, setup.device, out)
-    with tracking.run(cfg.tracking.uri, cfg.tracking.experiment, run_name=run_name(cfg), tags=tags) as run_id:
-        tracking.log_config(to_dict(cfg))
-        result = fit(model, nn.CrossEntropyLoss(), optimizer, scheduler, train_loader, val_loader, setup, preprocess,
-                     cfg.trainer.epochs, on_epoch=lambda e, m: tracking.log_metrics(m, step=e),
-                     log_every=cfg.trainer.log_every, augment=build_augment(**cfg.data.augment, seed=cfg.seed))
-        write_outputs(cfg, out, result, class_names, run_id)
-    return result.best_metrics["val/acc"]
+    model = build_model(cfg.model.name, len(class_names), cfg.model.source, cfg.model.pretrained,
+                        cfg.model.weights, cfg.model.download).to(device)
+    preprocess = Preprocess(spec.mean, spec.std).to(device)
+    frozen_for = freeze_epochs(cfg)
+    optimizer = instantiate(cfg.optim)(param_groups(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.finetune.lr_mult))
+    augment = build_augment(**cfg.data.augment, seed=cfg.seed)
+    trainer = Trainer(model, nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing), optimizer, setup,
+                      preprocess, scaler=setup.grad_scaler(), augment=augment, grad_clip=cfg.trainer.grad_clip,
+                      log_every=cfg.trainer.log_every)
+    if frozen_for == math.inf and cfg.finetune.cache_features and augment is None and not dist.is_distributed():
+        # frozen backbone, same input every epoch: its features are computed once, epochs train only the head
+        set_backbone_trainable(model, False)
+        train_loader, val_loader = (build_loader(TensorImageDataset(*compute_features(model, loader, setup, preprocess)),
+                                                 cfg.trainer.batch_size, shuffle, generator if shuffle else None, pin)
+                                    for loader, shuffle in ((train_loader, True), (val_loader, False)))
+        trainer.model, trainer.preprocess, trainer.frozen_backbone = head(model), None, False
+        log.info("head only on cached features: %d train, %d val", len(train_loader.dataset), len(val_loader.dataset))
+        before_epoch = None
+    else:
+        before_epoch = Freezing(trainer, model, frozen_for, cfg.trainer.compile)
+    trainer.scheduler = instantiate(cfg.schedule)(optimizer, epochs=cfg.trainer.epochs,
+                                                  steps_per_epoch=len(train_loader))
+    return run_fit(cfg, out, trainer, model, train_loader, val_loader, split_dir, class_names, spec,
+                   {"loader": generator, **({"augment": augment.generator} if augment else {})}, before_epoch)
 
 
-def write_outputs(cfg: DictConfig, out, result, class_names: list[str], run_id: str) -> None:
+class Freezing:
+    """Called before each epoch: the backbone is frozen for the first `frozen_for` epochs, then trains too."""
+
+    def __init__(self, trainer: Trainer, model: nn.Module, frozen_for: float, compile_model: bool):
+        self.trainer, self.model, self.frozen_for, self.frozen = trainer, model, frozen_for, None
+        self.compile = compile_model and trainer.setup.device.type == "cuda"
+        if compile_model and not self.compile:
+            log.info("trainer.compile=true: compiling only on CUDA; running eagerly on %s", trainer.setup.device)
+
+    def __call__(self, epoch: int) -> None:
+        frozen = epoch <= self.frozen_for
+        if frozen == self.frozen:
+            return
+        log.info("epoch %d: backbone %s", epoch, "frozen, head trains" if frozen else "trains with the head")
+        self.frozen = frozen
+        set_backbone_trainable(self.model, not frozen)
+        self.trainer.frozen_backbone = frozen
+        wrapped = dist.wrap(self.model, self.trainer.setup.device)  # DDP syncs what trains when it wraps: rewrap
+        self.trainer.model = torch.compile(wrapped) if self.compile else wrapped
+
+
+def run_fit(cfg, out, trainer, model, train_loader, val_loader, split_dir, class_names, spec, generators,
+            before_epoch) -> float:
+    """fit() inside the MLflow run (rank 0), resuming and checkpointing every epoch."""
+    ckpt_dir = out / cfg.trainer.checkpoint_dir
+    config = to_dict(cfg)
+    config_hash = fingerprint(tracking.flatten(config))
+    resume_from = find_resume_checkpoint(str(cfg.trainer.resume), ckpt_dir, config_hash)
+    state, run_id = FitState(), None
+    if resume_from is not None:
+        state, run_id = load_training_state(resume_from, model, trainer.optimizer, trainer.scheduler, trainer.scaler,
+                                            generators)
+    main = dist.is_main()
+    context = (tracking.run(cfg.tracking.uri, cfg.tracking.experiment, run_id=run_id, run_name=run_name(cfg),
+                            tags=run_tags(cfg, split_dir, trainer.setup.device, out))
+               if main else contextlib.nullcontext())
+    with context as active_id:
+        if main and run_id is None:
+            tracking.log_config(config)
+        elif main:
+            tracking.set_tags({"imgclf.resumed_after_epoch": state.epoch})
+
+        def after_epoch(epoch: int, metrics: dict, fit_state: FitState) -> None:
+            if main:  # checkpoint first: a kill between the two leaves this epoch resumable
+                save_training_state(ckpt_dir, fit_state, model, trainer.optimizer, trainer.scheduler, trainer.scaler,
+                                    generators, active_id, config_hash, fit_state.best_epoch == epoch)
+                tracking.log_metrics(metrics, step=epoch)
+
+        try:
+            state = fit(trainer, train_loader, val_loader, cfg.trainer.epochs, state, weights=model,
+                        patience=cfg.trainer.early_stopping.patience, min_delta=cfg.trainer.early_stopping.min_delta,
+                        before_epoch=before_epoch, after_epoch=after_epoch)
+        except NonFiniteLoss as exc:
+            kept = f"the last good checkpoint is {ckpt_dir / 'last.pt'}" if (ckpt_dir / "last.pt").is_file() else \
+                "no epoch finished, so there is no checkpoint"
+            raise NonFiniteLoss(f"{exc}; {kept}") from None
+        if main:
+            write_outputs(cfg, out, state, class_names, spec, active_id)
+            for name in ("last.pt", "best.pt"):  # finished: model.pt is the result, nothing left to resume
+                (ckpt_dir / name).unlink(missing_ok=True)
+    return state.best_metrics["val/acc"]
+
+
+def write_outputs(cfg: DictConfig, out, state: FitState, class_names: list[str], spec, run_id: str) -> None:
     """Checkpoint, curves, summary and config under `out`, then the same into the MLflow run."""
     models, reports = out / "models", out / "reports" / "train"
-    save_checkpoint(models / "model.pt", result.best_state, arch=cfg.model.arch, class_names=class_names,
-                    image_size=cfg.model.image_size, mean=list(cfg.model.mean), std=list(cfg.model.std),
-                    epoch=result.best_epoch, config=tracking.redacted(to_dict(cfg)))
+    save_checkpoint(models / "model.pt", state.best_state, arch=cfg.model.name, source=cfg.model.source,
+                    class_names=class_names, image_size=spec.image_size, mean=spec.mean, std=spec.std,
+                    interpolation=spec.interpolation, epoch=state.best_epoch,
+                    config=tracking.redacted(to_dict(cfg)))
     with atomic_path(reports / "history.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(result.history[0]))
+        writer = csv.DictWriter(f, fieldnames=list(state.history[0]))
         writer.writeheader()
-        writer.writerows(result.history)
-    last = result.history[-1]
-    summary = {"best_epoch": result.best_epoch, "val/acc": result.best_metrics["val/acc"],
-               "val/loss": result.best_metrics["val/loss"], "train/loss": last["train/loss"],
-               "train/images_per_sec": last["train/images_per_sec"],
-               "train/epoch_time_s": sum(h["train/epoch_time_s"] for h in result.history) / len(result.history)}
+        writer.writerows(state.history)
+    last = state.history[-1]
+    summary = {"best_epoch": state.best_epoch, "val/acc": state.best_metrics["val/acc"],
+               "val/loss": state.best_metrics["val/loss"], "train/loss": last["train/loss"],
+               "train/images_per_sec": last["train/images_per_sec"], "epochs_run": len(state.history),
+               "train/epoch_time_s": sum(h["train/epoch_time_s"] for h in state.history) / len(state.history)}
     write_json(reports / "metrics.json", summary)
-    plot_curves(result.history, reports / "curves.png")
+    plot_curves(state.history, reports / "curves.png")
     write_text(reports / "config.yaml", OmegaConf.to_yaml(tracking.redacted(to_dict(cfg))))
     log_outputs(cfg, models, reports, summary)
     write_json(models / "run.json", {"run_id": run_id, "experiment": cfg.tracking.experiment})

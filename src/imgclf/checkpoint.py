@@ -1,0 +1,110 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped, written atomically."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .engine import FitState
+from .utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+LAST, BEST = "last.pt", "best.pt"
+# keys that may change between an interrupted run and its resumption without changing what it computes
+RESUMABLE_CHANGES = ("trainer.resume", "trainer.log_every", "tracking.run_name")
+
+
+def fingerprint(flat_config: dict) -> str:
+    """Hash of the config a checkpoint was trained with, minus keys that do not change the computation."""
+    kept = {k: v for k, v in sorted(flat_config.items()) if k not in RESUMABLE_CHANGES}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict:
+    """Every random stream training draws from: Python, NumPy, torch (CPU, CUDA) and the named generators."""
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {"python": [version, list(mt), gauss], "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+             "generators": {name: g.get_state() for name, g in generators.items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
+
+
+def save_training_state(directory: Path, fit_state: FitState, model, optimizer, scheduler, scaler,
+                        generators: dict[str, torch.Generator], run_id: str, config_hash: str,
+                        best_improved: bool) -> None:
+    """last.pt every epoch (model, optimizer, scheduler, scaler, epoch, RNG, run id); best.pt when val/acc improved."""
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": fit_state.epoch, "history": fit_state.history, "best_epoch": fit_state.best_epoch,
+        "best_metrics": fit_state.best_metrics, "bad_epochs": fit_state.bad_epochs,
+        "rng": rng_state(generators), "run_id": run_id, "config_hash": config_hash,
+    }
+    if best_improved:  # best first: a kill between the two writes leaves a best.pt at least as new as last.pt
+        with atomic_path(directory / BEST) as tmp:
+            torch.save({"model": fit_state.best_state, "epoch": fit_state.best_epoch}, tmp)
+    with atomic_path(directory / LAST) as tmp:
+        torch.save(state, tmp)
+
+
+def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Path | None:
+    """The checkpoint to continue from: `never` -> None; `auto` -> last.pt of this config if any; else a path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        path = directory / LAST
+        if not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("config_hash")
+        if saved != config_hash:
+            log.warning("not resuming from %s: it was trained with another config; starting a new run "
+                        "(trainer.resume=never ignores checkpoints, trainer.resume=PATH forces one)", path)
+            return None
+        return path
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint; use auto, never or the path of a last.pt")
+    return path
+
+
+def load_training_state(path: Path, model, optimizer, scheduler, scaler,
+                        generators: dict[str, torch.Generator]) -> tuple[FitState, str]:
+    """Restore everything save_training_state wrote; returns the fit state and the MLflow run id to continue."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt["scheduler"] is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt["scaler"] is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"], generators)
+    best_file = path.parent / BEST
+    best_state = (torch.load(best_file, map_location="cpu", weights_only=True)["model"] if best_file.is_file()
+                  else {k: v.clone() for k, v in ckpt["model"].items()})
+    state = FitState(epoch=ckpt["epoch"], history=ckpt["history"], best_epoch=ckpt["best_epoch"],
+                     best_metrics=ckpt["best_metrics"], best_state=best_state, bad_epochs=ckpt["bad_epochs"])
+    log.info("resuming from %s after epoch %d (best val/acc %.4f at epoch %d)", path, state.epoch,
+             state.best_metrics.get("val/acc", float("nan")), state.best_epoch)
+    return state, ckpt["run_id"]
