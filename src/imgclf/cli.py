@@ -1,12 +1,14 @@
-"""`imgclf STAGE [OVERRIDES]` runs a pipeline stage; `imgclf predict PATH...` classifies images."""
+"""`imgclf STAGE [OVERRIDES]` runs a pipeline stage; `imgclf predict PATH...` classifies images;
+`imgclf runs` compares MLflow runs."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 STAGES = ("fetch", "split", "train", "evaluate", "export")
-COMMANDS = (*STAGES, "predict")
+COMMANDS = (*STAGES, "predict", "runs")
 
 
 def predict(argv: list[str]) -> int:
@@ -52,11 +54,62 @@ def predict(argv: list[str]) -> int:
     return 1 if failed and len(failed) == len(preds) else 0
 
 
+def runs(argv: list[str]) -> int:
+    """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
+    from .runs import (FORMATS, best_report, best_run, check_metric, format_for, format_table, list_runs,
+                       no_match_message, sort_rows, table_columns)
+    from .utils import write_text
+
+    parser = argparse.ArgumentParser(
+        prog="imgclf runs", description=runs.__doc__,
+        epilog="Metrics are each run's latest value: val/acc is the last epoch's, best/val/acc the best epoch's. "
+               "Sweep parent runs (tag imgclf.role=sweep) are never listed.")
+    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+                        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--experiment", default="imgclf")
+    parser.add_argument("--sweep", help="only the jobs of this sweep (tag imgclf.sweep)")
+    parser.add_argument("--parent", metavar="RUN_ID", help="only the child runs of this parent run")
+    parser.add_argument("--metric", default="val/acc", help="sort by this metric (default: val/acc)")
+    parser.add_argument("--order", choices=("desc", "asc"), default="desc", help="desc: highest first (default)")
+    parser.add_argument("--limit", type=int, help="show only the first N runs")
+    parser.add_argument("--all-params", action="store_true", help="show every param, not only those that differ")
+    parser.add_argument("--format", choices=FORMATS, help="default: table, or from the --out suffix (.csv, .md)")
+    parser.add_argument("--out", help="write the table to this file instead of printing it")
+    parser.add_argument("--best", action="store_true",
+                        help="print the best run's id, then name, metric, checkpoint and export lines")
+    args = parser.parse_args(argv)
+    if args.best and (args.out or args.format):
+        parser.error("--best prints key: value lines; it takes no --format or --out")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    try:
+        rows = list_runs(args.uri, args.experiment, args.sweep, args.parent)
+        if not rows:
+            raise ValueError(no_match_message(args.uri, args.experiment, args.sweep, args.parent))
+        if args.best:
+            print("\n".join(best_report(args.uri, best_run(rows, args.metric, args.order), args.metric)))
+            return 0
+        check_metric(rows, args.metric)
+        rows = sort_rows(rows, args.metric, args.order)[:args.limit]
+        fmt = format_for(args.out or "", args.format)
+        text = format_table(rows, table_columns(rows, args.metric, args.all_params), fmt)
+        if args.out:
+            write_text(args.out, text)
+            print(f"wrote {len(rows)} runs to {args.out}")
+        else:
+            print(text, end="")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(f"usage: imgclf {{{','.join(COMMANDS)}}} ...\n"
               "  imgclf STAGE [HYDRA OVERRIDES...]   run a pipeline stage from conf/\n"
-              "  imgclf predict PATH... [--out FILE]  classify images with the exported model", file=sys.stderr)
+              "  imgclf predict PATH... [--out FILE]  classify images with the exported model\n"
+              "  imgclf runs [--sweep ID] [--best]     compare MLflow runs, or show the best one", file=sys.stderr)
         sys.exit(0 if len(sys.argv) > 1 else 2)
     command = sys.argv[1]
     if command not in COMMANDS:
@@ -64,5 +117,7 @@ def main() -> None:
         sys.exit(2)
     if command == "predict":
         sys.exit(predict(sys.argv[2:]))
+    if command == "runs":
+        sys.exit(runs(sys.argv[2:]))
     sys.argv = [f"imgclf {command}", *sys.argv[2:]]
     importlib.import_module(f"imgclf.stages.{command}").main()

@@ -32,11 +32,14 @@ class Preprocessing:
 
 
 def build_model(name: str, num_classes: int, source: str = "torchvision", pretrained: bool = False,
-                weights: str | None = None, download: bool = True) -> nn.Module:
-    """Create `name`, load ImageNet (`pretrained`) or local (`weights`) weights, replace the head for `num_classes`."""
+                weights: str | None = None, download: bool = True, dropout: float | None = None) -> nn.Module:
+    """Create `name`, load ImageNet (`pretrained`) or local (`weights`) weights, replace the head for `num_classes`.
+
+    `dropout` overrides the architecture's dropout before the head (None keeps its default).
+    """
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes; got {num_classes}")
-    model = _create(source, name)
+    model = _create(source, name, dropout)
     if weights:
         load_weights(model, Path(weights).expanduser(), name)
     elif pretrained:
@@ -45,14 +48,15 @@ def build_model(name: str, num_classes: int, source: str = "torchvision", pretra
     return model
 
 
-def _create(source: str, name: str) -> nn.Module:
+def _create(source: str, name: str, dropout: float | None = None) -> nn.Module:
+    extra = {} if dropout is None else {"drop_rate" if source == "timm" else "dropout": float(dropout)}
     if source == "timm":
         import timm
 
         if not timm.is_model(name):
             raise ValueError(f"unknown timm model '{name}'; list them with: python -c \"import timm; "
                              f"print(timm.list_models('{name.split('.')[0][:4]}*'))\"")
-        return timm.create_model(name, pretrained=False)
+        return timm.create_model(name, pretrained=False, **extra)
     if source != "torchvision":
         raise ValueError(f"unknown model.source '{source}'; choose one of: {', '.join(SOURCES)}")
     if name not in TORCHVISION_ARCHS:
@@ -60,7 +64,7 @@ def _create(source: str, name: str) -> nn.Module:
                          "or model=timm model.name=<any timm model>")
     from torchvision import models as tv_models
 
-    return tv_models.get_model(name, weights=None)
+    return tv_models.get_model(name, weights=None, **extra)
 
 
 def pretrained_file(source: str, name: str, download: bool = True) -> Path:
@@ -161,7 +165,8 @@ def load_weights(model: nn.Module, path: Path, name: str) -> None:
         raise ValueError(f"no tensor in {path} fits {name}; is it a {name} checkpoint?")
     result = model.load_state_dict(fits, strict=False)
     log.info("loaded %d/%d tensors of %s from %s", len(fits), len(own), name, path)
-    for label, keys in (("missing", result.missing_keys), ("unexpected", sorted(set(state) - set(own))),
+    missing = [k for k in result.missing_keys if k not in reshaped]
+    for label, keys in (("missing", missing), ("unexpected", sorted(set(state) - set(own))),
                         ("skipped (shape differs)", reshaped)):
         if keys:
             log.info("%s keys (%d): %s", label, len(keys), ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))

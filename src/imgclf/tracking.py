@@ -164,3 +164,61 @@ def log_served_model(export_dir: str | Path, examples, registered_name: str | No
         registered_model_name=registered_name or None,
     )
     return info.model_uri
+
+
+# --- queries for imgclf runs ---
+
+SEARCH_PAGE_SIZE = 1000  # MLflow's default page; search_runs follows page tokens past it
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """MLflow's query errors as ValueError with their first line, so the CLI can print them as one line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise ValueError(str(exc.message).splitlines()[0]) from exc
+
+
+def _query_client(uri: str) -> MlflowClient:
+    """A client for an existing store: MLflow would create an empty database at a mistyped sqlite path."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):].split("?", 1)[0]
+        if path not in ("", ":memory:") and not Path(path).is_file():
+            raise FileNotFoundError(f"no MLflow database at {path} (tracking URI {uri})")
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_names(uri: str) -> list[str]:
+    """Names of the store's active experiments, sorted."""
+    with _one_line_errors():
+        return sorted(e.name for e in _query_client(uri).search_experiments())
+
+
+def search_runs(uri: str, experiment: str, filter_string: str = "") -> list[dict[str, Any]]:
+    """Every active run of `experiment` matching an MLflow `filter_string`, as plain dicts."""
+    client = _query_client(uri)
+    with _one_line_errors():
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None or exp.lifecycle_stage != "active":
+            names = ", ".join(experiment_names(uri)) or "none"
+            raise ValueError(f"no experiment '{experiment}' in {uri}; experiments: {names}")
+        runs, token = [], None
+        while True:
+            page = client.search_runs([exp.experiment_id], filter_string, max_results=SEARCH_PAGE_SIZE,
+                                      page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    return [{"id": r.info.run_id, "name": r.info.run_name or "", "status": r.info.status,
+             "start_time": r.info.start_time, "params": dict(r.data.params), "metrics": dict(r.data.metrics),
+             "tags": dict(r.data.tags), "artifact_uri": r.info.artifact_uri} for r in runs]
+
+
+def list_artifact_paths(uri: str, run_id: str, path: str | None = None) -> list[str]:
+    """Paths of a run's artifacts directly under `path`; MLflow 3 also resolves logged models ("model")."""
+    with _one_line_errors():
+        return [a.path for a in _query_client(uri).list_artifacts(run_id, path)]

@@ -77,7 +77,7 @@ def _train(cfg: DictConfig, out: Path, device: torch.device) -> float:
     train_loader = build_loader(load(split="train"), cfg.trainer.batch_size, True, generator, pin)
     val_loader = build_loader(load(split="val"), cfg.trainer.batch_size, False, pin_memory=pin)
     model = build_model(cfg.model.name, len(class_names), cfg.model.source, cfg.model.pretrained,
-                        cfg.model.weights, cfg.model.download).to(device)
+                        cfg.model.weights, cfg.model.download, cfg.model.dropout).to(device)
     preprocess = Preprocess(spec.mean, spec.std).to(device)
     frozen_for = freeze_epochs(cfg)
     optimizer = instantiate(cfg.optim)(param_groups(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.finetune.lr_mult))
@@ -85,12 +85,19 @@ def _train(cfg: DictConfig, out: Path, device: torch.device) -> float:
     trainer = Trainer(model, nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing), optimizer, setup,
                       preprocess, scaler=setup.grad_scaler(), augment=augment, grad_clip=cfg.trainer.grad_clip,
                       log_every=cfg.trainer.log_every)
-    if frozen_for == math.inf and cfg.finetune.cache_features and augment is None and not dist.is_distributed():
+    cache = frozen_for == math.inf and cfg.finetune.cache_features
+    if cache and (augment is not None or dist.is_distributed()):
+        log.info("finetune.cache_features: not caching, %s", "data.augment changes the input every epoch"
+                 if augment is not None else "each process would cache only its own shard")
+    if cache and augment is None and not dist.is_distributed():
         # frozen backbone, same input every epoch: its features are computed once, epochs train only the head
         set_backbone_trainable(model, False)
-        train_loader, val_loader = (build_loader(TensorImageDataset(*compute_features(model, loader, setup, preprocess)),
-                                                 cfg.trainer.batch_size, shuffle, generator if shuffle else None, pin)
-                                    for loader, shuffle in ((train_loader, True), (val_loader, False)))
+        # in index order, without touching the shuffling generator: same batches as without the cache
+        cached = [TensorImageDataset(*compute_features(model, build_loader(loader.dataset, cfg.trainer.batch_size,
+                                                                             False), setup, preprocess))
+                  for loader in (train_loader, val_loader)]
+        train_loader = build_loader(cached[0], cfg.trainer.batch_size, True, generator, pin)
+        val_loader = build_loader(cached[1], cfg.trainer.batch_size, False, pin_memory=pin)
         trainer.model, trainer.preprocess, trainer.frozen_backbone = head(model), None, False
         log.info("head only on cached features: %d train, %d val", len(train_loader.dataset), len(val_loader.dataset))
         before_epoch = None

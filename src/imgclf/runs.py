@@ -1,0 +1,170 @@
+"""Compare and pick MLflow runs: sorted tables of metrics and differing params, and the best run's outputs."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from . import tracking
+
+STANDARD_METRICS = ("val/acc", "test/acc", "test/macro_f1", "train/images_per_sec")
+SWEEP_TAG, ROLE_TAG, PARENT_TAG = "imgclf.sweep", "imgclf.role", "mlflow.parentRunId"
+FORMATS = ("table", "csv", "markdown")
+SUFFIX_FORMATS = {".csv": "csv", ".md": "markdown"}
+MISSING = "-"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One MLflow run, as the `runs` command lists it."""
+    id: str
+    name: str
+    status: str
+    start_time: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    artifact_uri: str
+
+
+class Column(NamedTuple):
+    """A table column: kind is "id", "name", "status", "metric" or "param"; key names the metric or param."""
+    kind: str
+    key: str
+
+
+def _quoted(value: str) -> str:
+    # MLflow's filter grammar has no escape for quotes inside a string literal
+    if "'" in value:
+        raise ValueError(f"tag values with a single quote cannot be searched: {value!r}")
+    return f"'{value}'"
+
+
+def list_runs(uri: str, experiment: str, sweep: str | None = None, parent: str | None = None) -> list[RunRow]:
+    """Runs of `experiment`, optionally of one sweep or under one parent run; sweep parent runs are left out."""
+    filters = []
+    if sweep:
+        filters.append(f"tags.`{SWEEP_TAG}` = {_quoted(sweep)}")
+    if parent:
+        filters.append(f"tags.`{PARENT_TAG}` = {_quoted(parent)}")
+    runs = tracking.search_runs(uri, experiment, " and ".join(filters))
+    # a sweep's parent run only groups its jobs: it has no metrics of its own to compare
+    return [RunRow(**r) for r in runs if r["tags"].get(ROLE_TAG) != "sweep"]
+
+
+def no_match_message(uri: str, experiment: str, sweep: str | None, parent: str | None) -> str:
+    """Why `list_runs` found nothing, naming what the experiment does hold."""
+    runs = list_runs(uri, experiment)
+    if sweep:
+        sweeps = sorted({r.tags[SWEEP_TAG] for r in runs if SWEEP_TAG in r.tags})
+        return f"no runs of sweep '{sweep}' in experiment '{experiment}'; sweeps: {', '.join(sweeps) or 'none'}"
+    if parent:
+        parents = sorted({r.tags[PARENT_TAG] for r in runs if PARENT_TAG in r.tags})
+        return f"no child runs of '{parent}' in experiment '{experiment}'; parent runs: {', '.join(parents) or 'none'}"
+    return f"no runs in experiment '{experiment}' of {uri}"
+
+
+def metric_value(row: RunRow, metric: str) -> float | None:
+    """The run's latest value of `metric`; None when missing or NaN."""
+    value = row.metrics.get(metric)
+    return None if value is None or math.isnan(value) else value
+
+
+def sort_rows(rows: list[RunRow], metric: str, order: str = "desc") -> list[RunRow]:
+    """Rows by `metric` (order "desc" or "asc"); runs without it last, newest first among ties."""
+    if order not in ("desc", "asc"):
+        raise ValueError(f"unknown order '{order}'; choose one of: desc, asc")
+    sign = -1.0 if order == "desc" else 1.0
+    by_time = sorted(rows, key=lambda r: -(r.start_time or 0))
+    return sorted(by_time, key=lambda r: (metric_value(r, metric) is None, sign * (metric_value(r, metric) or 0.0)))
+
+
+def check_metric(rows: list[RunRow], metric: str) -> None:
+    """ValueError naming the metrics that exist when no row has `metric` (a typo would leave the table unsorted)."""
+    if rows and all(metric_value(r, metric) is None for r in rows):
+        present = sorted({k for r in rows for k in r.metrics})
+        raise ValueError(f"no listed run has metric '{metric}'; metrics: {', '.join(present) or 'none'}")
+
+
+def differing_params(rows: list[RunRow]) -> list[str]:
+    """Param names whose values (or presence) differ between the rows, sorted."""
+    keys = sorted({k for r in rows for k in r.params})
+    return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
+
+
+def table_columns(rows: list[RunRow], metric: str, all_params: bool = False) -> list[Column]:
+    """Id, name, status, the sort metric, the standard metrics some row has, then differing (or all) params."""
+    metrics = [m for m in STANDARD_METRICS if m != metric and any(m in r.metrics for r in rows)]
+    params = sorted({k for r in rows for k in r.params}) if all_params else differing_params(rows)
+    return [Column("id", "run"), Column("name", "name"), Column("status", "status"), Column("metric", metric),
+            *(Column("metric", m) for m in metrics), *(Column("param", p) for p in params)]
+
+
+def _cell(row: RunRow, column: Column, exact: bool) -> str:
+    # exact (CSV): full run id and repr-exact floats, so the file round-trips to the store's values
+    if column.kind == "id":
+        return row.id if exact else row.id[:8]
+    if column.kind in ("name", "status"):
+        return getattr(row, column.kind)
+    if column.kind == "param":
+        return row.params.get(column.key, "" if exact else MISSING)
+    value = row.metrics.get(column.key)
+    if value is None:
+        return "" if exact else MISSING
+    if exact:
+        return repr(value)
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"  # accuracies to 0.01%, throughputs to 0.1
+
+
+def format_table(rows: list[RunRow], columns: list[Column], fmt: str = "table") -> str:
+    """The rows as a fixed-width text table, CSV or a GitHub markdown table."""
+    headers = [c.key for c in columns]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows([_cell(r, c, exact=True) for c in columns] for r in rows)
+        return buf.getvalue()
+    cells = [[_cell(r, c, exact=False) for c in columns] for r in rows]
+    if fmt == "markdown":
+        lines = [headers, ["---:" if c.kind == "metric" else "---" for c in columns],
+                 *([v.replace("|", "\\|") for v in line] for line in cells)]
+        return "".join(f"| {' | '.join(line)} |\n" for line in lines)
+    if fmt != "table":
+        raise ValueError(f"unknown format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    widths = [max(len(v) for v in col) for col in zip(headers, *cells)]
+    return "".join("  ".join(v.rjust(w) if c.kind == "metric" else v.ljust(w)
+                             for v, w, c in zip(line, widths, columns)).rstrip() + "\n"
+                   for line in [headers, *cells])
+
+
+def format_for(path: str, fmt: str | None) -> str:
+    """The explicit format, else the one the file suffix names (.csv, .md), else the text table."""
+    if fmt:
+        return fmt
+    suffix = path[path.rfind("."):].lower() if "." in path else ""
+    return SUFFIX_FORMATS.get(suffix, "table")
+
+
+def best_run(rows: list[RunRow], metric: str, order: str = "desc") -> RunRow:
+    """The run with the best `metric`; ValueError when no row has it."""
+    check_metric(rows, metric)
+    if not rows:
+        raise ValueError("no runs to choose from")
+    return sort_rows(rows, metric, order)[0]
+
+
+def best_report(uri: str, row: RunRow, metric: str) -> list[str]:
+    """The best run's id, then `key: value` lines: name, metric, and the checkpoint and export that exist."""
+    lines = [row.id, f"name: {row.name}", f"{metric}: {row.metrics[metric]!r}"]
+    if "imgclf.checkpoint" in row.tags:  # local paths the train and export stages record
+        lines.append(f"checkpoint: {row.tags['imgclf.checkpoint']}")
+    if "imgclf.export_dir" in row.tags:
+        lines.append(f"export: {row.tags['imgclf.export_dir']}")
+    if "checkpoint/model.pt" in tracking.list_artifact_paths(uri, row.id, "checkpoint"):
+        lines.append(f"checkpoint_artifact: {row.artifact_uri.rstrip('/')}/checkpoint/model.pt")
+    if tracking.list_artifact_paths(uri, row.id, "model"):
+        lines.append(f"model_uri: runs:/{row.id}/model")
+    return lines

@@ -1,0 +1,201 @@
+"""Fine-tuning strategies, resume after SIGKILL, SIGTERM and NaN handling, DDP with gloo, and the recipes."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from imgclf.models import build_model
+from imgclf.stages.train import train
+
+from ..conftest import BIN, ROOT, TINY_OVERRIDES
+from ..test_models import torchvision_cache
+
+TIMING = ("train/epoch_time_s", "train/images_per_sec")
+
+
+def history(project):
+    rows = list(csv.DictReader(open(project / "reports/train/history.csv")))
+    return [{k: float(v) for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def start_weights(tmp_path, arch="alexnet"):
+    torch.manual_seed(123)
+    path = tmp_path / f"{arch}-start.pt"
+    torch.save(build_model(arch, 3).state_dict(), path)
+    return path
+
+
+def test_head_only_trains_the_head_and_cached_features_change_nothing(tiny_cfg, tiny_project, tmp_path, caplog):
+    caplog.set_level("INFO", logger="imgclf")
+    start = start_weights(tmp_path)
+    runs = {}
+    for cache in ("true", "false"):
+        caplog.clear()
+        train(tiny_cfg("finetune=head", f"finetune.cache_features={cache}", f"model.weights={start}",
+                       "data.augment.max_shift=0", "data.augment.hflip=false"))
+        assert ("head only on cached features" in caplog.text) == (cache == "true")
+        runs[cache] = history(tiny_project)
+        trained = torch.load(tiny_project / "models/model.pt", weights_only=True)["model"]
+        initial = torch.load(start, weights_only=True)
+        assert all(torch.equal(trained[k], initial[k]) for k in initial if not k.startswith("classifier.6"))
+        assert not torch.equal(trained["classifier.6.weight"], initial["classifier.6.weight"])
+    for cached, direct in zip(runs["true"], runs["false"]):
+        assert cached == pytest.approx(direct, rel=1e-4, abs=1e-6)
+
+
+def test_gradual_keeps_backbone_frozen_for_freeze_epochs_then_trains_it(tiny_cfg, tiny_project, tmp_path):
+    start = start_weights(tmp_path)
+    initial = torch.load(start, weights_only=True)
+    for epochs, backbone_moved in ((1, False), (2, True)):
+        train(tiny_cfg("finetune=gradual", "finetune.freeze_epochs=1", f"trainer.epochs={epochs}",
+                       f"model.weights={start}"))
+        trained = torch.load(tiny_project / "models/model.pt", weights_only=True)["model"]
+        assert (not torch.equal(trained["features.0.weight"], initial["features.0.weight"])) == backbone_moved
+
+
+def test_nan_loss_fails_the_run_names_the_step_and_keeps_the_last_good_checkpoint(tiny_cfg, tiny_project,
+                                                                                   monkeypatch):
+    from torch import nn
+
+    from imgclf.engine import NonFiniteLoss
+
+    calls = {"n": 0}
+
+    class NaNOnSeventhStep(nn.CrossEntropyLoss):  # 5 steps per epoch: the 7th is epoch 2, step 2
+        def forward(self, logits, target):
+            calls["n"] += 1
+            loss = super().forward(logits, target)
+            return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr("imgclf.stages.train.nn.CrossEntropyLoss", NaNOnSeventhStep)
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at epoch 2 step 2.*last good checkpoint is checkpoints/last.pt"):
+        train(tiny_cfg("trainer.epochs=3"))
+    ckpt = torch.load(tiny_project / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    run = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db").get_run(ckpt["run_id"])
+    assert run.info.status == "FAILED"
+
+
+def train_cmd(uri, *overrides):
+    return [sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES,
+            f"tracking.uri={uri}", *overrides]
+
+
+def wait_for(path, proc, timeout=300):
+    deadline = time.time() + timeout
+    while not path.is_file():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run_in_the_same_mlflow_run(tiny_project, project_env):
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    cmd = train_cmd(uri, "trainer.epochs=5")
+    done = subprocess.run(cmd, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    uninterrupted = history(tiny_project)
+
+    proc = subprocess.Popen(cmd, cwd=tiny_project, env=project_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    last = tiny_project / "checkpoints" / "last.pt"
+    wait_for(last, proc)
+    proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: as if the machine died
+    proc.communicate()
+    ckpt = torch.load(last, weights_only=True)
+    assert 1 <= ckpt["epoch"] < 5
+    resumed = subprocess.run(cmd, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from checkpoints/last.pt after epoch {ckpt['epoch']}" in resumed.stdout + resumed.stderr
+    assert history(tiny_project) == uninterrupted  # bit for bit on CPU: RNG, optimizer and schedule restored
+    run_id = json.loads((tiny_project / "models/run.json").read_text())["run_id"]
+    assert run_id == ckpt["run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = sorted({m.step for m in client.get_metric_history(run_id, "val/acc")})
+    assert steps == [1, 2, 3, 4, 5]
+    assert not last.exists()  # finished: nothing left to resume
+
+
+def test_sigterm_marks_the_run_killed_and_leaves_a_checkpoint(tiny_project, project_env):
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    proc = subprocess.Popen(train_cmd(uri, "trainer.epochs=20"), cwd=tiny_project, env=project_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tiny_project / "checkpoints" / "last.pt"
+    wait_for(last, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    ckpt = torch.load(last, weights_only=True)
+    assert MlflowClient(tracking_uri=uri).get_run(ckpt["run_id"]).info.status == "KILLED"
+    never = subprocess.run(train_cmd(uri, "trainer.epochs=1", "trainer.resume=never"), cwd=tiny_project,
+                           env=project_env, capture_output=True, text=True, timeout=600)
+    assert never.returncode == 0 and "resuming" not in never.stdout + never.stderr
+    assert json.loads((tiny_project / "models/run.json").read_text())["run_id"] != ckpt["run_id"]
+
+
+def test_torchrun_two_gloo_processes_train_what_one_process_trains(tiny_project, project_env):
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    # each rank draws its own dropout masks and shifts: without them the math must match one process
+    exact = ("model.dropout=0", "data.augment.max_shift=0", "data.augment.hflip=false")
+    single = subprocess.run(train_cmd(uri, "tracking.experiment=single", *exact), cwd=tiny_project, env=project_env,
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    one, one_model = history(tiny_project), torch.load(tiny_project / "models/model.pt", weights_only=True)["model"]
+    ddp = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "imgclf.stages.train",
+                          *train_cmd(uri, "tracking.experiment=ddp", *exact)[3:]],
+                         cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    two, two_model = history(tiny_project), torch.load(tiny_project / "models/model.pt", weights_only=True)["model"]
+    for a, b in zip(one, two):
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+    for key in one_model:
+        torch.testing.assert_close(one_model[key], two_model[key], rtol=1e-3, atol=1e-3)  # float sum order
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["imgclf.world_size"] == "2"
+    assert runs[0].info.status == "FINISHED"
+
+
+RECIPES = {
+    "mnist_alexnet": {"data.name": "mnist", "model.name": "alexnet", "model.pretrained": False, "trainer.epochs": 5},
+    "cifar10_vgg16": {"data.name": "cifar10", "model.name": "vgg16", "model.pretrained": True,
+                      "finetune.strategy": "full", "finetune.lr_mult": 10},
+    "dogs_vs_cats_vgg16": {"data.name": "dogs_vs_cats", "model.name": "vgg16", "model.pretrained": True,
+                           "model.image_size": 224, "finetune.strategy": "gradual", "trainer.epochs": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def torch_home(tmp_path_factory):
+    """ImageNet-shaped weights for VGG16 in a TORCH_HOME cache, written once for the recipe tests."""
+    home = tmp_path_factory.mktemp("torch_home")
+    torchvision_cache(home, "vgg16")
+    return home
+
+
+def test_every_recipe_is_listed():
+    assert sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")) == sorted(RECIPES)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_composes_and_runs_one_tiny_step(recipe, tiny_cfg, tiny_project, compose_cfg, torch_home,
+                                                 monkeypatch):
+    cfg = compose_cfg(f"+experiment={recipe}")
+    for key, value in RECIPES[recipe].items():
+        section, name = key.split(".")
+        assert cfg[section][name] == value, key
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    size = 64 if cfg.model.name == "alexnet" else 32
+    best = train(tiny_cfg(f"+experiment={recipe}", "data.name=tiny", "data.subset=full", "trainer.epochs=1",
+                          "trainer.batch_size=8", f"model.image_size={size}", "model.download=false"))
+    assert 0.0 <= best <= 1.0
+    ckpt = torch.load(tiny_project / "models/model.pt", weights_only=True)
+    assert ckpt["arch"] == cfg.model.name and ckpt["image_size"] == size
