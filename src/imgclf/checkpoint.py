@@ -89,9 +89,14 @@ def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Pa
     return path
 
 
+def checkpoint_run_id(path: Path) -> str | None:
+    """The MLflow run a checkpoint belongs to: resuming continues it."""
+    return torch.load(path, map_location="cpu", weights_only=True).get("run_id")
+
+
 def load_training_state(path: Path, model, optimizer, scheduler, scaler,
-                        generators: dict[str, torch.Generator]) -> tuple[FitState, str]:
-    """Restore everything save_training_state wrote; returns the fit state and the MLflow run id to continue."""
+                        generators: dict[str, torch.Generator]) -> FitState:
+    """Restore everything save_training_state wrote into the given objects; returns the fit state."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -107,4 +112,4 @@ def load_training_state(path: Path, model, optimizer, scheduler, scaler,
                      best_metrics=ckpt["best_metrics"], best_state=best_state, bad_epochs=ckpt["bad_epochs"])
     log.info("resuming from %s after epoch %d (best val/acc %.4f at epoch %d)", path, state.epoch,
              state.best_metrics.get("val/acc", float("nan")), state.best_epoch)
-    return state, ckpt["run_id"]
+    return state

@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import re
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+LOCK_RETRIES = 12           # ~30 s of backoff: parallel jobs each hold SQLite's write lock for milliseconds
+PARENT_ENV = "IMGCLF_PARENT_RUN_ID"  # set by the sweep callback; new runs become children of that run
 MAX_PARAM_LENGTH = 6000
 SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|credential)", re.IGNORECASE)
 URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
@@ -53,28 +59,102 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def resolve_uri(uri: str) -> str:
+    """A relative `sqlite:///file.db` taken from the DVC project root when DVC runs us (DVC_ROOT): queued
+    experiments run in a temporary copy of the project, and their runs belong in the project's store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and os.environ.get("DVC_ROOT"):
+        return prefix + str(Path(os.environ["DVC_ROOT"]) / uri[len(prefix):])
+    return uri
+
+
+def _artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifacts beside a SQLite store, not under whatever directory the first run happened to start in."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+    return str(db.parent / "mlruns" / re.sub(r"[^\w.-]", "_", experiment))
+
+
+def retry_locked(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Call `fn`, retrying while SQLite says "database is locked" (parallel jobs writing one store)."""
+    delay = 0.1
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MLflow wraps SQLAlchemy's OperationalError in its own exceptions
+            if "database is locked" not in str(exc) or attempt == LOCK_RETRIES - 1:
+                raise
+            log.info("MLflow store is locked by another job; retrying in %.1f s", delay)
+            time.sleep(delay + random.uniform(0, delay))
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
 def configure(uri: str, experiment: str | None = None) -> None:
-    """Point MLflow at `uri` (and select `experiment`, creating it if needed)."""
+    """Point MLflow at `uri` (and select `experiment`, creating it beside the store if needed)."""
+    uri = resolve_uri(uri)
     mlflow.set_tracking_uri(uri)
     if experiment:
-        mlflow.set_experiment(experiment)
+        client = MlflowClient(tracking_uri=uri)
+        if retry_locked(client.get_experiment_by_name, experiment) is None:
+            try:
+                retry_locked(client.create_experiment, experiment, artifact_location=_artifact_root(uri, experiment))
+            except Exception as exc:  # a parallel job created it first
+                if "already exists" not in str(exc) and "UNIQUE constraint" not in str(exc):
+                    raise
+        retry_locked(mlflow.set_experiment, experiment)
 
 
 @contextmanager
 def run(uri: str, experiment: str | None = None, run_id: str | None = None, run_name: str | None = None,
         tags: Mapping[str, str] | None = None) -> Iterator[str]:
-    """Start (or, with `run_id`, reopen) a run; it ends FINISHED, KILLED on interrupt, FAILED on error."""
+    """Start (or, with `run_id`, reopen) a run; it ends FINISHED, KILLED on interrupt, FAILED on error.
+
+    In a sweep (IMGCLF_PARENT_RUN_ID, set by imgclf.sweeps), a new run is a child of the sweep's parent run.
+    """
     configure(uri, None if run_id else experiment)
-    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags or {}))
+    tags = dict(tags or {})
+    if run_id is None and os.environ.get(PARENT_ENV):
+        tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+    active = retry_locked(mlflow.start_run, run_id=run_id, run_name=None if run_id else run_name, tags=tags)
     try:
         yield active.info.run_id
     except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
+        retry_locked(mlflow.end_run, status="KILLED")
         raise
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        retry_locked(mlflow.end_run, status="FAILED")
         raise
-    mlflow.end_run(status="FINISHED")
+    retry_locked(mlflow.end_run, status="FINISHED")
+
+
+def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, str],
+                     params: Mapping[str, Any]) -> str:
+    """Create a sweep's parent run (not the active run: jobs may run in this very process) and return its id."""
+    configure(uri, experiment)
+    client = MlflowClient(tracking_uri=resolve_uri(uri))
+    exp = retry_locked(client.get_experiment_by_name, experiment)
+    run = retry_locked(client.create_run, exp.experiment_id, run_name=name, tags=dict(tags))
+    for key, value in params.items():
+        retry_locked(client.log_param, run.info.run_id, key, str(redact(key, value))[:MAX_PARAM_LENGTH])
+    return run.info.run_id
+
+
+def finish_parent_run(uri: str, run_id: str, status: str, metrics: Mapping[str, float] | None = None,
+                      tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+                      artifacts: list[Path] = ()) -> None:
+    """Log a sweep's outcome (best trial, counts, search results) on its parent run and end it."""
+    client = MlflowClient(tracking_uri=resolve_uri(uri))
+    for key, value in (metrics or {}).items():
+        retry_locked(client.log_metric, run_id, key, float(value))
+    for key, value in (tags or {}).items():
+        retry_locked(client.set_tag, run_id, key, str(value))
+    for key, value in (params or {}).items():
+        retry_locked(client.log_param, run_id, key, str(redact(key, value))[:MAX_PARAM_LENGTH])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), "sweep")
+    retry_locked(client.set_terminated, run_id, status)
 
 
 def log_config(cfg: Mapping[str, Any]) -> None:
@@ -82,15 +162,15 @@ def log_config(cfg: Mapping[str, Any]) -> None:
     params = {k: str(redact(k, v))[:MAX_PARAM_LENGTH] for k, v in flatten(cfg).items()}
     items = list(params.items())
     for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        mlflow.log_params(dict(items[i:i + MAX_PARAMS_PER_BATCH]))
+        retry_locked(mlflow.log_params, dict(items[i:i + MAX_PARAMS_PER_BATCH]))
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    retry_locked(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
-    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    retry_locked(mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
@@ -103,7 +183,7 @@ def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> No
 
 def get_run(uri: str, run_id: str):
     """The run's data and info, for checks and reports."""
-    return MlflowClient(tracking_uri=uri).get_run(run_id)
+    return MlflowClient(tracking_uri=resolve_uri(uri)).get_run(run_id)
 
 
 def _served_model_class():
@@ -184,6 +264,7 @@ def _one_line_errors() -> Iterator[None]:
 
 def _query_client(uri: str) -> MlflowClient:
     """A client for an existing store: MLflow would create an empty database at a mistyped sqlite path."""
+    uri = resolve_uri(uri)
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):].split("?", 1)[0]
         if path not in ("", ":memory:") and not Path(path).is_file():

@@ -1,26 +1,95 @@
-"""A Hydra multirun of the train stage: one MLflow run per job, grouped by a sweep tag, outputs kept apart."""
+"""Hydra multiruns of the train stage: one MLflow parent run per sweep, its jobs as children, the best on it."""
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from ..conftest import ROOT, TINY_OVERRIDES
+from ..conftest import BIN, ROOT, TINY_OVERRIDES
 
 
-def test_multirun_jobs_are_separate_runs_with_one_sweep_tag(tiny_project, project_env):
-    uri = f"sqlite:///{tiny_project}/mlflow.db"
-    sweep_dir = tiny_project / "multirun" / "s1"
+def multirun(project, env, *overrides, sweep_dir=None):
+    uri = f"sqlite:///{project}/mlflow.db"
+    sweep_dir = sweep_dir or project / "multirun" / "s1"
     proc = subprocess.run(
         [sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(ROOT / "conf"), "-m", *TINY_OVERRIDES,
-         "trainer.epochs=1", "optim.lr=0.001,0.0003", f"tracking.uri={uri}", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+         "trainer.epochs=1", f"tracking.uri={uri}", f"hydra.sweep.dir={sweep_dir}", *overrides],
+        cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
-    assert sorted(r.data.params["optim.lr"] for r in runs) == ["0.0003", "0.001"]
-    assert {r.data.tags["imgclf.sweep"] for r in runs} == {str(sweep_dir)}
-    for run in runs:
-        assert f"optim.lr={run.data.params['optim.lr']}" in run.data.tags["imgclf.overrides"].split()
-    for job in ("0", "1"):  # each job wrote its own checkpoint; the DVC-declared paths stay untouched
+    parents = [r for r in runs if r.data.tags.get("imgclf.role") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1  # every job is a child of the sweep
+    return parent, children, proc, sweep_dir
+
+
+def best_of(children):
+    return max((c for c in children if c.info.status == "FINISHED"), key=lambda c: c.data.metrics["best/val/acc"])
+
+
+def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, project_env):
+    parent, children, _, sweep_dir = multirun(tiny_project, project_env, "optim.lr=0.001,0.0003,0.0001")
+    assert sorted(c.data.params["optim.lr"] for c in children) == ["0.0001", "0.0003", "0.001"]
+    assert sorted(c.info.run_name for c in children) == ["alexnet-tiny-lr1e-3-b8", "alexnet-tiny-lr1e-4-b8",
+                                                         "alexnet-tiny-lr3e-4-b8"]
+    assert {c.data.tags["imgclf.sweep"] for c in children} == {str(sweep_dir), parent.data.tags["imgclf.sweep"]}
+    assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+    assert parent.info.run_name == "sweep-lr" and parent.data.params["sweep.space.optim.lr"] == \
+        "0.001,0.0003,0.0001"
+    best = best_of(children)
+    assert parent.data.tags["imgclf.best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best/val/acc"] == best.data.metrics["best/val/acc"]
+    assert parent.data.params["best.optim.lr"] == best.data.params["optim.lr"]
+    assert parent.data.metrics["sweep/trials"] == 3 and parent.data.metrics["sweep/failed"] == 0
+    for job in ("0", "1", "2"):  # each job wrote its own checkpoint; the DVC-declared paths stay untouched
         assert (sweep_dir / job / "models" / "model.pt").is_file()
     assert not (tiny_project / "models").exists()
+
+    # the terminal compare view agrees with the store
+    table = subprocess.run([str(BIN / "imgclf"), "runs", "--experiment", "test", "--parent", parent.info.run_id,
+                            "--metric", "best/val/acc", "--format", "csv"], cwd=tiny_project, env=project_env,
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.strip().splitlines()
+    assert len(rows) == 4 and "optim.lr" in rows[0] and "trainer.batch_size" not in rows[0]
+    assert float(rows[1].split(",")[rows[0].split(",").index("best/val/acc")]) == best.data.metrics["best/val/acc"]
+    best_cli = subprocess.run([str(BIN / "imgclf"), "runs", "--experiment", "test", "--sweep", str(sweep_dir),
+                               "--metric", "best/val/acc", "--best"], cwd=tiny_project, env=project_env,
+                              capture_output=True, text=True, timeout=120)
+    assert best_cli.stdout.splitlines()[0] == best.info.run_id
+    assert str(sweep_dir / best.data.tags["imgclf.checkpoint"].split("/")[-3] / "models" / "model.pt") in best_cli.stdout
+
+
+def test_a_failing_job_is_a_failed_run_and_the_sweep_goes_on(tiny_project, project_env):
+    parent, children, proc, _ = multirun(tiny_project, project_env, "model.image_size=32,64")
+    status = {c.data.params.get("model.image_size"): c.info.status for c in children}
+    assert status == {"32": "FAILED", "64": "FINISHED"}
+    assert "model.image_size=32 is too small for alexnet" in proc.stderr
+    assert parent.data.metrics["sweep/failed"] == 1 and parent.data.metrics["sweep/finished"] == 1
+
+
+def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project_env):
+    parent, children, _, sweep_dir = multirun(tiny_project, project_env, "+sweep=optuna_lr_wd",
+                                              "hydra.sweeper.n_trials=3")
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert len({c.data.params["optim.lr"] for c in children}) == 3  # TPE sampled three different rates
+    best = best_of(children)
+    assert parent.data.metrics["best/val/acc"] == best.data.metrics["best/val/acc"]
+    assert parent.data.params["sweep.sweeper"] == "OptunaSweeper" and parent.data.params["sweep.direction"] == \
+        "maximize"
+    assert parent.data.params["sweep.space.optim.lr"] == "tag(log, interval(1e-5, 3e-3))"
+    assert (sweep_dir / "optimization_results.yaml").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db")
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")] == ["sweep/optimization_results.yaml"]
+    assert pytest.approx(float(parent.data.params["best.optim.lr"])) == float(best.data.params["optim.lr"])
+
+
+def test_joblib_launcher_two_parallel_jobs_both_recorded(tiny_project, project_env):
+    parent, children, _, _ = multirun(tiny_project, project_env, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                      "optim.lr=0.001,0.0003")
+    assert sorted(c.data.params["optim.lr"] for c in children) == ["0.0003", "0.001"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert parent.data.params["sweep.launcher"] == "JoblibLauncher"

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import compose, config_groups, conf_dir
 from ..data.download import DownloadError
+from ..engine import NonFiniteLoss
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,29 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-# errors that mean "bad input or missing prerequisite": one line, no traceback, exit 1
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DownloadError)
+# errors that mean "bad input, missing prerequisite, diverged training": one line, no traceback, exit 1
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DownloadError, NonFiniteLoss)
 
 
 def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
-    """Turn user errors into `error: <message>` and exit 1; IMGCLF_DEBUG=1 keeps the traceback."""
+    """Turn user errors into `error: <message>` and exit 1; IMGCLF_DEBUG=1 keeps the traceback.
+
+    In a multirun, a failed job (its MLflow run marked FAILED) returns None instead: the sweeper records the
+    trial as failed and the sweep goes on (Optuna counts None as a failed trial; sys.exit would end the sweep).
+    """
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
         try:
             return task(cfg)
-        except USER_ERRORS as exc:
+        except Exception as exc:
             if os.environ.get("IMGCLF_DEBUG"):
+                raise
+            if is_multirun():
+                job = HydraConfig.get().job.num
+                log.error("job %s failed: %s: %s", job, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                print(f"error: job {job} ({' '.join(overrides())}) failed: {exc}", file=sys.stderr)
+                return None
+            if not isinstance(exc, USER_ERRORS):
                 raise
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import math
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +17,10 @@ from torch import nn
 
 from .. import distributed as dist
 from .. import tracking
-from ..checkpoint import find_resume_checkpoint, fingerprint, load_training_state, save_training_state
+from .. import sweeps
+from ..checkpoint import (
+    checkpoint_run_id, find_resume_checkpoint, fingerprint, load_training_state, save_training_state,
+)
 from ..data import DATA_ROOT, SPLIT_DIR, dataset_dir
 from ..data.datasets import TensorImageDataset, build_loader, load_split
 from ..data.split import index_hash, read_labels
@@ -33,7 +37,8 @@ FREEZE_EPOCHS = {"head": math.inf, "full": 0}  # gradual: finetune.freeze_epochs
 
 
 def run_name(cfg: DictConfig) -> str:
-    return cfg.tracking.run_name or f"{cfg.model.name}-{cfg.data.name}-lr{cfg.optim.lr:g}-b{cfg.trainer.batch_size}"
+    return cfg.tracking.run_name or sweeps.run_name(cfg.model.name, cfg.data.name, cfg.optim.lr,
+                                                    cfg.trainer.batch_size, overrides())
 
 
 def run_tags(cfg: DictConfig, split_dir, device, out) -> dict[str, str]:
@@ -44,7 +49,7 @@ def run_tags(cfg: DictConfig, split_dir, device, out) -> dict[str, str]:
             "imgclf.checkpoint": str((out / "models" / "model.pt").resolve()),
             "mlflow.source.git.commit": git["commit"], "imgclf.git_dirty": git["dirty"]}
     if is_multirun():  # jobs of one sweep share its directory as a tag
-        tags["imgclf.sweep"] = str(out.parent)
+        tags["imgclf.sweep"] = str(out.parent.resolve())
     return tags
 
 
@@ -55,16 +60,38 @@ def freeze_epochs(cfg: DictConfig) -> float:
     return FREEZE_EPOCHS.get(strategy, cfg.finetune.freeze_epochs)
 
 
+@dataclass
+class RunPlan:
+    """Where checkpoints go, what to resume from, and the MLflow run this training logs into (rank 0)."""
+
+    checkpoint_dir: Path
+    resume_from: Path | None
+    config_hash: str
+    run_id: str | None = None
+
+
 def train(cfg: DictConfig) -> float:
     out = output_root()
     device = dist.setup(resolve_device(cfg.trainer.device))
     try:
-        return _train(cfg, out, device)
+        config = to_dict(cfg)
+        plan = RunPlan(out / cfg.trainer.checkpoint_dir, None, fingerprint(tracking.flatten(config)))
+        plan.resume_from = find_resume_checkpoint(str(cfg.trainer.resume), plan.checkpoint_dir, plan.config_hash)
+        resumed_run = checkpoint_run_id(plan.resume_from) if plan.resume_from else None
+        split_dir = dataset_dir(DATA_ROOT, cfg.data.name) / SPLIT_DIR
+        # the run opens first: a trial that fails on a bad combination is a FAILED run, not a missing one
+        context = (tracking.run(cfg.tracking.uri, cfg.tracking.experiment, run_id=resumed_run,
+                                run_name=run_name(cfg), tags=run_tags(cfg, split_dir, device, out))
+                   if dist.is_main() else contextlib.nullcontext())
+        with context as plan.run_id:
+            if dist.is_main() and resumed_run is None:
+                tracking.log_config(config)
+            return _train(cfg, out, device, plan)
     finally:
         dist.teardown()
 
 
-def _train(cfg: DictConfig, out: Path, device: torch.device) -> float:
+def _train(cfg: DictConfig, out: Path, device: torch.device, plan: RunPlan) -> float:
     setup = DeviceSetup.for_device(device, cfg.trainer.amp, cfg.trainer.channels_last)
     generator = seed_everything(cfg.seed, cfg.trainer.deterministic)
     spec = resolve_preprocessing(cfg.model.source, cfg.model.name, cfg.model.image_size, cfg.model.mean,
@@ -105,8 +132,14 @@ def _train(cfg: DictConfig, out: Path, device: torch.device) -> float:
         before_epoch = Freezing(trainer, model, frozen_for, cfg.trainer.compile)
     trainer.scheduler = instantiate(cfg.schedule)(optimizer, epochs=cfg.trainer.epochs,
                                                   steps_per_epoch=len(train_loader))
-    return run_fit(cfg, out, trainer, model, train_loader, val_loader, split_dir, class_names, spec,
-                   {"loader": generator, **({"augment": augment.generator} if augment else {})}, before_epoch)
+    generators = {"loader": generator, **({"augment": augment.generator} if augment else {})}
+    state = FitState()
+    if plan.resume_from is not None:
+        state = load_training_state(plan.resume_from, model, optimizer, trainer.scheduler, trainer.scaler, generators)
+        if dist.is_main():
+            tracking.set_tags({"imgclf.resumed_after_epoch": state.epoch})
+    return run_fit(cfg, out, plan, trainer, model, (train_loader, val_loader), state, generators, before_epoch,
+                   (class_names, spec))
 
 
 class Freezing:
@@ -130,45 +163,30 @@ class Freezing:
         self.trainer.model = torch.compile(wrapped) if self.compile else wrapped
 
 
-def run_fit(cfg, out, trainer, model, train_loader, val_loader, split_dir, class_names, spec, generators,
-            before_epoch) -> float:
-    """fit() inside the MLflow run (rank 0), resuming and checkpointing every epoch."""
-    ckpt_dir = out / cfg.trainer.checkpoint_dir
-    config = to_dict(cfg)
-    config_hash = fingerprint(tracking.flatten(config))
-    resume_from = find_resume_checkpoint(str(cfg.trainer.resume), ckpt_dir, config_hash)
-    state, run_id = FitState(), None
-    if resume_from is not None:
-        state, run_id = load_training_state(resume_from, model, trainer.optimizer, trainer.scheduler, trainer.scaler,
-                                            generators)
+def run_fit(cfg, out, plan: RunPlan, trainer: Trainer, model, loaders, state: FitState, generators, before_epoch,
+            meta) -> float:
+    """fit() with a checkpoint after every epoch (rank 0 writes and logs); outputs once it finishes."""
     main = dist.is_main()
-    context = (tracking.run(cfg.tracking.uri, cfg.tracking.experiment, run_id=run_id, run_name=run_name(cfg),
-                            tags=run_tags(cfg, split_dir, trainer.setup.device, out))
-               if main else contextlib.nullcontext())
-    with context as active_id:
-        if main and run_id is None:
-            tracking.log_config(config)
-        elif main:
-            tracking.set_tags({"imgclf.resumed_after_epoch": state.epoch})
 
-        def after_epoch(epoch: int, metrics: dict, fit_state: FitState) -> None:
-            if main:  # checkpoint first: a kill between the two leaves this epoch resumable
-                save_training_state(ckpt_dir, fit_state, model, trainer.optimizer, trainer.scheduler, trainer.scaler,
-                                    generators, active_id, config_hash, fit_state.best_epoch == epoch)
-                tracking.log_metrics(metrics, step=epoch)
+    def after_epoch(epoch: int, metrics: dict, fit_state: FitState) -> None:
+        if main:  # checkpoint first: a kill between the two leaves this epoch resumable
+            save_training_state(plan.checkpoint_dir, fit_state, model, trainer.optimizer, trainer.scheduler,
+                                trainer.scaler, generators, plan.run_id, plan.config_hash,
+                                fit_state.best_epoch == epoch)
+            tracking.log_metrics(metrics, step=epoch)
 
-        try:
-            state = fit(trainer, train_loader, val_loader, cfg.trainer.epochs, state, weights=model,
-                        patience=cfg.trainer.early_stopping.patience, min_delta=cfg.trainer.early_stopping.min_delta,
-                        before_epoch=before_epoch, after_epoch=after_epoch)
-        except NonFiniteLoss as exc:
-            kept = f"the last good checkpoint is {ckpt_dir / 'last.pt'}" if (ckpt_dir / "last.pt").is_file() else \
-                "no epoch finished, so there is no checkpoint"
-            raise NonFiniteLoss(f"{exc}; {kept}") from None
-        if main:
-            write_outputs(cfg, out, state, class_names, spec, active_id)
-            for name in ("last.pt", "best.pt"):  # finished: model.pt is the result, nothing left to resume
-                (ckpt_dir / name).unlink(missing_ok=True)
+    last = plan.checkpoint_dir / "last.pt"
+    try:
+        state = fit(trainer, *loaders, cfg.trainer.epochs, state, weights=model,
+                    patience=cfg.trainer.early_stopping.patience, min_delta=cfg.trainer.early_stopping.min_delta,
+                    before_epoch=before_epoch, after_epoch=after_epoch)
+    except NonFiniteLoss as exc:
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch finished: no checkpoint"
+        raise NonFiniteLoss(f"{exc}; {kept}") from None
+    if main:
+        write_outputs(cfg, out, state, *meta, plan.run_id)
+        for path in (last, plan.checkpoint_dir / "best.pt"):  # finished: model.pt is the result, nothing to resume
+            path.unlink(missing_ok=True)
     return state.best_metrics["val/acc"]
 
 

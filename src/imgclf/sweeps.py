@@ -1,0 +1,113 @@
+"""A Hydra multirun as one MLflow parent run with its jobs as children; the best trial logged on the parent."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from . import tracking
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE = "best/val/acc"  # what the train stage returns to the sweeper, logged per run by the train stage
+SWEPT_ENV = "IMGCLF_SWEPT_KEYS"  # the keys a sweep varies, for its jobs' run names
+ABBREVIATIONS = {"batch_size": "b", "weight_decay": "wd", "label_smoothing": "ls", "image_size": "px"}
+
+
+def compact(value: Any) -> str:
+    """0.0003 -> 3e-4, 0.01 -> 0.01, 64 -> 64: short enough for a run name."""
+    if isinstance(value, float) and value != 0 and abs(value) < 0.01:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_name(model: str, data: str, lr: float, batch_size: int, overrides: list[str]) -> str:
+    """`vgg16-digits-lr3e-4-b64`, plus the other keys the sweep varies (`-wd0.01`): names say what differs."""
+    name = f"{model}-{data}-lr{compact(lr)}-b{batch_size}"
+    shown = {"model", "data", "optim.lr", "trainer.batch_size"}
+    swept = set(filter(None, os.environ.get(SWEPT_ENV, "").split(",")))
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in shown or key not in swept or not value:
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        try:
+            value = compact(float(value)) if "." in value or "e" in value.lower() else value
+        except ValueError:
+            pass
+        name += f"-{ABBREVIATIONS.get(leaf, leaf)}{value}"
+    return name
+
+
+def search_space(config: DictConfig) -> dict[str, str]:
+    """The swept keys and their ranges: sweep overrides on the command line plus hydra.sweeper.params."""
+    space = {}
+    raw = list(config.hydra.overrides.task)
+    for text, ov in zip(raw, OverridesParser.create().parse_overrides(raw)):
+        if ov.is_sweep_override():
+            space[ov.key_or_group] = text.split("=", 1)[1]  # as typed: 1e-3,3e-4 or range(1,4)
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    space.update({str(k): str(v) for k, v in params.items()})
+    return space
+
+
+class SweepRun(Callback):
+    """Registered in conf/config.yaml: opens the parent run before any job starts (which also creates the
+    SQLite store, so parallel jobs never race to create it) and closes it with the best trial."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        space = search_space(config)
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_") or "basic"
+        launcher = OmegaConf.select(config, "hydra.launcher._target_") or "basic"
+        name = "sweep-" + "-".join(k.rsplit(".", 1)[-1] for k in space) if space else f"sweep-{sweep_dir.name}"
+        params = {f"sweep.space.{k}": v for k, v in space.items()}
+        params.update({"sweep.sweeper": sweeper.rsplit(".", 1)[-1], "sweep.launcher": launcher.rsplit(".", 1)[-1]})
+        for key in ("n_trials", "direction", "sampler.seed"):
+            value = OmegaConf.select(config, f"hydra.sweeper.{key}")
+            if value is not None:
+                params[f"sweep.{key}"] = value
+        self.run_id = tracking.start_parent_run(
+            config.tracking.uri, config.tracking.experiment, name,
+            {"imgclf.role": "sweep", "imgclf.sweep": str(sweep_dir)}, params)
+        os.environ[tracking.PARENT_ENV] = self.run_id  # jobs (and joblib/submitit workers) inherit it
+        os.environ[SWEPT_ENV] = ",".join(space)
+        log.info("sweep parent run %s (%s), search space %s", self.run_id, name, json.dumps(space))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.run_id is None:
+            return
+        os.environ.pop(tracking.PARENT_ENV, None)
+        os.environ.pop(SWEPT_ENV, None)
+        uri, experiment = config.tracking.uri, config.tracking.experiment
+        children = tracking.search_runs(uri, experiment, f"tags.`mlflow.parentRunId` = '{self.run_id}'")
+        done = [c for c in children if c["status"] == "FINISHED" and OBJECTIVE in c["metrics"]]
+        metrics = {"sweep/trials": len(children), "sweep/finished": len(done),
+                   "sweep/failed": sum(c["status"] == "FAILED" for c in children)}
+        tags, params = {}, {}
+        if done:
+            best = max(done, key=lambda c: c["metrics"][OBJECTIVE])
+            metrics[OBJECTIVE] = best["metrics"][OBJECTIVE]
+            for key in ("test/acc", "test/macro_f1"):
+                if key in best["metrics"]:
+                    metrics[key] = best["metrics"][key]
+            tags = {"imgclf.best_run_id": best["id"], "imgclf.best_run_name": best["name"],
+                    "imgclf.best_checkpoint": best["tags"].get("imgclf.checkpoint", "")}
+            swept = search_space(config)
+            params = {f"best.{k}": best["params"][k] for k in swept if k in best["params"]}
+            log.info("sweep: %d/%d trials finished; best %s = %.4f (run %s)", len(done), len(children), OBJECTIVE,
+                     metrics[OBJECTIVE], best["name"])
+        results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
+        tracking.finish_parent_run(uri, self.run_id, "FINISHED" if done else "FAILED", metrics, tags, params,
+                                   [results] if results.is_file() else [])
+        self.run_id = None
