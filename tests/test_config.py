@@ -17,8 +17,11 @@ def test_params_yaml_is_the_composition_of_conf():
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in config_groups(ROOT).items() for o in opts])
 def test_every_option_composes(compose_cfg, group, option):
-    cfg = compose_cfg(f"{group}={option}")
-    assert cfg[group] is not None
+    if group in ("experiment", "sweep", "launcher"):  # not in the defaults list: added with +group=option
+        cfg = compose_cfg(f"+{group}={option}")
+        assert group != "experiment" or cfg != compose_cfg()  # a recipe overrides something
+    else:
+        assert compose_cfg(f"{group}={option}")[group] is not None
 
 
 def test_interface_keys_exist(compose_cfg):
@@ -35,7 +38,7 @@ def test_interface_keys_exist(compose_cfg):
 
 def test_unknown_choice_is_one_line_listing_options(monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert check_overrides(["model=vgg61"]) == "unknown model 'vgg61'; choose one of: alexnet, vgg16"
+    assert check_overrides(["model=vgg61"]) == "unknown model 'vgg61'; choose one of: alexnet, timm, vgg16, vgg16_bn"
     assert check_overrides(["-m", "model=alexnet,vgg61"]).startswith("unknown model 'vgg61'")
     assert check_overrides(["model=alexnet", "optim.lr=0.1"]) is None
     assert check_overrides(["optim=sgd", "optim.momentum=0.8"]) is None  # key of the chosen option
@@ -43,14 +46,19 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
         "unknown key 'optim.momentum'; optim has: _target_, _partial_, lr, weight_decay, fused "
         "(use +optim.momentum=... to add a new key)")
     assert check_overrides(["+optim.momentum=0.8"]) is None
+    assert check_overrides(["+experiment=cifar10_vgg16"]) is None
+    assert check_overrides(["+experiment=imagenet_vgg16"]) == ("unknown experiment 'imagenet_vgg16'; choose one of: "
+                                                               "cifar10_vgg16, dogs_vs_cats_vgg16, mnist_alexnet")
     assert check_overrides(["trainer.epoch=3"]).startswith("unknown key 'trainer.epoch'; trainer has: epochs,")
 
 
 @pytest.mark.parametrize("args,expected", [
     (["data=imagenet"], "unknown data 'imagenet'; choose one of: caltech101, cifar10, digits, dogs_vs_cats, folder, mnist"),
-    (["model=vgg61"], "unknown model 'vgg61'; choose one of: alexnet, vgg16"),
+    (["model=vgg61"], "unknown model 'vgg61'; choose one of: alexnet, timm, vgg16, vgg16_bn"),
     (["trainer.epoch=3"], "unknown key 'trainer.epoch'; trainer has: epochs, batch_size, device, deterministic, "
-                          "log_every (use +trainer.epoch=... to add a new key)"),
+                          "log_every, amp, channels_last, compile, label_smoothing, grad_clip, early_stopping, "
+                          "resume, checkpoint_dir (use +trainer.epoch=... to add a new key)"),
+    (["finetune=partial"], "unknown finetune 'partial'; choose one of: full, gradual, head"),
 ])
 def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
     proc = subprocess.run([sys.executable, "-m", "imgclf.stages.train", *args], cwd=ROOT, env=project_env,
@@ -62,4 +70,19 @@ def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
 def test_console_script_rejects_unknown_command(project_env):
     proc = subprocess.run([str(BIN / "imgclf"), "trian"], cwd=ROOT, env=project_env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown command 'trian'; choose one of: fetch, split, train, evaluate, export, predict"
+    assert proc.stderr.strip() == "error: unknown command 'trian'; choose one of: fetch, split, train, evaluate, export, predict, runs"
+
+
+def test_missing_pretrained_weights_is_one_line_and_a_failed_run(tiny_project, project_env, tmp_path):
+    from .conftest import TINY_OVERRIDES
+
+    env = dict(project_env, TORCH_HOME=str(tmp_path / "empty_torch_home"))
+    proc = subprocess.run([sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(ROOT / "conf"),
+                           *TINY_OVERRIDES, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db", "model=vgg16",
+                           "model.pretrained=true", "model.download=false"],
+                          cwd=tiny_project, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    expected = tmp_path / "empty_torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    assert last.startswith(f"error: pretrained weights for vgg16 not found at {expected}; download https://")
+    assert "Traceback" not in proc.stderr

@@ -38,9 +38,14 @@ def check_overrides(argv: list[str]) -> str | None:
     choices = []
     for ov in overrides:
         key = ov.key_or_group
-        if key.startswith("hydra") or ov.is_delete() or ov.is_add() or ov.is_force_add():
+        if key.startswith("hydra") or ov.is_delete() or ((ov.is_add() or ov.is_force_add()) and key not in groups):
             continue
         values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        if ov.is_add() or ov.is_force_add():  # +experiment=..., +sweep=...: checked, not composed here
+            bad = [v for v in values if v not in groups[key]]
+            if bad:
+                return f"unknown {key} '{bad[0]}'; choose one of: {', '.join(groups[key])}"
+            continue
         if key in groups:
             bad = [v for v in values if v not in groups[key]]
             if bad:
