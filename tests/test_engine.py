@@ -96,3 +96,38 @@ def test_progress_logs_plain_lines_off_a_terminal(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["epoch 1 batch 2/5 loss 0.5000 100 img/s", "epoch 1 batch 4/5 loss 0.5000 100 img/s",
                      "epoch 1 batch 5/5 loss 0.5000 100 img/s"]
+
+
+def test_early_stopping_stops_after_patience_epochs_without_gain():
+    generator = seed_everything(0)
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing learns: val/acc never improves after epoch 1
+    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, DeviceSetup.for_device(torch.device("cpu")),
+                      Preprocess([0.5] * 3, [0.25] * 3))
+    ds = tiny_data()
+    state = fit(trainer, build_loader(ds, 8, True, generator), build_loader(ds, 8, False), 10, patience=2)
+    assert [h["epoch"] for h in state.history] == [1, 2, 3] and state.stopped_early and state.best_epoch == 1
+
+
+def test_grad_clip_bounds_the_update():
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, DeviceSetup.for_device(torch.device("cpu")),
+                      Preprocess([0.5] * 3, [0.25] * 3), grad_clip=1e-3)
+    train_one_epoch(trainer, build_loader(tiny_data(8), 8, False), epoch=1)  # one step
+    step = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert 0 < step.item() <= 1e-3 * 1.0001  # lr 1 x clipped norm
+
+
+def test_sharded_batches_split_global_batches_across_ranks():
+    from imgclf.distributed import ShardedBatchSampler
+
+    one = list(ShardedBatchSampler(10, 4, True, torch.Generator().manual_seed(0)))
+    ranks = [list(ShardedBatchSampler(10, 4, True, torch.Generator().manual_seed(0), r, 2)) for r in (0, 1)]
+    assert [len(b) for b in one] == [4, 4, 2]
+    for global_batch, a, b in zip(one, *ranks):  # the same global batches, each split in two
+        assert sorted(a + b) == sorted(global_batch) and a == global_batch[0::2]
+    assert sorted(sum(one, [])) == list(range(10))
+    with pytest.raises(ValueError, match="batch_size=1 is smaller than the 2 processes"):
+        ShardedBatchSampler(10, 1, True, None, 0, 2)
