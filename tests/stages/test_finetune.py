@@ -50,12 +50,14 @@ def test_head_only_trains_the_head_and_cached_features_change_nothing(tiny_cfg, 
         assert cached == pytest.approx(direct, rel=1e-4, abs=1e-6)
 
 
-def test_gradual_keeps_backbone_frozen_for_freeze_epochs_then_trains_it(tiny_cfg, tiny_project, tmp_path):
+def test_gradual_keeps_backbone_frozen_for_freeze_epochs_then_trains_it(tiny_cfg, tiny_project, tmp_path, caplog):
+    caplog.set_level("INFO", logger="imgclf")
     start = start_weights(tmp_path)
     initial = torch.load(start, weights_only=True)
     for epochs, backbone_moved in ((1, False), (2, True)):
         train(tiny_cfg("finetune=gradual", "finetune.freeze_epochs=1", f"trainer.epochs={epochs}",
-                       f"model.weights={start}"))
+                       f"model.weights={start}", "trainer.compile=true"))
+        assert "trainer.compile=true: compiling only on CUDA; running eagerly on cpu" in caplog.text
         trained = torch.load(tiny_project / "models/model.pt", weights_only=True)["model"]
         assert (not torch.equal(trained["features.0.weight"], initial["features.0.weight"])) == backbone_moved
 

@@ -117,16 +117,8 @@ def _train(cfg: DictConfig, out: Path, device: torch.device, plan: RunPlan) -> f
         log.info("finetune.cache_features: not caching, %s", "data.augment changes the input every epoch"
                  if augment is not None else "each process would cache only its own shard")
     if cache and augment is None and not dist.is_distributed():
-        # frozen backbone, same input every epoch: its features are computed once, epochs train only the head
-        set_backbone_trainable(model, False)
-        # in index order, without touching the shuffling generator: same batches as without the cache
-        cached = [TensorImageDataset(*compute_features(model, build_loader(loader.dataset, cfg.trainer.batch_size,
-                                                                             False), setup, preprocess))
-                  for loader in (train_loader, val_loader)]
-        train_loader = build_loader(cached[0], cfg.trainer.batch_size, True, generator, pin)
-        val_loader = build_loader(cached[1], cfg.trainer.batch_size, False, pin_memory=pin)
-        trainer.model, trainer.preprocess, trainer.frozen_backbone = head(model), None, False
-        log.info("head only on cached features: %d train, %d val", len(train_loader.dataset), len(val_loader.dataset))
+        train_loader, val_loader = head_on_cached_features(trainer, model, (train_loader, val_loader),
+                                                           cfg.trainer.batch_size, generator)
         before_epoch = None
     else:
         before_epoch = Freezing(trainer, model, frozen_for, cfg.trainer.compile)
@@ -140,6 +132,19 @@ def _train(cfg: DictConfig, out: Path, device: torch.device, plan: RunPlan) -> f
             tracking.set_tags({"imgclf.resumed_after_epoch": state.epoch})
     return run_fit(cfg, out, plan, trainer, model, (train_loader, val_loader), state, generators, before_epoch,
                    (class_names, spec))
+
+
+def head_on_cached_features(trainer: Trainer, model: nn.Module, loaders, batch_size: int, generator):
+    """Frozen backbone, same input every epoch: compute its features once; epochs then train only the head."""
+    set_backbone_trainable(model, False)
+    setup, pin = trainer.setup, trainer.setup.device.type == "cuda"
+    # in index order, without touching the shuffling generator: the same batches as without the cache
+    train_set, val_set = (TensorImageDataset(*compute_features(model, build_loader(loader.dataset, batch_size, False),
+                                                               setup, trainer.preprocess)) for loader in loaders)
+    trainer.model, trainer.preprocess, trainer.frozen_backbone = head(model), None, False
+    log.info("head only on cached features: %d train, %d val", len(train_set), len(val_set))
+    return (build_loader(train_set, batch_size, True, generator, pin),
+            build_loader(val_set, batch_size, False, pin_memory=pin))
 
 
 class Freezing:
