@@ -18,6 +18,7 @@ def project_env(monkeypatch):
     """Environment for subprocesses: the venv's tools first on PATH."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("IMGCLF_DEBUG", None)
+    env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri() in an earlier in-process test exports it
     return env
 
 

@@ -47,3 +47,36 @@ def test_reopened_run_gets_later_metrics(tmp_path):
         tracking.log_metrics({"test/acc": 0.7})
     assert same == run_id
     assert tracking.get_run(uri, run_id).data.metrics == {"val/acc": 0.5, "test/acc": 0.7}
+
+
+def test_retry_locked_retries_only_database_is_locked(monkeypatch):
+    from imgclf import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+    assert tracking.retry_locked(flaky) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no such table: runs")
+    calls.clear()
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking.retry_locked(broken)
+    assert len(calls) == 1
+
+
+def test_relative_sqlite_store_resolves_against_dvc_root(monkeypatch, tmp_path):
+    from imgclf.tracking import resolve_uri
+
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert resolve_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # a queued experiment runs in a temporary copy
+    assert resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_uri("sqlite:////abs/store.db") == "sqlite:////abs/store.db"
+    assert resolve_uri("http://mlflow:5000") == "http://mlflow:5000"

@@ -49,14 +49,15 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
     assert not (tiny_project / "models").exists()
 
     # the terminal compare view agrees with the store
-    table = subprocess.run([str(BIN / "imgclf"), "runs", "--experiment", "test", "--parent", parent.info.run_id,
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    table = subprocess.run([str(BIN / "imgclf"), "runs", "--uri", uri, "--experiment", "test", "--parent", parent.info.run_id,
                             "--metric", "best/val/acc", "--format", "csv"], cwd=tiny_project, env=project_env,
                            capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
     rows = table.stdout.strip().splitlines()
     assert len(rows) == 4 and "optim.lr" in rows[0] and "trainer.batch_size" not in rows[0]
     assert float(rows[1].split(",")[rows[0].split(",").index("best/val/acc")]) == best.data.metrics["best/val/acc"]
-    best_cli = subprocess.run([str(BIN / "imgclf"), "runs", "--experiment", "test", "--sweep", str(sweep_dir),
+    best_cli = subprocess.run([str(BIN / "imgclf"), "runs", "--uri", uri, "--experiment", "test", "--sweep", str(sweep_dir),
                                "--metric", "best/val/acc", "--best"], cwd=tiny_project, env=project_env,
                               capture_output=True, text=True, timeout=120)
     assert best_cli.stdout.splitlines()[0] == best.info.run_id

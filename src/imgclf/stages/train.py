@@ -128,8 +128,11 @@ def _train(cfg: DictConfig, out: Path, device: torch.device, plan: RunPlan) -> f
     state = FitState()
     if plan.resume_from is not None:
         state = load_training_state(plan.resume_from, model, optimizer, trainer.scheduler, trainer.scaler, generators)
-        if dist.is_main():
+        if dist.is_main() and state.history:
             tracking.set_tags({"imgclf.resumed_after_epoch": state.epoch})
+            # a kill between the checkpoint and the metrics of its epoch would leave a gap in the curves
+            last = {k: v for k, v in state.history[-1].items() if k != "epoch"}
+            tracking.log_metrics(last, step=state.epoch)
     return run_fit(cfg, out, plan, trainer, model, (train_loader, val_loader), state, generators, before_epoch,
                    (class_names, spec))
 
