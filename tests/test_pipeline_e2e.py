@@ -79,6 +79,9 @@ def test_dvc_pipeline_end_to_end(repo, env):
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
     assert "export/onnx_max_abs_diff" in run.data.metrics
+    assert run.data.tags["imgclf.export_dir"] == str(repo / "models" / "export")
+    best = sh(["imgclf", "runs", "--uri", f"sqlite:///{repo}/mlflow.db", "--best"], repo, env)
+    assert best.splitlines()[0] == run_id and f"export: {repo / 'models' / 'export'}" in best
     assert run.data.tags["mlflow.source.git.commit"] == sh(["git", "rev-parse", "HEAD"], repo, env).strip()
     assert run.data.tags["imgclf.dataset"] == "digits"
     top = {a.path for a in client.list_artifacts(run_id)}

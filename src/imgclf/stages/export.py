@@ -51,6 +51,7 @@ def export(cfg: DictConfig) -> None:
         tracking.log_metrics(report)
         tracking.log_metrics({f"export/{fmt}_{k}": v for fmt, figures in latency.items() for k, v in figures.items()})
         tracking.log_artifacts("models/export", "export")
+        tracking.set_tags({"imgclf.export_dir": str(Path("models/export").resolve())})  # for `imgclf runs --best`
         tracking.log_artifact("reports/export/latency.json", "export")
         examples = test_set.images[:2].permute(0, 2, 3, 1).numpy()  # what a client sends: RGB uint8, NHWC
         uri = tracking.log_served_model("models/export", examples, cfg.export.registered_name)
