@@ -107,6 +107,9 @@ def test_early_stopping_stops_after_patience_epochs_without_gain():
     ds = tiny_data()
     state = fit(trainer, build_loader(ds, 8, True, generator), build_loader(ds, 8, False), 10, patience=2)
     assert [h["epoch"] for h in state.history] == [1, 2, 3] and state.stopped_early and state.best_epoch == 1
+    # resumed from the stopping epoch's checkpoint, it stays stopped (an uninterrupted run trained no more)
+    again = fit(trainer, build_loader(ds, 8, True, generator), build_loader(ds, 8, False), 10, state, patience=2)
+    assert [h["epoch"] for h in again.history] == [1, 2, 3]
 
 
 def test_grad_clip_bounds_the_update():

@@ -41,7 +41,8 @@ def test_torchvision_pretrained_weights_come_from_torch_home_cache(tmp_path, mon
     model = build_model("alexnet", 3, pretrained=True, download=False)
     torch.testing.assert_close(model.features[0].weight, saved["features.0.weight"])
     assert head(model).out_features == 3
-    assert "loaded 16/16 tensors of alexnet" in caplog.text  # the ImageNet head loads, then is replaced
+    assert "loaded 14/16 tensors of alexnet" in caplog.text  # all but the 1000-class ImageNet head
+    assert "skipped (shape differs) keys (2): classifier.6.bias, classifier.6.weight" in caplog.text
 
 
 def test_missing_weights_is_one_clear_error_never_random_weights(tmp_path, monkeypatch):
@@ -66,6 +67,11 @@ def test_local_weights_file_safetensors_and_own_checkpoint(tmp_path, caplog):
     model = build_model("alexnet", 3, weights=str(tmp_path / "model.pt"))
     torch.testing.assert_close(model.features[3].weight, donor.features[3].weight)
     assert "skipped (shape differs) keys (2): classifier.6.bias, classifier.6.weight" in caplog.text
+    # an earlier run's checkpoint for the same classes continues with its head too
+    same = build_model("alexnet", 3, weights=str(tmp_path / "model.pt"))
+    torch.save({"model": same.state_dict()}, tmp_path / "three.pt")
+    torch.testing.assert_close(build_model("alexnet", 3, weights=str(tmp_path / "three.pt")).classifier[6].weight,
+                               same.classifier[6].weight)
     with pytest.raises(FileNotFoundError, match="model.weights file .*nope.pth not found"):
         build_model("alexnet", 3, weights=str(tmp_path / "nope.pth"))
     save_file({"x": torch.zeros(2)}, tmp_path / "other.safetensors")

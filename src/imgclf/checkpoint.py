@@ -20,9 +20,11 @@ LAST, BEST = "last.pt", "best.pt"
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.log_every", "tracking.run_name")
 
 
-def fingerprint(flat_config: dict) -> str:
-    """Hash of the config a checkpoint was trained with, minus keys that do not change the computation."""
+def fingerprint(flat_config: dict, world_size: int = 1) -> str:
+    """Hash of the config a checkpoint was trained with, minus keys that do not change the computation, plus
+    the process count (it changes the batches each process sees and the schedule's step count)."""
     kept = {k: v for k, v in sorted(flat_config.items()) if k not in RESUMABLE_CHANGES}
+    kept["_world_size"] = world_size
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -33,8 +35,8 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict:
     state = {"python": [version, list(mt), gauss], "torch": torch.get_rng_state(),
              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
              "generators": {name: g.get_state() for name, g in generators.items()}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this device's only: a resume may see fewer GPUs
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -45,7 +47,7 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
     for name, g in generators.items():
         g.set_state(state["generators"][name])
 
@@ -60,13 +62,14 @@ def save_training_state(directory: Path, fit_state: FitState, model, optimizer, 
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": fit_state.epoch, "history": fit_state.history, "best_epoch": fit_state.best_epoch,
         "best_metrics": fit_state.best_metrics, "bad_epochs": fit_state.bad_epochs,
+        "stopped_early": fit_state.stopped_early,
         "rng": rng_state(generators), "run_id": run_id, "config_hash": config_hash,
     }
-    if best_improved:  # best first: a kill between the two writes leaves a best.pt at least as new as last.pt
-        with atomic_path(directory / BEST) as tmp:
-            torch.save({"model": fit_state.best_state, "epoch": fit_state.best_epoch}, tmp)
     with atomic_path(directory / LAST) as tmp:
         torch.save(state, tmp)
+    if best_improved:  # after last.pt: on load, a best.pt of another epoch than last.pt's best is ignored
+        with atomic_path(directory / BEST) as tmp:
+            torch.save({"model": fit_state.best_state, "epoch": fit_state.best_epoch}, tmp)
 
 
 def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Path | None:
@@ -86,6 +89,9 @@ def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Pa
     path = Path(resume)
     if not path.is_file():
         raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint; use auto, never or the path of a last.pt")
+    if torch.load(path, map_location="cpu", weights_only=True).get("config_hash") != config_hash:
+        log.warning("resuming from %s, trained with another config (or process count): its MLflow run keeps the "
+                    "params it was started with", path)
     return path
 
 
@@ -106,10 +112,12 @@ def load_training_state(path: Path, model, optimizer, scheduler, scaler,
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"], generators)
     best_file = path.parent / BEST
-    best_state = (torch.load(best_file, map_location="cpu", weights_only=True)["model"] if best_file.is_file()
-                  else {k: v.clone() for k, v in ckpt["model"].items()})
+    best = torch.load(best_file, map_location="cpu", weights_only=True) if best_file.is_file() else {}
+    if best.get("epoch") != ckpt["best_epoch"]:  # killed before best.pt was written: the best is this epoch
+        best = {"model": {k: v.clone() for k, v in ckpt["model"].items()}}
     state = FitState(epoch=ckpt["epoch"], history=ckpt["history"], best_epoch=ckpt["best_epoch"],
-                     best_metrics=ckpt["best_metrics"], best_state=best_state, bad_epochs=ckpt["bad_epochs"])
+                     best_metrics=ckpt["best_metrics"], best_state=best["model"], bad_epochs=ckpt["bad_epochs"],
+                     stopped_early=ckpt.get("stopped_early", False))
     log.info("resuming from %s after epoch %d (best val/acc %.4f at epoch %d)", path, state.epoch,
              state.best_metrics.get("val/acc", float("nan")), state.best_epoch)
     return state

@@ -229,7 +229,8 @@ def fit(t: Trainer, train_loader, val_loader, epochs: int, state: FitState | Non
         raise ValueError(f"trainer.epochs must be a positive integer; got {epochs!r}")
     state = state or FitState()
     weights = weights or dist.unwrap(t.model)
-    for epoch in range(state.epoch + 1, epochs + 1):
+    last_epoch = state.epoch if state.stopped_early else epochs  # a resumed run that had stopped stays stopped
+    for epoch in range(state.epoch + 1, last_epoch + 1):
         if before_epoch is not None:
             before_epoch(epoch)
         lr = t.optimizer.param_groups[-1]["lr"]  # the head's group: the rate the schedule sets
@@ -245,11 +246,11 @@ def fit(t: Trainer, train_loader, val_loader, epochs: int, state: FitState | Non
         state.epoch = epoch
         state.history.append({"epoch": epoch, **metrics})
         log.info("epoch %d/%d %s", epoch, epochs, " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        if after_epoch is not None:
+        state.stopped_early = bool(patience and state.bad_epochs >= patience and epoch < epochs)
+        if after_epoch is not None:  # the checkpoint records the decision: a resumed run stops too
             after_epoch(epoch, metrics, state)
-        if patience and state.bad_epochs >= patience and epoch < epochs:
+        if state.stopped_early:
             log.info("early stopping: val/acc has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
                      min_delta, patience, state.best_metrics["val/acc"], state.best_epoch)
-            state.stopped_early = True
             break
     return state

@@ -40,11 +40,11 @@ def build_model(name: str, num_classes: int, source: str = "torchvision", pretra
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes; got {num_classes}")
     model = _create(source, name, dropout)
+    replace_head(model, num_classes)  # first: a head of the right size (an earlier run's) loads, ImageNet's does not
     if weights:
         load_weights(model, Path(weights).expanduser(), name)
     elif pretrained:
         load_weights(model, pretrained_file(source, name, download), name)
-    replace_head(model, num_classes)
     return model
 
 

@@ -1,9 +1,11 @@
 """A Hydra multirun as one MLflow parent run with its jobs as children; the best trial logged on the parent."""
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,8 @@ class SweepRun(Callback):
         self.run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 tracks
+            return
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         space = search_space(config)
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_") or "basic"
@@ -83,6 +87,13 @@ class SweepRun(Callback):
         os.environ[tracking.PARENT_ENV] = self.run_id  # jobs (and joblib/submitit workers) inherit it
         os.environ[SWEPT_ENV] = ",".join(space)
         log.info("sweep parent run %s (%s), search space %s", self.run_id, name, json.dumps(space))
+        # Hydra skips on_multirun_end when the sweep is interrupted or raises: the parent must not stay RUNNING
+        atexit.register(self._end_interrupted, config.tracking.uri)
+
+    def _end_interrupted(self, uri: str) -> None:
+        if self.run_id is not None:
+            tracking.finish_parent_run(uri, self.run_id, "KILLED")
+            self.run_id = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
@@ -108,6 +119,9 @@ class SweepRun(Callback):
             log.info("sweep: %d/%d trials finished; best %s = %.4f (run %s)", len(done), len(children), OBJECTIVE,
                      metrics[OBJECTIVE], best["name"])
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
-        tracking.finish_parent_run(uri, self.run_id, "FINISHED" if done else "FAILED", metrics, tags, params,
+        run_id, self.run_id = self.run_id, None
+        tracking.finish_parent_run(uri, run_id, "FINISHED" if done else "FAILED", metrics, tags, params,
                                    [results] if results.is_file() else [])
-        self.run_id = None
+        if not done:  # a sweep where nothing trained is a failure, for CI and scripts too
+            print(f"error: all {len(children)} jobs of the sweep failed (parent run {run_id})", file=sys.stderr)
+            sys.exit(1)

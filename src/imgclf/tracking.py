@@ -121,12 +121,22 @@ def run(uri: str, experiment: str | None = None, run_id: str | None = None, run_
     try:
         yield active.info.run_id
     except KeyboardInterrupt:
-        retry_locked(mlflow.end_run, status="KILLED")
+        _end_run(active.info.run_id, "KILLED")
         raise
     except BaseException:
-        retry_locked(mlflow.end_run, status="FAILED")
+        _end_run(active.info.run_id, "FAILED")
         raise
-    retry_locked(mlflow.end_run, status="FINISHED")
+    _end_run(active.info.run_id, "FINISHED")
+
+
+def _end_run(run_id: str, status: str) -> None:
+    """End the active run; MLflow pops it before writing the status, so a locked store is retried by id."""
+    try:
+        mlflow.end_run(status=status)
+    except Exception as exc:
+        if "database is locked" not in str(exc):
+            raise
+        retry_locked(MlflowClient(tracking_uri=mlflow.get_tracking_uri()).set_terminated, run_id, status)
 
 
 def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, str],

@@ -8,14 +8,14 @@ from mlflow.tracking import MlflowClient
 from ..conftest import BIN, ROOT, TINY_OVERRIDES
 
 
-def multirun(project, env, *overrides, sweep_dir=None):
+def multirun(project, env, *overrides, sweep_dir=None, returncode=0):
     uri = f"sqlite:///{project}/mlflow.db"
     sweep_dir = sweep_dir or project / "multirun" / "s1"
     proc = subprocess.run(
         [sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(ROOT / "conf"), "-m", *TINY_OVERRIDES,
          "trainer.epochs=1", f"tracking.uri={uri}", f"hydra.sweep.dir={sweep_dir}", *overrides],
         cwd=project, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == returncode, proc.stdout[-2000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
     parents = [r for r in runs if r.data.tags.get("imgclf.role") == "sweep"]
@@ -70,6 +70,12 @@ def test_a_failing_job_is_a_failed_run_and_the_sweep_goes_on(tiny_project, proje
     assert status == {"32": "FAILED", "64": "FINISHED"}
     assert "model.image_size=32 is too small for alexnet" in proc.stderr
     assert parent.data.metrics["sweep/failed"] == 1 and parent.data.metrics["sweep/finished"] == 1
+
+
+def test_a_sweep_where_every_job_fails_exits_nonzero(tiny_project, project_env):
+    parent, children, proc, _ = multirun(tiny_project, project_env, "model.image_size=16,32", returncode=1)
+    assert [c.info.status for c in children] == ["FAILED", "FAILED"] and parent.info.status == "FAILED"
+    assert "error: all 2 jobs of the sweep failed" in proc.stderr
 
 
 def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project_env):

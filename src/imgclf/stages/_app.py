@@ -95,7 +95,7 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
         except Exception as exc:
             if os.environ.get("IMGCLF_DEBUG"):
                 raise
-            if is_multirun():
+            if is_multirun() and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # a DDP job must fail on every rank
                 job = HydraConfig.get().job.num
                 log.error("job %s failed: %s: %s", job, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 print(f"error: job {job} ({' '.join(overrides())}) failed: {exc}", file=sys.stderr)

@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> float:
     device = dist.setup(resolve_device(cfg.trainer.device))
     try:
         config = to_dict(cfg)
-        plan = RunPlan(out / cfg.trainer.checkpoint_dir, None, fingerprint(tracking.flatten(config)))
+        plan = RunPlan(out / cfg.trainer.checkpoint_dir, None, fingerprint(tracking.flatten(config), dist.world_size()))
         plan.resume_from = find_resume_checkpoint(str(cfg.trainer.resume), plan.checkpoint_dir, plan.config_hash)
         resumed_run = checkpoint_run_id(plan.resume_from) if plan.resume_from else None
         split_dir = dataset_dir(DATA_ROOT, cfg.data.name) / SPLIT_DIR
@@ -106,9 +106,11 @@ def _train(cfg: DictConfig, out: Path, device: torch.device, plan: RunPlan) -> f
     model = build_model(cfg.model.name, len(class_names), cfg.model.source, cfg.model.pretrained,
                         cfg.model.weights, cfg.model.download, cfg.model.dropout).to(device)
     preprocess = Preprocess(spec.mean, spec.std).to(device)
+    if dist.world_size() > 1:  # same initial weights on every rank, then each its own dropout masks and shifts
+        torch.manual_seed(cfg.seed + dist.rank())
     frozen_for = freeze_epochs(cfg)
     optimizer = instantiate(cfg.optim)(param_groups(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.finetune.lr_mult))
-    augment = build_augment(**cfg.data.augment, seed=cfg.seed)
+    augment = build_augment(**cfg.data.augment, seed=cfg.seed + dist.rank())
     trainer = Trainer(model, nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing), optimizer, setup,
                       preprocess, scaler=setup.grad_scaler(), augment=augment, grad_clip=cfg.trainer.grad_clip,
                       log_every=cfg.trainer.log_every)
