@@ -82,6 +82,7 @@ def test_dvc_pipeline_end_to_end(repo, env):
     assert run.data.tags["imgclf.export_dir"] == str(repo / "models" / "export")
     best = sh(["imgclf", "runs", "--uri", f"sqlite:///{repo}/mlflow.db", "--best"], repo, env)
     assert best.splitlines()[0] == run_id and f"export: {repo / 'models' / 'export'}" in best
+    assert f"model_uri: {run.data.tags['imgclf.model_uri']}" in best and "models:/" in best
     assert run.data.tags["mlflow.source.git.commit"] == sh(["git", "rev-parse", "HEAD"], repo, env).strip()
     assert run.data.tags["imgclf.dataset"] == "digits"
     top = {a.path for a in client.list_artifacts(run_id)}

@@ -165,6 +165,16 @@ def best_report(uri: str, row: RunRow, metric: str) -> list[str]:
         lines.append(f"export: {row.tags['imgclf.export_dir']}")
     if "checkpoint/model.pt" in tracking.list_artifact_paths(uri, row.id, "checkpoint"):
         lines.append(f"checkpoint_artifact: {row.artifact_uri.rstrip('/')}/checkpoint/model.pt")
-    if tracking.list_artifact_paths(uri, row.id, "model"):
+    if "imgclf.model_uri" in row.tags:  # the served model the export stage logged (models:/m-...)
+        lines.append(f"model_uri: {row.tags['imgclf.model_uri']}")
+    elif _has_model(uri, row.id):
         lines.append(f"model_uri: runs:/{row.id}/model")
     return lines
+
+
+def _has_model(uri: str, run_id: str) -> bool:
+    """Whether the run logged an MLflow model named `model`; MLflow 3 can fail to resolve one from another store."""
+    try:
+        return bool(tracking.list_artifact_paths(uri, run_id, "model"))
+    except ValueError:
+        return False

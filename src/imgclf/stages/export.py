@@ -55,6 +55,7 @@ def export(cfg: DictConfig) -> None:
         tracking.log_artifact("reports/export/latency.json", "export")
         examples = test_set.images[:2].permute(0, 2, 3, 1).numpy()  # what a client sends: RGB uint8, NHWC
         uri = tracking.log_served_model("models/export", examples, cfg.export.registered_name)
+        tracking.set_tags({"imgclf.model_uri": uri})
         log.info("MLflow model %s%s", uri, f", registered as {cfg.export.registered_name}" if cfg.export.registered_name else "")
 
 
