@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,38 +73,42 @@ def save_training_state(directory: Path, fit_state: FitState, model, optimizer, 
             torch.save({"model": fit_state.best_state, "epoch": fit_state.best_epoch}, tmp)
 
 
-def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Path | None:
+@dataclass
+class Resume:
+    """A checkpoint to continue from, read once: its path (for messages) and its contents."""
+
+    path: Path
+    state: dict
+
+
+def _read(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Resume | None:
     """The checkpoint to continue from: `never` -> None; `auto` -> last.pt of this config if any; else a path."""
     if resume == "never":
         return None
-    if resume == "auto":
-        path = directory / LAST
-        if not path.is_file():
+    path = directory / LAST if resume == "auto" else Path(resume)
+    if not path.is_file():
+        if resume == "auto":
             return None
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("config_hash")
-        if saved != config_hash:
+        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint; use auto, never or the path of a last.pt")
+    state = _read(path)
+    if state.get("config_hash") != config_hash:
+        if resume == "auto":
             log.warning("not resuming from %s: it was trained with another config; starting a new run "
                         "(trainer.resume=never ignores checkpoints, trainer.resume=PATH forces one)", path)
             return None
-        return path
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint; use auto, never or the path of a last.pt")
-    if torch.load(path, map_location="cpu", weights_only=True).get("config_hash") != config_hash:
         log.warning("resuming from %s, trained with another config (or process count): its MLflow run keeps the "
                     "params it was started with", path)
-    return path
+    return Resume(path, state)
 
 
-def checkpoint_run_id(path: Path) -> str | None:
-    """The MLflow run a checkpoint belongs to: resuming continues it."""
-    return torch.load(path, map_location="cpu", weights_only=True).get("run_id")
-
-
-def load_training_state(path: Path, model, optimizer, scheduler, scaler,
+def load_training_state(resume: Resume, model, optimizer, scheduler, scaler,
                         generators: dict[str, torch.Generator]) -> FitState:
     """Restore everything save_training_state wrote into the given objects; returns the fit state."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = resume.state
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt["scheduler"] is not None:
@@ -111,13 +116,13 @@ def load_training_state(path: Path, model, optimizer, scheduler, scaler,
     if scaler is not None and ckpt["scaler"] is not None:
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"], generators)
-    best_file = path.parent / BEST
-    best = torch.load(best_file, map_location="cpu", weights_only=True) if best_file.is_file() else {}
+    best_file = resume.path.parent / BEST
+    best = _read(best_file) if best_file.is_file() else {}
     if best.get("epoch") != ckpt["best_epoch"]:  # killed before best.pt was written: the best is this epoch
         best = {"model": {k: v.clone() for k, v in ckpt["model"].items()}}
     state = FitState(epoch=ckpt["epoch"], history=ckpt["history"], best_epoch=ckpt["best_epoch"],
                      best_metrics=ckpt["best_metrics"], best_state=best["model"], bad_epochs=ckpt["bad_epochs"],
                      stopped_early=ckpt.get("stopped_early", False))
-    log.info("resuming from %s after epoch %d (best val/acc %.4f at epoch %d)", path, state.epoch,
+    log.info("resuming from %s after epoch %d (best val/acc %.4f at epoch %d)", resume.path, state.epoch,
              state.best_metrics.get("val/acc", float("nan")), state.best_epoch)
     return state

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("torchvision", "timm")
 TORCHVISION_ARCHS = ("alexnet", "vgg16", "vgg16_bn")  # networks whose head is classifier[-1]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # when a timm model has no cfg
 
 
 class WeightsNotFound(FileNotFoundError):
@@ -48,23 +49,40 @@ def build_model(name: str, num_classes: int, source: str = "torchvision", pretra
     return model
 
 
-def _create(source: str, name: str, dropout: float | None = None) -> nn.Module:
-    extra = {} if dropout is None else {"drop_rate" if source == "timm" else "dropout": float(dropout)}
+def check_name(source: str, name: str) -> None:
+    """One line naming what is valid, for an unknown source or network."""
     if source == "timm":
         import timm
 
         if not timm.is_model(name):
             raise ValueError(f"unknown timm model '{name}'; list them with: python -c \"import timm; "
                              f"print(timm.list_models('{name.split('.')[0][:4]}*'))\"")
-        return timm.create_model(name, pretrained=False, **extra)
-    if source != "torchvision":
+    elif source != "torchvision":
         raise ValueError(f"unknown model.source '{source}'; choose one of: {', '.join(SOURCES)}")
-    if name not in TORCHVISION_ARCHS:
+    elif name not in TORCHVISION_ARCHS:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
                          "or model=timm model.name=<any timm model>")
+
+
+def _create(source: str, name: str, dropout: float | None = None) -> nn.Module:
+    check_name(source, name)
+    extra = {} if dropout is None else {"drop_rate" if source == "timm" else "dropout": float(dropout)}
+    if source == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False, **extra)
     from torchvision import models as tv_models
 
     return tv_models.get_model(name, weights=None, **extra)
+
+
+def _timm_cfg(name: str) -> dict:
+    """timm's pretrained_cfg for `name` (weights location, input size, mean, std), without building the model."""
+    from timm.models import get_pretrained_cfg
+
+    check_name("timm", name)
+    cfg = get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else {}
 
 
 def pretrained_file(source: str, name: str, download: bool = True) -> Path:
@@ -102,10 +120,9 @@ def hf_cache_dir() -> Path:
 
 
 def _timm_file(name: str, download: bool) -> Path:
-    import timm
     from huggingface_hub import try_to_load_from_cache
 
-    cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+    cfg = _timm_cfg(name)
     repo = cfg.get("hf_hub_id")
     if not repo:
         url = cfg.get("url") or ""
@@ -196,13 +213,11 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def preprocessing(source: str, name: str) -> Preprocessing:
     """Input size, mean, std and interpolation from the weights' metadata (torchvision weights / timm cfg)."""
+    check_name(source, name)
     if source == "timm":
-        import timm
-
-        cfg = timm.create_model(name, pretrained=False).pretrained_cfg
-        return Preprocessing(int(cfg["input_size"][-1]), list(cfg["mean"]), list(cfg["std"]),
-                             cfg.get("interpolation", "bicubic"))
-    _create(source, name)  # validates the name
+        cfg = _timm_cfg(name)
+        return Preprocessing(int(cfg.get("input_size", (3, 224, 224))[-1]), list(cfg.get("mean", IMAGENET_MEAN)),
+                             list(cfg.get("std", IMAGENET_STD)), cfg.get("interpolation") or "bicubic")
     from torchvision import models as tv_models
 
     weights = tv_models.get_model_weights(name).DEFAULT

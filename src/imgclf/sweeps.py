@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import tracking
+from . import runs, tracking
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,13 @@ class SweepRun(Callback):
 
     def __init__(self) -> None:
         self.run_id: str | None = None
+        self.space: dict[str, str] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 tracks
             return
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        space = search_space(config)
+        self.space = space = search_space(config)
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_") or "basic"
         launcher = OmegaConf.select(config, "hydra.launcher._target_") or "basic"
         name = "sweep-" + "-".join(k.rsplit(".", 1)[-1] for k in space) if space else f"sweep-{sweep_dir.name}"
@@ -101,23 +102,19 @@ class SweepRun(Callback):
         os.environ.pop(tracking.PARENT_ENV, None)
         os.environ.pop(SWEPT_ENV, None)
         uri, experiment = config.tracking.uri, config.tracking.experiment
-        children = tracking.search_runs(uri, experiment, f"tags.`mlflow.parentRunId` = '{self.run_id}'")
-        done = [c for c in children if c["status"] == "FINISHED" and OBJECTIVE in c["metrics"]]
+        children = runs.list_runs(uri, experiment, parent=self.run_id)
+        done = [c for c in children if c.status == "FINISHED" and OBJECTIVE in c.metrics]
         metrics = {"sweep/trials": len(children), "sweep/finished": len(done),
-                   "sweep/failed": sum(c["status"] == "FAILED" for c in children)}
+                   "sweep/failed": sum(c.status == "FAILED" for c in children)}
         tags, params = {}, {}
         if done:
-            best = max(done, key=lambda c: c["metrics"][OBJECTIVE])
-            metrics[OBJECTIVE] = best["metrics"][OBJECTIVE]
-            for key in ("test/acc", "test/macro_f1"):
-                if key in best["metrics"]:
-                    metrics[key] = best["metrics"][key]
-            tags = {"imgclf.best_run_id": best["id"], "imgclf.best_run_name": best["name"],
-                    "imgclf.best_checkpoint": best["tags"].get("imgclf.checkpoint", "")}
-            swept = search_space(config)
-            params = {f"best.{k}": best["params"][k] for k in swept if k in best["params"]}
+            best = runs.best_run(done, OBJECTIVE)
+            metrics.update({k: best.metrics[k] for k in (OBJECTIVE, "test/acc", "test/macro_f1") if k in best.metrics})
+            tags = {"imgclf.best_run_id": best.id, "imgclf.best_run_name": best.name,
+                    "imgclf.best_checkpoint": best.tags.get("imgclf.checkpoint", "")}
+            params = {f"best.{k}": best.params[k] for k in self.space if k in best.params}
             log.info("sweep: %d/%d trials finished; best %s = %.4f (run %s)", len(done), len(children), OBJECTIVE,
-                     metrics[OBJECTIVE], best["name"])
+                     metrics[OBJECTIVE], best.name)
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
         run_id, self.run_id = self.run_id, None
         tracking.finish_parent_run(uri, run_id, "FINISHED" if done else "FAILED", metrics, tags, params,

@@ -59,21 +59,28 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+SQLITE = "sqlite:///"
+
+
+def _sqlite_path(uri: str) -> str | None:
+    """The database file of a `sqlite:///` URI (query string dropped); None for other stores."""
+    return uri[len(SQLITE):].split("?", 1)[0] if uri.startswith(SQLITE) else None
+
+
 def resolve_uri(uri: str) -> str:
     """A relative `sqlite:///file.db` taken from the DVC project root when DVC runs us (DVC_ROOT): queued
     experiments run in a temporary copy of the project, and their runs belong in the project's store."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and os.environ.get("DVC_ROOT"):
-        return prefix + str(Path(os.environ["DVC_ROOT"]) / uri[len(prefix):])
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/") and os.environ.get("DVC_ROOT"):
+        return SQLITE + str(Path(os.environ["DVC_ROOT"]) / uri[len(SQLITE):])
     return uri
 
 
 def _artifact_root(uri: str, experiment: str) -> str | None:
     """Artifacts beside a SQLite store, not under whatever directory the first run happened to start in."""
-    if not uri.startswith("sqlite:///"):
+    db = _sqlite_path(uri)
+    if db is None:
         return None
-    db = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
-    return str(db.parent / "mlruns" / re.sub(r"[^\w.-]", "_", experiment))
+    return str(Path(db).resolve().parent / "mlruns" / re.sub(r"[^\w.-]", "_", experiment))
 
 
 def retry_locked(fn: Callable[..., T], *args, **kwargs) -> T:
@@ -275,10 +282,9 @@ def _one_line_errors() -> Iterator[None]:
 def _query_client(uri: str) -> MlflowClient:
     """A client for an existing store: MLflow would create an empty database at a mistyped sqlite path."""
     uri = resolve_uri(uri)
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):].split("?", 1)[0]
-        if path not in ("", ":memory:") and not Path(path).is_file():
-            raise FileNotFoundError(f"no MLflow database at {path} (tracking URI {uri})")
+    path = _sqlite_path(uri)
+    if path not in (None, "", ":memory:") and not Path(path).is_file():
+        raise FileNotFoundError(f"no MLflow database at {path} (tracking URI {uri})")
     return MlflowClient(tracking_uri=uri)
 
 

@@ -18,9 +18,7 @@ from torch import nn
 from .. import distributed as dist
 from .. import tracking
 from .. import sweeps
-from ..checkpoint import (
-    checkpoint_run_id, find_resume_checkpoint, fingerprint, load_training_state, save_training_state,
-)
+from ..checkpoint import Resume, find_resume_checkpoint, fingerprint, load_training_state, save_training_state
 from ..data import DATA_ROOT, SPLIT_DIR, dataset_dir
 from ..data.datasets import TensorImageDataset, build_loader, load_split
 from ..data.split import index_hash, read_labels
@@ -65,7 +63,7 @@ class RunPlan:
     """Where checkpoints go, what to resume from, and the MLflow run this training logs into (rank 0)."""
 
     checkpoint_dir: Path
-    resume_from: Path | None
+    resume_from: Resume | None
     config_hash: str
     run_id: str | None = None
 
@@ -77,7 +75,7 @@ def train(cfg: DictConfig) -> float:
         config = to_dict(cfg)
         plan = RunPlan(out / cfg.trainer.checkpoint_dir, None, fingerprint(tracking.flatten(config), dist.world_size()))
         plan.resume_from = find_resume_checkpoint(str(cfg.trainer.resume), plan.checkpoint_dir, plan.config_hash)
-        resumed_run = checkpoint_run_id(plan.resume_from) if plan.resume_from else None
+        resumed_run = plan.resume_from.state["run_id"] if plan.resume_from else None
         split_dir = dataset_dir(DATA_ROOT, cfg.data.name) / SPLIT_DIR
         # the run opens first: a trial that fails on a bad combination is a FAILED run, not a missing one
         context = (tracking.run(cfg.tracking.uri, cfg.tracking.experiment, run_id=resumed_run,
@@ -130,6 +128,7 @@ def _train(cfg: DictConfig, out: Path, device: torch.device, plan: RunPlan) -> f
     state = FitState()
     if plan.resume_from is not None:
         state = load_training_state(plan.resume_from, model, optimizer, trainer.scheduler, trainer.scaler, generators)
+        plan.resume_from = None  # restored: let the checkpoint's tensors go
         if dist.is_main() and state.history:
             tracking.set_tags({"imgclf.resumed_after_epoch": state.epoch})
             # a kill between the checkpoint and the metrics of its epoch would leave a gap in the curves
