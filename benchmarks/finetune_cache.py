@@ -21,7 +21,8 @@ from torch import nn
 
 from imgclf.data.datasets import TensorImageDataset, build_loader
 from imgclf.engine import DeviceSetup, Preprocess, Trainer, compute_features, train_one_epoch
-from imgclf.models import build_model, head, param_groups, set_backbone_trainable
+from imgclf.models import build_model, head, set_backbone_trainable
+from imgclf.optim import param_groups
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -29,7 +30,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def frozen_model(args, device) -> tuple[nn.Module, torch.optim.Optimizer]:
     """A fresh network with its backbone frozen and the stage's optimizer (AdamW over param_groups)."""
     torch.manual_seed(0)
-    model = build_model(args.arch, args.classes, args.source).to(device)
+    model = build_model(args.arch, args.classes, source=args.source).to(device)
     set_backbone_trainable(model, False)
     # over every group, as the stage does: frozen parameters get no gradient, so AdamW skips them
     optimizer = torch.optim.AdamW(param_groups(model, 5e-4, 0.01), lr=5e-4, fused=True)

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from imgclf.data.datasets import TensorImageDataset, build_loader, decode_all
-from imgclf.data.transforms import RandomShift
+from imgclf.data.transforms import RandomShiftFlip
 from imgclf.engine import DeviceSetup, Preprocess, Trainer, train_one_epoch
 from imgclf.models import build_model
 
@@ -68,7 +68,7 @@ def main() -> None:
     labels = torch.randint(0, 2, (len(images),))
     loader = build_loader(TensorImageDataset(images, labels), args.batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(0))
-    setup, pre, aug = DeviceSetup(torch.device("cpu")), Preprocess(MEAN, STD), RandomShift(4, hflip=True)
+    setup, pre, aug = DeviceSetup(torch.device("cpu")), Preprocess(MEAN, STD), RandomShiftFlip(4, hflip=True)
     start, seen = time.perf_counter(), 0
     for _ in range(3):
         for x, _y in loader:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from imgclf.analysis import (confident_mistakes, most_confused, most_uncertain, per_image_loss, random_correct,
-                             top_k_accuracy, top_losses, write_error_analysis)
+from imgclf.evaluation import (Predictions, confident_mistakes, most_confused, most_uncertain, per_image_loss,
+                               random_correct, top_k_accuracy, top_losses, write_error_analysis)
 
 PROBS = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.05, 0.95], [0.6, 0.4]])
 Y = np.array([0, 0, 1, 1, 1])
@@ -35,7 +35,8 @@ def test_most_confused_pairs():
 def test_write_error_analysis(tmp_path):
     images = np.zeros((5, 3, 8, 8), np.uint8)
     paths = [f"x/{i}.png" for i in range(5)]
-    out = write_error_analysis(tmp_path, images, paths, PROBS, Y, ["cat", "dog"], np.array([[1, 1], [2, 1]]), n=2)
+    preds = Predictions(paths, images, Y, PROBS, ["cat", "dog"])
+    out = write_error_analysis(tmp_path, preds, np.array([[1, 1], [2, 1]]), n=2)
     assert [r["path"] for r in out["top_losses"]] == ["x/1.png", "x/4.png"]
     assert out["most_confused"][0] == {"true": "dog", "predicted": "cat", "count": 2}
     for name in ("top_losses", "most_uncertain", "confident_mistakes", "random_correct"):

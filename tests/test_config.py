@@ -4,8 +4,7 @@ import sys
 
 import pytest
 
-from imgclf.config import config_groups, params_yaml
-from imgclf.stages._app import check_overrides
+from imgclf.config import check_overrides, config_groups, params_yaml
 
 from .conftest import BIN, ROOT
 
@@ -57,7 +56,7 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
     (["model=vgg61"], "unknown model 'vgg61'; choose one of: alexnet, timm, vgg16, vgg16_bn"),
     (["trainer.epoch=3"], "unknown key 'trainer.epoch'; trainer has: epochs, batch_size, device, deterministic, "
                           "log_every, amp, channels_last, compile, label_smoothing, grad_clip, early_stopping, "
-                          "resume, checkpoint_dir (use +trainer.epoch=... to add a new key)"),
+                          "resume (use +trainer.epoch=... to add a new key)"),
     (["finetune=partial"], "unknown finetune 'partial'; choose one of: full, gradual, head"),
 ])
 def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
@@ -74,11 +73,11 @@ def test_console_script_rejects_unknown_command(project_env):
 
 
 def test_missing_pretrained_weights_is_one_line_and_a_failed_run(tiny_project, project_env, tmp_path):
-    from .conftest import TINY_OVERRIDES
+    from .conftest import TINY_DATA
 
     env = dict(project_env, TORCH_HOME=str(tmp_path / "empty_torch_home"))
     proc = subprocess.run([sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(ROOT / "conf"),
-                           *TINY_OVERRIDES, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db", "model=vgg16",
+                           *TINY_DATA, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db", "model=vgg16",
                            "model.pretrained=true", "model.download=false"],
                           cwd=tiny_project, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1

@@ -7,7 +7,7 @@ from torch import nn
 
 from imgclf.data.datasets import TensorImageDataset, build_loader
 from imgclf.engine import DeviceSetup, NonFiniteLoss, Preprocess, Progress, Trainer, evaluate, fit, train_one_epoch
-from imgclf.schedules import constant
+from imgclf.optim import constant
 from imgclf.utils import resolve_device, seed_everything
 
 
@@ -65,7 +65,11 @@ def test_evaluate_keys_and_accuracy():
     metrics = evaluate(model, build_loader(tiny_data(), 8, False),
                        DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3), prefix="test")
     assert set(metrics) == {"test/loss", "test/acc"}
-    assert 0.0 <= metrics["test/acc"] <= 1.0 and math.isfinite(metrics["test/loss"])
+    data = tiny_data()
+    with torch.no_grad():  # the same figures computed directly from the model's logits
+        logits = model((data.images.float() - 0.5 * 255) / (0.25 * 255))
+    assert metrics["test/acc"] == (logits.argmax(1) == data.labels).float().mean().item()
+    assert metrics["test/loss"] == pytest.approx(nn.functional.cross_entropy(logits, data.labels).item(), rel=1e-5)
 
 
 def test_cpu_fallback_has_no_amp_or_channels_last():
@@ -84,7 +88,7 @@ def test_resolve_device():
     with pytest.raises(ValueError, match="choose one of: auto, cpu, cuda"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
 
 

@@ -5,9 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from imgclf.models import (
-    WeightsNotFound, build_model, features, head, param_groups, resolve_preprocessing, set_backbone_trainable,
-)
+from imgclf.models import WeightsNotFound, build_model, features, head, resolve_preprocessing, set_backbone_trainable
+from imgclf.optim import param_groups
 
 
 def torchvision_cache(torch_home, arch):
@@ -85,14 +84,14 @@ def test_timm_pretrained_from_hugging_face_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     with pytest.raises(WeightsNotFound, match=r"not found in .*hub \(models--timm--resnet18.a1_in1k\)"):
-        build_model("resnet18", 4, "timm", pretrained=True, download=False)
+        build_model("resnet18", 4, source="timm", pretrained=True, download=False)
     state = timm.create_model("resnet18").state_dict()
     hf_cache(tmp_path, "timm/resnet18.a1_in1k", state)
-    model = build_model("resnet18", 4, "timm", pretrained=True, download=False)
+    model = build_model("resnet18", 4, source="timm", pretrained=True, download=False)
     torch.testing.assert_close(model.conv1.weight, state["conv1.weight"])
     assert model.get_classifier().out_features == 4
     with pytest.raises(ValueError, match="unknown timm model 'resnet_nope'"):
-        build_model("resnet_nope", 4, "timm")
+        build_model("resnet_nope", 4, source="timm")
 
 
 def test_unknown_torchvision_model_lists_choices():
@@ -115,7 +114,7 @@ def test_preprocessing_follows_weights_metadata_unless_overridden():
 
 @pytest.mark.parametrize("name,source", [("alexnet", "torchvision"), ("resnet18", "timm")])
 def test_features_then_head_is_the_model(name, source):
-    model = build_model(name, 3, source).eval()
+    model = build_model(name, 3, source=source).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(head(model)(features(model, x)), model(x))
@@ -123,7 +122,7 @@ def test_features_then_head_is_the_model(name, source):
 
 def test_param_groups_no_decay_on_norms_and_biases_and_slower_backbone():
     model = build_model("vgg16_bn", 3)
-    groups = param_groups(model, lr=1e-3, weight_decay=0.05, backbone_lr_mult=10)
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, backbone_lr_divisor=10)
     by_id = {id(p): g for g in groups for p in g["params"]}
     assert by_id[id(model.features[1].weight)]["weight_decay"] == 0.0  # BatchNorm scale
     assert by_id[id(model.features[0].bias)]["weight_decay"] == 0.0

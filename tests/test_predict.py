@@ -58,7 +58,10 @@ def test_cli_classify_one_and_many(trained, project_env):
     assert one.returncode == 0, one.stderr
     lines = one.stdout.splitlines()
     assert lines[0] == str(image) and len(lines) == 4  # k capped at the 3 classes
-    assert [line.split()[1] for line in lines[1:]] != [] and all("%" in line for line in lines[1:])
+    probs = Classifier(trained / "models/export").classify([image])[0].probs
+    shown = [(line.split()[1], float(line.split()[2].rstrip("%")) / 100) for line in lines[1:]]
+    assert [name for name, _ in shown] == ["abc"[i] for i in np.argsort(-probs)]  # ranked as the model ranks them
+    assert [p for _, p in shown] == pytest.approx(sorted(probs, reverse=True), abs=6e-5)  # printed to 0.01%
 
     (trained / "list.txt").write_text(f"{image}\n{trained / 'missing.png'}\n")
     (trained / "data/tiny/images/a/broken.png").write_bytes(b"not a png")
@@ -80,7 +83,9 @@ def test_kaggle_submission_rows_in_id_order(trained, project_env):
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.reader(open(trained / "sub.csv")))
     assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == ["1", "2", "10"]
-    assert all(0.05 <= float(r[1]) <= 0.95 for r in rows[1:])
+    probs = Classifier(trained / "models/export").classify([unlabelled / f"{i}.jpg" for i in (1, 2, 10)])
+    assert [float(r[1]) for r in rows[1:]] == pytest.approx([min(max(p.probs[1], 0.05), 0.95) for p in probs],
+                                                            abs=1e-6)  # p(b), clipped
     bad = cli([str(unlabelled), "--submission", "sub.csv", "--positive", "dog"], trained, project_env)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --positive 'dog' is not a class of this model; " \
                                                          "choose one of: a, b, c"

@@ -20,6 +20,12 @@ def _store(tmp_path):
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 
+def get_run(uri, run_id):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri).get_run(run_id)
+
+
 def test_run_status_follows_outcome(tmp_path):
     uri = _store(tmp_path)
     with tracking.run(uri, "exp") as ok_id:
@@ -31,12 +37,12 @@ def test_run_status_follows_outcome(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with tracking.run(uri, "exp") as killed_id:
             raise KeyboardInterrupt
-    ok = tracking.get_run(uri, ok_id)
+    ok = get_run(uri, ok_id)
     assert ok.info.status == "FINISHED"
     assert ok.data.params["optim.lr"] == "0.1" and len(ok.data.params) == 151
     assert ok.data.metrics["val/acc"] == 0.5
-    assert tracking.get_run(uri, failed_id).info.status == "FAILED"
-    assert tracking.get_run(uri, killed_id).info.status == "KILLED"
+    assert get_run(uri, failed_id).info.status == "FAILED"
+    assert get_run(uri, killed_id).info.status == "KILLED"
 
 
 def test_reopened_run_gets_later_metrics(tmp_path):
@@ -46,7 +52,7 @@ def test_reopened_run_gets_later_metrics(tmp_path):
     with tracking.run(uri, run_id=run_id) as same:
         tracking.log_metrics({"test/acc": 0.7})
     assert same == run_id
-    assert tracking.get_run(uri, run_id).data.metrics == {"val/acc": 0.5, "test/acc": 0.7}
+    assert get_run(uri, run_id).data.metrics == {"val/acc": 0.5, "test/acc": 0.7}
 
 
 def test_retry_locked_retries_only_database_is_locked(monkeypatch):

@@ -13,6 +13,7 @@ import torch
 
 from .engine import FitState
 from .utils import atomic_path
+from .errors import MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,29 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
         g.set_state(state["generators"][name])
 
 
-def save_training_state(directory: Path, fit_state: FitState, model, optimizer, scheduler, scaler,
-                        generators: dict[str, torch.Generator], run_id: str, config_hash: str,
-                        best_improved: bool) -> None:
+@dataclass
+class Resumable:
+    """The objects whose state a checkpoint holds: restored in place on resume."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    scaler: torch.amp.GradScaler | None
+    generators: dict[str, torch.Generator]
+
+
+def save_training_state(directory: Path, fit_state: FitState, objects: Resumable, *, run_id: str | None,
+                        config_hash: str, best_improved: bool) -> None:
     """last.pt every epoch (model, optimizer, scheduler, scaler, epoch, RNG, run id); best.pt when val/acc improved."""
+    scheduler, scaler = objects.scheduler, objects.scaler
     state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model": objects.model.state_dict(), "optimizer": objects.optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": fit_state.epoch, "history": fit_state.history, "best_epoch": fit_state.best_epoch,
         "best_metrics": fit_state.best_metrics, "bad_epochs": fit_state.bad_epochs,
         "stopped_early": fit_state.stopped_early,
-        "rng": rng_state(generators), "run_id": run_id, "config_hash": config_hash,
+        "rng": rng_state(objects.generators), "run_id": run_id, "config_hash": config_hash,
     }
     with atomic_path(directory / LAST) as tmp:
         torch.save(state, tmp)
@@ -93,7 +105,7 @@ def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Re
     if not path.is_file():
         if resume == "auto":
             return None
-        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint; use auto, never or the path of a last.pt")
+        raise MissingInput(f"trainer.resume={resume}: no such checkpoint; use auto, never or the path of a last.pt")
     state = _read(path)
     if state.get("config_hash") != config_hash:
         if resume == "auto":
@@ -105,17 +117,16 @@ def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Re
     return Resume(path, state)
 
 
-def load_training_state(resume: Resume, model, optimizer, scheduler, scaler,
-                        generators: dict[str, torch.Generator]) -> FitState:
-    """Restore everything save_training_state wrote into the given objects; returns the fit state."""
+def load_training_state(resume: Resume, objects: Resumable) -> FitState:
+    """Restore everything save_training_state wrote into `objects`; returns the fit state."""
     ckpt = resume.state
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt["scheduler"] is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None and ckpt["scaler"] is not None:
-        scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"], generators)
+    objects.model.load_state_dict(ckpt["model"])
+    objects.optimizer.load_state_dict(ckpt["optimizer"])
+    if objects.scheduler is not None and ckpt["scheduler"] is not None:
+        objects.scheduler.load_state_dict(ckpt["scheduler"])
+    if objects.scaler is not None and ckpt["scaler"] is not None:
+        objects.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"], objects.generators)
     best_file = resume.path.parent / BEST
     best = _read(best_file) if best_file.is_file() else {}
     if best.get("epoch") != ckpt["best_epoch"]:  # killed before best.pt was written: the best is this epoch

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+from .errors import BadInput, UserError
 
 STAGES = ("fetch", "split", "train", "evaluate", "export")
 COMMANDS = (*STAGES, "predict", "runs")
@@ -13,12 +14,15 @@ COMMANDS = (*STAGES, "predict", "runs")
 
 def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
+    from .paths import Paths
     from .predict import Classifier, collect_inputs, top_k, write_submission, write_table
 
     parser = argparse.ArgumentParser(prog="imgclf predict", description=predict.__doc__)
     parser.add_argument("paths", nargs="+", help="images, folders of images, or .txt files listing paths")
-    parser.add_argument("--model", default="models/export",
-                        help="export dir or model.onnx (default: models/export), or a checkpoint models/model.pt")
+    default = Paths()
+    parser.add_argument("--model", default=str(default.export_dir),
+                        help=f"export dir or model.onnx (default: {default.export_dir}), or a checkpoint "
+                             f"{default.model_file}")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", help="write predictions to a .csv or .json file instead of printing them")
@@ -43,7 +47,7 @@ def predict(argv: list[str]) -> int:
                     print(pred.path)
                     for rank, (name, prob) in enumerate(top_k(pred, names, args.top_k), start=1):
                         print(f"  {rank}. {name:<20s} {prob:7.2%}")
-    except (ValueError, FileNotFoundError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     failed = [p for p in preds if p.error]
@@ -85,7 +89,7 @@ def runs(argv: list[str]) -> int:
     try:
         rows = list_runs(args.uri, args.experiment, args.sweep, args.parent)
         if not rows:
-            raise ValueError(no_match_message(args.uri, args.experiment, args.sweep, args.parent))
+            raise BadInput(no_match_message(args.uri, args.experiment, args.sweep, args.parent))
         if args.best:
             print("\n".join(best_report(args.uri, best_run(rows, args.metric, args.order), args.metric)))
             return 0
@@ -98,7 +102,7 @@ def runs(argv: list[str]) -> int:
             print(f"wrote {len(rows)} runs to {args.out}")
         else:
             print(text, end="")
-    except (ValueError, FileNotFoundError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,9 +1,10 @@
-"""Compose conf/ the way DVC does, so params.yaml can be regenerated and checked.
+"""Compose conf/ the way DVC does (params.yaml), and check command-line overrides with one line per mistake.
 
 `python -m imgclf.config [OVERRIDE ...]` prints the composition (what `make params` writes).
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -18,14 +19,15 @@ def conf_dir(root: str | Path = ".") -> Path:
     return (Path(root) / CONF_DIR).resolve()
 
 
-def compose(overrides: Sequence[str] = (), root: str | Path = ".") -> DictConfig:
+def compose(overrides: Sequence[str] = (), root: str | Path = ".", resolve: bool = True) -> DictConfig:
     """Compose conf/config.yaml with overrides, resolved (DVC's `compose_and_dump`, minus the dump)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(str(conf_dir(root)), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    OmegaConf.resolve(cfg)
+    if resolve:
+        OmegaConf.resolve(cfg)
     return cfg
 
 
@@ -37,10 +39,61 @@ def params_yaml(overrides: Sequence[str] = (), root: str | Path = ".") -> str:
 def config_groups(root: str | Path = ".") -> dict[str, list[str]]:
     """Config groups of conf/ and their options: {"model": ["alexnet", "vgg16"], ...}."""
     base = conf_dir(root)
-    return {
-        d.name: sorted(p.stem for p in d.glob("*.yaml"))
-        for d in sorted(base.iterdir()) if d.is_dir()
-    }
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(base.iterdir()) if d.is_dir()}
+
+
+def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
+    """A one-line error for an override naming a missing option or key, else None.
+
+    Group choices are checked against conf/'s files (every value of a sweep); keys by one Hydra compose, whose
+    multi-line error is turned into one line listing the keys that exist.
+    """
+    if not conf_dir(root).is_dir() or "--config-name" in argv or "-cn" in argv:
+        return None  # DVC runs read params.yaml, already composed (and checked) by DVC
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    groups = config_groups(root)
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except HydraException as exc:  # Hydra's grammar error: its first line names the bad token
+        return f"bad override: {str(exc).splitlines()[0]}"
+    kept = []
+    for text, ov in zip(args, parsed):
+        key, prefix = ov.key_or_group, text[: len(text) - len(text.lstrip("+~"))]
+        if key.startswith("hydra"):
+            continue
+        if key in groups and not ov.is_delete():
+            values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+            bad = [v for v in values if v not in groups[key]]
+            if bad:
+                return f"unknown {key} '{bad[0]}'; choose one of: {', '.join(groups[key])}"
+            kept.append(f"{prefix}{key}={values[0]}")
+        else:  # a swept key is checked for existence with a neutral value
+            kept.append(f"{prefix}{key}=null" if ov.is_sweep_override() else text)
+    try:
+        compose(kept, root, resolve=False)
+    except HydraException as exc:
+        return _explain(str(exc), kept, root)
+    return None
+
+
+def _explain(message: str, overrides: list[str], root: str | Path) -> str:
+    """Hydra's "Could not override 'a.b'" as one line naming the keys that `a` has."""
+    found = re.search(r"Could not override '([^']+)'", message)
+    if not found:
+        return message.splitlines()[0]
+    key = found.group(1)
+    cfg = compose([o for o in overrides if not o.startswith(f"{key}=")], root, resolve=False)
+    node, parts = cfg, key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or part not in node:
+            parent = ".".join(parts[:i]) or "the config"
+            valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else "no sub-keys"
+            return f"unknown key '{key}'; {parent} has: {valid} (use +{key}=... to add a new key)"
+        node = node[part]
+    return message.splitlines()[0]
 
 
 if __name__ == "__main__":

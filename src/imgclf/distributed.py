@@ -8,6 +8,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import Sampler
+from .errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
                  rank: int = 0, world_size: int = 1):
         if batch_size < world_size:
-            raise ValueError(f"trainer.batch_size={batch_size} is smaller than the {world_size} processes")
+            raise BadInput(f"trainer.batch_size={batch_size} is smaller than the {world_size} processes")
         self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
         self.rank, self.world = rank, world_size
 

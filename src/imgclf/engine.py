@@ -14,20 +14,24 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed as dist
+from . import serving
+from .errors import BadInput, UserError
+from .optim import head_lr
 
 log = logging.getLogger(__name__)
 
 
 class Preprocess(nn.Module):
-    """uint8 NCHW batch -> normalized float, on the target device (the GPU does the arithmetic)."""
+    """uint8 NCHW batch -> normalized float on the batch's device (the GPU does the arithmetic): serving.normalize."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        scaled_mean, scaled_std = serving.scaled_stats(mean, std)
+        self.register_buffer("mean", torch.from_numpy(scaled_mean))
+        self.register_buffer("std", torch.from_numpy(scaled_std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+        return serving.normalize(x, self.mean, self.std)
 
 
 @dataclass
@@ -84,20 +88,24 @@ class Progress:
             self.bar.close()
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError, RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Trainer:
-    """What one training step needs besides the batch: the network, loss, optimizer, schedule and device."""
+    """What one training step needs besides the batch: the network, loss, optimizer, schedule and device.
+
+    Frozen: a fine-tuning strategy that changes what trains (a head on cached features, a backbone unfrozen and
+    re-wrapped for DDP) returns a new Trainer with dataclasses.replace (imgclf.finetune).
+    """
 
     model: nn.Module                      # what trains: the network, its DDP wrapper, or a head on cached features
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     setup: DeviceSetup
     preprocess: nn.Module | None = None   # None when batches are already features
-    scheduler: object = None              # stepped once per batch (imgclf.schedules)
+    scheduler: object = None              # stepped once per batch (imgclf.optim)
     scaler: torch.amp.GradScaler | None = None
     augment: Callable | None = None
     grad_clip: float | None = None        # max global gradient norm
@@ -216,30 +224,31 @@ class FitState:
     stopped_early: bool = False
 
 
-def fit(t: Trainer, train_loader, val_loader, epochs: int, state: FitState | None = None,
-        weights: nn.Module | None = None, patience: int | None = None, min_delta: float = 0.0,
-        before_epoch: Callable[[int], None] | None = None,
+def fit(t: Trainer, train_loader, val_loader, epochs: int, state: FitState | None = None, *,
+        network: nn.Module | None = None, patience: int | None = None, min_delta: float = 0.0,
+        before_epoch: Callable[[int, Trainer], Trainer] | None = None,
         after_epoch: Callable[[int, dict, FitState], None] | None = None) -> FitState:
     """Train from `state.epoch + 1` to `epochs`, validating each epoch; keep the best weights by val/acc.
 
-    `weights` is the module whose state is the result (the whole network when only its head trains);
+    `network` is the module whose weights are the result (the whole network when only its head trains);
+    `before_epoch` returns the Trainer for that epoch (imgclf.finetune unfreezes the backbone this way);
     `patience` stops after that many epochs without a val/acc gain above `min_delta`.
     """
     if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"trainer.epochs must be a positive integer; got {epochs!r}")
+        raise BadInput(f"trainer.epochs must be a positive integer; got {epochs!r}")
     state = state or FitState()
-    weights = weights or dist.unwrap(t.model)
+    network = network or dist.unwrap(t.model)
     last_epoch = state.epoch if state.stopped_early else epochs  # a resumed run that had stopped stays stopped
     for epoch in range(state.epoch + 1, last_epoch + 1):
         if before_epoch is not None:
-            before_epoch(epoch)
-        lr = t.optimizer.param_groups[-1]["lr"]  # the head's group: the rate the schedule sets
+            t = before_epoch(epoch, t)
+        lr = head_lr(t.optimizer)
         metrics = train_one_epoch(t, train_loader, epoch)
         metrics.update(evaluate(t.model, val_loader, t.setup, t.preprocess, prefix="val"))
         metrics["lr"] = lr
         if not state.best_metrics or metrics["val/acc"] > state.best_metrics["val/acc"]:
             # a CPU copy: the best weights survive later epochs
-            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.state_dict().items()}
+            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
             state.best_epoch, state.best_metrics = epoch, dict(metrics)
         gain = metrics["val/acc"] - max((h["val/acc"] for h in state.history), default=-math.inf)
         state.bad_epochs = 0 if gain > min_delta else state.bad_epochs + 1

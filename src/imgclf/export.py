@@ -1,4 +1,4 @@
-"""Export a trained network to ONNX and check the file against PyTorch with onnxruntime."""
+"""Export a trained network to ONNX and TorchScript beside its serving contract, each checked against PyTorch."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from .serving import ServingSpec
+from .utils import atomic_path
+
 log = logging.getLogger(__name__)
+FORMATS = ("onnx", "torchscript")
+
+
+def export_model(model: nn.Module, inputs: torch.Tensor, out_dir: Path, spec: ServingSpec, *, opset: int,
+                 atol: float) -> dict[str, float]:
+    """model.onnx, model.ts, labels.txt and preprocessing.json into `out_dir`, only if both formats agree with
+    PyTorch on `inputs` (normalised test images) within `atol`; returns the checks' figures."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        export_onnx(model, inputs[:1], tmp / "model.onnx", opset)
+        export_torchscript(model, inputs[:1], tmp / "model.ts")
+        report = {**verify_onnx(model, tmp / "model.onnx", inputs), **verify_torchscript(model, tmp / "model.ts", inputs)}
+        log.info("ONNX vs PyTorch on %d test images: max |diff| %.3g, top-1 agreement %.4f", len(inputs),
+                 report["export/onnx_max_abs_diff"], report["export/onnx_top1_agreement"])
+        for fmt in FORMATS:
+            if report[f"export/{fmt}_max_abs_diff"] > atol:
+                raise RuntimeError(f"{fmt} output differs from PyTorch by {report[f'export/{fmt}_max_abs_diff']:.3g}"
+                                   f" > export.atol={atol}; not writing {out_dir}")
+        spec.write(tmp)
+    return report
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 18) -> None:

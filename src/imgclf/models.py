@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from .errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ TORCHVISION_ARCHS = ("alexnet", "vgg16", "vgg16_bn")  # networks whose head is c
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # when a timm model has no cfg
 
 
-class WeightsNotFound(FileNotFoundError):
+class WeightsNotFound(MissingInput):
     """Pretrained weights were requested and are neither cached nor downloadable."""
 
 
@@ -32,14 +33,14 @@ class Preprocessing:
     min_size: int = 1
 
 
-def build_model(name: str, num_classes: int, source: str = "torchvision", pretrained: bool = False,
+def build_model(name: str, num_classes: int, *, source: str = "torchvision", pretrained: bool = False,
                 weights: str | None = None, download: bool = True, dropout: float | None = None) -> nn.Module:
     """Create `name`, load ImageNet (`pretrained`) or local (`weights`) weights, replace the head for `num_classes`.
 
     `dropout` overrides the architecture's dropout before the head (None keeps its default).
     """
     if num_classes < 2:
-        raise ValueError(f"a classifier needs at least 2 classes; got {num_classes}")
+        raise BadInput(f"a classifier needs at least 2 classes; got {num_classes}")
     model = _create(source, name, dropout)
     replace_head(model, num_classes)  # first: a head of the right size (an earlier run's) loads, ImageNet's does not
     if weights:
@@ -55,12 +56,12 @@ def check_name(source: str, name: str) -> None:
         import timm
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown timm model '{name}'; list them with: python -c \"import timm; "
+            raise BadInput(f"unknown timm model '{name}'; list them with: python -c \"import timm; "
                              f"print(timm.list_models('{name.split('.')[0][:4]}*'))\"")
     elif source != "torchvision":
-        raise ValueError(f"unknown model.source '{source}'; choose one of: {', '.join(SOURCES)}")
+        raise BadInput(f"unknown model.source '{source}'; choose one of: {', '.join(SOURCES)}")
     elif name not in TORCHVISION_ARCHS:
-        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
+        raise BadInput(f"unknown model '{name}'; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
                          "or model=timm model.name=<any timm model>")
 
 
@@ -94,7 +95,12 @@ def _torchvision_file(name: str, download: bool) -> Path:
     from torchvision import models as tv_models
 
     url = tv_models.get_model_weights(name).DEFAULT.url
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)  # where torchvision caches it
+    return _cached_url(url, name, download)
+
+
+def _cached_url(url: str, name: str, download: bool) -> Path:
+    """torch.hub's cache file for `url` (where torchvision and timm's URL weights live): downloaded if allowed."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if path.is_file():
         return path
     hint = f"download {url} to {path} (or set TORCH_HOME), or set model.weights=/path/to/file.pth"
@@ -102,7 +108,7 @@ def _torchvision_file(name: str, download: bool) -> Path:
         raise WeightsNotFound(f"pretrained weights for {name} not found at {path}; {hint}")
     log.info("downloading %s to %s", url, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = re.search(r"-([a-f0-9]+)\.", path.name)  # torchvision names files <arch>-<sha256 prefix>.pth
+    prefix = re.search(r"-([a-f0-9]{6,})\.", path.name)  # torchvision names files <arch>-<sha256 prefix>.pth
     try:
         torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix.group(1) if prefix else None)
     except Exception as exc:  # no network, proxy, bad hash: one line, never random weights instead
@@ -125,14 +131,10 @@ def _timm_file(name: str, download: bool) -> Path:
     cfg = _timm_cfg(name)
     repo = cfg.get("hf_hub_id")
     if not repo:
-        url = cfg.get("url") or ""
-        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-        if url and (path.is_file() or download):
-            if not path.is_file():
-                torch.hub.download_url_to_file(url, str(path))
-            return path
-        raise WeightsNotFound(f"pretrained weights for timm model {name} not found at {path}; "
-                              "set model.weights=/path/to/file")
+        if not cfg.get("url"):
+            raise WeightsNotFound(f"timm model {name} has no pretrained weights to download; "
+                                  "set model.weights=/path/to/file or model.pretrained=false")
+        return _cached_url(cfg["url"], f"timm model {name}", download)
     cache = hf_cache_dir()
     for filename in ("model.safetensors", "pytorch_model.bin"):  # timm's hub repos hold one or the other
         found = try_to_load_from_cache(repo, filename, cache_dir=cache)
@@ -163,12 +165,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read weights from {path}: {str(exc).splitlines()[0]}") from None
+        raise BadInput(f"cannot read weights from {path}: {str(exc).splitlines()[0]}") from None
     for key in ("model", "state_dict"):  # an imgclf checkpoint, or a common training-script layout
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        raise BadInput(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
 
 
@@ -179,7 +181,7 @@ def load_weights(model: nn.Module, path: Path, name: str) -> None:
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     reshaped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     if not fits:
-        raise ValueError(f"no tensor in {path} fits {name}; is it a {name} checkpoint?")
+        raise BadInput(f"no tensor in {path} fits {name}; is it a {name} checkpoint?")
     result = model.load_state_dict(fits, strict=False)
     log.info("loaded %d/%d tensors of %s from %s", len(fits), len(own), name, path)
     missing = [k for k in result.missing_keys if k not in reshaped]
@@ -234,9 +236,9 @@ def resolve_preprocessing(source: str, name: str, image_size=None, mean=None, st
     spec.mean, spec.std = list(mean or spec.mean), list(std or spec.std)
     spec.interpolation = interpolation or spec.interpolation
     if spec.interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown model.interpolation '{spec.interpolation}'; choose one of: {', '.join(INTERPOLATIONS)}")
+        raise BadInput(f"unknown model.interpolation '{spec.interpolation}'; choose one of: {', '.join(INTERPOLATIONS)}")
     if spec.image_size < spec.min_size:
-        raise ValueError(f"model.image_size={spec.image_size} is too small for {name}; "
+        raise BadInput(f"model.image_size={spec.image_size} is too small for {name}; "
                          f"it needs at least {spec.min_size} px")
     return spec
 
@@ -251,7 +253,7 @@ def load_checkpoint(path) -> dict:
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the trained network from a checkpoint, weights included, in eval mode."""
-    model = build_model(ckpt["arch"], len(ckpt["class_names"]), ckpt.get("source", "torchvision"))
+    model = build_model(ckpt["arch"], len(ckpt["class_names"]), source=ckpt.get("source", "torchvision"))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -269,20 +271,3 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
     head_params = {id(p) for p in head(model).parameters()}
     for p in model.parameters():
         p.requires_grad_(trainable or id(p) in head_params)
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float = 1.0) -> list[dict]:
-    """Optimizer groups: backbone at lr / backbone_lr_mult, head at lr; no weight decay on norms and biases.
-
-    Decaying a bias or a norm's scale only pulls it towards 0, which regularises nothing (timm's
-    param_groups_weight_decay); the head group comes last, so param_groups[-1]["lr"] is the head's rate.
-    """
-    if backbone_lr_mult <= 0:
-        raise ValueError(f"finetune.lr_mult must be > 0; got {backbone_lr_mult}")
-    head_params = {id(p) for p in head(model).parameters()}
-    groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (True, False)}
-    for p in model.parameters():
-        groups[(id(p) in head_params, p.ndim > 1)].append(p)
-    return [{"params": params, "lr": lr if is_head else lr / backbone_lr_mult,
-             "weight_decay": weight_decay if decay else 0.0}
-            for (is_head, decay), params in groups.items() if params]

@@ -1,7 +1,8 @@
-"""PNG figures for people: training curves (DIGITS' graph) and the confusion matrix."""
+"""Every PNG figure for people: curves (DIGITS' graph), confusion matrices, image grids, the data report."""
 from __future__ import annotations
 
 from pathlib import Path
+from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from .utils import atomic_path
 
 
-def _pyplot():
+def pyplot():
     # imported on first use: matplotlib adds ~0.5 s to every stage that only might plot
     import matplotlib
 
@@ -19,8 +20,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
-    plt = _pyplot()
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` as PNG atomically and close it."""
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -29,7 +31,7 @@ def _save(fig, path: Path) -> None:
 def plot_curves(history: Sequence[dict], path: str | Path) -> None:
     """Loss and accuracy per epoch, train against val."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = _pyplot().subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc) = pyplot().subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
         ax_loss.plot(epochs, [h[f"{split}/loss"] for h in history], marker="o", label=f"{split}/loss")
         ax_acc.plot(epochs, [h[f"{split}/acc"] for h in history], marker="o", label=f"{split}/acc")
@@ -38,7 +40,7 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: bool = False) -> None:
@@ -48,7 +50,7 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | P
         matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     n = len(class_names)
     size = max(4.0, 0.45 * n + 2)
-    fig, ax = _pyplot().subplots(figsize=(size, size))
+    fig, ax = pyplot().subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     ticks = np.arange(n)
     ax.set_xticks(ticks, class_names, rotation=90 if n > 10 else 0)
@@ -62,4 +64,63 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | P
                 ax.text(j, i, f"{matrix[i, j]:.2f}" if normalize else int(matrix[i, j]), ha="center", va="center",
                         fontsize=8,
                         color="white" if matrix[i, j] > threshold else "black")
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
+
+
+def plot_image_grid(images: np.ndarray, captions: Sequence[str], title: str, path: str | Path, cols: int = 5,
+                    tile: int = 128) -> None:
+    """uint8 images (N, 3, H, W) in a captioned grid, drawn with PIL (matplotlib takes seconds for 20 panels)."""
+    from PIL import Image, ImageDraw
+
+    caption_h, title_h = 28, 22
+    rows = max(1, (len(images) + cols - 1) // cols)
+    canvas = Image.new("RGB", (cols * tile, title_h + rows * (tile + caption_h)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), title if len(images) else f"{title}: none", fill="black")
+    for k, (image, caption) in enumerate(zip(images, captions)):
+        x, y = (k % cols) * tile, title_h + (k // cols) * (tile + caption_h)
+        thumb = Image.fromarray(image.transpose(1, 2, 0)).resize((tile - 8, tile - 8), Image.Resampling.NEAREST)
+        canvas.paste(thumb, (x + 4, y + 4))
+        draw.multiline_text((x + 4, y + tile - 2), caption, fill="black", spacing=1)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def plot_class_counts(rows: list[dict], path: str | Path) -> None:
+    """Grouped bars: images per class, one colour per split."""
+    plt = pyplot()
+    classes = list(dict.fromkeys(r["class"] for r in rows))
+    x = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(classes) + 2), 4))
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    width = 0.8 / len(splits)
+    for k, split in enumerate(splits):
+        counts = [r["images"] for r in rows if r["split"] == split]
+        ax.bar(x + k * width, counts, width, label=split)
+    ax.set_xticks(x + width, classes, rotation=90 if len(classes) > 12 else 0)
+    ax.set(ylabel="images", title="images per class per split")
+    ax.legend()
+    save_figure(fig, Path(path))
+
+
+def plot_samples(image_root: Path, items: list[tuple[str, str]], class_names: Sequence[str], path: str | Path,
+                 per_class: int = 8, max_classes: int = 20) -> None:
+    """A grid: one row per class (first `max_classes`), `per_class` training images each."""
+    from PIL import Image
+
+    plt = pyplot()
+    shown = list(class_names)[:max_classes]
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for p, label in items:
+        if label in shown and len(by_class[label]) < per_class:
+            by_class[label].append(p)
+    fig, axes = plt.subplots(len(shown), per_class, figsize=(per_class * 1.1, len(shown) * 1.1), squeeze=False)
+    for r, label in enumerate(shown):
+        for c in range(per_class):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(by_class[label]):
+                with Image.open(image_root / by_class[label][c]) as img:
+                    ax.imshow(img.convert("RGB"))
+        axes[r][0].set_title(label, fontsize=8, loc="left")
+    save_figure(fig, Path(path))

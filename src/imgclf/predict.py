@@ -10,6 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from .data.datasets import decode_image
+from .serving import ServingSpec, softmax
+from .errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def collect_inputs(args: Sequence[str]) -> list[Path]:
 
 
 class Classifier:
-    """An exported model (ONNX through onnxruntime) or a checkpoint, with its labels and preprocessing."""
+    """An exported model (ONNX through onnxruntime) or a checkpoint, with its serving contract (labels, preprocessing)."""
 
     def __init__(self, model_path: str | Path):
         model_path = Path(model_path)
@@ -47,25 +49,24 @@ class Classifier:
             from .models import load_checkpoint, model_from_checkpoint
 
             ckpt = load_checkpoint(model_path)
-            self.class_names, self.image_size = ckpt["class_names"], ckpt["image_size"]
-            self.mean, self.std = ckpt["mean"], ckpt["std"]
-            self.interpolation = ckpt.get("interpolation", "bilinear")
+            self.spec = ServingSpec.from_checkpoint(ckpt)
             self._run = self._torch_runner(model_from_checkpoint(ckpt))
-        else:
-            is_file = model_path.suffix == ".onnx"
-            export_dir = model_path.parent if is_file else model_path
-            onnx_file = model_path if is_file else export_dir / "model.onnx"
-            if not onnx_file.is_file():
-                raise FileNotFoundError(f"no exported model at {onnx_file}; run the pipeline (dvc repro) or pass "
-                                        "--model models/export or --model models/model.pt")
-            spec = json.loads((export_dir / "preprocessing.json").read_text())
-            self.class_names = (export_dir / "labels.txt").read_text().split("\n")[:-1]
-            self.image_size, self.mean, self.std = spec["image_size"], spec["mean"], spec["std"]
-            self.interpolation = spec.get("interpolation", "bilinear")
-            import onnxruntime as ort
+            return
+        is_file = model_path.suffix == ".onnx"
+        export_dir = model_path.parent if is_file else model_path
+        onnx_file = model_path if is_file else export_dir / "model.onnx"
+        if not onnx_file.is_file():
+            raise MissingInput(f"no exported model at {onnx_file}; run the pipeline (dvc repro) or pass "
+                               "--model models/export or --model models/model.pt")
+        self.spec = ServingSpec.read(export_dir)
+        import onnxruntime as ort
 
-            session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-            self._run = lambda x: session.run(["logits"], {"images": x})[0]
+        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        self._run = lambda x: session.run(["logits"], {"images": x})[0]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.spec.class_names
 
     @staticmethod
     def _torch_runner(model):
@@ -76,35 +77,23 @@ class Classifier:
                 return model(torch.from_numpy(x)).numpy()
         return run
 
-    def preprocess(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> normalised (N, 3, S, S) float32, as in training and evaluation."""
-        x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-        mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
-        return (x - mean) / std
-
     def classify(self, paths: Sequence[Path], batch_size: int = 32) -> list[Prediction]:
         """Softmax probabilities per image, in input order; unreadable files get an error and the rest go on."""
         results = [Prediction(str(p)) for p in paths]
         batch, slots = [], []
         for i, path in enumerate(paths):
             try:
-                batch.append(decode_image(path, self.image_size, self.interpolation))
+                batch.append(decode_image(path, self.spec.image_size, self.spec.interpolation))
                 slots.append(i)
             except FileNotFoundError:
                 results[i].error = "no such file"
             except (OSError, ValueError, SyntaxError) as exc:
                 results[i].error = f"not a readable image ({type(exc).__name__})"
             if len(batch) == batch_size or (i == len(paths) - 1 and batch):
-                for slot, probs in zip(slots, self._probs(np.stack(batch))):
+                for slot, probs in zip(slots, softmax(self._run(self.spec.normalize_images(np.stack(batch))))):
                     results[slot].probs = probs
                 batch, slots = [], []
         return results
-
-    def _probs(self, images: np.ndarray) -> np.ndarray:
-        logits = self._run(self.preprocess(images))
-        exp = np.exp(logits - logits.max(1, keepdims=True))
-        return exp / exp.sum(1, keepdims=True)
 
 
 def top_k(pred: Prediction, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -142,13 +131,13 @@ def write_submission(preds: Sequence[Prediction], class_names: Sequence[str], po
     from .utils import atomic_path
 
     if positive not in class_names:
-        raise ValueError(f"--positive {positive!r} is not a class of this model; choose one of: {', '.join(class_names)}")
+        raise BadInput(f"--positive {positive!r} is not a class of this model; choose one of: {', '.join(class_names)}")
     index = list(class_names).index(positive)
     rows = []
     for p in preds:
         stem = Path(p.path).stem
         if p.error or not stem.isdigit():
-            raise ValueError(f"{p.path}: {p.error or 'file name is not a numeric Kaggle id'}; no submission written")
+            raise BadInput(f"{p.path}: {p.error or 'file name is not a numeric Kaggle id'}; no submission written")
         rows.append((int(stem), float(np.clip(p.probs[index], clip, 1 - clip))))
     rows.sort()
     with atomic_path(path) as tmp:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from . import tracking
+from .errors import BadInput
 
 STANDARD_METRICS = ("val/acc", "test/acc", "test/macro_f1", "train/images_per_sec")
 SWEEP_TAG, ROLE_TAG, PARENT_TAG = "imgclf.sweep", "imgclf.role", "mlflow.parentRunId"
@@ -38,7 +39,7 @@ class Column(NamedTuple):
 def _quoted(value: str) -> str:
     # MLflow's filter grammar has no escape for quotes inside a string literal
     if "'" in value:
-        raise ValueError(f"tag values with a single quote cannot be searched: {value!r}")
+        raise BadInput(f"tag values with a single quote cannot be searched: {value!r}")
     return f"'{value}'"
 
 
@@ -75,7 +76,7 @@ def metric_value(row: RunRow, metric: str) -> float | None:
 def sort_rows(rows: list[RunRow], metric: str, order: str = "desc") -> list[RunRow]:
     """Rows by `metric` (order "desc" or "asc"); runs without it last, newest first among ties."""
     if order not in ("desc", "asc"):
-        raise ValueError(f"unknown order '{order}'; choose one of: desc, asc")
+        raise BadInput(f"unknown order '{order}'; choose one of: desc, asc")
     sign = -1.0 if order == "desc" else 1.0
     by_time = sorted(rows, key=lambda r: -(r.start_time or 0))
     return sorted(by_time, key=lambda r: (metric_value(r, metric) is None, sign * (metric_value(r, metric) or 0.0)))
@@ -85,7 +86,7 @@ def check_metric(rows: list[RunRow], metric: str) -> None:
     """ValueError naming the metrics that exist when no row has `metric` (a typo would leave the table unsorted)."""
     if rows and all(metric_value(r, metric) is None for r in rows):
         present = sorted({k for r in rows for k in r.metrics})
-        raise ValueError(f"no listed run has metric '{metric}'; metrics: {', '.join(present) or 'none'}")
+        raise BadInput(f"no listed run has metric '{metric}'; metrics: {', '.join(present) or 'none'}")
 
 
 def differing_params(rows: list[RunRow]) -> list[str]:
@@ -133,7 +134,7 @@ def format_table(rows: list[RunRow], columns: list[Column], fmt: str = "table") 
                  *([v.replace("|", "\\|") for v in line] for line in cells)]
         return "".join(f"| {' | '.join(line)} |\n" for line in lines)
     if fmt != "table":
-        raise ValueError(f"unknown format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+        raise BadInput(f"unknown format '{fmt}'; choose one of: {', '.join(FORMATS)}")
     widths = [max(len(v) for v in col) for col in zip(headers, *cells)]
     return "".join("  ".join(v.rjust(w) if c.kind == "metric" else v.ljust(w)
                              for v, w, c in zip(line, widths, columns)).rstrip() + "\n"
@@ -152,7 +153,7 @@ def best_run(rows: list[RunRow], metric: str, order: str = "desc") -> RunRow:
     """The run with the best `metric`; ValueError when no row has it."""
     check_metric(rows, metric)
     if not rows:
-        raise ValueError("no runs to choose from")
+        raise BadInput("no runs to choose from")
     return sort_rows(rows, metric, order)[0]
 
 

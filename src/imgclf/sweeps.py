@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 
 OBJECTIVE = "best/val/acc"  # what the train stage returns to the sweeper, logged per run by the train stage
 SWEPT_ENV = "IMGCLF_SWEPT_KEYS"  # the keys a sweep varies, for its jobs' run names
+# the parent run's id, set before any job starts: joblib and submitit workers inherit the environment
+PARENT_ENV = "IMGCLF_PARENT_RUN_ID"
+
+
+def parent_run_id() -> str | None:
+    """The MLflow run of the sweep this job belongs to (None outside a sweep): train runs become its children."""
+    return os.environ.get(PARENT_ENV) or None
 ABBREVIATIONS = {"batch_size": "b", "weight_decay": "wd", "label_smoothing": "ls", "image_size": "px"}
 
 
@@ -85,7 +92,7 @@ class SweepRun(Callback):
         self.run_id = tracking.start_parent_run(
             config.tracking.uri, config.tracking.experiment, name,
             {"imgclf.role": "sweep", "imgclf.sweep": str(sweep_dir)}, params)
-        os.environ[tracking.PARENT_ENV] = self.run_id  # jobs (and joblib/submitit workers) inherit it
+        os.environ[PARENT_ENV] = self.run_id  # jobs (and joblib/submitit workers) inherit it
         os.environ[SWEPT_ENV] = ",".join(space)
         log.info("sweep parent run %s (%s), search space %s", self.run_id, name, json.dumps(space))
         # Hydra skips on_multirun_end when the sweep is interrupted or raises: the parent must not stay RUNNING
@@ -99,7 +106,7 @@ class SweepRun(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
             return
-        os.environ.pop(tracking.PARENT_ENV, None)
+        os.environ.pop(PARENT_ENV, None)
         os.environ.pop(SWEPT_ENV, None)
         uri, experiment = config.tracking.uri, config.tracking.experiment
         children = runs.list_runs(uri, experiment, parent=self.run_id)
@@ -117,8 +124,8 @@ class SweepRun(Callback):
                      metrics[OBJECTIVE], best.name)
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
         run_id, self.run_id = self.run_id, None
-        tracking.finish_parent_run(uri, run_id, "FINISHED" if done else "FAILED", metrics, tags, params,
-                                   [results] if results.is_file() else [])
+        tracking.finish_parent_run(uri, run_id, "FINISHED" if done else "FAILED", metrics=metrics, tags=tags,
+                                   params=params, artifacts=[results] if results.is_file() else [])
         if not done:  # a sweep where nothing trained is a failure, for CI and scripts too
             print(f"error: all {len(children)} jobs of the sweep failed (parent run {run_id})", file=sys.stderr)
             sys.exit(1)

@@ -9,17 +9,19 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import mlflow
 from mlflow.tracking import MlflowClient
+
+from . import serving
+from .errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 LOCK_RETRIES = 12           # ~30 s of backoff: parallel jobs each hold SQLite's write lock for milliseconds
-PARENT_ENV = "IMGCLF_PARENT_RUN_ID"  # set by the sweep callback; new runs become children of that run
 MAX_PARAM_LENGTH = 6000
 SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|credential)", re.IGNORECASE)
 URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
@@ -114,16 +116,16 @@ def configure(uri: str, experiment: str | None = None) -> None:
 
 
 @contextmanager
-def run(uri: str, experiment: str | None = None, run_id: str | None = None, run_name: str | None = None,
-        tags: Mapping[str, str] | None = None) -> Iterator[str]:
+def run(uri: str, experiment: str | None = None, *, run_id: str | None = None, run_name: str | None = None,
+        tags: Mapping[str, str] | None = None, parent_id: str | None = None) -> Iterator[str]:
     """Start (or, with `run_id`, reopen) a run; it ends FINISHED, KILLED on interrupt, FAILED on error.
 
-    In a sweep (IMGCLF_PARENT_RUN_ID, set by imgclf.sweeps), a new run is a child of the sweep's parent run.
+    A new run with `parent_id` (a sweep's parent run, imgclf.sweeps) is its child in the MLflow UI.
     """
     configure(uri, None if run_id else experiment)
     tags = dict(tags or {})
-    if run_id is None and os.environ.get(PARENT_ENV):
-        tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+    if run_id is None and parent_id:
+        tags["mlflow.parentRunId"] = parent_id
     active = retry_locked(mlflow.start_run, run_id=run_id, run_name=None if run_id else run_name, tags=tags)
     try:
         yield active.info.run_id
@@ -158,9 +160,9 @@ def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, st
     return run.info.run_id
 
 
-def finish_parent_run(uri: str, run_id: str, status: str, metrics: Mapping[str, float] | None = None,
+def finish_parent_run(uri: str, run_id: str, status: str, *, metrics: Mapping[str, float] | None = None,
                       tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
-                      artifacts: list[Path] = ()) -> None:
+                      artifacts: Sequence[Path] = ()) -> None:
     """Log a sweep's outcome (best trial, counts, search results) on its parent run and end it."""
     client = MlflowClient(tracking_uri=resolve_uri(uri))
     for key, value in (metrics or {}).items():
@@ -198,11 +200,6 @@ def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> No
     mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
 
 
-def get_run(uri: str, run_id: str):
-    """The run's data and info, for checks and reports."""
-    return MlflowClient(tracking_uri=resolve_uri(uri)).get_run(run_id)
-
-
 def _served_model_class():
     """The pyfunc class, defined on first use: importing mlflow.pyfunc (and defining a PythonModel) makes MLflow
     warn about type hints, which every stage would print otherwise; the signature is given explicitly instead."""
@@ -212,27 +209,20 @@ def _served_model_class():
         """The exported ONNX network as an MLflow model: RGB uint8 images (N, S, S, 3) in, class probabilities out."""
 
         def load_context(self, context) -> None:
-            import json
-
-            import numpy as np
             import onnxruntime as ort
 
             self.session = ort.InferenceSession(context.artifacts["onnx"], providers=["CPUExecutionProvider"])
-            spec = json.loads(Path(context.artifacts["preprocessing"]).read_text())
-            self.labels = Path(context.artifacts["labels"]).read_text().split("\n")[:-1]
-            self.mean = np.asarray(spec["mean"], np.float32).reshape(1, 3, 1, 1)
-            self.std = np.asarray(spec["std"], np.float32).reshape(1, 3, 1, 1)
+            self.spec = serving.ServingSpec.read(Path(context.artifacts["onnx"]).parent)
 
         def predict(self, context, model_input, params=None):
             import numpy as np
             import pandas as pd
 
-            x = np.asarray(model_input, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
-            logits = self.session.run(["logits"], {"images": (x - self.mean) / self.std})[0]
-            exp = np.exp(logits - logits.max(1, keepdims=True))
-            probs = pd.DataFrame(exp / exp.sum(1, keepdims=True), columns=self.labels)
-            probs["label"] = [self.labels[i] for i in logits.argmax(1)]
-            return probs
+            x = self.spec.normalize_images(np.asarray(model_input, dtype=np.uint8))
+            probs = serving.softmax(self.session.run(["logits"], {"images": x})[0])
+            table = pd.DataFrame(probs, columns=self.spec.class_names)
+            table["label"] = [self.spec.class_names[i] for i in probs.argmax(1)]
+            return table
 
     return OnnxImageClassifier
 
@@ -244,7 +234,7 @@ def log_served_model(export_dir: str | Path, examples, registered_name: str | No
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     export_dir = Path(export_dir)
-    labels = (export_dir / "labels.txt").read_text().split("\n")[:-1]
+    labels = serving.ServingSpec.read(export_dir).class_names
     size = examples.shape[1]
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3))]),  # one unnamed tensor: {"inputs": [...]}
@@ -253,13 +243,20 @@ def log_served_model(export_dir: str | Path, examples, registered_name: str | No
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
         model = _served_model_class()()
-    info = mlflow.pyfunc.log_model(
-        name="model", python_model=model, signature=signature, input_example=examples,
-        artifacts={"onnx": str(export_dir / "model.onnx"), "labels": str(export_dir / "labels.txt"),
-                   "preprocessing": str(export_dir / "preprocessing.json")},
-        pip_requirements=["onnxruntime", "numpy", "pandas"],  # the class is pickled by value: no imgclf needed
-        registered_model_name=registered_name or None,
-    )
+    import cloudpickle
+
+    # serving.py travels inside the pickled class, so the served model needs no imgclf (numpy, pandas, onnxruntime)
+    cloudpickle.register_pickle_by_value(serving)
+    try:
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=model, signature=signature, input_example=examples,
+            artifacts={"onnx": str(export_dir / "model.onnx"), "labels": str(export_dir / serving.LABELS_FILE),
+                       "preprocessing": str(export_dir / serving.PREPROCESSING_FILE)},
+            pip_requirements=["onnxruntime", "numpy", "pandas"],
+            registered_model_name=registered_name or None,
+        )
+    finally:
+        cloudpickle.unregister_pickle_by_value(serving)
     return info.model_uri
 
 
@@ -276,7 +273,7 @@ def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
-        raise ValueError(str(exc.message).splitlines()[0]) from exc
+        raise BadInput(str(exc.message).splitlines()[0]) from exc
 
 
 def _query_client(uri: str) -> MlflowClient:
@@ -284,7 +281,7 @@ def _query_client(uri: str) -> MlflowClient:
     uri = resolve_uri(uri)
     path = _sqlite_path(uri)
     if path not in (None, "", ":memory:") and not Path(path).is_file():
-        raise FileNotFoundError(f"no MLflow database at {path} (tracking URI {uri})")
+        raise MissingInput(f"no MLflow database at {path} (tracking URI {uri})")
     return MlflowClient(tracking_uri=uri)
 
 
@@ -301,7 +298,7 @@ def search_runs(uri: str, experiment: str, filter_string: str = "") -> list[dict
         exp = client.get_experiment_by_name(experiment)
         if exp is None or exp.lifecycle_stage != "active":
             names = ", ".join(experiment_names(uri)) or "none"
-            raise ValueError(f"no experiment '{experiment}' in {uri}; experiments: {names}")
+            raise BadInput(f"no experiment '{experiment}' in {uri}; experiments: {names}")
         runs, token = [], None
         while True:
             page = client.search_runs([exp.experiment_id], filter_string, max_results=SEARCH_PAGE_SIZE,

@@ -9,11 +9,25 @@ import shutil
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
+from .errors import BadInput
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+PARALLEL_MIN_ITEMS = 2000  # below that, starting processes costs more than it saves
+
+
+def parallel_map(fn: Callable, items: Sequence, workers: int | None = None, chunksize: int = 128) -> Iterator:
+    """map(fn, items) in order, across processes when there are enough items to pay for starting them."""
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(items) < PARALLEL_MIN_ITEMS:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(fn, items, chunksize=chunksize)
 
 
 @contextmanager
@@ -76,11 +90,11 @@ def resolve_device(name: str) -> "torch.device":
     import torch
 
     if name not in DEVICES:
-        raise ValueError(f"unknown trainer.device '{name}'; choose one of: {', '.join(DEVICES)}")
+        raise BadInput(f"unknown trainer.device '{name}'; choose one of: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
+        raise BadInput("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
     return torch.device(name)
 
 

@@ -65,8 +65,8 @@ def test_folder_errors_are_clear(tmp_path, monkeypatch, compose_cfg):
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
-    from imgclf.data.folder import check_image
+    from imgclf.data.folder import inspect_image
 
     Image.new("L", (100, 100)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
-    assert check_image(tmp_path / "big.png") == "decompression bomb"
+    assert inspect_image(tmp_path / "big.png") == ("decompression bomb", None)

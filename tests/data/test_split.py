@@ -44,10 +44,10 @@ def test_index_files_round_trip_and_hash(tmp_path):
 
 
 def test_load_split_decodes_resizes_and_batches(tiny_project):
-    ds = load_split("data", "tiny", "train", "full", image_size=16)
+    ds = load_split("data/tiny", "train", "full", image_size=16)
     assert ds.images.shape == (36, 3, 16, 16) and ds.images.dtype == torch.uint8
     assert sorted(Counter(ds.labels.tolist()).values()) == [12, 12, 12]
-    sample = load_split("data", "tiny", "train", "sample", image_size=16)
+    sample = load_split("data/tiny", "train", "sample", image_size=16)
     assert len(sample) == 12
     images, labels = next(iter(build_loader(ds, 8, shuffle=False)))
     assert images.shape == (8, 3, 16, 16) and torch.equal(labels, ds.labels[:8])
@@ -55,9 +55,9 @@ def test_load_split_decodes_resizes_and_batches(tiny_project):
     assert len(cached) == 2 and cached[0].startswith("full-train-16px-") and cached[1].startswith("sample-train-16px-")
     import numpy as np
     np.save(tiny_project / "data/tiny/cache" / cached[0], np.zeros((36, 16, 16, 3), np.uint8))
-    assert load_split("data", "tiny", "train", "full", image_size=16).images.sum() == 0  # served from the cache
-    assert load_split("data", "tiny", "train", "full", image_size=20).images.shape[-1] == 20  # new size, new pack
+    assert load_split("data/tiny", "train", "full", image_size=16).images.sum() == 0  # served from the cache
+    assert load_split("data/tiny", "train", "full", image_size=20).images.shape[-1] == 20  # new size, new pack
     with pytest.raises(ValueError, match="unknown data.subset 'half'"):
-        load_split("data", "tiny", "train", "half", image_size=16)
+        load_split("data/tiny", "train", "half", image_size=16)
     with pytest.raises(FileNotFoundError, match="run the split stage"):
-        load_split("data", "missing", "train", "full", image_size=16)
+        load_split("data/missing", "train", "full", image_size=16)

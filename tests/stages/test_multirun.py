@@ -33,8 +33,8 @@ def best_of(children):
 def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, project_env):
     parent, children, _, sweep_dir = multirun(tiny_project, project_env, "optim.lr=0.001,0.0003,0.0001")
     assert sorted(c.data.params["optim.lr"] for c in children) == ["0.0001", "0.0003", "0.001"]
-    assert sorted(c.info.run_name for c in children) == ["alexnet-tiny-lr1e-3-b8", "alexnet-tiny-lr1e-4-b8",
-                                                         "alexnet-tiny-lr3e-4-b8"]
+    assert sorted(c.info.run_name for c in children) == ["test_resnet-tiny-lr1e-3-b8", "test_resnet-tiny-lr1e-4-b8",
+                                                         "test_resnet-tiny-lr3e-4-b8"]
     assert {c.data.tags["imgclf.sweep"] for c in children} == {str(sweep_dir), parent.data.tags["imgclf.sweep"]}
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
     assert parent.info.run_name == "sweep-lr" and parent.data.params["sweep.space.optim.lr"] == \
@@ -65,15 +65,15 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
 
 
 def test_a_failing_job_is_a_failed_run_and_the_sweep_goes_on(tiny_project, project_env):
-    parent, children, proc, _ = multirun(tiny_project, project_env, "model.image_size=32,64")
-    status = {c.data.params.get("model.image_size"): c.info.status for c in children}
-    assert status == {"32": "FAILED", "64": "FINISHED"}
-    assert "model.image_size=32 is too small for alexnet" in proc.stderr
+    parent, children, proc, _ = multirun(tiny_project, project_env, "finetune.strategy=partial,full")
+    status = {c.data.params.get("finetune.strategy"): c.info.status for c in children}
+    assert status == {"partial": "FAILED", "full": "FINISHED"}
+    assert "unknown finetune.strategy 'partial'; choose one of: head, full, gradual" in proc.stderr
     assert parent.data.metrics["sweep/failed"] == 1 and parent.data.metrics["sweep/finished"] == 1
 
 
 def test_a_sweep_where_every_job_fails_exits_nonzero(tiny_project, project_env):
-    parent, children, proc, _ = multirun(tiny_project, project_env, "model.image_size=16,32", returncode=1)
+    parent, children, proc, _ = multirun(tiny_project, project_env, "finetune.strategy=partial,frozen", returncode=1)
     assert [c.info.status for c in children] == ["FAILED", "FAILED"] and parent.info.status == "FAILED"
     assert "error: all 2 jobs of the sweep failed" in proc.stderr
 

@@ -9,9 +9,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from imgclf.engine import NonFiniteLoss
+from imgclf.errors import BadInput
 from imgclf.stages.evaluate import evaluate
 from imgclf.stages.export import export
 from imgclf.stages.train import train
+
+from ..conftest import TINY_DATA
 
 
 def artifact_paths(client, run_id, path=None):
@@ -29,7 +33,7 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     assert [int(h["epoch"]) for h in history] == [1, 2]
     assert best == max(float(h["val/acc"]) for h in history)
     ckpt = torch.load(tiny_project / "models/model.pt", weights_only=True)
-    assert ckpt["class_names"] == ["a", "b", "c"] and ckpt["arch"] == "alexnet" and ckpt["image_size"] == 64
+    assert ckpt["class_names"] == ["a", "b", "c"] and ckpt["arch"] == "test_resnet" and ckpt["image_size"] == 32
     assert ckpt["config"]["trainer"]["epochs"] == 2
 
     test_acc = evaluate(cfg)
@@ -60,20 +64,20 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     assert set(latency) == {"pytorch", "onnxruntime", "torchscript"}
     assert all(f["b1_ms"] > 0 and f["b32_images_per_sec"] > 0 for f in latency.values())
     scripted = torch.jit.load(str(tiny_project / "models/export/model.ts"))
-    assert scripted(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+    assert scripted(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
     exported = tiny_project / "models/export"
     assert (exported / "labels.txt").read_text().split() == ["a", "b", "c"]
     spec = json.loads((exported / "preprocessing.json").read_text())
-    assert spec["image_size"] == 64 and spec["mean"] == [0.485, 0.456, 0.406]
+    assert spec["image_size"] == 32 and spec["mean"] == ckpt["mean"] and spec["std"] == ckpt["std"]
     session = ort.InferenceSession(str(exported / "model.onnx"))
-    assert session.run(None, {"images": np.zeros((5, 3, 64, 64), np.float32)})[0].shape == (5, 3)  # dynamic batch
+    assert session.run(None, {"images": np.zeros((5, 3, 32, 32), np.float32)})[0].shape == (5, 3)  # dynamic batch
 
     # the MLflow model: registered, loads back through pyfunc, predicts what onnxruntime predicts
     import mlflow
     mlflow.set_tracking_uri(cfg.tracking.uri)
     served = mlflow.pyfunc.load_model(f"models:/{cfg.export.registered_name}/1")
     images = np.stack([np.asarray(Image.open(tiny_project / "data/tiny/images" / r["path"]).convert("RGB")
-                                  .resize((64, 64), Image.Resampling.BILINEAR)) for r in rows])
+                                  .resize((32, 32), Image.Resampling.BILINEAR)) for r in rows])
     out = served.predict(images)
     np.testing.assert_allclose(out[["a", "b", "c"]].to_numpy(), [[float(r[f"p_{c}"]) for c in "abc"] for r in rows],
                                atol=1e-4)
@@ -81,14 +85,14 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "alexnet-tiny-lr5e-4-b8"  # what differs, compactly
+    assert run.info.status == "FINISHED" and run.info.run_name == "test_resnet-tiny-lr5e-4-b8"  # what differs, compactly
     params = run.data.params
     assert params["optim.lr"] == str(cfg.optim.lr) and params["trainer.epochs"] == "2" and params["data.name"] == "tiny"
     assert [m.step for m in client.get_metric_history(run_id, "val/acc")] == [1, 2]
     assert run.data.metrics["test/acc"] == test_acc
     assert run.data.metrics["export/onnx_max_abs_diff"] == report["export/onnx_max_abs_diff"]
     tags = run.data.tags
-    assert tags["imgclf.dataset"] == "tiny" and tags["imgclf.model"] == "alexnet"
+    assert tags["imgclf.dataset"] == "tiny" and tags["imgclf.model"] == "test_resnet"
     assert len(tags["imgclf.data_version"]) == 16
     assert {"train/config.yaml", "train/history.csv", "train/curves.png", "train/labels.txt", "checkpoint/model.pt",
             "evaluate/confusion_matrix.png", "evaluate/predictions.csv", "evaluate/top_losses.png",
@@ -109,7 +113,7 @@ def test_same_config_twice_gives_identical_metrics(tiny_cfg, tiny_project):
 
 def test_failing_train_marks_run_failed(tiny_cfg, tiny_project):
     cfg = tiny_cfg("optim.lr=1e30", "trainer.epochs=1")  # diverges: a NaN/inf loss stops the run
-    with pytest.raises(Exception):
+    with pytest.raises(NonFiniteLoss, match="loss is (nan|inf) at epoch 1 step"):
         train(cfg)
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
@@ -117,6 +121,6 @@ def test_failing_train_marks_run_failed(tiny_cfg, tiny_project):
     assert not (tiny_project / "models/model.pt").exists()
 
 
-def test_too_small_image_size_is_refused(tiny_cfg):
-    with pytest.raises(ValueError, match="too small for alexnet; it needs at least 63 px"):
-        train(tiny_cfg("model.image_size=32"))
+def test_too_small_image_size_is_refused(tiny_project, compose_cfg):
+    with pytest.raises(BadInput, match="too small for alexnet; it needs at least 63 px"):
+        train(compose_cfg(*TINY_DATA, "model=alexnet", "model.image_size=32"))

@@ -11,6 +11,7 @@ from PIL import Image
 
 from . import TEST_LIST
 from .download import download, extract, verify
+from ..errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ TEST_BATCH = "test_batch"
 
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path.name} missing from {path.parent}; the archive is incomplete")
+        raise MissingInput(f"{path.name} missing from {path.parent}; the archive is incomplete")
     with path.open("rb") as f:
         return pickle.load(f, encoding="bytes")  # Python 2 pickles: keys are bytes
 
@@ -32,9 +33,9 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = _unpickle(path)
     data, labels = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path.name}: data rows have shape {data.shape}, expected (N, 3072)")
+        raise BadInput(f"{path.name}: data rows have shape {data.shape}, expected (N, 3072)")
     if len(labels) != len(data):
-        raise ValueError(f"{path.name}: {len(data)} rows but {len(labels)} labels")
+        raise BadInput(f"{path.name}: {len(data)} rows but {len(labels)} labels")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
@@ -49,7 +50,7 @@ def fetch_cifar10(out_dir: str | Path, mirrors: Sequence[str], checksums: Mappin
     if archive:
         path = Path(archive)
         if not path.is_file():
-            raise FileNotFoundError(f"data.archive={archive} does not exist")
+            raise MissingInput(f"data.archive={archive} does not exist")
         verify(path, checksums.get(ARCHIVE))
     else:
         path = download(ARCHIVE, mirrors, download_dir, checksums.get(ARCHIVE))
@@ -59,7 +60,7 @@ def fetch_cifar10(out_dir: str | Path, mirrors: Sequence[str], checksums: Mappin
     for batch_name in (*TRAIN_BATCHES, TEST_BATCH):
         images, labels = read_batch(batch_dir / batch_name)
         if labels.size and labels.max() >= len(names):
-            raise ValueError(f"{batch_name}: label {labels.max()} but batches.meta names {len(names)} classes")
+            raise BadInput(f"{batch_name}: label {labels.max()} but batches.meta names {len(names)} classes")
         for i, (image, label) in enumerate(zip(images, labels)):
             rel = f"{names[label]}/{batch_name}_{i:05d}.png"
             (out_dir / names[label]).mkdir(parents=True, exist_ok=True)

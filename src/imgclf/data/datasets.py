@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from . import IMAGE_DIR, SPLIT_DIR, dataset_dir
-
-CACHE_DIR = "cache"  # data/<ds>/cache/: packed, resized splits; derived data, safe to delete
+from ..paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
+from ..utils import parallel_map
 from .split import read_index, read_labels
+from ..errors import BadInput
 
 
 class TensorImageDataset(Dataset):
@@ -54,15 +54,9 @@ def decode_all(paths: list[Path], image_size: int, interpolation: str = "bilinea
                workers: int | None = None) -> np.ndarray:
     """Decode and resize every image into one (N, S, S, 3) uint8 array, in parallel for big sets."""
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    workers = workers or os.cpu_count() or 1
-    if workers > 1 and len(paths) >= 2000:  # below that, starting processes costs more than it saves
-        with ProcessPoolExecutor(workers) as pool:
-            for i, array in enumerate(pool.map(decode_image, paths, [image_size] * len(paths),
-                                                   [interpolation] * len(paths), chunksize=128)):
-                images[i] = array
-    else:
-        for i, path in enumerate(paths):
-            images[i] = decode_image(path, image_size, interpolation)
+    decode = partial(decode_image, image_size=image_size, interpolation=interpolation)
+    for i, array in enumerate(parallel_map(decode, paths, workers)):
+        images[i] = array
     return images
 
 
@@ -83,12 +77,12 @@ def packed_split(root: Path, index_file: Path, rows: list[tuple[str, str]], imag
     return images
 
 
-def load_split(data_root: str | Path, name: str, split: str, subset: str, image_size: int,
+def load_split(root: str | Path, split: str, subset: str, image_size: int,
                interpolation: str = "bilinear") -> TensorImageDataset:
-    """Load one split (`train|val|test`) of a data set, full or its `sample` subset, into memory."""
+    """Load one split (`train|val|test`) of the data set in `root`, full or its `sample` subset, into memory."""
     if subset not in ("full", "sample"):
-        raise ValueError(f"unknown data.subset '{subset}'; choose one of: full, sample")
-    root = dataset_dir(data_root, name)
+        raise BadInput(f"unknown data.subset '{subset}'; choose one of: full, sample")
+    root = Path(root)
     split_dir = root / SPLIT_DIR / ("sample" if subset == "sample" else "")
     index_file = split_dir / f"{split}.csv"
     rows = read_index(index_file)
@@ -96,7 +90,7 @@ def load_split(data_root: str | Path, name: str, split: str, subset: str, image_
     class_to_idx = {c: i for i, c in enumerate(class_names)}
     unknown = sorted({label for _, label in rows} - class_to_idx.keys())
     if unknown:
-        raise ValueError(f"{index_file} has labels {unknown} missing from labels.txt")
+        raise BadInput(f"{index_file} has labels {unknown} missing from labels.txt")
     images = packed_split(root, index_file, rows, image_size, f"{subset}-{split}", interpolation)
     labels = torch.tensor([class_to_idx[label] for _, label in rows], dtype=torch.int64)
     return TensorImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, [r for r, _ in rows])
@@ -114,7 +108,7 @@ def build_loader(
     from ..distributed import ShardedBatchSampler, rank, shard_for_eval, world_size
 
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"trainer.batch_size must be a positive integer; got {batch_size!r}")
+        raise BadInput(f"trainer.batch_size must be a positive integer; got {batch_size!r}")
     if shuffle:
         sampler = ShardedBatchSampler(len(dataset), batch_size, True, generator, rank(), world_size())
     else:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .download import extract
 from .kaggle_client import download_competition
+from ..errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def unpack(archive: Path, work: Path) -> tuple[Path, Path | None]:
             extract(path, path.parent)
     train = _find(work, "train")
     if train is None or not train.is_dir():
-        raise ValueError(f"{archive} holds no train/ folder (from train.zip); expected Kaggle's dogs-vs-cats layout")
+        raise BadInput(f"{archive} holds no train/ folder (from train.zip); expected Kaggle's dogs-vs-cats layout")
     test1 = _find(work, "test1")
     return train, test1 if test1 is not None and test1.is_dir() else None
 
@@ -44,7 +45,7 @@ def fetch_dogs_vs_cats(out_dir: str | Path, archive: str | None, download_dir: s
     if archive:
         archive_path = Path(archive)
         if not archive_path.is_file():
-            raise FileNotFoundError(f"data.archive={archive} does not exist; {HOW_TO_GET}")
+            raise MissingInput(f"data.archive={archive} does not exist; {HOW_TO_GET}")
     else:
         archive_path = download_competition(competition, download_dir)
     work = Path(download_dir) / "extracted"

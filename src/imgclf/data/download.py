@@ -11,17 +11,18 @@ import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Mapping, Sequence
+from ..errors import BadInput, UserError
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """No mirror could serve a file."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(BadInput):
     """A file's digest differs from the expected one."""
 
 
@@ -31,7 +32,7 @@ def parse_checksum(value: str) -> tuple[str, str]:
     digest = digest.strip().lower()
     algo = algo.lower() or {32: "md5", 64: "sha256"}.get(len(digest), "")
     if algo not in ("md5", "sha256") or len(digest) != {"md5": 32, "sha256": 64}[algo]:
-        raise ValueError(f"bad checksum '{value}'; use an md5 (32 hex) or sha256 (64 hex) digest, "
+        raise BadInput(f"bad checksum '{value}'; use an md5 (32 hex) or sha256 (64 hex) digest, "
                          "optionally prefixed 'md5:' or 'sha256:'")
     return algo, digest
 
@@ -108,7 +109,7 @@ def fetch_files(files: Mapping[str, str | None], mirrors: Sequence[str], dest_di
 def _inside(root: Path, name: str) -> Path:
     target = (root / name).resolve()
     if target != root and root not in target.parents:
-        raise ValueError(f"archive member '{name}' would be written outside {root}; refusing to extract")
+        raise BadInput(f"archive member '{name}' would be written outside {root}; refusing to extract")
     return target
 
 
@@ -127,8 +128,8 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
             for member in tf.getmembers():
                 _inside(root, member.name)
                 if member.issym() or member.islnk():
-                    raise ValueError(f"archive member '{member.name}' is a link; refusing to extract")
+                    raise BadInput(f"archive member '{member.name}' is a link; refusing to extract")
             tf.extractall(dest, filter="data")
     else:
-        raise ValueError(f"{archive} is neither a zip nor a tar archive")
+        raise BadInput(f"{archive} is neither a zip nor a tar archive")
     return dest

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import warnings
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from ..utils import parallel_map
+from ..errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +60,17 @@ def inspect_image(path: Path) -> tuple[str | None, ImageInfo | None]:
         return f"corrupt ({type(exc).__name__})", None
 
 
-def check_image(path: Path) -> str | None:
-    """Return None if `path` decodes as an image, else the reason it does not."""
-    return inspect_image(path)[0]
-
-
-def _inspect_all(paths: list[Path], workers: int) -> list[tuple[str | None, ImageInfo | None]]:
-    if workers <= 1 or len(paths) < 2000:  # below that, starting processes costs more than it saves
-        return [inspect_image(p) for p in paths]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(inspect_image, paths, chunksize=256))
-
-
 def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderScan:
     """List every decodable image in root/<class>/...; hidden files are ignored, bad ones recorded."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise MissingInput(f"image folder {root} does not exist")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:
-        raise ValueError(f"{root} has {len(class_dirs)} class sub-folder(s); a classifier needs at least 2")
+        raise BadInput(f"{root} has {len(class_dirs)} class sub-folder(s); a classifier needs at least 2")
     files = [(cls_dir, p) for cls_dir in class_dirs
              for p in sorted(cls_dir.rglob("*")) if p.is_file() and not _hidden(p, cls_dir)]
-    results = _inspect_all([p for _, p in files], workers or os.cpu_count() or 1)
+    results = list(parallel_map(inspect_image, [p for _, p in files], workers, chunksize=256))
     scan = FolderScan(items=[], class_names=[d.name for d in class_dirs])
     for (cls_dir, path), (reason, info) in zip(files, results):
         rel = path.relative_to(root).as_posix()
@@ -92,7 +81,7 @@ def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderSca
             scan.info[rel] = info
     empty = sorted(set(scan.class_names) - {label for _, label in scan.items})
     if empty:
-        raise ValueError(f"class folder {root / empty[0]} has no readable images; remove it or add images")
+        raise BadInput(f"class folder {root / empty[0]} has no readable images; remove it or add images")
     if scan.skipped:
         log.warning("skipped %d unreadable files under %s: %s", len(scan.skipped), root, scan.skipped_counts())
     return scan
@@ -106,7 +95,7 @@ def copy_class_folders(src: str | Path, out_dir: str | Path, exclude=(), prefix:
     """Copy src/<class>/... into out_dir/<class>/<prefix><file> (hidden and excluded classes left out)."""
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_dir():
-        raise FileNotFoundError(f"data.path {src} is not a directory; point it at a folder of class sub-folders")
+        raise MissingInput(f"data.path {src} is not a directory; point it at a folder of class sub-folders")
     copied = []
     for cls_dir in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if cls_dir.name in exclude:
@@ -125,7 +114,7 @@ def fetch_folder(out_dir: str | Path, path: str | None, val_path: str | None = N
     from . import TEST_LIST, VAL_LIST
 
     if not path:
-        raise ValueError("data=folder needs data.path=/path/to/folder (one sub-folder per class)")
+        raise BadInput("data=folder needs data.path=/path/to/folder (one sub-folder per class)")
     total = len(copy_class_folders(path, out_dir, exclude))
     for extra, name, listing in ((val_path, "val", VAL_LIST), (test_path, "test", TEST_LIST)):
         if extra:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from ..errors import AccessDenied, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def download_competition(competition: str, dest_dir: str | Path) -> Path:
         return archive
     source = credentials_source()
     if source is None:
-        raise PermissionError(f"no Kaggle credentials found (looked at KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
+        raise AccessDenied(f"no Kaggle credentials found (looked at KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
                               f"{config_dir()}/kaggle.json): {TOKEN_HELP}")
     from kaggle.api.kaggle_api_extended import KaggleApi
     from requests.exceptions import HTTPError
@@ -51,12 +52,12 @@ def download_competition(competition: str, dest_dir: str | Path) -> Path:
     except HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status == 401:
-            raise PermissionError(f"Kaggle rejected the credentials from {source} (401): {TOKEN_HELP}") from None
+            raise AccessDenied(f"Kaggle rejected the credentials from {source} (401): {TOKEN_HELP}") from None
         if status == 403:
-            raise PermissionError(f"Kaggle refused the download of '{competition}' (403): accept the competition "
+            raise AccessDenied(f"Kaggle refused the download of '{competition}' (403): accept the competition "
                                   f"rules at https://www.kaggle.com/c/{competition}/rules with this account, "
                                   "then run fetch again") from None
         raise
     if not archive.is_file():
-        raise FileNotFoundError(f"the kaggle client finished but {archive} is missing")
+        raise MissingInput(f"the kaggle client finished but {archive} is missing")
     return archive

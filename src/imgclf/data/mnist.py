@@ -13,6 +13,7 @@ from PIL import Image
 
 from . import TEST_LIST
 from .download import fetch_files
+from ..errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,16 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
         with gzip.open(path) as f:
             data = f.read()
     except (EOFError, OSError, zlib.error) as exc:
-        raise ValueError(f"{path.name}: truncated or corrupt gzip ({exc})") from exc
+        raise BadInput(f"{path.name}: truncated or corrupt gzip ({exc})") from exc
     if len(data) < 4 or struct.unpack(">I", data[:4])[0] != magic:
         found = data[:4].hex() if len(data) >= 4 else "nothing"
-        raise ValueError(f"{path.name}: bad IDX magic {found}, expected {magic:08x}")
+        raise BadInput(f"{path.name}: bad IDX magic {found}, expected {magic:08x}")
     ndim = data[3]
     header = 4 + 4 * ndim
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected = int(np.prod(dims))
     if len(data) - header != expected:
-        raise ValueError(f"{path.name}: header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
+        raise BadInput(f"{path.name}: header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
                          f"file has {len(data) - header}; the file is truncated or corrupt")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -48,10 +49,10 @@ def read_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndar
     """Images (N, H, W) and labels (N,) of one MNIST split, checked against each other."""
     images, labels = read_idx(images_path, IMAGES_MAGIC), read_idx(labels_path, LABELS_MAGIC)
     if len(images) != len(labels):
-        raise ValueError(f"{Path(images_path).name} has {len(images)} images but "
+        raise BadInput(f"{Path(images_path).name} has {len(images)} images but "
                          f"{Path(labels_path).name} has {len(labels)} labels")
     if labels.size and labels.max() > 9:
-        raise ValueError(f"{Path(labels_path).name}: label {labels.max()} is not a digit")
+        raise BadInput(f"{Path(labels_path).name}: label {labels.max()} is not a digit")
     return images, labels
 
 

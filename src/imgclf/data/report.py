@@ -1,6 +1,7 @@
 """The split stage's data report (DIGITS' "Explore the db"): counts, sizes, samples, skipped files, leakage."""
 from __future__ import annotations
 
+import csv
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -41,6 +42,22 @@ def cross_split_duplicates(splits: Mapping[str, list[tuple[str, str]]], info: Ma
             for d, members in sorted(by_digest.items()) if len({s for s, _ in members}) > 1]
 
 
+def write_data_report(out_dir: Path, image_root: Path, scan: FolderScan,
+                      splits: Mapping[str, list[tuple[str, str]]], report: dict) -> None:
+    """reports/split/: report.json, class_counts.csv and .png, samples.png (what `dvc plots` shows, MLflow logs)."""
+    from ..plots import plot_class_counts, plot_samples
+    from ..utils import atomic_path, write_json
+
+    rows = class_counts(splits, scan.class_names)
+    write_json(out_dir / "report.json", report)
+    with atomic_path(out_dir / "class_counts.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "split", "images"])
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_class_counts(rows, out_dir / "class_counts.png")
+    plot_samples(image_root, splits["train"], scan.class_names, out_dir / "samples.png")
+
+
 def build_report(scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]]) -> dict:
     dups = cross_split_duplicates(splits, scan.info)
     return {
@@ -51,46 +68,3 @@ def build_report(scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]]) 
         "skipped": {"counts": scan.skipped_counts(), "files": [{"path": p, "reason": r} for p, r in scan.skipped]},
         "cross_split_duplicates": {"groups": len(dups), "examples": dups[:50]},
     }
-
-
-def plot_class_counts(rows: list[dict], path: str | Path) -> None:
-    """Grouped bars: images per class, one colour per split."""
-    from ..plots import _pyplot, _save
-
-    plt = _pyplot()
-    classes = list(dict.fromkeys(r["class"] for r in rows))
-    x = np.arange(len(classes))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(classes) + 2), 4))
-    width = 0.8 / len(SPLITS)
-    for k, split in enumerate(SPLITS):
-        counts = [r["images"] for r in rows if r["split"] == split]
-        ax.bar(x + k * width, counts, width, label=split)
-    ax.set_xticks(x + width, classes, rotation=90 if len(classes) > 12 else 0)
-    ax.set(ylabel="images", title="images per class per split")
-    ax.legend()
-    _save(fig, Path(path))
-
-
-def plot_samples(image_root: Path, items: list[tuple[str, str]], class_names: Sequence[str], path: str | Path,
-                 per_class: int = 8, max_classes: int = 20) -> None:
-    """A grid: one row per class (first `max_classes`), `per_class` training images each."""
-    from PIL import Image
-
-    from ..plots import _pyplot, _save
-
-    plt = _pyplot()
-    shown = list(class_names)[:max_classes]
-    by_class: dict[str, list[str]] = defaultdict(list)
-    for p, label in items:
-        if label in shown and len(by_class[label]) < per_class:
-            by_class[label].append(p)
-    fig, axes = plt.subplots(len(shown), per_class, figsize=(per_class * 1.1, len(shown) * 1.1), squeeze=False)
-    for r, label in enumerate(shown):
-        for c in range(per_class):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(by_class[label]):
-                with Image.open(image_root / by_class[label][c]) as img:
-                    ax.imshow(img.convert("RGB"))
-        axes[r][0].set_title(label, fontsize=8, loc="left")
-    _save(fig, Path(path))

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..serving import LABELS_FILE, format_labels, parse_labels
 from . import SPLITS
+from ..errors import BadInput, MissingInput
 
 
 def _carve(items: list[tuple[str, str]], fraction: float, seed: int) -> tuple[list, list]:
@@ -19,7 +21,7 @@ def _carve(items: list[tuple[str, str]], fraction: float, seed: int) -> tuple[li
 
 def _check_fraction(name: str, fraction: float) -> None:
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"data.split.{name} must be between 0 and 1 (exclusive); got {fraction}")
+        raise BadInput(f"data.split.{name} must be between 0 and 1 (exclusive); got {fraction}")
 
 
 def stratified_split(
@@ -29,7 +31,7 @@ def stratified_split(
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"data.split.val_fraction + test_fraction must be below 1; got {val_fraction + test_fraction}")
+        raise BadInput(f"data.split.val_fraction + test_fraction must be below 1; got {val_fraction + test_fraction}")
     rest, test = _carve(items, test_fraction, seed)
     train, val = _carve(rest, val_fraction / (1.0 - test_fraction), seed)  # val_fraction is of the whole set
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
@@ -47,7 +49,7 @@ def split_with_fixed(
         wanted = set(paths)
         out[name] = [item for item in items if item[0] in wanted]
         if not out[name]:
-            raise ValueError(f"the fixed {name} list names no readable image")
+            raise BadInput(f"the fixed {name} list names no readable image")
     taken = {p for split in out.values() for p, _ in split}
     rest = [item for item in items if item[0] not in taken]
     for name, frac in (("test", test_fraction), ("val", val_fraction)):
@@ -61,7 +63,7 @@ def split_with_fixed(
 def sample_subset(items: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple[str, str]]:
     """Pick up to `per_class` items of each class (fast.ai's sample set)."""
     if per_class < 1:
-        raise ValueError(f"data.split.sample_per_class must be at least 1; got {per_class}")
+        raise BadInput(f"data.split.sample_per_class must be at least 1; got {per_class}")
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[tuple[str, str]]] = {}
     for item in items:
@@ -87,27 +89,27 @@ def read_index(path: str | Path) -> list[tuple[str, str]]:
     """Read a (path, label) CSV index written by write_index."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split index {path} not found; run the split stage first (dvc repro split)")
+        raise MissingInput(f"split index {path} not found; run the split stage first (dvc repro split)")
     with path.open(newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header != ["path", "label"]:
-            raise ValueError(f"{path} is not a split index: header {header}, expected ['path', 'label']")
+            raise BadInput(f"{path} is not a split index: header {header}, expected ['path', 'label']")
         return [(row[0], row[1]) for row in reader]
 
 
 def read_labels(path: str | Path) -> list[str]:
-    """Class names, one per line, in index order."""
+    """The split's class names (labels.txt, the serving contract's format), in index order."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"labels file {path} not found; run the split stage first (dvc repro split)")
-    return [line for line in path.read_text().splitlines() if line]
+        raise MissingInput(f"labels file {path} not found; run the split stage first (dvc repro split)")
+    return parse_labels(path.read_text())
 
 
 def write_split(out_dir: Path, splits: dict[str, list], class_names: list[str], sample_per_class: int, seed: int) -> None:
     """Write index CSVs, labels.txt and the sample/ subset of every split."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
+    (out_dir / LABELS_FILE).write_text(format_labels(class_names))
     for name in SPLITS:
         write_index(out_dir / f"{name}.csv", splits[name])
         write_index(out_dir / "sample" / f"{name}.csv", sample_subset(splits[name], sample_per_class, seed))

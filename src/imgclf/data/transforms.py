@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from ..errors import BadInput
 
 
-class RandomShift:
-    """Translate each image by up to `max_shift` px in x and y, filling with zeros (DIGITS' crop jitter)."""
+class RandomShiftFlip:
+    """Translate each image by up to `max_shift` px in x and y (zero fill), and mirror half of them with `hflip`."""
 
     def __init__(self, max_shift: int, hflip: bool = False, seed: int = 0):
         if max_shift < 0:
-            raise ValueError(f"data.augment.max_shift must be >= 0; got {max_shift}")
+            raise BadInput(f"data.augment.max_shift must be >= 0; got {max_shift}")
         self.max_shift, self.hflip = max_shift, hflip
         self.generator = torch.Generator().manual_seed(seed)  # its own stream: augmenting does not move the others
 
@@ -28,6 +29,6 @@ class RandomShift:
         return out
 
 
-def build_augment(max_shift: int = 0, hflip: bool = False, seed: int = 0) -> RandomShift | None:
+def build_augment(max_shift: int = 0, hflip: bool = False, seed: int = 0) -> RandomShiftFlip | None:
     """The training augmentation for a data set, or None when it does nothing."""
-    return RandomShift(max_shift, hflip, seed) if (max_shift or hflip) else None
+    return RandomShiftFlip(max_shift, hflip, seed) if (max_shift or hflip) else None

@@ -6,7 +6,7 @@ import logging
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ..data import DATA_ROOT, IMAGE_DIR, dataset_dir
+from ..paths import Paths
 from ..utils import atomic_path
 from ._app import stage_main
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def fetch(cfg: DictConfig) -> None:
-    out = dataset_dir(DATA_ROOT, cfg.data.name) / IMAGE_DIR
+    out = Paths.from_config(cfg.paths).images(cfg.data.name)
     # a partial, called here: errors reach the user as they are, not wrapped by Hydra
     fetcher = instantiate(cfg.data.fetch, _partial_=True, _convert_="all")
     with atomic_path(out) as tmp:  # a failed fetch leaves the previous images in place

@@ -1,10 +1,45 @@
-"""Learning-rate schedules, stepped once per batch, built from the epoch count and batches per epoch."""
+"""The learning rate in one place: parameter groups (head and backbone rates, no decay on norms and biases),
+the optimizer built from them, and the schedules stepped once per batch (conf/optim, conf/schedule,
+finetune.backbone_lr_divisor)."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+from .errors import BadInput
+from .models import head
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_divisor: float = 1.0) -> list[dict]:
+    """Optimizer groups: backbone at lr / backbone_lr_divisor, head at lr; no weight decay on norms and biases.
+
+    Decaying a bias or a norm's scale only pulls it towards 0, which regularises nothing (timm's
+    param_groups_weight_decay); the head group comes last, so head_lr() reads the rate the schedule sets.
+    """
+    if backbone_lr_divisor <= 0:
+        raise BadInput(f"finetune.backbone_lr_divisor must be > 0; got {backbone_lr_divisor}")
+    head_params = {id(p) for p in head(model).parameters()}
+    groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (True, False)}
+    for p in model.parameters():
+        groups[(id(p) in head_params, p.ndim > 1)].append(p)
+    return [{"params": params, "lr": lr if is_head else lr / backbone_lr_divisor,
+             "weight_decay": weight_decay if decay else 0.0}
+            for (is_head, decay), params in groups.items() if params]
+
+
+def build_optimizer(factory: Callable[[list[dict]], Optimizer], model: nn.Module, *, lr: float, weight_decay: float,
+                    backbone_lr_divisor: float = 1.0) -> Optimizer:
+    """`factory` (conf/optim's partial, e.g. torch.optim.AdamW) over param_groups()."""
+    return factory(param_groups(model, lr, weight_decay, backbone_lr_divisor))
+
+
+def head_lr(optimizer: Optimizer) -> float:
+    """The head's current rate: the one the schedule sets and the curves show."""
+    return optimizer.param_groups[-1]["lr"]
 
 
 def _warmup(step: int, warmup_steps: int) -> float:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from imgclf import schedules
+from imgclf import optim as schedules
 
 
 def lrs(factory, epochs=4, steps=10, **kw):

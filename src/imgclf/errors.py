@@ -1,0 +1,21 @@
+"""Errors a user can fix: bad input, a missing prerequisite, refused access. Stages print them as one line.
+
+Anything else is a bug and keeps its traceback (stages/_app.py).
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or a missing prerequisite: `error: <message>`, exit 1, no traceback."""
+
+
+class BadInput(UserError, ValueError):
+    """A config value out of range or a malformed input file; the message says what is valid."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    """A file the user names, or an earlier stage writes, is not there; the message says how to get it."""
+
+
+class AccessDenied(UserError, PermissionError):
+    """A service refused our credentials; the message says what to do."""

@@ -1,0 +1,152 @@
+"""A training run from start to finish: its MLflow run, what it resumes, a checkpoint after every epoch, and the
+outputs dvc.yaml declares. evaluate and export reopen the same MLflow run through models/run.json."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from . import distributed as dist
+from . import tracking
+from .checkpoint import Resumable, Resume, find_resume_checkpoint, load_training_state, save_training_state
+from .engine import FitState, NonFiniteLoss, Trainer, fit
+from .errors import MissingInput
+from .models import save_checkpoint
+from .paths import Paths
+from .plots import plot_curves
+from .utils import atomic_path, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+TRAIN_REPORTS = ("history.csv", "metrics.json", "curves.png", "config.yaml")  # under reports/train/
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """When fit() stops early: after `patience` epochs without a val/acc gain above `min_delta` (None: never)."""
+
+    patience: int | None = None
+    min_delta: float = 0.0
+
+
+class TrainingRun:
+    """One training run: rank 0 owns the MLflow run and writes checkpoints and outputs; other ranks only train."""
+
+    def __init__(self, paths: Paths, config_hash: str, resume: Resume | None = None):
+        self.paths, self.config_hash, self.resume = paths, config_hash, resume
+        self.run_id: str | None = None
+
+    @classmethod
+    def plan(cls, paths: Paths, resume: str, config_hash: str) -> "TrainingRun":
+        """`resume` is trainer.resume: auto continues paths.checkpoints/last.pt of the same config only."""
+        return cls(paths, config_hash, find_resume_checkpoint(resume, paths.checkpoints, config_hash))
+
+    @contextmanager
+    def open(self, uri: str, experiment: str, *, name: str, tags: Mapping[str, str], config: Mapping[str, Any],
+             parent_id: str | None = None) -> Iterator["TrainingRun"]:
+        """The MLflow run (the resumed one when resuming); ends FINISHED, FAILED or KILLED with the block."""
+        if not dist.is_main():
+            yield self
+            return
+        resumed = self.resume.state["run_id"] if self.resume else None
+        # the run opens first: a trial that fails on a bad combination is a FAILED run, not a missing one
+        with tracking.run(uri, experiment, run_id=resumed, run_name=name, tags=tags, parent_id=parent_id) as run_id:
+            self.run_id = run_id
+            if resumed is None:
+                tracking.log_config(config)
+            yield self
+
+    def restore(self, objects: Resumable) -> FitState:
+        """The resumed checkpoint loaded into `objects` (a fresh state when not resuming)."""
+        if self.resume is None:
+            return FitState()
+        state = load_training_state(self.resume, objects)
+        self.resume = None  # restored: let the checkpoint's tensors go
+        if dist.is_main() and state.history:
+            tracking.set_tags({"imgclf.resumed_after_epoch": state.epoch})
+            # a kill between the checkpoint and the metrics of its epoch would leave a gap in the curves
+            tracking.log_metrics({k: v for k, v in state.history[-1].items() if k != "epoch"}, step=state.epoch)
+        return state
+
+    def fit(self, trainer: Trainer, loaders: tuple, *, objects: Resumable, state: FitState, epochs: int,
+            stopping: Stopping = Stopping(), before_epoch: Callable[[int, Trainer], Trainer] | None = None) -> FitState:
+        """fit() with a checkpoint after every epoch, then the epoch's metrics into MLflow (rank 0)."""
+        main = dist.is_main()
+
+        def after_epoch(epoch: int, metrics: dict, fit_state: FitState) -> None:
+            if main:  # checkpoint first: a kill between the two leaves this epoch resumable
+                save_training_state(self.paths.checkpoints, fit_state, objects, run_id=self.run_id,
+                                    config_hash=self.config_hash, best_improved=fit_state.best_epoch == epoch)
+                tracking.log_metrics(metrics, step=epoch)
+
+        last = self.paths.checkpoints / "last.pt"
+        try:
+            return fit(trainer, *loaders, epochs, state, network=objects.model, patience=stopping.patience,
+                       min_delta=stopping.min_delta, before_epoch=before_epoch, after_epoch=after_epoch)
+        except NonFiniteLoss as exc:
+            kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch finished: no checkpoint"
+            raise NonFiniteLoss(f"{exc}; {kept}") from None
+
+    def finish(self, state: FitState, *, meta: Mapping[str, Any], config: Mapping[str, Any], experiment: str,
+               labels_file: Path, data_report: Path) -> None:
+        """Rank 0: model.pt, the train reports and run.json, the same into MLflow; then no checkpoint is left."""
+        if not dist.is_main():
+            return
+        config = tracking.redacted(config)  # the checkpoint and config.yaml are artifacts: no secrets in them
+        save_checkpoint(self.paths.model_file, state.best_state, epoch=state.best_epoch, config=config, **meta)
+        reports = self.paths.report_dir("train")
+        summary = write_train_reports(reports, state, config)
+        tracking.log_metrics({f"best/{k}": v for k, v in summary.items()})
+        for name in TRAIN_REPORTS:
+            tracking.log_artifact(reports / name, "train")
+        tracking.log_artifact(labels_file, "train")
+        if data_report.is_file():  # the data report of the split this run trained on
+            log_data_report(data_report)
+        tracking.log_artifact(self.paths.model_file, "checkpoint")  # once per run: checkpoints are hundreds of MB
+        write_json(self.paths.run_file, {"run_id": self.run_id, "experiment": experiment})
+        for name in ("last.pt", "best.pt"):  # finished: model.pt is the result, nothing to resume
+            (self.paths.checkpoints / name).unlink(missing_ok=True)
+
+    @staticmethod
+    @contextmanager
+    def reopen(paths: Paths, uri: str) -> Iterator[str]:
+        """The MLflow run of the last train stage (models/run.json), for evaluate and export to log into."""
+        with tracking.run(uri, run_id=read_run_file(paths.run_file)["run_id"]) as run_id:
+            yield run_id
+
+
+def read_run_file(path: Path) -> dict:
+    if not path.is_file():
+        raise MissingInput(f"{path} not found; run the train stage first (dvc repro train)")
+    return json.loads(path.read_text())
+
+
+def log_data_report(report: Path) -> None:
+    """The split stage's report (reports/split/) under `data/`, with its skipped and duplicate counts as metrics."""
+    tracking.log_artifacts(report.parent, "data")
+    content = json.loads(report.read_text())
+    tracking.log_metrics({"data/skipped_files": sum(content["skipped"]["counts"].values()),
+                          "data/cross_split_duplicates": content["cross_split_duplicates"]["groups"]})
+
+
+def write_train_reports(out: Path, state: FitState, config: Mapping[str, Any]) -> dict:
+    """history.csv (the curves DVC plots), metrics.json (the summary), curves.png and config.yaml under `out`."""
+    from omegaconf import OmegaConf
+
+    with atomic_path(out / "history.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(state.history[0]))
+        writer.writeheader()
+        writer.writerows(state.history)
+    last = state.history[-1]
+    summary = {"best_epoch": state.best_epoch, "val/acc": state.best_metrics["val/acc"],
+               "val/loss": state.best_metrics["val/loss"], "train/loss": last["train/loss"],
+               "train/images_per_sec": last["train/images_per_sec"], "epochs_run": len(state.history),
+               "train/epoch_time_s": sum(h["train/epoch_time_s"] for h in state.history) / len(state.history)}
+    write_json(out / "metrics.json", summary)
+    plot_curves(state.history, out / "curves.png")
+    write_text(out / "config.yaml", OmegaConf.to_yaml(dict(config)))
+    return summary

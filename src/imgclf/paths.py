@@ -1,0 +1,59 @@
+"""Where every file lives: conf/config.yaml's `paths` section, which dvc.yaml interpolates too.
+
+Data sets stay under the project root; models, reports and checkpoints go under the run's root, which is the
+project root for `dvc repro` and a job's own directory in a Hydra sweep.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+IMAGE_DIR = "images"  # data/<dataset>/images/<class>/<file>: the layout every source ends in
+SPLIT_DIR = "split"   # data/<dataset>/split/{train,val,test}.csv, labels.txt, sample/
+CACHE_DIR = "cache"   # data/<dataset>/cache/: packed, resized splits; derived data, safe to delete
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The project's locations; the defaults are conf/config.yaml's (a test keeps them equal)."""
+
+    data: Path = Path("data")
+    models: Path = Path("models")
+    reports: Path = Path("reports")
+    checkpoints: Path = Path("checkpoints")
+
+    @classmethod
+    def from_config(cls, paths: Mapping[str, str], root: str | Path = ".") -> "Paths":
+        """From the config's `paths`; outputs under `root` (a sweep job's directory), data where it is."""
+        root = Path(root)
+        return cls(Path(paths["data"]), root / paths["models"], root / paths["reports"], root / paths["checkpoints"])
+
+    def dataset(self, name: str) -> Path:
+        return self.data / name
+
+    def images(self, name: str) -> Path:
+        return self.dataset(name) / IMAGE_DIR
+
+    def split(self, name: str) -> Path:
+        return self.dataset(name) / SPLIT_DIR
+
+    def labels(self, name: str) -> Path:
+        return self.split(name) / "labels.txt"
+
+    def report_dir(self, stage: str) -> Path:
+        return self.reports / stage
+
+    @property
+    def model_file(self) -> Path:
+        """The best weights with class names and preprocessing: what evaluate, export and predict read."""
+        return self.models / "model.pt"
+
+    @property
+    def run_file(self) -> Path:
+        """The MLflow run of the last train stage; evaluate and export log into it."""
+        return self.models / "run.json"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.models / "export"
