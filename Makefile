@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv pipeline test params clean-runs
+.PHONY: venv pipeline test lint format params clean-runs
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,15 @@ pipeline: venv
 
 test: venv
 	$(PY) -m pytest
+
+# ruff: lint and formatting, configured in pyproject.toml (CI runs `make lint` before `make test`)
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # Regenerate params.yaml (what DVC tracks) after editing conf/.
 params: venv

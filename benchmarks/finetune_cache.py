@@ -10,6 +10,7 @@ run with the caching included. Only the train split is timed; the stage also cac
 per-epoch evaluation saves the same backbone pass.
     python benchmarks/finetune_cache.py [--arch vgg16|alexnet] [--source torchvision|timm] [--image-size 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,15 @@ def epoch(trainer: Trainer, dataset: TensorImageDataset, batch_size: int) -> flo
 
 def run_frozen(args, setup, data, warm) -> dict[str, float]:
     model, optimizer = frozen_model(args, setup.device)
-    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, setup, Preprocess(MEAN, STD).to(setup.device),
-                      frozen_backbone=True, log_every=10**9)
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        setup,
+        Preprocess(MEAN, STD).to(setup.device),
+        frozen_backbone=True,
+        log_every=10**9,
+    )
     epoch(trainer, warm, args.batch_size)  # warm-up: first calls pick kernels and grow the allocator
     return {"epoch": epoch(trainer, data, args.batch_size)}
 
@@ -57,8 +65,7 @@ def run_cached(args, setup, data, warm) -> dict[str, float]:
     compute_features(model, build_loader(warm, args.batch_size, False), setup, preprocess)  # warm-up
     start = time.perf_counter()
     # in index order, unshuffled, as the stage caches; the result stays on the CPU like the stage's cache
-    feats = TensorImageDataset(*compute_features(model, build_loader(data, args.batch_size, False), setup,
-                                                 preprocess))
+    feats = TensorImageDataset(*compute_features(model, build_loader(data, args.batch_size, False), setup, preprocess))
     cache_s = time.perf_counter() - start
     trainer = Trainer(head(model), nn.CrossEntropyLoss(), optimizer, setup, preprocess=None, log_every=10**9)
     epoch(trainer, TensorImageDataset(feats.images[: len(warm)], feats.labels[: len(warm)]), args.batch_size)
@@ -89,15 +96,19 @@ def main() -> None:
     cached_ips = statistics.median(r["epoch"] for r in results["cached"])
     cache_s = statistics.median(r["cache_s"] for r in results["cached"])
     frozen_s, cached_s = args.images / frozen_ips, args.images / cached_ips
-    print(f"{args.source} {args.arch} {args.image_size}px batch {args.batch_size}, {args.images} images, "
-          f"median of {args.repeats}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.source} {args.arch} {args.image_size}px batch {args.batch_size}, {args.images} images, "
+        f"median of {args.repeats}, {torch.get_num_threads()} threads"
+    )
     print(f"  frozen backbone, per epoch  {frozen_ips:10.1f} img/s  {frozen_s:8.3f} s")
     print(f"  cached features, per epoch  {cached_ips:10.1f} img/s  {cached_s:8.3f} s")
     print(f"  caching, once               {args.images / cache_s:10.1f} img/s  {cache_s:8.3f} s")
     print(f"  per-epoch speed-up          {frozen_s / cached_s:10.1f}x")
     for n in args.epochs:  # the caching pass is paid once, so the gain approaches n for long runs
-        print(f"  {n:3d}-epoch run speed-up      {n * frozen_s / (cache_s + n * cached_s):10.2f}x  "
-              f"({n * frozen_s:.2f} s vs {cache_s + n * cached_s:.2f} s)")
+        print(
+            f"  {n:3d}-epoch run speed-up      {n * frozen_s / (cache_s + n * cached_s):10.2f}x  "
+            f"({n * frozen_s:.2f} s vs {cache_s + n * cached_s:.2f} s)"
+        )
 
 
 if __name__ == "__main__":

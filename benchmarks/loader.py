@@ -6,6 +6,7 @@ Prints, for a synthetic photo set (JPEGs of --photo-size px, like dogs-vs-cats) 
   model training images/s (AlexNet at 64 px by default), and the loader/model ratio (want >> 1).
     python benchmarks/loader.py [--images 600] [--photo-size 400] [--image-size 64] [--batch-size 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,16 +59,17 @@ def main() -> None:
                 from concurrent.futures import ProcessPoolExecutor
 
                 from imgclf.data.datasets import decode_image
+
                 with ProcessPoolExecutor(workers) as pool:
-                    packed = np.stack(list(pool.map(decode_image, paths, [args.image_size] * len(paths),
-                                                    chunksize=32)))
+                    packed = np.stack(list(pool.map(decode_image, paths, [args.image_size] * len(paths), chunksize=32)))
             else:
                 packed = decode_all(paths, args.image_size, workers=1)
             rates[workers] = len(paths) / (time.perf_counter() - start)
     images = torch.from_numpy(packed).permute(0, 3, 1, 2).contiguous()
     labels = torch.randint(0, 2, (len(images),))
-    loader = build_loader(TensorImageDataset(images, labels), args.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(0))
+    loader = build_loader(
+        TensorImageDataset(images, labels), args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     setup, pre, aug = DeviceSetup(torch.device("cpu")), Preprocess(MEAN, STD), RandomShiftFlip(4, hflip=True)
     start, seen = time.perf_counter(), 0
     for _ in range(3):
@@ -79,8 +81,10 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
     trainer = Trainer(model, nn.CrossEntropyLoss(), opt, setup, pre, augment=aug, log_every=10**9)
     model_rate = train_one_epoch(trainer, loader, epoch=1)["train/images_per_sec"]
-    print(f"{args.images} JPEGs of {args.photo_size}x{int(args.photo_size * 0.75)} -> {args.image_size} px, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"{args.images} JPEGs of {args.photo_size}x{int(args.photo_size * 0.75)} -> {args.image_size} px, "
+        f"{os.cpu_count()} cores"
+    )
     for workers, rate in rates.items():
         print(f"  decode+resize, {workers} process(es)  {rate:9.1f} img/s")
     print(f"  parallel / single decode          {rates[max(rates)] / rates[1]:9.2f}")

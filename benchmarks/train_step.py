@@ -3,6 +3,7 @@
 Prints images/s of each and their ratio (target: >= 0.95), plus fused vs default AdamW.
     python benchmarks/train_step.py [--arch alexnet] [--image-size 64] [--batch-size 32] [--batches 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ def bare_loop(model, optimizer, images, labels, batch_size, device) -> float:
     model.train()
     start = time.perf_counter()
     for i in range(0, len(labels), batch_size):
-        x = (images[i:i + batch_size].to(device).float() - mean) / std
-        y = labels[i:i + batch_size].to(device)
+        x = (images[i : i + batch_size].to(device).float() - mean) / std
+        y = labels[i : i + batch_size].to(device)
         loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -39,8 +40,9 @@ def bare_loop(model, optimizer, images, labels, batch_size, device) -> float:
 
 def project_loop(model, optimizer, images, labels, batch_size, device) -> float:
     loader = build_loader(TensorImageDataset(images, labels), batch_size, shuffle=False)
-    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, DeviceSetup(device), Preprocess(MEAN, STD).to(device),
-                      log_every=10**9)
+    trainer = Trainer(
+        model, nn.CrossEntropyLoss(), optimizer, DeviceSetup(device), Preprocess(MEAN, STD).to(device), log_every=10**9
+    )
     metrics = train_one_epoch(trainer, loader, epoch=1)
     return metrics["train/images_per_sec"]
 
@@ -59,17 +61,23 @@ def main() -> None:
     labels = torch.randint(0, 10, (n,))
     results: dict[str, list[float]] = {"bare": [], "project": [], "bare, unfused AdamW": []}
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits every variant alike
-        for name, loop, fused in (("bare", bare_loop, True), ("project", project_loop, True),
-                                  ("bare, unfused AdamW", bare_loop, False)):
+        for name, loop, fused in (
+            ("bare", bare_loop, True),
+            ("project", project_loop, True),
+            ("bare, unfused AdamW", bare_loop, False),
+        ):
             torch.manual_seed(0)
             model = build_model(args.arch, 10).to(device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused)
-            loop(model, optimizer, images[: args.batch_size * 2], labels[: args.batch_size * 2], args.batch_size,
-                 device)  # warm-up
+            loop(
+                model, optimizer, images[: args.batch_size * 2], labels[: args.batch_size * 2], args.batch_size, device
+            )  # warm-up
             results[name].append(loop(model, optimizer, images, labels, args.batch_size, device))
     best = {k: max(v) for k, v in results.items()}
-    print(f"{args.arch} {args.image_size}px batch {args.batch_size}, {n} images, best of {args.repeats}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.arch} {args.image_size}px batch {args.batch_size}, {n} images, best of {args.repeats}, "
+        f"{torch.get_num_threads()} threads"
+    )
     for name, ips in best.items():
         print(f"  {name:22s} {ips:8.1f} img/s")
     print(f"  project / bare         {best['project'] / best['bare']:8.3f}   (target >= 0.95)")

@@ -1,4 +1,5 @@
 """Fixtures: the project root, composed configs, and tiny image data sets made on the fly."""
+
 from __future__ import annotations
 
 import os
@@ -44,6 +45,7 @@ def compose_cfg():
 
     def _compose(*overrides: str):
         return compose(overrides, root=ROOT)
+
     return _compose
 
 
@@ -70,8 +72,13 @@ def tiny_project(tmp_path, monkeypatch):
 # timm's test_resnet (0.47 M parameters, batch norm, a Linear head) at 32 px: tests that are not about one
 # architecture train it in a fraction of a second an epoch, with checkpoints of a few MB (AlexNet's are 690 MB)
 TINY_MODEL = ("model=timm", "model.name=test_resnet", "model.image_size=32")
-TINY_DATA = ("data.name=tiny", "trainer.epochs=2", "trainer.batch_size=8", "trainer.log_every=1",
-             "tracking.experiment=test")  # with a network of the test's own choosing
+TINY_DATA = (
+    "data.name=tiny",
+    "trainer.epochs=2",
+    "trainer.batch_size=8",
+    "trainer.log_every=1",
+    "tracking.experiment=test",
+)  # with a network of the test's own choosing
 TINY_OVERRIDES = (*TINY_DATA, *TINY_MODEL)
 
 
@@ -79,6 +86,7 @@ TINY_OVERRIDES = (*TINY_DATA, *TINY_MODEL)
 def tiny_cfg(tiny_project, compose_cfg):
     def _cfg(*overrides: str):
         return compose_cfg(*TINY_OVERRIDES, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db", *overrides)
+
     return _cfg
 
 
@@ -106,7 +114,7 @@ def http_server(tmp_path):
                 self.send_error(503, "mirror down")
                 return
             if self.path.startswith("/short/"):
-                body = (www / self.path[len("/short/"):]).read_bytes()
+                body = (www / self.path[len("/short/") :]).read_bytes()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -1,8 +1,17 @@
 import numpy as np
 import pytest
 
-from imgclf.evaluation import (Predictions, confident_mistakes, most_confused, most_uncertain, per_image_loss,
-                               random_correct, top_k_accuracy, top_losses, write_error_analysis)
+from imgclf.evaluation import (
+    Predictions,
+    confident_mistakes,
+    most_confused,
+    most_uncertain,
+    per_image_loss,
+    random_correct,
+    top_k_accuracy,
+    top_losses,
+    write_error_analysis,
+)
 
 PROBS = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.05, 0.95], [0.6, 0.4]])
 Y = np.array([0, 0, 1, 1, 1])
@@ -29,7 +38,9 @@ def test_top_k_is_capped_for_binary_tasks():
 def test_most_confused_pairs():
     matrix = np.array([[5, 2, 0], [7, 1, 1], [0, 0, 3]])
     assert most_confused(matrix, ["a", "b", "c"], 2) == [
-        {"true": "b", "predicted": "a", "count": 7}, {"true": "a", "predicted": "b", "count": 2}]
+        {"true": "b", "predicted": "a", "count": 7},
+        {"true": "a", "predicted": "b", "count": 2},
+    ]
 
 
 def test_write_error_analysis(tmp_path):

@@ -1,4 +1,5 @@
 """Config: params.yaml is the composition of conf/, every option composes, bad choices fail in one line."""
+
 import subprocess
 import sys
 
@@ -25,14 +26,21 @@ def test_every_option_composes(compose_cfg, group, option):
 
 def test_interface_keys_exist(compose_cfg):
     cfg = compose_cfg()
-    for key in ("data.name", "model.name", "trainer.epochs", "trainer.batch_size", "trainer.device",
-                "optim.lr", "seed", "tracking.uri", "tracking.experiment"):
+    for key in (
+        "data.name",
+        "model.name",
+        "trainer.epochs",
+        "trainer.batch_size",
+        "trainer.device",
+        "optim.lr",
+        "seed",
+        "tracking.uri",
+        "tracking.experiment",
+    ):
         node = cfg
         for part in key.split("."):
             node = node[part]
         assert node is not None, key
-
-
 
 
 def test_unknown_choice_is_one_line_listing_options(monkeypatch):
@@ -43,43 +51,80 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
     assert check_overrides(["optim=sgd", "optim.momentum=0.8"]) is None  # key of the chosen option
     assert check_overrides(["optim.momentum=0.8"]) == (
         "unknown key 'optim.momentum'; optim has: _target_, _partial_, lr, weight_decay, fused "
-        "(use +optim.momentum=... to add a new key)")
+        "(use +optim.momentum=... to add a new key)"
+    )
     assert check_overrides(["+optim.momentum=0.8"]) is None
     assert check_overrides(["+experiment=cifar10_vgg16"]) is None
-    assert check_overrides(["+experiment=imagenet_vgg16"]) == ("unknown experiment 'imagenet_vgg16'; choose one of: "
-                                                               "cifar10_vgg16, dogs_vs_cats_vgg16, mnist_alexnet")
+    assert check_overrides(["+experiment=imagenet_vgg16"]) == (
+        "unknown experiment 'imagenet_vgg16'; choose one of: cifar10_vgg16, dogs_vs_cats_vgg16, mnist_alexnet"
+    )
     assert check_overrides(["trainer.epoch=3"]).startswith("unknown key 'trainer.epoch'; trainer has: epochs,")
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["data=imagenet"], "unknown data 'imagenet'; choose one of: caltech101, cifar10, digits, dogs_vs_cats, folder, mnist"),
-    (["model=vgg61"], "unknown model 'vgg61'; choose one of: alexnet, timm, vgg16, vgg16_bn"),
-    (["trainer.epoch=3"], "unknown key 'trainer.epoch'; trainer has: epochs, batch_size, device, deterministic, "
-                          "log_every, amp, channels_last, compile, label_smoothing, grad_clip, early_stopping, "
-                          "resume (use +trainer.epoch=... to add a new key)"),
-    (["finetune=partial"], "unknown finetune 'partial'; choose one of: full, gradual, head"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (
+            ["data=imagenet"],
+            "unknown data 'imagenet'; choose one of: caltech101, cifar10, digits, dogs_vs_cats, folder, mnist",
+        ),
+        (["model=vgg61"], "unknown model 'vgg61'; choose one of: alexnet, timm, vgg16, vgg16_bn"),
+        (
+            ["trainer.epoch=3"],
+            "unknown key 'trainer.epoch'; trainer has: epochs, batch_size, device, deterministic, "
+            "log_every, amp, channels_last, compile, label_smoothing, grad_clip, early_stopping, "
+            "resume (use +trainer.epoch=... to add a new key)",
+        ),
+        (["finetune=partial"], "unknown finetune 'partial'; choose one of: full, gradual, head"),
+    ],
+)
 def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
-    proc = subprocess.run([sys.executable, "-m", "imgclf.stages.train", *args], cwd=ROOT, env=project_env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgclf.stages.train", *args],
+        cwd=ROOT,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {expected}"
 
 
 def test_console_script_rejects_unknown_command(project_env):
-    proc = subprocess.run([str(BIN / "imgclf"), "trian"], cwd=ROOT, env=project_env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(BIN / "imgclf"), "trian"], cwd=ROOT, env=project_env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown command 'trian'; choose one of: fetch, split, train, evaluate, export, predict, runs"
+    assert (
+        proc.stderr.strip()
+        == "error: unknown command 'trian'; choose one of: fetch, split, train, evaluate, export, predict, runs"
+    )
 
 
 def test_missing_pretrained_weights_is_one_line_and_a_failed_run(tiny_project, project_env, tmp_path):
     from .conftest import TINY_DATA
 
     env = dict(project_env, TORCH_HOME=str(tmp_path / "empty_torch_home"))
-    proc = subprocess.run([sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(ROOT / "conf"),
-                           *TINY_DATA, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db", "model=vgg16",
-                           "model.pretrained=true", "model.download=false"],
-                          cwd=tiny_project, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgclf.stages.train",
+            "--config-dir",
+            str(ROOT / "conf"),
+            *TINY_DATA,
+            f"tracking.uri=sqlite:///{tiny_project}/mlflow.db",
+            "model=vgg16",
+            "model.pretrained=true",
+            "model.download=false",
+        ],
+        cwd=tiny_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     expected = tmp_path / "empty_torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"

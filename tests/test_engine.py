@@ -1,5 +1,4 @@
 import logging
-import math
 
 import pytest
 import torch
@@ -29,8 +28,14 @@ def run_fit(epochs=3, lr=0.05):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     sched = constant(opt, epochs, 4)
     ds = tiny_data()
-    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, DeviceSetup.for_device(torch.device("cpu")),
-                      Preprocess([0.5] * 3, [0.25] * 3), scheduler=sched)
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        opt,
+        DeviceSetup.for_device(torch.device("cpu")),
+        Preprocess([0.5] * 3, [0.25] * 3),
+        scheduler=sched,
+    )
     return fit(trainer, build_loader(ds, 8, True, generator), build_loader(ds, 8, False), epochs)
 
 
@@ -55,15 +60,28 @@ def test_nonfinite_loss_stops_with_step():
         model[1].weight.fill_(float("nan"))
     loader = build_loader(tiny_data(), 8, False)
     with pytest.raises(NonFiniteLoss, match="epoch 1 step 1"):
-        train_one_epoch(Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
-                                DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3)),
-                        loader, epoch=1)
+        train_one_epoch(
+            Trainer(
+                model,
+                nn.CrossEntropyLoss(),
+                torch.optim.SGD(model.parameters(), lr=0.1),
+                DeviceSetup.for_device(torch.device("cpu")),
+                Preprocess([0.5] * 3, [0.25] * 3),
+            ),
+            loader,
+            epoch=1,
+        )
 
 
 def test_evaluate_keys_and_accuracy():
     model = tiny_model()
-    metrics = evaluate(model, build_loader(tiny_data(), 8, False),
-                       DeviceSetup.for_device(torch.device("cpu")), Preprocess([0.5] * 3, [0.25] * 3), prefix="test")
+    metrics = evaluate(
+        model,
+        build_loader(tiny_data(), 8, False),
+        DeviceSetup.for_device(torch.device("cpu")),
+        Preprocess([0.5] * 3, [0.25] * 3),
+        prefix="test",
+    )
     assert set(metrics) == {"test/loss", "test/acc"}
     data = tiny_data()
     with torch.no_grad():  # the same figures computed directly from the model's logits
@@ -98,16 +116,24 @@ def test_progress_logs_plain_lines_off_a_terminal(caplog):
     for step in range(1, 6):
         progress.update(step, loss=0.5, images_per_sec=100.0)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["epoch 1 batch 2/5 loss 0.5000 100 img/s", "epoch 1 batch 4/5 loss 0.5000 100 img/s",
-                     "epoch 1 batch 5/5 loss 0.5000 100 img/s"]
+    assert lines == [
+        "epoch 1 batch 2/5 loss 0.5000 100 img/s",
+        "epoch 1 batch 4/5 loss 0.5000 100 img/s",
+        "epoch 1 batch 5/5 loss 0.5000 100 img/s",
+    ]
 
 
 def test_early_stopping_stops_after_patience_epochs_without_gain():
     generator = seed_everything(0)
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing learns: val/acc never improves after epoch 1
-    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, DeviceSetup.for_device(torch.device("cpu")),
-                      Preprocess([0.5] * 3, [0.25] * 3))
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        opt,
+        DeviceSetup.for_device(torch.device("cpu")),
+        Preprocess([0.5] * 3, [0.25] * 3),
+    )
     ds = tiny_data()
     state = fit(trainer, build_loader(ds, 8, True, generator), build_loader(ds, 8, False), 10, patience=2)
     assert [h["epoch"] for h in state.history] == [1, 2, 3] and state.stopped_early and state.best_epoch == 1
@@ -120,8 +146,14 @@ def test_grad_clip_bounds_the_update():
     model = tiny_model()
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, DeviceSetup.for_device(torch.device("cpu")),
-                      Preprocess([0.5] * 3, [0.25] * 3), grad_clip=1e-3)
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        opt,
+        DeviceSetup.for_device(torch.device("cpu")),
+        Preprocess([0.5] * 3, [0.25] * 3),
+        grad_clip=1e-3,
+    )
     train_one_epoch(trainer, build_loader(tiny_data(8), 8, False), epoch=1)  # one step
     step = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     assert 0 < step.item() <= 1e-3 * 1.0001  # lr 1 x clipped norm

@@ -1,9 +1,9 @@
 """build_model(): torchvision and timm networks, weights from caches and local files, head swap, preprocessing."""
+
 import logging
 
 import pytest
 import torch
-from torch import nn
 
 from imgclf.models import WeightsNotFound, build_model, features, head, resolve_preprocessing, set_backbone_trainable
 from imgclf.optim import param_groups
@@ -69,8 +69,9 @@ def test_local_weights_file_safetensors_and_own_checkpoint(tmp_path, caplog):
     # an earlier run's checkpoint for the same classes continues with its head too
     same = build_model("alexnet", 3, weights=str(tmp_path / "model.pt"))
     torch.save({"model": same.state_dict()}, tmp_path / "three.pt")
-    torch.testing.assert_close(build_model("alexnet", 3, weights=str(tmp_path / "three.pt")).classifier[6].weight,
-                               same.classifier[6].weight)
+    torch.testing.assert_close(
+        build_model("alexnet", 3, weights=str(tmp_path / "three.pt")).classifier[6].weight, same.classifier[6].weight
+    )
     with pytest.raises(FileNotFoundError, match="model.weights file .*nope.pth not found"):
         build_model("alexnet", 3, weights=str(tmp_path / "nope.pth"))
     save_file({"x": torch.zeros(2)}, tmp_path / "other.safetensors")
@@ -126,8 +127,11 @@ def test_param_groups_no_decay_on_norms_and_biases_and_slower_backbone():
     by_id = {id(p): g for g in groups for p in g["params"]}
     assert by_id[id(model.features[1].weight)]["weight_decay"] == 0.0  # BatchNorm scale
     assert by_id[id(model.features[0].bias)]["weight_decay"] == 0.0
-    assert by_id[id(model.features[0].weight)] == {**by_id[id(model.features[0].weight)], "weight_decay": 0.05,
-                                                   "lr": pytest.approx(1e-4)}
+    assert by_id[id(model.features[0].weight)] == {
+        **by_id[id(model.features[0].weight)],
+        "weight_decay": 0.05,
+        "lr": pytest.approx(1e-4),
+    }
     assert by_id[id(head(model).weight)]["lr"] == 1e-3 and groups[-1]["lr"] == 1e-3
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 

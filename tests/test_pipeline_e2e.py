@@ -1,4 +1,5 @@
 """The whole pipeline through DVC, in a copy of the repo: outputs, metrics, MLflow, and what reruns."""
+
 import csv
 import json
 import os
@@ -14,8 +15,18 @@ from .conftest import ROOT
 
 STAGES = ("fetch", "split", "train", "evaluate", "export")
 # the sample subset and timm's tiny test network: a smoke run of every stage in seconds
-TINY = ["-S", "trainer.epochs=2", "-S", "data.subset=sample", "-S", "model=timm", "-S", "model.name=test_resnet",
-        "-S", "model.image_size=32"]
+TINY = [
+    "-S",
+    "trainer.epochs=2",
+    "-S",
+    "data.subset=sample",
+    "-S",
+    "model=timm",
+    "-S",
+    "model.name=test_resnet",
+    "-S",
+    "model.image_size=32",
+]
 
 
 def sh(args, cwd, env, timeout=600):
@@ -28,8 +39,13 @@ def sh(args, cwd, env, timeout=600):
 def repo(tmp_path_factory):
     """A fresh git repo holding exactly what a clone of this project holds."""
     dest = tmp_path_factory.mktemp("e2e") / "repo"
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for rel in filter(None, listed):
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -40,8 +56,15 @@ def repo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def env(repo):
     from .conftest import BIN
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
     sh(["git", "init", "-q"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "init"], repo, env)
@@ -72,7 +95,9 @@ def test_dvc_pipeline_end_to_end(repo, env):
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo, env))
     assert "reports/evaluate/metrics.json" in json.dumps(shown)
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], repo, env))["data"]
-    assert {"Loss", "Accuracy", "reports/evaluate/predictions.csv", "reports/evaluate/confusion_matrix.png"} <= set(plots)
+    assert {"Loss", "Accuracy", "reports/evaluate/predictions.csv", "reports/evaluate/confusion_matrix.png"} <= set(
+        plots
+    )
     loss_points = plots["Loss"][0]["content"]["data"]["values"]
     assert {p["epoch"] for p in loss_points} == {"1", "2"}
 
@@ -117,15 +142,33 @@ def test_digits_lab_workflow_on_a_folder(repo, env, tmp_path):
     from .conftest import make_class_folders
 
     folder = make_class_folders(tmp_path / "train_small", {"0": 20, "1": 20, "2": 20})
-    out = sh(["dvc", "exp", "run", "-S", "data=folder", "-S", f"data.path={folder}", "-S", "model=alexnet",
-              "-S", "trainer.epochs=2", "-S", "data.split.sample_per_class=2"], repo, env)
+    out = sh(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            "data=folder",
+            "-S",
+            f"data.path={folder}",
+            "-S",
+            "model=alexnet",
+            "-S",
+            "trainer.epochs=2",
+            "-S",
+            "data.split.sample_per_class=2",
+        ],
+        repo,
+        env,
+    )
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     assert (repo / "data/folder/split/labels.txt").read_text().split() == ["0", "1", "2"]
     metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert {"test/precision/0", "test/recall/2"} <= set(metrics)
     run = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db").get_run(
-        json.loads((repo / "models/run.json").read_text())["run_id"])
+        json.loads((repo / "models/run.json").read_text())["run_id"]
+    )
     assert run.data.params["data.path"] == str(folder) and run.data.tags["imgclf.dataset"] == "folder"
 
 
@@ -145,6 +188,7 @@ def experiments(shown):
         elif isinstance(node, list):
             for value in node:
                 walk(value)
+
     walk(shown)
     return found
 

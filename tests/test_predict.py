@@ -1,4 +1,5 @@
 """imgclf predict: Classify One/Many with the exported model, same preprocessing as evaluation."""
+
 import csv
 import json
 import os
@@ -35,8 +36,9 @@ def trained(tmp_path_factory):
 
 
 def cli(args, cwd, env):
-    return subprocess.run([str(BIN / "imgclf"), "predict", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(BIN / "imgclf"), "predict", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_predict_matches_evaluation_for_onnx_and_checkpoint(trained):
@@ -84,11 +86,14 @@ def test_kaggle_submission_rows_in_id_order(trained, project_env):
     rows = list(csv.reader(open(trained / "sub.csv")))
     assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == ["1", "2", "10"]
     probs = Classifier(trained / "models/export").classify([unlabelled / f"{i}.jpg" for i in (1, 2, 10)])
-    assert [float(r[1]) for r in rows[1:]] == pytest.approx([min(max(p.probs[1], 0.05), 0.95) for p in probs],
-                                                            abs=1e-6)  # p(b), clipped
+    assert [float(r[1]) for r in rows[1:]] == pytest.approx(
+        [min(max(p.probs[1], 0.05), 0.95) for p in probs], abs=1e-6
+    )  # p(b), clipped
     bad = cli([str(unlabelled), "--submission", "sub.csv", "--positive", "dog"], trained, project_env)
-    assert bad.returncode == 1 and bad.stderr.strip() == "error: --positive 'dog' is not a class of this model; " \
-                                                         "choose one of: a, b, c"
+    assert (
+        bad.returncode == 1
+        and bad.stderr.strip() == "error: --positive 'dog' is not a class of this model; choose one of: a, b, c"
+    )
 
 
 def test_collect_inputs_expands_folders_and_lists(tmp_path):

@@ -1,4 +1,5 @@
 """`imgclf runs` against a real MLflow sqlite store made with MLflow's own API."""
+
 from __future__ import annotations
 
 import csv
@@ -21,6 +22,7 @@ SAME = {"model.name": "resnet18", "trainer.batch_size": "32", "seed": "0"}
 
 def log_identity_model() -> None:
     """A tiny pyfunc model named "model", as the export stage logs one."""
+
     class Identity(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input: list[str], params=None) -> list[str]:  # hints: MLflow warns without
             return model_input
@@ -40,8 +42,11 @@ def store(tmp_path_factory):
     ids = {}
     with mlflow.start_run(experiment_id=exp, run_name="sweep-parent", tags={"imgclf.role": "sweep"}) as parent:
         mlflow.log_metric("val/acc", 0.99)  # higher than every job: it must still never be listed or chosen
-    specs = {"a": (0.1, 0.7, "s1", None), "b": (0.01, 0.9, "s1", parent.info.run_id),
-             "c": (0.001, 0.8, None, parent.info.run_id)}
+    specs = {
+        "a": (0.1, 0.7, "s1", None),
+        "b": (0.01, 0.9, "s1", parent.info.run_id),
+        "c": (0.001, 0.8, None, parent.info.run_id),
+    }
     for name, (lr, acc, sweep, parent_id) in specs.items():
         tags = {k: v for k, v in {"imgclf.sweep": sweep, "mlflow.parentRunId": parent_id}.items() if v}
         with mlflow.start_run(experiment_id=exp, run_name=name, tags=tags) as run:
@@ -145,11 +150,14 @@ def test_best_of_ascending_order_has_no_outputs(store):
     assert lines[0] == worst.id and not any(line.startswith(("checkpoint", "model_uri")) for line in lines)
 
 
-@pytest.mark.parametrize("args, names", [
-    (("--experiment", "nope"), ["'nope'", "Default, imgclf, other"]),
-    (("--sweep", "s9"), ["'s9'", "sweeps: s1"]),
-    (("--metric", "val/acc2"), ["'val/acc2'", "val/acc"]),
-])
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (("--experiment", "nope"), ["'nope'", "Default, imgclf, other"]),
+        (("--sweep", "s9"), ["'s9'", "sweeps: s1"]),
+        (("--metric", "val/acc2"), ["'val/acc2'", "val/acc"]),
+    ],
+)
 def test_bad_queries_fail_with_one_line(store, args, names):
     result = imgclf_runs(*args, cwd=store["root"])
     assert result.returncode == 1 and result.stdout == ""
@@ -162,7 +170,8 @@ def test_missing_store_fails_without_creating_one(tmp_path):
     result = imgclf_runs(cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: no MLflow database at mlflow.db (tracking URI sqlite:///mlflow.db)"]
+        "error: no MLflow database at mlflow.db (tracking URI sqlite:///mlflow.db)"
+    ]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -13,7 +13,8 @@ def test_secrets_never_leave_redact():
     assert out == {"tracking": {"uri": "http://***@host:5000", "password": "***"}, "kaggle": {"api_token": "***"}}
     assert "s3cret" not in str(out)
     assert tracking.redact_overrides(["tracking.uri=https://u:pw@h", "+kaggle.key_token=abc", "optim.lr=0.1"]) == (
-        "tracking.uri=https://***@h +kaggle.key_token=*** optim.lr=0.1")
+        "tracking.uri=https://***@h +kaggle.key_token=*** optim.lr=0.1"
+    )
 
 
 def _store(tmp_path):
@@ -31,12 +32,10 @@ def test_run_status_follows_outcome(tmp_path):
     with tracking.run(uri, "exp") as ok_id:
         tracking.log_config({"optim": {"lr": 0.1}, **{f"k{i}": i for i in range(150)}})  # > one 100-param batch
         tracking.log_metrics({"val/acc": 0.5}, step=1)
-    with pytest.raises(ValueError):
-        with tracking.run(uri, "exp") as failed_id:
-            raise ValueError("boom")
-    with pytest.raises(KeyboardInterrupt):
-        with tracking.run(uri, "exp") as killed_id:
-            raise KeyboardInterrupt
+    with pytest.raises(ValueError), tracking.run(uri, "exp") as failed_id:
+        raise ValueError("boom")
+    with pytest.raises(KeyboardInterrupt), tracking.run(uri, "exp") as killed_id:
+        raise KeyboardInterrupt
     ok = get_run(uri, ok_id)
     assert ok.info.status == "FINISHED"
     assert ok.data.params["optim.lr"] == "0.1" and len(ok.data.params) == 151
@@ -66,11 +65,13 @@ def test_retry_locked_retries_only_database_is_locked(monkeypatch):
         if len(calls) < 3:
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
+
     assert tracking.retry_locked(flaky) == "ok" and len(calls) == 3
 
     def broken():
         calls.append(1)
         raise RuntimeError("no such table: runs")
+
     calls.clear()
     with pytest.raises(RuntimeError, match="no such table"):
         tracking.retry_locked(broken)

@@ -1,4 +1,5 @@
 """Training checkpoints: everything needed to continue a run exactly where it stopped, written atomically."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 
 from .engine import FitState
-from .utils import atomic_path
 from .errors import MissingInput
+from .utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,12 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict:
     """Every random stream training draws from: Python, NumPy, torch (CPU, CUDA) and the named generators."""
     version, mt, gauss = random.getstate()
     np_state = np.random.get_state()
-    state = {"python": [version, list(mt), gauss], "torch": torch.get_rng_state(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-             "generators": {name: g.get_state() for name, g in generators.items()}}
+    state = {
+        "python": [version, list(mt), gauss],
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
     if torch.cuda.is_available():  # this device's only: a resume may see fewer GPUs
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -65,18 +69,31 @@ class Resumable:
     generators: dict[str, torch.Generator]
 
 
-def save_training_state(directory: Path, fit_state: FitState, objects: Resumable, *, run_id: str | None,
-                        config_hash: str, best_improved: bool) -> None:
+def save_training_state(
+    directory: Path,
+    fit_state: FitState,
+    objects: Resumable,
+    *,
+    run_id: str | None,
+    config_hash: str,
+    best_improved: bool,
+) -> None:
     """last.pt every epoch (model, optimizer, scheduler, scaler, epoch, RNG, run id); best.pt when val/acc improved."""
     scheduler, scaler = objects.scheduler, objects.scaler
     state = {
-        "model": objects.model.state_dict(), "optimizer": objects.optimizer.state_dict(),
+        "model": objects.model.state_dict(),
+        "optimizer": objects.optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": fit_state.epoch, "history": fit_state.history, "best_epoch": fit_state.best_epoch,
-        "best_metrics": fit_state.best_metrics, "bad_epochs": fit_state.bad_epochs,
+        "epoch": fit_state.epoch,
+        "history": fit_state.history,
+        "best_epoch": fit_state.best_epoch,
+        "best_metrics": fit_state.best_metrics,
+        "bad_epochs": fit_state.bad_epochs,
         "stopped_early": fit_state.stopped_early,
-        "rng": rng_state(objects.generators), "run_id": run_id, "config_hash": config_hash,
+        "rng": rng_state(objects.generators),
+        "run_id": run_id,
+        "config_hash": config_hash,
     }
     with atomic_path(directory / LAST) as tmp:
         torch.save(state, tmp)
@@ -109,11 +126,17 @@ def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Re
     state = _read(path)
     if state.get("config_hash") != config_hash:
         if resume == "auto":
-            log.warning("not resuming from %s: it was trained with another config; starting a new run "
-                        "(trainer.resume=never ignores checkpoints, trainer.resume=PATH forces one)", path)
+            log.warning(
+                "not resuming from %s: it was trained with another config; starting a new run "
+                "(trainer.resume=never ignores checkpoints, trainer.resume=PATH forces one)",
+                path,
+            )
             return None
-        log.warning("resuming from %s, trained with another config (or process count): its MLflow run keeps the "
-                    "params it was started with", path)
+        log.warning(
+            "resuming from %s, trained with another config (or process count): its MLflow run keeps the "
+            "params it was started with",
+            path,
+        )
     return Resume(path, state)
 
 
@@ -131,9 +154,20 @@ def load_training_state(resume: Resume, objects: Resumable) -> FitState:
     best = _read(best_file) if best_file.is_file() else {}
     if best.get("epoch") != ckpt["best_epoch"]:  # killed before best.pt was written: the best is this epoch
         best = {"model": {k: v.clone() for k, v in ckpt["model"].items()}}
-    state = FitState(epoch=ckpt["epoch"], history=ckpt["history"], best_epoch=ckpt["best_epoch"],
-                     best_metrics=ckpt["best_metrics"], best_state=best["model"], bad_epochs=ckpt["bad_epochs"],
-                     stopped_early=ckpt.get("stopped_early", False))
-    log.info("resuming from %s after epoch %d (best val/acc %.4f at epoch %d)", resume.path, state.epoch,
-             state.best_metrics.get("val/acc", float("nan")), state.best_epoch)
+    state = FitState(
+        epoch=ckpt["epoch"],
+        history=ckpt["history"],
+        best_epoch=ckpt["best_epoch"],
+        best_metrics=ckpt["best_metrics"],
+        best_state=best["model"],
+        bad_epochs=ckpt["bad_epochs"],
+        stopped_early=ckpt.get("stopped_early", False),
+    )
+    log.info(
+        "resuming from %s after epoch %d (best val/acc %.4f at epoch %d)",
+        resume.path,
+        state.epoch,
+        state.best_metrics.get("val/acc", float("nan")),
+        state.best_epoch,
+    )
     return state

@@ -1,11 +1,13 @@
 """`imgclf STAGE [OVERRIDES]` runs a pipeline stage; `imgclf predict PATH...` classifies images;
 `imgclf runs` compares MLflow runs."""
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
 import sys
+
 from .errors import BadInput, UserError
 
 STAGES = ("fetch", "split", "train", "evaluate", "export")
@@ -20,24 +22,32 @@ def predict(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="imgclf predict", description=predict.__doc__)
     parser.add_argument("paths", nargs="+", help="images, folders of images, or .txt files listing paths")
     default = Paths()
-    parser.add_argument("--model", default=str(default.export_dir),
-                        help=f"export dir or model.onnx (default: {default.export_dir}), or a checkpoint "
-                             f"{default.model_file}")
+    parser.add_argument(
+        "--model",
+        default=str(default.export_dir),
+        help=f"export dir or model.onnx (default: {default.export_dir}), or a checkpoint {default.model_file}",
+    )
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", help="write predictions to a .csv or .json file instead of printing them")
     parser.add_argument("--submission", help="write a Kaggle submission CSV (id,label) for numbered images")
     parser.add_argument("--positive", default="dog", help="class whose probability is the submission's label")
-    parser.add_argument("--clip", type=float, default=0.05,
-                        help="clip submission probabilities to [clip, 1-clip] (log loss punishes certainty)")
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=0.05,
+        help="clip submission probabilities to [clip, 1-clip] (log loss punishes certainty)",
+    )
     args = parser.parse_args(argv)
     try:
         classifier = Classifier(args.model)
         preds = classifier.classify(collect_inputs(args.paths), args.batch_size)
         names = classifier.class_names
         if args.submission:
-            print(f"wrote {write_submission(preds, names, args.positive, args.clip, args.submission)} rows "
-                  f"to {args.submission}")
+            print(
+                f"wrote {write_submission(preds, names, args.positive, args.clip, args.submission)} rows "
+                f"to {args.submission}"
+            )
         elif args.out:
             write_table(preds, names, args.out)
             print(f"wrote {len(preds)} predictions to {args.out}")
@@ -58,18 +68,20 @@ def predict(argv: list[str]) -> int:
     return 1 if failed and len(failed) == len(preds) else 0
 
 
-def runs(argv: list[str]) -> int:
-    """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
-    from .runs import (FORMATS, best_report, best_run, check_metric, format_for, format_table, list_runs,
-                       no_match_message, sort_rows, table_columns)
-    from .utils import write_text
+def runs_parser() -> argparse.ArgumentParser:
+    from .runs import FORMATS
 
     parser = argparse.ArgumentParser(
-        prog="imgclf runs", description=runs.__doc__,
+        prog="imgclf runs",
+        description=runs.__doc__,
         epilog="Metrics are each run's latest value: val/acc is the last epoch's, best/val/acc the best epoch's. "
-               "Sweep parent runs (tag imgclf.role=sweep) are never listed.")
-    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
-                        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+        "Sweep parent runs (tag imgclf.role=sweep) are never listed.",
+    )
+    parser.add_argument(
+        "--uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
     parser.add_argument("--experiment", default="imgclf")
     parser.add_argument("--sweep", help="only the jobs of this sweep (tag imgclf.sweep)")
     parser.add_argument("--parent", metavar="RUN_ID", help="only the child runs of this parent run")
@@ -79,24 +91,35 @@ def runs(argv: list[str]) -> int:
     parser.add_argument("--all-params", action="store_true", help="show every param, not only those that differ")
     parser.add_argument("--format", choices=FORMATS, help="default: table, or from the --out suffix (.csv, .md)")
     parser.add_argument("--out", help="write the table to this file instead of printing it")
-    parser.add_argument("--best", action="store_true",
-                        help="print the best run's id, then name, metric, checkpoint and export lines")
+    parser.add_argument(
+        "--best", action="store_true", help="print the best run's id, then name, metric, checkpoint and export lines"
+    )
+    return parser
+
+
+def runs(argv: list[str]) -> int:
+    """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
+    from . import runs as compare
+    from .utils import write_text
+
+    parser = runs_parser()
     args = parser.parse_args(argv)
     if args.best and (args.out or args.format):
         parser.error("--best prints key: value lines; it takes no --format or --out")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     try:
-        rows = list_runs(args.uri, args.experiment, args.sweep, args.parent)
+        rows = compare.list_runs(args.uri, args.experiment, args.sweep, args.parent)
         if not rows:
-            raise BadInput(no_match_message(args.uri, args.experiment, args.sweep, args.parent))
+            raise BadInput(compare.no_match_message(args.uri, args.experiment, args.sweep, args.parent))
         if args.best:
-            print("\n".join(best_report(args.uri, best_run(rows, args.metric, args.order), args.metric)))
+            best = compare.best_run(rows, args.metric, args.order)
+            print("\n".join(compare.best_report(args.uri, best, args.metric)))
             return 0
-        check_metric(rows, args.metric)
-        rows = sort_rows(rows, args.metric, args.order)[:args.limit]
-        fmt = format_for(args.out or "", args.format)
-        text = format_table(rows, table_columns(rows, args.metric, args.all_params), fmt)
+        compare.check_metric(rows, args.metric)
+        rows = compare.sort_rows(rows, args.metric, args.order)[: args.limit]
+        fmt = compare.format_for(args.out or "", args.format)
+        text = compare.format_table(rows, compare.table_columns(rows, args.metric, args.all_params), fmt)
         if args.out:
             write_text(args.out, text)
             print(f"wrote {len(rows)} runs to {args.out}")
@@ -110,10 +133,13 @@ def runs(argv: list[str]) -> int:
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(f"usage: imgclf {{{','.join(COMMANDS)}}} ...\n"
-              "  imgclf STAGE [HYDRA OVERRIDES...]   run a pipeline stage from conf/\n"
-              "  imgclf predict PATH... [--out FILE]  classify images with the exported model\n"
-              "  imgclf runs [--sweep ID] [--best]     compare MLflow runs, or show the best one", file=sys.stderr)
+        print(
+            f"usage: imgclf {{{','.join(COMMANDS)}}} ...\n"
+            "  imgclf STAGE [HYDRA OVERRIDES...]   run a pipeline stage from conf/\n"
+            "  imgclf predict PATH... [--out FILE]  classify images with the exported model\n"
+            "  imgclf runs [--sweep ID] [--best]     compare MLflow runs, or show the best one",
+            file=sys.stderr,
+        )
         sys.exit(0 if len(sys.argv) > 1 else 2)
     command = sys.argv[1]
     if command not in COMMANDS:

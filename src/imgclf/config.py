@@ -2,12 +2,13 @@
 
 `python -m imgclf.config [OVERRIDE ...]` prints the composition (what `make params` writes).
 """
+
 from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 

@@ -1,4 +1,5 @@
 """DistributedDataParallel under torchrun: process group, sharded batches, reductions. One process: no-ops."""
+
 from __future__ import annotations
 
 import logging
@@ -8,6 +9,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import Sampler
+
 from .errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -89,8 +91,15 @@ class ShardedBatchSampler(Sampler[list[int]]):
     A last batch smaller than the world size is dropped (only when distributed) so no rank gets an empty batch.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < world_size:
             raise BadInput(f"trainer.batch_size={batch_size} is smaller than the {world_size} processes")
         self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
@@ -98,12 +107,12 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def _batches(self) -> list[list[int]]:
         order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else list(range(self.n))
-        batches = [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
         return [b for b in batches if len(b) >= self.world]
 
     def __iter__(self):
         for batch in self._batches():
-            yield batch[self.rank::self.world]
+            yield batch[self.rank :: self.world]
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
@@ -113,4 +122,4 @@ class ShardedBatchSampler(Sampler[list[int]]):
 def shard_for_eval(n: int, batch_size: int) -> list[list[int]]:
     """This rank's share of an evaluation set, in batches; shares differ by at most one and cover every sample."""
     idx = list(range(rank(), n, world_size()))
-    return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]

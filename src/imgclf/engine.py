@@ -1,12 +1,13 @@
 """train_one_epoch(), evaluate() and fit(): plain functions over a model, loaders and a device."""
+
 from __future__ import annotations
 
 import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ class DeviceSetup:
     channels_last: bool = False
 
     @classmethod
-    def for_device(cls, device: torch.device, amp: bool = True, channels_last: bool = True) -> "DeviceSetup":
+    def for_device(cls, device: torch.device, amp: bool = True, channels_last: bool = True) -> DeviceSetup:
         # GPU fast path: bf16 autocast where supported (no loss scaling needed), fp16 otherwise;
         # channels_last feeds tensor cores. On CPU both stay off: fp32 is what CPUs do fastest here.
         if device.type != "cuda":
@@ -52,7 +53,9 @@ class DeviceSetup:
         return cls(device, amp_dtype=dtype if amp else None, channels_last=channels_last)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """fp16 needs loss scaling; bf16 and fp32 do not."""
@@ -100,16 +103,16 @@ class Trainer:
     re-wrapped for DDP) returns a new Trainer with dataclasses.replace (imgclf.finetune).
     """
 
-    model: nn.Module                      # what trains: the network, its DDP wrapper, or a head on cached features
+    model: nn.Module  # what trains: the network, its DDP wrapper, or a head on cached features
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     setup: DeviceSetup
-    preprocess: nn.Module | None = None   # None when batches are already features
-    scheduler: object = None              # stepped once per batch (imgclf.optim)
+    preprocess: nn.Module | None = None  # None when batches are already features
+    scheduler: object = None  # stepped once per batch (imgclf.optim)
     scaler: torch.amp.GradScaler | None = None
     augment: Callable | None = None
-    grad_clip: float | None = None        # max global gradient norm
-    frozen_backbone: bool = False         # backbone in eval mode (BN statistics and dropout off), head trains
+    grad_clip: float | None = None  # max global gradient norm
+    frozen_backbone: bool = False  # backbone in eval mode (BN statistics and dropout off), head trains
     log_every: int = 10
 
 
@@ -145,8 +148,10 @@ def train_one_epoch(t: Trainer, loader, epoch: int) -> dict[str, float]:
         # ranks weigh their shard by its share of the global batch: the same gradient as one process
         weight, bad = dist.shard_weight(n, not math.isfinite(loss_value), device)
         if bad:
-            raise NonFiniteLoss(f"loss is {loss_value if not math.isfinite(loss_value) else 'not finite on another rank'}"
-                                f" at epoch {epoch} step {step}; lower optim.lr or check the data")
+            raise NonFiniteLoss(
+                f"loss is {loss_value if not math.isfinite(loss_value) else 'not finite on another rank'}"
+                f" at epoch {epoch} step {step}; lower optim.lr or check the data"
+            )
         t.optimizer.zero_grad(set_to_none=True)
         scaled = loss * weight if weight != 1.0 else loss
         if t.scaler is not None:
@@ -170,12 +175,18 @@ def train_one_epoch(t: Trainer, loader, epoch: int) -> dict[str, float]:
     progress.close()
     elapsed = time.perf_counter() - start
     loss_sum, correct_sum, seen_sum = dist.all_reduce_sum([total_loss.item(), correct.item(), seen], device)
-    return {"train/loss": loss_sum / seen_sum, "train/acc": correct_sum / seen_sum,
-            "train/epoch_time_s": elapsed, "train/images_per_sec": seen_sum / elapsed}
+    return {
+        "train/loss": loss_sum / seen_sum,
+        "train/acc": correct_sum / seen_sum,
+        "train/epoch_time_s": elapsed,
+        "train/images_per_sec": seen_sum / elapsed,
+    }
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, CPU) and labels for every batch of `loader`, in loader order."""
     model.eval()
     all_logits, all_labels = [], []
@@ -187,8 +198,9 @@ def predict(model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module 
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate(model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module | None,
-             prefix: str = "val") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module | None, prefix: str = "val"
+) -> dict[str, float]:
     """Mean cross-entropy and accuracy over `loader` (summed over ranks), keyed `<prefix>/loss`, `<prefix>/acc`."""
     logits, labels = predict(model, loader, setup, preprocess)
     loss_sum = F.cross_entropy(logits, labels, reduction="sum").item()
@@ -198,7 +210,9 @@ def evaluate(model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module
 
 
 @torch.inference_mode()
-def compute_features(model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_features(
+    model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen backbone's output for every batch, once: head-only epochs then cost only the head."""
     from .models import features
 
@@ -215,19 +229,28 @@ def compute_features(model: nn.Module, loader, setup: DeviceSetup, preprocess: n
 class FitState:
     """Where training is: what a checkpoint restores and what fit() returns."""
 
-    epoch: int = 0                        # last completed epoch
+    epoch: int = 0  # last completed epoch
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_metrics: dict = field(default_factory=dict)
     best_state: dict = field(default_factory=dict)
-    bad_epochs: int = 0                   # epochs since val/acc last improved by more than min_delta
+    bad_epochs: int = 0  # epochs since val/acc last improved by more than min_delta
     stopped_early: bool = False
 
 
-def fit(t: Trainer, train_loader, val_loader, epochs: int, state: FitState | None = None, *,
-        network: nn.Module | None = None, patience: int | None = None, min_delta: float = 0.0,
-        before_epoch: Callable[[int, Trainer], Trainer] | None = None,
-        after_epoch: Callable[[int, dict, FitState], None] | None = None) -> FitState:
+def fit(
+    t: Trainer,
+    train_loader,
+    val_loader,
+    epochs: int,
+    state: FitState | None = None,
+    *,
+    network: nn.Module | None = None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    before_epoch: Callable[[int, Trainer], Trainer] | None = None,
+    after_epoch: Callable[[int, dict, FitState], None] | None = None,
+) -> FitState:
     """Train from `state.epoch + 1` to `epochs`, validating each epoch; keep the best weights by val/acc.
 
     `network` is the module whose weights are the result (the whole network when only its head trains);
@@ -259,7 +282,12 @@ def fit(t: Trainer, train_loader, val_loader, epochs: int, state: FitState | Non
         if after_epoch is not None:  # the checkpoint records the decision: a resumed run stops too
             after_epoch(epoch, metrics, state)
         if state.stopped_early:
-            log.info("early stopping: val/acc has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
-                     min_delta, patience, state.best_metrics["val/acc"], state.best_epoch)
+            log.info(
+                "early stopping: val/acc has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
+                min_delta,
+                patience,
+                state.best_metrics["val/acc"],
+                state.best_epoch,
+            )
             break
     return state

@@ -2,6 +2,7 @@
 
 Anything else is a bug and keeps its traceback (stages/_app.py).
 """
+
 from __future__ import annotations
 
 

@@ -1,11 +1,12 @@
 """Evaluation on the test set: metrics (the keys everywhere: test/acc, test/macro_f1, ...), the confusion
 matrix, and fast.ai lesson 1's views of the mistakes; `write_evaluation` writes everything reports/evaluate holds."""
+
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -18,25 +19,25 @@ class Predictions:
     """The model's output on a split, one row per image: what metrics, plots and the error analysis read."""
 
     paths: list[str]
-    images: np.ndarray      # uint8 (N, 3, H, W), as the model saw them (for the image grids)
-    y_true: np.ndarray      # class indices
-    probs: np.ndarray       # (N, C) softmax probabilities
+    images: np.ndarray  # uint8 (N, 3, H, W), as the model saw them (for the image grids)
+    y_true: np.ndarray  # class indices
+    probs: np.ndarray  # (N, C) softmax probabilities
     class_names: list[str]
 
     @property
     def y_pred(self) -> np.ndarray:
         return self.probs.argmax(1)
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
-                           prefix: str = "test") -> dict[str, float]:
+
+def classification_metrics(
+    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], prefix: str = "test"
+) -> dict[str, float]:
     """Accuracy, macro-F1, log loss and per-class precision/recall/F1 for predicted probabilities."""
     from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
 
     labels = np.arange(len(class_names))
     y_pred = probs.argmax(1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     metrics = {
         f"{prefix}/acc": float(accuracy_score(y_true, y_pred)),
         f"{prefix}/macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
@@ -124,8 +125,9 @@ def write_predictions(path: Path, preds: Predictions) -> None:
             writer.writerow([path_, names[t], names[p], *(f"{v:.6f}" for v in row)])
 
 
-def write_error_analysis(out_dir: Path, preds: Predictions, matrix: np.ndarray, n: int = 20,
-                         per_class: int = 3) -> dict:
+def write_error_analysis(
+    out_dir: Path, preds: Predictions, matrix: np.ndarray, n: int = 20, per_class: int = 3
+) -> dict:
     """The four views of fast.ai lesson 1 as PNGs, plus the most confused pairs; returns analysis.json's content."""
     names, probs, y_true, y_pred = preds.class_names, preds.probs, preds.y_true, preds.y_pred
     losses = per_image_loss(probs, y_true)
@@ -140,12 +142,26 @@ def write_error_analysis(out_dir: Path, preds: Predictions, matrix: np.ndarray, 
         "random_correct": random_correct(probs, y_true, per_class),
     }
     for name, idx in views.items():
-        plot_image_grid(preds.images[idx], [caption(i) for i in idx], f"{name.replace('_', ' ')}: true -> predicted",
-                        out_dir / f"{name}.png")
+        plot_image_grid(
+            preds.images[idx],
+            [caption(i) for i in idx],
+            f"{name.replace('_', ' ')}: true -> predicted",
+            out_dir / f"{name}.png",
+        )
     return {
         "confusion_matrix": {"labels": list(names), "counts": matrix.tolist()},  # rows: true class
         "most_confused": most_confused(matrix, names),
-        **{name: [{"path": preds.paths[i], "true": names[y_true[i]], "predicted": names[y_pred[i]],
-                   "probability": round(float(probs[i, y_pred[i]]), 6), "loss": round(float(losses[i]), 6)}
-                  for i in idx] for name, idx in views.items()},
+        **{
+            name: [
+                {
+                    "path": preds.paths[i],
+                    "true": names[y_true[i]],
+                    "predicted": names[y_pred[i]],
+                    "probability": round(float(probs[i, y_pred[i]]), 6),
+                    "loss": round(float(losses[i]), 6),
+                }
+                for i in idx
+            ]
+            for name, idx in views.items()
+        },
     }

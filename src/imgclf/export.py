@@ -1,4 +1,5 @@
 """Export a trained network to ONNX and TorchScript beside its serving contract, each checked against PyTorch."""
+
 from __future__ import annotations
 
 import logging
@@ -15,21 +16,31 @@ log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
 
 
-def export_model(model: nn.Module, inputs: torch.Tensor, out_dir: Path, spec: ServingSpec, *, opset: int,
-                 atol: float) -> dict[str, float]:
+def export_model(
+    model: nn.Module, inputs: torch.Tensor, out_dir: Path, spec: ServingSpec, *, opset: int, atol: float
+) -> dict[str, float]:
     """model.onnx, model.ts, labels.txt and preprocessing.json into `out_dir`, only if both formats agree with
     PyTorch on `inputs` (normalised test images) within `atol`; returns the checks' figures."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         export_onnx(model, inputs[:1], tmp / "model.onnx", opset)
         export_torchscript(model, inputs[:1], tmp / "model.ts")
-        report = {**verify_onnx(model, tmp / "model.onnx", inputs), **verify_torchscript(model, tmp / "model.ts", inputs)}
-        log.info("ONNX vs PyTorch on %d test images: max |diff| %.3g, top-1 agreement %.4f", len(inputs),
-                 report["export/onnx_max_abs_diff"], report["export/onnx_top1_agreement"])
+        report = {
+            **verify_onnx(model, tmp / "model.onnx", inputs),
+            **verify_torchscript(model, tmp / "model.ts", inputs),
+        }
+        log.info(
+            "ONNX vs PyTorch on %d test images: max |diff| %.3g, top-1 agreement %.4f",
+            len(inputs),
+            report["export/onnx_max_abs_diff"],
+            report["export/onnx_top1_agreement"],
+        )
         for fmt in FORMATS:
             if report[f"export/{fmt}_max_abs_diff"] > atol:
-                raise RuntimeError(f"{fmt} output differs from PyTorch by {report[f'export/{fmt}_max_abs_diff']:.3g}"
-                                   f" > export.atol={atol}; not writing {out_dir}")
+                raise RuntimeError(
+                    f"{fmt} output differs from PyTorch by {report[f'export/{fmt}_max_abs_diff']:.3g}"
+                    f" > export.atol={atol}; not writing {out_dir}"
+                )
         spec.write(tmp)
     return report
 
@@ -39,9 +50,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset
     model = model.eval().cpu()
     # the dynamo exporter: the TorchScript one cannot export AlexNet's adaptive pooling below 224 px
     torch.onnx.export(
-        model, (example.cpu(),), str(path), input_names=["images"], output_names=["logits"],
-        opset_version=opset, dynamo=True, external_data=False,  # one self-contained file (< 2 GB)
-        dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+        model,
+        (example.cpu(),),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,  # one self-contained file (< 2 GB)
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        verbose=False,
     )
 
 
@@ -72,8 +90,10 @@ def verify_torchscript(model: nn.Module, path: str | Path, inputs: torch.Tensor)
     scripted = torch.jit.load(str(path))
     with torch.inference_mode():
         ts_logits, torch_logits = scripted(inputs).numpy(), model.eval()(inputs).numpy()
-    return {"export/torchscript_max_abs_diff": float(np.abs(ts_logits - torch_logits).max()),
-            "export/torchscript_top1_agreement": float((ts_logits.argmax(1) == torch_logits.argmax(1)).mean())}
+    return {
+        "export/torchscript_max_abs_diff": float(np.abs(ts_logits - torch_logits).max()),
+        "export/torchscript_top1_agreement": float((ts_logits.argmax(1) == torch_logits.argmax(1)).mean()),
+    }
 
 
 def measure_latency(run, inputs: torch.Tensor, batch_sizes=(1, 32), repeats: int = 3) -> dict[str, float]:
@@ -107,7 +127,9 @@ def latency_report(model: nn.Module, export_dir: Path, inputs: torch.Tensor) -> 
         def run(x):
             with torch.inference_mode():
                 return m(x)
+
         return run
+
     return {
         "pytorch": measure_latency(torch_run(model.eval()), inputs),
         "onnxruntime": measure_latency(lambda x: session.run(["logits"], {"images": x.numpy()}), inputs),

@@ -1,24 +1,28 @@
 """A training run from start to finish: its MLflow run, what it resumes, a checkpoint after every epoch, and the
 outputs dvc.yaml declares. evaluate and export reopen the same MLflow run through models/run.json."""
+
 from __future__ import annotations
 
 import csv
 import json
 import logging
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from . import distributed as dist
-from . import tracking
+from . import sweeps, tracking
 from .checkpoint import Resumable, Resume, find_resume_checkpoint, load_training_state, save_training_state
-from .engine import FitState, NonFiniteLoss, Trainer, fit
+from .data.split import index_hash
+from .engine import FitState, NonFiniteLoss, fit
 from .errors import MissingInput
+from .finetune import Prepared
 from .models import save_checkpoint
 from .paths import Paths
 from .plots import plot_curves
-from .utils import atomic_path, write_json, write_text
+from .utils import atomic_path, git_state, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +45,27 @@ class TrainingRun:
         self.run_id: str | None = None
 
     @classmethod
-    def plan(cls, paths: Paths, resume: str, config_hash: str) -> "TrainingRun":
+    def plan(cls, paths: Paths, resume: str, config_hash: str) -> TrainingRun:
         """`resume` is trainer.resume: auto continues paths.checkpoints/last.pt of the same config only."""
         return cls(paths, config_hash, find_resume_checkpoint(resume, paths.checkpoints, config_hash))
 
     @contextmanager
-    def open(self, uri: str, experiment: str, *, name: str, tags: Mapping[str, str], config: Mapping[str, Any],
-             parent_id: str | None = None) -> Iterator["TrainingRun"]:
-        """The MLflow run (the resumed one when resuming); ends FINISHED, FAILED or KILLED with the block."""
+    def open(
+        self,
+        uri: str,
+        experiment: str,
+        *,
+        name: str,
+        tags: Mapping[str, str],
+        config: Mapping[str, Any],
+    ) -> Iterator[TrainingRun]:
+        """The MLflow run (the resumed one when resuming; a child of the sweep's run in a sweep); it ends FINISHED,
+        FAILED or KILLED with the block."""
         if not dist.is_main():
             yield self
             return
         resumed = self.resume.state["run_id"] if self.resume else None
+        parent_id = sweeps.parent_run_id()
         # the run opens first: a trial that fails on a bad combination is a FAILED run, not a missing one
         with tracking.run(uri, experiment, run_id=resumed, run_name=name, tags=tags, parent_id=parent_id) as run_id:
             self.run_id = run_id
@@ -72,27 +85,50 @@ class TrainingRun:
             tracking.log_metrics({k: v for k, v in state.history[-1].items() if k != "epoch"}, step=state.epoch)
         return state
 
-    def fit(self, trainer: Trainer, loaders: tuple, *, objects: Resumable, state: FitState, epochs: int,
-            stopping: Stopping = Stopping(), before_epoch: Callable[[int, Trainer], Trainer] | None = None) -> FitState:
-        """fit() with a checkpoint after every epoch, then the epoch's metrics into MLflow (rank 0)."""
+    def fit(self, prepared: Prepared, objects: Resumable, *, epochs: int, stopping: Stopping) -> FitState:
+        """fit() from the resumed state, with a checkpoint after every epoch, then its metrics into MLflow (rank 0)."""
         main = dist.is_main()
+        state = self.restore(objects)
 
         def after_epoch(epoch: int, metrics: dict, fit_state: FitState) -> None:
             if main:  # checkpoint first: a kill between the two leaves this epoch resumable
-                save_training_state(self.paths.checkpoints, fit_state, objects, run_id=self.run_id,
-                                    config_hash=self.config_hash, best_improved=fit_state.best_epoch == epoch)
+                save_training_state(
+                    self.paths.checkpoints,
+                    fit_state,
+                    objects,
+                    run_id=self.run_id,
+                    config_hash=self.config_hash,
+                    best_improved=fit_state.best_epoch == epoch,
+                )
                 tracking.log_metrics(metrics, step=epoch)
 
         last = self.paths.checkpoints / "last.pt"
         try:
-            return fit(trainer, *loaders, epochs, state, network=objects.model, patience=stopping.patience,
-                       min_delta=stopping.min_delta, before_epoch=before_epoch, after_epoch=after_epoch)
+            return fit(
+                prepared.trainer,
+                prepared.train_loader,
+                prepared.val_loader,
+                epochs,
+                state,
+                network=objects.model,
+                patience=stopping.patience,
+                min_delta=stopping.min_delta,
+                before_epoch=prepared.before_epoch,
+                after_epoch=after_epoch,
+            )
         except NonFiniteLoss as exc:
             kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch finished: no checkpoint"
             raise NonFiniteLoss(f"{exc}; {kept}") from None
 
-    def finish(self, state: FitState, *, meta: Mapping[str, Any], config: Mapping[str, Any], experiment: str,
-               labels_file: Path, data_report: Path) -> None:
+    def finish(
+        self,
+        state: FitState,
+        *,
+        meta: Mapping[str, Any],
+        config: Mapping[str, Any],
+        experiment: str,
+        dataset: str,
+    ) -> None:
         """Rank 0: model.pt, the train reports and run.json, the same into MLflow; then no checkpoint is left."""
         if not dist.is_main():
             return
@@ -103,7 +139,8 @@ class TrainingRun:
         tracking.log_metrics({f"best/{k}": v for k, v in summary.items()})
         for name in TRAIN_REPORTS:
             tracking.log_artifact(reports / name, "train")
-        tracking.log_artifact(labels_file, "train")
+        tracking.log_artifact(self.paths.labels(dataset), "train")
+        data_report = self.paths.report_dir("split") / "report.json"
         if data_report.is_file():  # the data report of the split this run trained on
             log_data_report(data_report)
         tracking.log_artifact(self.paths.model_file, "checkpoint")  # once per run: checkpoints are hundreds of MB
@@ -119,6 +156,28 @@ class TrainingRun:
             yield run_id
 
 
+def run_tags(
+    paths: Paths, dataset: str, device: object, overrides: list[str], sweep_dir: Path | None, **labels: str
+) -> dict[str, str]:
+    """What a run says about itself: data set and its version, device, overrides, where model.pt goes, git state;
+    `labels` become imgclf.<name> tags (model, finetune)."""
+    git = git_state()
+    tags = {
+        "imgclf.dataset": dataset,
+        "imgclf.device": str(device),
+        "imgclf.data_version": index_hash(paths.split(dataset)),
+        "imgclf.overrides": tracking.redact_overrides(overrides),
+        "imgclf.world_size": str(dist.world_size()),
+        "imgclf.checkpoint": str(paths.model_file.resolve()),
+        "mlflow.source.git.commit": git["commit"],
+        "imgclf.git_dirty": git["dirty"],
+        **{f"imgclf.{k}": v for k, v in labels.items()},
+    }
+    if sweep_dir is not None:
+        tags["imgclf.sweep"] = str(Path(sweep_dir).resolve())
+    return tags
+
+
 def read_run_file(path: Path) -> dict:
     if not path.is_file():
         raise MissingInput(f"{path} not found; run the train stage first (dvc repro train)")
@@ -129,8 +188,12 @@ def log_data_report(report: Path) -> None:
     """The split stage's report (reports/split/) under `data/`, with its skipped and duplicate counts as metrics."""
     tracking.log_artifacts(report.parent, "data")
     content = json.loads(report.read_text())
-    tracking.log_metrics({"data/skipped_files": sum(content["skipped"]["counts"].values()),
-                          "data/cross_split_duplicates": content["cross_split_duplicates"]["groups"]})
+    tracking.log_metrics(
+        {
+            "data/skipped_files": sum(content["skipped"]["counts"].values()),
+            "data/cross_split_duplicates": content["cross_split_duplicates"]["groups"],
+        }
+    )
 
 
 def write_train_reports(out: Path, state: FitState, config: Mapping[str, Any]) -> dict:
@@ -142,10 +205,15 @@ def write_train_reports(out: Path, state: FitState, config: Mapping[str, Any]) -
         writer.writeheader()
         writer.writerows(state.history)
     last = state.history[-1]
-    summary = {"best_epoch": state.best_epoch, "val/acc": state.best_metrics["val/acc"],
-               "val/loss": state.best_metrics["val/loss"], "train/loss": last["train/loss"],
-               "train/images_per_sec": last["train/images_per_sec"], "epochs_run": len(state.history),
-               "train/epoch_time_s": sum(h["train/epoch_time_s"] for h in state.history) / len(state.history)}
+    summary = {
+        "best_epoch": state.best_epoch,
+        "val/acc": state.best_metrics["val/acc"],
+        "val/loss": state.best_metrics["val/loss"],
+        "train/loss": last["train/loss"],
+        "train/images_per_sec": last["train/images_per_sec"],
+        "epochs_run": len(state.history),
+        "train/epoch_time_s": sum(h["train/epoch_time_s"] for h in state.history) / len(state.history),
+    }
     write_json(out / "metrics.json", summary)
     plot_curves(state.history, out / "curves.png")
     write_text(out / "config.yaml", OmegaConf.to_yaml(dict(config)))

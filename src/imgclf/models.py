@@ -1,4 +1,5 @@
 """build_model(): the one place networks are created, pretrained weights found and loaded, and heads swapped."""
+
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from .errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,16 @@ class Preprocessing:
     min_size: int = 1
 
 
-def build_model(name: str, num_classes: int, *, source: str = "torchvision", pretrained: bool = False,
-                weights: str | None = None, download: bool = True, dropout: float | None = None) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    source: str = "torchvision",
+    pretrained: bool = False,
+    weights: str | None = None,
+    download: bool = True,
+    dropout: float | None = None,
+) -> nn.Module:
     """Create `name`, load ImageNet (`pretrained`) or local (`weights`) weights, replace the head for `num_classes`.
 
     `dropout` overrides the architecture's dropout before the head (None keeps its default).
@@ -56,13 +66,17 @@ def check_name(source: str, name: str) -> None:
         import timm
 
         if not timm.is_model(name):
-            raise BadInput(f"unknown timm model '{name}'; list them with: python -c \"import timm; "
-                             f"print(timm.list_models('{name.split('.')[0][:4]}*'))\"")
+            raise BadInput(
+                f"unknown timm model '{name}'; list them with: python -c \"import timm; "
+                f"print(timm.list_models('{name.split('.')[0][:4]}*'))\""
+            )
     elif source != "torchvision":
         raise BadInput(f"unknown model.source '{source}'; choose one of: {', '.join(SOURCES)}")
     elif name not in TORCHVISION_ARCHS:
-        raise BadInput(f"unknown model '{name}'; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
-                         "or model=timm model.name=<any timm model>")
+        raise BadInput(
+            f"unknown model '{name}'; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
+            "or model=timm model.name=<any timm model>"
+        )
 
 
 def _create(source: str, name: str, dropout: float | None = None) -> nn.Module:
@@ -112,8 +126,10 @@ def _cached_url(url: str, name: str, download: bool) -> Path:
     try:
         torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix.group(1) if prefix else None)
     except Exception as exc:  # no network, proxy, bad hash: one line, never random weights instead
-        raise WeightsNotFound(f"pretrained weights for {name} not found at {path} and the download failed "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from None
+        raise WeightsNotFound(
+            f"pretrained weights for {name} not found at {path} and the download failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {hint}"
+        ) from None
     return path
 
 
@@ -132,26 +148,33 @@ def _timm_file(name: str, download: bool) -> Path:
     repo = cfg.get("hf_hub_id")
     if not repo:
         if not cfg.get("url"):
-            raise WeightsNotFound(f"timm model {name} has no pretrained weights to download; "
-                                  "set model.weights=/path/to/file or model.pretrained=false")
+            raise WeightsNotFound(
+                f"timm model {name} has no pretrained weights to download; "
+                "set model.weights=/path/to/file or model.pretrained=false"
+            )
         return _cached_url(cfg["url"], f"timm model {name}", download)
     cache = hf_cache_dir()
     for filename in ("model.safetensors", "pytorch_model.bin"):  # timm's hub repos hold one or the other
         found = try_to_load_from_cache(repo, filename, cache_dir=cache)
         if isinstance(found, str):
             return Path(found)
-    hint = (f"run `hf download {repo}` where there is internet and copy {cache} here (or set HF_HOME), "
-            "or set model.weights=/path/to/model.safetensors")
+    hint = (
+        f"run `hf download {repo}` where there is internet and copy {cache} here (or set HF_HOME), "
+        "or set model.weights=/path/to/model.safetensors"
+    )
     if not download:
-        raise WeightsNotFound(f"pretrained weights for timm model {name} not found in {cache} "
-                              f"(models--{repo.replace('/', '--')}); {hint}")
+        raise WeightsNotFound(
+            f"pretrained weights for timm model {name} not found in {cache} (models--{repo.replace('/', '--')}); {hint}"
+        )
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache))
     except Exception as exc:
-        raise WeightsNotFound(f"pretrained weights for timm model {name} not in {cache} and the download failed "
-                              f"({type(exc).__name__}); {hint}") from None
+        raise WeightsNotFound(
+            f"pretrained weights for timm model {name} not in {cache} and the download failed "
+            f"({type(exc).__name__}); {hint}"
+        ) from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -185,8 +208,11 @@ def load_weights(model: nn.Module, path: Path, name: str) -> None:
     result = model.load_state_dict(fits, strict=False)
     log.info("loaded %d/%d tensors of %s from %s", len(fits), len(own), name, path)
     missing = [k for k in result.missing_keys if k not in reshaped]
-    for label, keys in (("missing", missing), ("unexpected", sorted(set(state) - set(own))),
-                        ("skipped (shape differs)", reshaped)):
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", sorted(set(state) - set(own))),
+        ("skipped (shape differs)", reshaped),
+    ):
         if keys:
             log.info("%s keys (%d): %s", label, len(keys), ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
 
@@ -218,28 +244,41 @@ def preprocessing(source: str, name: str) -> Preprocessing:
     check_name(source, name)
     if source == "timm":
         cfg = _timm_cfg(name)
-        return Preprocessing(int(cfg.get("input_size", (3, 224, 224))[-1]), list(cfg.get("mean", IMAGENET_MEAN)),
-                             list(cfg.get("std", IMAGENET_STD)), cfg.get("interpolation") or "bicubic")
+        return Preprocessing(
+            int(cfg.get("input_size", (3, 224, 224))[-1]),
+            list(cfg.get("mean", IMAGENET_MEAN)),
+            list(cfg.get("std", IMAGENET_STD)),
+            cfg.get("interpolation") or "bicubic",
+        )
     from torchvision import models as tv_models
 
     weights = tv_models.get_model_weights(name).DEFAULT
     t = weights.transforms()
-    return Preprocessing(int(t.crop_size[0]), list(t.mean), list(t.std), t.interpolation.value,
-                         int(weights.meta.get("min_size", (1, 1))[0]))
+    return Preprocessing(
+        int(t.crop_size[0]),
+        list(t.mean),
+        list(t.std),
+        t.interpolation.value,
+        int(weights.meta.get("min_size", (1, 1))[0]),
+    )
 
 
-def resolve_preprocessing(source: str, name: str, image_size=None, mean=None, std=None,
-                          interpolation=None) -> Preprocessing:
+def resolve_preprocessing(
+    source: str, name: str, image_size=None, mean=None, std=None, interpolation=None
+) -> Preprocessing:
     """The weights' preprocessing with each config value that is not null taking precedence; checks the size."""
     spec = preprocessing(source, name)
     spec.image_size = int(image_size or spec.image_size)
     spec.mean, spec.std = list(mean or spec.mean), list(std or spec.std)
     spec.interpolation = interpolation or spec.interpolation
     if spec.interpolation not in INTERPOLATIONS:
-        raise BadInput(f"unknown model.interpolation '{spec.interpolation}'; choose one of: {', '.join(INTERPOLATIONS)}")
+        raise BadInput(
+            f"unknown model.interpolation '{spec.interpolation}'; choose one of: {', '.join(INTERPOLATIONS)}"
+        )
     if spec.image_size < spec.min_size:
-        raise BadInput(f"model.image_size={spec.image_size} is too small for {name}; "
-                         f"it needs at least {spec.min_size} px")
+        raise BadInput(
+            f"model.image_size={spec.image_size} is too small for {name}; it needs at least {spec.min_size} px"
+        )
     return spec
 
 

@@ -1,10 +1,11 @@
 """The learning rate in one place: parameter groups (head and backbone rates, no decay on norms and biases),
 the optimizer built from them, and the schedules stepped once per batch (conf/optim, conf/schedule,
 finetune.backbone_lr_divisor)."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 from torch.optim import Optimizer
@@ -26,13 +27,25 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_d
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (True, False)}
     for p in model.parameters():
         groups[(id(p) in head_params, p.ndim > 1)].append(p)
-    return [{"params": params, "lr": lr if is_head else lr / backbone_lr_divisor,
-             "weight_decay": weight_decay if decay else 0.0}
-            for (is_head, decay), params in groups.items() if params]
+    return [
+        {
+            "params": params,
+            "lr": lr if is_head else lr / backbone_lr_divisor,
+            "weight_decay": weight_decay if decay else 0.0,
+        }
+        for (is_head, decay), params in groups.items()
+        if params
+    ]
 
 
-def build_optimizer(factory: Callable[[list[dict]], Optimizer], model: nn.Module, *, lr: float, weight_decay: float,
-                    backbone_lr_divisor: float = 1.0) -> Optimizer:
+def build_optimizer(
+    factory: Callable[[list[dict]], Optimizer],
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    backbone_lr_divisor: float = 1.0,
+) -> Optimizer:
     """`factory` (conf/optim's partial, e.g. torch.optim.AdamW) over param_groups()."""
     return factory(param_groups(model, lr, weight_decay, backbone_lr_divisor))
 
@@ -47,8 +60,9 @@ def _warmup(step: int, warmup_steps: int) -> float:
     return (step + 1) / warmup_steps if step < warmup_steps else 1.0
 
 
-def cosine(optimizer: Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
-           min_lr_ratio: float = 0.0) -> LRScheduler:
+def cosine(
+    optimizer: Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0, min_lr_ratio: float = 0.0
+) -> LRScheduler:
     """Linear warmup, then cosine decay to `min_lr_ratio` x the base rate at the last batch."""
     total, warm = epochs * steps_per_epoch, int(round(warmup_epochs * steps_per_epoch))
 
@@ -57,11 +71,18 @@ def cosine(optimizer: Optimizer, epochs: int, steps_per_epoch: int, warmup_epoch
             return _warmup(step, warm)
         progress = min(1.0, (step - warm) / max(1, total - warm))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return LambdaLR(optimizer, factor)
 
 
-def step(optimizer: Optimizer, epochs: int, steps_per_epoch: int, step_epochs: int = 3, gamma: float = 0.1,
-         warmup_epochs: float = 0.0) -> LRScheduler:
+def step(
+    optimizer: Optimizer,
+    epochs: int,
+    steps_per_epoch: int,
+    step_epochs: int = 3,
+    gamma: float = 0.1,
+    warmup_epochs: float = 0.0,
+) -> LRScheduler:
     """Multiply the rate by `gamma` every `step_epochs` epochs, after an optional warmup."""
     warm = int(round(warmup_epochs * steps_per_epoch))
     return LambdaLR(optimizer, lambda s: _warmup(s, warm) * gamma ** (s // (step_epochs * steps_per_epoch)))

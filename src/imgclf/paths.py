@@ -3,15 +3,16 @@
 Data sets stay under the project root; models, reports and checkpoints go under the run's root, which is the
 project root for `dvc repro` and a job's own directory in a Hydra sweep.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 IMAGE_DIR = "images"  # data/<dataset>/images/<class>/<file>: the layout every source ends in
-SPLIT_DIR = "split"   # data/<dataset>/split/{train,val,test}.csv, labels.txt, sample/
-CACHE_DIR = "cache"   # data/<dataset>/cache/: packed, resized splits; derived data, safe to delete
+SPLIT_DIR = "split"  # data/<dataset>/split/{train,val,test}.csv, labels.txt, sample/
+CACHE_DIR = "cache"  # data/<dataset>/cache/: packed, resized splits; derived data, safe to delete
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Paths:
     checkpoints: Path = Path("checkpoints")
 
     @classmethod
-    def from_config(cls, paths: Mapping[str, str], root: str | Path = ".") -> "Paths":
+    def from_config(cls, paths: Mapping[str, str], root: str | Path = ".") -> Paths:
         """From the config's `paths`; outputs under `root` (a sweep job's directory), data where it is."""
         root = Path(root)
         return cls(Path(paths["data"]), root / paths["models"], root / paths["reports"], root / paths["checkpoints"])

@@ -1,9 +1,10 @@
 """Every PNG figure for people: curves (DIGITS' graph), confusion matrices, image grids, the data report."""
+
 from __future__ import annotations
 
-from pathlib import Path
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -61,14 +62,21 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | P
         threshold = matrix.max() / 2 if matrix.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{matrix[i, j]:.2f}" if normalize else int(matrix[i, j]), ha="center", va="center",
-                        fontsize=8,
-                        color="white" if matrix[i, j] > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2f}" if normalize else int(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if matrix[i, j] > threshold else "black",
+                )
     save_figure(fig, Path(path))
 
 
-def plot_image_grid(images: np.ndarray, captions: Sequence[str], title: str, path: str | Path, cols: int = 5,
-                    tile: int = 128) -> None:
+def plot_image_grid(
+    images: np.ndarray, captions: Sequence[str], title: str, path: str | Path, cols: int = 5, tile: int = 128
+) -> None:
     """uint8 images (N, 3, H, W) in a captioned grid, drawn with PIL (matplotlib takes seconds for 20 panels)."""
     from PIL import Image, ImageDraw
 
@@ -103,8 +111,14 @@ def plot_class_counts(rows: list[dict], path: str | Path) -> None:
     save_figure(fig, Path(path))
 
 
-def plot_samples(image_root: Path, items: list[tuple[str, str]], class_names: Sequence[str], path: str | Path,
-                 per_class: int = 8, max_classes: int = 20) -> None:
+def plot_samples(
+    image_root: Path,
+    items: list[tuple[str, str]],
+    class_names: Sequence[str],
+    path: str | Path,
+    per_class: int = 8,
+    max_classes: int = 20,
+) -> None:
     """A grid: one row per class (first `max_classes`), `per_class` training images each."""
     from PIL import Image
 

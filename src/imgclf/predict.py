@@ -1,17 +1,18 @@
 """Classify images with the exported model (DIGITS' Classify One / Classify Many)."""
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from .data.datasets import decode_image
-from .serving import ServingSpec, softmax
 from .errors import BadInput, MissingInput
+from .serving import ServingSpec, softmax
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,15 @@ def collect_inputs(args: Sequence[str]) -> list[Path]:
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+            paths.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file()
+                    and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                )
+            )
         elif path.suffix.lower() == ".txt" and path.is_file():
             paths.extend(Path(line.strip()) for line in path.read_text().splitlines() if line.strip())
         else:
@@ -41,7 +49,7 @@ def collect_inputs(args: Sequence[str]) -> list[Path]:
 
 
 class Classifier:
-    """An exported model (ONNX through onnxruntime) or a checkpoint, with its serving contract (labels, preprocessing)."""
+    """An exported model (ONNX through onnxruntime) or a checkpoint, with its serving contract."""
 
     def __init__(self, model_path: str | Path):
         model_path = Path(model_path)
@@ -56,8 +64,10 @@ class Classifier:
         export_dir = model_path.parent if is_file else model_path
         onnx_file = model_path if is_file else export_dir / "model.onnx"
         if not onnx_file.is_file():
-            raise MissingInput(f"no exported model at {onnx_file}; run the pipeline (dvc repro) or pass "
-                               "--model models/export or --model models/model.pt")
+            raise MissingInput(
+                f"no exported model at {onnx_file}; run the pipeline (dvc repro) or pass "
+                "--model models/export or --model models/model.pt"
+            )
         self.spec = ServingSpec.read(export_dir)
         import onnxruntime as ort
 
@@ -75,6 +85,7 @@ class Classifier:
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
                 return model(torch.from_numpy(x)).numpy()
+
         return run
 
     def classify(self, paths: Sequence[Path], batch_size: int = 32) -> list[Prediction]:
@@ -108,9 +119,16 @@ def write_table(preds: Sequence[Prediction], class_names: Sequence[str], path: s
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".json":
-            rows = [{"path": p.path, "error": p.error} if p.error else
-                    {"path": p.path, "top1": class_names[int(p.probs.argmax())],
-                     "probs": {c: float(v) for c, v in zip(class_names, p.probs)}} for p in preds]
+            rows = [
+                {"path": p.path, "error": p.error}
+                if p.error
+                else {
+                    "path": p.path,
+                    "top1": class_names[int(p.probs.argmax())],
+                    "probs": {c: float(v) for c, v in zip(class_names, p.probs)},
+                }
+                for p in preds
+            ]
             tmp.write_text(json.dumps(rows, indent=2) + "\n")
             return
         import csv
@@ -125,8 +143,9 @@ def write_table(preds: Sequence[Prediction], class_names: Sequence[str], path: s
                     writer.writerow([p.path, class_names[int(p.probs.argmax())], *(f"{v:.6f}" for v in p.probs), ""])
 
 
-def write_submission(preds: Sequence[Prediction], class_names: Sequence[str], positive: str, clip: float,
-                     path: str | Path) -> int:
+def write_submission(
+    preds: Sequence[Prediction], class_names: Sequence[str], positive: str, clip: float, path: str | Path
+) -> int:
     """Kaggle's `id,label` with the positive class's probability clipped to [clip, 1-clip], rows in id order."""
     from .utils import atomic_path
 

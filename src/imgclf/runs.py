@@ -1,4 +1,5 @@
 """Compare and pick MLflow runs: sorted tables of metrics and differing params, and the best run's outputs."""
+
 from __future__ import annotations
 
 import csv
@@ -20,6 +21,7 @@ MISSING = "-"
 @dataclass(frozen=True)
 class RunRow:
     """One MLflow run, as the `runs` command lists it."""
+
     id: str
     name: str
     status: str
@@ -32,6 +34,7 @@ class RunRow:
 
 class Column(NamedTuple):
     """A table column: kind is "id", "name", "status", "metric" or "param"; key names the metric or param."""
+
     kind: str
     key: str
 
@@ -99,8 +102,14 @@ def table_columns(rows: list[RunRow], metric: str, all_params: bool = False) -> 
     """Id, name, status, the sort metric, the standard metrics some row has, then differing (or all) params."""
     metrics = [m for m in STANDARD_METRICS if m != metric and any(m in r.metrics for r in rows)]
     params = sorted({k for r in rows for k in r.params}) if all_params else differing_params(rows)
-    return [Column("id", "run"), Column("name", "name"), Column("status", "status"), Column("metric", metric),
-            *(Column("metric", m) for m in metrics), *(Column("param", p) for p in params)]
+    return [
+        Column("id", "run"),
+        Column("name", "name"),
+        Column("status", "status"),
+        Column("metric", metric),
+        *(Column("metric", m) for m in metrics),
+        *(Column("param", p) for p in params),
+    ]
 
 
 def _cell(row: RunRow, column: Column, exact: bool) -> str:
@@ -130,22 +139,27 @@ def format_table(rows: list[RunRow], columns: list[Column], fmt: str = "table") 
         return buf.getvalue()
     cells = [[_cell(r, c, exact=False) for c in columns] for r in rows]
     if fmt == "markdown":
-        lines = [headers, ["---:" if c.kind == "metric" else "---" for c in columns],
-                 *([v.replace("|", "\\|") for v in line] for line in cells)]
+        lines = [
+            headers,
+            ["---:" if c.kind == "metric" else "---" for c in columns],
+            *([v.replace("|", "\\|") for v in line] for line in cells),
+        ]
         return "".join(f"| {' | '.join(line)} |\n" for line in lines)
     if fmt != "table":
         raise BadInput(f"unknown format '{fmt}'; choose one of: {', '.join(FORMATS)}")
     widths = [max(len(v) for v in col) for col in zip(headers, *cells)]
-    return "".join("  ".join(v.rjust(w) if c.kind == "metric" else v.ljust(w)
-                             for v, w, c in zip(line, widths, columns)).rstrip() + "\n"
-                   for line in [headers, *cells])
+    return "".join(
+        "  ".join(v.rjust(w) if c.kind == "metric" else v.ljust(w) for v, w, c in zip(line, widths, columns)).rstrip()
+        + "\n"
+        for line in [headers, *cells]
+    )
 
 
 def format_for(path: str, fmt: str | None) -> str:
     """The explicit format, else the one the file suffix names (.csv, .md), else the text table."""
     if fmt:
         return fmt
-    suffix = path[path.rfind("."):].lower() if "." in path else ""
+    suffix = path[path.rfind(".") :].lower() if "." in path else ""
     return SUFFIX_FORMATS.get(suffix, "table")
 
 

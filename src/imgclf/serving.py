@@ -4,12 +4,13 @@ Training, evaluation, `imgclf predict`, the export checks and the MLflow pyfunc 
 `softmax` from here, so a page, a CLI and a served model answer the same for the same pixels. This module imports
 only numpy and the standard library: the MLflow model pickles it by value and runs without imgclf installed.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -20,8 +21,10 @@ PREPROCESSING_FILE = "preprocessing.json"
 def scaled_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """255 x mean and 255 x std as float32 (1, C, 1, 1): uint8 pixels normalise in one subtract and one divide."""
     scale = np.float32(255.0)
-    return (np.asarray(mean, np.float32).reshape(1, -1, 1, 1) * scale,
-            np.asarray(std, np.float32).reshape(1, -1, 1, 1) * scale)
+    return (
+        np.asarray(mean, np.float32).reshape(1, -1, 1, 1) * scale,
+        np.asarray(std, np.float32).reshape(1, -1, 1, 1) * scale,
+    )
 
 
 def normalize(images, scaled_mean, scaled_std):
@@ -58,27 +61,46 @@ class ServingSpec:
     interpolation: str = "bilinear"
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> "ServingSpec":
-        return cls(list(ckpt["class_names"]), int(ckpt["image_size"]), list(ckpt["mean"]), list(ckpt["std"]),
-                   ckpt.get("interpolation", "bilinear"))
+    def from_checkpoint(cls, ckpt: dict) -> ServingSpec:
+        return cls(
+            list(ckpt["class_names"]),
+            int(ckpt["image_size"]),
+            list(ckpt["mean"]),
+            list(ckpt["std"]),
+            ckpt.get("interpolation", "bilinear"),
+        )
 
     def write(self, directory: str | Path) -> None:
         """labels.txt and preprocessing.json into `directory` (the export's temporary directory)."""
         directory = Path(directory)
         (directory / LABELS_FILE).write_text(format_labels(self.class_names))
-        spec = {"input": "images", "output": "logits", "layout": "NCHW", "color": "RGB",
-                "image_size": self.image_size, "resize": f"{self.interpolation}, to a square",
-                "interpolation": self.interpolation, "scale": "pixel / 255", "mean": self.mean, "std": self.std}
+        spec = {
+            "input": "images",
+            "output": "logits",
+            "layout": "NCHW",
+            "color": "RGB",
+            "image_size": self.image_size,
+            "resize": f"{self.interpolation}, to a square",
+            "interpolation": self.interpolation,
+            "scale": "pixel / 255",
+            "mean": self.mean,
+            "std": self.std,
+        }
         (directory / PREPROCESSING_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
     @classmethod
-    def read(cls, directory: str | Path) -> "ServingSpec":
+    def read(cls, directory: str | Path) -> ServingSpec:
         """The spec written by `write`; FileNotFoundError names the missing file."""
         directory = Path(directory)
         spec = json.loads((directory / PREPROCESSING_FILE).read_text())
         labels = parse_labels((directory / LABELS_FILE).read_text())
-        return cls(labels, int(spec["image_size"]), list(spec["mean"]), list(spec["std"]),
-                   spec.get("interpolation", "bilinear"))
+        return cls(
+            labels,
+            int(spec["image_size"]),
+            list(spec["mean"]),
+            list(spec["std"]),
+            spec.get("interpolation", "bilinear"),
+        )
 
     def normalize_images(self, images: np.ndarray) -> np.ndarray:
         """RGB uint8 images (N, S, S, 3), as a client sends them -> the model's float32 NCHW input."""

@@ -1,7 +1,9 @@
 """A Hydra multirun as one MLflow parent run with its jobs as children; the best trial logged on the parent."""
+
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +28,8 @@ PARENT_ENV = "IMGCLF_PARENT_RUN_ID"
 def parent_run_id() -> str | None:
     """The MLflow run of the sweep this job belongs to (None outside a sweep): train runs become its children."""
     return os.environ.get(PARENT_ENV) or None
+
+
 ABBREVIATIONS = {"batch_size": "b", "weight_decay": "wd", "label_smoothing": "ls", "image_size": "px"}
 
 
@@ -47,10 +51,8 @@ def run_name(model: str, data: str, lr: float, batch_size: int, overrides: list[
         if key in shown or key not in swept or not value:
             continue
         leaf = key.rsplit(".", 1)[-1]
-        try:
+        with contextlib.suppress(ValueError):  # not a number: shown as typed
             value = compact(float(value)) if "." in value or "e" in value.lower() else value
-        except ValueError:
-            pass
         name += f"-{ABBREVIATIONS.get(leaf, leaf)}{value}"
     return name
 
@@ -90,8 +92,12 @@ class SweepRun(Callback):
             if value is not None:
                 params[f"sweep.{key}"] = value
         self.run_id = tracking.start_parent_run(
-            config.tracking.uri, config.tracking.experiment, name,
-            {"imgclf.role": "sweep", "imgclf.sweep": str(sweep_dir)}, params)
+            config.tracking.uri,
+            config.tracking.experiment,
+            name,
+            {"imgclf.role": "sweep", "imgclf.sweep": str(sweep_dir)},
+            params,
+        )
         os.environ[PARENT_ENV] = self.run_id  # jobs (and joblib/submitit workers) inherit it
         os.environ[SWEPT_ENV] = ",".join(space)
         log.info("sweep parent run %s (%s), search space %s", self.run_id, name, json.dumps(space))
@@ -111,21 +117,40 @@ class SweepRun(Callback):
         uri, experiment = config.tracking.uri, config.tracking.experiment
         children = runs.list_runs(uri, experiment, parent=self.run_id)
         done = [c for c in children if c.status == "FINISHED" and OBJECTIVE in c.metrics]
-        metrics = {"sweep/trials": len(children), "sweep/finished": len(done),
-                   "sweep/failed": sum(c.status == "FAILED" for c in children)}
+        metrics = {
+            "sweep/trials": len(children),
+            "sweep/finished": len(done),
+            "sweep/failed": sum(c.status == "FAILED" for c in children),
+        }
         tags, params = {}, {}
         if done:
             best = runs.best_run(done, OBJECTIVE)
             metrics.update({k: best.metrics[k] for k in (OBJECTIVE, "test/acc", "test/macro_f1") if k in best.metrics})
-            tags = {"imgclf.best_run_id": best.id, "imgclf.best_run_name": best.name,
-                    "imgclf.best_checkpoint": best.tags.get("imgclf.checkpoint", "")}
+            tags = {
+                "imgclf.best_run_id": best.id,
+                "imgclf.best_run_name": best.name,
+                "imgclf.best_checkpoint": best.tags.get("imgclf.checkpoint", ""),
+            }
             params = {f"best.{k}": best.params[k] for k in self.space if k in best.params}
-            log.info("sweep: %d/%d trials finished; best %s = %.4f (run %s)", len(done), len(children), OBJECTIVE,
-                     metrics[OBJECTIVE], best.name)
+            log.info(
+                "sweep: %d/%d trials finished; best %s = %.4f (run %s)",
+                len(done),
+                len(children),
+                OBJECTIVE,
+                metrics[OBJECTIVE],
+                best.name,
+            )
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
         run_id, self.run_id = self.run_id, None
-        tracking.finish_parent_run(uri, run_id, "FINISHED" if done else "FAILED", metrics=metrics, tags=tags,
-                                   params=params, artifacts=[results] if results.is_file() else [])
+        tracking.finish_parent_run(
+            uri,
+            run_id,
+            "FINISHED" if done else "FAILED",
+            metrics=metrics,
+            tags=tags,
+            params=params,
+            artifacts=[results] if results.is_file() else [],
+        )
         if not done:  # a sweep where nothing trained is a failure, for CI and scripts too
             print(f"error: all {len(children)} jobs of the sweep failed (parent run {run_id})", file=sys.stderr)
             sys.exit(1)

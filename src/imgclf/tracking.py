@@ -1,4 +1,5 @@
 """The only module that talks to MLflow: runs, params, metrics, tags and artifacts."""
+
 from __future__ import annotations
 
 import logging
@@ -7,9 +8,10 @@ import random
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
-LOCK_RETRIES = 12           # ~30 s of backoff: parallel jobs each hold SQLite's write lock for milliseconds
+LOCK_RETRIES = 12  # ~30 s of backoff: parallel jobs each hold SQLite's write lock for milliseconds
 MAX_PARAM_LENGTH = 6000
 SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|credential)", re.IGNORECASE)
 URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
@@ -66,14 +68,14 @@ SQLITE = "sqlite:///"
 
 def _sqlite_path(uri: str) -> str | None:
     """The database file of a `sqlite:///` URI (query string dropped); None for other stores."""
-    return uri[len(SQLITE):].split("?", 1)[0] if uri.startswith(SQLITE) else None
+    return uri[len(SQLITE) :].split("?", 1)[0] if uri.startswith(SQLITE) else None
 
 
 def resolve_uri(uri: str) -> str:
     """A relative `sqlite:///file.db` taken from the DVC project root when DVC runs us (DVC_ROOT): queued
     experiments run in a temporary copy of the project, and their runs belong in the project's store."""
     if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/") and os.environ.get("DVC_ROOT"):
-        return SQLITE + str(Path(os.environ["DVC_ROOT"]) / uri[len(SQLITE):])
+        return SQLITE + str(Path(os.environ["DVC_ROOT"]) / uri[len(SQLITE) :])
     return uri
 
 
@@ -116,8 +118,15 @@ def configure(uri: str, experiment: str | None = None) -> None:
 
 
 @contextmanager
-def run(uri: str, experiment: str | None = None, *, run_id: str | None = None, run_name: str | None = None,
-        tags: Mapping[str, str] | None = None, parent_id: str | None = None) -> Iterator[str]:
+def run(
+    uri: str,
+    experiment: str | None = None,
+    *,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_id: str | None = None,
+) -> Iterator[str]:
     """Start (or, with `run_id`, reopen) a run; it ends FINISHED, KILLED on interrupt, FAILED on error.
 
     A new run with `parent_id` (a sweep's parent run, imgclf.sweeps) is its child in the MLflow UI.
@@ -148,8 +157,7 @@ def _end_run(run_id: str, status: str) -> None:
         retry_locked(MlflowClient(tracking_uri=mlflow.get_tracking_uri()).set_terminated, run_id, status)
 
 
-def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, str],
-                     params: Mapping[str, Any]) -> str:
+def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
     """Create a sweep's parent run (not the active run: jobs may run in this very process) and return its id."""
     configure(uri, experiment)
     client = MlflowClient(tracking_uri=resolve_uri(uri))
@@ -160,9 +168,16 @@ def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, st
     return run.info.run_id
 
 
-def finish_parent_run(uri: str, run_id: str, status: str, *, metrics: Mapping[str, float] | None = None,
-                      tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
-                      artifacts: Sequence[Path] = ()) -> None:
+def finish_parent_run(
+    uri: str,
+    run_id: str,
+    status: str,
+    *,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    artifacts: Sequence[Path] = (),
+) -> None:
     """Log a sweep's outcome (best trial, counts, search results) on its parent run and end it."""
     client = MlflowClient(tracking_uri=resolve_uri(uri))
     for key, value in (metrics or {}).items():
@@ -181,7 +196,7 @@ def log_config(cfg: Mapping[str, Any]) -> None:
     params = {k: str(redact(k, v))[:MAX_PARAM_LENGTH] for k, v in flatten(cfg).items()}
     items = list(params.items())
     for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        retry_locked(mlflow.log_params, dict(items[i:i + MAX_PARAMS_PER_BATCH]))
+        retry_locked(mlflow.log_params, dict(items[i : i + MAX_PARAMS_PER_BATCH]))
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -249,9 +264,15 @@ def log_served_model(export_dir: str | Path, examples, registered_name: str | No
     cloudpickle.register_pickle_by_value(serving)
     try:
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=model, signature=signature, input_example=examples,
-            artifacts={"onnx": str(export_dir / "model.onnx"), "labels": str(export_dir / serving.LABELS_FILE),
-                       "preprocessing": str(export_dir / serving.PREPROCESSING_FILE)},
+            name="model",
+            python_model=model,
+            signature=signature,
+            input_example=examples,
+            artifacts={
+                "onnx": str(export_dir / "model.onnx"),
+                "labels": str(export_dir / serving.LABELS_FILE),
+                "preprocessing": str(export_dir / serving.PREPROCESSING_FILE),
+            },
             pip_requirements=["onnxruntime", "numpy", "pandas"],
             registered_model_name=registered_name or None,
         )
@@ -301,15 +322,26 @@ def search_runs(uri: str, experiment: str, filter_string: str = "") -> list[dict
             raise BadInput(f"no experiment '{experiment}' in {uri}; experiments: {names}")
         runs, token = [], None
         while True:
-            page = client.search_runs([exp.experiment_id], filter_string, max_results=SEARCH_PAGE_SIZE,
-                                      page_token=token)
+            page = client.search_runs(
+                [exp.experiment_id], filter_string, max_results=SEARCH_PAGE_SIZE, page_token=token
+            )
             runs.extend(page)
             token = page.token
             if not token:
                 break
-    return [{"id": r.info.run_id, "name": r.info.run_name or "", "status": r.info.status,
-             "start_time": r.info.start_time, "params": dict(r.data.params), "metrics": dict(r.data.metrics),
-             "tags": dict(r.data.tags), "artifact_uri": r.info.artifact_uri} for r in runs]
+    return [
+        {
+            "id": r.info.run_id,
+            "name": r.info.run_name or "",
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+            "artifact_uri": r.info.artifact_uri,
+        }
+        for r in runs
+    ]
 
 
 def list_artifact_paths(uri: str, run_id: str, path: str | None = None) -> list[str]:

@@ -1,4 +1,5 @@
 """Small helpers shared by stages: atomic writes, seeding, devices, git state."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,15 @@ import os
 import random
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
 from .errors import BadInput
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def seed_everything(seed: int, deterministic: bool = True) -> "torch.Generator":
+def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator for data shuffling."""
     import numpy as np
     import torch  # imported here: fetch and split never need torch, and it costs them seconds
@@ -85,7 +91,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> "torch.Generator":
     return g
 
 
-def resolve_device(name: str) -> "torch.device":
+def resolve_device(name: str) -> torch.device:
     """Map `auto|cpu|cuda` to a torch device; `cuda` without CUDA is an error, not a fallback."""
     import torch
 
@@ -100,6 +106,7 @@ def resolve_device(name: str) -> "torch.device":
 
 def git_state(cwd: str | Path = ".") -> dict[str, str]:
     """Commit hash and dirty flag of the repository at `cwd` (empty values outside git)."""
+
     def git(*args: str) -> str:
         try:
             out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)

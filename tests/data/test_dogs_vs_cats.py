@@ -1,4 +1,5 @@
 """dogs-vs-cats from Kaggle's zip-in-zip layout, given as data.archive."""
+
 import io
 import zipfile
 
@@ -36,8 +37,13 @@ def competition_zip(path, n=12, n_test=5):
 def test_archive_gives_labelled_train_and_unlabelled_predict_set(tmp_path, monkeypatch, compose_cfg):
     archive = competition_zip(tmp_path / "dogs-vs-cats.zip")
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg("data=dogs_vs_cats", f"data.archive={archive}", "data.split.val_fraction=0.25",
-                      "data.split.test_fraction=0.25", "data.split.sample_per_class=2")
+    cfg = compose_cfg(
+        "data=dogs_vs_cats",
+        f"data.archive={archive}",
+        "data.split.val_fraction=0.25",
+        "data.split.test_fraction=0.25",
+        "data.split.sample_per_class=2",
+    )
     fetch(cfg)
     split(cfg)
     split_dir = tmp_path / "data/dogs_vs_cats/split"
@@ -77,7 +83,9 @@ class FakeKaggle:
                 outer.calls.append(self.path)
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 auth = self.headers.get("Authorization", "")
-                user, _, key = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":") if auth else ("", "", "")
+                user, _, key = (
+                    base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":") if auth else ("", "", "")
+                )
                 if self.path != "/api/v1/competitions.CompetitionApiService/DownloadDataFiles":
                     return self.send_error(404)
                 if key != "good-key":
@@ -100,6 +108,7 @@ class FakeKaggle:
 
             def _json(self, status, body):
                 import json
+
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -127,6 +136,7 @@ def fake_kaggle(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
     monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")  # both read when kaggle is first imported
     from kaggle.api.kaggle_api_extended import KaggleApi
+
     # the same settings, should kaggle have been imported by an earlier test
     monkeypatch.setattr(KaggleApi, "args", ["--local"])
     monkeypatch.setattr(KaggleApi, "config_dir", str(config))
@@ -142,24 +152,33 @@ def test_kaggle_download_with_the_real_client(fake_kaggle, tmp_path, monkeypatch
     (config / "kaggle.json").write_text(json.dumps({"username": "alice", "key": "good-key"}))
     (config / "kaggle.json").chmod(0o600)
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg("data=dogs_vs_cats", "data.split.val_fraction=0.25", "data.split.test_fraction=0.25",
-                      "data.split.sample_per_class=2")
+    cfg = compose_cfg(
+        "data=dogs_vs_cats",
+        "data.split.val_fraction=0.25",
+        "data.split.test_fraction=0.25",
+        "data.split.sample_per_class=2",
+    )
     caplog.set_level("INFO")
     fetch(cfg)
     split(cfg)
-    assert fake_kaggle.calls == ["/api/v1/competitions.CompetitionApiService/DownloadDataFiles",
-                                 "/blobs/dogs-vs-cats.zip?token=abc"]
+    assert fake_kaggle.calls == [
+        "/api/v1/competitions.CompetitionApiService/DownloadDataFiles",
+        "/blobs/dogs-vs-cats.zip?token=abc",
+    ]
     assert len(read_index(tmp_path / "data/dogs_vs_cats/split/train.csv")) == 12
     assert "good-key" not in caplog.text  # the secret never reaches the logs
     fetch(cfg)  # idempotent: the downloaded zip is reused
     assert len(fake_kaggle.calls) == 2
 
 
-@pytest.mark.parametrize("creds,message", [
-    (None, "no Kaggle credentials found"),
-    (("alice", "bad-key"), "Kaggle rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY (401)"),
-    (("norules", "good-key"), "accept the competition rules at https://www.kaggle.com/c/dogs-vs-cats/rules"),
-])
+@pytest.mark.parametrize(
+    "creds,message",
+    [
+        (None, "no Kaggle credentials found"),
+        (("alice", "bad-key"), "Kaggle rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY (401)"),
+        (("norules", "good-key"), "accept the competition rules at https://www.kaggle.com/c/dogs-vs-cats/rules"),
+    ],
+)
 def test_kaggle_preflight_messages(fake_kaggle, tmp_path, monkeypatch, compose_cfg, creds, message):
     if creds:
         monkeypatch.setenv("KAGGLE_USERNAME", creds[0])

@@ -1,4 +1,5 @@
 """data=folder: DIGITS' class folders with bad files, optional val/test folders, excluded classes."""
+
 import io
 
 import pytest
@@ -13,8 +14,13 @@ from ..conftest import make_class_folders
 
 def add_odd_images(root):
     """Every mode DIGITS users bring, plus files that must be skipped."""
-    for mode, fmt, name in (("L", "PNG", "gray.png"), ("RGBA", "PNG", "rgba.png"), ("CMYK", "JPEG", "cmyk.jpg"),
-                            ("P", "BMP", "palette.bmp"), ("RGB", "WEBP", "photo.webp")):
+    for mode, fmt, name in (
+        ("L", "PNG", "gray.png"),
+        ("RGBA", "PNG", "rgba.png"),
+        ("CMYK", "JPEG", "cmyk.jpg"),
+        ("P", "BMP", "palette.bmp"),
+        ("RGB", "WEBP", "photo.webp"),
+    ):
         Image.new(mode, (12, 10)).save(root / "cat" / name, format=fmt)
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), "blue").save(buf, format="PNG")
@@ -36,6 +42,7 @@ def test_folder_with_bad_files_and_all_modes(tmp_path, monkeypatch, compose_cfg)
     paths = [p for s in ("train", "val", "test") for p, _ in read_index(split_dir / f"{s}.csv")]
     assert len(paths) == 26 and "dog/png_named.jpg" in paths and "cat/cmyk.jpg" in paths
     import json
+
     report = json.loads((split_dir / "report.json").read_text())
     assert report["skipped"]["counts"] == {"empty file": 1, "not an image": 1}
     assert {f["path"] for f in report["skipped"]["files"]} == {"dog/zero.jpg", "dog/readme.txt"}

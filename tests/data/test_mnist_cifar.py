@@ -1,4 +1,5 @@
 """MNIST and CIFAR-10 fetched from a loopback server in their exact upstream formats, then split."""
+
 import gzip
 import hashlib
 import io
@@ -43,8 +44,12 @@ def test_mnist_fetch_and_split_keep_official_test(http_server, tmp_path, monkeyp
     data = write_mnist(www)
     names = [p.name for p in www.iterdir()]
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg("data=mnist", f"data.mirrors=[{base}/down,{base}]", f"data.checksums={checksums(www, names)}",
-                      "data.split.sample_per_class=1")
+    cfg = compose_cfg(
+        "data=mnist",
+        f"data.mirrors=[{base}/down,{base}]",
+        f"data.checksums={checksums(www, names)}",
+        "data.split.sample_per_class=1",
+    )
     fetch(cfg)
     split(cfg)
     split_dir = tmp_path / "data/mnist/split"
@@ -76,11 +81,13 @@ def cifar_tar(path, per_batch=12, classes=("plane", "car", "bird")):
     """cifar-10-python.tar.gz layout: Python-2 style pickles with bytes keys, rows of R, G, B planes."""
     batches = {}
     with tarfile.open(path, "w:gz") as tf:
+
         def add(name, obj):
             blob = pickle.dumps(obj, protocol=2)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
             tf.addfile(info, io.BytesIO(blob))
+
         add("batches.meta", {b"label_names": [c.encode() for c in classes], b"num_vis": 3072})
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             rows = RNG.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
@@ -94,8 +101,12 @@ def test_cifar10_fetch_from_mirror_and_from_archive(http_server, tmp_path, monke
     base, www, _ = http_server
     batches = cifar_tar(www / "cifar-10-python.tar.gz")
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg("data=cifar10", f"data.mirrors=[{base}]",
-                      f"data.checksums={checksums(www, ['cifar-10-python.tar.gz'])}", "data.split.sample_per_class=1")
+    cfg = compose_cfg(
+        "data=cifar10",
+        f"data.mirrors=[{base}]",
+        f"data.checksums={checksums(www, ['cifar-10-python.tar.gz'])}",
+        "data.split.sample_per_class=1",
+    )
     fetch(cfg)
     split(cfg)
     split_dir = tmp_path / "data/cifar10/split"
@@ -108,7 +119,11 @@ def test_cifar10_fetch_from_mirror_and_from_archive(http_server, tmp_path, monke
     np.testing.assert_array_equal(png[..., 0], rows[1][:1024].reshape(32, 32))  # R plane first
     np.testing.assert_array_equal(png[..., 2], rows[1][2048:].reshape(32, 32))
 
-    offline = compose_cfg("data=cifar10", "data.mirrors=[]", f"data.archive={www / 'cifar-10-python.tar.gz'}",
-                          "data.checksums={cifar-10-python.tar.gz:" + "0" * 32 + "}")
+    offline = compose_cfg(
+        "data=cifar10",
+        "data.mirrors=[]",
+        f"data.archive={www / 'cifar-10-python.tar.gz'}",
+        "data.checksums={cifar-10-python.tar.gz:" + "0" * 32 + "}",
+    )
     with pytest.raises(ValueError, match="cifar-10-python.tar.gz: md5 is [0-9a-f]{32}, expected 0{32}"):
         fetch(offline)

@@ -17,8 +17,12 @@ def info(w, h, mode="RGB", digest="x"):
 
 def test_duplicates_only_across_splits():
     splits = {"train": [("a/1", "a"), ("a/2", "a")], "val": [("a/3", "a")], "test": [("b/4", "b")]}
-    infos = {"a/1": info(1, 1, digest="same"), "a/2": info(1, 1, digest="twin"), "a/3": info(1, 1, digest="same"),
-             "b/4": info(1, 1, digest="other")}
+    infos = {
+        "a/1": info(1, 1, digest="same"),
+        "a/2": info(1, 1, digest="twin"),
+        "a/3": info(1, 1, digest="same"),
+        "b/4": info(1, 1, digest="other"),
+    }
     dups = cross_split_duplicates(splits, infos)
     assert dups == [{"digest": "same", "images": [{"split": "train", "path": "a/1"}, {"split": "val", "path": "a/3"}]}]
     infos["a/2"] = info(1, 1, digest="other")  # now a/2 (train) and b/4 (test) match too
@@ -27,8 +31,11 @@ def test_duplicates_only_across_splits():
 
 def test_size_stats_and_counts():
     stats = size_stats({"a": info(10, 20, "L"), "b": info(30, 40), "c": info(20, 30)})
-    assert stats == {"width": {"min": 10, "max": 30, "mean": 20.0}, "height": {"min": 20, "max": 40, "mean": 30.0},
-                     "modes": {"RGB": 2, "L": 1}}
+    assert stats == {
+        "width": {"min": 10, "max": 30, "mean": 20.0},
+        "height": {"min": 20, "max": 40, "mean": 30.0},
+        "modes": {"RGB": 2, "L": 1},
+    }
     rows = class_counts({"train": [("x", "a")] * 3, "val": [("y", "b")], "test": []}, ["a", "b"])
     assert {(r["class"], r["split"]): r["images"] for r in rows}[("a", "train")] == 3
     assert len(rows) == 6

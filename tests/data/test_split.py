@@ -13,7 +13,7 @@ def test_stratified_split_keeps_proportions_and_is_disjoint():
     splits = stratified_split(ITEMS, val_fraction=0.1, test_fraction=0.2, seed=3)
     assert {k: len(v) for k, v in splits.items()} == {"train": 140, "val": 20, "test": 40}
     for name, size in (("train", 35), ("val", 5), ("test", 10)):
-        assert Counter(lbl for _, lbl in splits[name]) == {c: size for c in "abcd"}
+        assert Counter(lbl for _, lbl in splits[name]) == dict.fromkeys("abcd", size)
     paths = [p for s in splits.values() for p, _ in s]
     assert len(paths) == len(set(paths)) == len(ITEMS)
     assert stratified_split(ITEMS, 0.1, 0.2, seed=3) == splits
@@ -28,7 +28,7 @@ def test_bad_fractions_are_rejected(val, test):
 
 def test_sample_subset_picks_per_class_from_the_split():
     sample = sample_subset(ITEMS, 3, seed=0)
-    assert Counter(lbl for _, lbl in sample) == {c: 3 for c in "abcd"}
+    assert Counter(lbl for _, lbl in sample) == dict.fromkeys("abcd", 3)
     assert set(sample) <= set(ITEMS)
 
 
@@ -54,6 +54,7 @@ def test_load_split_decodes_resizes_and_batches(tiny_project):
     cached = sorted(p.name for p in (tiny_project / "data/tiny/cache").iterdir())
     assert len(cached) == 2 and cached[0].startswith("full-train-16px-") and cached[1].startswith("sample-train-16px-")
     import numpy as np
+
     np.save(tiny_project / "data/tiny/cache" / cached[0], np.zeros((36, 16, 16, 3), np.uint8))
     assert load_split("data/tiny", "train", "full", image_size=16).images.sum() == 0  # served from the cache
     assert load_split("data/tiny", "train", "full", image_size=20).images.shape[-1] == 20  # new size, new pack

@@ -1,4 +1,5 @@
 """Hydra multiruns of the train stage: one MLflow parent run per sweep, its jobs as children, the best on it."""
+
 import subprocess
 import sys
 
@@ -12,9 +13,25 @@ def multirun(project, env, *overrides, sweep_dir=None, returncode=0):
     uri = f"sqlite:///{project}/mlflow.db"
     sweep_dir = sweep_dir or project / "multirun" / "s1"
     proc = subprocess.run(
-        [sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(ROOT / "conf"), "-m", *TINY_OVERRIDES,
-         "trainer.epochs=1", f"tracking.uri={uri}", f"hydra.sweep.dir={sweep_dir}", *overrides],
-        cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "imgclf.stages.train",
+            "--config-dir",
+            str(ROOT / "conf"),
+            "-m",
+            *TINY_OVERRIDES,
+            "trainer.epochs=1",
+            f"tracking.uri={uri}",
+            f"hydra.sweep.dir={sweep_dir}",
+            *overrides,
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == returncode, proc.stdout[-2000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
@@ -33,12 +50,14 @@ def best_of(children):
 def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, project_env):
     parent, children, _, sweep_dir = multirun(tiny_project, project_env, "optim.lr=0.001,0.0003,0.0001")
     assert sorted(c.data.params["optim.lr"] for c in children) == ["0.0001", "0.0003", "0.001"]
-    assert sorted(c.info.run_name for c in children) == ["test_resnet-tiny-lr1e-3-b8", "test_resnet-tiny-lr1e-4-b8",
-                                                         "test_resnet-tiny-lr3e-4-b8"]
+    assert sorted(c.info.run_name for c in children) == [
+        "test_resnet-tiny-lr1e-3-b8",
+        "test_resnet-tiny-lr1e-4-b8",
+        "test_resnet-tiny-lr3e-4-b8",
+    ]
     assert {c.data.tags["imgclf.sweep"] for c in children} == {str(sweep_dir), parent.data.tags["imgclf.sweep"]}
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
-    assert parent.info.run_name == "sweep-lr" and parent.data.params["sweep.space.optim.lr"] == \
-        "0.001,0.0003,0.0001"
+    assert parent.info.run_name == "sweep-lr" and parent.data.params["sweep.space.optim.lr"] == "0.001,0.0003,0.0001"
     best = best_of(children)
     assert parent.data.tags["imgclf.best_run_id"] == best.info.run_id
     assert parent.data.metrics["best/val/acc"] == best.data.metrics["best/val/acc"]
@@ -50,18 +69,55 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
 
     # the terminal compare view agrees with the store
     uri = f"sqlite:///{tiny_project}/mlflow.db"
-    table = subprocess.run([str(BIN / "imgclf"), "runs", "--uri", uri, "--experiment", "test", "--parent", parent.info.run_id,
-                            "--metric", "best/val/acc", "--format", "csv"], cwd=tiny_project, env=project_env,
-                           capture_output=True, text=True, timeout=120)
+    table = subprocess.run(
+        [
+            str(BIN / "imgclf"),
+            "runs",
+            "--uri",
+            uri,
+            "--experiment",
+            "test",
+            "--parent",
+            parent.info.run_id,
+            "--metric",
+            "best/val/acc",
+            "--format",
+            "csv",
+        ],
+        cwd=tiny_project,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert table.returncode == 0, table.stderr
     rows = table.stdout.strip().splitlines()
     assert len(rows) == 4 and "optim.lr" in rows[0] and "trainer.batch_size" not in rows[0]
     assert float(rows[1].split(",")[rows[0].split(",").index("best/val/acc")]) == best.data.metrics["best/val/acc"]
-    best_cli = subprocess.run([str(BIN / "imgclf"), "runs", "--uri", uri, "--experiment", "test", "--sweep", str(sweep_dir),
-                               "--metric", "best/val/acc", "--best"], cwd=tiny_project, env=project_env,
-                              capture_output=True, text=True, timeout=120)
+    best_cli = subprocess.run(
+        [
+            str(BIN / "imgclf"),
+            "runs",
+            "--uri",
+            uri,
+            "--experiment",
+            "test",
+            "--sweep",
+            str(sweep_dir),
+            "--metric",
+            "best/val/acc",
+            "--best",
+        ],
+        cwd=tiny_project,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert best_cli.stdout.splitlines()[0] == best.info.run_id
-    assert str(sweep_dir / best.data.tags["imgclf.checkpoint"].split("/")[-3] / "models" / "model.pt") in best_cli.stdout
+    assert (
+        str(sweep_dir / best.data.tags["imgclf.checkpoint"].split("/")[-3] / "models" / "model.pt") in best_cli.stdout
+    )
 
 
 def test_a_failing_job_is_a_failed_run_and_the_sweep_goes_on(tiny_project, project_env):
@@ -79,14 +135,16 @@ def test_a_sweep_where_every_job_fails_exits_nonzero(tiny_project, project_env):
 
 
 def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project_env):
-    parent, children, _, sweep_dir = multirun(tiny_project, project_env, "+sweep=optuna_lr_wd",
-                                              "hydra.sweeper.n_trials=3")
+    parent, children, _, sweep_dir = multirun(
+        tiny_project, project_env, "+sweep=optuna_lr_wd", "hydra.sweeper.n_trials=3"
+    )
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     assert len({c.data.params["optim.lr"] for c in children}) == 3  # TPE sampled three different rates
     best = best_of(children)
     assert parent.data.metrics["best/val/acc"] == best.data.metrics["best/val/acc"]
-    assert parent.data.params["sweep.sweeper"] == "OptunaSweeper" and parent.data.params["sweep.direction"] == \
-        "maximize"
+    assert (
+        parent.data.params["sweep.sweeper"] == "OptunaSweeper" and parent.data.params["sweep.direction"] == "maximize"
+    )
     assert parent.data.params["sweep.space.optim.lr"] == "tag(log, interval(1e-5, 3e-3))"
     assert (sweep_dir / "optimization_results.yaml").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db")
@@ -95,8 +153,9 @@ def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project
 
 
 def test_joblib_launcher_two_parallel_jobs_both_recorded(tiny_project, project_env):
-    parent, children, _, _ = multirun(tiny_project, project_env, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                      "optim.lr=0.001,0.0003")
+    parent, children, _, _ = multirun(
+        tiny_project, project_env, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim.lr=0.001,0.0003"
+    )
     assert sorted(c.data.params["optim.lr"] for c in children) == ["0.0003", "0.001"]
     assert all(c.info.status == "FINISHED" for c in children)
     assert parent.data.params["sweep.launcher"] == "JoblibLauncher"

@@ -1,6 +1,10 @@
 """train -> evaluate -> export in-process on a tiny data set: outputs, MLflow contents, determinism, failures."""
+
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -74,18 +78,47 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
 
     # the MLflow model: registered, loads back through pyfunc, predicts what onnxruntime predicts
     import mlflow
+
     mlflow.set_tracking_uri(cfg.tracking.uri)
     served = mlflow.pyfunc.load_model(f"models:/{cfg.export.registered_name}/1")
-    images = np.stack([np.asarray(Image.open(tiny_project / "data/tiny/images" / r["path"]).convert("RGB")
-                                  .resize((32, 32), Image.Resampling.BILINEAR)) for r in rows])
+    images = np.stack(
+        [
+            np.asarray(
+                Image.open(tiny_project / "data/tiny/images" / r["path"])
+                .convert("RGB")
+                .resize((32, 32), Image.Resampling.BILINEAR)
+            )
+            for r in rows
+        ]
+    )
     out = served.predict(images)
-    np.testing.assert_allclose(out[["a", "b", "c"]].to_numpy(), [[float(r[f"p_{c}"]) for c in "abc"] for r in rows],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        out[["a", "b", "c"]].to_numpy(), [[float(r[f"p_{c}"]) for c in "abc"] for r in rows], atol=1e-4
+    )
     assert list(out["label"]) == [r["predicted"] for r in rows]
+    # serving.py is pickled into the model by value: it loads and predicts the same where imgclf is not installed
+    np.save(tiny_project / "images.npy", images)
+    script = (
+        "import sys; sys.modules['imgclf'] = None; import mlflow, numpy as np; "
+        f"m = mlflow.pyfunc.load_model('models:/{cfg.export.registered_name}/1'); "
+        f"print(list(m.predict(np.load('{tiny_project / 'images.npy'}'))['label']))"
+    )
+    alone = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(os.environ, MLFLOW_TRACKING_URI=cfg.tracking.uri),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tiny_project,
+    )
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert alone.stdout.strip().splitlines()[-1] == str(list(out["label"]))
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "test_resnet-tiny-lr5e-4-b8"  # what differs, compactly
+    assert (
+        run.info.status == "FINISHED" and run.info.run_name == "test_resnet-tiny-lr5e-4-b8"
+    )  # what differs, compactly
     params = run.data.params
     assert params["optim.lr"] == str(cfg.optim.lr) and params["trainer.epochs"] == "2" and params["data.name"] == "tiny"
     assert [m.step for m in client.get_metric_history(run_id, "val/acc")] == [1, 2]
@@ -94,10 +127,19 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     tags = run.data.tags
     assert tags["imgclf.dataset"] == "tiny" and tags["imgclf.model"] == "test_resnet"
     assert len(tags["imgclf.data_version"]) == 16
-    assert {"train/config.yaml", "train/history.csv", "train/curves.png", "train/labels.txt", "checkpoint/model.pt",
-            "evaluate/confusion_matrix.png", "evaluate/predictions.csv", "evaluate/top_losses.png",
-            "evaluate/analysis.json", "export/model.onnx",
-            "export/labels.txt"} <= set(artifact_paths(client, run_id))
+    assert {
+        "train/config.yaml",
+        "train/history.csv",
+        "train/curves.png",
+        "train/labels.txt",
+        "checkpoint/model.pt",
+        "evaluate/confusion_matrix.png",
+        "evaluate/predictions.csv",
+        "evaluate/top_losses.png",
+        "evaluate/analysis.json",
+        "export/model.onnx",
+        "export/labels.txt",
+    } <= set(artifact_paths(client, run_id))
 
 
 def test_same_config_twice_gives_identical_metrics(tiny_cfg, tiny_project):
@@ -106,8 +148,10 @@ def test_same_config_twice_gives_identical_metrics(tiny_cfg, tiny_project):
     first = (tiny_project / "reports/train/history.csv").read_text().splitlines()
     train(cfg)
     second = (tiny_project / "reports/train/history.csv").read_text().splitlines()
-    strip = lambda rows: [[v for k, v in zip(rows[0].split(","), r.split(",")) if "time" not in k and "per_sec" not in k]  # noqa: E731
-                          for r in rows]
+    strip = lambda rows: [
+        [v for k, v in zip(rows[0].split(","), r.split(",")) if "time" not in k and "per_sec" not in k]  # noqa: E731
+        for r in rows
+    ]
     assert strip(first) == strip(second)
 
 

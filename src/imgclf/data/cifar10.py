@@ -1,17 +1,18 @@
 """CIFAR-10 from cifar-10-python.tar.gz (the pickled batches), written as PNGs; test_batch is the official test."""
+
 from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..errors import BadInput, MissingInput
 from . import TEST_LIST
 from .download import download, extract, verify
-from ..errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,13 @@ def read_label_names(batch_dir: Path) -> list[str]:
     return [name.decode() for name in _unpickle(batch_dir / "batches.meta")[b"label_names"]]
 
 
-def fetch_cifar10(out_dir: str | Path, mirrors: Sequence[str], checksums: Mapping[str, str | None],
-                  download_dir: str | Path, archive: str | None = None) -> int:
+def fetch_cifar10(
+    out_dir: str | Path,
+    mirrors: Sequence[str],
+    checksums: Mapping[str, str | None],
+    download_dir: str | Path,
+    archive: str | None = None,
+) -> int:
     """Download (or take `archive`), verify, extract safely, write PNGs per class; returns the image count."""
     out_dir, download_dir = Path(out_dir), Path(download_dir)
     if archive:

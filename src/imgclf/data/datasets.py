@@ -1,4 +1,5 @@
 """In-memory datasets: each split is decoded and resized once, then served as uint8 tensor batches."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,10 +12,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import BadInput
 from ..paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
 from ..utils import parallel_map
 from .split import read_index, read_labels
-from ..errors import BadInput
 
 
 class TensorImageDataset(Dataset):
@@ -50,8 +51,9 @@ def decode_image(path: str | Path, image_size: int, interpolation: str = "biline
         return np.asarray(img, dtype=np.uint8)
 
 
-def decode_all(paths: list[Path], image_size: int, interpolation: str = "bilinear",
-               workers: int | None = None) -> np.ndarray:
+def decode_all(
+    paths: list[Path], image_size: int, interpolation: str = "bilinear", workers: int | None = None
+) -> np.ndarray:
     """Decode and resize every image into one (N, S, S, 3) uint8 array, in parallel for big sets."""
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
     decode = partial(decode_image, image_size=image_size, interpolation=interpolation)
@@ -60,8 +62,14 @@ def decode_all(paths: list[Path], image_size: int, interpolation: str = "bilinea
     return images
 
 
-def packed_split(root: Path, index_file: Path, rows: list[tuple[str, str]], image_size: int, tag: str,
-                 interpolation: str = "bilinear") -> np.ndarray:
+def packed_split(
+    root: Path,
+    index_file: Path,
+    rows: list[tuple[str, str]],
+    image_size: int,
+    tag: str,
+    interpolation: str = "bilinear",
+) -> np.ndarray:
     """The split's images resized once and packed in data/<ds>/cache/, keyed by the index, size and resampling."""
     resize = f"|{image_size}" + ("" if interpolation == "bilinear" else f"|{interpolation}")  # old keys stay valid
     key = hashlib.sha1(index_file.read_bytes() + resize.encode()).hexdigest()[:16]
@@ -77,8 +85,9 @@ def packed_split(root: Path, index_file: Path, rows: list[tuple[str, str]], imag
     return images
 
 
-def load_split(root: str | Path, split: str, subset: str, image_size: int,
-               interpolation: str = "bilinear") -> TensorImageDataset:
+def load_split(
+    root: str | Path, split: str, subset: str, image_size: int, interpolation: str = "bilinear"
+) -> TensorImageDataset:
     """Load one split (`train|val|test`) of the data set in `root`, full or its `sample` subset, into memory."""
     if subset not in ("full", "sample"):
         raise BadInput(f"unknown data.subset '{subset}'; choose one of: full, sample")
@@ -97,7 +106,10 @@ def load_split(root: str | Path, split: str, subset: str, image_size: int,
 
 
 def build_loader(
-    dataset: TensorImageDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
+    dataset: TensorImageDataset,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
     """Whole batches fetched from memory (no per-sample collate); under torchrun, this rank's share of each batch.

@@ -1,4 +1,5 @@
 """scikit-learn's handwritten digits, written as PNG files in the common class-folder layout."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Kaggle's dogs-vs-cats: train.zip (train/cat.N.jpg, train/dog.N.jpg) and test1.zip (unlabelled test1/N.jpg)."""
+
 from __future__ import annotations
 
 import logging
@@ -7,9 +8,9 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from ..errors import BadInput, MissingInput
 from .download import extract
 from .kaggle_client import download_competition
-from ..errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,13 @@ def unpack(archive: Path, work: Path) -> tuple[Path, Path | None]:
     return train, test1 if test1 is not None and test1.is_dir() else None
 
 
-def fetch_dogs_vs_cats(out_dir: str | Path, archive: str | None, download_dir: str | Path,
-                       predict_dir: str | Path, competition: str = "dogs-vs-cats") -> int:
+def fetch_dogs_vs_cats(
+    out_dir: str | Path,
+    archive: str | None,
+    download_dir: str | Path,
+    predict_dir: str | Path,
+    competition: str = "dogs-vs-cats",
+) -> int:
     """Labels from file names into out_dir/<cat|dog>/; the unlabelled test1 set goes to predict_dir.
 
     The archive is `archive` when given (offline machines), else downloaded with the kaggle client.

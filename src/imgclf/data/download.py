@@ -1,4 +1,5 @@
 """Downloads from mirrors with checksums, written under a temporary name; extraction that stays inside its target."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +10,9 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
+
 from ..errors import BadInput, UserError
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,10 @@ def parse_checksum(value: str) -> tuple[str, str]:
     digest = digest.strip().lower()
     algo = algo.lower() or {32: "md5", 64: "sha256"}.get(len(digest), "")
     if algo not in ("md5", "sha256") or len(digest) != {"md5": 32, "sha256": 64}[algo]:
-        raise BadInput(f"bad checksum '{value}'; use an md5 (32 hex) or sha256 (64 hex) digest, "
-                         "optionally prefixed 'md5:' or 'sha256:'")
+        raise BadInput(
+            f"bad checksum '{value}'; use an md5 (32 hex) or sha256 (64 hex) digest, "
+            "optionally prefixed 'md5:' or 'sha256:'"
+        )
     return algo, digest
 
 
@@ -55,8 +59,9 @@ def verify(path: str | Path, checksum: str | None, name: str | None = None) -> N
         raise ChecksumError(f"{name or Path(path).name}: {algo} is {actual}, expected {expected}")
 
 
-def download(filename: str, mirrors: Sequence[str], dest_dir: str | Path, checksum: str | None = None,
-             timeout: float = 60.0) -> Path:
+def download(
+    filename: str, mirrors: Sequence[str], dest_dir: str | Path, checksum: str | None = None, timeout: float = 60.0
+) -> Path:
     """Fetch `filename` from the first mirror that serves it; verify; rename into place. A verified file is kept."""
     dest = Path(dest_dir) / filename
     if dest.is_file():

@@ -1,4 +1,5 @@
 """Scan a folder of class sub-folders (DIGITS' layout), checking every image decodes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..utils import parallel_map
 from ..errors import BadInput, MissingInput
+from ..utils import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,12 @@ def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderSca
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:
         raise BadInput(f"{root} has {len(class_dirs)} class sub-folder(s); a classifier needs at least 2")
-    files = [(cls_dir, p) for cls_dir in class_dirs
-             for p in sorted(cls_dir.rglob("*")) if p.is_file() and not _hidden(p, cls_dir)]
+    files = [
+        (cls_dir, p)
+        for cls_dir in class_dirs
+        for p in sorted(cls_dir.rglob("*"))
+        if p.is_file() and not _hidden(p, cls_dir)
+    ]
     results = list(parallel_map(inspect_image, [p for _, p in files], workers, chunksize=256))
     scan = FolderScan(items=[], class_names=[d.name for d in class_dirs])
     for (cls_dir, path), (reason, info) in zip(files, results):
@@ -108,8 +113,9 @@ def copy_class_folders(src: str | Path, out_dir: str | Path, exclude=(), prefix:
     return copied
 
 
-def fetch_folder(out_dir: str | Path, path: str | None, val_path: str | None = None, test_path: str | None = None,
-                 exclude=()) -> int:
+def fetch_folder(
+    out_dir: str | Path, path: str | None, val_path: str | None = None, test_path: str | None = None, exclude=()
+) -> int:
     """DIGITS' layout: one sub-folder per class; optional separate val/test folders become fixed splits."""
     from . import TEST_LIST, VAL_LIST
 

@@ -1,16 +1,20 @@
 """Download a Kaggle competition's files with the official `kaggle` client, after a credentials preflight."""
+
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+
 from ..errors import AccessDenied, MissingInput
 
 log = logging.getLogger(__name__)
 
-TOKEN_HELP = ("create a token at https://www.kaggle.com/settings (API, 'Create New Token') and either save "
-              "kaggle.json in ~/.kaggle/ (chmod 600), or export KAGGLE_USERNAME and KAGGLE_KEY, or export "
-              "KAGGLE_API_TOKEN")
+TOKEN_HELP = (
+    "create a token at https://www.kaggle.com/settings (API, 'Create New Token') and either save "
+    "kaggle.json in ~/.kaggle/ (chmod 600), or export KAGGLE_USERNAME and KAGGLE_KEY, or export "
+    "KAGGLE_API_TOKEN"
+)
 
 
 def config_dir() -> Path:
@@ -38,8 +42,10 @@ def download_competition(competition: str, dest_dir: str | Path) -> Path:
         return archive
     source = credentials_source()
     if source is None:
-        raise AccessDenied(f"no Kaggle credentials found (looked at KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
-                              f"{config_dir()}/kaggle.json): {TOKEN_HELP}")
+        raise AccessDenied(
+            f"no Kaggle credentials found (looked at KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
+            f"{config_dir()}/kaggle.json): {TOKEN_HELP}"
+        )
     from kaggle.api.kaggle_api_extended import KaggleApi
     from requests.exceptions import HTTPError
 
@@ -54,9 +60,11 @@ def download_competition(competition: str, dest_dir: str | Path) -> Path:
         if status == 401:
             raise AccessDenied(f"Kaggle rejected the credentials from {source} (401): {TOKEN_HELP}") from None
         if status == 403:
-            raise AccessDenied(f"Kaggle refused the download of '{competition}' (403): accept the competition "
-                                  f"rules at https://www.kaggle.com/c/{competition}/rules with this account, "
-                                  "then run fetch again") from None
+            raise AccessDenied(
+                f"Kaggle refused the download of '{competition}' (403): accept the competition "
+                f"rules at https://www.kaggle.com/c/{competition}/rules with this account, "
+                "then run fetch again"
+            ) from None
         raise
     if not archive.is_file():
         raise MissingInput(f"the kaggle client finished but {archive} is missing")

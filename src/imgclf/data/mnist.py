@@ -1,19 +1,20 @@
 """MNIST from its four IDX gz files, validated, written as PNGs in the common layout (official test kept)."""
+
 from __future__ import annotations
 
 import gzip
 import logging
 import struct
 import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..errors import BadInput
 from . import TEST_LIST
 from .download import fetch_files
-from ..errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected = int(np.prod(dims))
     if len(data) - header != expected:
-        raise BadInput(f"{path.name}: header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
-                         f"file has {len(data) - header}; the file is truncated or corrupt")
+        raise BadInput(
+            f"{path.name}: header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
+            f"file has {len(data) - header}; the file is truncated or corrupt"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -49,8 +52,9 @@ def read_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndar
     """Images (N, H, W) and labels (N,) of one MNIST split, checked against each other."""
     images, labels = read_idx(images_path, IMAGES_MAGIC), read_idx(labels_path, LABELS_MAGIC)
     if len(images) != len(labels):
-        raise BadInput(f"{Path(images_path).name} has {len(images)} images but "
-                         f"{Path(labels_path).name} has {len(labels)} labels")
+        raise BadInput(
+            f"{Path(images_path).name} has {len(images)} images but {Path(labels_path).name} has {len(labels)} labels"
+        )
     if labels.size and labels.max() > 9:
         raise BadInput(f"{Path(labels_path).name}: label {labels.max()} is not a digit")
     return images, labels
@@ -67,8 +71,9 @@ def write_images(out_dir: Path, images: np.ndarray, labels: np.ndarray, prefix: 
     return paths
 
 
-def fetch_mnist(out_dir: str | Path, mirrors: Sequence[str], checksums: Mapping[str, str | None],
-                download_dir: str | Path) -> int:
+def fetch_mnist(
+    out_dir: str | Path, mirrors: Sequence[str], checksums: Mapping[str, str | None], download_dir: str | Path
+) -> int:
     """Download (or reuse) the IDX files, validate them, write PNGs; t10k becomes the official test list."""
     out_dir = Path(out_dir)
     names = [name for pair in FILES.values() for name in pair]

@@ -1,10 +1,11 @@
 """The split stage's data report (DIGITS' "Explore the db"): counts, sizes, samples, skipped files, leakage."""
+
 from __future__ import annotations
 
 import csv
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -28,8 +29,11 @@ def size_stats(info: Mapping[str, ImageInfo]) -> dict:
     widths = np.array([i.width for i in info.values()])
     heights = np.array([i.height for i in info.values()])
     summary = lambda a: {"min": int(a.min()), "max": int(a.max()), "mean": round(float(a.mean()), 1)}  # noqa: E731
-    return {"width": summary(widths), "height": summary(heights),
-            "modes": dict(Counter(i.mode for i in info.values()).most_common())}
+    return {
+        "width": summary(widths),
+        "height": summary(heights),
+        "modes": dict(Counter(i.mode for i in info.values()).most_common()),
+    }
 
 
 def cross_split_duplicates(splits: Mapping[str, list[tuple[str, str]]], info: Mapping[str, ImageInfo]) -> list[dict]:
@@ -38,12 +42,16 @@ def cross_split_duplicates(splits: Mapping[str, list[tuple[str, str]]], info: Ma
     for split in SPLITS:
         for path, _ in splits[split]:
             by_digest[info[path].digest].append((split, path))
-    return [{"digest": d, "images": [{"split": s, "path": p} for s, p in members]}
-            for d, members in sorted(by_digest.items()) if len({s for s, _ in members}) > 1]
+    return [
+        {"digest": d, "images": [{"split": s, "path": p} for s, p in members]}
+        for d, members in sorted(by_digest.items())
+        if len({s for s, _ in members}) > 1
+    ]
 
 
-def write_data_report(out_dir: Path, image_root: Path, scan: FolderScan,
-                      splits: Mapping[str, list[tuple[str, str]]], report: dict) -> None:
+def write_data_report(
+    out_dir: Path, image_root: Path, scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]], report: dict
+) -> None:
     """reports/split/: report.json, class_counts.csv and .png, samples.png (what `dvc plots` shows, MLflow logs)."""
     from ..plots import plot_class_counts, plot_samples
     from ..utils import atomic_path, write_json

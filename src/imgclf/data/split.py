@@ -1,4 +1,5 @@
 """Stratified train/val/test split, the sample subset, and the index files DVC tracks."""
+
 from __future__ import annotations
 
 import csv
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import BadInput, MissingInput
 from ..serving import LABELS_FILE, format_labels, parse_labels
 from . import SPLITS
-from ..errors import BadInput, MissingInput
 
 
 def _carve(items: list[tuple[str, str]], fraction: float, seed: int) -> tuple[list, list]:
@@ -106,7 +107,9 @@ def read_labels(path: str | Path) -> list[str]:
     return parse_labels(path.read_text())
 
 
-def write_split(out_dir: Path, splits: dict[str, list], class_names: list[str], sample_per_class: int, seed: int) -> None:
+def write_split(
+    out_dir: Path, splits: dict[str, list], class_names: list[str], sample_per_class: int, seed: int
+) -> None:
     """Write index CSVs, labels.txt and the sample/ subset of every split."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / LABELS_FILE).write_text(format_labels(class_names))

@@ -1,8 +1,10 @@
 """Batched augmentation on uint8 image tensors, run on the training device."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from ..errors import BadInput
 
 
@@ -22,7 +24,7 @@ class RandomShiftFlip:
             s = self.max_shift
             padded = F.pad(images, (s, s, s, s))
             dy, dx = torch.randint(0, 2 * s + 1, (2, n), generator=self.generator).tolist()
-            out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+            out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
         if self.hflip:
             flip = (torch.rand(n, generator=self.generator) < 0.5).to(out.device)
             out = torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)

@@ -1,4 +1,5 @@
 """What every stage shares: the Hydra entry point, one-line errors, where outputs go in a sweep."""
+
 from __future__ import annotations
 
 import functools
@@ -6,8 +7,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,6 +32,7 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
     In a multirun, a failed job (its MLflow run marked FAILED) returns None instead: the sweeper records the
     trial as failed and the sweep goes on (Optuna counts None as a failed trial; sys.exit would end the sweep).
     """
+
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
         try:
@@ -40,18 +42,22 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
                 raise
             if is_multirun() and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # a DDP job must fail on every rank
                 job = HydraConfig.get().job.num
-                log.error("job %s failed: %s: %s", job, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                log.error(
+                    "job %s failed: %s: %s", job, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""
+                )
                 print(f"error: job {job} ({' '.join(overrides())}) failed: {exc}", file=sys.stderr)
                 return None
             if not isinstance(exc, UserError):  # a bug: its traceback is what a developer needs
                 raise
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
+
     return wrapper
 
 
 def stage_main(task: Callable[[DictConfig], object]) -> Callable[[], None]:
     """Wrap `task` as a Hydra app reading conf/ (or `--config-dir . --config-name params` under DVC)."""
+
     def main() -> None:
         error = check_overrides(sys.argv[1:])  # before Hydra: its errors are multi-line and exit 1
         if error:
@@ -60,6 +66,7 @@ def stage_main(task: Callable[[DictConfig], object]) -> Callable[[], None]:
         signal.signal(signal.SIGTERM, _sigterm)
         path = str(conf_dir()) if conf_dir().is_dir() else None
         hydra.main(version_base="1.3", config_path=path, config_name="config")(one_line_errors(task))()
+
     return main
 
 

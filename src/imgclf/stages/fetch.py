@@ -1,4 +1,5 @@
 """fetch: bring a data set into data/<name>/images/<class>/... (the layout every later stage reads)."""
+
 from __future__ import annotations
 
 import logging

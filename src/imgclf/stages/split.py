@@ -1,4 +1,5 @@
 """split: check every image decodes, then write stratified train/val/test (+ sample) index files and the report."""
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,11 @@ def split(cfg: DictConfig) -> None:
     images, params = paths.images(cfg.data.name), cfg.data.split
     scan = scan_image_folder(images)
     # fixed splits: an official test set (MNIST's t10k, CIFAR's test_batch), a folder source's val/test folders
-    fixed = {name: (images / listing).read_text().splitlines()
-             for name, listing in (("val", VAL_LIST), ("test", TEST_LIST)) if (images / listing).is_file()}
+    fixed = {
+        name: (images / listing).read_text().splitlines()
+        for name, listing in (("val", VAL_LIST), ("test", TEST_LIST))
+        if (images / listing).is_file()
+    }
     if fixed:
         splits = split_with_fixed(scan.items, fixed, params.val_fraction, params.test_fraction, params.seed)
     else:
@@ -30,14 +34,22 @@ def split(cfg: DictConfig) -> None:
     report = build_report(scan, splits)
     report_dir = paths.report_dir("split")
     if report["cross_split_duplicates"]["groups"]:
-        log.warning("%d groups of identical images appear in more than one split (see %s/report.json)",
-                    report["cross_split_duplicates"]["groups"], report_dir)
+        log.warning(
+            "%d groups of identical images appear in more than one split (see %s/report.json)",
+            report["cross_split_duplicates"]["groups"],
+            report_dir,
+        )
     with atomic_path(paths.split(cfg.data.name)) as tmp:
         write_split(tmp, splits, scan.class_names, params.sample_per_class, params.seed)
         write_json(tmp / "report.json", report)
     write_data_report(report_dir, images, scan, splits, report)
-    log.info("split %s: %s images, %d classes, %d skipped", cfg.data.name,
-             {s: len(splits[s]) for s in SPLITS}, len(scan.class_names), len(scan.skipped))
+    log.info(
+        "split %s: %s images, %d classes, %d skipped",
+        cfg.data.name,
+        {s: len(splits[s]) for s in SPLITS},
+        len(scan.class_names),
+        len(scan.skipped),
+    )
 
 
 main = stage_main(split)

@@ -1,5 +1,8 @@
 """train: fine-tune the configured network on the split, one MLflow run per call; returns best val/acc."""
+
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import torch
 from hydra.utils import instantiate
@@ -10,82 +13,75 @@ from .. import distributed as dist
 from .. import sweeps, tracking
 from ..checkpoint import Resumable, fingerprint
 from ..data.datasets import build_loader, load_split
-from ..data.split import index_hash, read_labels
+from ..data.split import read_labels
 from ..data.transforms import build_augment
 from ..engine import DeviceSetup, Preprocess, Trainer
 from ..finetune import Strategy, prepare
-from ..lifecycle import Stopping, TrainingRun
+from ..lifecycle import Stopping, TrainingRun, run_tags
 from ..models import build_model, resolve_preprocessing
 from ..optim import build_optimizer
 from ..paths import Paths
-from ..utils import git_state, resolve_device, seed_everything
+from ..serving import ServingSpec
+from ..utils import resolve_device, seed_everything
 from ._app import is_multirun, output_root, overrides, stage_main, to_dict
+
+MODEL_OPTIONS = ("source", "pretrained", "weights", "download", "dropout")  # build_model's keywords in conf/model
 
 
 def train(cfg: DictConfig) -> float:
-    paths = Paths.from_config(cfg.paths, output_root())
-    device = dist.setup(resolve_device(cfg.trainer.device))
+    paths, t, m = Paths.from_config(cfg.paths, output_root()), cfg.trainer, cfg.model
+    device = dist.setup(resolve_device(t.device))
     try:
         config = to_dict(cfg)
-        run = TrainingRun.plan(paths, str(cfg.trainer.resume), fingerprint(tracking.flatten(config), dist.world_size()))
-        name = cfg.tracking.run_name or sweeps.run_name(cfg.model.name, cfg.data.name, cfg.optim.lr,
-                                                        cfg.trainer.batch_size, overrides())
-        with run.open(cfg.tracking.uri, cfg.tracking.experiment, name=name, tags=run_tags(cfg, paths, device),
-                      config=config, parent_id=sweeps.parent_run_id()):
+        run = TrainingRun.plan(paths, str(t.resume), fingerprint(tracking.flatten(config), dist.world_size()))
+        name = cfg.tracking.run_name or sweeps.run_name(m.name, cfg.data.name, cfg.optim.lr, t.batch_size, overrides())
+        sweep_dir = output_root().parent if is_multirun() else None  # jobs of one sweep share its directory as a tag
+        tags = run_tags(
+            paths, cfg.data.name, device, overrides(), sweep_dir, model=m.name, finetune=cfg.finetune.strategy
+        )
+        with run.open(cfg.tracking.uri, cfg.tracking.experiment, name=name, tags=tags, config=config):
             return _train(cfg, paths, device, run)
     finally:
         dist.teardown()
 
 
-def run_tags(cfg: DictConfig, paths: Paths, device: torch.device) -> dict[str, str]:
-    git = git_state()
-    tags = {"imgclf.dataset": cfg.data.name, "imgclf.model": cfg.model.name, "imgclf.device": str(device),
-            "imgclf.data_version": index_hash(paths.split(cfg.data.name)),
-            "imgclf.overrides": tracking.redact_overrides(overrides()), "imgclf.world_size": str(dist.world_size()),
-            "imgclf.finetune": cfg.finetune.strategy, "imgclf.checkpoint": str(paths.model_file.resolve()),
-            "mlflow.source.git.commit": git["commit"], "imgclf.git_dirty": git["dirty"]}
-    if is_multirun():  # jobs of one sweep share its directory as a tag
-        tags["imgclf.sweep"] = str(output_root().parent.resolve())
-    return tags
-
-
 def _train(cfg: DictConfig, paths: Paths, device: torch.device, run: TrainingRun) -> float:
-    setup = DeviceSetup.for_device(device, cfg.trainer.amp, cfg.trainer.channels_last)
-    generator = seed_everything(cfg.seed, cfg.trainer.deterministic)
-    spec = resolve_preprocessing(cfg.model.source, cfg.model.name, cfg.model.image_size, cfg.model.mean,
-                                 cfg.model.std, cfg.model.interpolation)
-    class_names = read_labels(paths.labels(cfg.data.name))
-    train_set, val_set = (load_split(paths.dataset(cfg.data.name), split, cfg.data.subset, spec.image_size,
-                                     spec.interpolation) for split in ("train", "val"))
-    pin = device.type == "cuda"
-    train_loader = build_loader(train_set, cfg.trainer.batch_size, True, generator, pin)
-    val_loader = build_loader(val_set, cfg.trainer.batch_size, False, pin_memory=pin)
-    model = build_model(cfg.model.name, len(class_names), source=cfg.model.source, pretrained=cfg.model.pretrained,
-                        weights=cfg.model.weights, download=cfg.model.download, dropout=cfg.model.dropout).to(device)
+    t, m, o = cfg.trainer, cfg.model, cfg.optim
+    setup = DeviceSetup.for_device(device, t.amp, t.channels_last)
+    generator = seed_everything(cfg.seed, t.deterministic)
+    pre = resolve_preprocessing(m.source, m.name, m.image_size, m.mean, m.std, m.interpolation)
+    spec = ServingSpec(read_labels(paths.labels(cfg.data.name)), pre.image_size, pre.mean, pre.std, pre.interpolation)
+    root, pin = paths.dataset(cfg.data.name), device.type == "cuda"
+    splits = (load_split(root, s, cfg.data.subset, spec.image_size, spec.interpolation) for s in ("train", "val"))
+    train_loader = build_loader(next(splits), t.batch_size, True, generator, pin)
+    val_loader = build_loader(next(splits), t.batch_size, False, pin_memory=pin)
+    model = build_model(m.name, len(spec.class_names), **{k: m[k] for k in MODEL_OPTIONS}).to(device)
     if dist.world_size() > 1:  # same initial weights on every rank, then each its own dropout masks and shifts
         torch.manual_seed(cfg.seed + dist.rank())
-    optimizer = build_optimizer(instantiate(cfg.optim), model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                backbone_lr_divisor=cfg.finetune.backbone_lr_divisor)
+    div = cfg.finetune.backbone_lr_divisor
+    optimizer = build_optimizer(instantiate(o), model, lr=o.lr, weight_decay=o.weight_decay, backbone_lr_divisor=div)
     augment = build_augment(**cfg.data.augment, seed=cfg.seed + dist.rank())
-    scheduler = instantiate(cfg.schedule)(optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=len(train_loader))
-    trainer = Trainer(model, nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing), optimizer, setup,
-                      preprocess=Preprocess(spec.mean, spec.std).to(device), scheduler=scheduler,
-                      scaler=setup.grad_scaler(), augment=augment, grad_clip=cfg.trainer.grad_clip,
-                      log_every=cfg.trainer.log_every)
-    strategy = Strategy(cfg.finetune.strategy, cfg.finetune.freeze_epochs, cfg.finetune.cache_features,
-                        cfg.trainer.compile)
-    prepared = prepare(strategy, trainer, model, train_loader, val_loader, batch_size=cfg.trainer.batch_size,
-                       generator=generator)
-    objects = Resumable(model, optimizer, scheduler, trainer.scaler,
-                        {"loader": generator, **({"augment": augment.generator} if augment else {})})
-    state = run.fit(prepared.trainer, (prepared.train_loader, prepared.val_loader), objects=objects,
-                    state=run.restore(objects), epochs=cfg.trainer.epochs,
-                    stopping=Stopping(cfg.trainer.early_stopping.patience, cfg.trainer.early_stopping.min_delta),
-                    before_epoch=prepared.before_epoch)
-    meta = {"arch": cfg.model.name, "source": cfg.model.source, "class_names": class_names,
-            "image_size": spec.image_size, "mean": spec.mean, "std": spec.std, "interpolation": spec.interpolation}
-    run.finish(state, meta=meta, config=to_dict(cfg), experiment=cfg.tracking.experiment,
-               labels_file=paths.labels(cfg.data.name), data_report=paths.report_dir("split") / "report.json")
+    scheduler = instantiate(cfg.schedule)(optimizer, epochs=t.epochs, steps_per_epoch=len(train_loader))
+    criterion, preprocess = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), Preprocess(pre.mean, pre.std)
+    trainer = Trainer(
+        model,
+        criterion,
+        optimizer,
+        setup,
+        preprocess=preprocess.to(device),
+        scheduler=scheduler,
+        scaler=setup.grad_scaler(),
+        augment=augment,
+        grad_clip=t.grad_clip,
+        log_every=t.log_every,
+    )
+    strategy = Strategy(cfg.finetune.strategy, cfg.finetune.freeze_epochs, cfg.finetune.cache_features, t.compile)
+    prepared = prepare(strategy, trainer, model, train_loader, val_loader, batch_size=t.batch_size, generator=generator)
+    generators = {"loader": generator, **({"augment": augment.generator} if augment else {})}
+    objects = Resumable(model, optimizer, scheduler, trainer.scaler, generators)
+    state = run.fit(prepared, objects, epochs=t.epochs, stopping=Stopping(**t.early_stopping))
+    meta = {"arch": m.name, "source": m.source, **asdict(spec)}
+    run.finish(state, meta=meta, config=to_dict(cfg), experiment=cfg.tracking.experiment, dataset=cfg.data.name)
     return state.best_metrics["val/acc"]
 
 

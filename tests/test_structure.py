@@ -1,0 +1,78 @@
+"""The codebase's shape (issue 10): thin stages, short functions, few positional parameters, paths in one place."""
+
+import ast
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+SRC = ROOT / "src" / "imgclf"
+MAX_STAGE_LINES = 100
+MAX_FUNCTION_LINES = 60
+MAX_POSITIONAL = 6
+
+
+def functions():
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path.relative_to(SRC).as_posix(), node
+
+
+@pytest.mark.parametrize("stage", sorted(p.name for p in (SRC / "stages").glob("*.py")))
+def test_stage_files_are_entry_points_under_100_lines(stage):
+    assert len((SRC / "stages" / stage).read_text().splitlines()) < MAX_STAGE_LINES
+
+
+def test_no_function_over_60_lines():
+    long = [
+        f"{path}:{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)"
+        for path, fn in functions()
+        if fn.end_lineno - fn.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long
+
+
+def test_no_function_with_more_than_6_positional_parameters():
+    wide = []
+    for path, fn in functions():
+        names = [a.arg for a in fn.args.posonlyargs + fn.args.args if a.arg not in ("self", "cls")]
+        if len(names) > MAX_POSITIONAL:
+            wide.append(f"{path}:{fn.name}({', '.join(names)})")
+    assert not wide, "make the rest keyword-only or group them in a dataclass"
+
+
+def test_config_reaches_the_library_only_through_stages():
+    """Library functions take plain values: only stages/ (and config.py, which composes) touch DictConfig."""
+    users = sorted(
+        p.relative_to(SRC).as_posix()
+        for p in SRC.rglob("*.py")
+        if "DictConfig" in p.read_text() and p.parent.name != "stages"
+    )
+    assert users == ["config.py", "sweeps.py"]  # sweeps.py: Hydra's callback API hands it the config
+
+
+def test_only_tracking_imports_mlflow():
+    importers = sorted(
+        p.relative_to(SRC).as_posix()
+        for p in SRC.rglob("*.py")
+        if any(
+            line.startswith(("import mlflow", "from mlflow")) or "    import mlflow" in line
+            for line in p.read_text().splitlines()
+        )
+    )
+    assert importers == ["tracking.py"]
+
+
+def test_paths_defaults_are_the_config_and_dvc_yaml_uses_them(compose_cfg):
+    from imgclf.paths import Paths
+
+    assert Paths.from_config(compose_cfg().paths) == Paths()
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():  # every data, model and report path goes through ${paths.*}
+        for kind in ("deps", "outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                path = next(iter(entry)) if isinstance(entry, dict) else entry
+                if not path.startswith("src/"):
+                    assert path.startswith("${paths."), f"{name}.{kind}: {path}"
