@@ -57,7 +57,8 @@ def make_tiny_project(root: Path) -> Path:
     images = make_class_folders(root / "data" / "tiny" / "images", {"a": 20, "b": 20, "c": 20})
     scan = scan_image_folder(images)
     splits = stratified_split(scan.items, 0.2, 0.2, seed=0)
-    write_split(root / "data" / "tiny" / "split", splits, scan.class_names, 4, seed=0)
+    digests = {path: info.sha256 for path, info in scan.info.items()}
+    write_split(root / "data" / "tiny" / "split", splits, scan.class_names, 4, seed=0, digests=digests)
     return root
 
 

@@ -96,10 +96,8 @@ def test_console_script_rejects_unknown_command(project_env):
         [str(BIN / "imgclf"), "trian"], cwd=ROOT, env=project_env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
-    assert (
-        proc.stderr.strip()
-        == "error: unknown command 'trian'; choose one of: fetch, split, train, evaluate, export, predict, runs"
-    )
+    commands = "fetch, split, train, evaluate, export, predict, runs, reproduce"
+    assert proc.stderr.strip() == f"error: unknown command 'trian'; choose one of: {commands}"
 
 
 def test_missing_pretrained_weights_is_one_line_and_a_failed_run(tiny_project, project_env, tmp_path):

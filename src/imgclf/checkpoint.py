@@ -23,12 +23,26 @@ LAST, BEST = "last.pt", "best.pt"
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.log_every", "tracking.run_name")
 
 
-def fingerprint(flat_config: dict, world_size: int = 1) -> str:
-    """Hash of the config a checkpoint was trained with, minus keys that do not change the computation, plus
-    the process count (it changes the batches each process sees and the schedule's step count)."""
+def fingerprint(flat_config: dict, *, world_size: int = 1, data_version: str = "", code_version: str = "") -> dict:
+    """What a checkpoint was trained with: the config (minus keys that do not change the computation) with the
+    process count (it changes the batches each process sees), the data version and the code version. A resume
+    continues only when all three match."""
     kept = {k: v for k, v in sorted(flat_config.items()) if k not in RESUMABLE_CHANGES}
     kept["_world_size"] = world_size
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    config = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"config": config, "data": data_version, "code": code_version}
+
+
+def mismatch(saved: object, current: dict) -> str | None:
+    """Why a checkpoint with fingerprint `saved` must not be continued, in words; None when it may."""
+    if saved == current:
+        return None
+    if not isinstance(saved, dict):  # written before data and code were part of it
+        return "it was written by an older imgclf"
+    what = {"config": "the config (or process count)", "data": "the data", "code": "the code"}
+    return "; ".join(
+        f"{what[k]} changed ({saved.get(k) or '?'} -> {current[k]})" for k in what if saved.get(k) != current[k]
+    )
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -75,7 +89,7 @@ def save_training_state(
     objects: Resumable,
     *,
     run_id: str | None,
-    config_hash: str,
+    fingerprint: dict,
     best_improved: bool,
 ) -> None:
     """last.pt every epoch (model, optimizer, scheduler, scaler, epoch, RNG, run id); best.pt when val/acc improved."""
@@ -93,7 +107,7 @@ def save_training_state(
         "stopped_early": fit_state.stopped_early,
         "rng": rng_state(objects.generators),
         "run_id": run_id,
-        "config_hash": config_hash,
+        "fingerprint": fingerprint,
     }
     with atomic_path(directory / LAST) as tmp:
         torch.save(state, tmp)
@@ -114,8 +128,9 @@ def _read(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Resume | None:
-    """The checkpoint to continue from: `never` -> None; `auto` -> last.pt of this config if any; else a path."""
+def find_resume_checkpoint(resume: str, directory: Path, fingerprint: dict) -> Resume | None:
+    """The checkpoint to continue from: `never` -> None; `auto` -> last.pt of this config, data and code if any;
+    else a path (continued even when they differ, with a warning saying what)."""
     if resume == "never":
         return None
     path = directory / LAST if resume == "auto" else Path(resume)
@@ -124,19 +139,12 @@ def find_resume_checkpoint(resume: str, directory: Path, config_hash: str) -> Re
             return None
         raise MissingInput(f"trainer.resume={resume}: no such checkpoint; use auto, never or the path of a last.pt")
     state = _read(path)
-    if state.get("config_hash") != config_hash:
+    why = mismatch(state.get("fingerprint"), fingerprint)
+    if why:
         if resume == "auto":
-            log.warning(
-                "not resuming from %s: it was trained with another config; starting a new run "
-                "(trainer.resume=never ignores checkpoints, trainer.resume=PATH forces one)",
-                path,
-            )
+            log.warning("not resuming from %s: %s; starting a new run (trainer.resume=PATH forces a resume)", path, why)
             return None
-        log.warning(
-            "resuming from %s, trained with another config (or process count): its MLflow run keeps the "
-            "params it was started with",
-            path,
-        )
+        log.warning("resuming from %s although %s: its MLflow run keeps the params it was started with", path, why)
     return Resume(path, state)
 
 

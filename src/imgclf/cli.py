@@ -7,11 +7,12 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from .errors import BadInput, UserError
 
 STAGES = ("fetch", "split", "train", "evaluate", "export")
-COMMANDS = (*STAGES, "predict", "runs")
+COMMANDS = (*STAGES, "predict", "runs", "reproduce")
 
 
 def predict(argv: list[str]) -> int:
@@ -131,13 +132,56 @@ def runs(argv: list[str]) -> int:
     return 0
 
 
+def reproduce(argv: list[str]) -> int:
+    """Re-create a run from its MLflow record (config, code version, data version) into a new run, and compare."""
+    from omegaconf import OmegaConf
+
+    from . import tracking
+    from .lifecycle import read_run_file
+    from .paths import Paths
+    from .reproduce import Record, compare, differences, format_rows, reproduction_config, tolerance_for
+    from .stages.evaluate import evaluate
+    from .stages.train import train
+
+    parser = argparse.ArgumentParser(prog="imgclf reproduce", description=reproduce.__doc__)
+    parser.add_argument("run_id", help="the MLflow run to reproduce (a train run; evaluate's metrics are compared)")
+    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    parser.add_argument("--out-dir", help="where the new run writes (default: reproduce/<run id>)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help="max |difference| per metric (default: 0 on the same machine and libraries, 0.02 elsewhere)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        record = Record.load(args.uri, args.run_id)
+        found = differences(record, Paths.from_config(record.config["paths"]))
+        if found:
+            raise BadInput(f"cannot reproduce run {args.run_id}: {'; '.join(found)}")
+        tolerance, why = tolerance_for(record, args.tolerance)
+        out_dir = Path(args.out_dir or Path("reproduce") / args.run_id)
+        cfg = OmegaConf.create(reproduction_config(record, args.uri, out_dir))
+        train(cfg)
+        evaluate(cfg)
+        new_id = read_run_file(out_dir / "models" / "run.json")["run_id"]
+        tracking.set_run_tags(args.uri, new_id, {"imgclf.reproduces": args.run_id})
+        rows, ok = compare(record.metrics, tracking.run_record(args.uri, new_id)["metrics"], tolerance)
+        print(format_rows(rows, args.run_id, new_id))
+        print(f"tolerance {tolerance:g} ({why}): {'reproduced' if ok else 'NOT reproduced'}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(
             f"usage: imgclf {{{','.join(COMMANDS)}}} ...\n"
             "  imgclf STAGE [HYDRA OVERRIDES...]   run a pipeline stage from conf/\n"
             "  imgclf predict PATH... [--out FILE]  classify images with the exported model\n"
-            "  imgclf runs [--sweep ID] [--best]     compare MLflow runs, or show the best one",
+            "  imgclf runs [--sweep ID] [--best]     compare MLflow runs, or show the best one\n"
+            "  imgclf reproduce RUN_ID               re-create a run from its record and compare",
             file=sys.stderr,
         )
         sys.exit(0 if len(sys.argv) > 1 else 2)
@@ -147,7 +191,7 @@ def main() -> None:
         sys.exit(2)
     if command == "predict":
         sys.exit(predict(sys.argv[2:]))
-    if command == "runs":
-        sys.exit(runs(sys.argv[2:]))
+    if command in ("runs", "reproduce"):
+        sys.exit({"runs": runs, "reproduce": reproduce}[command](sys.argv[2:]))
     sys.argv = [f"imgclf {command}", *sys.argv[2:]]
     importlib.import_module(f"imgclf.stages.{command}").main()

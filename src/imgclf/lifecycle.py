@@ -14,15 +14,22 @@ from typing import Any
 
 from . import distributed as dist
 from . import sweeps, tracking
-from .checkpoint import Resumable, Resume, find_resume_checkpoint, load_training_state, save_training_state
-from .data.split import index_hash
+from .checkpoint import (
+    Resumable,
+    Resume,
+    find_resume_checkpoint,
+    fingerprint,
+    load_training_state,
+    save_training_state,
+)
+from .data.split import data_version
 from .engine import FitState, NonFiniteLoss, fit
 from .errors import MissingInput
 from .finetune import Prepared
 from .models import save_checkpoint
 from .paths import Paths
 from .plots import plot_curves
-from .utils import atomic_path, git_state, write_json, write_text
+from .utils import atomic_path, code_version, environment, git_diff, git_state, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +47,21 @@ class Stopping:
 class TrainingRun:
     """One training run: rank 0 owns the MLflow run and writes checkpoints and outputs; other ranks only train."""
 
-    def __init__(self, paths: Paths, config_hash: str, resume: Resume | None = None):
-        self.paths, self.config_hash, self.resume = paths, config_hash, resume
+    def __init__(self, paths: Paths, fingerprint: dict, resume: Resume | None = None):
+        self.paths, self.fingerprint, self.resume = paths, fingerprint, resume
         self.run_id: str | None = None
 
     @classmethod
-    def plan(cls, paths: Paths, resume: str, config_hash: str) -> TrainingRun:
-        """`resume` is trainer.resume: auto continues paths.checkpoints/last.pt of the same config only."""
-        return cls(paths, config_hash, find_resume_checkpoint(resume, paths.checkpoints, config_hash))
+    def plan(cls, paths: Paths, resume: str, config: Mapping[str, Any], *, dataset: str) -> TrainingRun:
+        """`resume` is trainer.resume: auto continues paths.checkpoints/last.pt only when it was written with the
+        same config and process count, the same data version and the same code version."""
+        current = fingerprint(
+            tracking.flatten(config),
+            world_size=dist.world_size(),
+            data_version=data_version(paths.split(dataset)),
+            code_version=code_version(),
+        )
+        return cls(paths, current, find_resume_checkpoint(resume, paths.checkpoints, current))
 
     @contextmanager
     def open(
@@ -71,6 +85,8 @@ class TrainingRun:
             self.run_id = run_id
             if resumed is None:
                 tracking.log_config(config)
+                if tags.get("imgclf.git_dirty") == "true":  # the commit alone does not say what ran
+                    tracking.log_text(git_diff(), "git/diff.patch")
             yield self
 
     def restore(self, objects: Resumable) -> FitState:
@@ -97,7 +113,7 @@ class TrainingRun:
                     fit_state,
                     objects,
                     run_id=self.run_id,
-                    config_hash=self.config_hash,
+                    fingerprint=self.fingerprint,
                     best_improved=fit_state.best_epoch == epoch,
                 )
                 tracking.log_metrics(metrics, step=epoch)
@@ -165,12 +181,14 @@ def run_tags(
     tags = {
         "imgclf.dataset": dataset,
         "imgclf.device": str(device),
-        "imgclf.data_version": index_hash(paths.split(dataset)),
+        "imgclf.data_version": data_version(paths.split(dataset)),
         "imgclf.overrides": tracking.redact_overrides(overrides),
         "imgclf.world_size": str(dist.world_size()),
         "imgclf.checkpoint": str(paths.model_file.resolve()),
         "mlflow.source.git.commit": git["commit"],
         "imgclf.git_dirty": git["dirty"],
+        "imgclf.code_version": code_version(),
+        **{f"imgclf.env.{k}": v for k, v in environment().items()},
         **{f"imgclf.{k}": v for k, v in labels.items()},
     }
     if sweep_dir is not None:

@@ -211,6 +211,10 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
 def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
 
@@ -348,3 +352,32 @@ def list_artifact_paths(uri: str, run_id: str, path: str | None = None) -> list[
     """Paths of a run's artifacts directly under `path`; MLflow 3 also resolves logged models ("model")."""
     with _one_line_errors():
         return [a.path for a in _query_client(uri).list_artifacts(run_id, path)]
+
+
+def run_record(uri: str, run_id: str) -> dict[str, Any]:
+    """A run's name, params, latest metrics and tags, as plain dicts."""
+    with _one_line_errors():
+        run = _query_client(uri).get_run(run_id)
+    return {
+        "name": run.info.run_name or "",
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+    }
+
+
+def artifact_text(uri: str, run_id: str, path: str) -> str:
+    """The text of one artifact of a run (e.g. train/config.yaml)."""
+    import mlflow.artifacts
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a bar on stderr around a one-line error
+    with _one_line_errors():
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=resolve_uri(uri))
+    return Path(local).read_text()
+
+
+def set_run_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Tags on a finished run (not the active one)."""
+    client = MlflowClient(tracking_uri=resolve_uri(uri))
+    for key, value in tags.items():
+        retry_locked(client.set_tag, run_id, key, str(value))

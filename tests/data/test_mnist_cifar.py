@@ -77,9 +77,11 @@ def test_mnist_truncated_or_mismatched_files_fail(tmp_path):
         read_idx(tmp_path / "labels.gz", 2051)
 
 
-def cifar_tar(path, per_batch=12, classes=("plane", "car", "bird")):
-    """cifar-10-python.tar.gz layout: Python-2 style pickles with bytes keys, rows of R, G, B planes."""
+def cifar_tar(path, per_batch=12, classes=("plane", "car", "bird"), str_keys=False):
+    """cifar-10-python.tar.gz layout: Python-2 style pickles with bytes keys (or, as some mirrors re-pickle them
+    under Python 3, str keys), rows of R, G, B planes."""
     batches = {}
+    key = (lambda k: k.decode()) if str_keys else (lambda k: k)
     with tarfile.open(path, "w:gz") as tf:
 
         def add(name, obj):
@@ -88,12 +90,13 @@ def cifar_tar(path, per_batch=12, classes=("plane", "car", "bird")):
             info.size = len(blob)
             tf.addfile(info, io.BytesIO(blob))
 
-        add("batches.meta", {b"label_names": [c.encode() for c in classes], b"num_vis": 3072})
+        names = list(classes) if str_keys else [c.encode() for c in classes]
+        add("batches.meta", {key(b"label_names"): names, key(b"num_vis"): 3072})
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             rows = RNG.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
             labels = [i % len(classes) for i in range(per_batch)]
             batches[name] = (rows, labels)
-            add(name, {b"data": rows, b"labels": labels, b"batch_label": name.encode()})
+            add(name, {key(b"data"): rows, key(b"labels"): labels, key(b"batch_label"): name.encode()})
     return batches
 
 
@@ -127,3 +130,47 @@ def test_cifar10_fetch_from_mirror_and_from_archive(http_server, tmp_path, monke
     )
     with pytest.raises(ValueError, match="cifar-10-python.tar.gz: md5 is [0-9a-f]{32}, expected 0{32}"):
         fetch(offline)
+
+
+def test_cifar10_repickled_under_python3_reads_the_same(tmp_path):
+    from imgclf.data.cifar10 import read_batch, read_label_names
+    from imgclf.data.download import extract
+
+    for str_keys in (False, True):
+        batches = cifar_tar(tmp_path / f"c{str_keys}.tar.gz", str_keys=str_keys)
+        batch_dir = extract(tmp_path / f"c{str_keys}.tar.gz", tmp_path / f"x{str_keys}") / "cifar-10-batches-py"
+        assert read_label_names(batch_dir) == ["plane", "car", "bird"]
+        images, labels = read_batch(batch_dir / "test_batch")
+        assert list(labels) == batches["test_batch"][1]
+        np.testing.assert_array_equal(images[0, ..., 1], batches["test_batch"][0][0][1024:2048].reshape(32, 32))
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"not a pickle", r"test_batch: not a readable CIFAR-10 pickle \(UnpicklingError"),
+        (pickle.dumps([1, 2]), "test_batch: holds a list, expected a dict of data, labels"),
+        (pickle.dumps({"data": []}), "test_batch: no labels entry; it has data"),
+    ],
+)
+def test_malformed_cifar_batch_is_one_line_naming_the_file(tmp_path, content, message):
+    from imgclf.data.cifar10 import read_batch
+    from imgclf.errors import BadInput
+
+    (tmp_path / "test_batch").write_bytes(content)
+    with pytest.raises(BadInput, match=message) as error:
+        read_batch(tmp_path / "test_batch")
+    assert "\n" not in str(error.value)
+
+
+def test_corrupt_archive_and_csv_are_one_line(tmp_path):
+    from imgclf.data.download import extract
+    from imgclf.errors import BadInput
+
+    cifar_tar(tmp_path / "full.tar.gz")
+    (tmp_path / "cut.tar.gz").write_bytes((tmp_path / "full.tar.gz").read_bytes()[:3000])  # a truncated download
+    with pytest.raises(BadInput, match="cut.tar.gz: corrupt or truncated archive"):
+        extract(tmp_path / "cut.tar.gz", tmp_path / "out")
+    (tmp_path / "train.csv").write_text("path,label\na/1.png,a\nb/2.png\n")
+    with pytest.raises(BadInput, match="train.csv line 3: expected 2 fields \\(path,label\\), got 1"):
+        read_index(tmp_path / "train.csv")

@@ -2,9 +2,18 @@ from collections import Counter
 
 import pytest
 import torch
+from PIL import Image
 
 from imgclf.data.datasets import build_loader, load_split
-from imgclf.data.split import index_hash, read_index, read_labels, sample_subset, stratified_split, write_split
+from imgclf.data.split import (
+    data_version,
+    read_index,
+    read_labels,
+    read_manifest,
+    sample_subset,
+    stratified_split,
+    write_split,
+)
 
 ITEMS = [(f"{c}/{i}.png", c) for c in "abcd" for i in range(50)]
 
@@ -32,15 +41,40 @@ def test_sample_subset_picks_per_class_from_the_split():
     assert set(sample) <= set(ITEMS)
 
 
-def test_index_files_round_trip_and_hash(tmp_path):
+def test_index_files_round_trip_and_the_data_version_follows_content(tmp_path):
     splits = stratified_split(ITEMS, 0.1, 0.2, seed=0)
-    write_split(tmp_path / "split", splits, list("abcd"), 2, seed=0)
+    digests = {path: f"{i:064x}" for i, (path, _) in enumerate(ITEMS)}
+    write_split(tmp_path / "split", splits, list("abcd"), 2, seed=0, digests=digests)
     assert read_index(tmp_path / "split" / "train.csv") == splits["train"]
     assert read_labels(tmp_path / "split" / "labels.txt") == list("abcd")
     assert len(read_index(tmp_path / "split" / "sample" / "test.csv")) == 8
-    before = index_hash(tmp_path / "split")
-    write_split(tmp_path / "split", stratified_split(ITEMS, 0.1, 0.2, seed=1), list("abcd"), 2, seed=0)
-    assert index_hash(tmp_path / "split") != before
+    assert read_manifest(tmp_path / "split") == digests
+    before = data_version(tmp_path / "split")
+    write_split(tmp_path / "split", stratified_split(ITEMS, 0.1, 0.2, seed=1), list("abcd"), 2, seed=0, digests=digests)
+    assert data_version(tmp_path / "split") != before  # another split
+    write_split(tmp_path / "split", splits, list("abcd"), 2, seed=0, digests=digests)
+    assert data_version(tmp_path / "split") == before
+    edited = {**digests, ITEMS[0][0]: "f" * 64}  # same names and labels, one image's bytes changed
+    write_split(tmp_path / "split", splits, list("abcd"), 2, seed=0, digests=edited)
+    assert data_version(tmp_path / "split") != before
+
+
+def test_an_image_edited_in_place_is_what_the_next_load_sees(tiny_project):
+    """Issue 11: the pack was keyed by the index (names); now by content, so new pixels reach training."""
+    from imgclf.data.folder import scan_image_folder
+
+    first = load_split("data/tiny", "train", "full", image_size=8)
+    path = tiny_project / "data/tiny/images" / read_index("data/tiny/split/train.csv")[0][0]
+    Image.new("RGB", (8, 8), (7, 7, 7)).save(path)  # same name, new pixels
+    scan = scan_image_folder(tiny_project / "data/tiny/images")  # what the split stage reruns on
+    splits = {s: read_index(f"data/tiny/split/{s}.csv") for s in ("train", "val", "test")}
+    write_split(
+        tiny_project / "data/tiny/split", splits, scan.class_names, 4, 0, {p: i.sha256 for p, i in scan.info.items()}
+    )
+    second = load_split("data/tiny", "train", "full", image_size=8)
+    assert not torch.equal(first.images[0], second.images[0])
+    assert torch.equal(second.images[0], torch.full((3, 8, 8), 7, dtype=torch.uint8))
+    assert torch.equal(first.images[1:], second.images[1:])
 
 
 def test_load_split_decodes_resizes_and_batches(tiny_project):

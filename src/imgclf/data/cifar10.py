@@ -22,17 +22,29 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, *keys: str) -> dict:
+    """A batch as {str: value}: the official Python 2 pickles have bytes keys, mirrors re-pickled under Python 3
+    have str keys (torchvision reads both); anything else is one line naming the file."""
     if not path.is_file():
         raise MissingInput(f"{path.name} missing from {path.parent}; the archive is incomplete")
-    with path.open("rb") as f:
-        return pickle.load(f, encoding="bytes")  # Python 2 pickles: keys are bytes
+    try:
+        with path.open("rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except Exception as exc:  # truncated, not a pickle, or a class we do not have: the file is the problem
+        raise BadInput(f"{path.name}: not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise BadInput(f"{path.name}: holds a {type(obj).__name__}, expected a dict of {', '.join(keys)}")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise BadInput(f"{path.name}: no {', '.join(missing)} entry; it has {', '.join(map(str, batch)) or 'none'}")
+    return batch
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) and labels (N,) of one batch; rows are 1,024 R, then G, then B bytes."""
-    batch = _unpickle(path)
-    data, labels = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], dtype=np.int64)
+    batch = _unpickle(path, "data", "labels")
+    data, labels = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch["labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise BadInput(f"{path.name}: data rows have shape {data.shape}, expected (N, 3072)")
     if len(labels) != len(data):
@@ -41,7 +53,8 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_label_names(batch_dir: Path) -> list[str]:
-    return [name.decode() for name in _unpickle(batch_dir / "batches.meta")[b"label_names"]]
+    names = _unpickle(batch_dir / "batches.meta", "label_names")["label_names"]
+    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
 
 
 def fetch_cifar10(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -15,7 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import BadInput
 from ..paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
 from ..utils import parallel_map
-from .split import read_index, read_labels
+from .split import read_index, read_labels, read_manifest
+
+# how images become pixels (convert to RGB, resize to a square): part of every pack's key
+DECODER = f"pillow-{PIL.__version__}-rgb-square-v1"
 
 
 class TensorImageDataset(Dataset):
@@ -62,17 +67,21 @@ def decode_all(
     return images
 
 
+def pack_key(rows: list[tuple[str, str]], digests: Mapping[str, str], image_size: int, interpolation: str) -> str:
+    """The pack's cache key: every image's content digest in index order, the size, the resampling and the
+    decoder, so an image edited in place (same name, new pixels) or a new Pillow makes a new pack."""
+    h = hashlib.sha256(f"{DECODER}|{image_size}|{interpolation}\n".encode())
+    for rel, _ in rows:
+        if rel not in digests:
+            raise BadInput(f"{rel} is indexed but missing from the split's manifest.csv; rerun split (dvc repro split)")
+        h.update(f"{rel},{digests[rel]}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def packed_split(
-    root: Path,
-    index_file: Path,
-    rows: list[tuple[str, str]],
-    image_size: int,
-    tag: str,
-    interpolation: str = "bilinear",
+    root: Path, rows: list[tuple[str, str]], key: str, image_size: int, tag: str, interpolation: str = "bilinear"
 ) -> np.ndarray:
-    """The split's images resized once and packed in data/<ds>/cache/, keyed by the index, size and resampling."""
-    resize = f"|{image_size}" + ("" if interpolation == "bilinear" else f"|{interpolation}")  # old keys stay valid
-    key = hashlib.sha1(index_file.read_bytes() + resize.encode()).hexdigest()[:16]
+    """The split's images resized once and packed in data/<ds>/cache/ under `key` (pack_key)."""
     cache = root / CACHE_DIR / f"{tag}-{image_size}px-{key}.npy"
     if cache.is_file():
         return np.load(cache)
@@ -100,7 +109,8 @@ def load_split(
     unknown = sorted({label for _, label in rows} - class_to_idx.keys())
     if unknown:
         raise BadInput(f"{index_file} has labels {unknown} missing from labels.txt")
-    images = packed_split(root, index_file, rows, image_size, f"{subset}-{split}", interpolation)
+    key = pack_key(rows, read_manifest(root / SPLIT_DIR), image_size, interpolation)
+    images = packed_split(root, rows, key, image_size, f"{subset}-{split}", interpolation)
     labels = torch.tensor([class_to_idx[label] for _, label in rows], dtype=torch.int64)
     return TensorImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, [r for r, _ in rows])
 

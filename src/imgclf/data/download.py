@@ -10,6 +10,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -123,18 +124,22 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                _inside(root, name)
-            zf.extractall(dest)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            for member in tf.getmembers():
-                _inside(root, member.name)
-                if member.issym() or member.islnk():
-                    raise BadInput(f"archive member '{member.name}' is a link; refusing to extract")
-            tf.extractall(dest, filter="data")
-    else:
-        raise BadInput(f"{archive} is neither a zip nor a tar archive")
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for name in zf.namelist():
+                    _inside(root, name)
+                zf.extractall(dest)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                for member in tf.getmembers():
+                    _inside(root, member.name)
+                    if member.issym() or member.islnk():
+                        raise BadInput(f"archive member '{member.name}' is a link; refusing to extract")
+                tf.extractall(dest, filter="data")
+        else:
+            raise BadInput(f"{archive} is neither a zip nor a tar archive")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        # a truncated download or a damaged archive: name it, never a traceback from deep in tarfile
+        raise BadInput(f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from None
     return dest

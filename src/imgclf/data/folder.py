@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import shutil
 import warnings
@@ -20,12 +21,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the report needs of a readable image: size, mode and a hash of its decoded pixels."""
+    """What the report and the data version need of a readable image: size, mode, a hash of its decoded pixels
+    (duplicates across splits) and a hash of the file's bytes (its content, for the data version)."""
 
     width: int
     height: int
     mode: str
     digest: str
+    sha256: str = ""
 
 
 @dataclass
@@ -43,16 +46,17 @@ class FolderScan:
 
 def inspect_image(path: Path) -> tuple[str | None, ImageInfo | None]:
     """Decode `path` by its content (not its extension): (None, info) if readable, else (reason, None)."""
-    if path.stat().st_size == 0:
+    content = path.read_bytes()  # read once: hashed for the data version, then decoded from memory
+    if not content:
         return "empty file", None
     try:
         with warnings.catch_warnings():
             # past Image.MAX_IMAGE_PIXELS PIL only warns (it errors at twice that): refuse at the limit
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(content)) as img:
                 img.load()  # full decode: catches truncated files that only a header check would pass
                 digest = hashlib.sha1(img.tobytes()).hexdigest()
-                return None, ImageInfo(img.width, img.height, img.mode, digest)
+                return None, ImageInfo(img.width, img.height, img.mode, digest, hashlib.sha256(content).hexdigest())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return "decompression bomb", None
     except UnidentifiedImageError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import numpy as np
 from ..errors import BadInput, MissingInput
 from ..serving import LABELS_FILE, format_labels, parse_labels
 from . import SPLITS
+
+MANIFEST = "manifest.csv"  # split/manifest.csv: path, sha256 of every indexed image
 
 
 def _carve(items: list[tuple[str, str]], fraction: float, seed: int) -> tuple[list, list]:
@@ -96,7 +99,11 @@ def read_index(path: str | Path) -> list[tuple[str, str]]:
         header = next(reader, None)
         if header != ["path", "label"]:
             raise BadInput(f"{path} is not a split index: header {header}, expected ['path', 'label']")
-        return [(row[0], row[1]) for row in reader]
+        rows = list(reader)
+    bad = next((i for i, row in enumerate(rows, start=2) if len(row) != 2), None)
+    if bad is not None:
+        raise BadInput(f"{path} line {bad}: expected 2 fields (path,label), got {len(rows[bad - 2])}")
+    return [(row[0], row[1]) for row in rows]
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -108,18 +115,41 @@ def read_labels(path: str | Path) -> list[str]:
 
 
 def write_split(
-    out_dir: Path, splits: dict[str, list], class_names: list[str], sample_per_class: int, seed: int
+    out_dir: Path,
+    splits: dict[str, list],
+    class_names: list[str],
+    sample_per_class: int,
+    seed: int,
+    digests: Mapping[str, str],
 ) -> None:
-    """Write index CSVs, labels.txt and the sample/ subset of every split."""
+    """Write index CSVs, labels.txt, the sample/ subset of every split, and manifest.csv: the sha256 of every
+    indexed file's bytes, so the data version and the pack cache follow the images' content, not their names."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / MANIFEST).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "sha256"])
+        writer.writerows(sorted((path, digests[path]) for name in SPLITS for path, _ in splits[name]))
     (out_dir / LABELS_FILE).write_text(format_labels(class_names))
     for name in SPLITS:
         write_index(out_dir / f"{name}.csv", splits[name])
         write_index(out_dir / "sample" / f"{name}.csv", sample_subset(splits[name], sample_per_class, seed))
 
 
-def index_hash(split_dir: str | Path) -> str:
-    """Short sha256 over the index files and labels: the data version tagged on every run."""
+def read_manifest(split_dir: str | Path) -> dict[str, str]:
+    """{path: sha256 of the file's bytes} for every indexed image (written by the split stage)."""
+    path = Path(split_dir) / MANIFEST
+    if not path.is_file():
+        raise MissingInput(f"{path} not found; rerun the split stage (dvc repro split)")
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != ["path", "sha256"]:
+        raise BadInput(f"{path} is not a split manifest: expected the header path,sha256")
+    return {row[0]: row[1] for row in rows[1:]}
+
+
+def data_version(split_dir: str | Path) -> str:
+    """Short sha256 over the index files, labels and the manifest of content digests: the data version tagged on
+    every run and part of the resume fingerprint. An image edited in place changes it."""
     split_dir = Path(split_dir)
     h = hashlib.sha256()
     for path in sorted(split_dir.rglob("*")):

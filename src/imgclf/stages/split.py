@@ -40,7 +40,8 @@ def split(cfg: DictConfig) -> None:
             report_dir,
         )
     with atomic_path(paths.split(cfg.data.name)) as tmp:
-        write_split(tmp, splits, scan.class_names, params.sample_per_class, params.seed)
+        digests = {path: info.sha256 for path, info in scan.info.items()}
+        write_split(tmp, splits, scan.class_names, params.sample_per_class, params.seed, digests)
         write_json(tmp / "report.json", report)
     write_data_report(report_dir, images, scan, splits, report)
     log.info(

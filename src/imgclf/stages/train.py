@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .. import distributed as dist
-from .. import sweeps, tracking
-from ..checkpoint import Resumable, fingerprint
+from .. import sweeps
+from ..checkpoint import Resumable
 from ..data.datasets import build_loader, load_split
 from ..data.split import read_labels
 from ..data.transforms import build_augment
@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> float:
     device = dist.setup(resolve_device(t.device))
     try:
         config = to_dict(cfg)
-        run = TrainingRun.plan(paths, str(t.resume), fingerprint(tracking.flatten(config), dist.world_size()))
+        run = TrainingRun.plan(paths, str(t.resume), config, dataset=cfg.data.name)
         name = cfg.tracking.run_name or sweeps.run_name(m.name, cfg.data.name, cfg.optim.lr, t.batch_size, overrides())
         sweep_dir = output_root().parent if is_multirun() else None  # jobs of one sweep share its directory as a tag
         tags = run_tags(

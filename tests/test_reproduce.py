@@ -1,0 +1,65 @@
+"""`imgclf reproduce RUN_ID`: the run again from its record, identical on this machine; refused when code or data
+differ, naming the difference."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from imgclf.cli import reproduce
+from imgclf.stages.evaluate import evaluate
+from imgclf.stages.train import train
+
+
+@pytest.fixture
+def recorded(tiny_cfg, tiny_project):
+    cfg = tiny_cfg()
+    train(cfg)
+    evaluate(cfg)
+    return cfg, json.loads((tiny_project / "models/run.json").read_text())["run_id"]
+
+
+def test_reproduces_the_run_with_identical_metrics_into_a_new_tagged_run(recorded, tiny_project, capsys):
+    cfg, run_id = recorded
+    assert reproduce([run_id, "--uri", cfg.tracking.uri]) == 0
+    out = capsys.readouterr().out
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    again = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("test").experiment_id])
+        if r.data.tags.get("imgclf.reproduces") == run_id
+    ]
+    assert len(again) == 1 and again[0].info.status == "FINISHED"
+    original = client.get_run(run_id).data.metrics
+    for key in ("best/val/acc", "test/acc", "test/macro_f1", "test/loss"):
+        assert again[0].data.metrics[key] == original[key], key  # bit for bit: same machine, code and data
+        assert key in out
+    assert "identical expected" in out and "reproduced" in out
+    assert (tiny_project / "reproduce" / run_id / "models" / "model.pt").is_file()  # not over the DVC outputs
+
+
+def test_refuses_when_the_data_changed(recorded, tiny_project, capsys):
+    from imgclf.data.folder import scan_image_folder
+    from imgclf.data.split import read_index, write_split
+
+    cfg, run_id = recorded
+    image = tiny_project / "data/tiny/images" / read_index("data/tiny/split/train.csv")[0][0]
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(image)  # one image edited in place, and split rerun
+    scan = scan_image_folder(tiny_project / "data/tiny/images")
+    splits = {s: read_index(f"data/tiny/split/{s}.csv") for s in ("train", "val", "test")}
+    write_split(
+        tiny_project / "data/tiny/split", splits, scan.class_names, 4, 0, {p: i.sha256 for p, i in scan.info.items()}
+    )
+    assert reproduce([run_id, "--uri", cfg.tracking.uri]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot reproduce run {run_id}: the data differs: the run trained on data version")
+    assert "\n" not in err
+
+
+def test_refuses_when_the_code_changed(recorded, monkeypatch, capsys):
+    cfg, run_id = recorded
+    monkeypatch.setattr("imgclf.reproduce.code_version", lambda: "0000000000000000")
+    assert reproduce([run_id, "--uri", cfg.tracking.uri]) == 1
+    err = capsys.readouterr().err
+    assert "the code differs: the run was made by code version" in err and "this checkout has 0000000000000000" in err
