@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 pipeline: venv
 	dvc repro
 
+# two workers, one test file each at a time (module fixtures stay in one process): both cores busy
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # ruff: lint and formatting, configured in pyproject.toml (CI runs `make lint` before `make test`)
 lint: venv

@@ -122,6 +122,7 @@ class Resume:
 
     path: Path
     state: dict
+    mismatch: str | None = None  # what differs, when trainer.resume=PATH forces a checkpoint of another fingerprint
 
 
 def _read(path: Path) -> dict:
@@ -145,7 +146,7 @@ def find_resume_checkpoint(resume: str, directory: Path, fingerprint: dict) -> R
             log.warning("not resuming from %s: %s; starting a new run (trainer.resume=PATH forces a resume)", path, why)
             return None
         log.warning("resuming from %s although %s: its MLflow run keeps the params it was started with", path, why)
-    return Resume(path, state)
+    return Resume(path, state, why)
 
 
 def load_training_state(resume: Resume, objects: Resumable) -> FitState:

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import BadInput, UserError
+from .errors import USER_ERRORS, BadInput
 
 STAGES = ("fetch", "split", "train", "evaluate", "export")
 COMMANDS = (*STAGES, "predict", "runs", "reproduce")
@@ -58,7 +58,7 @@ def predict(argv: list[str]) -> int:
                     print(pred.path)
                     for rank, (name, prob) in enumerate(top_k(pred, names, args.top_k), start=1):
                         print(f"  {rank}. {name:<20s} {prob:7.2%}")
-    except UserError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     failed = [p for p in preds if p.error]
@@ -126,7 +126,7 @@ def runs(argv: list[str]) -> int:
             print(f"wrote {len(rows)} runs to {args.out}")
         else:
             print(text, end="")
-    except UserError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -168,7 +168,7 @@ def reproduce(argv: list[str]) -> int:
         rows, ok = compare(record.metrics, tracking.run_record(args.uri, new_id)["metrics"], tolerance)
         print(format_rows(rows, args.run_id, new_id))
         print(f"tolerance {tolerance:g} ({why}): {'reproduced' if ok else 'NOT reproduced'}")
-    except UserError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0 if ok else 1

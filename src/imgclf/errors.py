@@ -20,3 +20,7 @@ class MissingInput(UserError, FileNotFoundError):
 
 class AccessDenied(UserError, PermissionError):
     """A service refused our credentials; the message says what to do."""
+
+
+# also one line at the stage boundary: a missing or unreadable file names itself and is the user's to fix
+USER_ERRORS = (UserError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)

@@ -29,7 +29,7 @@ from .finetune import Prepared
 from .models import save_checkpoint
 from .paths import Paths
 from .plots import plot_curves
-from .utils import atomic_path, code_version, environment, git_diff, git_state, write_json, write_text
+from .utils import atomic_path, code_version, environment, file_sha256, git_diff, git_state, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class TrainingRun:
         # the run opens first: a trial that fails on a bad combination is a FAILED run, not a missing one
         with tracking.run(uri, experiment, run_id=resumed, run_name=name, tags=tags, parent_id=parent_id) as run_id:
             self.run_id = run_id
+            if self.resume is not None and self.resume.mismatch:  # trainer.resume=PATH across a change
+                tracking.set_tags({"imgclf.resumed_across": self.resume.mismatch})
             if resumed is None:
                 tracking.log_config(config)
                 if tags.get("imgclf.git_dirty") == "true":  # the commit alone does not say what ran
@@ -144,6 +146,7 @@ class TrainingRun:
         config: Mapping[str, Any],
         experiment: str,
         dataset: str,
+        data_report_dir: Path,
     ) -> None:
         """Rank 0: model.pt, the train reports and run.json, the same into MLflow; then no checkpoint is left."""
         if not dist.is_main():
@@ -156,9 +159,7 @@ class TrainingRun:
         for name in TRAIN_REPORTS:
             tracking.log_artifact(reports / name, "train")
         tracking.log_artifact(self.paths.labels(dataset), "train")
-        data_report = self.paths.report_dir("split") / "report.json"
-        if data_report.is_file():  # the data report of the split this run trained on
-            log_data_report(data_report)
+        log_data_report(self.paths.split(dataset) / "report.json", data_report_dir)  # the split it trained on
         tracking.log_artifact(self.paths.model_file, "checkpoint")  # once per run: checkpoints are hundreds of MB
         write_json(self.paths.run_file, {"run_id": self.run_id, "experiment": experiment})
         for name in ("last.pt", "best.pt"):  # finished: model.pt is the result, nothing to resume
@@ -173,10 +174,17 @@ class TrainingRun:
 
 
 def run_tags(
-    paths: Paths, dataset: str, device: object, overrides: list[str], sweep_dir: Path | None, **labels: str
+    paths: Paths,
+    dataset: str,
+    device: object,
+    overrides: list[str],
+    sweep_dir: Path | None,
+    *,
+    weights: str | None = None,
+    **labels: str,
 ) -> dict[str, str]:
-    """What a run says about itself: data set and its version, device, overrides, where model.pt goes, git state;
-    `labels` become imgclf.<name> tags (model, finetune)."""
+    """What a run says about itself: data set and its version, device, overrides, where model.pt goes, git state,
+    the sha256 of a `weights` file it starts from; `labels` become imgclf.<name> tags (model, finetune)."""
     git = git_state()
     tags = {
         "imgclf.dataset": dataset,
@@ -193,6 +201,8 @@ def run_tags(
     }
     if sweep_dir is not None:
         tags["imgclf.sweep"] = str(Path(sweep_dir).resolve())
+    if weights and Path(weights).expanduser().is_file():
+        tags["imgclf.weights_sha256"] = file_sha256(Path(weights).expanduser())
     return tags
 
 
@@ -202,9 +212,13 @@ def read_run_file(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def log_data_report(report: Path) -> None:
-    """The split stage's report (reports/split/) under `data/`, with its skipped and duplicate counts as metrics."""
-    tracking.log_artifacts(report.parent, "data")
+def log_data_report(report: Path, report_dir: Path) -> None:
+    """The split stage's report under `data/` (reports/split/: the JSON, counts and sample grid), and its skipped
+    and duplicate counts as metrics."""
+    if not report.is_file():
+        return
+    if report_dir.is_dir():
+        tracking.log_artifacts(report_dir, "data")
     content = json.loads(report.read_text())
     tracking.log_metrics(
         {

@@ -287,6 +287,8 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 def load_checkpoint(path) -> dict:
     """Load a checkpoint written by the train stage (tensors and plain types only)."""
+    if not Path(path).is_file():
+        raise MissingInput(f"{path} not found; run the train stage first (dvc repro train)")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -11,7 +11,7 @@ from . import tracking
 from .data.split import data_version
 from .errors import BadInput
 from .paths import Paths
-from .utils import code_version, environment
+from .utils import code_version, environment, file_sha256
 
 COMPARED = ("best/val/acc", "test/acc", "test/macro_f1", "test/loss")
 # what must match for bit-identical metrics on the CPU: the same machine, threads and library versions
@@ -43,6 +43,17 @@ class Record:
 def differences(record: Record, paths: Paths) -> list[str]:
     """What this checkout has that the run did not: its code version, its data version (one phrase each)."""
     tags, found = record.tags, []
+    if tags.get("imgclf.world_size", "1") != "1":
+        found.append(
+            f"it ran on {tags['imgclf.world_size']} processes (torchrun); reproduce re-creates one-process runs"
+        )
+    if tags.get("imgclf.resumed_across"):
+        found.append(f"it was resumed across a change ({tags['imgclf.resumed_across']}): no one state made it")
+    weights = record.config["model"].get("weights")
+    if tags.get("imgclf.weights_sha256"):
+        now = file_sha256(Path(weights).expanduser()) if weights and Path(weights).expanduser().is_file() else "none"
+        if now != tags["imgclf.weights_sha256"]:
+            found.append(f"model.weights {weights} differs (sha256 {tags['imgclf.weights_sha256'][:12]} -> {now[:12]})")
     code = code_version()
     if tags["imgclf.code_version"] != code:
         commit = tags.get("mlflow.source.git.commit", "")[:10] or "unknown"

@@ -14,6 +14,7 @@ from imgclf.data.split import (
     stratified_split,
     write_split,
 )
+from imgclf.errors import BadInput
 
 ITEMS = [(f"{c}/{i}.png", c) for c in "abcd" for i in range(50)]
 
@@ -66,6 +67,8 @@ def test_an_image_edited_in_place_is_what_the_next_load_sees(tiny_project):
     first = load_split("data/tiny", "train", "full", image_size=8)
     path = tiny_project / "data/tiny/images" / read_index("data/tiny/split/train.csv")[0][0]
     Image.new("RGB", (8, 8), (7, 7, 7)).save(path)  # same name, new pixels
+    with pytest.raises(BadInput, match="changed since the split stage ran"):  # a new pack checks every file
+        load_split("data/tiny", "train", "full", image_size=9)
     scan = scan_image_folder(tiny_project / "data/tiny/images")  # what the split stage reruns on
     splits = {s: read_index(f"data/tiny/split/{s}.csv") for s in ("train", "val", "test")}
     write_split(

@@ -44,7 +44,12 @@ def _unpickle(path: Path, *keys: str) -> dict:
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) and labels (N,) of one batch; rows are 1,024 R, then G, then B bytes."""
     batch = _unpickle(path, "data", "labels")
-    data, labels = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch["labels"], dtype=np.int64)
+    try:
+        data, labels = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch["labels"], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"{path.name}: data or labels are not numbers ({exc})") from None
+    if labels.size and labels.min() < 0:
+        raise BadInput(f"{path.name}: negative label {labels.min()}")
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise BadInput(f"{path.name}: data rows have shape {data.shape}, expected (N, 3072)")
     if len(labels) != len(data):
@@ -67,7 +72,7 @@ def fetch_cifar10(
     """Download (or take `archive`), verify, extract safely, write PNGs per class; returns the image count."""
     out_dir, download_dir = Path(out_dir), Path(download_dir)
     if archive:
-        path = Path(archive)
+        path = Path(archive).expanduser()
         if not path.is_file():
             raise MissingInput(f"data.archive={archive} does not exist")
         verify(path, checksums.get(ARCHIVE))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -56,15 +57,32 @@ def decode_image(path: str | Path, image_size: int, interpolation: str = "biline
         return np.asarray(img, dtype=np.uint8)
 
 
+def decode_checked(path: Path, sha256: str | None, image_size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """decode_image(), refusing a file whose bytes are not the ones the split's manifest recorded."""
+    content = Path(path).read_bytes()
+    if sha256 is not None and hashlib.sha256(content).hexdigest() != sha256:
+        raise BadInput(
+            f"{path} changed since the split stage ran (its sha256 differs from manifest.csv); "
+            "rerun split (dvc repro) so the data version follows the images"
+        )
+    return decode_image(io.BytesIO(content), image_size, interpolation)
+
+
 def decode_all(
-    paths: list[Path], image_size: int, interpolation: str = "bilinear", workers: int | None = None
+    paths: list[Path], image_size: int, interpolation: str = "bilinear", digests: Sequence[str] | None = None
 ) -> np.ndarray:
-    """Decode and resize every image into one (N, S, S, 3) uint8 array, in parallel for big sets."""
+    """Decode and resize every image into one (N, S, S, 3) uint8 array, in parallel for big sets; with `digests`,
+    each file must still have the content the manifest recorded."""
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    decode = partial(decode_image, image_size=image_size, interpolation=interpolation)
-    for i, array in enumerate(parallel_map(decode, paths, workers)):
+    decode = partial(_decode_item, image_size=image_size, interpolation=interpolation)
+    items = list(zip(paths, digests if digests is not None else [None] * len(paths)))
+    for i, array in enumerate(parallel_map(decode, items)):
         images[i] = array
     return images
+
+
+def _decode_item(item: tuple[Path, str | None], image_size: int, interpolation: str) -> np.ndarray:
+    return decode_checked(item[0], item[1], image_size, interpolation)
 
 
 def pack_key(rows: list[tuple[str, str]], digests: Mapping[str, str], image_size: int, interpolation: str) -> str:
@@ -79,13 +97,19 @@ def pack_key(rows: list[tuple[str, str]], digests: Mapping[str, str], image_size
 
 
 def packed_split(
-    root: Path, rows: list[tuple[str, str]], key: str, image_size: int, tag: str, interpolation: str = "bilinear"
+    root: Path,
+    rows: list[tuple[str, str]],
+    digests: Mapping[str, str],
+    image_size: int,
+    tag: str,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """The split's images resized once and packed in data/<ds>/cache/ under `key` (pack_key)."""
-    cache = root / CACHE_DIR / f"{tag}-{image_size}px-{key}.npy"
+    """The split's images resized once and packed in data/<ds>/cache/, keyed by their content (pack_key)."""
+    cache = root / CACHE_DIR / f"{tag}-{image_size}px-{pack_key(rows, digests, image_size, interpolation)}.npy"
     if cache.is_file():
         return np.load(cache)
-    images = decode_all([root / IMAGE_DIR / rel for rel, _ in rows], image_size, interpolation)
+    expected = [digests[rel] for rel, _ in rows]
+    images = decode_all([root / IMAGE_DIR / rel for rel, _ in rows], image_size, interpolation, expected)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -109,8 +133,7 @@ def load_split(
     unknown = sorted({label for _, label in rows} - class_to_idx.keys())
     if unknown:
         raise BadInput(f"{index_file} has labels {unknown} missing from labels.txt")
-    key = pack_key(rows, read_manifest(root / SPLIT_DIR), image_size, interpolation)
-    images = packed_split(root, rows, key, image_size, f"{subset}-{split}", interpolation)
+    images = packed_split(root, rows, read_manifest(root / SPLIT_DIR), image_size, f"{subset}-{split}", interpolation)
     labels = torch.tensor([class_to_idx[label] for _, label in rows], dtype=torch.int64)
     return TensorImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, [r for r, _ in rows])
 

@@ -49,7 +49,7 @@ def fetch_dogs_vs_cats(
     The archive is `archive` when given (offline machines), else downloaded with the kaggle client.
     """
     if archive:
-        archive_path = Path(archive)
+        archive_path = Path(archive).expanduser()
         if not archive_path.is_file():
             raise MissingInput(f"data.archive={archive} does not exist; {HOW_TO_GET}")
     else:

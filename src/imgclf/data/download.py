@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..errors import BadInput, UserError
+from ..errors import BadInput, MissingInput, UserError
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,9 @@ def _inside(root: Path, name: str) -> Path:
 
 def extract(archive: str | Path, dest: str | Path) -> Path:
     """Extract a .tar(.gz) or .zip into dest, refusing members (or links) that escape it."""
-    archive, dest = Path(archive), Path(dest)
+    archive, dest = Path(archive).expanduser(), Path(dest)
+    if not archive.is_file():
+        raise MissingInput(f"archive {archive} not found")
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     try:
@@ -139,7 +141,7 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
                 tf.extractall(dest, filter="data")
         else:
             raise BadInput(f"{archive} is neither a zip nor a tar archive")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
         # a truncated download or a damaged archive: name it, never a traceback from deep in tarfile
         raise BadInput(f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from None
     return dest

@@ -46,7 +46,10 @@ class FolderScan:
 
 def inspect_image(path: Path) -> tuple[str | None, ImageInfo | None]:
     """Decode `path` by its content (not its extension): (None, info) if readable, else (reason, None)."""
-    content = path.read_bytes()  # read once: hashed for the data version, then decoded from memory
+    try:
+        content = path.read_bytes()  # read once: hashed for the data version, then decoded from memory
+    except OSError as exc:
+        return f"unreadable ({type(exc).__name__})", None
     if not content:
         return "empty file", None
     try:
@@ -102,7 +105,7 @@ def _hidden(path: Path, base: Path) -> bool:
 
 def copy_class_folders(src: str | Path, out_dir: str | Path, exclude=(), prefix: str = "") -> list[str]:
     """Copy src/<class>/... into out_dir/<class>/<prefix><file> (hidden and excluded classes left out)."""
-    src, out_dir = Path(src), Path(out_dir)
+    src, out_dir = Path(src).expanduser(), Path(out_dir)
     if not src.is_dir():
         raise MissingInput(f"data.path {src} is not a directory; point it at a folder of class sub-folders")
     copied = []

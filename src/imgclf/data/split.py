@@ -144,6 +144,9 @@ def read_manifest(split_dir: str | Path) -> dict[str, str]:
         rows = list(csv.reader(f))
     if not rows or rows[0] != ["path", "sha256"]:
         raise BadInput(f"{path} is not a split manifest: expected the header path,sha256")
+    bad = next((i for i, row in enumerate(rows[1:], start=2) if len(row) != 2), None)
+    if bad is not None:
+        raise BadInput(f"{path} line {bad}: expected 2 fields (path,sha256); rerun split (dvc repro split)")
     return {row[0]: row[1] for row in rows[1:]}
 
 

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import check_overrides, conf_dir
-from ..errors import UserError
+from ..errors import USER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
                 )
                 print(f"error: job {job} ({' '.join(overrides())}) failed: {exc}", file=sys.stderr)
                 return None
-            if not isinstance(exc, UserError):  # a bug: its traceback is what a developer needs
+            if not isinstance(exc, USER_ERRORS):  # a bug: its traceback is what a developer needs
                 raise
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)

@@ -36,9 +36,8 @@ def train(cfg: DictConfig) -> float:
         run = TrainingRun.plan(paths, str(t.resume), config, dataset=cfg.data.name)
         name = cfg.tracking.run_name or sweeps.run_name(m.name, cfg.data.name, cfg.optim.lr, t.batch_size, overrides())
         sweep_dir = output_root().parent if is_multirun() else None  # jobs of one sweep share its directory as a tag
-        tags = run_tags(
-            paths, cfg.data.name, device, overrides(), sweep_dir, model=m.name, finetune=cfg.finetune.strategy
-        )
+        labels = {"model": m.name, "finetune": cfg.finetune.strategy}
+        tags = run_tags(paths, cfg.data.name, device, overrides(), sweep_dir, weights=m.weights, **labels)
         with run.open(cfg.tracking.uri, cfg.tracking.experiment, name=name, tags=tags, config=config):
             return _train(cfg, paths, device, run)
     finally:
@@ -81,7 +80,15 @@ def _train(cfg: DictConfig, paths: Paths, device: torch.device, run: TrainingRun
     objects = Resumable(model, optimizer, scheduler, trainer.scaler, generators)
     state = run.fit(prepared, objects, epochs=t.epochs, stopping=Stopping(**t.early_stopping))
     meta = {"arch": m.name, "source": m.source, **asdict(spec)}
-    run.finish(state, meta=meta, config=to_dict(cfg), experiment=cfg.tracking.experiment, dataset=cfg.data.name)
+    data_report_dir = Paths.from_config(cfg.paths).report_dir("split")  # the project's, also from a sweep job
+    run.finish(
+        state,
+        meta=meta,
+        config=to_dict(cfg),
+        experiment=cfg.tracking.experiment,
+        dataset=cfg.data.name,
+        data_report_dir=data_report_dir,
+    )
     return state.best_metrics["val/acc"]
 
 

@@ -1,0 +1,64 @@
+"""What the end-to-end tests share: a fresh git repo holding exactly what a clone holds, its environment, DVC
+status as a set of stage names, and the tiny overrides. Each test module gets its own repo (module fixtures), so
+pytest-xdist can run the modules side by side."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from ..conftest import BIN, ROOT, TINY_MODEL
+
+STAGES = ("fetch", "split", "train", "evaluate", "export")
+# the sample subset and timm's tiny test network: a smoke run of every stage in seconds
+TINY = [arg for o in ("trainer.epochs=2", "data.subset=sample", *TINY_MODEL) for arg in ("-S", o)]
+
+
+def sh(args, cwd, env, timeout=600):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A fresh git repo holding exactly what a clone of this project holds."""
+    dest = tmp_path_factory.mktemp("e2e") / "repo"
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def env(repo):
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    sh(["git", "init", "-q"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "init"], repo, env)
+    return env
+
+
+def changed_stages(repo, env):
+    """The stages `dvc status` says are out of date (their own deps, params or outs changed); DVC's Python API
+    in this process, as `dvc status --json` computes it, without a DVC start-up per check."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return {name.rsplit(":", 1)[-1] for name in dvc.status()}  # "path/to/dvc.yaml:train" from another cwd

@@ -1,0 +1,105 @@
+"""The whole pipeline through DVC on the embedded digits: outputs, metrics, MLflow, and what each input reruns."""
+
+import csv
+import json
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from .conftest import STAGES, TINY, changed_stages, sh
+
+
+@pytest.mark.slow
+def test_dvc_pipeline_end_to_end(repo, env):
+    out = sh(["dvc", "exp", "run", *TINY], repo, env)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["trainer"]["epochs"] == 2 and params["data"]["subset"] == "sample"
+
+    # every declared output is there
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    for stage in STAGES:
+        for entry in lock["stages"][stage].get("outs", []):
+            assert (repo / entry["path"]).exists(), entry["path"]
+    assert len(list((repo / "data/digits/images").rglob("*.png"))) == 1797
+    assert not (repo / "outputs").exists() and not list(repo.glob("*.log"))  # Hydra left nothing behind
+    assert not [line for line in sh(["git", "status", "--porcelain"], repo, env).splitlines() if line.startswith("??")]
+
+    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    rows = list(csv.DictReader(open(repo / "reports/evaluate/predictions.csv")))
+    assert len(rows) == 50  # the sample subset of the test split: 5 of each digit
+    assert metrics["test/acc"] == pytest.approx(sum(r["actual"] == r["predicted"] for r in rows) / len(rows))
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo, env))
+    assert "reports/evaluate/metrics.json" in json.dumps(shown)
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], repo, env))["data"]
+    assert {"Loss", "Accuracy", "reports/evaluate/predictions.csv", "reports/evaluate/confusion_matrix.png"} <= set(
+        plots
+    )
+    loss_points = plots["Loss"][0]["content"]["data"]["values"]
+    assert {p["epoch"] for p in loss_points} == {"1", "2"}
+
+    run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.epochs"] == "2" and run.data.params["model.name"] == "test_resnet"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
+    assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert "export/onnx_max_abs_diff" in run.data.metrics
+    assert run.data.tags["imgclf.export_dir"] == str(repo / "models" / "export")
+    best = sh(["imgclf", "runs", "--uri", f"sqlite:///{repo}/mlflow.db", "--best"], repo, env)
+    assert best.splitlines()[0] == run_id and f"export: {repo / 'models' / 'export'}" in best
+    assert f"model_uri: {run.data.tags['imgclf.model_uri']}" in best and "models:/" in best
+    assert run.data.tags["mlflow.source.git.commit"] == sh(["git", "rev-parse", "HEAD"], repo, env).strip()
+    assert run.data.tags["imgclf.dataset"] == "digits"
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"train", "checkpoint", "evaluate", "export", "data"} <= top
+    assert json.loads((repo / "reports/split/report.json").read_text())["images_per_split"]["test"] == 360
+
+    # nothing changed: nothing reruns
+    again = sh(["dvc", "repro"], repo, env)
+    assert "Running stage" not in again
+    assert "Data and pipelines are up to date" in sh(["dvc", "status"], repo, env)
+
+    # a learning-rate change reruns train and what follows, not fetch or split
+    out = sh(["dvc", "exp", "run", *TINY, "-S", "optim.lr=0.001"], repo, env)
+    assert "Running stage 'fetch'" not in out and "Running stage 'split'" not in out
+    for stage in ("train", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in out
+    new_id = json.loads((repo / "models/run.json").read_text())["run_id"]
+    assert new_id != run_id
+    assert client.get_run(new_id).data.params["optim.lr"] == "0.001"
+    exps = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env))
+    assert "0.001" in json.dumps(exps)
+    check_every_input_invalidates_its_stages(repo, env)
+
+
+# each kind of input, and the stages that read it: a params section, one code file per stage
+INPUTS = {
+    "params data.split.seed": ({"split"}, "params.yaml", ("seed: 0", "seed: 1")),
+    "params optim.lr": ({"train"}, "params.yaml", ("lr: 0.001", "lr: 0.002")),
+    "params trainer.batch_size": ({"train", "evaluate"}, "params.yaml", ("batch_size: 64", "batch_size: 32")),
+    "params export.opset": ({"export"}, "params.yaml", ("opset: 18", "opset: 17")),
+    "code data/digits.py": ({"fetch"}, "src/imgclf/data/digits.py", None),
+    "code data/report.py": ({"split"}, "src/imgclf/data/report.py", None),
+    "code finetune.py": ({"train", "evaluate", "export"}, "src/imgclf/finetune.py", None),  # via lifecycle
+    "code evaluation.py": ({"evaluate"}, "src/imgclf/evaluation.py", None),
+    "code export.py": ({"export"}, "src/imgclf/export.py", None),
+    "code serving.py": ({"split", "train", "evaluate", "export"}, "src/imgclf/serving.py", None),
+    "conf/no_input.md (every unset external input)": ({"fetch", "train"}, "conf/no_input.md", None),
+}
+
+
+def check_every_input_invalidates_its_stages(repo, env):
+    """Issue 11: change one input, and `dvc status` marks exactly the stages that read it; undo it, none."""
+    assert changed_stages(repo, env) == set()
+    for name, (stages, rel, edit) in INPUTS.items():
+        path = repo / rel
+        before = path.read_text()
+        path.write_text(before.replace(*edit, 1) if edit else before + "\n# an edit\n")
+        assert path.read_text() != before, name
+        assert changed_stages(repo, env) == stages, name
+        path.write_text(before)
+    assert changed_stages(repo, env) == set()

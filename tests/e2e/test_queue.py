@@ -1,0 +1,57 @@
+"""A DVC experiment queue: a pair of queued experiments in dvc exp show and in the project's MLflow store."""
+
+import json
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from .conftest import TINY, sh
+
+
+def experiments(shown):
+    """(params, metrics) of every experiment in `dvc exp show --json`, whatever the nesting."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, dict) and data.get("params") and data.get("rev") != "workspace":
+                params = data["params"].get("params.yaml", {}).get("data", {})
+                metrics = {k: v for f in (data.get("metrics") or {}).values() for k, v in (f.get("data") or {}).items()}
+                found.append((data.get("name") or data.get("rev"), params, metrics))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(shown)
+    return found
+
+
+@pytest.mark.slow
+def test_dvc_queue_runs_a_pair_shown_in_exp_show_and_mlflow(repo, env):
+    sh(["git", "checkout", "--", "params.yaml", "dvc.lock"], repo, env)  # the default, whatever ran before
+    sh(["dvc", "exp", "run", "--queue", "-S", "optim.lr=0.002,0.0002", *TINY], repo, env)
+    sh(["dvc", "queue", "start", "-j", "1"], repo, env)
+    deadline = time.time() + 900
+    while True:
+        status = sh(["dvc", "queue", "status"], repo, env)
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.time() < deadline, status
+        time.sleep(3)
+    failed = [line.split()[0] for line in status.splitlines() if "Failed" in line]
+    assert not failed, status + "".join(sh(["dvc", "queue", "logs", task], repo, env) for task in failed)
+    shown = experiments(json.loads(sh(["dvc", "exp", "show", "--json"], repo, env)))
+    by_lr = {params["optim"]["lr"]: metrics for _, params, metrics in shown}
+    assert {0.002, 0.0002} <= set(by_lr)
+    # each queued experiment ran in a temporary copy, yet logged into the project's store (DVC_ROOT)
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("imgclf").experiment_id])
+    logged = {r.data.params["optim.lr"]: r for r in runs}
+    for lr in ("0.002", "0.0002"):
+        assert logged[lr].info.status == "FINISHED"
+        assert logged[lr].data.metrics["test/acc"] == pytest.approx(by_lr[float(lr)]["test/acc"])
+        assert logged[lr].data.metrics["best/val/acc"] == pytest.approx(by_lr[float(lr)]["val/acc"])
