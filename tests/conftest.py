@@ -131,3 +131,10 @@ def http_server(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def pytest_collection_modifyitems(items):
+    """The slowest files first (end-to-end, then stages), so pytest-xdist's two workers finish together rather
+    than one waiting on an end-to-end test that started last."""
+    weight = {"e2e": 0, "stages": 1}
+    items.sort(key=lambda item: weight.get(item.path.parent.name, 2))  # stable: order within a file is kept
