@@ -31,9 +31,14 @@ def experiments(shown):
 
 
 @pytest.mark.slow
-def test_dvc_queue_runs_a_pair_shown_in_exp_show_and_mlflow(repo, env):
-    sh(["git", "checkout", "--", "params.yaml", "dvc.lock"], repo, env)  # the default, whatever ran before
-    sh(["dvc", "exp", "run", "--queue", "-S", "optim.lr=0.002,0.0002", *TINY], repo, env)
+def test_dvc_queue_runs_a_pair_shown_in_exp_show_and_mlflow(repo, env, tmp_path):
+    from ..conftest import make_class_folders
+
+    # a small folder data set: the queue is what is tested here, fetch and split of 20 images take no time
+    folder = make_class_folders(tmp_path / "small", {"a": 10, "b": 10})
+    data = ("data=folder", f"data.path={folder}", "data.split.sample_per_class=2")
+    overrides = [arg for o in data for arg in ("-S", o)]
+    sh(["dvc", "exp", "run", "--queue", "-S", "optim.lr=0.002,0.0002", *TINY, *overrides], repo, env)
     sh(["dvc", "queue", "start", "-j", "1"], repo, env)
     deadline = time.time() + 900
     while True:
