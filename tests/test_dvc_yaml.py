@@ -65,7 +65,8 @@ def targets(node):
 def instantiated_targets(stage):
     """The `_target_` modules a stage can reach: every option of each config node it calls instantiate() on."""
     found = set()
-    for dotted in re.findall(r"instantiate\(cfg\.([\w.]+)", (SRC / "imgclf" / "stages" / f"{stage}.py").read_text()):
+    code = "".join(module_file(m).read_text() for m in closure({f"imgclf.stages.{stage}"}))  # _build.py too
+    for dotted in re.findall(r"instantiate\(cfg\.([\w.]+)", code):
         group, *rest = dotted.split(".")
         for option in (ROOT / "conf" / group).glob("*.yaml"):
             node = yaml.safe_load(option.read_text())

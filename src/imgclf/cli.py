@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import USER_ERRORS, BadInput
 
 STAGES = ("fetch", "split", "train", "evaluate", "export")
-COMMANDS = (*STAGES, "predict", "runs", "reproduce")
+COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find")
 
 
 def predict(argv: list[str]) -> int:
@@ -181,7 +181,8 @@ def main() -> None:
             "  imgclf STAGE [HYDRA OVERRIDES...]   run a pipeline stage from conf/\n"
             "  imgclf predict PATH... [--out FILE]  classify images with the exported model\n"
             "  imgclf runs [--sweep ID] [--best]     compare MLflow runs, or show the best one\n"
-            "  imgclf reproduce RUN_ID               re-create a run from its record and compare",
+            "  imgclf reproduce RUN_ID               re-create a run from its record and compare\n"
+            "  imgclf lr-find [HYDRA OVERRIDES...]   fast.ai's learning-rate finder: plot and suggested rate",
             file=sys.stderr,
         )
         sys.exit(0 if len(sys.argv) > 1 else 2)
@@ -194,4 +195,4 @@ def main() -> None:
     if command in ("runs", "reproduce"):
         sys.exit({"runs": runs, "reproduce": reproduce}[command](sys.argv[2:]))
     sys.argv = [f"imgclf {command}", *sys.argv[2:]]
-    importlib.import_module(f"imgclf.stages.{command}").main()
+    importlib.import_module(f"imgclf.stages.{command.replace('-', '_')}").main()

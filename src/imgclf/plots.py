@@ -138,3 +138,16 @@ def plot_samples(
                     ax.imshow(img.convert("RGB"))
         axes[r][0].set_title(label, fontsize=8, loc="left")
     save_figure(fig, Path(path))
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: float, path: str | Path) -> None:
+    """fast.ai's LR finder plot: smoothed loss against the learning rate (log scale), the suggested rate marked."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    ax.set_xscale("log")
+    if np.isfinite(suggestion):
+        ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
+        ax.legend()
+    ax.set(xlabel="learning rate (head)", ylabel="smoothed training loss", title="learning-rate finder")
+    ax.grid(alpha=0.3)
+    save_figure(fig, Path(path))

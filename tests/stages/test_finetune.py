@@ -93,7 +93,7 @@ def test_nan_loss_fails_the_run_names_the_step_and_keeps_the_last_good_checkpoin
             loss = super().forward(logits, target)
             return loss * float("nan") if calls["n"] == 7 else loss
 
-    monkeypatch.setattr("imgclf.stages.train.nn.CrossEntropyLoss", NaNOnSeventhStep)
+    monkeypatch.setattr("imgclf.stages._build.nn.CrossEntropyLoss", NaNOnSeventhStep)
     with pytest.raises(
         NonFiniteLoss, match=r"loss is nan at epoch 2 step 2.*last good checkpoint is checkpoints/last.pt"
     ):

@@ -1,0 +1,69 @@
+"""Config into the objects a training step needs: shared by the train stage and `imgclf lr-find`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from .. import distributed as dist
+from ..data.datasets import build_loader, load_split
+from ..data.split import read_labels
+from ..data.transforms import build_augment
+from ..engine import DeviceSetup, Preprocess, Trainer
+from ..models import build_model, resolve_preprocessing
+from ..optim import build_optimizer
+from ..paths import Paths
+from ..serving import ServingSpec
+from ..utils import seed_everything
+
+MODEL_OPTIONS = ("source", "pretrained", "weights", "download", "dropout")  # build_model's keywords in conf/model
+
+
+@dataclass
+class Training:
+    """The network, the trainer around it, the loaders, the shuffling generator and the serving contract."""
+
+    model: nn.Module
+    trainer: Trainer
+    train_loader: object
+    val_loader: object
+    generator: torch.Generator
+    spec: ServingSpec
+
+
+def build_training(cfg: DictConfig, paths: Paths, device: torch.device) -> Training:
+    """Seed, data, network, optimizer, augmentation and schedule, in the order the seeded RNG sees them."""
+    t, m, o = cfg.trainer, cfg.model, cfg.optim
+    setup = DeviceSetup.for_device(device, t.amp, t.channels_last)
+    generator = seed_everything(cfg.seed, t.deterministic)
+    pre = resolve_preprocessing(m.source, m.name, m.image_size, m.mean, m.std, m.interpolation)
+    spec = ServingSpec(read_labels(paths.labels(cfg.data.name)), pre.image_size, pre.mean, pre.std, pre.interpolation)
+    root, pin = paths.dataset(cfg.data.name), device.type == "cuda"
+    splits = (load_split(root, s, cfg.data.subset, spec.image_size, spec.interpolation) for s in ("train", "val"))
+    train_loader = build_loader(next(splits), t.batch_size, True, generator, pin)
+    val_loader = build_loader(next(splits), t.batch_size, False, pin_memory=pin)
+    model = build_model(m.name, len(spec.class_names), **{k: m[k] for k in MODEL_OPTIONS}).to(device)
+    if dist.world_size() > 1:  # same initial weights on every rank, then each its own dropout masks and shifts
+        torch.manual_seed(cfg.seed + dist.rank())
+    div = cfg.finetune.backbone_lr_divisor
+    optimizer = build_optimizer(instantiate(o), model, lr=o.lr, weight_decay=o.weight_decay, backbone_lr_divisor=div)
+    augment = build_augment(**cfg.data.augment, seed=cfg.seed + dist.rank())
+    scheduler = instantiate(cfg.schedule)(optimizer, epochs=t.epochs, steps_per_epoch=len(train_loader))
+    criterion, preprocess = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), Preprocess(pre.mean, pre.std)
+    trainer = Trainer(
+        model,
+        criterion,
+        optimizer,
+        setup,
+        preprocess=preprocess.to(device),
+        scheduler=scheduler,
+        scaler=setup.grad_scaler(),
+        augment=augment,
+        grad_clip=t.grad_clip,
+        log_every=t.log_every,
+    )
+    return Training(model, trainer, train_loader, val_loader, generator, spec)

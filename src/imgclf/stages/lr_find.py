@@ -1,0 +1,58 @@
+"""lr-find: fast.ai's learning-rate finder on the configured model and data (not a DVC stage): a sweep over
+~100 batches, the loss-against-rate plot with a suggested rate, one MLflow run; nothing is trained for keeps."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import replace
+
+from omegaconf import DictConfig
+
+from .. import tracking
+from ..finetune import Strategy
+from ..lr_find import lr_find
+from ..models import set_backbone_trainable
+from ..paths import Paths
+from ..plots import plot_lr_find
+from ..utils import atomic_path, resolve_device, write_json
+from ._app import output_root, stage_main, to_dict
+from ._build import build_training
+
+log = logging.getLogger(__name__)
+
+
+def find_lr(cfg: DictConfig) -> float:
+    paths, f = Paths.from_config(cfg.paths, output_root()), cfg.lr_find
+    built = build_training(cfg, paths, resolve_device(cfg.trainer.device))
+    trainer, ft = built.trainer, cfg.finetune
+    if Strategy(ft.strategy, ft.freeze_epochs).frozen_for() >= 1:  # head or gradual: the rate of the first epochs
+        set_backbone_trainable(built.model, False)
+        trainer = replace(trainer, frozen_backbone=True)
+    result = lr_find(trainer, built.train_loader, start_lr=f.start_lr, end_lr=f.end_lr, num_batches=f.num_batches)
+    out = paths.report_dir("lr_find")
+    with atomic_path(out / "lr_find.csv") as tmp, tmp.open("w", newline="") as file:
+        csv.writer(file).writerows([("lr", "loss"), *zip(result.lrs, result.losses)])
+    plot_lr_find(result.lrs, result.losses, result.suggestion, out / "lr_find.png")
+    figures = {"lr_find/suggested_lr": result.suggestion, "lr_find/min_loss_lr_over_10": result.minimum_over_10}
+    write_json(out / "suggestion.json", {**figures, "batches": len(result.lrs)})
+    tags = {"imgclf.role": "lr-find", "imgclf.dataset": cfg.data.name, "imgclf.model": cfg.model.name}
+    name = f"lr-find-{cfg.model.name}-{cfg.data.name}"
+    with tracking.run(cfg.tracking.uri, cfg.tracking.experiment, run_name=name, tags=tags):
+        tracking.log_config(to_dict(cfg))
+        tracking.log_metrics(figures)
+        tracking.log_artifacts(out, "lr_find")
+    log.info(
+        "suggested learning rate %.3g (steepest fall of the loss); plot: %s", result.suggestion, out / "lr_find.png"
+    )
+    print(
+        f"suggested optim.lr={result.suggestion:.3g}: the steepest fall of the loss "
+        f"(a tenth of the lowest-loss rate: {result.minimum_over_10:.3g}); plot: {out / 'lr_find.png'}"
+    )
+    return result.suggestion
+
+
+main = stage_main(find_lr)
+
+if __name__ == "__main__":
+    main()
