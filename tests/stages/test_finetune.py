@@ -127,7 +127,7 @@ def wait_for(path, proc, timeout=300):
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run_in_the_same_mlflow_run(tiny_project, project_env):
     uri = f"sqlite:///{tiny_project}/mlflow.db"
-    cmd = train_cmd(uri, "trainer.epochs=6")  # the tiny model trains an epoch in well under a second
+    cmd = train_cmd(uri, "trainer.epochs=4")  # the tiny model trains an epoch in well under a second
     done = subprocess.run(cmd, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     uninterrupted = history(tiny_project)
@@ -140,7 +140,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_in_the_same_mlflow_run(
     proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: as if the machine died
     proc.communicate()
     ckpt = torch.load(last, weights_only=True)
-    assert 1 <= ckpt["epoch"] < 6
+    assert 1 <= ckpt["epoch"] < 4
     resumed = subprocess.run(cmd, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from checkpoints/last.pt after epoch {ckpt['epoch']}" in resumed.stdout + resumed.stderr
@@ -150,7 +150,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_in_the_same_mlflow_run(
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(run_id).info.status == "FINISHED"
     steps = sorted({m.step for m in client.get_metric_history(run_id, "val/acc")})
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == [1, 2, 3, 4]
     assert not last.exists()  # finished: nothing left to resume
 
 
