@@ -19,9 +19,9 @@ $(VENV)/.installed: pyproject.toml
 pipeline: venv
 	dvc repro
 
-# two workers, one test file each at a time (module fixtures stay in one process): both cores busy
+# two workers: each starts on its half of the suite in collection order (end-to-end tests first), then steals
 test: venv
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist worksteal
 
 # ruff: lint and formatting, configured in pyproject.toml (CI runs `make lint` before `make test`)
 lint: venv

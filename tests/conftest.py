@@ -134,8 +134,8 @@ def http_server(tmp_path):
 
 
 def pytest_collection_modifyitems(items):
-    """The slowest files first (end-to-end, then stages), so pytest-xdist's two workers finish together rather
-    than one waiting on an end-to-end test that started last."""
+    """The slowest files first (end-to-end, then stages): `make test` runs pytest-xdist's worksteal, which hands
+    each worker half of this order, so the end-to-end tests start at once instead of last."""
     longest = ["test_queue.py", "test_pipeline.py", "test_folder.py"]  # tests/e2e, ~85, ~75 and ~40 s
 
     def weight(item):
