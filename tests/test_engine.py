@@ -22,20 +22,25 @@ def tiny_model(classes=2):
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, classes))
 
 
+def tiny_trainer(model, optimizer, **options):
+    """A CPU Trainer with cross-entropy and a fixed normalisation around `model`."""
+    return Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        DeviceSetup.for_device(torch.device("cpu")),
+        Preprocess([0.5] * 3, [0.25] * 3),
+        **options,
+    )
+
+
 def run_fit(epochs=3, lr=0.05):
     generator = seed_everything(0)
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     sched = constant(opt, epochs, 4)
     ds = tiny_data()
-    trainer = Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        opt,
-        DeviceSetup.for_device(torch.device("cpu")),
-        Preprocess([0.5] * 3, [0.25] * 3),
-        scheduler=sched,
-    )
+    trainer = tiny_trainer(model, opt, scheduler=sched)
     return fit(trainer, build_loader(ds, 8, True, generator), build_loader(ds, 8, False), epochs)
 
 
@@ -61,13 +66,7 @@ def test_nonfinite_loss_stops_with_step():
     loader = build_loader(tiny_data(), 8, False)
     with pytest.raises(NonFiniteLoss, match="epoch 1 step 1"):
         train_one_epoch(
-            Trainer(
-                model,
-                nn.CrossEntropyLoss(),
-                torch.optim.SGD(model.parameters(), lr=0.1),
-                DeviceSetup.for_device(torch.device("cpu")),
-                Preprocess([0.5] * 3, [0.25] * 3),
-            ),
+            tiny_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1)),
             loader,
             epoch=1,
         )
@@ -127,13 +126,7 @@ def test_early_stopping_stops_after_patience_epochs_without_gain():
     generator = seed_everything(0)
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing learns: val/acc never improves after epoch 1
-    trainer = Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        opt,
-        DeviceSetup.for_device(torch.device("cpu")),
-        Preprocess([0.5] * 3, [0.25] * 3),
-    )
+    trainer = tiny_trainer(model, opt)
     ds = tiny_data()
     state = fit(trainer, build_loader(ds, 8, True, generator), build_loader(ds, 8, False), 10, patience=2)
     assert [h["epoch"] for h in state.history] == [1, 2, 3] and state.stopped_early and state.best_epoch == 1
@@ -146,14 +139,7 @@ def test_grad_clip_bounds_the_update():
     model = tiny_model()
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    trainer = Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        opt,
-        DeviceSetup.for_device(torch.device("cpu")),
-        Preprocess([0.5] * 3, [0.25] * 3),
-        grad_clip=1e-3,
-    )
+    trainer = tiny_trainer(model, opt, grad_clip=1e-3)
     train_one_epoch(trainer, build_loader(tiny_data(8), 8, False), epoch=1)  # one step
     step = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     assert 0 < step.item() <= 1e-3 * 1.0001  # lr 1 x clipped norm

@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from torch import nn
 
 from imgclf.data.datasets import build_loader
-from imgclf.engine import DeviceSetup, Preprocess, Trainer
 from imgclf.errors import BadInput
 from imgclf.lr_find import lr_find, suggest
 from imgclf.stages.lr_find import find_lr
 
-from .test_engine import tiny_data, tiny_model
+from .test_engine import tiny_data, tiny_model, tiny_trainer
 
 
 def test_sweep_is_exponential_and_leaves_model_and_optimizer_untouched():
@@ -24,13 +22,7 @@ def test_sweep_is_exponential_and_leaves_model_and_optimizer_untouched():
     opt = torch.optim.AdamW(
         [{"params": model[1].parameters(), "lr": 1e-4}, {"params": model[3].parameters(), "lr": 1e-3}]
     )
-    trainer = Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        opt,
-        DeviceSetup.for_device(torch.device("cpu")),
-        Preprocess([0.5] * 3, [0.25] * 3),
-    )
+    trainer = tiny_trainer(model, opt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = lr_find(
         trainer,

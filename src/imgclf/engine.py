@@ -152,20 +152,7 @@ def train_one_epoch(t: Trainer, loader, epoch: int) -> dict[str, float]:
                 f"loss is {loss_value if not math.isfinite(loss_value) else 'not finite on another rank'}"
                 f" at epoch {epoch} step {step}; lower optim.lr or check the data"
             )
-        t.optimizer.zero_grad(set_to_none=True)
-        scaled = loss * weight if weight != 1.0 else loss
-        if t.scaler is not None:
-            t.scaler.scale(scaled).backward()
-            if t.grad_clip:
-                t.scaler.unscale_(t.optimizer)  # clip the true gradients, not the scaled ones
-                nn.utils.clip_grad_norm_(params, t.grad_clip)
-            t.scaler.step(t.optimizer)
-            t.scaler.update()
-        else:
-            scaled.backward()
-            if t.grad_clip:
-                nn.utils.clip_grad_norm_(params, t.grad_clip)
-            t.optimizer.step()
+        optimizer_step(t, loss * weight if weight != 1.0 else loss, params)
         if t.scheduler is not None:
             t.scheduler.step()
         total_loss += loss.detach().double() * n
@@ -181,6 +168,23 @@ def train_one_epoch(t: Trainer, loader, epoch: int) -> dict[str, float]:
         "train/epoch_time_s": elapsed,
         "train/images_per_sec": seen_sum / elapsed,
     }
+
+
+def optimizer_step(t: Trainer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """Backward and update: loss scaling for fp16, gradient clipping on the true (unscaled) gradients."""
+    t.optimizer.zero_grad(set_to_none=True)
+    if t.scaler is not None:
+        t.scaler.scale(loss).backward()
+        if t.grad_clip:
+            t.scaler.unscale_(t.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(params, t.grad_clip)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+    else:
+        loss.backward()
+        if t.grad_clip:
+            nn.utils.clip_grad_norm_(params, t.grad_clip)
+        t.optimizer.step()
 
 
 @torch.inference_mode()

@@ -22,6 +22,7 @@ from .checkpoint import (
     load_training_state,
     save_training_state,
 )
+from .data.download import file_digest
 from .data.split import data_version
 from .engine import FitState, NonFiniteLoss, fit
 from .errors import MissingInput
@@ -29,7 +30,7 @@ from .finetune import Prepared
 from .models import save_checkpoint
 from .paths import Paths
 from .plots import plot_curves
-from .utils import atomic_path, code_version, environment, file_sha256, git_diff, git_state, write_json, write_text
+from .utils import atomic_path, code_version, environment, git_diff, git_state, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def run_tags(
     if sweep_dir is not None:
         tags["imgclf.sweep"] = str(Path(sweep_dir).resolve())
     if weights and Path(weights).expanduser().is_file():
-        tags["imgclf.weights_sha256"] = file_sha256(Path(weights).expanduser())
+        tags["imgclf.weights_sha256"] = file_digest(Path(weights).expanduser(), "sha256")
     return tags
 
 

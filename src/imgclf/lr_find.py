@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .engine import Trainer, set_train_mode
+from .engine import Trainer, optimizer_step, set_train_mode
 from .errors import BadInput
 
 
@@ -89,12 +89,5 @@ def _step(t: Trainer, images: torch.Tensor, labels: torch.Tensor) -> float:
     value = loss.item()
     if not math.isfinite(value):
         return math.inf  # the sweep has diverged: recorded as the end
-    t.optimizer.zero_grad(set_to_none=True)
-    if t.scaler is not None:
-        t.scaler.scale(loss).backward()
-        t.scaler.step(t.optimizer)
-        t.scaler.update()
-    else:
-        loss.backward()
-        t.optimizer.step()
+    optimizer_step(t, loss, [p for p in t.model.parameters() if p.requires_grad])  # as training steps
     return value

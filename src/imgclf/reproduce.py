@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from . import tracking
+from .data.download import file_digest
 from .data.split import data_version
 from .errors import BadInput
 from .paths import Paths
-from .utils import code_version, environment, file_sha256
+from .utils import code_version, environment
 
 COMPARED = ("best/val/acc", "test/acc", "test/macro_f1", "test/loss")
 # what must match for bit-identical metrics on the CPU: the same machine, threads and library versions
@@ -51,7 +52,11 @@ def differences(record: Record, paths: Paths) -> list[str]:
         found.append(f"it was resumed across a change ({tags['imgclf.resumed_across']}): no one state made it")
     weights = record.config["model"].get("weights")
     if tags.get("imgclf.weights_sha256"):
-        now = file_sha256(Path(weights).expanduser()) if weights and Path(weights).expanduser().is_file() else "none"
+        now = (
+            file_digest(Path(weights).expanduser(), "sha256")
+            if weights and Path(weights).expanduser().is_file()
+            else "none"
+        )
         if now != tags["imgclf.weights_sha256"]:
             found.append(f"model.weights {weights} differs (sha256 {tags['imgclf.weights_sha256'][:12]} -> {now[:12]})")
     code = code_version()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -129,16 +130,7 @@ def git_diff(cwd: str | Path = ".") -> str:
     return out.stdout if out.returncode == 0 else ""
 
 
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Short sha256 of the imgclf package's source: part of every run's record and of the resume fingerprint."""
     import hashlib
