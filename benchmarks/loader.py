@@ -1,8 +1,9 @@
 """Data loading against the model: can the loader feed training? Measured side by side in one run.
 
 Prints, for a synthetic photo set (JPEGs of --photo-size px, like dogs-vs-cats) resized to the model's input:
-  decode+resize images/s with 1 process and with all cores (the first load of a split),
-  loader images/s from the packed cache (batches, augmentation and normalisation included),
+  decode+resize images/s with 1 process and with all cores (the first load of a split), stored at the resize
+  size (image size / 0.875), loader images/s from the packed cache (batches, the photos preset's augmentation
+  and normalisation included),
   model training images/s (AlexNet at 64 px by default), and the loader/model ratio (want >> 1).
     python benchmarks/loader.py [--images 600] [--photo-size 400] [--image-size 64] [--batch-size 64]
 """
@@ -20,8 +21,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from imgclf.data.datasets import TensorImageDataset, build_loader, decode_all
-from imgclf.data.transforms import RandomShiftFlip
+from imgclf.config import compose
+from imgclf.data.datasets import TensorImageDataset, build_loader, decode_image
+from imgclf.data.transforms import build_augment
 from imgclf.engine import DeviceSetup, Preprocess, Trainer, train_one_epoch
 from imgclf.models import build_model
 
@@ -52,25 +54,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_photos(Path(tmp), args.images, args.photo_size)
         rates = {}
+        stored = int(args.image_size / 0.875)
         for workers in (1, os.cpu_count() or 1):
             start = time.perf_counter()
-            # decode_all only spreads over processes from 2,000 images: call the pool path directly here
-            if workers > 1:
+            if workers > 1:  # the pack writer spreads over processes only from 2,000 images: call a pool here
                 from concurrent.futures import ProcessPoolExecutor
 
-                from imgclf.data.datasets import decode_image
-
                 with ProcessPoolExecutor(workers) as pool:
-                    packed = np.stack(list(pool.map(decode_image, paths, [args.image_size] * len(paths), chunksize=32)))
+                    packed = np.stack(list(pool.map(decode_image, paths, [stored] * len(paths), chunksize=32)))
             else:
-                packed = decode_all(paths, args.image_size)  # under 2,000 images: one process
+                packed = np.stack([decode_image(p, stored) for p in paths])
             rates[workers] = len(paths) / (time.perf_counter() - start)
     images = torch.from_numpy(packed).permute(0, 3, 1, 2).contiguous()
     labels = torch.randint(0, 2, (len(images),))
     loader = build_loader(
         TensorImageDataset(images, labels), args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
-    setup, pre, aug = DeviceSetup(torch.device("cpu")), Preprocess(MEAN, STD), RandomShiftFlip(4, hflip=True)
+    aug = build_augment(compose(["augment=photos"]).augment.ops, args.image_size, seed=0)
+    setup, pre = DeviceSetup(torch.device("cpu")), Preprocess(MEAN, STD)
     start, seen = time.perf_counter(), 0
     for _ in range(3):
         for x, _y in loader:

@@ -51,7 +51,13 @@ def test_predict_matches_evaluation_for_onnx_and_checkpoint(trained):
             np.testing.assert_allclose(pred.probs, [float(row[f"p_{c}"]) for c in "abc"], atol=1e-4)
             if row["actual"] == row["predicted"]:  # a known image the model classifies right: predict says so too
                 assert "abc"[int(pred.probs.argmax())] == row["actual"]
+        # --tta: the views evaluate averaged (the preset's four corner crops), the same result
+        for row, pred in zip(rows, Classifier(trained / model).classify(paths, batch_size=5, tta=True)):
+            np.testing.assert_allclose(pred.probs, [float(row[f"tta_{c}"]) for c in "abc"], atol=1e-4)
     assert sum(r["actual"] == r["predicted"] for r in rows) >= 6  # 3 epochs on well-separated colours
+    metrics = json.loads((trained / "reports/evaluate/metrics.json").read_text())
+    tta_correct = [max("abc", key=lambda c: float(r[f"tta_{c}"])) == r["actual"] for r in rows]
+    assert metrics["test_tta/acc"] == pytest.approx(np.mean(tta_correct))  # reported beside test/acc
 
 
 def test_cli_classify_one_and_many(trained, project_env):
@@ -64,6 +70,11 @@ def test_cli_classify_one_and_many(trained, project_env):
     shown = [(line.split()[1], float(line.split()[2].rstrip("%")) / 100) for line in lines[1:]]
     assert [name for name, _ in shown] == ["abc"[i] for i in np.argsort(-probs)]  # ranked as the model ranks them
     assert [p for _, p in shown] == pytest.approx(sorted(probs, reverse=True), abs=6e-5)  # printed to 0.01%
+    tta = cli([str(image), "--tta", "--top-k", "1"], trained, project_env)
+    tta_probs = Classifier(trained / "models/export").classify([image], tta=True)[0].probs
+    assert tta.returncode == 0 and tta.stdout.split()[2] == "abc"[int(tta_probs.argmax())]
+    spec = json.loads((trained / "models/export/preprocessing.json").read_text())
+    assert spec["tta"] == ["crops"]  # the digit preset's views (the default data set's), kept with the model
 
     (trained / "list.txt").write_text(f"{image}\n{trained / 'missing.png'}\n")
     (trained / "data/tiny/images/a/broken.png").write_bytes(b"not a png")

@@ -33,3 +33,8 @@ def test_spec_round_trips_through_its_two_files(tmp_path):
     assert ServingSpec.read(tmp_path) == spec
     ckpt = {"class_names": spec.class_names, "image_size": 64, "mean": MEAN, "std": STD, "interpolation": "bicubic"}
     assert ServingSpec.from_checkpoint(ckpt) == spec
+    assert spec.stored_size == 64  # a model written before the crop: squashed to its input size
+    cropped = ServingSpec(["a", "b"], 64, MEAN, STD, "bilinear", 73, "crop", ["hflip", "crops"])
+    cropped.write(tmp_path)
+    assert ServingSpec.read(tmp_path) == cropped and cropped.stored_size == 73
+    assert "the shorter side to 73, then the centre 64 px" in (tmp_path / "preprocessing.json").read_text()

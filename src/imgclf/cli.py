@@ -30,6 +30,9 @@ def predict(argv: list[str]) -> int:
     )
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--tta", action="store_true", help="average over the test-time views the model was trained for (evaluate.tta)"
+    )
     parser.add_argument("--out", help="write predictions to a .csv or .json file instead of printing them")
     parser.add_argument("--submission", help="write a Kaggle submission CSV (id,label) for numbered images")
     parser.add_argument("--positive", default="dog", help="class whose probability is the submission's label")
@@ -42,7 +45,7 @@ def predict(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         classifier = Classifier(args.model)
-        preds = classifier.classify(collect_inputs(args.paths), args.batch_size)
+        preds = classifier.classify(collect_inputs(args.paths), args.batch_size, tta=args.tta)
         names = classifier.class_names
         if args.submission:
             print(

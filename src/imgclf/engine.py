@@ -202,6 +202,22 @@ def predict(
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
+@torch.inference_mode()
+def predict_views(
+    model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module | None, views: Callable
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (V, N, C) for each of the V views `views(batch)` makes of every batch (test-time augmentation),
+    and the labels."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in loader:
+        with setup.autocast():
+            logits = [model(setup.to_input(view, preprocess)).float().cpu() for view in views(images)]
+        all_logits.append(torch.stack(logits))
+        all_labels.append(labels)
+    return torch.cat(all_logits, 1), torch.cat(all_labels)
+
+
 def evaluate(
     model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module | None, prefix: str = "val"
 ) -> dict[str, float]:

@@ -19,10 +19,11 @@ class Predictions:
     """The model's output on a split, one row per image: what metrics, plots and the error analysis read."""
 
     paths: list[str]
-    images: np.ndarray  # uint8 (N, 3, H, W), as the model saw them (for the image grids)
+    images: np.ndarray  # uint8 (N, 3, H, W) as the model saw them (for the image grids), or a lazy view of a pack
     y_true: np.ndarray  # class indices
     probs: np.ndarray  # (N, C) softmax probabilities
     class_names: list[str]
+    tta_probs: np.ndarray | None = None  # (N, C) averaged over the test-time views, reported beside the plain ones
 
     @property
     def y_pred(self) -> np.ndarray:
@@ -106,6 +107,9 @@ def write_evaluation(out_dir: str | Path, preds: Predictions) -> dict[str, float
     out_dir = Path(out_dir)
     metrics = classification_metrics(preds.y_true, preds.probs, preds.class_names, prefix="test")
     metrics["test/top5_acc"] = top_k_accuracy(preds.probs, preds.y_true, 5)  # k capped at the class count
+    if preds.tta_probs is not None:  # the headline figures with test-time augmentation, beside the plain ones
+        tta = classification_metrics(preds.y_true, preds.tta_probs, preds.class_names, prefix="test_tta")
+        metrics.update({k: tta[k] for k in ("test_tta/acc", "test_tta/macro_f1", "test_tta/loss")})
     matrix = confusion(preds.y_true, preds.y_pred, len(preds.class_names))
     write_json(out_dir / "metrics.json", metrics)
     write_predictions(out_dir / "predictions.csv", preds)
@@ -116,13 +120,17 @@ def write_evaluation(out_dir: str | Path, preds: Predictions) -> dict[str, float
 
 
 def write_predictions(path: Path, preds: Predictions) -> None:
-    """Every image: path, true and predicted class (the `actual`/`predicted` DVC's confusion template reads), probs."""
+    """Every image: path, true and predicted class (the `actual`/`predicted` DVC's confusion template reads), probs,
+    and with test-time augmentation its averaged probabilities (`tta_<class>`)."""
     names = preds.class_names
+    tta = preds.tta_probs if preds.tta_probs is not None else [None] * len(preds.paths)
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "actual", "predicted", *(f"p_{c}" for c in names)])
-        for path_, t, p, row in zip(preds.paths, preds.y_true, preds.y_pred, preds.probs):
-            writer.writerow([path_, names[t], names[p], *(f"{v:.6f}" for v in row)])
+        extra = [f"tta_{c}" for c in names] if preds.tta_probs is not None else []
+        writer.writerow(["path", "actual", "predicted", *(f"p_{c}" for c in names), *extra])
+        for path_, t, p, row, tta_row in zip(preds.paths, preds.y_true, preds.y_pred, preds.probs, tta):
+            averaged = [f"{v:.6f}" for v in tta_row] if tta_row is not None else []
+            writer.writerow([path_, names[t], names[p], *(f"{v:.6f}" for v in row), *averaged])
 
 
 def write_error_analysis(

@@ -66,7 +66,7 @@ def prepare(
     if cache and (trainer.augment is not None or dist.is_distributed()):
         log.info(
             "finetune.cache_features: not caching, %s",
-            "data.augment changes the input every epoch"
+            "the augmentation (conf/augment) changes the input every epoch"
             if trainer.augment is not None
             else "each process would cache only its own shard",
         )

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .data.datasets import decode_image
+from .data.transforms import center_crop, tta_views
 from .errors import BadInput, MissingInput
-from .serving import ServingSpec, softmax
+from .serving import ServingSpec, normalize, scaled_stats, softmax
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +90,44 @@ class Classifier:
 
         return run
 
-    def classify(self, paths: Sequence[Path], batch_size: int = 32) -> list[Prediction]:
-        """Softmax probabilities per image, in input order; unreadable files get an error and the rest go on."""
+    def classify(self, paths: Sequence[Path], batch_size: int = 32, tta: bool = False) -> list[Prediction]:
+        """Softmax probabilities per image, in input order; unreadable files get an error and the rest go on.
+
+        `tta`: averaged over the test-time views the model was trained for (its spec's `tta`), as evaluate does.
+        """
+        if tta and not self.spec.tta:
+            raise BadInput(
+                "--tta: this model lists no test-time views (its augment.tta was empty); "
+                "retrain with augment.tta=[hflip] or [crops], or predict without --tta"
+            )
         results = [Prediction(str(p)) for p in paths]
         batch, slots = [], []
         for i, path in enumerate(paths):
             try:
-                batch.append(decode_image(path, self.spec.image_size, self.spec.interpolation))
+                batch.append(decode_image(path, self.spec.stored_size, self.spec.interpolation, self.spec.resize))
                 slots.append(i)
             except FileNotFoundError:
                 results[i].error = "no such file"
-            except (OSError, ValueError, SyntaxError) as exc:
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 results[i].error = f"not a readable image ({type(exc).__name__})"
             if len(batch) == batch_size or (i == len(paths) - 1 and batch):
-                for slot, probs in zip(slots, softmax(self._run(self.spec.normalize_images(np.stack(batch))))):
+                for slot, probs in zip(slots, self._probs(np.stack(batch).transpose(0, 3, 1, 2), tta)):
                     results[slot].probs = probs
                 batch, slots = [], []
         return results
+
+    def _probs(self, images: np.ndarray, tta: bool) -> np.ndarray:
+        """uint8 NCHW images at the stored size -> probabilities: the centre view, or the mean over the views."""
+        stats = scaled_stats(self.spec.mean, self.spec.std)
+        if not tta:
+            return softmax(
+                self._run(np.ascontiguousarray(normalize(center_crop(images, self.spec.image_size), *stats)))
+            )
+        import torch
+
+        views = tta_views(torch.from_numpy(images), self.spec.image_size, self.spec.tta)
+        probs = [softmax(self._run(np.ascontiguousarray(normalize(v.numpy(), *stats)))) for v in views]
+        return np.mean(probs, axis=0)
 
 
 def top_k(pred: Prediction, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,11 @@ def normalize(images, scaled_mean, scaled_std):
 
 
 def softmax(logits):
-    """Class probabilities from logits (N, C); numpy arrays or torch tensors alike."""
+    """Class probabilities from logits (..., C), over the last axis; numpy arrays or torch tensors alike."""
     if not isinstance(logits, np.ndarray):
-        return logits.softmax(1)
-    exp = np.exp(logits - logits.max(1, keepdims=True))
-    return exp / exp.sum(1, keepdims=True)
+        return logits.softmax(-1)
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    return exp / exp.sum(-1, keepdims=True)
 
 
 def parse_labels(text: str) -> list[str]:
@@ -52,13 +52,30 @@ def format_labels(class_names: Sequence[str]) -> str:
 
 @dataclass
 class ServingSpec:
-    """What a client must do to an image before the model sees it, and what the outputs mean."""
+    """What a client must do to an image before the model sees it, and what the outputs mean.
+
+    `resize: crop` (the weights' way): resize the shorter side to `resize_size`, keep the centre `resize_size`
+    square (what the pack stores), then the centre `image_size` square (what the model sees). `resize: squash`:
+    the whole image to `image_size` x `image_size` (fast.ai 2017). `tta`: the test-time views the model was
+    trained for (imgclf.data.transforms.tta_views), used by `imgclf predict --tta`.
+    """
 
     class_names: list[str]
     image_size: int
     mean: list[float]
     std: list[float]
     interpolation: str = "bilinear"
+    resize_size: int | None = None  # None: image_size (no margin to crop)
+    resize: str = "squash"  # what models written before the crop existed did
+    tta: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.resize_size = int(self.resize_size or self.image_size)
+
+    @property
+    def stored_size(self) -> int:
+        """The square size images are decoded (and packed) at, before the centre crop."""
+        return self.resize_size if self.resize == "crop" else self.image_size
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> ServingSpec:
@@ -68,23 +85,33 @@ class ServingSpec:
             list(ckpt["mean"]),
             list(ckpt["std"]),
             ckpt.get("interpolation", "bilinear"),
+            ckpt.get("resize_size"),
+            ckpt.get("resize", "squash"),
+            list(ckpt.get("tta", [])),
         )
 
     def write(self, directory: str | Path) -> None:
         """labels.txt and preprocessing.json into `directory` (the export's temporary directory)."""
         directory = Path(directory)
         (directory / LABELS_FILE).write_text(format_labels(self.class_names))
+        if self.resize == "crop":
+            how = f"{self.interpolation}: the shorter side to {self.stored_size}, then the centre {self.image_size} px"
+        else:
+            how = f"{self.interpolation}: the whole image to {self.image_size} x {self.image_size}"
         spec = {
             "input": "images",
             "output": "logits",
             "layout": "NCHW",
             "color": "RGB",
             "image_size": self.image_size,
-            "resize": f"{self.interpolation}, to a square",
+            "resize": self.resize,
+            "resize_size": self.resize_size,
+            "how": how,
             "interpolation": self.interpolation,
             "scale": "pixel / 255",
             "mean": self.mean,
             "std": self.std,
+            "tta": self.tta,
         }
         (directory / PREPROCESSING_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
@@ -94,14 +121,18 @@ class ServingSpec:
         directory = Path(directory)
         spec = json.loads((directory / PREPROCESSING_FILE).read_text())
         labels = parse_labels((directory / LABELS_FILE).read_text())
+        resize = spec.get("resize", "squash")
         return cls(
             labels,
             int(spec["image_size"]),
             list(spec["mean"]),
             list(spec["std"]),
             spec.get("interpolation", "bilinear"),
+            spec.get("resize_size"),
+            resize if resize in ("crop", "squash") else "squash",
+            list(spec.get("tta", [])),
         )
 
     def normalize_images(self, images: np.ndarray) -> np.ndarray:
-        """RGB uint8 images (N, S, S, 3), as a client sends them -> the model's float32 NCHW input."""
+        """RGB uint8 images (N, S, S, 3) resized and cropped as `how` says -> the model's float32 NCHW input."""
         return normalize(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), *scaled_stats(self.mean, self.std))

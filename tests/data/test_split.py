@@ -1,10 +1,11 @@
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from imgclf.data.datasets import build_loader, load_split
+from imgclf.data.datasets import build_loader, decode_image, load_split
 from imgclf.data.split import (
     data_version,
     read_index,
@@ -15,6 +16,7 @@ from imgclf.data.split import (
     write_split,
 )
 from imgclf.errors import BadInput
+from imgclf.serving import ServingSpec
 
 ITEMS = [(f"{c}/{i}.png", c) for c in "abcd" for i in range(50)]
 
@@ -64,38 +66,64 @@ def test_an_image_edited_in_place_is_what_the_next_load_sees(tiny_project):
     """Issue 11: the pack was keyed by the index (names); now by content, so new pixels reach training."""
     from imgclf.data.folder import scan_image_folder
 
-    first = load_split("data/tiny", "train", "full", image_size=8)
+    first = load_split("data/tiny", "train", "full", spec(8))
     path = tiny_project / "data/tiny/images" / read_index("data/tiny/split/train.csv")[0][0]
     Image.new("RGB", (8, 8), (7, 7, 7)).save(path)  # same name, new pixels
     with pytest.raises(BadInput, match="changed since the split stage ran"):  # a new pack checks every file
-        load_split("data/tiny", "train", "full", image_size=9)
+        load_split("data/tiny", "train", "full", spec(9))
     scan = scan_image_folder(tiny_project / "data/tiny/images")  # what the split stage reruns on
     splits = {s: read_index(f"data/tiny/split/{s}.csv") for s in ("train", "val", "test")}
     write_split(
         tiny_project / "data/tiny/split", splits, scan.class_names, 4, 0, {p: i.sha256 for p, i in scan.info.items()}
     )
-    second = load_split("data/tiny", "train", "full", image_size=8)
-    assert not torch.equal(first.images[0], second.images[0])
-    assert torch.equal(second.images[0], torch.full((3, 8, 8), 7, dtype=torch.uint8))
-    assert torch.equal(first.images[1:], second.images[1:])
+    second = load_split("data/tiny", "train", "full", spec(8))
+    assert not torch.equal(first.batch([0]), second.batch([0]))
+    assert torch.equal(second.batch([0])[0], torch.full((3, 8, 8), 7, dtype=torch.uint8))
+    assert torch.equal(first.batch(range(1, 36)), second.batch(range(1, 36)))
+
+
+def spec(size: int, stored: int | None = None, resize: str = "crop") -> ServingSpec:
+    return ServingSpec(["a", "b", "c"], size, [0.5] * 3, [0.25] * 3, "bilinear", stored, resize)
+
+
+def test_batches_from_the_mapped_pack_equal_the_images_in_memory_in_any_order(tiny_project):
+    ds = load_split("data/tiny", "train", "full", spec(16))
+    whole = torch.from_numpy(np.asarray(ds.images))
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
+    assert torch.equal(ds.batch(order), whole[order])
+    cropped = load_split("data/tiny", "train", "full", spec(12, stored=16))  # evaluation view: centre 12 of 16
+    assert torch.equal(cropped.batch(order[:5]), whole[order[:5], :, 2:14, 2:14])
+    assert load_split("data/tiny", "train", "full", spec(12, 16), crop=False).batch([0]).shape[-1] == 16
+
+
+def test_crop_keeps_the_centre_of_the_shorter_side_and_squash_keeps_everything(tmp_path):
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, :10] = 255  # a white band on the left quarter of a 2:1 image
+    Image.fromarray(image).save(tmp_path / "wide.png")
+    cropped = decode_image(tmp_path / "wide.png", 10, "nearest", resize="crop")
+    squashed = decode_image(tmp_path / "wide.png", 10, "nearest", resize="squash")
+    assert cropped.shape == squashed.shape == (10, 10, 3)
+    assert cropped.max() == 0  # shorter side to 10 px: 20 px wide, the centre 10 px is all black
+    assert squashed[:, :2].min() == 255 and squashed[:, 3:].max() == 0  # the band squashed to 2.5 of 10 px
+    with pytest.raises(BadInput, match="unknown model.resize 'stretch'; choose one of: crop, squash"):
+        decode_image(tmp_path / "wide.png", 10, resize="stretch")
 
 
 def test_load_split_decodes_resizes_and_batches(tiny_project):
-    ds = load_split("data/tiny", "train", "full", image_size=16)
-    assert ds.images.shape == (36, 3, 16, 16) and ds.images.dtype == torch.uint8
+    ds = load_split("data/tiny", "train", "full", spec(16))
+    assert ds.images.shape == (36, 3, 16, 16) and ds.images.dtype == np.uint8
+    assert isinstance(ds.images, np.memmap)  # the pack is mapped, not read whole
     assert sorted(Counter(ds.labels.tolist()).values()) == [12, 12, 12]
-    sample = load_split("data/tiny", "train", "sample", image_size=16)
+    sample = load_split("data/tiny", "train", "sample", spec(16))
     assert len(sample) == 12
     images, labels = next(iter(build_loader(ds, 8, shuffle=False)))
     assert images.shape == (8, 3, 16, 16) and torch.equal(labels, ds.labels[:8])
     cached = sorted(p.name for p in (tiny_project / "data/tiny/cache").iterdir())
     assert len(cached) == 2 and cached[0].startswith("full-train-16px-") and cached[1].startswith("sample-train-16px-")
-    import numpy as np
-
-    np.save(tiny_project / "data/tiny/cache" / cached[0], np.zeros((36, 16, 16, 3), np.uint8))
-    assert load_split("data/tiny", "train", "full", image_size=16).images.sum() == 0  # served from the cache
-    assert load_split("data/tiny", "train", "full", image_size=20).images.shape[-1] == 20  # new size, new pack
+    np.save(tiny_project / "data/tiny/cache" / cached[0], np.zeros((36, 3, 16, 16), np.uint8))
+    assert load_split("data/tiny", "train", "full", spec(16)).images.sum() == 0  # served from the cache
+    assert load_split("data/tiny", "train", "full", spec(20)).images.shape[-1] == 20  # new size, new pack
     with pytest.raises(ValueError, match="unknown data.subset 'half'"):
-        load_split("data/tiny", "train", "half", image_size=16)
+        load_split("data/tiny", "train", "half", spec(16))
     with pytest.raises(FileNotFoundError, match="run the split stage"):
-        load_split("data/missing", "train", "full", image_size=16)
+        load_split("data/missing", "train", "full", spec(16))

@@ -1,33 +1,70 @@
 import pytest
 import torch
 
-from imgclf.data.transforms import RandomShiftFlip, build_augment
+from imgclf.config import compose
+from imgclf.data.transforms import build_augment, center_crop, tta_views
+from imgclf.errors import BadInput
 
 
-def test_shift_moves_content_within_bounds_and_pads_with_zeros():
-    images = torch.zeros(64, 1, 9, 9, dtype=torch.uint8)
-    images[:, :, 4, 4] = 255  # one bright pixel in the centre
-    out = RandomShiftFlip(max_shift=2, seed=0)(images)
-    assert out.shape == images.shape and out.dtype == torch.uint8
-    ys, xs = (out[:, 0] == 255).nonzero()[:, 1], (out[:, 0] == 255).nonzero()[:, 2]
-    assert (out == 255).sum() == 64  # every image keeps its pixel (shift 2 < distance to the edge)
-    assert set(ys.tolist()) == {2, 3, 4, 5, 6} and set(xs.tolist()) == {2, 3, 4, 5, 6}
+def preset(name: str) -> dict:
+    return compose([f"augment={name}"], resolve=True).augment.ops
 
 
-def test_shift_is_reproducible_from_its_seed():
-    images = torch.randint(0, 255, (8, 3, 16, 16), dtype=torch.uint8)
-    assert torch.equal(RandomShiftFlip(4, seed=1)(images), RandomShiftFlip(4, seed=1)(images))
-    assert not torch.equal(RandomShiftFlip(4, seed=1)(images), RandomShiftFlip(4, seed=2)(images))
+def test_digits_preset_rotates_shifts_and_scales_each_image_differently_never_mirrors():
+    images = torch.zeros(16, 3, 32, 32, dtype=torch.uint8)
+    images[:, :, 8:24, 14:18] = 255  # a vertical bar: a "1"
+    out = build_augment(preset("digits"), 32, seed=0)(images)
+    assert out.shape == (16, 3, 32, 32) and out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 255
+    # per-image parameters: no two images of the batch moved the same way (a batch-wide transform would)
+    assert len({tuple(o.flatten()[::7].round().tolist()) for o in out}) == 16
+    # the digit preset has no flip: mirrored inputs are not among the ops
+    assert [type(op).__name__ for op in build_augment(preset("digits"), 32).ops] == ["RandomAffine"]
 
 
-def test_hflip_flips_some_images():
-    images = torch.arange(16, dtype=torch.uint8).view(1, 1, 1, 16).repeat(32, 1, 1, 1)
-    out = RandomShiftFlip(0, hflip=True, seed=0)(images)
-    flipped = (out[:, 0, 0, 0] == 15).sum().item()
-    assert 0 < flipped < 32 and torch.equal(out[out[:, 0, 0, 0] == 15][0], images[0].flip(2))
+def test_photos_preset_crops_to_the_model_size_from_the_stored_size():
+    images = torch.randint(0, 256, (8, 3, 40, 40), dtype=torch.uint8)
+    aug = build_augment(preset("photos"), 32, seed=0)
+    names = [type(op).__name__ for op in aug.ops]
+    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomErasing"]
+    assert aug(images).shape == (8, 3, 32, 32)
 
 
-def test_no_augmentation_is_none():
-    assert build_augment(0, False) is None
-    with pytest.raises(ValueError, match="max_shift must be >= 0"):
-        RandomShiftFlip(-1)
+def test_augmentation_is_reproducible_from_its_own_stream_and_leaves_the_global_one_alone():
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    ops = preset("digits")
+    a, b, c = (build_augment(ops, 32, seed=s) for s in (1, 1, 2))
+    torch.manual_seed(0)
+    global_before = torch.get_rng_state()
+    first = a(images)
+    assert torch.equal(torch.get_rng_state(), global_before)  # dropout and shuffling see no difference
+    torch.manual_seed(123)  # the global stream does not steer it either
+    assert torch.equal(first, b(images)) and not torch.equal(first, c(images))
+    # a checkpoint's generator state resumes the same sequence
+    state = a.generator.get_state()
+    second = a(images)
+    b.generator.set_state(state)
+    assert torch.equal(second, b(images)) and not torch.equal(first, second)
+
+
+def test_none_preset_has_no_ops_and_bad_ops_are_named():
+    assert not preset("none")
+    with pytest.raises(BadInput, match="augment.ops.x must name a kornia.augmentation class"):
+        build_augment({"x": {"_target_": "os.system", "command": "true"}}, 32)
+    with pytest.raises(BadInput, match="augment.ops.affine: "):
+        build_augment({"affine": {"_target_": "kornia.augmentation.RandomAffine", "degrees": "ten"}}, 32)
+
+
+def test_center_crop_and_tta_views():
+    images = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
+    assert torch.equal(center_crop(images, 8), images[..., 1:9, 1:9])
+    with pytest.raises(BadInput, match="cannot centre-crop 10x10 images to 12 px"):
+        center_crop(images, 12)
+    views = tta_views(images, 8, ["hflip", "crops"])
+    assert len(views) == 6 and all(v.shape == (2, 3, 8, 8) for v in views)
+    assert torch.equal(views[0], images[..., 1:9, 1:9]) and torch.equal(views[1], views[0].flip(-1))
+    assert torch.equal(views[2], images[..., :8, :8]) and torch.equal(views[5], images[..., 2:, 2:])
+    # no margin: corners are shifts of a zero-padded image (size/16 = 1 px here at least)
+    shifted = tta_views(images[..., :8, :8], 8, ["crops"])
+    assert torch.equal(shifted[1][..., 1:, 1:], images[..., :7, :7]) and shifted[1][..., 0, :].sum() == 0
+    with pytest.raises(BadInput, match="unknown test-time views \\['rotate'\\]"):
+        tta_views(images, 8, ["rotate"])

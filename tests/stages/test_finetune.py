@@ -11,6 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from imgclf import engine
 from imgclf.models import build_model, head
 from imgclf.stages.train import train
 
@@ -47,8 +48,7 @@ def test_head_only_trains_the_head_and_cached_features_change_nothing(tiny_cfg, 
                 "finetune=head",
                 f"finetune.cache_features={cache}",
                 f"model.weights={start}",
-                "data.augment.max_shift=0",
-                "data.augment.hflip=false",
+                "augment=none",
             )
         )
         assert ("head only on cached features" in caplog.text) == (cache == "true")
@@ -61,8 +61,17 @@ def test_head_only_trains_the_head_and_cached_features_change_nothing(tiny_cfg, 
         assert cached == pytest.approx(direct, rel=1e-4, abs=1e-6)
 
 
-def test_gradual_keeps_backbone_frozen_for_freeze_epochs_then_trains_it(tiny_cfg, tiny_project, tmp_path, caplog):
+def test_gradual_keeps_backbone_frozen_for_freeze_epochs_then_trains_it(
+    tiny_cfg, tiny_project, tmp_path, caplog, monkeypatch
+):
     caplog.set_level("INFO", logger="imgclf")
+    # model.pt keeps the best epoch: make each epoch's val/acc beat the last so it is the last epoch's weights
+    real_evaluate, epochs_seen = engine.evaluate, iter(range(1, 1000))
+
+    def rising(*args, **kwargs):
+        return {**real_evaluate(*args, **kwargs), "val/acc": next(epochs_seen) / 1000}
+
+    monkeypatch.setattr(engine, "evaluate", rising)
     start, _ = start_weights(tmp_path)
     initial = torch.load(start, weights_only=True)
     for epochs, backbone_moved in ((1, False), (2, True)):
@@ -187,7 +196,7 @@ def test_torchrun_two_gloo_processes_train_what_one_process_trains(tiny_project,
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     # each rank draws its own dropout masks and shifts: without them the math must match one process
     # BatchNorm normalises over each rank's share of a batch (no SyncBatchNorm): a network with LayerNorm
-    exact = ("model.name=test_convnext", "model.dropout=0", "data.augment.max_shift=0", "data.augment.hflip=false")
+    exact = ("model.name=test_convnext", "model.dropout=0", "augment=none")
     single = subprocess.run(
         train_cmd(uri, "tracking.experiment=single", *exact),
         cwd=tiny_project,
@@ -233,12 +242,14 @@ RECIPES = {
         "model.pretrained": True,
         "finetune.strategy": "full",
         "finetune.backbone_lr_divisor": 10,
+        "model.crop_pct": None,
     },
     "dogs_vs_cats_vgg16": {
         "data.name": "dogs_vs_cats",
         "model.name": "vgg16",
         "model.pretrained": True,
-        "model.image_size": 224,
+        "model.image_size": None,  # the weights' 224 px, stored at their 256 px
+        "model.crop_pct": None,
         "finetune.strategy": "gradual",
         "trainer.epochs": 3,
     },
@@ -263,6 +274,8 @@ def test_recipe_composes_and_runs_one_tiny_step(recipe, tiny_project, compose_cf
     for key, value in RECIPES[recipe].items():
         section, name = key.split(".")
         assert cfg[section][name] == value, key
+    photos = cfg.data.name != "mnist"  # the photo recipes take the photo preset, mnist the digit one
+    assert list(cfg.augment.ops)[0] == ("crop" if photos else "affine")
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     size = 64 if cfg.model.name == "alexnet" else 32
     best = train(

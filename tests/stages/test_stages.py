@@ -11,8 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
+from imgclf.data.datasets import decode_image
+from imgclf.data.transforms import center_crop
 from imgclf.engine import NonFiniteLoss
 from imgclf.errors import BadInput
 from imgclf.stages.evaluate import evaluate
@@ -81,16 +82,14 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
     served = mlflow.pyfunc.load_model(f"models:/{cfg.export.registered_name}/1")
+    stored, size = spec["resize_size"], spec["image_size"]  # what a client does: preprocessing.json's "how"
+    assert spec["resize"] == "crop" and stored > size
     images = np.stack(
         [
-            np.asarray(
-                Image.open(tiny_project / "data/tiny/images" / r["path"])
-                .convert("RGB")
-                .resize((32, 32), Image.Resampling.BILINEAR)
-            )
+            center_crop(decode_image(tiny_project / "data/tiny/images" / r["path"], stored).transpose(2, 0, 1), size)
             for r in rows
         ]
-    )
+    ).transpose(0, 2, 3, 1)
     out = served.predict(images)
     np.testing.assert_allclose(
         out[["a", "b", "c"]].to_numpy(), [[float(r[f"p_{c}"]) for c in "abc"] for r in rows], atol=1e-4

@@ -1,9 +1,11 @@
-"""In-memory datasets: each split is decoded and resized once, then served as uint8 tensor batches."""
+"""Packed datasets: each split is decoded and resized once into a memory-mapped .npy, then served as uint8
+tensor batches."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -20,27 +22,72 @@ from ..paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
 from ..utils import parallel_map
 from .split import read_index, read_labels, read_manifest
 
-# how images become pixels (convert to RGB, resize to a square): part of every pack's key
-DECODER = f"pillow-{PIL.__version__}-rgb-square-v1"
+# how images become pixels (RGB; the shorter side resized and the centre cropped to a square, or the whole image
+# squashed to one): part of every pack's key
+DECODER = f"pillow-{PIL.__version__}-rgb-v2"
+RESIZE_MODES = ("crop", "squash")
+RELEASE_BYTES = 256 << 20  # a pack's pages this process has read are let go after this many bytes: RSS stays flat
 
 
 class TensorImageDataset(Dataset):
-    """uint8 images (N, 3, H, W) and int64 labels; fetches whole batches with one indexing op."""
+    """uint8 images (N, 3, H, W), in memory or memory-mapped from a pack, and int64 labels; serves whole batches
+    with one indexing op, centre-cropped to `crop` px when given (evaluation) or whole (training augments them)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, paths: list[str] | None = None):
+    def __init__(self, images, labels: torch.Tensor, paths: list[str] | None = None, crop: int | None = None):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels, self.paths = images, labels, paths or []
+        self.images, self.labels, self.paths, self.crop = images, labels, paths or [], crop
+        self._read = 0
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        return self.images[i], self.labels[i]
+        return self.batch([i])[0], self.labels[i]
 
     def __getitems__(self, indices: list[int]):
-        idx = torch.as_tensor(indices)
-        return self.images[idx], self.labels[idx]
+        return self.batch(indices), self.labels[torch.as_tensor(indices)]
+
+    def batch(self, indices) -> torch.Tensor:
+        """The images at `indices` as a uint8 tensor, copied out of the pack (centre-cropped when `crop`)."""
+        from .transforms import center_crop
+
+        idx = np.asarray(indices, dtype=np.int64)
+        if isinstance(self.images, torch.Tensor):
+            out = self.images[torch.from_numpy(idx)]
+        else:
+            order = np.argsort(idx, kind="stable")  # read the file forwards
+            out = np.empty((len(idx), *self.images.shape[1:]), self.images.dtype)
+            out[order] = self.images[idx[order]]
+            out = torch.from_numpy(out)
+            self._release(out.nbytes)
+        return center_crop(out, self.crop).contiguous() if self.crop else out
+
+    def _release(self, nbytes: int) -> None:
+        # pages of a memory-mapped file stay mapped (and counted in RSS) once read; let them go now and then
+        self._read += nbytes
+        mm = getattr(self.images, "_mmap", None)
+        if mm is not None and self._read >= RELEASE_BYTES and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED)
+            self._read = 0
+
+    def with_crop(self, crop: int | None) -> TensorImageDataset:
+        """The same images served at another crop (the evaluation view of a training pack, or the whole image)."""
+        return TensorImageDataset(self.images, self.labels, self.paths, crop)
+
+
+class PackImages:
+    """A dataset's images as the model saw them, indexed lazily (`images[idx]` -> uint8 numpy (k, 3, H, W)):
+    what the error analysis draws, without reading the whole pack."""
+
+    def __init__(self, dataset: TensorImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self.dataset.batch(np.atleast_1d(idx)).numpy()
 
 
 def _batch_collate(batch):
@@ -48,16 +95,29 @@ def _batch_collate(batch):
     return batch
 
 
-def decode_image(path: str | Path, image_size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """Decode any PIL-readable image to RGB (grayscale expanded), resized to a square, as HWC uint8."""
+def decode_image(path, size: int, interpolation: str = "bilinear", resize: str = "crop") -> np.ndarray:
+    """Decode any PIL-readable image to RGB (grayscale expanded) as a `size` x `size` HWC uint8 array: `crop`
+    resizes the shorter side to `size` and keeps the centre (torchvision's Resize + CenterCrop); `squash`
+    resizes the whole image to the square (fast.ai 2017)."""
+    if resize not in RESIZE_MODES:
+        raise BadInput(f"unknown model.resize '{resize}'; choose one of: {', '.join(RESIZE_MODES)}")
+    method = Image.Resampling[interpolation.upper()]
     with Image.open(path) as img:
         img = img.convert("RGB")
-        if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.Resampling[interpolation.upper()])
+        w, h = img.size
+        if resize == "crop" and w != h:
+            scale = size / min(w, h)
+            w, h = max(size, int(w * scale)), max(size, int(h * scale))  # torchvision's Resize(size)
+            if (w, h) != img.size:
+                img = img.resize((w, h), method)
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        elif img.size != (size, size):
+            img = img.resize((size, size), method)
         return np.asarray(img, dtype=np.uint8)
 
 
-def decode_checked(path: Path, sha256: str | None, image_size: int, interpolation: str = "bilinear") -> np.ndarray:
+def decode_checked(path: Path, sha256: str | None, size: int, interpolation: str = "bilinear", resize: str = "crop"):
     """decode_image(), refusing a file whose bytes are not the ones the split's manifest recorded."""
     content = Path(path).read_bytes()
     if sha256 is not None and hashlib.sha256(content).hexdigest() != sha256:
@@ -65,30 +125,38 @@ def decode_checked(path: Path, sha256: str | None, image_size: int, interpolatio
             f"{path} changed since the split stage ran (its sha256 differs from manifest.csv); "
             "rerun split (dvc repro) so the data version follows the images"
         )
-    return decode_image(io.BytesIO(content), image_size, interpolation)
+    return decode_image(io.BytesIO(content), size, interpolation, resize)
 
 
-def decode_all(
-    paths: list[Path], image_size: int, interpolation: str = "bilinear", digests: Sequence[str] | None = None
-) -> np.ndarray:
-    """Decode and resize every image into one (N, S, S, 3) uint8 array, in parallel for big sets; with `digests`,
-    each file must still have the content the manifest recorded."""
-    images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    decode = partial(_decode_item, image_size=image_size, interpolation=interpolation)
+def _decode_item(item: tuple[Path, str | None], size: int, interpolation: str, resize: str) -> np.ndarray:
+    return decode_checked(item[0], item[1], size, interpolation, resize).transpose(2, 0, 1)
+
+
+def write_pack(
+    out: Path, paths: list[Path], size: int, interpolation: str, resize: str, digests: Sequence[str] | None = None
+) -> None:
+    """Decode every image into the (N, 3, size, size) uint8 .npy at `out`, written through a memory map (a pack
+    larger than memory is fine) under a temporary name, renamed when complete; decoded in parallel for big sets,
+    each file checked against the manifest's digest when given."""
+    decode = partial(_decode_item, size=size, interpolation=interpolation, resize=resize)
     items = list(zip(paths, digests if digests is not None else [None] * len(paths)))
-    for i, array in enumerate(parallel_map(decode, items)):
-        images[i] = array
-    return images
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        pack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+        for i, array in enumerate(parallel_map(decode, items)):
+            pack[i] = array
+        pack.flush()
+        del pack
+        os.replace(tmp, out)  # a half-written pack never looks complete
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _decode_item(item: tuple[Path, str | None], image_size: int, interpolation: str) -> np.ndarray:
-    return decode_checked(item[0], item[1], image_size, interpolation)
-
-
-def pack_key(rows: list[tuple[str, str]], digests: Mapping[str, str], image_size: int, interpolation: str) -> str:
-    """The pack's cache key: every image's content digest in index order, the size, the resampling and the
-    decoder, so an image edited in place (same name, new pixels) or a new Pillow makes a new pack."""
-    h = hashlib.sha256(f"{DECODER}|{image_size}|{interpolation}\n".encode())
+def pack_key(rows: list[tuple[str, str]], digests: Mapping[str, str], size: int, interpolation: str, resize: str):
+    """The pack's cache key: every image's content digest in index order, the size, the resampling, the resize mode
+    and the decoder, so an image edited in place (same name, new pixels) or a new Pillow makes a new pack."""
+    h = hashlib.sha256(f"{DECODER}|{size}|{interpolation}|{resize}\n".encode())
     for rel, _ in rows:
         if rel not in digests:
             raise BadInput(f"{rel} is indexed but missing from the split's manifest.csv; rerun split (dvc repro split)")
@@ -100,28 +168,32 @@ def packed_split(
     root: Path,
     rows: list[tuple[str, str]],
     digests: Mapping[str, str],
-    image_size: int,
+    size: int,
     tag: str,
+    *,
     interpolation: str = "bilinear",
+    resize: str = "crop",
 ) -> np.ndarray:
-    """The split's images resized once and packed in data/<ds>/cache/, keyed by their content (pack_key)."""
-    cache = root / CACHE_DIR / f"{tag}-{image_size}px-{pack_key(rows, digests, image_size, interpolation)}.npy"
-    if cache.is_file():
-        return np.load(cache)
-    expected = [digests[rel] for rel, _ in rows]
-    images = decode_all([root / IMAGE_DIR / rel for rel, _ in rows], image_size, interpolation, expected)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, images)
-    os.replace(tmp, cache)  # a half-written cache never looks complete
-    return images
+    """The split's images decoded once at `size` and packed in data/<ds>/cache/, keyed by their content
+    (pack_key); returned memory-mapped, read-only: only the batches in use are in memory."""
+    key = pack_key(rows, digests, size, interpolation, resize)
+    cache = root / CACHE_DIR / f"{tag}-{size}px-{key}.npy"
+    if not cache.is_file():
+        expected = [digests[rel] for rel, _ in rows]
+        write_pack(cache, [root / IMAGE_DIR / rel for rel, _ in rows], size, interpolation, resize, expected)
+    return np.load(cache, mmap_mode="r")
 
 
 def load_split(
-    root: str | Path, split: str, subset: str, image_size: int, interpolation: str = "bilinear"
+    root: str | Path,
+    split: str,
+    subset: str,
+    spec,
+    crop: bool = True,
 ) -> TensorImageDataset:
-    """Load one split (`train|val|test`) of the data set in `root`, full or its `sample` subset, into memory."""
+    """One split (`train|val|test`) of the data set in `root`, full or its `sample` subset, as the serving spec
+    says (imgclf.serving.ServingSpec): packed at its stored size, served centre-cropped to the model's input
+    (`crop`) or whole (training batches, which the augmentation crops)."""
     if subset not in ("full", "sample"):
         raise BadInput(f"unknown data.subset '{subset}'; choose one of: full, sample")
     root = Path(root)
@@ -133,9 +205,14 @@ def load_split(
     unknown = sorted({label for _, label in rows} - class_to_idx.keys())
     if unknown:
         raise BadInput(f"{index_file} has labels {unknown} missing from labels.txt")
-    images = packed_split(root, rows, read_manifest(root / SPLIT_DIR), image_size, f"{subset}-{split}", interpolation)
+    manifest = read_manifest(root / SPLIT_DIR)
+    tag = f"{subset}-{split}"
+    images = packed_split(
+        root, rows, manifest, spec.stored_size, tag, interpolation=spec.interpolation, resize=spec.resize
+    )
     labels = torch.tensor([class_to_idx[label] for _, label in rows], dtype=torch.int64)
-    return TensorImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, [r for r, _ in rows])
+    view = spec.image_size if crop and spec.stored_size != spec.image_size else None
+    return TensorImageDataset(images, labels, [r for r, _ in rows], view)
 
 
 def build_loader(

@@ -40,18 +40,23 @@ def build_training(cfg: DictConfig, paths: Paths, device: torch.device) -> Train
     t, m, o = cfg.trainer, cfg.model, cfg.optim
     setup = DeviceSetup.for_device(device, t.amp, t.channels_last)
     generator = seed_everything(cfg.seed, t.deterministic)
-    pre = resolve_preprocessing(m.source, m.name, m.image_size, m.mean, m.std, m.interpolation)
-    spec = ServingSpec(read_labels(paths.labels(cfg.data.name)), pre.image_size, pre.mean, pre.std, pre.interpolation)
+    pre = resolve_preprocessing(
+        m.source, m.name, m.image_size, m.mean, m.std, m.interpolation, crop_pct=m.crop_pct, resize=m.resize
+    )
+    labels = read_labels(paths.labels(cfg.data.name))
+    spec = ServingSpec(labels, pre.image_size, pre.mean, pre.std, pre.interpolation, pre.resize_size, pre.resize)
+    spec.tta = list(cfg.augment.tta)
+    ops = cfg.augment.ops  # none: batches come centre-cropped like validation's
     root, pin = paths.dataset(cfg.data.name), device.type == "cuda"
-    splits = (load_split(root, s, cfg.data.subset, spec.image_size, spec.interpolation) for s in ("train", "val"))
-    train_loader = build_loader(next(splits), t.batch_size, True, generator, pin)
-    val_loader = build_loader(next(splits), t.batch_size, False, pin_memory=pin)
+    train_set = load_split(root, "train", cfg.data.subset, spec, crop=not ops)
+    train_loader = build_loader(train_set, t.batch_size, True, generator, pin)
+    val_loader = build_loader(load_split(root, "val", cfg.data.subset, spec), t.batch_size, False, pin_memory=pin)
     model = build_model(m.name, len(spec.class_names), **{k: m[k] for k in MODEL_OPTIONS}).to(device)
     if dist.world_size() > 1:  # same initial weights on every rank, then each its own dropout masks and shifts
         torch.manual_seed(cfg.seed + dist.rank())
     div = cfg.finetune.backbone_lr_divisor
     optimizer = build_optimizer(instantiate(o), model, lr=o.lr, weight_decay=o.weight_decay, backbone_lr_divisor=div)
-    augment = build_augment(**cfg.data.augment, seed=cfg.seed + dist.rank())
+    augment = build_augment(ops, spec.image_size, seed=cfg.seed + dist.rank()) if ops else None
     scheduler = instantiate(cfg.schedule)(optimizer, epochs=t.epochs, steps_per_epoch=len(train_loader))
     criterion, preprocess = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), Preprocess(pre.mean, pre.std)
     trainer = Trainer(

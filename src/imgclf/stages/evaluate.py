@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from omegaconf import DictConfig
 
 from .. import tracking
-from ..data.datasets import build_loader, load_split
+from ..data.datasets import PackImages, build_loader, load_split
 from ..data.split import read_labels
-from ..engine import DeviceSetup, Preprocess, predict
+from ..data.transforms import tta_views
+from ..engine import DeviceSetup, Preprocess, predict, predict_views
 from ..errors import BadInput
 from ..evaluation import Predictions, write_evaluation
 from ..lifecycle import TrainingRun
@@ -33,23 +35,31 @@ def evaluate(cfg: DictConfig) -> float:
         )
     setup = DeviceSetup.for_device(resolve_device(cfg.trainer.device))
     model = model_from_checkpoint(ckpt).to(setup.device)
-    test_set = load_split(paths.dataset(cfg.data.name), "test", cfg.data.subset, spec.image_size, spec.interpolation)
+    views = list(cfg.evaluate.tta or [])
+    test_set = load_split(paths.dataset(cfg.data.name), "test", cfg.data.subset, spec, crop=not views)
     loader = build_loader(test_set, cfg.trainer.batch_size, shuffle=False)
-    logits, y_true = predict(model, loader, setup, Preprocess(spec.mean, spec.std).to(setup.device))
-    preds = Predictions(
-        test_set.paths, test_set.images.numpy(), y_true.numpy(), softmax(logits).numpy(), spec.class_names
-    )
+    preprocess = Preprocess(spec.mean, spec.std).to(setup.device)
+    tta_probs = None
+    if views:  # one pass: the centre view is the plain prediction, the mean over all views the TTA one
+        logits, y_true = predict_views(
+            model, loader, setup, preprocess, partial(tta_views, size=spec.image_size, views=views)
+        )
+        probs, tta_probs = softmax(logits[0]).numpy(), softmax(logits).mean(0).numpy()
+        test_set = test_set.with_crop(spec.image_size)
+    else:
+        logits, y_true = predict(model, loader, setup, preprocess)
+        probs = softmax(logits).numpy()
+    preds = Predictions(test_set.paths, PackImages(test_set), y_true.numpy(), probs, spec.class_names, tta_probs)
     out = paths.report_dir("evaluate")
     metrics = write_evaluation(out, preds)
     with TrainingRun.reopen(paths, cfg.tracking.uri):
         tracking.log_metrics(metrics)
         tracking.log_artifacts(out, "evaluate")
     log.info(
-        "test/acc %.4f test/macro_f1 %.4f on %d images",
-        metrics["test/acc"],
-        metrics["test/macro_f1"],
-        len(preds.y_true),
+        "test/acc %.4f test/macro_f1 %.4f on %d images", metrics["test/acc"], metrics["test/macro_f1"], len(y_true)
     )
+    if views:
+        log.info("with test-time augmentation (%s): test_tta/acc %.4f", "+".join(views), metrics["test_tta/acc"])
     return metrics["test/acc"]
 
 

@@ -25,8 +25,8 @@ def export(cfg: DictConfig) -> None:
     ckpt = load_checkpoint(paths.model_file)
     spec = ServingSpec.from_checkpoint(ckpt)
     model = model_from_checkpoint(ckpt)
-    test_set = load_split(paths.dataset(cfg.data.name), "test", cfg.data.subset, spec.image_size, spec.interpolation)
-    inputs = Preprocess(spec.mean, spec.std)(test_set.images[: cfg.export.verify_images])
+    test_set = load_split(paths.dataset(cfg.data.name), "test", cfg.data.subset, spec)
+    inputs = Preprocess(spec.mean, spec.std)(test_set.batch(range(min(cfg.export.verify_images, len(test_set)))))
     report = export_model(model, inputs, paths.export_dir, spec, opset=cfg.export.opset, atol=cfg.export.atol)
     latency = latency_report(model, paths.export_dir, inputs)
     for fmt, figures in latency.items():
@@ -40,7 +40,7 @@ def export(cfg: DictConfig) -> None:
         tracking.log_artifacts(paths.export_dir, "export")
         tracking.set_tags({"imgclf.export_dir": str(paths.export_dir.resolve())})  # for `imgclf runs --best`
         tracking.log_artifact(reports / "latency.json", "export")
-        examples = test_set.images[:2].permute(0, 2, 3, 1).numpy()  # what a client sends: RGB uint8, NHWC
+        examples = test_set.batch([0, 1]).permute(0, 2, 3, 1).numpy()  # what a client sends: RGB uint8, NHWC
         uri = tracking.log_served_model(paths.export_dir, examples, cfg.export.registered_name)
         tracking.set_tags({"imgclf.model_uri": uri})
         registered = cfg.export.registered_name
