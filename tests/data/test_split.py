@@ -96,6 +96,21 @@ def test_batches_from_the_mapped_pack_equal_the_images_in_memory_in_any_order(ti
     assert load_split("data/tiny", "train", "full", spec(12, 16), crop=False).batch([0]).shape[-1] == 16
 
 
+def test_a_mapped_pack_lets_its_pages_go_as_batches_are_read(tiny_project, monkeypatch):
+    import mmap
+
+    from imgclf.data import datasets
+
+    ds = load_split("data/tiny", "train", "full", spec(16))
+    released = []
+    monkeypatch.setattr(datasets, "RELEASE_BYTES", 2 * 3 * 16 * 16)  # two images' worth
+    monkeypatch.setattr(ds.images, "_mmap", type("Map", (), {"madvise": lambda self, advice: released.append(advice)})())
+    ds.batch([0])
+    assert released == []
+    ds.batch([1, 2])
+    assert released == [mmap.MADV_DONTNEED]  # RSS stays flat however large the pack
+
+
 def test_crop_keeps_the_centre_of_the_shorter_side_and_squash_keeps_everything(tmp_path):
     image = np.zeros((20, 40, 3), np.uint8)
     image[:, :10] = 255  # a white band on the left quarter of a 2:1 image

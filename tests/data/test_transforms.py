@@ -63,7 +63,7 @@ def test_center_crop_and_tta_views():
     assert len(views) == 6 and all(v.shape == (2, 3, 8, 8) for v in views)
     assert torch.equal(views[0], images[..., 1:9, 1:9]) and torch.equal(views[1], views[0].flip(-1))
     assert torch.equal(views[2], images[..., :8, :8]) and torch.equal(views[5], images[..., 2:, 2:])
-    # no margin: corners are shifts of a zero-padded image (size/16 = 1 px here at least)
+    # no margin: corners are shifts of a zero-padded image (size/32, at least 1 px)
     shifted = tta_views(images[..., :8, :8], 8, ["crops"])
     assert torch.equal(shifted[1][..., 1:, 1:], images[..., :7, :7]) and shifted[1][..., 0, :].sum() == 0
     with pytest.raises(BadInput, match="unknown test-time views \\['rotate'\\]"):

@@ -77,7 +77,7 @@ def center_crop(images, size: int):
 
 def tta_views(images: torch.Tensor, size: int, views: Sequence[str]) -> list[torch.Tensor]:
     """The test-time views of a batch of NCHW images stored at the resize size: the centre crop, then `hflip`
-    (it mirrored) and `crops` (the four corner crops; when the image has less than size/16 px of margin, it is
+    (it mirrored) and `crops` (the four corner crops; when the image has less than size/32 px of margin, it is
     zero-padded to that first, so the corners are shifts of the digit or object)."""
     unknown = sorted(set(views) - set(TTA_VIEWS))
     if unknown:
@@ -87,7 +87,7 @@ def tta_views(images: torch.Tensor, size: int, views: Sequence[str]) -> list[tor
     if "hflip" in views:
         out.append(center.flip(-1))
     if "crops" in views:
-        margin = max(1, size // 16)
+        margin = max(1, size // 32)
         h, w = images.shape[-2:]
         pad_y, pad_x = max(0, size + 2 * margin - h) // 2, max(0, size + 2 * margin - w) // 2
         padded = F.pad(images, (pad_x, pad_x, pad_y, pad_y)) if pad_x or pad_y else images
