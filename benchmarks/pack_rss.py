@@ -2,8 +2,8 @@
 
 For each size (default 0.5 and 5 GB) it writes a synthetic pack of 224 px images in the format packs have
 (a (N, 3, S, S) uint8 .npy), then runs one epoch of real training batches over all of it (the project's
-dataset, loader, photos augmentation, Trainer and train_one_epoch; a small model, so reading dominates) in a fresh
-process, and prints that process's peak RSS. `--in-memory` adds the same epoch with the pack loaded whole
+dataset, shuffled loader, Trainer and train_one_epoch; a small model and no augmentation, so reading dominates) in
+a fresh process, and prints that process's peak RSS. `--in-memory` adds the same epoch with the pack loaded whole
 (np.load without mmap), what packs were before.
 
     python benchmarks/pack_rss.py [--sizes-gb 0.5 5] [--dir /tmp] [--in-memory]
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,9 +42,7 @@ def child(path: str, mmap: bool) -> None:
     import torch
     from torch import nn
 
-    from imgclf.config import compose
     from imgclf.data.datasets import TensorImageDataset, build_loader
-    from imgclf.data.transforms import build_augment
     from imgclf.engine import DeviceSetup, Preprocess, Trainer, train_one_epoch
 
     images = np.load(path, mmap_mode="r" if mmap else None)
@@ -53,12 +50,12 @@ def child(path: str, mmap: bool) -> None:
     loader = build_loader(TensorImageDataset(images, labels), 64, True, torch.Generator().manual_seed(0))
     model = nn.Sequential(nn.AvgPool2d(16), nn.Flatten(), nn.Linear(3 * (SIZE // 16) ** 2, 10))
     setup = DeviceSetup(torch.device("cpu"))
-    augment = build_augment(compose(["augment=photos"]).augment.ops, SIZE, seed=0)
     pre = Preprocess([0.5] * 3, [0.25] * 3)
     optimizer = torch.optim.SGD(model.parameters(), 0.01)
-    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, setup, pre, augment=augment, log_every=10**9)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, setup, pre, log_every=10**9)
     metrics = train_one_epoch(trainer, loader, epoch=1)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    peak_mb = int(status["VmHWM"].split()[0]) / 1024  # this process image's peak (ru_maxrss survives exec)
     print(json.dumps({"peak_rss_mb": peak_mb, "images_per_sec": metrics["train/images_per_sec"]}))
 
 
@@ -83,7 +80,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.mmap)
         return
-    print(f"one training epoch over a pack of {SIZE} px images, batches of 64, photos augmentation, CPU")
+    print(f"one training epoch over a pack of {SIZE} px images, shuffled batches of 64, CPU")
     print(f"  {'pack':>8s} {'images':>8s} {'load':>10s} {'peak RSS':>10s} {'img/s':>8s} {'write s':>8s}")
     results = []
     for gb in args.sizes_gb:

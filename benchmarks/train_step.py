@@ -1,7 +1,9 @@
-"""Project training loop vs a bare PyTorch loop, same model, batch and in-memory data, side by side.
+"""Project training loop vs a bare PyTorch loop, same model, batch, augmentation and in-memory data, side by side.
 
-Prints images/s of each and their ratio (target: >= 0.95), plus fused vs default AdamW.
+Prints images/s of each and their ratio (target: >= 0.95), plus fused vs default AdamW. Both loops augment with
+the same kornia ops (`--augment`, a conf/augment preset; the bare loop calls them on the batch directly).
     python benchmarks/train_step.py [--arch alexnet] [--image-size 64] [--batch-size 32] [--batches 20]
+                                    [--augment digits|photos|none]
 """
 
 from __future__ import annotations
@@ -12,22 +14,27 @@ import time
 import torch
 from torch import nn
 
+from imgclf.config import compose
 from imgclf.data.datasets import TensorImageDataset, build_loader
+from imgclf.data.transforms import build_augment
 from imgclf.engine import DeviceSetup, Preprocess, Trainer, train_one_epoch
 from imgclf.models import build_model
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def bare_loop(model, optimizer, images, labels, batch_size, device) -> float:
-    """The textbook loop: normalise, forward, backward, step. Returns images/s."""
+def bare_loop(model, optimizer, images, labels, batch_size, device, *, augment=None) -> float:
+    """The textbook loop: augment, normalise, forward, backward, step. Returns images/s."""
     criterion = nn.CrossEntropyLoss()
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
     model.train()
     start = time.perf_counter()
     for i in range(0, len(labels), batch_size):
-        x = (images[i : i + batch_size].to(device).float() - mean) / std
+        x = images[i : i + batch_size].to(device).float()
+        if augment is not None:
+            x = augment.ops(x / 255) * 255
+        x = (x - mean) / std
         y = labels[i : i + batch_size].to(device)
         loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -38,10 +45,11 @@ def bare_loop(model, optimizer, images, labels, batch_size, device) -> float:
     return len(labels) / (time.perf_counter() - start)
 
 
-def project_loop(model, optimizer, images, labels, batch_size, device) -> float:
+def project_loop(model, optimizer, images, labels, batch_size, device, *, augment=None) -> float:
     loader = build_loader(TensorImageDataset(images, labels), batch_size, shuffle=False)
+    pre = Preprocess(MEAN, STD).to(device)
     trainer = Trainer(
-        model, nn.CrossEntropyLoss(), optimizer, DeviceSetup(device), Preprocess(MEAN, STD).to(device), log_every=10**9
+        model, nn.CrossEntropyLoss(), optimizer, DeviceSetup(device), pre, augment=augment, log_every=10**9
     )
     metrics = train_one_epoch(trainer, loader, epoch=1)
     return metrics["train/images_per_sec"]
@@ -54,7 +62,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--augment", default="digits", choices=["digits", "photos", "none"])
     args = parser.parse_args()
+    ops = compose([f"augment={args.augment}"]).augment.ops
+    augment = build_augment(ops, args.image_size, seed=0) if ops else None
     device = torch.device("cpu")
     n = args.batch_size * args.batches
     images = torch.randint(0, 256, (n, 3, args.image_size, args.image_size), dtype=torch.uint8)
@@ -69,13 +80,13 @@ def main() -> None:
             torch.manual_seed(0)
             model = build_model(args.arch, 10).to(device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused)
-            loop(
-                model, optimizer, images[: args.batch_size * 2], labels[: args.batch_size * 2], args.batch_size, device
-            )  # warm-up
-            results[name].append(loop(model, optimizer, images, labels, args.batch_size, device))
+            warm = slice(0, args.batch_size * 2)
+            loop(model, optimizer, images[warm], labels[warm], args.batch_size, device, augment=augment)
+            results[name].append(loop(model, optimizer, images, labels, args.batch_size, device, augment=augment))
     best = {k: max(v) for k, v in results.items()}
     print(
-        f"{args.arch} {args.image_size}px batch {args.batch_size}, {n} images, best of {args.repeats}, "
+        f"{args.arch} {args.image_size}px batch {args.batch_size}, augment={args.augment}, {n} images, "
+        f"best of {args.repeats}, "
         f"{torch.get_num_threads()} threads"
     )
     for name, ips in best.items():
