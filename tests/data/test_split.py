@@ -104,7 +104,8 @@ def test_a_mapped_pack_lets_its_pages_go_as_batches_are_read(tiny_project, monke
     ds = load_split("data/tiny", "train", "full", spec(16))
     released = []
     monkeypatch.setattr(datasets, "RELEASE_BYTES", 2 * 3 * 16 * 16)  # two images' worth
-    monkeypatch.setattr(ds.images, "_mmap", type("Map", (), {"madvise": lambda self, advice: released.append(advice)})())
+    fake_map = type("Map", (), {"madvise": lambda self, advice: released.append(advice)})()
+    monkeypatch.setattr(ds.images, "_mmap", fake_map)
     ds.batch([0])
     assert released == []
     ds.batch([1, 2])
