@@ -88,7 +88,7 @@ def spec(size: int, stored: int | None = None, resize: str = "crop") -> ServingS
 
 def test_batches_from_the_mapped_pack_equal_the_images_in_memory_in_any_order(tiny_project):
     ds = load_split("data/tiny", "train", "full", spec(16))
-    whole = torch.from_numpy(np.asarray(ds.images))
+    whole = torch.from_numpy(np.array(ds.images))  # a copy: the mapped pack is read-only
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
     assert torch.equal(ds.batch(order), whole[order])
     cropped = load_split("data/tiny", "train", "full", spec(12, stored=16))  # evaluation view: centre 12 of 16
