@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import BadInput, MissingInput
+from .serving import RESIZE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +290,8 @@ def resolve_preprocessing(
     spec.crop_pct = float(crop_pct or spec.crop_pct)
     if not 0.1 <= spec.crop_pct <= 1.0:
         raise BadInput(f"model.crop_pct must be in [0.1, 1] (the share of the resized image kept); got {crop_pct}")
-    if resize not in ("crop", "squash"):
-        raise BadInput(f"unknown model.resize '{resize}'; choose one of: crop, squash")
+    if resize not in RESIZE_MODES:
+        raise BadInput(f"unknown model.resize '{resize}'; choose one of: {', '.join(RESIZE_MODES)}")
     spec.resize = resize
     spec.mean, spec.std = list(mean or spec.mean), list(std or spec.std)
     spec.interpolation = interpolation or spec.interpolation

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 LABELS_FILE = "labels.txt"
+RESIZE_MODES = ("crop", "squash")  # see ServingSpec
 PREPROCESSING_FILE = "preprocessing.json"
 
 
@@ -129,7 +130,7 @@ class ServingSpec:
             list(spec["std"]),
             spec.get("interpolation", "bilinear"),
             spec.get("resize_size"),
-            resize if resize in ("crop", "squash") else "squash",
+            resize if resize in RESIZE_MODES else "squash",
             list(spec.get("tta", [])),
         )
 

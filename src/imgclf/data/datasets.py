@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import BadInput
 from ..paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
+from ..serving import RESIZE_MODES
 from ..utils import parallel_map
 from .split import read_index, read_labels, read_manifest
 
 # how images become pixels (RGB; the shorter side resized and the centre cropped to a square, or the whole image
 # squashed to one): part of every pack's key
 DECODER = f"pillow-{PIL.__version__}-rgb-v2"
-RESIZE_MODES = ("crop", "squash")
 RELEASE_BYTES = 256 << 20  # a pack's pages this process has read are let go after this many bytes: RSS stays flat
 
 
