@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv pipeline test lint format params clean-runs
+.PHONY: venv pipeline test lint format params clean-runs postgres mlflow-server
 
 venv: $(VENV)/.installed
 
@@ -19,9 +19,23 @@ $(VENV)/.installed: pyproject.toml
 pipeline: venv
 	dvc repro
 
-# two workers: each starts on its half of the suite in collection order (end-to-end tests first), then steals
-test: venv
-	$(PY) -m pytest -n 2 --dist worksteal
+# two workers: each starts on its half of the suite in collection order (end-to-end tests first), then steals.
+# The tracking-server tests need PostgreSQL: installed here when missing, and required (not skipped) under make.
+test: venv postgres
+	IMGCLF_REQUIRE_SERVERS=1 $(PY) -m pytest -n 2 --dist worksteal
+
+# PostgreSQL from Debian's packages (as root, or through sudo), unless its programs are already there
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
+
+# A team's tracking server on this machine: PostgreSQL backend store, proxied artifacts, both under .mlflow-server/,
+# bound to 127.0.0.1 (HOST=0.0.0.0 to share it; put it behind authentication first). Ctrl-C stops both.
+HOST ?= 127.0.0.1
+PORT ?= 5000
+mlflow-server: venv postgres
+	$(PY) -m imgclf.server --dir .mlflow-server --host $(HOST) --port $(PORT)
 
 # ruff: lint and formatting, configured in pyproject.toml (CI runs `make lint` before `make test`)
 lint: venv

@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import USER_ERRORS, BadInput
 
 STAGES = ("fetch", "split", "train", "evaluate", "export")
-COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find")
+COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync")
 
 
 def predict(argv: list[str]) -> int:
@@ -177,6 +177,26 @@ def reproduce(argv: list[str]) -> int:
     return 0 if ok else 1
 
 
+def sync(argv: list[str]) -> int:
+    """Send the records that runs left in the outbox when the tracking server stayed away (tracking.outage_wait_s)."""
+    from . import tracking
+    from .outbox import default_root
+
+    parser = argparse.ArgumentParser(prog="imgclf sync", description=sync.__doc__)
+    parser.add_argument("--outbox", type=Path, default=default_root(), help="default: %(default)s")
+    parser.add_argument(
+        "--uri", help="tracking URI (default: the run's own, or MLFLOW_TRACKING_URI when its credentials were hidden)"
+    )
+    parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the server per run")
+    args = parser.parse_args(argv)
+    results = tracking.sync_outboxes(args.outbox, args.uri, args.wait)
+    for run_id, left in results:
+        print(f"{run_id}: {'sent' if left == 0 else f'{left} records still waiting'}")
+    if not results:
+        print(f"nothing to send in {args.outbox}")
+    return 1 if any(left for _, left in results) else 0
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(
@@ -185,7 +205,8 @@ def main() -> None:
             "  imgclf predict PATH... [--out FILE]  classify images with the exported model\n"
             "  imgclf runs [--sweep ID] [--best]     compare MLflow runs, or show the best one\n"
             "  imgclf reproduce RUN_ID               re-create a run from its record and compare\n"
-            "  imgclf lr-find [HYDRA OVERRIDES...]   fast.ai's learning-rate finder: plot and suggested rate",
+            "  imgclf lr-find [HYDRA OVERRIDES...]   fast.ai's learning-rate finder: plot and suggested rate\n"
+            "  imgclf sync                           send what runs logged while the tracking server was away",
             file=sys.stderr,
         )
         sys.exit(0 if len(sys.argv) > 1 else 2)
@@ -195,7 +216,7 @@ def main() -> None:
         sys.exit(2)
     if command == "predict":
         sys.exit(predict(sys.argv[2:]))
-    if command in ("runs", "reproduce"):
-        sys.exit({"runs": runs, "reproduce": reproduce}[command](sys.argv[2:]))
+    if command in ("runs", "reproduce", "sync"):
+        sys.exit({"runs": runs, "reproduce": reproduce, "sync": sync}[command](sys.argv[2:]))
     sys.argv = [f"imgclf {command}", *sys.argv[2:]]
     importlib.import_module(f"imgclf.stages.{command.replace('-', '_')}").main()

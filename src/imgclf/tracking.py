@@ -17,7 +17,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from . import serving
+from .credentials import USERINFO, take_uri_credentials
 from .errors import BadInput, MissingInput
+from .outbox import Outbox, default_root
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 LOCK_RETRIES = 12  # ~30 s of backoff: parallel jobs each hold SQLite's write lock for milliseconds
 MAX_PARAM_LENGTH = 6000
 SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|credential)", re.IGNORECASE)
-URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+URL_USERINFO = USERINFO
 
 
 def redact(key: str, value: Any) -> Any:
@@ -73,7 +75,9 @@ def _sqlite_path(uri: str) -> str | None:
 
 def resolve_uri(uri: str) -> str:
     """A relative `sqlite:///file.db` taken from the DVC project root when DVC runs us (DVC_ROOT): queued
-    experiments run in a temporary copy of the project, and their runs belong in the project's store."""
+    experiments run in a temporary copy of the project, and their runs belong in the project's store. An http(s)
+    URI's user:password move into MLflow's variables (credentials.py), out of every message that quotes a URL."""
+    uri = take_uri_credentials(uri)
     if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/") and os.environ.get("DVC_ROOT"):
         return SQLITE + str(Path(os.environ["DVC_ROOT"]) / uri[len(SQLITE) :])
     return uri
@@ -102,9 +106,40 @@ def retry_locked(fn: Callable[..., T], *args, **kwargs) -> T:
     raise AssertionError("unreachable")
 
 
+FIRST_CONTACT_S = 20.0  # a server never reached in this process: a mistyped URI fails in seconds, in one line
+_reached: set[str] = set()
+
+
+def wait_for_server(uri: str) -> None:
+    """Return once an http(s) tracking server answers. One this process reached before (a sweep's later jobs)
+    gets `tracking.outage_wait_s` to come back; a new one FIRST_CONTACT_S, then a one-line error."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    deadline = time.monotonic() + (float(OPTIONS["outage_wait_s"]) if uri in _reached else FIRST_CONTACT_S)
+    while True:
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+            break
+        except urllib.error.HTTPError:  # it answered (an auth proxy may refuse /health): it is there
+            break
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                reason = getattr(exc, "reason", exc)
+                raise MissingInput(
+                    f"cannot reach the tracking server at {uri} ({reason}); start it (make mlflow-server) "
+                    "or set tracking.uri"
+                ) from None
+            time.sleep(1.0)
+    _reached.add(uri)
+
+
 def configure(uri: str, experiment: str | None = None) -> None:
     """Point MLflow at `uri` (and select `experiment`, creating it beside the store if needed)."""
     uri = resolve_uri(uri)
+    wait_for_server(uri)
     mlflow.set_tracking_uri(uri)
     if experiment:
         client = MlflowClient(tracking_uri=uri)
@@ -115,6 +150,123 @@ def configure(uri: str, experiment: str | None = None) -> None:
                 if "already exists" not in str(exc) and "UNIQUE constraint" not in str(exc):
                     raise
         retry_locked(mlflow.set_experiment, experiment)
+
+
+# --- the active run: everything logged goes through its outbox (outbox.py), so an absent server stalls nothing ---
+
+OPTIONS: dict[str, Any] = {"outbox": None, "outage_wait_s": 1800.0}
+_active: Outbox | None = None
+_active_run_id: str | None = None
+# MLflow's error codes for a request the server understood and refused: sending it again cannot help
+REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
+
+
+def use(options: Mapping[str, Any]) -> None:
+    """Take `tracking.outbox` (null: ~/.cache/imgclf/outbox) and `tracking.outage_wait_s` from the config."""
+    for key in OPTIONS:
+        if options.get(key) is not None:
+            OPTIONS[key] = options[key]
+
+
+def outbox_root() -> Path:
+    return Path(OPTIONS["outbox"]).expanduser() if OPTIONS["outbox"] else default_root()
+
+
+def _refused(exc: Exception) -> bool:
+    """True for errors that a retry cannot fix; a lost connection, a 5xx or a locked SQLite store are retried."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, FileNotFoundError):
+        return True
+    if isinstance(exc, MlflowException) and "database is locked" not in str(exc):
+        return exc.error_code in REFUSED
+    return False
+
+
+def _sender(client: MlflowClient, run_id: str) -> Callable[[dict[str, Any], Path], None]:
+    """Deliver one outbox record to `run_id`."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    def send(record: dict[str, Any], directory: Path) -> None:
+        op = record["op"]
+        if op == "batch":
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, v, ts, step) for k, v, ts, step in record.get("metrics", [])],
+                params=[Param(k, v) for k, v in record.get("params", {}).items()],
+                tags=[RunTag(k, v) for k, v in record.get("tags", {}).items()],
+            )
+        elif op == "artifact":
+            path = directory / record["file"]
+            upload = client.log_artifacts if path.is_dir() else client.log_artifact
+            upload(run_id, str(path), record["artifact_path"])
+        elif op == "status":
+            client.set_terminated(run_id, record["status"], end_time=record["end_time"])
+        else:
+            raise FileNotFoundError(f"unknown outbox record {op!r}")  # refused: dropped with a warning
+
+    return send
+
+
+def open_outbox(uri: str, run_id: str, directory: Path | None = None) -> Outbox:
+    """An outbox delivering to `run_id` on `uri` (a new one, or the journal left in `directory`)."""
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    directory = directory or outbox_root() / run_id / stamp
+    meta = {"run_id": run_id, "uri": redact("uri", uri)} if not (directory / "meta.json").is_file() else None
+    return Outbox(directory, _sender(MlflowClient(tracking_uri=uri), run_id), permanent=_refused, meta=meta)
+
+
+def close_outbox(box: Outbox, run_id: str, wait_s: float) -> bool:
+    """Wait for `box` to be delivered; warn, with the command that finishes the job, when the server stays away."""
+    if box.close(wait_s):
+        return True
+    log.warning(
+        "tracking server still unreachable after %.0f s: %d records of run %s kept in %s; "
+        "`imgclf tracking sync` sends them when it is back",
+        wait_s,
+        box.pending,
+        run_id,
+        box.dir,
+    )
+    return False
+
+
+def sync_outboxes(root: Path, uri: str | None, wait_s: float) -> list[tuple[str, int]]:
+    """Deliver every outbox left under `root` (oldest first): [(run id, records still waiting)]."""
+    import json
+
+    from .outbox import leftover
+
+    results = []
+    for directory in leftover(Path(root)):
+        meta = json.loads((directory / "meta.json").read_text())
+        target = uri or meta["uri"]
+        if "***@" in target:  # credentials are never written down: take them from the environment
+            target = os.environ.get("MLFLOW_TRACKING_URI") or target
+        box = open_outbox(target, meta["run_id"], directory)
+        results.append((meta["run_id"], 0 if box.close(wait_s) else box.pending))
+    return results
+
+
+def _open_run(uri: str, experiment: str | None, run_id: str | None, run_name: str | None, tags: dict) -> str:
+    """Create a run (MLflow's context tags: user, source, git) or reopen `run_id` as RUNNING; returns its id."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    client = MlflowClient(tracking_uri=uri)
+    if run_id is not None:
+        retry_locked(client.update_run, run_id, status="RUNNING")
+        if tags:
+            retry_locked(client.log_batch, run_id, tags=_run_tags(tags))
+        return run_id
+    exp = retry_locked(client.get_experiment_by_name, experiment or "Default")
+    run = retry_locked(client.create_run, exp.experiment_id, run_name=run_name, tags=resolve_tags(tags))
+    return run.info.run_id
+
+
+def _run_tags(tags: Mapping[str, Any]) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in tags.items()]
 
 
 @contextmanager
@@ -129,32 +281,37 @@ def run(
 ) -> Iterator[str]:
     """Start (or, with `run_id`, reopen) a run; it ends FINISHED, KILLED on interrupt, FAILED on error.
 
-    A new run with `parent_id` (a sweep's parent run, imgclf.sweeps) is its child in the MLflow UI.
+    A new run with `parent_id` (a sweep's parent run, imgclf.sweeps) is its child in the MLflow UI. What is logged
+    inside goes through an outbox: the block never waits for the server, and at its end the run waits up to
+    `tracking.outage_wait_s` for the server to take everything.
     """
+    global _active, _active_run_id
     configure(uri, None if run_id else experiment)
+    uri = resolve_uri(uri)
     tags = dict(tags or {})
     if run_id is None and parent_id:
         tags["mlflow.parentRunId"] = parent_id
-    active = retry_locked(mlflow.start_run, run_id=run_id, run_name=None if run_id else run_name, tags=tags)
+    run_id = _open_run(uri, experiment, run_id, run_name, tags)
+    outer = (_active, _active_run_id)
+    _active, _active_run_id = open_outbox(uri, run_id), run_id
+    status = "FAILED"
     try:
-        yield active.info.run_id
+        yield run_id
+        status = "FINISHED"
     except KeyboardInterrupt:
-        _end_run(active.info.run_id, "KILLED")
+        status = "KILLED"
         raise
-    except BaseException:
-        _end_run(active.info.run_id, "FAILED")
-        raise
-    _end_run(active.info.run_id, "FINISHED")
+    finally:
+        box = _active
+        _active, _active_run_id = outer
+        box.put({"op": "status", "status": status, "end_time": int(time.time() * 1000)})
+        close_outbox(box, run_id, float(OPTIONS["outage_wait_s"]))
 
 
-def _end_run(run_id: str, status: str) -> None:
-    """End the active run; MLflow pops it before writing the status, so a locked store is retried by id."""
-    try:
-        mlflow.end_run(status=status)
-    except Exception as exc:
-        if "database is locked" not in str(exc):
-            raise
-        retry_locked(MlflowClient(tracking_uri=mlflow.get_tracking_uri()).set_terminated, run_id, status)
+def _box() -> Outbox:
+    if _active is None:
+        raise RuntimeError("no active imgclf run: log inside `with tracking.run(...)`")
+    return _active
 
 
 def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
@@ -178,45 +335,67 @@ def finish_parent_run(
     params: Mapping[str, Any] | None = None,
     artifacts: Sequence[Path] = (),
 ) -> None:
-    """Log a sweep's outcome (best trial, counts, search results) on its parent run and end it."""
-    client = MlflowClient(tracking_uri=resolve_uri(uri))
-    for key, value in (metrics or {}).items():
-        retry_locked(client.log_metric, run_id, key, float(value))
-    for key, value in (tags or {}).items():
-        retry_locked(client.set_tag, run_id, key, str(value))
-    for key, value in (params or {}).items():
-        retry_locked(client.log_param, run_id, key, str(redact(key, value))[:MAX_PARAM_LENGTH])
+    """Log a sweep's outcome (best trial, counts, search results) on its parent run and end it, through an outbox
+    like any run's records (the server may be away when a long sweep ends)."""
+    box = open_outbox(resolve_uri(uri), run_id)
+    _put_batch(box, metrics=metrics or {}, tags=tags or {}, params=params or {})
     for path in artifacts:
-        client.log_artifact(run_id, str(path), "sweep")
-    retry_locked(client.set_terminated, run_id, status)
+        box.put_file(Path(path), "sweep")
+    box.put({"op": "status", "status": status, "end_time": int(time.time() * 1000)})
+    close_outbox(box, run_id, float(OPTIONS["outage_wait_s"]))
+
+
+def _put_batch(
+    box: Outbox,
+    *,
+    metrics: Mapping[str, float] = {},  # noqa: B006 - read only
+    step: int | None = None,
+    params: Mapping[str, Any] = {},  # noqa: B006
+    tags: Mapping[str, Any] = {},  # noqa: B006
+) -> None:
+    """Metrics, params and tags as outbox batches within MLflow's log_batch limits (100 params, 100 tags)."""
+    now = int(time.time() * 1000)
+    records = [{"op": "batch", "metrics": [[k, float(v), now, step or 0] for k, v in metrics.items()]}]
+    for field, values in (("params", params), ("tags", tags)):
+        items = list(values.items())
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            chunk = {k: str(redact(k, v))[:MAX_PARAM_LENGTH] for k, v in items[i : i + MAX_PARAMS_PER_BATCH]}
+            records.append({"op": "batch", field: chunk})
+    for record in records:
+        if len(record) > 1 and any(record[k] for k in record if k != "op"):
+            box.put(record)
 
 
 def log_config(cfg: Mapping[str, Any]) -> None:
     """Log a resolved config as params with dotted keys, secrets redacted."""
-    params = {k: str(redact(k, v))[:MAX_PARAM_LENGTH] for k, v in flatten(cfg).items()}
-    items = list(params.items())
-    for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        retry_locked(mlflow.log_params, dict(items[i : i + MAX_PARAMS_PER_BATCH]))
+    _put_batch(_box(), params=flatten(cfg))
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    retry_locked(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
+    _put_batch(_box(), metrics=metrics, step=step)
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
-    retry_locked(mlflow.set_tags, {k: str(v) for k, v in tags.items()})
+    _put_batch(_box(), tags={k: str(v) for k, v in tags.items()})
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    """Upload a file as it is now (it may be replaced or deleted before the server takes it)."""
+    _box().put_file(Path(path), artifact_path)
 
 
 def log_text(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_text(text)
+        _box().put_file(path, str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None)
 
 
 def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
+    """Upload the contents of `directory` under `artifact_path`."""
+    _box().put_file(Path(directory), artifact_path)
 
 
 def _served_model_class():
@@ -266,6 +445,7 @@ def log_served_model(export_dir: str | Path, examples, registered_name: str | No
 
     # serving.py travels inside the pickled class, so the served model needs no imgclf (numpy, pandas, onnxruntime)
     cloudpickle.register_pickle_by_value(serving)
+    mlflow.start_run(run_id=_active_run_id)  # log_model logs into the fluent API's active run
     try:
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -282,6 +462,7 @@ def log_served_model(export_dir: str | Path, examples, registered_name: str | No
         )
     finally:
         cloudpickle.unregister_pickle_by_value(serving)
+        mlflow.end_run()  # the run's own end (its final status) follows through the outbox
     return info.model_uri
 
 

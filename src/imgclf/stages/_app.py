@@ -16,7 +16,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import check_overrides, conf_dir
+from ..credentials import strip_overrides
 from ..errors import USER_ERRORS
+from ..validate import check
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
         try:
+            check(to_dict(cfg))  # every key's type and range, before any work
             return task(cfg)
         except Exception as exc:
             if os.environ.get("IMGCLF_DEBUG"):
@@ -59,6 +62,7 @@ def stage_main(task: Callable[[DictConfig], object]) -> Callable[[], None]:
     """Wrap `task` as a Hydra app reading conf/ (or `--config-dir . --config-name params` under DVC)."""
 
     def main() -> None:
+        sys.argv[1:] = strip_overrides(sys.argv[1:])  # before Hydra saves them anywhere
         error = check_overrides(sys.argv[1:])  # before Hydra: its errors are multi-line and exit 1
         if error:
             print(f"error: {error}", file=sys.stderr)

@@ -52,6 +52,7 @@ def evaluate(cfg: DictConfig) -> float:
     preds = Predictions(test_set.paths, PackImages(test_set), y_true.numpy(), probs, spec.class_names, tta_probs)
     out = paths.report_dir("evaluate")
     metrics = write_evaluation(out, preds)
+    tracking.use(cfg.tracking)
     with TrainingRun.reopen(paths, cfg.tracking.uri):
         tracking.log_metrics(metrics)
         tracking.log_artifacts(out, "evaluate")

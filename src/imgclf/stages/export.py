@@ -34,6 +34,7 @@ def export(cfg: DictConfig) -> None:
     reports = paths.report_dir("export")
     write_json(reports / "metrics.json", report)
     write_json(reports / "latency.json", latency)
+    tracking.use(cfg.tracking)
     with TrainingRun.reopen(paths, cfg.tracking.uri):
         tracking.log_metrics(report)
         tracking.log_metrics({f"export/{fmt}_{k}": v for fmt, figures in latency.items() for k, v in figures.items()})

@@ -38,6 +38,7 @@ def find_lr(cfg: DictConfig) -> float:
     write_json(out / "suggestion.json", {**figures, "batches": len(result.lrs)})
     tags = {"imgclf.role": "lr-find", "imgclf.dataset": cfg.data.name, "imgclf.model": cfg.model.name}
     name = f"lr-find-{cfg.model.name}-{cfg.data.name}"
+    tracking.use(cfg.tracking)
     with tracking.run(cfg.tracking.uri, cfg.tracking.experiment, run_name=name, tags=tags):
         tracking.log_config(to_dict(cfg))
         tracking.log_metrics(figures)

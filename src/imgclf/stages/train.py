@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from .. import distributed as dist
-from .. import sweeps
+from .. import sweeps, tracking
 from ..checkpoint import Resumable
 from ..finetune import Strategy, prepare
 from ..lifecycle import Stopping, TrainingRun, run_tags
@@ -28,6 +28,7 @@ def train(cfg: DictConfig) -> float:
         sweep_dir = output_root().parent if is_multirun() else None  # jobs of one sweep share its directory as a tag
         labels = {"model": m.name, "finetune": cfg.finetune.strategy}
         tags = run_tags(paths, cfg.data.name, device, overrides(), sweep_dir, weights=m.weights, **labels)
+        tracking.use(cfg.tracking)
         with run.open(cfg.tracking.uri, cfg.tracking.experiment, name=name, tags=tags, config=config):
             return _train(cfg, paths, device, run)
     finally:

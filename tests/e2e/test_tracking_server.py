@@ -1,0 +1,160 @@
+"""A team's tracking server for real: PostgreSQL (its own cluster, on a loopback port) behind `mlflow server`.
+
+Training outlives the server being killed (its whole process group, SIGKILL) and started again; a sweep of parallel
+jobs and SIGTERM go to the same server; no credential from the environment or the URI reaches anything written,
+the server's database included. `make test` installs PostgreSQL from Debian's packages and sets
+IMGCLF_REQUIRE_SERVERS=1, so in CI a missing PostgreSQL fails instead of skipping.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from imgclf.errors import MissingInput
+from imgclf.server import MlflowServer, Postgres, free_port, pg_bin
+
+from ..conftest import ROOT, TINY_OVERRIDES
+
+pytestmark = pytest.mark.slow
+SECRETS = {"KAGGLE_KEY": "fake-kaggle-key-7d1e", "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-pw-93ab"}
+URI_SECRET = "fake-uri-pw-c4f0"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        pg_bin("initdb")
+    except MissingInput as exc:
+        if os.environ.get("IMGCLF_REQUIRE_SERVERS") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    home = Path(tempfile.mkdtemp(prefix="imgclf-pg-"))
+    home.chmod(0o755)  # as root the cluster belongs to the postgres user, who must reach it
+    pg = Postgres(home / "pg", free_port()).start()
+    yield pg
+    pg.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(postgres, tmp_path_factory):
+    home = tmp_path_factory.mktemp("mlflow-server")
+    srv = MlflowServer(postgres.uri, home / "artifacts", free_port(), log=home / "server.log").start()
+    yield srv
+    srv.kill()
+
+
+def stage(name, uri, *overrides):
+    args = [sys.executable, "-m", f"imgclf.stages.{name}", "--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES]
+    return [*args, f"tracking.uri={uri}", *overrides]
+
+
+def wait_until(condition, proc, timeout=300):
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def runs_of(uri, experiment):
+    client = MlflowClient(tracking_uri=uri)
+    return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_training_outlives_the_server_killed_and_restarted_and_no_secret_is_written(
+    tiny_project, project_env, server, postgres, tmp_path_factory
+):
+    outbox = tmp_path_factory.mktemp("outbox")
+    # MLflow's own HTTP retries give up at once: the outage outlasts them, as a 10-minute one outlasts the default 7
+    env = dict(project_env, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5", **SECRETS)
+    env["MLFLOW_TRACKING_USERNAME"] = "alice"
+    uri = server.uri.replace("http://", f"http://alice:{URI_SECRET}@")
+    common = ("tracking.experiment=outage", f"tracking.outbox={outbox}", "tracking.outage_wait_s=600")
+    proc = subprocess.Popen(
+        stage("train", uri, "trainer.epochs=12", *common),
+        cwd=tiny_project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until((tiny_project / "checkpoints" / "last.pt").is_file, proc)  # epoch 1 done, its metrics sent
+    server.kill()  # the server, its workers and its job runner, with no chance to clean up
+    down = time.monotonic()
+    wait_until((tiny_project / "models" / "run.json").is_file, proc)  # training went on to the end without it
+    time.sleep(2)
+    assert proc.poll() is None  # ... and now waits for the server, up to tracking.outage_wait_s
+    server.start()
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    outage = time.monotonic() - down
+    assert "tracking server unreachable" in out + err and "tracking server back" in out + err
+
+    run_id = json.loads((tiny_project / "models" / "run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=server.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED", f"after a {outage:.0f} s outage"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val/acc")) == list(range(1, 13))
+    assert "best/val/acc" in run.data.metrics and run.data.params["trainer.epochs"] == "12"
+    artifacts = {a.path for a in client.list_artifacts(run_id, "train")}
+    assert {"train/history.csv", "train/metrics.json"} <= artifacts
+    assert not any(outbox.rglob("journal.jsonl"))  # everything delivered, nothing left to sync
+
+    # evaluate reopens the same run on the server
+    done = subprocess.run(stage("evaluate", uri, *common), cwd=tiny_project, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test/acc" in client.get_run(run_id).data.metrics
+
+    # no secret anywhere: what the stages printed, every file they wrote, the artifacts, the database
+    dump = subprocess.run(
+        [pg_bin("pg_dump"), "-h", postgres.host, "-p", str(postgres.port), "-U", "postgres", "mlflow"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert run_id.replace("-", "") in dump.replace("-", "")  # the dump holds the run: the grep below means something
+    written = [out, err, done.stdout, done.stderr, dump]
+    for root in (tiny_project, server.artifacts, outbox):
+        written += [p.read_bytes().decode("latin-1") for p in Path(root).rglob("*") if p.is_file()]
+    for secret in (*SECRETS.values(), URI_SECRET):
+        assert not any(secret in text for text in written), secret
+
+
+def test_a_parallel_sweep_and_sigterm_against_the_server(tiny_project, project_env, server):
+    sweep = stage("train", server.uri, "tracking.experiment=sweep", "optim.lr=0.001,0.0003,0.0001")
+    sweep.insert(sweep.index("--config-dir"), "-m")
+    sweep += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3", f"hydra.sweep.dir={tiny_project}/multirun"]
+    done = subprocess.run(sweep, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "database is locked" not in done.stdout + done.stderr
+    _, runs = runs_of(server.uri, "sweep")
+    parent = next(r for r in runs if r.data.tags.get("imgclf.role") == "sweep")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/finished"] == 3
+
+    proc = subprocess.Popen(
+        stage("train", server.uri, "tracking.experiment=sigterm", "trainer.epochs=200"),
+        cwd=tiny_project,
+        env=project_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = tiny_project / "checkpoints" / "last.pt"
+    wait_until(last.is_file, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and last.is_file()  # the last checkpoint is kept for a resume
+    _, (killed,) = runs_of(server.uri, "sigterm")
+    assert killed.info.status == "KILLED"
