@@ -14,7 +14,7 @@ import torch
 
 from .engine import FitState
 from .errors import MissingInput
-from .utils import atomic_path
+from .utils import atomic_path, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Resume:
 
 
 def _read(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_tensors(path)
 
 
 def find_resume_checkpoint(resume: str, directory: Path, fingerprint: dict) -> Resume | None:

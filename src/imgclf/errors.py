@@ -18,6 +18,10 @@ class MissingInput(UserError, FileNotFoundError):
     """A file the user names, or an earlier stage writes, is not there; the message says how to get it."""
 
 
+class DiskFull(UserError, OSError):
+    """A write failed for want of space (or a file-size limit); the message says what was kept."""
+
+
 class AccessDenied(UserError, PermissionError):
     """A service refused our credentials; the message says what to do."""
 

@@ -30,7 +30,7 @@ from .finetune import Prepared
 from .models import save_checkpoint
 from .paths import Paths
 from .plots import plot_curves
-from .utils import atomic_path, code_version, environment, git_diff, git_state, write_json, write_text
+from .utils import atomic_path, code_version, environment, git_diff, git_state, remove_orphans, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class TrainingRun:
         write_json(self.paths.run_file, {"run_id": self.run_id, "experiment": experiment})
         for name in ("last.pt", "best.pt"):  # finished: model.pt is the result, nothing to resume
             (self.paths.checkpoints / name).unlink(missing_ok=True)
+            remove_orphans(self.paths.checkpoints / name)  # halves of writes a SIGKILL interrupted
 
     @staticmethod
     @contextmanager

@@ -14,6 +14,7 @@ from torch import nn
 
 from .errors import BadInput, MissingInput
 from .serving import RESIZE_MODES
+from .utils import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensors(path)
+    except BadInput:
+        raise
     except Exception as exc:
         raise BadInput(f"cannot read weights from {path}: {str(exc).splitlines()[0]}") from None
     for key in ("model", "state_dict"):  # an imgclf checkpoint, or a common training-script layout
@@ -313,7 +316,7 @@ def load_checkpoint(path) -> dict:
     """Load a checkpoint written by the train stage (tensors and plain types only)."""
     if not Path(path).is_file():
         raise MissingInput(f"{path} not found; run the train stage first (dvc repro train)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_tensors(path)
 
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:

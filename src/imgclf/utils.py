@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import BadInput
+from .errors import BadInput, DiskFull
 
 if TYPE_CHECKING:
     import torch
@@ -44,13 +45,57 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     _remove(tmp)
+    remove_orphans(path)
     try:
-        yield tmp
+        with disk_errors(path):
+            yield tmp
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# torch.save's zip writer reports a short write in its own words, without the errno
+TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+
+
+@contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """A write to (a temporary twin of) `path` that fails for want of space becomes one DiskFull line saying what
+    is kept: `path` as it was before, since the new content only replaces it when complete."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            reason = os.strerror(exc.errno)
+        elif isinstance(exc, RuntimeError) and any(s in str(exc) for s in TORCH_WRITE_FAILED):
+            reason = "write failed"
+        else:
+            raise
+        kept = f"{path} as it was is kept" if path.exists() else "nothing was written"
+        raise DiskFull(
+            f"could not write {path} ({reason}): the disk is full or a file-size limit was reached; {kept}"
+        ) from None
+
+
+def remove_orphans(path: Path) -> None:
+    """Temporary twins of `path` left by writers that were killed (SIGKILL runs no cleanup): never read, removed."""
+    for twin in path.parent.glob(f".{path.name}.tmp*"):
+        pid = twin.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(twin)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:
@@ -177,3 +222,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def load_tensors(path: str | Path):
+    """torch.load with weights_only=True (tensors and plain values, never code): a file holding other Python
+    objects, a pickle that could run code when loaded, is refused in one line naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((line for line in str(exc).splitlines() if "Unsupported global" in line), "")
+        raise BadInput(
+            f"{path}: refused: it holds Python objects, not only tensors and plain values, and loading it could run "
+            f"code; only weights-only checkpoints are read{f' ({detail.strip()})' if detail else ''}"
+        ) from None

@@ -2,6 +2,7 @@ import hashlib
 import io
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,63 @@ def test_extract_refuses_escaping_members(tmp_path):
     with pytest.raises(ValueError, match="outside"):
         extract(bad_zip, tmp_path / "out2")
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
+
+
+def _tar(path, name, kind, linkname=""):
+    with tarfile.open(path, "w") as tf:
+        ok = tarfile.TarInfo("fine.txt")
+        ok.size = 2
+        tf.addfile(ok, io.BytesIO(b"ok"))
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, linkname
+        if kind == tarfile.REGTYPE:
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"bad"))
+        else:
+            tf.addfile(info)
+    return path
+
+
+def _zip(path, name, symlink=False):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("fine.txt", "ok")
+        info = zipfile.ZipInfo(name)
+        if symlink:
+            info.external_attr = (0o120777) << 16  # S_IFLNK: what `zip --symlinks` writes
+        zf.writestr(info, "/etc/passwd" if symlink else "bad")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda p: _tar(p / "abs.tar", "/tmp/imgclf-evil.txt", tarfile.REGTYPE), "outside"),
+        (lambda p: _tar(p / "dots.tar", "a/../../evil.txt", tarfile.REGTYPE), "outside"),
+        (lambda p: _tar(p / "sym.tar", "link", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+        (lambda p: _tar(p / "hard.tar", "hard", tarfile.LNKTYPE, "fine.txt"), "is a link"),
+        (lambda p: _tar(p / "chr.tar", "dev/null2", tarfile.CHRTYPE), "device or pipe"),
+        (lambda p: _tar(p / "blk.tar", "dev/sda9", tarfile.BLKTYPE), "device or pipe"),
+        (lambda p: _tar(p / "fifo.tar", "pipe", tarfile.FIFOTYPE), "device or pipe"),
+        (lambda p: _zip(p / "abs.zip", "/tmp/imgclf-evil.txt"), "outside"),
+        (lambda p: _zip(p / "dots.zip", "../evil.txt"), "outside"),
+        (lambda p: _zip(p / "sym.zip", "link", symlink=True), "is a link"),
+    ],
+)
+def test_extract_refuses_each_unsafe_member_and_writes_nothing(tmp_path, make, says):
+    archive = make(tmp_path)
+    with pytest.raises(ValueError, match=says):
+        extract(archive, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []  # refused before anything, the good member included
+    assert not Path("/tmp/imgclf-evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def test_a_zip_inside_the_kaggle_zip_is_checked_too(tmp_path):
+    from imgclf.data.dogs_vs_cats import unpack
+
+    inner = _zip(tmp_path / "train.zip", "../../escaped.txt")  # Kaggle's layout: train.zip inside the download
+    outer = tmp_path / "dogs-vs-cats.zip"
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.write(inner, "train.zip")
+    with pytest.raises(ValueError, match="train.zip' would be written outside|'../../escaped.txt' would be written"):
+        unpack(outer, tmp_path / "work")
+    assert not any(tmp_path.rglob("escaped.txt"))

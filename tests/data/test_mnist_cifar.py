@@ -174,3 +174,27 @@ def test_corrupt_archive_and_csv_are_one_line(tmp_path):
     (tmp_path / "train.csv").write_text("path,label\na/1.png,a\nb/2.png\n")
     with pytest.raises(BadInput, match="train.csv line 3: expected 2 fields \\(path,label\\), got 1"):
         read_index(tmp_path / "train.csv")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar_batch_carrying_code_is_refused_before_it_runs(tmp_path):
+    from imgclf.data.cifar10 import read_batch
+    from imgclf.errors import BadInput
+
+    marker = tmp_path / "ran"
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": _Payload(marker)}
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(BadInput, match=r"test_batch: .*refused to load posix.system: not part of a CIFAR-10 batch"):
+        read_batch(tmp_path / "test_batch")
+    assert not marker.exists()
+    pickle.loads((tmp_path / "test_batch").read_bytes())  # the unsafe way runs it: the payload is real
+    assert marker.exists()

@@ -143,3 +143,14 @@ def test_load_split_decodes_resizes_and_batches(tiny_project):
         load_split("data/tiny", "train", "half", spec(16))
     with pytest.raises(FileNotFoundError, match="run the split stage"):
         load_split("data/missing", "train", "full", spec(16))
+
+
+def test_a_truncated_pack_is_never_read_as_valid_and_is_decoded_again(tiny_project, caplog):
+    whole = np.array(load_split("data/tiny", "train", "full", spec(16)).images)
+    (pack,) = (tiny_project / "data/tiny/cache").glob("full-train-16px-*.npy")
+    size = pack.stat().st_size
+    with pack.open("r+b") as f:  # a disk error, a killed copy: the file under the final name is cut short
+        f.truncate(size - 1000)
+    again = load_split("data/tiny", "train", "full", spec(16))
+    assert "is damaged" in caplog.text and "decoding the images again" in caplog.text
+    assert pack.stat().st_size == size and np.array_equal(np.array(again.images), whole)

@@ -2,6 +2,9 @@
 
 import csv
 import json
+import subprocess
+import time
+from subprocess import PIPE, STDOUT
 
 import pytest
 import yaml
@@ -12,7 +15,15 @@ from .conftest import STAGES, TINY, changed_stages, sh
 
 @pytest.mark.slow
 def test_dvc_pipeline_end_to_end(repo, env):
-    out = sh(["dvc", "exp", "run", *TINY], repo, env)
+    first = subprocess.Popen(["dvc", "exp", "run", *TINY], cwd=repo, env=env, stdout=PIPE, stderr=STDOUT, text=True)
+    while not (repo / "data" / "digits" / "images").is_dir():  # the first is well under way, holding DVC's lock
+        assert first.poll() is None, first.communicate()[0][-3000:]
+        time.sleep(0.1)
+    second = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    # DVC's own lock messages: the repo lock, or the read/write lock on the outputs the first is writing
+    assert second.returncode != 0 and ("Unable to acquire lock" in second.stderr or "is busy" in second.stderr)
+    out = first.communicate(timeout=900)[0]
+    assert first.returncode == 0, out[-3000:]  # unharmed: it goes on to the end
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -22,6 +22,26 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 
 
+# all a CIFAR batch holds: a dict of bytes/str, lists and one numpy array (and codecs for Python 3 re-pickles)
+PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Only the classes a CIFAR batch is made of: a batch that names anything else (os.system, say) is refused
+    before it can run."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, *keys: str) -> dict:
     """A batch as {str: value}: the official Python 2 pickles have bytes keys, mirrors re-pickled under Python 3
     have str keys (torchvision reads both); anything else is one line naming the file."""
@@ -29,7 +49,7 @@ def _unpickle(path: Path, *keys: str) -> dict:
         raise MissingInput(f"{path.name} missing from {path.parent}; the archive is incomplete")
     try:
         with path.open("rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _BatchUnpickler(f, encoding="bytes").load()
     except Exception as exc:  # truncated, not a pickle, or a class we do not have: the file is the problem
         raise BadInput(f"{path.name}: not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import mmap
 import os
 from collections.abc import Mapping, Sequence
@@ -20,8 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import BadInput
 from ..paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
 from ..serving import RESIZE_MODES
-from ..utils import parallel_map
+from ..utils import disk_errors, parallel_map
 from .split import read_index, read_labels, read_manifest
+
+log = logging.getLogger(__name__)
 
 # how images become pixels (RGB; the shorter side resized and the centre cropped to a square, or the whole image
 # squashed to one): part of every pack's key
@@ -143,11 +146,14 @@ def write_pack(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        pack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
-        for i, array in enumerate(parallel_map(decode, items)):
-            pack[i] = array
-        pack.flush()
-        del pack
+        with disk_errors(out):
+            pack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+            with tmp.open("r+b") as f:  # the blocks now: a full disk is an error here, not a SIGBUS in a mapped write
+                os.posix_fallocate(f.fileno(), 0, tmp.stat().st_size)
+            for i, array in enumerate(parallel_map(decode, items)):
+                pack[i] = array
+            pack.flush()
+            del pack
         os.replace(tmp, out)  # a half-written pack never looks complete
     finally:
         tmp.unlink(missing_ok=True)
@@ -178,10 +184,25 @@ def packed_split(
     (pack_key); returned memory-mapped, read-only: only the batches in use are in memory."""
     key = pack_key(rows, digests, size, interpolation, resize)
     cache = root / CACHE_DIR / f"{tag}-{size}px-{key}.npy"
-    if not cache.is_file():
+    pack = _open_pack(cache, (len(rows), 3, size, size)) if cache.is_file() else None
+    if pack is None:
         expected = [digests[rel] for rel, _ in rows]
         write_pack(cache, [root / IMAGE_DIR / rel for rel, _ in rows], size, interpolation, resize, expected)
-    return np.load(cache, mmap_mode="r")
+        pack = np.load(cache, mmap_mode="r")
+    return pack
+
+
+def _open_pack(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The pack memory-mapped, or None (and a warning) when it is damaged: truncated, or of another shape."""
+    try:
+        pack = np.load(path, mmap_mode="r")
+        if pack.shape == shape and pack.dtype == np.uint8:
+            return pack
+        problem = f"holds {pack.shape} {pack.dtype}, expected {shape} uint8"
+    except (ValueError, OSError) as exc:  # numpy: "mmap length is greater than file size", a bad header
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    log.warning("pack %s is damaged (%s); decoding the images again", path, problem)
+    return None
 
 
 def load_split(

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import urllib.error
 import urllib.request
@@ -120,7 +121,8 @@ def _inside(root: Path, name: str) -> Path:
 
 
 def extract(archive: str | Path, dest: str | Path) -> Path:
-    """Extract a .tar(.gz) or .zip into dest, refusing members (or links) that escape it."""
+    """Extract a .tar(.gz) or .zip into dest: only regular files and folders that stay inside it; an absolute path,
+    `..`, a symbolic or hard link or a device file refuses the whole archive before anything is written."""
     archive, dest = Path(archive).expanduser(), Path(dest)
     if not archive.is_file():
         raise MissingInput(f"archive {archive} not found")
@@ -129,8 +131,10 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                for name in zf.namelist():
-                    _inside(root, name)
+                for info in zf.infolist():
+                    _inside(root, info.filename)
+                    if stat.S_ISLNK(info.external_attr >> 16):
+                        raise BadInput(f"archive member '{info.filename}' is a link; refusing to extract")
                 zf.extractall(dest)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
@@ -138,6 +142,8 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
                     _inside(root, member.name)
                     if member.issym() or member.islnk():
                         raise BadInput(f"archive member '{member.name}' is a link; refusing to extract")
+                    if not (member.isfile() or member.isdir()):
+                        raise BadInput(f"archive member '{member.name}' is a device or pipe; refusing to extract")
                 tf.extractall(dest, filter="data")
         else:
             raise BadInput(f"{archive} is neither a zip nor a tar archive")
