@@ -95,11 +95,13 @@ def tiny_cfg(tiny_project, compose_cfg):
 def http_server(tmp_path):
     """Serve tmp_path/'www' on 127.0.0.1; yields (base_url, www_dir, request_log).
 
-    /down/* answers 503 (a mirror that is down); /short/* sends half the bytes it promises (a truncated download).
+    /down/* answers 503 (a mirror that is down); /short/* sends half the bytes it promises (a truncated download);
+    /slow/* sends half, then waits a minute before the rest (time to kill the process that downloads).
     """
     import functools
     import http.server
     import threading
+    import time
 
     www = tmp_path / "www"
     www.mkdir()
@@ -114,13 +116,18 @@ def http_server(tmp_path):
             if self.path.startswith("/down/"):
                 self.send_error(503, "mirror down")
                 return
-            if self.path.startswith("/short/"):
-                body = (www / self.path[len("/short/") :]).read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2])
-                return
+            for prefix in ("/short/", "/slow/"):
+                if self.path.startswith(prefix):
+                    body = (www / self.path[len(prefix) :]).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    if prefix == "/slow/":
+                        time.sleep(60)
+                        self.wfile.write(body[len(body) // 2 :])
+                    return
             super().do_GET()
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(www)))

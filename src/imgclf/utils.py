@@ -80,10 +80,11 @@ def disk_errors(path: Path) -> Iterator[None]:
         ) from None
 
 
-def remove_orphans(path: Path) -> None:
-    """Temporary twins of `path` left by writers that were killed (SIGKILL runs no cleanup): never read, removed."""
-    for twin in path.parent.glob(f".{path.name}.tmp*"):
-        pid = twin.name.rsplit(".tmp", 1)[1]
+def remove_orphans(path: Path, marker: str = ".tmp") -> None:
+    """Temporary twins of `path` (`.<name><marker><pid>`) left by writers that were killed (SIGKILL runs no
+    cleanup): never read, removed."""
+    for twin in path.parent.glob(f".{path.name}{marker}*"):
+        pid = twin.name.rsplit(marker, 1)[1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             _remove(twin)
 

@@ -39,3 +39,31 @@ def test_empty_class_folder_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty has no readable images"):
         scan_image_folder(tmp_path)
+
+
+def _png_header(width, height):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+def test_absurd_dimensions_and_a_class_of_100000_empty_files_are_skipped_and_counted(tmp_path):
+    root = make_class_folders(tmp_path, {"cat": 3, "dog": 3})
+    (root / "cat" / "huge.png").write_bytes(_png_header(100_000, 100_000))  # 10^10 pixels, claimed by 80 bytes
+    (root / "cat" / "sliver.png").write_bytes(_png_header(1, 60_000))
+    junk = root / "junk"
+    junk.mkdir()
+    for i in range(100_000):
+        (junk / f"{i:06d}.jpg").touch()
+    with pytest.raises(ValueError, match="junk has no readable images"):
+        scan_image_folder(root)
+    for i in range(3):  # a few good images beside them: the empty files are skipped and counted, never decoded
+        Image.new("RGB", (8, 8), "blue").save(junk / f"good{i}.png")
+    scan = scan_image_folder(root)
+    assert len(scan.items) == 9
+    assert scan.skipped_counts() == {"empty file": 100_000, "decompression bomb": 1, "corrupt (OSError)": 1}

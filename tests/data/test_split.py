@@ -154,3 +154,16 @@ def test_a_truncated_pack_is_never_read_as_valid_and_is_decoded_again(tiny_proje
     again = load_split("data/tiny", "train", "full", spec(16))
     assert "is damaged" in caplog.text and "decoding the images again" in caplog.text
     assert pack.stat().st_size == size and np.array_equal(np.array(again.images), whole)
+
+
+def test_an_index_edited_by_hand_with_a_missing_file_is_one_line(tiny_project):
+    from imgclf.errors import BadInput
+
+    with (tiny_project / "data/tiny/split/train.csv").open("a") as f:
+        f.write("a/999.png,a\n")
+    with pytest.raises(BadInput) as err:
+        load_split("data/tiny", "train", "full", spec(16))
+    assert (
+        str(err.value)
+        == "a/999.png is indexed but missing from the split's manifest.csv; rerun split (dvc repro split)"
+    )

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import BadInput, MissingInput, UserError
+from ..utils import remove_orphans
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def download(
     if not mirrors:
         raise DownloadError(f"no mirror configured for {filename}; set data.mirrors or data.archive")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(dest, ".part")  # halves of downloads a kill interrupted
     tmp = dest.with_name(f".{filename}.part{os.getpid()}")
     errors = []
     for base in mirrors:
