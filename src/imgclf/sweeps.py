@@ -100,6 +100,7 @@ class SweepRun(Callback):
             params,
         )
         os.environ[PARENT_ENV] = self.run_id  # jobs (and joblib/submitit workers) inherit it
+        os.environ[tracking.REACHED_ENV] = tracking.resolve_uri(config.tracking.uri)  # jobs wait out an outage
         os.environ[SWEPT_ENV] = ",".join(space)
         log.info("sweep parent run %s (%s), search space %s", self.run_id, name, json.dumps(space))
         # Hydra skips on_multirun_end when the sweep is interrupted or raises: the parent must not stay RUNNING
@@ -115,7 +116,9 @@ class SweepRun(Callback):
             return
         os.environ.pop(PARENT_ENV, None)
         os.environ.pop(SWEPT_ENV, None)
+        os.environ.pop(tracking.REACHED_ENV, None)
         uri, experiment = config.tracking.uri, config.tracking.experiment
+        tracking.wait_for_server(tracking.resolve_uri(uri))  # the server may be away when a long sweep ends
         children = runs.list_runs(uri, experiment, parent=self.run_id)
         done = [c for c in children if c.status == "FINISHED" and OBJECTIVE in c.metrics]
         metrics = {

@@ -107,6 +107,7 @@ def retry_locked(fn: Callable[..., T], *args, **kwargs) -> T:
 
 
 FIRST_CONTACT_S = 20.0  # a server never reached in this process: a mistyped URI fails in seconds, in one line
+REACHED_ENV = "IMGCLF_TRACKING_REACHED"  # set by a sweep once its parent run is on the server, for every job
 _reached: set[str] = set()
 
 
@@ -118,7 +119,8 @@ def wait_for_server(uri: str) -> None:
 
     if not uri.startswith(("http://", "https://")):
         return
-    deadline = time.monotonic() + (float(OPTIONS["outage_wait_s"]) if uri in _reached else FIRST_CONTACT_S)
+    reached = uri in _reached or os.environ.get(REACHED_ENV) == uri
+    deadline = time.monotonic() + (float(OPTIONS["outage_wait_s"]) if reached else FIRST_CONTACT_S)
     while True:
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()

@@ -130,17 +130,31 @@ def test_training_outlives_the_server_killed_and_restarted_and_no_secret_is_writ
         assert not any(secret in text for text in written), secret
 
 
-def test_a_parallel_sweep_and_sigterm_against_the_server(tiny_project, project_env, server):
-    sweep = stage("train", server.uri, "tracking.experiment=sweep", "optim.lr=0.001,0.0003,0.0001")
+def test_a_parallel_sweep_outlives_an_outage_and_sigterm_marks_killed_on_the_server(tiny_project, project_env, server):
+    env = dict(project_env, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    sweep = stage("train", server.uri, "tracking.experiment=sweep", "optim.lr=0.001,0.0003,0.0001", "trainer.epochs=8")
     sweep.insert(sweep.index("--config-dir"), "-m")
-    sweep += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3", f"hydra.sweep.dir={tiny_project}/multirun"]
-    done = subprocess.run(sweep, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "database is locked" not in done.stdout + done.stderr
+    sweep += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tiny_project}/multirun"]
+    proc = subprocess.Popen(sweep, cwd=tiny_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(tracking_uri=server.uri)
+
+    def a_child_has_trained_an_epoch():
+        runs = runs_of(server.uri, "sweep")[1] if client.get_experiment_by_name("sweep") else []
+        return any(client.get_metric_history(r.info.run_id, "val/acc") for r in runs)
+
+    wait_until(a_child_has_trained_an_epoch, proc)
+    server.kill()  # two jobs mid-run, the third not started: it starts (or waits to) while the server is away
+    time.sleep(8)
+    server.start()
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    assert "database is locked" not in out + err
     _, runs = runs_of(server.uri, "sweep")
     parent = next(r for r in runs if r.data.tags.get("imgclf.role") == "sweep")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val/acc")) == list(range(1, 9))
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/finished"] == 3
 
     proc = subprocess.Popen(
