@@ -38,7 +38,8 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
         try:
-            check(to_dict(cfg))  # every key's type and range, before any work
+            if isinstance(cfg, DictConfig):
+                check(to_dict(cfg))  # every key's type and range, before any work
             return task(cfg)
         except Exception as exc:
             if os.environ.get("IMGCLF_DEBUG"):
