@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv pipeline test lint format params clean-runs postgres mlflow-server
+.PHONY: venv pipeline test lint format params clean-runs postgres chromium mlflow-server serve
 
 venv: $(VENV)/.installed
 
@@ -20,8 +20,9 @@ pipeline: venv
 	dvc repro
 
 # two workers: each starts on its half of the suite in collection order (end-to-end tests first), then steals.
-# The tracking-server tests need PostgreSQL: installed here when missing, and required (not skipped) under make.
-test: venv postgres
+# The tracking-server tests need PostgreSQL, the browser test Chromium: installed here when missing, and required
+# (not skipped) under make.
+test: venv postgres chromium
 	IMGCLF_REQUIRE_SERVERS=1 $(PY) -m pytest -n 2 --dist worksteal
 
 # PostgreSQL from Debian's packages (as root, or through sudo), unless its programs are already there
@@ -29,6 +30,16 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
+
+# Debian's Chromium and its driver, for the browser test of `imgclf serve` (Selenium drives them; nothing downloaded)
+chromium:
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+# The web page: Classify One / Many and the model card of the exported model, on http://127.0.0.1:7860
+serve: venv
+	$(VENV)/bin/imgclf serve --model models/export --allow-root data
 
 # A team's tracking server on this machine: PostgreSQL backend store, proxied artifacts, both under .mlflow-server/,
 # bound to 127.0.0.1 (HOST=0.0.0.0 to share it; put it behind authentication first). Ctrl-C stops both.

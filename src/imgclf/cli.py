@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import USER_ERRORS, BadInput
 
 STAGES = ("fetch", "split", "train", "evaluate", "export")
-COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync")
+COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync", "serve")
 
 
 def predict(argv: list[str]) -> int:
@@ -206,7 +206,8 @@ def main() -> None:
             "  imgclf runs [--sweep ID] [--best]     compare MLflow runs, or show the best one\n"
             "  imgclf reproduce RUN_ID               re-create a run from its record and compare\n"
             "  imgclf lr-find [HYDRA OVERRIDES...]   fast.ai's learning-rate finder: plot and suggested rate\n"
-            "  imgclf sync                           send what runs logged while the tracking server was away",
+            "  imgclf sync                           send what runs logged while the tracking server was away\n"
+            "  imgclf serve [--model M] [--port P]   Classify One / Many and the model card in a browser",
             file=sys.stderr,
         )
         sys.exit(0 if len(sys.argv) > 1 else 2)
@@ -216,6 +217,10 @@ def main() -> None:
         sys.exit(2)
     if command == "predict":
         sys.exit(predict(sys.argv[2:]))
+    if command == "serve":
+        from .webapp import main as serve
+
+        sys.exit(serve(sys.argv[2:]))
     if command in ("runs", "reproduce", "sync"):
         sys.exit({"runs": runs, "reproduce": reproduce, "sync": sync}[command](sys.argv[2:]))
     sys.argv = [f"imgclf {command}", *sys.argv[2:]]

@@ -564,3 +564,60 @@ def set_run_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
     client = MlflowClient(tracking_uri=resolve_uri(uri))
     for key, value in tags.items():
         retry_locked(client.set_tag, run_id, key, str(value))
+
+
+def artifact_file(uri: str, run_id: str, path: str, dest: Path) -> Path | None:
+    """One artifact of a run downloaded under `dest` (None when the run has no such artifact)."""
+    import mlflow.artifacts
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(dest), tracking_uri=resolve_uri(uri)
+        )
+    except Exception as exc:  # noqa: BLE001 - missing artifact, store without it: the page shows it as absent
+        log.info("no artifact %s in run %s: %s", path, run_id, str(exc).splitlines()[0] if str(exc) else exc)
+        return None
+    return Path(local)
+
+
+def download_model(uri: str, model_uri: str, dest: Path) -> tuple[Path, str | None]:
+    """A registered model (`models:/name/version`) downloaded under `dest`; returns its directory and run id."""
+    import mlflow.artifacts
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    client = _query_client(uri)
+    name, _, version = model_uri[len("models:/") :].partition("/")
+    with _one_line_errors():
+        run_id = client.get_model_version(name, version).run_id if version.isdigit() else None
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=str(dest), tracking_uri=resolve_uri(uri)
+        )
+    return Path(local), run_id
+
+
+def served_models(uri: str, experiment: str, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
+    """What a model picker lists: registered model versions, and recent runs whose export is on this disk."""
+    client = _query_client(uri)
+    with _one_line_errors():
+        versions = client.search_model_versions(max_results=limit)
+    registered = [{"ref": f"models:/{v.name}/{v.version}", "run_id": v.run_id} for v in versions]
+    runs = []
+    try:
+        found = search_runs(uri, experiment, "tags.`imgclf.export_dir` != ''")
+    except BadInput:
+        found = []
+    for r in sorted(found, key=lambda r: -(r["start_time"] or 0))[:limit]:
+        if Path(r["tags"]["imgclf.export_dir"]).is_dir():
+            runs.append({"ref": r["id"], "name": r["name"], "test/acc": r["metrics"].get("test/acc")})
+    return {"registered": registered, "runs": runs}
+
+
+def run_link(uri: str, run_id: str) -> str:
+    """Where a person sees the run: the server's page, or the `mlflow ui` command for a local store."""
+    uri = resolve_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        with _one_line_errors():
+            experiment_id = _query_client(uri).get_run(run_id).info.experiment_id
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}  (run {run_id})"

@@ -1,0 +1,223 @@
+"""`imgclf serve` in a real browser: headless Chromium from Debian's packages, driven by Selenium through Debian's
+chromedriver. The page's top-1 equals `imgclf predict`'s for the same file; Classify Many of three files; bad files
+get a message and the server keeps serving; each view's screenshot is not blank. `make test` installs Chromium
+and sets IMGCLF_REQUIRE_SERVERS=1, so in CI a missing browser fails instead of skipping."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.server import free_port
+
+from ..conftest import BIN, ROOT, TINY_OVERRIDES, make_tiny_project
+
+pytestmark = pytest.mark.slow
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOTS = os.environ.get("IMGCLF_SCREENSHOTS")  # a folder to keep the screenshots in (README's pictures)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A tiny project trained, evaluated and exported once."""
+    from imgclf.config import compose
+    from imgclf.stages.evaluate import evaluate
+    from imgclf.stages.export import export
+    from imgclf.stages.train import train
+
+    root = make_tiny_project(tmp_path_factory.mktemp("serve"))
+    cfg = compose([*TINY_OVERRIDES, "trainer.epochs=3", f"tracking.uri=sqlite:///{root}/mlflow.db"], root=ROOT)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        train(cfg)
+        evaluate(cfg)
+        export(cfg)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    port = free_port()
+    cmd = [str(BIN / "imgclf"), "serve", "--model", "models/export", "--port", str(port)]
+    cmd += ["--uri", f"sqlite:///{project}/mlflow.db", "--experiment", "test", "--allow-root", "data"]
+    cmd += ["--max-upload-mb", "5"]
+    proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/model", timeout=2).read()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "serve did not start"
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        message = "Debian's chromium and chromium-driver are not installed (make test installs them)"
+        if os.environ.get("IMGCLF_REQUIRE_SERVERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,800",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def cli_top1(project, path):
+    out = subprocess.run(
+        [str(BIN / "imgclf"), "predict", str(path), "--top-k", "1"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()[1].split()[1]  # "  1. <class>  <prob>"
+
+
+def wait_for(driver, condition, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+
+
+def screenshot(driver, name, tmp_path):
+    out = Path(SCREENSHOTS or tmp_path) / f"serve-{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(out))
+    pixels = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3)
+    assert pixels.std() > 10 and len(np.unique(pixels, axis=0)) > 50, f"{out} looks blank"
+
+
+def test_classify_one_many_and_bad_files_in_a_browser(project, server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    images = sorted((project / "data/tiny/images").rglob("*.png"))
+    picks = [images[0], images[25], images[50]]  # one of each class
+    browser.get(server)
+    browser.find_element(By.ID, "one-file").send_keys(str(picks[1]))
+    browser.find_element(By.ID, "one-submit").click()
+    top1 = wait_for(browser, lambda d: d.find_element(By.ID, "one-top1").text)
+    assert top1 == cli_top1(project, picks[1])  # the page and `imgclf predict` agree
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#one-top tr")) == 3  # the top classes (3 here) with bars
+    assert browser.find_element(By.ID, "one-image").get_attribute("src").startswith("data:image/jpeg")
+    assert browser.find_element(By.ID, "one-latency").text.endswith("ms)")
+    screenshot(browser, "one", tmp_path)
+
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=many]").click()
+    browser.find_element(By.ID, "many-files").send_keys("\n".join(map(str, picks)))
+    browser.find_element(By.ID, "many-submit").click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#many-table tr.result")) == 3)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#many-table tr.result")
+    page = {r.find_element(By.CLASS_NAME, "name").text: r.find_element(By.CLASS_NAME, "top1").text for r in rows}
+    assert page == {p.name: cli_top1(project, p) for p in picks}
+    assert browser.find_element(By.ID, "many-csv").get_attribute("href").startswith("blob:")
+    screenshot(browser, "many", tmp_path)
+
+    # bad files: one clear message each, and the server goes on serving
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "notes.png").write_text("not an image")
+    (bad / "truncated.png").write_bytes(picks[0].read_bytes()[:60])
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=one]").click()
+    for name in ("empty.png", "notes.png", "truncated.png"):
+        browser.find_element(By.ID, "one-file").clear()
+        browser.find_element(By.ID, "one-file").send_keys(str(bad / name))
+        browser.find_element(By.ID, "one-submit").click()
+        message = wait_for(browser, lambda d: d.find_element(By.ID, "error").text)
+        assert message.startswith(f"{name}: not a readable image"), message
+    browser.find_element(By.ID, "one-file").clear()
+    browser.find_element(By.ID, "one-path").send_keys("/etc/passwd")
+    browser.find_element(By.ID, "one-submit").click()
+    message = wait_for(browser, lambda d: d.find_element(By.ID, "error").text)
+    assert message.startswith("/etc/passwd is outside the allowed roots"), message
+    screenshot(browser, "error", tmp_path)
+
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=card]").click()
+    card = json.loads(urllib.request.urlopen(server + "/api/model").read())
+    assert {"curves", "confusion"} <= set(card["pictures"])  # the run's curves and confusion matrix
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#card-pictures img")) == len(card["pictures"]))
+    assert card["run_id"] == json.loads((project / "models/run.json").read_text())["run_id"]
+    assert card["classes"] == ["a", "b", "c"] and set(card["metrics"]) == {"test/acc", "test/macro_f1"}
+    assert browser.find_element(By.ID, "card-test-acc").text == f"{card['metrics']['test/acc']:.4f}"
+    screenshot(browser, "model", tmp_path)
+
+
+def post(url, fields, files):
+    """A multipart POST with urllib; returns (status, JSON body)."""
+    boundary = "imgclf-test-boundary"
+    body = b""
+    for name, value in fields.items():
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    for filename, data in files:
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+    body += f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_uploads_are_limited_and_huge_images_are_refused_without_taking_the_server_down(project, server):
+    import struct
+    import zlib
+
+    status, body = post(server + "/api/classify", {}, [("big.png", b"\0" * 6_000_000)])
+    assert status == 413 and body["error"] == "upload of 6.0 MB is over the limit of 5 MB"
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    huge = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+    status, body = post(server + "/api/classify", {}, [("huge.png", huge + chunk(b"IEND", b""))])
+    assert status == 200 and body["results"][0]["error"].startswith("not a readable image (DecompressionBombError")
+    status, body = post(server + "/api/classify", {"path": "data/tiny/images/b"}, [])  # a folder under the root
+    assert status == 200 and len(body["results"]) == 20
+    assert shutil.which("true")  # the server is still up:
+    assert json.loads(urllib.request.urlopen(server + "/api/model").read())["classes"] == ["a", "b", "c"]
