@@ -83,6 +83,13 @@ class Postgres:
         self._run(pg_bin("pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
 
 
+def server_env() -> dict[str, str]:
+    """MLflow's job runner (GenAI evaluation jobs: five huey consumers) is not used by imgclf: off unless asked."""
+    return dict(
+        os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION=os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    )
+
+
 @dataclass
 class MlflowServer:
     """`mlflow server` in a process group of its own (so a test can kill all of it, workers included)."""
@@ -117,7 +124,9 @@ class MlflowServer:
 
     def start(self, timeout: float = 120.0) -> MlflowServer:
         out = self.log.open("ab") if self.log else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=server_env()
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"PostgreSQL on 127.0.0.1:{args.pg_port} ({root / 'postgres'}); MLflow on {server.uri}", flush=True)
     print(f"send runs there: dvc repro / imgclf train tracking.uri={server.uri}", flush=True)
     try:
-        subprocess.run(server.command(), check=False)
+        subprocess.run(server.command(), check=False, env=server_env())
     except KeyboardInterrupt:
         pass
     finally:
