@@ -5,7 +5,6 @@ and sets IMGCLF_REQUIRE_SERVERS=1, so in CI a missing browser fails instead of s
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -219,5 +218,18 @@ def test_uploads_are_limited_and_huge_images_are_refused_without_taking_the_serv
     assert status == 200 and body["results"][0]["error"].startswith("not a readable image (DecompressionBombError")
     status, body = post(server + "/api/classify", {"path": "data/tiny/images/b"}, [])  # a folder under the root
     assert status == 200 and len(body["results"]) == 20
-    assert shutil.which("true")  # the server is still up:
-    assert json.loads(urllib.request.urlopen(server + "/api/model").read())["classes"] == ["a", "b", "c"]
+    card = json.loads(urllib.request.urlopen(server + "/api/model").read())  # the server is still up
+    assert card["classes"] == ["a", "b", "c"]
+
+    # the model picker: the registered version and the run whose export is on disk; switching to either works
+    picker = json.loads(urllib.request.urlopen(server + "/api/models").read())
+    assert [m["ref"] for m in picker["registered"]] == ["models:/imgclf-tiny/1"]
+    assert [r["ref"] for r in picker["runs"]] == [card["run_id"]]
+    for ref in ("models:/imgclf-tiny/1", card["run_id"]):
+        request = urllib.request.Request(
+            server + "/api/model", json.dumps({"model": ref}).encode(), {"Content-Type": "application/json"}
+        )
+        switched = json.loads(urllib.request.urlopen(request).read())
+        assert switched["model"] == ref and switched["run_id"] == card["run_id"]
+    status, body = post(server + "/api/classify", {"path": "data/tiny/images/a/000.png"}, [])
+    assert status == 200 and body["model"] == card["run_id"] and body["results"][0]["top"]
