@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     server = MlflowServer(pg.uri, root / "artifacts", args.port, host=args.host)
     print(f"PostgreSQL on 127.0.0.1:{args.pg_port} ({root / 'postgres'}); MLflow on {server.uri}", flush=True)
     print(f"send runs there: dvc repro / imgclf train tracking.uri={server.uri}", flush=True)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # stop PostgreSQL on SIGTERM too
     try:
         subprocess.run(server.command(), check=False, env=server_env())
     except KeyboardInterrupt:
