@@ -62,6 +62,26 @@ def make_tiny_project(root: Path) -> Path:
     return root
 
 
+def trained_tiny_project(root: Path, epochs: int = 3) -> Path:
+    """make_tiny_project(root), then train, evaluate and export it (in this process, SQLite store in root)."""
+    from imgclf.config import compose
+    from imgclf.stages.evaluate import evaluate
+    from imgclf.stages.export import export
+    from imgclf.stages.train import train
+
+    make_tiny_project(root)
+    cfg = compose([*TINY_OVERRIDES, f"trainer.epochs={epochs}", f"tracking.uri=sqlite:///{root}/mlflow.db"], root=ROOT)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        train(cfg)
+        evaluate(cfg)
+        export(cfg)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
 @pytest.fixture
 def tiny_project(tmp_path, monkeypatch):
     """A working directory holding data/tiny with 3 classes, already split, and an MLflow store."""

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 
 import numpy as np
@@ -10,29 +9,14 @@ import pytest
 from PIL import Image
 
 from imgclf.predict import Classifier, collect_inputs
-from imgclf.stages.evaluate import evaluate
-from imgclf.stages.export import export
-from imgclf.stages.train import train
 
-from .conftest import BIN, ROOT, TINY_OVERRIDES, make_tiny_project
+from .conftest import BIN, trained_tiny_project
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny project trained, evaluated and exported once for every test here."""
-    from imgclf.config import compose
-
-    root = make_tiny_project(tmp_path_factory.mktemp("predict"))
-    cfg = compose([*TINY_OVERRIDES, "trainer.epochs=3", f"tracking.uri=sqlite:///{root}/mlflow.db"], root=ROOT)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        train(cfg)
-        evaluate(cfg)
-        export(cfg)
-    finally:
-        os.chdir(cwd)
-    return root
+    return trained_tiny_project(tmp_path_factory.mktemp("predict"))
 
 
 def cli(args, cwd, env):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgclf.server import free_port
 
-from ..conftest import BIN, ROOT, TINY_OVERRIDES, make_tiny_project
+from ..conftest import BIN, trained_tiny_project
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -26,22 +26,7 @@ SCREENSHOTS = os.environ.get("IMGCLF_SCREENSHOTS")  # a folder to keep the scree
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A tiny project trained, evaluated and exported once."""
-    from imgclf.config import compose
-    from imgclf.stages.evaluate import evaluate
-    from imgclf.stages.export import export
-    from imgclf.stages.train import train
-
-    root = make_tiny_project(tmp_path_factory.mktemp("serve"))
-    cfg = compose([*TINY_OVERRIDES, "trainer.epochs=3", f"tracking.uri=sqlite:///{root}/mlflow.db"], root=ROOT)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        train(cfg)
-        evaluate(cfg)
-        export(cfg)
-    finally:
-        os.chdir(cwd)
-    return root
+    return trained_tiny_project(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
