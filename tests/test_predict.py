@@ -28,7 +28,7 @@ def cli(args, cwd, env):
 def test_predict_matches_evaluation_for_onnx_and_checkpoint(trained):
     rows = list(csv.DictReader(open(trained / "reports/evaluate/predictions.csv")))
     paths = [trained / "data/tiny/images" / r["path"] for r in rows]
-    for model in ("models/export", "models/model.pt", "models/export/model.onnx"):
+    for model in ("models/export", "models/model.pt", "models/export/model.onnx", "models/export/model.pt2"):
         preds = Classifier(trained / model).classify(paths, batch_size=5)  # batches of 5: a partial last batch too
         for row, pred in zip(rows, preds):
             assert pred.path.endswith(row["path"])

@@ -1,4 +1,5 @@
-"""Export a trained network to ONNX and TorchScript beside its serving contract, each checked against PyTorch."""
+"""Export a trained network to ONNX and a torch.export program (.pt2) beside its serving contract, each checked
+against PyTorch. TorchScript, deprecated by the torch we pin, is gone: torch.export expresses every supported model."""
 
 from __future__ import annotations
 
@@ -13,21 +14,22 @@ from .serving import ServingSpec
 from .utils import atomic_path
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "pt2")
+PROGRAM = "model.pt2"
 
 
 def export_model(
     model: nn.Module, inputs: torch.Tensor, out_dir: Path, spec: ServingSpec, *, opset: int, atol: float
 ) -> dict[str, float]:
-    """model.onnx, model.ts, labels.txt and preprocessing.json into `out_dir`, only if both formats agree with
+    """model.onnx, model.pt2, labels.txt and preprocessing.json into `out_dir`, only if both formats agree with
     PyTorch on `inputs` (normalised test images) within `atol`; returns the checks' figures."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         export_onnx(model, inputs[:1], tmp / "model.onnx", opset)
-        export_torchscript(model, inputs[:1], tmp / "model.ts")
+        export_program(model, inputs, tmp / PROGRAM)
         report = {
             **verify_onnx(model, tmp / "model.onnx", inputs),
-            **verify_torchscript(model, tmp / "model.ts", inputs),
+            **verify_program(model, tmp / PROGRAM, inputs),
         }
         log.info(
             "ONNX vs PyTorch on %d test images: max |diff| %.3g, top-1 agreement %.4f",
@@ -78,21 +80,29 @@ def verify_onnx(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> dic
     }
 
 
-def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
-    """Trace `model` to TorchScript (no Python needed to run it, e.g. from C++ with libtorch)."""
-    with torch.inference_mode():
-        traced = torch.jit.trace(model.eval().cpu(), example.cpu())
-    traced.save(str(path))
+def export_program(model: nn.Module, inputs: torch.Tensor, path: str | Path) -> None:
+    """`model` as a torch.export program with a dynamic batch axis (`torch.export.load(path).module()` runs it,
+    AOTInductor compiles it for C++). The example has two images: torch.export specialises a size of 1."""
+    example = inputs[:2] if len(inputs) >= 2 else inputs[:1].repeat(2, 1, 1, 1)
+    program = torch.export.export(
+        model.eval().cpu(), (example.cpu(),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
+    torch.export.save(program, str(path))
 
 
-def verify_torchscript(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> dict[str, float]:
-    """Max |logit difference| and top-1 agreement of the TorchScript file against PyTorch."""
-    scripted = torch.jit.load(str(path))
+def load_program(path: str | Path) -> nn.Module:
+    """A saved .pt2 program as a callable module."""
+    return torch.export.load(str(path)).module()
+
+
+def verify_program(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> dict[str, float]:
+    """Max |logit difference| and top-1 agreement of the .pt2 program against PyTorch."""
+    program = load_program(path)
     with torch.inference_mode():
-        ts_logits, torch_logits = scripted(inputs).numpy(), model.eval()(inputs).numpy()
+        pt2_logits, torch_logits = program(inputs).numpy(), model.eval()(inputs).numpy()
     return {
-        "export/torchscript_max_abs_diff": float(np.abs(ts_logits - torch_logits).max()),
-        "export/torchscript_top1_agreement": float((ts_logits.argmax(1) == torch_logits.argmax(1)).mean()),
+        "export/pt2_max_abs_diff": float(np.abs(pt2_logits - torch_logits).max()),
+        "export/pt2_top1_agreement": float((pt2_logits.argmax(1) == torch_logits.argmax(1)).mean()),
     }
 
 
@@ -117,11 +127,11 @@ def measure_latency(run, inputs: torch.Tensor, batch_sizes=(1, 32), repeats: int
 
 
 def latency_report(model: nn.Module, export_dir: Path, inputs: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Latency and throughput of PyTorch, ONNX (onnxruntime) and TorchScript at batch 1 and 32."""
+    """Latency and throughput of PyTorch, ONNX (onnxruntime) and the .pt2 program at batch 1 and 32."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    scripted = torch.jit.load(str(export_dir / "model.ts"))
+    program = load_program(export_dir / PROGRAM)
 
     def torch_run(m):
         def run(x):
@@ -133,5 +143,5 @@ def latency_report(model: nn.Module, export_dir: Path, inputs: torch.Tensor) -> 
     return {
         "pytorch": measure_latency(torch_run(model.eval()), inputs),
         "onnxruntime": measure_latency(lambda x: session.run(["logits"], {"images": x.numpy()}), inputs),
-        "torchscript": measure_latency(torch_run(scripted), inputs),
+        "pt2": measure_latency(torch_run(program), inputs),
     }

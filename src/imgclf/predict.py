@@ -62,6 +62,14 @@ class Classifier:
             self.spec = ServingSpec.from_checkpoint(ckpt)
             self._run = self._torch_runner(model_from_checkpoint(ckpt))
             return
+        if model_path.suffix == ".pt2":  # the torch.export program beside its serving contract
+            from .export import load_program
+
+            if not model_path.is_file():
+                raise MissingInput(f"no exported program at {model_path}; run the pipeline (dvc repro)")
+            self.spec = ServingSpec.read(model_path.parent)
+            self._run = self._torch_runner(load_program(model_path))
+            return
         is_file = model_path.suffix == ".onnx"
         export_dir = model_path.parent if is_file else model_path
         onnx_file = model_path if is_file else export_dir / "model.onnx"

@@ -64,12 +64,13 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     export(cfg)
     report = json.loads((tiny_project / "reports/export/metrics.json").read_text())
     assert report["export/onnx_max_abs_diff"] < 1e-4 and report["export/onnx_top1_agreement"] == 1.0
-    assert report["export/torchscript_max_abs_diff"] < 1e-4 and report["export/torchscript_top1_agreement"] == 1.0
+    assert report["export/pt2_max_abs_diff"] < 1e-4 and report["export/pt2_top1_agreement"] == 1.0
     latency = json.loads((tiny_project / "reports/export/latency.json").read_text())
-    assert set(latency) == {"pytorch", "onnxruntime", "torchscript"}
+    assert set(latency) == {"pytorch", "onnxruntime", "pt2"}
     assert all(f["b1_ms"] > 0 and f["b32_images_per_sec"] > 0 for f in latency.values())
-    scripted = torch.jit.load(str(tiny_project / "models/export/model.ts"))
-    assert scripted(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    program = torch.export.load(str(tiny_project / "models/export/model.pt2")).module()
+    assert program(torch.zeros(1, 3, 32, 32)).shape == (1, 3) and program(torch.zeros(5, 3, 32, 32)).shape == (5, 3)
+    assert not (tiny_project / "models/export/model.ts").exists()  # TorchScript is gone
     exported = tiny_project / "models/export"
     assert (exported / "labels.txt").read_text().split() == ["a", "b", "c"]
     spec = json.loads((exported / "preprocessing.json").read_text())
