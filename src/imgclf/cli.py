@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import USER_ERRORS, BadInput
 
-STAGES = ("fetch", "split", "train", "evaluate", "export")
+STAGES = ("fetch", "split", "train", "evaluate", "export", "optimise")
 COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync", "serve")
 
 

@@ -88,6 +88,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "export.verify_images": integer(1),
     "export.atol": number(0, above=True),
     "tracking.outage_wait_s": number(0),
+    "optimise.calibration_images": integer(0),
+    "optimise.max_acc_drop": number(0, 1),
 }
 PATHS = ("data.path", "data.val_path", "data.test_path")  # folders of class sub-folders, when given
 

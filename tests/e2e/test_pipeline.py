@@ -84,12 +84,14 @@ INPUTS = {
     "params optim.lr": ({"train"}, "params.yaml", ("lr: 0.0005", "lr: 0.002")),
     "params trainer.batch_size": ({"train", "evaluate"}, "params.yaml", ("batch_size: 64", "batch_size: 32")),
     "params export.opset": ({"export"}, "params.yaml", ("opset: 18", "opset: 17")),
+    "params optimise.max_acc_drop": ({"optimise"}, "params.yaml", ("max_acc_drop: 0.5", "max_acc_drop: 0.4")),
     "code data/digits.py": ({"fetch"}, "src/imgclf/data/digits.py", None),
     "code data/report.py": ({"split"}, "src/imgclf/data/report.py", None),
-    "code finetune.py": ({"train", "evaluate", "export"}, "src/imgclf/finetune.py", None),  # via lifecycle
+    "code finetune.py": ({"train", "evaluate", "export", "optimise"}, "src/imgclf/finetune.py", None),  # lifecycle
     "code evaluation.py": ({"evaluate"}, "src/imgclf/evaluation.py", None),
     "code export.py": ({"export"}, "src/imgclf/export.py", None),
-    "code serving.py": ({"split", "train", "evaluate", "export"}, "src/imgclf/serving.py", None),
+    "code serving.py": ({"split", "train", "evaluate", "export", "optimise"}, "src/imgclf/serving.py", None),
+    "code optimise.py": ({"optimise"}, "src/imgclf/optimise.py", None),
     "conf/no_input.md (every unset external input)": ({"fetch", "train"}, "conf/no_input.md", None),
 }
 

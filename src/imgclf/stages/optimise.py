@@ -1,0 +1,85 @@
+"""optimise: the exported model made smaller or faster (conf/optimise/), kept only if it still answers the same.
+
+Calibrates on a fixed, seeded sample of the train split (never the test split), compares the optimised model
+with the FP32 model on the whole test split, and fails, writing nothing under models/optimised, when test/acc
+drops by more than optimise.max_acc_drop.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from omegaconf import DictConfig
+
+from .. import tracking
+from ..data.datasets import load_split
+from ..engine import Preprocess
+from ..errors import BadInput, MissingInput
+from ..lifecycle import TrainingRun
+from ..optimise import OnnxRunner, build, calibration_indices, compare, optimised_file
+from ..paths import Paths
+from ..serving import ServingSpec
+from ..utils import atomic_path, write_json
+from ._app import stage_main
+
+log = logging.getLogger(__name__)
+CHUNK = 256  # test images per batch: a large test split is never in memory whole
+
+
+def optimise(cfg: DictConfig) -> dict:
+    paths, o = Paths.from_config(cfg.paths), cfg.optimise
+    fp32 = paths.export_dir / "model.onnx"
+    if not fp32.is_file():
+        raise MissingInput(f"{fp32} not found; run export first (dvc repro export)")
+    spec = ServingSpec.read(paths.export_dir)
+    root, preprocess = paths.dataset(cfg.data.name), Preprocess(spec.mean, spec.std)
+    train = load_split(root, "train", cfg.data.subset, spec)
+    calibration = preprocess(train.batch(calibration_indices(len(train), o.calibration_images, o.seed))).numpy()
+    test = load_split(root, "test", cfg.data.subset, spec)
+    out_dir = paths.models / "optimised"
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        runner = build(o.method, fp32, tmp / optimised_file(o.method), calibration, per_channel=o.per_channel)
+        reference, probs, labels = OnnxRunner(fp32), [], []
+        for start in range(0, len(test), CHUNK):
+            indices = range(start, min(start + CHUNK, len(test)))
+            x = np.ascontiguousarray(preprocess(test.batch(indices)).numpy())
+            probs.append((reference(x), runner(x)))
+            labels.extend(int(test.labels[i]) for i in indices)
+        figures = compare(
+            np.concatenate([p[0] for p in probs]), np.concatenate([p[1] for p in probs]), np.array(labels)
+        )
+        figures["size_mb"] = (tmp / optimised_file(o.method)).stat().st_size / 1e6
+        figures["fp32_size_mb"] = fp32.stat().st_size / 1e6
+        metrics = {f"optimise/{o.method}/{k}": v for k, v in figures.items()}
+        log.info(
+            "%s: test/acc %.4f (FP32 %.4f), top-1 agreement %.4f, max prob diff %.3g, %.1f MB (FP32 %.1f MB)",
+            o.method,
+            figures["optimised/test_acc"],
+            figures["fp32/test_acc"],
+            figures["top1_agreement"],
+            figures["max_prob_diff"],
+            figures["size_mb"],
+            figures["fp32_size_mb"],
+        )
+        if figures["acc_drop"] > o.max_acc_drop:
+            raise BadInput(
+                f"{o.method} loses {100 * figures['acc_drop']:.2f} points of test/acc "
+                f"({figures['fp32/test_acc']:.4f} -> {figures['optimised/test_acc']:.4f}) > optimise.max_acc_drop="
+                f"{o.max_acc_drop}; nothing written to {out_dir}"
+            )
+        spec.write(tmp)
+    reports = paths.report_dir("optimise")
+    write_json(reports / "metrics.json", metrics)
+    tracking.use(cfg.tracking)
+    with TrainingRun.reopen(paths, cfg.tracking.uri):
+        tracking.log_metrics(metrics)
+        tracking.log_artifact(reports / "metrics.json", "optimise")
+    return metrics
+
+
+main = stage_main(optimise)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""optimise: INT8 and FP16 models checked against FP32 on the test split before they are kept; a model that
+loses accuracy past optimise.max_acc_drop is refused and nothing is written; TensorRT fails in one clear line here."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from imgclf.config import compose
+from imgclf.errors import BadInput, MissingInput
+from imgclf.predict import Classifier
+from imgclf.stages.export import export
+from imgclf.stages.optimise import optimise
+
+from ..conftest import ROOT, TINY_OVERRIDES, trained_tiny_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = trained_tiny_project(tmp_path_factory.mktemp("optimise"))
+    cwd = os.getcwd()
+    os.chdir(root)
+    yield root
+    os.chdir(cwd)
+
+
+def cfg(root, *overrides):
+    return compose(
+        [*TINY_OVERRIDES, "trainer.epochs=3", f"tracking.uri=sqlite:///{root}/mlflow.db", *overrides], root=ROOT
+    )
+
+
+def test_int8_and_fp16_are_checked_kept_logged_and_served(project):
+    images = sorted(str(p) for p in (project / "data/tiny/images").rglob("*.png"))
+    fp32 = Classifier(project / "models/export").classify(images)
+    for method in ("fp16", "int8_onnx"):  # int8 last: its model is what stays
+        metrics = optimise(cfg(project, f"optimise={method}"))
+        assert metrics[f"optimise/{method}/acc_drop"] <= 0.005
+        assert metrics[f"optimise/{method}/size_mb"] < metrics[f"optimise/{method}/fp32_size_mb"]
+    assert json.loads((project / "reports/optimise/metrics.json").read_text()) == metrics
+    int8 = project / "models/optimised"
+    assert sorted(p.name for p in int8.iterdir()) == ["labels.txt", "model.onnx", "preprocessing.json"]
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(int8 / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    # imgclf predict serves it through the same contract: top-1 as FP32's within the measured agreement
+    served = Classifier(int8).classify(images)
+    agreement = np.mean([a.probs.argmax() == b.probs.argmax() for a, b in zip(fp32, served)])
+    assert agreement >= 0.9
+    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    logged = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db").get_run(run_id).data.metrics
+    assert logged["optimise/int8_onnx/top1_agreement"] == metrics["optimise/int8_onnx/top1_agreement"]
+
+
+def test_a_model_that_loses_accuracy_is_refused_and_nothing_is_written(project):
+    # a network whose logits all sit 1000 above zero: FP32 ranks them as before, but INT8's steps (range/255)
+    # are wider than the gaps between classes, so the quantised model cannot tell them apart
+    model_file = project / "models/model.pt"
+    ckpt = torch.load(model_file, weights_only=True)
+    bias = [k for k, v in ckpt["model"].items() if k.endswith("bias") and v.shape == (3,)][-1]
+    ckpt["model"][bias] = ckpt["model"][bias] + 1000.0
+    torch.save(ckpt, model_file)
+    export(cfg(project))
+    lossy = optimise(cfg(project, "optimise.max_acc_drop=1.0", "optimise.calibration_images=8"))
+    assert lossy["optimise/int8_onnx/acc_drop"] > 0.1  # the loss is real
+    before = {p.name: p.read_bytes() for p in (project / "models/optimised").iterdir()}
+    report = (project / "reports/optimise/metrics.json").read_text()
+    with pytest.raises(
+        BadInput, match=r"int8_onnx loses .* points of test/acc .* > optimise.max_acc_drop=0.0; nothing"
+    ):
+        optimise(cfg(project, "optimise.max_acc_drop=0.0", "optimise.calibration_images=8"))
+    assert {p.name: p.read_bytes() for p in (project / "models/optimised").iterdir()} == before
+    assert (project / "reports/optimise/metrics.json").read_text() == report
+    assert not list((project / "models").glob(".optimised.tmp*"))
+
+
+def test_tensorrt_without_cuda_is_one_clear_line(project):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the TensorRT preset builds an engine here")
+    with pytest.raises(MissingInput, match="optimise=tensorrt needs CUDA and the tensorrt package; this machine lacks"):
+        optimise(cfg(project, "optimise=tensorrt"))
