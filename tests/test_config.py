@@ -96,7 +96,7 @@ def test_console_script_rejects_unknown_command(project_env):
         [str(BIN / "imgclf"), "trian"], cwd=ROOT, env=project_env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
-    commands = "fetch, split, train, evaluate, export, predict, runs, reproduce, lr-find, sync, serve"
+    commands = "fetch, split, train, evaluate, export, optimise, predict, runs, reproduce, lr-find, sync, serve"
     assert proc.stderr.strip() == f"error: unknown command 'trian'; choose one of: {commands}"
 
 
