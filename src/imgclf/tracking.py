@@ -427,7 +427,7 @@ def _served_model_class():
     return OnnxImageClassifier
 
 
-def log_served_model(export_dir: str | Path, examples, registered_name: str | None) -> str:
+def log_served_model(export_dir: str | Path, examples, registered_name: str | None, name: str = "model") -> str:
     """Log the ONNX export as a pyfunc model (signature, input example) and register it; returns its URI."""
     import numpy as np
     from mlflow.models import ModelSignature
@@ -450,7 +450,7 @@ def log_served_model(export_dir: str | Path, examples, registered_name: str | No
     mlflow.start_run(run_id=_active_run_id)  # log_model logs into the fluent API's active run
     try:
         info = mlflow.pyfunc.log_model(
-            name="model",
+            name=name,
             python_model=model,
             signature=signature,
             input_example=examples,

@@ -54,6 +54,19 @@ def test_int8_and_fp16_are_checked_kept_logged_and_served(project):
     run_id = json.loads((project / "models/run.json").read_text())["run_id"]
     logged = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db").get_run(run_id).data.metrics
     assert logged["optimise/int8_onnx/top1_agreement"] == metrics["optimise/int8_onnx/top1_agreement"]
+    # the INT8 model registered beside the FP32 one: `mlflow models serve` serves what onnxruntime gives here
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    pyfunc = mlflow.pyfunc.load_model("models:/imgclf-tiny-int8_onnx/1")
+    from imgclf.data.datasets import decode_image
+    from imgclf.data.transforms import center_crop
+
+    spec = Classifier(int8).spec  # what a client sends: preprocessing.json's resize, then the centre crop
+    stored = np.stack([decode_image(p, spec.stored_size, spec.interpolation, spec.resize) for p in images[:4]])
+    batch = center_crop(stored.transpose(0, 3, 1, 2), spec.image_size).transpose(0, 2, 3, 1)
+    table = pyfunc.predict(np.ascontiguousarray(batch))
+    assert list(table["label"]) == ["abc"[int(p.probs.argmax())] for p in served[:4]]
 
 
 def test_a_model_that_loses_accuracy_is_refused_and_nothing_is_written(project):

@@ -76,6 +76,11 @@ def optimise(cfg: DictConfig) -> dict:
     with TrainingRun.reopen(paths, cfg.tracking.uri):
         tracking.log_metrics(metrics)
         tracking.log_artifact(reports / "metrics.json", "optimise")
+        if optimised_file(o.method) == "model.onnx":  # the smaller model for `mlflow models serve` too
+            registered = cfg.export.registered_name and f"{cfg.export.registered_name}-{o.method}"
+            examples = test.batch([0, 1]).permute(0, 2, 3, 1).numpy()  # RGB uint8 NHWC, as for export's model
+            model_uri = tracking.log_served_model(out_dir, examples, registered, name=f"model-{o.method}")
+            tracking.set_tags({f"imgclf.model_uri.{o.method}": model_uri})
     return metrics
 
 
