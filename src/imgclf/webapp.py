@@ -239,6 +239,7 @@ def create_app(service: Service) -> FastAPI:
 def main(argv: list[str]) -> int:
     import argparse
     import os
+    import sys
 
     import uvicorn
 
@@ -260,7 +261,7 @@ def main(argv: list[str]) -> int:
             max_upload_mb=args.max_upload_mb,
         )
     except (BadInput, MissingInput, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=__import__("sys").stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
