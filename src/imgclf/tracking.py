@@ -340,7 +340,7 @@ def finish_parent_run(
     """Log a sweep's outcome (best trial, counts, search results) on its parent run and end it, through an outbox
     like any run's records (the server may be away when a long sweep ends)."""
     box = open_outbox(resolve_uri(uri), run_id)
-    _put_batch(box, metrics=metrics or {}, tags=tags or {}, params=params or {})
+    _put_batch(box, metrics=metrics, tags=tags, params=params)
     for path in artifacts:
         box.put_file(Path(path), "sweep")
     box.put({"op": "status", "status": status, "end_time": int(time.time() * 1000)})
@@ -350,22 +350,20 @@ def finish_parent_run(
 def _put_batch(
     box: Outbox,
     *,
-    metrics: Mapping[str, float] = {},  # noqa: B006 - read only
+    metrics: Mapping[str, float] | None = None,
     step: int | None = None,
-    params: Mapping[str, Any] = {},  # noqa: B006
-    tags: Mapping[str, Any] = {},  # noqa: B006
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
 ) -> None:
     """Metrics, params and tags as outbox batches within MLflow's log_batch limits (100 params, 100 tags)."""
-    now = int(time.time() * 1000)
-    records = [{"op": "batch", "metrics": [[k, float(v), now, step or 0] for k, v in metrics.items()]}]
+    if metrics:
+        now = int(time.time() * 1000)
+        box.put({"op": "batch", "metrics": [[k, float(v), now, step or 0] for k, v in metrics.items()]})
     for field, values in (("params", params), ("tags", tags)):
-        items = list(values.items())
+        items = list((values or {}).items())
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             chunk = {k: str(redact(k, v))[:MAX_PARAM_LENGTH] for k, v in items[i : i + MAX_PARAMS_PER_BATCH]}
-            records.append({"op": "batch", field: chunk})
-    for record in records:
-        if len(record) > 1 and any(record[k] for k in record if k != "op"):
-            box.put(record)
+            box.put({"op": "batch", field: chunk})
 
 
 def log_config(cfg: Mapping[str, Any]) -> None:
