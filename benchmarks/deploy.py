@@ -1,9 +1,10 @@
 """What a deployed model costs, per format, side by side: batch-1 latency (p50/p99), batch-32 throughput, size on
-disk and test/acc, for eager PyTorch, the FP32 ONNX model, the .pt2 program and the INT8 and FP16 ONNX models.
+disk and test/acc, for eager PyTorch, the FP32 ONNX model, the .pt2 program, the INT8 and FP16 ONNX models and the
+OpenVINO INT8 model.
 
 Part 1, the project's model (`make pipeline`: models/model.pt, models/export; INT8 and FP16 made here with the
 optimise stage's functions and calibration) on its test split. Part 2, `--arch` (AlexNet, VGG16) at 224 px with
-random weights (no pretrained weights here: speed only), FP32 ONNX against INT8 ONNX at batch 1.
+random weights (no pretrained weights here: speed only), FP32 ONNX against INT8 ONNX and OpenVINO INT8.
 
     python benchmarks/deploy.py [--runs 200] [--arch alexnet]
 """
@@ -22,7 +23,14 @@ from imgclf.data.datasets import load_split
 from imgclf.engine import Preprocess
 from imgclf.export import export_onnx, load_program
 from imgclf.models import load_checkpoint, model_from_checkpoint
-from imgclf.optimise import OnnxRunner, calibration_indices, convert_fp16, quantize_int8
+from imgclf.optimise import (
+    calibration_indices,
+    convert_fp16,
+    load_runner,
+    model_size_mb,
+    quantize_int8,
+    quantize_openvino,
+)
 from imgclf.serving import ServingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,11 +65,6 @@ def torch_runner(model):
     return run
 
 
-def onnx_runner(path: Path):
-    session = OnnxRunner(path).session
-    return lambda x: session.run(["logits"], {"images": x})[0]
-
-
 def project_table(runs: int, work: Path) -> list[tuple]:
     export = ROOT / "models" / "export"
     spec = ServingSpec.read(export)
@@ -74,21 +77,23 @@ def project_table(runs: int, work: Path) -> list[tuple]:
     calibration = pre(train.batch(calibration_indices(len(train), 256, 0))).numpy()
     quantize_int8(export / "model.onnx", work / "int8.onnx", calibration)
     convert_fp16(export / "model.onnx", work / "fp16.onnx")
+    quantize_openvino(export / "model.onnx", work / "openvino" / "model.xml", calibration)
     formats = {
         "PyTorch eager (model.pt)": (
             torch_runner(model_from_checkpoint(load_checkpoint(ROOT / "models/model.pt"))),
             ROOT / "models/model.pt",
         ),
-        "ONNX FP32 (onnxruntime)": (onnx_runner(export / "model.onnx"), export / "model.onnx"),
+        "ONNX FP32 (onnxruntime)": (load_runner(export / "model.onnx"), export / "model.onnx"),
         "torch.export .pt2": (torch_runner(load_program(export / "model.pt2")), export / "model.pt2"),
-        "ONNX INT8 (QDQ)": (onnx_runner(work / "int8.onnx"), work / "int8.onnx"),
-        "ONNX FP16": (onnx_runner(work / "fp16.onnx"), work / "fp16.onnx"),
+        "ONNX INT8 (QDQ)": (load_runner(work / "int8.onnx"), work / "int8.onnx"),
+        "ONNX FP16": (load_runner(work / "fp16.onnx"), work / "fp16.onnx"),
+        "OpenVINO INT8 (NNCF)": (load_runner(work / "openvino/model.xml"), work / "openvino/model.xml"),
     }
     rows = []
     for name, (run, path) in formats.items():
         acc = float((np.concatenate([run(x[i : i + 64]) for i in range(0, len(x), 64)]).argmax(1) == labels).mean())
         figures = timing(run, np.ascontiguousarray(x[:1]), np.ascontiguousarray(x[:32]), runs)
-        rows.append((name, figures, path.stat().st_size / 1e6, acc))
+        rows.append((name, figures, model_size_mb(path), acc))
     return rows
 
 
@@ -100,13 +105,15 @@ def arch_table(arch: str, runs: int, work: Path) -> list[tuple]:
     x = rng.normal(0, 1, (64, 3, 224, 224)).astype(np.float32)
     export_onnx(model, torch.from_numpy(x[:1]), work / f"{arch}.onnx")
     quantize_int8(work / f"{arch}.onnx", work / f"{arch}-int8.onnx", x[:32])
+    quantize_openvino(work / f"{arch}.onnx", work / f"{arch}-openvino" / "model.xml", x[:32])
     rows = []
     for name, path in (
         (f"{arch} 224 px ONNX FP32", work / f"{arch}.onnx"),
         (f"{arch} 224 px ONNX INT8", work / f"{arch}-int8.onnx"),
+        (f"{arch} 224 px OpenVINO INT8", work / f"{arch}-openvino" / "model.xml"),
     ):
-        figures = timing(onnx_runner(path), x[:1], x[:32], runs)
-        rows.append((name, figures, path.stat().st_size / 1e6, float("nan")))
+        figures = timing(load_runner(path), x[:1], x[:32], runs)
+        rows.append((name, figures, model_size_mb(path), float("nan")))
     return rows
 
 

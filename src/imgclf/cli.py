@@ -26,7 +26,8 @@ def predict(argv: list[str]) -> int:
     parser.add_argument(
         "--model",
         default=str(default.export_dir),
-        help=f"export dir or model.onnx (default: {default.export_dir}), or a checkpoint {default.model_file}",
+        help=f"export/optimised dir, model.onnx/.pt2/.xml/.plan (default: {default.export_dir}), "
+        f"or a checkpoint {default.model_file}",
     )
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -1,14 +1,17 @@
 """Step five of six: the exported FP32 ONNX model made smaller or faster for where it runs, and checked.
 
 `int8_onnx`: static INT8 quantisation (onnxruntime.quantization, QDQ, per-channel weights) calibrated on a fixed,
-seeded sample of the train split; `fp16`: half-precision weights and activations (inputs and outputs stay FP32) for
-GPUs; `tensorrt`: an engine built from the ONNX model where CUDA and TensorRT are, else one clear error. Each
-optimised model is compared with the FP32 model on the whole test split before it is kept.
+seeded sample of the train split; `int8_openvino`: OpenVINO IR quantised by NNCF's post-training quantisation from
+the same sample; `fp16`: half-precision weights and activations (inputs and outputs stay FP32) for GPUs;
+`tensorrt` / `tensorrt_int8`: an engine built from the FP16 / the symmetric QDQ INT8 ONNX model (TensorRT's explicit
+quantisation, strongly typed) where CUDA and TensorRT are, else one clear error. Each optimised model is compared
+with the FP32 model on the whole test split before it is kept; `load_runner` serves every format.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +20,32 @@ from .errors import BadInput, MissingInput
 from .serving import softmax
 
 log = logging.getLogger(__name__)
-METHODS = ("int8_onnx", "fp16", "tensorrt")
+METHODS = ("int8_onnx", "int8_openvino", "fp16", "tensorrt", "tensorrt_int8")
+MODEL_FILES = ("model.onnx", "model.xml", "model.plan")  # ONNX, OpenVINO IR (+ model.bin), TensorRT engine
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True) -> None:
+def calibration_batches(calibration: np.ndarray) -> list[np.ndarray]:
+    return [
+        np.ascontiguousarray(b, dtype=np.float32) for b in np.array_split(calibration, max(1, len(calibration) // 16))
+    ]
+
+
+def quantize_int8(
+    fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True, symmetric: bool = False
+) -> None:
     """Static INT8 (QDQ, signed 8-bit activations and weights) with activation ranges from `calibration`
-    (normalised float images, NCHW)."""
+    (normalised float images, NCHW). `symmetric`: zero points of 0, as TensorRT's explicit quantisation needs."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 16)))
+            self.batches = iter(calibration_batches(calibration))
 
         def get_next(self):
             batch = next(self.batches, None)
-            return None if batch is None else {"images": np.ascontiguousarray(batch, dtype=np.float32)}
+            return None if batch is None else {"images": batch}
 
     prepared = out.with_name("prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # shapes and folding first, as ORT advises
@@ -44,8 +57,21 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
     )
     prepared.unlink()
+
+
+def quantize_openvino(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+    """OpenVINO IR (`out` = model.xml, beside it model.bin) quantised to INT8 by NNCF's post-training quantisation,
+    activation ranges from `calibration`."""
+    import nncf
+    import openvino as ov
+
+    batches = calibration_batches(calibration)
+    model = ov.Core().read_model(str(fp32))
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=sum(len(b) for b in batches))
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
 
 
 def convert_fp16(fp32: Path, out: Path) -> None:
@@ -57,91 +83,134 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     onnx.save(model, str(out))
 
 
-def build_tensorrt(fp32: Path, out: Path) -> None:
-    """A serialized TensorRT engine (FP16) from the ONNX model: needs CUDA and the `tensorrt` package."""
+def require_tensorrt(what: str):
+    """The tensorrt module, or one line naming what this machine lacks (CUDA, the tensorrt package or both)."""
     import torch
 
     try:
         import tensorrt as trt
     except ImportError:
         trt = None
-    if trt is None or not torch.cuda.is_available():
-        missing = " and ".join(
-            what for what, ok in (("CUDA", torch.cuda.is_available()), ("tensorrt", trt is not None)) if not ok
-        )
+    missing = [name for name, ok in (("CUDA", torch.cuda.is_available()), ("tensorrt", trt is not None)) if not ok]
+    if missing:
         raise MissingInput(
-            f"optimise=tensorrt needs CUDA and the tensorrt package; this machine lacks {missing} "
-            "(use optimise=int8_onnx on a CPU, or run on an NVIDIA machine with `pip install tensorrt`)"
+            f"{what} needs CUDA and the tensorrt package; this machine lacks {' and '.join(missing)} "
+            "(use optimise=int8_onnx or int8_openvino on a CPU, or an NVIDIA machine with `pip install tensorrt`)"
         )
+    return trt
+
+
+def build_tensorrt(source: Path, out: Path, what: str = "optimise=tensorrt") -> None:
+    """A serialized TensorRT engine from an ONNX model, strongly typed: it keeps the model's own precision (FP16
+    from the FP16 model, INT8 where the QDQ model quantises), TensorRT's way since precision flags were deprecated."""
+    trt = require_tensorrt(what)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(fp32.read_bytes()):
-        raise BadInput(f"TensorRT cannot parse {fp32}: {parser.get_error(0)}")
+    if not parser.parse(source.read_bytes()):
+        raise BadInput(f"TensorRT cannot parse {source}: {parser.get_error(0)}")
     config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     shape = tuple(network.get_input(0).shape)[1:]
     profile.set_shape("images", (1, *shape), (32, *shape), (128, *shape))
     config.add_optimization_profile(profile)
-    out.write_bytes(bytes(builder.build_serialized_network(network, config)))
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise BadInput(f"TensorRT could not build an engine from {source} (its log above says why)")
+    out.write_bytes(bytes(engine))
 
 
-class OnnxRunner:
-    """Class probabilities of an ONNX model, batch after batch (CPU: onnxruntime's CPU provider)."""
+def onnx_logits(path: Path) -> Runner:
+    import onnxruntime as ort
 
-    def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return softmax(self.session.run(["logits"], {"images": images})[0].astype(np.float64))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda images: session.run(["logits"], {"images": images})[0]
 
 
-class TensorRTRunner:
-    """Class probabilities of a serialized TensorRT engine on the GPU (inputs and outputs through torch)."""
+def openvino_logits(path: Path) -> Runner:
+    import openvino as ov
 
-    def __init__(self, path: Path) -> None:
-        import tensorrt as trt
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    return lambda images: compiled(images)[0]
 
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        self.context = self.engine.create_execution_context()
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        import torch
+def tensorrt_logits(path: Path) -> Runner:
+    """A serialized TensorRT engine on the GPU, inputs and outputs through torch's CUDA tensors."""
+    import torch
 
+    trt = require_tensorrt(f"the TensorRT engine {path}")
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise BadInput(f"{path} is not a TensorRT engine this TensorRT and GPU can run; rebuild it (optimise=tensorrt)")
+    context = engine.create_execution_context()
+
+    def run(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
-        self.context.set_input_shape("images", tuple(x.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape("logits")), dtype=torch.float32, device="cuda")
-        self.context.set_tensor_address("images", x.data_ptr())
-        self.context.set_tensor_address("logits", out.data_ptr())
+        context.set_input_shape("images", tuple(x.shape))
+        out = torch.empty(tuple(context.get_tensor_shape("logits")), dtype=torch.float32, device="cuda")
+        context.set_tensor_address("images", x.data_ptr())
+        context.set_tensor_address("logits", out.data_ptr())
         stream = torch.cuda.current_stream()
-        self.context.execute_async_v3(stream.cuda_stream)
+        context.execute_async_v3(stream.cuda_stream)
         stream.synchronize()
-        return softmax(out.cpu().numpy().astype(np.float64))
+        return out.cpu().numpy()
+
+    return run
+
+
+LOADERS = {".onnx": onnx_logits, ".xml": openvino_logits, ".plan": tensorrt_logits, ".engine": tensorrt_logits}
+
+
+def load_runner(path: Path) -> Runner:
+    """Logits (float32, NCHW normalised images in) of a deployed model file, by its suffix: ONNX (onnxruntime),
+    OpenVINO IR (.xml) on the CPU, a TensorRT engine (.plan/.engine) on the GPU."""
+    path = Path(path)
+    if path.suffix not in LOADERS:
+        raise BadInput(f"{path}: not a deployable model; valid: {', '.join(LOADERS)} (or .pt2, .pt)")
+    return LOADERS[path.suffix](path)
+
+
+def probabilities(path: Path) -> Runner:
+    """Class probabilities (float64) of a deployed model file, batch after batch."""
+    logits = load_runner(path)
+    return lambda images: softmax(np.asarray(logits(images), dtype=np.float64))
+
+
+def model_size_mb(path: Path) -> float:
+    """On disk, with OpenVINO's weights file beside its model.xml."""
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def optimised_file(method: str) -> str:
-    return "model.plan" if method == "tensorrt" else "model.onnx"
+    return {"int8_openvino": "model.xml", "tensorrt": "model.plan", "tensorrt_int8": "model.plan"}.get(
+        method, "model.onnx"
+    )
 
 
-def build(method: str, fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True):
-    """Write the optimised model to `out` and return a runner for it."""
+def build(method: str, fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True) -> Runner:
+    """Write the optimised model to `out` and return its class probabilities' runner."""
     if method not in METHODS:
         raise BadInput(f"optimise.method={method!r}; choose one of: {', '.join(METHODS)}")
+    if method in ("int8_onnx", "int8_openvino", "tensorrt_int8") and len(calibration) == 0:
+        raise BadInput(f"optimise={method} needs calibration images: optimise.calibration_images >= 1")
     if method == "int8_onnx":
-        if len(calibration) == 0:
-            raise BadInput("optimise=int8_onnx needs calibration images: optimise.calibration_images >= 1")
         quantize_int8(fp32, out, calibration, per_channel=per_channel)
+    elif method == "int8_openvino":
+        quantize_openvino(fp32, out, calibration)
     elif method == "fp16":
         convert_fp16(fp32, out)
-    else:
-        build_tensorrt(fp32, out)
-        return TensorRTRunner(out)
-    return OnnxRunner(out)
+    else:  # TensorRT keeps the precision of the ONNX model it is built from
+        require_tensorrt(f"optimise={method}")  # before any work
+        source = out.with_name("source.onnx")
+        if method == "tensorrt":
+            convert_fp16(fp32, source)
+        else:
+            quantize_int8(fp32, source, calibration, per_channel=per_channel, symmetric=True)
+        build_tensorrt(source, out, f"optimise={method}")
+        source.unlink()
+    return probabilities(out)
 
 
 def compare(fp32: np.ndarray, optimised: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -51,7 +51,8 @@ def collect_inputs(args: Sequence[str]) -> list[Path]:
 
 
 class Classifier:
-    """An exported model (ONNX through onnxruntime) or a checkpoint, with its serving contract."""
+    """A deployed model (ONNX FP32/INT8/FP16, the .pt2 program, OpenVINO IR, a TensorRT engine) or a checkpoint,
+    with its serving contract (labels.txt and preprocessing.json beside it)."""
 
     def __init__(self, model_path: str | Path):
         model_path = Path(model_path)
@@ -70,19 +71,21 @@ class Classifier:
             self.spec = ServingSpec.read(model_path.parent)
             self._run = self._torch_runner(load_program(model_path))
             return
-        is_file = model_path.suffix == ".onnx"
-        export_dir = model_path.parent if is_file else model_path
-        onnx_file = model_path if is_file else export_dir / "model.onnx"
-        if not onnx_file.is_file():
-            raise MissingInput(
-                f"no exported model at {onnx_file}; run the pipeline (dvc repro) or pass "
-                "--model models/export or --model models/model.pt"
-            )
-        self.spec = ServingSpec.read(export_dir)
-        import onnxruntime as ort
+        from .optimise import LOADERS, MODEL_FILES, load_runner
 
-        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-        self._run = lambda x: session.run(["logits"], {"images": x})[0]
+        if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), OpenVINO's model.xml, a TensorRT engine
+            model_file = model_path
+        else:  # an export or optimised directory: its model, whichever format it holds
+            model_file = next(
+                (model_path / f for f in MODEL_FILES if (model_path / f).is_file()), model_path / "model.onnx"
+            )
+        if not model_file.is_file():
+            raise MissingInput(
+                f"no exported model at {model_file}; run the pipeline (dvc repro) or pass "
+                "--model models/export, models/optimised or models/model.pt"
+            )
+        self.spec = ServingSpec.read(model_file.parent)
+        self._run = load_runner(model_file)
 
     @property
     def class_names(self) -> list[str]:

@@ -50,7 +50,8 @@ class Model:
 
 
 def load_model(ref: str, uri: str, cache: Path) -> Model:
-    """An export dir, a model.onnx or model.pt, a run id (its export) or `models:/name/version`."""
+    """An export or optimised dir, a model file (.onnx, .pt2, .xml, .plan, .pt), a run id (its export) or
+    `models:/name/version`."""
     from . import tracking
 
     path = Path(ref).expanduser()
@@ -244,7 +245,9 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     parser = argparse.ArgumentParser(prog="imgclf serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/export", help="export dir, model.onnx/.pt, RUN_ID or models:/n/v")
+    parser.add_argument(
+        "--model", default="models/export", help="export dir, model.onnx/.pt2/.xml/.plan/.pt, RUN_ID or models:/n/v"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))

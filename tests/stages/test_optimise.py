@@ -1,8 +1,10 @@
-"""optimise: INT8 and FP16 models checked against FP32 on the test split before they are kept; a model that
-loses accuracy past optimise.max_acc_drop is refused and nothing is written; TensorRT fails in one clear line here."""
+"""optimise: INT8 (onnxruntime, OpenVINO) and FP16 models checked against FP32 on the test split before they are
+kept and served by imgclf predict; a model that loses accuracy past optimise.max_acc_drop is refused and nothing is
+written; TensorRT (its presets and its engines in predict) fails in one clear line here."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -36,12 +38,24 @@ def cfg(root, *overrides):
 def test_int8_and_fp16_are_checked_kept_logged_and_served(project):
     images = sorted(str(p) for p in (project / "data/tiny/images").rglob("*.png"))
     fp32 = Classifier(project / "models/export").classify(images)
-    for method in ("fp16", "int8_onnx"):  # int8 last: its model is what stays
+    int8 = project / "models/optimised"
+    for method in ("fp16", "int8_openvino", "int8_onnx"):  # int8_onnx last: its model is what stays
         metrics = optimise(cfg(project, f"optimise={method}"))
         assert metrics[f"optimise/{method}/acc_drop"] <= 0.005
         assert metrics[f"optimise/{method}/size_mb"] < metrics[f"optimise/{method}/fp32_size_mb"]
+        if method == "int8_openvino":  # OpenVINO IR, served by predict from the directory as from model.xml
+            assert sorted(p.name for p in int8.iterdir()) == [
+                "labels.txt",
+                "model.bin",
+                "model.xml",
+                "preprocessing.json",
+            ]
+            served = Classifier(int8).classify(images)
+            assert [p.probs.argmax() for p in served] == [
+                p.probs.argmax() for p in Classifier(int8 / "model.xml").classify(images)
+            ]
+            assert np.mean([a.probs.argmax() == b.probs.argmax() for a, b in zip(fp32, served)]) >= 0.9
     assert json.loads((project / "reports/optimise/metrics.json").read_text()) == metrics
-    int8 = project / "models/optimised"
     assert sorted(p.name for p in int8.iterdir()) == ["labels.txt", "model.onnx", "preprocessing.json"]
     import onnx
 
@@ -91,8 +105,40 @@ def test_a_model_that_loses_accuracy_is_refused_and_nothing_is_written(project):
     assert not list((project / "models").glob(".optimised.tmp*"))
 
 
-def test_tensorrt_without_cuda_is_one_clear_line(project):
+@pytest.mark.parametrize("method", ["tensorrt", "tensorrt_int8"])
+def test_tensorrt_without_cuda_is_one_clear_line(project, method):
     if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: the TensorRT preset builds an engine here")
-    with pytest.raises(MissingInput, match="optimise=tensorrt needs CUDA and the tensorrt package; this machine lacks"):
-        optimise(cfg(project, "optimise=tensorrt"))
+        pytest.skip("this machine has CUDA: the TensorRT presets build an engine here")
+    with pytest.raises(
+        MissingInput, match=f"optimise={method} needs CUDA and the tensorrt package; this machine lacks"
+    ):
+        optimise(cfg(project, f"optimise={method}"))
+
+
+def test_predict_on_a_tensorrt_engine_without_cuda_is_one_clear_line(project, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for name in ("labels.txt", "preprocessing.json"):
+        shutil.copy(project / "models/export" / name, tmp_path / name)
+    (tmp_path / "model.plan").write_bytes(b"an engine built elsewhere")
+    for model in (tmp_path, tmp_path / "model.plan"):
+        with pytest.raises(MissingInput, match=r"the TensorRT engine .*model.plan needs CUDA and the tensorrt package"):
+            Classifier(model)
+
+
+def test_tensorrt_int8_source_is_symmetric_qdq(project, tmp_path):
+    """TensorRT's explicit quantisation takes Q/DQ scales with zero points of 0: what tensorrt_int8 builds from."""
+    import onnx
+    from onnx import numpy_helper
+
+    from imgclf.optimise import quantize_int8
+
+    calibration = np.random.default_rng(0).normal(0, 1, (8, 3, 32, 32)).astype(np.float32)
+    for symmetric in (True, False):
+        out = tmp_path / f"sym{symmetric}.onnx"
+        quantize_int8(project / "models/export/model.onnx", out, calibration, symmetric=symmetric)
+        graph = onnx.load(str(out)).graph
+        points = [numpy_helper.to_array(i) for i in graph.initializer if "zero_point" in i.name]
+        points = [p for p in points if p.dtype == np.int8]  # activations and weights (biases are int32)
+        assert len(points) > 4
+        assert all((p == 0).all() for p in points) == symmetric

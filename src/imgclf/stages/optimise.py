@@ -17,7 +17,7 @@ from ..data.datasets import load_split
 from ..engine import Preprocess
 from ..errors import BadInput, MissingInput
 from ..lifecycle import TrainingRun
-from ..optimise import OnnxRunner, build, calibration_indices, compare, optimised_file
+from ..optimise import build, calibration_indices, compare, model_size_mb, optimised_file, probabilities
 from ..paths import Paths
 from ..serving import ServingSpec
 from ..utils import atomic_path, write_json
@@ -40,8 +40,9 @@ def optimise(cfg: DictConfig) -> dict:
     out_dir = paths.models / "optimised"
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        runner = build(o.method, fp32, tmp / optimised_file(o.method), calibration, per_channel=o.per_channel)
-        reference, probs, labels = OnnxRunner(fp32), [], []
+        model_file = tmp / optimised_file(o.method)
+        runner = build(o.method, fp32, model_file, calibration, per_channel=o.per_channel)
+        reference, probs, labels = probabilities(fp32), [], []
         for start in range(0, len(test), CHUNK):
             indices = range(start, min(start + CHUNK, len(test)))
             x = np.ascontiguousarray(preprocess(test.batch(indices)).numpy())
@@ -50,8 +51,7 @@ def optimise(cfg: DictConfig) -> dict:
         figures = compare(
             np.concatenate([p[0] for p in probs]), np.concatenate([p[1] for p in probs]), np.array(labels)
         )
-        figures["size_mb"] = (tmp / optimised_file(o.method)).stat().st_size / 1e6
-        figures["fp32_size_mb"] = fp32.stat().st_size / 1e6
+        figures["size_mb"], figures["fp32_size_mb"] = model_size_mb(model_file), model_size_mb(fp32)
         metrics = {f"optimise/{o.method}/{k}": v for k, v in figures.items()}
         log.info(
             "%s: test/acc %.4f (FP32 %.4f), top-1 agreement %.4f, max prob diff %.3g, %.1f MB (FP32 %.1f MB)",
