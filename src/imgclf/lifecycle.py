@@ -25,7 +25,7 @@ from .checkpoint import (
 from .data.download import file_digest
 from .data.split import data_version
 from .engine import FitState, NonFiniteLoss, fit
-from .errors import MissingInput
+from .errors import BadInput, MissingInput
 from .finetune import Prepared
 from .models import save_checkpoint
 from .paths import Paths
@@ -142,6 +142,7 @@ class TrainingRun:
     def finish(
         self,
         state: FitState,
+        weights: Kept,
         *,
         meta: Mapping[str, Any],
         config: Mapping[str, Any],
@@ -153,10 +154,11 @@ class TrainingRun:
         if not dist.is_main():
             return
         config = tracking.redacted(config)  # the checkpoint and config.yaml are artifacts: no secrets in them
-        save_checkpoint(self.paths.model_file, state.best_state, epoch=state.best_epoch, config=config, **meta)
+        save_checkpoint(self.paths.model_file, weights.state, epoch=weights.epoch, config=config, **meta)
         reports = self.paths.report_dir("train")
-        summary = write_train_reports(reports, state, config)
-        tracking.log_metrics({f"best/{k}": v for k, v in summary.items()})
+        summary = write_train_reports(reports, state, config, kept_epoch=weights.epoch)
+        tracking.log_metrics({k if k == "kept_epoch" else f"best/{k}": v for k, v in summary.items()})
+        tracking.set_tags({"imgclf.kept": f"{weights.rule} (epoch {weights.epoch})"})
         for name in TRAIN_REPORTS:
             tracking.log_artifact(reports / name, "train")
         tracking.log_artifact(self.paths.labels(dataset), "train")
@@ -230,7 +232,24 @@ def log_data_report(report: Path, report_dir: Path) -> None:
     )
 
 
-def write_train_reports(out: Path, state: FitState, config: Mapping[str, Any]) -> dict:
+@dataclass(frozen=True)
+class Kept:
+    """The weights model.pt holds (trainer.keep): the last epoch's, or those of the epoch with the best val/acc."""
+
+    rule: str
+    epoch: int
+    state: dict
+
+    @classmethod
+    def choose(cls, rule: str, state: FitState, network) -> Kept:
+        if rule == "best":
+            return cls(rule, state.best_epoch, state.best_state)
+        if rule == "last":  # a one-cycle or cosine schedule ends annealed: its last epoch is the model it made
+            return cls(rule, state.epoch, {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()})
+        raise BadInput(f"trainer.keep={rule!r}; valid: last, best")
+
+
+def write_train_reports(out: Path, state: FitState, config: Mapping[str, Any], *, kept_epoch: int) -> dict:
     """history.csv (the curves DVC plots), metrics.json (the summary), curves.png and config.yaml under `out`."""
     from omegaconf import OmegaConf
 
@@ -241,6 +260,7 @@ def write_train_reports(out: Path, state: FitState, config: Mapping[str, Any]) -
     last = state.history[-1]
     summary = {
         "best_epoch": state.best_epoch,
+        "kept_epoch": kept_epoch,
         "val/acc": state.best_metrics["val/acc"],
         "val/loss": state.best_metrics["val/loss"],
         "train/loss": last["train/loss"],

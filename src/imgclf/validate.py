@@ -58,6 +58,10 @@ def optional(rule: tuple) -> tuple:
     return (lambda v: v is None or ok(v)), f"null or {text}"
 
 
+def one_of(*values: str) -> tuple:
+    return (lambda v: v in values), "one of: " + ", ".join(values)
+
+
 BOOLEAN = ((lambda v: isinstance(v, bool)), "true or false")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -72,6 +76,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.amp": BOOLEAN,
     "trainer.channels_last": BOOLEAN,
     "trainer.deterministic": BOOLEAN,
+    "trainer.keep": one_of("last", "best"),
     "trainer.early_stopping.patience": optional(integer(1)),
     "trainer.early_stopping.min_delta": number(0),
     "data.split.val_fraction": number(0, 1),

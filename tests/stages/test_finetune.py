@@ -294,3 +294,19 @@ def test_recipe_composes_and_runs_one_tiny_step(recipe, tiny_project, compose_cf
     assert best == history(tiny_project)[0]["val/acc"]  # what train returns is the epoch's val/acc
     ckpt = torch.load(tiny_project / "models/model.pt", weights_only=True)
     assert ckpt["arch"] == cfg.model.name and ckpt["image_size"] == size
+
+
+def test_model_pt_holds_the_last_epoch_or_the_best_as_trainer_keep_says(tiny_cfg, tiny_project):
+    kept = {}
+    for keep in ("last", "best"):
+        train(tiny_cfg("trainer.epochs=4", f"trainer.keep={keep}", "trainer.resume=never"))
+        ckpt = torch.load(tiny_project / "models/model.pt", weights_only=True)
+        summary = json.loads((tiny_project / "reports/train/metrics.json").read_text())
+        assert ckpt["epoch"] == summary["kept_epoch"] == (4 if keep == "last" else summary["best_epoch"])
+        run_id = json.loads((tiny_project / "models/run.json").read_text())["run_id"]
+        run = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db").get_run(run_id)
+        assert run.data.tags["imgclf.kept"] == f"{keep} (epoch {ckpt['epoch']})"
+        kept[keep] = (ckpt["model"], summary["best_epoch"])
+    (last, best_epoch), (best, _) = kept["last"], kept["best"]
+    same = all(torch.equal(last[k], best[k]) for k in last)  # the same run twice (deterministic on CPU)
+    assert same == (best_epoch == 4)

@@ -11,7 +11,7 @@ from .. import distributed as dist
 from .. import sweeps, tracking
 from ..checkpoint import Resumable
 from ..finetune import Strategy, prepare
-from ..lifecycle import Stopping, TrainingRun, run_tags
+from ..lifecycle import Kept, Stopping, TrainingRun, run_tags
 from ..paths import Paths
 from ..utils import resolve_device
 from ._app import is_multirun, output_root, overrides, stage_main, to_dict
@@ -50,6 +50,7 @@ def _train(cfg: DictConfig, paths: Paths, device: torch.device, run: TrainingRun
     data_report_dir = Paths.from_config(cfg.paths).report_dir("split")  # the project's, also from a sweep job
     run.finish(
         state,
+        Kept.choose(t.keep, state, model),
         meta=meta,
         config=to_dict(cfg),
         experiment=cfg.tracking.experiment,
