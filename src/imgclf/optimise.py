@@ -11,6 +11,7 @@ with the FP32 model on the whole test split before it is kept; `load_runner` ser
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,8 +132,13 @@ def onnx_logits(path: Path) -> Runner:
 def openvino_logits(path: Path) -> Runner:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU")
-    return lambda images: compiled(images)[0]
+    compiled, lock = ov.Core().compile_model(str(path), "CPU"), threading.Lock()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with lock:  # one infer request behind __call__: imgclf serve classifies from several threads
+            return compiled(images)[0]
+
+    return run
 
 
 def tensorrt_logits(path: Path) -> Runner:
@@ -143,9 +149,13 @@ def tensorrt_logits(path: Path) -> Runner:
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise BadInput(f"{path} is not a TensorRT engine this TensorRT and GPU can run; rebuild it (optimise=tensorrt)")
-    context = engine.create_execution_context()
+    context, lock = engine.create_execution_context(), threading.Lock()
 
     def run(images: np.ndarray) -> np.ndarray:
+        with lock:  # one execution context
+            return infer(images)
+
+    def infer(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
         context.set_input_shape("images", tuple(x.shape))
         out = torch.empty(tuple(context.get_tensor_shape("logits")), dtype=torch.float32, device="cuda")
