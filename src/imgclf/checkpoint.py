@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
 # keys that may change between an interrupted run and its resumption without changing what it computes
-RESUMABLE_CHANGES = ("trainer.resume", "trainer.log_every", "tracking.run_name")
+RESUMABLE_CHANGES = ("trainer.resume", "trainer.log_every", "trainer.keep", "tracking.run_name")
 
 
 def fingerprint(flat_config: dict, *, world_size: int = 1, data_version: str = "", code_version: str = "") -> dict:

@@ -142,7 +142,8 @@ class TrainingRun:
     def finish(
         self,
         state: FitState,
-        weights: Kept,
+        kept: Kept,
+        network,
         *,
         meta: Mapping[str, Any],
         config: Mapping[str, Any],
@@ -154,11 +155,11 @@ class TrainingRun:
         if not dist.is_main():
             return
         config = tracking.redacted(config)  # the checkpoint and config.yaml are artifacts: no secrets in them
-        save_checkpoint(self.paths.model_file, weights.state, epoch=weights.epoch, config=config, **meta)
+        save_checkpoint(self.paths.model_file, kept.weights(state, network), epoch=kept.epoch, config=config, **meta)
         reports = self.paths.report_dir("train")
-        summary = write_train_reports(reports, state, config, kept_epoch=weights.epoch)
-        tracking.log_metrics({k if k == "kept_epoch" else f"best/{k}": v for k, v in summary.items()})
-        tracking.set_tags({"imgclf.kept": f"{weights.rule} (epoch {weights.epoch})"})
+        summary = write_train_reports(reports, state, config, kept)
+        tracking.log_metrics({k if k.startswith("kept") else f"best/{k}": v for k, v in summary.items()})
+        tracking.set_tags({"imgclf.kept": f"{kept.rule} (epoch {kept.epoch})"})
         for name in TRAIN_REPORTS:
             tracking.log_artifact(reports / name, "train")
         tracking.log_artifact(self.paths.labels(dataset), "train")
@@ -234,22 +235,34 @@ def log_data_report(report: Path, report_dir: Path) -> None:
 
 @dataclass(frozen=True)
 class Kept:
-    """The weights model.pt holds (trainer.keep): the last epoch's, or those of the epoch with the best val/acc."""
+    """The epoch model.pt holds (trainer.keep): the last, or the one with the best val/acc, and its metrics."""
 
     rule: str
     epoch: int
-    state: dict
+    metrics: dict
 
     @classmethod
-    def choose(cls, rule: str, state: FitState, network) -> Kept:
+    def choose(cls, rule: str, state: FitState) -> Kept:
         if rule == "best":
-            return cls(rule, state.best_epoch, state.best_state)
+            return cls(rule, state.best_epoch, state.best_metrics)
         if rule == "last":  # a one-cycle or cosine schedule ends annealed: its last epoch is the model it made
-            return cls(rule, state.epoch, {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()})
+            if state.stopped_early:
+                log.warning(
+                    "early stopping cut the schedule short: model.pt holds epoch %d, the last; trainer.keep=best "
+                    "would keep epoch %d (best val/acc)",
+                    state.epoch,
+                    state.best_epoch,
+                )
+            return cls(rule, state.epoch, state.history[-1])
         raise BadInput(f"trainer.keep={rule!r}; valid: last, best")
 
+    def weights(self, state: FitState, network) -> dict:
+        if self.rule == "best":
+            return state.best_state
+        return {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
 
-def write_train_reports(out: Path, state: FitState, config: Mapping[str, Any], *, kept_epoch: int) -> dict:
+
+def write_train_reports(out: Path, state: FitState, config: Mapping[str, Any], kept: Kept) -> dict:
     """history.csv (the curves DVC plots), metrics.json (the summary), curves.png and config.yaml under `out`."""
     from omegaconf import OmegaConf
 
@@ -260,9 +273,11 @@ def write_train_reports(out: Path, state: FitState, config: Mapping[str, Any], *
     last = state.history[-1]
     summary = {
         "best_epoch": state.best_epoch,
-        "kept_epoch": kept_epoch,
         "val/acc": state.best_metrics["val/acc"],
         "val/loss": state.best_metrics["val/loss"],
+        "kept_epoch": kept.epoch,  # the epoch model.pt holds, and its validation figures
+        "kept/val/acc": kept.metrics["val/acc"],
+        "kept/val/loss": kept.metrics["val/loss"],
         "train/loss": last["train/loss"],
         "train/images_per_sec": last["train/images_per_sec"],
         "epochs_run": len(state.history),

@@ -58,7 +58,8 @@ def quantize_int8(
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
-        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+        # TensorRT's parser takes no INT32 bias DequantizeLinear: with `symmetric`, biases stay float
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
     )
     prepared.unlink()
 
@@ -150,19 +151,22 @@ def tensorrt_logits(path: Path) -> Runner:
     if engine is None:
         raise BadInput(f"{path} is not a TensorRT engine this TensorRT and GPU can run; rebuild it (optimise=tensorrt)")
     context, lock = engine.create_execution_context(), threading.Lock()
+    most = engine.get_tensor_profile_shape("images", 0)[2][0]  # the optimisation profile's largest batch
 
     def run(images: np.ndarray) -> np.ndarray:
         with lock:  # one execution context
-            return infer(images)
+            return np.concatenate([infer(images[i : i + most]) for i in range(0, len(images), most)])
 
     def infer(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
-        context.set_input_shape("images", tuple(x.shape))
+        if not context.set_input_shape("images", tuple(x.shape)):
+            raise BadInput(f"{path} takes input {tuple(engine.get_tensor_shape('images'))}; got {tuple(x.shape)}")
         out = torch.empty(tuple(context.get_tensor_shape("logits")), dtype=torch.float32, device="cuda")
         context.set_tensor_address("images", x.data_ptr())
         context.set_tensor_address("logits", out.data_ptr())
         stream = torch.cuda.current_stream()
-        context.execute_async_v3(stream.cuda_stream)
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT could not run {path} (its log above says why)")
         stream.synchronize()
         return out.cpu().numpy()
 

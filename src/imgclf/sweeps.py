@@ -19,7 +19,7 @@ from . import runs, tracking
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE = "best/val/acc"  # what the train stage returns to the sweeper, logged per run by the train stage
+OBJECTIVE = "kept/val/acc"  # what the train stage returns to the sweeper: val/acc of the weights model.pt holds
 SWEPT_ENV = "IMGCLF_SWEPT_KEYS"  # the keys a sweep varies, for its jobs' run names
 # the parent run's id, set before any job starts: joblib and submitit workers inherit the environment
 PARENT_ENV = "IMGCLF_PARENT_RUN_ID"

@@ -44,7 +44,7 @@ def multirun(project, env, *overrides, sweep_dir=None, returncode=0):
 
 
 def best_of(children):
-    return max((c for c in children if c.info.status == "FINISHED"), key=lambda c: c.data.metrics["best/val/acc"])
+    return max((c for c in children if c.info.status == "FINISHED"), key=lambda c: c.data.metrics["kept/val/acc"])
 
 
 def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, project_env):
@@ -64,7 +64,7 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
     assert parent.info.run_name == "sweep-lr" and parent.data.params["sweep.space.optim.lr"] == "0.001,0.0003,0.0001"
     best = best_of(children)
     assert parent.data.tags["imgclf.best_run_id"] == best.info.run_id
-    assert parent.data.metrics["best/val/acc"] == best.data.metrics["best/val/acc"]
+    assert parent.data.metrics["kept/val/acc"] == best.data.metrics["kept/val/acc"]
     assert parent.data.params["best.optim.lr"] == best.data.params["optim.lr"]
     assert parent.data.metrics["sweep/trials"] == 3 and parent.data.metrics["sweep/failed"] == 0
     for job in ("0", "1", "2"):  # each job wrote its own checkpoint; the DVC-declared paths stay untouched
@@ -84,7 +84,7 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
             "--parent",
             parent.info.run_id,
             "--metric",
-            "best/val/acc",
+            "kept/val/acc",
             "--format",
             "csv",
         ],
@@ -97,7 +97,7 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
     assert table.returncode == 0, table.stderr
     rows = table.stdout.strip().splitlines()
     assert len(rows) == 4 and "optim.lr" in rows[0] and "trainer.batch_size" not in rows[0]
-    assert float(rows[1].split(",")[rows[0].split(",").index("best/val/acc")]) == best.data.metrics["best/val/acc"]
+    assert float(rows[1].split(",")[rows[0].split(",").index("kept/val/acc")]) == best.data.metrics["kept/val/acc"]
     best_cli = subprocess.run(
         [
             str(BIN / "imgclf"),
@@ -109,7 +109,7 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
             "--sweep",
             str(sweep_dir),
             "--metric",
-            "best/val/acc",
+            "kept/val/acc",
             "--best",
         ],
         cwd=tiny_project,
@@ -145,7 +145,7 @@ def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     assert len({c.data.params["optim.lr"] for c in children}) == 3  # TPE sampled three different rates
     best = best_of(children)
-    assert parent.data.metrics["best/val/acc"] == best.data.metrics["best/val/acc"]
+    assert parent.data.metrics["kept/val/acc"] == best.data.metrics["kept/val/acc"]
     assert (
         parent.data.params["sweep.sweeper"] == "OptunaSweeper" and parent.data.params["sweep.direction"] == "maximize"
     )

@@ -44,6 +44,7 @@ def test_int8_and_fp16_are_checked_kept_logged_and_served(project):
         assert metrics[f"optimise/{method}/acc_drop"] <= 0.005
         assert metrics[f"optimise/{method}/size_mb"] < metrics[f"optimise/{method}/fp32_size_mb"]
         if method == "int8_openvino":  # OpenVINO IR, served by predict from the directory as from model.xml
+            assert metrics[f"optimise/{method}/size_mb"] > (int8 / "model.bin").stat().st_size / 1e6
             assert sorted(p.name for p in int8.iterdir()) == [
                 "labels.txt",
                 "model.bin",
@@ -142,3 +143,7 @@ def test_tensorrt_int8_source_is_symmetric_qdq(project, tmp_path):
         points = [p for p in points if p.dtype == np.int8]  # activations and weights (biases are int32)
         assert len(points) > 4
         assert all((p == 0).all() for p in points) == symmetric
+        # TensorRT's parser rejects INT32 (bias) inputs to DequantizeLinear: the symmetric model has none
+        int32 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT32}
+        dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        assert bool(int32 & dequantized) != symmetric

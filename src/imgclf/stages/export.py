@@ -1,5 +1,5 @@
-"""export: the best model as ONNX and a torch.export program (.pt2), verified on real test images, with its serving
-contract."""
+"""export: the trained model (models/model.pt) as ONNX and a torch.export program (.pt2), verified on real test
+images, with its serving contract."""
 
 from __future__ import annotations
 

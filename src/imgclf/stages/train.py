@@ -1,4 +1,4 @@
-"""train: fine-tune the configured network on the split, one MLflow run per call; returns best val/acc."""
+"""train: fine-tune the configured network on the split, one MLflow run per call; returns the kept val/acc."""
 
 from __future__ import annotations
 
@@ -48,16 +48,18 @@ def _train(cfg: DictConfig, paths: Paths, device: torch.device, run: TrainingRun
     state = run.fit(prepared, objects, epochs=t.epochs, stopping=Stopping(**t.early_stopping))
     meta = {"arch": cfg.model.name, "source": cfg.model.source, **asdict(built.spec)}
     data_report_dir = Paths.from_config(cfg.paths).report_dir("split")  # the project's, also from a sweep job
+    kept = Kept.choose(t.keep, state)
     run.finish(
         state,
-        Kept.choose(t.keep, state, model),
+        kept,
+        model,
         meta=meta,
         config=to_dict(cfg),
         experiment=cfg.tracking.experiment,
         dataset=cfg.data.name,
         data_report_dir=data_report_dir,
     )
-    return state.best_metrics["val/acc"]
+    return kept.metrics["val/acc"]  # the sweep objective: the val/acc of the weights model.pt holds
 
 
 main = stage_main(train)
