@@ -73,7 +73,7 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
             ["trainer.epoch=3"],
             "unknown key 'trainer.epoch'; trainer has: epochs, batch_size, device, deterministic, "
             "log_every, amp, channels_last, compile, label_smoothing, grad_clip, early_stopping, "
-            "resume (use +trainer.epoch=... to add a new key)",
+            "keep, resume (use +trainer.epoch=... to add a new key)",
         ),
         (["finetune=partial"], "unknown finetune 'partial'; choose one of: full, gradual, head"),
     ],
