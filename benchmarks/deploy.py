@@ -21,7 +21,7 @@ import torch
 
 from imgclf.data.datasets import load_split
 from imgclf.engine import Preprocess
-from imgclf.export import export_onnx, load_program
+from imgclf.export import export_onnx
 from imgclf.models import load_checkpoint, model_from_checkpoint
 from imgclf.optimise import (
     calibration_indices,
@@ -30,6 +30,7 @@ from imgclf.optimise import (
     model_size_mb,
     quantize_int8,
     quantize_openvino,
+    torch_logits,
 )
 from imgclf.serving import ServingSpec
 
@@ -57,14 +58,6 @@ def timing(run, x1: np.ndarray, x32: np.ndarray, runs: int) -> dict[str, float]:
     }
 
 
-def torch_runner(model):
-    def run(x: np.ndarray):
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
-
-    return run
-
-
 def project_table(runs: int, work: Path) -> list[tuple]:
     export = ROOT / "models" / "export"
     spec = ServingSpec.read(export)
@@ -80,11 +73,11 @@ def project_table(runs: int, work: Path) -> list[tuple]:
     quantize_openvino(export / "model.onnx", work / "openvino" / "model.xml", calibration)
     formats = {
         "PyTorch eager (model.pt)": (
-            torch_runner(model_from_checkpoint(load_checkpoint(ROOT / "models/model.pt"))),
+            torch_logits(model_from_checkpoint(load_checkpoint(ROOT / "models/model.pt"))),
             ROOT / "models/model.pt",
         ),
         "ONNX FP32 (onnxruntime)": (load_runner(export / "model.onnx"), export / "model.onnx"),
-        "torch.export .pt2": (torch_runner(load_program(export / "model.pt2")), export / "model.pt2"),
+        "torch.export .pt2": (load_runner(export / "model.pt2"), export / "model.pt2"),
         "ONNX INT8 (QDQ)": (load_runner(work / "int8.onnx"), work / "int8.onnx"),
         "ONNX FP16": (load_runner(work / "fp16.onnx"), work / "fp16.onnx"),
         "OpenVINO INT8 (NNCF)": (load_runner(work / "openvino/model.xml"), work / "openvino/model.xml"),

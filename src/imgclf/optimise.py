@@ -173,15 +173,39 @@ def tensorrt_logits(path: Path) -> Runner:
     return run
 
 
-LOADERS = {".onnx": onnx_logits, ".xml": openvino_logits, ".plan": tensorrt_logits, ".engine": tensorrt_logits}
+def torch_logits(module) -> Runner:
+    """A PyTorch module (a checkpoint's network, a loaded .pt2 program) on the CPU, numpy in and out."""
+    import torch
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(images)).numpy()
+
+    return run
+
+
+def program_logits(path: Path) -> Runner:
+    """The torch.export program (.pt2) that export writes."""
+    from .export import load_program
+
+    return torch_logits(load_program(path))
+
+
+LOADERS = {
+    ".onnx": onnx_logits,
+    ".pt2": program_logits,
+    ".xml": openvino_logits,
+    ".plan": tensorrt_logits,
+    ".engine": tensorrt_logits,
+}
 
 
 def load_runner(path: Path) -> Runner:
     """Logits (float32, NCHW normalised images in) of a deployed model file, by its suffix: ONNX (onnxruntime),
-    OpenVINO IR (.xml) on the CPU, a TensorRT engine (.plan/.engine) on the GPU."""
+    the torch.export program (.pt2), OpenVINO IR (.xml) on the CPU, a TensorRT engine (.plan/.engine) on the GPU."""
     path = Path(path)
     if path.suffix not in LOADERS:
-        raise BadInput(f"{path}: not a deployable model; valid: {', '.join(LOADERS)} (or .pt2, .pt)")
+        raise BadInput(f"{path}: not a deployable model; valid: {', '.join(LOADERS)} (or a .pt checkpoint)")
     return LOADERS[path.suffix](path)
 
 

@@ -58,22 +58,15 @@ class Classifier:
         model_path = Path(model_path)
         if model_path.suffix == ".pt":
             from .models import load_checkpoint, model_from_checkpoint
+            from .optimise import torch_logits
 
             ckpt = load_checkpoint(model_path)
             self.spec = ServingSpec.from_checkpoint(ckpt)
-            self._run = self._torch_runner(model_from_checkpoint(ckpt))
-            return
-        if model_path.suffix == ".pt2":  # the torch.export program beside its serving contract
-            from .export import load_program
-
-            if not model_path.is_file():
-                raise MissingInput(f"no exported program at {model_path}; run the pipeline (dvc repro)")
-            self.spec = ServingSpec.read(model_path.parent)
-            self._run = self._torch_runner(load_program(model_path))
+            self._run = torch_logits(model_from_checkpoint(ckpt))
             return
         from .optimise import LOADERS, MODEL_FILES, load_runner
 
-        if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), OpenVINO's model.xml, a TensorRT engine
+        if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), model.pt2, model.xml (OpenVINO), a .plan
             model_file = model_path
         else:  # an export or optimised directory: its model, whichever format it holds
             model_file = next(
@@ -90,16 +83,6 @@ class Classifier:
     @property
     def class_names(self) -> list[str]:
         return self.spec.class_names
-
-    @staticmethod
-    def _torch_runner(model):
-        import torch
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return model(torch.from_numpy(x)).numpy()
-
-        return run
 
     def classify(self, paths: Sequence[Path], batch_size: int = 32, tta: bool = False) -> list[Prediction]:
         """Softmax probabilities per image, in input order; unreadable files get an error and the rest go on.
