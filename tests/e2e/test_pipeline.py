@@ -89,7 +89,7 @@ INPUTS = {
     "code data/report.py": ({"split"}, "src/imgclf/data/report.py", None),
     "code finetune.py": ({"train", "evaluate", "export", "optimise"}, "src/imgclf/finetune.py", None),  # lifecycle
     "code evaluation.py": ({"evaluate"}, "src/imgclf/evaluation.py", None),
-    "code export.py": ({"export"}, "src/imgclf/export.py", None),
+    "code export.py": ({"export", "optimise"}, "src/imgclf/export.py", None),  # optimise loads .pt2 through it
     "code serving.py": ({"split", "train", "evaluate", "export", "optimise"}, "src/imgclf/serving.py", None),
     "code optimise.py": ({"optimise"}, "src/imgclf/optimise.py", None),
     "conf/no_input.md (every unset external input)": ({"fetch", "train"}, "conf/no_input.md", None),
