@@ -216,7 +216,7 @@ def test_sigkill_during_a_download_leaves_nothing_trusted_and_the_rerun_complete
     proc = subprocess.Popen([*cmd, f"data.mirrors=[{base}/slow]"], cwd=tmp_path, env=project_env)
     downloads = tmp_path / "data/mnist/downloads"
     deadline = time.time() + 120
-    while not list(downloads.glob(".*.part*")):
+    while not list(downloads.glob(".*.tmp*")):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
     time.sleep(0.5)
@@ -227,4 +227,4 @@ def test_sigkill_during_a_download_leaves_nothing_trusted_and_the_rerun_complete
     done = subprocess.run([*cmd, f"data.mirrors=[{base}]"], cwd=tmp_path, env=project_env, capture_output=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((tmp_path / "data/mnist/images").rglob("*.png"))) == 120
-    assert not list(downloads.glob(".*.part*"))  # the killed download's half is gone
+    assert not list(downloads.glob(".*.tmp*"))  # the killed download's half is gone

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import stat
 import tarfile
@@ -15,8 +14,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..errors import BadInput, MissingInput, UserError
-from ..utils import remove_orphans
+from ..errors import BadInput, DiskFull, MissingInput, UserError
+from ..utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +76,18 @@ def download(
             dest.unlink()
     if not mirrors:
         raise DownloadError(f"no mirror configured for {filename}; set data.mirrors or data.archive")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphans(dest, ".part")  # halves of downloads a kill interrupted
-    tmp = dest.with_name(f".{filename}.part{os.getpid()}")
     errors = []
     for base in mirrors:
         url = f"{base.rstrip('/')}/{filename}"
         try:
-            _fetch(url, tmp, timeout)
+            with atomic_path(dest) as tmp:  # a bad or partial file is never left where fetch would trust it
+                _fetch(url, tmp, timeout)
+                verify(tmp, checksum, filename)
+        except (DiskFull, ChecksumError):
+            raise
         except (urllib.error.URLError, OSError, DownloadError) as exc:
             errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
-            tmp.unlink(missing_ok=True)
             continue
-        try:
-            verify(tmp, checksum, filename)
-        except ChecksumError:
-            tmp.unlink(missing_ok=True)  # a bad file is deleted, never left where fetch would trust it
-            raise
-        os.replace(tmp, dest)
         log.info("downloaded %s from %s", filename, url)
         return dest
     raise DownloadError(f"could not download {filename} from any mirror: {'; '.join(errors)}")

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ..paths import Paths
-from ..utils import atomic_path
+from ..utils import atomic_dir
 from ._app import stage_main
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ def fetch(cfg: DictConfig) -> None:
     out = Paths.from_config(cfg.paths).images(cfg.data.name)
     # a partial, called here: errors reach the user as they are, not wrapped by Hydra
     fetcher = instantiate(cfg.data.fetch, _partial_=True, _convert_="all")
-    with atomic_path(out) as tmp:  # a failed fetch leaves the previous images in place
+    with atomic_dir(out) as tmp:  # a failed fetch leaves the previous images in place
         fetcher(out_dir=tmp)
     log.info("fetched %s into %s", cfg.data.name, out)
 

@@ -11,7 +11,7 @@ from ..data.folder import scan_image_folder
 from ..data.report import build_report, write_data_report
 from ..data.split import split_with_fixed, stratified_split, write_split
 from ..paths import Paths
-from ..utils import atomic_path, write_json
+from ..utils import atomic_dir, write_json
 from ._app import stage_main
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def split(cfg: DictConfig) -> None:
             report["cross_split_duplicates"]["groups"],
             report_dir,
         )
-    with atomic_path(paths.split(cfg.data.name)) as tmp:
+    with atomic_dir(paths.split(cfg.data.name)) as tmp:
         digests = {path: info.sha256 for path, info in scan.info.items()}
         write_split(tmp, splits, scan.class_names, params.sample_per_class, params.seed, digests)
         write_json(tmp / "report.json", report)

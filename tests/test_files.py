@@ -1,0 +1,104 @@
+"""No command deletes what it did not write: the atomic writers replace a file only with a file and a folder only
+with a folder, reach the disk before they rename, and the commands refuse an existing folder given as a file."""
+
+import os
+import subprocess
+
+import pytest
+
+from imgclf.errors import BadInput
+from imgclf.utils import atomic_dir, atomic_path, remove_orphans_in, write_text
+
+from .conftest import BIN
+
+
+def test_a_file_never_replaces_a_folder(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(BadInput, match="results is a folder; give a file name"):
+        write_text(folder, "x")
+    assert (folder / "keep.txt").read_text() == "mine"
+    with pytest.raises(BadInput, match="is a file, not a folder"), atomic_dir(folder / "keep.txt"):
+        pass
+    assert (folder / "keep.txt").read_text() == "mine"
+
+
+def test_writes_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "out.csv"
+    with atomic_path(target) as tmp:
+        tmp.write_text("a,b\n")
+    assert events == [("fsync", str(tmp)), ("replace", str(target)), ("fsync", str(tmp_path))]
+    events.clear()
+    with atomic_dir(tmp_path / "export") as tmp:
+        (tmp / "model.onnx").write_bytes(b"x")
+    assert events[:2] == [("fsync", str(tmp / "model.onnx")), ("fsync", str(tmp))]
+    assert events[-2:] == [("replace", str(tmp_path / "export")), ("fsync", str(tmp_path))]
+
+
+def test_a_folder_output_keeps_the_old_one_until_the_new_one_is_complete(tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.onnx").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "model.onnx").write_text("half")
+        raise RuntimeError("the export failed")
+    assert (out / "model.onnx").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    with atomic_dir(out) as tmp:
+        (tmp / "model.onnx").write_text("new")
+    assert (out / "model.onnx").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_temporary_files_of_killed_writers_are_removed(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphans = [tmp_path / f".sample-train-32px-{k}.npy.tmp{dead.pid}" for k in ("aaaa", "bbbb")]
+    for orphan in orphans:
+        orphan.write_bytes(b"\0" * 100)
+    alive = tmp_path / f".x.npy.tmp{os.getppid()}"  # a writer still at work: kept
+    alive.write_bytes(b"")
+    mine = tmp_path / "pack.npy"
+    mine.write_bytes(b"")
+    remove_orphans_in(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, mine.name])
+
+
+def run(args, cwd, env):
+    return subprocess.run([str(BIN / "imgclf"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_commands_refuse_an_existing_folder_as_their_output(trained_project, tmp_path, project_env):
+    image = str(next((trained_project / "data/tiny/images/a").iterdir()))
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    (work / "sub" / "results").mkdir()
+    (work / "sub" / "results" / "keep.csv").write_text("mine")
+    model = str(trained_project / "models/export")
+    uri = f"sqlite:///{trained_project}/mlflow.db"
+    for args in (
+        ["predict", image, "--model", model, "--out", "results"],
+        ["predict", image, "--model", model, "--submission", "results"],
+        ["predict", image, "--model", model, "--out", ".."],
+        ["runs", "--uri", uri, "--experiment", "test", "--out", "results"],
+        ["runs", "--uri", uri, "--experiment", "test", "--out", ".."],
+    ):
+        done = run(args, work / "sub", project_env)
+        assert done.returncode == 1, (args, done.stdout)
+        assert done.stderr.count("\n") == 1 and "is a folder; give a file name" in done.stderr, done.stderr
+    assert (work / "notes.txt").read_text() == "mine" and (work / "sub/results/keep.csv").read_text() == "mine"
+    done = run(["predict", image, "--model", model, "--out", "results/predictions.csv"], work / "sub", project_env)
+    assert done.returncode == 0 and (work / "sub/results/predictions.csv").read_text().startswith("path,top1,")
