@@ -111,6 +111,13 @@ def tiny_cfg(tiny_project, compose_cfg):
     return _cfg
 
 
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory):
+    """One tiny project trained, evaluated and exported per test worker, shared read-only by the tests of hostile
+    inputs (they copy what they change)."""
+    return trained_tiny_project(tmp_path_factory.mktemp("trained"))
+
+
 @pytest.fixture
 def http_server(tmp_path):
     """Serve tmp_path/'www' on 127.0.0.1; yields (base_url, www_dir, request_log).

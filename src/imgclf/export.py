@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .program import load_program, save_program
 from .serving import ServingSpec
-from .utils import atomic_path
+from .utils import atomic_dir
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "pt2")
@@ -23,8 +24,7 @@ def export_model(
 ) -> dict[str, float]:
     """model.onnx, model.pt2, labels.txt and preprocessing.json into `out_dir`, only if both formats agree with
     PyTorch on `inputs` (normalised test images) within `atol`; returns the checks' figures."""
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
+    with atomic_dir(out_dir) as tmp:
         export_onnx(model, inputs[:1], tmp / "model.onnx", opset)
         export_program(model, inputs, tmp / PROGRAM)
         report = {
@@ -87,12 +87,7 @@ def export_program(model: nn.Module, inputs: torch.Tensor, path: str | Path) -> 
     program = torch.export.export(
         model.eval().cpu(), (example.cpu(),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
     )
-    torch.export.save(program, str(path))
-
-
-def load_program(path: str | Path) -> nn.Module:
-    """A saved .pt2 program as a callable module."""
-    return torch.export.load(str(path)).module()
+    save_program(program, Path(path))
 
 
 def verify_program(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> dict[str, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInput, MissingInput
+from .errors import BadInput, MissingInput, UserError
 from .serving import softmax
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def torch_logits(module) -> Runner:
 
 def program_logits(path: Path) -> Runner:
     """The torch.export program (.pt2) that export writes."""
-    from .export import load_program
+    from .program import load_program
 
     return torch_logits(load_program(path))
 
@@ -206,7 +206,13 @@ def load_runner(path: Path) -> Runner:
     path = Path(path)
     if path.suffix not in LOADERS:
         raise BadInput(f"{path}: not a deployable model; valid: {', '.join(LOADERS)} (or a .pt checkpoint)")
-    return LOADERS[path.suffix](path)
+    try:
+        return LOADERS[path.suffix](path)
+    except (UserError, FileNotFoundError, PermissionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runtime's own words for a file it cannot load, in one line
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"{path}: not a model this runtime can load ({detail})") from None
 
 
 def probabilities(path: Path) -> Runner:

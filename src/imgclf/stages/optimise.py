@@ -20,7 +20,7 @@ from ..lifecycle import TrainingRun
 from ..optimise import build, calibration_indices, compare, model_size_mb, optimised_file, probabilities
 from ..paths import Paths
 from ..serving import ServingSpec
-from ..utils import atomic_path, write_json
+from ..utils import atomic_dir, write_json
 from ._app import stage_main
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ def optimise(cfg: DictConfig) -> dict:
     calibration = preprocess(train.batch(calibration_indices(len(train), o.calibration_images, o.seed))).numpy()
     test = load_split(root, "test", cfg.data.subset, spec)
     out_dir = paths.models / "optimised"
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
+    with atomic_dir(out_dir) as tmp:
         model_file = tmp / optimised_file(o.method)
         runner = build(o.method, fp32, model_file, calibration, per_channel=o.per_channel)
         reference, probs, labels = probabilities(fp32), [], []
