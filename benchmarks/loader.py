@@ -22,7 +22,8 @@ from PIL import Image
 from torch import nn
 
 from imgclf.config import compose
-from imgclf.data.datasets import TensorImageDataset, build_loader, decode_image
+from imgclf.data.datasets import TensorImageDataset, build_loader
+from imgclf.data.images import decode_image
 from imgclf.data.transforms import build_augment
 from imgclf.engine import DeviceSetup, Preprocess, Trainer, train_one_epoch
 from imgclf.models import build_model

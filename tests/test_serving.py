@@ -38,3 +38,10 @@ def test_spec_round_trips_through_its_two_files(tmp_path):
     cropped.write(tmp_path)
     assert ServingSpec.read(tmp_path) == cropped and cropped.stored_size == 73
     assert "the shorter side to 73, then the centre 64 px" in (tmp_path / "preprocessing.json").read_text()
+
+
+def test_the_decoder_knows_the_contracts_resize_modes():
+    from imgclf.data import images
+    from imgclf.serving import RESIZE_MODES
+
+    assert images.RESIZE_MODES == RESIZE_MODES  # two copies: serving.py imports nothing of imgclf

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import BadInput, MissingInput
-from .serving import RESIZE_MODES
+from .serving import INTERPOLATIONS, RESIZE_MODES
 from .utils import load_tensors
 
 log = logging.getLogger(__name__)
@@ -307,9 +307,6 @@ def resolve_preprocessing(
             f"model.image_size={spec.image_size} is too small for {name}; it needs at least {spec.min_size} px"
         )
     return spec
-
-
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
 def load_checkpoint(path) -> dict:

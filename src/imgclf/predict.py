@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .data.datasets import decode_image
+from .data.images import UNREADABLE, decode_image, why_unreadable
 from .data.transforms import center_crop, tta_views
 from .errors import BadInput, MissingInput
-from .serving import ServingSpec, normalize, scaled_stats, softmax
+from .serving import ContractError, ServingSpec, normalize, scaled_stats, softmax
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +32,34 @@ def collect_inputs(args: Sequence[str]) -> list[Path]:
     paths: list[Path] = []
     for arg in args:
         path = Path(arg)
-        if path.is_dir():
+        kind = _kind(path)
+        if kind == "folder":
             paths.extend(
                 sorted(
                     p
                     for p in path.rglob("*")
-                    if p.is_file()
-                    and p.suffix.lower() in IMAGE_SUFFIXES
+                    if p.suffix.lower() in IMAGE_SUFFIXES
                     and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                    and _kind(p) == "file"
                 )
             )
-        elif path.suffix.lower() == ".txt" and path.is_file():
-            paths.extend(Path(line.strip()) for line in path.read_text().splitlines() if line.strip())
+        elif kind == "file" and path.suffix.lower() == ".txt":
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BadInput(f"{path}: not a readable list of image paths ({type(exc).__name__})") from None
+            paths.extend(Path(line.strip()) for line in text.splitlines() if line.strip())
         else:
-            paths.append(path)  # a missing file is reported per file later, not here
+            paths.append(path)  # a missing or odd file is reported per file later, not here
     return paths
+
+
+def _kind(path: Path) -> str:
+    """folder, file or other (missing, a name the file system refuses, a loop of links)."""
+    try:
+        return "folder" if path.is_dir() else "file" if path.is_file() else "other"
+    except (OSError, ValueError):
+        return "other"
 
 
 class Classifier:
@@ -55,30 +67,51 @@ class Classifier:
     with its serving contract (labels.txt and preprocessing.json beside it)."""
 
     def __init__(self, model_path: str | Path):
-        model_path = Path(model_path)
+        try:
+            self._load(Path(model_path))
+        except ContractError as exc:  # serving.py stays free of imgclf's imports (MLflow pickles it by value)
+            raise BadInput(str(exc)) from None
+
+    def _load(self, model_path: Path) -> None:
         if model_path.suffix == ".pt":
             from .models import load_checkpoint, model_from_checkpoint
             from .optimise import torch_logits
 
             ckpt = load_checkpoint(model_path)
-            self.spec = ServingSpec.from_checkpoint(ckpt)
+            self.spec = ServingSpec.from_checkpoint(ckpt, str(model_path))
             self._run = torch_logits(model_from_checkpoint(ckpt))
-            return
-        from .optimise import LOADERS, MODEL_FILES, load_runner
+        else:
+            from .optimise import LOADERS, MODEL_FILES, load_runner
 
-        if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), model.pt2, model.xml (OpenVINO), a .plan
-            model_file = model_path
-        else:  # an export or optimised directory: its model, whichever format it holds
-            model_file = next(
-                (model_path / f for f in MODEL_FILES if (model_path / f).is_file()), model_path / "model.onnx"
-            )
-        if not model_file.is_file():
-            raise MissingInput(
-                f"no exported model at {model_file}; run the pipeline (dvc repro) or pass "
-                "--model models/export, models/optimised or models/model.pt"
-            )
-        self.spec = ServingSpec.read(model_file.parent)
-        self._run = load_runner(model_file)
+            if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), model.pt2, model.xml, a .plan
+                model_file = model_path
+            else:  # an export or optimised directory: its model, whichever format it holds
+                model_file = next(
+                    (model_path / f for f in MODEL_FILES if (model_path / f).is_file()), model_path / "model.onnx"
+                )
+            if not model_file.is_file():
+                raise MissingInput(
+                    f"no exported model at {model_file}; run the pipeline (dvc repro) or pass "
+                    "--model models/export, models/optimised or models/model.pt"
+                )
+            self.spec = ServingSpec.read(model_file.parent)  # checked before the model file is even opened
+            self._run = load_runner(model_file)
+        self._check_contract(model_path)
+
+    def _check_contract(self, source: Path) -> None:
+        """One blank image through the model: its input size is the spec's and its outputs match labels.txt."""
+        size = self.spec.image_size
+        try:
+            logits = np.asarray(self._run(np.zeros((1, 3, size, size), np.float32)))
+        except Exception as exc:  # noqa: BLE001 - each runtime words a wrong input shape its own way
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise BadInput(
+                f"{source}: the model does not take the 3 x {size} x {size} input that preprocessing.json "
+                f"describes ({detail})"
+            ) from None
+        if logits.ndim != 2 or logits.shape[0] != 1:
+            raise BadInput(f"{source}: the model answers shape {logits.shape}; one row of class scores is expected")
+        self.spec.check_outputs(logits.shape[1], str(source))
 
     @property
     def class_names(self) -> list[str]:
@@ -102,8 +135,12 @@ class Classifier:
                 slots.append(i)
             except FileNotFoundError:
                 results[i].error = "no such file"
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                results[i].error = f"not a readable image ({type(exc).__name__})"
+            except ValueError as exc:  # a NUL in the name: not a path the system can open
+                results[i].error = why_unreadable(exc) if not str(exc).startswith("embedded null") else "no such file"
+            except IsADirectoryError:
+                results[i].error = "a folder, not an image"
+            except UNREADABLE as exc:
+                results[i].error = why_unreadable(exc)
             if len(batch) == batch_size or (i == len(paths) - 1 and batch):
                 for slot, probs in zip(slots, self._probs(np.stack(batch).transpose(0, 3, 1, 2), tta)):
                     results[slot].probs = probs

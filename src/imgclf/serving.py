@@ -16,7 +16,15 @@ import numpy as np
 
 LABELS_FILE = "labels.txt"
 RESIZE_MODES = ("crop", "squash")  # see ServingSpec
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+TTA_VIEWS = ("hflip", "crops")
 PREPROCESSING_FILE = "preprocessing.json"
+# a served model's input side: timm's largest (800 px) fits; the batch memory a request costs stays bounded
+MAX_INPUT_SIZE = 1024
+
+
+class ContractError(ValueError):
+    """labels.txt or preprocessing.json out of range: the message names the file, the key and what is valid."""
 
 
 def scaled_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -79,17 +87,44 @@ class ServingSpec:
         return self.resize_size if self.resize == "crop" else self.image_size
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> ServingSpec:
-        return cls(
-            list(ckpt["class_names"]),
-            int(ckpt["image_size"]),
-            list(ckpt["mean"]),
-            list(ckpt["std"]),
-            ckpt.get("interpolation", "bilinear"),
-            ckpt.get("resize_size"),
-            ckpt.get("resize", "squash"),
-            list(ckpt.get("tta", [])),
+    def from_checkpoint(cls, ckpt: dict, source: str = "the checkpoint") -> ServingSpec:
+        return cls.checked(
+            source,
+            ckpt.get("class_names"),
+            {k: ckpt.get(k) for k in ("image_size", "mean", "std", "interpolation", "resize_size", "resize", "tta")},
         )
+
+    @classmethod
+    def checked(cls, source: str, class_names, spec: dict) -> ServingSpec:
+        """A spec from untrusted values (a file anyone may have written), each checked against its valid range."""
+
+        def bad(key, valid):
+            return ContractError(f"{source}: {key}={spec.get(key)!r} is not valid: {valid}")
+
+        if not isinstance(class_names, (list, tuple)) or not all(isinstance(c, str) and c for c in class_names):
+            raise ContractError(f"{source}: the class names are not a list of names")
+        if len(class_names) < 2 or len(set(class_names)) != len(class_names):
+            raise ContractError(f"{source}: {len(class_names)} class names, {len(set(class_names))} distinct; "
+                                "a classifier needs at least 2, each once")  # fmt: skip
+        size, resize_size = spec.get("image_size"), spec.get("resize_size")
+        if not _integer(size) or not 1 <= size <= MAX_INPUT_SIZE:
+            raise bad("image_size", f"an integer from 1 to {MAX_INPUT_SIZE}")
+        if resize_size is not None and (not _integer(resize_size) or not size <= resize_size <= MAX_INPUT_SIZE):
+            raise bad("resize_size", f"null or an integer from image_size ({size}) to {MAX_INPUT_SIZE}")
+        for key, low in (("mean", 0.0), ("std", 1e-6)):
+            values = spec.get(key)
+            if not isinstance(values, list) or len(values) != 3 or not all(_fraction(v, low) for v in values):
+                raise bad(key, f"3 numbers from {low:g} to 1 (R, G, B, of pixel / 255)")
+        interpolation, resize = spec.get("interpolation") or "bilinear", spec.get("resize") or "squash"
+        if interpolation not in INTERPOLATIONS:
+            raise bad("interpolation", "one of " + ", ".join(INTERPOLATIONS))
+        if resize not in RESIZE_MODES:
+            raise bad("resize", "one of " + ", ".join(RESIZE_MODES))
+        tta = spec.get("tta") or []
+        if not isinstance(tta, list) or not set(tta) <= set(TTA_VIEWS):
+            raise bad("tta", "a list of: " + ", ".join(TTA_VIEWS))
+        means, stds = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
+        return cls(list(class_names), size, means, stds, interpolation, resize_size, resize, list(tta))
 
     def write(self, directory: str | Path) -> None:
         """labels.txt and preprocessing.json into `directory` (the export's temporary directory)."""
@@ -118,22 +153,44 @@ class ServingSpec:
 
     @classmethod
     def read(cls, directory: str | Path) -> ServingSpec:
-        """The spec written by `write`; FileNotFoundError names the missing file."""
+        """The spec written by `write`, checked (ContractError names the file and the key); FileNotFoundError names
+        a missing file."""
         directory = Path(directory)
-        spec = json.loads((directory / PREPROCESSING_FILE).read_text())
-        labels = parse_labels((directory / LABELS_FILE).read_text())
-        resize = spec.get("resize", "squash")
-        return cls(
-            labels,
-            int(spec["image_size"]),
-            list(spec["mean"]),
-            list(spec["std"]),
-            spec.get("interpolation", "bilinear"),
-            spec.get("resize_size"),
-            resize if resize in RESIZE_MODES else "squash",
-            list(spec.get("tta", [])),
-        )
+        spec_file, labels_file = directory / PREPROCESSING_FILE, directory / LABELS_FILE
+        for file in (spec_file, labels_file):
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} not found: a model is served with its {LABELS_FILE} and "
+                                        f"{PREPROCESSING_FILE} beside it, as export writes them")  # fmt: skip
+        try:
+            spec = json.loads(spec_file.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ContractError(f"{spec_file}: not valid JSON ({str(exc).splitlines()[0]})") from None
+        if not isinstance(spec, dict):
+            raise ContractError(f"{spec_file}: a JSON object of the preprocessing keys is expected")
+        try:
+            labels = parse_labels(labels_file.read_text())
+        except UnicodeDecodeError:
+            raise ContractError(f"{labels_file}: not UTF-8 text (one class name per line)") from None
+        if len(labels) < 2:
+            raise ContractError(f"{labels_file}: {len(labels)} class names; one per line, at least 2")
+        return cls.checked(str(spec_file), labels, spec)
+
+    def check_outputs(self, num_outputs: int, source: str) -> None:
+        """The model's outputs and labels.txt must agree one to one."""
+        if num_outputs != len(self.class_names):
+            raise ContractError(
+                f"{source}: the model has {num_outputs} outputs but labels.txt names {len(self.class_names)} "
+                "classes; they must match one to one"
+            )
 
     def normalize_images(self, images: np.ndarray) -> np.ndarray:
         """RGB uint8 images (N, S, S, 3) resized and cropped as `how` says -> the model's float32 NCHW input."""
         return normalize(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), *scaled_stats(self.mean, self.std))
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fraction(value, low: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= 1

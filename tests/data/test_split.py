@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclf.data.datasets import build_loader, decode_image, load_split
+from imgclf.data.datasets import build_loader, load_split
+from imgclf.data.images import decode_image
 from imgclf.data.split import (
     data_version,
     read_index,
@@ -63,7 +64,7 @@ def test_index_files_round_trip_and_the_data_version_follows_content(tmp_path):
 
 
 def test_an_image_edited_in_place_is_what_the_next_load_sees(tiny_project):
-    """Issue 11: the pack was keyed by the index (names); now by content, so new pixels reach training."""
+    """The pack is keyed by content, not by the index (names): new pixels under an old name reach training."""
     from imgclf.data.folder import scan_image_folder
 
     first = load_split("data/tiny", "train", "full", spec(8))

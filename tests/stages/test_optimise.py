@@ -74,7 +74,7 @@ def test_int8_and_fp16_are_checked_kept_logged_and_served(project):
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
     pyfunc = mlflow.pyfunc.load_model("models:/imgclf-tiny-int8_onnx/1")
-    from imgclf.data.datasets import decode_image
+    from imgclf.data.images import decode_image
     from imgclf.data.transforms import center_crop
 
     spec = Classifier(int8).spec  # what a client sends: preprocessing.json's resize, then the centre crop

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from imgclf.data.datasets import decode_image
+from imgclf.data.images import decode_image
 from imgclf.data.transforms import center_crop
 from imgclf.engine import NonFiniteLoss
 from imgclf.errors import BadInput

@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import PIL
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import BadInput
 from ..paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
-from ..serving import RESIZE_MODES
-from ..utils import disk_errors, parallel_map
+from ..utils import atomic_path, parallel_map, remove_orphans_in
+from .images import decode_image
 from .split import read_index, read_labels, read_manifest
 
 log = logging.getLogger(__name__)
@@ -98,28 +97,6 @@ def _batch_collate(batch):
     return batch
 
 
-def decode_image(path, size: int, interpolation: str = "bilinear", resize: str = "crop") -> np.ndarray:
-    """Decode any PIL-readable image to RGB (grayscale expanded) as a `size` x `size` HWC uint8 array: `crop`
-    resizes the shorter side to `size` and keeps the centre (torchvision's Resize + CenterCrop); `squash`
-    resizes the whole image to the square (fast.ai 2017)."""
-    if resize not in RESIZE_MODES:
-        raise BadInput(f"unknown model.resize '{resize}'; choose one of: {', '.join(RESIZE_MODES)}")
-    method = Image.Resampling[interpolation.upper()]
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        w, h = img.size
-        if resize == "crop" and w != h:
-            scale = size / min(w, h)
-            w, h = max(size, int(w * scale)), max(size, int(h * scale))  # torchvision's Resize(size)
-            if (w, h) != img.size:
-                img = img.resize((w, h), method)
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-        elif img.size != (size, size):
-            img = img.resize((size, size), method)
-        return np.asarray(img, dtype=np.uint8)
-
-
 def decode_checked(path: Path, sha256: str | None, size: int, interpolation: str = "bilinear", resize: str = "crop"):
     """decode_image(), refusing a file whose bytes are not the ones the split's manifest recorded."""
     content = Path(path).read_bytes()
@@ -143,20 +120,14 @@ def write_pack(
     each file checked against the manifest's digest when given."""
     decode = partial(_decode_item, size=size, interpolation=interpolation, resize=resize)
     items = list(zip(paths, digests if digests is not None else [None] * len(paths)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with disk_errors(out):
-            pack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
-            with tmp.open("r+b") as f:  # the blocks now: a full disk is an error here, not a SIGBUS in a mapped write
-                os.posix_fallocate(f.fileno(), 0, tmp.stat().st_size)
-            for i, array in enumerate(parallel_map(decode, items)):
-                pack[i] = array
-            pack.flush()
-            del pack
-        os.replace(tmp, out)  # a half-written pack never looks complete
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp:  # a half-written pack never looks complete
+        pack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+        with tmp.open("r+b") as f:  # the blocks now: a full disk is an error here, not a SIGBUS in a mapped write
+            os.posix_fallocate(f.fileno(), 0, tmp.stat().st_size)
+        for i, array in enumerate(parallel_map(decode, items)):
+            pack[i] = array
+        pack.flush()
+        del pack
 
 
 def pack_key(rows: list[tuple[str, str]], digests: Mapping[str, str], size: int, interpolation: str, resize: str):
@@ -184,6 +155,7 @@ def packed_split(
     (pack_key); returned memory-mapped, read-only: only the batches in use are in memory."""
     key = pack_key(rows, digests, size, interpolation, resize)
     cache = root / CACHE_DIR / f"{tag}-{size}px-{key}.npy"
+    remove_orphans_in(cache.parent)  # half-written packs of killed writers: keyed by content, never read again
     pack = _open_pack(cache, (len(rows), 3, size, size)) if cache.is_file() else None
     if pack is None:
         expected = [digests[rel] for rel, _ in rows]

@@ -6,7 +6,6 @@ import hashlib
 import io
 import logging
 import shutil
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInput, MissingInput
 from ..utils import parallel_map
+from .images import ImageTooLarge, open_image
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,15 @@ def inspect_image(path: Path) -> tuple[str | None, ImageInfo | None]:
     if not content:
         return "empty file", None
     try:
-        with warnings.catch_warnings():
-            # past Image.MAX_IMAGE_PIXELS PIL only warns (it errors at twice that): refuse at the limit
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(content)) as img:
-                img.load()  # full decode: catches truncated files that only a header check would pass
-                digest = hashlib.sha1(img.tobytes()).hexdigest()
-                return None, ImageInfo(img.width, img.height, img.mode, digest, hashlib.sha256(content).hexdigest())
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        with open_image(io.BytesIO(content)) as img:
+            img.load()  # full decode: catches truncated files that only a header check would pass
+            digest = hashlib.sha1(img.tobytes()).hexdigest()
+            return None, ImageInfo(img.width, img.height, img.mode, digest, hashlib.sha256(content).hexdigest())
+    except (ImageTooLarge, Image.DecompressionBombError):
         return "decompression bomb", None
     except UnidentifiedImageError:
         return "not an image", None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return f"corrupt ({type(exc).__name__})", None
 
 

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInput
-
-TTA_VIEWS = ("hflip", "crops")  # besides the centre view, which is always there
+from ..serving import TTA_VIEWS
 
 
 class Augment:

@@ -1,0 +1,70 @@
+"""The one way an image file becomes pixels, for split, training's packs, evaluation, `imgclf predict` and
+`imgclf serve`: its size read from the header and checked against one pixel limit before anything is decoded."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from PIL import Image
+
+from ..errors import BadInput
+
+# PIL's own default (about 9459 x 9459): above every camera's photo, below what a 20 KB PNG can claim. One decode
+# holds at most MAX_PIXELS x 4 bytes as RGB (358 MB) plus the file's own mode while converting (up to as much).
+MAX_PIXELS = 89_478_485
+RESIZE_MODES = ("crop", "squash")  # serving.py's, which imports nothing of imgclf (tests/test_serving.py: equal)
+
+
+class ImageTooLarge(BadInput):
+    """An image whose header claims more pixels than MAX_PIXELS: refused before it is decoded."""
+
+
+@contextmanager
+def open_image(source) -> Iterator[Image.Image]:
+    """PIL's lazy open (the header only) of a path or a file object, refused past MAX_PIXELS; decode inside."""
+    with warnings.catch_warnings():
+        # the size is checked here, against our limit; PIL's own warning (or its error at 2x) would come later
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(source) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageTooLarge(f"image of {width} x {height} pixels is over the limit of {MAX_PIXELS:,} pixels")
+            yield img
+
+
+def decode_image(source, size: int, interpolation: str = "bilinear", resize: str = "crop") -> np.ndarray:
+    """Decode any PIL-readable image to RGB (grayscale expanded) as a `size` x `size` HWC uint8 array: `crop`
+    resizes the shorter side to `size` and keeps the centre (torchvision's Resize + CenterCrop); `squash`
+    resizes the whole image to the square (fast.ai 2017)."""
+    if resize not in RESIZE_MODES:
+        raise BadInput(f"unknown model.resize '{resize}'; choose one of: {', '.join(RESIZE_MODES)}")
+    method = Image.Resampling[interpolation.upper()]
+    with open_image(source) as img:
+        img = img.convert("RGB")
+        w, h = img.size
+        if resize == "crop" and w != h:
+            scale = size / min(w, h)
+            w, h = max(size, int(w * scale)), max(size, int(h * scale))  # torchvision's Resize(size)
+            if (w, h) != img.size:
+                img = img.resize((w, h), method)
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        elif img.size != (size, size):
+            img = img.resize((size, size), method)
+        return np.asarray(img, dtype=np.uint8)
+
+
+# what a file that is not a readable image raises while it is opened or decoded (ImageTooLarge is a ValueError)
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def why_unreadable(exc: BaseException) -> str:
+    """The reason a file could not be decoded, in a few words for a message or a report."""
+    if isinstance(exc, ImageTooLarge):
+        return str(exc)
+    if isinstance(exc, Image.DecompressionBombError):  # PIL's own check, at twice the limit, came first
+        return f"image over the limit of {MAX_PIXELS:,} pixels"
+    return f"not a readable image ({type(exc).__name__})"
