@@ -2,15 +2,24 @@
 
 The page is one static file (src/imgclf/web/index.html, no CDN: nothing is fetched from the internet); the API
 classifies with the same `Classifier` as `imgclf predict` (the one serving contract), so a page and the CLI give
-the same result for the same file. Uploads have a size limit; a file that cannot be read is a message on the page,
-never a server error; server-side paths are read only under the allowed roots.
+the same result for the same file.
+
+What it may read and hold: every server-side path (an image, a folder's members, a list file's lines, a model to
+switch to) is resolved, symlinks included, and must lie under an allowed root (a model also under the folder of
+the model it started with); a path outside answers the same 403 whether it exists or not. Requests that change
+or read server state accept only the page's own origin, and a model switch only a JSON body. Uploads are counted
+as they arrive (chunked or not) against the limit, and at most `max_concurrent` requests decode and classify at
+once, each image refused past the pixel limit from its header: memory is bounded by these settings.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
+import re
+import shutil
 import tempfile
 import threading
 import time
@@ -20,10 +29,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
-from .errors import BadInput, MissingInput
+from .access import LOOPBACK, Guard, UploadTooLarge, inside
+from .data.images import UNREADABLE, open_image
+from .errors import USER_ERRORS, BadInput, MissingInput
 from .predict import Classifier, Prediction, collect_inputs, top_k
 
 log = logging.getLogger(__name__)
@@ -36,6 +47,7 @@ ARTIFACTS = {  # the model card's pictures: name -> the run's artifact
     "samples": "data/samples.png",
 }
 MAX_FILES = 500
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids
 
 
 @dataclass
@@ -49,36 +61,66 @@ class Model:
     pictures: dict[str, Path] = field(default_factory=dict)
 
 
-def load_model(ref: str, uri: str, cache: Path) -> Model:
+def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None) -> Model:
     """An export or optimised dir, a model file (.onnx, .pt2, .xml, .plan, .pt), a run id (its export) or
-    `models:/name/version`."""
+    `models:/name/version`. With `roots` (a switch asked for from the page), a path must lie under one of them."""
     from . import tracking
 
-    path = Path(ref).expanduser()
     run_id = None
-    if path.exists():
-        run_file = (path if path.is_dir() else path.parent).parent / "run.json"
-        if run_file.is_file():
-            import json
-
-            run_id = json.loads(run_file.read_text()).get("run_id")
-    elif ref.startswith("models:/"):
+    if ref.startswith("models:/"):
         local, run_id = tracking.download_model(uri, ref, cache / "registered")
         found = sorted(local.rglob("model.onnx"))
         if not found:
             raise MissingInput(f"{ref} holds no model.onnx; register a model from `imgclf export`")
         path = found[0].parent
-    else:
+    elif RUN_ID.fullmatch(ref) and (roots is not None or not Path(ref).exists()):
         run_id = ref
         export = tracking.run_record(uri, ref)["tags"].get("imgclf.export_dir")
-        path = Path(export) if export and Path(export).is_dir() else None
-        if path is None:
+        path = _local_export(export, roots)
+        if path is None:  # not on this disk, or not where the page may read: the run's logged copy
             path = tracking.artifact_file(uri, ref, "export", cache / ref)
         if path is None:
             raise MissingInput(f"run {ref} has no export; run `imgclf export` (dvc repro) for it first")
+    else:
+        path = inside(ref, roots) if roots is not None else Path(ref).expanduser()
+        if not path.exists():
+            raise MissingInput(f"no model at {ref}; give an export folder, a model file, a run id or models:/NAME/N")
+        run_id = _run_id_beside(path)
     model = Model(ref, Classifier(path), run_id)
     model.card = model_card(model, uri, cache)
     return model
+
+
+def _local_export(export: str | None, roots: list[Path] | None) -> Path | None:
+    if not export or not Path(export).is_dir():
+        return None
+    if roots is None:
+        return Path(export)
+    try:
+        return inside(export, roots)
+    except (PermissionError, FileNotFoundError):
+        return None
+
+
+def _run_id_beside(path: Path) -> str | None:
+    """The training run of a model file or folder: models/run.json, beside model.pt or above export/ and
+    optimised/ (and their model files)."""
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder / "run.json", folder.parent / "run.json"):
+        if candidate.is_file():
+            try:
+                run_id = json.loads(candidate.read_text()).get("run_id")
+            except (ValueError, OSError, AttributeError):
+                return None
+            return run_id if isinstance(run_id, str) else None
+    return None
+
+
+def _model_home(path: Path) -> Path:
+    """models/ for models/export, models/export/model.onnx or models/model.pt (the folder of run.json); else the
+    model's own folder."""
+    folder = path if path.is_dir() else path.parent
+    return folder.parent if (folder.parent / "run.json").is_file() else folder
 
 
 def model_card(model: Model, uri: str, cache: Path) -> dict[str, Any]:
@@ -110,11 +152,11 @@ def model_card(model: Model, uri: str, cache: Path) -> dict[str, Any]:
 def thumbnail(path: Path, size: int) -> str | None:
     """A small JPEG of the image as a data URL (None when it cannot be read)."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.thumbnail((size, size))
             buf = io.BytesIO()
             image.convert("RGB").save(buf, format="JPEG", quality=85)
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except UNREADABLE:
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
@@ -130,39 +172,65 @@ def results(preds: list[Prediction], names: list[str], shown: list[str], thumb: 
     return rows
 
 
-def inside(path: str, roots: list[Path]) -> Path:
-    """A server-side path, resolved, if it lies under one of `roots`."""
-    resolved = Path(path).expanduser().resolve()
-    if not any(resolved == r or r in resolved.parents for r in roots):
-        allowed = ", ".join(map(str, roots)) or "none (serve --allow-root DIR)"
-        raise PermissionError(f"{path} is outside the allowed roots: {allowed}")
-    if not resolved.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    return resolved
+def _answer_errors(app: FastAPI, answer, max_bytes: int) -> None:
+    """A user's mistake is one JSON line and one log line with its 4xx status; anything else is a 500 whose
+    traceback uvicorn logs."""
+
+    @app.exception_handler(UploadTooLarge)
+    async def too_large(request: Request, exc: UploadTooLarge):
+        return answer(request, 413, f"upload over the limit of {max_bytes / 1e6:g} MB")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return answer(request, exc.status_code, str(exc.detail))
+
+    for kind in USER_ERRORS:
+
+        @app.exception_handler(kind)
+        async def client_error(request: Request, exc: Exception):
+            status = next((s for k, s in CLIENT_ERRORS.items() if isinstance(exc, k)), 400)
+            return answer(request, status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):  # a bug: uvicorn logs its traceback
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has the details"}, 500)
 
 
 class Service:
     """What the routes share: the served model (swappable from the picker) and the limits."""
 
-    def __init__(self, model: Model, *, uri: str, experiment: str, roots: list[Path], max_upload_mb: float):
+    def __init__(
+        self,
+        model: Model,
+        *,
+        uri: str,
+        experiment: str,
+        roots: list[Path],
+        max_upload_mb: float,
+        max_concurrent: int = 2,
+        model_roots: list[Path] = (),
+    ):
         self.model, self.uri, self.experiment = model, uri, experiment
         self.roots, self.max_bytes = [r.resolve() for r in roots], int(max_upload_mb * 1e6)
+        self.model_roots = self.roots + [r.resolve() for r in model_roots]
         self.cache = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
         self.lock = threading.Lock()
+        self.max_concurrent = max_concurrent  # requests decoding and classifying at once: the memory bound
 
-    def classify(self, files: list[tuple[str, bytes]], path: str) -> dict[str, Any]:
-        """Uploaded (name, bytes) pairs, or a file or folder under the allowed roots: one row per image."""
-        if not files and not path:
+    def classify(self, uploads: list[tuple[str, Any]], path: str) -> dict[str, Any]:
+        """Uploaded (name, file) pairs, or a file, folder or list file under the allowed roots: one row per image."""
+        if not uploads and not path:
             raise BadInput("choose an image (or several), or type a path")
         with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
             if path:
-                inputs = collect_inputs([str(inside(path, self.roots))])
-                shown = [str(p) for p in inputs]
+                inputs, shown, refused = self._server_inputs(path)
             else:
-                inputs, shown = [], []
-                for i, (name, data) in enumerate(files):
+                inputs, shown, refused = [], [], {}
+                for i, (name, upload) in enumerate(uploads):
                     inputs.append(Path(tmp) / f"{i}{Path(name).suffix.lower()[:8]}")
-                    inputs[-1].write_bytes(data)
+                    upload.seek(0)
+                    with inputs[-1].open("wb") as out:
+                        shutil.copyfileobj(upload, out)
                     shown.append(Path(name).name)
             if not inputs:
                 raise BadInput(f"no images in {path}")
@@ -170,38 +238,57 @@ class Service:
                 raise BadInput(f"{len(inputs)} images: at most {MAX_FILES} at a time")
             model = self.model
             started = time.perf_counter()
-            preds = model.classifier.classify(inputs)
+            preds = iter(model.classifier.classify([p for i, p in enumerate(inputs) if i not in refused]))
+            merged = [Prediction(str(p), error=refused[i]) if i in refused else next(preds) for i, p in
+                      enumerate(inputs)]  # fmt: skip
             latency = (time.perf_counter() - started) * 1000
-            rows = results(preds, model.classifier.class_names, shown, 256 if len(inputs) == 1 else 64)
+            rows = results(merged, model.classifier.class_names, shown, 256 if len(inputs) == 1 else 64)
         return {"latency_ms": round(latency, 1), "model": model.ref, "results": rows}
 
+    def _server_inputs(self, path: str) -> tuple[list[Path], list[str], dict[int, str]]:
+        """The images a typed path names, each resolved and checked against the roots: a folder's members and a
+        list file's lines too. Those outside get the same error row whether they exist or not."""
+        inputs, shown, refused = [], [], {}
+        for i, listed in enumerate(collect_inputs([str(inside(path, self.roots))])):
+            if i > MAX_FILES:
+                break  # counted as over the limit below; not resolved one by one
+            shown.append(str(listed))
+            try:
+                inputs.append(inside(listed, self.roots))
+            except PermissionError:
+                inputs.append(Path(listed))
+                refused[i] = "outside the allowed roots"
+            except FileNotFoundError:
+                inputs.append(Path(listed))
+                refused[i] = "no such file"
+        return inputs, shown, refused
+
     def switch(self, ref: str) -> dict[str, Any]:
-        model = load_model(ref, self.uri, self.cache)
+        model = load_model(ref, self.uri, self.cache, roots=self.model_roots)
         with self.lock:
             self.model = model
         return model.card
 
 
-def create_app(service: Service) -> FastAPI:
-    app = FastAPI(title="imgclf", docs_url=None, redoc_url=None)
+CLIENT_ERRORS = {PermissionError: 403, FileNotFoundError: 404}
 
-    @app.middleware("http")
-    async def limit_uploads(request: Request, call_next):
-        size = int(request.headers.get("content-length") or 0)
-        if size > service.max_bytes:
-            async for _ in request.stream():  # read and dropped, never kept: the client then gets the answer
-                pass
-            limit = service.max_bytes / 1e6
-            return JSONResponse({"error": f"upload of {size / 1e6:.1f} MB is over the limit of {limit:g} MB"}, 413)
-        return await call_next(request)
 
-    @app.exception_handler(Exception)
-    async def one_message(request: Request, exc: Exception):
-        status = {PermissionError: 403, FileNotFoundError: 404}.get(type(exc), 400)
-        if not isinstance(exc, (BadInput, MissingInput, PermissionError, FileNotFoundError)):
-            log.exception("serve: %s", request.url.path)
-            status = 500
-        return JSONResponse({"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status)
+def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """The routes. `allowed_hosts`: the Host names a request may carry (a server on loopback answers only to
+    loopback names, so a web page cannot reach it by rebinding its own name to 127.0.0.1); None takes any."""
+    import anyio
+    from starlette.formparsers import MultiPartParser
+
+    app = FastAPI(title="imgclf", docs_url=None, redoc_url=None, openapi_url=None)
+    slots = anyio.Semaphore(service.max_concurrent)  # waiting requests hold a socket, not a thread or an image
+    # uploads go to temporary files past 64 KB (Starlette keeps 1 MB each in memory): waiting requests hold no pixels
+    MultiPartParser.spool_max_size = 64 << 10
+
+    def answer(request: Request, status: int, message: str) -> JSONResponse:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, message)  # one line per 4xx
+        return JSONResponse({"error": message}, status)
+
+    _answer_errors(app, answer, service.max_bytes)
 
     @app.get("/", response_class=HTMLResponse)
     def index():
@@ -219,7 +306,15 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/api/model")
     async def switch(request: Request):
-        return service.switch(str((await request.json()).get("model", "")))
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return answer(request, 415, 'send {"model": "..."} as application/json')
+        try:
+            ref = (await request.json()).get("model")
+        except (ValueError, AttributeError):
+            ref = None
+        if not isinstance(ref, str) or not ref.strip():
+            return answer(request, 400, 'the body must be a JSON object {"model": "<path, run id or models:/n/v>"}')
+        return await run_in_threadpool(service.switch, ref.strip())
 
     @app.get("/api/picture/{name}")
     def picture(name: str):
@@ -230,11 +325,13 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/api/classify")
     async def classify(request: Request):
-        form = await request.form()
-        files = [(f.filename or "upload", await f.read()) for f in form.getlist("files") if hasattr(f, "read")]
-        return await run_in_threadpool(service.classify, files, str(form.get("path") or "").strip())
+        form = await request.form(max_files=MAX_FILES + 1)
+        uploads = [(f.filename or "upload", f.file) for f in form.getlist("files") if hasattr(f, "read")]
+        path = form.get("path")
+        async with slots:
+            return await run_in_threadpool(service.classify, uploads, path.strip() if isinstance(path, str) else "")
 
-    return app
+    return Guard(app, max_bytes=service.max_bytes, allowed_hosts=allowed_hosts, answer=answer)
 
 
 def main(argv: list[str]) -> int:
@@ -252,9 +349,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     parser.add_argument("--experiment", default="imgclf", help="where the model picker looks for runs")
-    parser.add_argument("--allow-root", action="append", type=Path, default=[], help="paths the page may read")
-    parser.add_argument("--max-upload-mb", type=float, default=20.0)
+    parser.add_argument(
+        "--allow-root", action="append", type=Path, default=[], help="folders the page may read images from"
+    )
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit (default: %(default)s)")
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=2,
+        help="requests decoding and classifying at once; the others wait (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    if args.max_concurrent < 1 or args.max_upload_mb <= 0:
+        parser.error("--max-concurrent must be at least 1 and --max-upload-mb above 0")
+    logging.basicConfig(level=logging.WARNING, format="imgclf serve: %(message)s")
+    start = Path(args.model).expanduser()
     try:
         service = Service(
             load_model(args.model, args.uri, Path(tempfile.mkdtemp(prefix="imgclf-serve-"))),
@@ -262,10 +371,15 @@ def main(argv: list[str]) -> int:
             experiment=args.experiment,
             roots=args.allow_root,
             max_upload_mb=args.max_upload_mb,
+            max_concurrent=args.max_concurrent,
+            # the model it starts with was chosen on this machine's command line: the page may switch between
+            # the models beside it too (models/: model.pt, export/, optimised/)
+            model_roots=[_model_home(start)] if start.exists() else [],
         )
-    except (BadInput, MissingInput, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    hosts = LOOPBACK if args.host in LOOPBACK else None
     print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(service, hosts), host=args.host, port=args.port, log_level="warning")
     return 0

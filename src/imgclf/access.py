@@ -1,0 +1,107 @@
+"""Who may ask `imgclf serve` for what: server-side paths only under the allowed roots (symlinks resolved, the
+same answer outside whether a file exists or not), requests only from the page's own origin and host, bodies
+counted against the limit as they arrive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DRAIN_FACTOR = 10  # a refused body up to 10 x the limit is read and dropped, so a client sending it hears why
+
+
+async def _drain(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
+def inside(path: str | Path, roots: list[Path]) -> Path:
+    """A server-side path, resolved (symlinks followed), if it lies under one of `roots`. Outside them the answer
+    is the same PermissionError whether the path exists or not: no existence oracle."""
+    text = str(path)
+    try:
+        if "\0" in text:
+            raise ValueError("NUL in path")
+        resolved = Path(text).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError):  # a loop of links, a name too long, a NUL
+        resolved = None
+    if resolved is None or not any(resolved == r or r in resolved.parents for r in roots):
+        allowed = ", ".join(map(str, roots)) or "none (serve --allow-root DIR)"
+        raise PermissionError(f"{_shown(text)} is outside the allowed roots: {allowed}")
+    try:
+        exists = resolved.exists()
+    except OSError:  # a name too long for the file system, a component that is not a folder
+        exists = False
+    if not exists:
+        raise FileNotFoundError(f"{_shown(text)} does not exist")
+    return resolved
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+class UploadTooLarge(Exception):
+    """A request body grew past the limit while it was read."""
+
+
+class Guard:
+    """ASGI middleware in front of every route: the Host must be this server's (when `allowed_hosts` says which),
+    a request that is not a GET must come from this server's own page (no foreign Origin, not cross-site), and a
+    body over `max_bytes` is refused with 413, by its Content-Length when it has one, else counted as it arrives
+    (chunked): nothing past the limit is read into the app."""
+
+    def __init__(self, app: FastAPI, *, max_bytes: int, allowed_hosts: tuple[str, ...] | None, answer):
+        self.app, self.max_bytes, self.allowed_hosts, self.answer = app, max_bytes, allowed_hosts, answer
+
+    def __getattr__(self, name: str):  # the wrapped app's attributes (routes, state) for tests and tools
+        return getattr(self.app, name)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        refusal = self.refusal(request)
+        if refusal is not None:
+            response = self.answer(request, *refusal)
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) <= DRAIN_FACTOR * self.max_bytes:
+                await _drain(receive)  # read and dropped (never kept): the client then hears the answer
+            else:
+                response.headers["connection"] = "close"  # not worth reading: the connection ends
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # the app's handler for it answers 413
+                raise UploadTooLarge
+            return message
+
+        await self.app(scope, counted, send)
+
+    def refusal(self, request: Request) -> tuple[int, str] | None:
+        host = request.headers.get("host", "")
+        if self.allowed_hosts is not None and _hostname(host) not in self.allowed_hosts:
+            return 403, f"Host {host[:100]!r} is not this server's name; use http://127.0.0.1"
+        origin = request.headers.get("origin")
+        cross_site = request.headers.get("sec-fetch-site") == "cross-site"
+        if request.method not in ("GET", "HEAD") and (cross_site or (origin and urlsplit(origin).netloc != host)):
+            return 403, "cross-site request refused: only this server's own page may send it"
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            size = f"{int(declared) / 1e6:.1f} MB" if declared.isdigit() else "an unreadable size"
+            return 413, f"upload of {size} is over the limit of {self.max_bytes / 1e6:g} MB"
+        return None
+
+
+def _hostname(host: str) -> str:
+    """`name:port`, `[::1]:port` -> the name alone."""
+    return urlsplit(f"//{host}").hostname or ""
