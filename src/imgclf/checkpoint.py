@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from .engine import FitState
-from .errors import MissingInput
+from .errors import BadInput, MissingInput
 from .utils import atomic_path, load_tensors
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,21 @@ def find_resume_checkpoint(resume: str, directory: Path, fingerprint: dict) -> R
         if resume == "auto":
             return None
         raise MissingInput(f"trainer.resume={resume}: no such checkpoint; use auto, never or the path of a last.pt")
-    state = _read(path)
+    try:
+        state = _read(path)
+    except BadInput as exc:
+        if resume != "auto":
+            raise
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)  # kept for a look, never read again; the next run starts afresh
+        log.warning("%s; moved aside to %s, starting a new run", exc, aside.name)
+        return None
+    if not isinstance(state, dict):
+        if resume != "auto":
+            raise BadInput(f"trainer.resume={resume}: not a training checkpoint (last.pt); use auto, never or the "
+                           "path of a last.pt")  # fmt: skip
+        log.warning("%s is not a training checkpoint; starting a new run", path)
+        return None
     why = mismatch(state.get("fingerprint"), fingerprint)
     if why:
         if resume == "auto":
@@ -160,7 +176,11 @@ def load_training_state(resume: Resume, objects: Resumable) -> FitState:
         objects.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"], objects.generators)
     best_file = resume.path.parent / BEST
-    best = _read(best_file) if best_file.is_file() else {}
+    try:
+        best = _read(best_file) if best_file.is_file() else {}
+    except BadInput as exc:  # a half of best.pt cannot be (a write is atomic), but a disk can fail: not fatal
+        log.warning("%s; the best weights restart from this checkpoint's epoch", exc)
+        best = {}
     if best.get("epoch") != ckpt["best_epoch"]:  # killed before best.pt was written: the best is this epoch
         best = {"model": {k: v.clone() for k, v in ckpt["model"].items()}}
     state = FitState(

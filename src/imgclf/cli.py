@@ -19,6 +19,7 @@ def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
     from .paths import Paths
     from .predict import Classifier, collect_inputs, top_k, write_submission, write_table
+    from .utils import refuse_folder
 
     parser = argparse.ArgumentParser(prog="imgclf predict", description=predict.__doc__)
     parser.add_argument("paths", nargs="+", help="images, folders of images, or .txt files listing paths")
@@ -45,6 +46,9 @@ def predict(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        for out in (args.out, args.submission):
+            if out:
+                refuse_folder(out)  # before any work: the folder and what is in it are not ours to replace
         classifier = Classifier(args.model)
         preds = classifier.classify(collect_inputs(args.paths), args.batch_size, tta=args.tta)
         names = classifier.class_names
@@ -105,7 +109,7 @@ def runs_parser() -> argparse.ArgumentParser:
 def runs(argv: list[str]) -> int:
     """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
     from . import runs as compare
-    from .utils import write_text
+    from .utils import refuse_folder, write_text
 
     parser = runs_parser()
     args = parser.parse_args(argv)
@@ -114,6 +118,8 @@ def runs(argv: list[str]) -> int:
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     try:
+        if args.out:
+            refuse_folder(args.out)
         rows = compare.list_runs(args.uri, args.experiment, args.sweep, args.parent)
         if not rows:
             raise BadInput(compare.no_match_message(args.uri, args.experiment, args.sweep, args.parent))
@@ -195,6 +201,13 @@ def sync(argv: list[str]) -> int:
         print(f"{run_id}: {'sent' if left == 0 else f'{left} records still waiting'}")
     if not results:
         print(f"nothing to send in {args.outbox}")
+    store = args.uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    try:
+        for run_id in tracking.end_killed_runs_in_store(store):
+            print(f"{run_id}: its process was killed; marked KILLED")
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 1 if any(left for _, left in results) else 0
 
 

@@ -138,10 +138,56 @@ def wait_for_server(uri: str) -> None:
     _reached.add(uri)
 
 
+_initialised: set[str] = set()
+
+
+def init_store(uri: str) -> None:
+    """Create a new SQLite store's tables once, whatever the number of processes starting on it together: MLflow
+    migrates a new database without a lock, and a second process migrating it too dies on a duplicate column. An
+    exclusive flock on the database file itself (SQLite's own locks are fcntl byte ranges, unaffected) makes the
+    others wait until the first has finished, then find the tables made."""
+    import fcntl
+
+    db = _sqlite_path(uri)
+    if db in (None, "", ":memory:") or uri in _initialised:
+        return
+    if Path(db).is_file() and Path(db).stat().st_size > 0:
+        check_sqlite_store(db)  # MLflow would migrate (rewrite) any SQLite database it is pointed at
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    with open(db, "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            retry_locked(MlflowClient(tracking_uri=uri).search_experiments, max_results=1)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    _initialised.add(uri)
+
+
+def check_sqlite_store(db: str) -> None:
+    """BadInput unless `db` is an SQLite database holding MLflow's tables (read-only look: nothing is changed)."""
+    import sqlite3
+
+    try:
+        with open(db, "rb") as f:
+            magic = f.read(16)
+    except OSError as exc:
+        raise BadInput(f"tracking store {db}: {exc.strerror or exc}") from None
+    if magic != b"SQLite format 3\x00":
+        raise BadInput(f"{db} is not an SQLite database; give an MLflow store, e.g. sqlite:///mlflow.db")
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise BadInput(f"{db} is not a readable SQLite database ({exc})") from None
+    if tables and not {"experiments", "runs", "alembic_version"} <= tables:
+        raise BadInput(f"{db} is an SQLite database of something else, not an MLflow store; it is left as it is")
+
+
 def configure(uri: str, experiment: str | None = None) -> None:
     """Point MLflow at `uri` (and select `experiment`, creating it beside the store if needed)."""
     uri = resolve_uri(uri)
     wait_for_server(uri)
+    init_store(uri)
     mlflow.set_tracking_uri(uri)
     if experiment:
         client = MlflowClient(tracking_uri=uri)
@@ -224,7 +270,7 @@ def close_outbox(box: Outbox, run_id: str, wait_s: float) -> bool:
         return True
     log.warning(
         "tracking server still unreachable after %.0f s: %d records of run %s kept in %s; "
-        "`imgclf tracking sync` sends them when it is back",
+        "`imgclf sync` sends them when it is back",
         wait_s,
         box.pending,
         run_id,
@@ -251,18 +297,82 @@ def sync_outboxes(root: Path, uri: str | None, wait_s: float) -> list[tuple[str,
 
 
 def _open_run(uri: str, experiment: str | None, run_id: str | None, run_name: str | None, tags: dict) -> str:
-    """Create a run (MLflow's context tags: user, source, git) or reopen `run_id` as RUNNING; returns its id."""
+    """Create a run (MLflow's context tags: user, source, git) or reopen `run_id` as RUNNING; returns its id. Either
+    way the run is tagged with this process (imgclf.process), so a later start can tell it was killed."""
     from mlflow.tracking.context.registry import resolve_tags
 
     client = MlflowClient(tracking_uri=uri)
+    tags = {**tags, PROCESS_TAG: process_tag()}
     if run_id is not None:
         retry_locked(client.update_run, run_id, status="RUNNING")
-        if tags:
-            retry_locked(client.log_batch, run_id, tags=_run_tags(tags))
+        retry_locked(client.log_batch, run_id, tags=_run_tags(tags))
         return run_id
     exp = retry_locked(client.get_experiment_by_name, experiment or "Default")
+    end_killed_runs(uri, exp.experiment_id)
     run = retry_locked(client.create_run, exp.experiment_id, run_name=run_name, tags=resolve_tags(tags))
     return run.info.run_id
+
+
+# --- runs whose process was killed (SIGKILL, the OOM killer, a lost node) stay RUNNING: found and ended here ---
+
+PROCESS_TAG = "imgclf.process"  # host:pid:start time of the process that holds the run open
+
+
+def process_tag(pid: int | None = None) -> str:
+    import socket
+
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str:
+    """When `pid` started, in clock ticks since boot (Linux): a pid reused by another process has another."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_gone(tag: str) -> bool:
+    """True when the process a PROCESS_TAG names ran on this host and no longer exists; False when unknown."""
+    import socket
+
+    parts = tag.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
+        return False
+    pid, started = int(parts[1]), parts[2]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return bool(started) and _start_time(pid) not in ("", started)
+
+
+def end_killed_runs_in_store(uri: str) -> list[str]:
+    """end_killed_runs over every experiment of a store (`imgclf sync`); nothing when a SQLite store is absent."""
+    uri = resolve_uri(uri)
+    db = _sqlite_path(uri)
+    if db not in (None, "", ":memory:") and not Path(db).is_file():
+        return []
+    client = MlflowClient(tracking_uri=uri)
+    return [r for e in retry_locked(client.search_experiments) for r in end_killed_runs(uri, e.experiment_id)]
+
+
+def end_killed_runs(uri: str, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of an experiment whose process on this host is gone; returns their ids."""
+    client = MlflowClient(tracking_uri=uri)
+    ended = []
+    running = retry_locked(client.search_runs, [experiment_id], "attributes.status = 'RUNNING'", max_results=500)
+    for run in running:
+        tag = run.data.tags.get(PROCESS_TAG)
+        if tag and process_gone(tag):
+            retry_locked(client.set_tag, run.info.run_id, "imgclf.ended", "process killed; found by a later start")
+            retry_locked(client.set_terminated, run.info.run_id, "KILLED")
+            log.warning("run %s was left RUNNING by a process that is gone (killed); marked KILLED", run.info.run_id)
+            ended.append(run.info.run_id)
+    return ended
 
 
 def _run_tags(tags: Mapping[str, Any]) -> list:
@@ -321,7 +431,7 @@ def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, st
     configure(uri, experiment)
     client = MlflowClient(tracking_uri=resolve_uri(uri))
     exp = retry_locked(client.get_experiment_by_name, experiment)
-    run = retry_locked(client.create_run, exp.experiment_id, run_name=name, tags=dict(tags))
+    run = retry_locked(client.create_run, exp.experiment_id, run_name=name, tags={**tags, PROCESS_TAG: process_tag()})
     for key, value in params.items():
         retry_locked(client.log_param, run.info.run_id, key, str(redact(key, value))[:MAX_PARAM_LENGTH])
     return run.info.run_id
@@ -486,8 +596,10 @@ def _query_client(uri: str) -> MlflowClient:
     """A client for an existing store: MLflow would create an empty database at a mistyped sqlite path."""
     uri = resolve_uri(uri)
     path = _sqlite_path(uri)
-    if path not in (None, "", ":memory:") and not Path(path).is_file():
-        raise MissingInput(f"no MLflow database at {path} (tracking URI {uri})")
+    if path not in (None, "", ":memory:"):
+        if not Path(path).is_file():
+            raise MissingInput(f"no MLflow database at {path} (tracking URI {uri})")
+        check_sqlite_store(path)
     return MlflowClient(tracking_uri=uri)
 
 

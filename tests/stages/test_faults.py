@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf import tracking
 
+from ..conftest import BIN, ROOT, TINY_OVERRIDES
 from .test_finetune import train_cmd, wait_for
 
 
@@ -139,3 +140,120 @@ def test_a_process_killed_holding_the_sqlite_store_leaves_it_usable(tmp_path, pr
         tracking.log_metrics({"m": 2.0}, step=1)
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(first).info.status == "FINISHED" and client.get_run(second).info.status == "FINISHED"
+
+
+def test_runs_started_together_on_a_new_store_all_finish(tiny_project, project_env):
+    """What `dvc queue start -j 3` does on a fresh clone: three trainings create the SQLite store at once."""
+    uri = f"sqlite:///{tiny_project}/fresh/mlflow.db"
+    procs = [
+        subprocess.Popen(
+            train_cmd(uri, "trainer.epochs=1", f"paths.models=models{i}", f"paths.checkpoints=checkpoints{i}"),
+            cwd=tiny_project,
+            env=project_env,
+            stdout=subprocess.DEVNULL,
+            stderr=PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    errors = [proc.communicate(timeout=600)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [e[-2000:] for e in errors]
+    runs = MlflowClient(tracking_uri=uri).search_runs([MlflowClient(tracking_uri=uri).get_experiment_by_name("test")
+                                                       .experiment_id])  # fmt: skip
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_marked_killed_at_the_next_start(tiny_project, project_env):
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    proc = subprocess.Popen(
+        train_cmd(uri, "trainer.epochs=50"), cwd=tiny_project, env=project_env, stdout=subprocess.DEVNULL, stderr=PIPE
+    )
+    client, deadline = MlflowClient(tracking_uri=uri), time.time() + 300
+    while True:  # killed as soon as its MLflow run exists: before the first epoch's checkpoint, as a rule
+        assert proc.poll() is None and time.time() < deadline
+        experiment = tiny_project.joinpath("mlflow.db").is_file() and client.get_experiment_by_name("test")
+        if experiment and client.search_runs([experiment.experiment_id]):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (killed,) = client.search_runs([experiment.experiment_id])
+    assert killed.info.status == "RUNNING"  # what MLflow is left with
+    with tracking.run(uri, "test") as later:  # the next start, of any run, in the same store
+        pass
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
+    assert client.get_run(killed.info.run_id).data.tags["imgclf.ended"].startswith("process killed")
+    assert client.get_run(later).info.status == "FINISHED"
+
+
+def test_imgclf_sync_marks_runs_of_killed_processes(tmp_path, project_env):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    script = (
+        "import os, signal\nfrom imgclf import tracking\n"
+        f"with tracking.run({uri!r}, 'exp') as run_id:\n"
+        "    print(run_id, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=project_env)
+    run_id = out.stdout.strip()
+    assert out.returncode == -signal.SIGKILL and MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "RUNNING"
+    done = subprocess.run(
+        [str(BIN / "imgclf"), "sync", "--uri", uri, "--outbox", str(tmp_path / "outbox"), "--wait", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=project_env,
+    )
+    assert done.returncode == 0 and f"{run_id}: its process was killed; marked KILLED" in done.stdout
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_a_corrupt_last_checkpoint_is_moved_aside_and_training_starts_afresh(tiny_project, project_env):
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    checkpoints = tiny_project / "checkpoints"
+    checkpoints.mkdir()
+    for content in (b"", b"PK\x03\x04 not a whole checkpoint"):
+        (checkpoints / "last.pt").write_bytes(content)
+        done = subprocess.run(
+            train_cmd(uri, "trainer.epochs=1"), cwd=tiny_project, env=project_env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        said = done.stdout + done.stderr  # Hydra's logging goes to stdout
+        assert "Traceback" not in said and "moved aside to last.pt.unreadable-" in said
+        aside = sorted(checkpoints.glob("last.pt.unreadable-*"))
+        assert aside and aside[-1].read_bytes() == content  # kept, never read again
+        for path in aside:
+            path.unlink()
+    # named explicitly, a file that is no checkpoint is one line and exit 1
+    for bad in ("/etc/passwd", str(tiny_project / "data/tiny/split/labels.txt")):
+        done = subprocess.run(train_cmd(uri, f"trainer.resume={bad}"), cwd=tiny_project, env=project_env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+            f"error: {bad}: not a readable checkpoint" + done.stderr.strip().split("not a readable checkpoint")[1]
+        ]
+
+
+def test_export_under_a_file_size_limit_is_one_line_not_an_abort(trained_project, tmp_path, project_env):
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(trained_project, project, ignore=shutil.ignore_patterns("mlruns", "cache"))
+    export = project / "models/export"
+    onnx_size, program_size = (export / "model.onnx").stat().st_size, (export / "model.pt2").stat().st_size
+    assert onnx_size < program_size  # a limit between the two: the ONNX model is written, the program is not
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "imgclf.stages.export", "--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES,
+            f"tracking.uri=sqlite:///{project}/mlflow.db",
+        ],
+        cwd=project, env=project_env, capture_output=True, text=True, timeout=600,
+        preexec_fn=_limit_file_size((onnx_size + program_size) // 2),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: could not write models/export (File too large): the disk is full or a file-size limit was reached; "
+        "models/export as it was is kept"
+    )
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before
