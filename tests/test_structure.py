@@ -1,4 +1,4 @@
-"""The codebase's shape (issue 10): thin stages, short functions, few positional parameters, paths in one place."""
+"""The codebase's shape: thin stages, short functions, few positional parameters, paths in one place."""
 
 import ast
 

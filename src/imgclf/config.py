@@ -74,9 +74,15 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
         else:  # a swept key is checked for existence with a neutral value
             kept.append(f"{prefix}{key}=null" if ov.is_sweep_override() else text)
     try:
-        compose(kept, root, resolve=False)
+        cfg = compose(kept, root, resolve=False)
     except HydraException as exc:
         return _explain(str(exc), kept, root)
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.resolve(cfg)  # an interpolation the overrides broke (${oops}) fails here, not in a stage
+    except OmegaConfBaseException as exc:
+        return f"bad interpolation: {str(exc).splitlines()[0]}"
     return None
 
 
