@@ -104,3 +104,33 @@ def test_missing_export_is_one_clear_error(tmp_path, project_env):
     proc = cli(["x.png"], tmp_path, project_env)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: no exported model at models/export/model.onnx; run the pipeline")
+
+
+@pytest.mark.parametrize(
+    ("file", "change", "says"),
+    [
+        ("preprocessing.json", {"std": [0, 0, 0]}, "std=[0, 0, 0] is not valid: 3 numbers from 1e-06 to 1"),
+        ("preprocessing.json", {"resize_size": 60000}, "resize_size=60000 is not valid: null or an integer from"),
+        ("preprocessing.json", {"image_size": "abc"}, "image_size='abc' is not valid: an integer from 1 to 1024"),
+        ("preprocessing.json", "{not json", "preprocessing.json: not valid JSON"),
+        ("labels.txt", "a\nb\n", "the model has 3 outputs but labels.txt names 2 classes"),
+        ("labels.txt", "a\nb\nc\nd\n", "the model has 3 outputs but labels.txt names 4 classes"),
+        ("labels.txt", "", "labels.txt: 0 class names; one per line, at least 2"),
+        ("labels.txt", "a\na\nb\n", "3 class names, 2 distinct"),
+    ],
+)
+def test_a_model_whose_contract_is_wrong_is_refused_in_one_line(trained, tmp_path, project_env, file, change, says):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained / "models/export", model)
+    if isinstance(change, dict):
+        spec = json.loads((model / file).read_text())
+        (model / file).write_text(json.dumps({**spec, **change}))
+    else:
+        (model / file).write_text(change)
+    image = next((trained / "data/tiny/images/a").iterdir())
+    proc = cli([str(image), "--model", str(model)], trained, project_env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
+    assert says in proc.stderr, proc.stderr

@@ -185,3 +185,18 @@ def test_differing_params_counts_a_missing_param_as_different():
     table = format_table(rows, table_columns(rows, "val/acc"), "table").splitlines()
     assert table[0].split() == ["run", "name", "status", "val/acc", "extra", "lr"]
     assert table[1].split() == ["r1", "r1", "FINISHED", "0.5000", "-", "0.1"]
+
+
+def test_a_store_that_is_not_mlflows_is_refused_untouched(tmp_path):
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE notes (text)").connection.commit()
+    before = (tmp_path / "other.db").read_bytes()
+    for uri, says in (
+        ("sqlite:////etc/passwd", "error: /etc/passwd is not an SQLite database; give an MLflow store"),
+        (f"sqlite:///{tmp_path}/other.db", f"error: {tmp_path}/other.db is an SQLite database of something else"),
+    ):
+        result = imgclf_runs("--uri", uri, cwd=tmp_path)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+        assert result.stderr.startswith(says), result.stderr
+    assert (tmp_path / "other.db").read_bytes() == before  # MLflow never migrated it

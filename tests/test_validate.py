@@ -54,6 +54,8 @@ def test_the_default_config_is_valid(default_config):
         ("trainer.amp", "yes", "trainer.amp='yes' is not valid: true or false"),
         ("optim.lr", float("nan"), "a number > 0"),
         ("tracking.uri", "https://bob:pw@mlflow.example.com", "holds credentials"),
+        ("schedule.pct_start", 5, "schedule.pct_start=5 is not valid: a number > 0 and < 1"),
+        ("schedule.pct_start", 0, "schedule.pct_start=0 is not valid: a number > 0 and < 1"),
     ],
 )
 def test_each_bad_value_gets_one_line_naming_key_and_what_is_valid(default_config, key, value, says):

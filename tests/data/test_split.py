@@ -168,3 +168,18 @@ def test_an_index_edited_by_hand_with_a_missing_file_is_one_line(tiny_project):
         str(err.value)
         == "a/999.png is indexed but missing from the split's manifest.csv; rerun split (dvc repro split)"
     )
+
+
+def test_a_pack_left_half_written_by_a_killed_writer_is_removed(tiny_project):
+    import subprocess
+
+    from imgclf.serving import ServingSpec
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cache = tiny_project / "data/tiny/cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    orphan = cache / f".full-train-48px-0123456789abcdef.npy.tmp{dead.pid}"  # another key: never written again
+    orphan.write_bytes(b"\0" * 4096)
+    load_split(tiny_project / "data/tiny", "train", "full", ServingSpec(["a", "b", "c"], 8, [0.5] * 3, [0.5] * 3))
+    assert not orphan.exists() and list(cache.glob("*.npy"))
