@@ -72,8 +72,12 @@ def test_temporary_files_of_killed_writers_are_removed(tmp_path):
     alive.write_bytes(b"")
     mine = tmp_path / "pack.npy"
     mine.write_bytes(b"")
+    not_ours = tmp_path / f".report.csv.tmp{dead.pid}"  # a folder: the file writer never makes one
+    (not_ours / "keep").mkdir(parents=True)
     remove_orphans_in(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, mine.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, mine.name, not_ours.name])
+    write_text(tmp_path / "report.csv", "x")
+    assert (not_ours / "keep").is_dir()
 
 
 def run(args, cwd, env):

@@ -16,8 +16,9 @@ import torch
 from .conftest import BIN
 
 # how each crafted file runs `touch MARKER`, and whether torch.export.load(...).module() alone runs it
-KINDS = ("pickled_weight", "pickled_sample_inputs", "guard_code", "shape_expression", "node_target", "aoti_library")
-RUNS_ON_LOAD = ("pickled_weight", "pickled_sample_inputs", "guard_code", "shape_expression")
+KINDS = ("pickled_weight", "pickled_sample_inputs", "guard_code", "shape_expression", "node_target", "aoti_library",
+         "nul_in_a_name", "power_tower")  # fmt: skip
+RUNS_ON_LOAD = ("pickled_weight", "pickled_sample_inputs", "guard_code", "shape_expression", "nul_in_a_name")
 
 
 class Payload:
@@ -47,7 +48,13 @@ def craft(source, dest, kind, marker):
             return _pickled(Payload(marker))
         if kind == "pickled_sample_inputs" and name.endswith("data/sample_inputs/model.pt"):
             return _pickled((Payload(marker),))
-        if kind in ("guard_code", "node_target", "shape_expression") and name.endswith("models/model.json"):
+        if kind == "power_tower" and name.endswith("models/model.json"):  # sympy computes it: hours, or no memory
+            text = data.decode()
+            first = text.index("Symbol(")
+            return (text[:first] + "9**9**9**9 + " + text[first:]).encode()
+        if kind in ("guard_code", "node_target", "shape_expression", "nul_in_a_name") and name.endswith(
+            "models/model.json"
+        ):
             program = json.loads(data)
             if kind == "guard_code":
                 program["guards_code"] = [f"__import__('os').system('{command}')"]
@@ -63,10 +70,19 @@ def craft(source, dest, kind, marker):
 
     with zipfile.ZipFile(source) as zin, zipfile.ZipFile(dest, "w") as zout:
         root = zin.namelist()[0].split("/", 1)[0]
+        graph = zin.read(f"{root}/models/model.json")  # before writestr: it moves the shared ZipInfo's offsets
         for info in zin.infolist():
             zout.writestr(info, edit(info.filename, zin.read(info.filename)))
         if kind == "aoti_library":
             zout.writestr(f"{root}/data/aotinductor/model/model.so", b"\x7fELF")
+        if kind == "nul_in_a_name":  # the clean graph again, last, under a name renamed below
+            zout.writestr(f"{root}/models/model.jsonXzz", graph)
+    if kind == "nul_in_a_name":
+        # Python's zipfile cuts the name at the NUL and reads this last, clean copy as models/model.json; torch's
+        # reader matches whole names and reads the first, hostile one: what a checker reading with zipfile sees
+        # is not what torch loads
+        data = dest.read_bytes()
+        dest.write_bytes(data.replace(b"models/model.jsonXzz", b"models/model.json\x00zz"))
     return dest
 
 
@@ -135,3 +151,25 @@ def test_serve_refuses_to_switch_to_a_crafted_program(trained_project, crafted, 
     answer = client.post("/api/model", content=json.dumps({"model": str(crafted["guard_code"])}))
     assert answer.status_code == 415
     assert client.get("/api/model").json()["model"] == str(trained_project / "models/export")  # unchanged
+
+
+def test_a_program_that_takes_one_image_only_is_refused_when_loaded(trained_project, tmp_path):
+    from imgclf.errors import BadInput
+    from imgclf.predict import Classifier
+
+    export = trained_project / "models/export"
+    folder = tmp_path / "static"
+    shutil.copytree(export, folder)
+
+    def one_image(name, data):
+        if name.endswith("models/model.json"):
+            program = json.loads(data)
+            program["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][0] = {"as_int": 1}
+            return json.dumps(program).encode()
+        return data
+
+    with zipfile.ZipFile(export / "model.pt2") as zin, zipfile.ZipFile(folder / "model.pt2", "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, one_image(info.filename, zin.read(info.filename)))
+    with pytest.raises(BadInput, match="does not take a batch of 3 x 32 x 32 images"):
+        Classifier(folder / "model.pt2")  # not at the first batch of two a page sends

@@ -99,7 +99,8 @@ def test_models_are_switched_only_from_under_the_roots_and_only_by_json(served, 
 def test_only_the_page_itself_may_post(served):
     from fastapi.testclient import TestClient
 
-    from imgclf.webapp import LOOPBACK, create_app
+    from imgclf.access import LOOPBACK
+    from imgclf.webapp import create_app
 
     client, root, _ = served
     image = str(root / "images" / "0.png")
@@ -165,3 +166,56 @@ def test_thumbnails_use_the_one_decoder(tmp_path):
     (tmp_path / "bomb.png").write_bytes(png_header(20000, 20000))
     assert thumbnail(tmp_path / "ok.png", 16).startswith("data:image/jpeg;base64,")
     assert thumbnail(tmp_path / "bomb.png", 16) is None
+
+
+def test_no_way_around_the_roots_through_links_tildes_or_dots(served, trained_project, tmp_path):
+    from imgclf.access import open_inside
+
+    client, root, outside = served
+    for path in (f"{root}/images/../images/0.png", "~/x.png", f"~root/../{root}/images/0.png"):
+        assert client.post("/api/classify", data={"path": path}).status_code == 403, path
+    # a model folder under the root whose files lead outside: refused, not read
+    (root / "model").mkdir()
+    for name in ("model.onnx", "labels.txt", "preprocessing.json"):
+        (outside / name).write_bytes((trained_project / "models/export" / name).read_bytes())
+        (root / "model" / name).symlink_to(outside / name)
+    assert client.post("/api/model", json={"model": str(root / "model")}).status_code == 403
+    # what is opened is checked on the open file: a link swapped in after the path was checked is refused
+    (root / "images" / "late.png").symlink_to(outside / "secret0.png")
+    with pytest.raises(PermissionError):
+        open_inside(root / "images" / "late.png", [root])
+    with open_inside(root / "images" / "0.png", [root]) as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loopback_servers_answer_only_to_loopback_names(served):
+    from fastapi.testclient import TestClient
+
+    from imgclf.access import loopback_names
+    from imgclf.webapp import create_app
+
+    client, _, _ = served
+    assert loopback_names("0.0.0.0") is None and loopback_names("example.org") is None
+    guarded = TestClient(create_app(client.service, loopback_names("127.0.0.2")))
+    assert guarded.get("/api/model", headers={"host": "attacker.example:7860"}).status_code == 403
+    assert guarded.get("/api/model", headers={"host": "127.0.0.2:7860"}).status_code == 200
+
+
+def test_what_a_request_may_cost_is_bounded(served, trained_project):
+    client, root, _ = served
+    many = client.post("/api/classify", data={f"field{i}": "x" for i in range(20)})
+    assert many.status_code == 400  # fields beyond the form's few are refused, not held
+    big = client.post("/api/classify", data={"path": "x" * 20_000})
+    assert big.status_code == 400
+    deep = client.post("/api/model", content="[" * 50_000, headers={"content-type": "application/json"})
+    assert deep.status_code == 400
+    long = client.post("/api/model", content=b" " * 70_000, headers={"content-type": "application/json"})
+    assert long.status_code == 413
+    image = (root / "images" / "0.png").read_bytes()
+    named = client.post("/api/classify", files={"files": ("a.p\0g", image)})
+    assert named.status_code == 200 and named.json()["results"][0]["top"]
+    # a budget of pixels for all the images of one request: the ones past it are refused from their headers
+    client.service.max_request_pixels = 2 * Image.open(root / "images" / "0.png").size[0] ** 2
+    rows = client.post("/api/classify", files=[("files", (f"{i}.png", image)) for i in range(3)]).json()["results"]
+    assert [bool(r.get("top")) for r in rows] == [True, True, False]
+    assert rows[2]["error"].startswith("over this request's limit of pixels")

@@ -4,12 +4,29 @@ counted against the limit as they arrive."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import stat
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def loopback_names(host: str) -> tuple[str, ...] | None:
+    """The Host names a server bound to `host` answers to: loopback names when it is bound to a loopback address
+    (any of 127.0.0.0/8 or ::1; a web page rebinding its own name to it is refused), None (any) otherwise."""
+    try:
+        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name: shared on purpose
+        return None
+    return (*LOOPBACK, host)
+
+
 DRAIN_FACTOR = 10  # a refused body up to 10 x the limit is read and dropped, so a client sending it hears why
 
 
@@ -20,17 +37,20 @@ async def _drain(receive) -> None:
             return
 
 
-def inside(path: str | Path, roots: list[Path]) -> Path:
-    """A server-side path, resolved (symlinks followed), if it lies under one of `roots`. Outside them the answer
-    is the same PermissionError whether the path exists or not: no existence oracle."""
+def inside(path: str | Path, roots: list[Path], *, base: Path | None = None) -> Path:
+    """A server-side path, resolved (symlinks followed), if it lies under one of `roots`; a relative path is taken
+    from `base` (a list file's folder), else from the working folder. Outside the roots the answer is the same
+    PermissionError whether the path exists or not, and so is a path with a `..` part or a `~` (where a link
+    leads, or whose home folder exists, would show through how far `..` climbs)."""
     text = str(path)
-    try:
-        if "\0" in text:
-            raise ValueError("NUL in path")
-        resolved = Path(text).expanduser().resolve()
-    except (OSError, ValueError, RuntimeError):  # a loop of links, a name too long, a NUL
-        resolved = None
-    if resolved is None or not any(resolved == r or r in resolved.parents for r in roots):
+    resolved = None
+    parts = Path(text).parts
+    if "\0" not in text and ".." not in parts and not text.startswith("~"):
+        try:
+            resolved = ((base or Path.cwd()) / text).resolve()
+        except (OSError, ValueError, RuntimeError):  # a loop of links, a name too long
+            resolved = None
+    if resolved is None or not under(resolved, roots):
         allowed = ", ".join(map(str, roots)) or "none (serve --allow-root DIR)"
         raise PermissionError(f"{_shown(text)} is outside the allowed roots: {allowed}")
     try:
@@ -40,6 +60,27 @@ def inside(path: str | Path, roots: list[Path]) -> Path:
     if not exists:
         raise FileNotFoundError(f"{_shown(text)} does not exist")
     return resolved
+
+
+def under(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
+def open_inside(path: Path, roots: list[Path]) -> BinaryIO:
+    """Open a regular file for reading, then check where the open file really is (/proc/self/fd): a folder on its
+    way swapped for a link after `inside` looked (a race) is refused here, on the very file that would be read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # links followed: where they lead is checked below
+    try:
+        real = Path(os.readlink(f"/proc/self/fd/{fd}")) if Path("/proc/self/fd").is_dir() else Path(path).resolve()
+        if not under(real, roots):
+            raise PermissionError(f"{path} is outside the allowed roots")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a pipe or a device would block or never end
+            raise IsADirectoryError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _shown(text: str) -> str:

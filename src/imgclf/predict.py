@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from .data.images import UNREADABLE, decode_image, why_unreadable
+from .data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
 from .data.transforms import center_crop, tta_views
 from .errors import BadInput, MissingInput
 from .serving import ContractError, ServingSpec, normalize, scaled_stats, softmax
@@ -62,6 +63,25 @@ def _kind(path: Path) -> str:
         return "other"
 
 
+def _open(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+class PixelBudget:
+    """Pixels a request may still decode (None: no limit); an image past it is refused from its header."""
+
+    def __init__(self, pixels: int | None):
+        self.left = pixels
+
+    def __call__(self, width: int, height: int) -> None:
+        if self.left is None:
+            return
+        if width * height > self.left:
+            self.left = 0
+            raise ImageTooLarge("over this request's limit of pixels in all its images; send fewer at a time")
+        self.left -= width * height
+
+
 class Classifier:
     """A deployed model (ONNX FP32/INT8/FP16, the .pt2 program, OpenVINO IR, a TensorRT engine) or a checkpoint,
     with its serving contract (labels.txt and preprocessing.json beside it)."""
@@ -99,28 +119,40 @@ class Classifier:
         self._check_contract(model_path)
 
     def _check_contract(self, source: Path) -> None:
-        """One blank image through the model: its input size is the spec's and its outputs match labels.txt."""
+        """Two blank images through the model: it takes the spec's input size and any batch, and its outputs match
+        labels.txt."""
         size = self.spec.image_size
         try:
-            logits = np.asarray(self._run(np.zeros((1, 3, size, size), np.float32)))
+            logits = np.asarray(self._run(np.zeros((2, 3, size, size), np.float32)))
         except Exception as exc:  # noqa: BLE001 - each runtime words a wrong input shape its own way
             detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise BadInput(
-                f"{source}: the model does not take the 3 x {size} x {size} input that preprocessing.json "
+                f"{source}: the model does not take a batch of 3 x {size} x {size} images, as preprocessing.json "
                 f"describes ({detail})"
             ) from None
-        if logits.ndim != 2 or logits.shape[0] != 1:
-            raise BadInput(f"{source}: the model answers shape {logits.shape}; one row of class scores is expected")
+        if logits.ndim != 2 or logits.shape[0] != 2:
+            raise BadInput(f"{source}: the model answers shape {logits.shape} to 2 images; a row of class scores "
+                           "per image is expected")  # fmt: skip
         self.spec.check_outputs(logits.shape[1], str(source))
 
     @property
     def class_names(self) -> list[str]:
         return self.spec.class_names
 
-    def classify(self, paths: Sequence[Path], batch_size: int = 32, tta: bool = False) -> list[Prediction]:
+    def classify(
+        self,
+        paths: Sequence[Path],
+        batch_size: int = 32,
+        tta: bool = False,
+        *,
+        opener: Callable[[Path], BinaryIO] | None = None,
+        max_pixels: int | None = None,
+    ) -> list[Prediction]:
         """Softmax probabilities per image, in input order; unreadable files get an error and the rest go on.
 
         `tta`: averaged over the test-time views the model was trained for (its spec's `tta`), as evaluate does.
+        `opener`: how a path is opened (serve's: only under its roots, checked on the open file). `max_pixels`: the
+        most pixels the images may have together, from their headers; the ones past it are not decoded.
         """
         if tta and not self.spec.tta:
             raise BadInput(
@@ -128,10 +160,12 @@ class Classifier:
                 "retrain with augment.tta=[hflip] or [crops], or predict without --tta"
             )
         results = [Prediction(str(p)) for p in paths]
-        batch, slots = [], []
+        batch, slots, spend = [], [], PixelBudget(max_pixels)
         for i, path in enumerate(paths):
             try:
-                batch.append(decode_image(path, self.spec.stored_size, self.spec.interpolation, self.spec.resize))
+                with (opener or _open)(path) as f:
+                    batch.append(decode_image(f, self.spec.stored_size, self.spec.interpolation, self.spec.resize,
+                                              on_size=spend))  # fmt: skip
                 slots.append(i)
             except FileNotFoundError:
                 results[i].error = "no such file"

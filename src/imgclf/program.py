@@ -5,7 +5,10 @@
 objects, AOTInductor libraries, the `guards_code` strings it `exec`s, shape expressions it hands to
 `sympy.sympify` (which `eval`s), and node targets resolved by attribute path from the `torch` module (any function
 reachable from it, `os.system` included). `check_program` reads the archive first and refuses all of those: what
-`export` writes (ATen operators, tensors, integer shape symbols) passes, anything else is refused in one line.
+`export` writes (ATen operators, tensors, linear integer shape expressions) passes, anything else is refused in one
+line. torch then reads a copy of the archive rebuilt in memory from exactly the entries that were checked, so no
+difference between two zip readers (a name cut at a NUL by one and not the other, a duplicate name) can show the
+check one file and torch another.
 """
 
 from __future__ import annotations
@@ -31,16 +34,15 @@ ALLOWED_FILES = re.compile(
 )
 # graph nodes may call ATen operators and take items of their tuple outputs; nothing else resolves to a callable
 ALLOWED_TARGET = re.compile(r"torch\.ops\.aten\.\w+\.\w+|_operator\.getitem")
-# what a shape expression may contain: sympy's own constructors and torch's integer functions, as plain calls
-SYMPY_CALLS = {
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt",
-    "Ge", "And", "Or", "Not", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
-    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "true", "false",
-}  # fmt: skip
-SYMBOL = re.compile(r"[a-z]+\d+")  # s0, s77, u3: the names torch gives shape symbols
+# what a shape expression may contain: linear integer arithmetic on shape symbols (a batch size, its multiples and
+# sums), as sympy's constructors; no powers, floats or precision arguments, whose evaluation can take for ever
+SYMPY_CALLS = {"Symbol", "Integer", "Add", "Mul", "Max", "Min", "FloorDiv", "Mod", "CeilDiv", "PythonMod"}
+SYMBOL_KEYWORDS = {"positive", "integer", "nonnegative"}
+SYMBOL = re.compile(r"[a-z]\d{1,6}")  # s0, s77, u3: the names torch gives shape symbols
+MAX_CONSTANT = 2**31
+MAX_EXPRESSION = 1_000  # characters
 SAFE_AST = (ast.Expression, ast.Call, ast.Name, ast.Load, ast.Constant, ast.keyword, ast.BinOp, ast.UnaryOp,
-            ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd)  # fmt: skip
+            ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod, ast.USub)  # fmt: skip
 MAX_JSON_BYTES = 256 << 20  # the program's graph; a VGG16's is well under 1 MB
 _LOAD_LOCK = threading.Lock()
 
@@ -57,37 +59,55 @@ def save_program(program, path: Path) -> None:
 
 
 def load_program(path: str | Path):
-    """A saved .pt2 program as a callable module, after `check_program`; never unpickles anything."""
+    """A saved .pt2 program as a callable module, after `check_program`; never unpickles anything. Memory: the
+    archive's size once more while it loads (the checked copy torch reads)."""
     import torch
 
     path = Path(path)
-    with open(path, "rb") as f:  # one open file for the check and the load: what was checked is what is loaded
-        check_program(f, path)
-        f.seek(0)
-        with _LOAD_LOCK, _forced_weights_only():
-            program = torch.export.load(f)
+    with open(path, "rb") as f:
+        checked = check_program(f, path)
+    with _LOAD_LOCK, _forced_weights_only():
+        program = torch.export.load(checked)
     return program.module()
 
 
-def check_program(f, path: Path) -> None:
-    """Raise BadInput, naming `path` and the part refused, unless the archive holds only what export writes."""
+def check_program(f, path: Path) -> io.BytesIO:
+    """The archive rebuilt from its checked entries, for torch to read; BadInput, naming `path` and the part
+    refused, unless it holds only what export writes."""
     try:
         archive = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise _refused(path, f"not a torch.export archive ({exc})") from None
     with archive:
-        names = archive.namelist()
+        infos = [i for i in archive.infolist() if not i.is_dir()]
+        names = [i.orig_filename for i in infos]
+        if any(i.orig_filename != i.filename for i in infos) or len(set(names)) != len(names) or not names:
+            raise _refused(path, "its file names are not plain and distinct (a NUL in one, or one twice)")
         roots = {name.split("/", 1)[0] for name in names}
-        if len(roots) != 1 or not names:
+        if len(roots) != 1:
             raise _refused(path, "not a torch.export archive (one root folder expected)")
         root = roots.pop() + "/"
         for name in names:
-            if not ALLOWED_FILES.fullmatch(name[len(root) :]) and not name.endswith("/"):
+            if not name.startswith(root) or not ALLOWED_FILES.fullmatch(name[len(root) :]):
                 raise _refused(path, f"it holds {name[len(root) :]!r}, which torch.export.load would run or unpickle")
         for kind in ("weights", "constants"):
             _check_payloads(_json(archive, f"{root}data/{kind}/model_{kind}_config.json", path), kind, path)
         _check_sample_inputs(archive, f"{root}data/sample_inputs/model.pt", path)
         _check_graph(_json(archive, f"{root}models/model.json", path), path)
+        return _rebuilt(archive, infos, path)
+
+
+def _rebuilt(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], path: Path) -> io.BytesIO:
+    """The checked entries, and only those, in a new archive written by Python's zipfile (stored, as torch's)."""
+    out = io.BytesIO()
+    try:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as clean:
+            for info in infos:
+                clean.writestr(info.orig_filename, archive.read(info))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # a CRC or a size that lies
+        raise _refused(path, f"it cannot be read whole ({exc})") from None
+    out.seek(0)
+    return out
 
 
 def _json(archive: zipfile.ZipFile, name: str, path: Path) -> Any:
@@ -162,7 +182,7 @@ def _values(node: Any, key: str):
 def _safe_expression(expr: Any) -> bool:
     """True when `expr` parses to calls of SYMPY_CALLS on numbers, symbol names and arithmetic: sympify's eval of
     it can then only build a sympy expression."""
-    if not isinstance(expr, str) or len(expr) > 10_000:
+    if not isinstance(expr, str) or len(expr) > MAX_EXPRESSION:
         return False
     try:
         tree = ast.parse(expr, mode="eval")
@@ -175,11 +195,20 @@ def _safe_expression(expr: Any) -> bool:
             return False
         if isinstance(node, ast.Name) and node.id not in SYMPY_CALLS and not SYMBOL.fullmatch(node.id):
             return False
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and not SYMBOL.fullmatch(node.value):
+        if isinstance(node, ast.keyword) and node.arg not in SYMBOL_KEYWORDS:
             return False
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and abs(node.value) > 2**63:
+        if isinstance(node, ast.Constant) and not _plain_constant(node.value):
             return False
     return True
+
+
+def _plain_constant(value: Any) -> bool:
+    """A symbol's name, a flag, or an integer of a size a shape can have."""
+    if isinstance(value, str):
+        return bool(SYMBOL.fullmatch(value))
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, int) and abs(value) < MAX_CONSTANT
 
 
 class _forced_weights_only:

@@ -97,8 +97,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp, old = path.with_name(f".{path.name}.tmp{os.getpid()}"), path.with_name(f".{path.name}.old{os.getpid()}")
     for stale in (tmp, old):
         _remove(stale)
-    remove_orphans(path)
-    remove_orphans(path, ".old")
+    remove_orphans(path, folders=True)
+    remove_orphans(path, ".old", folders=True)
     tmp.mkdir()
     try:
         with disk_errors(path):
@@ -162,12 +162,14 @@ def disk_errors(path: Path) -> Iterator[None]:
         ) from None
 
 
-def remove_orphans(path: Path, marker: str = ".tmp") -> None:
+def remove_orphans(path: Path, marker: str = ".tmp", *, folders: bool = False) -> None:
     """Temporary twins of `path` (`.<name><marker><pid>`) left by writers that were killed (SIGKILL runs no
-    cleanup): never read, removed."""
+    cleanup): never read, removed. Only what those writers make: files, or folders with `folders` (atomic_dir)."""
     import glob
 
     for twin in path.parent.glob(glob.escape(f".{path.name}{marker}") + "*"):
+        if twin.is_symlink() or twin.is_dir() != folders:
+            continue
         _remove_if_orphan(twin, twin.name.rsplit(marker, 1)[1])
 
 
@@ -180,7 +182,7 @@ def remove_orphans_in(directory: Path) -> None:
     if directory.is_dir():
         for child in directory.iterdir():
             match = ORPHAN.fullmatch(child.name)
-            if match:
+            if match and child.is_file() and not child.is_symlink():  # what the pack writer leaves: files
                 _remove_if_orphan(child, match.group(1))
 
 

@@ -14,6 +14,7 @@ once, each image refused past the pixel limit from its header: memory is bounded
 
 from __future__ import annotations
 
+import atexit
 import base64
 import io
 import json
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from .access import LOOPBACK, Guard, UploadTooLarge, inside
+from .access import Guard, UploadTooLarge, inside, loopback_names, open_inside, under
 from .data.images import UNREADABLE, open_image
 from .errors import USER_ERRORS, BadInput, MissingInput
 from .predict import Classifier, Prediction, collect_inputs, top_k
@@ -47,6 +50,7 @@ ARTIFACTS = {  # the model card's pictures: name -> the run's artifact
     "samples": "data/samples.png",
 }
 MAX_FILES = 500
+MAX_JSON_BYTES = 64 << 10
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids
 
 
@@ -85,7 +89,9 @@ def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None)
         path = inside(ref, roots) if roots is not None else Path(ref).expanduser()
         if not path.exists():
             raise MissingInput(f"no model at {ref}; give an export folder, a model file, a run id or models:/NAME/N")
-        run_id = _run_id_beside(path)
+        if roots is not None:
+            _check_model_files(path, roots)
+        run_id = _run_id_beside(path, roots)
     model = Model(ref, Classifier(path), run_id)
     model.card = model_card(model, uri, cache)
     return model
@@ -102,11 +108,26 @@ def _local_export(export: str | None, roots: list[Path] | None) -> Path | None:
         return None
 
 
-def _run_id_beside(path: Path) -> str | None:
+# what loading a model folder reads: each must lie under the roots too, links followed
+MODEL_MEMBERS = ("model.onnx", "model.pt2", "model.xml", "model.bin", "model.plan", "model.engine", "model.pt",
+                 "labels.txt", "preprocessing.json")  # fmt: skip
+
+
+def _check_model_files(path: Path, roots: list[Path]) -> None:
+    folder = path if path.is_dir() else path.parent
+    for name in MODEL_MEMBERS:
+        member = folder / name
+        if member.is_symlink() or member.exists():
+            inside(member, roots)
+
+
+def _run_id_beside(path: Path, roots: list[Path] | None = None) -> str | None:
     """The training run of a model file or folder: models/run.json, beside model.pt or above export/ and
-    optimised/ (and their model files)."""
+    optimised/ (and their model files); with `roots`, only a run.json under them."""
     folder = path if path.is_dir() else path.parent
     for candidate in (folder / "run.json", folder.parent / "run.json"):
+        if roots is not None and not under(candidate.resolve(), roots):
+            continue
         if candidate.is_file():
             try:
                 run_id = json.loads(candidate.read_text()).get("run_id")
@@ -149,10 +170,10 @@ def model_card(model: Model, uri: str, cache: Path) -> dict[str, Any]:
     return card
 
 
-def thumbnail(path: Path, size: int) -> str | None:
+def thumbnail(path: Path, size: int, opener=None) -> str | None:
     """A small JPEG of the image as a data URL (None when it cannot be read)."""
     try:
-        with open_image(path) as image:
+        with (opener or (lambda p: open(p, "rb")))(path) as f, open_image(f) as image:
             image.thumbnail((size, size))
             buf = io.BytesIO()
             image.convert("RGB").save(buf, format="JPEG", quality=85)
@@ -161,13 +182,13 @@ def thumbnail(path: Path, size: int) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def results(preds: list[Prediction], names: list[str], shown: list[str], thumb: int) -> list[dict[str, Any]]:
+def results(preds: list[Prediction], names: list[str], shown: list[str], thumb: int, opener=None) -> list[dict]:
     rows = []
     for pred, name in zip(preds, shown):
         row: dict[str, Any] = {"name": name, "error": pred.error}
         if pred.probs is not None:
             row["top"] = [{"label": c, "prob": p} for c, p in top_k(pred, names, 5)]
-            row["thumbnail"] = thumbnail(Path(pred.path), thumb)
+            row["thumbnail"] = thumbnail(Path(pred.path), thumb, opener)
         rows.append(row)
     return rows
 
@@ -191,6 +212,11 @@ def _answer_errors(app: FastAPI, answer, max_bytes: int) -> None:
             status = next((s for k, s in CLIENT_ERRORS.items() if isinstance(exc, k)), 400)
             return answer(request, status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect):  # nobody to answer: one line, no traceback
+        log.warning("%s %s: the client went away mid-request", request.method, request.url.path)
+        return JSONResponse({"error": "client disconnected"}, 400)
+
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception):  # a bug: uvicorn logs its traceback
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has the details"}, 500)
@@ -208,12 +234,15 @@ class Service:
         roots: list[Path],
         max_upload_mb: float,
         max_concurrent: int = 2,
+        max_request_pixels: int | None = None,
         model_roots: list[Path] = (),
     ):
         self.model, self.uri, self.experiment = model, uri, experiment
         self.roots, self.max_bytes = [r.resolve() for r in roots], int(max_upload_mb * 1e6)
         self.model_roots = self.roots + [r.resolve() for r in model_roots]
+        self.max_request_pixels = max_request_pixels
         self.cache = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
+        atexit.register(shutil.rmtree, self.cache, ignore_errors=True)  # downloaded models and run pictures
         self.lock = threading.Lock()
         self.max_concurrent = max_concurrent  # requests decoding and classifying at once: the memory bound
 
@@ -222,12 +251,14 @@ class Service:
         if not uploads and not path:
             raise BadInput("choose an image (or several), or type a path")
         with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
+            opener = None
             if path:
                 inputs, shown, refused = self._server_inputs(path)
+                opener = partial(open_inside, roots=self.roots)  # checked again on each file as it is opened
             else:
                 inputs, shown, refused = [], [], {}
                 for i, (name, upload) in enumerate(uploads):
-                    inputs.append(Path(tmp) / f"{i}{Path(name).suffix.lower()[:8]}")
+                    inputs.append(Path(tmp) / f"{i}{re.sub(r'[^a-z0-9.]', '', Path(name).suffix.lower())[:8]}")
                     upload.seek(0)
                     with inputs[-1].open("wb") as out:
                         shutil.copyfileobj(upload, out)
@@ -238,23 +269,26 @@ class Service:
                 raise BadInput(f"{len(inputs)} images: at most {MAX_FILES} at a time")
             model = self.model
             started = time.perf_counter()
-            preds = iter(model.classifier.classify([p for i, p in enumerate(inputs) if i not in refused]))
+            allowed = [p for i, p in enumerate(inputs) if i not in refused]
+            preds = iter(model.classifier.classify(allowed, opener=opener, max_pixels=self.max_request_pixels))
             merged = [Prediction(str(p), error=refused[i]) if i in refused else next(preds) for i, p in
                       enumerate(inputs)]  # fmt: skip
             latency = (time.perf_counter() - started) * 1000
-            rows = results(merged, model.classifier.class_names, shown, 256 if len(inputs) == 1 else 64)
+            rows = results(merged, model.classifier.class_names, shown, 256 if len(inputs) == 1 else 64, opener)
         return {"latency_ms": round(latency, 1), "model": model.ref, "results": rows}
 
     def _server_inputs(self, path: str) -> tuple[list[Path], list[str], dict[int, str]]:
         """The images a typed path names, each resolved and checked against the roots: a folder's members and a
         list file's lines too. Those outside get the same error row whether they exist or not."""
         inputs, shown, refused = [], [], {}
-        for i, listed in enumerate(collect_inputs([str(inside(path, self.roots))])):
+        top = inside(path, self.roots)
+        base = top.parent if top.suffix.lower() == ".txt" and top.is_file() else None  # a list's relative lines
+        for i, listed in enumerate(collect_inputs([str(top)])):
             if i > MAX_FILES:
                 break  # counted as over the limit below; not resolved one by one
             shown.append(str(listed))
             try:
-                inputs.append(inside(listed, self.roots))
+                inputs.append(inside(listed, self.roots, base=base))
             except PermissionError:
                 inputs.append(Path(listed))
                 refused[i] = "outside the allowed roots"
@@ -308,9 +342,14 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     async def switch(request: Request):
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return answer(request, 415, 'send {"model": "..."} as application/json')
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BYTES:
+                return answer(request, 413, f"a model switch is a small JSON object (at most {MAX_JSON_BYTES} bytes)")
         try:
-            ref = (await request.json()).get("model")
-        except (ValueError, AttributeError):
+            ref = json.loads(body).get("model")
+        except (ValueError, AttributeError, RecursionError):
             ref = None
         if not isinstance(ref, str) or not ref.strip():
             return answer(request, 400, 'the body must be a JSON object {"model": "<path, run id or models:/n/v>"}')
@@ -325,7 +364,8 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
 
     @app.post("/api/classify")
     async def classify(request: Request):
-        form = await request.form(max_files=MAX_FILES + 1)
+        # at most MAX_FILES files (on disk past 64 KB each) and a few small fields: what a form costs in memory
+        form = await request.form(max_files=MAX_FILES + 1, max_fields=8, max_part_size=8192)
         uploads = [(f.filename or "upload", f.file) for f in form.getlist("files") if hasattr(f, "read")]
         path = form.get("path")
         async with slots:
@@ -359,9 +399,18 @@ def main(argv: list[str]) -> int:
         default=2,
         help="requests decoding and classifying at once; the others wait (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-request-megapixels",
+        type=float,
+        default=4000.0,
+        help="pixels all images of one request may have together, from their headers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=64, help="open connections; past them 503 (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
-    if args.max_concurrent < 1 or args.max_upload_mb <= 0:
-        parser.error("--max-concurrent must be at least 1 and --max-upload-mb above 0")
+    if min(args.max_concurrent, args.max_connections) < 1 or min(args.max_upload_mb, args.max_request_megapixels) <= 0:
+        parser.error("--max-concurrent and --max-connections must be at least 1, the other limits above 0")
     logging.basicConfig(level=logging.WARNING, format="imgclf serve: %(message)s")
     start = Path(args.model).expanduser()
     try:
@@ -372,6 +421,7 @@ def main(argv: list[str]) -> int:
             roots=args.allow_root,
             max_upload_mb=args.max_upload_mb,
             max_concurrent=args.max_concurrent,
+            max_request_pixels=int(args.max_request_megapixels * 1e6),
             # the model it starts with was chosen on this machine's command line: the page may switch between
             # the models beside it too (models/: model.pt, export/, optimised/)
             model_roots=[_model_home(start)] if start.exists() else [],
@@ -379,7 +429,7 @@ def main(argv: list[str]) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    hosts = LOOPBACK if args.host in LOOPBACK else None
     print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(create_app(service, hosts), host=args.host, port=args.port, log_level="warning")
+    app = create_app(service, loopback_names(args.host))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", limit_concurrency=args.max_connections)
     return 0

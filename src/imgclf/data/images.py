@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -23,8 +23,9 @@ class ImageTooLarge(BadInput):
 
 
 @contextmanager
-def open_image(source) -> Iterator[Image.Image]:
-    """PIL's lazy open (the header only) of a path or a file object, refused past MAX_PIXELS; decode inside."""
+def open_image(source, on_size: Callable[[int, int], None] | None = None) -> Iterator[Image.Image]:
+    """PIL's lazy open (the header only) of a path or a file object, refused past MAX_PIXELS; decode inside.
+    `on_size(width, height)`, called before any decoding, may refuse it too (a request's pixel budget)."""
     with warnings.catch_warnings():
         # the size is checked here, against our limit; PIL's own warning (or its error at 2x) would come later
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -32,17 +33,21 @@ def open_image(source) -> Iterator[Image.Image]:
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise ImageTooLarge(f"image of {width} x {height} pixels is over the limit of {MAX_PIXELS:,} pixels")
+            if on_size is not None:
+                on_size(width, height)
             yield img
 
 
-def decode_image(source, size: int, interpolation: str = "bilinear", resize: str = "crop") -> np.ndarray:
+def decode_image(
+    source, size: int, interpolation: str = "bilinear", resize: str = "crop", *, on_size=None
+) -> np.ndarray:
     """Decode any PIL-readable image to RGB (grayscale expanded) as a `size` x `size` HWC uint8 array: `crop`
     resizes the shorter side to `size` and keeps the centre (torchvision's Resize + CenterCrop); `squash`
     resizes the whole image to the square (fast.ai 2017)."""
     if resize not in RESIZE_MODES:
         raise BadInput(f"unknown model.resize '{resize}'; choose one of: {', '.join(RESIZE_MODES)}")
     method = Image.Resampling[interpolation.upper()]
-    with open_image(source) as img:
+    with open_image(source, on_size) as img:
         img = img.convert("RGB")
         w, h = img.size
         if resize == "crop" and w != h:
