@@ -4,6 +4,7 @@ finetune.backbone_lr_divisor)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -13,6 +14,8 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from .errors import BadInput
 from .models import head
+
+log = logging.getLogger(__name__)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_divisor: float = 1.0) -> list[dict]:
@@ -95,6 +98,16 @@ def constant(optimizer: Optimizer, epochs: int, steps_per_epoch: int, warmup_epo
 
 
 def one_cycle(optimizer: Optimizer, epochs: int, steps_per_epoch: int, pct_start: float = 0.25) -> LRScheduler:
-    """fast.ai's one-cycle policy peaking at the optimizer's rate."""
+    """fast.ai's one-cycle policy peaking at the optimizer's rate. A run of a few steps (a smoke run) keeps at least
+    two steps in each phase, so torch's schedule never divides by a phase of no steps; under 3 steps, the rate is
+    constant."""
+    total = epochs * steps_per_epoch
+    if total < 3:
+        log.warning("schedule=one_cycle over %d steps: too few for a cycle; the rate stays at optim.lr", total)
+        return constant(optimizer, epochs, steps_per_epoch)
+    pct = min(max(pct_start, 2 / total), 1 - 1 / total)
+    if pct != pct_start:
+        log.info("schedule=one_cycle over %d steps: pct_start %.3g instead of %.3g, a step or more a phase", total,
+                 pct, pct_start)  # fmt: skip
     max_lr = [group["lr"] for group in optimizer.param_groups]
-    return OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct_start)
+    return OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct)

@@ -92,7 +92,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schedule.min_lr_ratio": number(0, 1, below=False),
     "schedule.step_epochs": integer(1),
     "schedule.gamma": number(0, 1, above=True, below=False),
-    "finetune.freeze_epochs": integer(0),
+    "finetune.freeze_epochs": optional(integer(0)),  # null: the strategy decides (head: frozen throughout)
     "finetune.backbone_lr_divisor": number(0, above=True),
     "evaluate.top_k": integer(1),
     "export.opset": integer(7),
