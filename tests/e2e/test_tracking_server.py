@@ -172,3 +172,30 @@ def test_a_parallel_sweep_outlives_an_outage_and_sigterm_marks_killed_on_the_ser
     assert proc.returncode != 0 and last.is_file()  # the last checkpoint is kept for a resume
     _, (killed,) = runs_of(server.uri, "sigterm")
     assert killed.info.status == "KILLED"
+
+
+def test_runs_started_together_on_a_new_experiment_of_the_server_all_finish(server, tmp_path, project_env):
+    script = (
+        "from imgclf import tracking\n"
+        f"with tracking.run({server.uri!r}, 'started-together') as run_id:\n"
+        "    tracking.log_metrics({'m': 1.0})\n"
+        "print(run_id)\n"
+    )
+    env = {**project_env, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the outboxes: this test's own
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
+    client = MlflowClient(tracking_uri=server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("started-together").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(out.split()[-1] for out, _ in outs)  # MLflow prints first
+    assert {r.info.status for r in runs} == {"FINISHED"}
