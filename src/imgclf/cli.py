@@ -46,9 +46,8 @@ def predict(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        for out in (args.out, args.submission):
-            if out:
-                refuse_folder(out)  # before any work: the folder and what is in it are not ours to replace
+        for out in filter(None, (args.out, args.submission)):
+            refuse_folder(out)  # before any work: the folder and what is in it are not ours to replace
         classifier = Classifier(args.model)
         preds = classifier.classify(collect_inputs(args.paths), args.batch_size, tta=args.tta)
         names = classifier.class_names

@@ -307,6 +307,24 @@ class Service:
 CLIENT_ERRORS = {PermissionError: 403, FileNotFoundError: 404}
 
 
+async def _model_ref(request: Request, answer) -> str | JSONResponse:
+    """The `model` of a switch's small JSON body, or the answer refusing it."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return answer(request, 415, 'send {"model": "..."} as application/json')
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            return answer(request, 413, f"a model switch is a small JSON object (at most {MAX_JSON_BYTES} bytes)")
+    try:
+        ref = json.loads(body).get("model")
+    except (ValueError, AttributeError, RecursionError):
+        ref = None
+    if not isinstance(ref, str) or not ref.strip():
+        return answer(request, 400, 'the body must be a JSON object {"model": "<path, run id or models:/n/v>"}')
+    return ref.strip()
+
+
 def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
     """The routes. `allowed_hosts`: the Host names a request may carry (a server on loopback answers only to
     loopback names, so a web page cannot reach it by rebinding its own name to 127.0.0.1); None takes any."""
@@ -340,20 +358,8 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
 
     @app.post("/api/model")
     async def switch(request: Request):
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return answer(request, 415, 'send {"model": "..."} as application/json')
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_JSON_BYTES:
-                return answer(request, 413, f"a model switch is a small JSON object (at most {MAX_JSON_BYTES} bytes)")
-        try:
-            ref = json.loads(body).get("model")
-        except (ValueError, AttributeError, RecursionError):
-            ref = None
-        if not isinstance(ref, str) or not ref.strip():
-            return answer(request, 400, 'the body must be a JSON object {"model": "<path, run id or models:/n/v>"}')
-        return await run_in_threadpool(service.switch, ref.strip())
+        ref = await _model_ref(request, answer)
+        return ref if isinstance(ref, JSONResponse) else await run_in_threadpool(service.switch, ref)
 
     @app.get("/api/picture/{name}")
     def picture(name: str):
@@ -374,12 +380,9 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     return Guard(app, max_bytes=service.max_bytes, allowed_hosts=allowed_hosts, answer=answer)
 
 
-def main(argv: list[str]) -> int:
+def serve_parser():
     import argparse
     import os
-    import sys
-
-    import uvicorn
 
     parser = argparse.ArgumentParser(prog="imgclf serve", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -408,6 +411,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--max-connections", type=int, default=64, help="open connections; past them 503 (default: %(default)s)"
     )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    import sys
+
+    import uvicorn
+
+    parser = serve_parser()
     args = parser.parse_args(argv)
     if min(args.max_concurrent, args.max_connections) < 1 or min(args.max_upload_mb, args.max_request_megapixels) <= 0:
         parser.error("--max-concurrent and --max-connections must be at least 1, the other limits above 0")
