@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import FitState
-from .errors import BadInput, MissingInput
-from .utils import atomic_path, load_tensors
+from imgclf.engine import FitState
+from imgclf.errors import BadInput, MissingInput
+from imgclf.utils import atomic_path, load_tensors
 
 log = logging.getLogger(__name__)
 

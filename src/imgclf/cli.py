@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import USER_ERRORS, BadInput
+from imgclf.errors import USER_ERRORS, BadInput
 
 STAGES = ("fetch", "split", "train", "evaluate", "export", "optimise")
 COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync", "serve")
@@ -17,9 +17,9 @@ COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync", "serve")
 
 def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
-    from .paths import Paths
-    from .predict import Classifier, collect_inputs, top_k, write_submission, write_table
-    from .utils import refuse_folder
+    from imgclf.paths import Paths
+    from imgclf.predict import Classifier, collect_inputs, top_k, write_submission, write_table
+    from imgclf.utils import refuse_folder
 
     parser = argparse.ArgumentParser(prog="imgclf predict", description=predict.__doc__)
     parser.add_argument("paths", nargs="+", help="images, folders of images, or .txt files listing paths")
@@ -77,7 +77,7 @@ def predict(argv: list[str]) -> int:
 
 
 def runs_parser() -> argparse.ArgumentParser:
-    from .runs import FORMATS
+    from imgclf.runs import FORMATS
 
     parser = argparse.ArgumentParser(
         prog="imgclf runs",
@@ -107,8 +107,8 @@ def runs_parser() -> argparse.ArgumentParser:
 
 def runs(argv: list[str]) -> int:
     """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
-    from . import runs as compare
-    from .utils import refuse_folder, write_text
+    from imgclf import runs as compare
+    from imgclf.utils import refuse_folder, write_text
 
     parser = runs_parser()
     args = parser.parse_args(argv)
@@ -145,12 +145,12 @@ def reproduce(argv: list[str]) -> int:
     """Re-create a run from its MLflow record (config, code version, data version) into a new run, and compare."""
     from omegaconf import OmegaConf
 
-    from . import tracking
-    from .lifecycle import read_run_file
-    from .paths import Paths
-    from .reproduce import Record, compare, differences, format_rows, reproduction_config, tolerance_for
-    from .stages.evaluate import evaluate
-    from .stages.train import train
+    from imgclf import tracking
+    from imgclf.lifecycle import read_run_file
+    from imgclf.paths import Paths
+    from imgclf.reproduce import Record, compare, differences, format_rows, reproduction_config, tolerance_for
+    from imgclf.stages.evaluate import evaluate
+    from imgclf.stages.train import train
 
     parser = argparse.ArgumentParser(prog="imgclf reproduce", description=reproduce.__doc__)
     parser.add_argument("run_id", help="the MLflow run to reproduce (a train run; evaluate's metrics are compared)")
@@ -185,8 +185,8 @@ def reproduce(argv: list[str]) -> int:
 
 def sync(argv: list[str]) -> int:
     """Send the records that runs left in the outbox when the tracking server stayed away (tracking.outage_wait_s)."""
-    from . import tracking
-    from .outbox import default_root
+    from imgclf import tracking
+    from imgclf.outbox import default_root
 
     parser = argparse.ArgumentParser(prog="imgclf sync", description=sync.__doc__)
     parser.add_argument("--outbox", type=Path, default=default_root(), help="default: %(default)s")
@@ -231,7 +231,7 @@ def main() -> None:
     if command == "predict":
         sys.exit(predict(sys.argv[2:]))
     if command == "serve":
-        from .webapp import main as serve
+        from imgclf.webapp import main as serve
 
         sys.exit(serve(sys.argv[2:]))
     if command in ("runs", "reproduce", "sync"):

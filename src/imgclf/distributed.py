@@ -10,7 +10,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import Sampler
 
-from .errors import BadInput
+from imgclf.errors import BadInput
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed as dist
-from . import serving
-from .errors import BadInput, UserError
-from .optim import head_lr
+from imgclf import distributed as dist
+from imgclf import serving
+from imgclf.errors import BadInput, UserError
+from imgclf.optim import head_lr
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Trainer:
 
 def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
     """Train mode for what trains; a frozen backbone stays in eval mode so its features do not drift."""
-    from .models import head
+    from imgclf.models import head
 
     model.train()
     if frozen_backbone:
@@ -234,7 +234,7 @@ def compute_features(
     model: nn.Module, loader, setup: DeviceSetup, preprocess: nn.Module
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen backbone's output for every batch, once: head-only epochs then cost only the head."""
-    from .models import features
+    from imgclf.models import features
 
     model.eval()
     feats, labels = [], []

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import plot_confusion, plot_image_grid
-from .utils import atomic_path, write_json
+from imgclf.plots import plot_confusion, plot_image_grid
+from imgclf.utils import atomic_path, write_json
 
 
 @dataclass

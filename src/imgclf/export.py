@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .program import load_program, save_program
-from .serving import ServingSpec
-from .utils import atomic_dir
+from imgclf.program import load_program, save_program
+from imgclf.serving import ServingSpec
+from imgclf.utils import atomic_dir
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "pt2")

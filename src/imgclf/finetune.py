@@ -11,11 +11,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from . import distributed as dist
-from .data.datasets import TensorImageDataset, build_loader
-from .engine import Trainer, compute_features
-from .errors import BadInput
-from .models import head, set_backbone_trainable
+from imgclf import distributed as dist
+from imgclf.data.datasets import TensorImageDataset, build_loader
+from imgclf.engine import Trainer, compute_features
+from imgclf.errors import BadInput
+from imgclf.models import head, set_backbone_trainable
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import distributed as dist
-from . import sweeps, tracking
-from .checkpoint import (
+from imgclf import distributed as dist
+from imgclf import sweeps, tracking
+from imgclf.checkpoint import (
     Resumable,
     Resume,
     find_resume_checkpoint,
@@ -22,15 +22,24 @@ from .checkpoint import (
     load_training_state,
     save_training_state,
 )
-from .data.download import file_digest
-from .data.split import data_version
-from .engine import FitState, NonFiniteLoss, fit
-from .errors import BadInput, MissingInput
-from .finetune import Prepared
-from .models import save_checkpoint
-from .paths import Paths
-from .plots import plot_curves
-from .utils import atomic_path, code_version, environment, git_diff, git_state, remove_orphans, write_json, write_text
+from imgclf.data.download import file_digest
+from imgclf.data.split import data_version
+from imgclf.engine import FitState, NonFiniteLoss, fit
+from imgclf.errors import BadInput, MissingInput
+from imgclf.finetune import Prepared
+from imgclf.models import save_checkpoint
+from imgclf.paths import Paths
+from imgclf.plots import plot_curves
+from imgclf.utils import (
+    atomic_path,
+    code_version,
+    environment,
+    git_diff,
+    git_state,
+    remove_orphans,
+    write_json,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .engine import Trainer, optimizer_step, set_train_mode
-from .errors import BadInput
+from imgclf.engine import Trainer, optimizer_step, set_train_mode
+from imgclf.errors import BadInput
 
 
 @dataclass

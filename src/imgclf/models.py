@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import BadInput, MissingInput
-from .serving import INTERPOLATIONS, RESIZE_MODES
-from .utils import load_tensors
+from imgclf.errors import BadInput, MissingInput
+from imgclf.serving import INTERPOLATIONS, RESIZE_MODES
+from imgclf.utils import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
 
 def save_checkpoint(path, state: dict[str, torch.Tensor], **meta) -> None:
     """Write weights plus what is needed to rebuild and preprocess (arch, class_names, image_size, ...)."""
-    from .utils import atomic_path
+    from imgclf.utils import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save({"model": state, **meta}, tmp)

@@ -12,8 +12,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from .errors import BadInput
-from .models import head
+from imgclf.errors import BadInput
+from imgclf.models import head
 
 log = logging.getLogger(__name__)
 

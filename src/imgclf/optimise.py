@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInput, MissingInput, UserError
-from .serving import softmax
+from imgclf.errors import BadInput, MissingInput, UserError
+from imgclf.serving import softmax
 
 log = logging.getLogger(__name__)
 METHODS = ("int8_onnx", "int8_openvino", "fp16", "tensorrt", "tensorrt_int8")
@@ -186,7 +186,7 @@ def torch_logits(module) -> Runner:
 
 def program_logits(path: Path) -> Runner:
     """The torch.export program (.pt2) that export writes."""
-    from .program import load_program
+    from imgclf.program import load_program
 
     return torch_logits(load_program(path))
 

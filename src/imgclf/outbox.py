@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .credentials import hide
+from imgclf.credentials import hide
 
 log = logging.getLogger(__name__)
 

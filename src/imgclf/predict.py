@@ -11,10 +11,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
-from .data.transforms import center_crop, tta_views
-from .errors import BadInput, MissingInput
-from .serving import ContractError, ServingSpec, normalize, scaled_stats, softmax
+from imgclf.data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
+from imgclf.data.transforms import center_crop, tta_views
+from imgclf.errors import BadInput, MissingInput
+from imgclf.serving import ContractError, ServingSpec, normalize, scaled_stats, softmax
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,14 @@ class Classifier:
 
     def _load(self, model_path: Path) -> None:
         if model_path.suffix == ".pt":
-            from .models import load_checkpoint, model_from_checkpoint
-            from .optimise import torch_logits
+            from imgclf.models import load_checkpoint, model_from_checkpoint
+            from imgclf.optimise import torch_logits
 
             ckpt = load_checkpoint(model_path)
             self.spec = ServingSpec.from_checkpoint(ckpt, str(model_path))
             self._run = torch_logits(model_from_checkpoint(ckpt))
         else:
-            from .optimise import LOADERS, MODEL_FILES, load_runner
+            from imgclf.optimise import LOADERS, MODEL_FILES, load_runner
 
             if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), model.pt2, model.xml, a .plan
                 model_file = model_path
@@ -202,7 +202,7 @@ def top_k(pred: Prediction, class_names: Sequence[str], k: int) -> list[tuple[st
 
 def write_table(preds: Sequence[Prediction], class_names: Sequence[str], path: str | Path) -> None:
     """CSV (path, top-1, probability of every class, error) or JSON, by the file's suffix."""
-    from .utils import atomic_path
+    from imgclf.utils import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -235,7 +235,7 @@ def write_submission(
     preds: Sequence[Prediction], class_names: Sequence[str], positive: str, clip: float, path: str | Path
 ) -> int:
     """Kaggle's `id,label` with the positive class's probability clipped to [clip, 1-clip], rows in id order."""
-    from .utils import atomic_path
+    from imgclf.utils import atomic_path
 
     if positive not in class_names:
         raise BadInput(f"--positive {positive!r} is not a class of this model; choose one of: {', '.join(class_names)}")

@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
+from imgclf.errors import BadInput
 
 # the archive's files below its root folder: the program, its tensors and their configs, and nothing else
 ALLOWED_FILES = re.compile(

@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from . import tracking
-from .errors import BadInput
+from imgclf import tracking
+from imgclf.errors import BadInput
 
 STANDARD_METRICS = ("val/acc", "test/acc", "test/macro_f1", "train/images_per_sec")
 SWEEP_TAG, ROLE_TAG, PARENT_TAG = "imgclf.sweep", "imgclf.role", "mlflow.parentRunId"

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MissingInput
+from imgclf.errors import MissingInput
 
 PG_USER = "postgres"
 DATABASE = "mlflow"

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import runs, tracking
+from imgclf import runs, tracking
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from . import serving
-from .credentials import USERINFO, take_uri_credentials
-from .errors import BadInput, MissingInput
-from .outbox import Outbox, default_root
+from imgclf import serving
+from imgclf.credentials import USERINFO, take_uri_credentials
+from imgclf.errors import BadInput, MissingInput
+from imgclf.outbox import Outbox, default_root
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def sync_outboxes(root: Path, uri: str | None, wait_s: float) -> list[tuple[str,
     """Deliver every outbox left under `root` (oldest first): [(run id, records still waiting)]."""
     import json
 
-    from .outbox import leftover
+    from imgclf.outbox import leftover
 
     results = []
     for directory in leftover(Path(root)):

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import BadInput, DiskFull
+from imgclf.errors import BadInput, DiskFull
 
 if TYPE_CHECKING:
     import torch

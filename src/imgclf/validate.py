@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .credentials import HTTP_USERINFO
-from .errors import BadInput
+from imgclf.credentials import HTTP_USERINFO
+from imgclf.errors import BadInput
 
 ABSENT = object()
 

@@ -35,10 +35,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from .access import Guard, UploadTooLarge, inside, loopback_names, open_inside, under
-from .data.images import UNREADABLE, open_image
-from .errors import USER_ERRORS, BadInput, MissingInput
-from .predict import Classifier, Prediction, collect_inputs, top_k
+from imgclf.access import Guard, UploadTooLarge, inside, loopback_names, open_inside, under
+from imgclf.data.images import UNREADABLE, open_image
+from imgclf.errors import USER_ERRORS, BadInput, MissingInput
+from imgclf.predict import Classifier, Prediction, collect_inputs, top_k
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Model:
 def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None) -> Model:
     """An export or optimised dir, a model file (.onnx, .pt2, .xml, .plan, .pt), a run id (its export) or
     `models:/name/version`. With `roots` (a switch asked for from the page), a path must lie under one of them."""
-    from . import tracking
+    from imgclf import tracking
 
     run_id = None
     if ref.startswith("models:/"):
@@ -146,7 +146,7 @@ def _model_home(path: Path) -> Path:
 
 def model_card(model: Model, uri: str, cache: Path) -> dict[str, Any]:
     """Run id and link, data set, classes, test metrics; the run's pictures downloaded into `cache`."""
-    from . import tracking
+    from imgclf import tracking
 
     card: dict[str, Any] = {"model": model.ref, "classes": model.classifier.class_names, "run_id": model.run_id}
     spec = model.classifier.spec
@@ -352,7 +352,7 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
 
     @app.get("/api/models")
     def models():
-        from . import tracking
+        from imgclf import tracking
 
         return {"current": service.model.ref, **tracking.served_models(service.uri, service.experiment)}
 

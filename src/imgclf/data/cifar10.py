@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import BadInput, MissingInput
-from . import TEST_LIST
-from .download import download, extract, verify
+from imgclf.data import TEST_LIST
+from imgclf.data.download import download, extract, verify
+from imgclf.errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 

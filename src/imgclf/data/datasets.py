@@ -17,11 +17,11 @@ import PIL
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import BadInput
-from ..paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
-from ..utils import atomic_path, parallel_map, remove_orphans_in
-from .images import decode_image
-from .split import read_index, read_labels, read_manifest
+from imgclf.data.images import decode_image
+from imgclf.data.split import read_index, read_labels, read_manifest
+from imgclf.errors import BadInput
+from imgclf.paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
+from imgclf.utils import atomic_path, parallel_map, remove_orphans_in
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class TensorImageDataset(Dataset):
 
     def batch(self, indices) -> torch.Tensor:
         """The images at `indices` as a uint8 tensor, copied out of the pack (centre-cropped when `crop`)."""
-        from .transforms import center_crop
+        from imgclf.data.transforms import center_crop
 
         idx = np.asarray(indices, dtype=np.int64)
         if isinstance(self.images, torch.Tensor):
@@ -220,7 +220,7 @@ def build_loader(
     Training batches come from one seeded permutation split across ranks, so N processes see the global batches
     one process would; evaluation batches cover each sample exactly once over all ranks.
     """
-    from ..distributed import ShardedBatchSampler, rank, shard_for_eval, world_size
+    from imgclf.distributed import ShardedBatchSampler, rank, shard_for_eval, world_size
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BadInput(f"trainer.batch_size must be a positive integer; got {batch_size!r}")

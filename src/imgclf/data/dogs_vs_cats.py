@@ -8,9 +8,9 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from ..errors import BadInput, MissingInput
-from .download import extract
-from .kaggle_client import download_competition
+from imgclf.data.download import extract
+from imgclf.data.kaggle_client import download_competition
+from imgclf.errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
 

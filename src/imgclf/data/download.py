@@ -14,8 +14,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..errors import BadInput, DiskFull, MissingInput, UserError
-from ..utils import atomic_path
+from imgclf.errors import BadInput, DiskFull, MissingInput, UserError
+from imgclf.utils import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import BadInput, MissingInput
-from ..utils import parallel_map
-from .images import ImageTooLarge, open_image
+from imgclf.data.images import ImageTooLarge, open_image
+from imgclf.errors import BadInput, MissingInput
+from imgclf.utils import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def fetch_folder(
     out_dir: str | Path, path: str | None, val_path: str | None = None, test_path: str | None = None, exclude=()
 ) -> int:
     """DIGITS' layout: one sub-folder per class; optional separate val/test folders become fixed splits."""
-    from . import TEST_LIST, VAL_LIST
+    from imgclf.data import TEST_LIST, VAL_LIST
 
     if not path:
         raise BadInput("data=folder needs data.path=/path/to/folder (one sub-folder per class)")

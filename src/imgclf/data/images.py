@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image
 
-from ..errors import BadInput
+from imgclf.errors import BadInput
 
 # PIL's own default (about 9459 x 9459): above every camera's photo, below what a 20 KB PNG can claim. One decode
 # holds at most MAX_PIXELS x 4 bytes as RGB (358 MB) plus the file's own mode while converting (up to as much).

@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import AccessDenied, MissingInput
+from imgclf.errors import AccessDenied, MissingInput
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import BadInput
-from . import TEST_LIST
-from .download import fetch_files
+from imgclf.data import TEST_LIST
+from imgclf.data.download import fetch_files
+from imgclf.errors import BadInput
 
 log = logging.getLogger(__name__)
 

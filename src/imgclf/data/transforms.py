@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import BadInput
-from ..serving import TTA_VIEWS
+from imgclf.errors import BadInput
+from imgclf.serving import TTA_VIEWS
 
 
 class Augment:

@@ -15,10 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import check_overrides, conf_dir
-from ..credentials import strip_overrides
-from ..errors import USER_ERRORS
-from ..validate import check
+from imgclf.config import check_overrides, conf_dir
+from imgclf.credentials import strip_overrides
+from imgclf.errors import USER_ERRORS
+from imgclf.validate import check
 
 log = logging.getLogger(__name__)
 

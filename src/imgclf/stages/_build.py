@@ -9,16 +9,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from .. import distributed as dist
-from ..data.datasets import build_loader, load_split
-from ..data.split import read_labels
-from ..data.transforms import build_augment
-from ..engine import DeviceSetup, Preprocess, Trainer
-from ..models import build_model, resolve_preprocessing
-from ..optim import build_optimizer
-from ..paths import Paths
-from ..serving import ServingSpec
-from ..utils import seed_everything
+from imgclf import distributed as dist
+from imgclf.data.datasets import build_loader, load_split
+from imgclf.data.split import read_labels
+from imgclf.data.transforms import build_augment
+from imgclf.engine import DeviceSetup, Preprocess, Trainer
+from imgclf.models import build_model, resolve_preprocessing
+from imgclf.optim import build_optimizer
+from imgclf.paths import Paths
+from imgclf.serving import ServingSpec
+from imgclf.utils import seed_everything
 
 MODEL_OPTIONS = ("source", "pretrained", "weights", "download", "dropout")  # build_model's keywords in conf/model
 

@@ -7,19 +7,19 @@ from functools import partial
 
 from omegaconf import DictConfig
 
-from .. import tracking
-from ..data.datasets import PackImages, build_loader, load_split
-from ..data.split import read_labels
-from ..data.transforms import tta_views
-from ..engine import DeviceSetup, Preprocess, predict, predict_views
-from ..errors import BadInput
-from ..evaluation import Predictions, write_evaluation
-from ..lifecycle import TrainingRun
-from ..models import load_checkpoint, model_from_checkpoint
-from ..paths import Paths
-from ..serving import ServingSpec, softmax
-from ..utils import resolve_device
-from ._app import stage_main
+from imgclf import tracking
+from imgclf.data.datasets import PackImages, build_loader, load_split
+from imgclf.data.split import read_labels
+from imgclf.data.transforms import tta_views
+from imgclf.engine import DeviceSetup, Preprocess, predict, predict_views
+from imgclf.errors import BadInput
+from imgclf.evaluation import Predictions, write_evaluation
+from imgclf.lifecycle import TrainingRun
+from imgclf.models import load_checkpoint, model_from_checkpoint
+from imgclf.paths import Paths
+from imgclf.serving import ServingSpec, softmax
+from imgclf.stages._app import stage_main
+from imgclf.utils import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -7,16 +7,16 @@ import logging
 
 from omegaconf import DictConfig
 
-from .. import tracking
-from ..data.datasets import load_split
-from ..engine import Preprocess
-from ..export import export_model, latency_report
-from ..lifecycle import TrainingRun
-from ..models import load_checkpoint, model_from_checkpoint
-from ..paths import Paths
-from ..serving import ServingSpec
-from ..utils import write_json
-from ._app import stage_main
+from imgclf import tracking
+from imgclf.data.datasets import load_split
+from imgclf.engine import Preprocess
+from imgclf.export import export_model, latency_report
+from imgclf.lifecycle import TrainingRun
+from imgclf.models import load_checkpoint, model_from_checkpoint
+from imgclf.paths import Paths
+from imgclf.serving import ServingSpec
+from imgclf.stages._app import stage_main
+from imgclf.utils import write_json
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import logging
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ..paths import Paths
-from ..utils import atomic_dir
-from ._app import stage_main
+from imgclf.paths import Paths
+from imgclf.stages._app import stage_main
+from imgclf.utils import atomic_dir
 
 log = logging.getLogger(__name__)
 

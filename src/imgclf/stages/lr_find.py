@@ -9,15 +9,15 @@ from dataclasses import replace
 
 from omegaconf import DictConfig
 
-from .. import tracking
-from ..finetune import Strategy
-from ..lr_find import lr_find
-from ..models import set_backbone_trainable
-from ..paths import Paths
-from ..plots import plot_lr_find
-from ..utils import atomic_path, resolve_device, write_json
-from ._app import output_root, stage_main, to_dict
-from ._build import build_training
+from imgclf import tracking
+from imgclf.finetune import Strategy
+from imgclf.lr_find import lr_find
+from imgclf.models import set_backbone_trainable
+from imgclf.paths import Paths
+from imgclf.plots import plot_lr_find
+from imgclf.stages._app import output_root, stage_main, to_dict
+from imgclf.stages._build import build_training
+from imgclf.utils import atomic_path, resolve_device, write_json
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,16 @@ import logging
 import numpy as np
 from omegaconf import DictConfig
 
-from .. import tracking
-from ..data.datasets import load_split
-from ..engine import Preprocess
-from ..errors import BadInput, MissingInput
-from ..lifecycle import TrainingRun
-from ..optimise import build, calibration_indices, compare, model_size_mb, optimised_file, probabilities
-from ..paths import Paths
-from ..serving import ServingSpec
-from ..utils import atomic_dir, write_json
-from ._app import stage_main
+from imgclf import tracking
+from imgclf.data.datasets import load_split
+from imgclf.engine import Preprocess
+from imgclf.errors import BadInput, MissingInput
+from imgclf.lifecycle import TrainingRun
+from imgclf.optimise import build, calibration_indices, compare, model_size_mb, optimised_file, probabilities
+from imgclf.paths import Paths
+from imgclf.serving import ServingSpec
+from imgclf.stages._app import stage_main
+from imgclf.utils import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 CHUNK = 256  # test images per batch: a large test split is never in memory whole

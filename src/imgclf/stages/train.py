@@ -7,15 +7,15 @@ from dataclasses import asdict
 import torch
 from omegaconf import DictConfig
 
-from .. import distributed as dist
-from .. import sweeps, tracking
-from ..checkpoint import Resumable
-from ..finetune import Strategy, prepare
-from ..lifecycle import Kept, Stopping, TrainingRun, run_tags
-from ..paths import Paths
-from ..utils import resolve_device
-from ._app import is_multirun, output_root, overrides, stage_main, to_dict
-from ._build import build_training
+from imgclf import distributed as dist
+from imgclf import sweeps, tracking
+from imgclf.checkpoint import Resumable
+from imgclf.finetune import Strategy, prepare
+from imgclf.lifecycle import Kept, Stopping, TrainingRun, run_tags
+from imgclf.paths import Paths
+from imgclf.stages._app import is_multirun, output_root, overrides, stage_main, to_dict
+from imgclf.stages._build import build_training
+from imgclf.utils import resolve_device
 
 
 def train(cfg: DictConfig) -> float:
