@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv pipeline test lint format params clean-runs postgres chromium mlflow-server serve
+.PHONY: venv pipeline test lint format params dvc-deps clean-runs postgres chromium mlflow-server serve
 
 venv: $(VENV)/.installed
 
@@ -46,7 +46,7 @@ serve: venv
 HOST ?= 127.0.0.1
 PORT ?= 5000
 mlflow-server: venv postgres
-	$(PY) -m imgclf.server --dir .mlflow-server --host $(HOST) --port $(PORT)
+	$(PY) -m imgclf.tracking.server --dir .mlflow-server --host $(HOST) --port $(PORT)
 
 # ruff: lint and formatting, configured in pyproject.toml (CI runs `make lint` before `make test`)
 lint: venv
@@ -60,6 +60,10 @@ format: venv
 # Regenerate params.yaml (what DVC tracks) after editing conf/.
 params: venv
 	$(PY) -m imgclf.config > params.yaml.tmp && mv params.yaml.tmp params.yaml
+
+# Regenerate dvc.yaml's code deps (each stage's import closure) after moving or importing modules.
+dvc-deps: venv
+	$(PY) -m imgclf.deps
 
 clean-runs:
 	rm -rf outputs multirun

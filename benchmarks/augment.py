@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from imgclf.config import compose
-from imgclf.data.transforms import build_augment
-from imgclf.engine import DeviceSetup, Preprocess, Trainer, optimizer_step
-from imgclf.models import build_model
+from imgclf.data.transforms import Preprocess, build_augment
+from imgclf.inference import DeviceSetup
+from imgclf.models.build import build_model
+from imgclf.training.engine import Trainer, optimizer_step
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CASES = {"digits": (64, 64, 64), "photos": (256, 224, 32)}  # preset: stored px, model px, batch

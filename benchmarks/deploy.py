@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclf.contract import ServingSpec
 from imgclf.data.datasets import load_split
-from imgclf.engine import Preprocess
-from imgclf.export import export_onnx
-from imgclf.models import load_checkpoint, model_from_checkpoint
-from imgclf.optimise import (
+from imgclf.data.transforms import Preprocess
+from imgclf.deploy.export import export_onnx
+from imgclf.deploy.quantize import (
     calibration_indices,
     convert_fp16,
     load_runner,
@@ -32,7 +32,7 @@ from imgclf.optimise import (
     quantize_openvino,
     torch_logits,
 )
-from imgclf.serving import ServingSpec
+from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

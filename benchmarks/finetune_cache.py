@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from imgclf.data.datasets import TensorImageDataset, build_loader
-from imgclf.engine import DeviceSetup, Preprocess, Trainer, compute_features, train_one_epoch
-from imgclf.models import build_model, head, set_backbone_trainable
-from imgclf.optim import param_groups
+from imgclf.data.transforms import Preprocess
+from imgclf.inference import DeviceSetup, compute_features
+from imgclf.models.build import build_model, head, set_backbone_trainable
+from imgclf.training.engine import Trainer, train_one_epoch
+from imgclf.training.optimizers import param_groups
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -24,9 +24,10 @@ from torch import nn
 from imgclf.config import compose
 from imgclf.data.datasets import TensorImageDataset, build_loader
 from imgclf.data.images import decode_image
-from imgclf.data.transforms import build_augment
-from imgclf.engine import DeviceSetup, Preprocess, Trainer, train_one_epoch
-from imgclf.models import build_model
+from imgclf.data.transforms import Preprocess, build_augment
+from imgclf.inference import DeviceSetup
+from imgclf.models.build import build_model
+from imgclf.training.engine import Trainer, train_one_epoch
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

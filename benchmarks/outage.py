@@ -1,6 +1,7 @@
 """A long tracking-server outage in the middle of a training run, with MLflow's default HTTP retries.
 
-Starts PostgreSQL and `mlflow server` (imgclf.server, as `make mlflow-server` does) in a temporary directory, trains
+Starts PostgreSQL and `mlflow server` (imgclf.tracking.server, as `make mlflow-server` does) in a temporary
+directory, trains
 timm's test_resnet on the embedded digits (its split from `make pipeline`) against it, kills the server's whole
 process group (SIGKILL) after epoch 2, starts it again `--outage-s` later, and reports: epochs trained while the
 server was away, how long the stage waited for it, how long the backlog took to drain, the run's final status and
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from imgclf.server import MlflowServer, Postgres, free_port
+from imgclf.tracking.server import MlflowServer, Postgres, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=timm", "model.name=test_resnet", "model.image_size=32", "trainer.log_every=1000"]

@@ -43,7 +43,9 @@ def child(path: str, mmap: bool) -> None:
     from torch import nn
 
     from imgclf.data.datasets import TensorImageDataset, build_loader
-    from imgclf.engine import DeviceSetup, Preprocess, Trainer, train_one_epoch
+    from imgclf.data.transforms import Preprocess
+    from imgclf.inference import DeviceSetup
+    from imgclf.training.engine import Trainer, train_one_epoch
 
     images = np.load(path, mmap_mode="r" if mmap else None)
     labels = torch.randint(0, 10, (len(images),), generator=torch.Generator().manual_seed(0))

@@ -34,7 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from imgclf.data.images import MAX_PIXELS
-from imgclf.server import free_port
+from imgclf.tracking.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDARY = "imgclf-hostile"

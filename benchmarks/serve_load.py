@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.predict import Classifier
-from imgclf.server import free_port
+from imgclf.deploy.predict import Classifier
+from imgclf.tracking.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDARY = "imgclf-load"

@@ -1,6 +1,6 @@
 """A soak of the PostgreSQL-backed tracking server: many short training runs in a row, then several at once.
 
-Starts PostgreSQL and `mlflow server` (imgclf.server) in a temporary directory, then
+Starts PostgreSQL and `mlflow server` (imgclf.tracking.server) in a temporary directory, then
 1. `--serial` runs in a row in one process (a Hydra multirun, basic launcher: jobs run inside the driver), sampling
    the driver's resident memory after each run finishes;
 2. `--parallel` runs, `--jobs` at a time (joblib launcher, a process per job).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from imgclf.server import MlflowServer, Postgres, free_port
+from imgclf.tracking.server import MlflowServer, Postgres, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=timm", "model.name=test_resnet", "model.image_size=32", "data.subset=sample"]

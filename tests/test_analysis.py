@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imgclf.evaluation import (
+from imgclf.analysis import (
     Predictions,
     confident_mistakes,
     most_confused,

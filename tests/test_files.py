@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from imgclf.errors import BadInput
-from imgclf.utils import atomic_dir, atomic_path, remove_orphans_in, write_text
+from imgclf.files import atomic_dir, atomic_path, remove_orphans_in, write_text
 
 from .conftest import BIN
 

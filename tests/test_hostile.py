@@ -17,7 +17,7 @@ from PIL import Image
 from imgclf.errors import USER_ERRORS
 
 from .conftest import ROOT
-from .test_webapp import png_header
+from .deploy.test_webapp import png_header
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
@@ -37,7 +37,7 @@ def site(trained_project, tmp_path_factory):
     """A served app reading `root` only, beside an `outside` folder of images it must never read."""
     from fastapi.testclient import TestClient
 
-    from imgclf.webapp import Service, create_app, load_model
+    from imgclf.deploy.webapp import Service, create_app, load_model
 
     base = tmp_path_factory.mktemp("site")
     root, outside = base / "root", base / "outside"
@@ -138,7 +138,7 @@ LABELS = st.one_of(
 @SETTINGS
 @given(spec=CONTRACT, labels=LABELS, model=st.sampled_from(["model.onnx", "garbage.onnx", "empty.onnx", "none"]))
 def test_any_model_folder_loads_or_is_refused_in_one_line(trained_project, tmp_path_factory, spec, labels, model):
-    from imgclf.predict import Classifier
+    from imgclf.deploy.predict import Classifier
 
     export = trained_project / "models/export"
     folder = tmp_path_factory.mktemp("model")

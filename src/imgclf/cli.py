@@ -17,9 +17,9 @@ COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync", "serve")
 
 def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
+    from imgclf.deploy.predict import Classifier, collect_inputs, top_k, write_submission, write_table
+    from imgclf.files import refuse_folder
     from imgclf.paths import Paths
-    from imgclf.predict import Classifier, collect_inputs, top_k, write_submission, write_table
-    from imgclf.utils import refuse_folder
 
     parser = argparse.ArgumentParser(prog="imgclf predict", description=predict.__doc__)
     parser.add_argument("paths", nargs="+", help="images, folders of images, or .txt files listing paths")
@@ -77,7 +77,7 @@ def predict(argv: list[str]) -> int:
 
 
 def runs_parser() -> argparse.ArgumentParser:
-    from imgclf.runs import FORMATS
+    from imgclf.tracking.compare import FORMATS
 
     parser = argparse.ArgumentParser(
         prog="imgclf runs",
@@ -107,8 +107,8 @@ def runs_parser() -> argparse.ArgumentParser:
 
 def runs(argv: list[str]) -> int:
     """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
-    from imgclf import runs as compare
-    from imgclf.utils import refuse_folder, write_text
+    from imgclf.files import refuse_folder, write_text
+    from imgclf.tracking import compare as compare
 
     parser = runs_parser()
     args = parser.parse_args(argv)
@@ -146,7 +146,6 @@ def reproduce(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from imgclf import tracking
-    from imgclf.lifecycle import read_run_file
     from imgclf.paths import Paths
     from imgclf.reproduce import Record, compare, differences, format_rows, reproduction_config, tolerance_for
     from imgclf.stages.evaluate import evaluate
@@ -172,7 +171,7 @@ def reproduce(argv: list[str]) -> int:
         cfg = OmegaConf.create(reproduction_config(record, args.uri, out_dir))
         train(cfg)
         evaluate(cfg)
-        new_id = read_run_file(out_dir / "models" / "run.json")["run_id"]
+        new_id = tracking.read_run_file(out_dir / "models" / "run.json")["run_id"]
         tracking.set_run_tags(args.uri, new_id, {"imgclf.reproduces": args.run_id})
         rows, ok = compare(record.metrics, tracking.run_record(args.uri, new_id)["metrics"], tolerance)
         print(format_rows(rows, args.run_id, new_id))
@@ -186,7 +185,7 @@ def reproduce(argv: list[str]) -> int:
 def sync(argv: list[str]) -> int:
     """Send the records that runs left in the outbox when the tracking server stayed away (tracking.outage_wait_s)."""
     from imgclf import tracking
-    from imgclf.outbox import default_root
+    from imgclf.tracking.outbox import default_root
 
     parser = argparse.ArgumentParser(prog="imgclf sync", description=sync.__doc__)
     parser.add_argument("--outbox", type=Path, default=default_root(), help="default: %(default)s")
@@ -231,7 +230,7 @@ def main() -> None:
     if command == "predict":
         sys.exit(predict(sys.argv[2:]))
     if command == "serve":
-        from imgclf.webapp import main as serve
+        from imgclf.deploy.webapp import main as serve
 
         sys.exit(serve(sys.argv[2:]))
     if command in ("runs", "reproduce", "sync"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.utils import atomic_path
+from imgclf.files import atomic_path
 
 
 def pyplot():

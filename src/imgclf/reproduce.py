@@ -12,7 +12,7 @@ from imgclf.data.download import file_digest
 from imgclf.data.split import data_version
 from imgclf.errors import BadInput
 from imgclf.paths import Paths
-from imgclf.utils import code_version, environment
+from imgclf.provenance import code_version, environment
 
 COMPARED = ("best/val/acc", "test/acc", "test/macro_f1", "test/loss")
 # what must match for bit-identical metrics on the CPU: the same machine, threads and library versions

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from imgclf.contract import ServingSpec
 from imgclf.data.datasets import build_loader, load_split
 from imgclf.data.images import decode_image
 from imgclf.data.split import (
@@ -17,7 +18,6 @@ from imgclf.data.split import (
     write_split,
 )
 from imgclf.errors import BadInput
-from imgclf.serving import ServingSpec
 
 ITEMS = [(f"{c}/{i}.png", c) for c in "abcd" for i in range(50)]
 
@@ -173,7 +173,7 @@ def test_an_index_edited_by_hand_with_a_missing_file_is_one_line(tiny_project):
 def test_a_pack_left_half_written_by_a_killed_writer_is_removed(tiny_project):
     import subprocess
 
-    from imgclf.serving import ServingSpec
+    from imgclf.contract import ServingSpec
 
     dead = subprocess.Popen(["true"])
     dead.wait()

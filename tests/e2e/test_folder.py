@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from imgclf.data.split import data_version
-from imgclf.models import build_model
+from imgclf.models.build import build_model
 
 from .conftest import STAGES, TINY, changed_stages, sh
 

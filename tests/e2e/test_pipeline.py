@@ -87,17 +87,18 @@ INPUTS = {
     "params optimise.max_acc_drop": ({"optimise"}, "params.yaml", ("max_acc_drop: 0.5", "max_acc_drop: 0.4")),
     "code data/digits.py": ({"fetch"}, "src/imgclf/data/digits.py", None),
     "code data/report.py": ({"split"}, "src/imgclf/data/report.py", None),
-    "code finetune.py": ({"train", "evaluate", "export", "optimise"}, "src/imgclf/finetune.py", None),  # lifecycle
-    "code evaluation.py": ({"evaluate"}, "src/imgclf/evaluation.py", None),
-    "code export.py": ({"export"}, "src/imgclf/export.py", None),
-    "code program.py": ({"export", "optimise"}, "src/imgclf/program.py", None),  # optimise loads .pt2 through it
+    # a training-only edit reruns train alone (and, through model.pt, what reads it): no stage after imports training
+    "code training/finetune.py": ({"train"}, "src/imgclf/training/finetune.py", None),
+    "code analysis.py": ({"evaluate"}, "src/imgclf/analysis.py", None),
+    "code deploy/export.py": ({"export"}, "src/imgclf/deploy/export.py", None),
+    "code deploy/program.py": ({"export", "optimise"}, "src/imgclf/deploy/program.py", None),  # optimise loads .pt2
     "code data/images.py": (
         {"fetch", "split", "train", "evaluate", "export", "optimise"},  # fetch: folder.py, the folder source
         "src/imgclf/data/images.py",
         None,
     ),
-    "code serving.py": ({"split", "train", "evaluate", "export", "optimise"}, "src/imgclf/serving.py", None),
-    "code optimise.py": ({"optimise"}, "src/imgclf/optimise.py", None),
+    "code contract.py": ({"split", "train", "evaluate", "export", "optimise"}, "src/imgclf/contract.py", None),
+    "code deploy/quantize.py": ({"optimise"}, "src/imgclf/deploy/quantize.py", None),
     "conf/no_input.md (every unset external input)": ({"fetch", "train"}, "conf/no_input.md", None),
 }
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.server import free_port
+from imgclf.tracking.server import free_port
 
 from ..conftest import BIN, trained_tiny_project
 

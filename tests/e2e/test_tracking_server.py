@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from imgclf.errors import MissingInput
-from imgclf.server import MlflowServer, Postgres, free_port, pg_bin
+from imgclf.tracking.server import MlflowServer, Postgres, free_port, pg_bin
 
 from ..conftest import ROOT, TINY_OVERRIDES
 

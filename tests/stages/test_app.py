@@ -3,10 +3,10 @@
 import pytest
 
 from imgclf.data.download import ChecksumError, DownloadError
-from imgclf.engine import NonFiniteLoss
 from imgclf.errors import AccessDenied, BadInput, MissingInput, UserError
-from imgclf.models import WeightsNotFound
+from imgclf.models.weights import WeightsNotFound
 from imgclf.stages._app import one_line_errors
+from imgclf.training.engine import NonFiniteLoss
 
 
 def failing(exc):

@@ -11,12 +11,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from imgclf import engine
-from imgclf.models import build_model, head
+from imgclf.training import engine
+from imgclf.models.build import build_model, head
 from imgclf.stages.train import train
 
 from ..conftest import BIN, ROOT, TINY_DATA, TINY_OVERRIDES
-from ..test_models import torchvision_cache
+from ..models.test_models import torchvision_cache
 
 TIMING = ("train/epoch_time_s", "train/images_per_sec")
 
@@ -92,7 +92,7 @@ def test_gradual_keeps_backbone_frozen_for_freeze_epochs_then_trains_it(
 def test_nan_loss_fails_the_run_names_the_step_and_keeps_the_last_good_checkpoint(tiny_cfg, tiny_project, monkeypatch):
     from torch import nn
 
-    from imgclf.engine import NonFiniteLoss
+    from imgclf.training.engine import NonFiniteLoss
 
     calls = {"n": 0}
 

@@ -12,8 +12,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from imgclf.config import compose
+from imgclf.deploy.predict import Classifier
 from imgclf.errors import BadInput, MissingInput
-from imgclf.predict import Classifier
 from imgclf.stages.export import export
 from imgclf.stages.optimise import optimise
 
@@ -132,7 +132,7 @@ def test_tensorrt_int8_source_is_symmetric_qdq(project, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from imgclf.optimise import quantize_int8
+    from imgclf.deploy.quantize import quantize_int8
 
     calibration = np.random.default_rng(0).normal(0, 1, (8, 3, 32, 32)).astype(np.float32)
     for symmetric in (True, False):

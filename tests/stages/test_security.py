@@ -51,7 +51,7 @@ def test_every_entry_point_refuses_a_pickle_payload(tiny_project, tiny_cfg, payl
     refused(lambda: evaluate(tiny_cfg()), model_file, marker)
     refused(lambda: export(tiny_cfg()), model_file, marker)
 
-    from imgclf.predict import Classifier
+    from imgclf.deploy.predict import Classifier
 
     refused(lambda: Classifier(str(path)), path, marker)
     # the same file loaded the unsafe way would have run it: the test's payload is real

@@ -14,11 +14,11 @@ from mlflow.tracking import MlflowClient
 
 from imgclf.data.images import decode_image
 from imgclf.data.transforms import center_crop
-from imgclf.engine import NonFiniteLoss
 from imgclf.errors import BadInput
 from imgclf.stages.evaluate import evaluate
 from imgclf.stages.export import export
 from imgclf.stages.train import train
+from imgclf.training.engine import NonFiniteLoss
 
 from ..conftest import TINY_DATA
 
@@ -96,7 +96,7 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
         out[["a", "b", "c"]].to_numpy(), [[float(r[f"p_{c}"]) for c in "abc"] for r in rows], atol=1e-4
     )
     assert list(out["label"]) == [r["predicted"] for r in rows]
-    # serving.py is pickled into the model by value: it loads and predicts the same where imgclf is not installed
+    # contract.py is pickled into the model by value: it loads and predicts the same where imgclf is not installed
     np.save(tiny_project / "images.npy", images)
     script = (
         "import sys; sys.modules['imgclf'] = None; import mlflow, numpy as np; "

@@ -18,10 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgclf.data.images import decode_image
+from imgclf.data.parallel import parallel_map
 from imgclf.data.split import read_index, read_labels, read_manifest
 from imgclf.errors import BadInput
+from imgclf.files import atomic_path, remove_orphans_in
 from imgclf.paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
-from imgclf.utils import atomic_path, parallel_map, remove_orphans_in
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def load_split(
     crop: bool = True,
 ) -> TensorImageDataset:
     """One split (`train|val|test`) of the data set in `root`, full or its `sample` subset, as the serving spec
-    says (imgclf.serving.ServingSpec): packed at its stored size, served centre-cropped to the model's input
+    says (imgclf.contract.ServingSpec): packed at its stored size, served centre-cropped to the model's input
     (`crop`) or whole (training batches, which the augmentation crops)."""
     if subset not in ("full", "sample"):
         raise BadInput(f"unknown data.subset '{subset}'; choose one of: full, sample")
@@ -220,7 +221,7 @@ def build_loader(
     Training batches come from one seeded permutation split across ranks, so N processes see the global batches
     one process would; evaluation batches cover each sample exactly once over all ranks.
     """
-    from imgclf.distributed import ShardedBatchSampler, rank, shard_for_eval, world_size
+    from imgclf.data.sampling import ShardedBatchSampler, rank, shard_for_eval, world_size
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BadInput(f"trainer.batch_size must be a positive integer; got {batch_size!r}")

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from imgclf.errors import BadInput, DiskFull, MissingInput, UserError
-from imgclf.utils import atomic_path
+from imgclf.files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from imgclf.data.images import ImageTooLarge, open_image
+from imgclf.data.parallel import parallel_map
 from imgclf.errors import BadInput, MissingInput
-from imgclf.utils import parallel_map
 
 log = logging.getLogger(__name__)
 

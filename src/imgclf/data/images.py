@@ -15,7 +15,7 @@ from imgclf.errors import BadInput
 # PIL's own default (about 9459 x 9459): above every camera's photo, below what a 20 KB PNG can claim. One decode
 # holds at most MAX_PIXELS x 4 bytes as RGB (358 MB) plus the file's own mode while converting (up to as much).
 MAX_PIXELS = 89_478_485
-RESIZE_MODES = ("crop", "squash")  # serving.py's, which imports nothing of imgclf (tests/test_serving.py: equal)
+RESIZE_MODES = ("crop", "squash")  # contract.py's, which imports nothing of imgclf (tests/test_serving.py: equal)
 
 
 class ImageTooLarge(BadInput):

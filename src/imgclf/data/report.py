@@ -53,8 +53,8 @@ def write_data_report(
     out_dir: Path, image_root: Path, scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]], report: dict
 ) -> None:
     """reports/split/: report.json, class_counts.csv and .png, samples.png (what `dvc plots` shows, MLflow logs)."""
+    from imgclf.files import atomic_path, write_json
     from imgclf.plots import plot_class_counts, plot_samples
-    from imgclf.utils import atomic_path, write_json
 
     rows = class_counts(splits, scan.class_names)
     write_json(out_dir / "report.json", report)

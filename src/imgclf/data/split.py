@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.contract import LABELS_FILE, format_labels, parse_labels
 from imgclf.data import SPLITS
 from imgclf.errors import BadInput, MissingInput
-from imgclf.serving import LABELS_FILE, format_labels, parse_labels
 
 MANIFEST = "manifest.csv"  # split/manifest.csv: path, sha256 of every indexed image
 

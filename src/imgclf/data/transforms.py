@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgclf import contract
+from imgclf.contract import TTA_VIEWS
 from imgclf.errors import BadInput
-from imgclf.serving import TTA_VIEWS
 
 
 class Augment:
@@ -93,3 +94,16 @@ def tta_views(images: torch.Tensor, size: int, views: Sequence[str]) -> list[tor
         h, w = padded.shape[-2:]
         out += [padded[..., y : y + size, x : x + size] for y in (0, h - size) for x in (0, w - size)]
     return out
+
+
+class Preprocess(nn.Module):
+    """uint8 NCHW batch -> normalized float on the batch's device (the GPU does the arithmetic): serving.normalize."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        scaled_mean, scaled_std = contract.scaled_stats(mean, std)
+        self.register_buffer("mean", torch.from_numpy(scaled_mean))
+        self.register_buffer("std", torch.from_numpy(scaled_std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return contract.normalize(x, self.mean, self.std)

@@ -9,16 +9,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from imgclf import distributed as dist
+from imgclf.contract import ServingSpec
 from imgclf.data.datasets import build_loader, load_split
 from imgclf.data.split import read_labels
-from imgclf.data.transforms import build_augment
-from imgclf.engine import DeviceSetup, Preprocess, Trainer
-from imgclf.models import build_model, resolve_preprocessing
-from imgclf.optim import build_optimizer
+from imgclf.data.transforms import Preprocess, build_augment
+from imgclf.devices import seed_everything
+from imgclf.inference import DeviceSetup
+from imgclf.models.build import build_model
+from imgclf.models.preprocessing import resolve_preprocessing
 from imgclf.paths import Paths
-from imgclf.serving import ServingSpec
-from imgclf.utils import seed_everything
+from imgclf.training import distributed as dist
+from imgclf.training.engine import Trainer
+from imgclf.training.optimizers import build_optimizer
 
 MODEL_OPTIONS = ("source", "pretrained", "weights", "download", "dropout")  # build_model's keywords in conf/model
 

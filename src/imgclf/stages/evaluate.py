@@ -8,18 +8,17 @@ from functools import partial
 from omegaconf import DictConfig
 
 from imgclf import tracking
+from imgclf.analysis import Predictions, write_evaluation
+from imgclf.contract import ServingSpec, softmax
 from imgclf.data.datasets import PackImages, build_loader, load_split
 from imgclf.data.split import read_labels
-from imgclf.data.transforms import tta_views
-from imgclf.engine import DeviceSetup, Preprocess, predict, predict_views
+from imgclf.data.transforms import Preprocess, tta_views
+from imgclf.devices import resolve_device
 from imgclf.errors import BadInput
-from imgclf.evaluation import Predictions, write_evaluation
-from imgclf.lifecycle import TrainingRun
-from imgclf.models import load_checkpoint, model_from_checkpoint
+from imgclf.inference import DeviceSetup, predict, predict_views
+from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 from imgclf.paths import Paths
-from imgclf.serving import ServingSpec, softmax
 from imgclf.stages._app import stage_main
-from imgclf.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def evaluate(cfg: DictConfig) -> float:
     out = paths.report_dir("evaluate")
     metrics = write_evaluation(out, preds)
     tracking.use(cfg.tracking)
-    with TrainingRun.reopen(paths, cfg.tracking.uri):
+    with tracking.reopen(paths.run_file, cfg.tracking.uri):
         tracking.log_metrics(metrics)
         tracking.log_artifacts(out, "evaluate")
     log.info(

@@ -8,15 +8,14 @@ import logging
 from omegaconf import DictConfig
 
 from imgclf import tracking
+from imgclf.contract import ServingSpec
 from imgclf.data.datasets import load_split
-from imgclf.engine import Preprocess
-from imgclf.export import export_model, latency_report
-from imgclf.lifecycle import TrainingRun
-from imgclf.models import load_checkpoint, model_from_checkpoint
+from imgclf.data.transforms import Preprocess
+from imgclf.deploy.export import export_model, latency_report
+from imgclf.files import write_json
+from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 from imgclf.paths import Paths
-from imgclf.serving import ServingSpec
 from imgclf.stages._app import stage_main
-from imgclf.utils import write_json
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def export(cfg: DictConfig) -> None:
     write_json(reports / "metrics.json", report)
     write_json(reports / "latency.json", latency)
     tracking.use(cfg.tracking)
-    with TrainingRun.reopen(paths, cfg.tracking.uri):
+    with tracking.reopen(paths.run_file, cfg.tracking.uri):
         tracking.log_metrics(report)
         tracking.log_metrics({f"export/{fmt}_{k}": v for fmt, figures in latency.items() for k, v in figures.items()})
         tracking.log_artifacts(paths.export_dir, "export")

@@ -7,9 +7,9 @@ import logging
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from imgclf.files import atomic_dir
 from imgclf.paths import Paths
 from imgclf.stages._app import stage_main
-from imgclf.utils import atomic_dir
 
 log = logging.getLogger(__name__)
 

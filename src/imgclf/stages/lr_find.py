@@ -10,14 +10,15 @@ from dataclasses import replace
 from omegaconf import DictConfig
 
 from imgclf import tracking
-from imgclf.finetune import Strategy
-from imgclf.lr_find import lr_find
-from imgclf.models import set_backbone_trainable
+from imgclf.devices import resolve_device
+from imgclf.files import atomic_path, write_json
+from imgclf.models.build import set_backbone_trainable
 from imgclf.paths import Paths
 from imgclf.plots import plot_lr_find
 from imgclf.stages._app import output_root, stage_main, to_dict
 from imgclf.stages._build import build_training
-from imgclf.utils import atomic_path, resolve_device, write_json
+from imgclf.training.finetune import Strategy
+from imgclf.training.lr_find import lr_find
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,14 @@ import numpy as np
 from omegaconf import DictConfig
 
 from imgclf import tracking
+from imgclf.contract import ServingSpec
 from imgclf.data.datasets import load_split
-from imgclf.engine import Preprocess
+from imgclf.data.transforms import Preprocess
+from imgclf.deploy.quantize import build, calibration_indices, compare, model_size_mb, optimised_file, probabilities
 from imgclf.errors import BadInput, MissingInput
-from imgclf.lifecycle import TrainingRun
-from imgclf.optimise import build, calibration_indices, compare, model_size_mb, optimised_file, probabilities
+from imgclf.files import atomic_dir, write_json
 from imgclf.paths import Paths
-from imgclf.serving import ServingSpec
 from imgclf.stages._app import stage_main
-from imgclf.utils import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 CHUNK = 256  # test images per batch: a large test split is never in memory whole
@@ -72,7 +71,7 @@ def optimise(cfg: DictConfig) -> dict:
     reports = paths.report_dir("optimise")
     write_json(reports / "metrics.json", metrics)
     tracking.use(cfg.tracking)
-    with TrainingRun.reopen(paths, cfg.tracking.uri):
+    with tracking.reopen(paths.run_file, cfg.tracking.uri):
         tracking.log_metrics(metrics)
         tracking.log_artifact(reports / "metrics.json", "optimise")
         if optimised_file(o.method) == "model.onnx":  # the smaller model for `mlflow models serve` too

@@ -10,9 +10,9 @@ from imgclf.data import SPLITS, TEST_LIST, VAL_LIST
 from imgclf.data.folder import scan_image_folder
 from imgclf.data.report import build_report, write_data_report
 from imgclf.data.split import split_with_fixed, stratified_split, write_split
+from imgclf.files import atomic_dir, write_json
 from imgclf.paths import Paths
 from imgclf.stages._app import stage_main
-from imgclf.utils import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,16 @@ from dataclasses import asdict
 import torch
 from omegaconf import DictConfig
 
-from imgclf import distributed as dist
-from imgclf import sweeps, tracking
-from imgclf.checkpoint import Resumable
-from imgclf.finetune import Strategy, prepare
-from imgclf.lifecycle import Kept, Stopping, TrainingRun, run_tags
+from imgclf import tracking
+from imgclf.devices import resolve_device
 from imgclf.paths import Paths
 from imgclf.stages._app import is_multirun, output_root, overrides, stage_main, to_dict
 from imgclf.stages._build import build_training
-from imgclf.utils import resolve_device
+from imgclf.tracking import sweeps
+from imgclf.training import distributed as dist
+from imgclf.training.checkpoint import Resumable
+from imgclf.training.finetune import Strategy, prepare
+from imgclf.training.lifecycle import Kept, Stopping, TrainingRun, run_tags
 
 
 def train(cfg: DictConfig) -> float:

@@ -1,0 +1,66 @@
+"""Which samples each process gets: global batches split across ranks, evaluation shares."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as torch_dist
+from torch.utils.data import Sampler
+
+from imgclf.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def world_size() -> int:
+    return torch_dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return torch_dist.get_rank() if is_distributed() else 0
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Global batches from one seeded permutation, each split across ranks (rank r takes every world-th index).
+
+    With one process it yields whole batches: a run on N processes sees the same global batches as a run on one.
+    A last batch smaller than the world size is dropped (only when distributed) so no rank gets an empty batch.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size < world_size:
+            raise BadInput(f"trainer.batch_size={batch_size} is smaller than the {world_size} processes")
+        self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+        self.rank, self.world = rank, world_size
+
+    def _batches(self) -> list[list[int]]:
+        order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else list(range(self.n))
+        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        return [b for b in batches if len(b) >= self.world]
+
+    def __iter__(self):
+        for batch in self._batches():
+            yield batch[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest >= self.world else 0)
+
+
+def shard_for_eval(n: int, batch_size: int) -> list[list[int]]:
+    """This rank's share of an evaluation set, in batches; shares differ by at most one and cover every sample."""
+    idx = list(range(rank(), n, world_size()))
+    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]

@@ -1,0 +1,252 @@
+"""Classify images with the exported model (DIGITS' Classify One / Classify Many)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from imgclf.contract import ContractError, ServingSpec, normalize, scaled_stats, softmax
+from imgclf.data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
+from imgclf.data.transforms import center_crop, tta_views
+from imgclf.errors import BadInput, MissingInput
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+@dataclass
+class Prediction:
+    path: str
+    probs: np.ndarray | None = None  # None when the file could not be classified
+    error: str | None = None
+
+
+def collect_inputs(args: Sequence[str]) -> list[Path]:
+    """Files as given, folders expanded (images inside, recursively, sorted), .txt files read as lists of paths."""
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        kind = _kind(path)
+        if kind == "folder":
+            paths.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                    and _kind(p) == "file"
+                )
+            )
+        elif kind == "file" and path.suffix.lower() == ".txt":
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BadInput(f"{path}: not a readable list of image paths ({type(exc).__name__})") from None
+            paths.extend(Path(line.strip()) for line in text.splitlines() if line.strip())
+        else:
+            paths.append(path)  # a missing or odd file is reported per file later, not here
+    return paths
+
+
+def _kind(path: Path) -> str:
+    """folder, file or other (missing, a name the file system refuses, a loop of links)."""
+    try:
+        return "folder" if path.is_dir() else "file" if path.is_file() else "other"
+    except (OSError, ValueError):
+        return "other"
+
+
+def _open(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+class PixelBudget:
+    """Pixels a request may still decode (None: no limit); an image past it is refused from its header."""
+
+    def __init__(self, pixels: int | None):
+        self.left = pixels
+
+    def __call__(self, width: int, height: int) -> None:
+        if self.left is None:
+            return
+        if width * height > self.left:
+            self.left = 0
+            raise ImageTooLarge("over this request's limit of pixels in all its images; send fewer at a time")
+        self.left -= width * height
+
+
+class Classifier:
+    """A deployed model (ONNX FP32/INT8/FP16, the .pt2 program, OpenVINO IR, a TensorRT engine) or a checkpoint,
+    with its serving contract (labels.txt and preprocessing.json beside it)."""
+
+    def __init__(self, model_path: str | Path):
+        try:
+            self._load(Path(model_path))
+        except ContractError as exc:  # contract.py stays free of imgclf's imports (MLflow pickles it by value)
+            raise BadInput(str(exc)) from None
+
+    def _load(self, model_path: Path) -> None:
+        if model_path.suffix == ".pt":
+            from imgclf.deploy.quantize import torch_logits
+            from imgclf.models.saved import load_checkpoint, model_from_checkpoint
+
+            ckpt = load_checkpoint(model_path)
+            self.spec = ServingSpec.from_checkpoint(ckpt, str(model_path))
+            self._run = torch_logits(model_from_checkpoint(ckpt))
+        else:
+            from imgclf.deploy.quantize import LOADERS, MODEL_FILES, load_runner
+
+            if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), model.pt2, model.xml, a .plan
+                model_file = model_path
+            else:  # an export or optimised directory: its model, whichever format it holds
+                model_file = next(
+                    (model_path / f for f in MODEL_FILES if (model_path / f).is_file()), model_path / "model.onnx"
+                )
+            if not model_file.is_file():
+                raise MissingInput(
+                    f"no exported model at {model_file}; run the pipeline (dvc repro) or pass "
+                    "--model models/export, models/optimised or models/model.pt"
+                )
+            self.spec = ServingSpec.read(model_file.parent)  # checked before the model file is even opened
+            self._run = load_runner(model_file)
+        self._check_contract(model_path)
+
+    def _check_contract(self, source: Path) -> None:
+        """Two blank images through the model: it takes the spec's input size and any batch, and its outputs match
+        labels.txt."""
+        size = self.spec.image_size
+        try:
+            logits = np.asarray(self._run(np.zeros((2, 3, size, size), np.float32)))
+        except Exception as exc:  # noqa: BLE001 - each runtime words a wrong input shape its own way
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise BadInput(
+                f"{source}: the model does not take a batch of 3 x {size} x {size} images, as preprocessing.json "
+                f"describes ({detail})"
+            ) from None
+        if logits.ndim != 2 or logits.shape[0] != 2:
+            raise BadInput(f"{source}: the model answers shape {logits.shape} to 2 images; a row of class scores "
+                           "per image is expected")  # fmt: skip
+        self.spec.check_outputs(logits.shape[1], str(source))
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.spec.class_names
+
+    def classify(
+        self,
+        paths: Sequence[Path],
+        batch_size: int = 32,
+        tta: bool = False,
+        *,
+        opener: Callable[[Path], BinaryIO] | None = None,
+        max_pixels: int | None = None,
+    ) -> list[Prediction]:
+        """Softmax probabilities per image, in input order; unreadable files get an error and the rest go on.
+
+        `tta`: averaged over the test-time views the model was trained for (its spec's `tta`), as evaluate does.
+        `opener`: how a path is opened (serve's: only under its roots, checked on the open file). `max_pixels`: the
+        most pixels the images may have together, from their headers; the ones past it are not decoded.
+        """
+        if tta and not self.spec.tta:
+            raise BadInput(
+                "--tta: this model lists no test-time views (its augment.tta was empty); "
+                "retrain with augment.tta=[hflip] or [crops], or predict without --tta"
+            )
+        results = [Prediction(str(p)) for p in paths]
+        batch, slots, spend = [], [], PixelBudget(max_pixels)
+        for i, path in enumerate(paths):
+            try:
+                with (opener or _open)(path) as f:
+                    batch.append(decode_image(f, self.spec.stored_size, self.spec.interpolation, self.spec.resize,
+                                              on_size=spend))  # fmt: skip
+                slots.append(i)
+            except FileNotFoundError:
+                results[i].error = "no such file"
+            except ValueError as exc:  # a NUL in the name: not a path the system can open
+                results[i].error = why_unreadable(exc) if not str(exc).startswith("embedded null") else "no such file"
+            except IsADirectoryError:
+                results[i].error = "a folder, not an image"
+            except UNREADABLE as exc:
+                results[i].error = why_unreadable(exc)
+            if len(batch) == batch_size or (i == len(paths) - 1 and batch):
+                for slot, probs in zip(slots, self._probs(np.stack(batch).transpose(0, 3, 1, 2), tta)):
+                    results[slot].probs = probs
+                batch, slots = [], []
+        return results
+
+    def _probs(self, images: np.ndarray, tta: bool) -> np.ndarray:
+        """uint8 NCHW images at the stored size -> probabilities: the centre view, or the mean over the views."""
+        stats = scaled_stats(self.spec.mean, self.spec.std)
+        if not tta:
+            return softmax(
+                self._run(np.ascontiguousarray(normalize(center_crop(images, self.spec.image_size), *stats)))
+            )
+        import torch
+
+        views = tta_views(torch.from_numpy(images), self.spec.image_size, self.spec.tta)
+        probs = [softmax(self._run(np.ascontiguousarray(normalize(v.numpy(), *stats)))) for v in views]
+        return np.mean(probs, axis=0)
+
+
+def top_k(pred: Prediction, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-pred.probs)[: min(k, len(class_names))]
+    return [(class_names[i], float(pred.probs[i])) for i in order]
+
+
+def write_table(preds: Sequence[Prediction], class_names: Sequence[str], path: str | Path) -> None:
+    """CSV (path, top-1, probability of every class, error) or JSON, by the file's suffix."""
+    from imgclf.files import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".json":
+            rows = [
+                {"path": p.path, "error": p.error}
+                if p.error
+                else {
+                    "path": p.path,
+                    "top1": class_names[int(p.probs.argmax())],
+                    "probs": {c: float(v) for c, v in zip(class_names, p.probs)},
+                }
+                for p in preds
+            ]
+            tmp.write_text(json.dumps(rows, indent=2) + "\n")
+            return
+        import csv
+
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "top1", *(f"p_{c}" for c in class_names), "error"])
+            for p in preds:
+                if p.error:
+                    writer.writerow([p.path, "", *([""] * len(class_names)), p.error])
+                else:
+                    writer.writerow([p.path, class_names[int(p.probs.argmax())], *(f"{v:.6f}" for v in p.probs), ""])
+
+
+def write_submission(
+    preds: Sequence[Prediction], class_names: Sequence[str], positive: str, clip: float, path: str | Path
+) -> int:
+    """Kaggle's `id,label` with the positive class's probability clipped to [clip, 1-clip], rows in id order."""
+    from imgclf.files import atomic_path
+
+    if positive not in class_names:
+        raise BadInput(f"--positive {positive!r} is not a class of this model; choose one of: {', '.join(class_names)}")
+    index = list(class_names).index(positive)
+    rows = []
+    for p in preds:
+        stem = Path(p.path).stem
+        if p.error or not stem.isdigit():
+            raise BadInput(f"{p.path}: {p.error or 'file name is not a numeric Kaggle id'}; no submission written")
+        rows.append((int(stem), float(np.clip(p.probs[index], clip, 1 - clip))))
+    rows.sort()
+    with atomic_path(path) as tmp:
+        tmp.write_text("id,label\n" + "".join(f"{i},{v:.6f}\n" for i, v in rows))
+    return len(rows)

@@ -1,0 +1,277 @@
+"""Step five of six: the exported FP32 ONNX model made smaller or faster for where it runs, and checked.
+
+`int8_onnx`: static INT8 quantisation (onnxruntime.quantization, QDQ, per-channel weights) calibrated on a fixed,
+seeded sample of the train split; `int8_openvino`: OpenVINO IR quantised by NNCF's post-training quantisation from
+the same sample; `fp16`: half-precision weights and activations (inputs and outputs stay FP32) for GPUs;
+`tensorrt` / `tensorrt_int8`: an engine built from the FP16 / the symmetric QDQ INT8 ONNX model (TensorRT's explicit
+quantisation, strongly typed) where CUDA and TensorRT are, else one clear error. Each optimised model is compared
+with the FP32 model on the whole test split before it is kept; `load_runner` serves every format.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.contract import softmax
+from imgclf.errors import BadInput, MissingInput, UserError
+
+log = logging.getLogger(__name__)
+METHODS = ("int8_onnx", "int8_openvino", "fp16", "tensorrt", "tensorrt_int8")
+MODEL_FILES = ("model.onnx", "model.xml", "model.plan")  # ONNX, OpenVINO IR (+ model.bin), TensorRT engine
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def calibration_batches(calibration: np.ndarray) -> list[np.ndarray]:
+    return [
+        np.ascontiguousarray(b, dtype=np.float32) for b in np.array_split(calibration, max(1, len(calibration) // 16))
+    ]
+
+
+def quantize_int8(
+    fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True, symmetric: bool = False
+) -> None:
+    """Static INT8 (QDQ, signed 8-bit activations and weights) with activation ranges from `calibration`
+    (normalised float images, NCHW). `symmetric`: zero points of 0, as TensorRT's explicit quantisation needs."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration_batches(calibration))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    prepared = out.with_name("prepared.onnx")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # shapes and folding first, as ORT advises
+    quantize_static(
+        str(prepared),
+        str(out),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        # TensorRT's parser takes no INT32 bias DequantizeLinear: with `symmetric`, biases stay float
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
+    )
+    prepared.unlink()
+
+
+def quantize_openvino(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+    """OpenVINO IR (`out` = model.xml, beside it model.bin) quantised to INT8 by NNCF's post-training quantisation,
+    activation ranges from `calibration`."""
+    import nncf
+    import openvino as ov
+
+    batches = calibration_batches(calibration)
+    model = ov.Core().read_model(str(fp32))
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))  # items: batches of 16
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+
+
+def convert_fp16(fp32: Path, out: Path) -> None:
+    """Weights and activations in float16; the `images` input and `logits` output stay float32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    onnx.save(model, str(out))
+
+
+def require_tensorrt(what: str):
+    """The tensorrt module, or one line naming what this machine lacks (CUDA, the tensorrt package or both)."""
+    import torch
+
+    try:
+        import tensorrt as trt
+    except ImportError:
+        trt = None
+    missing = [name for name, ok in (("CUDA", torch.cuda.is_available()), ("tensorrt", trt is not None)) if not ok]
+    if missing:
+        raise MissingInput(
+            f"{what} needs CUDA and the tensorrt package; this machine lacks {' and '.join(missing)} "
+            "(use optimise=int8_onnx or int8_openvino on a CPU, or an NVIDIA machine with `pip install tensorrt`)"
+        )
+    return trt
+
+
+def build_tensorrt(source: Path, out: Path, what: str = "optimise=tensorrt") -> None:
+    """A serialized TensorRT engine from an ONNX model, strongly typed: it keeps the model's own precision (FP16
+    from the FP16 model, INT8 where the QDQ model quantises), TensorRT's way since precision flags were deprecated."""
+    trt = require_tensorrt(what)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(source.read_bytes()):
+        raise BadInput(f"TensorRT cannot parse {source}: {parser.get_error(0)}")
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    shape = tuple(network.get_input(0).shape)[1:]
+    profile.set_shape("images", (1, *shape), (32, *shape), (128, *shape))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise BadInput(f"TensorRT could not build an engine from {source} (its log above says why)")
+    out.write_bytes(bytes(engine))
+
+
+def onnx_logits(path: Path) -> Runner:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda images: session.run(["logits"], {"images": images})[0]
+
+
+def openvino_logits(path: Path) -> Runner:
+    import openvino as ov
+
+    compiled, lock = ov.Core().compile_model(str(path), "CPU"), threading.Lock()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with lock:  # one infer request behind __call__: imgclf serve classifies from several threads
+            return compiled(images)[0]
+
+    return run
+
+
+def tensorrt_logits(path: Path) -> Runner:
+    """A serialized TensorRT engine on the GPU, inputs and outputs through torch's CUDA tensors."""
+    import torch
+
+    trt = require_tensorrt(f"the TensorRT engine {path}")
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise BadInput(f"{path} is not a TensorRT engine this TensorRT and GPU can run; rebuild it (optimise=tensorrt)")
+    context, lock = engine.create_execution_context(), threading.Lock()
+    most = engine.get_tensor_profile_shape("images", 0)[2][0]  # the optimisation profile's largest batch
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with lock:  # one execution context
+            return np.concatenate([infer(images[i : i + most]) for i in range(0, len(images), most)])
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
+        if not context.set_input_shape("images", tuple(x.shape)):
+            raise BadInput(f"{path} takes input {tuple(engine.get_tensor_shape('images'))}; got {tuple(x.shape)}")
+        out = torch.empty(tuple(context.get_tensor_shape("logits")), dtype=torch.float32, device="cuda")
+        context.set_tensor_address("images", x.data_ptr())
+        context.set_tensor_address("logits", out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT could not run {path} (its log above says why)")
+        stream.synchronize()
+        return out.cpu().numpy()
+
+    return run
+
+
+def torch_logits(module) -> Runner:
+    """A PyTorch module (a checkpoint's network, a loaded .pt2 program) on the CPU, numpy in and out."""
+    import torch
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(images)).numpy()
+
+    return run
+
+
+def program_logits(path: Path) -> Runner:
+    """The torch.export program (.pt2) that export writes."""
+    from imgclf.deploy.program import load_program
+
+    return torch_logits(load_program(path))
+
+
+LOADERS = {
+    ".onnx": onnx_logits,
+    ".pt2": program_logits,
+    ".xml": openvino_logits,
+    ".plan": tensorrt_logits,
+    ".engine": tensorrt_logits,
+}
+
+
+def load_runner(path: Path) -> Runner:
+    """Logits (float32, NCHW normalised images in) of a deployed model file, by its suffix: ONNX (onnxruntime),
+    the torch.export program (.pt2), OpenVINO IR (.xml) on the CPU, a TensorRT engine (.plan/.engine) on the GPU."""
+    path = Path(path)
+    if path.suffix not in LOADERS:
+        raise BadInput(f"{path}: not a deployable model; valid: {', '.join(LOADERS)} (or a .pt checkpoint)")
+    try:
+        return LOADERS[path.suffix](path)
+    except (UserError, FileNotFoundError, PermissionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runtime's own words for a file it cannot load, in one line
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"{path}: not a model this runtime can load ({detail})") from None
+
+
+def probabilities(path: Path) -> Runner:
+    """Class probabilities (float64) of a deployed model file, batch after batch."""
+    logits = load_runner(path)
+    return lambda images: softmax(np.asarray(logits(images), dtype=np.float64))
+
+
+def model_size_mb(path: Path) -> float:
+    """On disk, with OpenVINO's weights file beside its model.xml."""
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def optimised_file(method: str) -> str:
+    return {"int8_openvino": "model.xml", "tensorrt": "model.plan", "tensorrt_int8": "model.plan"}.get(
+        method, "model.onnx"
+    )
+
+
+def build(method: str, fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True) -> Runner:
+    """Write the optimised model to `out` and return its class probabilities' runner."""
+    if method not in METHODS:
+        raise BadInput(f"optimise.method={method!r}; choose one of: {', '.join(METHODS)}")
+    if method in ("int8_onnx", "int8_openvino", "tensorrt_int8") and len(calibration) == 0:
+        raise BadInput(f"optimise={method} needs calibration images: optimise.calibration_images >= 1")
+    if method == "int8_onnx":
+        quantize_int8(fp32, out, calibration, per_channel=per_channel)
+    elif method == "int8_openvino":
+        quantize_openvino(fp32, out, calibration)
+    elif method == "fp16":
+        convert_fp16(fp32, out)
+    else:  # TensorRT keeps the precision of the ONNX model it is built from
+        require_tensorrt(f"optimise={method}")  # before any work
+        source = out.with_name("source.onnx")
+        if method == "tensorrt":
+            convert_fp16(fp32, source)
+        else:
+            quantize_int8(fp32, source, calibration, per_channel=per_channel, symmetric=True)
+        build_tensorrt(source, out, f"optimise={method}")
+        source.unlink()
+    return probabilities(out)
+
+
+def compare(fp32: np.ndarray, optimised: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """test/acc and macro-F1 of both, the accuracy drop, top-1 agreement and the largest probability difference."""
+    from sklearn.metrics import f1_score
+
+    figures = {}
+    for name, probs in (("fp32", fp32), ("optimised", optimised)):
+        preds = probs.argmax(1)
+        figures[f"{name}/test_acc"] = float((preds == labels).mean())
+        figures[f"{name}/test_macro_f1"] = float(f1_score(labels, preds, average="macro"))
+    figures["acc_drop"] = figures["fp32/test_acc"] - figures["optimised/test_acc"]
+    figures["top1_agreement"] = float((fp32.argmax(1) == optimised.argmax(1)).mean())
+    figures["max_prob_diff"] = float(np.abs(fp32 - optimised).max())
+    return figures
+
+
+def calibration_indices(n: int, count: int, seed: int) -> np.ndarray:
+    """A fixed, seeded sample of `count` of the train split's `n` images (sorted: read in file order)."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))

@@ -1,0 +1,447 @@
+"""`imgclf serve`: DIGITS' pages in a browser. Classify One, Classify Many and the model card, on FastAPI.
+
+The page is one static file (src/imgclf/web/index.html, no CDN: nothing is fetched from the internet); the API
+classifies with the same `Classifier` as `imgclf predict` (the one serving contract), so a page and the CLI give
+the same result for the same file.
+
+What it may read and hold: every server-side path (an image, a folder's members, a list file's lines, a model to
+switch to) is resolved, symlinks included, and must lie under an allowed root (a model also under the folder of
+the model it started with); a path outside answers the same 403 whether it exists or not. Requests that change
+or read server state accept only the page's own origin, and a model switch only a JSON body. Uploads are counted
+as they arrive (chunked or not) against the limit, and at most `max_concurrent` requests decode and classify at
+once, each image refused past the pixel limit from its header: memory is bounded by these settings.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import io
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from imgclf.data.images import UNREADABLE, open_image
+from imgclf.deploy.access import Guard, UploadTooLarge, inside, loopback_names, open_inside, under
+from imgclf.deploy.predict import Classifier, Prediction, collect_inputs, top_k
+from imgclf.errors import USER_ERRORS, BadInput, MissingInput
+
+log = logging.getLogger(__name__)
+
+WEB = Path(__file__).parent / "web"
+ARTIFACTS = {  # the model card's pictures: name -> the run's artifact
+    "curves": "train/curves.png",
+    "confusion": "evaluate/confusion_matrix.png",
+    "class_counts": "data/class_counts.png",
+    "samples": "data/samples.png",
+}
+MAX_FILES = 500
+MAX_JSON_BYTES = 64 << 10
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids
+
+
+@dataclass
+class Model:
+    """The model being served: its classifier, and what the card says about it."""
+
+    ref: str
+    classifier: Classifier
+    run_id: str | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+    pictures: dict[str, Path] = field(default_factory=dict)
+
+
+def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None) -> Model:
+    """An export or optimised dir, a model file (.onnx, .pt2, .xml, .plan, .pt), a run id (its export) or
+    `models:/name/version`. With `roots` (a switch asked for from the page), a path must lie under one of them."""
+    from imgclf import tracking
+
+    run_id = None
+    if ref.startswith("models:/"):
+        local, run_id = tracking.download_model(uri, ref, cache / "registered")
+        found = sorted(local.rglob("model.onnx"))
+        if not found:
+            raise MissingInput(f"{ref} holds no model.onnx; register a model from `imgclf export`")
+        path = found[0].parent
+    elif RUN_ID.fullmatch(ref) and (roots is not None or not Path(ref).exists()):
+        run_id = ref
+        export = tracking.run_record(uri, ref)["tags"].get("imgclf.export_dir")
+        path = _local_export(export, roots)
+        if path is None:  # not on this disk, or not where the page may read: the run's logged copy
+            path = tracking.artifact_file(uri, ref, "export", cache / ref)
+        if path is None:
+            raise MissingInput(f"run {ref} has no export; run `imgclf export` (dvc repro) for it first")
+    else:
+        path = inside(ref, roots) if roots is not None else Path(ref).expanduser()
+        if not path.exists():
+            raise MissingInput(f"no model at {ref}; give an export folder, a model file, a run id or models:/NAME/N")
+        if roots is not None:
+            _check_model_files(path, roots)
+        run_id = _run_id_beside(path, roots)
+    model = Model(ref, Classifier(path), run_id)
+    model.card = model_card(model, uri, cache)
+    return model
+
+
+def _local_export(export: str | None, roots: list[Path] | None) -> Path | None:
+    if not export or not Path(export).is_dir():
+        return None
+    if roots is None:
+        return Path(export)
+    try:
+        return inside(export, roots)
+    except (PermissionError, FileNotFoundError):
+        return None
+
+
+# what loading a model folder reads: each must lie under the roots too, links followed
+MODEL_MEMBERS = ("model.onnx", "model.pt2", "model.xml", "model.bin", "model.plan", "model.engine", "model.pt",
+                 "labels.txt", "preprocessing.json")  # fmt: skip
+
+
+def _check_model_files(path: Path, roots: list[Path]) -> None:
+    folder = path if path.is_dir() else path.parent
+    for name in MODEL_MEMBERS:
+        member = folder / name
+        if member.is_symlink() or member.exists():
+            inside(member, roots)
+
+
+def _run_id_beside(path: Path, roots: list[Path] | None = None) -> str | None:
+    """The training run of a model file or folder: models/run.json, beside model.pt or above export/ and
+    optimised/ (and their model files); with `roots`, only a run.json under them."""
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder / "run.json", folder.parent / "run.json"):
+        if roots is not None and not under(candidate.resolve(), roots):
+            continue
+        if candidate.is_file():
+            try:
+                run_id = json.loads(candidate.read_text()).get("run_id")
+            except (ValueError, OSError, AttributeError):
+                return None
+            return run_id if isinstance(run_id, str) else None
+    return None
+
+
+def _model_home(path: Path) -> Path:
+    """models/ for models/export, models/export/model.onnx or models/model.pt (the folder of run.json); else the
+    model's own folder."""
+    folder = path if path.is_dir() else path.parent
+    return folder.parent if (folder.parent / "run.json").is_file() else folder
+
+
+def model_card(model: Model, uri: str, cache: Path) -> dict[str, Any]:
+    """Run id and link, data set, classes, test metrics; the run's pictures downloaded into `cache`."""
+    from imgclf import tracking
+
+    card: dict[str, Any] = {"model": model.ref, "classes": model.classifier.class_names, "run_id": model.run_id}
+    spec = model.classifier.spec
+    card["input"] = f"{spec.image_size} px ({spec.resize}, {spec.interpolation})"
+    if model.run_id is None:
+        return card
+    try:
+        record = tracking.run_record(uri, model.run_id)
+        card["link"] = tracking.run_link(uri, model.run_id)
+    except (BadInput, MissingInput) as exc:
+        card["tracking"] = f"the run is not in {uri}: {exc}"
+        return card
+    card["run_name"] = record["name"]
+    card["dataset"] = record["tags"].get("imgclf.dataset", "")
+    card["metrics"] = {k: record["metrics"][k] for k in ("test/acc", "test/macro_f1") if k in record["metrics"]}
+    for name, artifact in ARTIFACTS.items():
+        local = tracking.artifact_file(uri, model.run_id, artifact, cache / model.run_id)
+        if local is not None:
+            model.pictures[name] = local
+    card["pictures"] = sorted(model.pictures)
+    return card
+
+
+def thumbnail(path: Path, size: int, opener=None) -> str | None:
+    """A small JPEG of the image as a data URL (None when it cannot be read)."""
+    try:
+        with (opener or (lambda p: open(p, "rb")))(path) as f, open_image(f) as image:
+            image.thumbnail((size, size))
+            buf = io.BytesIO()
+            image.convert("RGB").save(buf, format="JPEG", quality=85)
+    except UNREADABLE:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def results(preds: list[Prediction], names: list[str], shown: list[str], thumb: int, opener=None) -> list[dict]:
+    rows = []
+    for pred, name in zip(preds, shown):
+        row: dict[str, Any] = {"name": name, "error": pred.error}
+        if pred.probs is not None:
+            row["top"] = [{"label": c, "prob": p} for c, p in top_k(pred, names, 5)]
+            row["thumbnail"] = thumbnail(Path(pred.path), thumb, opener)
+        rows.append(row)
+    return rows
+
+
+def _answer_errors(app: FastAPI, answer, max_bytes: int) -> None:
+    """A user's mistake is one JSON line and one log line with its 4xx status; anything else is a 500 whose
+    traceback uvicorn logs."""
+
+    @app.exception_handler(UploadTooLarge)
+    async def too_large(request: Request, exc: UploadTooLarge):
+        return answer(request, 413, f"upload over the limit of {max_bytes / 1e6:g} MB")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return answer(request, exc.status_code, str(exc.detail))
+
+    for kind in USER_ERRORS:
+
+        @app.exception_handler(kind)
+        async def client_error(request: Request, exc: Exception):
+            status = next((s for k, s in CLIENT_ERRORS.items() if isinstance(exc, k)), 400)
+            return answer(request, status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect):  # nobody to answer: one line, no traceback
+        log.warning("%s %s: the client went away mid-request", request.method, request.url.path)
+        return JSONResponse({"error": "client disconnected"}, 400)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):  # a bug: uvicorn logs its traceback
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has the details"}, 500)
+
+
+class Service:
+    """What the routes share: the served model (swappable from the picker) and the limits."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        uri: str,
+        experiment: str,
+        roots: list[Path],
+        max_upload_mb: float,
+        max_concurrent: int = 2,
+        max_request_pixels: int | None = None,
+        model_roots: list[Path] = (),
+    ):
+        self.model, self.uri, self.experiment = model, uri, experiment
+        self.roots, self.max_bytes = [r.resolve() for r in roots], int(max_upload_mb * 1e6)
+        self.model_roots = self.roots + [r.resolve() for r in model_roots]
+        self.max_request_pixels = max_request_pixels
+        self.cache = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
+        atexit.register(shutil.rmtree, self.cache, ignore_errors=True)  # downloaded models and run pictures
+        self.lock = threading.Lock()
+        self.max_concurrent = max_concurrent  # requests decoding and classifying at once: the memory bound
+
+    def classify(self, uploads: list[tuple[str, Any]], path: str) -> dict[str, Any]:
+        """Uploaded (name, file) pairs, or a file, folder or list file under the allowed roots: one row per image."""
+        if not uploads and not path:
+            raise BadInput("choose an image (or several), or type a path")
+        with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
+            opener = None
+            if path:
+                inputs, shown, refused = self._server_inputs(path)
+                opener = partial(open_inside, roots=self.roots)  # checked again on each file as it is opened
+            else:
+                inputs, shown, refused = [], [], {}
+                for i, (name, upload) in enumerate(uploads):
+                    inputs.append(Path(tmp) / f"{i}{re.sub(r'[^a-z0-9.]', '', Path(name).suffix.lower())[:8]}")
+                    upload.seek(0)
+                    with inputs[-1].open("wb") as out:
+                        shutil.copyfileobj(upload, out)
+                    shown.append(Path(name).name)
+            if not inputs:
+                raise BadInput(f"no images in {path}")
+            if len(inputs) > MAX_FILES:
+                raise BadInput(f"{len(inputs)} images: at most {MAX_FILES} at a time")
+            model = self.model
+            started = time.perf_counter()
+            allowed = [p for i, p in enumerate(inputs) if i not in refused]
+            preds = iter(model.classifier.classify(allowed, opener=opener, max_pixels=self.max_request_pixels))
+            merged = [Prediction(str(p), error=refused[i]) if i in refused else next(preds) for i, p in
+                      enumerate(inputs)]  # fmt: skip
+            latency = (time.perf_counter() - started) * 1000
+            rows = results(merged, model.classifier.class_names, shown, 256 if len(inputs) == 1 else 64, opener)
+        return {"latency_ms": round(latency, 1), "model": model.ref, "results": rows}
+
+    def _server_inputs(self, path: str) -> tuple[list[Path], list[str], dict[int, str]]:
+        """The images a typed path names, each resolved and checked against the roots: a folder's members and a
+        list file's lines too. Those outside get the same error row whether they exist or not."""
+        inputs, shown, refused = [], [], {}
+        top = inside(path, self.roots)
+        base = top.parent if top.suffix.lower() == ".txt" and top.is_file() else None  # a list's relative lines
+        for i, listed in enumerate(collect_inputs([str(top)])):
+            if i > MAX_FILES:
+                break  # counted as over the limit below; not resolved one by one
+            shown.append(str(listed))
+            try:
+                inputs.append(inside(listed, self.roots, base=base))
+            except PermissionError:
+                inputs.append(Path(listed))
+                refused[i] = "outside the allowed roots"
+            except FileNotFoundError:
+                inputs.append(Path(listed))
+                refused[i] = "no such file"
+        return inputs, shown, refused
+
+    def switch(self, ref: str) -> dict[str, Any]:
+        model = load_model(ref, self.uri, self.cache, roots=self.model_roots)
+        with self.lock:
+            self.model = model
+        return model.card
+
+
+CLIENT_ERRORS = {PermissionError: 403, FileNotFoundError: 404}
+
+
+async def _model_ref(request: Request, answer) -> str | JSONResponse:
+    """The `model` of a switch's small JSON body, or the answer refusing it."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return answer(request, 415, 'send {"model": "..."} as application/json')
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            return answer(request, 413, f"a model switch is a small JSON object (at most {MAX_JSON_BYTES} bytes)")
+    try:
+        ref = json.loads(body).get("model")
+    except (ValueError, AttributeError, RecursionError):
+        ref = None
+    if not isinstance(ref, str) or not ref.strip():
+        return answer(request, 400, 'the body must be a JSON object {"model": "<path, run id or models:/n/v>"}')
+    return ref.strip()
+
+
+def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """The routes. `allowed_hosts`: the Host names a request may carry (a server on loopback answers only to
+    loopback names, so a web page cannot reach it by rebinding its own name to 127.0.0.1); None takes any."""
+    import anyio
+    from starlette.formparsers import MultiPartParser
+
+    app = FastAPI(title="imgclf", docs_url=None, redoc_url=None, openapi_url=None)
+    slots = anyio.Semaphore(service.max_concurrent)  # waiting requests hold a socket, not a thread or an image
+    # uploads go to temporary files past 64 KB (Starlette keeps 1 MB each in memory): waiting requests hold no pixels
+    MultiPartParser.spool_max_size = 64 << 10
+
+    def answer(request: Request, status: int, message: str) -> JSONResponse:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, message)  # one line per 4xx
+        return JSONResponse({"error": message}, status)
+
+    _answer_errors(app, answer, service.max_bytes)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index():
+        return (WEB / "index.html").read_text()
+
+    @app.get("/api/model")
+    def model():
+        return service.model.card
+
+    @app.get("/api/models")
+    def models():
+        from imgclf import tracking
+
+        return {"current": service.model.ref, **tracking.served_models(service.uri, service.experiment)}
+
+    @app.post("/api/model")
+    async def switch(request: Request):
+        ref = await _model_ref(request, answer)
+        return ref if isinstance(ref, JSONResponse) else await run_in_threadpool(service.switch, ref)
+
+    @app.get("/api/picture/{name}")
+    def picture(name: str):
+        found = service.model.pictures.get(name)
+        if found is None:
+            raise FileNotFoundError(f"the model's run has no {name} picture")
+        return FileResponse(found, media_type="image/png")
+
+    @app.post("/api/classify")
+    async def classify(request: Request):
+        # at most MAX_FILES files (on disk past 64 KB each) and a few small fields: what a form costs in memory
+        form = await request.form(max_files=MAX_FILES + 1, max_fields=8, max_part_size=8192)
+        uploads = [(f.filename or "upload", f.file) for f in form.getlist("files") if hasattr(f, "read")]
+        path = form.get("path")
+        async with slots:
+            return await run_in_threadpool(service.classify, uploads, path.strip() if isinstance(path, str) else "")
+
+    return Guard(app, max_bytes=service.max_bytes, allowed_hosts=allowed_hosts, answer=answer)
+
+
+def serve_parser():
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="imgclf serve", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default="models/export", help="export dir, model.onnx/.pt2/.xml/.plan/.pt, RUN_ID or models:/n/v"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    parser.add_argument("--experiment", default="imgclf", help="where the model picker looks for runs")
+    parser.add_argument(
+        "--allow-root", action="append", type=Path, default=[], help="folders the page may read images from"
+    )
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit (default: %(default)s)")
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=2,
+        help="requests decoding and classifying at once; the others wait (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-request-megapixels",
+        type=float,
+        default=4000.0,
+        help="pixels all images of one request may have together, from their headers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=64, help="open connections; past them 503 (default: %(default)s)"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    import sys
+
+    import uvicorn
+
+    parser = serve_parser()
+    args = parser.parse_args(argv)
+    if min(args.max_concurrent, args.max_connections) < 1 or min(args.max_upload_mb, args.max_request_megapixels) <= 0:
+        parser.error("--max-concurrent and --max-connections must be at least 1, the other limits above 0")
+    logging.basicConfig(level=logging.WARNING, format="imgclf serve: %(message)s")
+    start = Path(args.model).expanduser()
+    try:
+        service = Service(
+            load_model(args.model, args.uri, Path(tempfile.mkdtemp(prefix="imgclf-serve-"))),
+            uri=args.uri,
+            experiment=args.experiment,
+            roots=args.allow_root,
+            max_upload_mb=args.max_upload_mb,
+            max_concurrent=args.max_concurrent,
+            max_request_pixels=int(args.max_request_megapixels * 1e6),
+            # the model it starts with was chosen on this machine's command line: the page may switch between
+            # the models beside it too (models/: model.pt, export/, optimised/)
+            model_roots=[_model_home(start)] if start.exists() else [],
+        )
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
+    app = create_app(service, loopback_names(args.host))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", limit_concurrency=args.max_connections)
+    return 0

@@ -1,0 +1,236 @@
+"""Files written whole or not at all (a file replaces only a file, a folder only a folder, fsynced), temporary
+twins of killed writers removed, and weights-only reads."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imgclf.errors import BadInput, DiskFull
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of the file `path`; on success it is fsynced and renamed over `path` (then the
+    folder is fsynced), so a crash or a power cut leaves the old file or the new one, never half of either.
+
+    Only a file is ever replaced: an existing folder at `path` is refused (BadInput), before anything is written.
+    """
+    path = Path(path)
+    refuse_folder(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove(tmp)
+    remove_orphans(path)
+    try:
+        with disk_errors(path):
+            yield tmp
+            _fsync_tree(tmp)
+        refuse_folder(path)  # made a folder while we wrote: still not ours to replace
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        _remove(tmp)
+
+
+MAX_NAME = 255 - 16  # the file system's 255 bytes, less the temporary twin's `.` and `.tmp<pid>`
+
+
+def refuse_folder(path: str | Path) -> None:
+    """BadInput when `path` cannot be a file this command writes: an existing folder (or a link to one), a name
+    with a NUL, an empty name or one too long for its temporary twin."""
+    path = Path(path)
+    if "\0" in str(path) or not path.name:
+        raise BadInput(f"{str(path)!r} is not a file name; nothing was written")
+    if len(os.fsencode(path.name)) > MAX_NAME:
+        raise BadInput(f"{path.name[:40]}...: file name too long (at most {MAX_NAME} bytes); nothing was written")
+    try:
+        folder = path.is_dir()
+    except OSError:  # a name too long to look up: the write itself says so, in one line
+        folder = False
+    if folder:
+        raise BadInput(f"{path} is a folder; give a file name (for example {path / 'out.csv'}); nothing was written")
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new, empty temporary folder beside `path`; on success its files are fsynced and it takes the place
+    of the folder `path` (the outputs a stage declares: the old folder goes only once the new one is in place).
+
+    An existing file at `path` is refused (BadInput): a folder replaces only a folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{path} is a file, not a folder; move it away or choose another path; nothing was written")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = path.with_name(f".{path.name}.tmp{os.getpid()}"), path.with_name(f".{path.name}.old{os.getpid()}")
+    for stale in (tmp, old):
+        _remove(stale)
+    remove_orphans(path, folders=True)
+    remove_orphans(path, ".old", folders=True)
+    tmp.mkdir()
+    try:
+        with disk_errors(path):
+            yield tmp
+            _fsync_tree(tmp)
+        if path.is_symlink() or path.exists():
+            os.replace(path, old)  # renamed aside, removed only once the new folder is in place
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        _remove(tmp)
+        _remove(old)
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync a file, or every file and folder under a folder: their bytes reach the disk before the rename."""
+    if path.is_symlink() or not path.exists():
+        return
+    if path.is_dir():
+        for child in path.iterdir():
+            _fsync_tree(child)
+        _fsync_dir(path)
+        return
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+# a path the user chose that cannot be written as given: named in one line, not a traceback
+BAD_PATH = {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.EINVAL}
+
+
+# torch.save's zip writer reports a short write in its own words, without the errno
+TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+
+
+@contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """A write to (a temporary twin of) `path` that fails for want of space becomes one DiskFull line saying what
+    is kept: `path` as it was before, since the new content only replaces it when complete."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, OSError) and exc.errno in BAD_PATH:
+            raise BadInput(f"could not write {path}: {os.strerror(exc.errno)}; nothing was written") from None
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            reason = os.strerror(exc.errno)
+        elif isinstance(exc, RuntimeError) and any(s in str(exc) for s in TORCH_WRITE_FAILED):
+            reason = "write failed"
+        else:
+            raise
+        kept = f"{path} as it was is kept" if path.exists() else "nothing was written"
+        raise DiskFull(
+            f"could not write {path} ({reason}): the disk is full or a file-size limit was reached; {kept}"
+        ) from None
+
+
+def remove_orphans(path: Path, marker: str = ".tmp", *, folders: bool = False) -> None:
+    """Temporary twins of `path` (`.<name><marker><pid>`) left by writers that were killed (SIGKILL runs no
+    cleanup): never read, removed. Only what those writers make: files, or folders with `folders` (atomic_dir)."""
+    import glob
+
+    for twin in path.parent.glob(glob.escape(f".{path.name}{marker}") + "*"):
+        if twin.is_symlink() or twin.is_dir() != folders:
+            continue
+        _remove_if_orphan(twin, twin.name.rsplit(marker, 1)[1])
+
+
+ORPHAN = re.compile(r"\..+\.(?:tmp|old)(\d+)")
+
+
+def remove_orphans_in(directory: Path) -> None:
+    """Every temporary twin (`.<name>.tmp<pid>`, `.<name>.old<pid>`) in `directory` whose writer is gone: a
+    cache whose keys change (packs) would otherwise keep a killed writer's file for ever."""
+    if directory.is_dir():
+        for child in directory.iterdir():
+            match = ORPHAN.fullmatch(child.name)
+            if match and child.is_file() and not child.is_symlink():  # what the pack writer leaves: files
+                _remove_if_orphan(child, match.group(1))
+
+
+def _remove_if_orphan(twin: Path, pid: str) -> None:
+    if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        log.info("removing %s, left by a writer that was killed", twin)
+        _remove(twin)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def load_tensors(path: str | Path):
+    """torch.load with weights_only=True (tensors and plain values, never code): a file holding other Python
+    objects, a pickle that could run code when loaded, is refused in one line naming it, and so is a file that is
+    not a torch checkpoint at all (truncated, empty, another format)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((line for line in str(exc).splitlines() if "Unsupported global" in line), "")
+        if not detail and "weights_only" not in str(exc):
+            raise BadInput(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+        raise BadInput(
+            f"{path}: refused: it holds Python objects, not only tensors and plain values, and loading it could run "
+            f"code; only weights-only checkpoints are read{f' ({detail.strip()})' if detail else ''}"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, IndexError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise BadInput(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

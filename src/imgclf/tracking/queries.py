@@ -1,0 +1,172 @@
+"""Reading the store: runs, records, artifacts, registered models (imgclf runs, serve)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from imgclf.errors import BadInput, MissingInput
+from imgclf.tracking.store import check_sqlite_store, resolve_uri, retry_locked, sqlite_path
+
+log = logging.getLogger(__name__)
+
+
+SEARCH_PAGE_SIZE = 1000  # MLflow's default page; search_runs follows page tokens past it
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """MLflow's query errors as ValueError with their first line, so the CLI can print them as one line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise BadInput(str(exc.message).splitlines()[0]) from exc
+
+
+def _query_client(uri: str) -> MlflowClient:
+    """A client for an existing store: MLflow would create an empty database at a mistyped sqlite path."""
+    uri = resolve_uri(uri)
+    path = sqlite_path(uri)
+    if path not in (None, "", ":memory:"):
+        if not Path(path).is_file():
+            raise MissingInput(f"no MLflow database at {path} (tracking URI {uri})")
+        check_sqlite_store(path)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_names(uri: str) -> list[str]:
+    """Names of the store's active experiments, sorted."""
+    with _one_line_errors():
+        return sorted(e.name for e in _query_client(uri).search_experiments())
+
+
+def search_runs(uri: str, experiment: str, filter_string: str = "") -> list[dict[str, Any]]:
+    """Every active run of `experiment` matching an MLflow `filter_string`, as plain dicts."""
+    client = _query_client(uri)
+    with _one_line_errors():
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None or exp.lifecycle_stage != "active":
+            names = ", ".join(experiment_names(uri)) or "none"
+            raise BadInput(f"no experiment '{experiment}' in {uri}; experiments: {names}")
+        runs, token = [], None
+        while True:
+            page = client.search_runs(
+                [exp.experiment_id], filter_string, max_results=SEARCH_PAGE_SIZE, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    return [
+        {
+            "id": r.info.run_id,
+            "name": r.info.run_name or "",
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+            "artifact_uri": r.info.artifact_uri,
+        }
+        for r in runs
+    ]
+
+
+def list_artifact_paths(uri: str, run_id: str, path: str | None = None) -> list[str]:
+    """Paths of a run's artifacts directly under `path`; MLflow 3 also resolves logged models ("model")."""
+    with _one_line_errors():
+        return [a.path for a in _query_client(uri).list_artifacts(run_id, path)]
+
+
+def run_record(uri: str, run_id: str) -> dict[str, Any]:
+    """A run's name, params, latest metrics and tags, as plain dicts."""
+    with _one_line_errors():
+        run = _query_client(uri).get_run(run_id)
+    return {
+        "name": run.info.run_name or "",
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+    }
+
+
+def artifact_text(uri: str, run_id: str, path: str) -> str:
+    """The text of one artifact of a run (e.g. train/config.yaml)."""
+    import mlflow.artifacts
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a bar on stderr around a one-line error
+    with _one_line_errors():
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=resolve_uri(uri))
+    return Path(local).read_text()
+
+
+def set_run_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Tags on a finished run (not the active one)."""
+    client = MlflowClient(tracking_uri=resolve_uri(uri))
+    for key, value in tags.items():
+        retry_locked(client.set_tag, run_id, key, str(value))
+
+
+def artifact_file(uri: str, run_id: str, path: str, dest: Path) -> Path | None:
+    """One artifact of a run downloaded under `dest` (None when the run has no such artifact)."""
+    import mlflow.artifacts
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(dest), tracking_uri=resolve_uri(uri)
+        )
+    except Exception as exc:  # noqa: BLE001 - missing artifact, store without it: the page shows it as absent
+        log.info("no artifact %s in run %s: %s", path, run_id, str(exc).splitlines()[0] if str(exc) else exc)
+        return None
+    return Path(local)
+
+
+def download_model(uri: str, model_uri: str, dest: Path) -> tuple[Path, str | None]:
+    """A registered model (`models:/name/version`) downloaded under `dest`; returns its directory and run id."""
+    import mlflow.artifacts
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    client = _query_client(uri)
+    name, _, version = model_uri[len("models:/") :].partition("/")
+    with _one_line_errors():
+        run_id = client.get_model_version(name, version).run_id if version.isdigit() else None
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=str(dest), tracking_uri=resolve_uri(uri)
+        )
+    return Path(local), run_id
+
+
+def served_models(uri: str, experiment: str, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
+    """What a model picker lists: registered model versions, and recent runs whose export is on this disk."""
+    client = _query_client(uri)
+    with _one_line_errors():
+        versions = client.search_model_versions(max_results=limit)
+    registered = [{"ref": f"models:/{v.name}/{v.version}", "run_id": v.run_id} for v in versions]
+    runs = []
+    try:
+        found = search_runs(uri, experiment, "tags.`imgclf.export_dir` != ''")
+    except BadInput:
+        found = []
+    for r in sorted(found, key=lambda r: -(r["start_time"] or 0))[:limit]:
+        if Path(r["tags"]["imgclf.export_dir"]).is_dir():
+            runs.append({"ref": r["id"], "name": r["name"], "test/acc": r["metrics"].get("test/acc")})
+    return {"registered": registered, "runs": runs}
+
+
+def run_link(uri: str, run_id: str) -> str:
+    """Where a person sees the run: the server's page, or the `mlflow ui` command for a local store."""
+    uri = resolve_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        with _one_line_errors():
+            experiment_id = _query_client(uri).get_run(run_id).info.experiment_id
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}  (run {run_id})"

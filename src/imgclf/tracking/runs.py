@@ -1,0 +1,283 @@
+"""The active run: everything logged goes through its outbox, so an absent server stalls nothing; sweeps' parent
+runs; the train stage's run reopened by the stages after it (run.json)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from imgclf.errors import MissingInput
+from imgclf.tracking.outbox import Outbox, default_root
+from imgclf.tracking.processes import PROCESS_TAG, end_killed_runs, process_tag
+from imgclf.tracking.redaction import MAX_PARAM_LENGTH, flatten, redact
+from imgclf.tracking.store import OPTIONS, configure, resolve_uri, retry_locked
+
+log = logging.getLogger(__name__)
+
+
+MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+_active: Outbox | None = None
+_active_run_id: str | None = None
+
+
+def active_run_id() -> str | None:
+    """The run `run()` has open in this process (the MLflow model logs into it)."""
+    return _active_run_id
+
+
+# MLflow's error codes for a request the server understood and refused: sending it again cannot help
+REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
+
+
+def outbox_root() -> Path:
+    return Path(OPTIONS["outbox"]).expanduser() if OPTIONS["outbox"] else default_root()
+
+
+def _refused(exc: Exception) -> bool:
+    """True for errors that a retry cannot fix; a lost connection, a 5xx or a locked SQLite store are retried."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, FileNotFoundError):
+        return True
+    if isinstance(exc, MlflowException) and "database is locked" not in str(exc):
+        return exc.error_code in REFUSED
+    return False
+
+
+def _sender(client: MlflowClient, run_id: str) -> Callable[[dict[str, Any], Path], None]:
+    """Deliver one outbox record to `run_id`."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    def send(record: dict[str, Any], directory: Path) -> None:
+        op = record["op"]
+        if op == "batch":
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, v, ts, step) for k, v, ts, step in record.get("metrics", [])],
+                params=[Param(k, v) for k, v in record.get("params", {}).items()],
+                tags=[RunTag(k, v) for k, v in record.get("tags", {}).items()],
+            )
+        elif op == "artifact":
+            path = directory / record["file"]
+            upload = client.log_artifacts if path.is_dir() else client.log_artifact
+            upload(run_id, str(path), record["artifact_path"])
+        elif op == "status":
+            client.set_terminated(run_id, record["status"], end_time=record["end_time"])
+        else:
+            raise FileNotFoundError(f"unknown outbox record {op!r}")  # refused: dropped with a warning
+
+    return send
+
+
+def open_outbox(uri: str, run_id: str, directory: Path | None = None) -> Outbox:
+    """An outbox delivering to `run_id` on `uri` (a new one, or the journal left in `directory`)."""
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    directory = directory or outbox_root() / run_id / stamp
+    meta = {"run_id": run_id, "uri": redact("uri", uri)} if not (directory / "meta.json").is_file() else None
+    return Outbox(directory, _sender(MlflowClient(tracking_uri=uri), run_id), permanent=_refused, meta=meta)
+
+
+def close_outbox(box: Outbox, run_id: str, wait_s: float) -> bool:
+    """Wait for `box` to be delivered; warn, with the command that finishes the job, when the server stays away."""
+    if box.close(wait_s):
+        return True
+    log.warning(
+        "tracking server still unreachable after %.0f s: %d records of run %s kept in %s; "
+        "`imgclf sync` sends them when it is back",
+        wait_s,
+        box.pending,
+        run_id,
+        box.dir,
+    )
+    return False
+
+
+def sync_outboxes(root: Path, uri: str | None, wait_s: float) -> list[tuple[str, int]]:
+    """Deliver every outbox left under `root` (oldest first): [(run id, records still waiting)]."""
+    import json
+
+    from imgclf.tracking.outbox import leftover
+
+    results = []
+    for directory in leftover(Path(root)):
+        meta = json.loads((directory / "meta.json").read_text())
+        target = uri or meta["uri"]
+        if "***@" in target:  # credentials are never written down: take them from the environment
+            target = os.environ.get("MLFLOW_TRACKING_URI") or target
+        box = open_outbox(target, meta["run_id"], directory)
+        results.append((meta["run_id"], 0 if box.close(wait_s) else box.pending))
+    return results
+
+
+def _open_run(uri: str, experiment: str | None, run_id: str | None, run_name: str | None, tags: dict) -> str:
+    """Create a run (MLflow's context tags: user, source, git) or reopen `run_id` as RUNNING; returns its id. Either
+    way the run is tagged with this process (imgclf.process), so a later start can tell it was killed."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    client = MlflowClient(tracking_uri=uri)
+    tags = {**tags, PROCESS_TAG: process_tag()}
+    if run_id is not None:
+        retry_locked(client.update_run, run_id, status="RUNNING")
+        retry_locked(client.log_batch, run_id, tags=_run_tags(tags))
+        return run_id
+    exp = retry_locked(client.get_experiment_by_name, experiment or "Default")
+    end_killed_runs(uri, exp.experiment_id)
+    run = retry_locked(client.create_run, exp.experiment_id, run_name=run_name, tags=resolve_tags(tags))
+    return run.info.run_id
+
+
+def _run_tags(tags: Mapping[str, Any]) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in tags.items()]
+
+
+@contextmanager
+def run(
+    uri: str,
+    experiment: str | None = None,
+    *,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_id: str | None = None,
+) -> Iterator[str]:
+    """Start (or, with `run_id`, reopen) a run; it ends FINISHED, KILLED on interrupt, FAILED on error.
+
+    A new run with `parent_id` (a sweep's parent run, imgclf.tracking.sweeps) is its child in the MLflow UI. What is
+    logged inside goes through an outbox: the block never waits for the server, and at its end the run waits up to
+    `tracking.outage_wait_s` for the server to take everything.
+    """
+    global _active, _active_run_id
+    configure(uri, None if run_id else experiment)
+    uri = resolve_uri(uri)
+    tags = dict(tags or {})
+    if run_id is None and parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    run_id = _open_run(uri, experiment, run_id, run_name, tags)
+    outer = (_active, _active_run_id)
+    _active, _active_run_id = open_outbox(uri, run_id), run_id
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        box = _active
+        _active, _active_run_id = outer
+        box.put({"op": "status", "status": status, "end_time": int(time.time() * 1000)})
+        close_outbox(box, run_id, float(OPTIONS["outage_wait_s"]))
+
+
+def _box() -> Outbox:
+    if _active is None:
+        raise RuntimeError("no active imgclf run: log inside `with tracking.run(...)`")
+    return _active
+
+
+def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+    """Create a sweep's parent run (not the active run: jobs may run in this very process) and return its id."""
+    configure(uri, experiment)
+    client = MlflowClient(tracking_uri=resolve_uri(uri))
+    exp = retry_locked(client.get_experiment_by_name, experiment)
+    run = retry_locked(client.create_run, exp.experiment_id, run_name=name, tags={**tags, PROCESS_TAG: process_tag()})
+    for key, value in params.items():
+        retry_locked(client.log_param, run.info.run_id, key, str(redact(key, value))[:MAX_PARAM_LENGTH])
+    return run.info.run_id
+
+
+def finish_parent_run(
+    uri: str,
+    run_id: str,
+    status: str,
+    *,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    artifacts: Sequence[Path] = (),
+) -> None:
+    """Log a sweep's outcome (best trial, counts, search results) on its parent run and end it, through an outbox
+    like any run's records (the server may be away when a long sweep ends)."""
+    box = open_outbox(resolve_uri(uri), run_id)
+    _put_batch(box, metrics=metrics, tags=tags, params=params)
+    for path in artifacts:
+        box.put_file(Path(path), "sweep")
+    box.put({"op": "status", "status": status, "end_time": int(time.time() * 1000)})
+    close_outbox(box, run_id, float(OPTIONS["outage_wait_s"]))
+
+
+def _put_batch(
+    box: Outbox,
+    *,
+    metrics: Mapping[str, float] | None = None,
+    step: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> None:
+    """Metrics, params and tags as outbox batches within MLflow's log_batch limits (100 params, 100 tags)."""
+    if metrics:
+        now = int(time.time() * 1000)
+        box.put({"op": "batch", "metrics": [[k, float(v), now, step or 0] for k, v in metrics.items()]})
+    for field, values in (("params", params), ("tags", tags)):
+        items = list((values or {}).items())
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            chunk = {k: str(redact(k, v))[:MAX_PARAM_LENGTH] for k, v in items[i : i + MAX_PARAMS_PER_BATCH]}
+            box.put({"op": "batch", field: chunk})
+
+
+def log_config(cfg: Mapping[str, Any]) -> None:
+    """Log a resolved config as params with dotted keys, secrets redacted."""
+    _put_batch(_box(), params=flatten(cfg))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    _put_batch(_box(), metrics=metrics, step=step)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    _put_batch(_box(), tags={k: str(v) for k, v in tags.items()})
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Upload a file as it is now (it may be replaced or deleted before the server takes it)."""
+    _box().put_file(Path(path), artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_text(text)
+        _box().put_file(path, str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None)
+
+
+def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> None:
+    """Upload the contents of `directory` under `artifact_path`."""
+    _box().put_file(Path(directory), artifact_path)
+
+
+def read_run_file(path: Path) -> dict:
+    """models/run.json: the MLflow run of the last train stage, which evaluate, export and optimise log into."""
+    if not path.is_file():
+        raise MissingInput(f"{path} not found; run the train stage first (dvc repro train)")
+    return json.loads(path.read_text())
+
+
+@contextmanager
+def reopen(run_file: Path, uri: str) -> Iterator[str]:
+    """The MLflow run of the last train stage (models/run.json), for evaluate, export and optimise to log into."""
+    with run(uri, run_id=read_run_file(run_file)["run_id"]) as run_id:
+        yield run_id

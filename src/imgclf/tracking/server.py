@@ -1,0 +1,174 @@
+"""A team's tracking server on one machine: PostgreSQL (a cluster of its own in a directory) as MLflow's backend
+store, proxied artifacts on local disk, both bound to 127.0.0.1 unless told otherwise.
+
+`make mlflow-server` runs `python -m imgclf.tracking.server`; the tests start the same thing in a temporary directory.
+PostgreSQL refuses to run as root: as root, its commands run as the `postgres` user Debian's package creates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgclf.errors import MissingInput
+
+PG_USER = "postgres"
+DATABASE = "mlflow"
+
+
+def pg_bin(name: str) -> str:
+    """A PostgreSQL program: on PATH, or in Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if not found:
+        raise MissingInput(f"PostgreSQL's {name} not found; install it: apt-get install postgresql")
+    return found
+
+
+def _as_pg_user(args: list[str]) -> list[str]:
+    return ["runuser", "-u", PG_USER, "--", *args] if os.geteuid() == 0 else args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL cluster in `directory`, listening on `host`:`port` only (trust authentication: loopback)."""
+
+    directory: Path
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://{PG_USER}@{self.host}:{self.port}/{DATABASE}"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(_as_pg_user(list(args)), check=True, capture_output=True, text=True)
+
+    def start(self) -> Postgres:
+        data = self.directory / "data"
+        if os.geteuid() == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.chown(self.directory, PG_USER, PG_USER)
+        if not (data / "PG_VERSION").is_file():
+            self._run(pg_bin("initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8")
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses={self.host}"
+        log = self.directory / "postgres.log"
+        self._run(pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start")
+        created = subprocess.run(
+            _as_pg_user([pg_bin("createdb"), "-h", self.host, "-p", str(self.port), "-U", PG_USER, DATABASE]),
+            capture_output=True,
+            text=True,
+        )
+        if created.returncode and "already exists" not in created.stderr:
+            raise RuntimeError(f"createdb failed: {created.stderr.strip()}")
+        return self
+
+    def stop(self) -> None:
+        self._run(pg_bin("pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
+
+
+def server_env() -> dict[str, str]:
+    """MLflow's job runner (GenAI evaluation jobs: five huey consumers) is not used by imgclf: off unless asked."""
+    return dict(
+        os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION=os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    )
+
+
+@dataclass
+class MlflowServer:
+    """`mlflow server` in a process group of its own (so a test can kill all of it, workers included)."""
+
+    backend_uri: str
+    artifacts: Path
+    port: int
+    host: str = "127.0.0.1"
+    log: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        mlflow = str(Path(sys.executable).parent / "mlflow")
+        return [
+            mlflow,
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.artifacts),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            "2",
+        ]
+
+    def start(self, timeout: float = 120.0) -> MlflowServer:
+        out = self.log.open("ab") if self.log else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=server_env()
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.process.returncode} (log: {self.log})")
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.kill()
+        raise RuntimeError(f"mlflow server not answering on {self.uri} after {timeout:.0f} s (log: {self.log})")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (the server, its workers, its job runner) and reap it."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        self.process.wait()
+        self.process = None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m imgclf.tracking.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path(".mlflow-server"), help="cluster and artifacts")
+    parser.add_argument("--host", default="127.0.0.1", help="the address MLflow binds (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's port, on 127.0.0.1 only")
+    args = parser.parse_args(argv)
+    root = args.dir.resolve()
+    pg = Postgres(root / "postgres", args.pg_port).start()
+    server = MlflowServer(pg.uri, root / "artifacts", args.port, host=args.host)
+    print(f"PostgreSQL on 127.0.0.1:{args.pg_port} ({root / 'postgres'}); MLflow on {server.uri}", flush=True)
+    print(f"send runs there: dvc repro / imgclf train tracking.uri={server.uri}", flush=True)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # stop PostgreSQL on SIGTERM too
+    try:
+        subprocess.run(server.command(), check=False, env=server_env())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()

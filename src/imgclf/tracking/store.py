@@ -1,0 +1,177 @@
+"""The MLflow store: its URI, a new SQLite store created once under a lock, a server waited for, retries while
+SQLite is locked, and the settings a run takes from the config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from imgclf.credentials import take_uri_credentials
+from imgclf.errors import BadInput, MissingInput
+
+log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+
+LOCK_RETRIES = 12  # ~30 s of backoff: parallel jobs each hold SQLite's write lock for milliseconds
+
+
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The database file of a `sqlite:///` URI (query string dropped); None for other stores."""
+    return uri[len(SQLITE) :].split("?", 1)[0] if uri.startswith(SQLITE) else None
+
+
+def resolve_uri(uri: str) -> str:
+    """A relative `sqlite:///file.db` taken from the DVC project root when DVC runs us (DVC_ROOT): queued
+    experiments run in a temporary copy of the project, and their runs belong in the project's store. An http(s)
+    URI's user:password move into MLflow's variables (credentials.py), out of every message that quotes a URL."""
+    uri = take_uri_credentials(uri)
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/") and os.environ.get("DVC_ROOT"):
+        return SQLITE + str(Path(os.environ["DVC_ROOT"]) / uri[len(SQLITE) :])
+    return uri
+
+
+def _artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifacts beside a SQLite store, not under whatever directory the first run happened to start in."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    return str(Path(db).resolve().parent / "mlruns" / re.sub(r"[^\w.-]", "_", experiment))
+
+
+def retry_locked(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Call `fn`, retrying while SQLite says "database is locked" (parallel jobs writing one store)."""
+    delay = 0.1
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MLflow wraps SQLAlchemy's OperationalError in its own exceptions
+            if "database is locked" not in str(exc) or attempt == LOCK_RETRIES - 1:
+                raise
+            log.info("MLflow store is locked by another job; retrying in %.1f s", delay)
+            time.sleep(delay + random.uniform(0, delay))
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+# tracking.outbox (null: ~/.cache/imgclf/outbox) and tracking.outage_wait_s, from the config (use)
+OPTIONS: dict[str, Any] = {"outbox": None, "outage_wait_s": 1800.0}
+
+
+def use(options: Mapping[str, Any]) -> None:
+    """Take `tracking.outbox` (null: ~/.cache/imgclf/outbox) and `tracking.outage_wait_s` from the config."""
+    for key in OPTIONS:
+        if options.get(key) is not None:
+            OPTIONS[key] = options[key]
+
+
+FIRST_CONTACT_S = 20.0  # a server never reached in this process: a mistyped URI fails in seconds, in one line
+
+
+REACHED_ENV = "IMGCLF_TRACKING_REACHED"  # set by a sweep once its parent run is on the server, for every job
+
+
+_reached: set[str] = set()
+
+
+def wait_for_server(uri: str) -> None:
+    """Return once an http(s) tracking server answers. One this process reached before (a sweep's later jobs)
+    gets `tracking.outage_wait_s` to come back; a new one FIRST_CONTACT_S, then a one-line error."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    reached = uri in _reached or os.environ.get(REACHED_ENV) == uri
+    deadline = time.monotonic() + (float(OPTIONS["outage_wait_s"]) if reached else FIRST_CONTACT_S)
+    while True:
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+            break
+        except urllib.error.HTTPError:  # it answered (an auth proxy may refuse /health): it is there
+            break
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                reason = getattr(exc, "reason", exc)
+                raise MissingInput(
+                    f"cannot reach the tracking server at {uri} ({reason}); start it (make mlflow-server) "
+                    "or set tracking.uri"
+                ) from None
+            time.sleep(1.0)
+    _reached.add(uri)
+
+
+_initialised: set[str] = set()
+
+
+def init_store(uri: str) -> None:
+    """Create a new SQLite store's tables once, whatever the number of processes starting on it together: MLflow
+    migrates a new database without a lock, and a second process migrating it too dies on a duplicate column. An
+    exclusive flock on the database file itself (SQLite's own locks are fcntl byte ranges, unaffected) makes the
+    others wait until the first has finished, then find the tables made."""
+    import fcntl
+
+    db = sqlite_path(uri)
+    if db in (None, "", ":memory:") or uri in _initialised:
+        return
+    if Path(db).is_file() and Path(db).stat().st_size > 0:
+        check_sqlite_store(db)  # MLflow would migrate (rewrite) any SQLite database it is pointed at
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    with open(db, "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            retry_locked(MlflowClient(tracking_uri=uri).search_experiments, max_results=1)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    _initialised.add(uri)
+
+
+def check_sqlite_store(db: str) -> None:
+    """BadInput unless `db` is an SQLite database holding MLflow's tables (read-only look: nothing is changed)."""
+    import sqlite3
+
+    try:
+        with open(db, "rb") as f:
+            magic = f.read(16)
+    except OSError as exc:
+        raise BadInput(f"tracking store {db}: {exc.strerror or exc}") from None
+    if magic != b"SQLite format 3\x00":
+        raise BadInput(f"{db} is not an SQLite database; give an MLflow store, e.g. sqlite:///mlflow.db")
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise BadInput(f"{db} is not a readable SQLite database ({exc})") from None
+    if tables and not {"experiments", "runs", "alembic_version"} <= tables:
+        raise BadInput(f"{db} is an SQLite database of something else, not an MLflow store; it is left as it is")
+
+
+def configure(uri: str, experiment: str | None = None) -> None:
+    """Point MLflow at `uri` (and select `experiment`, creating it beside the store if needed)."""
+    uri = resolve_uri(uri)
+    wait_for_server(uri)
+    init_store(uri)
+    mlflow.set_tracking_uri(uri)
+    if experiment:
+        client = MlflowClient(tracking_uri=uri)
+        if retry_locked(client.get_experiment_by_name, experiment) is None:
+            try:
+                retry_locked(client.create_experiment, experiment, artifact_location=_artifact_root(uri, experiment))
+            except Exception as exc:  # a parallel job created it first
+                if "already exists" not in str(exc) and "UNIQUE constraint" not in str(exc):
+                    raise
+        retry_locked(mlflow.set_experiment, experiment)

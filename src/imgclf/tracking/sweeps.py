@@ -1,0 +1,161 @@
+"""A Hydra multirun as one MLflow parent run with its jobs as children; the best trial logged on the parent."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from imgclf import tracking
+from imgclf.tracking import compare as runs
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE = "kept/val/acc"  # what the train stage returns to the sweeper: val/acc of the weights model.pt holds
+SWEPT_ENV = "IMGCLF_SWEPT_KEYS"  # the keys a sweep varies, for its jobs' run names
+# the parent run's id, set before any job starts: joblib and submitit workers inherit the environment
+PARENT_ENV = "IMGCLF_PARENT_RUN_ID"
+
+
+def parent_run_id() -> str | None:
+    """The MLflow run of the sweep this job belongs to (None outside a sweep): train runs become its children."""
+    return os.environ.get(PARENT_ENV) or None
+
+
+ABBREVIATIONS = {"batch_size": "b", "weight_decay": "wd", "label_smoothing": "ls", "image_size": "px"}
+
+
+def compact(value: Any) -> str:
+    """0.0003 -> 3e-4, 0.01 -> 0.01, 64 -> 64: short enough for a run name."""
+    if isinstance(value, float) and value != 0 and abs(value) < 0.01:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_name(model: str, data: str, lr: float, batch_size: int, overrides: list[str]) -> str:
+    """`vgg16-digits-lr3e-4-b64`, plus the other keys the sweep varies (`-wd0.01`): names say what differs."""
+    name = f"{model}-{data}-lr{compact(lr)}-b{batch_size}"
+    shown = {"model", "data", "optim.lr", "trainer.batch_size"}
+    swept = set(filter(None, os.environ.get(SWEPT_ENV, "").split(",")))
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in shown or key not in swept or not value:
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        with contextlib.suppress(ValueError):  # not a number: shown as typed
+            value = compact(float(value)) if "." in value or "e" in value.lower() else value
+        name += f"-{ABBREVIATIONS.get(leaf, leaf)}{value}"
+    return name
+
+
+def search_space(config: DictConfig) -> dict[str, str]:
+    """The swept keys and their ranges: sweep overrides on the command line plus hydra.sweeper.params."""
+    space = {}
+    raw = list(config.hydra.overrides.task)
+    for text, ov in zip(raw, OverridesParser.create().parse_overrides(raw)):
+        if ov.is_sweep_override():
+            space[ov.key_or_group] = text.split("=", 1)[1]  # as typed: 1e-3,3e-4 or range(1,4)
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    space.update({str(k): str(v) for k, v in params.items()})
+    return space
+
+
+class SweepRun(Callback):
+    """Registered in conf/config.yaml: opens the parent run before any job starts (which also creates the
+    SQLite store, so parallel jobs never race to create it) and closes it with the best trial."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.space: dict[str, str] = {}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 tracks
+            return
+        tracking.use(config.tracking)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        self.space = space = search_space(config)
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_") or "basic"
+        launcher = OmegaConf.select(config, "hydra.launcher._target_") or "basic"
+        name = "sweep-" + "-".join(k.rsplit(".", 1)[-1] for k in space) if space else f"sweep-{sweep_dir.name}"
+        params = {f"sweep.space.{k}": v for k, v in space.items()}
+        params.update({"sweep.sweeper": sweeper.rsplit(".", 1)[-1], "sweep.launcher": launcher.rsplit(".", 1)[-1]})
+        for key in ("n_trials", "direction", "sampler.seed"):
+            value = OmegaConf.select(config, f"hydra.sweeper.{key}")
+            if value is not None:
+                params[f"sweep.{key}"] = value
+        self.run_id = tracking.start_parent_run(
+            config.tracking.uri,
+            config.tracking.experiment,
+            name,
+            {"imgclf.role": "sweep", "imgclf.sweep": str(sweep_dir)},
+            params,
+        )
+        os.environ[PARENT_ENV] = self.run_id  # jobs (and joblib/submitit workers) inherit it
+        os.environ[tracking.REACHED_ENV] = tracking.resolve_uri(config.tracking.uri)  # jobs wait out an outage
+        os.environ[SWEPT_ENV] = ",".join(space)
+        log.info("sweep parent run %s (%s), search space %s", self.run_id, name, json.dumps(space))
+        # Hydra skips on_multirun_end when the sweep is interrupted or raises: the parent must not stay RUNNING
+        atexit.register(self._end_interrupted, config.tracking.uri)
+
+    def _end_interrupted(self, uri: str) -> None:
+        if self.run_id is not None:
+            tracking.finish_parent_run(uri, self.run_id, "KILLED")
+            self.run_id = None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.run_id is None:
+            return
+        os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(SWEPT_ENV, None)
+        os.environ.pop(tracking.REACHED_ENV, None)
+        uri, experiment = config.tracking.uri, config.tracking.experiment
+        tracking.wait_for_server(tracking.resolve_uri(uri))  # the server may be away when a long sweep ends
+        children = runs.list_runs(uri, experiment, parent=self.run_id)
+        done = [c for c in children if c.status == "FINISHED" and OBJECTIVE in c.metrics]
+        metrics = {
+            "sweep/trials": len(children),
+            "sweep/finished": len(done),
+            "sweep/failed": sum(c.status == "FAILED" for c in children),
+        }
+        tags, params = {}, {}
+        if done:
+            best = runs.best_run(done, OBJECTIVE)
+            metrics.update({k: best.metrics[k] for k in (OBJECTIVE, "test/acc", "test/macro_f1") if k in best.metrics})
+            tags = {
+                "imgclf.best_run_id": best.id,
+                "imgclf.best_run_name": best.name,
+                "imgclf.best_checkpoint": best.tags.get("imgclf.checkpoint", ""),
+            }
+            params = {f"best.{k}": best.params[k] for k in self.space if k in best.params}
+            log.info(
+                "sweep: %d/%d trials finished; best %s = %.4f (run %s)",
+                len(done),
+                len(children),
+                OBJECTIVE,
+                metrics[OBJECTIVE],
+                best.name,
+            )
+        results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
+        run_id, self.run_id = self.run_id, None
+        tracking.finish_parent_run(
+            uri,
+            run_id,
+            "FINISHED" if done else "FAILED",
+            metrics=metrics,
+            tags=tags,
+            params=params,
+            artifacts=[results] if results.is_file() else [],
+        )
+        if not done:  # a sweep where nothing trained is a failure, for CI and scripts too
+            print(f"error: all {len(children)} jobs of the sweep failed (parent run {run_id})", file=sys.stderr)
+            sys.exit(1)

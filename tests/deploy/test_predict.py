@@ -1,0 +1,136 @@
+"""imgclf predict: Classify One/Many with the exported model, same preprocessing as evaluation."""
+
+import csv
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.deploy.predict import Classifier, collect_inputs
+
+from ..conftest import BIN, trained_tiny_project
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny project trained, evaluated and exported once for every test here."""
+    return trained_tiny_project(tmp_path_factory.mktemp("predict"))
+
+
+def cli(args, cwd, env):
+    return subprocess.run(
+        [str(BIN / "imgclf"), "predict", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_predict_matches_evaluation_for_onnx_and_checkpoint(trained):
+    rows = list(csv.DictReader(open(trained / "reports/evaluate/predictions.csv")))
+    paths = [trained / "data/tiny/images" / r["path"] for r in rows]
+    for model in ("models/export", "models/model.pt", "models/export/model.onnx", "models/export/model.pt2"):
+        preds = Classifier(trained / model).classify(paths, batch_size=5)  # batches of 5: a partial last batch too
+        for row, pred in zip(rows, preds):
+            assert pred.path.endswith(row["path"])
+            np.testing.assert_allclose(pred.probs, [float(row[f"p_{c}"]) for c in "abc"], atol=1e-4)
+            if row["actual"] == row["predicted"]:  # a known image the model classifies right: predict says so too
+                assert "abc"[int(pred.probs.argmax())] == row["actual"]
+        # --tta: the views evaluate averaged (the preset's four corner crops), the same result
+        for row, pred in zip(rows, Classifier(trained / model).classify(paths, batch_size=5, tta=True)):
+            np.testing.assert_allclose(pred.probs, [float(row[f"tta_{c}"]) for c in "abc"], atol=1e-4)
+    assert sum(r["actual"] == r["predicted"] for r in rows) >= 6  # 3 epochs on well-separated colours
+    metrics = json.loads((trained / "reports/evaluate/metrics.json").read_text())
+    tta_correct = [max("abc", key=lambda c: float(r[f"tta_{c}"])) == r["actual"] for r in rows]
+    assert metrics["test_tta/acc"] == pytest.approx(np.mean(tta_correct))  # reported beside test/acc
+
+
+def test_cli_classify_one_and_many(trained, project_env):
+    image = next((trained / "data/tiny/images/b").iterdir())
+    one = cli([str(image), "--top-k", "5"], trained, project_env)
+    assert one.returncode == 0, one.stderr
+    lines = one.stdout.splitlines()
+    assert lines[0] == str(image) and len(lines) == 4  # k capped at the 3 classes
+    probs = Classifier(trained / "models/export").classify([image])[0].probs
+    shown = [(line.split()[1], float(line.split()[2].rstrip("%")) / 100) for line in lines[1:]]
+    assert [name for name, _ in shown] == ["abc"[i] for i in np.argsort(-probs)]  # ranked as the model ranks them
+    assert [p for _, p in shown] == pytest.approx(sorted(probs, reverse=True), abs=6e-5)  # printed to 0.01%
+    tta = cli([str(image), "--tta", "--top-k", "1"], trained, project_env)
+    tta_probs = Classifier(trained / "models/export").classify([image], tta=True)[0].probs
+    assert tta.returncode == 0 and tta.stdout.split()[2] == "abc"[int(tta_probs.argmax())]
+    spec = json.loads((trained / "models/export/preprocessing.json").read_text())
+    assert spec["tta"] == ["crops"]  # the digit preset's views (the default data set's), kept with the model
+
+    (trained / "list.txt").write_text(f"{image}\n{trained / 'missing.png'}\n")
+    (trained / "data/tiny/images/a/broken.png").write_bytes(b"not a png")
+    many = cli(["data/tiny/images/a", "list.txt", "--out", "preds.json"], trained, project_env)
+    assert many.returncode == 0
+    assert "missing.png: no such file" in many.stderr and "broken.png: not a readable image" in many.stderr
+    out = json.loads((trained / "preds.json").read_text())
+    assert len(out) == 20 + 1 + 2 and sum("error" in r for r in out) == 2
+    good = [r for r in out if "probs" in r]
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-5 for r in good)
+
+
+def test_kaggle_submission_rows_in_id_order(trained, project_env):
+    unlabelled = trained / "test1"
+    unlabelled.mkdir()
+    for i in (10, 2, 1):
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(unlabelled / f"{i}.jpg")
+    proc = cli([str(unlabelled), "--submission", "sub.csv", "--positive", "b", "--clip", "0.05"], trained, project_env)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.reader(open(trained / "sub.csv")))
+    assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == ["1", "2", "10"]
+    probs = Classifier(trained / "models/export").classify([unlabelled / f"{i}.jpg" for i in (1, 2, 10)])
+    assert [float(r[1]) for r in rows[1:]] == pytest.approx(
+        [min(max(p.probs[1], 0.05), 0.95) for p in probs], abs=1e-6
+    )  # p(b), clipped
+    bad = cli([str(unlabelled), "--submission", "sub.csv", "--positive", "dog"], trained, project_env)
+    assert (
+        bad.returncode == 1
+        and bad.stderr.strip() == "error: --positive 'dog' is not a class of this model; choose one of: a, b, c"
+    )
+
+
+def test_collect_inputs_expands_folders_and_lists(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/x.png", "d/sub/y.JPG", "d/notes.md", "d/.hidden.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "l.txt").write_text("a.png\n\nb.png\n")
+    got = collect_inputs([str(tmp_path / "d"), str(tmp_path / "l.txt"), "c.png"])
+    assert [p.name for p in got] == ["y.JPG", "x.png", "a.png", "b.png", "c.png"]
+
+
+def test_missing_export_is_one_clear_error(tmp_path, project_env):
+    proc = cli(["x.png"], tmp_path, project_env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: no exported model at models/export/model.onnx; run the pipeline")
+
+
+@pytest.mark.parametrize(
+    ("file", "change", "says"),
+    [
+        ("preprocessing.json", {"std": [0, 0, 0]}, "std=[0, 0, 0] is not valid: 3 numbers from 1e-06 to 1"),
+        ("preprocessing.json", {"resize_size": 60000}, "resize_size=60000 is not valid: null or an integer from"),
+        ("preprocessing.json", {"image_size": "abc"}, "image_size='abc' is not valid: an integer from 1 to 1024"),
+        ("preprocessing.json", "{not json", "preprocessing.json: not valid JSON"),
+        ("labels.txt", "a\nb\n", "the model has 3 outputs but labels.txt names 2 classes"),
+        ("labels.txt", "a\nb\nc\nd\n", "the model has 3 outputs but labels.txt names 4 classes"),
+        ("labels.txt", "", "labels.txt: 0 class names; one per line, at least 2"),
+        ("labels.txt", "a\na\nb\n", "3 class names, 2 distinct"),
+    ],
+)
+def test_a_model_whose_contract_is_wrong_is_refused_in_one_line(trained, tmp_path, project_env, file, change, says):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained / "models/export", model)
+    if isinstance(change, dict):
+        spec = json.loads((model / file).read_text())
+        (model / file).write_text(json.dumps({**spec, **change}))
+    else:
+        (model / file).write_text(change)
+    image = next((trained / "data/tiny/images/a").iterdir())
+    proc = cli([str(image), "--model", str(model)], trained, project_env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
+    assert says in proc.stderr, proc.stderr

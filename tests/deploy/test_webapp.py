@@ -1,0 +1,221 @@
+"""imgclf serve's edges, on the real app in this process: what it may read (after resolving symlinks, only under
+its roots, with no existence oracle outside them), who may change it (its own page, JSON only), what a request may
+cost (bodies counted as they arrive, images refused past the pixel limit from their header), and what it logs."""
+
+import json
+import logging
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from imgclf.data.images import MAX_PIXELS
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels in a few dozen bytes (a decompression bomb's header)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def served(trained_project, tmp_path):
+    """(client, root, outside): the app serving the trained export, allowed to read `root` only."""
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy.webapp import Service, create_app, load_model
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "images").mkdir(parents=True)
+    outside.mkdir()
+    source = sorted((trained_project / "data/tiny/images/a").iterdir())
+    for i, image in enumerate(source[:2]):
+        (root / "images" / f"{i}.png").write_bytes(image.read_bytes())
+        (outside / f"secret{i}.png").write_bytes(image.read_bytes())
+    uri = f"sqlite:///{trained_project}/mlflow.db"
+    service = Service(
+        load_model(str(trained_project / "models/export"), uri, tmp_path / "cache"),
+        uri=uri,
+        experiment="test",
+        roots=[root],
+        max_upload_mb=1,
+        model_roots=[trained_project / "models"],
+    )
+    client = TestClient(create_app(service))
+    client.service = service
+    return client, root, outside
+
+
+def test_paths_outside_the_roots_answer_the_same_whether_they_exist_or_not(served):
+    client, root, outside = served
+    answers = [client.post("/api/classify", data={"path": str(p)}) for p in (outside / "secret0.png", outside / "no")]
+    assert [a.status_code for a in answers] == [403, 403]
+    assert [a.json()["error"].split(" is outside")[1] for a in answers][0] == answers[1].json()["error"].split(
+        " is outside"
+    )[1]
+    for sneaky in (str(root / ".." / "outside" / "secret0.png"), "~/../../etc/passwd", "/etc/passwd"):
+        assert client.post("/api/classify", data={"path": sneaky}).status_code == 403
+
+
+def test_list_files_and_folders_are_read_only_under_the_roots(served):
+    client, root, outside = served
+    (root / "images" / "link.png").symlink_to(outside / "secret1.png")  # a member that leads outside
+    listing = root / "list.txt"
+    listing.write_text(f"{outside / 'secret0.png'}\n{outside / 'missing.png'}\n{root / 'images' / '0.png'}\n")
+    rows = client.post("/api/classify", data={"path": str(listing)}).json()["results"]
+    assert [r["error"] for r in rows] == ["outside the allowed roots", "outside the allowed roots", None]
+    assert "thumbnail" not in rows[0] and rows[2]["thumbnail"].startswith("data:image/jpeg")
+    rows = client.post("/api/classify", data={"path": str(root / "images")}).json()["results"]
+    by_name = {r["name"].rsplit("/", 1)[1]: r for r in rows}
+    assert by_name["link.png"]["error"] == "outside the allowed roots" and "thumbnail" not in by_name["link.png"]
+    assert by_name["0.png"]["top"] and by_name["1.png"]["top"]
+
+
+def test_models_are_switched_only_from_under_the_roots_and_only_by_json(served, trained_project, tmp_path):
+    client, root, outside = served
+    (outside / "model").mkdir()
+    for name in ("model.onnx", "labels.txt", "preprocessing.json"):
+        (outside / "model" / name).write_bytes((trained_project / "models/export" / name).read_bytes())
+    assert client.post("/api/model", json={"model": str(outside / "model")}).status_code == 403
+    assert client.post("/api/model", json={"model": str(outside / "nothing")}).status_code == 403
+    for body, kind in (("not json", "application/json"), ("[1]", "application/json"), ('{"model": 3}', None)):
+        headers = {"content-type": kind} if kind else {"content-type": "application/json"}
+        answer = client.post("/api/model", content=body, headers=headers)
+        assert answer.status_code == 400 and answer.json()["error"].startswith("the body must be a JSON object")
+    plain = client.post("/api/model", content=json.dumps({"model": "x"}), headers={"content-type": "text/plain"})
+    assert plain.status_code == 415
+    # a checkpoint beside the served export: the card finds its run (run.json beside model.pt)
+    card = client.post("/api/model", json={"model": str(trained_project / "models/model.pt")}).json()
+    assert card["run_id"] == json.loads((trained_project / "models/run.json").read_text())["run_id"]
+
+
+def test_only_the_page_itself_may_post(served):
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy.access import LOOPBACK
+    from imgclf.deploy.webapp import create_app
+
+    client, root, _ = served
+    image = str(root / "images" / "0.png")
+    for headers in ({"origin": "http://evil.example"}, {"sec-fetch-site": "cross-site"}):
+        assert client.post("/api/classify", data={"path": image}, headers=headers).status_code == 403
+        assert client.post("/api/model", json={"model": "x"}, headers=headers).status_code == 403
+    own = client.post("/api/classify", data={"path": image}, headers={"origin": "http://testserver"})
+    assert own.status_code == 200 and own.json()["results"][0]["top"]
+    # on loopback, a request naming another host (a page that rebound its name to 127.0.0.1) is refused
+    guarded = TestClient(create_app(client.service, LOOPBACK))
+    assert guarded.get("/api/model").status_code == 403
+    assert guarded.get("/api/model", headers={"host": "127.0.0.1:7860"}).status_code == 200
+    assert guarded.get("/api/model", headers={"host": "localhost"}).status_code == 200
+
+
+def test_bodies_are_counted_as_they_arrive(served):
+    client, root, _ = served
+
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 50_000  # 2 MB in all against a 1 MB limit, without a Content-Length
+
+    answer = client.post("/api/classify", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert answer.status_code == 413 and "over the limit of 1 MB" in answer.json()["error"]
+    big = client.post("/api/classify", files={"files": ("a.png", b"\0" * 1_200_000)})
+    assert big.status_code == 413 and big.json()["error"] == "upload of 1.2 MB is over the limit of 1 MB"
+
+
+def test_images_past_the_pixel_limit_are_refused_from_their_header(served, monkeypatch):
+    from PIL import ImageFile
+
+    client, _, _ = served
+    side = int((MAX_PIXELS * 1.9) ** 0.5)  # between PIL's warning and its error: PIL alone would decode it
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded past the limit"))
+    rows = client.post("/api/classify", files={"files": ("bomb.png", png_header(side, side))}).json()["results"]
+    assert rows[0]["error"] == f"image of {side} x {side} pixels is over the limit of {MAX_PIXELS:,} pixels"
+
+
+def test_each_client_error_is_one_log_line(served, caplog):
+    client, root, outside = served
+    caplog.set_level(logging.INFO)
+    requests = [
+        lambda: client.post("/api/classify", data={"path": "/etc/passwd"}),  # 403
+        lambda: client.post("/api/classify", data={"path": str(root / "missing.png")}),  # 404
+        lambda: client.post("/api/classify", data={}),  # 400
+        lambda: client.post("/api/model", content="x", headers={"content-type": "application/json"}),  # 400
+        lambda: client.get("/api/picture/nothing"),  # 404
+        lambda: client.get("/nowhere"),  # 404
+    ]
+    for send in requests:
+        caplog.clear()
+        status = send().status_code
+        assert 400 <= status < 500
+        lines = [r for r in caplog.records if r.name == "imgclf.deploy.webapp"]
+        assert len(lines) == 1 and lines[0].levelno == logging.WARNING and f"-> {status}:" in lines[0].getMessage()
+        assert not any(r.exc_info for r in caplog.records)  # no traceback for a client's mistake
+
+
+def test_thumbnails_use_the_one_decoder(tmp_path):
+    from imgclf.deploy.webapp import thumbnail
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "ok.png")
+    (tmp_path / "bomb.png").write_bytes(png_header(20000, 20000))
+    assert thumbnail(tmp_path / "ok.png", 16).startswith("data:image/jpeg;base64,")
+    assert thumbnail(tmp_path / "bomb.png", 16) is None
+
+
+def test_no_way_around_the_roots_through_links_tildes_or_dots(served, trained_project, tmp_path):
+    from imgclf.deploy.access import open_inside
+
+    client, root, outside = served
+    for path in (f"{root}/images/../images/0.png", "~/x.png", f"~root/../{root}/images/0.png"):
+        assert client.post("/api/classify", data={"path": path}).status_code == 403, path
+    # a model folder under the root whose files lead outside: refused, not read
+    (root / "model").mkdir()
+    for name in ("model.onnx", "labels.txt", "preprocessing.json"):
+        (outside / name).write_bytes((trained_project / "models/export" / name).read_bytes())
+        (root / "model" / name).symlink_to(outside / name)
+    assert client.post("/api/model", json={"model": str(root / "model")}).status_code == 403
+    # what is opened is checked on the open file: a link swapped in after the path was checked is refused
+    (root / "images" / "late.png").symlink_to(outside / "secret0.png")
+    with pytest.raises(PermissionError):
+        open_inside(root / "images" / "late.png", [root])
+    with open_inside(root / "images" / "0.png", [root]) as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loopback_servers_answer_only_to_loopback_names(served):
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy.access import loopback_names
+    from imgclf.deploy.webapp import create_app
+
+    client, _, _ = served
+    assert loopback_names("0.0.0.0") is None and loopback_names("example.org") is None
+    guarded = TestClient(create_app(client.service, loopback_names("127.0.0.2")))
+    assert guarded.get("/api/model", headers={"host": "attacker.example:7860"}).status_code == 403
+    assert guarded.get("/api/model", headers={"host": "127.0.0.2:7860"}).status_code == 200
+
+
+def test_what_a_request_may_cost_is_bounded(served, trained_project):
+    client, root, _ = served
+    many = client.post("/api/classify", data={f"field{i}": "x" for i in range(20)})
+    assert many.status_code == 400  # fields beyond the form's few are refused, not held
+    big = client.post("/api/classify", data={"path": "x" * 20_000})
+    assert big.status_code == 400
+    deep = client.post("/api/model", content="[" * 50_000, headers={"content-type": "application/json"})
+    assert deep.status_code == 400
+    long = client.post("/api/model", content=b" " * 70_000, headers={"content-type": "application/json"})
+    assert long.status_code == 413
+    image = (root / "images" / "0.png").read_bytes()
+    named = client.post("/api/classify", files={"files": ("a.p\0g", image)})
+    assert named.status_code == 200 and named.json()["results"][0]["top"]
+    # a budget of pixels for all the images of one request: the ones past it are refused from their headers
+    client.service.max_request_pixels = 2 * Image.open(root / "images" / "0.png").size[0] ** 2
+    rows = client.post("/api/classify", files=[("files", (f"{i}.png", image)) for i in range(3)]).json()["results"]
+    assert [bool(r.get("top")) for r in rows] == [True, True, False]
+    assert rows[2]["error"].startswith("over this request's limit of pixels")

@@ -1,0 +1,47 @@
+"""The serving contract: one normalise and one softmax for training, evaluation, predict and the MLflow model."""
+
+import numpy as np
+import pytest
+import torch
+
+from imgclf.contract import ServingSpec, normalize, scaled_stats, softmax
+from imgclf.data.transforms import Preprocess
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def test_numpy_and_torch_normalise_bit_for_bit():
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 9, 7), dtype=np.uint8)
+    expected = Preprocess(MEAN, STD)(torch.from_numpy(images)).numpy()  # what training and evaluation feed
+    np.testing.assert_array_equal(normalize(images, *scaled_stats(MEAN, STD)), expected)
+    spec = ServingSpec(["a", "b"], 9, MEAN, STD)
+    client_images = images.transpose(0, 2, 3, 1)  # what predict and the MLflow model receive: NHWC
+    np.testing.assert_array_equal(spec.normalize_images(client_images), expected)
+    assert expected[0, 0, 0, 0] == pytest.approx((images[0, 0, 0, 0] - 0.485 * 255) / (0.229 * 255), rel=1e-6)
+
+
+def test_softmax_numpy_matches_torch():
+    logits = np.random.default_rng(1).normal(0, 30, (5, 4)).astype(np.float32)  # large: overflow without the max
+    np.testing.assert_allclose(softmax(logits), softmax(torch.from_numpy(logits)).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(softmax(logits).sum(1), 1.0, rtol=1e-6)
+
+
+def test_spec_round_trips_through_its_two_files(tmp_path):
+    spec = ServingSpec(["cat", "dog", "two words"], 64, MEAN, STD, "bicubic")
+    spec.write(tmp_path)
+    assert (tmp_path / "labels.txt").read_text() == "cat\ndog\ntwo words\n"
+    assert ServingSpec.read(tmp_path) == spec
+    ckpt = {"class_names": spec.class_names, "image_size": 64, "mean": MEAN, "std": STD, "interpolation": "bicubic"}
+    assert ServingSpec.from_checkpoint(ckpt) == spec
+    assert spec.stored_size == 64  # a model written before the crop: squashed to its input size
+    cropped = ServingSpec(["a", "b"], 64, MEAN, STD, "bilinear", 73, "crop", ["hflip", "crops"])
+    cropped.write(tmp_path)
+    assert ServingSpec.read(tmp_path) == cropped and cropped.stored_size == 73
+    assert "the shorter side to 73, then the centre 64 px" in (tmp_path / "preprocessing.json").read_text()
+
+
+def test_the_decoder_knows_the_contracts_resize_modes():
+    from imgclf.contract import RESIZE_MODES
+    from imgclf.data import images
+
+    assert images.RESIZE_MODES == RESIZE_MODES  # two copies: contract.py imports nothing of imgclf

@@ -1,0 +1,89 @@
+import pytest
+
+from imgclf import tracking
+
+
+def test_flatten_uses_dotted_keys():
+    assert tracking.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_secrets_never_leave_redact():
+    cfg = {"tracking": {"uri": "http://alice:s3cret@host:5000", "password": "pw"}, "kaggle": {"api_token": "tok"}}
+    out = tracking.redacted(cfg)
+    assert out == {"tracking": {"uri": "http://***@host:5000", "password": "***"}, "kaggle": {"api_token": "***"}}
+    assert "s3cret" not in str(out)
+    assert tracking.redact_overrides(["tracking.uri=https://u:pw@h", "+kaggle.key_token=abc", "optim.lr=0.1"]) == (
+        "tracking.uri=https://***@h +kaggle.key_token=*** optim.lr=0.1"
+    )
+
+
+def _store(tmp_path):
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def get_run(uri, run_id):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri).get_run(run_id)
+
+
+def test_run_status_follows_outcome(tmp_path):
+    uri = _store(tmp_path)
+    with tracking.run(uri, "exp") as ok_id:
+        tracking.log_config({"optim": {"lr": 0.1}, **{f"k{i}": i for i in range(150)}})  # > one 100-param batch
+        tracking.log_metrics({"val/acc": 0.5}, step=1)
+    with pytest.raises(ValueError), tracking.run(uri, "exp") as failed_id:
+        raise ValueError("boom")
+    with pytest.raises(KeyboardInterrupt), tracking.run(uri, "exp") as killed_id:
+        raise KeyboardInterrupt
+    ok = get_run(uri, ok_id)
+    assert ok.info.status == "FINISHED"
+    assert ok.data.params["optim.lr"] == "0.1" and len(ok.data.params) == 151
+    assert ok.data.metrics["val/acc"] == 0.5
+    assert get_run(uri, failed_id).info.status == "FAILED"
+    assert get_run(uri, killed_id).info.status == "KILLED"
+
+
+def test_reopened_run_gets_later_metrics(tmp_path):
+    uri = _store(tmp_path)
+    with tracking.run(uri, "exp") as run_id:
+        tracking.log_metrics({"val/acc": 0.5})
+    with tracking.run(uri, run_id=run_id) as same:
+        tracking.log_metrics({"test/acc": 0.7})
+    assert same == run_id
+    assert get_run(uri, run_id).data.metrics == {"val/acc": 0.5, "test/acc": 0.7}
+
+
+def test_retry_locked_retries_only_database_is_locked(monkeypatch):
+    from imgclf import tracking
+
+    monkeypatch.setattr("imgclf.tracking.store.time.sleep", lambda s: None)  # retry_locked's backoff
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking.retry_locked(flaky) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no such table: runs")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking.retry_locked(broken)
+    assert len(calls) == 1
+
+
+def test_relative_sqlite_store_resolves_against_dvc_root(monkeypatch, tmp_path):
+    from imgclf.tracking.store import resolve_uri
+
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert resolve_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # a queued experiment runs in a temporary copy
+    assert resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_uri("sqlite:////abs/store.db") == "sqlite:////abs/store.db"
+    assert resolve_uri("http://mlflow:5000") == "http://mlflow:5000"

@@ -1,0 +1,62 @@
+"""fast.ai's learning-rate finder: an exponential sweep, a suggested rate, the model and optimizer given back."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from imgclf.data.datasets import build_loader
+from imgclf.errors import BadInput
+from imgclf.stages.lr_find import find_lr
+from imgclf.training.lr_find import lr_find, suggest
+
+from .test_engine import tiny_data, tiny_model, tiny_trainer
+
+
+def test_sweep_is_exponential_and_leaves_model_and_optimizer_untouched():
+    torch.manual_seed(0)
+    model = tiny_model()
+    opt = torch.optim.AdamW(
+        [{"params": model[1].parameters(), "lr": 1e-4}, {"params": model[3].parameters(), "lr": 1e-3}]
+    )
+    trainer = tiny_trainer(model, opt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = lr_find(
+        trainer,
+        build_loader(tiny_data(), 8, True, torch.Generator().manual_seed(0)),
+        start_lr=1e-5,
+        end_lr=100.0,
+        num_batches=30,
+    )
+    assert 3 <= len(result.lrs) <= 30 and result.lrs[0] == pytest.approx(1e-5)
+    ratios = np.diff(np.log(result.lrs))
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)  # one constant factor per batch
+    assert result.lrs[0] <= result.suggestion <= result.lrs[-1]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-3] and not opt.state  # no moments kept either
+    with pytest.raises(BadInput, match="0 < start_lr < end_lr"):
+        lr_find(trainer, [], start_lr=1.0, end_lr=0.1)
+
+
+def test_suggestion_is_the_steepest_fall_before_the_minimum():
+    lrs = list(np.logspace(-6, 0, 7))
+    losses = [2.0, 1.99, 1.9, 1.2, 1.0, 0.95, 3.0]  # falls fastest between 1e-4 and 1e-3, diverges at 1
+    assert suggest(lrs, losses) == pytest.approx(1e-3)
+
+
+def test_imgclf_lr_find_writes_the_plot_and_an_mlflow_run(tiny_cfg, tiny_project):
+    cfg = tiny_cfg("lr_find.num_batches=12", "lr_find.end_lr=1.0")
+    suggested = find_lr(cfg)
+    out = tiny_project / "reports/lr_find"
+    rows = list(csv.DictReader(open(out / "lr_find.csv")))
+    assert 3 <= len(rows) <= 12 and float(rows[0]["lr"]) == pytest.approx(1e-7)
+    assert json.loads((out / "suggestion.json").read_text())["lr_find/suggested_lr"] == suggested
+    assert (out / "lr_find.png").stat().st_size > 1000
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert [r.data.tags["imgclf.role"] for r in runs] == ["lr-find"]
+    assert runs[0].data.metrics["lr_find/suggested_lr"] == suggested
+    assert not (tiny_project / "models").exists()  # nothing trained for keeps
