@@ -37,7 +37,8 @@ def site(trained_project, tmp_path_factory):
     """A served app reading `root` only, beside an `outside` folder of images it must never read."""
     from fastapi.testclient import TestClient
 
-    from imgclf.deploy.webapp import Service, create_app, load_model
+    from imgclf.deploy.model_card import load_model
+    from imgclf.deploy.webapp import Service, create_app
 
     base = tmp_path_factory.mktemp("site")
     root, outside = base / "root", base / "outside"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 from typing import TYPE_CHECKING
@@ -11,8 +10,6 @@ from imgclf.errors import BadInput
 
 if TYPE_CHECKING:
     import torch
-
-log = logging.getLogger(__name__)
 
 
 DEVICES = ("auto", "cpu", "cuda")

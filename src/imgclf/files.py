@@ -12,12 +12,8 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from imgclf.errors import BadInput, DiskFull
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 

@@ -3,14 +3,11 @@ features. Training, evaluation and the export checks all run batches this way.""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger(__name__)
 
 
 def git_state(cwd: str | Path = ".") -> dict[str, str]:

@@ -132,7 +132,8 @@ def test_the_payloads_are_real(crafted, tmp_path):
 def test_serve_refuses_to_switch_to_a_crafted_program(trained_project, crafted, tmp_path):
     from fastapi.testclient import TestClient
 
-    from imgclf.deploy.webapp import Service, create_app, load_model
+    from imgclf.deploy.model_card import load_model
+    from imgclf.deploy.webapp import Service, create_app
 
     service = Service(
         load_model(str(trained_project / "models/export"), f"sqlite:///{trained_project}/mlflow.db", tmp_path),

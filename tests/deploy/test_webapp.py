@@ -30,7 +30,8 @@ def served(trained_project, tmp_path):
     """(client, root, outside): the app serving the trained export, allowed to read `root` only."""
     from fastapi.testclient import TestClient
 
-    from imgclf.deploy.webapp import Service, create_app, load_model
+    from imgclf.deploy.model_card import load_model
+    from imgclf.deploy.webapp import Service, create_app
 
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "images").mkdir(parents=True)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from imgclf.training import engine
 from imgclf.models.build import build_model, head
 from imgclf.stages.train import train
+from imgclf.training import engine
 
 from ..conftest import BIN, ROOT, TINY_DATA, TINY_OVERRIDES
 from ..models.test_models import torchvision_cache

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.distributed as torch_dist
 from torch.utils.data import Sampler
 
 from imgclf.errors import BadInput
-
-log = logging.getLogger(__name__)
 
 
 def is_distributed() -> bool:

@@ -24,7 +24,6 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,138 +35,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from imgclf.data.images import UNREADABLE, open_image
-from imgclf.deploy.access import Guard, UploadTooLarge, inside, loopback_names, open_inside, under
-from imgclf.deploy.predict import Classifier, Prediction, collect_inputs, top_k
-from imgclf.errors import USER_ERRORS, BadInput, MissingInput
+from imgclf.deploy.access import Guard, UploadTooLarge, inside, loopback_names, open_inside
+from imgclf.deploy.model_card import Model, load_model, model_home
+from imgclf.deploy.predict import Prediction, collect_inputs, top_k
+from imgclf.errors import USER_ERRORS, BadInput
 
 log = logging.getLogger(__name__)
 
 WEB = Path(__file__).parent / "web"
-ARTIFACTS = {  # the model card's pictures: name -> the run's artifact
-    "curves": "train/curves.png",
-    "confusion": "evaluate/confusion_matrix.png",
-    "class_counts": "data/class_counts.png",
-    "samples": "data/samples.png",
-}
 MAX_FILES = 500
 MAX_JSON_BYTES = 64 << 10
-RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids
-
-
-@dataclass
-class Model:
-    """The model being served: its classifier, and what the card says about it."""
-
-    ref: str
-    classifier: Classifier
-    run_id: str | None = None
-    card: dict[str, Any] = field(default_factory=dict)
-    pictures: dict[str, Path] = field(default_factory=dict)
-
-
-def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None) -> Model:
-    """An export or optimised dir, a model file (.onnx, .pt2, .xml, .plan, .pt), a run id (its export) or
-    `models:/name/version`. With `roots` (a switch asked for from the page), a path must lie under one of them."""
-    from imgclf import tracking
-
-    run_id = None
-    if ref.startswith("models:/"):
-        local, run_id = tracking.download_model(uri, ref, cache / "registered")
-        found = sorted(local.rglob("model.onnx"))
-        if not found:
-            raise MissingInput(f"{ref} holds no model.onnx; register a model from `imgclf export`")
-        path = found[0].parent
-    elif RUN_ID.fullmatch(ref) and (roots is not None or not Path(ref).exists()):
-        run_id = ref
-        export = tracking.run_record(uri, ref)["tags"].get("imgclf.export_dir")
-        path = _local_export(export, roots)
-        if path is None:  # not on this disk, or not where the page may read: the run's logged copy
-            path = tracking.artifact_file(uri, ref, "export", cache / ref)
-        if path is None:
-            raise MissingInput(f"run {ref} has no export; run `imgclf export` (dvc repro) for it first")
-    else:
-        path = inside(ref, roots) if roots is not None else Path(ref).expanduser()
-        if not path.exists():
-            raise MissingInput(f"no model at {ref}; give an export folder, a model file, a run id or models:/NAME/N")
-        if roots is not None:
-            _check_model_files(path, roots)
-        run_id = _run_id_beside(path, roots)
-    model = Model(ref, Classifier(path), run_id)
-    model.card = model_card(model, uri, cache)
-    return model
-
-
-def _local_export(export: str | None, roots: list[Path] | None) -> Path | None:
-    if not export or not Path(export).is_dir():
-        return None
-    if roots is None:
-        return Path(export)
-    try:
-        return inside(export, roots)
-    except (PermissionError, FileNotFoundError):
-        return None
-
-
-# what loading a model folder reads: each must lie under the roots too, links followed
-MODEL_MEMBERS = ("model.onnx", "model.pt2", "model.xml", "model.bin", "model.plan", "model.engine", "model.pt",
-                 "labels.txt", "preprocessing.json")  # fmt: skip
-
-
-def _check_model_files(path: Path, roots: list[Path]) -> None:
-    folder = path if path.is_dir() else path.parent
-    for name in MODEL_MEMBERS:
-        member = folder / name
-        if member.is_symlink() or member.exists():
-            inside(member, roots)
-
-
-def _run_id_beside(path: Path, roots: list[Path] | None = None) -> str | None:
-    """The training run of a model file or folder: models/run.json, beside model.pt or above export/ and
-    optimised/ (and their model files); with `roots`, only a run.json under them."""
-    folder = path if path.is_dir() else path.parent
-    for candidate in (folder / "run.json", folder.parent / "run.json"):
-        if roots is not None and not under(candidate.resolve(), roots):
-            continue
-        if candidate.is_file():
-            try:
-                run_id = json.loads(candidate.read_text()).get("run_id")
-            except (ValueError, OSError, AttributeError):
-                return None
-            return run_id if isinstance(run_id, str) else None
-    return None
-
-
-def _model_home(path: Path) -> Path:
-    """models/ for models/export, models/export/model.onnx or models/model.pt (the folder of run.json); else the
-    model's own folder."""
-    folder = path if path.is_dir() else path.parent
-    return folder.parent if (folder.parent / "run.json").is_file() else folder
-
-
-def model_card(model: Model, uri: str, cache: Path) -> dict[str, Any]:
-    """Run id and link, data set, classes, test metrics; the run's pictures downloaded into `cache`."""
-    from imgclf import tracking
-
-    card: dict[str, Any] = {"model": model.ref, "classes": model.classifier.class_names, "run_id": model.run_id}
-    spec = model.classifier.spec
-    card["input"] = f"{spec.image_size} px ({spec.resize}, {spec.interpolation})"
-    if model.run_id is None:
-        return card
-    try:
-        record = tracking.run_record(uri, model.run_id)
-        card["link"] = tracking.run_link(uri, model.run_id)
-    except (BadInput, MissingInput) as exc:
-        card["tracking"] = f"the run is not in {uri}: {exc}"
-        return card
-    card["run_name"] = record["name"]
-    card["dataset"] = record["tags"].get("imgclf.dataset", "")
-    card["metrics"] = {k: record["metrics"][k] for k in ("test/acc", "test/macro_f1") if k in record["metrics"]}
-    for name, artifact in ARTIFACTS.items():
-        local = tracking.artifact_file(uri, model.run_id, artifact, cache / model.run_id)
-        if local is not None:
-            model.pictures[name] = local
-    card["pictures"] = sorted(model.pictures)
-    return card
 
 
 def thumbnail(path: Path, size: int, opener=None) -> str | None:
@@ -436,7 +313,7 @@ def main(argv: list[str]) -> int:
             max_request_pixels=int(args.max_request_megapixels * 1e6),
             # the model it starts with was chosen on this machine's command line: the page may switch between
             # the models beside it too (models/: model.pt, export/, optimised/)
-            model_roots=[_model_home(start)] if start.exists() else [],
+            model_roots=[model_home(start)] if start.exists() else [],
         )
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 from imgclf.errors import BadInput
 
-log = logging.getLogger(__name__)
-
-
 SOURCES = ("torchvision", "timm")
-
-
 TORCHVISION_ARCHS = ("alexnet", "vgg16", "vgg16_bn")  # networks whose head is classifier[-1]
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
 from imgclf.contract import INTERPOLATIONS, RESIZE_MODES
 from imgclf.errors import BadInput
 from imgclf.models.catalog import IMAGENET_MEAN, IMAGENET_STD, check_name, timm_cfg
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

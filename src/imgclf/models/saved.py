@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -11,8 +10,6 @@ from torch import nn
 from imgclf.errors import MissingInput
 from imgclf.files import load_tensors
 from imgclf.models.build import build_model
-
-log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path) -> dict:

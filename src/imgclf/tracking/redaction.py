@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from imgclf.credentials import USERINFO
 
-log = logging.getLogger(__name__)
-
-
 MAX_PARAM_LENGTH = 6000
-
-
 SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|credential)", re.IGNORECASE)
 
 

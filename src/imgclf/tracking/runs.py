@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
-
-
 _active: Outbox | None = None
 _active_run_id: str | None = None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import mlflow
 
 from imgclf import contract as serving
 from imgclf.tracking import runs
-
-log = logging.getLogger(__name__)
 
 
 def _served_model_class():

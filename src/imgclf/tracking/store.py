@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 
 T = TypeVar("T")
-
-
 LOCK_RETRIES = 12  # ~30 s of backoff: parallel jobs each hold SQLite's write lock for milliseconds
 
 
@@ -80,8 +78,6 @@ def use(options: Mapping[str, Any]) -> None:
 
 
 FIRST_CONTACT_S = 20.0  # a server never reached in this process: a mistyped URI fails in seconds, in one line
-
-
 REACHED_ENV = "IMGCLF_TRACKING_REACHED"  # set by a sweep once its parent run is on the server, for every job
 
 
