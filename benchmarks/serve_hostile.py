@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from PIL import Image
 
 from imgclf.data.images import MAX_PIXELS
 from imgclf.tracking.server import free_port
+from serve_load import run_together, start_serve  # benchmarks/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDARY = "imgclf-hostile"
@@ -105,14 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         cmd = [*serve, "--model", str(args.model.resolve()), "--port", str(port), "--allow-root", root]
         cmd += ["--max-concurrent", str(args.max_concurrent)] if knows else []
-        server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=2).read()
-                break
-            except OSError:
-                assert server.poll() is None, "imgclf serve exited"
-                time.sleep(0.3)
+        server = start_serve(cmd, port, env)
         ok: list = []
         send(port, "over_limit", payloads, ok)  # one request through every code path first: the baseline
         baseline, samples, done = rss_mb(server.pid), [], threading.Event()
@@ -129,12 +122,7 @@ def main() -> None:
         ]
         sampler = threading.Thread(target=sample)
         sampler.start()
-        started = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - started
+        elapsed = run_together(threads)
         done.set()
         sampler.join()
         alive = server.poll() is None

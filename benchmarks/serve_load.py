@@ -52,6 +52,28 @@ def client(url: str, payload: bytes, until: float, latencies: list, errors: list
         latencies.append(time.perf_counter() - started)
 
 
+def start_serve(cmd: list[str], port: int, env: dict | None = None) -> subprocess.Popen:
+    """`imgclf serve` started from `cmd`, returned once it answers on `port`."""
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=2).read()
+            return server
+        except OSError:
+            assert server.poll() is None, "imgclf serve exited"
+            time.sleep(0.3)
+
+
+def run_together(threads: list[threading.Thread]) -> float:
+    """Start every thread, wait for all; the seconds it took."""
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "export")
@@ -69,15 +91,8 @@ def main() -> None:
         times.append(time.perf_counter() - started)
     port = free_port()
     cmd = [str(Path(sys.executable).parent / "imgclf"), "serve", "--model", str(args.model), "--port", str(port)]
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = start_serve(cmd, port)
     url = f"http://127.0.0.1:{port}/api/classify"
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=2).read()
-            break
-        except OSError:
-            assert server.poll() is None, "imgclf serve exited"
-            time.sleep(0.3)
     payload = body(image)
     latencies: list[float] = []
     errors: list[str] = []
@@ -85,12 +100,7 @@ def main() -> None:
     threads = [
         threading.Thread(target=client, args=(url, payload, until, latencies, errors)) for _ in range(args.clients)
     ]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
+    elapsed = run_together(threads)
     server.terminate()
     server.wait()
     ms = np.array(latencies) * 1000

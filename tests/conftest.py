@@ -111,6 +111,22 @@ def tiny_cfg(tiny_project, compose_cfg):
     return _cfg
 
 
+def serve_client(project: Path, cache: Path, roots: list[Path], *, max_upload_mb: float = 1, **options):
+    """A TestClient of `imgclf serve`'s real app on `project`'s export, reading only under `roots`; the Service is
+    at `client.service` (limits can be changed there)."""
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy.model_card import load_model
+    from imgclf.deploy.webapp import Service, create_app
+
+    uri = f"sqlite:///{project}/mlflow.db"
+    model = load_model(str(project / "models/export"), uri, cache)
+    service = Service(model, uri=uri, experiment="test", roots=roots, max_upload_mb=max_upload_mb, **options)
+    client = TestClient(create_app(service), raise_server_exceptions=False)
+    client.service = service
+    return client
+
+
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory):
     """One tiny project trained, evaluated and exported per test worker, shared read-only by the tests of hostile

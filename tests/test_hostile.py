@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgclf.errors import USER_ERRORS
 
-from .conftest import ROOT
+from .conftest import ROOT, serve_client
 from .deploy.test_webapp import png_header
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -35,11 +35,6 @@ def tree_digest(root: Path) -> str:
 @pytest.fixture(scope="module")
 def site(trained_project, tmp_path_factory):
     """A served app reading `root` only, beside an `outside` folder of images it must never read."""
-    from fastapi.testclient import TestClient
-
-    from imgclf.deploy.model_card import load_model
-    from imgclf.deploy.webapp import Service, create_app
-
     base = tmp_path_factory.mktemp("site")
     root, outside = base / "root", base / "outside"
     (root / "images" / "deep").mkdir(parents=True)
@@ -52,15 +47,7 @@ def site(trained_project, tmp_path_factory):
     (root / "images" / "dir_out").symlink_to(outside)
     (root / "loop").symlink_to(root / "loop")
     (root / "list.txt").write_text(f"{outside / 'secret.png'}\nimages/0.png\n../outside/secret.png\n\0\n")
-    uri = f"sqlite:///{trained_project}/mlflow.db"
-    service = Service(
-        load_model(str(trained_project / "models/export"), uri, base / "cache"),
-        uri=uri,
-        experiment="test",
-        roots=[root],
-        max_upload_mb=1,
-    )
-    return TestClient(create_app(service), raise_server_exceptions=False), root, outside
+    return serve_client(trained_project, base / "cache", [root]), root, outside
 
 
 PARTS = ["..", ".", "~", "images", "deep", "0.png", "1.png", "link_out.png", "dir_out", "secret.png", "list.txt",

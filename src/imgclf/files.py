@@ -170,12 +170,13 @@ def remove_orphans_in(directory: Path) -> None:
 
 
 def _remove_if_orphan(twin: Path, pid: str) -> None:
-    if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+    if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
         log.info("removing %s, left by a writer that was killed", twin)
         _remove(twin)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

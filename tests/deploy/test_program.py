@@ -13,7 +13,7 @@ import zipfile
 import pytest
 import torch
 
-from ..conftest import BIN
+from ..conftest import BIN, serve_client
 
 # how each crafted file runs `touch MARKER`, and whether torch.export.load(...).module() alone runs it
 KINDS = ("pickled_weight", "pickled_sample_inputs", "guard_code", "shape_expression", "node_target", "aoti_library",
@@ -130,19 +130,7 @@ def test_the_payloads_are_real(crafted, tmp_path):
 
 
 def test_serve_refuses_to_switch_to_a_crafted_program(trained_project, crafted, tmp_path):
-    from fastapi.testclient import TestClient
-
-    from imgclf.deploy.model_card import load_model
-    from imgclf.deploy.webapp import Service, create_app
-
-    service = Service(
-        load_model(str(trained_project / "models/export"), f"sqlite:///{trained_project}/mlflow.db", tmp_path),
-        uri=f"sqlite:///{trained_project}/mlflow.db",
-        experiment="test",
-        roots=[tmp_path / "models"],
-        max_upload_mb=5,
-    )
-    client = TestClient(create_app(service))
+    client = serve_client(trained_project, tmp_path / "cache", [tmp_path / "models"], max_upload_mb=5)
     for kind, folder in crafted.items():
         answer = client.post("/api/model", json={"model": str(folder / "model.pt2")})
         assert answer.status_code == 400, (kind, answer.text)

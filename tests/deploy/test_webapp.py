@@ -12,6 +12,8 @@ from PIL import Image
 
 from imgclf.data.images import MAX_PIXELS
 
+from ..conftest import serve_client
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -28,11 +30,6 @@ def png_header(width: int, height: int) -> bytes:
 @pytest.fixture
 def served(trained_project, tmp_path):
     """(client, root, outside): the app serving the trained export, allowed to read `root` only."""
-    from fastapi.testclient import TestClient
-
-    from imgclf.deploy.model_card import load_model
-    from imgclf.deploy.webapp import Service, create_app
-
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "images").mkdir(parents=True)
     outside.mkdir()
@@ -40,17 +37,7 @@ def served(trained_project, tmp_path):
     for i, image in enumerate(source[:2]):
         (root / "images" / f"{i}.png").write_bytes(image.read_bytes())
         (outside / f"secret{i}.png").write_bytes(image.read_bytes())
-    uri = f"sqlite:///{trained_project}/mlflow.db"
-    service = Service(
-        load_model(str(trained_project / "models/export"), uri, tmp_path / "cache"),
-        uri=uri,
-        experiment="test",
-        roots=[root],
-        max_upload_mb=1,
-        model_roots=[trained_project / "models"],
-    )
-    client = TestClient(create_app(service))
-    client.service = service
+    client = serve_client(trained_project, tmp_path / "cache", [root], model_roots=[trained_project / "models"])
     return client, root, outside
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from imgclf.files import pid_alive
 from imgclf.tracking.store import resolve_uri, retry_locked, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,9 @@ def process_gone(tag: str) -> bool:
     if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
         return False
     pid, started = int(parts[1]), parts[2]
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return True
-    except PermissionError:
-        pass
-    return bool(started) and _start_time(pid) not in ("", started)
+    return bool(started) and _start_time(pid) not in ("", started)  # the pid now names another process
 
 
 def end_killed_runs_in_store(uri: str) -> list[str]:
