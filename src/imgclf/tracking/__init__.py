@@ -3,12 +3,11 @@ killed runs (processes.py), secrets kept out (redaction.py), the served pyfunc m
 queries of `imgclf runs` and `imgclf serve` (queries.py, compare.py), sweeps' parent runs (sweeps.py), and a team's
 server (server.py). The rest of imgclf calls it as `tracking.run(...)`, `tracking.log_metrics(...)`: these names."""
 
-from imgclf.tracking.processes import end_killed_runs, end_killed_runs_in_store, process_gone
+from imgclf.tracking.processes import end_killed_runs_in_store
 from imgclf.tracking.queries import (
     artifact_file,
     artifact_text,
     download_model,
-    experiment_names,
     list_artifact_paths,
     run_link,
     run_record,
@@ -16,7 +15,7 @@ from imgclf.tracking.queries import (
     served_models,
     set_run_tags,
 )
-from imgclf.tracking.redaction import flatten, redact, redact_overrides, redacted
+from imgclf.tracking.redaction import flatten, redact_overrides, redacted
 from imgclf.tracking.runs import (
     finish_parent_run,
     log_artifact,
@@ -32,18 +31,14 @@ from imgclf.tracking.runs import (
     sync_outboxes,
 )
 from imgclf.tracking.served import log_served_model
-from imgclf.tracking.store import OPTIONS, REACHED_ENV, configure, resolve_uri, retry_locked, use, wait_for_server
+from imgclf.tracking.store import REACHED_ENV, resolve_uri, retry_locked, use, wait_for_server
 
 __all__ = [
-    "OPTIONS",
     "REACHED_ENV",
     "artifact_file",
     "artifact_text",
-    "configure",
     "download_model",
-    "end_killed_runs",
     "end_killed_runs_in_store",
-    "experiment_names",
     "finish_parent_run",
     "flatten",
     "list_artifact_paths",
@@ -53,9 +48,7 @@ __all__ = [
     "log_metrics",
     "log_served_model",
     "log_text",
-    "process_gone",
     "read_run_file",
-    "redact",
     "redact_overrides",
     "redacted",
     "reopen",
