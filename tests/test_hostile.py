@@ -162,8 +162,7 @@ VALUES = st.one_of(
 @given(overrides=st.lists(st.tuples(st.sampled_from(OVERRIDE_KEYS), VALUES), min_size=1, max_size=3))
 def test_any_override_composes_or_is_one_line(overrides):
     from imgclf.config import check_overrides, compose
-    from imgclf.stages._app import to_dict
-    from imgclf.validate import check
+    from imgclf.options import Options
 
     args = [f"{k}={v}" for k, v in overrides]
     error = check_overrides(args, root=ROOT)
@@ -171,7 +170,7 @@ def test_any_override_composes_or_is_one_line(overrides):
         assert "\n" not in error
         return
     try:
-        check(to_dict(compose(args, root=ROOT)))
+        Options.from_config(compose(args, root=ROOT))
     except USER_ERRORS as exc:
         assert "\n" not in str(exc)
 

@@ -40,7 +40,11 @@ def params_yaml(overrides: Sequence[str] = (), root: str | Path = ".") -> str:
 def config_groups(root: str | Path = ".") -> dict[str, list[str]]:
     """Config groups of conf/ and their options: {"model": ["alexnet", "vgg16"], ...}."""
     base = conf_dir(root)
-    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(base.iterdir()) if d.is_dir()}
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml") if not p.name.startswith("_"))  # _base.yaml: shared keys
+        for d in sorted(base.iterdir())
+        if d.is_dir()
+    }
 
 
 def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:

@@ -69,7 +69,8 @@ def instantiated_targets(stage: str) -> set[str]:
     """The `_target_` modules a stage can reach: every option of each config node it calls instantiate() on."""
     found = set()
     code = "".join(module_file(m).read_text() for m in closure({f"imgclf.stages.{stage}"}))  # _build.py too
-    for dotted in re.findall(r"instantiate\(cfg\.([\w.]+)", code):
+    # instantiate(opts.data.fetch, ...) in a stage; opts.optim.factory() (imgclf.options instantiates the node)
+    for dotted in re.findall(r"instantiate\(opts\.([\w.]+)", code) + re.findall(r"opts\.([\w.]+)\.factory\(\)", code):
         group, *rest = dotted.split(".")
         for option in (ROOT / "conf" / group).glob("*.yaml"):
             node = yaml.safe_load(option.read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 IMAGE_DIR = "images"  # data/<dataset>/images/<class>/<file>: the layout every source ends in
 SPLIT_DIR = "split"  # data/<dataset>/split/{train,val,test}.csv, labels.txt, sample/
@@ -25,10 +26,12 @@ class Paths:
     checkpoints: Path = Path("checkpoints")
 
     @classmethod
-    def from_config(cls, paths: Mapping[str, str], root: str | Path = ".") -> Paths:
-        """From the config's `paths`; outputs under `root` (a sweep job's directory), data where it is."""
+    def from_config(cls, paths: Any, root: str | Path = ".") -> Paths:
+        """From the config's `paths` (a mapping or imgclf.options.Folders); outputs under `root` (a sweep job's
+        directory), data where it is."""
+        get = paths.__getitem__ if isinstance(paths, Mapping) else lambda key: getattr(paths, key)
         root = Path(root)
-        return cls(Path(paths["data"]), root / paths["models"], root / paths["reports"], root / paths["checkpoints"])
+        return cls(Path(get("data")), root / get("models"), root / get("reports"), root / get("checkpoints"))
 
     def dataset(self, name: str) -> Path:
         return self.data / name

@@ -66,7 +66,7 @@ def test_folder_errors_are_clear(tmp_path, monkeypatch, compose_cfg):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="data=folder needs data.path="):
         fetch(compose_cfg("data=folder"))
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+    with pytest.raises(ValueError, match="data.path=.*nope does not exist: give a folder"):
         fetch(compose_cfg("data=folder", f"data.path={tmp_path / 'nope'}"))
     assert not (tmp_path / "data/folder/images").exists()  # nothing half-written
 

@@ -140,8 +140,6 @@ def test_load_split_decodes_resizes_and_batches(tiny_project):
     np.save(tiny_project / "data/tiny/cache" / cached[0], np.zeros((36, 3, 16, 16), np.uint8))
     assert load_split("data/tiny", "train", "full", spec(16)).images.sum() == 0  # served from the cache
     assert load_split("data/tiny", "train", "full", spec(20)).images.shape[-1] == 20  # new size, new pack
-    with pytest.raises(ValueError, match="unknown data.subset 'half'"):
-        load_split("data/tiny", "train", "half", spec(16))
     with pytest.raises(FileNotFoundError, match="run the split stage"):
         load_split("data/missing", "train", "full", spec(16))
 

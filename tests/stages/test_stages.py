@@ -166,5 +166,5 @@ def test_failing_train_marks_run_failed(tiny_cfg, tiny_project):
 
 
 def test_too_small_image_size_is_refused(tiny_project, compose_cfg):
-    with pytest.raises(BadInput, match="too small for alexnet; it needs at least 63 px"):
+    with pytest.raises(BadInput, match="model.image_size=32 is too small for alexnet: it needs at least 63 px"):
         train(compose_cfg(*TINY_DATA, "model=alexnet", "model.image_size=32"))

@@ -188,8 +188,6 @@ def load_split(
     """One split (`train|val|test`) of the data set in `root`, full or its `sample` subset, as the serving spec
     says (imgclf.contract.ServingSpec): packed at its stored size, served centre-cropped to the model's input
     (`crop`) or whole (training batches, which the augmentation crops)."""
-    if subset not in ("full", "sample"):
-        raise BadInput(f"unknown data.subset '{subset}'; choose one of: full, sample")
     root = Path(root)
     split_dir = root / SPLIT_DIR / ("sample" if subset == "sample" else "")
     index_file = split_dir / f"{split}.csv"
@@ -223,8 +221,6 @@ def build_loader(
     """
     from imgclf.data.sampling import ShardedBatchSampler, rank, shard_for_eval, world_size
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise BadInput(f"trainer.batch_size must be a positive integer; got {batch_size!r}")
     if shuffle:
         sampler = ShardedBatchSampler(len(dataset), batch_size, True, generator, rank(), world_size())
     else:

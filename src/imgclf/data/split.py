@@ -66,8 +66,6 @@ def split_with_fixed(
 
 def sample_subset(items: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple[str, str]]:
     """Pick up to `per_class` items of each class (fast.ai's sample set)."""
-    if per_class < 1:
-        raise BadInput(f"data.split.sample_per_class must be at least 1; got {per_class}")
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[tuple[str, str]]] = {}
     for item in items:

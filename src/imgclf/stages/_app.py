@@ -13,12 +13,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from imgclf.config import check_overrides, conf_dir
 from imgclf.credentials import strip_overrides
 from imgclf.errors import USER_ERRORS
-from imgclf.validate import check
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,6 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
         try:
-            if isinstance(cfg, DictConfig):
-                check(to_dict(cfg))  # every key's type and range, before any work
             return task(cfg)
         except Exception as exc:
             if os.environ.get("IMGCLF_DEBUG"):
@@ -86,7 +83,3 @@ def output_root() -> Path:
 
 def overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def to_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)

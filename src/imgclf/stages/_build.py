@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from torch import nn
 
 from imgclf.contract import ServingSpec
@@ -17,12 +15,11 @@ from imgclf.devices import seed_everything
 from imgclf.inference import DeviceSetup
 from imgclf.models.build import build_model
 from imgclf.models.preprocessing import resolve_preprocessing
+from imgclf.options import Options
 from imgclf.paths import Paths
 from imgclf.training import distributed as dist
 from imgclf.training.engine import Trainer
 from imgclf.training.optimizers import build_optimizer
-
-MODEL_OPTIONS = ("source", "pretrained", "weights", "download", "dropout")  # build_model's keywords in conf/model
 
 
 @dataclass
@@ -37,29 +34,39 @@ class Training:
     spec: ServingSpec
 
 
-def build_training(cfg: DictConfig, paths: Paths, device: torch.device) -> Training:
+def build_training(opts: Options, paths: Paths, device: torch.device) -> Training:
     """Seed, data, network, optimizer, augmentation and schedule, in the order the seeded RNG sees them."""
-    t, m, o = cfg.trainer, cfg.model, cfg.optim
+    t, m, o = opts.trainer, opts.model, opts.optim
     setup = DeviceSetup.for_device(device, t.amp, t.channels_last)
-    generator = seed_everything(cfg.seed, t.deterministic)
+    generator = seed_everything(opts.seed, t.deterministic)
     pre = resolve_preprocessing(
         m.source, m.name, m.image_size, m.mean, m.std, m.interpolation, crop_pct=m.crop_pct, resize=m.resize
     )
-    labels = read_labels(paths.labels(cfg.data.name))
+    labels = read_labels(paths.labels(opts.data.name))
     spec = ServingSpec(labels, pre.image_size, pre.mean, pre.std, pre.interpolation, pre.resize_size, pre.resize)
-    spec.tta = list(cfg.augment.tta)
-    ops = cfg.augment.ops  # none: batches come centre-cropped like validation's
-    root, pin = paths.dataset(cfg.data.name), device.type == "cuda"
-    train_set = load_split(root, "train", cfg.data.subset, spec, crop=not ops)
+    spec.tta = list(opts.augment.tta)
+    ops = opts.augment.ops  # none: batches come centre-cropped like validation's
+    root, pin = paths.dataset(opts.data.name), device.type == "cuda"
+    train_set = load_split(root, "train", opts.data.subset, spec, crop=not ops)
     train_loader = build_loader(train_set, t.batch_size, True, generator, pin)
-    val_loader = build_loader(load_split(root, "val", cfg.data.subset, spec), t.batch_size, False, pin_memory=pin)
-    model = build_model(m.name, len(spec.class_names), **{k: m[k] for k in MODEL_OPTIONS}).to(device)
+    val_loader = build_loader(load_split(root, "val", opts.data.subset, spec), t.batch_size, False, pin_memory=pin)
+    model = build_model(
+        m.name,
+        len(spec.class_names),
+        source=m.source,
+        pretrained=m.pretrained,
+        weights=m.weights,
+        download=m.download,
+        dropout=m.dropout,
+    ).to(device)
     if dist.world_size() > 1:  # same initial weights on every rank, then each its own dropout masks and shifts
-        torch.manual_seed(cfg.seed + dist.rank())
-    div = cfg.finetune.backbone_lr_divisor
-    optimizer = build_optimizer(instantiate(o), model, lr=o.lr, weight_decay=o.weight_decay, backbone_lr_divisor=div)
-    augment = build_augment(ops, spec.image_size, seed=cfg.seed + dist.rank()) if ops else None
-    scheduler = instantiate(cfg.schedule)(optimizer, epochs=t.epochs, steps_per_epoch=len(train_loader))
+        torch.manual_seed(opts.seed + dist.rank())
+    div = opts.finetune.backbone_lr_divisor
+    optimizer = build_optimizer(
+        opts.optim.factory(), model, lr=o.lr, weight_decay=o.weight_decay, backbone_lr_divisor=div
+    )
+    augment = build_augment(ops, spec.image_size, seed=opts.seed + dist.rank()) if ops else None
+    scheduler = opts.schedule.factory()(optimizer, epochs=t.epochs, steps_per_epoch=len(train_loader))
     criterion, preprocess = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), Preprocess(pre.mean, pre.std)
     trainer = Trainer(
         model,

@@ -17,26 +17,27 @@ from imgclf.devices import resolve_device
 from imgclf.errors import BadInput
 from imgclf.inference import DeviceSetup, predict, predict_views
 from imgclf.models.saved import load_checkpoint, model_from_checkpoint
+from imgclf.options import Options
 from imgclf.paths import Paths
 from imgclf.stages._app import stage_main
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: DictConfig) -> float:
-    paths = Paths.from_config(cfg.paths)
+def evaluate(cfg: DictConfig | Options) -> float:
+    opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
+    paths, data = Paths.from_config(opts.paths), opts.data
     ckpt = load_checkpoint(paths.model_file)
     spec = ServingSpec.from_checkpoint(ckpt)
-    if read_labels(paths.labels(cfg.data.name)) != spec.class_names:
+    if read_labels(paths.labels(data.name)) != spec.class_names:
         raise BadInput(
-            f"{paths.model_file} was trained on other classes than {paths.labels(cfg.data.name)}; "
-            "rerun train (dvc repro)"
+            f"{paths.model_file} was trained on other classes than {paths.labels(data.name)}; rerun train (dvc repro)"
         )
-    setup = DeviceSetup.for_device(resolve_device(cfg.trainer.device))
+    setup = DeviceSetup.for_device(resolve_device(opts.trainer.device))
     model = model_from_checkpoint(ckpt).to(setup.device)
-    views = list(cfg.evaluate.tta or [])
-    test_set = load_split(paths.dataset(cfg.data.name), "test", cfg.data.subset, spec, crop=not views)
-    loader = build_loader(test_set, cfg.trainer.batch_size, shuffle=False)
+    views = list(opts.evaluate.tta)
+    test_set = load_split(paths.dataset(data.name), "test", data.subset, spec, crop=not views)
+    loader = build_loader(test_set, opts.trainer.batch_size, shuffle=False)
     preprocess = Preprocess(spec.mean, spec.std).to(setup.device)
     tta_probs = None
     if views:  # one pass: the centre view is the plain prediction, the mean over all views the TTA one
@@ -51,8 +52,8 @@ def evaluate(cfg: DictConfig) -> float:
     preds = Predictions(test_set.paths, PackImages(test_set), y_true.numpy(), probs, spec.class_names, tta_probs)
     out = paths.report_dir("evaluate")
     metrics = write_evaluation(out, preds)
-    tracking.use(cfg.tracking)
-    with tracking.reopen(paths.run_file, cfg.tracking.uri):
+    tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
+    with tracking.reopen(paths.run_file, opts.tracking.uri):
         tracking.log_metrics(metrics)
         tracking.log_artifacts(out, "evaluate")
     log.info(

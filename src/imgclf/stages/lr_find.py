@@ -13,9 +13,10 @@ from imgclf import tracking
 from imgclf.devices import resolve_device
 from imgclf.files import atomic_path, write_json
 from imgclf.models.build import set_backbone_trainable
+from imgclf.options import Options
 from imgclf.paths import Paths
 from imgclf.plots import plot_lr_find
-from imgclf.stages._app import output_root, stage_main, to_dict
+from imgclf.stages._app import output_root, stage_main
 from imgclf.stages._build import build_training
 from imgclf.training.finetune import Strategy
 from imgclf.training.lr_find import lr_find
@@ -23,10 +24,11 @@ from imgclf.training.lr_find import lr_find
 log = logging.getLogger(__name__)
 
 
-def find_lr(cfg: DictConfig) -> float:
-    paths, f = Paths.from_config(cfg.paths, output_root()), cfg.lr_find
-    built = build_training(cfg, paths, resolve_device(cfg.trainer.device))
-    trainer, ft = built.trainer, cfg.finetune
+def find_lr(cfg: DictConfig | Options) -> float:
+    opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
+    paths, f = Paths.from_config(opts.paths, output_root()), opts.lr_find
+    built = build_training(opts, paths, resolve_device(opts.trainer.device))
+    trainer, ft = built.trainer, opts.finetune
     if Strategy(ft.strategy, ft.freeze_epochs).frozen_for() >= 1:  # head or gradual: the rate of the first epochs
         set_backbone_trainable(built.model, False)
         trainer = replace(trainer, frozen_backbone=True)
@@ -37,11 +39,11 @@ def find_lr(cfg: DictConfig) -> float:
     plot_lr_find(result.lrs, result.losses, result.suggestion, out / "lr_find.png")
     figures = {"lr_find/suggested_lr": result.suggestion, "lr_find/min_loss_lr_over_10": result.minimum_over_10}
     write_json(out / "suggestion.json", {**figures, "batches": len(result.lrs)})
-    tags = {"imgclf.role": "lr-find", "imgclf.dataset": cfg.data.name, "imgclf.model": cfg.model.name}
-    name = f"lr-find-{cfg.model.name}-{cfg.data.name}"
-    tracking.use(cfg.tracking)
-    with tracking.run(cfg.tracking.uri, cfg.tracking.experiment, run_name=name, tags=tags):
-        tracking.log_config(to_dict(cfg))
+    tags = {"imgclf.role": "lr-find", "imgclf.dataset": opts.data.name, "imgclf.model": opts.model.name}
+    name = f"lr-find-{opts.model.name}-{opts.data.name}"
+    tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
+    with tracking.run(opts.tracking.uri, opts.tracking.experiment, run_name=name, tags=tags):
+        tracking.log_config(opts.config)
         tracking.log_metrics(figures)
         tracking.log_artifacts(out, "lr_find")
     log.info(

@@ -16,9 +16,17 @@ from imgclf import tracking
 from imgclf.contract import ServingSpec
 from imgclf.data.datasets import load_split
 from imgclf.data.transforms import Preprocess
-from imgclf.deploy.quantize import build, calibration_indices, compare, model_size_mb, optimised_file, probabilities
+from imgclf.deploy.quantize import (
+    build,
+    calibration_indices,
+    compare,
+    model_size_mb,
+    optimised_file,
+    probabilities,
+)
 from imgclf.errors import BadInput, MissingInput
 from imgclf.files import atomic_dir, write_json
+from imgclf.options import Options
 from imgclf.paths import Paths
 from imgclf.stages._app import stage_main
 
@@ -26,16 +34,17 @@ log = logging.getLogger(__name__)
 CHUNK = 256  # test images per batch: a large test split is never in memory whole
 
 
-def optimise(cfg: DictConfig) -> dict:
-    paths, o = Paths.from_config(cfg.paths), cfg.optimise
+def optimise(cfg: DictConfig | Options) -> dict:
+    opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
+    paths, o = Paths.from_config(opts.paths), opts.optimise
     fp32 = paths.export_dir / "model.onnx"
     if not fp32.is_file():
         raise MissingInput(f"{fp32} not found; run export first (dvc repro export)")
     spec = ServingSpec.read(paths.export_dir)
-    root, preprocess = paths.dataset(cfg.data.name), Preprocess(spec.mean, spec.std)
-    train = load_split(root, "train", cfg.data.subset, spec)
+    root, preprocess = paths.dataset(opts.data.name), Preprocess(spec.mean, spec.std)
+    train = load_split(root, "train", opts.data.subset, spec)
     calibration = preprocess(train.batch(calibration_indices(len(train), o.calibration_images, o.seed))).numpy()
-    test = load_split(root, "test", cfg.data.subset, spec)
+    test = load_split(root, "test", opts.data.subset, spec)
     out_dir = paths.models / "optimised"
     with atomic_dir(out_dir) as tmp:
         model_file = tmp / optimised_file(o.method)
@@ -70,12 +79,12 @@ def optimise(cfg: DictConfig) -> dict:
         spec.write(tmp)
     reports = paths.report_dir("optimise")
     write_json(reports / "metrics.json", metrics)
-    tracking.use(cfg.tracking)
-    with tracking.reopen(paths.run_file, cfg.tracking.uri):
+    tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
+    with tracking.reopen(paths.run_file, opts.tracking.uri):
         tracking.log_metrics(metrics)
         tracking.log_artifact(reports / "metrics.json", "optimise")
         if optimised_file(o.method) == "model.onnx":  # the smaller model for `mlflow models serve` too
-            registered = cfg.export.registered_name and f"{cfg.export.registered_name}-{o.method}"
+            registered = opts.export.registered_name and f"{opts.export.registered_name}-{o.method}"
             examples = test.batch([0, 1]).permute(0, 2, 3, 1).numpy()  # RGB uint8 NHWC, as for export's model
             model_uri = tracking.log_served_model(out_dir, examples, registered, name=f"model-{o.method}")
             tracking.set_tags({f"imgclf.model_uri.{o.method}": model_uri})

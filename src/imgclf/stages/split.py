@@ -11,15 +11,17 @@ from imgclf.data.folder import scan_image_folder
 from imgclf.data.report import build_report, write_data_report
 from imgclf.data.split import split_with_fixed, stratified_split, write_split
 from imgclf.files import atomic_dir, write_json
+from imgclf.options import Options
 from imgclf.paths import Paths
 from imgclf.stages._app import stage_main
 
 log = logging.getLogger(__name__)
 
 
-def split(cfg: DictConfig) -> None:
-    paths = Paths.from_config(cfg.paths)
-    images, params = paths.images(cfg.data.name), cfg.data.split
+def split(cfg: DictConfig | Options) -> None:
+    opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
+    paths = Paths.from_config(opts.paths)
+    images, params = paths.images(opts.data.name), opts.data.split
     scan = scan_image_folder(images)
     # fixed splits: an official test set (MNIST's t10k, CIFAR's test_batch), a folder source's val/test folders
     fixed = {
@@ -39,14 +41,14 @@ def split(cfg: DictConfig) -> None:
             report["cross_split_duplicates"]["groups"],
             report_dir,
         )
-    with atomic_dir(paths.split(cfg.data.name)) as tmp:
+    with atomic_dir(paths.split(opts.data.name)) as tmp:
         digests = {path: info.sha256 for path, info in scan.info.items()}
         write_split(tmp, splits, scan.class_names, params.sample_per_class, params.seed, digests)
         write_json(tmp / "report.json", report)
     write_data_report(report_dir, images, scan, splits, report)
     log.info(
         "split %s: %s images, %d classes, %d skipped",
-        cfg.data.name,
+        opts.data.name,
         {s: len(splits[s]) for s in SPLITS},
         len(scan.class_names),
         len(scan.skipped),

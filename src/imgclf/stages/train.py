@@ -9,8 +9,9 @@ from omegaconf import DictConfig
 
 from imgclf import tracking
 from imgclf.devices import resolve_device
+from imgclf.options import Options
 from imgclf.paths import Paths
-from imgclf.stages._app import is_multirun, output_root, overrides, stage_main, to_dict
+from imgclf.stages._app import is_multirun, output_root, overrides, stage_main
 from imgclf.stages._build import build_training
 from imgclf.tracking import sweeps
 from imgclf.training import distributed as dist
@@ -19,45 +20,46 @@ from imgclf.training.finetune import Strategy, prepare
 from imgclf.training.lifecycle import Kept, Stopping, TrainingRun, run_tags
 
 
-def train(cfg: DictConfig) -> float:
-    paths, t, m = Paths.from_config(cfg.paths, output_root()), cfg.trainer, cfg.model
+def train(cfg: DictConfig | Options) -> float:
+    opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
+    paths, t, m, data = Paths.from_config(opts.paths, output_root()), opts.trainer, opts.model, opts.data.name
     device = dist.setup(resolve_device(t.device))
     try:
-        config = to_dict(cfg)
-        run = TrainingRun.plan(paths, str(t.resume), config, dataset=cfg.data.name)
-        name = cfg.tracking.run_name or sweeps.run_name(m.name, cfg.data.name, cfg.optim.lr, t.batch_size, overrides())
+        run = TrainingRun.plan(paths, t.resume, opts.config, dataset=data)
+        name = opts.tracking.run_name or sweeps.run_name(m.name, data, opts.optim.lr, t.batch_size, overrides())
         sweep_dir = output_root().parent if is_multirun() else None  # jobs of one sweep share its directory as a tag
-        labels = {"model": m.name, "finetune": cfg.finetune.strategy}
-        tags = run_tags(paths, cfg.data.name, device, overrides(), sweep_dir, weights=m.weights, **labels)
-        tracking.use(cfg.tracking)
-        with run.open(cfg.tracking.uri, cfg.tracking.experiment, name=name, tags=tags, config=config):
-            return _train(cfg, paths, device, run)
+        labels = {"model": m.name, "finetune": opts.finetune.strategy}
+        tags = run_tags(paths, data, device, overrides(), sweep_dir, weights=m.weights, **labels)
+        tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
+        with run.open(opts.tracking.uri, opts.tracking.experiment, name=name, tags=tags, config=opts.config):
+            return _train(opts, paths, device, run)
     finally:
         dist.teardown()
 
 
-def _train(cfg: DictConfig, paths: Paths, device: torch.device, run: TrainingRun) -> float:
-    t, built = cfg.trainer, build_training(cfg, paths, device)
+def _train(opts: Options, paths: Paths, device: torch.device, run: TrainingRun) -> float:
+    t, built, f = opts.trainer, build_training(opts, paths, device), opts.finetune
     trainer, model, generator = built.trainer, built.model, built.generator
-    strategy = Strategy(cfg.finetune.strategy, cfg.finetune.freeze_epochs, cfg.finetune.cache_features, t.compile)
+    strategy = Strategy(f.strategy, f.freeze_epochs, f.cache_features, t.compile)
     prepared = prepare(
         strategy, trainer, model, built.train_loader, built.val_loader, batch_size=t.batch_size, generator=generator
     )
     augment = trainer.augment
     generators = {"loader": generator, **({"augment": augment.generator} if augment else {})}
     objects = Resumable(model, trainer.optimizer, trainer.scheduler, trainer.scaler, generators)
-    state = run.fit(prepared, objects, epochs=t.epochs, stopping=Stopping(**t.early_stopping))
-    meta = {"arch": cfg.model.name, "source": cfg.model.source, **asdict(built.spec)}
-    data_report_dir = Paths.from_config(cfg.paths).report_dir("split")  # the project's, also from a sweep job
+    stopping = Stopping(t.early_stopping.patience, t.early_stopping.min_delta)
+    state = run.fit(prepared, objects, epochs=t.epochs, stopping=stopping)
+    meta = {"arch": opts.model.name, "source": opts.model.source, **asdict(built.spec)}
+    data_report_dir = Paths.from_config(opts.paths).report_dir("split")  # the project's, also from a sweep job
     kept = Kept.choose(t.keep, state)
     run.finish(
         state,
         kept,
         model,
         meta=meta,
-        config=to_dict(cfg),
-        experiment=cfg.tracking.experiment,
-        dataset=cfg.data.name,
+        config=opts.config,
+        experiment=opts.tracking.experiment,
+        dataset=opts.data.name,
         data_report_dir=data_report_dir,
     )
     return kept.metrics["val/acc"]  # the sweep objective: the val/acc of the weights model.pt holds

@@ -144,7 +144,7 @@ class Outbox:
 
     def close(self, timeout: float) -> bool:
         """Wait up to `timeout` s for every record to be sent. True: all sent, the outbox is removed. False: the
-        journal stays on disk for `imgclf tracking sync`."""
+        journal stays on disk for `imgclf sync`."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closing = True

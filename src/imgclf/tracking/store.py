@@ -8,7 +8,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,11 +70,11 @@ def retry_locked(fn: Callable[..., T], *args, **kwargs) -> T:
 OPTIONS: dict[str, Any] = {"outbox": None, "outage_wait_s": 1800.0}
 
 
-def use(options: Mapping[str, Any]) -> None:
+def use(outbox: str | None = None, outage_wait_s: float | None = None) -> None:
     """Take `tracking.outbox` (null: ~/.cache/imgclf/outbox) and `tracking.outage_wait_s` from the config."""
-    for key in OPTIONS:
-        if options.get(key) is not None:
-            OPTIONS[key] = options[key]
+    for key, value in (("outbox", outbox), ("outage_wait_s", outage_wait_s)):
+        if value is not None:
+            OPTIONS[key] = value
 
 
 FIRST_CONTACT_S = 20.0  # a server never reached in this process: a mistyped URI fails in seconds, in one line

@@ -81,7 +81,7 @@ class SweepRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 tracks
             return
-        tracking.use(config.tracking)
+        tracking.use(config.tracking.outbox, config.tracking.outage_wait_s)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         self.space = space = search_space(config)
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_") or "basic"

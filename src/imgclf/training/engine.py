@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from imgclf.errors import BadInput, UserError
+from imgclf.errors import UserError
 from imgclf.inference import DeviceSetup, predict
 from imgclf.training import distributed as dist
 from imgclf.training.optimizers import head_lr
@@ -181,8 +181,6 @@ def fit(
     `before_epoch` returns the Trainer for that epoch (imgclf.training.finetune unfreezes the backbone this way);
     `patience` stops after that many epochs without a val/acc gain above `min_delta`.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise BadInput(f"trainer.epochs must be a positive integer; got {epochs!r}")
     state = state or FitState()
     network = network or dist.unwrap(t.model)
     last_epoch = state.epoch if state.stopped_early else epochs  # a resumed run that had stopped stays stopped

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from imgclf.data.datasets import TensorImageDataset, build_loader
-from imgclf.errors import BadInput
 from imgclf.inference import compute_features
 from imgclf.models.build import head, set_backbone_trainable
 from imgclf.training import distributed as dist
@@ -21,7 +20,7 @@ from imgclf.training.engine import Trainer
 log = logging.getLogger(__name__)
 
 FROZEN_EPOCHS = {"head": math.inf, "full": 0}  # gradual: finetune.freeze_epochs
-STRATEGIES = (*FROZEN_EPOCHS, "gradual")
+STRATEGIES = (*FROZEN_EPOCHS, "gradual")  # gradual: frozen for freeze_epochs
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,6 @@ class Strategy:
 
     def frozen_for(self) -> float:
         """Epochs with the backbone frozen: all (head), none (full) or freeze_epochs (gradual)."""
-        if self.name not in STRATEGIES:
-            raise BadInput(f"unknown finetune.strategy '{self.name}'; choose one of: {', '.join(STRATEGIES)}")
         return FROZEN_EPOCHS.get(self.name, self.freeze_epochs or 0)
 
 

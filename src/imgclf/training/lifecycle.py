@@ -15,7 +15,6 @@ from typing import Any
 from imgclf import tracking
 from imgclf.data.download import file_digest
 from imgclf.data.split import data_version
-from imgclf.errors import BadInput
 from imgclf.files import atomic_path, remove_orphans, write_json, write_text
 from imgclf.models.saved import save_checkpoint
 from imgclf.paths import Paths
@@ -243,7 +242,7 @@ class Kept:
                     state.best_epoch,
                 )
             return cls(rule, state.epoch, state.history[-1])
-        raise BadInput(f"trainer.keep={rule!r}; valid: last, best")
+        raise ValueError(f"keep={rule!r}: last or best (imgclf.options checks trainer.keep)")
 
     def weights(self, state: FitState, network) -> dict:
         if self.rule == "best":

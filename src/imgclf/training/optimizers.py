@@ -12,7 +12,6 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from imgclf.errors import BadInput
 from imgclf.models.build import head
 
 log = logging.getLogger(__name__)
@@ -24,8 +23,6 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_d
     Decaying a bias or a norm's scale only pulls it towards 0, which regularises nothing (timm's
     param_groups_weight_decay); the head group comes last, so head_lr() reads the rate the schedule sets.
     """
-    if backbone_lr_divisor <= 0:
-        raise BadInput(f"finetune.backbone_lr_divisor must be > 0; got {backbone_lr_divisor}")
     head_params = {id(p) for p in head(model).parameters()}
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (True, False)}
     for p in model.parameters():

@@ -1,5 +1,6 @@
-"""Bad config and bad credentials: one line naming the key and what is valid, before any work, nothing written."""
+"""Typed options and bad credentials: one line naming the key and what is valid, before any work, nothing written."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -8,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from imgclf import validate
+from imgclf import options
 from imgclf.credentials import hide, strip_overrides
 from imgclf.errors import BadInput
+from imgclf.options import Options
 
 from .conftest import ROOT, TINY_OVERRIDES
 
@@ -34,9 +36,40 @@ def with_value(config, key, value):
     return config
 
 
-def test_the_default_config_is_valid(default_config):
-    validate.check(default_config)
-    assert all(validate.select(default_config, k) is not validate.ABSENT for k in ("optim.lr", "trainer.epochs"))
+def rules(cls=Options, prefix=""):
+    """Every checked key of the options and its rule: {"trainer.epochs": (test, text), ...}."""
+    import typing
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        kind = typing.get_type_hints(cls)[f.name]
+        kind = next((a for a in typing.get_args(kind) if isinstance(a, type)), kind)
+        if isinstance(kind, type) and issubclass(kind, options.Group):
+            out.update(rules(kind, f"{prefix}{f.name}."))
+        elif "rule" in f.metadata and f.metadata["rule"] is not options.ANY:
+            out[prefix + f.name] = f.metadata["rule"]
+    return out
+
+
+RULES = rules()
+
+
+def test_the_default_config_is_typed_once_and_frozen(default_config):
+    opts = Options.from_config(default_config)
+    assert opts.optim.lr == default_config["optim"]["lr"] and opts.trainer.epochs == default_config["trainer"]["epochs"]
+    assert opts.config == default_config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.trainer.epochs = 3
+    assert {"optim.lr", "trainer.epochs", "data.split.val_fraction", "model.crop_pct", "finetune.strategy"} <= set(
+        RULES
+    )
+
+
+def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
+    with pytest.raises(BadInput, match="unknown key 'trainer.epoch'; trainer has: epochs, batch_size"):
+        Options.from_config(with_value(default_config, "trainer.epoch", 3))
+    with pytest.raises(BadInput, match="unknown key 'colour'; the config has: seed, paths"):
+        Options.from_config(with_value(default_config, "colour", "red"))
 
 
 @pytest.mark.parametrize(
@@ -49,18 +82,23 @@ def test_the_default_config_is_valid(default_config):
         ("trainer.batch_size", 0, "trainer.batch_size=0 is not valid: an integer >= 1"),
         ("data.split.val_fraction", 1.5, "data.split.val_fraction=1.5 is not valid: a number >= 0 and < 1"),
         ("data.split.test_fraction", 0.95, "val_fraction + data.split.test_fraction = 1.05: must be < 1"),
-        ("model.image_size", 8, "model.image_size=8 is not valid: null or an integer >= 32"),
+        ("model.image_size", 8, "model.image_size=8 is too small for alexnet: it needs at least 63 px"),
+        ("finetune.strategy", "tail", "finetune.strategy='tail' is not valid: one of: full, gradual, head"),
+        ("model.crop_pct", 0.05, "model.crop_pct=0.05 is not valid: null or a number >= 0.1 and <= 1"),
+        ("data.subset", "some", "data.subset='some' is not valid: one of: full, sample"),
+        ("model.interpolation", "cubic", "model.interpolation='cubic' is not valid: null or one of: nearest"),
+        ("model.resize", "fit", "model.resize='fit' is not valid: one of: crop, squash"),
         ("model.image_size", 48, "model.image_size=48 is too small for alexnet: it needs at least 63 px"),
         ("trainer.amp", "yes", "trainer.amp='yes' is not valid: true or false"),
         ("optim.lr", float("nan"), "a number > 0"),
         ("tracking.uri", "https://bob:pw@mlflow.example.com", "holds credentials"),
-        ("schedule.pct_start", 5, "schedule.pct_start=5 is not valid: a number > 0 and < 1"),
-        ("schedule.pct_start", 0, "schedule.pct_start=0 is not valid: a number > 0 and < 1"),
+        ("schedule.pct_start", 5, "schedule.pct_start=5 is not valid: null or a number > 0 and < 1"),
+        ("schedule.pct_start", 0, "schedule.pct_start=0 is not valid: null or a number > 0 and < 1"),
     ],
 )
 def test_each_bad_value_gets_one_line_naming_key_and_what_is_valid(default_config, key, value, says):
     with pytest.raises(BadInput) as err:
-        validate.check(with_value(default_config, key, value))
+        Options.from_config(with_value(default_config, key, value))
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
@@ -68,8 +106,8 @@ def test_a_data_path_that_is_missing_or_a_file(default_config, tmp_path):
     (tmp_path / "file.txt").write_text("x")
     for path, says in ((tmp_path / "nope", "does not exist"), (tmp_path / "file.txt", "is a file")):
         with pytest.raises(BadInput, match=f"data.path=.* {says}: give a folder with one sub-folder per class"):
-            validate.check(with_value(default_config, "data.path", str(path)))
-    validate.check(with_value(default_config, "data.path", str(tmp_path)))
+            Options.from_config(with_value(default_config, "data.path", str(path)))
+    Options.from_config(with_value(default_config, "data.path", str(tmp_path)))
 
 
 values = st.one_of(
@@ -78,14 +116,14 @@ values = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(key=st.sampled_from(sorted(validate.RULES)), value=values)
+@given(key=st.sampled_from(sorted(RULES)), value=values)
 def test_any_value_of_any_key_is_accepted_or_refused_in_one_line_naming_it(default_config, key, value):
     try:
-        validate.check(with_value(default_config, key, value))
+        Options.from_config(with_value(default_config, key, value))
     except BadInput as exc:
         assert "\n" not in str(exc) and key.split(".")[-1] in str(exc)
     else:  # accepted: then the rule holds (an image size also has the network's own minimum)
-        assert validate.RULES[key][0](value)
+        assert RULES[key][0](value)
 
 
 def test_bad_override_exits_1_in_one_line_before_any_work(tiny_project, project_env):
@@ -113,3 +151,23 @@ def test_uri_credentials_move_into_mlflow_variables_before_anything_sees_them():
         hide("failed: API request to http://alice:pw@host:5000/api")
         == "failed: API request to http://***@host:5000/api"
     )
+
+
+def test_the_vocabularies_are_what_the_library_implements():
+    """options.py imports only base modules (a stage's code deps stay its own); its lists must match the library's."""
+    from imgclf.deploy import quantize
+    from imgclf.models import catalog
+    from imgclf.training import finetune
+
+    assert set(options.SOURCES) == set(catalog.SOURCES)
+    assert set(options.STRATEGIES) == set(finetune.STRATEGIES)
+    assert set(options.METHODS) == set(quantize.METHODS)
+    for method in options.METHODS:
+        assert quantize.optimised_file(method) in quantize.MODEL_FILES
+
+
+def test_int8_without_calibration_images_is_refused(default_config):
+    config = with_value(default_config, "optimise.calibration_images", 0)
+    with pytest.raises(BadInput, match="optimise.calibration_images=0 is not valid for optimise=int8_onnx"):
+        Options.from_config(config)
+    Options.from_config(with_value(with_value(config, "optimise.method", "fp16"), "optimise.calibration_images", 0))

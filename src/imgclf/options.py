@@ -1,0 +1,423 @@
+"""The composed config as typed, frozen values: built once at a stage's edge (`Options.from_config`), checked there,
+and passed on; the library below takes these values or plain arguments, never a config.
+
+Each group of conf/ is one dataclass; each field says what is valid (`rule`), so the first wrong key is one line
+naming the key, its value and what is valid, before any stage reads data, builds a network or writes anything.
+A key a group does not have is refused the same way (a typo such as `+trainer.epoch=3` never passes silently).
+Groups whose keys are arguments of a class chosen by `_target_` (optim, schedule, augment.ops, data.fetch) keep
+those arguments as a mapping for Hydra's `instantiate`.
+
+Plain frozen dataclasses rather than pydantic: no new dependency, the same objects Hydra's structured configs use,
+and errors we word ourselves (pydantic's are multi-line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from imgclf.contract import INTERPOLATIONS, RESIZE_MODES
+from imgclf.credentials import HTTP_USERINFO
+from imgclf.devices import DEVICES
+from imgclf.errors import BadInput
+
+# Vocabularies the library dispatches on without checking again. This module imports only imgclf's base modules,
+# so a stage's code deps (dvc.yaml) do not grow by the library parts it never runs (tests keep these equal to
+# what the library implements).
+SOURCES = ("torchvision", "timm")  # imgclf.models.catalog
+STRATEGIES = ("full", "gradual", "head")  # imgclf.training.finetune
+METHODS = ("int8_onnx", "int8_openvino", "fp16", "tensorrt", "tensorrt_int8")  # imgclf.deploy.quantize
+
+# --- rules: (test, what is valid) ----------------------------------------------------------------------------------
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def integer(lo: int) -> Rule:
+    return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
+
+
+def number(lo: float, hi: float | None = None, *, above: bool = False, below: bool = True) -> Rule:
+    def ok(v: Any) -> bool:
+        if not _is_number(v) or v < lo or (above and v == lo):
+            return False
+        return hi is None or v < hi or (not below and v == hi)
+
+    low = f"> {lo}" if above else f">= {lo}"
+    return ok, f"a number {low}" + (f" and {'<' if below else '<='} {hi}" if hi is not None else "")
+
+
+def optional(rule: Rule) -> Rule:
+    ok, text = rule
+    return (lambda v: v is None or ok(v)), f"null or {text}"
+
+
+def one_of(*values: str) -> Rule:
+    return (lambda v: v in values), "one of: " + ", ".join(values)
+
+
+def subset_of(*values: str) -> Rule:
+    return (lambda v: isinstance(v, (list, tuple)) and set(v) <= set(values)), "a list of: " + ", ".join(values)
+
+
+def triple() -> Rule:
+    return (lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_is_number, v)))), (
+        "null or three numbers (one per RGB channel)"
+    )
+
+
+BOOLEAN: Rule = ((lambda v: isinstance(v, bool)), "true or false")
+TEXT: Rule = ((lambda v: isinstance(v, str) and v != ""), "a non-empty string")
+OPTIONAL_TEXT: Rule = optional(TEXT)
+ANY: Rule = ((lambda v: True), "anything")
+
+
+def rule(check: Rule, default: Any = dataclasses.MISSING, **kwargs) -> Any:
+    """A field and what is valid for it."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"rule": check}, **kwargs)
+    return field(default=default, metadata={"rule": check}, **kwargs)
+
+
+# --- building a group from its mapping -----------------------------------------------------------------------------
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+class Group:
+    """A config group: `build` checks each key against its field's rule and refuses keys the group lacks."""
+
+    EXTRA_KEYS = False  # True: keys beyond the fields are kept in `extra` (a data source's own settings)
+
+    @classmethod
+    def build(cls, node: Mapping[str, Any], where: str):
+        if not isinstance(node, Mapping):
+            raise BadInput(f"{where}={node!r} is not valid: a group of keys")
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+        unknown = [k for k in node if k not in names]
+        if unknown and not cls.EXTRA_KEYS:
+            raise BadInput(f"unknown key '{where}.{unknown[0]}'; {where} has: {', '.join(names)}")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                values["extra"] = {k: node[k] for k in unknown}
+                continue
+            key = f"{where}.{f.name}"
+            if f.name not in node:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise BadInput(f"{key} is missing")
+                continue
+            value, kind = node[f.name], _hints(cls)[f.name]
+            if isinstance(kind, type) and issubclass(kind, Group):
+                values[f.name] = kind.build(value, key)
+                continue
+            ok, valid = f.metadata.get("rule", ANY)
+            if not ok(value):
+                raise BadInput(f"{key}={value!r} is not valid: {valid}")
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+        built = cls(**values)
+        built.check(where)
+        return built
+
+    def check(self, where: str) -> None:
+        """Rules across fields; a group with none keeps this."""
+
+
+# --- the groups ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Folders(Group):
+    data: str = rule(TEXT)
+    models: str = rule(TEXT)
+    reports: str = rule(TEXT)
+    checkpoints: str = rule(TEXT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Split(Group):
+    val_fraction: float = rule(number(0, 1))
+    test_fraction: float = rule(number(0, 1))
+    seed: int = rule(integer(0))
+    sample_per_class: int = rule(integer(1))
+
+    def check(self, where: str) -> None:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise BadInput(
+                f"{where}.val_fraction + {where}.test_fraction = {self.val_fraction + self.test_fraction:g}: "
+                "must be < 1 (something is left to train on)"
+            )
+
+
+FOLDERS = ("path", "val_path", "test_path")  # a folder source's folders of class sub-folders, when given
+
+
+@dataclass(frozen=True, kw_only=True)
+class Data(Group):
+    EXTRA_KEYS = True  # a source's own settings (mirrors, checksums, archive): its fetch node interpolates them
+
+    name: str = rule(TEXT)
+    fetch: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping) and "_target_" in v), "a node with _target_"))
+    split: Split
+    subset: str = rule(one_of("full", "sample"), "full")
+    inputs: tuple[str, ...] = rule(ANY, ())
+    path: str | None = rule(OPTIONAL_TEXT, None)
+    val_path: str | None = rule(OPTIONAL_TEXT, None)
+    test_path: str | None = rule(OPTIONAL_TEXT, None)
+    exclude: tuple[str, ...] = rule(((lambda v: isinstance(v, (list, tuple))), "a list of class folder names"), ())
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def check(self, where: str) -> None:
+        for key in FOLDERS:
+            path = getattr(self, key)
+            if path is not None and not Path(path).expanduser().is_dir():
+                what = "is a file" if Path(path).expanduser().exists() else "does not exist"
+                raise BadInput(f"{where}.{key}={path} {what}: give a folder with one sub-folder per class")
+
+
+MIN_IMAGE_SIZE = {"alexnet": 63}  # AlexNet's five poolings leave nothing below 63 px; the others work from 32
+DEFAULT_MIN_IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class Model(Group):
+    name: str = rule(TEXT)
+    source: str = rule(one_of(*SOURCES), "torchvision")
+    pretrained: bool = rule(BOOLEAN, False)
+    weights: str | None = rule(OPTIONAL_TEXT, None)
+    inputs: tuple[str, ...] = rule(ANY, ())
+    download: bool = rule(BOOLEAN, True)
+    image_size: int | None = rule(optional(integer(1)), None)
+    mean: tuple[float, ...] | None = rule(triple(), None)
+    std: tuple[float, ...] | None = rule(triple(), None)
+    interpolation: str | None = rule(optional(one_of(*INTERPOLATIONS)), None)
+    crop_pct: float | None = rule(optional(number(0.1, 1, below=False)), None)
+    resize: str = rule(one_of(*RESIZE_MODES), "crop")
+    dropout: float | None = rule(optional(number(0, 1)), None)
+
+    def check(self, where: str) -> None:
+        # the network's name is checked where the library knows the names (imgclf.models.catalog, before training)
+        least = MIN_IMAGE_SIZE.get(self.name, DEFAULT_MIN_IMAGE_SIZE)
+        if self.image_size is not None and self.image_size < least:
+            raise BadInput(
+                f"{where}.image_size={self.image_size} is too small for {self.name}: it needs at least {least} px"
+            )
+        if self.std is not None and not all(s > 0 for s in self.std):
+            raise BadInput(f"{where}.std={list(self.std)} is not valid: three numbers > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Optim(Group):
+    """The optimizer class (`_target_`) and its arguments; lr and weight_decay reach it only through the parameter
+    groups (imgclf.training.optimizers.param_groups), the rest as keywords."""
+
+    EXTRA_KEYS = True
+
+    _target_: str = rule(TEXT)
+    lr: float = rule(number(0, above=True))
+    weight_decay: float = rule(number(0), 0.0)
+    momentum: float | None = rule(optional(number(0, 1)), None)
+    _partial_: bool = rule(BOOLEAN, True)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def factory(self) -> Callable:
+        """The optimizer class with its keywords bound: call it with parameter groups."""
+        from hydra.utils import instantiate
+
+        keywords = {**({"momentum": self.momentum} if self.momentum is not None else {}), **self.extra}
+        return instantiate({"_target_": self._target_, "_partial_": True, **keywords})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule(Group):
+    """The schedule function (`_target_`, in imgclf.training.optimizers) and its arguments."""
+
+    _target_: str = rule(TEXT)
+    _partial_: bool = rule(BOOLEAN, True)
+    pct_start: float | None = rule(optional(number(0, 1, above=True)), None)
+    warmup_epochs: float | None = rule(optional(number(0)), None)
+    min_lr_ratio: float | None = rule(optional(number(0, 1, below=False)), None)
+    step_epochs: int | None = rule(optional(integer(1)), None)
+    gamma: float | None = rule(optional(number(0, 1, above=True, below=False)), None)
+
+    def factory(self) -> Callable:
+        """The schedule with its arguments bound: call it with (optimizer, epochs=, steps_per_epoch=)."""
+        from hydra.utils import instantiate
+
+        names = ("pct_start", "warmup_epochs", "min_lr_ratio", "step_epochs", "gamma")
+        keywords = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        return instantiate({"_target_": self._target_, "_partial_": True, **keywords})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finetune(Group):
+    strategy: str = rule(one_of(*STRATEGIES))
+    freeze_epochs: int | None = rule(optional(integer(0)), None)  # null: the strategy decides (head: throughout)
+    backbone_lr_divisor: float = rule(number(0, above=True), 1)
+    cache_features: bool = rule(BOOLEAN, False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EarlyStopping(Group):
+    patience: int | None = rule(optional(integer(1)), None)
+    min_delta: float = rule(number(0), 0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trainer(Group):
+    epochs: int = rule(integer(1))
+    batch_size: int = rule(integer(1))
+    device: str = rule(one_of(*DEVICES), "auto")
+    deterministic: bool = rule(BOOLEAN, True)
+    log_every: int = rule(integer(1), 5)
+    amp: bool = rule(BOOLEAN, True)
+    channels_last: bool = rule(BOOLEAN, True)
+    compile: bool = rule(BOOLEAN, False)
+    label_smoothing: float = rule(number(0, 1), 0.0)
+    grad_clip: float | None = rule(optional(number(0, above=True)), None)
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    keep: str = rule(one_of("last", "best"), "last")
+    resume: str = rule(((lambda v: isinstance(v, str) and v != ""), "auto, never or the path of a last.pt"), "auto")
+
+
+TTA: Rule = subset_of("hflip", "crops")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Augment(Group):
+    ops: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping)), "a mapping of name: kornia op"), {})
+    tta: tuple[str, ...] = rule(TTA, ())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluate(Group):
+    tta: tuple[str, ...] = rule(TTA, ())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Export(Group):
+    opset: int = rule(integer(7), 18)
+    verify_images: int = rule(integer(1), 64)
+    atol: float = rule(number(0, above=True), 1e-4)
+    registered_name: str | None = rule(OPTIONAL_TEXT, None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Optimise(Group):
+    method: str = rule(one_of(*METHODS))
+    calibration_images: int = rule(integer(0), 256)
+    seed: int = rule(integer(0), 0)
+    per_channel: bool = rule(BOOLEAN, True)
+    max_acc_drop: float = rule(number(0, 1), 0.005)
+
+    def check(self, where: str) -> None:
+        if "int8" in self.method and self.calibration_images < 1:
+            raise BadInput(
+                f"{where}.calibration_images=0 is not valid for {where}={self.method}: INT8 needs calibration "
+                "images (an integer >= 1)"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tracking(Group):
+    uri: str = rule(TEXT)
+    experiment: str = rule(TEXT, "imgclf")
+    run_name: str | None = rule(OPTIONAL_TEXT, None)
+    outbox: str | None = rule(OPTIONAL_TEXT, None)
+    outage_wait_s: float = rule(number(0), 1800)
+
+    def check(self, where: str) -> None:
+        # a password in tracking.uri that came from a file (params.yaml, conf/) would reach dvc.lock. On the
+        # command line it never gets this far: credentials.strip_overrides moves it into MLflow's variables first
+        if HTTP_USERINFO.match(self.uri):
+            raise BadInput(
+                f"{where}.uri in params.yaml or conf/ holds credentials (DVC would write them to dvc.lock); "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LrFind(Group):
+    start_lr: float = rule(number(0, above=True), 1e-7)
+    end_lr: float = rule(number(0, above=True), 10.0)
+    num_batches: int = rule(integer(2), 100)
+
+    def check(self, where: str) -> None:
+        if self.end_lr <= self.start_lr:
+            raise BadInput(f"{where}.end_lr={self.end_lr} is not valid: a number > {where}.start_lr={self.start_lr}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options(Group):
+    """Every group of conf/config.yaml; `config` is the resolved mapping they came from (logged and fingerprinted
+    as it is)."""
+
+    seed: int = rule(integer(0))
+    paths: Folders
+    data: Data
+    model: Model
+    optim: Optim
+    schedule: Schedule
+    finetune: Finetune
+    trainer: Trainer
+    augment: Augment = field(default_factory=Augment)
+    evaluate: Evaluate = field(default_factory=Evaluate)
+    tracking: Tracking
+    export: Export = field(default_factory=Export)
+    optimise: Optimise
+    lr_find: LrFind = field(default_factory=LrFind)
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Options:
+        """Check and type a composed config (a DictConfig or the plain mapping); BadInput names the first wrong key."""
+        from omegaconf import DictConfig, OmegaConf
+
+        config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        groups = {k: v for k, v in config.items() if k != "hydra"}
+        known = [f.name for f in dataclasses.fields(cls) if f.name != "config"]
+        unknown = [k for k in groups if k not in known]
+        if unknown:
+            raise BadInput(f"unknown key '{unknown[0]}'; the config has: {', '.join(known)}")
+        missing = [k for k in known if k not in groups and k not in OPTIONAL_GROUPS]
+        if missing:
+            raise BadInput(f"{missing[0]} is missing from the config; compose it from conf/ (make params)")
+        built = cls.build(groups, "config")
+        return dataclasses.replace(built, config=config)
+
+    @classmethod
+    def build(cls, node: Mapping[str, Any], where: str):
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "config" or f.name not in node:
+                continue
+            kind = _hints(cls)[f.name]
+            kind = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, type(int | None)) else kind
+            if isinstance(kind, type) and issubclass(kind, Group):
+                values[f.name] = kind.build(node[f.name], f.name) if node[f.name] is not None else None
+            else:
+                ok, valid = f.metadata.get("rule", ANY)
+                if not ok(node[f.name]):
+                    raise BadInput(f"{f.name}={node[f.name]!r} is not valid: {valid}")
+                values[f.name] = node[f.name]
+        return cls(**values)
+
+
+OPTIONAL_GROUPS = ("augment", "evaluate", "export", "lr_find")  # older configs (a run being reproduced) lack them

@@ -1,0 +1,106 @@
+"""Every option of conf/ through the routes users take: each composes and validates the way `dvc repro` and
+`python -m imgclf.stages.<stage>` compose it, and each training option runs the train stage's real entry point (the
+Hydra app: override check, composition, typed options, training) on the shortest runs a user tries first."""
+
+import json
+import sys
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from imgclf.config import check_overrides, compose, config_groups
+from imgclf.options import Options
+
+from ..conftest import ROOT, TINY_DATA, TINY_OVERRIDES
+
+GROUPS = config_groups(ROOT)
+ADDED = ("experiment", "sweep", "launcher")  # optional groups, added with +
+EVERY_OPTION = [(group, option) for group, options in GROUPS.items() for option in options]
+
+
+def test_every_group_is_in_the_defaults_list_or_added_with_plus():
+    import yaml
+
+    defaults = yaml.safe_load((ROOT / "conf/config.yaml").read_text())["defaults"]
+    named = {next(iter(d)) for d in defaults if isinstance(d, dict)}
+    assert set(GROUPS) == named | {"augment"} | set(ADDED)  # augment: each data set picks its preset
+
+
+@pytest.mark.parametrize(("group", "option"), EVERY_OPTION, ids=[f"{g}={o}" for g, o in EVERY_OPTION])
+def test_every_option_composes_and_validates(group, option):
+    override = f"{'+' if group in ADDED else ''}{group}={option}"
+    assert check_overrides([override], root=ROOT) is None  # what the command line and dvc exp run -S pass first
+    opts = Options.from_config(compose([override], root=ROOT))
+    assert opts.config["data"]["name"] == opts.data.name
+    if group == "sweep":  # every swept key exists, and a value of each is valid
+        from hydra import compose as hydra_compose
+        from hydra import initialize_config_dir
+
+        with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+            params = hydra_compose("config", [override], return_hydra_config=True).hydra.sweeper.params
+        assert params
+        for key, values in params.items():
+            assert check_overrides(["-m", f"{key}={values}"], root=ROOT) is None, key
+
+
+def run_stage(monkeypatch, stage, *overrides):
+    """A stage's `main`, in this process, as the command line reaches it."""
+    import importlib
+
+    module = importlib.import_module(f"imgclf.stages.{stage}")
+    args = ["--config-dir", str(ROOT / "conf"), *overrides]
+    monkeypatch.setattr(sys, "argv", [f"imgclf.stages.{stage}", *args])
+    GlobalHydra.instance().clear()
+    try:
+        module.main()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def run_train(monkeypatch, project, *overrides):
+    run_stage(monkeypatch, "train", *TINY_OVERRIDES, f"tracking.uri=sqlite:///{project}/mlflow.db", *overrides)
+    return json.loads((project / "reports/train/metrics.json").read_text())
+
+
+@pytest.mark.parametrize("strategy", GROUPS["finetune"])
+def test_every_strategy_trains_from_the_command_line(tiny_project, monkeypatch, strategy):
+    metrics = run_train(monkeypatch, tiny_project, f"finetune={strategy}", "trainer.epochs=2")
+    assert metrics["epochs_run"] == 2 and (tiny_project / "models/model.pt").is_file()
+
+
+# 36 training images in batches of 9: 4 steps, where one_cycle's 25% warm-up is a single step
+FOUR_STEPS = ("trainer.epochs=1", "trainer.batch_size=9")
+SHORT_RUNS = [("schedule", s) for s in GROUPS["schedule"]] + [
+    (group, option) for group in ("optim", "augment", "trainer") for option in GROUPS[group]
+]
+
+
+@pytest.mark.parametrize(("group", "option"), SHORT_RUNS, ids=[f"{g}={o}" for g, o in SHORT_RUNS])
+def test_every_training_option_survives_a_run_of_four_steps(tiny_project, monkeypatch, group, option):
+    metrics = run_train(monkeypatch, tiny_project, f"{group}={option}", *FOUR_STEPS)
+    assert metrics["epochs_run"] == 1 and metrics["val/acc"] >= 0
+
+
+@pytest.mark.parametrize("model", [m for m in GROUPS["model"] if m != "timm"])  # timm: every other test's model
+def test_every_network_trains_a_step_from_the_command_line(tiny_project, monkeypatch, model):
+    size = "model.image_size=64" if model == "alexnet" else "model.image_size=32"
+    overrides = (*TINY_DATA, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db", f"model={model}", size)
+    run_stage(monkeypatch, "train", *overrides, "trainer.epochs=1", "trainer.batch_size=36", "data.subset=sample")
+    metrics = json.loads((tiny_project / "reports/train/metrics.json").read_text())
+    assert metrics["epochs_run"] == 1
+
+
+def test_the_later_stages_and_lr_find_run_from_the_command_line(tiny_project, monkeypatch):
+    uri = f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"
+    run_train(monkeypatch, tiny_project, *FOUR_STEPS)
+    for stage, extra in (
+        ("evaluate", ()),
+        ("export", ("export.verify_images=4",)),
+        ("optimise", ("optimise=fp16",)),
+        ("lr_find", ("lr_find.num_batches=4",)),
+    ):
+        run_stage(monkeypatch, stage, *TINY_OVERRIDES, uri, *extra)
+    assert json.loads((tiny_project / "reports/evaluate/metrics.json").read_text())["test/acc"] >= 0
+    assert (tiny_project / "models/export/model.onnx").is_file()
+    assert "optimise/fp16/top1_agreement" in json.loads((tiny_project / "reports/optimise/metrics.json").read_text())
+    assert json.loads((tiny_project / "reports/lr_find/suggestion.json").read_text())["batches"] == 4
