@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv pipeline test lint format params dvc-deps clean-runs postgres chromium mlflow-server serve
+.PHONY: venv pipeline test test-fast lint format params dvc-deps clean-runs postgres chromium mlflow-server serve
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ pipeline: venv
 # (not skipped) under make.
 test: venv postgres chromium
 	IMGCLF_REQUIRE_SERVERS=1 $(PY) -m pytest -n 2 --dist worksteal
+
+# the edit-test loop: everything that neither trains a project nor starts a process or server (tests/conftest.py
+# marks the rest slow); no PostgreSQL or Chromium needed
+test-fast: venv
+	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
 
 # PostgreSQL from Debian's packages (as root, or through sudo), unless its programs are already there
 postgres:

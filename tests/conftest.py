@@ -183,9 +183,37 @@ def http_server(tmp_path):
         server.server_close()
 
 
+# what makes a test slow: it trains a project, starts processes or servers (`make test-fast` leaves these out)
+SLOW_FIXTURES = {"tiny_project", "trained_project", "project_env", "tiny_cfg", "postgres", "browser", "http_server"}
+SLOW_CALLS = ("subprocess", "Popen", "trained_tiny_project", "make_tiny_project", "sh([", "@SETTINGS", "100_000")
+
+
+def is_slow(item) -> bool:
+    import inspect
+
+    if item.get_closest_marker("slow") or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    try:
+        source = inspect.getsource(item.function)
+    except (OSError, TypeError):
+        return True
+    fixtures = item._fixtureinfo.name2fixturedefs.values() if hasattr(item, "_fixtureinfo") else ()
+    for defs in fixtures:  # a fixture of the test's own module that trains or starts something
+        for d in defs:
+            try:
+                source += inspect.getsource(d.func)
+            except (OSError, TypeError):
+                pass
+    return any(call in source for call in SLOW_CALLS)
+
+
 def pytest_collection_modifyitems(items):
-    """The slowest files first (end-to-end, then stages): `make test` runs pytest-xdist's worksteal, which hands
-    each worker half of this order, so the end-to-end tests start at once instead of last."""
+    """Mark what is slow (see is_slow); then the slowest files first (end-to-end, then stages): `make test` runs
+    pytest-xdist's worksteal, which hands each worker half of this order, so the end-to-end tests start at once
+    instead of last."""
+    for item in items:
+        if is_slow(item) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
     longest = ["test_queue.py", "test_pipeline.py", "test_folder.py"]  # tests/e2e, ~85, ~75 and ~40 s
 
     def weight(item):

@@ -144,7 +144,7 @@ def test_a_parallel_sweep_outlives_an_outage_and_sigterm_marks_killed_on_the_ser
 
     wait_until(a_child_has_trained_an_epoch, proc)
     server.kill()  # two jobs mid-run, the third not started: it starts (or waits to) while the server is away
-    time.sleep(8)
+    time.sleep(3)  # an outage the running jobs and the starting one all meet
     server.start()
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
