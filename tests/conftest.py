@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,8 +50,27 @@ def compose_cfg():
     return _compose
 
 
+_EMPTY_STORE: list[Path] = []
+
+
+def empty_mlflow_store(dest: Path) -> Path:
+    """An empty MLflow SQLite store at `dest`: a copy of one this worker created once. Creating a store runs all
+    of MLflow's schema migrations (seconds); tests of store creation itself use a path of their own."""
+    if not _EMPTY_STORE or not _EMPTY_STORE[0].is_file():
+        import tempfile
+
+        from mlflow.tracking import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="imgclf-empty-store-")) / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+        _EMPTY_STORE[:] = [template]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_STORE[0], dest)
+    return dest
+
+
 def make_tiny_project(root: Path) -> Path:
-    """data/tiny under root: 3 classes of 20 images, already split (36/12/12)."""
+    """data/tiny under root: 3 classes of 20 images, already split (36/12/12), and an empty MLflow store."""
     from imgclf.data.folder import scan_image_folder
     from imgclf.data.split import stratified_split, write_split
 
@@ -59,6 +79,7 @@ def make_tiny_project(root: Path) -> Path:
     splits = stratified_split(scan.items, 0.2, 0.2, seed=0)
     digests = {path: info.sha256 for path, info in scan.info.items()}
     write_split(root / "data" / "tiny" / "split", splits, scan.class_names, 4, seed=0, digests=digests)
+    empty_mlflow_store(root / "mlflow.db")
     return root
 
 
@@ -189,21 +210,32 @@ SLOW_CALLS = ("subprocess", "Popen", "trained_tiny_project", "make_tiny_project"
 
 
 def is_slow(item) -> bool:
+    """The test, its fixtures and the helpers of its own module they call (transitively) train or start something."""
     import inspect
+    import re
 
     if item.get_closest_marker("slow") or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
         return True
-    try:
-        source = inspect.getsource(item.function)
-    except (OSError, TypeError):
-        return True
+    functions = [item.function]
     fixtures = item._fixtureinfo.name2fixturedefs.values() if hasattr(item, "_fixtureinfo") else ()
-    for defs in fixtures:  # a fixture of the test's own module that trains or starts something
-        for d in defs:
-            try:
-                source += inspect.getsource(d.func)
-            except (OSError, TypeError):
-                pass
+    functions += [d.func for defs in fixtures for d in defs]
+    helpers = {
+        name: obj
+        for name, obj in vars(item.module).items()
+        if inspect.isfunction(obj) and obj.__module__ == item.module.__name__
+    }
+    source, seen = "", set()
+    while functions:
+        function = functions.pop()
+        if function in seen:
+            continue
+        seen.add(function)
+        try:
+            text = inspect.getsource(function)
+        except (OSError, TypeError):
+            return True
+        source += text
+        functions += [helpers[name] for name in re.findall(r"\b(\w+)\(", text) if name in helpers]
     return any(call in source for call in SLOW_CALLS)
 
 

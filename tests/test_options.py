@@ -128,6 +128,7 @@ def test_any_value_of_any_key_is_accepted_or_refused_in_one_line_naming_it(defau
 
 def test_bad_override_exits_1_in_one_line_before_any_work(tiny_project, project_env):
     cmd = [sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES]
+    store = (tiny_project / "mlflow.db").read_bytes()
     done = subprocess.run(
         [*cmd, "tracking.uri=sqlite:///mlflow.db", "trainer.batch_size=0"],
         cwd=tiny_project,
@@ -137,8 +138,9 @@ def test_bad_override_exits_1_in_one_line_before_any_work(tiny_project, project_
     )
     assert done.returncode == 1
     assert done.stderr.strip() == "error: trainer.batch_size=0 is not valid: an integer >= 1"
-    for written in ("models", "checkpoints", "mlflow.db", "reports"):
+    for written in ("models", "checkpoints", "reports"):
         assert not (tiny_project / written).exists(), written
+    assert (tiny_project / "mlflow.db").read_bytes() == store  # no run started
 
 
 def test_uri_credentials_move_into_mlflow_variables_before_anything_sees_them():

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf import tracking
 
-from ..conftest import BIN, ROOT, TINY_OVERRIDES
+from ..conftest import BIN, ROOT, TINY_OVERRIDES, empty_mlflow_store
 from .test_finetune import train_cmd, wait_for
 
 
@@ -112,7 +112,7 @@ def test_disk_full_under_a_pack_is_one_line_and_leaves_no_pack(tmp_path):
 
 
 def test_a_process_killed_holding_the_sqlite_store_leaves_it_usable(tmp_path, project_env):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = f"sqlite:///{empty_mlflow_store(tmp_path / 'mlflow.db')}"
     with tracking.run(uri, "exp") as first:
         tracking.log_metrics({"m": 1.0}, step=1)
     holder = subprocess.Popen(
@@ -187,7 +187,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_killed_at_the_next_s
 
 
 def test_imgclf_sync_marks_runs_of_killed_processes(tmp_path, project_env):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = f"sqlite:///{empty_mlflow_store(tmp_path / 'mlflow.db')}"
     script = (
         "import os, signal\nfrom imgclf import tracking\n"
         f"with tracking.run({uri!r}, 'exp') as run_id:\n"

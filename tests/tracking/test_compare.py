@@ -23,7 +23,7 @@ from imgclf.tracking.compare import (
     table_columns,
 )
 
-from ..conftest import BIN
+from ..conftest import BIN, empty_mlflow_store
 
 SAME = {"model.name": "resnet18", "trainer.batch_size": "32", "seed": "0"}
 
@@ -42,7 +42,7 @@ def log_identity_model() -> None:
 def store(tmp_path_factory):
     """mlflow.db: runs a, b, c (a and b of sweep s1; b and c children of a sweep parent); experiment 'other'."""
     root = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = f"sqlite:///{empty_mlflow_store(root / 'mlflow.db')}"
     client = MlflowClient(uri)
     exp = client.create_experiment("imgclf", artifact_location=(root / "artifacts").as_uri())
     client.create_experiment("other", artifact_location=(root / "other").as_uri())

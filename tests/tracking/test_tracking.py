@@ -18,6 +18,10 @@ def test_secrets_never_leave_redact():
 
 
 def _store(tmp_path):
+    from ..conftest import empty_mlflow_store
+
+    if not (tmp_path / "mlflow.db").exists():
+        empty_mlflow_store(tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 
