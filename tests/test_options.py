@@ -157,9 +157,13 @@ def test_uri_credentials_move_into_mlflow_variables_before_anything_sees_them():
 
 def test_the_vocabularies_are_what_the_library_implements():
     """options.py imports only base modules (a stage's code deps stay its own); its lists must match the library's."""
+    from imgclf import contract, devices
     from imgclf.deploy import quantize
     from imgclf.models import catalog
     from imgclf.training import finetune
+
+    assert options.DEVICES == devices.DEVICES
+    assert options.RESIZE_MODES == contract.RESIZE_MODES and options.INTERPOLATIONS == contract.INTERPOLATIONS
 
     assert set(options.SOURCES) == set(catalog.SOURCES)
     assert set(options.STRATEGIES) == set(finetune.STRATEGIES)

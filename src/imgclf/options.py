@@ -22,14 +22,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from imgclf.contract import INTERPOLATIONS, RESIZE_MODES
 from imgclf.credentials import HTTP_USERINFO
-from imgclf.devices import DEVICES
 from imgclf.errors import BadInput
 
-# Vocabularies the library dispatches on without checking again. This module imports only imgclf's base modules,
-# so a stage's code deps (dvc.yaml) do not grow by the library parts it never runs (tests keep these equal to
-# what the library implements).
+# Vocabularies the library dispatches on without checking again. This module imports no other part of imgclf
+# (errors and credentials aside), so a stage's code deps in dvc.yaml do not grow by library modules it never runs:
+# fetch reruns for an edit of fetch's code, not of the serving contract's. tests/test_options.py keeps these equal
+# to what the library implements.
+DEVICES = ("auto", "cpu", "cuda")  # imgclf.devices
+RESIZE_MODES = ("crop", "squash")  # imgclf.contract
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # imgclf.contract
 SOURCES = ("torchvision", "timm")  # imgclf.models.catalog
 STRATEGIES = ("full", "gradual", "head")  # imgclf.training.finetune
 METHODS = ("int8_onnx", "int8_openvino", "fp16", "tensorrt", "tensorrt_int8")  # imgclf.deploy.quantize
