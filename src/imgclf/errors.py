@@ -14,6 +14,10 @@ class BadInput(UserError, ValueError):
     """A config value out of range or a malformed input file; the message says what is valid."""
 
 
+class BadConfig(BadInput):
+    """The composed config refused before a stage does any work (imgclf.options)."""
+
+
 class MissingInput(UserError, FileNotFoundError):
     """A file the user names, or an earlier stage writes, is not there; the message says how to get it."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.credentials import HTTP_USERINFO
-from imgclf.errors import BadInput
+from imgclf.errors import BadConfig, BadInput
 
 # Vocabularies the library dispatches on without checking again. This module imports no other part of imgclf
 # (errors and credentials aside), so a stage's code deps in dvc.yaml do not grow by library modules it never runs:
@@ -191,7 +191,8 @@ class Data(Group):
             path = getattr(self, key)
             if path is not None and not Path(path).expanduser().is_dir():
                 what = "is a file" if Path(path).expanduser().exists() else "does not exist"
-                raise BadInput(f"{where}.{key}={path} {what}: give a folder with one sub-folder per class")
+                shown = path if path.isprintable() else repr(path)
+                raise BadInput(f"{where}.{key}={shown} {what}: give a folder with one sub-folder per class")
 
 
 MIN_IMAGE_SIZE = {"alexnet": 63}  # AlexNet's five poolings leave nothing below 63 px; the others work from 32
@@ -327,7 +328,7 @@ class Optimise(Group):
     calibration_images: int = rule(integer(0), 256)
     seed: int = rule(integer(0), 0)
     per_channel: bool = rule(BOOLEAN, True)
-    max_acc_drop: float = rule(number(0, 1), 0.005)
+    max_acc_drop: float = rule(number(0, 1, below=False), 0.005)  # 1: keep whatever the optimised model scores
 
     def check(self, where: str) -> None:
         if "int8" in self.method and self.calibration_images < 1:
@@ -397,11 +398,14 @@ class Options(Group):
         known = [f.name for f in dataclasses.fields(cls) if f.name != "config"]
         unknown = [k for k in groups if k not in known]
         if unknown:
-            raise BadInput(f"unknown key '{unknown[0]}'; the config has: {', '.join(known)}")
+            raise BadConfig(f"unknown key '{unknown[0]}'; the config has: {', '.join(known)}")
         missing = [k for k in known if k not in groups and k not in OPTIONAL_GROUPS]
         if missing:
-            raise BadInput(f"{missing[0]} is missing from the config; compose it from conf/ (make params)")
-        built = cls.build(groups, "config")
+            raise BadConfig(f"{missing[0]} is missing from the config; compose it from conf/ (make params)")
+        try:
+            built = cls.build(groups, "config")
+        except BadInput as exc:
+            raise BadConfig(str(exc)) from None
         return dataclasses.replace(built, config=config)
 
     @classmethod

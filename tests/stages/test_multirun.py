@@ -128,7 +128,9 @@ def test_a_failing_job_is_a_failed_run_and_the_sweep_goes_on(tiny_project, proje
     parent, children, proc, _ = multirun(tiny_project, project_env, "finetune.strategy=partial,full")
     status = {c.data.params.get("finetune.strategy"): c.info.status for c in children}
     assert status == {"partial": "FAILED", "full": "FINISHED"}
-    assert "unknown finetune.strategy 'partial'; choose one of: head, full, gradual" in proc.stderr
+    assert "finetune.strategy='partial' is not valid: one of: full, gradual, head" in proc.stderr
+    refused = next(c for c in children if c.info.status == "FAILED")
+    assert refused.data.tags["imgclf.error"] == "finetune.strategy='partial' is not valid: one of: full, gradual, head"
     assert parent.data.metrics["sweep/failed"] == 1 and parent.data.metrics["sweep/finished"] == 1
 
 

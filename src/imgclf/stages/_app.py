@@ -13,11 +13,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from imgclf.config import check_overrides, conf_dir
 from imgclf.credentials import strip_overrides
-from imgclf.errors import USER_ERRORS
+from imgclf.errors import USER_ERRORS, BadConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,15 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
+Refused = Callable[[dict, list[str], str], None]  # (config, overrides, error): a sweep's job refused before it ran
+
+
+def one_line_errors(task: Callable[[DictConfig], object], refused: Refused | None = None) -> Callable:
     """Turn UserErrors into `error: <message>` and exit 1; IMGCLF_DEBUG=1 keeps the traceback.
 
     In a multirun, a failed job (its MLflow run marked FAILED) returns None instead: the sweeper records the
-    trial as failed and the sweep goes on (Optuna counts None as a failed trial; sys.exit would end the sweep).
+    trial as failed and the sweep goes on (Optuna counts None as a failed trial; sys.exit would end the sweep);
+    `refused` records a job whose config was refused before it started (the train stage: a FAILED child run).
     """
 
     @functools.wraps(task)
@@ -47,6 +51,8 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
                     "job %s failed: %s: %s", job, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""
                 )
                 print(f"error: job {job} ({' '.join(overrides())}) failed: {exc}", file=sys.stderr)
+                if refused is not None and isinstance(exc, BadConfig) and isinstance(cfg, DictConfig):
+                    refused(OmegaConf.to_container(cfg, resolve=True), overrides(), str(exc))
                 return None
             if not isinstance(exc, USER_ERRORS):  # a bug: its traceback is what a developer needs
                 raise
@@ -56,7 +62,7 @@ def one_line_errors(task: Callable[[DictConfig], object]) -> Callable[[DictConfi
     return wrapper
 
 
-def stage_main(task: Callable[[DictConfig], object]) -> Callable[[], None]:
+def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = None) -> Callable[[], None]:
     """Wrap `task` as a Hydra app reading conf/ (or `--config-dir . --config-name params` under DVC)."""
 
     def main() -> None:
@@ -67,7 +73,7 @@ def stage_main(task: Callable[[DictConfig], object]) -> Callable[[], None]:
             sys.exit(2)
         signal.signal(signal.SIGTERM, _sigterm)
         path = str(conf_dir()) if conf_dir().is_dir() else None
-        hydra.main(version_base="1.3", config_path=path, config_name="config")(one_line_errors(task))()
+        hydra.main(version_base="1.3", config_path=path, config_name="config")(one_line_errors(task, refused))()
 
     return main
 

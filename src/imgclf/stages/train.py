@@ -65,7 +65,7 @@ def _train(opts: Options, paths: Paths, device: torch.device, run: TrainingRun) 
     return kept.metrics["val/acc"]  # the sweep objective: the val/acc of the weights model.pt holds
 
 
-main = stage_main(train)
+main = stage_main(train, refused=sweeps.record_refused_job)
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,24 @@ SWEPT_ENV = "IMGCLF_SWEPT_KEYS"  # the keys a sweep varies, for its jobs' run na
 PARENT_ENV = "IMGCLF_PARENT_RUN_ID"
 
 
+class _Refused(Exception):
+    pass
+
+
+def record_refused_job(config: dict[str, Any], overrides: list[str], error: str) -> None:
+    """A sweep's job whose config was refused before it trained: a FAILED child run holding its params and the
+    reason (tag imgclf.error), so the parent counts every trial the sweeper asked for (sweep/failed)."""
+    parent, options = parent_run_id(), config.get("tracking") or {}
+    if parent is None or not isinstance(options.get("uri"), str):
+        return
+    name, tags = "refused " + " ".join(overrides), {"imgclf.error": error}
+    with contextlib.suppress(_Refused):
+        experiment = options.get("experiment") or "imgclf"
+        with tracking.run(options["uri"], experiment, run_name=name, tags=tags, parent_id=parent):
+            tracking.log_config(config)
+            raise _Refused  # the run ends FAILED
+
+
 def parent_run_id() -> str | None:
     """The MLflow run of the sweep this job belongs to (None outside a sweep): train runs become its children."""
     return os.environ.get(PARENT_ENV) or None
