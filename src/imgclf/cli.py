@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -15,10 +16,7 @@ STAGES = ("fetch", "split", "train", "evaluate", "export", "optimise")
 COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync", "serve")
 
 
-def predict(argv: list[str]) -> int:
-    """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
-    from imgclf.deploy.predict import Classifier, collect_inputs, top_k, write_submission, write_table
-    from imgclf.files import refuse_folder
+def predict_parser() -> argparse.ArgumentParser:
     from imgclf.paths import Paths
 
     parser = argparse.ArgumentParser(prog="imgclf predict", description=predict.__doc__)
@@ -39,16 +37,32 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--submission", help="write a Kaggle submission CSV (id,label) for numbered images")
     parser.add_argument("--positive", default="dog", help="class whose probability is the submission's label")
     parser.add_argument(
+        "--request",
+        metavar="FILE",
+        help="instead of classifying, write the images as the JSON body of a request to `mlflow models serve` "
+        "(curl -d @FILE localhost:5001/invocations), preprocessed as the model's preprocessing.json says",
+    )
+    parser.add_argument(
         "--clip",
         type=float,
         default=0.05,
         help="clip submission probabilities to [clip, 1-clip] (log loss punishes certainty)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def predict(argv: list[str]) -> int:
+    """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
+    from imgclf.deploy.predict import Classifier, collect_inputs, top_k, write_submission, write_table
+    from imgclf.files import refuse_folder
+
+    args = predict_parser().parse_args(argv)
     try:
-        for out in filter(None, (args.out, args.submission)):
+        for out in filter(None, (args.out, args.submission, args.request)):
             refuse_folder(out)  # before any work: the folder and what is in it are not ours to replace
         classifier = Classifier(args.model)
+        if args.request:
+            return _write_request(classifier, collect_inputs(args.paths), args.request)
         preds = classifier.classify(collect_inputs(args.paths), args.batch_size, tta=args.tta)
         names = classifier.class_names
         if args.submission:
@@ -74,6 +88,17 @@ def predict(argv: list[str]) -> int:
     if failed:
         print(f"{len(failed)} of {len(preds)} inputs could not be classified", file=sys.stderr)
     return 1 if failed and len(failed) == len(preds) else 0
+
+
+def _write_request(classifier, images: list[Path], out: str) -> int:
+    """`predict --request`: the images as the JSON body of a request to `mlflow models serve`."""
+    from imgclf.deploy.predict import serving_request
+    from imgclf.files import atomic_path
+
+    with atomic_path(Path(out)) as tmp:
+        tmp.write_text(json.dumps(serving_request(classifier.spec, images)))
+    print(f"wrote a request of {len(images)} images to {out}")
+    return 0
 
 
 def runs_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.credentials import HTTP_USERINFO
-from imgclf.errors import BadConfig, BadInput
+from imgclf.errors import BadConfig, BadInput, did_you_mean
 
 # Vocabularies the library dispatches on without checking again. This module imports no other part of imgclf
 # (errors and credentials aside), so a stage's code deps in dvc.yaml do not grow by library modules it never runs:
@@ -115,7 +115,8 @@ class Group:
         names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
         unknown = [k for k in node if k not in names]
         if unknown and not cls.EXTRA_KEYS:
-            raise BadInput(f"unknown key '{where}.{unknown[0]}'; {where} has: {', '.join(names)}")
+            hint = did_you_mean(unknown[0], names, f"{where}.")
+            raise BadInput(f"unknown key '{where}.{unknown[0]}'{hint}; {where} has: {', '.join(names)}")
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name == "extra":
@@ -329,6 +330,7 @@ class Optimise(Group):
     seed: int = rule(integer(0), 0)
     per_channel: bool = rule(BOOLEAN, True)
     max_acc_drop: float = rule(number(0, 1, below=False), 0.005)  # 1: keep whatever the optimised model scores
+    significance: float = rule(number(0, 1, below=False), 0.05)  # 1: any drop past max_acc_drop fails the gate
 
     def check(self, where: str) -> None:
         if "int8" in self.method and self.calibration_images < 1:
@@ -398,7 +400,8 @@ class Options(Group):
         known = [f.name for f in dataclasses.fields(cls) if f.name != "config"]
         unknown = [k for k in groups if k not in known]
         if unknown:
-            raise BadConfig(f"unknown key '{unknown[0]}'; the config has: {', '.join(known)}")
+            hint = did_you_mean(unknown[0], known)
+            raise BadConfig(f"unknown key '{unknown[0]}'{hint}; the config has: {', '.join(known)}")
         missing = [k for k in known if k not in groups and k not in OPTIONAL_GROUPS]
         if missing:
             raise BadConfig(f"{missing[0]} is missing from the config; compose it from conf/ (make params)")

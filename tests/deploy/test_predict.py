@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from imgclf.deploy.predict import Classifier, collect_inputs
+from imgclf.errors import BadInput
 
 from ..conftest import BIN, trained_tiny_project
 
@@ -71,6 +72,54 @@ def test_cli_classify_one_and_many(trained, project_env):
     assert all(abs(sum(r["probs"].values()) - 1) < 1e-5 for r in good)
 
 
+def test_the_request_printed_for_mlflow_models_serve_works_as_copied(trained, project_env, tmp_path):
+    """docs/deploy.md's three commands, as a user copies them: the request file, `mlflow models serve` of the
+    registered model, and curl's POST of the file (here urllib's)."""
+    import socket
+    import time
+    import urllib.request
+
+    images = sorted((trained / "data/tiny/images/c").iterdir())[:3]
+    made = cli([*map(str, images), "--request", str(tmp_path / "request.json")], trained, project_env)
+    assert made.returncode == 0 and made.stdout.strip() == f"wrote a request of 3 images to {tmp_path / 'request.json'}"
+    body = json.loads((tmp_path / "request.json").read_text())
+    assert np.array(body["inputs"]).shape == (3, 32, 32, 3)  # the model's size, RGB, HWC
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(project_env, MLFLOW_TRACKING_URI=f"sqlite:///{trained}/mlflow.db")
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/imgclf-tiny/1", "--env-manager", "local", "-p",
+         str(port), "-h", "127.0.0.1"],
+        cwd=trained, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, server.communicate()[1][-2000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
+                break
+            except OSError:
+                assert time.time() < deadline
+                time.sleep(0.2)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=(tmp_path / "request.json").read_bytes(),
+            headers={"Content-Type": "application/json"},
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    served = Classifier(trained / "models/export").classify(images)
+    assert [row["label"] for row in answer["predictions"]] == ["abc"[int(p.probs.argmax())] for p in served]
+    assert [row["c"] for row in answer["predictions"]] == pytest.approx([float(p.probs[2]) for p in served], abs=1e-4)
+    bad = cli([str(trained / "nothing.png"), "--request", str(tmp_path / "r2.json")], trained, project_env)
+    assert bad.returncode == 1 and bad.stderr.strip() == f"error: {trained / 'nothing.png'}: no such file"
+    assert not (tmp_path / "r2.json").exists()
+
+
 def test_kaggle_submission_rows_in_id_order(trained, project_env):
     unlabelled = trained / "test1"
     unlabelled.mkdir()
@@ -95,9 +144,14 @@ def test_collect_inputs_expands_folders_and_lists(tmp_path):
     (tmp_path / "d" / "sub").mkdir(parents=True)
     for name in ("d/x.png", "d/sub/y.JPG", "d/notes.md", "d/.hidden.png"):
         (tmp_path / name).write_bytes(b"")
-    (tmp_path / "l.txt").write_text("a.png\n\nb.png\n")
+    (tmp_path / "l.txt").write_text(f"{tmp_path / 'd/x.png'}\n\nb.png\n")  # a missing one is reported per file
     got = collect_inputs([str(tmp_path / "d"), str(tmp_path / "l.txt"), "c.png"])
-    assert [p.name for p in got] == ["y.JPG", "x.png", "a.png", "b.png", "c.png"]
+    assert [p.name for p in got] == ["y.JPG", "x.png", "x.png", "b.png", "c.png"]
+    # a text file of notes is no list of images: one line naming it, not "notes: no such file" per line
+    (tmp_path / "notes.txt").write_text("not an image\njust notes\n")
+    with pytest.raises(BadInput, match=r"notes.txt: a .txt file is read as a list of image paths, one per line, "
+                       r"and none of its 2 lines names a file \(line 1: 'not an image'\)"):  # fmt: skip
+        collect_inputs([str(tmp_path / "notes.txt")])
 
 
 def test_missing_export_is_one_clear_error(tmp_path, project_env):

@@ -68,6 +68,8 @@ def test_dvc_pipeline_end_to_end(repo, env):
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"train", "checkpoint", "evaluate", "export", "data"} <= top
     assert json.loads((repo / "reports/split/report.json").read_text())["images_per_split"]["test"] == 360
+    gate = json.loads((repo / "models/optimised/gate.json").read_text())  # optimise's verdict, promoted or not
+    assert run.data.metrics["optimise/int8_onnx/promoted"] == float(gate["promoted"])
 
     # nothing changed: nothing reruns
     again = sh(["dvc", "repro"], repo, env)
@@ -84,7 +86,7 @@ INPUTS = {
     "params optim.lr": ({"train"}, "params.yaml", ("lr: 0.0005", "lr: 0.002")),
     "params trainer.batch_size": ({"train", "evaluate"}, "params.yaml", ("batch_size: 64", "batch_size: 32")),
     "params export.opset": ({"export"}, "params.yaml", ("opset: 18", "opset: 17")),
-    "params optimise.max_acc_drop": ({"optimise"}, "params.yaml", ("max_acc_drop: 0.5", "max_acc_drop: 0.4")),
+    "params optimise.significance": ({"optimise"}, "params.yaml", ("significance: 0.05", "significance: 0.01")),
     "code data/digits.py": ({"fetch"}, "src/imgclf/data/digits.py", None),
     "code data/report.py": ({"split"}, "src/imgclf/data/report.py", None),
     # a training-only edit reruns train alone (and, through model.pt, what reads it): no stage after imports training

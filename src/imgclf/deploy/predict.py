@@ -49,7 +49,13 @@ def collect_inputs(args: Sequence[str]) -> list[Path]:
                 text = path.read_text()
             except (OSError, UnicodeDecodeError) as exc:
                 raise BadInput(f"{path}: not a readable list of image paths ({type(exc).__name__})") from None
-            paths.extend(Path(line.strip()) for line in text.splitlines() if line.strip())
+            listed = [Path(line.strip()) for line in text.splitlines() if line.strip()]
+            if listed and not any(_kind(p) == "file" for p in listed):  # notes, not a list of images
+                raise BadInput(
+                    f"{path}: a .txt file is read as a list of image paths, one per line, and none of its "
+                    f"{len(listed)} lines names a file (line 1: {str(listed[0])[:60]!r})"
+                )
+            paths.extend(listed)
         else:
             paths.append(path)  # a missing or odd file is reported per file later, not here
     return paths
@@ -109,6 +115,10 @@ class Classifier:
                 model_file = next(
                     (model_path / f for f in MODEL_FILES if (model_path / f).is_file()), model_path / "model.onnx"
                 )
+            gate = model_path / "gate.json"
+            if not model_file.is_file() and gate.is_file():  # optimise's gate kept the verdict, not the model
+                reason = str(json.loads(gate.read_text()).get("reason", "not promoted"))
+                raise MissingInput(f"{model_path} holds no model: {reason}")
             if not model_file.is_file():
                 raise MissingInput(
                     f"no exported model at {model_file}; run the pipeline (dvc repro) or pass "
@@ -193,6 +203,23 @@ class Classifier:
         views = tta_views(torch.from_numpy(images), self.spec.image_size, self.spec.tta)
         probs = [softmax(self._run(np.ascontiguousarray(normalize(v.numpy(), *stats)))) for v in views]
         return np.mean(probs, axis=0)
+
+
+def serving_request(spec: ServingSpec, paths: Sequence[Path]) -> dict:
+    """The JSON body of a request to `mlflow models serve`'s /invocations for the exported pyfunc: each image
+    decoded and resized as preprocessing.json says, centre-cropped to the model's size, as RGB uint8 HWC."""
+    images = []
+    for path in paths:
+        try:
+            stored = decode_image(path, spec.stored_size, spec.interpolation, spec.resize)
+        except FileNotFoundError:
+            raise BadInput(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise BadInput(f"{path}: a folder, not an image") from None
+        except UNREADABLE as exc:
+            raise BadInput(f"{path}: {why_unreadable(exc)}") from None
+        images.append(center_crop(stored.transpose(2, 0, 1)[None], spec.image_size)[0].transpose(1, 2, 0))
+    return {"inputs": np.stack(images).tolist()}
 
 
 def top_k(pred: Prediction, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:

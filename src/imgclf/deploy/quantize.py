@@ -11,6 +11,7 @@ with the FP32 model on the whole test split before it is kept; `load_runner` ser
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -267,7 +268,44 @@ def compare(fp32: np.ndarray, optimised: np.ndarray, labels: np.ndarray) -> dict
     figures["acc_drop"] = figures["fp32/test_acc"] - figures["optimised/test_acc"]
     figures["top1_agreement"] = float((fp32.argmax(1) == optimised.argmax(1)).mean())
     figures["max_prob_diff"] = float(np.abs(fp32 - optimised).max())
+    lost = int(((fp32.argmax(1) == labels) & (optimised.argmax(1) != labels)).sum())
+    gained = int(((fp32.argmax(1) != labels) & (optimised.argmax(1) == labels)).sum())
+    figures["images_lost"], figures["images_gained"] = lost, gained
+    figures["drop_p_value"] = drop_p_value(lost, gained)
     return figures
+
+
+def drop_p_value(lost: int, gained: int) -> float:
+    """McNemar's exact test, one-sided: the chance of `lost` or more of the `lost + gained` test images on which
+    the two models disagree about being right going against the optimised model, were both equally accurate.
+    One image out of one disagreement is 0.5 (no evidence); 5 of 5 is 0.031."""
+    n = lost + gained
+    return float(sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n) if n else 1.0
+
+
+def gate(method: str, figures: dict, max_acc_drop: float, significance: float) -> dict:
+    """Promoted unless test/acc drops by more than max_acc_drop with p < significance; the reason in one line."""
+    drop, p = figures["acc_drop"], figures["drop_p_value"]
+    said = (
+        f"{method} loses {100 * drop:.2f} points of test/acc ({figures['fp32/test_acc']:.4f} -> "
+        f"{figures['optimised/test_acc']:.4f}: {figures['images_lost']} test images lost, "
+        f"{figures['images_gained']} gained, p={p:.3g})"
+    )
+    if drop <= max_acc_drop:
+        promoted, reason = True, f"promoted: {said} <= optimise.max_acc_drop={max_acc_drop}"
+    elif p >= significance:
+        promoted = True
+        reason = (
+            f"promoted: {said}; above optimise.max_acc_drop={max_acc_drop} but within noise (p >= "
+            f"optimise.significance={significance})"
+        )
+    else:
+        promoted = False
+        reason = (
+            f"not promoted: {said} > optimise.max_acc_drop={max_acc_drop} with p < optimise.significance="
+            f"{significance}; serve models/export (FP32), or raise optimise.calibration_images"
+        )
+    return {"method": method, "promoted": promoted, "reason": reason, **figures}
 
 
 def calibration_indices(n: int, count: int, seed: int) -> np.ndarray:
