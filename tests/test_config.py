@@ -45,7 +45,9 @@ def test_interface_keys_exist(compose_cfg):
 
 def test_unknown_choice_is_one_line_listing_options(monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert check_overrides(["model=vgg61"]) == "unknown model 'vgg61'; choose one of: alexnet, timm, vgg16, vgg16_bn"
+    assert check_overrides(["model=vgg61"]) == (
+        "unknown model 'vgg61' (did you mean model=vgg16?); choose one of: alexnet, timm, vgg16, vgg16_bn"
+    )
     assert check_overrides(["-m", "model=alexnet,vgg61"]).startswith("unknown model 'vgg61'")
     assert check_overrides(["model=alexnet", "optim.lr=0.1"]) is None
     assert check_overrides(["optim=sgd", "optim.momentum=0.8"]) is None  # key of the chosen option
@@ -58,7 +60,10 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
     assert check_overrides(["+experiment=imagenet_vgg16"]) == (
         "unknown experiment 'imagenet_vgg16'; choose one of: cifar10_vgg16, dogs_vs_cats_vgg16, mnist_alexnet"
     )
-    assert check_overrides(["trainer.epoch=3"]).startswith("unknown key 'trainer.epoch'; trainer has: epochs,")
+    assert check_overrides(["trainer.epoch=3"]).startswith(
+        "unknown key 'trainer.epoch' (did you mean trainer.epochs?); trainer has: epochs,"
+    )
+    assert check_overrides(["optim.lrr=0.1"]).startswith("unknown key 'optim.lrr' (did you mean optim.lr?)")
 
 
 @pytest.mark.parametrize(
@@ -68,12 +73,15 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
             ["data=imagenet"],
             "unknown data 'imagenet'; choose one of: caltech101, cifar10, digits, dogs_vs_cats, folder, mnist",
         ),
-        (["model=vgg61"], "unknown model 'vgg61'; choose one of: alexnet, timm, vgg16, vgg16_bn"),
+        (
+            ["model=vgg61"],
+            "unknown model 'vgg61' (did you mean model=vgg16?); choose one of: alexnet, timm, vgg16, vgg16_bn",
+        ),
         (
             ["trainer.epoch=3"],
-            "unknown key 'trainer.epoch'; trainer has: epochs, batch_size, device, deterministic, "
-            "log_every, amp, channels_last, compile, label_smoothing, grad_clip, early_stopping, "
-            "keep, resume (use +trainer.epoch=... to add a new key)",
+            "unknown key 'trainer.epoch' (did you mean trainer.epochs?); trainer has: epochs, batch_size, device, "
+            "deterministic, log_every, amp, channels_last, compile, label_smoothing, grad_clip, early_stopping, "
+            "keep, resume",
         ),
         (["finetune=partial"], "unknown finetune 'partial'; choose one of: full, gradual, head"),
     ],

@@ -66,7 +66,10 @@ def test_the_default_config_is_typed_once_and_frozen(default_config):
 
 
 def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
-    with pytest.raises(BadInput, match="unknown key 'trainer.epoch'; trainer has: epochs, batch_size"):
+    with pytest.raises(
+        BadInput,
+        match=r"unknown key 'trainer.epoch' \(did you mean trainer.epochs\?\); trainer has: epochs, batch_size",
+    ):
         Options.from_config(with_value(default_config, "trainer.epoch", 3))
     with pytest.raises(BadInput, match="unknown key 'colour'; the config has: seed, paths"):
         Options.from_config(with_value(default_config, "colour", "red"))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.errors import did_you_mean
+
 CONF_DIR = "conf"
 
 
@@ -73,7 +75,8 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
             values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
             bad = [v for v in values if v not in groups[key]]
             if bad:
-                return f"unknown {key} '{bad[0]}'; choose one of: {', '.join(groups[key])}"
+                hint = did_you_mean(bad[0], groups[key], f"{key}=")
+                return f"unknown {key} '{bad[0]}'{hint}; choose one of: {', '.join(groups[key])}"
             kept.append(f"{prefix}{key}={values[0]}")
         else:  # a swept key is checked for existence with a neutral value
             kept.append(f"{prefix}{key}=null" if ov.is_sweep_override() else text)
@@ -102,7 +105,10 @@ def _explain(message: str, overrides: list[str], root: str | Path) -> str:
         if not isinstance(node, DictConfig) or part not in node:
             parent = ".".join(parts[:i]) or "the config"
             valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else "no sub-keys"
-            return f"unknown key '{key}'; {parent} has: {valid} (use +{key}=... to add a new key)"
+            prefix = ".".join(parts[:i]) + "." if i else ""
+            hint = did_you_mean(part, node.keys(), prefix) if isinstance(node, DictConfig) else ""
+            advice = "" if hint else f" (use +{key}=... to add a new key)"
+            return f"unknown key '{key}'{hint}; {parent} has: {valid}{advice}"
         node = node[part]
     return message.splitlines()[0]
 

@@ -30,5 +30,13 @@ class AccessDenied(UserError, PermissionError):
     """A service refused our credentials; the message says what to do."""
 
 
+def did_you_mean(given: str, valid, prefix: str = "") -> str:
+    """' (did you mean X?)' for the valid name closest to a mistyped one ('' when none is close)."""
+    import difflib
+
+    close = difflib.get_close_matches(given, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
 # also one line at the stage boundary: a missing or unreadable file names itself and is the user's to fix
 USER_ERRORS = (UserError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)

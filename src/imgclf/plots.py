@@ -140,10 +140,31 @@ def plot_samples(
     save_figure(fig, Path(path))
 
 
+def lr_find_view(
+    lrs: Sequence[float], losses: Sequence[float], skip_end: int = 5
+) -> tuple[list[float], list[float], tuple[float, float]]:
+    """What the LR finder plot shows, as fast.ai's does: the finite points without the last `skip_end` (the loss
+    exploding as the rate diverges), and a y-range from just under the lowest loss to the start of the descent or 4
+    times the lowest (where the finder stops), whichever is higher, so one exploding point cannot flatten the curve."""
+    points = [(lr, loss) for lr, loss in zip(lrs, losses) if np.isfinite(loss)]
+    if skip_end and len(points) > 2 * skip_end:
+        points = points[:-skip_end]
+    if not points:
+        return [], [], (0.0, 1.0)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    low, high = min(ys), max(ys)
+    descent = max(ys[: ys.index(low) + 1])
+    top = min(high, max(descent, 4 * low))
+    margin = 0.05 * (top - low) or 0.05 * abs(low) or 0.05
+    return xs, ys, (low - margin, top + margin)
+
+
 def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: float, path: str | Path) -> None:
     """fast.ai's LR finder plot: smoothed loss against the learning rate (log scale), the suggested rate marked."""
     fig, ax = pyplot().subplots(figsize=(6, 4))
-    ax.plot(lrs, losses)
+    xs, ys, ylim = lr_find_view(lrs, losses)
+    ax.plot(xs, ys)
+    ax.set_ylim(*ylim)
     ax.set_xscale("log")
     if np.isfinite(suggestion):
         ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested lr {suggestion:.2g}")

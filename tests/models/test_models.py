@@ -98,7 +98,9 @@ def test_timm_pretrained_from_hugging_face_cache(tmp_path, monkeypatch):
 
 
 def test_unknown_torchvision_model_lists_choices():
-    with pytest.raises(ValueError, match="unknown model 'vgg61'; choose one of: alexnet, vgg16, vgg16_bn"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'vgg61' \(did you mean vgg16\?\); choose one of: alexnet, vgg16, vgg16_bn"
+    ):
         build_model("vgg61", 3)
 
 

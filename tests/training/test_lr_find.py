@@ -60,3 +60,18 @@ def test_imgclf_lr_find_writes_the_plot_and_an_mlflow_run(tiny_cfg, tiny_project
     assert [r.data.tags["imgclf.role"] for r in runs] == ["lr-find"]
     assert runs[0].data.metrics["lr_find/suggested_lr"] == suggested
     assert not (tiny_project / "models").exists()  # nothing trained for keeps
+
+
+def test_the_plot_leaves_out_the_exploding_tail_as_fast_ai_does(tmp_path):
+    from imgclf.plots import lr_find_view, plot_lr_find
+
+    lrs = [1e-7 * 10**i for i in range(9)] + [10.0]
+    losses = [2.3, 2.3, 2.2, 1.8, 1.0, 0.6, 0.5, 0.7, 1.9, 4.5e10]  # the finder stops after the loss explodes
+    xs, ys, (bottom, top) = lr_find_view(lrs, losses, skip_end=1)
+    assert ys == losses[:-1] and xs == lrs[:-1]
+    assert bottom < 0.5 and 2.3 <= top < 2.5  # the curve fills the plot: not a flat line under 4.5e10
+    assert lr_find_view(lrs, [*losses[:-1], float("nan")], skip_end=0)[1] == losses[:-1]  # a NaN is not drawn
+    _, _, (_, capped) = lr_find_view(lrs, [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.95], skip_end=1)
+    assert capped < 0.45  # at most 4 times the lowest loss, where the finder stops
+    plot_lr_find(lrs, losses, 1e-3, tmp_path / "lr_find.png")
+    assert (tmp_path / "lr_find.png").stat().st_size > 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgclf.errors import BadInput
+from imgclf.errors import BadInput, did_you_mean
 
 SOURCES = ("torchvision", "timm")
 TORCHVISION_ARCHS = ("alexnet", "vgg16", "vgg16_bn")  # networks whose head is classifier[-1]
@@ -17,15 +17,17 @@ def check_name(source: str, name: str) -> None:
         import timm
 
         if not timm.is_model(name):
+            hint = did_you_mean(name, timm.list_models(), "model.name=")
             raise BadInput(
-                f"unknown timm model '{name}'; list them with: python -c \"import timm; "
+                f"unknown timm model '{name}'{hint}; list them with: python -c \"import timm; "
                 f"print(timm.list_models('{name.split('.')[0][:4]}*'))\""
             )
     elif source != "torchvision":
         raise BadInput(f"unknown model.source '{source}'; choose one of: {', '.join(SOURCES)}")
     elif name not in TORCHVISION_ARCHS:
+        hint = did_you_mean(name, TORCHVISION_ARCHS)
         raise BadInput(
-            f"unknown model '{name}'; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
+            f"unknown model '{name}'{hint}; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
             "or model=timm model.name=<any timm model>"
         )
 
