@@ -7,6 +7,12 @@
   project:   the default pipeline's train + evaluate stages (what `dvc repro` runs), one run per seed.
 
     python benchmarks/baselines.py [--seeds 42 1 2 3 4] [--skip classical hand project]
+    python benchmarks/baselines.py --folder [--seeds 0 1 2] [--set augment=digits ...]
+
+--folder: DIGITS' lab instead (user story 1): a folder of 900 handwritten digits, 28 px PNG, 90 per class, three
+broken files, built from scikit-learn's digit scans (upscaled as MNIST's are drawn: white on black); the RBF SVM
+and logistic regression on raw pixels, and the project's fetch, split, train and evaluate stages with nothing but
+`data=folder data.path=...` (plus --set overrides), each on stratified 85/15 splits of the same seeds.
 
 Run from the project root after `dvc repro split` (data/digits/split must exist). Prints one table per part and
 the project/hand-loop training images/s ratio.
@@ -152,11 +158,83 @@ def project(seeds: list[int]) -> float:
     return statistics.mean(r[5] for r in rows)
 
 
+def make_digits_folder(dest: Path, per_class: int = 90, size: int = 28, broken: int = 3) -> Path:
+    """DIGITS' train_small in miniature: `per_class` digit scans per class at `size` px, PNG, white on black."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        (dest / str(label)).mkdir(parents=True, exist_ok=True)
+        chosen = rng.choice(np.flatnonzero(digits.target == label), per_class, replace=False)
+        for i in chosen:
+            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
+            Image.fromarray(pixels, "L").resize((size, size), Image.BILINEAR).save(dest / str(label) / f"{i:04d}.png")
+    for k in range(broken):  # what real folders hold: a truncated download, a stray file named like an image
+        (dest / str(k) / f"broken{k}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    return dest
+
+
+def folder_lab(seeds: list[int], extra: list[str]) -> None:
+    """The DIGITS lab on a folder: classical baselines beside the project's stages, per seed."""
+    from mlflow.tracking import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.svm import SVC
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_digits_folder(Path(tmp) / "train_small")
+        files = sorted(p for p in folder.rglob("*.png") if not p.name.startswith("broken"))
+        x = np.stack([np.asarray(Image.open(p), np.float32).ravel() / 255 for p in files])
+        y = np.array([int(p.parent.name) for p in files])
+        print(f"\nDIGITS lab: {len(files)} images of {folder} (+3 broken), 28 px; test/acc on 15% stratified splits")
+        print(
+            f"  {'seed':>5s} {'RBF SVM':>8s} {'log.reg.':>8s} {'imgclf':>8s} {'epochs':>7s} {'augment':>8s} {'s':>6s}"
+        )
+        for seed in seeds:
+            xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.15, stratify=y, random_state=seed)
+            svm = float((SVC(kernel="rbf", gamma="scale").fit(xtr, ytr).predict(xte) == yte).mean())
+            lr = float((LogisticRegression(max_iter=5000).fit(xtr, ytr).predict(xte) == yte).mean())
+            out = Path(tmp) / f"seed{seed}"
+            overrides = [
+                "data=folder",
+                f"data.path={folder}",
+                f"data.split.seed={seed}",
+                f"seed={seed}",
+                *(f"paths.{k}={out}/{k}" for k in ("data", "models", "reports", "checkpoints")),
+                f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+                f"hydra.run.dir={out}/hydra",
+                "trainer.resume=never",
+                *extra,
+            ]
+            start = time.perf_counter()
+            for stage in ("fetch", "split", "train", "evaluate"):
+                subprocess.run(
+                    [sys.executable, "-m", f"imgclf.stages.{stage}", *overrides],
+                    cwd=ROOT,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
+            acc = json.loads((out / "reports/evaluate/metrics.json").read_text())["test/acc"]
+            trained = json.loads((out / "reports/train/metrics.json").read_text())
+            run_id = json.loads((out / "models/run.json").read_text())["run_id"]
+            tags = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db").get_run(run_id).data.tags
+            row = (f"{seed:8d}", f"{svm:8.4f}", f"{lr:8.4f}", f"{acc:8.4f}", f"{trained['epochs_run']:8d}")
+            print(
+                "  " + " ".join(row), f"{tags.get('imgclf.augment', 'as set'):>8s} {time.perf_counter() - start:8.0f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     parser.add_argument("--skip", nargs="*", default=[], choices=["classical", "hand", "project"])
+    parser.add_argument("--folder", action="store_true", help="DIGITS' lab on a folder instead (default seeds 0 1 2)")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for the folder lab's stages")
     args = parser.parse_args()
+    if args.folder:
+        print(f"torch {torch.__version__}, {os.cpu_count()} cores")
+        return folder_lab(args.seeds if "--seeds" in sys.argv else [0, 1, 2], args.set)
     if not (DATA / "split" / "test.csv").is_file():
         sys.exit("error: data/digits/split not found; run `dvc repro split` first")
     print(f"torch {torch.__version__}, {os.cpu_count()} cores")

@@ -72,13 +72,16 @@ def empty_mlflow_store(dest: Path) -> Path:
 def make_tiny_project(root: Path) -> Path:
     """data/tiny under root: 3 classes of 20 images, already split (36/12/12), and an empty MLflow store."""
     from imgclf.data.folder import scan_image_folder
+    from imgclf.data.report import build_report
     from imgclf.data.split import stratified_split, write_split
+    from imgclf.files import write_json
 
     images = make_class_folders(root / "data" / "tiny" / "images", {"a": 20, "b": 20, "c": 20})
     scan = scan_image_folder(images)
     splits = stratified_split(scan.items, 0.2, 0.2, seed=0)
     digests = {path: info.sha256 for path, info in scan.info.items()}
     write_split(root / "data" / "tiny" / "split", splits, scan.class_names, 4, seed=0, digests=digests)
+    write_json(root / "data" / "tiny" / "split" / "report.json", build_report(scan, splits))  # as split writes it
     empty_mlflow_store(root / "mlflow.db")
     return root
 

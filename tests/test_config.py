@@ -79,9 +79,9 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
         ),
         (
             ["trainer.epoch=3"],
-            "unknown key 'trainer.epoch' (did you mean trainer.epochs?); trainer has: epochs, batch_size, device, "
-            "deterministic, log_every, amp, channels_last, compile, label_smoothing, grad_clip, early_stopping, "
-            "keep, resume",
+            "unknown key 'trainer.epoch' (did you mean trainer.epochs?); trainer has: epochs, min_epochs, min_steps, "
+            "batch_size, device, deterministic, log_every, amp, channels_last, compile, label_smoothing, grad_clip, "
+            "early_stopping, keep, resume",
         ),
         (["finetune=partial"], "unknown finetune 'partial'; choose one of: full, gradual, head"),
     ],

@@ -68,7 +68,8 @@ def test_the_default_config_is_typed_once_and_frozen(default_config):
 def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
     with pytest.raises(
         BadInput,
-        match=r"unknown key 'trainer.epoch' \(did you mean trainer.epochs\?\); trainer has: epochs, batch_size",
+        match=r"unknown key 'trainer.epoch' \(did you mean trainer.epochs\?\); trainer has: epochs, min_epochs, "
+        r"min_steps, batch_size",
     ):
         Options.from_config(with_value(default_config, "trainer.epoch", 3))
     with pytest.raises(BadInput, match="unknown key 'colour'; the config has: seed, paths"):
@@ -80,8 +81,10 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
     [
         ("optim.lr", "abc", "optim.lr='abc' is not valid: a number > 0"),
         ("optim.lr", 0, "optim.lr=0 is not valid: a number > 0"),
-        ("trainer.epochs", -1, "trainer.epochs=-1 is not valid: an integer >= 1"),
-        ("trainer.epochs", 2.5, "an integer >= 1"),
+        ("trainer.epochs", -1, "trainer.epochs=-1 is not valid: auto or an integer >= 1"),
+        ("trainer.epochs", 2.5, "auto or an integer >= 1"),
+        ("trainer.epochs", "many", "trainer.epochs='many' is not valid: auto or an integer >= 1"),
+        ("trainer.min_steps", -5, "trainer.min_steps=-5 is not valid: an integer >= 0"),
         ("trainer.batch_size", 0, "trainer.batch_size=0 is not valid: an integer >= 1"),
         ("data.split.val_fraction", 1.5, "data.split.val_fraction=1.5 is not valid: a number >= 0 and < 1"),
         ("data.split.test_fraction", 0.95, "val_fraction + data.split.test_fraction = 1.05: must be < 1"),

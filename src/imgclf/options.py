@@ -286,7 +286,9 @@ class EarlyStopping(Group):
 
 @dataclass(frozen=True, kw_only=True)
 class Trainer(Group):
-    epochs: int = rule(integer(1))
+    epochs: int | str = rule(((lambda v: v == "auto" or integer(1)[0](v)), "auto or an integer >= 1"))
+    min_epochs: int = rule(integer(1), 12)  # epochs=auto: at least this many epochs ...
+    min_steps: int = rule(integer(0), 240)  # ... and at least this many optimiser steps (a small data set)
     batch_size: int = rule(integer(1))
     device: str = rule(one_of(*DEVICES), "auto")
     deterministic: bool = rule(BOOLEAN, True)
@@ -300,14 +302,33 @@ class Trainer(Group):
     keep: str = rule(one_of("last", "best"), "last")
     resume: str = rule(((lambda v: isinstance(v, str) and v != ""), "auto, never or the path of a last.pt"), "auto")
 
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """trainer.epochs, or for auto: min_epochs, or more when an epoch is short, until min_steps steps."""
+        if self.epochs != "auto":
+            return self.epochs
+        return max(self.min_epochs, math.ceil(self.min_steps / max(steps_per_epoch, 1)))
+
 
 TTA: Rule = subset_of("hflip", "crops")
+AUTO_PRESETS = ("digits", "photos")  # what augment=auto chooses between
 
 
 @dataclass(frozen=True, kw_only=True)
 class Augment(Group):
     ops: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping)), "a mapping of name: kornia op"), {})
     tta: tuple[str, ...] = rule(TTA, ())
+    preset: str | None = rule(optional(one_of("auto")), None)  # auto: ops and tta from presets, by the data
+    presets: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping)), "a mapping of preset: ops and tta"), {})
+
+    def check(self, where: str) -> None:
+        if self.preset != "auto":
+            return
+        for name in AUTO_PRESETS:
+            chosen = self.presets.get(name)
+            if not isinstance(chosen, Mapping) or not isinstance(chosen.get("ops"), Mapping):
+                raise BadInput(f"{where}=auto needs {where}.presets.{name}.ops (conf/augment/auto.yaml composes it)")
+            if not TTA[0](chosen.get("tta", [])):
+                raise BadInput(f"{where}.presets.{name}.tta={chosen.get('tta')!r} is not valid: {TTA[1]}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,7 +3,7 @@ import torch
 
 from imgclf.config import compose
 from imgclf.data.transforms import build_augment, center_crop, tta_views
-from imgclf.errors import BadInput
+from imgclf.errors import BadInput, MissingInput
 
 
 def preset(name: str) -> dict:
@@ -68,3 +68,37 @@ def test_center_crop_and_tta_views():
     assert torch.equal(shifted[1][..., 1:, 1:], images[..., :7, :7]) and shifted[1][..., 0, :].sum() == 0
     with pytest.raises(BadInput, match="unknown test-time views \\['rotate'\\]"):
         tta_views(images, 8, ["rotate"])
+
+
+def test_auto_picks_the_preset_the_split_images_call_for(tmp_path, compose_cfg):
+    import json
+
+    from imgclf.data.report import auto_preset, looks_like_symbols
+    from imgclf.options import Augment, Options
+
+    def report(modes, side):
+        size = {"width": {"min": side, "max": side}, "height": {"min": side, "max": side}, "modes": modes}
+        return {"image_size": size}
+
+    assert looks_like_symbols(report({"L": 900}, 28))  # DIGITS' train_small: gray digits
+    assert looks_like_symbols(report({"RGB": 50}, 32))  # tiny, in colour: icons, CIFAR-sized symbols
+    assert not looks_like_symbols(report({"RGB": 50, "L": 2}, 500))  # photos, a few of them gray
+    assert looks_like_symbols(report({"L": 10, "1": 3}, 300))  # scans of letters
+    opts = Options.from_config(compose_cfg("data=folder", f"data.path={tmp_path}"))
+    assert opts.augment.preset == "auto"  # the folder source follows its data
+    split = tmp_path / "split"
+    split.mkdir()
+    with pytest.raises(MissingInput, match=r"augment=auto reads .*report.json, which is not there; run the split"):
+        auto_preset(split)
+    for modes, side, preset in (({"L": 900}, 28, "digits"), ({"RGB": 40}, 256, "photos")):
+        (split / "report.json").write_text(json.dumps(report(modes, side)))
+        assert auto_preset(split) == preset
+        chosen = opts.augment.presets[preset]
+        named = Options.from_config(compose_cfg(f"augment={preset}")).augment  # what augment=<preset> gives
+        assert (dict(chosen["ops"]), tuple(chosen["tta"])) == (dict(named.ops), named.tta)
+        mirrors = any("Flip" in str(op.get("_target_")) for op in chosen["ops"].values())
+        assert mirrors == (preset == "photos")  # never a mirror for symbols
+    explicit = Options.from_config(compose_cfg("data=folder", f"data.path={tmp_path}", "augment=digits")).augment
+    assert explicit.preset is None and not explicit.presets  # named on the command line: as given
+    with pytest.raises(BadInput, match=r"augment=auto needs augment.presets.digits.ops"):
+        Augment.build({"preset": "auto", "presets": {"photos": {"ops": {}}}}, "augment")

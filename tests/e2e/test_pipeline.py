@@ -88,7 +88,7 @@ INPUTS = {
     "params export.opset": ({"export"}, "params.yaml", ("opset: 18", "opset: 17")),
     "params optimise.significance": ({"optimise"}, "params.yaml", ("significance: 0.05", "significance: 0.01")),
     "code data/digits.py": ({"fetch"}, "src/imgclf/data/digits.py", None),
-    "code data/report.py": ({"split"}, "src/imgclf/data/report.py", None),
+    "code data/report.py": ({"split", "train"}, "src/imgclf/data/report.py", None),  # train: augment=auto
     # a training-only edit reruns train alone (and, through model.pt, what reads it): no stage after imports training
     "code training/finetune.py": ({"train"}, "src/imgclf/training/finetune.py", None),
     "code analysis.py": ({"evaluate"}, "src/imgclf/analysis.py", None),

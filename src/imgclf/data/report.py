@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 
 from imgclf.data import SPLITS
 from imgclf.data.folder import FolderScan, ImageInfo
+from imgclf.errors import MissingInput
 
 
 def class_counts(splits: Mapping[str, list[tuple[str, str]]], class_names: Sequence[str]) -> list[dict]:
@@ -47,6 +49,29 @@ def cross_split_duplicates(splits: Mapping[str, list[tuple[str, str]]], info: Ma
         for d, members in sorted(by_digest.items())
         if len({s for s, _ in members}) > 1
     ]
+
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+SYMBOL_MAX_SIDE = 32  # px: MNIST's 28, CIFAR's 32 are photos in colour, digits and letters in gray
+
+
+def looks_like_symbols(report: Mapping) -> bool:
+    """The split's images are grayscale, or at most SYMBOL_MAX_SIDE px a side: digits, letters, icons, for which
+    a mirror shows another symbol (augment=auto then picks `digits`). From report.json's image_size."""
+    size = report.get("image_size") or {}
+    modes = set(size.get("modes") or {})
+    gray = bool(modes) and modes <= GRAY_MODES
+    sides = [(size.get(axis) or {}).get("max") for axis in ("width", "height")]
+    tiny = all(isinstance(side, (int, float)) for side in sides) and max(sides) <= SYMBOL_MAX_SIDE
+    return gray or tiny
+
+
+def auto_preset(split_dir: Path) -> str:
+    """augment=auto's choice for a split: `digits` when its report.json says symbols, else `photos`."""
+    report = split_dir / "report.json"
+    if not report.is_file():
+        raise MissingInput(f"augment=auto reads {report}, which is not there; run the split stage (dvc repro split)")
+    return "digits" if looks_like_symbols(json.loads(report.read_text())) else "photos"
 
 
 def write_data_report(

@@ -9,6 +9,7 @@ from torch import nn
 
 from imgclf.contract import ServingSpec
 from imgclf.data.datasets import build_loader, load_split
+from imgclf.data.report import auto_preset
 from imgclf.data.split import read_labels
 from imgclf.data.transforms import Preprocess, build_augment
 from imgclf.devices import seed_everything
@@ -32,6 +33,8 @@ class Training:
     val_loader: object
     generator: torch.Generator
     spec: ServingSpec
+    epochs: int  # trainer.epochs, or what epochs=auto came to for this data
+    augment: str | None = None  # the preset augment=auto chose; None when the config named the ops
 
 
 def build_training(opts: Options, paths: Paths, device: torch.device) -> Training:
@@ -44,9 +47,10 @@ def build_training(opts: Options, paths: Paths, device: torch.device) -> Trainin
     )
     labels = read_labels(paths.labels(opts.data.name))
     spec = ServingSpec(labels, pre.image_size, pre.mean, pre.std, pre.interpolation, pre.resize_size, pre.resize)
-    spec.tta = list(opts.augment.tta)
-    ops = opts.augment.ops  # none: batches come centre-cropped like validation's
     root, pin = paths.dataset(opts.data.name), device.type == "cuda"
+    chosen = auto_preset(root / "split") if opts.augment.preset == "auto" else None  # by what split found
+    augment = opts.augment.presets[chosen] if chosen else {"ops": opts.augment.ops, "tta": opts.augment.tta}
+    ops, spec.tta = augment["ops"], list(augment.get("tta", ()))  # ops {}: batches centre-cropped like val's
     train_set = load_split(root, "train", opts.data.subset, spec, crop=not ops)
     train_loader = build_loader(train_set, t.batch_size, True, generator, pin)
     val_loader = build_loader(load_split(root, "val", opts.data.subset, spec), t.batch_size, False, pin_memory=pin)
@@ -66,7 +70,8 @@ def build_training(opts: Options, paths: Paths, device: torch.device) -> Trainin
         opts.optim.factory(), model, lr=o.lr, weight_decay=o.weight_decay, backbone_lr_divisor=div
     )
     augment = build_augment(ops, spec.image_size, seed=opts.seed + dist.rank()) if ops else None
-    scheduler = opts.schedule.factory()(optimizer, epochs=t.epochs, steps_per_epoch=len(train_loader))
+    epochs = t.epochs_for(len(train_loader))
+    scheduler = opts.schedule.factory()(optimizer, epochs=epochs, steps_per_epoch=len(train_loader))
     criterion, preprocess = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), Preprocess(pre.mean, pre.std)
     trainer = Trainer(
         model,
@@ -80,4 +85,4 @@ def build_training(opts: Options, paths: Paths, device: torch.device) -> Trainin
         grad_clip=t.grad_clip,
         log_every=t.log_every,
     )
-    return Training(model, trainer, train_loader, val_loader, generator, spec)
+    return Training(model, trainer, train_loader, val_loader, generator, spec, epochs, chosen)

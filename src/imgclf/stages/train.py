@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 
 import torch
@@ -15,9 +16,12 @@ from imgclf.stages._app import is_multirun, output_root, overrides, stage_main
 from imgclf.stages._build import build_training
 from imgclf.tracking import sweeps
 from imgclf.training import distributed as dist
+from imgclf.training.baseline import pixel_baseline, verdict
 from imgclf.training.checkpoint import Resumable
 from imgclf.training.finetune import Strategy, prepare
 from imgclf.training.lifecycle import Kept, Stopping, TrainingRun, run_tags
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig | Options) -> float:
@@ -40,6 +44,12 @@ def train(cfg: DictConfig | Options) -> float:
 def _train(opts: Options, paths: Paths, device: torch.device, run: TrainingRun) -> float:
     t, built, f = opts.trainer, build_training(opts, paths, device), opts.finetune
     trainer, model, generator = built.trainer, built.model, built.generator
+    if built.augment:  # augment=auto: what it chose, where a user looks (the log, the run's tags)
+        log.info("augment=auto: %s, from the split's images (data/%s/split/report.json)", built.augment, opts.data.name)
+        tracking.set_tags({"imgclf.augment": built.augment})
+    if t.epochs == "auto":
+        log.info("trainer.epochs=auto: %d epochs of %d steps", built.epochs, len(built.train_loader))
+        tracking.set_tags({"imgclf.epochs": built.epochs})
     strategy = Strategy(f.strategy, f.freeze_epochs, f.cache_features, t.compile)
     prepared = prepare(
         strategy, trainer, model, built.train_loader, built.val_loader, batch_size=t.batch_size, generator=generator
@@ -48,7 +58,7 @@ def _train(opts: Options, paths: Paths, device: torch.device, run: TrainingRun) 
     generators = {"loader": generator, **({"augment": augment.generator} if augment else {})}
     objects = Resumable(model, trainer.optimizer, trainer.scheduler, trainer.scaler, generators)
     stopping = Stopping(t.early_stopping.patience, t.early_stopping.min_delta)
-    state = run.fit(prepared, objects, epochs=t.epochs, stopping=stopping)
+    state = run.fit(prepared, objects, epochs=built.epochs, stopping=stopping)
     meta = {"arch": opts.model.name, "source": opts.model.source, **asdict(built.spec)}
     data_report_dir = Paths.from_config(opts.paths).report_dir("split")  # the project's, also from a sweep job
     kept = Kept.choose(t.keep, state)
@@ -62,6 +72,12 @@ def _train(opts: Options, paths: Paths, device: torch.device, run: TrainingRun) 
         dataset=opts.data.name,
         data_report_dir=data_report_dir,
     )
+    if dist.rank() == 0:  # a run that ended near chance, or below what raw pixels give, says so and what to try
+        floor = pixel_baseline(built.train_loader.dataset, built.val_loader.dataset)
+        tracking.log_metrics({"baseline/val/acc": floor})
+        said = verdict(kept.metrics["val/acc"], floor, len(built.spec.class_names))
+        if said:
+            log.warning("%s", said)
     return kept.metrics["val/acc"]  # the sweep objective: the val/acc of the weights model.pt holds
 
 
