@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgclf.config import check_overrides, conf_dir
 from imgclf.credentials import strip_overrides
-from imgclf.errors import USER_ERRORS, BadConfig
+from imgclf.errors import USER_ERRORS, BadConfig, BadInput
+from imgclf.workspace import OFF, with_workspace
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
 
     def main() -> None:
         sys.argv[1:] = strip_overrides(sys.argv[1:])  # before Hydra saves them anywhere
+        try:  # the experiment applied in this workspace (params.yaml), under the user's own overrides
+            sys.argv[1:], carried = with_workspace(sys.argv[1:])
+        except BadInput as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        if carried:
+            print(f"workspace: params.yaml is conf/ plus {' '.join(carried)} ({OFF}=0: conf/ alone)", file=sys.stderr)
         error = check_overrides(sys.argv[1:])  # before Hydra: its errors are multi-line and exit 1
         if error:
             print(f"error: {error}", file=sys.stderr)

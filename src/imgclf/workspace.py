@@ -1,0 +1,142 @@
+"""The workspace's params.yaml as overrides of conf/, so that ad-hoc commands follow the applied experiment.
+
+`dvc exp run -S data=folder -S data.path=...` writes its composition to params.yaml; `imgclf train`, `imgclf lr-find`
+and `python -m imgclf.stages.<stage>` compose conf/ (groups, sweeps and Hydra's settings live there). Between the
+two, `workspace_overrides` finds the group choices and keys that turn conf/'s default into params.yaml (each group's
+closest option, then the keys that still differ), checks that composing them gives params.yaml exactly, and the
+stage entry point puts them before the user's own overrides. Where they cannot re-create it (conf/ edited since),
+the command stops with one line instead of running on a config nobody asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from imgclf.config import conf_dir, config_groups
+from imgclf.errors import BadInput
+
+PARAMS = "params.yaml"
+OFF = "IMGCLF_WORKSPACE"  # =0: start from conf/ alone
+# groups a composition picks, data first (its defaults list picks the augment preset); experiment, sweep and
+# launcher are added with + and leave no section of their own
+PICKED = ("data", "augment", "model", "optim", "schedule", "finetune", "trainer", "tracking", "optimise")
+EXPLICIT = ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp")  # DVC's stages, a user's own
+
+
+@contextmanager
+def _composer(root: Path) -> Iterator[Callable[[Sequence[str]], tuple[dict, dict]]]:
+    """compose(overrides) -> (resolved, unresolved) plain dicts, in one Hydra context, each composition once."""
+    from hydra import compose, initialize_config_dir
+
+    cache: dict[tuple[str, ...], tuple[dict, dict]] = {}
+
+    def composed(overrides: Sequence[str]) -> tuple[dict, dict]:
+        key = tuple(overrides)
+        if key not in cache:
+            cfg = compose(config_name="config", overrides=list(key))
+            cache[key] = OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg, resolve=False)
+        return cache[key]
+
+    with initialize_config_dir(str(conf_dir(root)), version_base=None):
+        yield composed
+
+
+def _identity(section: Any) -> Any:
+    """What tells a group's options apart: its keys and the values that name it."""
+    if not isinstance(section, Mapping):
+        return section
+    return sorted(section), [section.get(k) for k in ("name", "_target_", "strategy", "method", "preset")]
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping) and node:
+        return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def _distance(a: Any, b: Any) -> int:
+    left, right = _leaves(a), _leaves(b)
+    return sum(left.get(k, object()) != right.get(k, object()) for k in left.keys() | right.keys())
+
+
+def value(v: Any) -> str:
+    """A value as Hydra's override grammar reads it back: strings quoted, lists and mappings spelled out."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(v, Mapping):
+        return "{" + ",".join(f"{k}:{value(x)}" for k, x in v.items()) + "}"
+    return "[" + ",".join(value(x) for x in v) + "]"
+
+
+def _differences(want: Mapping, have: Mapping, raw: Mapping, prefix: str = "") -> Iterable[str]:
+    """Overrides turning `have` into `want`; keys that interpolate others (`raw`'s ${...}) follow by themselves."""
+    for key, v in want.items():
+        path = f"{prefix}{key}"
+        if key not in have:
+            yield f"+{path}={value(v)}"
+        elif isinstance(v, Mapping) and isinstance(have[key], Mapping) and v and have[key]:
+            yield from _differences(v, have[key], raw.get(key) or {}, f"{path}.")
+        elif v != have[key] and "${" not in str(raw.get(key, "")):
+            yield f"{path}={value(v)}"
+    yield from (f"~{prefix}{key}" for key in have if key not in want)
+
+
+def workspace_overrides(root: str | Path = ".") -> list[str]:
+    """The overrides that make conf/ compose to `root`'s params.yaml ([] when it is conf/'s default or absent)."""
+    root = Path(root)
+    params = root / PARAMS
+    if not params.is_file():
+        return []
+    want = OmegaConf.to_container(OmegaConf.load(params), resolve=True)
+    with _composer(root) as composed:
+        if want == composed([])[0]:
+            return []
+        groups, choices = config_groups(root), []
+        for group in (g for g in PICKED if g in groups and g in want):
+            current = composed(choices)[0].get(group)
+            if _identity(want[group]) == _identity(current):
+                continue  # the same option: what differs is keys, below
+            options = {o: composed([*choices, f"{group}={o}"])[0].get(group) for o in groups[group]}
+            best = min(options, key=lambda o: _distance(want[group], options[o]))
+            if options[best] != current:
+                choices.append(f"{group}={best}")
+        found = [*choices, *_differences(want, *composed(choices))]
+        if composed(found)[0] != want:
+            raise BadInput(
+                f"{params} cannot be re-created from conf/ (edited since it was written?); run `make params` or "
+                f"the stage through DVC, or set {OFF}=0 to start from conf/ alone"
+            )
+    return found
+
+
+def _key(override: str) -> str:
+    return re.split(r"[=]", override.lstrip("+~"), maxsplit=1)[0]
+
+
+def with_workspace(argv: list[str], root: str | Path = ".") -> tuple[list[str], list[str]]:
+    """(argv with the workspace's overrides first, those overrides): none where the command names its own config,
+    adds a recipe (+experiment=, which sets keys across groups), or IMGCLF_WORKSPACE=0; the user's keys win."""
+    if os.environ.get(OFF) == "0" or any(a.split("=")[0] in EXPLICIT for a in argv):
+        return argv, []
+    if any(_key(a) == "experiment" for a in argv if not a.startswith("-")):
+        return argv, []
+    mine = [_key(a) for a in argv if not a.startswith("-") and "=" in a or a.startswith("~")]
+    kept = [
+        o
+        for o in workspace_overrides(root)
+        if not any(_key(o) == k or _key(o).startswith(f"{k}.") for k in mine)  # a group or key the user sets
+    ]
+    return [*kept, *argv], kept

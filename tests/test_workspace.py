@@ -1,0 +1,83 @@
+"""Ad-hoc commands follow the workspace: the experiment `dvc exp run -S` applied (params.yaml) is re-created from
+conf/ as overrides, under the user's own, through the stages' real entry point."""
+
+import shutil
+import sys
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from imgclf.config import compose, params_yaml
+from imgclf.errors import BadInput
+from imgclf.workspace import value, with_workspace, workspace_overrides
+
+from .conftest import ROOT, make_class_folders
+
+
+@pytest.fixture
+def project(tmp_path):
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    return tmp_path
+
+
+def applied(project, *overrides):
+    """What `dvc exp run -S ...` leaves in params.yaml."""
+    (project / "params.yaml").write_text(params_yaml(list(overrides), project))
+
+
+def test_the_applied_experiment_comes_back_as_overrides_of_conf(project):
+    assert workspace_overrides(project) == []  # no params.yaml: conf/ alone
+    applied(project)
+    assert workspace_overrides(project) == []  # conf/'s default
+    folder = "/data/my digits/it's here"
+    applied(project, "data=folder", f"data.path={value(folder)}", "optim.lr=0.002", "trainer.epochs=3", "augment=none")
+    found = workspace_overrides(project)
+    assert found == ["data=folder", "augment=none", f"data.path={value(folder)}", "optim.lr=0.002", "trainer.epochs=3"]
+    want = OmegaConf.load(project / "params.yaml")
+    assert OmegaConf.to_container(compose(found, project)) == OmegaConf.to_container(want)
+    # the user's keys win; a group the user picks drops the workspace's keys inside it; a recipe starts from conf/
+    argv, kept = with_workspace(["-m", "optim.lr=0.1,0.2", "data=digits"], project)
+    assert kept == ["augment=none", "trainer.epochs=3"] and argv == [*kept, "-m", "optim.lr=0.1,0.2", "data=digits"]
+    assert with_workspace(["+experiment=mnist_alexnet"], project) == (["+experiment=mnist_alexnet"], [])
+    assert with_workspace(["--config-dir", ".", "--config-name", "params"], project)[1] == []  # DVC's stages
+
+
+def test_off_keys_conf_lacks_and_plain_edits(project, monkeypatch):
+    applied(project, "optim.lr=0.002")
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(text.replace("  name: alexnet\n", "  name: alexnet\n  hidden: 3\n", 1))
+    assert "+model.hidden=3" in workspace_overrides(project)  # a key conf/ lacks: added back
+    (project / "params.yaml").write_text(text.replace("sample_per_class: 5", "sample_per_class: 7", 1))
+    assert workspace_overrides(project) == ["data.split.sample_per_class=7", "optim.lr=0.002"]  # params.yaml edited
+    monkeypatch.setenv("IMGCLF_WORKSPACE", "0")
+    assert with_workspace(["trainer.epochs=1"], project) == (["trainer.epochs=1"], [])
+
+
+def test_a_params_yaml_that_contradicts_its_own_interpolations_is_one_line(project):
+    folder = "/data/a"
+    applied(project, "data=folder", f"data.path={folder}")
+    text = (project / "params.yaml").read_text()
+    assert text.count(f"path: {folder}\n") == 2  # data.path, and data.fetch.path interpolating it
+    (project / "params.yaml").write_text(text.replace(f"    path: {folder}\n", "    path: /data/b\n", 1))
+    with pytest.raises(BadInput, match=r"params.yaml cannot be re-created from conf/ \(edited since it was written"):
+        workspace_overrides(project)
+
+
+def test_a_stage_started_by_hand_runs_the_workspace_experiment(project, monkeypatch, capsys):
+    """`imgclf fetch` after `dvc exp run -S data=folder -S data.path=...`: the folder, not conf/'s digits."""
+    folder = make_class_folders(project / "photos", {"cat": 3, "dog": 3})
+    applied(project, "data=folder", f"data.path={folder}")
+    monkeypatch.chdir(project)
+    from imgclf.stages import fetch
+
+    monkeypatch.setattr(sys, "argv", ["imgclf.stages.fetch"])
+    GlobalHydra.instance().clear()
+    try:
+        fetch.main()
+    finally:
+        GlobalHydra.instance().clear()
+    assert sorted(p.name for p in (project / "data/folder/images").iterdir()) == ["cat", "dog"]
+    assert not (project / "data/digits").exists()
+    said = capsys.readouterr().err
+    assert f"workspace: params.yaml is conf/ plus data=folder data.path='{folder}' (IMGCLF_WORKSPACE=0" in said
