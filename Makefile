@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv pipeline test test-fast lint format params dvc-deps clean-runs postgres chromium mlflow-server serve
+.PHONY: venv pipeline test test-fast lint format params dvc-deps clean-runs postgres chromium mlflow-server serve exps
 
 venv: $(VENV)/.installed
 
@@ -61,6 +61,12 @@ lint: venv
 format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# `dvc exp show` narrowed to what tells experiments apart (it shows every param and metric: 240 columns);
+# KEEP=... for other columns (a regex of column names)
+KEEP ?= Experiment|Created|data\.name|data\.path|model\.name|optim\.lr|trainer\.(epochs|batch_size)|finetune\.strategy|augment\.preset|^test/(acc|macro_f1)$$|^val/acc$$|epochs_run|promoted
+exps:
+	dvc exp show --no-pager --drop '.*' --keep '$(KEEP)'
 
 # Regenerate params.yaml (what DVC tracks) after editing conf/.
 params: venv
