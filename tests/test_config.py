@@ -136,3 +136,20 @@ def test_missing_pretrained_weights_is_one_line_and_a_failed_run(tiny_project, p
     expected = tmp_path / "empty_torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
     assert last.startswith(f"error: pretrained weights for vgg16 not found at {expected}; download https://")
     assert "Traceback" not in proc.stderr
+
+
+def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatch, tmp_path):
+    from imgclf.cli import check
+
+    monkeypatch.chdir(ROOT)
+    cases = [
+        (["-S", "model=vgg61"], 2, "error: unknown model 'vgg61' (did you mean model=vgg16?); choose one of: "),
+        (["-S", "data=folder", "-S", f"data.path={tmp_path / 'missing'}"], 1, "error: data.path="),
+        (["-S", "trainer.epochs=0"], 1, "error: trainer.epochs=0 is not valid: auto or an integer >= 1"),
+        (["-S", "optim.lr=0.001", "-S", "model=vgg16"], 0, "ok: optim.lr=0.001 model=vgg16"),
+    ]
+    for argv, code, said in cases:
+        assert check(argv) == code
+        out = capsys.readouterr()
+        lines = (out.err or out.out).strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(said), lines

@@ -13,7 +13,7 @@ from pathlib import Path
 from imgclf.errors import USER_ERRORS, BadInput
 
 STAGES = ("fetch", "split", "train", "evaluate", "export", "optimise")
-COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync", "serve")
+COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync", "serve", "check")
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -234,6 +234,26 @@ def sync(argv: list[str]) -> int:
     return 1 if any(left for _, left in results) else 0
 
 
+def check(argv: list[str]) -> int:
+    """`imgclf check -S a -S b`: the overrides of a `dvc exp run` checked as DVC will compose them (from conf/), in
+    one line and before DVC prints its own dozen: unknown keys and choices, bad values, missing folders."""
+    from imgclf.config import check_overrides, compose
+    from imgclf.options import Options
+
+    overrides = [a for a in argv if a != "-S"]
+    error = check_overrides(overrides)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        Options.from_config(compose(overrides))
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: {' '.join(overrides) or 'conf/ as it is'}")
+    return 0
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(
@@ -244,7 +264,8 @@ def main() -> None:
             "  imgclf reproduce RUN_ID               re-create a run from its record and compare\n"
             "  imgclf lr-find [HYDRA OVERRIDES...]   fast.ai's learning-rate finder: plot and suggested rate\n"
             "  imgclf sync                           send what runs logged while the tracking server was away\n"
-            "  imgclf serve [--model M] [--port P]   Classify One / Many and the model card in a browser",
+            "  imgclf serve [--model M] [--port P]   Classify One / Many and the model card in a browser\n"
+            "  imgclf check [-S OVERRIDE...]         a dvc exp run's overrides checked in one line",
             file=sys.stderr,
         )
         sys.exit(0 if len(sys.argv) > 1 else 2)
@@ -258,7 +279,7 @@ def main() -> None:
         from imgclf.deploy.webapp import main as serve
 
         sys.exit(serve(sys.argv[2:]))
-    if command in ("runs", "reproduce", "sync"):
-        sys.exit({"runs": runs, "reproduce": reproduce, "sync": sync}[command](sys.argv[2:]))
+    if command in ("runs", "reproduce", "sync", "check"):
+        sys.exit({"runs": runs, "reproduce": reproduce, "sync": sync, "check": check}[command](sys.argv[2:]))
     sys.argv = [f"imgclf {command}", *sys.argv[2:]]
     importlib.import_module(f"imgclf.stages.{command.replace('-', '_')}").main()
