@@ -40,6 +40,7 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     ckpt = torch.load(tiny_project / "models/model.pt", weights_only=True)
     assert ckpt["class_names"] == ["a", "b", "c"] and ckpt["arch"] == "test_resnet" and ckpt["image_size"] == 32
     assert ckpt["config"]["trainer"]["epochs"] == 2
+    assert not (tiny_project / "checkpoints").exists()  # finished: no checkpoint, and no empty folder, is left
 
     test_acc = evaluate(cfg)
     metrics = json.loads((tiny_project / "reports/evaluate/metrics.json").read_text())

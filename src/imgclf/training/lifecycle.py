@@ -3,6 +3,7 @@ outputs dvc.yaml declares; run.json names the MLflow run that evaluate, export a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -170,6 +171,8 @@ class TrainingRun:
         for name in ("last.pt", "best.pt"):  # finished: model.pt is the result, nothing to resume
             (self.paths.checkpoints / name).unlink(missing_ok=True)
             remove_orphans(self.paths.checkpoints / name)  # halves of writes a SIGKILL interrupted
+        with contextlib.suppress(OSError):  # no empty folder left behind; one holding anything else stays
+            self.paths.checkpoints.rmdir()
 
 
 def run_tags(
