@@ -5,6 +5,7 @@ cost (bodies counted as they arrive, images refused past the pixel limit from th
 import json
 import logging
 import struct
+import time
 import zlib
 
 import pytest
@@ -207,3 +208,38 @@ def test_what_a_request_may_cost_is_bounded(served, trained_project):
     rows = client.post("/api/classify", files=[("files", (f"{i}.png", image)) for i in range(3)]).json()["results"]
     assert [bool(r.get("top")) for r in rows] == [True, True, False]
     assert rows[2]["error"].startswith("over this request's limit of pixels")
+
+
+def test_the_runs_view_reads_the_curves_of_finished_and_running_runs(trained_project, tmp_path):
+    import shutil
+
+    from imgclf import tracking
+
+    project = tmp_path / "project"
+    shutil.copytree(trained_project, project, ignore=shutil.ignore_patterns("cache"))
+    client = serve_client(project, tmp_path / "cache", [project / "data"])
+    trained = json.loads((project / "models/run.json").read_text())["run_id"]
+    listed = client.get("/api/runs").json()
+    assert listed["experiment"] == "test" and listed["runs"][0]["run_id"] == trained
+    assert listed["runs"][0]["status"] == "FINISHED" and "val/acc" in listed["runs"][0]["metrics"]
+    curves = client.get(f"/api/runs/{trained}").json()["curves"]
+    assert [step for step, _ in curves["train/loss"]] == [1, 2, 3] and {"val/loss", "val/acc"} <= set(curves)
+    uri = f"sqlite:///{project}/mlflow.db"
+
+    def val_acc(run_id, points):  # what the page polls for, once the run's records have reached the store
+        deadline = time.monotonic() + 30
+        while client.get(f"/api/runs/{run_id}").json()["curves"].get("val/acc") != points:
+            assert time.monotonic() < deadline, client.get(f"/api/runs/{run_id}").json()
+            time.sleep(0.1)
+        return True
+
+    with tracking.run(uri, "test", run_name="training-now") as live:  # a run still training: its first epoch
+        tracking.log_metrics({"train/loss": 2.0, "val/loss": 2.1, "val/acc": 0.3}, step=1)
+        assert val_acc(live, [[1, 0.3]])
+        newest = client.get("/api/runs").json()["runs"][0]
+        assert (newest["run_id"], newest["name"], newest["status"]) == (live, "training-now", "RUNNING")
+        tracking.log_metrics({"train/loss": 1.0, "val/loss": 1.2, "val/acc": 0.6}, step=2)
+        assert val_acc(live, [[1, 0.3], [2, 0.6]])  # the curve grows while the run trains
+    for bad in ("0" * 31, "../../etc/passwd", "f" * 32):
+        answer = client.get(f"/api/runs/{bad}")
+        assert answer.status_code in (400, 404) and "error" in answer.json()

@@ -115,6 +115,9 @@ def test_classify_one_many_and_bad_files_in_a_browser(project, server, browser, 
     images = sorted((project / "data/tiny/images").rglob("*.png"))
     picks = [images[0], images[25], images[50]]  # one of each class
     browser.get(server)
+    # the first page: no broken image, no empty "Top-1:" before anything is chosen
+    assert not browser.find_element(By.ID, "one-image").is_displayed()
+    assert not browser.find_element(By.ID, "one-result").is_displayed()
     browser.find_element(By.ID, "one-file").send_keys(str(picks[1]))
     browser.find_element(By.ID, "one-submit").click()
     top1 = wait_for(browser, lambda d: d.find_element(By.ID, "one-top1").text)
@@ -162,6 +165,16 @@ def test_classify_one_many_and_bad_files_in_a_browser(project, server, browser, 
     assert card["classes"] == ["a", "b", "c"] and set(card["metrics"]) == {"test/acc", "test/macro_f1"}
     assert browser.find_element(By.ID, "card-test-acc").text == f"{card['metrics']['test/acc']:.4f}"
     screenshot(browser, "model", tmp_path)
+
+    # Runs: DIGITS' training graph, the latest run's loss and accuracy per epoch, read from MLflow
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=runs]").click()
+    curve = "#chart-acc polyline[data-key='val/acc']"
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, curve))
+    assert len(browser.find_element(By.CSS_SELECTOR, curve).get_attribute("points").split()) == 3  # 3 epochs
+    row = browser.find_element(By.CSS_SELECTOR, "#runs-table tr.picked")
+    assert row.get_attribute("data-run") == card["run_id"]
+    assert row.find_element(By.CLASS_NAME, "status").text == "FINISHED"
+    screenshot(browser, "runs", tmp_path)
 
 
 def post(url, fields, files):

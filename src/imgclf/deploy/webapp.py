@@ -1,4 +1,5 @@
-"""`imgclf serve`: DIGITS' pages in a browser. Classify One, Classify Many and the model card, on FastAPI.
+"""`imgclf serve`: DIGITS' pages in a browser. Classify One, Classify Many, the model card and the runs' training
+curves (read from MLflow as they are logged), on FastAPI.
 
 The page is one static file (src/imgclf/web/index.html, no CDN: nothing is fetched from the internet); the API
 classifies with the same `Classifier` as `imgclf predict` (the one serving contract), so a page and the CLI give
@@ -36,7 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from imgclf.data.images import UNREADABLE, open_image
 from imgclf.deploy.access import Guard, UploadTooLarge, inside, loopback_names, open_inside
-from imgclf.deploy.model_card import Model, load_model, model_home
+from imgclf.deploy.model_card import RUN_ID, Model, load_model, model_home
 from imgclf.deploy.predict import Prediction, collect_inputs, top_k
 from imgclf.errors import USER_ERRORS, BadInput
 
@@ -237,6 +238,20 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     async def switch(request: Request):
         ref = await _model_ref(request, answer)
         return ref if isinstance(ref, JSONResponse) else await run_in_threadpool(service.switch, ref)
+
+    @app.get("/api/runs")
+    def runs():  # the Runs view: the experiment's latest runs; a training run's curves grow as it logs them
+        from imgclf import tracking
+
+        return {"experiment": service.experiment, "runs": tracking.recent_runs(service.uri, service.experiment)}
+
+    @app.get("/api/runs/{run_id}")
+    def curves(run_id: str):
+        from imgclf import tracking
+
+        if not RUN_ID.fullmatch(run_id):
+            raise BadInput(f"{run_id[:40]!r} is not an MLflow run id (32 hex digits)")
+        return tracking.run_curves(service.uri, run_id)
 
     @app.get("/api/picture/{name}")
     def picture(name: str):

@@ -170,3 +170,45 @@ def run_link(uri: str, run_id: str) -> str:
             experiment_id = _query_client(uri).get_run(run_id).info.experiment_id
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"mlflow ui --backend-store-uri {uri}  (run {run_id})"
+
+
+CURVES = ("train/loss", "val/loss", "train/acc", "val/acc")  # what the Runs view draws, per epoch
+MAX_POINTS = 2000  # per curve: what one request may ask of the store
+
+
+def recent_runs(uri: str, experiment: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The experiment's latest runs, newest first, with their status and headline metrics (serve's Runs view)."""
+    client = _query_client(uri)
+    with _one_line_errors():
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id], max_results=limit, order_by=["attribute.start_time DESC"])
+    return [
+        {
+            "run_id": r.info.run_id,
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "metrics": {k: r.data.metrics[k] for k in ("val/acc", "best/val/acc", "test/acc") if k in r.data.metrics},
+        }
+        for r in runs
+    ]
+
+
+def run_curves(uri: str, run_id: str) -> dict[str, Any]:
+    """A run's status and its CURVES as [step, value] pairs (at most MAX_POINTS each), as they stand now."""
+    client = _query_client(uri)
+    with _one_line_errors():
+        run = client.get_run(run_id)
+        curves = {
+            key: [[m.step, m.value] for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+            for key in CURVES
+            if key in run.data.metrics
+        }
+    return {
+        "run_id": run_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "curves": {k: v[-MAX_POINTS:] for k, v in curves.items()},
+    }
