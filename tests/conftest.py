@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +23,52 @@ def project_env(monkeypatch):
     env.pop("IMGCLF_DEBUG", None)
     env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri() in an earlier in-process test exports it
     return env
+
+
+def console(function, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """A console command's own function (`imgclf.cli.runs`, `predict`: what the script calls with sys.argv[2:]) in
+    this process, in `cwd`, with its exit code and what it printed: a process start (seconds of imports) saved
+    where the test is about the command, not about the script; each command keeps one test of its script."""
+    import contextlib
+    import io
+
+    out, err, before, saved = io.StringIO(), io.StringIO(), os.getcwd(), dict(os.environ)
+    os.chdir(cwd)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = function(list(argv))
+            except SystemExit as exc:  # argparse's own refusals
+                code = exc.code
+    finally:
+        os.chdir(before)
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def stage_main(stage: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m imgclf.stages.<stage> ARGV` through the stage's real `main` (override check, Hydra, typed options),
+    in this process: see `console`."""
+    import importlib
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    module = importlib.import_module(f"imgclf.stages.{stage}")
+
+    def main(args: list[str]) -> int:
+        saved = sys.argv
+        sys.argv = [f"imgclf.stages.{stage}", *args]
+        GlobalHydra.instance().clear()
+        try:
+            module.main()
+        finally:
+            sys.argv = saved
+            GlobalHydra.instance().clear()
+        return 0
+
+    return console(main, argv, cwd)
 
 
 def make_class_folders(root: Path, classes: dict[str, int], size: int = 8, seed: int = 0) -> Path:

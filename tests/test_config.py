@@ -7,7 +7,7 @@ import pytest
 
 from imgclf.config import check_overrides, config_groups, params_yaml
 
-from .conftest import BIN, ROOT
+from .conftest import BIN, ROOT, stage_main
 
 
 def test_params_yaml_is_the_composition_of_conf():
@@ -87,14 +87,17 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
     ],
 )
 def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
-    proc = subprocess.run(
-        [sys.executable, "-m", "imgclf.stages.train", *args],
-        cwd=ROOT,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    if args == ["data=imagenet"]:  # one through `python -m`, the rest through the same main in this process
+        proc = subprocess.run(
+            [sys.executable, "-m", "imgclf.stages.train", *args],
+            cwd=ROOT,
+            env=project_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    else:
+        proc = stage_main("train", args, ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {expected}"
 
@@ -104,7 +107,7 @@ def test_console_script_rejects_unknown_command(project_env):
         [str(BIN / "imgclf"), "trian"], cwd=ROOT, env=project_env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
-    commands = "fetch, split, train, evaluate, export, optimise, predict, runs, reproduce, lr-find, sync, serve"
+    commands = "fetch, split, train, evaluate, export, optimise, predict, runs, reproduce, lr-find, sync, serve, check"
     assert proc.stderr.strip() == f"error: unknown command 'trian'; choose one of: {commands}"
 
 

@@ -9,7 +9,7 @@ import pytest
 from imgclf.errors import BadInput
 from imgclf.files import atomic_dir, atomic_path, remove_orphans_in, write_text
 
-from .conftest import BIN
+from .conftest import console
 
 
 def test_a_file_never_replaces_a_folder(tmp_path):
@@ -81,7 +81,10 @@ def test_temporary_files_of_killed_writers_are_removed(tmp_path):
 
 
 def run(args, cwd, env):
-    return subprocess.run([str(BIN / "imgclf"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    """`imgclf predict|runs ...`: the commands' own functions, in this process (their scripts are tested elsewhere)."""
+    from imgclf import cli
+
+    return console({"predict": cli.predict, "runs": cli.runs}[args[0]], args[1:], cwd)
 
 
 def test_commands_refuse_an_existing_folder_as_their_output(trained_project, tmp_path, project_env):

@@ -1,8 +1,6 @@
 """Typed options and bad credentials: one line naming the key and what is valid, before any work, nothing written."""
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +12,7 @@ from imgclf.credentials import hide, strip_overrides
 from imgclf.errors import BadInput
 from imgclf.options import Options
 
-from .conftest import ROOT, TINY_OVERRIDES
+from .conftest import ROOT, TINY_OVERRIDES, stage_main
 
 
 @pytest.fixture(scope="module")
@@ -133,15 +131,9 @@ def test_any_value_of_any_key_is_accepted_or_refused_in_one_line_naming_it(defau
 
 
 def test_bad_override_exits_1_in_one_line_before_any_work(tiny_project, project_env):
-    cmd = [sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES]
+    args = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES]
     store = (tiny_project / "mlflow.db").read_bytes()
-    done = subprocess.run(
-        [*cmd, "tracking.uri=sqlite:///mlflow.db", "trainer.batch_size=0"],
-        cwd=tiny_project,
-        env=project_env,
-        capture_output=True,
-        text=True,
-    )
+    done = stage_main("train", [*args, "tracking.uri=sqlite:///mlflow.db", "trainer.batch_size=0"], tiny_project)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: trainer.batch_size=0 is not valid: an integer >= 1"
     for written in ("models", "checkpoints", "reports"):

@@ -11,7 +11,7 @@ from PIL import Image
 from imgclf.deploy.predict import Classifier, collect_inputs
 from imgclf.errors import BadInput
 
-from ..conftest import BIN, trained_tiny_project
+from ..conftest import BIN, console, trained_tiny_project
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,15 @@ def trained(tmp_path_factory):
     return trained_tiny_project(tmp_path_factory.mktemp("predict"))
 
 
-def cli(args, cwd, env):
-    return subprocess.run(
-        [str(BIN / "imgclf"), "predict", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+def cli(args, cwd, env, process=False):
+    """`imgclf predict ARGS`: its function in this process, or with `process` the installed script."""
+    if process:
+        return subprocess.run(
+            [str(BIN / "imgclf"), "predict", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        )
+    from imgclf.cli import predict
+
+    return console(predict, args, cwd)
 
 
 def test_predict_matches_evaluation_for_onnx_and_checkpoint(trained):
@@ -47,7 +52,7 @@ def test_predict_matches_evaluation_for_onnx_and_checkpoint(trained):
 
 def test_cli_classify_one_and_many(trained, project_env):
     image = next((trained / "data/tiny/images/b").iterdir())
-    one = cli([str(image), "--top-k", "5"], trained, project_env)
+    one = cli([str(image), "--top-k", "5"], trained, project_env, process=True)
     assert one.returncode == 0, one.stderr
     lines = one.stdout.splitlines()
     assert lines[0] == str(image) and len(lines) == 4  # k capped at the 3 classes
@@ -80,7 +85,7 @@ def test_the_request_printed_for_mlflow_models_serve_works_as_copied(trained, pr
     import urllib.request
 
     images = sorted((trained / "data/tiny/images/c").iterdir())[:3]
-    made = cli([*map(str, images), "--request", str(tmp_path / "request.json")], trained, project_env)
+    made = cli([*map(str, images), "--request", str(tmp_path / "request.json")], trained, project_env, process=True)
     assert made.returncode == 0 and made.stdout.strip() == f"wrote a request of 3 images to {tmp_path / 'request.json'}"
     body = json.loads((tmp_path / "request.json").read_text())
     assert np.array(body["inputs"]).shape == (3, 32, 32, 3)  # the model's size, RGB, HWC

@@ -23,7 +23,7 @@ from imgclf.tracking.compare import (
     table_columns,
 )
 
-from ..conftest import BIN, empty_mlflow_store
+from ..conftest import BIN, console, empty_mlflow_store
 
 SAME = {"model.name": "resnet18", "trainer.batch_size": "32", "seed": "0"}
 
@@ -73,9 +73,14 @@ def store(tmp_path_factory):
     return {"root": root, "uri": uri, "ids": ids, "parent": parent.info.run_id, "client": client}
 
 
-def imgclf_runs(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default URI is under test
-    return subprocess.run([str(BIN / "imgclf"), "runs", *args], cwd=cwd, env=env, capture_output=True, text=True)
+def imgclf_runs(*args: str, cwd: Path, process: bool = False) -> subprocess.CompletedProcess:
+    """`imgclf runs ARGS` in `cwd`: its function in this process, or with `process` the installed script."""
+    if process:
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default URI is under test
+        return subprocess.run([str(BIN / "imgclf"), "runs", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    from imgclf.cli import runs
+
+    return console(runs, list(args), cwd)
 
 
 def store_runs(store) -> dict[str, object]:
@@ -84,7 +89,7 @@ def store_runs(store) -> dict[str, object]:
 
 
 def test_table_is_sorted_by_metric_and_shows_only_differing_params(store):
-    result = imgclf_runs(cwd=store["root"])  # default --uri sqlite:///mlflow.db in the working directory
+    result = imgclf_runs(cwd=store["root"], process=True)  # the console script, default --uri sqlite:///mlflow.db
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
     by_acc = sorted(store_runs(store).values(), key=lambda r: -r.data.metrics["val/acc"])
