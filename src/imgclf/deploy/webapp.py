@@ -203,6 +203,21 @@ async def _model_ref(request: Request, answer) -> str | JSONResponse:
     return ref.strip()
 
 
+def _runs_routes(app: FastAPI, service: Service) -> None:
+    """The Runs view: the experiment's latest runs, and a run's curves as they stand (growing while it trains)."""
+    from imgclf import tracking
+
+    @app.get("/api/runs")
+    def runs():
+        return {"experiment": service.experiment, "runs": tracking.recent_runs(service.uri, service.experiment)}
+
+    @app.get("/api/runs/{run_id}")
+    def curves(run_id: str):
+        if not RUN_ID.fullmatch(run_id):
+            raise BadInput(f"{run_id[:40]!r} is not an MLflow run id (32 hex digits)")
+        return tracking.run_curves(service.uri, run_id)
+
+
 def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
     """The routes. `allowed_hosts`: the Host names a request may carry (a server on loopback answers only to
     loopback names, so a web page cannot reach it by rebinding its own name to 127.0.0.1); None takes any."""
@@ -239,19 +254,7 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
         ref = await _model_ref(request, answer)
         return ref if isinstance(ref, JSONResponse) else await run_in_threadpool(service.switch, ref)
 
-    @app.get("/api/runs")
-    def runs():  # the Runs view: the experiment's latest runs; a training run's curves grow as it logs them
-        from imgclf import tracking
-
-        return {"experiment": service.experiment, "runs": tracking.recent_runs(service.uri, service.experiment)}
-
-    @app.get("/api/runs/{run_id}")
-    def curves(run_id: str):
-        from imgclf import tracking
-
-        if not RUN_ID.fullmatch(run_id):
-            raise BadInput(f"{run_id[:40]!r} is not an MLflow run id (32 hex digits)")
-        return tracking.run_curves(service.uri, run_id)
+    _runs_routes(app, service)
 
     @app.get("/api/picture/{name}")
     def picture(name: str):
