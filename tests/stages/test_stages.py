@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -141,6 +142,24 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
         "export/model.onnx",
         "export/labels.txt",
     } <= set(artifact_paths(client, run_id))
+    # one file on disk for each model: the run's copies are read-only hard links to what the workspace holds
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    for logged, ours in (("checkpoint/model.pt", "models/model.pt"), ("export/model.onnx", "models/export/model.onnx")):
+        assert os.path.samefile(artifacts / logged, tiny_project / ours), logged
+        assert not (artifacts / logged).stat().st_mode & 0o222, logged
+    served_copies = list(artifacts.parents[2].rglob("models/*/artifacts/artifacts/model.onnx"))  # the pyfunc's
+    assert served_copies and all(os.path.samefile(c, tiny_project / "models/export/model.onnx") for c in served_copies)
+
+
+def test_the_next_run_leaves_the_last_runs_logged_model_as_it_was(tiny_cfg, tiny_project):
+    train(tiny_cfg("trainer.epochs=1"))
+    first = json.loads((tiny_project / "models/run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=tiny_cfg().tracking.uri)
+    logged = Path(client.get_run(first).info.artifact_uri.removeprefix("file://")) / "checkpoint/model.pt"
+    kept = logged.read_bytes()
+    assert kept == (tiny_project / "models/model.pt").read_bytes()
+    train(tiny_cfg("trainer.epochs=1", "optim.lr=0.002"))  # a new model.pt: written whole, renamed into place
+    assert (tiny_project / "models/model.pt").read_bytes() != kept and logged.read_bytes() == kept
 
 
 def test_same_config_twice_gives_identical_metrics(tiny_cfg, tiny_project):

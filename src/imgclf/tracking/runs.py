@@ -15,6 +15,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from imgclf.errors import MissingInput
+from imgclf.tracking.artifacts import local_artifact_dir, place_locally
 from imgclf.tracking.outbox import Outbox, default_root
 from imgclf.tracking.processes import PROCESS_TAG, end_killed_runs, process_tag
 from imgclf.tracking.redaction import MAX_PARAM_LENGTH, flatten, redact
@@ -56,6 +57,8 @@ def _sender(client: MlflowClient, run_id: str) -> Callable[[dict[str, Any], Path
     """Deliver one outbox record to `run_id`."""
     from mlflow.entities import Metric, Param, RunTag
 
+    local: list = []
+
     def send(record: dict[str, Any], directory: Path) -> None:
         op = record["op"]
         if op == "batch":
@@ -67,8 +70,13 @@ def _sender(client: MlflowClient, run_id: str) -> Callable[[dict[str, Any], Path
             )
         elif op == "artifact":
             path = directory / record["file"]
-            upload = client.log_artifacts if path.is_dir() else client.log_artifact
-            upload(run_id, str(path), record["artifact_path"])
+            if not local:  # asked once: where the run's artifacts live
+                local.append(local_artifact_dir(client.get_run(run_id).info.artifact_uri) or False)
+            if local[0]:  # on this disk: models linked, not copied again
+                place_locally(local[0], path, record["artifact_path"])
+            else:
+                upload = client.log_artifacts if path.is_dir() else client.log_artifact
+                upload(run_id, str(path), record["artifact_path"])
         elif op == "status":
             client.set_terminated(run_id, record["status"], end_time=record["end_time"])
         else:

@@ -9,6 +9,7 @@ import mlflow
 
 from imgclf import contract as serving
 from imgclf.tracking import runs
+from imgclf.tracking.artifacts import local_artifact_dir, place_file
 
 
 def _served_model_class():
@@ -76,4 +77,16 @@ def log_served_model(export_dir: str | Path, examples, registered_name: str | No
     finally:
         cloudpickle.unregister_pickle_by_value(serving)
         mlflow.end_run()  # the run's own end (its final status) follows through the outbox
+    _link_the_copy(info.model_id, export_dir / "model.onnx")
     return info.model_uri
+
+
+def _link_the_copy(model_id: str, onnx: Path) -> None:
+    """log_model copied the ONNX file into the model's artifacts: on a local store, that copy becomes a read-only
+    link to the export's file (the same bytes, checked), one file on disk (see imgclf.tracking.artifacts)."""
+    import filecmp
+
+    location = local_artifact_dir(mlflow.get_logged_model(model_id).artifact_location)
+    copy = location / "artifacts" / onnx.name if location else None
+    if copy is not None and copy.is_file() and filecmp.cmp(copy, onnx, shallow=False):
+        place_file(onnx, copy)
