@@ -2,8 +2,10 @@
 
 import csv
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 from subprocess import PIPE, STDOUT
 
 import pytest
@@ -66,6 +68,9 @@ def test_dvc_pipeline_end_to_end(repo, env):
     assert run.data.tags["mlflow.source.git.commit"] == sh(["git", "rev-parse", "HEAD"], repo, env).strip()
     assert run.data.tags["imgclf.dataset"] == "digits"
     top = {a.path for a in client.list_artifacts(run_id)}
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))  # one file each: DVC's cache, workspace, run
+    for logged, ours in (("checkpoint/model.pt", "models/model.pt"), ("export/model.pt2", "models/export/model.pt2")):
+        assert os.path.samefile(artifacts / logged, repo / ours), logged
     assert {"train", "checkpoint", "evaluate", "export", "data"} <= top
     assert json.loads((repo / "reports/split/report.json").read_text())["images_per_split"]["test"] == 360
     gate = json.loads((repo / "models/optimised/gate.json").read_text())  # optimise's verdict, promoted or not

@@ -56,6 +56,7 @@ def evaluate(cfg: DictConfig | Options) -> float:
     with tracking.reopen(paths.run_file, opts.tracking.uri):
         tracking.log_metrics(metrics)
         tracking.log_artifacts(out, "evaluate")
+        tracking.share_artifacts({"checkpoint/model.pt": paths.model_file})  # one file with DVC's cached model.pt
     log.info(
         "test/acc %.4f test/macro_f1 %.4f on %d images", metrics["test/acc"], metrics["test/macro_f1"], len(y_true)
     )

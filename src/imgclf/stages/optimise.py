@@ -1,10 +1,9 @@
 """optimise: the exported model made smaller or faster (conf/optimise/), kept only if it still answers the same.
 
-Calibrates on a fixed, seeded sample of the train split (never the test split) and compares the optimised model
-with the FP32 model on the whole test split. The gate: a test/acc drop above optimise.max_acc_drop that is also
-significant (McNemar's exact test on the images the two disagree on, p < optimise.significance) is not promoted:
-models/optimised then holds only gate.json saying why, and the stage still succeeds, so the experiment (its
-trained model, its FP32 metrics, the verdict) is kept. One image lost in a small test split is noise, not a verdict.
+Calibrated on a seeded sample of the train split, compared with FP32 on the whole test split. The gate: a test/acc
+drop above optimise.max_acc_drop that is also significant (McNemar's exact test on the images the two disagree on,
+p < optimise.significance) is not promoted: models/optimised holds only gate.json saying why and the stage still
+succeeds, so the experiment (its model, FP32 metrics, the verdict) is kept. One image lost is noise, not a verdict.
 """
 
 from __future__ import annotations
@@ -84,6 +83,7 @@ def optimise(cfg: DictConfig | Options) -> dict:
     with tracking.reopen(paths.run_file, opts.tracking.uri):
         tracking.log_metrics(metrics)
         tracking.log_artifact(reports / "metrics.json", "optimise")
+        tracking.share_artifacts({"export/model.pt2": paths.export_dir / "model.pt2"})  # one file with DVC's
         tracking.set_tags({f"imgclf.optimise.{o.method}": verdict["reason"]})
         if verdict["promoted"] and optimised_file(o.method) == "model.onnx":  # for `mlflow models serve` too
             registered = opts.export.registered_name and f"{opts.export.registered_name}-{o.method}"

@@ -29,6 +29,7 @@ from imgclf.tracking.runs import (
     reopen,
     run,
     set_tags,
+    share_artifacts,
     start_parent_run,
     sync_outboxes,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "served_models",
     "set_run_tags",
     "set_tags",
+    "share_artifacts",
     "start_parent_run",
     "sync_outboxes",
     "use",

@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from imgclf.errors import MissingInput
-from imgclf.tracking.artifacts import local_artifact_dir, place_locally
+from imgclf.tracking.artifacts import local_artifact_dir, place_locally, share
 from imgclf.tracking.outbox import Outbox, default_root
 from imgclf.tracking.processes import PROCESS_TAG, end_killed_runs, process_tag
 from imgclf.tracking.redaction import MAX_PARAM_LENGTH, flatten, redact
@@ -77,6 +77,11 @@ def _sender(client: MlflowClient, run_id: str) -> Callable[[dict[str, Any], Path
             else:
                 upload = client.log_artifacts if path.is_dir() else client.log_artifact
                 upload(run_id, str(path), record["artifact_path"])
+        elif op == "share":  # only where the run's artifacts are on this disk; elsewhere nothing to share
+            if not local:
+                local.append(local_artifact_dir(client.get_run(run_id).info.artifact_uri) or False)
+            if local[0]:
+                share(local[0], record["files"])
         elif op == "status":
             client.set_terminated(run_id, record["status"], end_time=record["end_time"])
         else:
@@ -259,6 +264,12 @@ def set_tags(tags: Mapping[str, Any]) -> None:
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Upload a file as it is now (it may be replaced or deleted before the server takes it)."""
     _box().put_file(Path(path), artifact_path)
+
+
+def share_artifacts(files: Mapping[str, Path]) -> None:
+    """The run's logged copies of these workspace files (artifact path -> file) become links to them, where the
+    store is on this disk and the bytes are the same (imgclf.tracking.artifacts.share)."""
+    _box().put({"op": "share", "files": {rel: str(Path(path).resolve()) for rel, path in files.items()}})
 
 
 def log_text(text: str, artifact_file: str) -> None:
