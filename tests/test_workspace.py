@@ -12,7 +12,7 @@ from imgclf.config import compose, params_yaml
 from imgclf.errors import BadInput
 from imgclf.workspace import value, with_workspace, workspace_overrides
 
-from .conftest import ROOT, make_class_folders
+from .conftest import ROOT, make_class_folders, stage_main
 
 
 @pytest.fixture
@@ -37,8 +37,9 @@ def test_the_applied_experiment_comes_back_as_overrides_of_conf(project):
     want = OmegaConf.load(project / "params.yaml")
     assert OmegaConf.to_container(compose(found, project)) == OmegaConf.to_container(want)
     # the user's keys win; a group the user picks drops the workspace's keys inside it; a recipe starts from conf/
-    argv, kept = with_workspace(["-m", "optim.lr=0.1,0.2", "data=digits"], project)
-    assert kept == ["augment=none", "trainer.epochs=3"] and argv == [*kept, "-m", "optim.lr=0.1,0.2", "data=digits"]
+    argv, kept = with_workspace(["optim.lr=0.1,0.2", "-m", "data=digits", "--cfg", "job"], project)
+    assert kept == ["augment=none", "trainer.epochs=3"]  # flags first: argparse takes the overrides as one run
+    assert argv == ["-m", "--cfg", "job", *kept, "optim.lr=0.1,0.2", "data=digits"]
     assert with_workspace(["+experiment=mnist_alexnet"], project) == (["+experiment=mnist_alexnet"], [])
     assert with_workspace(["--config-dir", ".", "--config-name", "params"], project)[1] == []  # DVC's stages
 
@@ -81,3 +82,16 @@ def test_a_stage_started_by_hand_runs_the_workspace_experiment(project, monkeypa
     assert not (project / "data/digits").exists()
     said = capsys.readouterr().err
     assert f"workspace: params.yaml is conf/ plus data=folder data.path='{folder}' (IMGCLF_WORKSPACE=0" in said
+
+
+def test_hydra_flags_anywhere_take_the_workspace_too(project):
+    """`imgclf train -m optim.lr=...` in a folder workspace: argparse takes the overrides as one run, so the
+    workspace's go after Hydra's flags, wherever the user typed them."""
+    folder = make_class_folders(project / "photos", {"cat": 3, "dog": 3})
+    applied(project, "data=folder", f"data.path={folder}")
+    for argv in (["--cfg", "job", "data.split.seed=3"], ["data.split.seed=3", "--cfg", "job"]):
+        shown = stage_main("fetch", argv, project)
+        assert shown.returncode == 0, shown.stderr
+        assert "workspace: params.yaml is conf/ plus data=folder" in shown.stderr
+        job = OmegaConf.create(shown.stdout)
+        assert job.data.name == "folder" and job.data.path == str(folder) and job.data.split.seed == 3

@@ -126,17 +126,38 @@ def _key(override: str) -> str:
     return re.split(r"[=]", override.lstrip("+~"), maxsplit=1)[0]
 
 
+VALUED = ("-c", "--cfg", "-p", "--package", "--experimental-rerun")  # Hydra's flags that take the next argument
+INFO = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # --info's optional value
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, the overrides): argparse takes the overrides as one run of positionals."""
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        takes = arg in VALUED or (arg == "--info" and i + 1 < len(argv) and argv[i + 1] in INFO)
+        if arg.startswith("-") and not arg.startswith("~"):
+            flags += argv[i : i + 2] if takes else [arg]
+            i += 2 if takes else 1
+        else:
+            overrides.append(arg)
+            i += 1
+    return flags, overrides
+
+
 def with_workspace(argv: list[str], root: str | Path = ".") -> tuple[list[str], list[str]]:
-    """(argv with the workspace's overrides first, those overrides): none where the command names its own config,
-    adds a recipe (+experiment=, which sets keys across groups), or IMGCLF_WORKSPACE=0; the user's keys win."""
+    """(argv with the workspace's overrides before the user's, those overrides): none where the command names its
+    own config, adds a recipe (+experiment=, which sets keys across groups), or IMGCLF_WORKSPACE=0; the user's keys
+    win."""
     if os.environ.get(OFF) == "0" or any(a.split("=")[0] in EXPLICIT for a in argv):
         return argv, []
-    if any(_key(a) == "experiment" for a in argv if not a.startswith("-")):
+    flags, overrides = _split(argv)
+    if any(_key(a) == "experiment" for a in overrides):
         return argv, []
-    mine = [_key(a) for a in argv if not a.startswith("-") and "=" in a or a.startswith("~")]
+    mine = [_key(a) for a in overrides]
     kept = [
         o
         for o in workspace_overrides(root)
         if not any(_key(o) == k or _key(o).startswith(f"{k}.") for k in mine)  # a group or key the user sets
     ]
-    return [*kept, *argv], kept
+    return ([*flags, *kept, *overrides] if kept else argv), kept
