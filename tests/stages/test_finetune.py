@@ -197,6 +197,7 @@ def test_torchrun_two_gloo_processes_train_what_one_process_trains(tiny_project,
     # each rank draws its own dropout masks and shifts: without them the math must match one process
     # BatchNorm normalises over each rank's share of a batch (no SyncBatchNorm): a network with LayerNorm
     exact = ("model.name=test_convnext", "model.dropout=0", "augment=none")
+    exact += ("trainer.epochs=auto", "trainer.min_epochs=2", "trainer.min_steps=0")  # 2 epochs, told on rank 0 only
     single = subprocess.run(
         train_cmd(uri, "tracking.experiment=single", *exact),
         cwd=tiny_project,

@@ -44,12 +44,8 @@ def train(cfg: DictConfig | Options) -> float:
 def _train(opts: Options, paths: Paths, device: torch.device, run: TrainingRun) -> float:
     t, built, f = opts.trainer, build_training(opts, paths, device), opts.finetune
     trainer, model, generator = built.trainer, built.model, built.generator
-    if built.augment:  # augment=auto: what it chose, where a user looks (the log, the run's tags)
-        log.info("augment=auto: %s, from the split's images (data/%s/split/report.json)", built.augment, opts.data.name)
-        tracking.set_tags({"imgclf.augment": built.augment})
-    if t.epochs == "auto":
-        log.info("trainer.epochs=auto: %d epochs of %d steps", built.epochs, len(built.train_loader))
-        tracking.set_tags({"imgclf.epochs": built.epochs})
+    if dist.is_main():  # rank 0 owns the MLflow run
+        _say_what_auto_chose(opts, built)
     strategy = Strategy(f.strategy, f.freeze_epochs, f.cache_features, t.compile)
     prepared = prepare(
         strategy, trainer, model, built.train_loader, built.val_loader, batch_size=t.batch_size, generator=generator
@@ -72,13 +68,26 @@ def _train(opts: Options, paths: Paths, device: torch.device, run: TrainingRun) 
         dataset=opts.data.name,
         data_report_dir=data_report_dir,
     )
-    if dist.rank() == 0:  # a run that ended near chance, or below what raw pixels give, says so and what to try
+    if dist.is_main():  # a run that ended near chance, or below what raw pixels give, says so and what to try
         floor = pixel_baseline(built.train_loader.dataset, built.val_loader.dataset)
         tracking.log_metrics({"baseline/val/acc": floor})
         said = verdict(kept.metrics["val/acc"], floor, len(built.spec.class_names))
         if said:
             log.warning("%s", said)
     return kept.metrics["val/acc"]  # the sweep objective: the val/acc of the weights model.pt holds
+
+
+def _say_what_auto_chose(opts: Options, built) -> None:
+    """augment=auto and trainer.epochs=auto: what they came to, in the log and the run's tags."""
+    tags = {}
+    if built.augment:
+        log.info("augment=auto: %s, from the split's images (data/%s/split/report.json)", built.augment, opts.data.name)
+        tags["imgclf.augment"] = built.augment
+    if opts.trainer.epochs == "auto":
+        log.info("trainer.epochs=auto: %d epochs of %d steps", built.epochs, len(built.train_loader))
+        tags["imgclf.epochs"] = built.epochs
+    if tags:
+        tracking.set_tags(tags)
 
 
 main = stage_main(train, refused=sweeps.record_refused_job)
