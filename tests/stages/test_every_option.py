@@ -3,15 +3,14 @@
 Hydra app: override check, composition, typed options, training) on the shortest runs a user tries first."""
 
 import json
-import sys
+from pathlib import Path
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
 from imgclf.config import check_overrides, compose, config_groups
 from imgclf.options import Options
 
-from ..conftest import ROOT, TINY_DATA, TINY_OVERRIDES
+from ..conftest import ROOT, TINY_DATA, TINY_OVERRIDES, stage_main
 
 GROUPS = config_groups(ROOT)
 ADDED = ("experiment", "sweep", "launcher")  # optional groups, added with +
@@ -43,28 +42,20 @@ def test_every_option_composes_and_validates(group, option):
             assert check_overrides(["-m", f"{key}={values}"], root=ROOT) is None, key
 
 
-def run_stage(monkeypatch, stage, *overrides):
+def run_stage(stage, *overrides):
     """A stage's `main`, in this process, as the command line reaches it."""
-    import importlib
-
-    module = importlib.import_module(f"imgclf.stages.{stage}")
-    args = ["--config-dir", str(ROOT / "conf"), *overrides]
-    monkeypatch.setattr(sys, "argv", [f"imgclf.stages.{stage}", *args])
-    GlobalHydra.instance().clear()
-    try:
-        module.main()
-    finally:
-        GlobalHydra.instance().clear()
+    done = stage_main(stage, ["--config-dir", str(ROOT / "conf"), *overrides], Path.cwd())
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
-def run_train(monkeypatch, project, *overrides):
-    run_stage(monkeypatch, "train", *TINY_OVERRIDES, f"tracking.uri=sqlite:///{project}/mlflow.db", *overrides)
+def run_train(project, *overrides):
+    run_stage("train", *TINY_OVERRIDES, f"tracking.uri=sqlite:///{project}/mlflow.db", *overrides)
     return json.loads((project / "reports/train/metrics.json").read_text())
 
 
 @pytest.mark.parametrize("strategy", GROUPS["finetune"])
-def test_every_strategy_trains_from_the_command_line(tiny_project, monkeypatch, strategy):
-    metrics = run_train(monkeypatch, tiny_project, f"finetune={strategy}", "trainer.epochs=2")
+def test_every_strategy_trains_from_the_command_line(tiny_project, strategy):
+    metrics = run_train(tiny_project, f"finetune={strategy}", "trainer.epochs=2")
     assert metrics["epochs_run"] == 2 and (tiny_project / "models/model.pt").is_file()
 
 
@@ -76,30 +67,30 @@ SHORT_RUNS = [("schedule", s) for s in GROUPS["schedule"]] + [
 
 
 @pytest.mark.parametrize(("group", "option"), SHORT_RUNS, ids=[f"{g}={o}" for g, o in SHORT_RUNS])
-def test_every_training_option_survives_a_run_of_four_steps(tiny_project, monkeypatch, group, option):
-    metrics = run_train(monkeypatch, tiny_project, f"{group}={option}", *FOUR_STEPS)
+def test_every_training_option_survives_a_run_of_four_steps(tiny_project, group, option):
+    metrics = run_train(tiny_project, f"{group}={option}", *FOUR_STEPS)
     assert metrics["epochs_run"] == 1 and metrics["val/acc"] >= 0
 
 
 @pytest.mark.parametrize("model", [m for m in GROUPS["model"] if m != "timm"])  # timm: every other test's model
-def test_every_network_trains_a_step_from_the_command_line(tiny_project, monkeypatch, model):
+def test_every_network_trains_a_step_from_the_command_line(tiny_project, model):
     size = "model.image_size=64" if model == "alexnet" else "model.image_size=32"
     overrides = (*TINY_DATA, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db", f"model={model}", size)
-    run_stage(monkeypatch, "train", *overrides, "trainer.epochs=1", "trainer.batch_size=36", "data.subset=sample")
+    run_stage("train", *overrides, "trainer.epochs=1", "trainer.batch_size=36", "data.subset=sample")
     metrics = json.loads((tiny_project / "reports/train/metrics.json").read_text())
     assert metrics["epochs_run"] == 1
 
 
-def test_the_later_stages_and_lr_find_run_from_the_command_line(tiny_project, monkeypatch):
+def test_the_later_stages_and_lr_find_run_from_the_command_line(tiny_project):
     uri = f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"
-    run_train(monkeypatch, tiny_project, *FOUR_STEPS)
+    run_train(tiny_project, *FOUR_STEPS)
     for stage, extra in (
         ("evaluate", ()),
         ("export", ("export.verify_images=4",)),
         ("optimise", ("optimise=fp16",)),
         ("lr_find", ("lr_find.num_batches=4",)),
     ):
-        run_stage(monkeypatch, stage, *TINY_OVERRIDES, uri, *extra)
+        run_stage(stage, *TINY_OVERRIDES, uri, *extra)
     assert json.loads((tiny_project / "reports/evaluate/metrics.json").read_text())["test/acc"] >= 0
     assert (tiny_project / "models/export/model.onnx").is_file()
     assert "optimise/fp16/top1_agreement" in json.loads((tiny_project / "reports/optimise/metrics.json").read_text())

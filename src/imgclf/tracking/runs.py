@@ -3,6 +3,7 @@ runs; the train stage's run reopened by the stages after it (run.json)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -57,7 +58,9 @@ def _sender(client: MlflowClient, run_id: str) -> Callable[[dict[str, Any], Path
     """Deliver one outbox record to `run_id`."""
     from mlflow.entities import Metric, Param, RunTag
 
-    local: list = []
+    @functools.cache
+    def artifact_dir() -> Path | None:  # asked once: where the run's artifacts live, when it is on this disk
+        return local_artifact_dir(client.get_run(run_id).info.artifact_uri)
 
     def send(record: dict[str, Any], directory: Path) -> None:
         op = record["op"]
@@ -70,18 +73,14 @@ def _sender(client: MlflowClient, run_id: str) -> Callable[[dict[str, Any], Path
             )
         elif op == "artifact":
             path = directory / record["file"]
-            if not local:  # asked once: where the run's artifacts live
-                local.append(local_artifact_dir(client.get_run(run_id).info.artifact_uri) or False)
-            if local[0]:  # on this disk: models linked, not copied again
-                place_locally(local[0], path, record["artifact_path"])
+            if artifact_dir():  # on this disk: models linked, not copied again
+                place_locally(artifact_dir(), path, record["artifact_path"])
             else:
                 upload = client.log_artifacts if path.is_dir() else client.log_artifact
                 upload(run_id, str(path), record["artifact_path"])
         elif op == "share":  # only where the run's artifacts are on this disk; elsewhere nothing to share
-            if not local:
-                local.append(local_artifact_dir(client.get_run(run_id).info.artifact_uri) or False)
-            if local[0]:
-                share(local[0], record["files"])
+            if artifact_dir():
+                share(artifact_dir(), record["files"])
         elif op == "status":
             client.set_terminated(run_id, record["status"], end_time=record["end_time"])
         else:
