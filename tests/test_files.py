@@ -100,6 +100,7 @@ def test_commands_refuse_an_existing_folder_as_their_output(trained_project, tmp
         ["predict", image, "--model", model, "--out", "results"],
         ["predict", image, "--model", model, "--submission", "results"],
         ["predict", image, "--model", model, "--out", ".."],
+        ["predict", image, "--model", model, "--request", "results"],
         ["runs", "--uri", uri, "--experiment", "test", "--out", "results"],
         ["runs", "--uri", uri, "--experiment", "test", "--out", ".."],
     ):
