@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv pipeline test test-fast lint format params dvc-deps clean-runs postgres chromium mlflow-server serve exps
+.PHONY: venv pipeline test test-fast docs docs-serve lint format params dvc-deps clean-runs postgres chromium mlflow-server serve exps
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,15 @@ test: venv postgres chromium
 # marks the rest slow); no PostgreSQL or Chromium needed
 test-fast: venv
 	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
+
+# The manual (mkdocs.yml, docs/): built into site/ with --strict, so a broken link, a missing page or a Reference page
+# that fails to generate (docs/hooks/reference.py: from conf/, the parsers, dvc.yaml, imgclf.metric_names) fails it
+export NO_MKDOCS_2_WARNING := 1
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: venv
+	$(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 # PostgreSQL from Debian's packages (as root, or through sudo), unless its programs are already there
 postgres:

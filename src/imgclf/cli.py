@@ -166,6 +166,19 @@ def runs(argv: list[str]) -> int:
     return 0
 
 
+def reproduce_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgclf reproduce", description=reproduce.__doc__)
+    parser.add_argument("run_id", help="the MLflow run to reproduce (a train run; evaluate's metrics are compared)")
+    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    parser.add_argument("--out-dir", help="where the new run writes (default: reproduce/<run id>)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help="max |difference| per metric (default: 0 on the same machine and libraries, 0.02 elsewhere)",
+    )
+    return parser
+
+
 def reproduce(argv: list[str]) -> int:
     """Re-create a run from its MLflow record (config, code version, data version) into a new run, and compare."""
     from omegaconf import OmegaConf
@@ -176,16 +189,7 @@ def reproduce(argv: list[str]) -> int:
     from imgclf.stages.evaluate import evaluate
     from imgclf.stages.train import train
 
-    parser = argparse.ArgumentParser(prog="imgclf reproduce", description=reproduce.__doc__)
-    parser.add_argument("run_id", help="the MLflow run to reproduce (a train run; evaluate's metrics are compared)")
-    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    parser.add_argument("--out-dir", help="where the new run writes (default: reproduce/<run id>)")
-    parser.add_argument(
-        "--tolerance",
-        type=float,
-        help="max |difference| per metric (default: 0 on the same machine and libraries, 0.02 elsewhere)",
-    )
-    args = parser.parse_args(argv)
+    args = reproduce_parser().parse_args(argv)
     try:
         record = Record.load(args.uri, args.run_id)
         found = differences(record, Paths.from_config(record.config["paths"]))
@@ -207,9 +211,7 @@ def reproduce(argv: list[str]) -> int:
     return 0 if ok else 1
 
 
-def sync(argv: list[str]) -> int:
-    """Send the records that runs left in the outbox when the tracking server stayed away (tracking.outage_wait_s)."""
-    from imgclf import tracking
+def sync_parser() -> argparse.ArgumentParser:
     from imgclf.tracking.outbox import default_root
 
     parser = argparse.ArgumentParser(prog="imgclf sync", description=sync.__doc__)
@@ -218,7 +220,14 @@ def sync(argv: list[str]) -> int:
         "--uri", help="tracking URI (default: the run's own, or MLFLOW_TRACKING_URI when its credentials were hidden)"
     )
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the server per run")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def sync(argv: list[str]) -> int:
+    """Send the records that runs left in the outbox when the tracking server stayed away (tracking.outage_wait_s)."""
+    from imgclf import tracking
+
+    args = sync_parser().parse_args(argv)
     results = tracking.sync_outboxes(args.outbox, args.uri, args.wait)
     for run_id, left in results:
         print(f"{run_id}: {'sent' if left == 0 else f'{left} records still waiting'}")
@@ -234,13 +243,23 @@ def sync(argv: list[str]) -> int:
     return 1 if any(left for _, left in results) else 0
 
 
+def check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgclf check", description=check.__doc__)
+    parser.add_argument(
+        "-S", "--set", action="append", default=[], metavar="OVERRIDE", help="an override, as dvc exp run -S takes it"
+    )
+    parser.add_argument("overrides", nargs="*", help="more overrides, without -S")
+    return parser
+
+
 def check(argv: list[str]) -> int:
     """`imgclf check -S a -S b`: the overrides of a `dvc exp run` checked as DVC will compose them (from conf/), in
     one line and before DVC prints its own dozen: unknown keys and choices, bad values, missing folders."""
     from imgclf.config import check_overrides, compose
     from imgclf.options import Options
 
-    overrides = [a for a in argv if a != "-S"]
+    args = check_parser().parse_intermixed_args(argv)
+    overrides = [*args.set, *args.overrides]
     error = check_overrides(overrides)
     if error:
         print(f"error: {error}", file=sys.stderr)
@@ -252,6 +271,20 @@ def check(argv: list[str]) -> int:
         return 1
     print(f"ok: {' '.join(overrides) or 'conf/ as it is'}")
     return 0
+
+
+def parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every console command with options of its own, by name: the CLI reference is generated from these."""
+    from imgclf.deploy.webapp import serve_parser
+
+    return {
+        "predict": predict_parser(),
+        "runs": runs_parser(),
+        "reproduce": reproduce_parser(),
+        "sync": sync_parser(),
+        "serve": serve_parser(),
+        "check": check_parser(),
+    }
 
 
 def main() -> None:

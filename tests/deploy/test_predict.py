@@ -78,7 +78,7 @@ def test_cli_classify_one_and_many(trained, project_env):
 
 
 def test_the_request_printed_for_mlflow_models_serve_works_as_copied(trained, project_env, tmp_path):
-    """docs/deploy.md's three commands, as a user copies them: the request file, `mlflow models serve` of the
+    """docs/how-to/deploy.md's three commands, as a user copies them: the request file, `mlflow models serve` of the
     registered model, and curl's POST of the file (here urllib's)."""
     import socket
     import time

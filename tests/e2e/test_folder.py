@@ -1,6 +1,7 @@
 """User story 1 through DVC: a folder of class sub-folders outside the repo, tracked as a dependency."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,20 +11,41 @@ from PIL import Image
 from imgclf.data.split import data_version
 from imgclf.models.build import build_model
 
-from .conftest import STAGES, TINY, changed_stages, sh
+from .conftest import STAGES, changed_stages, sh
+from .pages import run_page
 
 
 @pytest.mark.slow
 def test_digits_lab_workflow_on_a_folder(repo, env, tmp_path):
-    """User story 1: a folder of class sub-folders, a few epochs, through `dvc exp run -S` (the tiny network:
-    AlexNet itself is trained by the recipe and weights tests)."""
+    """User story 1, as docs/tutorials/digits-lab.md tells it: a folder of class sub-folders, a few epochs, through
+    `dvc exp run -S` (the tiny network: AlexNet itself is trained by the recipe and weights tests), the curves, one
+    image and many, then the folder changes and DVC notices."""
     from ..conftest import make_class_folders
 
     folder = make_class_folders(tmp_path / "train_small", {"0": 20, "1": 20, "2": 20})
-    folder_data = ("data=folder", f"data.path={folder}", "data.split.sample_per_class=2")
-    out = sh(["dvc", "exp", "run", *TINY, *(arg for o in folder_data for arg in ("-S", o))], repo, env)
+    test_small = tmp_path / "test_small"
+    for name in ("0", "2"):
+        (test_small / name).mkdir(parents=True)
+    shutil.copy(folder / "2" / "005.png", test_small / "2" / "img_4415.png")
+    shutil.copy(folder / "0" / "005.png", test_small / "0" / "img_1.png")
+    # the tutorial's commands, as its page lists them (on this folder, the tiny network, two epochs)
+    out = run_page(
+        "tutorials/digits-lab.md",
+        repo,
+        env,
+        paths={"/data/train_small": str(folder), "/data/test_small": str(test_small)},
+        skip={},
+        replaced=("model", "trainer.epochs"),
+        extra=("data.split.sample_per_class=2",),
+    )
+    run = next(text for command, text in out.items() if command.startswith("dvc exp run"))
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in out
+        assert f"Running stage '{stage}'" in run
+    one = out["imgclf predict /data/test_small/2/img_4415.png"]
+    assert str(test_small / "2" / "img_4415.png") in one and len(one.splitlines()) >= 4  # the path, then the top 3
+    assert "Data and pipelines are up to date" in out["dvc status"] and "Running stage" not in out["dvc repro"]
+    rows = (repo / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("path")  # Classify Many: the header, then both images
     assert (repo / "data/folder/split/labels.txt").read_text().split() == ["0", "1", "2"]
     metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert {"test/precision/0", "test/recall/2"} <= set(metrics)

@@ -13,6 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from .conftest import STAGES, TINY, changed_stages, sh
+from .pages import run_page
 
 
 @pytest.mark.slow
@@ -88,6 +89,31 @@ def test_dvc_pipeline_end_to_end(repo, env):
     assert "Data and pipelines are up to date" in sh(["dvc", "status"], repo, env)
 
     check_every_input_invalidates_its_stages(repo, env)
+    check_the_getting_started_page(repo, env)
+
+
+def check_the_getting_started_page(repo, env):
+    """docs/tutorials/getting-started.md's commands, as the page lists them, after the pipeline above."""
+    done = "the pipeline above is its dvc repro, on the tiny network"
+    out = run_page(
+        "tutorials/getting-started.md",
+        repo,
+        env,
+        paths={},
+        skip={
+            "make pipeline": done,
+            "source .venv/bin/activate": "this test runs in the environment",
+            "make serve": "a server until stopped: tests/e2e/test_serve.py drives it in Chromium",
+        },
+    )
+    one = out["imgclf predict data/digits/images/3/0045.png"]
+    assert one.splitlines()[0].endswith("0045.png") and len(one.splitlines()) == 6  # the path, then the top 5
+    assert "test/acc" in out["imgclf runs --metric test/acc"]
+    assert "ok: optim.lr=0.001" in out["imgclf check -S optim.lr=0.001"]
+    run = out["dvc exp run -S optim.lr=0.001"]
+    assert "Running stage 'train'" in run and "Running stage 'fetch'" not in run  # only what the rate changes
+    assert yaml.safe_load((repo / "params.yaml").read_text())["optim"]["lr"] == 0.001
+    assert "0.001" in out["make exps"]
 
 
 # each kind of input, and the stages that read it: a params section, one code file per stage

@@ -95,3 +95,21 @@ def test_the_later_stages_and_lr_find_run_from_the_command_line(tiny_project):
     assert (tiny_project / "models/export/model.onnx").is_file()
     assert "optimise/fp16/top1_agreement" in json.loads((tiny_project / "reports/optimise/metrics.json").read_text())
     assert json.loads((tiny_project / "reports/lr_find/suggestion.json").read_text())["batches"] == 4
+    check_the_metrics_reference(tiny_project, {"train", "evaluate", "export", "optimise", "lr_find"})
+
+
+def check_the_metrics_reference(project, stages):
+    """Every metric the stages logged to MLflow or wrote to reports/*/metrics.json is in imgclf.metric_names (the
+    docs' metrics reference), and every entry of those stages was logged: a metric added, renamed or dropped without
+    its line there fails here."""
+    import sqlite3
+
+    from imgclf.metric_names import METRICS, metric_for
+
+    with sqlite3.connect(project / "mlflow.db") as db:
+        logged = {key for (key,) in db.execute("SELECT DISTINCT key FROM metrics")}
+    for path in (project / "reports").glob("*/metrics.json"):
+        logged |= set(json.loads(path.read_text()))
+    assert not {name for name in logged if metric_for(name) is None}, "logged, but not in imgclf.metric_names"
+    unseen = [m.pattern for m in METRICS if m.stage in stages and not any(m.matches(name) for name in logged)]
+    assert not unseen, "in imgclf.metric_names, but not logged"

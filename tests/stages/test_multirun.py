@@ -67,6 +67,10 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
     assert parent.data.metrics["kept/val/acc"] == best.data.metrics["kept/val/acc"]
     assert parent.data.params["best.optim.lr"] == best.data.params["optim.lr"]
     assert parent.data.metrics["sweep/trials"] == 3 and parent.data.metrics["sweep/failed"] == 0
+    from imgclf.metric_names import METRICS, metric_for
+
+    assert all(metric_for(name) for name in parent.data.metrics), "the docs' metrics reference lacks one"
+    assert all(m.pattern in parent.data.metrics for m in METRICS if m.stage == "sweep parent")
     for job in ("0", "1", "2"):  # each job wrote its own checkpoint; the DVC-declared paths stay untouched
         assert (sweep_dir / job / "models" / "model.pt").is_file()
     assert not (tiny_project / "models").exists()

@@ -149,13 +149,17 @@ class MlflowServer:
         self.process = None
 
 
-def main(argv: list[str] | None = None) -> None:
+def server_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m imgclf.tracking.server", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path(".mlflow-server"), help="cluster and artifacts")
     parser.add_argument("--host", default="127.0.0.1", help="the address MLflow binds (default: %(default)s)")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's port, on 127.0.0.1 only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = server_parser().parse_args(argv)
     root = args.dir.resolve()
     pg = Postgres(root / "postgres", args.pg_port).start()
     server = MlflowServer(pg.uri, root / "artifacts", args.port, host=args.host)
