@@ -71,7 +71,8 @@ METRICS = (
     Metric("lr_find/suggested_lr", "lr_find", "the rate at the steepest fall of the smoothed loss"),
     Metric("lr_find/min_loss_lr_over_10", "lr_find", "the rate of the lowest loss, divided by 10 (fast.ai's rule)"),
     Metric("sweep/trials", "sweep parent", "jobs the sweep started"),
-    Metric("sweep/finished", "sweep parent", "jobs that finished with val/acc"),
+    Metric("sweep/finished", "sweep parent", "jobs that finished with val/acc (pruned ones not counted)"),
+    Metric("sweep/pruned", "sweep parent", "jobs an Optuna pruner stopped early (tag imgclf.pruned)"),
     Metric("sweep/failed", "sweep parent", "jobs that failed"),
 )
 

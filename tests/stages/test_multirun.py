@@ -152,9 +152,9 @@ def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project
     assert len({c.data.params["optim.lr"] for c in children}) == 3  # TPE sampled three different rates
     best = best_of(children)
     assert parent.data.metrics["kept/val/acc"] == best.data.metrics["kept/val/acc"]
-    assert (
-        parent.data.params["sweep.sweeper"] == "OptunaSweeper" and parent.data.params["sweep.direction"] == "maximize"
-    )
+    assert parent.data.params["sweep.sweeper"] == "ImgclfOptunaSweeper"
+    assert parent.data.params["sweep.direction"] == "maximize" and parent.data.params["sweep.pruner"] == "median"
+    assert parent.data.tags["imgclf.study"].startswith("lr_wd-")
     assert parent.data.params["sweep.space.optim.lr"] == "tag(log, interval(1e-5, 3e-3))"
     assert (sweep_dir / "optimization_results.yaml").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db")

@@ -20,6 +20,7 @@ from imgclf.training.baseline import pixel_baseline, verdict
 from imgclf.training.checkpoint import Resumable
 from imgclf.training.finetune import Strategy, prepare
 from imgclf.training.lifecycle import Kept, Stopping, TrainingRun, run_tags
+from imgclf.training.pruning import trial_pruner
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def _train(opts: Options, paths: Paths, device: torch.device, run: TrainingRun) 
     augment = trainer.augment
     generators = {"loader": generator, **({"augment": augment.generator} if augment else {})}
     objects = Resumable(model, trainer.optimizer, trainer.scheduler, trainer.scaler, generators)
-    stopping = Stopping(t.early_stopping.patience, t.early_stopping.min_delta)
+    prune = trial_pruner() if dist.world_size() == 1 else None  # one process decides: DDP ranks would disagree
+    stopping = Stopping(t.early_stopping.patience, t.early_stopping.min_delta, prune)
     state = run.fit(prepared, objects, epochs=built.epochs, stopping=stopping)
     meta = {"arch": opts.model.name, "source": opts.model.source, **asdict(built.spec)}
     data_report_dir = Paths.from_config(opts.paths).report_dir("split")  # the project's, also from a sweep job

@@ -208,6 +208,11 @@ def start_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, st
     return run.info.run_id
 
 
+def delete_run(uri: str, run_id: str) -> None:
+    """Delete a run (a parent run another worker of the same study made first)."""
+    retry_locked(MlflowClient(tracking_uri=resolve_uri(uri)).delete_run, run_id)
+
+
 def finish_parent_run(
     uri: str,
     run_id: str,

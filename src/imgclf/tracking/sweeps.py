@@ -88,9 +88,41 @@ def search_space(config: DictConfig) -> dict[str, str]:
     return space
 
 
+def study_sweeper(config: DictConfig) -> bool:
+    """The sweep keeps its trials in an Optuna study (hydra/sweeper=imgclf_optuna): one parent run per study."""
+    return "imgclf_optuna_sweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+
+
+STUDY_PARENT = "imgclf.parent_run_id"  # the study's user attribute naming its MLflow parent run
+
+
+def join_study_parent(config: DictConfig, study) -> str:
+    """The parent run of an Optuna study, whichever worker comes first: found through the study's user attribute,
+    else created and written there. Two workers that start together both write; both read back after a moment and
+    keep the one that stayed, and the other run is deleted."""
+    import time
+
+    from imgclf.tracking.runs import delete_run
+
+    sweep = SweepRun.active or SweepRun()
+    found = study.user_attrs.get(STUDY_PARENT)
+    if found is None:
+        mine = sweep.open(config, {"imgclf.study": study.study_name})
+        study.set_user_attr(STUDY_PARENT, mine)
+        time.sleep(1.0)
+        found = type(study)(study.study_name, study._storage).user_attrs[STUDY_PARENT]
+        if found != mine:
+            delete_run(config.tracking.uri, mine)
+    sweep.adopt(config, found)
+    log.info("study %s: parent run %s", study.study_name, found)
+    return found
+
+
 class SweepRun(Callback):
     """Registered in conf/config.yaml: opens the parent run before any job starts (which also creates the
     SQLite store, so parallel jobs never race to create it) and closes it with the best trial."""
+
+    active: SweepRun | None = None  # this process's, for a study sweeper that opens the parent itself
 
     def __init__(self) -> None:
         self.run_id: str | None = None
@@ -99,6 +131,13 @@ class SweepRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 tracks
             return
+        SweepRun.active = self
+        if study_sweeper(config):  # the parent belongs to the study, found or made once the study is open
+            return
+        self.open(config)
+
+    def open(self, config: DictConfig, tags: dict[str, str] | None = None) -> str:
+        """Create the parent run and export it to the jobs."""
         tracking.use(config.tracking.outbox, config.tracking.outage_wait_s)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         self.space = space = search_space(config)
@@ -107,7 +146,7 @@ class SweepRun(Callback):
         name = "sweep-" + "-".join(k.rsplit(".", 1)[-1] for k in space) if space else f"sweep-{sweep_dir.name}"
         params = {f"sweep.space.{k}": v for k, v in space.items()}
         params.update({"sweep.sweeper": sweeper.rsplit(".", 1)[-1], "sweep.launcher": launcher.rsplit(".", 1)[-1]})
-        for key in ("n_trials", "direction", "sampler.seed"):
+        for key in ("n_trials", "direction", "sampler.seed", "pruner"):
             value = OmegaConf.select(config, f"hydra.sweeper.{key}")
             if value is not None:
                 params[f"sweep.{key}"] = value
@@ -115,15 +154,22 @@ class SweepRun(Callback):
             config.tracking.uri,
             config.tracking.experiment,
             name,
-            {"imgclf.role": "sweep", "imgclf.sweep": str(sweep_dir)},
+            {"imgclf.role": "sweep", "imgclf.sweep": str(sweep_dir), **(tags or {})},
             params,
         )
-        os.environ[PARENT_ENV] = self.run_id  # jobs (and joblib/submitit workers) inherit it
-        os.environ[tracking.REACHED_ENV] = tracking.resolve_uri(config.tracking.uri)  # jobs wait out an outage
-        os.environ[SWEPT_ENV] = ",".join(space)
+        self.adopt(config, self.run_id)
         log.info("sweep parent run %s (%s), search space %s", self.run_id, name, json.dumps(space))
         # Hydra skips on_multirun_end when the sweep is interrupted or raises: the parent must not stay RUNNING
         atexit.register(self._end_interrupted, config.tracking.uri)
+        return self.run_id
+
+    def adopt(self, config: DictConfig, run_id: str) -> None:
+        """Make `run_id` this process's sweep parent: its jobs become its children."""
+        self.run_id = run_id
+        self.space = self.space or search_space(config)
+        os.environ[PARENT_ENV] = run_id  # jobs (and joblib/submitit workers) inherit it
+        os.environ[tracking.REACHED_ENV] = tracking.resolve_uri(config.tracking.uri)  # jobs wait out an outage
+        os.environ[SWEPT_ENV] = ",".join(self.space)
 
     def _end_interrupted(self, uri: str) -> None:
         if self.run_id is not None:
@@ -139,10 +185,12 @@ class SweepRun(Callback):
         uri, experiment = config.tracking.uri, config.tracking.experiment
         tracking.wait_for_server(tracking.resolve_uri(uri))  # the server may be away when a long sweep ends
         children = runs.list_runs(uri, experiment, parent=self.run_id)
-        done = [c for c in children if c.status == "FINISHED" and OBJECTIVE in c.metrics]
+        pruned = [c for c in children if "imgclf.pruned" in c.tags]
+        done = [c for c in children if c.status == "FINISHED" and OBJECTIVE in c.metrics and c not in pruned]
         metrics = {
             "sweep/trials": len(children),
             "sweep/finished": len(done),
+            "sweep/pruned": len(pruned),
             "sweep/failed": sum(c.status == "FAILED" for c in children),
         }
         tags, params = {}, {}

@@ -160,6 +160,7 @@ class FitState:
     best_state: dict = field(default_factory=dict)
     bad_epochs: int = 0  # epochs since val/acc last improved by more than min_delta
     stopped_early: bool = False
+    pruned: bool = False  # stopped early by a sweep's pruner (said by after_epoch), not by patience
 
 
 def fit(
@@ -203,6 +204,8 @@ def fit(
         state.stopped_early = bool(patience and state.bad_epochs >= patience and epoch < epochs)
         if after_epoch is not None:  # the checkpoint records the decision: a resumed run stops too
             after_epoch(epoch, metrics, state)
+        if state.stopped_early and state.pruned:
+            break
         if state.stopped_early:
             log.info(
                 "early stopping: val/acc has not improved by more than %g for %d epochs (best %.4f at epoch %d)",

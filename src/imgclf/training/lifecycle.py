@@ -7,7 +7,7 @@ import contextlib
 import csv
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +41,12 @@ TRAIN_REPORTS = ("history.csv", "metrics.json", "curves.png", "config.yaml")  # 
 
 @dataclass(frozen=True)
 class Stopping:
-    """When fit() stops early: after `patience` epochs without a val/acc gain above `min_delta` (None: never)."""
+    """When fit() stops early: after `patience` epochs without a val/acc gain above `min_delta` (None: never), or
+    when `prune(epoch, val_acc)` says so (a sweep trial behind the study's others: training.pruning)."""
 
     patience: int | None = None
     min_delta: float = 0.0
+    prune: Callable[[int, float], bool] | None = None
 
 
 class TrainingRun:
@@ -112,6 +114,10 @@ class TrainingRun:
         state = self.restore(objects)
 
         def after_epoch(epoch: int, metrics: dict, fit_state: FitState) -> None:
+            live = main and stopping.prune and not fit_state.stopped_early and epoch < epochs
+            if live and stopping.prune(epoch, metrics["val/acc"]):
+                fit_state.stopped_early = fit_state.pruned = True
+                tracking.set_tags({"imgclf.pruned": f"after epoch {epoch} of {epochs}"})
             if main:  # checkpoint first: a kill between the two leaves this epoch resumable
                 save_training_state(
                     self.paths.checkpoints,

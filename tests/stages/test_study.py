@@ -1,0 +1,175 @@
+"""Optuna sweeps whose study lives in a database (hydra/sweeper=imgclf_optuna): a killed sweep resumes, several
+workers share one study, a trial that falls behind is pruned. Real processes, the project's SQLite study file."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from hydra_plugins.imgclf_optuna_sweeper import sweeper as plugin
+from imgclf.training import pruning
+
+from ..conftest import ROOT, TINY_OVERRIDES
+
+
+def command(project, n_trials, *overrides, space=("+sweep=optuna_lr_wd",)):
+    return [
+        sys.executable,
+        "-m",
+        "imgclf.stages.train",
+        "--config-dir",
+        str(ROOT / "conf"),
+        "-m",
+        *TINY_OVERRIDES,
+        "trainer.epochs=1",
+        f"tracking.uri=sqlite:///{project}/mlflow.db",
+        *space,
+        f"hydra.sweeper.n_trials={n_trials}",
+        "hydra.sweeper.heartbeat_s=1",
+        *overrides,
+    ]
+
+
+def the_study(project):
+    storage = f"sqlite:///{project}/optuna.db"
+    [summary] = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def states(study):
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+def sweep_runs(project):
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("imgclf.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return parents, children
+
+
+def run(cmd, project, env, timeout=600):
+    done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(tiny_project, project_env):
+    cmd = command(tiny_project, 6, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tiny_project}/multirun/first")
+    first = subprocess.Popen(cmd, cwd=tiny_project, env=project_env, start_new_session=True)
+    deadline = time.time() + 300
+    while True:  # SIGKILL once trial 3 has finished and trial 4 runs
+        assert first.poll() is None and time.time() < deadline, "the sweep ended before it could be killed"
+        if (tiny_project / "optuna.db").is_file():
+            with_summaries = optuna.get_all_study_summaries(f"sqlite:///{tiny_project}/optuna.db")
+            if with_summaries and states(the_study(tiny_project))[3:4] == [TrialState.RUNNING]:
+                break
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    _, children = sweep_runs(tiny_project)
+    before = {r.info.run_id for r in children if r.info.status == "FINISHED"}
+    assert len(before) == 3
+
+    cmd[-1] = f"hydra.sweep.dir={tiny_project}/multirun/again"  # the same sweep, rerun later
+    run(cmd, tiny_project, project_env)
+    study = the_study(tiny_project)
+    assert states(study)[:3] == [TrialState.COMPLETE] * 3  # not rerun
+    assert states(study)[3] == TrialState.FAIL  # the killed trial: failed by its missing heartbeat
+    assert states(study).count(TrialState.COMPLETE) == 6  # its budget asked again
+    parents, children = sweep_runs(tiny_project)
+    finished = {r.info.run_id for r in children if r.info.status == "FINISHED"}
+    assert before <= finished and len(finished) == 6  # trials 1-3 kept their runs
+    assert len(parents) == 1 and {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["sweep/finished"] == 6
+
+
+def test_two_workers_share_one_study_without_duplicates(tiny_project, project_env):
+    workers = [
+        subprocess.Popen(
+            command(tiny_project, 8, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tiny_project}/multirun/w{i}"),
+            cwd=tiny_project,
+            env=project_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (1, 2)
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    study = the_study(tiny_project)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 8  # n_trials is the study's, not each worker's
+    surplus = [t for t in study.trials if t.state != TrialState.COMPLETE]
+    assert all(plugin.SURPLUS in t.user_attrs for t in surplus)  # at most a trial asked as the last slot went
+    assert all(len(o.split("Launching 1 jobs locally")) > 1 for o in outputs)  # both workers ran trials
+    parents, children = sweep_runs(tiny_project)
+    assert len(parents) == 1 and len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    params = {(r.data.params["optim.lr"], r.data.params["optim.weight_decay"]) for r in children}
+    assert len(params) == 8  # no trial run twice
+
+
+def test_trials_behind_the_median_are_pruned(tiny_project, project_env):
+    # a rate of 1e-9 never learns: after the two trials the median pruner always lets finish, such trials stop at
+    # their first epoch; a rate that learns goes on to the last
+    cmd = command(
+        tiny_project,
+        6,
+        "trainer.epochs=3",
+        "hydra.sweeper.pruner=median",
+        "hydra.sweeper.sampler.name=random",
+        "hydra.sweeper.sampler.seed=0",
+        f"hydra.sweep.dir={tiny_project}/multirun/p",
+        space=("hydra/sweeper=imgclf_optuna", "optim.lr=choice(1e-9,0.003)"),
+    )
+    run(cmd, tiny_project, project_env)
+    study = the_study(tiny_project)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.params["optim.lr"] == 1e-9 for t in pruned)
+    assert all(t.user_attrs[plugin.PRUNED_AT] < 3 for t in pruned)
+    parents, children = sweep_runs(tiny_project)
+    tagged = [r for r in children if "imgclf.pruned" in r.data.tags]
+    assert len(tagged) == len(pruned) and all(r.info.status == "FINISHED" for r in tagged)
+    assert all(r.data.metrics["epochs_run"] < 3 if "epochs_run" in r.data.metrics else True for r in tagged)
+    assert parents[0].data.metrics["sweep/pruned"] == len(pruned)
+
+
+def test_the_plugin_and_the_train_stage_name_the_same_variables():
+    for name in ("STORAGE_ENV", "STUDY_ENV", "TRIAL_ENV", "PRUNER_ENV", "PRUNED_AT"):
+        assert getattr(plugin, name) == getattr(pruning, name), name
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.lr=tag(log, interval(1e-5, 3e-3))", optuna.distributions.FloatDistribution(1e-5, 3e-3, log=True)),
+        ("trainer.batch_size=range(16,80,16)", optuna.distributions.IntDistribution(16, 64, step=16)),
+        ("finetune=head,full", optuna.distributions.CategoricalDistribution(["head", "full"])),
+        ("trainer.epochs=tag(int, interval(2, 8))", optuna.distributions.IntDistribution(2, 8)),
+        ("optim.momentum=interval(0.8, 0.99)", optuna.distributions.FloatDistribution(0.8, 0.99)),
+    ],
+)
+def test_hydra_sweep_syntax_becomes_optuna_distributions(override, expected):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    [parsed] = OverridesParser.create().parse_overrides([override])
+    assert plugin.distribution(parsed) == expected
+
+
+def test_the_study_name_follows_the_sweep_not_its_size_or_folder():
+    conf = plugin.ImgclfOptunaSweeperConf()
+    key = plugin.study_key(["optim.lr=interval(0.1,1)"], ["model=timm"], conf)
+    assert key == plugin.study_key(
+        ["optim.lr=interval(0.1,1)"], ["model=timm"], plugin.ImgclfOptunaSweeperConf(n_trials=50)
+    )
+    assert key != plugin.study_key(["optim.lr=interval(0.1,2)"], ["model=timm"], conf)
+    assert key != plugin.study_key(["optim.lr=interval(0.1,1)"], ["model=vgg16"], conf)
+    assert plugin.masked("postgresql://me:s3cret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
