@@ -127,6 +127,11 @@ def runs_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--best", action="store_true", help="print the best run's id, then name, metric, checkpoint and export lines"
     )
+    parser.add_argument(
+        "--as-overrides",
+        action="store_true",
+        help="with --best: print the `dvc exp run -S ...` that makes the best sweep job's values a DVC experiment",
+    )
     return parser
 
 
@@ -139,6 +144,8 @@ def runs(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.best and (args.out or args.format):
         parser.error("--best prints key: value lines; it takes no --format or --out")
+    if args.as_overrides and not args.best:
+        parser.error("--as-overrides goes with --best")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     try:
@@ -149,6 +156,9 @@ def runs(argv: list[str]) -> int:
             raise BadInput(compare.no_match_message(args.uri, args.experiment, args.sweep, args.parent))
         if args.best:
             best = compare.best_run(rows, args.metric, args.order)
+            if args.as_overrides:
+                print(compare.best_command(args.uri, best))
+                return 0
             print("\n".join(compare.best_report(args.uri, best, args.metric)))
             return 0
         compare.check_metric(rows, args.metric)

@@ -199,3 +199,34 @@ def test_runs_started_together_on_a_new_experiment_of_the_server_all_finish(serv
     runs = client.search_runs([client.get_experiment_by_name("started-together").experiment_id])
     assert sorted(r.info.run_id for r in runs) == sorted(out.split()[-1] for out, _ in outs)  # MLflow prints first
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_two_sweep_workers_share_one_study_in_the_teams_postgresql(tiny_project, project_env, postgres):
+    """The same Optuna sweep started twice against the cluster's optuna database: 8 trials in all, none twice,
+    every one a child of one MLflow parent run."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from ..stages.test_study import command, sweep_runs
+
+    env = dict(project_env, IMGCLF_OPTUNA_STORAGE=postgres.optuna_uri)
+    workers = [
+        subprocess.Popen(
+            command(tiny_project, 8, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tiny_project}/multirun/w{i}"),
+            cwd=tiny_project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (1, 2)
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    assert not (tiny_project / "optuna.db").exists()  # the study lived in the server's database
+    [summary] = optuna.get_all_study_summaries(postgres.optuna_uri)
+    study = optuna.load_study(study_name=summary.study_name, storage=postgres.optuna_uri)
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 8
+    parents, children = sweep_runs(tiny_project)
+    assert len(parents) == 1 and len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
+    assert len({(r.data.params["optim.lr"], r.data.params["optim.weight_decay"]) for r in children}) == 8

@@ -158,5 +158,18 @@ def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project
     assert parent.data.params["sweep.space.optim.lr"] == "tag(log, interval(1e-5, 3e-3))"
     assert (sweep_dir / "optimization_results.yaml").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db")
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")] == ["sweep/optimization_results.yaml"]
+    logged = [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")]
+    assert logged == ["sweep/optimization_results.yaml", "sweep/optuna_history.png", "sweep/optuna_importance.png"]
     assert pytest.approx(float(parent.data.params["best.optim.lr"])) == float(best.data.params["optim.lr"])
+
+    # the winning trial as a DVC experiment, in one command, whose overrides compose
+    from imgclf import cli
+
+    from ..conftest import console
+
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    args = ["--uri", uri, "--experiment", "test", "--parent", parent.info.run_id, "--best", "--as-overrides"]
+    shown = console(cli.runs, args, tiny_project).stdout.strip()
+    keys = ("optim.lr", "optim.weight_decay", "trainer.label_smoothing")
+    assert shown == "dvc exp run " + " ".join(f"-S {k}={best.data.params[k]}" for k in keys)
+    assert console(cli.check, shown.split()[3:], ROOT).returncode == 0  # as dvc exp run -S composes them

@@ -308,3 +308,18 @@ class ImgclfOptunaSweeper(Sweeper):
         out = Path(self.config.hydra.sweep.dir)
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), out / "optimization_results.yaml")
+        plot_study(study, out)
+
+
+def plot_study(study, out: Path) -> None:
+    """Optuna's optimisation history and, once there are enough finished trials, its parameter importances, as PNGs
+    (Optuna's matplotlib plots) for the parent run."""
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    from imgclf.plots import save_figure
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    save_figure(plots.plot_optimization_history(study).figure, out / "optuna_history.png")
+    if len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) >= 2 and len(study.best_trial.params) > 1:
+        save_figure(plots.plot_param_importances(study).figure, out / "optuna_importance.png")

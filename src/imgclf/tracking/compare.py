@@ -187,6 +187,23 @@ def best_report(uri: str, row: RunRow, metric: str) -> list[str]:
     return lines
 
 
+def best_command(uri: str, row: RunRow) -> str:
+    """`dvc exp run -S key=value ...` with the best run's value of every key its sweep varied: the winning trial as
+    a DVC experiment, in one command."""
+    import shlex
+
+    parent = row.tags.get(PARENT_TAG)
+    if not parent:
+        raise BadInput(f"run {row.id} is not a sweep's job: --as-overrides takes the best of --sweep or --parent")
+    swept = [
+        k.removeprefix("sweep.space.")
+        for k in tracking.run_record(uri, parent)["params"]
+        if k.startswith("sweep.space.")
+    ]
+    sets = [f"{key}={row.params[key]}" for key in sorted(swept) if key in row.params]
+    return " ".join(["dvc exp run", *(f"-S {shlex.quote(s)}" for s in sets)])
+
+
 def _has_model(uri: str, run_id: str) -> bool:
     """Whether the run logged an MLflow model named `model`; MLflow 3 can fail to resolve one from another store."""
     try:

@@ -25,6 +25,7 @@ from imgclf.errors import MissingInput
 
 PG_USER = "postgres"
 DATABASE = "mlflow"
+OPTUNA_DATABASE = "optuna"  # a second database in the same cluster: the team's Optuna studies
 
 
 def pg_bin(name: str) -> str:
@@ -57,6 +58,11 @@ class Postgres:
     def uri(self) -> str:
         return f"postgresql://{PG_USER}@{self.host}:{self.port}/{DATABASE}"
 
+    @property
+    def optuna_uri(self) -> str:
+        """The team's Optuna studies (hydra.sweeper.storage / IMGCLF_OPTUNA_STORAGE), through psycopg 3."""
+        return f"postgresql+psycopg://{PG_USER}@{self.host}:{self.port}/{OPTUNA_DATABASE}"
+
     def _run(self, *args: str) -> None:
         subprocess.run(_as_pg_user(list(args)), check=True, capture_output=True, text=True)
 
@@ -70,13 +76,14 @@ class Postgres:
         options = f"-p {self.port} -k {self.directory} -c listen_addresses={self.host}"
         log = self.directory / "postgres.log"
         self._run(pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start")
-        created = subprocess.run(
-            _as_pg_user([pg_bin("createdb"), "-h", self.host, "-p", str(self.port), "-U", PG_USER, DATABASE]),
-            capture_output=True,
-            text=True,
-        )
-        if created.returncode and "already exists" not in created.stderr:
-            raise RuntimeError(f"createdb failed: {created.stderr.strip()}")
+        for database in (DATABASE, OPTUNA_DATABASE):
+            created = subprocess.run(
+                _as_pg_user([pg_bin("createdb"), "-h", self.host, "-p", str(self.port), "-U", PG_USER, database]),
+                capture_output=True,
+                text=True,
+            )
+            if created.returncode and "already exists" not in created.stderr:
+                raise RuntimeError(f"createdb failed: {created.stderr.strip()}")
         return self
 
     def stop(self) -> None:
@@ -165,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     server = MlflowServer(pg.uri, root / "artifacts", args.port, host=args.host)
     print(f"PostgreSQL on 127.0.0.1:{args.pg_port} ({root / 'postgres'}); MLflow on {server.uri}", flush=True)
     print(f"send runs there: dvc repro / imgclf train tracking.uri={server.uri}", flush=True)
+    print(f"and Optuna studies: IMGCLF_OPTUNA_STORAGE={pg.optuna_uri}", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # stop PostgreSQL on SIGTERM too
     try:
         subprocess.run(server.command(), check=False, env=server_env())

@@ -211,7 +211,8 @@ class SweepRun(Callback):
                 metrics[OBJECTIVE],
                 best.name,
             )
-        results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
+        sweep_dir = Path(config.hydra.sweep.dir)  # what the Optuna sweeper wrote: its results and the study's plots
+        written = [sweep_dir / n for n in ("optimization_results.yaml", "optuna_history.png", "optuna_importance.png")]
         run_id, self.run_id = self.run_id, None
         tracking.finish_parent_run(
             uri,
@@ -220,7 +221,7 @@ class SweepRun(Callback):
             metrics=metrics,
             tags=tags,
             params=params,
-            artifacts=[results] if results.is_file() else [],
+            artifacts=[path for path in written if path.is_file()],
         )
         if not done:  # a sweep where nothing trained is a failure, for CI and scripts too
             print(f"error: all {len(children)} jobs of the sweep failed (parent run {run_id})", file=sys.stderr)
