@@ -5,7 +5,7 @@ kept/val/acc found.
 Each trial trains timm's test_resnet at 32 px on the embedded digits (the split `make pipeline` wrote), with the
 lr_wd search space (conf/sweep/optuna_lr_wd.yaml); the study and the MLflow store live in a temporary directory.
 
-    python benchmarks/sweep.py [--trials 16] [--epochs 6] [--data data]
+    python benchmarks/sweep.py [--trials 16] [--epochs 6] [--data data] [--pruner median|hyperband]
 """
 
 from __future__ import annotations
@@ -56,13 +56,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--data", type=Path, default=ROOT / "data", help="where make pipeline put data/digits")
+    parser.add_argument("--pruner", default="median", help="(b)'s pruner: median or hyperband")
     args = parser.parse_args()
     if not (args.data / "digits" / "split" / "train.csv").is_file():
         sys.exit(f"error: no digits split under {args.data}: run make pipeline first")
     with tempfile.TemporaryDirectory(prefix="imgclf-sweep-") as tmp:
         a = search(Path(tmp), args, "a", workers=1, pruner="none")
-        b = search(Path(tmp), args, "b", workers=2, pruner="median")
-    print(f"{'':28} {'(a) 1 worker, no pruning':>26} {'(b) 2 workers, median pruning':>30}")
+        b = search(Path(tmp), args, "b", workers=2, pruner=args.pruner)
+    print(f"{'':28} {'(a) 1 worker, no pruning':>26} {'(b) 2 workers, ' + args.pruner + ' pruning':>30}")
     for key in a:
         print(f"{key:28} {a[key]!s:>26} {b[key]!s:>30}")
     print(f"epochs (b) / (a): {b['epochs trained'] / a['epochs trained']:.2f} (target <= 0.60)")
