@@ -207,22 +207,9 @@ def test_two_sweep_workers_share_one_study_in_the_teams_postgresql(tiny_project,
     import optuna
     from optuna.trial import TrialState
 
-    from ..stages.test_study import command, sweep_runs
+    from ..stages.test_study import sweep_runs, two_workers
 
-    env = dict(project_env, IMGCLF_OPTUNA_STORAGE=postgres.optuna_uri)
-    workers = [
-        subprocess.Popen(
-            command(tiny_project, 8, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tiny_project}/multirun/w{i}"),
-            cwd=tiny_project,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in (1, 2)
-    ]
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    two_workers(tiny_project, dict(project_env, IMGCLF_OPTUNA_STORAGE=postgres.optuna_uri), 8)
     assert not (tiny_project / "optuna.db").exists()  # the study lived in the server's database
     [summary] = optuna.get_all_study_summaries(postgres.optuna_uri)
     study = optuna.load_study(study_name=summary.study_name, storage=postgres.optuna_uri)

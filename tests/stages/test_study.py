@@ -90,12 +90,13 @@ def test_a_killed_sweep_resumes_where_it_stopped(tiny_project, project_env):
     assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["sweep/finished"] == 6
 
 
-def test_two_workers_share_one_study_without_duplicates(tiny_project, project_env):
+def two_workers(project, env, n_trials):
+    """The same sweep started twice at once, as two shells or two machines would; returns what each printed."""
     workers = [
         subprocess.Popen(
-            command(tiny_project, 8, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tiny_project}/multirun/w{i}"),
-            cwd=tiny_project,
-            env=project_env,
+            command(project, n_trials, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={project}/multirun/w{i}"),
+            cwd=project,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -104,6 +105,11 @@ def test_two_workers_share_one_study_without_duplicates(tiny_project, project_en
     ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    return outputs
+
+
+def test_two_workers_share_one_study_without_duplicates(tiny_project, project_env):
+    outputs = two_workers(tiny_project, project_env, 8)
     study = the_study(tiny_project)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 8  # n_trials is the study's, not each worker's
