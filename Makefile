@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv pipeline test test-fast docs docs-serve lint format params dvc-deps clean-runs postgres chromium mlflow-server serve exps
+.PHONY: venv pipeline test test-fast docs docs-serve lint format params dvc-deps clean-runs postgres chromium slurm mlflow-server serve exps
 
 venv: $(VENV)/.installed
 
@@ -20,9 +20,9 @@ pipeline: venv
 	dvc repro
 
 # two workers: each starts on its half of the suite in collection order (end-to-end tests first), then steals.
-# The tracking-server tests need PostgreSQL, the browser test Chromium: installed here when missing, and required
-# (not skipped) under make.
-test: venv postgres chromium
+# The tracking-server tests need PostgreSQL, the browser test Chromium, the cluster tests SLURM: installed here when
+# missing, and required (not skipped) under make.
+test: venv postgres chromium slurm
 	IMGCLF_REQUIRE_SERVERS=1 $(PY) -m pytest -n 2 --dist worksteal
 
 # the edit-test loop: everything that neither trains a project nor starts a process or server (tests/conftest.py
@@ -50,6 +50,13 @@ chromium:
 	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+# SLURM's controller, node daemon, client commands and munge from Debian's packages, for the cluster tests
+# (tests/e2e/slurm.py starts a one-node cluster of its own; nothing is started here)
+slurm:
+	@{ command -v sbatch >/dev/null && [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ]; } || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge; }
 
 # The web page: Classify One / Many and the model card of the exported model, on http://127.0.0.1:7860
 serve: venv

@@ -116,7 +116,11 @@ def runs_parser() -> argparse.ArgumentParser:
         help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
     )
     parser.add_argument("--experiment", default="imgclf")
-    parser.add_argument("--sweep", help="only the jobs of this sweep (tag imgclf.sweep)")
+    parser.add_argument(
+        "--sweep",
+        help="only the jobs of this sweep: its directory (tag imgclf.sweep) or an Optuna study's name (every "
+        "worker's trials); the table ends with the jobs by state (finished, pruned, failed, running) and the best",
+    )
     parser.add_argument("--parent", metavar="RUN_ID", help="only the child runs of this parent run")
     parser.add_argument("--metric", default="val/acc", help="sort by this metric (default: val/acc)")
     parser.add_argument("--order", choices=("desc", "asc"), default="desc", help="desc: highest first (default)")
@@ -162,7 +166,7 @@ def runs(argv: list[str]) -> int:
             print("\n".join(compare.best_report(args.uri, best, args.metric)))
             return 0
         compare.check_metric(rows, args.metric)
-        rows = compare.sort_rows(rows, args.metric, args.order)[: args.limit]
+        every, rows = rows, compare.sort_rows(rows, args.metric, args.order)[: args.limit]
         fmt = compare.format_for(args.out or "", args.format)
         text = compare.format_table(rows, compare.table_columns(rows, args.metric, args.all_params), fmt)
         if args.out:
@@ -170,6 +174,8 @@ def runs(argv: list[str]) -> int:
             print(f"wrote {len(rows)} runs to {args.out}")
         else:
             print(text, end="")
+            if (args.sweep or args.parent) and fmt == "table":
+                print(compare.sweep_summary(every, args.metric, args.order))  # all, --limit or not
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

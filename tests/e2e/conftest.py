@@ -5,8 +5,13 @@ pytest-xdist can run the modules side by side."""
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
+
+from imgclf.errors import MissingInput
+from imgclf.tracking.server import Postgres, free_port, pg_bin
 
 from ..conftest import BIN, ROOT, TINY_MODEL
 
@@ -64,3 +69,25 @@ def changed_stages(repo, env):
 
     with Repo(str(repo)) as dvc:
         return {name.rsplit(":", 1)[-1] for name in dvc.status()}  # "path/to/dvc.yaml:train" from another cwd
+
+
+def require(missing: str) -> None:
+    """A server the test needs is not installed: fails under `make test` (IMGCLF_REQUIRE_SERVERS=1), else skips."""
+    if os.environ.get("IMGCLF_REQUIRE_SERVERS") == "1":
+        pytest.fail(missing)
+    pytest.skip(missing)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """The test suite's own PostgreSQL cluster (mlflow and optuna databases) on a loopback port."""
+    try:
+        pg_bin("initdb")
+    except MissingInput as exc:
+        require(str(exc))
+    home = Path(tempfile.mkdtemp(prefix="imgclf-pg-"))
+    home.chmod(0o755)  # as root the cluster belongs to the postgres user, who must reach it
+    pg = Postgres(home / "pg", free_port()).start()
+    yield pg
+    pg.stop()
+    shutil.rmtree(home, ignore_errors=True)

@@ -7,42 +7,22 @@ IMGCLF_REQUIRE_SERVERS=1, so in CI a missing PostgreSQL fails instead of skippin
 """
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imgclf.errors import MissingInput
-from imgclf.tracking.server import MlflowServer, Postgres, free_port, pg_bin
+from imgclf.tracking.server import MlflowServer, free_port, pg_bin
 
 from ..conftest import ROOT, TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
 SECRETS = {"KAGGLE_KEY": "fake-kaggle-key-7d1e", "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-pw-93ab"}
 URI_SECRET = "fake-uri-pw-c4f0"
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        pg_bin("initdb")
-    except MissingInput as exc:
-        if os.environ.get("IMGCLF_REQUIRE_SERVERS") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    home = Path(tempfile.mkdtemp(prefix="imgclf-pg-"))
-    home.chmod(0o755)  # as root the cluster belongs to the postgres user, who must reach it
-    pg = Postgres(home / "pg", free_port()).start()
-    yield pg
-    pg.stop()
-    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -213,3 +213,45 @@ def test_a_store_that_is_not_mlflows_is_refused_untouched(tmp_path):
         assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
         assert result.stderr.startswith(says), result.stderr
     assert (tmp_path / "other.db").read_bytes() == before  # MLflow never migrated it
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """An Optuna study's parent run (tag imgclf.study) and three trials from two workers' sweep dirs: one pruned
+    with the highest val/acc of its last epoch, one failed, one finished."""
+    root = tmp_path_factory.mktemp("study")
+    uri = f"sqlite:///{empty_mlflow_store(root / 'mlflow.db')}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("imgclf", artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(exp, run_name="sweep-lr", tags={"imgclf.role": "sweep", "imgclf.study": "lr-3f2a"})
+    ids = {}
+    for name, acc, sweep_dir, status, tags in (
+        ("pruned", 0.95, "w1", "FINISHED", {"imgclf.pruned": "after epoch 1 of 3"}),
+        ("failed", 0.5, "w2", "FAILED", {}),
+        ("finished", 0.9, "w2", "FINISHED", {}),
+    ):
+        tags = {"mlflow.parentRunId": parent.info.run_id, "imgclf.sweep": sweep_dir, **tags}
+        run = client.create_run(exp, run_name=name, tags=tags)
+        client.log_metric(run.info.run_id, "val/acc", acc)
+        client.log_param(run.info.run_id, "optim.lr", acc / 100)
+        client.set_terminated(run.info.run_id, status)
+        ids[name] = run.info.run_id
+    client.set_terminated(parent.info.run_id)
+    return {"root": root, "uri": uri, "ids": ids}
+
+
+def test_a_study_lists_every_workers_trials_by_state_and_its_best(study):
+    result = imgclf_runs("--uri", study["uri"], "--sweep", "lr-3f2a", cwd=study["root"])
+    assert result.returncode == 0, result.stderr
+    header, *lines, summary = result.stdout.splitlines()
+    assert {line.split()[0] for line in lines} == {i[:8] for i in study["ids"].values()}  # both sweep dirs
+    states = {line.split()[1]: line.split()[2] for line in lines}
+    assert states == {"pruned": "PRUNED", "failed": "FAILED", "finished": "FINISHED"}
+    best = study["ids"]["finished"][:8]
+    assert summary == f"3 jobs: 1 failed, 1 finished, 1 pruned; best so far by val/acc: {best} finished (0.9000)"
+    chosen = imgclf_runs("--uri", study["uri"], "--sweep", "lr-3f2a", "--best", cwd=study["root"])
+    assert chosen.stdout.splitlines()[0] == study["ids"]["finished"]  # a pruned trial's last epoch is not a result
+    one_dir = imgclf_runs("--uri", study["uri"], "--sweep", "w1", "--format", "csv", cwd=study["root"])
+    assert [r["run"] for r in csv.DictReader(io.StringIO(one_dir.stdout))] == [study["ids"]["pruned"]]
+    unknown = imgclf_runs("--uri", study["uri"], "--sweep", "lr-0000", cwd=study["root"])
+    assert unknown.returncode == 1 and "studies: lr-3f2a" in unknown.stderr

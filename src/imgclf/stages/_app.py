@@ -46,7 +46,8 @@ def one_line_errors(task: Callable[[DictConfig], object], refused: Refused | Non
         except Exception as exc:
             if os.environ.get("IMGCLF_DEBUG"):
                 raise
-            if is_multirun() and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # a DDP job must fail on every rank
+            tasks = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or "1"  # torchrun or srun
+            if is_multirun() and int(tasks) <= 1:  # a DDP job must fail on every rank
                 job = HydraConfig.get().job.num
                 log.error(
                     "job %s failed: %s: %s", job, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -13,6 +14,7 @@ from imgclf.errors import BadInput
 
 STANDARD_METRICS = ("val/acc", "test/acc", "test/macro_f1", "train/images_per_sec")
 SWEEP_TAG, ROLE_TAG, PARENT_TAG = "imgclf.sweep", "imgclf.role", "mlflow.parentRunId"
+STUDY_TAG, PRUNED_TAG = "imgclf.study", "imgclf.pruned"  # an Optuna study's parent run; a job its pruner stopped
 FORMATS = ("table", "csv", "markdown")
 SUFFIX_FORMATS = {".csv": "csv", ".md": "markdown"}
 MISSING = "-"
@@ -31,6 +33,12 @@ class RunRow:
     tags: dict[str, str]
     artifact_uri: str
 
+    @property
+    def state(self) -> str:
+        """MLflow's status, but PRUNED for a job an Optuna pruner stopped (FINISHED in MLflow: it did what was
+        asked)."""
+        return "PRUNED" if self.status == "FINISHED" and PRUNED_TAG in self.tags else self.status
+
 
 class Column(NamedTuple):
     """A table column: kind is "id", "name", "status", "metric" or "param"; key names the metric or param."""
@@ -47,10 +55,15 @@ def _quoted(value: str) -> str:
 
 
 def list_runs(uri: str, experiment: str, sweep: str | None = None, parent: str | None = None) -> list[RunRow]:
-    """Runs of `experiment`, optionally of one sweep or under one parent run; sweep parent runs are left out."""
+    """Runs of `experiment`, optionally of one sweep (its directory, or an Optuna study's name: every worker's
+    jobs) or under one parent run; sweep parent runs are left out."""
     filters = []
     if sweep:
-        filters.append(f"tags.`{SWEEP_TAG}` = {_quoted(sweep)}")
+        study = tracking.search_runs(uri, experiment, f"tags.`{STUDY_TAG}` = {_quoted(sweep)}")
+        if study:  # one parent run per study, whichever worker made it
+            parent = parent or study[0]["id"]
+        else:
+            filters.append(f"tags.`{SWEEP_TAG}` = {_quoted(sweep)}")
     if parent:
         filters.append(f"tags.`{PARENT_TAG}` = {_quoted(parent)}")
     runs = tracking.search_runs(uri, experiment, " and ".join(filters))
@@ -58,12 +71,25 @@ def list_runs(uri: str, experiment: str, sweep: str | None = None, parent: str |
     return [RunRow(**r) for r in runs if r["tags"].get(ROLE_TAG) != "sweep"]
 
 
+def sweep_summary(rows: list[RunRow], metric: str, order: str = "desc") -> str:
+    """One line under a sweep's table: its jobs by state and the best finished one so far."""
+    counts = Counter(r.state for r in rows)
+    line = f"{len(rows)} jobs: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
+    finished = [r for r in rows if r.state == "FINISHED" and metric_value(r, metric) is not None]
+    if finished:
+        best = sort_rows(finished, metric, order)[0]
+        line += f"; best so far by {metric}: {best.id[:8]} {best.name} ({_cell(best, Column('metric', metric), False)})"
+    return line
+
+
 def no_match_message(uri: str, experiment: str, sweep: str | None, parent: str | None) -> str:
     """Why `list_runs` found nothing, naming what the experiment does hold."""
     runs = list_runs(uri, experiment)
     if sweep:
         sweeps = sorted({r.tags[SWEEP_TAG] for r in runs if SWEEP_TAG in r.tags})
-        return f"no runs of sweep '{sweep}' in experiment '{experiment}'; sweeps: {', '.join(sweeps) or 'none'}"
+        studies = sorted(r["tags"][STUDY_TAG] for r in tracking.search_runs(uri, experiment) if STUDY_TAG in r["tags"])
+        named = f"sweeps: {', '.join(sweeps) or 'none'}" + (f"; studies: {', '.join(studies)}" if studies else "")
+        return f"no runs of sweep '{sweep}' in experiment '{experiment}'; {named}"
     if parent:
         parents = sorted({r.tags[PARENT_TAG] for r in runs if PARENT_TAG in r.tags})
         return f"no child runs of '{parent}' in experiment '{experiment}'; parent runs: {', '.join(parents) or 'none'}"
@@ -116,8 +142,10 @@ def _cell(row: RunRow, column: Column, exact: bool) -> str:
     # exact (CSV): full run id and repr-exact floats, so the file round-trips to the store's values
     if column.kind == "id":
         return row.id if exact else row.id[:8]
-    if column.kind in ("name", "status"):
-        return getattr(row, column.kind)
+    if column.kind == "name":
+        return row.name
+    if column.kind == "status":
+        return row.state
     if column.kind == "param":
         return row.params.get(column.key, "" if exact else MISSING)
     value = row.metrics.get(column.key)
@@ -164,11 +192,13 @@ def format_for(path: str, fmt: str | None) -> str:
 
 
 def best_run(rows: list[RunRow], metric: str, order: str = "desc") -> RunRow:
-    """The run with the best `metric`; ValueError when no row has it."""
+    """The run with the best `metric`, pruned jobs left out while another has it (as a sweep's parent leaves them
+    out); ValueError when no row has it."""
     check_metric(rows, metric)
     if not rows:
         raise BadInput("no runs to choose from")
-    return sort_rows(rows, metric, order)[0]
+    kept = [r for r in rows if r.state != "PRUNED" and metric_value(r, metric) is not None]
+    return sort_rows(kept or rows, metric, order)[0]
 
 
 def best_report(uri: str, row: RunRow, metric: str) -> list[str]:

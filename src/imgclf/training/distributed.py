@@ -1,9 +1,11 @@
-"""DistributedDataParallel under torchrun: process group, sharded batches, reductions. One process: no-ops."""
+"""DistributedDataParallel under torchrun or `srun`: process group, sharded batches, reductions. One process:
+no-ops."""
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 
 import torch
 import torch.distributed as torch_dist
@@ -19,13 +21,33 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def from_slurm() -> None:
+    """A task of a SLURM job step with several tasks (`srun`, or submitit's `tasks_per_node`) and no torchrun: the
+    rendezvous torchrun would describe, from SLURM's variables. The batch script itself (SLURM_NTASKS but no step)
+    stays one process. MASTER_ADDR/MASTER_PORT set by the user win; the port otherwise follows the job and step."""
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "WORLD_SIZE" in os.environ or tasks <= 1:
+        return
+    job, step = int(os.environ["SLURM_JOB_ID"]), int(os.environ.get("SLURM_STEP_ID", "0"))
+    if "MASTER_ADDR" not in os.environ:
+        nodes = os.environ["SLURM_STEP_NODELIST"]  # "gpu[01-04]": scontrol expands it, as SLURM's docs do
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
+        os.environ["MASTER_ADDR"] = hosts.stdout.split()[0]  # the step's first node runs task 0
+    os.environ.setdefault("MASTER_PORT", str(20000 + (job * 16 + step) % 40000))
+    os.environ.update(
+        RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=str(tasks), LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0")
+    )
+
+
 def setup(device: torch.device) -> torch.device:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); returns this rank's device."""
+    """Join the process group torchrun (or a SLURM step, `from_slurm`) describes (WORLD_SIZE > 1); returns this
+    rank's device."""
+    from_slurm()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return device
     backend = "nccl" if device.type == "cuda" else "gloo"  # gloo: CPU processes (and tests)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":  # a task that sees only its own GPU (--gpus-per-task) has it as cuda:0
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         torch.cuda.set_device(device)
     torch_dist.init_process_group(backend)
     log.info("rank %d of %d (%s) on %s", rank(), world_size(), backend, device)

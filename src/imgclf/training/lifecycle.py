@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -209,6 +210,9 @@ def run_tags(
     }
     if sweep_dir is not None:
         tags["imgclf.sweep"] = str(Path(sweep_dir).resolve())
+    if "SLURM_JOB_ID" in os.environ:  # `sacct -j`, `scontrol show job` find the job (array: <job>_<task>)
+        array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        tags["imgclf.slurm_job"] = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
     if weights and Path(weights).expanduser().is_file():
         tags["imgclf.weights_sha256"] = file_digest(Path(weights).expanduser(), "sha256")
     return tags
