@@ -179,3 +179,62 @@ def test_the_study_name_follows_the_sweep_not_its_size_or_folder():
     assert key != plugin.study_key(["optim.lr=interval(0.1,2)"], ["model=timm"], conf)
     assert key != plugin.study_key(["optim.lr=interval(0.1,1)"], ["model=vgg16"], conf)
     assert plugin.masked("postgresql://me:s3cret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+
+
+def test_a_trial_asked_by_a_worker_killed_before_its_job_started_is_failed(tmp_path):
+    """Between asking a trial and starting its job's heartbeat thread a worker can die: the trial has a heartbeat
+    from the moment it is asked, so it goes stale and its budget comes back."""
+    sweeper = plugin.ImgclfOptunaSweeper(
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+        n_trials=2,
+        heartbeat_s=1,
+        params={"optim.lr": "interval(1e-4, 1e-2)"},
+    )
+    study, *_ = sweeper._study([])
+    orphan = sweeper._next_trial(study)  # asked, and the worker dies here: no job, no heartbeat thread
+    assert sweeper._counted(study) == (1, 1)
+    time.sleep(3 * 1 + 0.5)  # the grace period: 3 heartbeats missed
+    assert sweeper._counted(study) == (0, 0)
+    assert study.trials[orphan.number].state == TrialState.FAIL
+
+
+@pytest.mark.parametrize(
+    "setting, valid",
+    [
+        ({"pruner": "bogus"}, "one of median, hyperband, none"),
+        ({"n_trials": 0}, "an integer >= 1"),
+        ({"sampler": {"name": "grid"}}, "one of tpe, random"),
+        ({"heartbeat_s": 0}, "an integer >= 1"),
+    ],
+)
+def test_a_bad_sweeper_setting_is_refused_in_one_line(setting, valid, capsys):
+    with pytest.raises(SystemExit) as refused:
+        plugin.ImgclfOptunaSweeper(**setting)
+    assert refused.value.code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: hydra.sweeper.") and line.endswith(valid)
+
+
+def test_a_bad_pruner_from_the_command_line_is_one_line_and_leaves_nothing(tmp_path, project_env):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgclf.stages.train",
+            "--config-dir",
+            str(ROOT / "conf"),
+            "-m",
+            "+sweep=optuna_lr_wd",
+            "hydra.sweeper.pruner=bogus",
+        ],
+        cwd=tmp_path,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: hydra.sweeper.pruner=bogus is not valid: one of median, hyperband, none"
+    ]
+    assert list(tmp_path.iterdir()) == []

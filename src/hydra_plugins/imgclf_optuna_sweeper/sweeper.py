@@ -19,12 +19,13 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -116,6 +117,13 @@ def masked(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
+def refuse(message: str) -> NoReturn:
+    """A bad sweeper setting: one line and exit 1, as the stages answer a bad config (Hydra would wrap an exception
+    raised while it instantiates the sweeper in four lines of its own)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
 class Heartbeat:
     """Records a RUNNING trial's heartbeat from a thread while its job runs (ask/tell has no optimize() doing it)."""
 
@@ -142,11 +150,12 @@ class ImgclfOptunaSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
         self.conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ImgclfOptunaSweeperConf), conf))
         if self.conf.pruner not in PRUNERS:
-            raise ValueError(f"hydra.sweeper.pruner={self.conf.pruner} is not valid: one of {', '.join(PRUNERS)}")
+            refuse(f"hydra.sweeper.pruner={self.conf.pruner} is not valid: one of {', '.join(PRUNERS)}")
         if self.conf.sampler.name not in SAMPLERS:
-            raise ValueError(f"hydra.sweeper.sampler.name={self.conf.sampler.name} is not valid: {SAMPLERS}")
-        if self.conf.n_trials < 1 or self.conf.heartbeat_s < 1:
-            raise ValueError("hydra.sweeper.n_trials and hydra.sweeper.heartbeat_s must be at least 1")
+            refuse(f"hydra.sweeper.sampler.name={self.conf.sampler.name} is not valid: one of {', '.join(SAMPLERS)}")
+        for key in ("n_trials", "heartbeat_s"):
+            if getattr(self.conf, key) < 1:
+                refuse(f"hydra.sweeper.{key}={getattr(self.conf, key)} is not valid: an integer >= 1")
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.job_idx = config, 0
@@ -260,6 +269,7 @@ class ImgclfOptunaSweeper(Sweeper):
             counted, running = self._counted(study)
             if counted < self.conf.n_trials:
                 trial = study.ask()
+                study._storage.record_heartbeat(trial._trial_id)  # from its first moment: a worker killed now fails it
                 before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
                 kept = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
                 taken = sum(
