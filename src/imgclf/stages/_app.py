@@ -46,12 +46,10 @@ def one_line_errors(task: Callable[[DictConfig], object], refused: Refused | Non
         except Exception as exc:
             if os.environ.get("IMGCLF_DEBUG"):
                 raise
-            tasks = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or "1"  # torchrun or srun
-            if is_multirun() and int(tasks) <= 1:  # a DDP job must fail on every rank
+            tasks = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1)  # DDP: fail all
+            if is_multirun() and tasks <= 1:
                 job = HydraConfig.get().job.num
-                log.error(
-                    "job %s failed: %s: %s", job, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""
-                )
+                log.error("job %s failed: %s: %s", job, type(exc).__name__, (str(exc).splitlines() or [""])[0])
                 print(f"error: job {job} ({' '.join(overrides())}) failed: {exc}", file=sys.stderr)
                 if refused is not None and isinstance(exc, BadConfig) and isinstance(cfg, DictConfig):
                     refused(OmegaConf.to_container(cfg, resolve=True), overrides(), str(exc))

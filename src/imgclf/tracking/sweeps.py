@@ -96,23 +96,34 @@ def study_sweeper(config: DictConfig) -> bool:
 STUDY_PARENT = "imgclf.parent_run_id"  # the study's user attribute naming its MLflow parent run
 
 
-def join_study_parent(config: DictConfig, study) -> str:
+def join_study_parent(config: DictConfig, study, wait_s: float = 120.0) -> str:
     """The parent run of an Optuna study, whichever worker comes first: found through the study's user attribute,
-    else created and written there. Two workers that start together both write; both read back after a moment and
-    keep the one that stayed, and the other run is deleted."""
+    else made by the one worker that claims it. The claim is a study named `<study>:parent`, which the storage
+    creates only once (study names are unique) and the winner deletes once the attribute is written; the others wait
+    for the attribute (up to `wait_s`, then make their own: a winner killed in between)."""
     import time
 
-    from imgclf.tracking.runs import delete_run
+    import optuna
 
-    sweep = SweepRun.active or SweepRun()
+    sweep, lock = SweepRun.active or SweepRun(), f"{study.study_name}:parent"
+    attr = lambda: type(study)(study.study_name, study._storage).user_attrs.get(STUDY_PARENT)  # noqa: E731
     found = study.user_attrs.get(STUDY_PARENT)
     if found is None:
-        mine = sweep.open(config, {"imgclf.study": study.study_name})
-        study.set_user_attr(STUDY_PARENT, mine)
-        time.sleep(1.0)
-        found = type(study)(study.study_name, study._storage).user_attrs[STUDY_PARENT]
-        if found != mine:
-            delete_run(config.tracking.uri, mine)
+        try:
+            optuna.create_study(study_name=lock, storage=study._storage)
+            claimed = True
+        except optuna.exceptions.DuplicatedStudyError:
+            claimed = False
+        found = attr()  # a winner writes the attribute before it deletes its claim: a claim after that finds it
+        deadline = time.monotonic() + wait_s
+        while not claimed and found is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            found = attr()
+        if found is None:
+            found = sweep.open(config, {"imgclf.study": study.study_name})
+            study.set_user_attr(STUDY_PARENT, found)
+        if claimed:
+            optuna.delete_study(study_name=lock, storage=study._storage)
     sweep.adopt(config, found)
     log.info("study %s: parent run %s", study.study_name, found)
     return found
