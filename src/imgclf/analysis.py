@@ -33,14 +33,22 @@ class Predictions:
 def classification_metrics(
     y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], prefix: str = "test"
 ) -> dict[str, float]:
-    """Accuracy, macro-F1, log loss and per-class precision/recall/F1 for predicted probabilities."""
-    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
+    """Accuracy, balanced accuracy (the mean of the per-class recalls, over the classes present), macro-F1, log loss
+    and per-class precision/recall/F1 for predicted probabilities."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        f1_score,
+        log_loss,
+        precision_recall_fscore_support,
+    )
 
     labels = np.arange(len(class_names))
     y_pred = probs.argmax(1)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     metrics = {
         f"{prefix}/acc": float(accuracy_score(y_true, y_pred)),
+        f"{prefix}/balanced_acc": float(balanced_accuracy_score(y_true, y_pred)),
         f"{prefix}/macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         f"{prefix}/loss": float(log_loss(y_true, probs, labels=labels)),
     }

@@ -42,6 +42,9 @@ METRICS = (
     Metric("test/acc", "evaluate", "top-1 accuracy on the test split"),
     Metric("test/loss", "evaluate", "cross-entropy on the test split"),
     Metric("test/macro_f1", "evaluate", "F1 averaged over classes, each class weighted equally"),
+    Metric(
+        "test/balanced_acc", "evaluate", "recall averaged over classes: accuracy as if every class had as many images"
+    ),
     Metric("test/top5_acc", "evaluate", "top-5 accuracy (k capped at the number of classes)"),
     Metric("test/precision/<class>", "evaluate", "precision of one class"),
     Metric("test/recall/<class>", "evaluate", "recall of one class"),

@@ -34,6 +34,7 @@ RESIZE_MODES = ("crop", "squash")  # imgclf.contract
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # imgclf.contract
 SOURCES = ("torchvision", "timm")  # imgclf.models.catalog
 STRATEGIES = ("full", "gradual", "head")  # imgclf.training.finetune
+BALANCE = ("none", "weights", "sampler")  # imgclf.stages._build: the loss's class weights or the balanced sampler
 METHODS = ("int8_onnx", "int8_openvino", "fp16", "tensorrt", "tensorrt_int8")  # imgclf.deploy.quantize
 
 # --- rules: (test, what is valid) ----------------------------------------------------------------------------------
@@ -160,6 +161,7 @@ class Split(Group):
     test_fraction: float = rule(number(0, 1))
     seed: int = rule(integer(0))
     sample_per_class: int = rule(integer(1))
+    min_class_images: int = rule(integer(0), 20)
 
     def check(self, where: str) -> None:
         if self.val_fraction + self.test_fraction >= 1:
@@ -180,6 +182,7 @@ class Data(Group):
     fetch: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping) and "_target_" in v), "a node with _target_"))
     split: Split
     subset: str = rule(one_of("full", "sample"), "full")
+    balance: str = rule(one_of(*BALANCE), "none")
     inputs: tuple[str, ...] = rule(ANY, ())
     path: str | None = rule(OPTIONAL_TEXT, None)
     val_path: str | None = rule(OPTIONAL_TEXT, None)

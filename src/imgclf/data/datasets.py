@@ -213,16 +213,19 @@ def build_loader(
     shuffle: bool,
     generator: torch.Generator | None = None,
     pin_memory: bool = False,
+    balanced: bool = False,
 ) -> DataLoader:
     """Whole batches fetched from memory (no per-sample collate); under torchrun, this rank's share of each batch.
 
     Training batches come from one seeded permutation split across ranks, so N processes see the global batches
-    one process would; evaluation batches cover each sample exactly once over all ranks.
+    one process would (`balanced`: from seeded draws that give every class the same share); evaluation batches
+    cover each sample exactly once over all ranks.
     """
-    from imgclf.data.sampling import ShardedBatchSampler, rank, shard_for_eval, world_size
+    from imgclf.data.sampling import ShardedBatchSampler, rank, sample_weights, shard_for_eval, world_size
 
     if shuffle:
-        sampler = ShardedBatchSampler(len(dataset), batch_size, True, generator, rank(), world_size())
+        weights = sample_weights(dataset.labels) if balanced else None
+        sampler = ShardedBatchSampler(len(dataset), batch_size, True, generator, rank(), world_size(), weights=weights)
     else:
         sampler = shard_for_eval(len(dataset), batch_size)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_batch_collate, pin_memory=pin_memory)

@@ -91,9 +91,20 @@ def write_data_report(
     plot_samples(image_root, splits["train"], scan.class_names, out_dir / "samples.png")
 
 
-def build_report(scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]]) -> dict:
+def small_classes(splits: Mapping[str, list[tuple[str, str]]], class_names: Sequence[str], minimum: int) -> list:
+    """Classes with fewer than `minimum` training images, fewest first: candidates for data.balance or more data."""
+    counts = Counter(label for _, label in splits["train"])
+    rows = [{"class": c, "train_images": counts.get(c, 0)} for c in class_names if counts.get(c, 0) < minimum]
+    return sorted(rows, key=lambda r: (r["train_images"], r["class"]))
+
+
+def build_report(scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]], min_class_images: int = 20) -> dict:
     dups = cross_split_duplicates(splits, scan.info)
     return {
+        "small_classes": {
+            "min_class_images": min_class_images,
+            "classes": small_classes(splits, scan.class_names, min_class_images),
+        },
         "class_names": scan.class_names,
         "images_per_split": {s: len(splits[s]) for s in SPLITS},
         "images_per_class": {s: dict(sorted(Counter(lbl for _, lbl in splits[s]).items())) for s in SPLITS},

@@ -10,6 +10,7 @@ from torch import nn
 from imgclf.contract import ServingSpec
 from imgclf.data.datasets import build_loader, load_split
 from imgclf.data.report import auto_preset
+from imgclf.data.sampling import class_weights
 from imgclf.data.split import read_labels
 from imgclf.data.transforms import Preprocess, build_augment
 from imgclf.devices import seed_everything
@@ -52,7 +53,8 @@ def build_training(opts: Options, paths: Paths, device: torch.device) -> Trainin
     augment = opts.augment.presets[chosen] if chosen else {"ops": opts.augment.ops, "tta": opts.augment.tta}
     ops, spec.tta = augment["ops"], list(augment.get("tta", ()))  # ops {}: batches centre-cropped like val's
     train_set = load_split(root, "train", opts.data.subset, spec, crop=not ops)
-    train_loader = build_loader(train_set, t.batch_size, True, generator, pin)
+    balance = opts.data.balance
+    train_loader = build_loader(train_set, t.batch_size, True, generator, pin, balanced=balance == "sampler")
     val_loader = build_loader(load_split(root, "val", opts.data.subset, spec), t.batch_size, False, pin_memory=pin)
     model = build_model(
         m.name,
@@ -72,7 +74,9 @@ def build_training(opts: Options, paths: Paths, device: torch.device) -> Trainin
     augment = build_augment(ops, spec.image_size, seed=opts.seed + dist.rank()) if ops else None
     epochs = t.epochs_for(len(train_loader))
     scheduler = opts.schedule.factory()(optimizer, epochs=epochs, steps_per_epoch=len(train_loader))
-    criterion, preprocess = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), Preprocess(pre.mean, pre.std)
+    weight = class_weights(train_set.labels, len(spec.class_names)).to(device) if balance == "weights" else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing)
+    preprocess = Preprocess(pre.mean, pre.std)
     trainer = Trainer(
         model,
         criterion,

@@ -33,8 +33,15 @@ def split(cfg: DictConfig | Options) -> None:
         splits = split_with_fixed(scan.items, fixed, params.val_fraction, params.test_fraction, params.seed)
     else:
         splits = stratified_split(scan.items, params.val_fraction, params.test_fraction, params.seed)
-    report = build_report(scan, splits)
+    report = build_report(scan, splits, params.min_class_images)
     report_dir = paths.report_dir("split")
+    if small := report["small_classes"]["classes"]:
+        log.warning(
+            "%d classes have fewer than %d training images (%s): data.balance=weights or sampler evens them out",
+            len(small),
+            params.min_class_images,
+            ", ".join(f"{r['class']} {r['train_images']}" for r in small[:5]) + (", ..." if len(small) > 5 else ""),
+        )
     if report["cross_split_duplicates"]["groups"]:
         log.warning(
             "%d groups of identical images appear in more than one split (see %s/report.json)",
