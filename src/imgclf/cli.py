@@ -13,7 +13,7 @@ from pathlib import Path
 from imgclf.errors import USER_ERRORS, BadInput
 
 STAGES = ("fetch", "split", "train", "evaluate", "export", "optimise")
-COMMANDS = (*STAGES, "predict", "runs", "reproduce", "lr-find", "sync", "serve", "check")
+COMMANDS = (*STAGES, "label-issues", "relabel", "predict", "runs", "reproduce", "lr-find", "sync", "serve", "check")
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -291,9 +291,11 @@ def check(argv: list[str]) -> int:
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
     """Every console command with options of its own, by name: the CLI reference is generated from these."""
+    from imgclf.data.relabel import relabel_parser
     from imgclf.deploy.webapp import serve_parser
 
     return {
+        "relabel": relabel_parser(),
         "predict": predict_parser(),
         "runs": runs_parser(),
         "reproduce": reproduce_parser(),
@@ -308,6 +310,8 @@ def main() -> None:
         print(
             f"usage: imgclf {{{','.join(COMMANDS)}}} ...\n"
             "  imgclf STAGE [HYDRA OVERRIDES...]   run a pipeline stage from conf/\n"
+            "  imgclf label-issues [OVERRIDES...]   the images whose label looks wrong (cleanlab), ranked\n"
+            "  imgclf relabel PATH=LABEL | --accept 1-10   fix labels in relabel/<data>.csv; dvc repro applies them\n"
             "  imgclf predict PATH... [--out FILE]  classify images with the exported model\n"
             "  imgclf runs [--sweep ID] [--best]     compare MLflow runs, or show the best one\n"
             "  imgclf reproduce RUN_ID               re-create a run from its record and compare\n"
@@ -324,6 +328,10 @@ def main() -> None:
         sys.exit(2)
     if command == "predict":
         sys.exit(predict(sys.argv[2:]))
+    if command == "relabel":
+        from imgclf.data.relabel import command as relabel
+
+        sys.exit(relabel(sys.argv[2:]))
     if command == "serve":
         from imgclf.deploy.webapp import main as serve
 

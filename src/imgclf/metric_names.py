@@ -53,6 +53,11 @@ METRICS = (
     Metric("test_tta/acc", "evaluate", "test/acc averaged over the test-time views (evaluate.tta)"),
     Metric("test_tta/loss", "evaluate", "test/loss with the test-time views"),
     Metric("test_tta/macro_f1", "evaluate", "test/macro_f1 with the test-time views"),
+    Metric("label_issues/count", "label_issues", "labelled images cleanlab flags as likely mislabelled"),
+    Metric("label_issues/fraction", "label_issues", "label_issues/count over the labelled images checked"),
+    Metric(
+        "label_issues/health", "label_issues", "cleanlab's overall label health score: the share of labels it trusts"
+    ),
     Metric("export/<format>_max_abs_diff", "export", "largest |logit difference| of onnx or pt2 against PyTorch"),
     Metric("export/<format>_top1_agreement", "export", "share of images where onnx or pt2 and PyTorch agree"),
     Metric("export/verified_images", "export", "real test images the export was checked on (export.verify_images)"),

@@ -153,6 +153,7 @@ class Folders(Group):
     models: str = rule(TEXT)
     reports: str = rule(TEXT)
     checkpoints: str = rule(TEXT)
+    relabel: str = rule(TEXT, "relabel")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -340,6 +341,19 @@ class Evaluate(Group):
 
 
 @dataclass(frozen=True, kw_only=True)
+class LabelIssues(Group):
+    folds: int = rule(integer(2), 5)
+    splits: tuple[str, ...] = rule(
+        (
+            (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and set(v) <= {"train", "val", "test"}),
+            "a list of: train, val, test",
+        ),
+        ("train", "val", "test"),
+    )
+    top: int = rule(integer(1), 25)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Export(Group):
     opset: int = rule(integer(7), 18)
     verify_images: int = rule(integer(1), 64)
@@ -412,6 +426,7 @@ class Options(Group):
     export: Export = field(default_factory=Export)
     optimise: Optimise
     lr_find: LrFind = field(default_factory=LrFind)
+    label_issues: LabelIssues = field(default_factory=LabelIssues)
     config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod

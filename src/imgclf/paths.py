@@ -24,14 +24,16 @@ class Paths:
     models: Path = Path("models")
     reports: Path = Path("reports")
     checkpoints: Path = Path("checkpoints")
+    relabel: Path = Path("relabel")
 
     @classmethod
     def from_config(cls, paths: Any, root: str | Path = ".") -> Paths:
         """From the config's `paths` (a mapping or imgclf.options.Folders); outputs under `root` (a sweep job's
         directory), data where it is."""
-        get = paths.__getitem__ if isinstance(paths, Mapping) else lambda key: getattr(paths, key)
+        get = paths.get if isinstance(paths, Mapping) else lambda key, default=None: getattr(paths, key, default)
         root = Path(root)
-        return cls(Path(get("data")), root / get("models"), root / get("reports"), root / get("checkpoints"))
+        outputs = (root / get("models"), root / get("reports"), root / get("checkpoints"))
+        return cls(Path(get("data")), *outputs, Path(get("relabel", cls.relabel)))  # a run's config before relabel
 
     def dataset(self, name: str) -> Path:
         return self.data / name
@@ -44,6 +46,10 @@ class Paths:
 
     def labels(self, name: str) -> Path:
         return self.split(name) / "labels.txt"
+
+    def relabel_file(self, name: str) -> Path:
+        """relabel/<data set>.csv: labels fixed by hand or from a label review, applied by split (optional)."""
+        return self.relabel / f"{name}.csv"
 
     def report_dir(self, stage: str) -> Path:
         return self.reports / stage

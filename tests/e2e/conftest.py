@@ -15,7 +15,7 @@ from imgclf.tracking.server import Postgres, free_port, pg_bin
 
 from ..conftest import BIN, ROOT, TINY_MODEL
 
-STAGES = ("fetch", "split", "train", "evaluate", "export", "optimise")
+STAGES = ("fetch", "split", "train", "evaluate", "label_issues", "export", "optimise")
 # the sample subset and timm's tiny test network: a smoke run of every stage in seconds (optimise's default gate:
 # an INT8 twin that flips one of the sample's 50 test images, 2 points, is within noise)
 TINY_RUN = ("trainer.epochs=2", "data.subset=sample", *TINY_MODEL)

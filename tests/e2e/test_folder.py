@@ -68,7 +68,13 @@ def test_digits_lab_workflow_on_a_folder(repo, env, tmp_path):
     assert "Running stage 'fetch'" in out and "Running stage 'split'" in out
     assert (repo / "data/folder/images/1/moved.png").is_file() and not (repo / "data/folder/images/2/000.png").exists()
     assert data_version(repo / "data/folder/split") != run.data.tags["imgclf.data_version"]  # content, not names
-    assert changed_stages(repo, env) == {"train", "evaluate", "export", "optimise"}  # the next model learns it
+    assert changed_stages(repo, env) == {
+        "train",
+        "evaluate",
+        "label_issues",
+        "export",
+        "optimise",
+    }  # the next model learns it
 
     # a weights file named in the config is a dependency of train
     weights = tmp_path / "start.pt"
@@ -79,8 +85,8 @@ def test_digits_lab_workflow_on_a_folder(repo, env, tmp_path):
             "weights: null\n  inputs:\n  - conf/no_input.md", f"weights: {weights}\n  inputs:\n  - {weights}"
         )
     )
-    assert changed_stages(repo, env) == {"train", "evaluate", "export", "optimise"}
+    assert changed_stages(repo, env) == {"train", "evaluate", "label_issues", "export", "optimise"}
     sh(["dvc", "commit", "--force", "train"], repo, env)  # record train's deps as they are now, without training
-    assert changed_stages(repo, env) == {"evaluate", "export", "optimise"}
+    assert changed_stages(repo, env) == {"evaluate", "label_issues", "export", "optimise"}
     torch.save({k: v + 1 for k, v in torch.load(weights).items()}, weights)  # the weights file's content changes
-    assert changed_stages(repo, env) == {"train", "evaluate", "export", "optimise"}
+    assert changed_stages(repo, env) == {"train", "evaluate", "label_issues", "export", "optimise"}

@@ -121,7 +121,11 @@ INPUTS = {
     "params data.fetch": ({"fetch"}, "params.yaml", ("fetch_digits", "fetch_digits_v2")),
     "params data.split.seed": ({"split"}, "params.yaml", ("seed: 0", "seed: 1")),
     "params optim.lr": ({"train"}, "params.yaml", ("lr: 0.0005", "lr: 0.002")),
-    "params trainer.batch_size": ({"train", "evaluate"}, "params.yaml", ("batch_size: 64", "batch_size: 32")),
+    "params trainer.batch_size": (
+        {"train", "evaluate", "label_issues"},
+        "params.yaml",
+        ("batch_size: 64", "batch_size: 32"),
+    ),
     "params export.opset": ({"export"}, "params.yaml", ("opset: 18", "opset: 17")),
     "params optimise.significance": ({"optimise"}, "params.yaml", ("significance: 0.05", "significance: 0.01")),
     "code data/digits.py": ({"fetch"}, "src/imgclf/data/digits.py", None),
@@ -132,11 +136,17 @@ INPUTS = {
     "code deploy/export.py": ({"export"}, "src/imgclf/deploy/export.py", None),
     "code deploy/program.py": ({"export", "optimise"}, "src/imgclf/deploy/program.py", None),  # optimise loads .pt2
     "code data/images.py": (
-        {"fetch", "split", "train", "evaluate", "export", "optimise"},  # fetch: folder.py, the folder source
+        {"fetch", "split", "train", "evaluate", "label_issues", "export", "optimise"},  # fetch: folder.py
         "src/imgclf/data/images.py",
         None,
     ),
-    "code contract.py": ({"split", "train", "evaluate", "export", "optimise"}, "src/imgclf/contract.py", None),
+    "code contract.py": (
+        {"split", "train", "evaluate", "label_issues", "export", "optimise"},
+        "src/imgclf/contract.py",
+        None,
+    ),
+    "code label_issues.py": ({"label_issues"}, "src/imgclf/label_issues.py", None),
+    "relabel/ (labels fixed after the fact)": ({"split"}, "relabel/README.md", None),
     "code deploy/quantize.py": ({"optimise"}, "src/imgclf/deploy/quantize.py", None),
     "conf/no_input.md (every unset external input)": ({"fetch", "train"}, "conf/no_input.md", None),
 }

@@ -86,6 +86,7 @@ def test_the_later_stages_and_lr_find_run_from_the_command_line(tiny_project):
     run_train(tiny_project, *FOUR_STEPS)
     for stage, extra in (
         ("evaluate", ()),
+        ("label_issues", ("label_issues.folds=2",)),
         ("export", ("export.verify_images=4",)),
         ("optimise", ("optimise=fp16",)),
         ("lr_find", ("lr_find.num_batches=4",)),
@@ -95,7 +96,8 @@ def test_the_later_stages_and_lr_find_run_from_the_command_line(tiny_project):
     assert (tiny_project / "models/export/model.onnx").is_file()
     assert "optimise/fp16/top1_agreement" in json.loads((tiny_project / "reports/optimise/metrics.json").read_text())
     assert json.loads((tiny_project / "reports/lr_find/suggestion.json").read_text())["batches"] == 4
-    check_the_metrics_reference(tiny_project, {"train", "evaluate", "export", "optimise", "lr_find"})
+    assert (tiny_project / "reports/label_issues/label_issues.csv").is_file()
+    check_the_metrics_reference(tiny_project, {"train", "evaluate", "label_issues", "export", "optimise", "lr_find"})
 
 
 def check_the_metrics_reference(project, stages):

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from imgclf.data import SPLITS, TEST_LIST, VAL_LIST
 from imgclf.data.folder import scan_image_folder
+from imgclf.data.relabel import EXCLUDE, apply_fixes, check_fixes, read_fixes
 from imgclf.data.report import build_report, write_data_report
 from imgclf.data.split import split_with_fixed, stratified_split, write_split
 from imgclf.files import atomic_dir, write_json
@@ -33,7 +34,13 @@ def split(cfg: DictConfig | Options) -> None:
         splits = split_with_fixed(scan.items, fixed, params.val_fraction, params.test_fraction, params.seed)
     else:
         splits = stratified_split(scan.items, params.val_fraction, params.test_fraction, params.seed)
+    relabel = paths.relabel_file(opts.data.name)  # drawn from the source's labels, then fixed: nothing else moves
+    fixes = read_fixes(relabel)
+    check_fixes(relabel, fixes, scan.info, scan.class_names)
+    splits = apply_fixes(splits, fixes)
     report = build_report(scan, splits, params.min_class_images)
+    report["relabel"] = {"file": str(relabel), "relabelled": sum(v != EXCLUDE for v in fixes.values())}
+    report["relabel"]["excluded"] = len(fixes) - report["relabel"]["relabelled"]
     report_dir = paths.report_dir("split")
     if small := report["small_classes"]["classes"]:
         log.warning(

@@ -1,0 +1,167 @@
+"""Labels fixed after the fact: relabel/<data set>.csv, `path,label` rows the split stage applies.
+
+`path` is an image as the split's index files name it (relative to data/<name>/images, e.g. `3/0045.png`); `label`
+is the class it really shows, or `exclude` to drop the image from every split. Splits are drawn from the labels the
+source gave, then the fixes applied, so a fix moves no other image between train, val and test: a model trained
+after a fix is compared with the one before on the same test images (with their fixed labels).
+
+The file is a DVC dependency of split (the relabel/ folder): adding a row reruns split and what depends on what
+changed. `write_fixes` is how `imgclf relabel` and the web page's Review view add rows: merged with what is there,
+written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from imgclf.errors import BadInput
+
+EXCLUDE = "exclude"
+HEADER = ["path", "label"]
+
+
+def read_fixes(path: Path) -> dict[str, str]:
+    """{image path: label or EXCLUDE}; {} when the file is absent. Refuses a malformed file in one line."""
+    if not path.is_file():
+        return {}
+    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    if not rows or [c.strip() for c in rows[0]] != HEADER:
+        raise BadInput(f"{path}: the first line must be the header path,label")
+    fixes: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise BadInput(f"{path} line {line}: expected path,label (a class name, or {EXCLUDE} to drop the image)")
+        image, label = row[0].strip(), row[1].strip()
+        if image in fixes and fixes[image] != label:
+            raise BadInput(f"{path} line {line}: {image} is given two labels ({fixes[image]}, {label})")
+        fixes[image] = label
+    return fixes
+
+
+def check_fixes(path: Path, fixes: Mapping[str, str], images: Iterable[str], class_names: Iterable[str]) -> None:
+    """Every fixed image is one of the data set's and every label one of its classes (or EXCLUDE)."""
+    known, classes = set(images), list(class_names)
+    if EXCLUDE in classes and any(label == EXCLUDE for label in fixes.values()):
+        raise BadInput(f"{path}: the data set has a class named '{EXCLUDE}'; rename it to drop images this way")
+    for image, label in fixes.items():
+        if image not in known:
+            raise BadInput(f"{path}: {image} is not an image of this data set (paths as in split/train.csv)")
+        if label not in classes and label != EXCLUDE:
+            raise BadInput(f"{path}: {image} -> '{label}' is not a class; one of: {', '.join(classes)}, {EXCLUDE}")
+
+
+def apply_fixes(
+    splits: Mapping[str, list[tuple[str, str]]], fixes: Mapping[str, str]
+) -> dict[str, list[tuple[str, str]]]:
+    """The splits with each fixed image relabelled, or left out when excluded; membership otherwise unchanged."""
+    out = {}
+    for name, rows in splits.items():
+        kept = [(p, fixes.get(p, label)) for p, label in rows if fixes.get(p) != EXCLUDE]
+        out[name] = sorted(kept)
+    return out
+
+
+def write_fixes(path: Path, new: Mapping[str, str]) -> dict[str, str]:
+    """Merge `new` into the file (a later fix of an image replaces its earlier one), atomically; returns all."""
+    from imgclf.files import write_text
+
+    fixes = {**read_fixes(path), **new}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(HEADER)
+    writer.writerows(sorted(fixes.items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, buf.getvalue())
+    return fixes
+
+
+def relabel_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="imgclf relabel", description=command.__doc__)
+    parser.add_argument("fixes", nargs="*", metavar="PATH=LABEL", help=f"an image and its class, or {EXCLUDE}")
+    parser.add_argument(
+        "--accept",
+        metavar="RANKS",
+        help="take label_issues.csv's suggested labels for these ranks: 1-10, 3,7,12 or all",
+    )
+    parser.add_argument("--data", default=None, help="the data set (default: data.name in params.yaml)")
+    parser.add_argument("--issues", default="reports/label_issues/label_issues.csv", help="what --accept reads")
+    parser.add_argument("--relabel-dir", default="relabel", help="where <data>.csv is written (paths.relabel)")
+    parser.add_argument("--images", default=None, help="the data set's images (default: data/<data>/images)")
+    return parser
+
+
+def ranks(text: str, last: int) -> set[int]:
+    """ "1-10", "3,7,12" or "all" as a set of ranks from 1 to `last`."""
+    if text == "all":
+        return set(range(1, last + 1))
+    chosen: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise BadInput(f"--accept {text}: give ranks as 1-10, 3,7,12 or all")
+        chosen.update(range(int(lo), int(hi or lo) + 1))
+    return chosen
+
+
+def command(argv: list[str]) -> int:
+    """Fix labels: write relabel/<data>.csv rows (merged with what is there), which the split stage applies on the
+    next dvc repro; from PATH=LABEL arguments or from the label_issues stage's suggestions by rank."""
+    import sys
+
+    args = relabel_parser().parse_args(argv)
+    try:
+        name = args.data or _data_name()
+        images = Path(args.images or Path("data") / name / "images")
+        classes = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+        if not classes:
+            raise BadInput(f"no class folders under {images}: run dvc repro fetch, or give --images")
+        new = dict(_pair(text) for text in args.fixes)
+        if args.accept:
+            rows = _issues(Path(args.issues))
+            wanted = ranks(args.accept, len(rows))
+            new.update({r["path"]: r["suggested_label"] for r in rows if int(r["rank"]) in wanted})
+        if not new:
+            raise BadInput("nothing to fix: give PATH=LABEL arguments or --accept RANKS")
+        for image in new:
+            resolved = (images / image).resolve()
+            if not resolved.is_relative_to(images.resolve()) or not resolved.is_file():
+                raise BadInput(f"{image} is not an image under {images} (paths as in split/train.csv)")
+        target = Path(args.relabel_dir) / f"{name}.csv"
+        check_fixes(target, new, new.keys(), classes)
+        every = write_fixes(target, new)
+    except (BadInput, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(new)} fixes to {target} ({len(every)} in all); dvc repro applies them")
+    return 0
+
+
+def _pair(text: str) -> tuple[str, str]:
+    image, sep, label = text.rpartition("=")
+    if not sep or not image or not label:
+        raise BadInput(f"'{text}' is not PATH=LABEL (e.g. 3/0045.png=8, or 3/0045.png={EXCLUDE})")
+    return image, label
+
+
+def _issues(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise BadInput(f"{path} not found: run the label_issues stage first (dvc repro label_issues)")
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _data_name() -> str:
+    import yaml
+
+    params = Path("params.yaml")
+    name = (yaml.safe_load(params.read_text()) or {}).get("data", {}).get("name") if params.is_file() else None
+    if not name:
+        raise BadInput("no params.yaml naming data.name here: give --data")
+    return name
