@@ -34,6 +34,17 @@ def predict_parser() -> argparse.ArgumentParser:
         "--tta", action="store_true", help="average over the test-time views the model was trained for (evaluate.tta)"
     )
     parser.add_argument("--out", help="write predictions to a .csv or .json file instead of printing them")
+    parser.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write a Grad-CAM overlay per image (DIR/<name>.cam.png: where the network looked for the class "
+        "it gave); existing files are never replaced",
+    )
+    parser.add_argument(
+        "--explain-model", default=str(default.model_file), help="the trained network Grad-CAM reads (gradients)"
+    )
+    parser.add_argument("--explain-layer", help="the layer to explain (a named_modules() name; default: the last "
+                        "feature map: features for AlexNet/VGG, a timm CNN's last stage)")  # fmt: skip
     parser.add_argument("--submission", help="write a Kaggle submission CSV (id,label) for numbered images")
     parser.add_argument("--positive", default="dog", help="class whose probability is the submission's label")
     parser.add_argument(
@@ -53,7 +64,7 @@ def predict_parser() -> argparse.ArgumentParser:
 
 def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
-    from imgclf.deploy.predict import Classifier, collect_inputs, top_k, write_submission, write_table
+    from imgclf.deploy.predict import Classifier, collect_inputs, explain_images, top_k, write_submission, write_table
     from imgclf.files import refuse_folder
 
     args = predict_parser().parse_args(argv)
@@ -79,6 +90,9 @@ def predict(argv: list[str]) -> int:
                     print(pred.path)
                     for rank, (name, prob) in enumerate(top_k(pred, names, args.top_k), start=1):
                         print(f"  {rank}. {name:<20s} {prob:7.2%}")
+        if args.explain:
+            drawn = explain_images(preds, names, Path(args.explain_model), Path(args.explain), args.explain_layer)
+            print(f"wrote {len(drawn)} Grad-CAM overlays to {args.explain}")
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -193,3 +193,22 @@ def test_a_model_whose_contract_is_wrong_is_refused_in_one_line(trained, tmp_pat
     assert proc.returncode == 1 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert says in proc.stderr, proc.stderr
+
+
+def test_explain_writes_a_grad_cam_overlay_per_image_and_never_replaces_a_file(trained, project_env, tmp_path):
+    images = [trained / f"data/tiny/images/{c}/000.png" for c in "ab"]  # one name twice: two overlays
+    out = tmp_path / "cams"
+    done = cli([*map(str, images), "--explain", str(out)], trained, project_env)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote 2 Grad-CAM overlays to {out}" in done.stdout
+    drawn = sorted(out.iterdir())
+    assert [p.name for p in drawn] == ["000.1.cam.png", "000.cam.png"]
+    with Image.open(drawn[0]) as overlay, Image.open(images[0]) as original:
+        assert overlay.size[0] >= 224 and overlay.mode == "RGB"
+        assert overlay.size != original.size  # drawn at the model's view, big enough to see
+    before = drawn[0].read_bytes()
+    again = cli([str(images[0]), "--explain", str(out)], trained, project_env)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "already there" in again.stderr
+    assert drawn[0].read_bytes() == before
+    wrong = cli([str(images[0]), "--explain", str(tmp_path / "c2"), "--explain-layer", "nope"], trained, project_env)
+    assert wrong.returncode == 1 and "--explain-layer nope is not a layer" in wrong.stderr

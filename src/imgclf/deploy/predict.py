@@ -277,3 +277,44 @@ def write_submission(
     with atomic_path(path) as tmp:
         tmp.write_text("id,label\n" + "".join(f"{i},{v:.6f}\n" for i, v in rows))
     return len(rows)
+
+
+def explain_images(
+    preds: Sequence[Prediction], class_names: Sequence[str], checkpoint: Path, out_dir: Path, layer: str | None = None
+) -> list[Path]:
+    """`predict --explain DIR`: a Grad-CAM overlay PNG per classified image (`<name>.cam.png`) for the class it was
+    given, from the trained network in `checkpoint` (Grad-CAM needs its gradients). Refuses, before writing any,
+    when a file it would write is already there: what is in DIR and was not made here stays as it is."""
+    import torch
+    from PIL import Image
+
+    from imgclf.files import atomic_path
+    from imgclf.models.explain import grad_cam, overlay
+    from imgclf.models.saved import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = ServingSpec.from_checkpoint(ckpt, str(checkpoint))
+    if list(spec.class_names) != list(class_names):
+        raise BadInput(f"--explain-model {checkpoint} has other classes than the model that classified the images")
+    done = [p for p in preds if p.probs is not None]
+    names, targets = {}, []
+    for pred in done:
+        stem = Path(pred.path).stem
+        name = f"{stem}.cam.png" if f"{stem}.cam.png" not in names else f"{stem}.{len(names)}.cam.png"
+        names[name] = pred
+        targets.append(out_dir / name)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"--explain {out_dir} is a file, not a folder; nothing was written")
+    if taken := [t for t in targets if t.exists() or t.is_symlink()]:
+        raise BadInput(f"--explain: {taken[0]} is already there (and {len(taken) - 1} more); nothing was written")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, stats = model_from_checkpoint(ckpt), scaled_stats(spec.mean, spec.std)
+    for target, pred in zip(targets, done):
+        stored = decode_image(pred.path, spec.stored_size, spec.interpolation, spec.resize).transpose(2, 0, 1)[None]
+        image = center_crop(stored, spec.image_size)
+        maps = grad_cam(model, torch.from_numpy(normalize(image, *stats)), [int(pred.probs.argmax())], layer)
+        drawn = overlay(image, maps)[0].transpose(1, 2, 0)
+        scale = max(1, 224 // max(drawn.shape[:2]))  # a digit's 32 px drawn big enough to see
+        with atomic_path(target) as tmp:
+            Image.fromarray(drawn).resize((drawn.shape[1] * scale, drawn.shape[0] * scale)).save(tmp, format="PNG")
+    return targets
