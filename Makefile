@@ -58,9 +58,11 @@ slurm:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge; }
 
-# The web page: Classify One / Many and the model card of the exported model, on http://127.0.0.1:7860
+# The web page: Classify One / Many, the model card of the exported model, the runs, and the Review of the data set's
+# label issues (fixes written to relabel/), on http://127.0.0.1:7860
 serve: venv
-	$(VENV)/bin/imgclf serve --model models/export --allow-root data
+	$(VENV)/bin/imgclf serve --model models/export --allow-root data --allow-root relabel \
+	  --review $$($(PY) -c "import yaml; print(yaml.safe_load(open('params.yaml'))['data']['name'])")
 
 # A team's tracking server on this machine: PostgreSQL backend store, proxied artifacts, both under .mlflow-server/,
 # bound to 127.0.0.1 (HOST=0.0.0.0 to share it; put it behind authentication first). Ctrl-C stops both.

@@ -149,7 +149,7 @@ def test_each_client_error_is_one_log_line(served, caplog):
 
 
 def test_thumbnails_use_the_one_decoder(tmp_path):
-    from imgclf.deploy.webapp import thumbnail
+    from imgclf.deploy.pictures import thumbnail
 
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "ok.png")
     (tmp_path / "bomb.png").write_bytes(png_header(20000, 20000))
@@ -243,3 +243,19 @@ def test_the_runs_view_reads_the_curves_of_finished_and_running_runs(trained_pro
     for bad in ("0" * 31, "../../etc/passwd", "f" * 32):
         answer = client.get(f"/api/runs/{bad}")
         assert answer.status_code in (400, 404) and "error" in answer.json()
+
+
+def test_classify_one_shows_where_the_network_looked_while_its_own_model_is_served(trained_project, tmp_path):
+    from imgclf.deploy.predict import Explainer
+
+    model = trained_project / "models/model.pt"
+    root = trained_project / "data"
+    client = serve_client(trained_project, tmp_path / "cache", [root])
+    client.service.explainer = Explainer(model, client.service.model.classifier.class_names)
+    one = client.post("/api/classify", data={"path": str(root / "tiny/images/b/000.png")}).json()["results"]
+    assert one[0]["cam"].startswith("data:image/png;base64,")
+    many = client.post("/api/classify", data={"path": str(root / "tiny/images/b")}).json()["results"]
+    assert len(many) == 20 and not any("cam" in r for r in many)  # Classify Many: no maps
+    client.service.explained = "another model"  # a model switched to from the picker: not the checkpoint's network
+    other = client.post("/api/classify", data={"path": str(root / "tiny/images/b/000.png")}).json()["results"]
+    assert "cam" not in other[0]

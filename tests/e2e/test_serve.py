@@ -29,11 +29,21 @@ def project(tmp_path_factory):
     return trained_tiny_project(tmp_path_factory.mktemp("serve"))
 
 
+REVIEWED = ["1", "a/000.png", "train", "a", "b", "0.02", "0.95"]  # a label_issues.csv row: a/000.png looks like b
+
+
 @pytest.fixture(scope="module")
 def server(project):
+    (project / "relabel").mkdir(exist_ok=True)
+    issues = project / "reports/label_issues/label_issues.csv"
+    issues.parent.mkdir(parents=True, exist_ok=True)
+    issues.write_text(
+        "rank,path,split,given_label,suggested_label,self_confidence,suggested_prob\n" + ",".join(REVIEWED)
+    )
     port = free_port()
     cmd = [str(BIN / "imgclf"), "serve", "--model", "models/export", "--port", str(port)]
     cmd += ["--uri", f"sqlite:///{project}/mlflow.db", "--experiment", "test", "--allow-root", "data"]
+    cmd += ["--allow-root", "relabel", "--review", "tiny"]
     cmd += ["--max-upload-mb", "5"]
     proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -124,6 +134,7 @@ def test_classify_one_many_and_bad_files_in_a_browser(project, server, browser, 
     assert top1 == cli_top1(project, picks[1])  # the page and `imgclf predict` agree
     assert len(browser.find_elements(By.CSS_SELECTOR, "#one-top tr")) == 3  # the top classes (3 here) with bars
     assert browser.find_element(By.ID, "one-image").get_attribute("src").startswith("data:image/jpeg")
+    assert browser.find_element(By.ID, "one-cam").get_attribute("src").startswith("data:image/png")  # Grad-CAM
     assert browser.find_element(By.ID, "one-latency").text.endswith("ms)")
     screenshot(browser, "one", tmp_path)
 
@@ -175,6 +186,24 @@ def test_classify_one_many_and_bad_files_in_a_browser(project, server, browser, 
     assert row.get_attribute("data-run") == card["run_id"]
     assert row.find_element(By.CLASS_NAME, "status").text == "FINISHED"
     screenshot(browser, "runs", tmp_path)
+
+
+def test_a_suggested_label_is_accepted_in_the_review_view(project, server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server)
+    tab = wait_for(
+        browser, lambda d: d.find_element(By.ID, "review-tab").is_displayed() and d.find_element(By.ID, "review-tab")
+    )
+    tab.click()
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#review-table tr.issue"))
+    row = browser.find_element(By.CSS_SELECTOR, "#review-table tr.issue")
+    assert row.get_attribute("data-path") == "a/000.png" and row.find_element(By.CLASS_NAME, "suggested").text == "b"
+    assert row.find_element(By.TAG_NAME, "img").get_attribute("src").startswith("data:image/jpeg")
+    screenshot(browser, "review", tmp_path)
+    row.find_element(By.CLASS_NAME, "accept").click()
+    wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#review-table tr.issue .fixed").text)
+    assert (project / "relabel/tiny.csv").read_text() == "path,label\na/000.png,b\n"  # what split applies next
 
 
 def post(url, fields, files):

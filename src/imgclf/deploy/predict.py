@@ -279,23 +279,48 @@ def write_submission(
     return len(rows)
 
 
+class Explainer:
+    """Grad-CAM overlays from the trained network in `checkpoint` (Grad-CAM needs its gradients, which the exported
+    formats do not keep), for images classified by a model with the same classes."""
+
+    def __init__(self, checkpoint: Path, class_names: Sequence[str], layer: str | None = None):
+        from imgclf.models.explain import find_layer
+        from imgclf.models.saved import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        self.spec = ServingSpec.from_checkpoint(ckpt, str(checkpoint))
+        if list(self.spec.class_names) != list(class_names):
+            raise BadInput(f"{checkpoint} has other classes than the model that classified the images")
+        self.model, self.layer = model_from_checkpoint(ckpt), layer
+        find_layer(self.model, layer)  # a wrong --explain-layer is refused before any image
+
+    def overlay(self, path: Path, class_index: int, opener: Callable[[Path], BinaryIO] | None = None) -> np.ndarray:
+        """uint8 HWC: the image as the model saw it, its Grad-CAM for `class_index` over it, at least 224 px."""
+        import torch
+
+        from imgclf.models.explain import grad_cam, overlay
+
+        spec = self.spec
+        with (opener or _open)(path) as f:
+            stored = decode_image(f, spec.stored_size, spec.interpolation, spec.resize).transpose(2, 0, 1)[None]
+        image = center_crop(stored, spec.image_size)
+        inputs = torch.from_numpy(normalize(image, *scaled_stats(spec.mean, spec.std)))
+        drawn = overlay(image, grad_cam(self.model, inputs, [class_index], self.layer))[0].transpose(1, 2, 0)
+        scale = max(1, 224 // max(drawn.shape[:2]))  # a digit's 32 px drawn big enough to see
+        return drawn.repeat(scale, 0).repeat(scale, 1)
+
+
 def explain_images(
     preds: Sequence[Prediction], class_names: Sequence[str], checkpoint: Path, out_dir: Path, layer: str | None = None
 ) -> list[Path]:
     """`predict --explain DIR`: a Grad-CAM overlay PNG per classified image (`<name>.cam.png`) for the class it was
-    given, from the trained network in `checkpoint` (Grad-CAM needs its gradients). Refuses, before writing any,
-    when a file it would write is already there: what is in DIR and was not made here stays as it is."""
-    import torch
+    given. Refuses, before writing any, when a file it would write is already there: what is in DIR and was not
+    made here stays as it is."""
     from PIL import Image
 
     from imgclf.files import atomic_path
-    from imgclf.models.explain import grad_cam, overlay
-    from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
-    spec = ServingSpec.from_checkpoint(ckpt, str(checkpoint))
-    if list(spec.class_names) != list(class_names):
-        raise BadInput(f"--explain-model {checkpoint} has other classes than the model that classified the images")
+    explainer = Explainer(checkpoint, class_names, layer)
     done = [p for p in preds if p.probs is not None]
     names, targets = {}, []
     for pred in done:
@@ -308,13 +333,7 @@ def explain_images(
     if taken := [t for t in targets if t.exists() or t.is_symlink()]:
         raise BadInput(f"--explain: {taken[0]} is already there (and {len(taken) - 1} more); nothing was written")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, stats = model_from_checkpoint(ckpt), scaled_stats(spec.mean, spec.std)
     for target, pred in zip(targets, done):
-        stored = decode_image(pred.path, spec.stored_size, spec.interpolation, spec.resize).transpose(2, 0, 1)[None]
-        image = center_crop(stored, spec.image_size)
-        maps = grad_cam(model, torch.from_numpy(normalize(image, *stats)), [int(pred.probs.argmax())], layer)
-        drawn = overlay(image, maps)[0].transpose(1, 2, 0)
-        scale = max(1, 224 // max(drawn.shape[:2]))  # a digit's 32 px drawn big enough to see
         with atomic_path(target) as tmp:
-            Image.fromarray(drawn).resize((drawn.shape[1] * scale, drawn.shape[0] * scale)).save(tmp, format="PNG")
+            Image.fromarray(explainer.overlay(Path(pred.path), int(pred.probs.argmax()))).save(tmp, format="PNG")
     return targets

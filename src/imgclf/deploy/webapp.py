@@ -16,8 +16,6 @@ once, each image refused past the pixel limit from its header: memory is bounded
 from __future__ import annotations
 
 import atexit
-import base64
-import io
 import json
 import logging
 import re
@@ -35,9 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from imgclf.data.images import UNREADABLE, open_image
 from imgclf.deploy.access import Guard, UploadTooLarge, inside, loopback_names, open_inside
 from imgclf.deploy.model_card import RUN_ID, Model, load_model, model_home
+from imgclf.deploy.pictures import png_url, thumbnail
 from imgclf.deploy.predict import Prediction, collect_inputs, top_k
 from imgclf.errors import USER_ERRORS, BadInput
 
@@ -46,18 +44,6 @@ log = logging.getLogger(__name__)
 WEB = Path(__file__).parent / "web"
 MAX_FILES = 500
 MAX_JSON_BYTES = 64 << 10
-
-
-def thumbnail(path: Path, size: int, opener=None) -> str | None:
-    """A small JPEG of the image as a data URL (None when it cannot be read)."""
-    try:
-        with (opener or (lambda p: open(p, "rb")))(path) as f, open_image(f) as image:
-            image.thumbnail((size, size))
-            buf = io.BytesIO()
-            image.convert("RGB").save(buf, format="JPEG", quality=85)
-    except UNREADABLE:
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def results(preds: list[Prediction], names: list[str], shown: list[str], thumb: int, opener=None) -> list[dict]:
@@ -114,8 +100,13 @@ class Service:
         max_concurrent: int = 2,
         max_request_pixels: int | None = None,
         model_roots: list[Path] = (),
+        review: Any = None,
+        explainer: Any = None,
     ):
-        self.model, self.uri, self.experiment = model, uri, experiment
+        self.model, self.uri, self.experiment, self.review = model, uri, experiment, review  # review: deploy.review
+        # Grad-CAM for Classify One (deploy.predict.Explainer): from the checkpoint beside the model served first,
+        # so only while that model is served
+        self.explainer, self.explained = explainer, model.ref
         self.roots, self.max_bytes = [r.resolve() for r in roots], int(max_upload_mb * 1e6)
         self.model_roots = self.roots + [r.resolve() for r in model_roots]
         self.max_request_pixels = max_request_pixels
@@ -153,6 +144,9 @@ class Service:
                       enumerate(inputs)]  # fmt: skip
             latency = (time.perf_counter() - started) * 1000
             rows = results(merged, model.classifier.class_names, shown, 256 if len(inputs) == 1 else 64, opener)
+            if len(rows) == 1 and merged[0].probs is not None and self.explainer and model.ref == self.explained:
+                cam = self.explainer.overlay(inputs[0], int(merged[0].probs.argmax()), opener)
+                rows[0]["cam"] = png_url(cam)
         return {"latency_ms": round(latency, 1), "model": model.ref, "results": rows}
 
     def _server_inputs(self, path: str) -> tuple[list[Path], list[str], dict[int, str]]:
@@ -255,6 +249,10 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
         return ref if isinstance(ref, JSONResponse) else await run_in_threadpool(service.switch, ref)
 
     _runs_routes(app, service)
+    if service.review is not None:
+        from imgclf.deploy.review import review_routes
+
+        review_routes(app, service.review, answer, thumbnail)
 
     @app.get("/api/picture/{name}")
     def picture(name: str):
@@ -290,6 +288,10 @@ def serve_parser():
     parser.add_argument(
         "--allow-root", action="append", type=Path, default=[], help="folders the page may read images from"
     )
+    parser.add_argument("--review", metavar="DATASET", help="the Review view of data/DATASET's likeliest label issues; "
+                        "fixes go to relabel/DATASET.csv (data/, relabel/ allowed roots)")  # fmt: skip
+    parser.add_argument("--no-explain", action="store_true", help="no Grad-CAM in Classify One (it reads "
+                        "models/model.pt beside the served model, when there)")  # fmt: skip
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit (default: %(default)s)")
     parser.add_argument(
         "--max-concurrent",
@@ -321,8 +323,21 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="imgclf serve: %(message)s")
     start = Path(args.model).expanduser()
     try:
+        from imgclf.deploy.review import Review
+
+        review = Review(args.review, args.allow_root) if args.review else None
+        model = load_model(args.model, args.uri, Path(tempfile.mkdtemp(prefix="imgclf-serve-")))
+        trained = model_home(start) / "model.pt" if start.exists() else None
+        explainer = None
+        if trained is not None and trained.is_file() and not args.no_explain:
+            from imgclf.deploy.predict import Explainer
+
+            try:
+                explainer = Explainer(trained, model.classifier.class_names)
+            except BadInput as exc:  # another network's checkpoint: no Grad-CAM rather than a wrong one
+                log.warning("no Grad-CAM: %s", exc)
         service = Service(
-            load_model(args.model, args.uri, Path(tempfile.mkdtemp(prefix="imgclf-serve-"))),
+            model,
             uri=args.uri,
             experiment=args.experiment,
             roots=args.allow_root,
@@ -332,8 +347,10 @@ def main(argv: list[str]) -> int:
             # the model it starts with was chosen on this machine's command line: the page may switch between
             # the models beside it too (models/: model.pt, export/, optimised/)
             model_roots=[model_home(start)] if start.exists() else [],
+            review=review,
+            explainer=explainer,
         )
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, OSError) as exc:  # OSError: --review's folders missing or outside the allowed roots
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)

@@ -1,0 +1,108 @@
+"""The web page's Review view: the label_issues stage's likeliest mislabelled images, each with its given and
+suggested label; accepting a suggestion (or choosing another class, or excluding the image) writes a row of
+relabel/<data set>.csv, which the split stage applies on the next dvc repro.
+
+`imgclf serve --review DATASET` turns it on. The images, the issues file and the relabel file are the project's
+(data/<ds>/images, reports/label_issues/label_issues.csv, relabel/<ds>.csv) and must lie under the allowed roots,
+resolved, symlinks included: the page reads and writes nothing else. A fix is checked (an image listed in the
+issues file, a class of the data set or `exclude`) and written whole or not at all, one writer at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from imgclf.data.relabel import EXCLUDE, read_fixes, write_fixes
+from imgclf.deploy.access import inside, open_inside
+from imgclf.errors import BadInput, MissingInput
+from imgclf.paths import Paths
+
+SHOWN = 100  # the likeliest issues listed: what one page holds (thumbnails of 96 px)
+MAX_BODY = 4096
+
+
+class Review:
+    def __init__(self, dataset: str, roots: list[Path], paths: Paths | None = None):
+        paths = paths or Paths()
+        self.dataset, self.roots = dataset, [r.resolve() for r in roots]
+        self.images = inside(paths.images(dataset), self.roots)  # PermissionError (403) or FileNotFoundError
+        self.issues = paths.report_dir("label_issues") / "label_issues.csv"
+        relabel = paths.relabel_file(dataset)
+        self.relabel = inside(relabel.parent, self.roots) / relabel.name  # the file itself may not exist yet
+        self.classes = sorted(p.name for p in self.images.iterdir() if p.is_dir())
+        self.lock = threading.Lock()
+
+    def rows(self) -> list[dict[str, str]]:
+        import csv
+
+        if not self.issues.is_file():
+            raise MissingInput(f"no {self.issues}: run dvc repro (the label_issues stage) first")
+        with self.issues.open(newline="") as f:
+            return list(csv.DictReader(f))[:SHOWN]
+
+    def _fixes_file(self) -> Path:
+        """The relabel file, checked again before each use: a link put there since must not lead outside."""
+        if self.relabel.exists() or self.relabel.is_symlink():
+            inside(self.relabel, self.roots)
+        return self.relabel
+
+    def listing(self, thumbnail) -> dict[str, Any]:
+        fixed = read_fixes(self._fixes_file())
+        opener = partial(open_inside, roots=[self.images])  # checked again on the open file
+        shown = []
+        for row in self.rows():
+            try:
+                image = inside(self.images / row["path"], [self.images])
+            except (PermissionError, FileNotFoundError):
+                image = None
+            shown.append(
+                {
+                    **{k: row[k] for k in ("rank", "path", "given_label", "suggested_label", "self_confidence")},
+                    "thumbnail": thumbnail(image, 96, opener) if image else None,
+                    "fixed": fixed.get(row["path"]),
+                }
+            )
+        return {"dataset": self.dataset, "classes": self.classes, "exclude": EXCLUDE, "issues": shown}
+
+    def fix(self, path: str, label: str) -> dict[str, Any]:
+        if path not in {r["path"] for r in self.rows()}:
+            raise BadInput(f"{path[:80]} is not one of the listed issues")
+        if label not in self.classes and label != EXCLUDE:
+            raise BadInput(f"'{label[:40]}' is not a class; one of: {', '.join(self.classes)}, {EXCLUDE}")
+        inside(self.images / path, [self.images])  # the image is still there, under the data set's images
+        with self.lock:
+            every = write_fixes(self._fixes_file(), {path: label})
+        return {"path": path, "label": label, "fixes": len(every), "file": str(self.relabel)}
+
+
+def review_routes(app: FastAPI, review: Review, answer, thumbnail) -> None:
+    @app.get("/api/review")
+    def listing():
+        return review.listing(thumbnail)
+
+    @app.post("/api/review")
+    async def fix(request: Request):
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return answer(request, 415, 'send {"path": "...", "label": "..."} as application/json')
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return answer(request, 413, f"a fix is a small JSON object (at most {MAX_BODY} bytes)")
+        try:
+            sent = json.loads(body)
+            path, label = sent.get("path"), sent.get("label")
+        except (ValueError, AttributeError, RecursionError):
+            path = label = None
+        if not isinstance(path, str) or not isinstance(label, str):
+            return answer(request, 400, 'the body must be a JSON object {"path": "<image>", "label": "<class>"}')
+        result = await run_in_threadpool(review.fix, path, label)
+        return JSONResponse(result)

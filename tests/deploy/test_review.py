@@ -1,0 +1,88 @@
+"""The web page's Review view (imgclf serve --review): label_issues' suggestions listed with their images, a fix
+written to relabel/<data>.csv server-side, only from the page itself, only for a listed image and a real class, never
+through a link out of the allowed roots."""
+
+import csv
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+
+from imgclf.deploy.review import Review
+from imgclf.deploy.webapp import create_app
+
+from ..conftest import serve_client
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+OWN = {"origin": "http://testserver"}
+
+
+@pytest.fixture
+def review(trained_project, tmp_path, monkeypatch):
+    """(client, project): serve on a project whose label_issues.csv lists two images of class a as b and c."""
+    project = tmp_path / "project"
+    shutil.copytree(trained_project / "data/tiny/images", project / "data/tiny/images")
+    (project / "relabel").mkdir()
+    issues = project / "reports/label_issues/label_issues.csv"
+    issues.parent.mkdir(parents=True)
+    with issues.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["rank", "path", "split", "given_label", "suggested_label", "self_confidence", "suggested_prob"]
+        )
+        writer.writerow([1, "a/000.png", "train", "a", "b", 0.01, 0.97])
+        writer.writerow([2, "a/001.png", "test", "a", "c", 0.05, 0.9])
+    monkeypatch.chdir(project)
+    roots = [project / "data", project / "relabel"]
+    client = serve_client(trained_project, tmp_path / "cache", roots, review=Review("tiny", roots))
+    return client, project
+
+
+def test_the_issues_are_listed_with_their_images_and_a_fix_is_written(review):
+    client, project = review
+    listed = client.get("/api/review").json()
+    assert listed["dataset"] == "tiny" and listed["classes"] == ["a", "b", "c"]
+    assert [r["path"] for r in listed["issues"]] == ["a/000.png", "a/001.png"]
+    assert all(r["thumbnail"].startswith("data:image/jpeg;base64,") and r["fixed"] is None for r in listed["issues"])
+    done = client.post("/api/review", json={"path": "a/000.png", "label": "b"}, headers=OWN)
+    assert done.status_code == 200 and done.json()["fixes"] == 1
+    client.post("/api/review", json={"path": "a/001.png", "label": "exclude"}, headers=OWN)
+    assert (project / "relabel/tiny.csv").read_text() == "path,label\na/000.png,b\na/001.png,exclude\n"
+    assert [r["fixed"] for r in client.get("/api/review").json()["issues"]] == ["b", "exclude"]
+
+
+@pytest.mark.parametrize(
+    "body, headers, status",
+    [
+        ({"path": "a/000.png", "label": "zebra"}, OWN, 400),  # not a class
+        ({"path": "b/000.png", "label": "a"}, OWN, 400),  # not a listed issue
+        ({"path": "../../outside.png", "label": "a"}, OWN, 400),
+        ({"path": "a/000.png"}, OWN, 400),
+        ({"path": "a/000.png", "label": "b"}, {"origin": "http://evil.example"}, 403),  # another site's page
+    ],
+)
+def test_a_bad_fix_is_refused_and_writes_nothing(review, body, headers, status):
+    client, project = review
+    answer = client.post("/api/review", json=body, headers=headers)
+    assert answer.status_code == status and "error" in answer.json()
+    assert not (project / "relabel/tiny.csv").exists()
+    form = client.post("/api/review", data={"path": "a/000.png", "label": "b"}, headers=OWN)
+    assert form.status_code == 415
+
+
+def test_a_link_planted_as_the_relabel_file_is_not_followed_out_of_the_roots(review, tmp_path):
+    client, project = review
+    outside = tmp_path / "outside.csv"
+    outside.write_text("path,label\n")
+    (project / "relabel/tiny.csv").symlink_to(outside)
+    assert client.post("/api/review", json={"path": "a/000.png", "label": "b"}, headers=OWN).status_code == 403
+    assert client.get("/api/review").status_code == 403
+    assert outside.read_text() == "path,label\n"
+
+
+def test_review_needs_its_folders_under_the_roots_and_is_off_unless_asked(review, trained_project, tmp_path):
+    client, project = review
+    with pytest.raises(PermissionError):
+        Review("tiny", [project / "data"])  # relabel/ not allowed: the page could not write its fixes
+    plain = TestClient(create_app(serve_client(trained_project, tmp_path / "c2", [project / "data"]).service))
+    assert plain.get("/api/review").status_code == 404
