@@ -107,7 +107,8 @@ def test_console_script_rejects_unknown_command(project_env):
         [str(BIN / "imgclf"), "trian"], cwd=ROOT, env=project_env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
-    commands = "fetch, split, train, evaluate, export, optimise, predict, runs, reproduce, lr-find, sync, serve, check"
+    commands = "fetch, split, train, evaluate, export, optimise, label-issues, relabel, predict, runs, reproduce, "
+    commands += "lr-find, sync, serve, check"
     assert proc.stderr.strip() == f"error: unknown command 'trian'; choose one of: {commands}"
 
 

@@ -20,7 +20,7 @@ def test_misfiled_images_are_found_fixed_and_trained_on_again(repo, env, tmp_pat
     for i in range(MOVED):
         (folder / "0" / f"{i:03d}.png").rename(folder / "2" / f"from_0_{i}.png")
     sets = ["data=folder", f"data.path={folder}", "trainer.epochs=6", *TINY_MODEL]
-    sh(["dvc", "exp", "run", *[a for s in sets for a in ("-S", s)]], repo, env)
+    sh(["dvc", "exp", "run", *[a for s in sets for a in ("-S", s)], "label_issues"], repo, env)  # not export, optimise
     with open(repo / "reports/label_issues/label_issues.csv", newline="") as f:
         issues = list(csv.DictReader(f))
     top = {r["path"]: r["suggested_label"] for r in issues[:MOVED]}
@@ -30,9 +30,9 @@ def test_misfiled_images_are_found_fixed_and_trained_on_again(repo, env, tmp_pat
 
     out = sh(["imgclf", "relabel", "--accept", f"1-{MOVED}"], repo, env)
     assert f"wrote {MOVED} fixes to relabel/folder.csv" in out
-    assert changed_stages(repo, env) == {"split"}  # relabel/ is split's dependency; the rest follows its outputs
-    out = sh(["dvc", "repro"], repo, env)
-    for stage in ("split", "train", "evaluate", "label_issues"):
+    assert "split" in changed_stages(repo, env)  # relabel/ is split's dependency; the rest follows its outputs
+    out = sh(["dvc", "repro", "label_issues"], repo, env)
+    for stage in ("split", "train", "label_issues"):
         assert f"Running stage '{stage}'" in out
     rows = [r for name in ("train", "val", "test") for r in csv.reader(open(repo / f"data/folder/split/{name}.csv"))]
     assert {(p, label) for p, label in rows if p.startswith("2/from_0_")} == {(p, "0") for p in top}
