@@ -71,7 +71,7 @@ def scores(found: set[str], truth: set[str]) -> dict[str, float]:
 def cleanlab_found(paths: list[str], labels: np.ndarray, probs: np.ndarray) -> set[str]:
     from cleanlab.filter import find_label_issues
 
-    return {paths[i] for i in np.flatnonzero(find_label_issues(labels, probs))}
+    return {paths[i] for i in np.flatnonzero(find_label_issues(labels, probs, n_jobs=1))}
 
 
 def noisy_rows(split_dir: Path) -> list[tuple[str, str]]:

@@ -65,7 +65,9 @@ def find_issues(
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's pool forks this process, whose torch threads can leave a child deadlocked (seen: a
+    # stage that never ended); the results are the same with any n_jobs, and one process takes well under a second
+    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
     suggested = probs.argmax(1)
     rows = [
