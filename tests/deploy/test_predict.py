@@ -207,7 +207,7 @@ def test_explain_writes_a_grad_cam_overlay_per_image_and_never_replaces_a_file(t
         assert overlay.size[0] >= 224 and overlay.mode == "RGB"
         assert overlay.size != original.size  # drawn at the model's view, big enough to see
     before = drawn[0].read_bytes()
-    again = cli([str(images[0]), "--explain", str(out)], trained, project_env)
+    again = cli([str(images[0]), "--explain", str(out)], trained, project_env, process=True)  # its own stderr
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "already there" in again.stderr
     assert drawn[0].read_bytes() == before
     wrong = cli([str(images[0]), "--explain", str(tmp_path / "c2"), "--explain-layer", "nope"], trained, project_env)
