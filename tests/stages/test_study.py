@@ -206,6 +206,9 @@ def test_a_trial_asked_by_a_worker_killed_before_its_job_started_is_failed(tmp_p
     time.sleep(3 * 1 + 1.5)  # the grace period (3 heartbeats missed), and SQLite keeps whole seconds
     assert sweeper._counted(study) == (0, 0)
     assert study.trials[orphan.number].state == TrialState.FAIL
+    unbeaten = study.ask()  # another worker asked it and died before even its first heartbeat
+    time.sleep(3 * 1 + 1.5)
+    assert sweeper._counted(study) == (0, 0) and study.trials[unbeaten.number].state == TrialState.FAIL
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ imgclf are imported when a sweep starts. No `from __future__ import annotations`
 sys.modules, where dataclasses cannot resolve string annotations.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ PRUNER_ENV = "IMGCLF_OPTUNA_PRUNER"
 FAILED_BY_JOB = "imgclf.failed"  # a trial whose job failed: it counts towards n_trials (a killed one does not)
 PRUNED_AT = "imgclf.pruned_at_epoch"  # set by the train stage when the pruner stopped it (imgclf.training.pruning)
 SURPLUS = "imgclf.surplus"  # asked when another worker had already taken the last of the budget: not run
+BEATING = "imgclf.beating"  # set once the asked trial has its first heartbeat (see _fail_unbeaten)
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 
@@ -252,6 +254,7 @@ class ImgclfOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         fail_stale_trials(study)  # a dead worker's trial: FAILED, without FAILED_BY_JOB, so its budget is asked again
+        self._fail_unbeaten(study)
         counted = running = 0
         for t in study.get_trials(deepcopy=False):
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or FAILED_BY_JOB in t.user_attrs:
@@ -259,6 +262,22 @@ class ImgclfOptunaSweeper(Sweeper):
             elif t.state == TrialState.RUNNING and SURPLUS not in t.user_attrs:
                 counted, running = counted + 1, running + 1
         return counted, running
+
+    def _fail_unbeaten(self, study) -> None:
+        """A worker killed between asking a trial and its first heartbeat leaves it RUNNING with no heartbeat, which
+        Optuna's stale check never fails: a RUNNING trial still without BEATING after the grace period is failed
+        here (a live worker sets it milliseconds after asking)."""
+        import datetime
+
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        limit = datetime.datetime.now() - datetime.timedelta(seconds=3 * self.conf.heartbeat_s)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if BEATING in t.user_attrs or SURPLUS in t.user_attrs or not t.datetime_start or t.datetime_start > limit:
+                continue
+            with contextlib.suppress(UpdateFinishedTrialError):  # another worker failed it first
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
 
     def _next_trial(self, study):
         """A trial to run, or None when the study's n_trials are done; waits while only other workers' running
@@ -270,6 +289,7 @@ class ImgclfOptunaSweeper(Sweeper):
             if counted < self.conf.n_trials:
                 trial = study.ask()
                 study._storage.record_heartbeat(trial._trial_id)  # from its first moment: a worker killed now fails it
+                trial.set_user_attr(BEATING, True)
                 before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
                 kept = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
                 taken = sum(
