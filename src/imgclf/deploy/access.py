@@ -146,3 +146,22 @@ class Guard:
 def _hostname(host: str) -> str:
     """`name:port`, `[::1]:port` -> the name alone."""
     return urlsplit(f"//{host}").hostname or ""
+
+
+async def json_body(request: Request, answer, example: str, what: str, max_bytes: int):
+    """A small JSON object sent to a route that changes server state: the dict ({} for anything but an object), or
+    the answer refusing it (415 not JSON, 413 past `max_bytes`, counted as it arrives)."""
+    import json
+
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return answer(request, 415, f"send {example} as application/json")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            return answer(request, 413, f"{what} is a small JSON object (at most {max_bytes} bytes)")
+    try:
+        sent = json.loads(body)
+    except (ValueError, RecursionError):
+        sent = None
+    return sent if isinstance(sent, dict) else {}

@@ -10,7 +10,6 @@ issues file, a class of the data set or `exclude`) and written whole or not at a
 
 from __future__ import annotations
 
-import json
 import threading
 from functools import partial
 from pathlib import Path
@@ -21,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from imgclf.data.relabel import EXCLUDE, read_fixes, write_fixes
-from imgclf.deploy.access import inside, open_inside
+from imgclf.deploy.access import inside, json_body, open_inside
 from imgclf.errors import BadInput, MissingInput
 from imgclf.paths import Paths
 
@@ -90,18 +89,10 @@ def review_routes(app: FastAPI, review: Review, answer, thumbnail) -> None:
 
     @app.post("/api/review")
     async def fix(request: Request):
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return answer(request, 415, 'send {"path": "...", "label": "..."} as application/json')
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return answer(request, 413, f"a fix is a small JSON object (at most {MAX_BODY} bytes)")
-        try:
-            sent = json.loads(body)
-            path, label = sent.get("path"), sent.get("label")
-        except (ValueError, AttributeError, RecursionError):
-            path = label = None
+        sent = await json_body(request, answer, '{"path": "...", "label": "..."}', "a fix", MAX_BODY)
+        if isinstance(sent, JSONResponse):
+            return sent
+        path, label = sent.get("path"), sent.get("label")
         if not isinstance(path, str) or not isinstance(label, str):
             return answer(request, 400, 'the body must be a JSON object {"path": "<image>", "label": "<class>"}')
         result = await run_in_threadpool(review.fix, path, label)

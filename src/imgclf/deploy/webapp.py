@@ -16,7 +16,6 @@ once, each image refused past the pixel limit from its header: memory is bounded
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import re
 import shutil
@@ -33,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from imgclf.deploy.access import Guard, UploadTooLarge, inside, loopback_names, open_inside
+from imgclf.deploy.access import Guard, UploadTooLarge, inside, json_body, loopback_names, open_inside
 from imgclf.deploy.model_card import RUN_ID, Model, load_model, model_home
 from imgclf.deploy.pictures import png_url, thumbnail
 from imgclf.deploy.predict import Prediction, collect_inputs, top_k
@@ -181,17 +180,10 @@ CLIENT_ERRORS = {PermissionError: 403, FileNotFoundError: 404}
 
 async def _model_ref(request: Request, answer) -> str | JSONResponse:
     """The `model` of a switch's small JSON body, or the answer refusing it."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        return answer(request, 415, 'send {"model": "..."} as application/json')
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            return answer(request, 413, f"a model switch is a small JSON object (at most {MAX_JSON_BYTES} bytes)")
-    try:
-        ref = json.loads(body).get("model")
-    except (ValueError, AttributeError, RecursionError):
-        ref = None
+    sent = await json_body(request, answer, '{"model": "..."}', "a model switch", MAX_JSON_BYTES)
+    if isinstance(sent, JSONResponse):
+        return sent
+    ref = sent.get("model")
     if not isinstance(ref, str) or not ref.strip():
         return answer(request, 400, 'the body must be a JSON object {"model": "<path, run id or models:/n/v>"}')
     return ref.strip()
