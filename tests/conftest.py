@@ -58,13 +58,16 @@ def stage_main(stage: str, argv: list[str], cwd: Path) -> subprocess.CompletedPr
     module = importlib.import_module(f"imgclf.stages.{stage}")
 
     def main(args: list[str]) -> int:
-        saved = sys.argv
+        import signal
+
+        saved, handler = sys.argv, signal.getsignal(signal.SIGTERM)
         sys.argv = [f"imgclf.stages.{stage}", *args]
         GlobalHydra.instance().clear()
         try:
             module.main()
         finally:
             sys.argv = saved
+            signal.signal(signal.SIGTERM, handler)  # the stage's own (SIGTERM ends the run) stays with the stage
             GlobalHydra.instance().clear()
         return 0
 
@@ -203,6 +206,13 @@ def trained_project(tmp_path_factory):
     """One tiny project trained, evaluated and exported per test worker, shared read-only by the tests of hostile
     inputs (they copy what they change)."""
     return trained_tiny_project(tmp_path_factory.mktemp("trained"))
+
+
+def copy_of(project: Path, dest: Path) -> Path:
+    """A copy of a trained project that tests may write beside (a copy, not a second training: seconds saved). Its
+    MLflow store still points at the original's artifacts: read them, never log to the copy's runs."""
+    shutil.copytree(project, dest, ignore=shutil.ignore_patterns("outputs", "checkpoints"))
+    return dest
 
 
 @pytest.fixture

@@ -11,13 +11,14 @@ from PIL import Image
 from imgclf.deploy.predict import Classifier, collect_inputs
 from imgclf.errors import BadInput
 
-from ..conftest import BIN, console, trained_tiny_project
+from ..conftest import BIN, console, copy_of
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny project trained, evaluated and exported once for every test here."""
-    return trained_tiny_project(tmp_path_factory.mktemp("predict"))
+def trained(trained_project, tmp_path_factory):
+    """The session's tiny project trained, evaluated and exported, copied once for every test here (they write
+    lists, outputs and a broken image into it)."""
+    return copy_of(trained_project, tmp_path_factory.mktemp("predict") / "project")
 
 
 def cli(args, cwd, env, process=False):

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf import tracking
 
-from ..conftest import BIN, ROOT, TINY_OVERRIDES, empty_mlflow_store
+from ..conftest import BIN, ROOT, TINY_OVERRIDES, empty_mlflow_store, stage_main
 from .test_finetune import train_cmd, wait_for
 
 
@@ -46,7 +46,7 @@ def test_sigkill_at_random_points_never_leaves_a_checkpoint_read_as_valid(tiny_p
         seen = state["epoch"]
         if seen >= epochs - 1:
             break
-    done = subprocess.run(cmd, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
+    done = stage_main("train", cmd[3:], tiny_project)  # the rest: its main, in this process
     assert done.returncode == 0, done.stderr[-3000:]
     run_id = json.loads((tiny_project / "models/run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=uri)
@@ -214,10 +214,7 @@ def test_a_corrupt_last_checkpoint_is_moved_aside_and_training_starts_afresh(tin
     checkpoints.mkdir()
     for content in (b"", b"PK\x03\x04 not a whole checkpoint"):
         (checkpoints / "last.pt").write_bytes(content)
-        done = subprocess.run(
-            train_cmd(uri, "trainer.epochs=1"), cwd=tiny_project, env=project_env, capture_output=True, text=True,
-            timeout=600,
-        )  # fmt: skip
+        done = stage_main("train", train_cmd(uri, "trainer.epochs=1")[3:], tiny_project)  # its main, in this process
         assert done.returncode == 0, done.stderr[-3000:]
         said = done.stdout + done.stderr  # Hydra's logging goes to stdout
         assert "Traceback" not in said and "moved aside to last.pt.unreadable-" in said
@@ -225,10 +222,13 @@ def test_a_corrupt_last_checkpoint_is_moved_aside_and_training_starts_afresh(tin
         assert aside and aside[-1].read_bytes() == content  # kept, never read again
         for path in aside:
             path.unlink()
-    # named explicitly, a file that is no checkpoint is one line and exit 1
+    # named explicitly, a file that is no checkpoint is one line and exit 1 (through `python -m`, then its main)
     for bad in ("/etc/passwd", str(tiny_project / "data/tiny/split/labels.txt")):
-        done = subprocess.run(train_cmd(uri, f"trainer.resume={bad}"), cwd=tiny_project, env=project_env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        cmd = train_cmd(uri, f"trainer.resume={bad}")
+        if bad == "/etc/passwd":
+            done = subprocess.run(cmd, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
+        else:
+            done = stage_main("train", cmd[3:], tiny_project)
         assert done.returncode == 1 and done.stderr.strip().splitlines() == [
             f"error: {bad}: not a readable checkpoint" + done.stderr.strip().split("not a readable checkpoint")[1]
         ]

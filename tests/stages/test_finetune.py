@@ -15,7 +15,7 @@ from imgclf.models.build import build_model, head
 from imgclf.stages.train import train
 from imgclf.training import engine
 
-from ..conftest import BIN, ROOT, TINY_DATA, TINY_OVERRIDES
+from ..conftest import BIN, ROOT, TINY_DATA, TINY_OVERRIDES, stage_main
 from ..models.test_models import torchvision_cache
 
 TIMING = ("train/epoch_time_s", "train/images_per_sec")
@@ -137,7 +137,7 @@ def wait_for(path, proc, timeout=300):
 def test_sigkill_then_resume_equals_an_uninterrupted_run_in_the_same_mlflow_run(tiny_project, project_env):
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     cmd = train_cmd(uri, "trainer.epochs=4")  # the tiny model trains an epoch in well under a second
-    done = subprocess.run(cmd, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
+    done = stage_main("train", cmd[3:], tiny_project)  # uninterrupted: its main, in this process
     assert done.returncode == 0, done.stderr[-3000:]
     uninterrupted = history(tiny_project)
 
@@ -150,7 +150,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_in_the_same_mlflow_run(
     proc.communicate()
     ckpt = torch.load(last, weights_only=True)
     assert 1 <= ckpt["epoch"] < 4
-    resumed = subprocess.run(cmd, cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=600)
+    resumed = stage_main("train", cmd[3:], tiny_project)  # resumed by its main, in this process
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from checkpoints/last.pt after epoch {ckpt['epoch']}" in resumed.stdout + resumed.stderr
     assert history(tiny_project) == uninterrupted  # bit for bit on CPU: RNG, optimizer and schedule restored
@@ -180,14 +180,7 @@ def test_sigterm_marks_the_run_killed_and_leaves_a_checkpoint(tiny_project, proj
     assert proc.returncode != 0
     ckpt = torch.load(last, weights_only=True)
     assert MlflowClient(tracking_uri=uri).get_run(ckpt["run_id"]).info.status == "KILLED"
-    never = subprocess.run(
-        train_cmd(uri, "trainer.epochs=1", "trainer.resume=never"),
-        cwd=tiny_project,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    never = stage_main("train", train_cmd(uri, "trainer.epochs=1", "trainer.resume=never")[3:], tiny_project)
     assert never.returncode == 0 and "resuming" not in never.stdout + never.stderr
     assert json.loads((tiny_project / "models/run.json").read_text())["run_id"] != ckpt["run_id"]
 
@@ -198,14 +191,7 @@ def test_torchrun_two_gloo_processes_train_what_one_process_trains(tiny_project,
     # BatchNorm normalises over each rank's share of a batch (no SyncBatchNorm): a network with LayerNorm
     exact = ("model.name=test_convnext", "model.dropout=0", "augment=none")
     exact += ("trainer.epochs=auto", "trainer.min_epochs=2", "trainer.min_steps=0")  # 2 epochs, told on rank 0 only
-    single = subprocess.run(
-        train_cmd(uri, "tracking.experiment=single", *exact),
-        cwd=tiny_project,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    single = stage_main("train", train_cmd(uri, "tracking.experiment=single", *exact)[3:], tiny_project)
     assert single.returncode == 0, single.stderr[-3000:]
     one, one_model = history(tiny_project), torch.load(tiny_project / "models/model.pt", weights_only=True)["model"]
     ddp = subprocess.run(

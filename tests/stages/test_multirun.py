@@ -6,32 +6,21 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ..conftest import BIN, ROOT, TINY_OVERRIDES
+from imgclf.cli import runs
+
+from ..conftest import ROOT, TINY_OVERRIDES, console, stage_main
 
 
 def multirun(project, env, *overrides, sweep_dir=None, returncode=0):
     uri = f"sqlite:///{project}/mlflow.db"
     sweep_dir = sweep_dir or project / "multirun" / "s1"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgclf.stages.train",
-            "--config-dir",
-            str(ROOT / "conf"),
-            "-m",
-            *TINY_OVERRIDES,
-            "trainer.epochs=1",
-            f"tracking.uri={uri}",
-            f"hydra.sweep.dir={sweep_dir}",
-            *overrides,
-        ],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    args = ["--config-dir", str(ROOT / "conf"), "-m", *TINY_OVERRIDES, "trainer.epochs=1", f"tracking.uri={uri}"]
+    args += [f"hydra.sweep.dir={sweep_dir}", *overrides]
+    if "hydra/launcher=joblib" in overrides:  # jobs in processes of their own: the sweep itself is one too
+        cmd = [sys.executable, "-m", "imgclf.stages.train", *args]
+        proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    else:  # Hydra's basic launcher runs the jobs in the sweep's process: the stage's main, in this one
+        proc = stage_main("train", args, project)
     assert proc.returncode == returncode, proc.stdout[-2000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
@@ -77,50 +66,16 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
 
     # the terminal compare view agrees with the store
     uri = f"sqlite:///{tiny_project}/mlflow.db"
-    table = subprocess.run(
-        [
-            str(BIN / "imgclf"),
-            "runs",
-            "--uri",
-            uri,
-            "--experiment",
-            "test",
-            "--parent",
-            parent.info.run_id,
-            "--metric",
-            "kept/val/acc",
-            "--format",
-            "csv",
-        ],
-        cwd=tiny_project,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = ["--uri", uri, "--experiment", "test", "--parent", parent.info.run_id, "--metric", "kept/val/acc"]
+    table = console(runs, [*args, "--format", "csv"], tiny_project)
     assert table.returncode == 0, table.stderr
     rows = table.stdout.strip().splitlines()
     assert len(rows) == 4 and "optim.lr" in rows[0] and "trainer.batch_size" not in rows[0]
     assert float(rows[1].split(",")[rows[0].split(",").index("kept/val/acc")]) == best.data.metrics["kept/val/acc"]
-    best_cli = subprocess.run(
-        [
-            str(BIN / "imgclf"),
-            "runs",
-            "--uri",
-            uri,
-            "--experiment",
-            "test",
-            "--sweep",
-            str(sweep_dir),
-            "--metric",
-            "kept/val/acc",
-            "--best",
-        ],
-        cwd=tiny_project,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    best_cli = console(
+        runs,
+        ["--uri", uri, "--experiment", "test", "--sweep", str(sweep_dir), "--metric", "kept/val/acc", "--best"],
+        tiny_project,
     )
     assert best_cli.stdout.splitlines()[0] == best.info.run_id
     assert (
@@ -164,8 +119,6 @@ def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project
 
     # the winning trial as a DVC experiment, in one command, whose overrides compose
     from imgclf import cli
-
-    from ..conftest import console
 
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     args = ["--uri", uri, "--experiment", "test", "--parent", parent.info.run_id, "--best", "--as-overrides"]

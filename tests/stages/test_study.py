@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from hydra_plugins.imgclf_optuna_sweeper import sweeper as plugin
 from imgclf.training import pruning
 
-from ..conftest import ROOT, TINY_OVERRIDES
+from ..conftest import ROOT, TINY_OVERRIDES, stage_main
 
 
 def command(project, n_trials, *overrides, space=("+sweep=optuna_lr_wd",)):
@@ -56,8 +56,10 @@ def sweep_runs(project):
     return parents, children
 
 
-def run(cmd, project, env, timeout=600):
-    done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+def run(cmd, project):
+    """A sweep through the train stage's main in this process (Hydra's basic launcher runs the trials in it): the
+    sweeps killed or run side by side above and below are real processes."""
+    done = stage_main("train", cmd[3:], project)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done
 
@@ -88,7 +90,7 @@ def test_a_killed_sweep_resumes_where_it_stopped(tiny_project, project_env):
     assert len(before) == 3
 
     cmd[-1] = f"hydra.sweep.dir={tiny_project}/multirun/again"  # the same sweep, rerun later
-    run(cmd, tiny_project, project_env)
+    run(cmd, tiny_project)
     study = the_study(tiny_project)
     assert states(study)[:3] == [TrialState.COMPLETE] * 3  # not rerun
     assert states(study)[3] == TrialState.FAIL  # the killed trial: failed by its missing heartbeat
@@ -146,7 +148,7 @@ def test_trials_behind_the_median_are_pruned(tiny_project, project_env):
         f"hydra.sweep.dir={tiny_project}/multirun/p",
         space=("hydra/sweeper=imgclf_optuna", "optim.lr=choice(1e-9,0.003)"),
     )
-    run(cmd, tiny_project, project_env)
+    run(cmd, tiny_project)
     study = the_study(tiny_project)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert pruned and all(t.params["optim.lr"] == 1e-9 for t in pruned)
