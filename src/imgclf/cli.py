@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import json
 import os
@@ -340,6 +342,8 @@ def main() -> None:
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    if command != "serve":  # a command that ends: no walk of the whole heap at its exit (stages._app.settle_imports)
+        atexit.register(gc.freeze)
     if command == "predict":
         sys.exit(predict(sys.argv[2:]))
     if command == "relabel":
@@ -353,4 +357,5 @@ def main() -> None:
     if command in ("runs", "reproduce", "sync", "check"):
         sys.exit({"runs": runs, "reproduce": reproduce, "sync": sync, "check": check}[command](sys.argv[2:]))
     sys.argv = [f"imgclf {command}", *sys.argv[2:]]
+    gc.disable()  # as for `python -m imgclf.stages.<stage>`: off through the imports, back on in the stage's main
     importlib.import_module(f"imgclf.stages.{command.replace('-', '_')}").main()

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from imgclf.config import check_overrides, conf_dir
 from imgclf.credentials import strip_overrides
 from imgclf.errors import USER_ERRORS, BadConfig, BadInput
+from imgclf.stages import settle_imports
 from imgclf.workspace import OFF, with_workspace
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,8 @@ Refused = Callable[[dict, list[str], str], None]  # (config, overrides, error): 
 def one_line_errors(task: Callable[[DictConfig], object], refused: Refused | None = None) -> Callable:
     """Turn UserErrors into `error: <message>` and exit 1; IMGCLF_DEBUG=1 keeps the traceback.
 
-    In a multirun, a failed job (its MLflow run marked FAILED) returns None instead: the sweeper records the
-    trial as failed and the sweep goes on (Optuna counts None as a failed trial; sys.exit would end the sweep);
-    `refused` records a job whose config was refused before it started (the train stage: a FAILED child run).
+    In a multirun, a failed job (its MLflow run marked FAILED) returns None, a failed trial, and the sweep goes on
+    (sys.exit would end it); `refused` records a job refused before it started (the train stage: a FAILED child run).
     """
 
     @functools.wraps(task)
@@ -66,6 +66,7 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
     """Wrap `task` as a Hydra app reading conf/ (or `--config-dir . --config-name params` under DVC)."""
 
     def main() -> None:
+        settle_imports()
         sys.argv[1:] = strip_overrides(sys.argv[1:])  # before Hydra saves them anywhere
         try:  # the experiment applied in this workspace (params.yaml), under the user's own overrides
             sys.argv[1:], carried = with_workspace(sys.argv[1:])
