@@ -112,29 +112,12 @@ def test_console_script_rejects_unknown_command(project_env):
     assert proc.stderr.strip() == f"error: unknown command 'trian'; choose one of: {commands}"
 
 
-def test_missing_pretrained_weights_is_one_line_and_a_failed_run(tiny_project, project_env, tmp_path):
+def test_missing_pretrained_weights_is_one_line_and_a_failed_run(tiny_project, monkeypatch, tmp_path):
     from .conftest import TINY_DATA
 
-    env = dict(project_env, TORCH_HOME=str(tmp_path / "empty_torch_home"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgclf.stages.train",
-            "--config-dir",
-            str(ROOT / "conf"),
-            *TINY_DATA,
-            f"tracking.uri=sqlite:///{tiny_project}/mlflow.db",
-            "model=vgg16",
-            "model.pretrained=true",
-            "model.download=false",
-        ],
-        cwd=tiny_project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    args = ["--config-dir", str(ROOT / "conf"), *TINY_DATA, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"]
+    proc = stage_main("train", [*args, "model=vgg16", "model.pretrained=true", "model.download=false"], tiny_project)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     expected = tmp_path / "empty_torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgclf.tracking.server import free_port
 
-from ..conftest import BIN, copy_of
+from ..conftest import BIN, trained_tiny_project
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -24,9 +24,9 @@ SCREENSHOTS = os.environ.get("IMGCLF_SCREENSHOTS")  # a folder to keep the scree
 
 
 @pytest.fixture(scope="module")
-def project(trained_project, tmp_path_factory):
-    """The session's tiny project trained, evaluated and exported, copied (the Review writes relabel/ into it)."""
-    return copy_of(trained_project, tmp_path_factory.mktemp("serve") / "project")
+def project(tmp_path_factory):
+    """A tiny project trained, evaluated and exported once."""
+    return trained_tiny_project(tmp_path_factory.mktemp("serve"))
 
 
 REVIEWED = ["1", "a/000.png", "train", "a", "b", "0.02", "0.95"]  # a label_issues.csv row: a/000.png looks like b
