@@ -314,3 +314,12 @@ def pytest_collection_modifyitems(items):
         return len(longest) + (0 if item.path.parent.name == "stages" else 1)
 
     items.sort(key=weight)  # stable: the order within a file is kept
+
+
+def pytest_collection_finish(session):
+    """Every test module is imported (torch, MLflow, Hydra: millions of objects that live as long as the worker):
+    frozen, the garbage collector's full collections during the tests no longer walk them."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
