@@ -48,3 +48,36 @@ def test_debug_keeps_the_traceback_of_user_errors_too(monkeypatch):
     monkeypatch.setenv("IMGCLF_DEBUG", "1")
     with pytest.raises(BadInput):
         failing(BadInput("bad"))(None)
+
+
+HOOK = """import atexit, gc, sys
+seen = []
+sys.addaudithook(lambda ev, args: ev == "import" and args[0] == "torch" and not seen and seen.append(gc.isenabled()))
+atexit.register(lambda: print(f"gc: {seen} {gc.isenabled()} {gc.get_freeze_count()}", file=sys.stderr))
+"""
+
+
+def test_a_stage_process_imports_with_the_collector_off_then_runs_with_it_on(tmp_path, project_env):
+    """`python -m imgclf.stages.<stage>`, as DVC starts it: torch is imported with the collector off, the stage's main
+    turns it back on with the imports frozen (seconds of every stage: benchmarks/stage_start.py)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "sitecustomize.py").write_text(HOOK)  # Python imports it at start-up, before anything of ours
+    env = dict(project_env, PYTHONPATH=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "imgclf.stages.train", "--help"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen, enabled, frozen = done.stderr.strip().splitlines()[-1].removeprefix("gc: ").rsplit(" ", 2)
+    assert seen == "[False]" and enabled == "True" and int(frozen) > 100_000
+
+
+def test_imported_as_a_library_the_collector_is_left_as_it_was():
+    import gc
+
+    from imgclf.stages import settle_imports
+
+    frozen = gc.get_freeze_count()
+    settle_imports()  # in this process imgclf is a library: nothing to settle
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
