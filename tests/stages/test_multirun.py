@@ -6,7 +6,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imgclf.cli import runs
+from imgclf import cli
 
 from ..conftest import ROOT, TINY_OVERRIDES, console, stage_main
 
@@ -67,13 +67,13 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
     # the terminal compare view agrees with the store
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     args = ["--uri", uri, "--experiment", "test", "--parent", parent.info.run_id, "--metric", "kept/val/acc"]
-    table = console(runs, [*args, "--format", "csv"], tiny_project)
+    table = console(cli.runs, [*args, "--format", "csv"], tiny_project)
     assert table.returncode == 0, table.stderr
     rows = table.stdout.strip().splitlines()
     assert len(rows) == 4 and "optim.lr" in rows[0] and "trainer.batch_size" not in rows[0]
     assert float(rows[1].split(",")[rows[0].split(",").index("kept/val/acc")]) == best.data.metrics["kept/val/acc"]
     best_cli = console(
-        runs,
+        cli.runs,
         ["--uri", uri, "--experiment", "test", "--sweep", str(sweep_dir), "--metric", "kept/val/acc", "--best"],
         tiny_project,
     )
@@ -118,8 +118,6 @@ def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project
     assert pytest.approx(float(parent.data.params["best.optim.lr"])) == float(best.data.params["optim.lr"])
 
     # the winning trial as a DVC experiment, in one command, whose overrides compose
-    from imgclf import cli
-
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     args = ["--uri", uri, "--experiment", "test", "--parent", parent.info.run_id, "--best", "--as-overrides"]
     shown = console(cli.runs, args, tiny_project).stdout.strip()
