@@ -202,10 +202,22 @@ def serve_client(project: Path, cache: Path, roots: list[Path], *, max_upload_mb
 
 
 @pytest.fixture(scope="session")
-def trained_project(tmp_path_factory):
-    """One tiny project trained, evaluated and exported per test worker, shared read-only by the tests of hostile
-    inputs (they copy what they change)."""
-    return trained_tiny_project(tmp_path_factory.mktemp("trained"))
+def trained_project(tmp_path_factory, worker_id):
+    """One tiny project trained, evaluated and exported per test session, shared read-only by the tests of hostile
+    inputs (they copy what they change). Under pytest-xdist the first worker to need it trains it in the session's
+    base folder, under a lock the others wait on: seconds of training once, not once per worker."""
+    if worker_id == "master":  # no xdist
+        return trained_tiny_project(tmp_path_factory.mktemp("trained"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per session, above each worker's own
+    project, done = shared / "trained", shared / "trained.done"
+    with FileLock(str(shared / "trained.lock")):
+        if not done.is_file():
+            shutil.rmtree(project, ignore_errors=True)  # a worker that failed half-way left it
+            trained_tiny_project(project)
+            done.touch()
+    return project
 
 
 def copy_of(project: Path, dest: Path) -> Path:
