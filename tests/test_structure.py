@@ -123,3 +123,13 @@ def test_paths_defaults_are_the_config_and_dvc_yaml_uses_them(compose_cfg):
                 path = next(iter(entry)) if isinstance(entry, dict) else entry
                 if not path.startswith("src/"):  # external inputs come from the config (conf/no_input.md if unset)
                     assert path.startswith(("${paths.", "${data.inputs[", "${model.inputs[")), f"{name}.{kind}: {path}"
+
+
+def test_the_suite_computes_on_one_thread_per_process():
+    """tests/__init__.py sets OMP_NUM_THREADS before NumPy or torch is imported, so torch honours it here and in
+    every process a test starts (they inherit the environment)."""
+    import os
+
+    import torch
+
+    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])
