@@ -2,7 +2,7 @@
 a test starts (stages under DVC, sweep jobs, servers: they inherit the environment), computes on one thread. `make
 test` runs two pytest-xdist workers on 2 cores, each starting torch processes; with torch's default of one OpenMP
 thread per core, two processes side by side put four threads on two cores, spinning while they wait for each other
-(docs/benchmarks.md: the suite's CPU time 1,200 s -> 995 s). The environment's own setting wins."""
+(figures: docs/benchmarks.md). The environment's own setting wins."""
 
 import os
 
