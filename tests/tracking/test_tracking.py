@@ -91,3 +91,38 @@ def test_relative_sqlite_store_resolves_against_dvc_root(monkeypatch, tmp_path):
     assert resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
     assert resolve_uri("sqlite:////abs/store.db") == "sqlite:////abs/store.db"
     assert resolve_uri("http://mlflow:5000") == "http://mlflow:5000"
+
+
+def test_a_store_left_mid_transaction_by_a_killed_process_is_recovered_not_refused(tmp_path):
+    """SIGKILL inside a write leaves a hot journal; the next run must roll it back and go on (a read-only look
+    cannot), keeping every committed row and none of the killed transaction's."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    uri = _store(tmp_path)
+    with tracking.run(uri, "exp") as committed:
+        tracking.log_metrics({"val/acc": 0.5}, step=1)
+    db = tmp_path / "mlflow.db"
+    writer = (
+        "import os, signal, sqlite3, sys\n"
+        "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "con.execute('PRAGMA cache_size=2')\n"  # spill to the file mid-transaction, as a long write does
+        "con.execute('BEGIN IMMEDIATE')\n"
+        "con.execute('CREATE TABLE unfinished AS WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c "
+        "WHERE i < 200) SELECT randomblob(4000) AS b FROM c')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", writer, str(db)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0
+
+    from imgclf.tracking.store import _initialised
+
+    _initialised.discard(uri)  # as a new process would see it
+    with tracking.run(uri, "exp") as after:
+        tracking.log_metrics({"val/acc": 0.6}, step=1)
+    assert get_run(uri, committed).data.metrics == {"val/acc": 0.5}
+    assert get_run(uri, after).data.metrics == {"val/acc": 0.6}
+    tables = {row[0] for row in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "unfinished" not in tables and "runs" in tables

@@ -3,6 +3,7 @@ SQLite is locked, and the settings a run takes from the config."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -136,8 +137,12 @@ def init_store(uri: str) -> None:
     _initialised.add(uri)
 
 
+_READONLY_NEEDS_RECOVERY = {776, 264}  # SQLITE_READONLY_ROLLBACK, SQLITE_READONLY_RECOVERY
+
+
 def check_sqlite_store(db: str) -> None:
-    """BadInput unless `db` is an SQLite database holding MLflow's tables (read-only look: nothing is changed)."""
+    """BadInput unless `db` is an SQLite database holding MLflow's tables. A read-only look: nothing is changed,
+    except that a transaction a killed process left unfinished is rolled back, as SQLite does on any open."""
     import sqlite3
 
     try:
@@ -147,9 +152,19 @@ def check_sqlite_store(db: str) -> None:
         raise BadInput(f"tracking store {db}: {exc.strerror or exc}") from None
     if magic != b"SQLite format 3\x00":
         raise BadInput(f"{db} is not an SQLite database; give an MLflow store, e.g. sqlite:///mlflow.db")
+    query = "SELECT name FROM sqlite_master WHERE type = 'table'"
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+                tables = {row[0] for row in con.execute(query)}
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) not in _READONLY_NEEDS_RECOVERY:
+                raise
+            # A process killed inside a transaction left a hot journal (or an unrecovered WAL): a read-only
+            # connection may not roll it back, so read once read-write and let SQLite restore the last commit,
+            # as any writer opening the store would.
+            with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+                tables = {row[0] for row in con.execute(query)}
     except sqlite3.DatabaseError as exc:
         raise BadInput(f"{db} is not a readable SQLite database ({exc})") from None
     if tables and not {"experiments", "runs", "alembic_version"} <= tables:
