@@ -130,10 +130,12 @@ class SlurmCluster:
 
     def stop(self) -> None:
         subprocess.run([program("scancel"), "--full", "--user", getpass.getuser()], env=dict(os.environ, **self.env))
+        # slurmd and slurmctld first, munged last: a slurm daemon shutting down still authenticates through munge
+        # (all signalled at once, slurmd outlived the 20 s wait below after every job and was killed)
         for proc in reversed(self.procs):
             proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
