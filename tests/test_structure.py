@@ -63,6 +63,25 @@ def test_only_the_tracking_package_imports_mlflow():
     assert importers and all(name.startswith("tracking/") for name in importers), importers
 
 
+@pytest.mark.slow
+def test_the_stages_that_never_track_start_without_mlflow_or_torch():
+    """fetch and split, with the Hydra callbacks every stage registers (conf/config.yaml), import neither MLflow nor
+    torch: the tracking package is lazy, so registering the sweep callback costs them no MLflow import."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, imgclf.stages.fetch, imgclf.stages.split\n"
+        "from hydra.utils import instantiate\n"
+        "from omegaconf import OmegaConf\n"
+        "for callback in OmegaConf.load('conf/config.yaml').hydra.callbacks.values():\n"
+        "    instantiate(callback)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'torch'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
 # what each part of the library may import (its own part included); nothing runs back up. stages/, cli.py and
 # reproduce.py compose them all.
 BASE = {"errors", "paths", "files", "provenance", "contract", "credentials", "devices", "config", "workspace",

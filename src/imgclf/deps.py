@@ -1,6 +1,6 @@
-"""dvc.yaml's code deps, generated: each stage's import closure (lazy imports too) plus the modules its config
-reaches through `_target_`. `make dvc-deps` (`python -m imgclf.deps`) rewrites the `src/` lines of every stage;
-tests/test_dvc_yaml.py fails when they drift from the code."""
+"""dvc.yaml's code deps, generated: each stage's import closure (lazy imports and lazy packages too) plus the
+modules its config reaches through `_target_`. `make dvc-deps` (`python -m imgclf.deps`) rewrites the `src/` lines
+of every stage; tests/test_dvc_yaml.py fails when they drift from the code."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def imported_modules(name: str) -> set[str]:
             base = base.rstrip(".")
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names if module_file(f"{base}.{a.name}"))
+        elif isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["_WHERE"]:
+            # a lazy package (PEP 562 __getattr__): `_WHERE` maps each public name to the submodule it comes from
+            found.update(f"{package}.{v.value}" for v in node.value.values if isinstance(v, ast.Constant))
     found = {m for m in found if m.startswith("imgclf") and module_file(m)}
     return found | {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
 
