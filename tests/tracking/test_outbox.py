@@ -78,6 +78,23 @@ def test_what_close_gives_up_on_is_sent_later_from_the_journal_exactly_once(tmp_
     assert server.taken == [batch(i) for i in range(8)]
 
 
+def test_a_record_cut_short_by_a_killed_writer_is_dropped_and_the_rest_are_sent(tmp_path, caplog):
+    server = Server(up=False)
+    box = Outbox(tmp_path / "box", server.send, permanent=never, meta={"run_id": "r"})
+    for i in range(3):
+        box.put(batch(i))
+    assert not box.close(timeout=0.1)
+    journal = tmp_path / "box" / "journal.jsonl"
+    with journal.open("a") as f:  # a fourth append, killed halfway
+        f.write(json.dumps(batch(3))[:20])
+    server.up = True
+    again = Outbox(tmp_path / "box", server.send, permanent=never)  # imgclf sync
+    again.put(batch(4))  # on a line of its own
+    assert again.close(timeout=10)
+    assert server.taken == [batch(0), batch(1), batch(2), batch(4)]
+    assert "cut short by a killed process" in caplog.text
+
+
 def test_a_refused_record_is_dropped_with_a_warning_and_the_rest_go_on(tmp_path, caplog):
     taken = []
 

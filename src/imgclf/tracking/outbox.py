@@ -70,7 +70,7 @@ class Outbox:
             (self.dir / META).write_text(json.dumps(meta))
         self._send, self._permanent = send, permanent
         self._sent = int((self.dir / SENT).read_text()) if (self.dir / SENT).is_file() else 0
-        lines = (self.dir / JOURNAL).read_text().splitlines() if (self.dir / JOURNAL).is_file() else []
+        lines = self._whole_records()
         self._pending = deque(json.loads(line) for line in lines[self._sent :])
         self._count = len(lines)
         self._journal = (self.dir / JOURNAL).open("a")
@@ -79,6 +79,20 @@ class Outbox:
         self.outage_since: float | None = None
         self._thread = threading.Thread(target=self._deliver, name="imgclf-outbox", daemon=True)
         self._thread.start()
+
+    def _whole_records(self) -> list[str]:
+        """The journal's lines; a last one without its newline (its writer killed mid-append: never taken by the
+        server, as `sent` counts only whole records) is cut off, so the next record starts on a line of its own."""
+        journal = self.dir / JOURNAL
+        if not journal.is_file():
+            return []
+        data = journal.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        if len(whole) < len(data):
+            log.warning("outbox %s: dropped a record cut short by a killed process", self.dir)
+            with journal.open("r+b") as f:
+                f.truncate(len(whole))
+        return whole.decode().splitlines()
 
     @property
     def pending(self) -> int:
