@@ -8,6 +8,7 @@ on 2 cores. Debian's slurmctld, slurmd, slurm-client and munge packages (`make s
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -139,3 +140,16 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for pid in self._strays():  # job steps (slurmstepd) slurmd left behind: nothing of this cluster outlives it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _strays(self) -> list[int]:
+        """Processes started with this cluster's SLURM_CONF (the daemons' environment), other than this one."""
+        mine, found = f"SLURM_CONF={self.conf}".encode(), []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if mine in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+        return found
