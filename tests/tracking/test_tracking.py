@@ -96,6 +96,7 @@ def test_relative_sqlite_store_resolves_against_dvc_root(monkeypatch, tmp_path):
 def test_a_store_left_mid_transaction_by_a_killed_process_is_recovered_not_refused(tmp_path):
     """SIGKILL inside a write leaves a hot journal; the next run must roll it back and go on (a read-only look
     cannot), keeping every committed row and none of the killed transaction's."""
+    import contextlib
     import sqlite3
     import subprocess
     import sys
@@ -124,5 +125,6 @@ def test_a_store_left_mid_transaction_by_a_killed_process_is_recovered_not_refus
         tracking.log_metrics({"val/acc": 0.6}, step=1)
     assert get_run(uri, committed).data.metrics == {"val/acc": 0.5}
     assert get_run(uri, after).data.metrics == {"val/acc": 0.6}
-    tables = {row[0] for row in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "unfinished" not in tables and "runs" in tables

@@ -152,23 +152,29 @@ def check_sqlite_store(db: str) -> None:
         raise BadInput(f"tracking store {db}: {exc.strerror or exc}") from None
     if magic != b"SQLite format 3\x00":
         raise BadInput(f"{db} is not an SQLite database; give an MLflow store, e.g. sqlite:///mlflow.db")
-    query = "SELECT name FROM sqlite_master WHERE type = 'table'"
     try:
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-                tables = {row[0] for row in con.execute(query)}
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) not in _READONLY_NEEDS_RECOVERY:
-                raise
-            # A process killed inside a transaction left a hot journal (or an unrecovered WAL): a read-only
-            # connection may not roll it back, so read once read-write and let SQLite restore the last commit,
-            # as any writer opening the store would.
-            with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
-                tables = {row[0] for row in con.execute(query)}
+        tables = _table_names(db)
     except sqlite3.DatabaseError as exc:
         raise BadInput(f"{db} is not a readable SQLite database ({exc})") from None
     if tables and not {"experiments", "runs", "alembic_version"} <= tables:
         raise BadInput(f"{db} is an SQLite database of something else, not an MLflow store; it is left as it is")
+
+
+def _table_names(db: str) -> set[str]:
+    import sqlite3
+
+    query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return {row[0] for row in con.execute(query)}
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) not in _READONLY_NEEDS_RECOVERY:
+            raise
+    # A process killed inside a transaction left a hot journal (or an unrecovered WAL): a read-only connection may
+    # not roll it back, so read once read-write and let SQLite restore the last commit, as any writer opening the
+    # store would.
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        return {row[0] for row in con.execute(query)}
 
 
 def configure(uri: str, experiment: str | None = None) -> None:
