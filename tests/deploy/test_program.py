@@ -163,3 +163,19 @@ def test_a_program_that_takes_one_image_only_is_refused_when_loaded(trained_proj
             zout.writestr(info, one_image(info.filename, zin.read(info.filename)))
     with pytest.raises(BadInput, match="does not take a batch of 3 x 32 x 32 images"):
         Classifier(folder / "model.pt2")  # not at the first batch of two a page sends
+
+
+def test_the_exported_files_name_none_of_the_builders_folders(trained_project):
+    """torch records each graph node's source location (the builder's absolute paths: the environment, the clone,
+    a user name) in both formats; export leaves them out, so a shipped model names no folder of the machine that
+    built it and its bytes do not depend on where the project was cloned."""
+    from ..conftest import ROOT
+
+    folders = {str(ROOT), str(trained_project), os.path.dirname(os.path.dirname(torch.__file__)), "site-packages"}
+    export = trained_project / "models/export"
+    with zipfile.ZipFile(export / "model.pt2") as archive:
+        contents = {f"model.pt2:{name}": archive.read(name) for name in archive.namelist()}
+    contents["model.onnx"] = (export / "model.onnx").read_bytes()
+    assert len(contents) > 5 and sum(map(len, contents.values())) > 1_000_000  # the files, not an empty read
+    leaks = {name: folder for name, data in contents.items() for folder in folders if folder.encode() in data}
+    assert not leaks

@@ -25,8 +25,9 @@ def export_model(
     """model.onnx, model.pt2, labels.txt and preprocessing.json into `out_dir`, only if both formats agree with
     PyTorch on `inputs` (normalised test images) within `atol`; returns the checks' figures."""
     with atomic_dir(out_dir) as tmp:
-        export_onnx(model, inputs[:1], tmp / "model.onnx", opset)
-        export_program(model, inputs, tmp / PROGRAM)
+        program = trace(model, inputs)
+        save_program(program, tmp / PROGRAM)
+        export_onnx(program, None, tmp / "model.onnx", opset)
         report = {
             **verify_onnx(model, tmp / "model.onnx", inputs),
             **verify_program(model, tmp / PROGRAM, inputs),
@@ -47,20 +48,42 @@ def export_model(
     return report
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 18) -> None:
-    """Write `model` as ONNX with a dynamic batch axis; input `images` (N,3,H,W float), output `logits`."""
-    model = model.eval().cpu()
+def trace(model: nn.Module, inputs: torch.Tensor) -> torch.export.ExportedProgram:
+    """`model` as a torch.export program with a dynamic batch axis, without the source locations torch records for
+    each node: they are the builder's absolute paths (its folders, its user name), and a file whose bytes depend on
+    where the project was cloned is neither private nor reproducible. The example has two images: torch.export
+    specialises a size of 1."""
+    example = inputs[:2] if len(inputs) >= 2 else inputs[:1].repeat(2, 1, 1, 1)
+    program = torch.export.export(
+        model.eval().cpu(), (example.cpu(),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
+    for module in program.graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                node.meta.pop("stack_trace", None)
+    return program
+
+
+def export_onnx(
+    model: nn.Module | torch.export.ExportedProgram, example: torch.Tensor | None, path: str | Path, opset: int = 18
+) -> None:
+    """Write `model` as ONNX with a dynamic batch axis; input `images` (N,3,H,W float), output `logits`. A `trace`d
+    program is converted as it is (its batch axis is already dynamic; no second trace); a module is traced here."""
+    if isinstance(model, torch.export.ExportedProgram):
+        args, dynamic_shapes = (), None
+    else:
+        model, args, dynamic_shapes = model.eval().cpu(), (example.cpu(),), ({0: torch.export.Dim("batch")},)
     # the dynamo exporter: the TorchScript one cannot export AlexNet's adaptive pooling below 224 px
     torch.onnx.export(
         model,
-        (example.cpu(),),
+        args,
         str(path),
         input_names=["images"],
         output_names=["logits"],
         opset_version=opset,
         dynamo=True,
         external_data=False,  # one self-contained file (< 2 GB)
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamic_shapes=dynamic_shapes,
         verbose=False,
     )
 
@@ -78,16 +101,6 @@ def verify_onnx(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> dic
         "export/onnx_top1_agreement": float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean()),
         "export/verified_images": float(len(inputs)),
     }
-
-
-def export_program(model: nn.Module, inputs: torch.Tensor, path: str | Path) -> None:
-    """`model` as a torch.export program with a dynamic batch axis (`torch.export.load(path).module()` runs it,
-    AOTInductor compiles it for C++). The example has two images: torch.export specialises a size of 1."""
-    example = inputs[:2] if len(inputs) >= 2 else inputs[:1].repeat(2, 1, 1, 1)
-    program = torch.export.export(
-        model.eval().cpu(), (example.cpu(),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
-    )
-    save_program(program, Path(path))
 
 
 def verify_program(model: nn.Module, path: str | Path, inputs: torch.Tensor) -> dict[str, float]:
