@@ -49,13 +49,14 @@ def export_model(
 
 
 def trace(model: nn.Module, inputs: torch.Tensor) -> torch.export.ExportedProgram:
-    """`model` as a torch.export program with a dynamic batch axis, without the source locations torch records for
-    each node: they are the builder's absolute paths (its folders, its user name), and a file whose bytes depend on
-    where the project was cloned is neither private nor reproducible. The example has two images: torch.export
-    specialises a size of 1."""
-    example = inputs[:2] if len(inputs) >= 2 else inputs[:1].repeat(2, 1, 1, 1)
+    """`model` as a torch.export program with a dynamic batch axis, traced on two blank images of the size of `inputs`
+    (torch.export specialises a size of 1). The program keeps its example and torch records each node's source
+    location, absolute paths into the builder's environment and clone: so the example is blank, not the user's
+    images, and the locations are dropped. A shipped model carries none of the data and names no folder of the
+    machine that built it, and its bytes do not depend on where the project was cloned."""
+    example = torch.zeros(2, *inputs.shape[1:], dtype=inputs.dtype)
     program = torch.export.export(
-        model.eval().cpu(), (example.cpu(),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+        model.eval().cpu(), (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
     )
     for module in program.graph_module.modules():
         if isinstance(module, torch.fx.GraphModule):
@@ -67,23 +68,20 @@ def trace(model: nn.Module, inputs: torch.Tensor) -> torch.export.ExportedProgra
 def export_onnx(
     model: nn.Module | torch.export.ExportedProgram, example: torch.Tensor | None, path: str | Path, opset: int = 18
 ) -> None:
-    """Write `model` as ONNX with a dynamic batch axis; input `images` (N,3,H,W float), output `logits`. A `trace`d
-    program is converted as it is (its batch axis is already dynamic; no second trace); a module is traced here."""
-    if isinstance(model, torch.export.ExportedProgram):
-        args, dynamic_shapes = (), None
-    else:
-        model, args, dynamic_shapes = model.eval().cpu(), (example.cpu(),), ({0: torch.export.Dim("batch")},)
+    """Write `model` as ONNX: input `images` (batch,3,H,W float), output `logits` (batch,classes), with a dynamic
+    batch axis named `batch`. A `trace`d program is converted as it is; a module is traced here at `example`'s size."""
+    program = model if isinstance(model, torch.export.ExportedProgram) else trace(model, example)
     # the dynamo exporter: the TorchScript one cannot export AlexNet's adaptive pooling below 224 px
     torch.onnx.export(
-        model,
-        args,
+        program,
+        (),
         str(path),
         input_names=["images"],
         output_names=["logits"],
         opset_version=opset,
         dynamo=True,
         external_data=False,  # one self-contained file (< 2 GB)
-        dynamic_shapes=dynamic_shapes,
+        dynamic_shapes=({0: "batch"},),  # names the program's batch symbol in the file
         verbose=False,
     )
 
