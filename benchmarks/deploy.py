@@ -22,7 +22,7 @@ import torch
 from imgclf.contract import ServingSpec
 from imgclf.data.datasets import load_split
 from imgclf.data.transforms import Preprocess
-from imgclf.deploy.export import export_onnx
+from imgclf.deploy.export import export_onnx, trace
 from imgclf.deploy.quantize import (
     calibration_indices,
     convert_fp16,
@@ -96,7 +96,7 @@ def arch_table(arch: str, runs: int, work: Path) -> list[tuple]:
     model = getattr(torchvision.models, arch)(num_classes=10).eval()
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (64, 3, 224, 224)).astype(np.float32)
-    export_onnx(model, torch.from_numpy(x[:1]), work / f"{arch}.onnx")
+    export_onnx(trace(model, torch.from_numpy(x[:1])), work / f"{arch}.onnx")
     quantize_int8(work / f"{arch}.onnx", work / f"{arch}-int8.onnx", x[:32])
     quantize_openvino(work / f"{arch}.onnx", work / f"{arch}-openvino" / "model.xml", x[:32])
     rows = []

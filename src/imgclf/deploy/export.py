@@ -27,7 +27,7 @@ def export_model(
     with atomic_dir(out_dir) as tmp:
         program = trace(model, inputs)
         save_program(program, tmp / PROGRAM)
-        export_onnx(program, None, tmp / "model.onnx", opset)
+        export_onnx(program, tmp / "model.onnx", opset)
         report = {
             **verify_onnx(model, tmp / "model.onnx", inputs),
             **verify_program(model, tmp / PROGRAM, inputs),
@@ -65,12 +65,9 @@ def trace(model: nn.Module, inputs: torch.Tensor) -> torch.export.ExportedProgra
     return program
 
 
-def export_onnx(
-    model: nn.Module | torch.export.ExportedProgram, example: torch.Tensor | None, path: str | Path, opset: int = 18
-) -> None:
-    """Write `model` as ONNX: input `images` (batch,3,H,W float), output `logits` (batch,classes), with a dynamic
-    batch axis named `batch`. A `trace`d program is converted as it is; a module is traced here at `example`'s size."""
-    program = model if isinstance(model, torch.export.ExportedProgram) else trace(model, example)
+def export_onnx(program: torch.export.ExportedProgram, path: str | Path, opset: int = 18) -> None:
+    """Write a `trace`d program as ONNX, converted as it is: input `images` (batch,3,H,W float), output `logits`
+    (batch,classes), with a dynamic batch axis named `batch`."""
     # the dynamo exporter: the TorchScript one cannot export AlexNet's adaptive pooling below 224 px
     torch.onnx.export(
         program,
