@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 # torch first, at the versions pip finds on this machine's disk; any other version downloads gigabytes.
 TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 2 ? 2 : n > 8 ? 8 : n )))
 
 .PHONY: venv pipeline test test-fast docs docs-serve lint format params dvc-deps clean-runs postgres chromium slurm mlflow-server serve exps
 
@@ -19,16 +20,18 @@ $(VENV)/.installed: pyproject.toml
 pipeline: venv
 	dvc repro
 
-# two workers: each starts on its half of the suite in collection order (end-to-end tests first), then steals.
+# pytest-xdist's worksteal, one worker per core (2 to 8; `make test WORKERS=4` to choose): the suite is CPU-bound,
+# so more workers than cores only share them. Each worker starts on its share of the order tests/conftest.py
+# arranges (the longest end-to-end files one per worker), then steals. Four workers peak near 9 GB of memory.
 # The tracking-server tests need PostgreSQL, the browser test Chromium, the cluster tests SLURM: installed here when
 # missing, and required (not skipped) under make.
 test: venv postgres chromium slurm
-	IMGCLF_REQUIRE_SERVERS=1 $(PY) -m pytest -n 2 --dist worksteal
+	IMGCLF_REQUIRE_SERVERS=1 $(PY) -m pytest -n $(WORKERS) --dist worksteal
 
 # the edit-test loop: everything that neither trains a project nor starts a process or server (tests/conftest.py
 # marks the rest slow); no PostgreSQL or Chromium needed
 test-fast: venv
-	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
+	$(PY) -m pytest -n $(WORKERS) --dist worksteal -m "not slow"
 
 # The manual (mkdocs.yml, docs/): built into site/ with --strict, so a broken link, a missing page or a Reference page
 # that fails to generate (docs/hooks/reference.py: from conf/, the parsers, dvc.yaml, imgclf.metric_names) fails it

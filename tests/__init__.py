@@ -1,8 +1,8 @@
 """The test suite. Imported before any test module (and before NumPy or torch): every test worker, and every process
 a test starts (stages under DVC, sweep jobs, servers: they inherit the environment), computes on one thread. `make
-test` runs two pytest-xdist workers on 2 cores, each starting torch processes; with torch's default of one OpenMP
-thread per core, two processes side by side put four threads on two cores, spinning while they wait for each other
-(figures: docs/benchmarks.md). The environment's own setting wins."""
+test` runs one pytest-xdist worker per core, each starting torch processes; with torch's default of one OpenMP
+thread per core, two processes side by side on two cores put four threads there, spinning while they wait for each
+other (figures: docs/benchmarks.md). The environment's own setting wins."""
 
 import os
 

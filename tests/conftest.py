@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -311,27 +312,52 @@ def is_slow(item) -> bool:
     return any(call in source for call in SLOW_CALLS)
 
 
+# the end-to-end files, longest first; the suite's wall time is at least the longest of them
+HEAVIEST = (
+    "test_pipeline.py",
+    "test_folder.py",
+    "test_tracking_server.py",
+    "test_queue.py",
+    "test_label_review.py",
+    "test_slurm.py",
+    "test_serve.py",
+)
+
+
+def worksteal_shares(count: int, workers: int) -> list[int]:
+    """How many tests pytest-xdist's worksteal hands each worker at the start: the order cut into consecutive
+    shares, before any worker steals from another."""
+    sizes: list[int] = []
+    for i in range(workers):
+        sizes.append((count - sum(sizes)) // (workers - i))
+    return sizes
+
+
+def arrange(items: list, workers: int) -> list:
+    """The order for `workers` worksteal workers: the heaviest end-to-end files dealt out to the workers' shares in
+    snake order (the first worker's second file is the last worker's first), so that each worker starts on one and
+    none runs two of the longest in a row; each share then filled up with the stage tests, then the rest. Within a
+    file the order is kept."""
+    heavy = {name: [i for i in items if i.path.parent.name == "e2e" and i.path.name == name] for name in HEAVIEST}
+    dealt = {id(i) for group in heavy.values() for i in group}
+    rest = sorted((i for i in items if id(i) not in dealt), key=lambda i: i.path.parent.name != "stages")
+    shares: list[list] = [[] for _ in range(workers)]
+    for rank, name in enumerate(HEAVIEST):
+        lap, position = divmod(rank, workers)
+        shares[position if lap % 2 == 0 else workers - 1 - position].extend(heavy[name])
+    fill = iter(rest)
+    for share, size in zip(shares, worksteal_shares(len(items), workers)):
+        share.extend(itertools.islice(fill, max(0, size - len(share))))
+    return [i for share in shares for i in share] + list(fill)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(items):
-    """Mark what is slow (see is_slow); then the slowest files first (end-to-end, then stages): `make test` runs
-    pytest-xdist's worksteal, which hands each worker half of this order, so the end-to-end tests start at once
-    instead of last."""
+    """Mark what is slow (see is_slow) before `-m "not slow"` deselects; after it, arrange what runs: `make test`
+    runs pytest-xdist's worksteal on one worker per core, each starting on its share of this order (see arrange), so
+    the longest end-to-end tests start at once, on different workers, instead of last."""
     for item in items:
         if is_slow(item) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
-    longest = ["test_queue.py", "test_pipeline.py", "test_folder.py"]  # tests/e2e, ~85, ~75 and ~40 s
-
-    def weight(item):
-        if item.path.name in longest and item.path.parent.name == "e2e":
-            return longest.index(item.path.name)
-        return len(longest) + (0 if item.path.parent.name == "stages" else 1)
-
-    items.sort(key=weight)  # stable: the order within a file is kept
-
-
-def pytest_collection_finish(session):
-    """Every test module is imported (torch, MLflow, Hydra: millions of objects that live as long as the worker):
-    frozen, the garbage collector's full collections during the tests no longer walk them."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
+    yield
+    items[:] = arrange(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))

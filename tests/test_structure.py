@@ -152,3 +152,30 @@ def test_the_suite_computes_on_one_thread_per_process():
     import torch
 
     assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])
+
+
+@pytest.mark.parametrize("workers", range(1, 9))
+def test_each_worker_starts_on_one_of_the_longest_end_to_end_files(workers):
+    """The order `make test` runs in (tests/conftest.py's arrange), cut as pytest-xdist's worksteal cuts it: every
+    test once, and each worker's share starts on one of the longest end-to-end files, the longest on the first."""
+    from types import SimpleNamespace
+
+    from .conftest import HEAVIEST, arrange, worksteal_shares
+
+    assert all((ROOT / "tests" / "e2e" / name).is_file() for name in HEAVIEST)
+    files = [("e2e", name) for name in HEAVIEST] + [("stages", f"test_{i}.py") for i in range(40)]
+    files += [("e2e", "test_other.py"), ("data", "test_a.py"), ("deploy", "test_b.py")] * 20
+    items = [SimpleNamespace(path=ROOT / "tests" / d / n, n=i) for i, (d, n) in enumerate(reversed(files))]
+    order = arrange(items, workers)
+    assert sorted(i.n for i in order) == list(range(len(items)))
+    starts, first = [], 0
+    for size in worksteal_shares(len(order), workers):
+        starts.append(order[first].path)
+        first += size
+    assert starts[0].name == HEAVIEST[0]
+    expected = min(workers, len(HEAVIEST))
+    assert len({p.name for p in starts[:expected] if p.parent.name == "e2e"} & set(HEAVIEST)) == expected
+    heavy_first = [i for i in order[: worksteal_shares(len(order), workers)[0]] if i.path.name in HEAVIEST]
+    assert order[len(heavy_first)].path.parent.name == "stages"  # then the stage tests
+    if 1 < workers <= len(HEAVIEST) // 2:  # dealt in snake order: the longest and the shortest of the second lap
+        assert [i.path.name for i in heavy_first][:2] == [HEAVIEST[0], HEAVIEST[2 * workers - 1]]
