@@ -361,3 +361,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
     yield
     items[:] = arrange(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def pytest_collection_finish(session):
+    """Every test module is imported (torch, MLflow, Hydra: millions of objects that live as long as the worker):
+    frozen, the garbage collector's full collections during the tests no longer walk them."""
+    import gc
+
+    gc.collect()
+    gc.freeze()

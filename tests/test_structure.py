@@ -168,14 +168,15 @@ def test_each_worker_starts_on_one_of_the_longest_end_to_end_files(workers):
     items = [SimpleNamespace(path=ROOT / "tests" / d / n, n=i) for i, (d, n) in enumerate(reversed(files))]
     order = arrange(items, workers)
     assert sorted(i.n for i in order) == list(range(len(items)))
+    sizes = worksteal_shares(len(order), workers)
     starts, first = [], 0
-    for size in worksteal_shares(len(order), workers):
+    for size in sizes:
         starts.append(order[first].path)
         first += size
     assert starts[0].name == HEAVIEST[0]
     expected = min(workers, len(HEAVIEST))
     assert len({p.name for p in starts[:expected] if p.parent.name == "e2e"} & set(HEAVIEST)) == expected
-    heavy_first = [i for i in order[: worksteal_shares(len(order), workers)[0]] if i.path.name in HEAVIEST]
+    heavy_first = [i for i in order[: sizes[0]] if i.path.name in HEAVIEST]
     assert order[len(heavy_first)].path.parent.name == "stages"  # then the stage tests
     if 1 < workers <= len(HEAVIEST) // 2:  # dealt in snake order: the longest and the shortest of the second lap
         assert [i.path.name for i in heavy_first][:2] == [HEAVIEST[0], HEAVIEST[2 * workers - 1]]
