@@ -108,11 +108,13 @@ def empty_mlflow_store(dest: Path) -> Path:
     """An empty MLflow SQLite store at `dest`: a copy of one this worker created once. Creating a store runs all
     of MLflow's schema migrations (seconds); tests of store creation itself use a path of their own."""
     if not _EMPTY_STORE or not _EMPTY_STORE[0].is_file():
+        import atexit
         import tempfile
 
         from mlflow.tracking import MlflowClient
 
         template = Path(tempfile.mkdtemp(prefix="imgclf-empty-store-")) / "mlflow.db"
+        atexit.register(shutil.rmtree, template.parent, ignore_errors=True)
         MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
         _EMPTY_STORE[:] = [template]
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -195,8 +197,11 @@ def serve_client(project: Path, cache: Path, roots: list[Path], *, max_upload_mb
     from imgclf.deploy.webapp import Service, create_app
 
     uri = f"sqlite:///{project}/mlflow.db"
+    cache.mkdir(parents=True, exist_ok=True)
     model = load_model(str(project / "models/export"), uri, cache)
-    service = Service(model, uri=uri, experiment="test", roots=roots, max_upload_mb=max_upload_mb, **options)
+    service = Service(
+        model, cache=cache, uri=uri, experiment="test", roots=roots, max_upload_mb=max_upload_mb, **options
+    )
     client = TestClient(create_app(service), raise_server_exceptions=False)
     client.service = service
     return client

@@ -2,6 +2,7 @@
 differ, naming the difference."""
 
 import json
+import tempfile
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,9 +21,14 @@ def recorded(tiny_cfg, tiny_project):
     return cfg, json.loads((tiny_project / "models/run.json").read_text())["run_id"]
 
 
-def test_reproduces_the_run_with_identical_metrics_into_a_new_tagged_run(recorded, tiny_project, capsys):
+def test_reproduces_the_run_with_identical_metrics_into_a_new_tagged_run(
+    recorded, tiny_project, capsys, tmp_path, monkeypatch
+):
     cfg, run_id = recorded
+    (tmp := tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     assert reproduce([run_id, "--uri", cfg.tracking.uri]) == 0
+    assert not list(tmp.iterdir())  # the record it read was downloaded into a temporary folder, now gone
     out = capsys.readouterr().out
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     again = [

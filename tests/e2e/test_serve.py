@@ -1,10 +1,12 @@
 """`imgclf serve` in a real browser: headless Chromium from Debian's packages, driven by Selenium through Debian's
 chromedriver. The page's top-1 equals `imgclf predict`'s for the same file; Classify Many of three files; bad files
-get a message and the server keeps serving; each view's screenshot is not blank. `make test` installs Chromium
-and sets IMGCLF_REQUIRE_SERVERS=1, so in CI a missing browser fails instead of skipping."""
+get a message and the server keeps serving; each view's screenshot is not blank; stopped, it leaves no temporary
+folder. `make test` installs Chromium and sets IMGCLF_REQUIRE_SERVERS=1, so in CI a missing browser fails instead of
+skipping."""
 
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.request
@@ -33,7 +35,7 @@ REVIEWED = ["1", "a/000.png", "train", "a", "b", "0.02", "0.95"]  # a label_issu
 
 
 @pytest.fixture(scope="module")
-def server(project):
+def server(project, tmp_path_factory):
     (project / "relabel").mkdir(exist_ok=True)
     issues = project / "reports/label_issues/label_issues.csv"
     issues.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,9 @@ def server(project):
     cmd += ["--uri", f"sqlite:///{project}/mlflow.db", "--experiment", "test", "--allow-root", "data"]
     cmd += ["--allow-root", "relabel", "--review", "tiny"]
     cmd += ["--max-upload-mb", "5"]
-    proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tmp = tmp_path_factory.mktemp("serve-tmp")  # its temporary folder: downloaded models, run pictures, uploads
+    env = dict(os.environ, TMPDIR=str(tmp))
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -57,8 +61,10 @@ def server(project):
             assert time.time() < deadline, "serve did not start"
             time.sleep(0.3)
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    used = list(tmp.glob("imgclf-serve-*"))
+    assert len(used) == 1 and any(used[0].iterdir())  # one folder, holding the model card's pictures
+    proc.terminate()  # SIGTERM, as a service manager stops it: it ends as SIGTERM ends a process, its folder gone
+    assert proc.wait(timeout=30) == -signal.SIGTERM and not list(tmp.glob("imgclf-serve-*")), proc.stdout.read()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ once, each image refused past the pixel limit from its header: memory is bounded
 
 from __future__ import annotations
 
-import atexit
 import logging
 import re
 import shutil
@@ -92,6 +91,7 @@ class Service:
         self,
         model: Model,
         *,
+        cache: Path,
         uri: str,
         experiment: str,
         roots: list[Path],
@@ -109,8 +109,7 @@ class Service:
         self.roots, self.max_bytes = [r.resolve() for r in roots], int(max_upload_mb * 1e6)
         self.model_roots = self.roots + [r.resolve() for r in model_roots]
         self.max_request_pixels = max_request_pixels
-        self.cache = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
-        atexit.register(shutil.rmtree, self.cache, ignore_errors=True)  # downloaded models and run pictures
+        self.cache = cache  # downloaded models, run pictures and uploads: the caller's, removed by the caller
         self.lock = threading.Lock()
         self.max_concurrent = max_concurrent  # requests decoding and classifying at once: the memory bound
 
@@ -303,7 +302,16 @@ def serve_parser():
     return parser
 
 
+class _Stopped(Exception):
+    """SIGTERM, raised again by uvicorn once it has shut down (under the handler it found: `_stop`)."""
+
+
+def _stop(signum, frame):
+    raise _Stopped
+
+
 def main(argv: list[str]) -> int:
+    import signal
     import sys
 
     import uvicorn
@@ -313,39 +321,57 @@ def main(argv: list[str]) -> int:
     if min(args.max_concurrent, args.max_connections) < 1 or min(args.max_upload_mb, args.max_request_megapixels) <= 0:
         parser.error("--max-concurrent and --max-connections must be at least 1, the other limits above 0")
     logging.basicConfig(level=logging.WARNING, format="imgclf serve: %(message)s")
-    start = Path(args.model).expanduser()
+    # one temporary folder (downloaded models, run pictures, uploads), removed however the server stops: under
+    # the default SIGTERM handler the process would end before the folder's removal, so SIGTERM is an exception
+    # here until the folder is gone, then ends the process as SIGTERM does
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        from imgclf.deploy.review import Review
-
-        review = Review(args.review, args.allow_root) if args.review else None
-        model = load_model(args.model, args.uri, Path(tempfile.mkdtemp(prefix="imgclf-serve-")))
-        trained = model_home(start) / "model.pt" if start.exists() else None
-        explainer = None
-        if trained is not None and trained.is_file() and not args.no_explain:
-            from imgclf.deploy.predict import Explainer
-
+        with tempfile.TemporaryDirectory(prefix="imgclf-serve-") as cache:
             try:
-                explainer = Explainer(trained, model.classifier.class_names)
-            except BadInput as exc:  # another network's checkpoint: no Grad-CAM rather than a wrong one
-                log.warning("no Grad-CAM: %s", exc)
-        service = Service(
-            model,
-            uri=args.uri,
-            experiment=args.experiment,
-            roots=args.allow_root,
-            max_upload_mb=args.max_upload_mb,
-            max_concurrent=args.max_concurrent,
-            max_request_pixels=int(args.max_request_megapixels * 1e6),
-            # the model it starts with was chosen on this machine's command line: the page may switch between
-            # the models beside it too (models/: model.pt, export/, optimised/)
-            model_roots=[model_home(start)] if start.exists() else [],
-            review=review,
-            explainer=explainer,
-        )
-    except (*USER_ERRORS, OSError) as exc:  # OSError: --review's folders missing or outside the allowed roots
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
-    app = create_app(service, loopback_names(args.host))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", limit_concurrency=args.max_connections)
+                service = _service(args, Path(cache))
+            except (*USER_ERRORS, OSError) as exc:  # OSError: --review's folders missing or outside the roots
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
+            app = create_app(service, loopback_names(args.host))
+            uvicorn.run(
+                app, host=args.host, port=args.port, log_level="warning", limit_concurrency=args.max_connections
+            )
+    except KeyboardInterrupt:  # Ctrl-C while it loads (once it serves, uvicorn takes Ctrl-C and returns)
+        return 130
+    except _Stopped:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
     return 0
+
+
+def _service(args, cache: Path) -> Service:
+    from imgclf.deploy.review import Review
+
+    start = Path(args.model).expanduser()
+    review = Review(args.review, args.allow_root) if args.review else None
+    model = load_model(args.model, args.uri, cache)
+    trained = model_home(start) / "model.pt" if start.exists() else None
+    explainer = None
+    if trained is not None and trained.is_file() and not args.no_explain:
+        from imgclf.deploy.predict import Explainer
+
+        try:
+            explainer = Explainer(trained, model.classifier.class_names)
+        except BadInput as exc:  # another network's checkpoint: no Grad-CAM rather than a wrong one
+            log.warning("no Grad-CAM: %s", exc)
+    return Service(
+        model,
+        cache=cache,
+        uri=args.uri,
+        experiment=args.experiment,
+        roots=args.allow_root,
+        max_upload_mb=args.max_upload_mb,
+        max_concurrent=args.max_concurrent,
+        max_request_pixels=int(args.max_request_megapixels * 1e6),
+        # the model it starts with was chosen on this machine's command line: the page may switch between the
+        # models beside it too (models/: model.pt, export/, optimised/)
+        model_roots=[model_home(start)] if start.exists() else [],
+        review=review,
+        explainer=explainer,
+    )

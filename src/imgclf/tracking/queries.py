@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,9 +104,11 @@ def artifact_text(uri: str, run_id: str, path: str) -> str:
     import mlflow.artifacts
 
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a bar on stderr around a one-line error
-    with _one_line_errors():
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=resolve_uri(uri))
-    return Path(local).read_text()
+    with _one_line_errors(), tempfile.TemporaryDirectory(prefix="imgclf-artifact-") as tmp:  # not MLflow's own, kept
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=resolve_uri(uri)
+        )
+        return Path(local).read_text()
 
 
 def set_run_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
