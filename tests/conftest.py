@@ -17,6 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """The user's ~/.cache is left alone: what runs put there (the outboxes of runs a test kills, above all) goes
+    under the session's temporary folder instead, for the tests and every command they start."""
+    cache = tmp_path_factory.getbasetemp().parent / "cache"  # one per session, shared by pytest-xdist's workers
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 @pytest.fixture
 def project_env(monkeypatch):
     """Environment for subprocesses: the venv's tools first on PATH."""

@@ -128,3 +128,45 @@ def test_a_store_left_mid_transaction_by_a_killed_process_is_recovered_not_refus
     with contextlib.closing(sqlite3.connect(db)) as con:
         tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "unfinished" not in tables and "runs" in tables
+
+
+def test_sync_sends_to_the_runs_own_store_from_any_folder_and_keeps_what_another_store_cannot_take(
+    tmp_path, monkeypatch
+):
+    """An outbox left by a run started with the default relative URI names its store in full, so `imgclf sync` from
+    another folder sends there (it used to create an empty mlflow.db in that folder and drop every record as
+    refused); a --uri without the run, or without a store, keeps the records and creates nothing."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from imgclf.cli import sync
+    from imgclf.tracking.outbox import Outbox
+    from imgclf.tracking.runs import open_outbox
+
+    from ..conftest import console
+
+    project, elsewhere, root = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "outbox"
+    elsewhere.mkdir()
+    client = MlflowClient(tracking_uri=_store(project))
+    run_id = client.create_run(client.create_experiment("exp")).info.run_id
+    monkeypatch.chdir(project)
+    box = open_outbox("sqlite:///mlflow.db", run_id, root / run_id / "1")  # a run's outbox, the default URI
+    meta = json.loads((box.dir / "meta.json").read_text())
+    assert box.close(30)
+
+    def out_of_reach(record, directory):
+        raise ConnectionError("the store is out of reach")
+
+    # the same outbox, left by a process that died while the store was out of reach: one record not taken
+    away = Outbox(root / run_id / "1", out_of_reach, permanent=lambda exc: False, meta=meta)
+    away.put({"op": "batch", "metrics": [["m", 1.0, 0, 1]]})
+    assert not away.close(0)
+    for uri in (_store(tmp_path / "other"), f"sqlite:///{tmp_path}/absent/mlflow.db"):
+        out = console(sync, ["--outbox", str(root), "--uri", uri, "--wait", "1"], elsewhere)
+        assert out.returncode == 1 and f"{run_id}: 1 records still waiting" in out.stdout, out
+    assert not (tmp_path / "absent").exists() and (root / run_id / "1").is_dir()
+    out = console(sync, ["--outbox", str(root), "--wait", "30"], elsewhere)  # the store the run was started on
+    assert out.returncode == 0 and f"{run_id}: sent" in out.stdout, out
+    assert not (elsewhere / "mlflow.db").exists() and not (root / run_id).exists()
+    assert [m.value for m in client.get_metric_history(run_id, "m")] == [1.0]

@@ -188,3 +188,10 @@ def leftover(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted((p.parent for p in root.rglob(META)), key=lambda p: p.stat().st_mtime)
+
+
+def waiting(directory: Path) -> int:
+    """How many whole records of the outbox in `directory` the server has not taken (read only)."""
+    journal, sent = directory / JOURNAL, directory / SENT
+    records = journal.read_bytes().count(b"\n") if journal.is_file() else 0
+    return records - (int(sent.read_text()) if sent.is_file() else 0)

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from imgclf.tracking.artifacts import local_artifact_dir, place_locally, share
 from imgclf.tracking.outbox import Outbox, default_root
 from imgclf.tracking.processes import PROCESS_TAG, end_killed_runs, process_tag
 from imgclf.tracking.redaction import MAX_PARAM_LENGTH, flatten, redact
-from imgclf.tracking.store import OPTIONS, configure, resolve_uri, retry_locked
+from imgclf.tracking.store import OPTIONS, absolute_uri, answers, configure, resolve_uri, retry_locked, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ def open_outbox(uri: str, run_id: str, directory: Path | None = None) -> Outbox:
     """An outbox delivering to `run_id` on `uri` (a new one, or the journal left in `directory`)."""
     stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     directory = directory or outbox_root() / run_id / stamp
-    meta = {"run_id": run_id, "uri": redact("uri", uri)} if not (directory / "meta.json").is_file() else None
+    meta = (
+        {"run_id": run_id, "uri": redact("uri", absolute_uri(uri))} if not (directory / "meta.json").is_file() else None
+    )
     return Outbox(directory, _sender(MlflowClient(tracking_uri=uri), run_id), permanent=_refused, meta=meta)
 
 
@@ -116,7 +119,7 @@ def sync_outboxes(root: Path, uri: str | None, wait_s: float) -> list[tuple[str,
     """Deliver every outbox left under `root` (oldest first): [(run id, records still waiting)]."""
     import json
 
-    from imgclf.tracking.outbox import leftover
+    from imgclf.tracking.outbox import leftover, waiting
 
     results = []
     for directory in leftover(Path(root)):
@@ -124,9 +127,38 @@ def sync_outboxes(root: Path, uri: str | None, wait_s: float) -> list[tuple[str,
         target = uri or meta["uri"]
         if "***@" in target:  # credentials are never written down: take them from the environment
             target = os.environ.get("MLFLOW_TRACKING_URI") or target
+        absent = _not_in(target, meta["run_id"])
+        if absent:  # sent there, every record would be refused and dropped: they stay for the right store
+            left = waiting(directory)
+            if left:
+                log.warning(
+                    "%s; its %d records stay in %s (imgclf sync --uri STORE sends them)", absent, left, directory
+                )
+            else:  # the store took every record before the run's process died: nothing to keep
+                shutil.rmtree(directory, ignore_errors=True)
+            results.append((meta["run_id"], left))
+            continue
         box = open_outbox(target, meta["run_id"], directory)
         results.append((meta["run_id"], 0 if box.close(wait_s) else box.pending))
     return results
+
+
+def _not_in(uri: str, run_id: str) -> str | None:
+    """Why the store at `uri` cannot take `run_id`'s records: it is not there (MLflow would create an empty
+    SQLite store), or it does not hold the run. None when it can, or when a server is away (the records wait)."""
+    from mlflow.exceptions import MlflowException
+
+    db = sqlite_path(uri)
+    if db not in (None, "", ":memory:") and not Path(db).is_file():
+        return f"run {run_id}: no tracking store at {db}"
+    if not answers(uri):
+        return None
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return f"run {run_id} is not in the store at {redact('uri', uri)}"
+    return None
 
 
 def _open_run(uri: str, experiment: str | None, run_id: str | None, run_name: str | None, tags: dict) -> str:

@@ -34,6 +34,15 @@ def sqlite_path(uri: str) -> str | None:
     return uri[len(SQLITE) :].split("?", 1)[0] if uri.startswith(SQLITE) else None
 
 
+def absolute_uri(uri: str) -> str:
+    """A relative `sqlite:///file.db` made absolute from the working directory: what is written down for later (an
+    outbox's target) must not change meaning with the directory a later command runs in."""
+    db = sqlite_path(uri)
+    if db in (None, "", ":memory:") or Path(db).is_absolute():
+        return uri
+    return SQLITE + str(Path(db).resolve()) + uri[len(SQLITE) + len(db) :]
+
+
 def resolve_uri(uri: str) -> str:
     """A relative `sqlite:///file.db` taken from the DVC project root when DVC runs us (DVC_ROOT): queued
     experiments run in a temporary copy of the project, and their runs belong in the project's store. An http(s)
@@ -88,28 +97,37 @@ _reached: set[str] = set()
 def wait_for_server(uri: str) -> None:
     """Return once an http(s) tracking server answers. One this process reached before (a sweep's later jobs)
     gets `tracking.outage_wait_s` to come back; a new one FIRST_CONTACT_S, then a one-line error."""
-    import urllib.error
-    import urllib.request
-
     if not uri.startswith(("http://", "https://")):
         return
     reached = uri in _reached or os.environ.get(REACHED_ENV) == uri
     deadline = time.monotonic() + (float(OPTIONS["outage_wait_s"]) if reached else FIRST_CONTACT_S)
-    while True:
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-            break
-        except urllib.error.HTTPError:  # it answered (an auth proxy may refuse /health): it is there
-            break
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                reason = getattr(exc, "reason", exc)
-                raise MissingInput(
-                    f"cannot reach the tracking server at {uri} ({reason}); start it (make mlflow-server) "
-                    "or set tracking.uri"
-                ) from None
-            time.sleep(1.0)
+    while (error := _unanswered(uri)) is not None:
+        if time.monotonic() > deadline:
+            raise MissingInput(
+                f"cannot reach the tracking server at {uri} ({error}); start it (make mlflow-server) "
+                "or set tracking.uri"
+            )
+        time.sleep(1.0)
     _reached.add(uri)
+
+
+def _unanswered(uri: str) -> str | None:
+    """Why the http(s) server at `uri` did not answer one request (None: it answered)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+    except urllib.error.HTTPError:  # it answered (an auth proxy may refuse /health): it is there
+        return None
+    except OSError as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
+def answers(uri: str) -> bool:
+    """True when the store at `uri` can be asked now: a server that answers one request, or any other store."""
+    return not uri.startswith(("http://", "https://")) or _unanswered(uri) is None
 
 
 _initialised: set[str] = set()
