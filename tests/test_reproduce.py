@@ -69,3 +69,18 @@ def test_refuses_when_the_code_changed(recorded, monkeypatch, capsys):
     assert reproduce([run_id, "--uri", cfg.tracking.uri]) == 1
     err = capsys.readouterr().err
     assert "the code differs: the run was made by code version" in err and "this checkout has 0000000000000000" in err
+
+
+def test_sigterm_ends_reproduce_as_it_ends_a_stage(project_env):
+    """`imgclf reproduce` trains in its own process: SIGTERM there must end the work as in a stage (a
+    KeyboardInterrupt the run marks KILLED), not kill the process with the run left RUNNING."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys, time\nimport imgclf.cli as cli\n"
+        "def training(argv):\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(60)\n"
+        "cli.reproduce = training\nsys.argv = ['imgclf', 'reproduce', '0' * 32]\ncli.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=project_env)
+    assert done.returncode == 143 and done.stderr == "stopped by SIGTERM\n", done.stderr[-2000:]

@@ -354,8 +354,13 @@ def main() -> None:
         from imgclf.deploy.webapp import main as serve
 
         sys.exit(serve(sys.argv[2:]))
-    if command in ("runs", "reproduce", "sync", "check"):
-        sys.exit({"runs": runs, "reproduce": reproduce, "sync": sync, "check": check}[command](sys.argv[2:]))
+    if command == "reproduce":  # trains in this process: SIGTERM ends its runs as KILLED, as a stage's do
+        from imgclf.errors import stoppable
+
+        with stoppable():
+            sys.exit(reproduce(sys.argv[2:]))
+    if command in ("runs", "sync", "check"):
+        sys.exit({"runs": runs, "sync": sync, "check": check}[command](sys.argv[2:]))
     sys.argv = [f"imgclf {command}", *sys.argv[2:]]
     gc.disable()  # as for `python -m imgclf.stages.<stage>`: off through the imports, back on in the stage's main
     importlib.import_module(f"imgclf.stages.{command.replace('-', '_')}").main()

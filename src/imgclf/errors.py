@@ -1,9 +1,15 @@
 """Errors a user can fix: bad input, a missing prerequisite, refused access. Stages print them as one line.
 
-Anything else is a bug and keeps its traceback (stages/_app.py).
+Anything else is a bug and keeps its traceback (stages/_app.py). A stop (SIGTERM, Ctrl-C) is one line too.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
 
 
 class UserError(Exception):
@@ -40,3 +46,23 @@ def did_you_mean(given: str, valid, prefix: str = "") -> str:
 
 # also one line at the stage boundary: a missing or unreadable file names itself and is the user's to fix
 USER_ERRORS = (UserError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[None]:
+    """SIGTERM (dvc queue kill, a scheduler) ends the work as Ctrl-C does: the run marked KILLED, its outbox
+    closed, not left RUNNING; then either ends the process in one line with the shell's status for the signal
+    (143, 130) instead of a traceback (IMGCLF_DEBUG=1 keeps it)."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if os.environ.get("IMGCLF_DEBUG"):
+            raise
+        term = str(exc) == f"signal {signal.SIGTERM}"
+        print(f"stopped by {'SIGTERM' if term else 'Ctrl-C'}", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if term else signal.SIGINT))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,16 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgclf.config import check_overrides, conf_dir
 from imgclf.credentials import strip_overrides
-from imgclf.errors import USER_ERRORS, BadConfig, BadInput
+from imgclf.errors import USER_ERRORS, BadConfig, BadInput, stoppable
 from imgclf.stages import settle_imports
 from imgclf.workspace import OFF, with_workspace
 
 log = logging.getLogger(__name__)
-
-
-def _sigterm(signum, frame):
-    # SIGTERM (dvc queue kill, a scheduler) ends the run like Ctrl-C: marked KILLED, not left RUNNING
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 Refused = Callable[[dict, list[str], str], None]  # (config, overrides, error): a sweep's job refused before it ran
@@ -79,9 +73,9 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
         if error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
-        signal.signal(signal.SIGTERM, _sigterm)
         path = str(conf_dir()) if conf_dir().is_dir() else None
-        hydra.main(version_base="1.3", config_path=path, config_name="config")(one_line_errors(task, refused))()
+        with stoppable():
+            hydra.main(version_base="1.3", config_path=path, config_name="config")(one_line_errors(task, refused))()
 
     return main
 
