@@ -180,3 +180,15 @@ def test_each_worker_starts_on_one_of_the_longest_end_to_end_files(workers):
     assert order[len(heavy_first)].path.parent.name == "stages"  # then the stage tests
     if 1 < workers <= len(HEAVIEST) // 2:  # dealt in snake order: the longest and the shortest of the second lap
         assert [i.path.name for i in heavy_first][:2] == [HEAVIEST[0], HEAVIEST[2 * workers - 1]]
+
+
+def test_what_runs_write_in_the_project_is_ignored_by_git():
+    """Run outputs never show in `git status` (DVC tracks the pipeline's through dvc.lock): the stages' folders
+    (conf/config.yaml's paths), Hydra's, the stores, and `imgclf reproduce`'s reproduce/<run id>/."""
+    import subprocess
+
+    paths = yaml.safe_load((ROOT / "conf/config.yaml").read_text())["paths"]
+    written = [f"{paths[key]}/x" for key in ("models", "reports", "checkpoints")]
+    written += ["outputs/2026-01-01/x", "multirun/x", "mlflow.db", "mlruns/1/x", "optuna.db", "reproduce/0a1b/x"]
+    ignored = subprocess.run(["git", "check-ignore", *written], cwd=ROOT, capture_output=True, text=True).stdout
+    assert ignored.split() == written
