@@ -127,6 +127,7 @@ def sync_outboxes(root: Path, uri: str | None, wait_s: float) -> list[tuple[str,
         target = uri or meta["uri"]
         if "***@" in target:  # credentials are never written down: take them from the environment
             target = os.environ.get("MLFLOW_TRACKING_URI") or target
+        target = resolve_uri(target)  # a user:password in it moves into MLflow's variables, as for a run
         absent = _not_in(target, meta["run_id"])
         if absent:  # sent there, every record would be refused and dropped: they stay for the right store
             left = waiting(directory)
