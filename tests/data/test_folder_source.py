@@ -77,3 +77,56 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     Image.new("L", (100, 100)).save(tmp_path / "big.png")
     monkeypatch.setattr("imgclf.data.images.MAX_PIXELS", 5000)  # the one pixel limit of every decode
     assert inspect_image(tmp_path / "big.png") == ("decompression bomb", None)
+
+
+def test_links_leading_outside_linked_folders_and_unusable_names_are_left_out(tmp_path, monkeypatch, compose_cfg):
+    """A data set is what lies under data.path, as DVC hashes it: a link to a file elsewhere (a checked-out repo's
+    link to ~/.ssh/id_rsa would be copied, then pushed to the DVC remote) and a linked folder (DVC's hash does not
+    look inside it: a change there would rerun nothing) are skipped, and so are names a line-based list or a UTF-8
+    CSV cannot hold; a link to a file inside data.path is a copy of that file."""
+    import os
+
+    src = make_class_folders(tmp_path / "src", {"a": 4, "b": 4})
+    outside = make_class_folders(tmp_path / "outside", {"c": 3})
+    (tmp_path / "secret.txt").write_text("not an image, not under data.path")
+    (src / "a" / "secret.png").symlink_to(tmp_path / "secret.txt")
+    (src / "a" / "elsewhere.png").symlink_to(outside / "c" / "000.png")
+    (src / "a" / "inside.png").symlink_to(src / "b" / "000.png")
+    (src / "c").symlink_to(outside / "c", target_is_directory=True)
+    (src / "b" / "nested").symlink_to(outside / "c", target_is_directory=True)
+    (src / "b" / "new\nline.png").write_bytes((src / "b" / "001.png").read_bytes())
+    (src / "b" / os.fsdecode(b"latin\xe9.png")).write_bytes((src / "b" / "001.png").read_bytes())
+    (src / "new\nclass").mkdir()
+    (src / "new\nclass" / "000.png").write_bytes((src / "b" / "001.png").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("data=folder", f"data.path={src}", "data.split.sample_per_class=1")
+    fetch(cfg)
+    images = tmp_path / "data/folder/images"
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file()) == [
+        *(f"a/{i:03d}.png" for i in range(4)),
+        "a/inside.png",
+        *(f"b/{i:03d}.png" for i in range(4)),
+    ]
+    assert not any(p.is_symlink() for p in images.rglob("*"))
+    split(cfg)
+    assert read_labels(tmp_path / "data/folder/split/labels.txt") == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [{"a/sub/x.png": "main", "a/sub__x.png": "main"}, {"a/test__000.png": "main", "a/000.png": "test"}],
+    ids=["a nested folder", "the test folder's prefix"],
+)
+def test_two_files_that_would_get_one_name_are_refused_before_anything_is_copied(
+    layout, tmp_path, monkeypatch, compose_cfg
+):
+    for rel, folder in layout.items():
+        (tmp_path / folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), "red").save(tmp_path / folder / rel)
+    (tmp_path / "main/b").mkdir()
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "main/b/000.png")
+    monkeypatch.chdir(tmp_path)
+    extra = [f"data.test_path={tmp_path / 'test'}"] if "test" in layout.values() else []
+    with pytest.raises(ValueError, match=r"would both be copied to a/(sub|test)__.*png; rename one of them"):
+        fetch(compose_cfg("data=folder", f"data.path={tmp_path / 'main'}", *extra))
+    assert not (tmp_path / "data/folder/images").exists()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +72,7 @@ def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderSca
     root = Path(root)
     if not root.is_dir():
         raise MissingInput(f"image folder {root} does not exist")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and usable_name(p.name))
     if len(class_dirs) < 2:
         raise BadInput(f"{root} has {len(class_dirs)} class sub-folder(s); a classifier needs at least 2")
     files = [
@@ -79,8 +81,11 @@ def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderSca
         for p in sorted(cls_dir.rglob("*"))
         if p.is_file() and not _hidden(p, cls_dir)
     ]
-    results = list(parallel_map(inspect_image, [p for _, p in files], workers, chunksize=256))
     scan = FolderScan(items=[], class_names=[d.name for d in class_dirs])
+    for unusable in [rel for _, p in files if not usable_name(rel := p.relative_to(root).as_posix())]:
+        scan.skipped.append((unusable.encode("utf-8", "backslashreplace").decode(), UNUSABLE_NAME))
+    files = [(d, p) for d, p in files if usable_name(p.relative_to(root).as_posix())]
+    results = list(parallel_map(inspect_image, [p for _, p in files], workers, chunksize=256))
     for (cls_dir, path), (reason, info) in zip(files, results):
         rel = path.relative_to(root).as_posix()
         if reason:
@@ -100,36 +105,78 @@ def _hidden(path: Path, base: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(base).parts)
 
 
-def copy_class_folders(src: str | Path, out_dir: str | Path, exclude=(), prefix: str = "") -> list[str]:
-    """Copy src/<class>/... into out_dir/<class>/<prefix><file> (hidden and excluded classes left out)."""
-    src, out_dir = Path(src).expanduser(), Path(out_dir)
-    if not src.is_dir():
-        raise MissingInput(f"data.path {src} is not a directory; point it at a folder of class sub-folders")
-    copied = []
+# what fetch leaves behind, and why: a data set is what lies under data.path, as DVC hashes it
+LINKED_FOLDER = "linked folder (DVC does not hash inside it)"
+LINK_OUTSIDE = "link to a file outside data.path"
+UNUSABLE_NAME = "name with a control character or bytes that are not UTF-8"
+
+
+def usable_name(name: str) -> bool:
+    """A name every list of the pipeline can hold: UTF-8 (the CSVs, labels.txt) and one line (test.txt)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as surrogates
+        return False
+    return not any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
+def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[tuple[Path, str]]:
+    """(file, out path) for src/<class>/..., nested folders flattened into the name. Hidden entries and excluded
+    classes are left out; linked folders (DVC's hash of data.path does not look inside them, so a change there would
+    not rerun anything), links leading outside data.path and unusable names are skipped and counted in `skipped`."""
+    root = src.resolve()
     for cls_dir in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if cls_dir.name in exclude:
             continue
-        for path in sorted(p for p in cls_dir.rglob("*") if p.is_file() and not _hidden(p, cls_dir)):
-            rel = f"{cls_dir.name}/{prefix}{path.relative_to(cls_dir).as_posix().replace('/', '__')}"
-            (out_dir / cls_dir.name).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, out_dir / rel)  # a copy: DVC may make its cached files read-only
-            copied.append(rel)
-    return copied
+        if cls_dir.is_symlink() or not usable_name(cls_dir.name):
+            skipped[LINKED_FOLDER if cls_dir.is_symlink() else UNUSABLE_NAME] += 1
+            continue
+        for here, dirs, files in os.walk(cls_dir):  # links to folders are listed, never entered
+            here = Path(here)
+            skipped[LINKED_FOLDER] += sum((here / d).is_symlink() and not d.startswith(".") for d in dirs)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
+            for path in (here / f for f in sorted(files) if not f.startswith(".")):
+                inside = path.relative_to(cls_dir).as_posix()
+                if not usable_name(inside):
+                    skipped[UNUSABLE_NAME] += 1
+                elif path.is_symlink() and not path.resolve().is_relative_to(root):
+                    skipped[LINK_OUTSIDE] += 1
+                elif path.is_file():  # not a broken link, a pipe or a socket
+                    yield path, f"{cls_dir.name}/{prefix}{inside.replace('/', '__')}"
 
 
 def fetch_folder(
     out_dir: str | Path, path: str | None, val_path: str | None = None, test_path: str | None = None, exclude=()
 ) -> int:
-    """DIGITS' layout: one sub-folder per class; optional separate val/test folders become fixed splits."""
+    """DIGITS' layout: one sub-folder per class; optional separate val/test folders become fixed splits. Two files
+    that would get one name (a/sub/x.png and a/sub__x.png) are refused before anything is copied."""
     from imgclf.data import TEST_LIST, VAL_LIST
 
     if not path:
         raise BadInput("data=folder needs data.path=/path/to/folder (one sub-folder per class)")
-    total = len(copy_class_folders(path, out_dir, exclude))
-    for extra, name, listing in ((val_path, "val", VAL_LIST), (test_path, "test", TEST_LIST)):
-        if extra:
-            rels = copy_class_folders(extra, out_dir, exclude, prefix=f"{name}__")
-            (Path(out_dir) / listing).write_text("".join(f"{r}\n" for r in rels))
-            total += len(rels)
-    log.info("copied %d files from %s", total, path)
-    return total
+    plan: dict[str, Path] = {}
+    listings: dict[str, list[str]] = {}
+    skipped: Counter = Counter()
+    for folder, prefix, listing in ((path, "", None), (val_path, "val__", VAL_LIST), (test_path, "test__", TEST_LIST)):
+        if not folder:
+            continue
+        src = Path(folder).expanduser()
+        if not src.is_dir():
+            raise MissingInput(f"{src} is not a directory; point it at a folder of class sub-folders")
+        if listing:
+            listings[listing] = []
+        for file, rel in class_files(src, exclude, prefix, skipped):
+            if rel in plan:
+                raise BadInput(f"{plan[rel]} and {file} would both be copied to {rel}; rename one of them")
+            plan[rel] = file
+            if listing:
+                listings[listing].append(rel)
+    for rel, file in plan.items():
+        (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, Path(out_dir) / rel)  # a copy: DVC may make its cached files read-only
+    for listing, rels in listings.items():
+        (Path(out_dir) / listing).write_text("".join(f"{r}\n" for r in rels))
+    if skipped:
+        log.warning("left out of %s: %s", path, dict(skipped))
+    log.info("copied %d files from %s", len(plan), path)
+    return len(plan)
