@@ -130,3 +130,23 @@ def test_two_files_that_would_get_one_name_are_refused_before_anything_is_copied
     with pytest.raises(ValueError, match=r"would both be copied to a/(sub|test)__.*png; rename one of them"):
         fetch(compose_cfg("data=folder", f"data.path={tmp_path / 'main'}", *extra))
     assert not (tmp_path / "data/folder/images").exists()
+
+
+@pytest.mark.parametrize("classes", [{"a": 6, "b": 1}, {"a": 4, "b": 4, "c": 4, "d": 4}], ids=["one image", "4 x 4"])
+def test_classes_too_small_to_stratify_are_one_line_from_the_command_line(classes, tmp_path):
+    from ..conftest import ROOT, stage_main
+
+    src = make_class_folders(tmp_path / "src", classes)
+    args = [
+        "--config-dir",
+        str(ROOT / "conf"),
+        "data=folder",
+        f"data.path={src}",
+        "hydra.run.dir=.",
+        "hydra.output_subdir=null",
+    ]
+    assert stage_main("fetch", args, tmp_path).returncode == 0
+    done = stage_main("split", args, tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("error: cannot carve a test split stratified by class") and "has " in done.stderr
+    assert not (tmp_path / "data/folder/split").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,11 +17,21 @@ from imgclf.errors import BadInput, MissingInput
 MANIFEST = "manifest.csv"  # split/manifest.csv: path, sha256 of every indexed image
 
 
-def _carve(items: list[tuple[str, str]], fraction: float, seed: int) -> tuple[list, list]:
-    """Split off `fraction` of the items, stratified by label: (rest, carved)."""
+def _carve(items: list[tuple[str, str]], fraction: float, seed: int, name: str) -> tuple[list, list]:
+    """Split off `fraction` of the items as split `name`, stratified by label: (rest, carved)."""
     from sklearn.model_selection import train_test_split  # imported here: sklearn adds ~1 s to every stage
 
-    return train_test_split(items, test_size=fraction, stratify=[lbl for _, lbl in items], random_state=seed)
+    labels = [lbl for _, lbl in items]
+    try:
+        return train_test_split(items, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError:  # a class of one image, or fewer images carved (or left) than classes
+        counts = Counter(labels)
+        small = min(counts, key=counts.get)
+        raise BadInput(
+            f"cannot carve a {name} split stratified by class from {len(items)} images of {len(counts)} classes: "
+            f"both sides need an image of every class, and the smallest class, {small!r}, has {counts[small]}; "
+            "add images to the small classes or remove them (or give a larger data set)"
+        ) from None
 
 
 def _check_fraction(name: str, fraction: float) -> None:
@@ -36,8 +47,8 @@ def stratified_split(
     _check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1.0:
         raise BadInput(f"data.split.val_fraction + test_fraction must be below 1; got {val_fraction + test_fraction}")
-    rest, test = _carve(items, test_fraction, seed)
-    train, val = _carve(rest, val_fraction / (1.0 - test_fraction), seed)  # val_fraction is of the whole set
+    rest, test = _carve(items, test_fraction, seed, "test")
+    train, val = _carve(rest, val_fraction / (1.0 - test_fraction), seed, "val")  # val_fraction is of the whole set
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
@@ -59,7 +70,7 @@ def split_with_fixed(
     for name, frac in (("test", test_fraction), ("val", val_fraction)):
         if name not in out:
             _check_fraction(f"{name}_fraction", frac)
-            rest, out[name] = _carve(rest, frac, seed)
+            rest, out[name] = _carve(rest, frac, seed, name)
     out["train"] = rest
     return {name: sorted(out[name]) for name in SPLITS}
 
