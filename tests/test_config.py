@@ -84,6 +84,16 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
             "early_stopping, keep, resume",
         ),
         (["finetune=partial"], "unknown finetune 'partial'; choose one of: full, gradual, head"),
+        (  # Hydra would save it under outputs/, DVC's -S writes it into params.yaml
+            ["+data.kaggle_key=fake-key-51c2"],
+            "data.kaggle_key: a secret is not taken as an override (Hydra and DVC write overrides down); put it in "
+            "the environment variable the tool reads",
+        ),
+        (
+            ["-m", "+sweep=optuna_lr_wd", "hydra.sweeper.storage=postgresql+psycopg://optuna:fake-pw-7a@db/optuna"],
+            "hydra.sweeper.storage: a secret is not taken as an override (Hydra and DVC write overrides down); put it "
+            "in IMGCLF_OPTUNA_STORAGE",
+        ),
     ],
 )
 def test_stage_exits_nonzero_with_one_line(project_env, args, expected):

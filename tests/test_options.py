@@ -148,6 +148,10 @@ def test_uri_credentials_move_into_mlflow_variables_before_anything_sees_them():
     assert strip_overrides(argv, env) == ["trainer.epochs=1", "tracking.uri=https://mlflow.example.com/path", "+x=1"]
     assert env == {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "p@ss"}
     assert strip_overrides(["tracking.uri=sqlite:///mlflow.db"], env) == ["tracking.uri=sqlite:///mlflow.db"]
+    for quote in "'\"":  # Hydra's quoted value, as a shell passes tracking.uri='http://...' on
+        quoted = [f"tracking.uri={quote}http://bob:s3cret@h:5000/{quote}"]
+        assert strip_overrides(quoted, env) == [f"tracking.uri={quote}http://h:5000/{quote}"]
+        assert env["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
     assert (
         hide("failed: API request to http://alice:pw@host:5000/api")
         == "failed: API request to http://***@host:5000/api"

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from imgclf.credentials import take_uri_credentials
 from imgclf.errors import USER_ERRORS, BadInput
 
 STAGES = ("fetch", "split", "train", "evaluate", "export", "optimise")
@@ -168,6 +169,7 @@ def runs(argv: list[str]) -> int:
         parser.error("--as-overrides goes with --best")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    args.uri = take_uri_credentials(args.uri)  # user:password into MLflow's variables: in no message or command
     try:
         if args.out:
             refuse_folder(args.out)
@@ -222,6 +224,7 @@ def reproduce(argv: list[str]) -> int:
     from imgclf.stages.train import train
 
     args = reproduce_parser().parse_args(argv)
+    args.uri = take_uri_credentials(args.uri)
     try:
         record = Record.load(args.uri, args.run_id)
         found = differences(record, Paths.from_config(record.config["paths"]))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.credentials import secret_override
 from imgclf.errors import did_you_mean
 
 CONF_DIR = "conf"
@@ -55,6 +56,9 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
     Group choices are checked against conf/'s files (every value of a sweep); keys by one Hydra compose, whose
     multi-line error is turned into one line listing the keys that exist.
     """
+    secret = secret_override(argv)
+    if secret:
+        return secret
     if not conf_dir(root).is_dir() or "--config-name" in argv or "-cn" in argv:
         return None  # DVC runs read params.yaml, already composed (and checked) by DVC
     from hydra.core.override_parser.overrides_parser import OverridesParser

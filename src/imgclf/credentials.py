@@ -12,6 +12,26 @@ from urllib.parse import unquote
 USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 HTTP_USERINFO = re.compile(r"^(?P<scheme>https?://)(?P<user>[^:/@\s]+)(?::(?P<password>[^/@\s]*))?@", re.IGNORECASE)
 URI_OVERRIDE = re.compile(r"^(?P<key>[+~]*tracking\.uri=)(?P<value>.*)$")
+PASSWORD_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@", re.IGNORECASE)  # user:password@
+# `key` as a word of its own (kaggle_key, data.key, key_id), not inside another (monkey, keyboard)
+SECRET_KEY = re.compile(r"(password|passwd|secret|token|apikey|credential|(?<![a-z])key(?![a-z]))", re.IGNORECASE)
+ENVIRONMENT = {"hydra.sweeper.storage": "IMGCLF_OPTUNA_STORAGE"}  # where a key's secret goes instead
+
+
+def secret_override(argv: Sequence[str]) -> str | None:
+    """A one-line refusal of an override carrying a secret (a secret-looking key, a URL's password), else None:
+    Hydra saves overrides under outputs/ and multirun/, and DVC writes `-S` into params.yaml. A tracking URI's
+    user:password is the exception: strip_overrides moves them into MLflow's variables first."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if not value.strip("'\"") or value == "null" or key == "tracking.uri" or arg.startswith("-"):
+            continue
+        if SECRET_KEY.search(key) or PASSWORD_URL.search(value):
+            where = ENVIRONMENT.get(key, "the environment variable the tool reads")
+            return (
+                f"{key}: a secret is not taken as an override (Hydra and DVC write overrides down); put it in {where}"
+            )
+    return None
 
 
 def hide(text: str) -> str:
@@ -35,5 +55,12 @@ def strip_overrides(argv: Sequence[str], environ: MutableMapping[str, str] = os.
     out = []
     for arg in argv:
         match = URI_OVERRIDE.match(arg)
-        out.append(match["key"] + take_uri_credentials(match["value"], environ) if match else arg)
+        if not match:
+            out.append(arg)
+            continue
+        value = match["value"]
+        quote = value[0] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else ""  # Hydra's quoting
+        out.append(
+            match["key"] + quote + take_uri_credentials(value[len(quote) : len(value) - len(quote)], environ) + quote
+        )
     return out

@@ -95,6 +95,15 @@ def test_training_outlives_the_server_killed_and_restarted_and_no_secret_is_writ
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test/acc" in client.get_run(run_id).data.metrics
 
+    # the commands that quote the URI back (no such experiment, an experiment without runs) quote it without it
+    from imgclf.cli import runs
+
+    from ..conftest import console
+
+    client.create_experiment("empty")
+    quoted = [console(runs, ["--uri", uri, "--experiment", name], tiny_project) for name in ("nosuch", "empty")]
+    assert [q.returncode for q in quoted] == [1, 1] and "no runs in experiment 'empty' of http://" in quoted[1].stderr
+
     # no secret anywhere: what the stages printed, every file they wrote, the artifacts, the database
     dump = subprocess.run(
         [pg_bin("pg_dump"), "-h", postgres.host, "-p", str(postgres.port), "-U", "postgres", "mlflow"],
@@ -103,7 +112,7 @@ def test_training_outlives_the_server_killed_and_restarted_and_no_secret_is_writ
         check=True,
     ).stdout
     assert run_id.replace("-", "") in dump.replace("-", "")  # the dump holds the run: the grep below means something
-    written = [out, err, done.stdout, done.stderr, dump]
+    written = [out, err, done.stdout, done.stderr, dump, *(q.stdout + q.stderr for q in quoted)]
     for root in (tiny_project, server.artifacts, outbox):
         written += [p.read_bytes().decode("latin-1") for p in Path(root).rglob("*") if p.is_file()]
     for secret in (*SECRETS.values(), URI_SECRET):

@@ -12,6 +12,8 @@ def test_secrets_never_leave_redact():
     out = tracking.redacted(cfg)
     assert out == {"tracking": {"uri": "http://***@host:5000", "password": "***"}, "kaggle": {"api_token": "***"}}
     assert "s3cret" not in str(out)
+    cfg = {"data": {"kaggle_key": "k", "key_id": "k"}, "model": {"monkey": "m"}}  # `key` as a word of its own
+    assert tracking.redacted(cfg) == {"data": {"kaggle_key": "***", "key_id": "***"}, "model": {"monkey": "m"}}
     assert tracking.redact_overrides(["tracking.uri=https://u:pw@h", "+kaggle.key_token=abc", "optim.lr=0.1"]) == (
         "tracking.uri=https://***@h +kaggle.key_token=*** optim.lr=0.1"
     )

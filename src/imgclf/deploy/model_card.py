@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgclf.credentials import hide
 from imgclf.deploy.access import inside, under
 from imgclf.deploy.predict import Classifier
 from imgclf.errors import BadInput, MissingInput
@@ -127,7 +128,7 @@ def model_card(model: Model, uri: str, cache: Path) -> dict[str, Any]:
         record = tracking.run_record(uri, model.run_id)
         card["link"] = tracking.run_link(uri, model.run_id)
     except (BadInput, MissingInput) as exc:
-        card["tracking"] = f"the run is not in {uri}: {exc}"
+        card["tracking"] = f"the run is not in {hide(uri)}: {exc}"
         return card
     card["run_name"] = record["name"]
     card["dataset"] = record["tags"].get("imgclf.dataset", "")

@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from imgclf.credentials import take_uri_credentials
 from imgclf.deploy.access import Guard, UploadTooLarge, inside, json_body, loopback_names, open_inside
 from imgclf.deploy.model_card import RUN_ID, Model, load_model, model_home
 from imgclf.deploy.pictures import png_url, thumbnail
@@ -321,6 +322,7 @@ def main(argv: list[str]) -> int:
     if min(args.max_concurrent, args.max_connections) < 1 or min(args.max_upload_mb, args.max_request_megapixels) <= 0:
         parser.error("--max-concurrent and --max-connections must be at least 1, the other limits above 0")
     logging.basicConfig(level=logging.WARNING, format="imgclf serve: %(message)s")
+    args.uri = take_uri_credentials(args.uri)  # user:password into MLflow's variables: never on the page
     # one temporary folder (downloaded models, run pictures, uploads), removed however the server stops: under
     # the default SIGTERM handler the process would end before the folder's removal, so SIGTERM is an exception
     # here until the folder is gone, then ends the process as SIGTERM does

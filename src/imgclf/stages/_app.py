@@ -61,12 +61,12 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
 
     def main() -> None:
         settle_imports()
-        sys.argv[1:] = strip_overrides(sys.argv[1:])  # before Hydra saves them anywhere
         try:  # the experiment applied in this workspace (params.yaml), under the user's own overrides
-            sys.argv[1:], carried = with_workspace(sys.argv[1:])
+            argv, carried = with_workspace(sys.argv[1:])
         except BadInput as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
+        sys.argv[1:], carried = strip_overrides(argv), strip_overrides(carried)  # before Hydra or a line shows them
         if carried:
             print(f"workspace: params.yaml is conf/ plus {' '.join(carried)} ({OFF}=0: conf/ alone)", file=sys.stderr)
         error = check_overrides(sys.argv[1:])  # before Hydra: its errors are multi-line and exit 1

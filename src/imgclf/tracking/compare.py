@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from imgclf import tracking
+from imgclf.credentials import hide
 from imgclf.errors import BadInput
 
 STANDARD_METRICS = ("val/acc", "test/acc", "test/macro_f1", "train/images_per_sec")
@@ -93,7 +94,7 @@ def no_match_message(uri: str, experiment: str, sweep: str | None, parent: str |
     if parent:
         parents = sorted({r.tags[PARENT_TAG] for r in runs if PARENT_TAG in r.tags})
         return f"no child runs of '{parent}' in experiment '{experiment}'; parent runs: {', '.join(parents) or 'none'}"
-    return f"no runs in experiment '{experiment}' of {uri}"
+    return f"no runs in experiment '{experiment}' of {hide(uri)}"
 
 
 def metric_value(row: RunRow, metric: str) -> float | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from imgclf.credentials import hide
 from imgclf.errors import BadInput, MissingInput
 from imgclf.tracking.store import check_sqlite_store, resolve_uri, retry_locked, sqlite_path
 
@@ -56,7 +57,7 @@ def search_runs(uri: str, experiment: str, filter_string: str = "") -> list[dict
         exp = client.get_experiment_by_name(experiment)
         if exp is None or exp.lifecycle_stage != "active":
             names = ", ".join(experiment_names(uri)) or "none"
-            raise BadInput(f"no experiment '{experiment}' in {uri}; experiments: {names}")
+            raise BadInput(f"no experiment '{experiment}' in {hide(uri)}; experiments: {names}")
         runs, token = [], None
         while True:
             page = client.search_runs(

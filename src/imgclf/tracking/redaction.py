@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from imgclf.credentials import USERINFO
+from imgclf.credentials import SECRET_KEY, USERINFO
 
 MAX_PARAM_LENGTH = 6000
-SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|credential)", re.IGNORECASE)
 
 
 URL_USERINFO = USERINFO
