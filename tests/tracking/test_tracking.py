@@ -172,3 +172,16 @@ def test_sync_sends_to_the_runs_own_store_from_any_folder_and_keeps_what_another
     assert out.returncode == 0 and f"{run_id}: sent" in out.stdout, out
     assert not (elsewhere / "mlflow.db").exists() and not (root / run_id).exists()
     assert [m.value for m in client.get_metric_history(run_id, "m")] == [1.0]
+
+
+def test_metrics_of_any_class_name_and_any_number_of_classes_all_reach_mlflow(tmp_path):
+    """MLflow refuses a whole batch for one name it does not take (a class folder named `a,b` or `=x`) or for more
+    than 1000 metrics (300 classes x 4 per-class metrics): test/acc went with it."""
+    uri = _store(tmp_path)
+    per_class = {f"test/{m}/{c}": 0.5 for m in ("precision", "recall", "f1", "support") for c in range(300)}
+    odd = {"test/recall/a,b": 0.25, "test/recall/=HYPERLINK(1)": 0.75, 'test/recall/q"uote': 1.0}
+    with tracking.run(uri, "exp") as run_id:
+        tracking.log_metrics({"test/acc": 0.9, **odd, **per_class})
+    logged = get_run(uri, run_id).data.metrics
+    assert logged["test/acc"] == 0.9 and logged["test/recall/a_b"] == 0.25 and logged["test/recall/q_uote"] == 1.0
+    assert logged["test/recall/_HYPERLINK_1_"] == 0.75 and len(logged) == 1 + len(odd) + len(per_class)

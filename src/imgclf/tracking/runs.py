@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,7 +27,9 @@ from imgclf.tracking.store import OPTIONS, absolute_uri, answers, configure, res
 log = logging.getLogger(__name__)
 
 
-MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+MAX_PARAMS_PER_BATCH, MAX_METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits: past them it refuses the batch
+# what MLflow refuses in a metric name (and then the whole batch: test/acc with a class named `a,b`): each becomes _
+NOT_IN_A_NAME = re.compile(r"[^/\w.\- :]")
 _active: Outbox | None = None
 _active_run_id: str | None = None
 
@@ -277,7 +280,9 @@ def _put_batch(
     """Metrics, params and tags as outbox batches within MLflow's log_batch limits (100 params, 100 tags)."""
     if metrics:
         now = int(time.time() * 1000)
-        box.put({"op": "batch", "metrics": [[k, float(v), now, step or 0] for k, v in metrics.items()]})
+        rows = [[NOT_IN_A_NAME.sub("_", k), float(v), now, step or 0] for k, v in metrics.items()]
+        for i in range(0, len(rows), MAX_METRICS_PER_BATCH):
+            box.put({"op": "batch", "metrics": rows[i : i + MAX_METRICS_PER_BATCH]})
     for field, values in (("params", params), ("tags", tags)):
         items = list((values or {}).items())
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
