@@ -129,18 +129,34 @@ def command(argv: list[str]) -> int:
             new.update({r["path"]: r["suggested_label"] for r in rows if int(r["rank"]) in wanted})
         if not new:
             raise BadInput("nothing to fix: give PATH=LABEL arguments or --accept RANKS")
-        for image in new:
-            resolved = (images / image).resolve()
-            if not resolved.is_relative_to(images.resolve()) or not resolved.is_file():
-                raise BadInput(f"{image} is not an image under {images} (paths as in split/train.csv)")
+        new = {_indexed_path(image, images): label for image, label in new.items()}
         target = Path(args.relabel_dir) / f"{name}.csv"
-        check_fixes(target, new, new.keys(), classes)
+        check_fixes(target, new, _known(images.parent / "split", target) or new.keys(), classes)
         every = write_fixes(target, new)
     except (BadInput, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {len(new)} fixes to {target} ({len(every)} in all); dvc repro applies them")
     return 0
+
+
+def _indexed_path(image: str, images: Path) -> str:
+    """`image` as the split's index names it (`./a/1.png`, `a//1.png`, `b/../a/1.png`: `a/1.png`), or BadInput."""
+    resolved = (images / image).resolve()
+    if not resolved.is_relative_to(images.resolve()) or not resolved.is_file():
+        raise BadInput(f"{image} is not an image under {images} (paths as in split/train.csv)")
+    return resolved.relative_to(images.resolve()).as_posix()
+
+
+def _known(split_dir: Path, fixes: Path) -> set[str]:
+    """The images the last split took (its index files) and those already fixed (an excluded image is in no index):
+    what the next split accepts a fix for. Empty before the first split."""
+    from imgclf.data.split import read_index
+
+    indexes = [split_dir / f"{name}.csv" for name in ("train", "val", "test")]
+    if not all(index.is_file() for index in indexes):
+        return set()
+    return {path for index in indexes for path, _ in read_index(index)} | set(read_fixes(fixes))
 
 
 def _pair(text: str) -> tuple[str, str]:
