@@ -113,6 +113,21 @@ def test_a_mapped_pack_lets_its_pages_go_as_batches_are_read(tiny_project, monke
     assert released == [mmap.MADV_DONTNEED]  # RSS stays flat however large the pack
 
 
+def test_a_photo_is_decoded_as_a_viewer_shows_it_turned_by_exif_and_16_bit_scaled(tmp_path):
+    stored = np.zeros((4, 8, 3), np.uint8)
+    stored[:, :4, 0], stored[:, 4:, 2] = 255, 255  # red left half, blue right half, stored landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone's portrait photo: turn 90 degrees clockwise to show it
+    Image.fromarray(stored).save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    shown = decode_image(tmp_path / "portrait.jpg", 8, "nearest", resize="squash")
+    assert shown[:3, :, 0].min() > 200 and shown[5:, :, 2].min() > 200  # red on top, blue below, as shown
+    gradient = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    Image.fromarray(gradient).save(tmp_path / "depth.png")  # a 16-bit grayscale PNG (microscopes, depth maps)
+    pixels = decode_image(tmp_path / "depth.png", 8, "nearest", resize="squash")[..., 0].ravel()
+    assert pixels[0] == 0 and pixels[-1] == 255 and np.all(np.diff(pixels.astype(int)) >= 0)  # not clipped white
+    assert abs(int(pixels[32]) - 130) <= 2
+
+
 def test_crop_keeps_the_centre_of_the_shorter_side_and_squash_keeps_everything(tmp_path):
     image = np.zeros((20, 40, 3), np.uint8)
     image[:, :10] = 255  # a white band on the left quarter of a 2:1 image

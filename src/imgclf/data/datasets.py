@@ -26,9 +26,9 @@ from imgclf.paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
 
 log = logging.getLogger(__name__)
 
-# how images become pixels (RGB; the shorter side resized and the centre cropped to a square, or the whole image
-# squashed to one): part of every pack's key
-DECODER = f"pillow-{PIL.__version__}-rgb-v2"
+# how images become pixels (turned by their EXIF orientation, 16-bit scaled to 8, RGB; the shorter side resized and
+# the centre cropped to a square, or the whole image squashed to one): part of every pack's key
+DECODER = f"pillow-{PIL.__version__}-rgb-v3"
 RELEASE_BYTES = 256 << 20  # a pack's pages this process has read are let go after this many bytes: RSS stays flat
 
 

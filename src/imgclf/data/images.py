@@ -48,7 +48,7 @@ def decode_image(
         raise BadInput(f"unknown model.resize '{resize}'; choose one of: {', '.join(RESIZE_MODES)}")
     method = Image.Resampling[interpolation.upper()]
     with open_image(source, on_size) as img:
-        img = img.convert("RGB")
+        img = as_shown(img).convert("RGB")
         w, h = img.size
         if resize == "crop" and w != h:
             scale = size / min(w, h)
@@ -60,6 +60,23 @@ def decode_image(
         elif img.size != (size, size):
             img = img.resize((size, size), method)
         return np.asarray(img, dtype=np.uint8)
+
+
+EXIF_ORIENTATION = 0x0112
+WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grayscale (PNG, TIFF), as PIL opens it
+
+
+def as_shown(img: Image.Image) -> Image.Image:
+    """The image as a viewer shows it: turned by its EXIF orientation (a phone stores a portrait photo sideways
+    with a tag saying so), and 16-bit grayscale scaled to 8 bits (PIL's convert clips it: all but black is white)."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        from PIL import ImageOps
+
+        img = ImageOps.exif_transpose(img)
+    if img.mode in WIDE_GRAY:
+        wide = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)
+        img = Image.fromarray((wide >> 8).astype(np.uint8), "L")
+    return img
 
 
 # what a file that is not a readable image raises while it is opened or decoded (ImageTooLarge is a ValueError)
