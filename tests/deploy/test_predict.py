@@ -126,6 +126,20 @@ def test_the_request_printed_for_mlflow_models_serve_works_as_copied(trained, pr
     assert not (tmp_path / "r2.json").exists()
 
 
+def test_a_file_name_that_is_not_utf8_is_classified_and_written_as_its_own_bytes(trained, project_env, tmp_path):
+    import os
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    image = next((trained / "data/tiny/images/b").iterdir())
+    odd = os.fsencode(folder) + b"/caf\xe9.png"  # a Latin-1 name, as old cameras and Windows shares write them
+    open(odd, "wb").write(image.read_bytes())
+    done = cli([str(folder), "--out", "odd.csv"], trained, project_env)
+    assert done.returncode == 0, done.stderr
+    rows = (trained / "odd.csv").read_bytes().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(odd + b",") and rows[1].split(b",")[1] in (b"a", b"b", b"c")
+
+
 def test_kaggle_submission_rows_in_id_order(trained, project_env):
     unlabelled = trained / "test1"
     unlabelled.mkdir()

@@ -248,7 +248,8 @@ def write_table(preds: Sequence[Prediction], class_names: Sequence[str], path: s
             return
         import csv
 
-        with tmp.open("w", newline="") as f:
+        # a file name that is not UTF-8 is written as its own bytes (surrogateescape): the path names that file
+        with tmp.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "top1", *(f"p_{c}" for c in class_names), "error"])
             for p in preds:
