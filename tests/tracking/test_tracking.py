@@ -185,3 +185,16 @@ def test_metrics_of_any_class_name_and_any_number_of_classes_all_reach_mlflow(tm
     logged = get_run(uri, run_id).data.metrics
     assert logged["test/acc"] == 0.9 and logged["test/recall/a_b"] == 0.25 and logged["test/recall/q_uote"] == 1.0
     assert logged["test/recall/_HYPERLINK_1_"] == 0.75 and len(logged) == 1 + len(odd) + len(per_class)
+
+
+def test_sync_with_the_server_away_is_one_line_at_once(tmp_path):
+    from imgclf.cli import sync
+    from imgclf.tracking.server import free_port
+
+    from ..conftest import console
+
+    uri = f"http://alice:fake-pw-0d@127.0.0.1:{free_port()}"  # nothing listens there
+    done = console(sync, ["--uri", uri, "--outbox", str(tmp_path / "outbox"), "--wait", "1"], tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("error: cannot reach the tracking server at http://127.0.0.1:")
+    assert "fake-pw-0d" not in done.stdout + done.stderr

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from imgclf.credentials import hide
+from imgclf.errors import MissingInput
 from imgclf.files import pid_alive
-from imgclf.tracking.store import resolve_uri, retry_locked, sqlite_path
+from imgclf.tracking.store import answers, resolve_uri, retry_locked, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ def end_killed_runs_in_store(uri: str) -> list[str]:
     db = sqlite_path(uri)
     if db not in (None, "", ":memory:") and not Path(db).is_file():
         return []
+    if not answers(uri):  # at once, not after MLflow's minutes of retries, and in one line
+        raise MissingInput(f"cannot reach the tracking server at {hide(uri)}; run imgclf sync again when it is back")
     client = MlflowClient(tracking_uri=uri)
     return [r for e in retry_locked(client.search_experiments) for r in end_killed_runs(uri, e.experiment_id)]
 
