@@ -188,3 +188,14 @@ def test_kaggle_preflight_messages(fake_kaggle, tmp_path, monkeypatch, compose_c
         fetch(compose_cfg("data=dogs_vs_cats"))
     assert "\n" not in str(info.value) and "bad-key" not in str(info.value)
     assert not (tmp_path / "data/dogs_vs_cats/images").exists()
+
+
+def test_kaggle_out_of_reach_is_one_line_saying_what_to_do(fake_kaggle, tmp_path, monkeypatch, compose_cfg):
+    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+    monkeypatch.setenv("KAGGLE_KEY", "good-key")
+    fake_kaggle.close()  # no network, or a proxy that is down: nothing answers
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"cannot reach Kaggle to download 'dogs-vs-cats' \(") as info:
+        fetch(compose_cfg("data=dogs_vs_cats"))
+    assert "\n" not in str(info.value) and "data.archive" in str(info.value) and "good-key" not in str(info.value)
+    assert not (tmp_path / "data/dogs_vs_cats/images").exists()

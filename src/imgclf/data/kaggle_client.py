@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from imgclf.credentials import hide
 from imgclf.errors import AccessDenied, MissingInput
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def download_competition(competition: str, dest_dir: str | Path) -> Path:
             f"{config_dir()}/kaggle.json): {TOKEN_HELP}"
         )
     from kaggle.api.kaggle_api_extended import KaggleApi
-    from requests.exceptions import HTTPError
+    from requests.exceptions import ConnectionError, HTTPError, Timeout
 
     api = KaggleApi()
     api.authenticate()
@@ -66,6 +67,12 @@ def download_competition(competition: str, dest_dir: str | Path) -> Path:
                 "then run fetch again"
             ) from None
         raise
+    except (ConnectionError, Timeout) as exc:  # no network, a proxy that is down: the cause, in one line
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise MissingInput(
+            f"cannot reach Kaggle to download '{competition}' ({hide(reason)}); check the network or proxy, or "
+            "download the zip yourself and give it as data.archive"
+        ) from None
     if not archive.is_file():
         raise MissingInput(f"the kaggle client finished but {archive} is missing")
     return archive
