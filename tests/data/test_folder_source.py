@@ -48,13 +48,14 @@ def test_folder_with_bad_files_and_all_modes(tmp_path, monkeypatch, compose_cfg)
     assert {f["path"] for f in report["skipped"]["files"]} == {"dog/zero.jpg", "dog/readme.txt"}
 
 
-def test_separate_val_and_test_folders_are_kept(tmp_path, monkeypatch, compose_cfg):
+def test_separate_val_and_test_folders_are_kept(tmp_path, monkeypatch, compose_cfg, caplog):
     train = make_class_folders(tmp_path / "train", {"a": 8, "b": 8})
     val = make_class_folders(tmp_path / "val", {"a": 2, "b": 2})
     test = make_class_folders(tmp_path / "test", {"a": 3, "b": 3})
     monkeypatch.chdir(tmp_path)
     cfg = compose_cfg("data=folder", f"data.path={train}", f"data.val_path={val}", f"data.test_path={test}")
     fetch(cfg)
+    assert "left out" not in caplog.text  # nothing was: no warning
     split(cfg)
     split_dir = tmp_path / "data/folder/split"
     assert len(read_index(split_dir / "train.csv")) == 16

@@ -176,7 +176,7 @@ def fetch_folder(
         shutil.copyfile(file, Path(out_dir) / rel)  # a copy: DVC may make its cached files read-only
     for listing, rels in listings.items():
         (Path(out_dir) / listing).write_text("".join(f"{r}\n" for r in rels))
-    if skipped:
-        log.warning("left out of %s: %s", path, dict(skipped))
+    if +skipped:  # the counts above zero
+        log.warning("left out of %s: %s", path, dict(+skipped))
     log.info("copied %d files from %s", len(plan), path)
     return len(plan)
