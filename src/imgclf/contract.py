@@ -19,6 +19,7 @@ RESIZE_MODES = ("crop", "squash")  # see ServingSpec
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 TTA_VIEWS = ("hflip", "crops")
 PREPROCESSING_FILE = "preprocessing.json"
+RUN_FILE = "run.json"  # beside a model: the MLflow run that trained it (models/run.json names the last train's)
 # a served model's input side: timm's largest (800 px) fits; the batch memory a request costs stays bounded
 MAX_INPUT_SIZE = 1024
 
@@ -126,9 +127,12 @@ class ServingSpec:
         means, stds = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
         return cls(list(class_names), size, means, stds, interpolation, resize_size, resize, list(tta))
 
-    def write(self, directory: str | Path) -> None:
-        """labels.txt and preprocessing.json into `directory` (the export's temporary directory)."""
+    def write(self, directory: str | Path, run_id: str | None = None) -> None:
+        """labels.txt and preprocessing.json into `directory` (the export's temporary directory), and with `run_id`
+        run.json: which run's model this is, whatever models/run.json says after a later train."""
         directory = Path(directory)
+        if run_id:
+            (directory / RUN_FILE).write_text(json.dumps({"run_id": run_id}) + "\n")
         (directory / LABELS_FILE).write_text(format_labels(self.class_names))
         if self.resize == "crop":
             how = f"{self.interpolation}: the shorter side to {self.stored_size}, then the centre {self.image_size} px"
@@ -194,3 +198,12 @@ def _integer(value) -> bool:
 
 def _fraction(value, low: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= 1
+
+
+def run_of(directory: str | Path) -> str | None:
+    """The run whose model `directory` holds (its run.json), or None when it does not say."""
+    try:
+        run_id = json.loads((Path(directory) / RUN_FILE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) else None

@@ -127,6 +127,8 @@ INPUTS = {
         ("batch_size: 64", "batch_size: 32"),
     ),
     "params export.opset": ({"export"}, "params.yaml", ("opset: 18", "opset: 17")),
+    # optimise registers its model as <name>-<method>
+    "params export.registered_name": ({"export", "optimise"}, "params.yaml", ("imgclf-digits", "imgclf-lab")),
     "params optimise.significance": ({"optimise"}, "params.yaml", ("significance: 0.05", "significance: 0.01")),
     "code data/digits.py": ({"fetch"}, "src/imgclf/data/digits.py", None),
     "code data/report.py": ({"split", "train"}, "src/imgclf/data/report.py", None),  # train: augment=auto

@@ -304,3 +304,21 @@ def test_model_pt_holds_the_last_epoch_or_the_best_as_trainer_keep_says(tiny_cfg
         assert run.data.metrics["kept/val/acc"] == acc and run.data.metrics["best/val/acc"] == 0.9
         weights[keep] = ckpt["model"]
     assert not all(torch.equal(weights["last"][k], weights["best"][k]) for k in weights["last"])
+
+
+def test_a_resume_follows_the_content_of_the_weights_file_it_started_from(tiny_cfg, tiny_project):
+    """model.weights names a file: the same name with other bytes (retrained, downloaded again) is another start,
+    so last.pt trained from the old bytes is not continued (DVC reruns train for it; the checkpoint must agree)."""
+    from omegaconf import OmegaConf
+
+    from imgclf.paths import Paths
+    from imgclf.training.lifecycle import TrainingRun
+
+    weights = tiny_project / "start.pt"
+    torch.save(build_model("test_resnet", 3, source="timm").state_dict(), weights)
+    cfg = tiny_cfg(f"model.weights={weights}")
+    config, paths = OmegaConf.to_container(cfg, resolve=True), Paths.from_config(cfg.paths)
+    before = TrainingRun.plan(paths, "auto", config, dataset="tiny").fingerprint
+    assert TrainingRun.plan(paths, "auto", config, dataset="tiny").fingerprint == before  # same bytes: resumable
+    torch.save({k: v + 1 for k, v in torch.load(weights).items()}, weights)
+    assert TrainingRun.plan(paths, "auto", config, dataset="tiny").fingerprint["config"] != before["config"]

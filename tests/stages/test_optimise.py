@@ -51,6 +51,7 @@ def test_int8_and_fp16_are_checked_kept_logged_and_served(project):
                 "model.bin",
                 "model.xml",
                 "preprocessing.json",
+                "run.json",
             ]
             served = Classifier(int8).classify(images)
             assert [p.probs.argmax() for p in served] == [
@@ -58,7 +59,9 @@ def test_int8_and_fp16_are_checked_kept_logged_and_served(project):
             ]
             assert np.mean([a.probs.argmax() == b.probs.argmax() for a, b in zip(fp32, served)]) >= 0.9
     assert json.loads((project / "reports/optimise/metrics.json").read_text()) == metrics
-    assert sorted(p.name for p in int8.iterdir()) == ["gate.json", "labels.txt", "model.onnx", "preprocessing.json"]
+    kept = ["gate.json", "labels.txt", "model.onnx", "preprocessing.json", "run.json"]
+    assert sorted(p.name for p in int8.iterdir()) == kept
+    assert (int8 / "run.json").read_text() == (project / "models/export/run.json").read_text()  # the export's run
     assert json.loads((int8 / "gate.json").read_text())["promoted"] is True and metrics["optimise/int8_onnx/promoted"]
     import onnx
 

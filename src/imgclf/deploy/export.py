@@ -20,10 +20,17 @@ PROGRAM = "model.pt2"
 
 
 def export_model(
-    model: nn.Module, inputs: torch.Tensor, out_dir: Path, spec: ServingSpec, *, opset: int, atol: float
+    model: nn.Module,
+    inputs: torch.Tensor,
+    out_dir: Path,
+    spec: ServingSpec,
+    *,
+    opset: int,
+    atol: float,
+    run_id: str | None = None,
 ) -> dict[str, float]:
-    """model.onnx, model.pt2, labels.txt and preprocessing.json into `out_dir`, only if both formats agree with
-    PyTorch on `inputs` (normalised test images) within `atol`; returns the checks' figures."""
+    """model.onnx, model.pt2, labels.txt, preprocessing.json and run.json (`run_id`'s) into `out_dir`, only if both
+    formats agree with PyTorch on `inputs` (normalised test images) within `atol`; returns the checks' figures."""
     with atomic_dir(out_dir) as tmp:
         program = trace(model, inputs)
         save_program(program, tmp / PROGRAM)
@@ -44,7 +51,7 @@ def export_model(
                     f"{fmt} output differs from PyTorch by {report[f'export/{fmt}_max_abs_diff']:.3g}"
                     f" > export.atol={atol}; not writing {out_dir}"
                 )
-        spec.write(tmp)
+        spec.write(tmp, run_id)
     return report
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgclf.contract import run_of
 from imgclf.credentials import hide
 from imgclf.deploy.access import inside, under
 from imgclf.deploy.predict import Classifier
@@ -52,7 +53,9 @@ def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None)
         run_id = ref
         export = tracking.run_record(uri, ref)["tags"].get("imgclf.export_dir")
         path = _local_export(export, roots)
-        if path is None:  # not on this disk, or not where the page may read: the run's logged copy
+        if path is not None and run_of(path) != run_id:  # the folder holds another run's model now
+            path = None
+        if path is None:  # not on this disk, not where the page may read, or replaced: the run's logged copy
             path = tracking.artifact_file(uri, ref, "export", cache / ref)
         if path is None:
             raise MissingInput(f"run {ref} has no export; run `imgclf export` (dvc repro) for it first")

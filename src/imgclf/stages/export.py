@@ -29,7 +29,8 @@ def export(cfg: DictConfig | Options) -> None:
     model = model_from_checkpoint(ckpt)
     test_set = load_split(paths.dataset(opts.data.name), "test", opts.data.subset, spec)
     inputs = Preprocess(spec.mean, spec.std)(test_set.batch(range(min(e.verify_images, len(test_set)))))
-    report = export_model(model, inputs, paths.export_dir, spec, opset=e.opset, atol=e.atol)
+    run_id = tracking.read_run_file(paths.run_file)["run_id"]  # the model's own record, beside it
+    report = export_model(model, inputs, paths.export_dir, spec, opset=e.opset, atol=e.atol, run_id=run_id)
     latency = latency_report(model, paths.export_dir, inputs)
     for fmt, figures in latency.items():
         log.info("%-12s batch 1: %.1f ms, batch 32: %.0f img/s", fmt, figures["b1_ms"], figures["b32_images_per_sec"])

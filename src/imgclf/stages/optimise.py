@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from imgclf import tracking
-from imgclf.contract import ServingSpec
+from imgclf.contract import ServingSpec, run_of
 from imgclf.data.datasets import load_split
 from imgclf.data.transforms import Preprocess
 from imgclf.deploy.quantize import (
@@ -74,7 +74,7 @@ def optimise(cfg: DictConfig | Options) -> dict:
             "" if verdict["promoted"] else f"; {out_dir} holds only gate.json",
         )
         if verdict["promoted"]:
-            spec.write(tmp)
+            spec.write(tmp, run_of(paths.export_dir))  # the run of the export it was made from
         for path in [] if verdict["promoted"] else [p for p in tmp.iterdir() if p.name != "gate.json"]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     reports = paths.report_dir("optimise")

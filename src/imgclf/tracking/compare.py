@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from imgclf import tracking
+from imgclf.contract import run_of
 from imgclf.credentials import hide
 from imgclf.errors import BadInput
 
@@ -207,7 +208,7 @@ def best_report(uri: str, row: RunRow, metric: str) -> list[str]:
     lines = [row.id, f"name: {row.name}", f"{metric}: {row.metrics[metric]!r}"]
     if "imgclf.checkpoint" in row.tags:  # local paths the train and export stages record
         lines.append(f"checkpoint: {row.tags['imgclf.checkpoint']}")
-    if "imgclf.export_dir" in row.tags:
+    if run_of(row.tags.get("imgclf.export_dir", "")) == row.id:  # the folder still holds this run's model
         lines.append(f"export: {row.tags['imgclf.export_dir']}")
     if "checkpoint/model.pt" in tracking.list_artifact_paths(uri, row.id, "checkpoint"):
         lines.append(f"checkpoint_artifact: {row.artifact_uri.rstrip('/')}/checkpoint/model.pt")

@@ -12,6 +12,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from imgclf.contract import run_of
 from imgclf.credentials import hide
 from imgclf.errors import BadInput, MissingInput
 from imgclf.tracking.store import check_sqlite_store, resolve_uri, retry_locked, sqlite_path
@@ -150,7 +151,8 @@ def download_model(uri: str, model_uri: str, dest: Path) -> tuple[Path, str | No
 
 
 def served_models(uri: str, experiment: str, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
-    """What a model picker lists: registered model versions, and recent runs whose export is on this disk."""
+    """What a model picker lists: registered model versions, and recent runs whose export is on this disk (the
+    export folder still holding that run's model)."""
     client = _query_client(uri)
     with _one_line_errors():
         versions = client.search_model_versions(max_results=limit)
@@ -161,7 +163,7 @@ def served_models(uri: str, experiment: str, limit: int = 20) -> dict[str, list[
     except BadInput:
         found = []
     for r in sorted(found, key=lambda r: -(r["start_time"] or 0))[:limit]:
-        if Path(r["tags"]["imgclf.export_dir"]).is_dir():
+        if run_of(r["tags"]["imgclf.export_dir"]) == r["id"]:
             runs.append({"ref": r["id"], "name": r["name"], "test/acc": r["metrics"].get("test/acc")})
     return {"registered": registered, "runs": runs}
 

@@ -60,9 +60,14 @@ class TrainingRun:
     @classmethod
     def plan(cls, paths: Paths, resume: str, config: Mapping[str, Any], *, dataset: str) -> TrainingRun:
         """`resume` is trainer.resume: auto continues paths.checkpoints/last.pt only when it was written with the
-        same config and process count, the same data version and the same code version."""
+        same config and process count (and the same content of the model.weights file it started from), the same data
+        version and the same code version."""
+        flat = tracking.flatten(config)
+        weights = flat.get("model.weights")
+        if weights and Path(str(weights)).expanduser().is_file():  # the file's content, not only its name
+            flat["model.weights"] = f"{weights} {file_digest(Path(str(weights)).expanduser(), 'sha256')}"
         current = fingerprint(
-            tracking.flatten(config),
+            flat,
             world_size=dist.world_size(),
             data_version=data_version(paths.split(dataset)),
             code_version=code_version(),

@@ -1,0 +1,29 @@
+"""Which run's model a folder holds: export and optimise write run.json beside the model, so a run id loads that
+run's model (not whatever models/export holds since) and a folder's card names the run that trained its model."""
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from imgclf.deploy.model_card import load_model
+from imgclf.tracking.queries import served_models
+
+from ..conftest import copy_of
+
+
+def test_a_run_id_loads_its_own_model_after_the_workspace_export_was_replaced(trained_project, tmp_path):
+    project = copy_of(trained_project, tmp_path / "project")
+    uri = f"sqlite:///{project}/mlflow.db"
+    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    export = project / "models/export"
+    assert json.loads((export / "run.json").read_text()) == {"run_id": run_id}  # the export names its run
+    MlflowClient(tracking_uri=uri).set_tag(run_id, "imgclf.export_dir", str(export))  # the copy's, in the copy's store
+    assert load_model(run_id, uri, tmp_path / "cache").run_id == run_id
+    assert not (tmp_path / "cache" / run_id / "export").exists()  # the folder on disk is that run's: read in place
+
+    # the workspace's export replaced by a later run's (dvc checkout, another experiment, an ad-hoc export)
+    (export / "run.json").write_text(json.dumps({"run_id": "f" * 32}))
+    model = load_model(run_id, uri, tmp_path / "cache2")
+    assert model.run_id == run_id and (tmp_path / "cache2" / run_id / "export" / "model.onnx").is_file()  # logged copy
+    assert load_model(str(export), uri, tmp_path / "cache3").run_id == "f" * 32  # the folder's card: its own run
+    assert run_id not in [r["ref"] for r in served_models(uri, "test")["runs"]]  # not offered as on this disk
