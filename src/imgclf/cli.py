@@ -84,7 +84,7 @@ def predict(argv: list[str]) -> int:
                 f"wrote {write_submission(preds, names, args.positive, args.clip, args.submission)} rows "
                 f"to {args.submission}"
             )
-        elif args.out:
+        elif args.out and any(p.error is None for p in preds):  # not a file of error rows only
             write_table(preds, names, args.out)
             print(f"wrote {len(preds)} predictions to {args.out}")
         else:

@@ -27,3 +27,22 @@ def test_a_run_id_loads_its_own_model_after_the_workspace_export_was_replaced(tr
     assert model.run_id == run_id and (tmp_path / "cache2" / run_id / "export" / "model.onnx").is_file()  # logged copy
     assert load_model(str(export), uri, tmp_path / "cache3").run_id == "f" * 32  # the folder's card: its own run
     assert run_id not in [r["ref"] for r in served_models(uri, "test")["runs"]]  # not offered as on this disk
+
+
+def test_runs_best_names_the_workspace_files_only_while_they_hold_the_runs_model(trained_project, tmp_path):
+    from imgclf.tracking.compare import best_report, list_runs
+
+    project = copy_of(trained_project, tmp_path / "project")
+    uri = f"sqlite:///{project}/mlflow.db"
+    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=uri)  # the copy's store names the copy's files
+    client.set_tag(run_id, "imgclf.export_dir", str(project / "models/export"))
+    client.set_tag(run_id, "imgclf.checkpoint", str(project / "models/model.pt"))
+    (row,) = [r for r in list_runs(uri, "test") if r.id == run_id]
+    shown = best_report(uri, row, "test/acc")
+    assert f"export: {project / 'models/export'}" in shown and f"checkpoint: {project / 'models/model.pt'}" in shown
+    for record in (project / "models/run.json", project / "models/export/run.json"):  # a later train and export
+        record.write_text(json.dumps({"run_id": "f" * 32}))
+    shown = best_report(uri, row, "test/acc")
+    assert not [line for line in shown if line.startswith(("export:", "checkpoint:"))]
+    assert any(line.startswith("checkpoint_artifact: ") for line in shown)  # the run's own copy is still named

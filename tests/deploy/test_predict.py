@@ -140,6 +140,13 @@ def test_a_file_name_that_is_not_utf8_is_classified_and_written_as_its_own_bytes
     assert len(rows) == 2 and rows[1].startswith(odd + b",") and rows[1].split(b",")[1] in (b"a", b"b", b"c")
 
 
+def test_nothing_classifiable_is_exit_1_and_no_file(trained, project_env, tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    done = cli([str(tmp_path / "notes.png"), "--out", "none.csv"], trained, project_env)
+    assert done.returncode == 1 and "notes.png: not a readable image" in done.stderr
+    assert not (trained / "none.csv").exists()  # a file of error rows alone is nothing the user asked for
+
+
 def test_kaggle_submission_rows_in_id_order(trained, project_env):
     unlabelled = trained / "test1"
     unlabelled.mkdir()

@@ -7,6 +7,7 @@ import io
 import math
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from imgclf import tracking
@@ -206,8 +207,9 @@ def best_run(rows: list[RunRow], metric: str, order: str = "desc") -> RunRow:
 def best_report(uri: str, row: RunRow, metric: str) -> list[str]:
     """The best run's id, then `key: value` lines: name, metric, and the checkpoint and export that exist."""
     lines = [row.id, f"name: {row.name}", f"{metric}: {row.metrics[metric]!r}"]
-    if "imgclf.checkpoint" in row.tags:  # local paths the train and export stages record
-        lines.append(f"checkpoint: {row.tags['imgclf.checkpoint']}")
+    checkpoint = row.tags.get("imgclf.checkpoint", "")  # local paths the train and export stages record, shown
+    if checkpoint and run_of(Path(checkpoint).parent) == row.id:  # while they hold this run's model (run.json)
+        lines.append(f"checkpoint: {checkpoint}")
     if run_of(row.tags.get("imgclf.export_dir", "")) == row.id:  # the folder still holds this run's model
         lines.append(f"export: {row.tags['imgclf.export_dir']}")
     if "checkpoint/model.pt" in tracking.list_artifact_paths(uri, row.id, "checkpoint"):
