@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -66,6 +67,7 @@ def store(tmp_path_factory):
     with mlflow.start_run(run_id=ids["b"]):  # the best run has outputs, as train and export leave them
         ckpt = root / "model.pt"
         ckpt.write_bytes(b"weights")
+        (root / "run.json").write_text(json.dumps({"run_id": ids["b"]}))  # beside it, as train writes it
         mlflow.log_artifact(str(ckpt), "checkpoint")
         mlflow.set_tags({"imgclf.checkpoint": str(ckpt), "imgclf.export_dir": str(root / "export")})
         log_identity_model()
