@@ -144,6 +144,9 @@ def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatc
         (["-S", "data=folder", "-S", f"data.path={tmp_path / 'missing'}"], 1, "error: data.path="),
         (["-S", "trainer.epochs=0"], 1, "error: trainer.epochs=0 is not valid: auto or an integer >= 1"),
         (["-S", "optim.lr=0.001", "-S", "model=vgg16"], 0, "ok: optim.lr=0.001 model=vgg16"),
+        # the queue's grid (DVC queues one experiment per combination): each is checked
+        (["-S", "optim.lr=0.001,0.0003", "-S", "model=alexnet,vgg16"], 0, "ok: optim.lr=0.001,0.0003 model=alexnet,"),
+        (["-S", "optim.lr=0.001,-1"], 1, "error: optim.lr=-1: optim.lr=-1 is not valid: a number > 0"),
     ]
     for argv, code, said in cases:
         assert check(argv) == code

@@ -299,13 +299,29 @@ def check(argv: list[str]) -> int:
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:
-        Options.from_config(compose(overrides))
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"ok: {' '.join(overrides) or 'conf/ as it is'}")
+    runs = _experiments(overrides)  # `-S a=1,2 -S b=x,y`: DVC queues the grid; each one is checked
+    for run in runs:
+        try:
+            Options.from_config(compose(run))
+        except USER_ERRORS as exc:
+            print(f"error: {' '.join(run) + ': ' if len(runs) > 1 else ''}{exc}", file=sys.stderr)
+            return 1
+    print(f"ok: {' '.join(overrides) or 'conf/ as it is'}" + (f" ({len(runs)} experiments)" if len(runs) > 1 else ""))
     return 0
+
+
+def _experiments(overrides: list[str]) -> list[list[str]]:
+    """The experiments `dvc exp run -S` makes of these overrides: one per combination of swept values."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [text]
+        for text, o in zip(overrides, parsed)
+    ]
+    return [list(run) for run in itertools.product(*values)]
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
