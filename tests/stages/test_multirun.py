@@ -124,3 +124,16 @@ def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project
     keys = ("optim.lr", "optim.weight_decay", "trainer.label_smoothing")
     assert shown == "dvc exp run " + " ".join(f"-S {k}={best.data.params[k]}" for k in keys)
     assert console(cli.check, shown.split()[3:], ROOT).returncode == 0  # as dvc exp run -S composes them
+
+
+def test_a_sweep_whose_tracking_server_is_out_of_reach_stops_in_one_line(tiny_project, monkeypatch):
+    """The parent run cannot open: one line and exit 1, no job launched into the same wall (Hydra turns a
+    callback's exception into a warning and goes on)."""
+    from imgclf.tracking import server, store
+
+    monkeypatch.setattr(store, "FIRST_CONTACT_S", 0.5)
+    uri = f"http://127.0.0.1:{server.free_port()}"  # nothing listens there
+    args = ["--config-dir", str(ROOT / "conf"), "-m", *TINY_OVERRIDES, f"tracking.uri={uri}", "optim.lr=0.1,0.01"]
+    done = stage_main("train", [*args, f"hydra.sweep.dir={tiny_project / 'multirun/s'}"], tiny_project)
+    assert done.returncode == 1 and done.stderr.strip().startswith("error: cannot reach the tracking server at")
+    assert done.stderr.strip().count("\n") == 0 and not (tiny_project / "multirun/s/0").exists()

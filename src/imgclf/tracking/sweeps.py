@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf import tracking
+from imgclf.errors import USER_ERRORS
 from imgclf.tracking import compare as runs
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,11 @@ class SweepRun(Callback):
         SweepRun.active = self
         if study_sweeper(config):  # the parent belongs to the study, found or made once the study is open
             return
-        self.open(config)
+        try:
+            self.open(config)
+        except USER_ERRORS as exc:  # Hydra would make it a warning and launch every job into the same wall
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
 
     def open(self, config: DictConfig, tags: dict[str, str] | None = None) -> str:
         """Create the parent run and export it to the jobs."""
