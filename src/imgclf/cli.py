@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from imgclf.credentials import take_uri_credentials
-from imgclf.errors import USER_ERRORS, BadInput
+from imgclf.errors import USER_ERRORS, BadInput, stoppable
 
 STAGES = ("fetch", "split", "train", "evaluate", "export", "optimise")
 COMMANDS = (*STAGES, "label-issues", "relabel", "predict", "runs", "reproduce", "lr-find", "sync", "serve", "check")
@@ -374,8 +374,6 @@ def main() -> None:
 
         sys.exit(serve(sys.argv[2:]))
     if command == "reproduce":  # trains in this process: SIGTERM ends its runs as KILLED, as a stage's do
-        from imgclf.errors import stoppable
-
         with stoppable():
             sys.exit(reproduce(sys.argv[2:]))
     if command in ("runs", "sync", "check"):

@@ -82,9 +82,14 @@ def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderSca
         if p.is_file() and not _hidden(p, cls_dir)
     ]
     scan = FolderScan(items=[], class_names=[d.name for d in class_dirs])
-    for unusable in [rel for _, p in files if not usable_name(rel := p.relative_to(root).as_posix())]:
-        scan.skipped.append((unusable.encode("utf-8", "backslashreplace").decode(), UNUSABLE_NAME))
-    files = [(d, p) for d, p in files if usable_name(p.relative_to(root).as_posix())]
+    usable = []
+    for cls_dir, path in files:
+        rel = path.relative_to(root).as_posix()
+        if usable_name(rel):
+            usable.append((cls_dir, path))
+        else:  # the report names it as it can: undecodable bytes escaped
+            scan.skipped.append((rel.encode("utf-8", "backslashreplace").decode(), UNUSABLE_NAME))
+    files = usable
     results = list(parallel_map(inspect_image, [p for _, p in files], workers, chunksize=256))
     for (cls_dir, path), (reason, info) in zip(files, results):
         rel = path.relative_to(root).as_posix()

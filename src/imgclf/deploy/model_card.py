@@ -3,13 +3,12 @@ the registry, and its card (the run, its metrics and pictures)."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclf.contract import run_of
+from imgclf.contract import RUN_FILE, run_of
 from imgclf.credentials import hide
 from imgclf.deploy.access import inside, under
 from imgclf.deploy.predict import Classifier
@@ -99,15 +98,10 @@ def _run_id_beside(path: Path, roots: list[Path] | None = None) -> str | None:
     """The training run of a model file or folder: models/run.json, beside model.pt or above export/ and
     optimised/ (and their model files); with `roots`, only a run.json under them."""
     folder = path if path.is_dir() else path.parent
-    for candidate in (folder / "run.json", folder.parent / "run.json"):
-        if roots is not None and not under(candidate.resolve(), roots):
-            continue
-        if candidate.is_file():
-            try:
-                run_id = json.loads(candidate.read_text()).get("run_id")
-            except (ValueError, OSError, AttributeError):
-                return None
-            return run_id if isinstance(run_id, str) else None
+    for home in (folder, folder.parent):
+        record = home / RUN_FILE
+        if (roots is None or under(record.resolve(), roots)) and record.is_file():
+            return run_of(home)
     return None
 
 

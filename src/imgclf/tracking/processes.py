@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from imgclf.credentials import hide
 from imgclf.errors import MissingInput
 from imgclf.files import pid_alive
-from imgclf.tracking.store import answers, resolve_uri, retry_locked, sqlite_path
+from imgclf.tracking.store import answers, resolve_uri, retry_locked, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def process_gone(tag: str) -> bool:
 def end_killed_runs_in_store(uri: str) -> list[str]:
     """end_killed_runs over every experiment of a store (`imgclf sync`); nothing when a SQLite store is absent."""
     uri = resolve_uri(uri)
-    db = sqlite_path(uri)
-    if db not in (None, "", ":memory:") and not Path(db).is_file():
+    db = sqlite_file(uri)
+    if db is not None and not Path(db).is_file():
         return []
     if not answers(uri):  # at once, not after MLflow's minutes of retries, and in one line
         raise MissingInput(f"cannot reach the tracking server at {hide(uri)}; run imgclf sync again when it is back")

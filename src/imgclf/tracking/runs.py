@@ -22,7 +22,7 @@ from imgclf.tracking.artifacts import local_artifact_dir, place_locally, share
 from imgclf.tracking.outbox import Outbox, default_root
 from imgclf.tracking.processes import PROCESS_TAG, end_killed_runs, process_tag
 from imgclf.tracking.redaction import MAX_PARAM_LENGTH, flatten, redact
-from imgclf.tracking.store import OPTIONS, absolute_uri, answers, configure, resolve_uri, retry_locked, sqlite_path
+from imgclf.tracking.store import OPTIONS, absolute_uri, answers, configure, resolve_uri, retry_locked, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ def _not_in(uri: str, run_id: str) -> str | None:
     SQLite store), or it does not hold the run. None when it can, or when a server is away (the records wait)."""
     from mlflow.exceptions import MlflowException
 
-    db = sqlite_path(uri)
-    if db not in (None, "", ":memory:") and not Path(db).is_file():
+    db = sqlite_file(uri)
+    if db is not None and not Path(db).is_file():
         return f"run {run_id}: no tracking store at {db}"
     if not answers(uri):
         return None

@@ -34,11 +34,17 @@ def sqlite_path(uri: str) -> str | None:
     return uri[len(SQLITE) :].split("?", 1)[0] if uri.startswith(SQLITE) else None
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The database file of a SQLite store kept on disk; None for other stores and an in-memory one."""
+    db = sqlite_path(uri)
+    return None if db in (None, "", ":memory:") else db
+
+
 def absolute_uri(uri: str) -> str:
     """A relative `sqlite:///file.db` made absolute from the working directory: what is written down for later (an
     outbox's target) must not change meaning with the directory a later command runs in."""
-    db = sqlite_path(uri)
-    if db in (None, "", ":memory:") or Path(db).is_absolute():
+    db = sqlite_file(uri)
+    if db is None or Path(db).is_absolute():
         return uri
     return SQLITE + str(Path(db).resolve()) + uri[len(SQLITE) + len(db) :]
 
