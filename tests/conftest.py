@@ -31,6 +31,19 @@ def own_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = saved
 
 
+@pytest.fixture(autouse=True)
+def no_engine_on_a_deleted_store():
+    """MLflow keeps one SQLAlchemy engine per store URI for the life of the process. A test's tmp_path can come back
+    under the name a passed (and so deleted) test's had (pytest before 9 reuses the number), and the engine kept for
+    that URI would write to the deleted file ("attempt to write a readonly database"): engines whose file is gone
+    are dropped before each test."""
+    for module in ("tracking", "model_registry", "jobs"):
+        store = sys.modules.get(f"mlflow.store.{module}.sqlalchemy_store")
+        engines = getattr(getattr(store, "SqlAlchemyStore", None), "_engine_map", {})
+        for uri in [u for u in engines if u.startswith("sqlite:///") and not Path(u[len("sqlite:///") :]).exists()]:
+            engines.pop(uri).dispose()
+
+
 @pytest.fixture
 def project_env(monkeypatch):
     """Environment for subprocesses: the venv's tools first on PATH."""

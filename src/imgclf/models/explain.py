@@ -45,7 +45,8 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, classes: Sequence[int], lay
     model.eval()
     cam = LayerGradCam(model, find_layer(model, layer))
     with torch.enable_grad():
-        maps = cam.attribute(inputs, target=torch.as_tensor(list(classes)), relu_attributions=True)
+        target = torch.as_tensor(list(classes), device=inputs.device)  # on the inputs' device: CUDA too
+        maps = cam.attribute(inputs, target=target, relu_attributions=True)
     maps = LayerAttribution.interpolate(maps.detach(), tuple(inputs.shape[-2:]), interpolate_mode="bilinear")
     maps = maps[:, 0].clamp(min=0).cpu().numpy()
     peak = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)

@@ -36,7 +36,8 @@ def evaluate(cfg: DictConfig | Options) -> float:
         raise BadInput(
             f"{paths.model_file} was trained on other classes than {paths.labels(data.name)}; rerun train (dvc repro)"
         )
-    setup = DeviceSetup.for_device(resolve_device(opts.trainer.device))
+    t = opts.trainer
+    setup = DeviceSetup.for_device(resolve_device(t.device), t.amp, t.channels_last)  # as train ran: bf16 on CUDA
     model = model_from_checkpoint(ckpt).to(setup.device)
     views = list(opts.evaluate.tta)
     test_set = load_split(paths.dataset(data.name), "test", data.subset, spec, crop=not views)

@@ -29,7 +29,8 @@ def label_issues(cfg: DictConfig | Options) -> float:
     paths, data, li = Paths.from_config(opts.paths), opts.data, opts.label_issues
     ckpt = load_checkpoint(paths.model_file)
     spec = ServingSpec.from_checkpoint(ckpt)
-    setup = DeviceSetup.for_device(resolve_device(opts.trainer.device))
+    t = opts.trainer
+    setup = DeviceSetup.for_device(resolve_device(t.device), t.amp, t.channels_last)  # as train ran: bf16 on CUDA
     model, preprocess = model_from_checkpoint(ckpt).to(setup.device), Preprocess(spec.mean, spec.std).to(setup.device)
     sets = {name: load_split(paths.dataset(data.name), name, data.subset, spec) for name in li.splits}
     feats, labels = [], []
