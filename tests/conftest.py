@@ -33,15 +33,23 @@ def own_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_engine_on_a_deleted_store():
-    """MLflow keeps one SQLAlchemy engine per store URI for the life of the process. A test's tmp_path can come back
-    under the name a passed (and so deleted) test's had (pytest before 9 reuses the number), and the engine kept for
-    that URI would write to the deleted file ("attempt to write a readonly database"): engines whose file is gone
-    are dropped before each test."""
+    """MLflow keeps one store, and one SQLAlchemy engine, per store URI for the life of the process. A test's tmp_path
+    can come back under the name a passed (and so deleted) test's had (pytest before 9 reuses the number), and what
+    was kept for that URI would write to the deleted file ("attempt to write a readonly database"): before each
+    test, engines whose file is gone are dropped, and with them the stores MLflow keeps."""
+    gone = False
     for module in ("tracking", "model_registry", "jobs"):
         store = sys.modules.get(f"mlflow.store.{module}.sqlalchemy_store")
         engines = getattr(getattr(store, "SqlAlchemyStore", None), "_engine_map", {})
         for uri in [u for u in engines if u.startswith("sqlite:///") and not Path(u[len("sqlite:///") :]).exists()]:
             engines.pop(uri).dispose()
+            gone = True
+    if gone:
+        from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+        from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+        for registry in (TrackingStoreRegistry, ModelRegistryStoreRegistry):
+            registry._get_store_with_resolved_uri.cache_clear()
 
 
 @pytest.fixture
