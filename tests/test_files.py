@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from imgclf.errors import BadInput
-from imgclf.files import atomic_dir, atomic_path, remove_orphans_in, write_text
+from imgclf.files import atomic_dir, atomic_files, atomic_path, remove_orphans_in, write_text
 
 from .conftest import console
 
@@ -110,3 +110,21 @@ def test_commands_refuse_an_existing_folder_as_their_output(trained_project, tmp
     assert (work / "notes.txt").read_text() == "mine" and (work / "sub/results/keep.csv").read_text() == "mine"
     done = run(["predict", image, "--model", model, "--out", "results/predictions.csv"], work / "sub", project_env)
     assert done.returncode == 0 and (work / "sub/results/predictions.csv").read_text().startswith("path,top1,")
+
+
+def test_atomic_files_replaces_only_what_it_wrote_and_nothing_when_it_fails(tmp_path):
+    out = tmp_path / "reports" / "evaluate"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text("last run's")
+    (out / "notes.txt").write_text("the user's")
+    with pytest.raises(RuntimeError), atomic_files(out) as tmp:
+        (tmp / "metrics.json").write_text("half")
+        raise RuntimeError("a plot failed")
+    assert (out / "metrics.json").read_text() == "last run's"
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["evaluate"]  # no temporary folder left
+    with atomic_files(out) as tmp:
+        (tmp / "metrics.json").write_text("new")
+    assert (out / "metrics.json").read_text() == "new" and (out / "notes.txt").read_text() == "the user's"
+    with pytest.raises(BadInput, match="is a folder"), atomic_files(tmp_path / "reports") as tmp:
+        (tmp / "evaluate").write_text("a file where a folder is")
+    assert (out / "notes.txt").read_text() == "the user's"

@@ -92,6 +92,36 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         _remove(old)
 
 
+@contextmanager
+def atomic_files(path: str | Path) -> Iterator[Path]:
+    """Yield a new, empty temporary folder beside the folder `path`; on success each file written there replaces
+    its namesake in `path`, and only those: other files in `path` stay (a stage's report folder may hold the
+    user's own). On failure nothing in `path` changes. Files only: a subfolder written there is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{path} is a file, not a folder; move it away or choose another path; nothing was written")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove(tmp)
+    remove_orphans(path, folders=True)
+    tmp.mkdir()
+    try:
+        with disk_errors(path):
+            yield tmp
+            _fsync_tree(tmp)
+        written = sorted(tmp.iterdir())
+        if any(child.is_dir() for child in written):
+            raise ValueError(f"atomic_files({path}) takes files only")
+        for child in written:
+            refuse_folder(path / child.name)
+        path.mkdir(exist_ok=True)
+        for child in written:
+            os.replace(child, path / child.name)
+        _fsync_dir(path)
+    finally:
+        _remove(tmp)
+
+
 def _fsync_tree(path: Path) -> None:
     """fsync a file, or every file and folder under a folder: their bytes reach the disk before the rename."""
     if path.is_symlink() or not path.exists():

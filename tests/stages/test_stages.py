@@ -21,7 +21,7 @@ from imgclf.stages.export import export
 from imgclf.stages.train import train
 from imgclf.training.engine import NonFiniteLoss
 
-from ..conftest import TINY_DATA
+from ..conftest import ROOT, TINY_DATA, TINY_OVERRIDES, copy_of, stage_main
 
 
 def artifact_paths(client, run_id, path=None):
@@ -188,3 +188,22 @@ def test_failing_train_marks_run_failed(tiny_cfg, tiny_project):
 def test_too_small_image_size_is_refused(tiny_project, compose_cfg):
     with pytest.raises(BadInput, match="model.image_size=32 is too small for alexnet: it needs at least 63 px"):
         train(compose_cfg(*TINY_DATA, "model=alexnet", "model.image_size=32"))
+
+
+def test_an_evaluate_that_fails_half_way_leaves_the_last_report_as_it_was(trained_project, tmp_path, monkeypatch):
+    import imgclf.stages.evaluate as stage
+
+    project = copy_of(trained_project, tmp_path / "project")
+    report = project / "reports/evaluate"
+    (report / "metrics.json").write_text('{"test/acc": -1}\n')  # what no evaluate of this model writes
+    before = {p.name: p.read_bytes() for p in report.iterdir()}
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("Grad-CAM failed")
+
+    monkeypatch.setattr(stage, "grad_cam", fails)  # after the metrics and plots, before the Grad-CAM plot
+    argv = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, f"tracking.uri=sqlite:///{project}/mlflow.db"]
+    done = stage_main("evaluate", argv, project)
+    assert done.returncode != 0 and "Grad-CAM failed" in done.stderr
+    assert {p.name: p.read_bytes() for p in report.iterdir()} == before
+    assert not list(project.glob("reports/.*"))  # no temporary folder left

@@ -16,6 +16,7 @@ from imgclf.data.split import read_labels
 from imgclf.data.transforms import Preprocess, tta_views
 from imgclf.devices import resolve_device
 from imgclf.errors import BadInput
+from imgclf.files import atomic_files
 from imgclf.inference import DeviceSetup, predict, predict_views
 from imgclf.models.explain import grad_cam, overlay
 from imgclf.models.saved import load_checkpoint, model_from_checkpoint
@@ -55,15 +56,16 @@ def evaluate(cfg: DictConfig | Options) -> float:
         probs = softmax(logits).numpy()
     preds = Predictions(test_set.paths, PackImages(test_set), y_true.numpy(), probs, spec.class_names, tta_probs)
     out = paths.report_dir("evaluate")
-    metrics = write_evaluation(out, preds)
-    worst = top_losses(preds.probs, preds.y_true, 20)  # where the network looked, for the class it gave
-    images = preds.images[worst]
-    inputs = torch.from_numpy(normalize(images, *scaled_stats(spec.mean, spec.std))).to(setup.device)
-    maps = grad_cam(model, inputs, preds.y_pred[worst].tolist())
-    captions = [f"{spec.class_names[preds.y_true[i]]} -> {spec.class_names[preds.y_pred[i]]}" for i in worst]
-    plot_image_grid(
-        overlay(images, maps), captions, "top losses: Grad-CAM of the class given", out / "top_losses_cam.png"
-    )
+    with atomic_files(out) as tmp:  # a failure half-way leaves no new report beside the last run's
+        metrics = write_evaluation(tmp, preds)
+        worst = top_losses(preds.probs, preds.y_true, 20)  # where the network looked, for the class it gave
+        images = preds.images[worst]
+        inputs = torch.from_numpy(normalize(images, *scaled_stats(spec.mean, spec.std))).to(setup.device)
+        maps = grad_cam(model, inputs, preds.y_pred[worst].tolist())
+        captions = [f"{spec.class_names[preds.y_true[i]]} -> {spec.class_names[preds.y_pred[i]]}" for i in worst]
+        plot_image_grid(
+            overlay(images, maps), captions, "top losses: Grad-CAM of the class given", tmp / "top_losses_cam.png"
+        )
     tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
     with tracking.reopen(paths.run_file, opts.tracking.uri):
         tracking.log_metrics(metrics)

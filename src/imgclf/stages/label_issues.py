@@ -14,6 +14,7 @@ from imgclf.contract import ServingSpec
 from imgclf.data.datasets import build_loader, load_split
 from imgclf.data.transforms import Preprocess
 from imgclf.devices import resolve_device
+from imgclf.files import atomic_files
 from imgclf.inference import DeviceSetup, compute_features
 from imgclf.label_issues import find_issues, out_of_fold_probs, write_issues
 from imgclf.models.saved import load_checkpoint, model_from_checkpoint
@@ -49,7 +50,8 @@ def label_issues(cfg: DictConfig | Options) -> float:
         return np.stack([sets[index[p][0]].batch([index[p][1]])[0].numpy() for p in chosen])
 
     out = paths.report_dir("label_issues")
-    write_issues(out, issues, images_of, li.top)
+    with atomic_files(out) as tmp:  # a failure half-way leaves no new report beside the last run's
+        write_issues(tmp, issues, images_of, li.top)
     tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
     with tracking.reopen(paths.run_file, opts.tracking.uri):
         tracking.log_metrics(issues.metrics)
