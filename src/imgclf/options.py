@@ -393,8 +393,9 @@ class Tracking(Group):
         # command line it never gets this far: credentials.strip_overrides moves it into MLflow's variables first
         if HTTP_USERINFO.match(self.uri):
             raise BadInput(
-                f"{where}.uri in params.yaml or conf/ holds credentials (DVC would write them to dvc.lock); "
-                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
+                f"{where}.uri in params.yaml or conf/ holds credentials (DVC would write them to dvc.lock, and "
+                "`dvc exp run -S` has already written them to params.yaml): delete them there and set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
             )
 
 
