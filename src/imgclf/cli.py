@@ -151,7 +151,8 @@ def runs_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--as-overrides",
         action="store_true",
-        help="with --best: print the `dvc exp run -S ...` that makes the best sweep job's values a DVC experiment",
+        help="with --best: print the `dvc exp run -S ...` that composes conf/ into the best sweep job's config "
+        "(its group choices and every key that differs, the workspace's included): run it in the project",
     )
     return parser
 

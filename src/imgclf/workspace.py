@@ -96,12 +96,22 @@ def _differences(want: Mapping, have: Mapping, raw: Mapping, prefix: str = "") -
 
 def workspace_overrides(root: str | Path = ".") -> list[str]:
     """The overrides that make conf/ compose to `root`'s params.yaml ([] when it is conf/'s default or absent)."""
-    root = Path(root)
-    params = root / PARAMS
+    params = Path(root) / PARAMS
     if not params.is_file():
         return []
-    want = OmegaConf.to_container(OmegaConf.load(params), resolve=True)
-    with _composer(root) as composed:
+    found = overrides_for(OmegaConf.to_container(OmegaConf.load(params), resolve=True), root)
+    if found is None:
+        raise BadInput(
+            f"{params} cannot be re-created from conf/ (edited since it was written?); run `make params` or "
+            f"the stage through DVC, or set {OFF}=0 to start from conf/ alone"
+        )
+    return found
+
+
+def overrides_for(want: Mapping[str, Any], root: str | Path = ".") -> list[str] | None:
+    """The group choices, then the keys, that make conf/ compose to the resolved config `want`; None when no
+    overrides can (conf/ edited since `want` was composed)."""
+    with _composer(Path(root)) as composed:
         if want == composed([])[0]:
             return []
         groups, choices = config_groups(root), []
@@ -114,12 +124,7 @@ def workspace_overrides(root: str | Path = ".") -> list[str]:
             if options[best] != current:
                 choices.append(f"{group}={best}")
         found = [*choices, *_differences(want, *composed(choices))]
-        if composed(found)[0] != want:
-            raise BadInput(
-                f"{params} cannot be re-created from conf/ (edited since it was written?); run `make params` or "
-                f"the stage through DVC, or set {OFF}=0 to start from conf/ alone"
-            )
-    return found
+        return found if composed(found)[0] == want else None
 
 
 def _key(override: str) -> str:

@@ -1,10 +1,14 @@
 """Hydra multiruns of the train stage: one MLflow parent run per sweep, its jobs as children, the best on it."""
 
+import shlex
+import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from imgclf import cli
 
@@ -120,10 +124,10 @@ def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project
     # the winning trial as a DVC experiment, in one command, whose overrides compose
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     args = ["--uri", uri, "--experiment", "test", "--parent", parent.info.run_id, "--best", "--as-overrides"]
-    shown = console(cli.runs, args, tiny_project).stdout.strip()
+    shown = console(cli.runs, args, ROOT).stdout.strip()  # where conf/ is, as DVC composes it
     keys = ("optim.lr", "optim.weight_decay", "trainer.label_smoothing")
-    assert shown == "dvc exp run " + " ".join(f"-S {k}={best.data.params[k]}" for k in keys)
-    assert console(cli.check, shown.split()[3:], ROOT).returncode == 0  # as dvc exp run -S composes them
+    assert all(f"-S {k}={best.data.params[k]}" in shown for k in keys)
+    assert console(cli.check, shlex.split(shown)[3:], ROOT).returncode == 0  # as dvc exp run -S composes them
 
 
 def test_a_sweep_whose_tracking_server_is_out_of_reach_stops_in_one_line(tiny_project, monkeypatch):
@@ -137,3 +141,39 @@ def test_a_sweep_whose_tracking_server_is_out_of_reach_stops_in_one_line(tiny_pr
     done = stage_main("train", [*args, f"hydra.sweep.dir={tiny_project / 'multirun/s'}"], tiny_project)
     assert done.returncode == 1 and done.stderr.strip().startswith("error: cannot reach the tracking server at")
     assert done.stderr.strip().count("\n") == 0 and not (tiny_project / "multirun/s/0").exists()
+
+
+@pytest.fixture
+def workspace_project(tiny_project):
+    """tiny_project with its own conf/ and a params.yaml composed on test_resnet (what `dvc exp run -S` leaves):
+    the workspace a sweep started by hand carries."""
+    from imgclf.config import params_yaml
+
+    shutil.copytree(ROOT / "conf", tiny_project / "conf")
+    (tiny_project / "params.yaml").write_text(params_yaml(list(TINY_OVERRIDES), tiny_project))
+    return tiny_project
+
+
+def test_the_best_jobs_overrides_carry_the_workspace_and_the_swept_group(workspace_project):
+    """A sweep of a config group on the workspace's model: the printed `dvc exp run -S ...` names the group's
+    option and the workspace's model, and composes conf/ (as DVC does) into the best job's config exactly."""
+    sweep_dir = workspace_project / "multirun" / "s1"
+    args = ["-m", "optim=adamw,sgd", "trainer.epochs=1", f"hydra.sweep.dir={sweep_dir}"]
+    done = stage_main("train", args, workspace_project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    uri = f"sqlite:///{workspace_project}/mlflow.db"
+    args = ["--uri", uri, "--experiment", "test", "--sweep", str(sweep_dir), "--metric", "kept/val/acc"]
+    best = console(cli.runs, [*args, "--best"], workspace_project).stdout.splitlines()[0]
+    shown = console(cli.runs, [*args, "--best", "--as-overrides"], workspace_project)
+    assert shown.returncode == 0, shown.stderr
+    words = shlex.split(shown.stdout.strip())
+    assert words[:3] == ["dvc", "exp", "run"] and set(words[3::2]) == {"-S"}
+    sets = words[4::2]
+    client = MlflowClient(tracking_uri=uri)
+    optim = "sgd" if client.get_run(best).data.params["optim._target_"] == "torch.optim.SGD" else "adamw"
+    assert {f"optim={optim}", "model=timm", "model.name=test_resnet", "model.image_size=32"} <= set(sets)
+    from imgclf.config import compose
+    from imgclf.tracking import artifact_text
+
+    ran = yaml.safe_load(artifact_text(uri, best, "train/config.yaml"))
+    assert OmegaConf.to_container(compose(sets, workspace_project)) == ran

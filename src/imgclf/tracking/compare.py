@@ -221,21 +221,42 @@ def best_report(uri: str, row: RunRow, metric: str) -> list[str]:
     return lines
 
 
-def best_command(uri: str, row: RunRow) -> str:
-    """`dvc exp run -S key=value ...` with the best run's value of every key its sweep varied: the winning trial as
-    a DVC experiment, in one command."""
+def best_command(uri: str, row: RunRow, root: str | Path = ".") -> str:
+    """`dvc exp run -S ...` that composes conf/ into the best sweep job's config: its group choices (`model=vgg16`),
+    then its keys that differ, the workspace's the sweep ran on included, since DVC composes conf/ with the -S
+    overrides alone. The winning trial as a DVC experiment, in one command."""
     import shlex
 
-    parent = row.tags.get(PARENT_TAG)
-    if not parent:
+    import yaml
+
+    from imgclf.config import conf_dir
+    from imgclf.workspace import overrides_for
+
+    if not row.tags.get(PARENT_TAG):
         raise BadInput(f"run {row.id} is not a sweep's job: --as-overrides takes the best of --sweep or --parent")
-    swept = [
-        k.removeprefix("sweep.space.")
-        for k in tracking.run_record(uri, parent)["params"]
-        if k.startswith("sweep.space.")
-    ]
-    sets = [f"{key}={row.params[key]}" for key in sorted(swept) if key in row.params]
-    return " ".join(["dvc exp run", *(f"-S {shlex.quote(s)}" for s in sets)])
+    if not conf_dir(root).is_dir():
+        raise BadInput(f"--as-overrides composes conf/, and {conf_dir(root)} is missing: run it in the project")
+    config = yaml.safe_load(tracking.artifact_text(uri, row.id, "train/config.yaml"))  # resolved, as the job ran
+    sets = overrides_for(config, root)
+    if sets is None:
+        raise BadInput(f"run {row.id}'s config cannot be composed from conf/ (edited since the sweep ran?)")
+    return " ".join(["dvc exp run", *(f"-S {shlex.quote(_bare(s))}" for s in sets)])
+
+
+def _bare(override: str) -> str:
+    """key='text' as key=text where Hydra reads the bare text as the same string: shorter to read and to copy."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    key, _, value = override.partition("=")
+    if len(value) < 2 or value[0] != "'" or value[-1] != "'":
+        return override
+    text = f"{key}={value[1:-1]}"
+    try:
+        parsed = OverridesParser.create().parse_override(text)
+    except HydraException:
+        return override
+    return text if parsed.value() == value[1:-1] and isinstance(parsed.value(), str) else override
 
 
 def _has_model(uri: str, run_id: str) -> bool:
