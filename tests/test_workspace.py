@@ -41,6 +41,9 @@ def test_the_applied_experiment_comes_back_as_overrides_of_conf(project):
     assert kept == ["augment=none", "trainer.epochs=3"]  # flags first: argparse takes the overrides as one run
     assert argv == ["-m", "--cfg", "job", *kept, "optim.lr=0.1,0.2", "data=digits"]
     assert with_workspace(["+experiment=mnist_alexnet"], project) == (["+experiment=mnist_alexnet"], [])
+    # so do the keys a sweep file varies (optim.lr, optim.weight_decay), in a multirun, where it varies them
+    assert "optim.lr=0.002" not in with_workspace(["-m", "+sweep=lr_wd"], project)[1]
+    assert "optim.lr=0.002" in with_workspace(["+sweep=lr_wd"], project)[1]
     assert with_workspace(["--config-dir", ".", "--config-name", "params"], project)[1] == []  # DVC's stages
 
 

@@ -150,19 +150,40 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
+def _swept(flags: list[str], overrides: list[str], root: str | Path) -> list[str]:
+    """The keys a multirun's sweep file (+sweep=models) or hydra.sweeper.params.<key>= varies; [] for one run."""
+    if not any(f in ("-m", "--multirun") for f in flags):
+        return []
+    prefix = "hydra.sweeper.params."
+    keys = [_key(o).removeprefix(prefix) for o in overrides if _key(o).startswith(prefix)]
+    files = [o for o in overrides if _key(o) == "sweep"]
+    if files:
+        from hydra import compose, initialize_config_dir
+        from hydra.errors import HydraException
+
+        try:
+            with initialize_config_dir(str(conf_dir(root)), version_base=None):
+                cfg = compose(config_name="config", overrides=files, return_hydra_config=True)
+        except HydraException:  # a sweep file that is not there: the override check says so in one line
+            return keys
+        keys += [str(k) for k in OmegaConf.select(cfg, "hydra.sweeper.params") or {}]
+    return keys
+
+
 def with_workspace(argv: list[str], root: str | Path = ".") -> tuple[list[str], list[str]]:
     """(argv with the workspace's overrides before the user's, those overrides): none where the command names its
     own config, adds a recipe (+experiment=, which sets keys across groups), or IMGCLF_WORKSPACE=0; the user's keys
-    win."""
+    win, and so do the keys a sweep file varies (Hydra's sweepers let the command line beat them)."""
     if os.environ.get(OFF) == "0" or any(a.split("=")[0] in EXPLICIT for a in argv):
         return argv, []
     flags, overrides = _split(argv)
     if any(_key(a) == "experiment" for a in overrides):
         return argv, []
-    mine = [_key(a) for a in overrides]
+    carried = workspace_overrides(root)
+    mine = [_key(a) for a in overrides] + (_swept(flags, overrides, root) if carried else [])
     kept = [
         o
-        for o in workspace_overrides(root)
+        for o in carried
         if not any(_key(o) == k or _key(o).startswith(f"{k}.") for k in mine)  # a group or key the user sets
     ]
     return ([*flags, *kept, *overrides] if kept else argv), kept

@@ -177,3 +177,19 @@ def test_the_best_jobs_overrides_carry_the_workspace_and_the_swept_group(workspa
 
     ran = yaml.safe_load(artifact_text(uri, best, "train/config.yaml"))
     assert OmegaConf.to_container(compose(sets, workspace_project)) == ran
+
+
+def test_a_sweep_files_keys_beat_the_workspaces(workspace_project):
+    """`+sweep=models` on a workspace composed on timm: every job on its own model, not the workspace's. The jobs
+    are refused before they train (finetune.strategy=partial): the FAILED run each records holds its config."""
+    sweep_dir = workspace_project / "multirun" / "s1"
+    args = ["-m", "+sweep=models", "finetune.strategy=partial", f"hydra.sweep.dir={sweep_dir}"]
+    done = stage_main("train", args, workspace_project)
+    assert done.returncode == 1 and "error: all 4 jobs of the sweep failed" in done.stderr, done.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace_project}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    jobs = [r for r in runs if r.data.tags.get("imgclf.role") != "sweep"]
+    assert sorted(r.data.params["model.name"] for r in jobs) == ["alexnet", "alexnet", "vgg16", "vgg16"]
+    assert all(r.data.params["data.name"] == "tiny" for r in jobs)  # the workspace's other keys still hold
+    carried = next(line for line in done.stderr.splitlines() if line.startswith("workspace: "))
+    assert "data.name='tiny'" in carried and "model" not in carried  # the line names what the jobs still carry
