@@ -193,3 +193,43 @@ def test_a_sweep_files_keys_beat_the_workspaces(workspace_project):
     assert all(r.data.params["data.name"] == "tiny" for r in jobs)  # the workspace's other keys still hold
     carried = next(line for line in done.stderr.splitlines() if line.startswith("workspace: "))
     assert "data.name='tiny'" in carried and "model" not in carried  # the line names what the jobs still carry
+
+
+DEAD_CONTROLLER = """\
+ClusterName=nowhere
+SlurmctldHost={node}(127.0.0.1)
+SlurmctldPort={port}
+NodeName={node} NodeAddr=127.0.0.1 CPUs=1 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES State=UP
+"""
+
+
+@pytest.mark.parametrize("cluster", ["no sbatch", "no controller"])
+def test_a_slurm_sweep_without_a_cluster_stops_in_one_line_leaving_nothing(cluster, tiny_project, monkeypatch):
+    """+launcher=slurm where SLURM's commands are missing, or where no controller answers: one line naming what is
+    missing and what to do, exit 1, before the sweep's folder or its parent run exist (submitit failed with a
+    traceback once both did)."""
+    import shutil
+    import socket
+
+    from imgclf.tracking import server
+
+    if cluster == "no sbatch":
+        monkeypatch.setenv("PATH", str(tiny_project / "bin"))  # no such folder: nothing on PATH
+        expected = "error: +launcher=slurm: sbatch, srun, scontrol not found on PATH; run the sweep on a SLURM login"
+    else:  # the commands, and a slurm.conf naming a controller on a port where nothing listens
+        if not all(map(shutil.which, ("sbatch", "srun", "scontrol"))):
+            pytest.skip("SLURM's client commands are not installed (make slurm)")
+        conf = tiny_project / "slurm.conf"
+        conf.write_text(DEAD_CONTROLLER.format(node=socket.gethostname().split(".")[0], port=server.free_port()))
+        monkeypatch.setenv("SLURM_CONF", str(conf))
+        expected = "error: +launcher=slurm: no SLURM controller answers (scontrol ping: Slurmctld(primary) at"
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    args = ["--config-dir", str(ROOT / "conf"), "-m", *TINY_OVERRIDES, f"tracking.uri={uri}", "optim.lr=0.1,0.01"]
+    sweep_dir = tiny_project / "multirun" / "s"
+    done = stage_main("train", [*args, "+launcher=slurm", f"hydra.sweep.dir={sweep_dir}"], tiny_project)
+    assert done.returncode == 1 and done.stderr.startswith(expected), done.stderr[-3000:]
+    assert done.stderr.strip().count("\n") == 0 and "hydra/launcher=joblib" in done.stderr
+    assert not (tiny_project / "multirun").exists()
+    client = MlflowClient(tracking_uri=uri)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])  # no parent run left

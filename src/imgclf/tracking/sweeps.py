@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgclf import tracking
 from imgclf.errors import USER_ERRORS
+from imgclf.slurm import check_cluster
 from imgclf.tracking import compare as runs
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,11 @@ class SweepRun(Callback):
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 tracks
             return
         SweepRun.active = self
-        if study_sweeper(config):  # the parent belongs to the study, found or made once the study is open
-            return
         try:
-            self.open(config)
+            # before the sweep's folder or parent run exist: a launcher that cannot start a job leaves nothing
+            check_cluster(OmegaConf.select(config, "hydra.launcher._target_") or "")
+            if not study_sweeper(config):  # a study's parent is found or made once the study is open
+                self.open(config)
         except USER_ERRORS as exc:  # Hydra would make it a warning and launch every job into the same wall
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
