@@ -24,6 +24,30 @@ def test_every_option_composes(compose_cfg, group, option):
         assert compose_cfg(f"{group}={option}")[group] is not None
 
 
+def test_help_offers_exactly_the_options_a_group_takes():
+    """`--help` lists each group's options as `group=option` takes them: the keys every model shares
+    (conf/model_base.yaml) sit outside conf/model/, so Hydra does not offer them as a model."""
+    done = stage_main("train", ["--help"], ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = done.stdout.split("== Configuration groups ==\n")[1].split("\n\n== Config ==")[0]
+    offered = dict(line.split(": ", 1) for line in listed.splitlines() if ": " in line)
+    assert offered == {group: ", ".join(options) for group, options in config_groups(ROOT).items()}
+    assert offered["model"] == "alexnet, timm, vgg16, vgg16_bn"
+
+
+@pytest.mark.parametrize("model", config_groups(ROOT)["model"])
+def test_every_model_option_is_the_shared_keys_then_its_own(model):
+    from omegaconf import OmegaConf
+
+    from imgclf.config import compose
+
+    own = OmegaConf.load(ROOT / "conf" / "model" / f"{model}.yaml")
+    assert own.pop("defaults") == ["/model_base@_here_", "_self_"]
+    expected = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model_base.yaml"), own)
+    composed = compose([f"model={model}"], ROOT, resolve=False).model
+    assert OmegaConf.to_yaml(composed) == OmegaConf.to_yaml(expected)  # keys in the same order: params.yaml's
+
+
 def test_interface_keys_exist(compose_cfg):
     cfg = compose_cfg()
     for key in (

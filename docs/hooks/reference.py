@@ -140,13 +140,26 @@ def configuration_page(conf: Path = ROOT / "conf") -> str:
     lines += ["", *_key_table(root), ""]
     for group in groups:
         options = sorted(p for p in (conf / group).glob("*.yaml"))
-        names = [p.stem for p in options if not p.stem.startswith("_")]
         how = _how(group, chosen[group])
-        lines += [f"## {group}", "", f"Options: {', '.join(f'`{n}`' for n in names)} ({how}).", ""]
+        lines += [f"## {group}", "", f"Options: {', '.join(f'`{p.stem}`' for p in options)} ({how}).", ""]
+        for base in _bases(conf, options):
+            title = f"`{base.name}` (what every {group} option starts from; not an option)"
+            lines += [f"### {title}", "", _prose(_header(base.read_text())), "", *_key_table(base), ""]
         for path in options:
-            title = f"`{group}/{path.name}`" + (" (shared base, not an option)" if path.stem.startswith("_") else "")
-            lines += [f"### {title}", "", _prose(_header(path.read_text())), "", *_key_table(path), ""]
+            lines += [f"### `{group}/{path.name}`", "", _prose(_header(path.read_text())), "", *_key_table(path), ""]
     return "\n".join(lines) + "\n"
+
+
+def _bases(conf: Path, options: list[Path]) -> list[Path]:
+    """The configs outside every group that options start from (`- /model_base@_here_`): shared keys, no option."""
+    found = []
+    for path in options:
+        for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+            name = entry.split("@")[0].removeprefix("/") if isinstance(entry, str) and entry.startswith("/") else ""
+            base = conf / f"{name}.yaml"
+            if name and "/" not in name and base.is_file() and base not in found:
+                found.append(base)
+    return found
 
 
 def cli_page() -> str:

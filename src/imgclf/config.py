@@ -44,7 +44,7 @@ def config_groups(root: str | Path = ".") -> dict[str, list[str]]:
     """Config groups of conf/ and their options: {"model": ["alexnet", "vgg16"], ...}."""
     base = conf_dir(root)
     return {
-        d.name: sorted(p.stem for p in d.glob("*.yaml") if not p.name.startswith("_"))  # _base.yaml: shared keys
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))  # a shared base lives outside (conf/model_base.yaml)
         for d in sorted(base.iterdir())
         if d.is_dir()
     }
