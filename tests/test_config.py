@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
+from imgclf import config
 from imgclf.config import check_overrides, config_groups, params_yaml
 
-from .conftest import BIN, ROOT, stage_main
+from .conftest import BIN, ROOT, console, stage_main
 
 
 def test_params_yaml_is_the_composition_of_conf():
@@ -177,3 +178,20 @@ def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatc
         out = capsys.readouterr()
         lines = (out.err or out.out).strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(said), lines
+
+
+def test_a_model_file_written_for_the_old_base_is_told_where_the_base_went(tmp_path):
+    import shutil
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "conf/model/mynet.yaml").write_text("defaults:\n  - _base\n  - _self_\nname: resnet18\nsource: timm\n")
+    for done in (
+        console(config.main, ["model=mynet"], tmp_path),  # make params
+        stage_main("train", ["model=mynet"], tmp_path),  # python -m imgclf.stages.train
+    ):
+        assert done.returncode == 2 and not done.stdout
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "`- /model_base@_here_`" in lines[0], done.stderr
+    done = console(config.main, ["optim.lrr=1"], ROOT)  # a typo: one line too, not Hydra's traceback
+    assert done.returncode == 2 and "unknown key 'optim.lrr'" in done.stderr and not done.stdout
+    assert console(config.main, [], ROOT).stdout == (ROOT / "params.yaml").read_text()

@@ -100,6 +100,10 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
 def _explain(message: str, overrides: list[str], root: str | Path) -> str:
     """Hydra's "Could not override 'a.b'" as one line naming the keys that `a` has."""
     found = re.search(r"Could not override '([^']+)'", message)
+    if "Could not load 'model/_base'" in message:  # a model file of the user's, from before the base moved
+        return f"{message.splitlines()[0]} The keys every model starts from are in conf/model_base.yaml now: " + (
+            "write `- /model_base@_here_` in its defaults list instead of `- _base`"
+        )
     if not found:
         return message.splitlines()[0]
     key = found.group(1)
@@ -117,5 +121,16 @@ def _explain(message: str, overrides: list[str], root: str | Path) -> str:
     return message.splitlines()[0]
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """`make params`: params.yaml's text on stdout, or one line saying what in the overrides or conf/ is wrong."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    error = check_overrides(argv)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(params_yaml(argv))
+    return 0
+
+
 if __name__ == "__main__":
-    sys.stdout.write(params_yaml(sys.argv[1:]))
+    sys.exit(main())
