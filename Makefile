@@ -91,7 +91,7 @@ exps:
 
 # Regenerate params.yaml (what DVC tracks) after editing conf/.
 params: venv
-	$(PY) -m imgclf.config > params.yaml.tmp && mv params.yaml.tmp params.yaml
+	$(PY) -m imgclf.config > params.yaml.tmp && mv params.yaml.tmp params.yaml || { rm -f params.yaml.tmp; exit 1; }
 
 # Regenerate dvc.yaml's code deps (each stage's import closure) after moving or importing modules.
 dvc-deps: venv
