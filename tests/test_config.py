@@ -195,3 +195,27 @@ def test_a_model_file_written_for_the_old_base_is_told_where_the_base_went(tmp_p
     done = console(config.main, ["optim.lrr=1"], ROOT)  # a typo: one line too, not Hydra's traceback
     assert done.returncode == 2 and "unknown key 'optim.lrr'" in done.stderr and not done.stdout
     assert console(config.main, [], ROOT).stdout == (ROOT / "params.yaml").read_text()
+
+
+def test_a_conf_file_that_is_not_yaml_or_holds_a_bad_value_is_one_line_everywhere(tmp_path):
+    import shutil
+
+    from imgclf import cli
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    adamw = tmp_path / "conf/optim/adamw.yaml"
+    good = adamw.read_text()
+    adamw.write_text(good.replace("\nlr: ", "\nlr: 5.0e-4: ", 1))  # a stray colon
+    for done in (
+        console(config.main, [], tmp_path),  # make params
+        console(cli.check, [], tmp_path),
+        stage_main("train", ["trainer.epochs=1"], tmp_path),
+    ):
+        assert done.returncode == 2 and not done.stdout, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "adamw.yaml line " in lines[0] and "not valid YAML" in lines[0], done.stderr
+    adamw.write_text(good.replace("\nweight_decay: ", "\nweight_decay: -1 #", 1))  # what every stage refuses
+    done = console(config.main, [], tmp_path)
+    assert done.returncode == 1 and not done.stdout
+    assert done.stderr.strip() == "error: optim.weight_decay=-1 is not valid: a number >= 0"

@@ -84,10 +84,14 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
             kept.append(f"{prefix}{key}={values[0]}")
         else:  # a swept key is checked for existence with a neutral value
             kept.append(f"{prefix}{key}=null" if ov.is_sweep_override() else text)
+    import yaml
+
     try:
         cfg = compose(kept, root, resolve=False)
     except HydraException as exc:
         return _explain(str(exc), kept, root)
+    except yaml.YAMLError as exc:  # a file of conf/ that is not YAML: where, not Hydra's 100 lines
+        return yaml_error(exc)
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -95,6 +99,14 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
     except OmegaConfBaseException as exc:
         return f"bad interpolation: {str(exc).splitlines()[0]}"
     return None
+
+
+def yaml_error(exc: Exception) -> str:
+    """A YAML parser's error as one line: the file, line and column, and the problem."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{mark.name} line {mark.line + 1}, column {mark.column + 1}" if mark else "a file of conf/"
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where} is not valid YAML: {problem}"
 
 
 def _explain(message: str, overrides: list[str], root: str | Path) -> str:
@@ -123,11 +135,19 @@ def _explain(message: str, overrides: list[str], root: str | Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`make params`: params.yaml's text on stdout, or one line saying what in the overrides or conf/ is wrong."""
+    from imgclf.errors import USER_ERRORS
+    from imgclf.options import Options
+
     argv = list(sys.argv[1:] if argv is None else argv)
     error = check_overrides(argv)
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:  # the values every stage would refuse: refused here, before params.yaml holds them
+        Options.from_config(compose(argv))
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     sys.stdout.write(params_yaml(argv))
     return 0
 

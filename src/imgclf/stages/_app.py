@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -65,6 +67,9 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
             argv, carried = with_workspace(sys.argv[1:])
         except BadInput as exc:
             print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except (HydraException, yaml.YAMLError) as exc:  # conf/ itself does not compose: the override check says why
+            print(f"error: {check_overrides([]) or str(exc).splitlines()[0]}", file=sys.stderr)
             sys.exit(2)
         sys.argv[1:], carried = strip_overrides(argv), strip_overrides(carried)  # before Hydra or a line shows them
         if carried:
