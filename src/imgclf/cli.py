@@ -159,6 +159,7 @@ def runs_parser() -> argparse.ArgumentParser:
 
 def runs(argv: list[str]) -> int:
     """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
+    from imgclf import tracking
     from imgclf.files import refuse_folder, write_text
     from imgclf.tracking import compare as compare
 
@@ -172,6 +173,7 @@ def runs(argv: list[str]) -> int:
         parser.error("--limit must be at least 1")
     args.uri = take_uri_credentials(args.uri)  # user:password into MLflow's variables: in no message or command
     try:
+        tracking.require_server(args.uri)
         if args.out:
             refuse_folder(args.out)
         rows = compare.list_runs(args.uri, args.experiment, args.sweep, args.parent)
@@ -227,6 +229,7 @@ def reproduce(argv: list[str]) -> int:
     args = reproduce_parser().parse_args(argv)
     args.uri = take_uri_credentials(args.uri)
     try:
+        tracking.require_server(args.uri)
         record = Record.load(args.uri, args.run_id)
         found = differences(record, Paths.from_config(record.config["paths"]))
         if found:

@@ -187,6 +187,25 @@ def test_metrics_of_any_class_name_and_any_number_of_classes_all_reach_mlflow(tm
     assert logged["test/recall/_HYPERLINK_1_"] == 0.75 and len(logged) == 1 + len(odd) + len(per_class)
 
 
+@pytest.mark.parametrize("command", ["runs", "reproduce"])
+def test_runs_and_reproduce_with_the_server_away_are_one_line_at_once(tmp_path, command):
+    import time
+
+    from imgclf import cli
+    from imgclf.tracking.server import free_port
+
+    from ..conftest import console
+
+    uri = f"http://alice:fake-pw-0d@127.0.0.1:{free_port()}"  # nothing listens there: MLflow retries for minutes
+    argv = ["--uri", uri] + (["0123456789abcdef0123456789abcdef"] if command == "reproduce" else [])
+    start = time.monotonic()
+    done = console(getattr(cli, command), argv, tmp_path)
+    assert time.monotonic() - start < 30  # seconds, not MLflow's retries (minutes)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("error: cannot reach the tracking server at http://127.0.0.1:")
+    assert "fake-pw-0d" not in done.stdout + done.stderr
+
+
 def test_sync_with_the_server_away_is_one_line_at_once(tmp_path):
     from imgclf.cli import sync
     from imgclf.tracking.server import free_port

@@ -131,6 +131,13 @@ def _unanswered(uri: str) -> str | None:
     return None
 
 
+def require_server(uri: str) -> None:
+    """For a command that asks a store once (`imgclf runs`, `reproduce`): an http(s) server that does not answer
+    one request is one line now, not MLflow's retries for minutes."""
+    if uri.startswith(("http://", "https://")) and (error := _unanswered(uri)) is not None:
+        raise MissingInput(f"cannot reach the tracking server at {uri} ({error}); start it or give another --uri")
+
+
 def answers(uri: str) -> bool:
     """True when the store at `uri` can be asked now: a server that answers one request, or any other store."""
     return not uri.startswith(("http://", "https://")) or _unanswered(uri) is None
