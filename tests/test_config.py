@@ -112,7 +112,12 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
         (  # Hydra would save it under outputs/, DVC's -S writes it into params.yaml
             ["+data.kaggle_key=fake-key-51c2"],
             "data.kaggle_key: a secret is not taken as an override (Hydra and DVC write overrides down); put it in "
-            "the environment variable the tool reads",
+            "KAGGLE_USERNAME and KAGGLE_KEY (or ~/.kaggle/kaggle.json)",
+        ),
+        (
+            ["+tracking.password=fake-pw-3e"],
+            "tracking.password: a secret is not taken as an override (Hydra and DVC write overrides down); put it in "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)",
         ),
         (
             ["-m", "+sweep=optuna_lr_wd", "hydra.sweeper.storage=postgresql+psycopg://optuna:fake-pw-7a@db/optuna"],

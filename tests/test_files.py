@@ -125,6 +125,7 @@ def test_atomic_files_replaces_only_what_it_wrote_and_nothing_when_it_fails(tmp_
     with atomic_files(out) as tmp:
         (tmp / "metrics.json").write_text("new")
     assert (out / "metrics.json").read_text() == "new" and (out / "notes.txt").read_text() == "the user's"
-    with pytest.raises(BadInput, match="is a folder"), atomic_files(tmp_path / "reports") as tmp:
+    refused = pytest.raises(BadInput, match="is a folder where this stage writes a file; move it away; nothing in")
+    with refused, atomic_files(tmp_path / "reports") as tmp:
         (tmp / "evaluate").write_text("a file where a folder is")
     assert (out / "notes.txt").read_text() == "the user's"

@@ -18,6 +18,15 @@ SECRET_KEY = re.compile(r"(password|passwd|secret|token|apikey|credential|(?<![a
 ENVIRONMENT = {"hydra.sweeper.storage": "IMGCLF_OPTUNA_STORAGE"}  # where a key's secret goes instead
 
 
+def _variable_for(key: str) -> str:
+    """Where a secret-looking key's value belongs: the variables of the tool that reads it."""
+    if "kaggle" in key.lower():
+        return "KAGGLE_USERNAME and KAGGLE_KEY (or ~/.kaggle/kaggle.json)"
+    if key.split(".")[0] == "tracking" or "mlflow" in key.lower():
+        return "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+    return "the environment variable the tool that reads it takes"
+
+
 def secret_override(argv: Sequence[str]) -> str | None:
     """A one-line refusal of an override carrying a secret (a secret-looking key, a URL's password), else None:
     Hydra saves overrides under outputs/ and multirun/, and DVC writes `-S` into params.yaml. A tracking URI's
@@ -27,7 +36,7 @@ def secret_override(argv: Sequence[str]) -> str | None:
         if not value.strip("'\"") or value == "null" or key == "tracking.uri" or arg.startswith("-"):
             continue
         if SECRET_KEY.search(key) or PASSWORD_URL.search(value):
-            where = ENVIRONMENT.get(key, "the environment variable the tool reads")
+            where = ENVIRONMENT.get(key) or _variable_for(key)
             return (
                 f"{key}: a secret is not taken as an override (Hydra and DVC write overrides down); put it in {where}"
             )

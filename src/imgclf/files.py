@@ -113,7 +113,11 @@ def atomic_files(path: str | Path) -> Iterator[Path]:
         if any(child.is_dir() for child in written):
             raise ValueError(f"atomic_files({path}) takes files only")
         for child in written:
-            refuse_folder(path / child.name)
+            if (path / child.name).is_dir() and not (path / child.name).is_symlink():
+                raise BadInput(
+                    f"{path / child.name} is a folder where this stage writes a file; move it away; "
+                    f"nothing in {path} was changed"
+                )
         path.mkdir(exist_ok=True)
         for child in written:
             os.replace(child, path / child.name)
