@@ -224,3 +224,19 @@ def test_a_conf_file_that_is_not_yaml_or_holds_a_bad_value_is_one_line_everywher
     done = console(config.main, [], tmp_path)
     assert done.returncode == 1 and not done.stdout
     assert done.stderr.strip() == "error: optim.weight_decay=-1 is not valid: a number >= 0"
+
+
+def test_a_new_model_file_without_the_base_is_refused_before_dvc_cannot_parse_dvc_yaml(tmp_path):
+    import shutil
+
+    from imgclf import cli
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    (tmp_path / "conf/model/mynew.yaml").write_text("name: resnet18\nsource: timm\nimage_size: 32\n")
+    for done in (console(cli.check, ["-S", "model=mynew"], tmp_path), console(config.main, ["model=mynew"], tmp_path)):
+        assert done.returncode == 1 and not done.stdout
+        assert done.stderr.strip() == (
+            "error: dvc.yaml reads ${model.inputs[0]}, which this config does not set (a conf/ file missing its "
+            "defaults?)"
+        )

@@ -294,7 +294,7 @@ def check_parser() -> argparse.ArgumentParser:
 def check(argv: list[str]) -> int:
     """`imgclf check -S a -S b`: the overrides of a `dvc exp run` checked as DVC will compose them (from conf/), in
     one line and before DVC prints its own dozen: unknown keys and choices, bad values, missing folders."""
-    from imgclf.config import check_overrides, compose
+    from imgclf.config import check_overrides, compose, missing_for_dvc
     from imgclf.options import Options
 
     args = check_parser().parse_intermixed_args(argv)
@@ -306,7 +306,11 @@ def check(argv: list[str]) -> int:
     runs = _experiments(overrides)  # `-S a=1,2 -S b=x,y`: DVC queues the grid; each one is checked
     for run in runs:
         try:
-            Options.from_config(compose(run))
+            cfg = compose(run)
+            Options.from_config(cfg)
+            error = missing_for_dvc(cfg)
+            if error:
+                raise BadInput(error)
         except USER_ERRORS as exc:
             print(f"error: {' '.join(run) + ': ' if len(runs) > 1 else ''}{exc}", file=sys.stderr)
             return 1

@@ -133,6 +133,21 @@ def _explain(message: str, overrides: list[str], root: str | Path) -> str:
     return message.splitlines()[0]
 
 
+def missing_for_dvc(cfg: DictConfig, root: str | Path = ".") -> str | None:
+    """One line when dvc.yaml reads a key (`${model.inputs[0]}`) that this config lacks, else None: DVC would stop
+    on it with "failed to parse 'stages.train.deps'" before any stage runs (a new conf/model/ file without
+    `- /model_base@_here_`, say)."""
+    dvc_yaml = Path(root) / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        return None
+    text = dvc_yaml.read_text()
+    own = set(re.findall(r"^\s+- (\w+):", text.split("stages:", 1)[0], flags=re.MULTILINE))  # dvc.yaml's vars
+    for key in dict.fromkeys(re.findall(r"\$\{([^}]+)\}", text)):
+        if key.split(".")[0].split("[")[0] not in own and OmegaConf.select(cfg, key) is None:
+            return f"dvc.yaml reads ${{{key}}}, which this config does not set (a conf/ file missing its defaults?)"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`make params`: params.yaml's text on stdout, or one line saying what in the overrides or conf/ is wrong."""
     from imgclf.errors import USER_ERRORS
@@ -144,9 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:  # the values every stage would refuse: refused here, before params.yaml holds them
-        Options.from_config(compose(argv))
+        cfg = compose(argv)
+        Options.from_config(cfg)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    error = missing_for_dvc(cfg)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     sys.stdout.write(params_yaml(argv))
     return 0

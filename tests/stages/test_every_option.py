@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.config import check_overrides, compose, config_groups
+from imgclf.config import check_overrides, compose, config_groups, missing_for_dvc
 from imgclf.options import Options
 
 from ..conftest import ROOT, TINY_DATA, TINY_OVERRIDES, stage_main
@@ -29,8 +29,10 @@ def test_every_group_is_in_the_defaults_list_or_added_with_plus():
 def test_every_option_composes_and_validates(group, option):
     override = f"{'+' if group in ADDED else ''}{group}={option}"
     assert check_overrides([override], root=ROOT) is None  # what the command line and dvc exp run -S pass first
-    opts = Options.from_config(compose([override], root=ROOT))
+    cfg = compose([override], root=ROOT)
+    opts = Options.from_config(cfg)
     assert opts.config["data"]["name"] == opts.data.name
+    assert missing_for_dvc(cfg, ROOT) is None  # every key dvc.yaml reads is set
     if group == "sweep":  # every swept key exists, and a value of each is valid
         from hydra import compose as hydra_compose
         from hydra import initialize_config_dir
