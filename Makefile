@@ -85,7 +85,7 @@ format: venv
 
 # `dvc exp show` narrowed to what tells experiments apart (it shows every param and metric: 240 columns);
 # KEEP=... for other columns (a regex of column names)
-KEEP ?= Experiment|Created|data\.name|data\.path|model\.name|optim\.lr|trainer\.(epochs|batch_size)|finetune\.strategy|augment\.preset$$|^test/(acc|macro_f1)$$|^val/acc$$|epochs_run
+KEEP ?= Experiment|Created|data\.name|data\.path|data\.subset|model\.name|optim\.lr|trainer\.(epochs|batch_size)|finetune\.strategy|augment\.preset$$|^test/(acc|macro_f1)$$|^val/acc$$|epochs_run
 exps:
 	dvc exp show --no-pager --drop '.*' --keep '$(KEEP)'
 
