@@ -89,9 +89,10 @@ KEEP ?= Experiment|Created|data\.name|data\.path|data\.subset|model\.name|optim\
 exps:
 	dvc exp show --no-pager --drop '.*' --keep '$(KEEP)'
 
-# Regenerate params.yaml (what DVC tracks) after editing conf/.
+# Regenerate params.yaml (what DVC tracks) after editing conf/: checked first, as `imgclf check` checks a dvc exp run
 params: venv
-	$(PY) -m imgclf.config > params.yaml.tmp && mv params.yaml.tmp params.yaml || { rm -f params.yaml.tmp; exit 1; }
+	$(VENV)/bin/imgclf check >/dev/null && $(PY) -m imgclf.config > params.yaml.tmp && mv params.yaml.tmp params.yaml \
+	  || { rm -f params.yaml.tmp; exit 1; }
 
 # Regenerate dvc.yaml's code deps (each stage's import closure) after moving or importing modules.
 dvc-deps: venv

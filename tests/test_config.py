@@ -221,9 +221,17 @@ def test_a_conf_file_that_is_not_yaml_or_holds_a_bad_value_is_one_line_everywher
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "adamw.yaml line " in lines[0] and "not valid YAML" in lines[0], done.stderr
     adamw.write_text(good.replace("\nweight_decay: ", "\nweight_decay: -1 #", 1))  # what every stage refuses
-    done = console(config.main, [], tmp_path)
-    assert done.returncode == 1 and not done.stdout
-    assert done.stderr.strip() == "error: optim.weight_decay=-1 is not valid: a number >= 0"
+    before = (tmp_path / "params.yaml").read_bytes()
+    make = ["make", "-s", "-f", str(ROOT / "Makefile"), "-o", "venv", f"VENV={BIN.parent}", "params"]
+    done = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and done.stderr.splitlines()[0] == (
+        "error: optim.weight_decay=-1 is not valid: a number >= 0"
+    ), done.stderr
+    assert (tmp_path / "params.yaml").read_bytes() == before and not list(tmp_path.glob("params.yaml.*"))
+    adamw.write_text(good)
+    (tmp_path / "params.yaml").write_text("stale\n")
+    done = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
 
 
 def test_a_new_model_file_without_the_base_is_refused_before_dvc_cannot_parse_dvc_yaml(tmp_path):

@@ -149,21 +149,14 @@ def missing_for_dvc(cfg: DictConfig, root: str | Path = ".") -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`make params`: params.yaml's text on stdout, or one line saying what in the overrides or conf/ is wrong."""
-    from imgclf.errors import USER_ERRORS
-    from imgclf.options import Options
-
+    """params.yaml's text on stdout, or one line saying what in the overrides or conf/ does not compose. `make params`
+    runs `imgclf check` first: the values every stage would refuse (this module sits below the typed options)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     error = check_overrides(argv)
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:  # the values every stage would refuse: refused here, before params.yaml holds them
-        cfg = compose(argv)
-        Options.from_config(cfg)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    cfg = compose(argv)  # the values themselves: `imgclf check`, which make params runs first
     error = missing_for_dvc(cfg)
     if error:
         print(f"error: {error}", file=sys.stderr)
