@@ -109,7 +109,9 @@ def test_each_bad_value_gets_one_line_naming_key_and_what_is_valid(default_confi
 
 def test_a_data_path_that_is_missing_or_a_file(default_config, tmp_path):
     (tmp_path / "file.txt").write_text("x")
-    for path, says in ((tmp_path / "nope", "does not exist"), (tmp_path / "file.txt", "is a file")):
+    missing = [(tmp_path / "nope", "does not exist"), (tmp_path / "file.txt", "is a file")]
+    missing.append(("~no-such-user-imgclf/images", "does not exist"))  # pathlib's expanduser raised RuntimeError
+    for path, says in missing:
         with pytest.raises(BadInput, match=f"data.path=.* {says}: give a folder with one sub-folder per class"):
             Options.from_config(with_value(default_config, "data.path", str(path)))
     Options.from_config(with_value(default_config, "data.path", str(tmp_path)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -194,8 +195,8 @@ class Data(Group):
     def check(self, where: str) -> None:
         for key in FOLDERS:
             path = getattr(self, key)
-            if path is not None and not Path(path).expanduser().is_dir():
-                what = "is a file" if Path(path).expanduser().exists() else "does not exist"
+            if path is not None and not Path(os.path.expanduser(path)).is_dir():
+                what = "is a file" if Path(os.path.expanduser(path)).exists() else "does not exist"
                 shown = path if path.isprintable() else repr(path)
                 raise BadInput(f"{where}.{key}={shown} {what}: give a folder with one sub-folder per class")
 
