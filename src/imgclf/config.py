@@ -137,11 +137,13 @@ def missing_for_dvc(cfg: DictConfig, root: str | Path = ".") -> str | None:
     """One line when dvc.yaml reads a key (`${model.inputs[0]}`) that this config lacks, else None: DVC would stop
     on it with "failed to parse 'stages.train.deps'" before any stage runs (a new conf/model/ file without
     `- /model_base@_here_`, say)."""
+    import yaml
+
     dvc_yaml = Path(root) / "dvc.yaml"
     if not dvc_yaml.is_file():
         return None
     text = dvc_yaml.read_text()
-    own = set(re.findall(r"^\s+- (\w+):", text.split("stages:", 1)[0], flags=re.MULTILINE))  # dvc.yaml's vars
+    own = {name for var in yaml.safe_load(text).get("vars") or () if isinstance(var, dict) for name in var}
     for key in dict.fromkeys(re.findall(r"\$\{([^}]+)\}", text)):
         if key.split(".")[0].split("[")[0] not in own and OmegaConf.select(cfg, key) is None:
             return f"dvc.yaml reads ${{{key}}}, which this config does not set (a conf/ file missing its defaults?)"
@@ -161,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    sys.stdout.write(params_yaml(argv))
+    sys.stdout.write(OmegaConf.to_yaml(cfg))  # params_yaml's text, composed once
     return 0
 
 

@@ -62,6 +62,19 @@ def refuse_folder(path: str | Path) -> None:
         raise BadInput(f"{path} is a folder; give a file name (for example {path / 'out.csv'}); nothing was written")
 
 
+def _new_twin(path: Path) -> Path:
+    """A new, empty `.<name>.tmp<pid>` folder beside the folder `path` (a file at `path` is refused), after the
+    twins of killed writers are removed: where atomic_dir and atomic_files write before anything reaches `path`."""
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{path} is a file, not a folder; move it away or choose another path; nothing was written")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove(tmp)
+    remove_orphans(path, folders=True)
+    tmp.mkdir()
+    return tmp
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a new, empty temporary folder beside `path`; on success its files are fsynced and it takes the place
@@ -70,15 +83,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     An existing file at `path` is refused (BadInput): a folder replaces only a folder.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise BadInput(f"{path} is a file, not a folder; move it away or choose another path; nothing was written")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = path.with_name(f".{path.name}.tmp{os.getpid()}"), path.with_name(f".{path.name}.old{os.getpid()}")
-    for stale in (tmp, old):
-        _remove(stale)
-    remove_orphans(path, folders=True)
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    _remove(old)
     remove_orphans(path, ".old", folders=True)
-    tmp.mkdir()
+    tmp = _new_twin(path)
     try:
         with disk_errors(path):
             yield tmp
@@ -98,13 +106,7 @@ def atomic_files(path: str | Path) -> Iterator[Path]:
     its namesake in `path`, and only those: other files in `path` stay (a stage's report folder may hold the
     user's own). On failure nothing in `path` changes. Files only: a subfolder written there is refused."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise BadInput(f"{path} is a file, not a folder; move it away or choose another path; nothing was written")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    _remove(tmp)
-    remove_orphans(path, folders=True)
-    tmp.mkdir()
+    tmp = _new_twin(path)
     try:
         with disk_errors(path):
             yield tmp
