@@ -117,6 +117,14 @@ def test_a_data_path_that_is_missing_or_a_file(default_config, tmp_path):
     Options.from_config(with_value(default_config, "data.path", str(tmp_path)))
 
 
+def test_a_weights_file_that_is_missing_or_a_folder_is_refused_before_the_network_is_built(default_config, tmp_path):
+    (tmp_path / "start.pth").write_bytes(b"x")
+    for path, says in ((tmp_path / "nope.pth", "does not exist"), (tmp_path, "is a folder")):
+        with pytest.raises(BadInput, match=f"model.weights=.* {says}: give a .pth, .safetensors or model.pt file"):
+            Options.from_config(with_value(default_config, "model.weights", str(path)))
+    Options.from_config(with_value(default_config, "model.weights", str(tmp_path / "start.pth")))
+
+
 values = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.text(max_size=8)
 )

@@ -230,6 +230,10 @@ class Model(Group):
             )
         if self.std is not None and not all(s > 0 for s in self.std):
             raise BadInput(f"{where}.std={list(self.std)} is not valid: three numbers > 0")
+        if self.weights is not None and not Path(os.path.expanduser(self.weights)).is_file():
+            what = "is a folder" if Path(os.path.expanduser(self.weights)).exists() else "does not exist"
+            shown = self.weights if self.weights.isprintable() else repr(self.weights)
+            raise BadInput(f"{where}.weights={shown} {what}: give a .pth, .safetensors or model.pt file")
 
 
 @dataclass(frozen=True, kw_only=True)
