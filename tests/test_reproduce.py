@@ -84,3 +84,13 @@ def test_sigterm_ends_reproduce_as_it_ends_a_stage(project_env):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=project_env)
     assert done.returncode == 143 and done.stderr == "stopped by SIGTERM\n", done.stderr[-2000:]
+
+
+def test_an_out_dir_already_in_use_is_refused_before_anything_is_read(tmp_path, capsys):
+    used = tmp_path / "models"
+    (used / "export").mkdir(parents=True)
+    for out_dir, says in ((used, "is already there: give a new or empty folder"), (tmp_path / "x.txt", "(a file)")):
+        (tmp_path / "x.txt").write_text("x")
+        assert reproduce(["0123", "--uri", f"sqlite:///{tmp_path}/none.db", "--out-dir", str(out_dir)]) == 1
+        assert says in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "x.txt"]  # no store made, nothing written

@@ -31,8 +31,8 @@ def predict_parser() -> argparse.ArgumentParser:
         help=f"export/optimised dir, model.onnx/.pt2/.xml/.plan (default: {default.export_dir}), "
         f"or a checkpoint {default.model_file}",
     )
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-k", type=_at_least_one, default=5, help="classes shown per image (default: 5)")
+    parser.add_argument("--batch-size", type=_at_least_one, default=32)
     parser.add_argument(
         "--tta", action="store_true", help="average over the test-time views the model was trained for (evaluate.tta)"
     )
@@ -58,27 +58,65 @@ def predict_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--clip",
-        type=float,
+        type=_clip,
         default=0.05,
-        help="clip submission probabilities to [clip, 1-clip] (log loss punishes certainty)",
+        help="clip submission probabilities to [clip, 1-clip], 0 <= clip < 0.5 (log loss punishes certainty)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace an --out, --submission or --request file that is already there"
     )
     return parser
 
 
+MODEL_SIDECARS = ("labels.txt", "preprocessing.json", "gate.json")  # read beside a model file given by its path
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: an integer >= 1")
+    return value
+
+
+def _clip(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: a number >= 0 and < 0.5")
+    return value
+
+
 def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
-    from imgclf.deploy.predict import Classifier, collect_inputs, explain_images, top_k, write_submission, write_table
-    from imgclf.files import refuse_folder
+    from imgclf.deploy.predict import Classifier, Explanations, collect_inputs, top_k, write_submission, write_table
+    from imgclf.files import refuse_reading, refuse_to_replace
 
     args = predict_parser().parse_args(argv)
+    outs = [(flag, path) for flag, path in (("--out", args.out), ("--submission", args.submission),
+                                            ("--request", args.request)) if path]  # fmt: skip
     try:
-        for out in filter(None, (args.out, args.submission, args.request)):
-            refuse_folder(out)  # before any work: the folder and what is in it are not ours to replace
+        for flag, out in outs:  # before any work: a file already there is replaced only with --force
+            refuse_to_replace(out, flag, args.force)
+        inputs = collect_inputs(args.paths)
+        model = Path(args.model)
+        read = [*inputs, *args.paths, model, *(model.parent / f for f in MODEL_SIDECARS), args.explain_model]
+        for flag, out in outs:  # and never a file the command reads: an image, the model and what lies beside it
+            refuse_reading(out, flag, read, [model] if model.is_dir() else [])
         classifier = Classifier(args.model)
         if args.request:
-            return _write_request(classifier, collect_inputs(args.paths), args.request)
-        preds = classifier.classify(collect_inputs(args.paths), args.batch_size, tta=args.tta)
+            return _write_request(classifier, inputs, args.request)
+        preds = classifier.classify(inputs, args.batch_size, tta=args.tta)
         names = classifier.class_names
+        explanations = (  # checked before any file is written: a refused --explain leaves --out as it was
+            Explanations(preds, names, Path(args.explain_model), Path(args.explain), args.explain_layer)
+            if args.explain
+            else None
+        )
         if args.submission:
             print(
                 f"wrote {write_submission(preds, names, args.positive, args.clip, args.submission)} rows "
@@ -93,9 +131,8 @@ def predict(argv: list[str]) -> int:
                     print(pred.path)
                     for rank, (name, prob) in enumerate(top_k(pred, names, args.top_k), start=1):
                         print(f"  {rank}. {name:<20s} {prob:7.2%}")
-        if args.explain:
-            drawn = explain_images(preds, names, Path(args.explain_model), Path(args.explain), args.explain_layer)
-            print(f"wrote {len(drawn)} Grad-CAM overlays to {args.explain}")
+        if explanations:
+            print(f"wrote {len(explanations.write())} Grad-CAM overlays to {args.explain}")
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -145,6 +182,7 @@ def runs_parser() -> argparse.ArgumentParser:
     parser.add_argument("--all-params", action="store_true", help="show every param, not only those that differ")
     parser.add_argument("--format", choices=FORMATS, help="default: table, or from the --out suffix (.csv, .md)")
     parser.add_argument("--out", help="write the table to this file instead of printing it")
+    parser.add_argument("--force", action="store_true", help="replace an --out file that is already there")
     parser.add_argument(
         "--best", action="store_true", help="print the best run's id, then name, metric, checkpoint and export lines"
     )
@@ -160,7 +198,7 @@ def runs_parser() -> argparse.ArgumentParser:
 def runs(argv: list[str]) -> int:
     """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
     from imgclf import tracking
-    from imgclf.files import refuse_folder, write_text
+    from imgclf.files import refuse_to_replace, write_text
     from imgclf.tracking import compare as compare
 
     parser = runs_parser()
@@ -175,7 +213,7 @@ def runs(argv: list[str]) -> int:
     try:
         tracking.require_server(args.uri)
         if args.out:
-            refuse_folder(args.out)
+            refuse_to_replace(args.out, "--out", args.force)
         rows = compare.list_runs(args.uri, args.experiment, args.sweep, args.parent)
         if not rows:
             raise BadInput(compare.no_match_message(args.uri, args.experiment, args.sweep, args.parent))
@@ -207,7 +245,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf reproduce", description=reproduce.__doc__)
     parser.add_argument("run_id", help="the MLflow run to reproduce (a train run; evaluate's metrics are compared)")
     parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    parser.add_argument("--out-dir", help="where the new run writes (default: reproduce/<run id>)")
+    parser.add_argument("--out-dir", help="a new or empty folder the new run writes into (default: reproduce/<run id>)")
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -229,13 +267,18 @@ def reproduce(argv: list[str]) -> int:
     args = reproduce_parser().parse_args(argv)
     args.uri = take_uri_credentials(args.uri)
     try:
+        out_dir = Path(args.out_dir or Path("reproduce") / args.run_id)
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise BadInput(
+                f"--out-dir {out_dir} is already there{'' if out_dir.is_dir() else ' (a file)'}: give a new or empty "
+                "folder (the reproduction writes its models/, reports/ and checkpoints/ in it); nothing was written"
+            )
         tracking.require_server(args.uri)
         record = Record.load(args.uri, args.run_id)
         found = differences(record, Paths.from_config(record.config["paths"]))
         if found:
             raise BadInput(f"cannot reproduce run {args.run_id}: {'; '.join(found)}")
         tolerance, why = tolerance_for(record, args.tolerance)
-        out_dir = Path(args.out_dir or Path("reproduce") / args.run_id)
         cfg = OmegaConf.create(reproduction_config(record, args.uri, out_dir))
         train(cfg)
         evaluate(cfg)

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +44,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 MAX_NAME = 255 - 16  # the file system's 255 bytes, less the temporary twin's `.` and `.tmp<pid>`
+
+
+def refuse_to_replace(path: str | Path, flag: str, force: bool = False) -> None:
+    """BadInput when `path` cannot be a file this command writes (refuse_folder), or is a file already there and
+    `force` was not given: a command replaces only what the user has said it may."""
+    refuse_folder(path)
+    path = Path(path)
+    try:
+        taken = path.exists() or path.is_symlink()
+    except OSError:  # a name too long to look up: the write itself says so, in one line
+        taken = False
+    if taken and not force:
+        raise BadInput(f"{flag} {path} is already there; give another name, or add --force to replace it")
+
+
+def refuse_reading(path: str | Path, flag: str, files: Iterable, folders: Iterable = ()) -> None:
+    """BadInput when `path` is (after links) one of the `files` the command reads, or lies in one of the `folders`
+    it reads (a model's): --force replaces an earlier output, never the command's own input."""
+    target = _resolved(path)
+    for source in filter(None, map(_resolved, files)):
+        if target == source:
+            raise BadInput(f"{flag} {path} is {source}, which this command reads; give another name; nothing was "
+                           "written")  # fmt: skip
+    for folder in filter(None, map(_resolved, folders)):
+        if target is not None and target.is_relative_to(folder):
+            raise BadInput(f"{flag} {path} is in {folder}, which this command reads; give another name; nothing was "
+                           "written")  # fmt: skip
+
+
+def _resolved(path: str | Path) -> Path | None:
+    """`path` after links, or None for a name no file can have (a NUL, a loop of links): it reads nothing."""
+    try:
+        return Path(path).resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
 
 
 def refuse_folder(path: str | Path) -> None:

@@ -160,7 +160,7 @@ def test_kaggle_submission_rows_in_id_order(trained, project_env):
     assert [float(r[1]) for r in rows[1:]] == pytest.approx(
         [min(max(p.probs[1], 0.05), 0.95) for p in probs], abs=1e-6
     )  # p(b), clipped
-    bad = cli([str(unlabelled), "--submission", "sub.csv", "--positive", "dog"], trained, project_env)
+    bad = cli([str(unlabelled), "--submission", "sub.csv", "--positive", "dog", "--force"], trained, project_env)
     assert (
         bad.returncode == 1
         and bad.stderr.strip() == "error: --positive 'dog' is not a class of this model; choose one of: a, b, c"
@@ -234,3 +234,50 @@ def test_explain_writes_a_grad_cam_overlay_per_image_and_never_replaces_a_file(t
     assert drawn[0].read_bytes() == before
     wrong = cli([str(images[0]), "--explain", str(tmp_path / "c2"), "--explain-layer", "nope"], trained, project_env)
     assert wrong.returncode == 1 and "--explain-layer nope is not a layer" in wrong.stderr
+
+
+def test_an_output_already_there_is_replaced_only_with_force_and_never_a_file_the_command_reads(
+    trained, project_env, tmp_path
+):
+    image = tmp_path / "victim.png"
+    image.write_bytes((trained / "data/tiny/images/a/000.png").read_bytes())
+    before = image.read_bytes()
+    labels = trained / "models/export/labels.txt"
+    kept = labels.read_bytes()
+    for args, says in (
+        (["--out", str(image)], f"error: --out {image} is already there; give another name, or add --force"),
+        (["--out", str(image), "--force"], f"error: --out {image} is {image}, which this command reads"),
+        (["--submission", str(image), "--force"], f"error: --submission {image} is {image}, which this command reads"),
+        (["--out", str(labels), "--force"], f"error: --out {labels} is in {labels.parent}, which this command reads"),
+        (["--out", "models/export/new.csv"], "error: --out models/export/new.csv is in "),
+        (["--model", str(labels.parent / "model.onnx"), "--request", str(labels), "--force"], f"is {labels}, which"),
+    ):
+        done = cli([str(image), *args], trained, project_env)
+        assert done.returncode == 1 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert image.read_bytes() == before and labels.read_bytes() == kept
+    assert not (trained / "models/export/new.csv").exists()
+
+    earlier = tmp_path / "preds.csv"  # an earlier output: replaced when the user says so
+    earlier.write_text("my notes\n")
+    assert cli([str(image), "--out", str(earlier)], trained, project_env).returncode == 1
+    assert earlier.read_text() == "my notes\n"
+    assert cli([str(image), "--out", str(earlier), "--force"], trained, project_env).returncode == 0
+    assert earlier.read_text().startswith("path,top1,")
+
+    # a refused --explain leaves --out unwritten: every output is checked before the first is written
+    (tmp_path / "cams").mkdir()
+    (tmp_path / "cams" / "victim.cam.png").write_bytes(b"mine")
+    table = tmp_path / "new.csv"
+    done = cli([str(image), "--out", str(table), "--explain", str(tmp_path / "cams")], trained, project_env)
+    assert done.returncode == 1 and "already there" in done.stderr and not table.exists()
+    assert (tmp_path / "cams" / "victim.cam.png").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(
+    "option, value, valid",
+    [("--clip", "0.7", "a number >= 0 and < 0.5"), ("--clip", "-1", "a number >= 0 and < 0.5"),
+     ("--top-k", "0", "an integer >= 1"), ("--batch-size", "-5", "an integer >= 1")],
+)  # fmt: skip
+def test_an_option_out_of_its_range_is_one_line_and_exit_2(trained, project_env, option, value, valid):
+    done = cli(["data/tiny/images/a", option, value], trained, project_env)
+    assert done.returncode == 2 and f"argument {option}: '{value}' is not valid: {valid}" in done.stderr

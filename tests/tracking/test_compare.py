@@ -123,6 +123,12 @@ def test_csv_out_matches_store_exactly(store, tmp_path):
         assert float(row["test/acc"]) == run.data.metrics["test/acc"]
         assert row["optim.lr"] == run.data.params["optim.lr"]
         assert "trainer.batch_size" not in row and "seed" not in row
+    before = out.read_bytes()
+    again = imgclf_runs("--uri", store["uri"], "--out", str(out), "--metric", "test/acc", cwd=tmp_path)
+    assert again.returncode == 1 and "is already there; give another name, or add --force" in again.stderr
+    assert out.read_bytes() == before  # a file already there is replaced only when the user says so
+    forced = imgclf_runs("--uri", store["uri"], "--out", str(out), "--metric", "test/acc", "--force", cwd=tmp_path)
+    assert forced.returncode == 0 and out.read_bytes() != before
 
 
 def test_markdown_is_a_pipe_table(store):

@@ -311,30 +311,41 @@ class Explainer:
         return drawn.repeat(scale, 0).repeat(scale, 1)
 
 
-def explain_images(
-    preds: Sequence[Prediction], class_names: Sequence[str], checkpoint: Path, out_dir: Path, layer: str | None = None
-) -> list[Path]:
+class Explanations:
     """`predict --explain DIR`: a Grad-CAM overlay PNG per classified image (`<name>.cam.png`) for the class it was
-    given. Refuses, before writing any, when a file it would write is already there: what is in DIR and was not
-    made here stays as it is."""
-    from PIL import Image
+    given. Made (the checkpoint loaded, the layer found, the names planned) before `write`: a refusal comes before
+    any file is written, here or by the other outputs, and a file already in DIR is never replaced."""
 
-    from imgclf.files import atomic_path
+    def __init__(
+        self,
+        preds: Sequence[Prediction],
+        class_names: Sequence[str],
+        checkpoint: Path,
+        out_dir: Path,
+        layer: str | None = None,
+    ):
+        self.explainer = Explainer(checkpoint, class_names, layer)
+        self.done = [p for p in preds if p.probs is not None]
+        names, self.targets = {}, []
+        for pred in self.done:
+            stem = Path(pred.path).stem
+            name = f"{stem}.cam.png" if f"{stem}.cam.png" not in names else f"{stem}.{len(names)}.cam.png"
+            names[name] = pred
+            self.targets.append(out_dir / name)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise BadInput(f"--explain {out_dir} is a file, not a folder; nothing was written")
+        if taken := [t for t in self.targets if t.exists() or t.is_symlink()]:
+            raise BadInput(f"--explain: {taken[0]} is already there (and {len(taken) - 1} more); nothing was written")
+        self.out_dir = out_dir
 
-    explainer = Explainer(checkpoint, class_names, layer)
-    done = [p for p in preds if p.probs is not None]
-    names, targets = {}, []
-    for pred in done:
-        stem = Path(pred.path).stem
-        name = f"{stem}.cam.png" if f"{stem}.cam.png" not in names else f"{stem}.{len(names)}.cam.png"
-        names[name] = pred
-        targets.append(out_dir / name)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInput(f"--explain {out_dir} is a file, not a folder; nothing was written")
-    if taken := [t for t in targets if t.exists() or t.is_symlink()]:
-        raise BadInput(f"--explain: {taken[0]} is already there (and {len(taken) - 1} more); nothing was written")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for target, pred in zip(targets, done):
-        with atomic_path(target) as tmp:
-            Image.fromarray(explainer.overlay(Path(pred.path), int(pred.probs.argmax()))).save(tmp, format="PNG")
-    return targets
+    def write(self) -> list[Path]:
+        from PIL import Image
+
+        from imgclf.files import atomic_path
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for target, pred in zip(self.targets, self.done):
+            with atomic_path(target) as tmp:
+                overlay = self.explainer.overlay(Path(pred.path), int(pred.probs.argmax()))
+                Image.fromarray(overlay).save(tmp, format="PNG")
+        return self.targets
