@@ -74,6 +74,18 @@ def test_every_training_option_survives_a_run_of_four_steps(tiny_project, group,
     assert metrics["epochs_run"] == 1 and metrics["val/acc"] >= 0
 
 
+def test_a_last_batch_of_one_image_trains_and_batches_of_one_are_refused_for_batch_norm(tiny_project):
+    # 36 training images in batches of 5: the last, of one, would stop batch norm (test_resnet's) mid-epoch
+    metrics = run_train(tiny_project, "trainer.epochs=1", "trainer.batch_size=5")
+    assert metrics["epochs_run"] == 1
+    uri = f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"
+    done = stage_main("train", ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, uri, "trainer.batch_size=1"],
+                      tiny_project)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    says = "trainer.batch_size=1 gives each of 1 process(es) batches of one image, and test_resnet has batch norm"
+    assert says in done.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("model", [m for m in GROUPS["model"] if m != "timm"])  # timm: every other test's model
 def test_every_network_trains_a_step_from_the_command_line(tiny_project, model):
     size = "model.image_size=64" if model == "alexnet" else "model.image_size=32"

@@ -158,3 +158,15 @@ def test_sharded_batches_split_global_batches_across_ranks():
     assert sorted(sum(one, [])) == list(range(10))
     with pytest.raises(ValueError, match="batch_size=1 is smaller than the 2 processes"):
         ShardedBatchSampler(10, 1, True, None, 0, 2)
+
+
+def test_a_last_training_batch_of_one_image_is_dropped_and_evaluation_keeps_every_image():
+    from imgclf.data.sampling import ShardedBatchSampler
+
+    train = ShardedBatchSampler(9, 4, True, torch.Generator().manual_seed(0))  # batch norm cannot train on one
+    assert [len(b) for b in train] == [4, 4] and len(train) == 2
+    two = ShardedBatchSampler(11, 4, True, torch.Generator().manual_seed(0), 1, 2)  # 3 left: one for rank 1
+    assert [len(b) for b in two] == [2, 2] and len(two) == 2
+    evaluation = ShardedBatchSampler(9, 4, False)
+    assert [len(b) for b in evaluation] == [4, 4, 1] and len(evaluation) == 3
+    assert [len(b) for b in ShardedBatchSampler(10, 4, True, torch.Generator())] == [4, 4, 2]

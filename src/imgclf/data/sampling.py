@@ -25,7 +25,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
     """Global batches from one seeded permutation, each split across ranks (rank r takes every world-th index).
 
     With one process it yields whole batches: a run on N processes sees the same global batches as a run on one.
-    A last batch smaller than the world size is dropped (only when distributed) so no rank gets an empty batch.
+    A last batch smaller than the world size is dropped (only when distributed) so no rank gets an empty batch,
+    and a last training batch that would give a rank a single image (batch norm cannot train on one) is dropped too.
     With `weights` (one per sample) an epoch is n draws with replacement in proportion to them, from the same
     seeded generator (data.balance=sampler: every class equally often; deterministic, and resumed with it).
     """
@@ -54,7 +55,11 @@ class ShardedBatchSampler(Sampler[list[int]]):
         else:
             order = list(range(self.n))
         batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
-        return [b for b in batches if len(b) >= self.world]
+        return [b for b in batches if len(b) >= self._least()]
+
+    def _least(self) -> int:
+        """The fewest images a partial last batch needs: two per rank when it trains, one when it evaluates."""
+        return min(self.batch_size, self.world * (2 if self.shuffle or self.weights is not None else 1))
 
     def __iter__(self):
         for batch in self._batches():
@@ -62,7 +67,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
-        return full + (1 if rest >= self.world else 0)
+        return full + (1 if rest >= self._least() else 0)
 
 
 def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
