@@ -70,6 +70,18 @@ def test_folder_errors_are_clear(tmp_path, monkeypatch, compose_cfg):
     with pytest.raises(ValueError, match="data.path=.*nope does not exist: give a folder"):
         fetch(compose_cfg("data=folder", f"data.path={tmp_path / 'nope'}"))
     assert not (tmp_path / "data/folder/images").exists()  # nothing half-written
+    src = make_class_folders(tmp_path / "src", {"a": 2, "b": 2})
+    (src / "c").mkdir()  # an empty class: dropped silently, the model would have had two classes
+    (src / "d").mkdir()
+    (src / "d" / ".DS_Store").write_bytes(b"x")  # hidden files only: empty too
+    with pytest.raises(ValueError, match=f"class folder {src / 'c'} has no files; .* data.exclude=\\[c\\]"):
+        fetch(compose_cfg("data=folder", f"data.path={src}"))
+    assert not (tmp_path / "data/folder/images").exists()
+    (src / "c" / "x.png").write_bytes((src / "a" / "000.png").read_bytes())
+    with pytest.raises(ValueError, match=f"class folder {src / 'd'} has no files"):
+        fetch(compose_cfg("data=folder", f"data.path={src}"))
+    fetch(compose_cfg("data=folder", f"data.path={src}", "data.exclude=[d]"))
+    assert sorted(p.name for p in (tmp_path / "data/folder/images").iterdir()) == ["a", "b", "c"]
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):

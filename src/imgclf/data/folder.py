@@ -177,12 +177,24 @@ def fetch_folder(
             raise MissingInput(f"{src} is not a directory; point it at a folder of class sub-folders")
         if listing:
             listings[listing] = []
+        found = set()
         for file, rel in class_files(src, exclude, prefix, skipped):
             if rel in plan:
                 raise BadInput(f"{plan[rel]} and {file} would both be copied to {rel}; rename one of them")
             plan[rel] = file
+            found.add(rel.split("/", 1)[0])
             if listing:
                 listings[listing].append(rel)
+        classes = {
+            d.name
+            for d in src.iterdir()
+            if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and d.name not in exclude
+        }
+        if empty := sorted(c for c in classes - found if usable_name(c)):  # before anything is copied
+            raise BadInput(
+                f"class folder {src / empty[0]} has no files; add images, remove it, or leave it out with "
+                f"data.exclude=[{empty[0]}]"
+            )
     for rel, file in plan.items():
         (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, Path(out_dir) / rel)  # a copy: DVC may make its cached files read-only
