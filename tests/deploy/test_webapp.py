@@ -65,6 +65,17 @@ def test_list_files_and_folders_are_read_only_under_the_roots(served):
     by_name = {r["name"].rsplit("/", 1)[1]: r for r in rows}
     assert by_name["link.png"]["error"] == "outside the allowed roots" and "thumbnail" not in by_name["link.png"]
     assert by_name["0.png"]["top"] and by_name["1.png"]["top"]
+    # a relative line is read from the list's folder (not the server's), and a list of lines outside the roots gets
+    # the same answer whether what they name exists or not
+    (root / "images" / "relative.txt").write_text("0.png\n")
+    rows = client.post("/api/classify", data={"path": str(root / "images" / "relative.txt")}).json()["results"]
+    assert len(rows) == 1 and rows[0]["top"]
+    answers = []
+    for name in ("secret0.png", "missing.png"):
+        (root / f"only_{name}.txt").write_text(f"{outside / name}\n")
+        answers.append(client.post("/api/classify", data={"path": str(root / f"only_{name}.txt")}))
+    assert [a.status_code for a in answers] == [400, 400]
+    assert answers[0].json()["error"].replace("secret0", "missing") == answers[1].json()["error"]
 
 
 def test_models_are_switched_only_from_under_the_roots_and_only_by_json(served, trained_project, tmp_path):

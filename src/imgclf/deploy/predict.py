@@ -28,8 +28,11 @@ class Prediction:
     error: str | None = None
 
 
-def collect_inputs(args: Sequence[str]) -> list[Path]:
-    """Files as given, folders expanded (images inside, recursively, sorted), .txt files read as lists of paths."""
+def collect_inputs(args: Sequence[str], line_kind: Callable[[Path], str] | None = None) -> list[Path]:
+    """Files as given, folders expanded (images inside, recursively, sorted), .txt files read as lists of paths.
+    A list none of whose lines names a file (by `line_kind`: `imgclf serve` reads a relative line from the list's
+    folder and counts no line outside its roots, so the answer tells nothing of what lies there) is refused."""
+    line_kind = line_kind or _kind
     paths: list[Path] = []
     for arg in args:
         path = Path(arg)
@@ -50,7 +53,7 @@ def collect_inputs(args: Sequence[str]) -> list[Path]:
             except (OSError, UnicodeDecodeError) as exc:
                 raise BadInput(f"{path}: not a readable list of image paths ({type(exc).__name__})") from None
             listed = [Path(line.strip()) for line in text.splitlines() if line.strip()]
-            if listed and not any(_kind(p) == "file" for p in listed):  # notes, not a list of images
+            if listed and not any(line_kind(p) == "file" for p in listed):  # notes, not a list of images
                 raise BadInput(
                     f"{path}: a .txt file is read as a list of image paths, one per line, and none of its "
                     f"{len(listed)} lines names a file (line 1: {str(listed[0])[:60]!r})"

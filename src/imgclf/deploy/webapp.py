@@ -154,7 +154,14 @@ class Service:
         inputs, shown, refused = [], [], {}
         top = inside(path, self.roots)
         base = top.parent if top.suffix.lower() == ".txt" and top.is_file() else None  # a list's relative lines
-        for i, listed in enumerate(collect_inputs([str(top)])):
+
+        def line_kind(line: Path) -> str:  # a line outside the roots names nothing, whether it exists or not
+            try:
+                return "file" if inside(line, self.roots, base=base).is_file() else "other"
+            except (PermissionError, FileNotFoundError):
+                return "other"
+
+        for i, listed in enumerate(collect_inputs([str(top)], line_kind)):
             if i > MAX_FILES:
                 break  # counted as over the limit below; not resolved one by one
             shown.append(str(listed))
