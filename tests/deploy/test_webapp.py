@@ -270,3 +270,16 @@ def test_classify_one_shows_where_the_network_looked_while_its_own_model_is_serv
     client.service.explained = "another model"  # a model switched to from the picker: not the checkpoint's network
     other = client.post("/api/classify", data={"path": str(root / "tiny/images/b/000.png")}).json()["results"]
     assert "cam" not in other[0]
+
+
+def test_an_upload_waits_for_its_slot_on_disk_not_in_memory(served, monkeypatch):
+    client, _, _ = served
+    seen = []
+
+    def classify(uploads, path):  # what a request holds by the time its slot is free
+        seen.extend((name, f._rolled) for name, f in uploads)  # SpooledTemporaryFile: on disk once rolled over
+        return {"latency_ms": 0, "model": "", "results": []}
+
+    monkeypatch.setattr(client.service, "classify", classify)
+    small = client.post("/api/classify", files=[("files", ("a.png", b"\x89PNG" * 16)), ("files", ("b.png", b"x" * 9))])
+    assert small.status_code == 200 and seen == [("a.png", True), ("b.png", True)]

@@ -183,6 +183,7 @@ class Service:
 
 
 CLIENT_ERRORS = {PermissionError: 403, FileNotFoundError: 404}
+SPOOL_IN_MEMORY = 1  # bytes of an uploaded file kept in memory before it goes to disk (0 would mean all of it)
 
 
 async def _model_ref(request: Request, answer) -> str | JSONResponse:
@@ -218,9 +219,10 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     from starlette.formparsers import MultiPartParser
 
     app = FastAPI(title="imgclf", docs_url=None, redoc_url=None, openapi_url=None)
-    slots = anyio.Semaphore(service.max_concurrent)  # waiting requests hold a socket, not a thread or an image
-    # uploads go to temporary files past 64 KB (Starlette keeps 1 MB each in memory): waiting requests hold no pixels
-    MultiPartParser.spool_max_size = 64 << 10
+    slots = anyio.Semaphore(service.max_concurrent)  # waiting requests hold a socket and a file, not a thread or an image
+    # every uploaded file goes to a temporary file as it arrives (Starlette keeps up to 1 MB each in memory, and the
+    # form is read before a slot is free): a waiting request holds its socket and its upload on disk, not in memory
+    MultiPartParser.spool_max_size = SPOOL_IN_MEMORY
 
     def answer(request: Request, status: int, message: str) -> JSONResponse:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, status, message)  # one line per 4xx
