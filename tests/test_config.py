@@ -172,6 +172,7 @@ def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatc
     cases = [
         (["-S", "model=vgg61"], 2, "error: unknown model 'vgg61' (did you mean model=vgg16?); choose one of: "),
         (["-S", "data=folder", "-S", f"data.path={tmp_path / 'missing'}"], 1, "error: data.path="),
+        (["-S", "data=folder"], 1, "error: data=folder needs data.path=/path/to/folder (one sub-folder per class)"),
         (["-S", f"model.weights={tmp_path / 'w.pth'}"], 1, f"error: model.weights={tmp_path / 'w.pth'} does not exist"),
         (["-S", "trainer.epochs=0"], 1, "error: trainer.epochs=0 is not valid: auto or an integer >= 1"),
         (["-S", "optim.lr=0.001", "-S", "model=vgg16"], 0, "ok: optim.lr=0.001 model=vgg16"),

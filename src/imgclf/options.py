@@ -193,6 +193,8 @@ class Data(Group):
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def check(self, where: str) -> None:
+        if self.path is None and str(self.fetch.get("_target_", "")).endswith(".fetch_folder"):
+            raise BadInput(f"{where}={self.name} needs {where}.path=/path/to/folder (one sub-folder per class)")
         for key in FOLDERS:
             path = getattr(self, key)
             if path is not None and not Path(os.path.expanduser(path)).is_dir():

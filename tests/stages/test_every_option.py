@@ -29,7 +29,8 @@ def test_every_group_is_in_the_defaults_list_or_added_with_plus():
 def test_every_option_composes_and_validates(group, option):
     override = f"{'+' if group in ADDED else ''}{group}={option}"
     assert check_overrides([override], root=ROOT) is None  # what the command line and dvc exp run -S pass first
-    cfg = compose([override], root=ROOT)
+    folder = [f"data.path={ROOT / 'tests'}"] * (group == "data" and option in ("folder", "caltech101"))  # required
+    cfg = compose([override, *folder], root=ROOT)
     opts = Options.from_config(cfg)
     assert opts.config["data"]["name"] == opts.data.name
     assert missing_for_dvc(cfg, ROOT) is None  # every key dvc.yaml reads is set

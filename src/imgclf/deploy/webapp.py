@@ -219,7 +219,7 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     from starlette.formparsers import MultiPartParser
 
     app = FastAPI(title="imgclf", docs_url=None, redoc_url=None, openapi_url=None)
-    slots = anyio.Semaphore(service.max_concurrent)  # waiting requests hold a socket and a file, not a thread or an image
+    slots = anyio.Semaphore(service.max_concurrent)  # waiting requests: a socket and a file each
     # every uploaded file goes to a temporary file as it arrives (Starlette keeps up to 1 MB each in memory, and the
     # form is read before a slot is free): a waiting request holds its socket and its upload on disk, not in memory
     MultiPartParser.spool_max_size = SPOOL_IN_MEMORY
