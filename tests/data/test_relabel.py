@@ -28,3 +28,22 @@ def test_a_file_the_split_did_not_take_is_refused_in_one_line_and_nothing_is_wri
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "a/notes.png is not an image of this data set" in done.stderr
     assert not (tiny_project / "relabel").exists()
+
+
+def test_accept_takes_ranks_from_1_to_the_last_suggestion_and_says_so_otherwise():
+    import pytest
+
+    from imgclf.data.relabel import ranks
+    from imgclf.errors import BadInput
+
+    assert ranks("1-3,5", 5) == {1, 2, 3, 5} and ranks("all", 2) == {1, 2}
+    for text, says in (
+        ("0", "0 is not a rank or a range of ranks from 1 to 5"),
+        ("5-3", "5-3 is not a rank or a range of ranks from 1 to 5"),
+        ("2,99999", "99999 is not a rank or a range of ranks from 1 to 5"),
+        ("x", "give ranks as 1-10, 3,7,12 or all"),
+    ):
+        with pytest.raises(BadInput, match=f"--accept {text}: {says}"):
+            ranks(text, 5)
+    with pytest.raises(BadInput, match="1 is not a rank: there are no suggestions"):
+        ranks("1", 0)

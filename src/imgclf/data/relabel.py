@@ -106,7 +106,11 @@ def ranks(text: str, last: int) -> set[int]:
         lo, _, hi = part.strip().partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()):
             raise BadInput(f"--accept {text}: give ranks as 1-10, 3,7,12 or all")
-        chosen.update(range(int(lo), int(hi or lo) + 1))
+        first, end = int(lo), int(hi or lo)
+        if not 1 <= first <= end <= last:
+            valid = f"a rank or a range of ranks from 1 to {last}" if last else "a rank: there are no suggestions"
+            raise BadInput(f"--accept {text}: {part.strip()} is not {valid}")
+        chosen.update(range(first, end + 1))
     return chosen
 
 
