@@ -263,3 +263,9 @@ def test_a_study_lists_every_workers_trials_by_state_and_its_best(study):
     assert [r["run"] for r in csv.DictReader(io.StringIO(one_dir.stdout))] == [study["ids"]["pruned"]]
     unknown = imgclf_runs("--uri", study["uri"], "--sweep", "lr-0000", cwd=study["root"])
     assert unknown.returncode == 1 and "studies: lr-3f2a" in unknown.stderr
+
+
+def test_a_database_that_does_not_answer_is_one_line_without_its_password(tmp_path):
+    done = imgclf_runs("--uri", "postgresql://alice:pw-secret-5e@127.0.0.1:1/mlflow", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "pw-secret-5e" not in done.stdout + done.stderr
+    assert done.stderr.startswith("error: cannot reach the tracking database at postgresql://alice:***@127.0.0.1:1/")

@@ -136,6 +136,33 @@ def require_server(uri: str) -> None:
     one request is one line now, not MLflow's retries for minutes."""
     if uri.startswith(("http://", "https://")) and (error := _unanswered(uri)) is not None:
         raise MissingInput(f"cannot reach the tracking server at {uri} ({error}); start it or give another --uri")
+    if uri.split(":", 1)[0].split("+", 1)[0] in DATABASES and (error := _database_unanswered(uri)) is not None:
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(uri).render_as_string(hide_password=True)
+        raise MissingInput(f"cannot reach the tracking database at {shown} ({error}); start it or give another --uri")
+
+
+DATABASES = ("postgresql", "mysql", "mssql")  # the SQLAlchemy stores MLflow takes besides SQLite
+
+
+def _database_unanswered(uri: str) -> str | None:
+    """Why the database at `uri` does not take a connection now (its first line), or None."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    timeout = {"connect_timeout": 10} if url.get_backend_name() in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=timeout)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        said = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        error = said[0] if said else type(exc).__name__
+        return error.replace(url.password, "***") if url.password else error
+    return None
 
 
 def answers(uri: str) -> bool:
