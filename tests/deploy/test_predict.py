@@ -185,6 +185,19 @@ def test_missing_export_is_one_clear_error(tmp_path, project_env):
     proc = cli(["x.png"], tmp_path, project_env)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: no exported model at models/export/model.onnx; run the pipeline")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    (tmp_path / "optimised").mkdir()
+    (tmp_path / "optimised" / "gate.json").write_text("{not json")  # not optimise's: one line, not a traceback
+    kinds = ".engine, .onnx, .plan, .pt, .pt2, .xml"
+    for model, says in (
+        ("labels.txt", f"labels.txt is not a model: give its folder, or a file ending in {kinds}"),
+        (
+            "optimised",
+            "optimised holds no model: optimised/gate.json is not optimise's verdict (rerun dvc repro optimise)",
+        ),
+    ):
+        proc = cli(["x.png", "--model", model], tmp_path, project_env)
+        assert proc.returncode == 1 and proc.stderr.strip() == f"error: {says}", proc.stderr
 
 
 @pytest.mark.parametrize(

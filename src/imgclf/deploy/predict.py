@@ -114,13 +114,19 @@ class Classifier:
 
             if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), model.pt2, model.xml, a .plan
                 model_file = model_path
+            elif model_path.is_file():  # labels.txt, a model.PT: not a model this command can read
+                kinds = ", ".join(sorted({*LOADERS, ".pt"}))
+                raise BadInput(f"{model_path} is not a model: give its folder, or a file ending in {kinds}")
             else:  # an export or optimised directory: its model, whichever format it holds
                 model_file = next(
                     (model_path / f for f in MODEL_FILES if (model_path / f).is_file()), model_path / "model.onnx"
                 )
             gate = model_path / "gate.json"
             if not model_file.is_file() and gate.is_file():  # optimise's gate kept the verdict, not the model
-                reason = str(json.loads(gate.read_text()).get("reason", "not promoted"))
+                try:
+                    reason = str(json.loads(gate.read_text()).get("reason", "not promoted"))
+                except (ValueError, AttributeError, OSError):  # not the JSON object optimise writes
+                    reason = f"{gate} is not optimise's verdict (rerun dvc repro optimise)"
                 raise MissingInput(f"{model_path} holds no model: {reason}")
             if not model_file.is_file():
                 raise MissingInput(
