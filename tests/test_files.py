@@ -129,3 +129,17 @@ def test_atomic_files_replaces_only_what_it_wrote_and_nothing_when_it_fails(tmp_
     with refused, atomic_files(tmp_path / "reports") as tmp:
         (tmp / "evaluate").write_text("a file where a folder is")
     assert (out / "notes.txt").read_text() == "the user's"
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_with_what_was_wrong_and_what_is_read(tmp_path):
+    import pytest
+
+    from imgclf.errors import BadInput
+    from imgclf.files import load_tensors
+
+    (tmp_path / "notes.pth").write_text("hello world text\n")  # a pickle's stray key: torch.load says only "101"
+    with pytest.raises(BadInput) as err:
+        load_tensors(tmp_path / "notes.pth")
+    said = str(err.value)
+    assert said.startswith(f"{tmp_path / 'notes.pth'}: not a readable checkpoint (KeyError: ")
+    assert said.endswith("; a checkpoint is a file torch.save wrote, .pt or .pth)") and "\n" not in said

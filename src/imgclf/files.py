@@ -290,13 +290,20 @@ def load_tensors(path: str | Path):
     except pickle.UnpicklingError as exc:
         detail = next((line for line in str(exc).splitlines() if "Unsupported global" in line), "")
         if not detail and "weights_only" not in str(exc):
-            raise BadInput(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+            raise BadInput(f"{path}: not a readable checkpoint ({_why(exc)})") from None
         raise BadInput(
             f"{path}: refused: it holds Python objects, not only tensors and plain values, and loading it could run "
             f"code; only weights-only checkpoints are read{f' ({detail.strip()})' if detail else ''}"
         ) from None
     except (RuntimeError, EOFError, ValueError, IndexError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        raise BadInput(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+        raise BadInput(f"{path}: not a readable checkpoint ({_why(exc)})") from None
+
+
+def _why(exc: BaseException) -> str:
+    """What torch.load said, and what it reads: a pickle's stray byte or key alone (`174812789`) tells nobody."""
+    said = _first_line(exc)
+    said = said if any(c.isalpha() for c in said) else f"{type(exc).__name__}: {said}"
+    return f"{said}; a checkpoint is a file torch.save wrote, .pt or .pth"
 
 
 def _first_line(exc: BaseException) -> str:
