@@ -71,6 +71,11 @@ def predict_parser() -> argparse.ArgumentParser:
 MODEL_SIDECARS = ("labels.txt", "preprocessing.json", "gate.json")  # read beside a model file given by its path
 
 
+def _shown(path: str) -> str:
+    """A path as one line of the table: quoted and escaped when it holds a newline or another control character."""
+    return path if path.isprintable() else repr(path)
+
+
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
@@ -128,7 +133,7 @@ def predict(argv: list[str]) -> int:
         else:
             for pred in preds:
                 if pred.probs is not None:
-                    print(pred.path)
+                    print(_shown(pred.path))
                     for rank, (name, prob) in enumerate(top_k(pred, names, args.top_k), start=1):
                         print(f"  {rank}. {name:<20s} {prob:7.2%}")
         if explanations:
@@ -138,7 +143,7 @@ def predict(argv: list[str]) -> int:
         return 1
     failed = [p for p in preds if p.error]
     for pred in failed:
-        print(f"error: {pred.path}: {pred.error}", file=sys.stderr)
+        print(f"error: {_shown(pred.path)}: {pred.error}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(preds)} inputs could not be classified", file=sys.stderr)
     return 1 if failed and len(failed) == len(preds) else 0

@@ -138,6 +138,9 @@ def test_a_file_name_that_is_not_utf8_is_classified_and_written_as_its_own_bytes
     assert done.returncode == 0, done.stderr
     rows = (trained / "odd.csv").read_bytes().splitlines()
     assert len(rows) == 2 and rows[1].startswith(odd + b",") and rows[1].split(b",")[1] in (b"a", b"b", b"c")
+    (folder / "two\nlines.png").write_bytes(image.read_bytes())  # the table shows it quoted, on one line
+    table = cli([str(folder / "two\nlines.png"), "--top-k", "1"], trained, project_env).stdout.splitlines()
+    assert len(table) == 2 and table[0] == repr(str(folder / "two\nlines.png"))
 
 
 def test_nothing_classifiable_is_exit_1_and_no_file(trained, project_env, tmp_path):
