@@ -196,3 +196,36 @@ def test_a_pack_left_half_written_by_a_killed_writer_is_removed(tiny_project):
     orphan.write_bytes(b"\0" * 4096)
     load_split(tiny_project / "data/tiny", "train", "full", ServingSpec(["a", "b", "c"], 8, [0.5] * 3, [0.5] * 3))
     assert not orphan.exists() and list(cache.glob("*.npy"))
+
+
+def test_16_bit_grayscale_is_scaled_in_bands_exactly_as_in_one_pass_without_a_full_size_copy(monkeypatch):
+    import tracemalloc
+
+    from imgclf.data import images
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(-70000, 140000, (37, 23), dtype=np.int32)  # mode I: below 0 and past 16 bits, clipped
+    for img in (Image.fromarray(wide, "I"), Image.fromarray(np.clip(wide, 0, 65535).astype(np.uint16))):
+        expected = (np.clip(np.asarray(img), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        monkeypatch.setattr(images, "BAND_PIXELS", 50)  # bands of 2 rows, and a last band of 1
+        assert np.array_equal(np.asarray(images.as_shown(img)), expected), img.mode
+    monkeypatch.setattr(images, "BAND_PIXELS", 1 << 16)
+    big = Image.fromarray(np.zeros((2000, 1000), np.int32), "I")  # 8 MB as its own mode
+    tracemalloc.start()
+    images.as_shown(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4_000_000  # the 2 MB result and bands, no 8 MB copy (one pass held 22 MB of arrays)
+    # 32-bit grayscale takes 9 bytes a pixel to decode (its own 4, the 8-bit scaling, RGB's 4): fewer pixels fit
+    import io
+
+    assert images.MAX_PIXELS_32_BIT_GRAY == images.MAX_PIXELS * 8 // 9
+    monkeypatch.setattr(images, "MAX_PIXELS_32_BIT_GRAY", 99)
+    for mode, refused in (("I", True), ("I;16", False)):
+        stored = io.BytesIO()
+        Image.new(mode, (10, 10)).save(stored, format="TIFF" if mode == "I" else "PNG")
+        if refused:
+            with pytest.raises(images.ImageTooLarge, match="image of 10 x 10 pixels is over the limit of 99 pixels"):
+                images.decode_image(io.BytesIO(stored.getvalue()), 8, "nearest")
+        else:
+            assert images.decode_image(io.BytesIO(stored.getvalue()), 8, "nearest").shape == (8, 8, 3)

@@ -15,6 +15,8 @@ from imgclf.errors import BadInput
 # PIL's own default (about 9459 x 9459): above every camera's photo, below what a 20 KB PNG can claim. One decode
 # holds at most MAX_PIXELS x 4 bytes as RGB (358 MB) plus the file's own mode while converting (up to as much).
 MAX_PIXELS = 89_478_485
+# 32-bit grayscale holds 4 bytes a pixel, its 8-bit scaling 1 (as_shown) and the RGB copy 4: 9, so fewer pixels
+MAX_PIXELS_32_BIT_GRAY = MAX_PIXELS * 8 // 9
 RESIZE_MODES = ("crop", "squash")  # contract.py's, which imports nothing of imgclf (tests/test_serving.py: equal)
 
 
@@ -31,8 +33,9 @@ def open_image(source, on_size: Callable[[int, int], None] | None = None) -> Ite
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(source) as img:
             width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageTooLarge(f"image of {width} x {height} pixels is over the limit of {MAX_PIXELS:,} pixels")
+            limit = MAX_PIXELS_32_BIT_GRAY if img.mode == "I" else MAX_PIXELS
+            if width * height > limit:
+                raise ImageTooLarge(f"image of {width} x {height} pixels is over the limit of {limit:,} pixels")
             if on_size is not None:
                 on_size(width, height)
             yield img
@@ -73,10 +76,18 @@ def as_shown(img: Image.Image) -> Image.Image:
         from PIL import ImageOps
 
         img = ImageOps.exif_transpose(img)
-    if img.mode in WIDE_GRAY:
-        wide = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)
-        img = Image.fromarray((wide >> 8).astype(np.uint8), "L")
+    if img.mode in WIDE_GRAY:  # in bands of rows: no full-size copy beside the image (2 or 4 bytes a pixel)
+        width, height = img.size
+        shown = np.empty((height, width), np.uint8)
+        rows = max(1, BAND_PIXELS // max(width, 1))
+        for top in range(0, height, rows):
+            band = np.asarray(img.crop((0, top, width, min(top + rows, height))))
+            shown[top : top + rows] = (np.clip(band, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        img = Image.fromarray(shown, "L")
     return img
+
+
+BAND_PIXELS = 1 << 22  # as_shown converts 16-bit grayscale about 4 M pixels at a time
 
 
 # what a file that is not a readable image raises while it is opened or decoded (ImageTooLarge is a ValueError)
