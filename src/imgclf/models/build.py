@@ -79,3 +79,13 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
     head_params = {id(p) for p in head(model).parameters()}
     for p in model.parameters():
         p.requires_grad_(trainable or id(p) in head_params)
+
+
+def check_batch_for_norm(model: nn.Module, name: str, batch_size: int, processes: int) -> None:
+    """BadInput when every training batch would give a process one image and the network has batch norm, which
+    cannot train on one (a partial last batch of one is left out: imgclf.data.sampling)."""
+    if batch_size < 2 * processes and any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in model.modules()):
+        raise BadInput(
+            f"trainer.batch_size={batch_size} gives each of {processes} process(es) batches of one image, and "
+            f"{name} has batch norm, which cannot train on one: use trainer.batch_size >= {2 * processes}"
+        )

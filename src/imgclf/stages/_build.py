@@ -14,9 +14,8 @@ from imgclf.data.sampling import class_weights
 from imgclf.data.split import read_labels
 from imgclf.data.transforms import Preprocess, build_augment
 from imgclf.devices import seed_everything
-from imgclf.errors import BadInput
 from imgclf.inference import DeviceSetup
-from imgclf.models.build import build_model
+from imgclf.models.build import build_model, check_batch_for_norm
 from imgclf.models.preprocessing import resolve_preprocessing
 from imgclf.options import Options
 from imgclf.paths import Paths
@@ -66,13 +65,7 @@ def build_training(opts: Options, paths: Paths, device: torch.device) -> Trainin
         download=m.download,
         dropout=m.dropout,
     ).to(device)
-    if t.batch_size < 2 * dist.world_size() and any(
-        isinstance(x, nn.modules.batchnorm._BatchNorm) for x in model.modules()
-    ):
-        raise BadInput(
-            f"trainer.batch_size={t.batch_size} gives each of {dist.world_size()} process(es) batches of one image, "
-            f"and {m.name} has batch norm, which cannot train on one: use trainer.batch_size >= {2 * dist.world_size()}"
-        )
+    check_batch_for_norm(model, m.name, t.batch_size, dist.world_size())
     if dist.world_size() > 1:  # same initial weights on every rank, then each its own dropout masks and shifts
         torch.manual_seed(opts.seed + dist.rank())
     div = opts.finetune.backbone_lr_divisor
