@@ -17,7 +17,7 @@ from ..conftest import BIN, console, serve_client
 
 # how each crafted file runs `touch MARKER`, and whether torch.export.load(...).module() alone runs it
 KINDS = ("pickled_weight", "pickled_sample_inputs", "guard_code", "shape_expression", "node_target", "aoti_library",
-         "nul_in_a_name", "power_tower")  # fmt: skip
+         "nul_in_a_name", "power_tower", "compressed")  # fmt: skip
 RUNS_ON_LOAD = ("pickled_weight", "pickled_sample_inputs", "guard_code", "shape_expression", "nul_in_a_name")
 
 
@@ -75,6 +75,8 @@ def craft(source, dest, kind, marker):
             zout.writestr(info, edit(info.filename, zin.read(info.filename)))
         if kind == "aoti_library":
             zout.writestr(f"{root}/data/aotinductor/model/model.so", b"\x7fELF")
+        if kind == "compressed":  # a name torch allows, deflated: 10 MB of zeros in 10 KB (a bomb, in small)
+            zout.writestr(f"{root}/extra/pad", b"\0" * 10_000_000, compress_type=zipfile.ZIP_DEFLATED)
         if kind == "nul_in_a_name":  # the clean graph again, last, under a name renamed below
             zout.writestr(f"{root}/models/model.jsonXzz", graph)
     if kind == "nul_in_a_name":

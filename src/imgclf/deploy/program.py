@@ -60,7 +60,8 @@ def save_program(program, path: Path) -> None:
 
 def load_program(path: str | Path):
     """A saved .pt2 program as a callable module, after `check_program`; never unpickles anything. Memory: the
-    archive's size once more while it loads (the checked copy torch reads)."""
+    archive's size once more while it loads (the checked copy torch reads: its entries are stored, not compressed,
+    so they take no more than the file)."""
     import torch
 
     path = Path(path)
@@ -81,6 +82,9 @@ def check_program(f, path: Path) -> io.BytesIO:
     with archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
         names = [i.orig_filename for i in infos]
+        if any(i.compress_type != zipfile.ZIP_STORED or i.file_size != i.compress_size for i in infos):
+            # torch writes every entry stored: a compressed one could unpack to any size (a zip bomb)
+            raise _refused(path, "it holds compressed entries, and torch.export writes them stored")
         if any(i.orig_filename != i.filename for i in infos) or len(set(names)) != len(names) or not names:
             raise _refused(path, "its file names are not plain and distinct (a NUL in one, or one twice)")
         roots = {name.split("/", 1)[0] for name in names}
