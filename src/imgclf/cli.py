@@ -68,9 +68,6 @@ def predict_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MODEL_SIDECARS = ("labels.txt", "preprocessing.json", "gate.json")  # read beside a model file given by its path
-
-
 def _shown(path: str) -> str:
     """A path as one line of the table: quoted and escaped when it holds a newline or another control character."""
     return path if path.isprintable() else repr(path)
@@ -105,11 +102,15 @@ def predict(argv: list[str]) -> int:
     outs = [(flag, path) for flag, path in (("--out", args.out), ("--submission", args.submission),
                                             ("--request", args.request)) if path]  # fmt: skip
     try:
+        if len(outs) > 1:  # each writes a file of its own kind, and only one is written
+            raise BadInput(f"{' and '.join(flag for flag, _ in outs)} were given: give one of --out, --submission, "
+                           "--request")  # fmt: skip
         for flag, out in outs:  # before any work: a file already there is replaced only with --force
             refuse_to_replace(out, flag, args.force)
         inputs = collect_inputs(args.paths)
         model = Path(args.model)
-        read = [*inputs, *args.paths, model, *(model.parent / f for f in MODEL_SIDECARS), args.explain_model]
+        beside = [p for p in model.parent.iterdir() if p.is_file()] if model.is_file() else []  # its folder's files
+        read = [*inputs, *args.paths, model, *beside, args.explain_model]
         for flag, out in outs:  # and never a file the command reads: an image, the model and what lies beside it
             refuse_reading(out, flag, read, [model] if model.is_dir() else [])
         classifier = Classifier(args.model)

@@ -267,6 +267,11 @@ def test_an_output_already_there_is_replaced_only_with_force_and_never_a_file_th
         (["--out", str(labels), "--force"], f"error: --out {labels} is in {labels.parent}, which this command reads"),
         (["--out", "models/export/new.csv"], "error: --out models/export/new.csv is in "),
         (["--model", str(labels.parent / "model.onnx"), "--request", str(labels), "--force"], f"is {labels}, which"),
+        (
+            ["--model", str(labels.parent / "model.onnx"), "--out", str(labels.parent / "model.pt2"), "--force"],
+            f"is {labels.parent / 'model.pt2'}, which this command reads",
+        ),
+        (["--out", "new.csv", "--submission", "new.csv"], "--out and --submission were given: give one of --out, "),
     ):
         done = cli([str(image), *args], trained, project_env)
         assert done.returncode == 1 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr
