@@ -93,6 +93,10 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("model.interpolation", "cubic", "model.interpolation='cubic' is not valid: null or one of: nearest"),
         ("model.resize", "fit", "model.resize='fit' is not valid: one of: crop, squash"),
         ("export.opset", 17, "export.opset=17 is not valid: an integer >= 18"),
+        ("export.opset", 99, "export.opset=99 is not valid: an integer from 18 to "),  # torch kept 18, silently
+        ("export.registered_name", "a/b", "export.registered_name='a/b' is not valid: null, or a name for MLflow's"),
+        ("export.registered_name", " ", "export.registered_name=' ' is not valid: null, or a name for MLflow's"),
+        ("export.registered_name", "x:1", "export.registered_name='x:1' is not valid"),
         ("model.image_size", 48, "model.image_size=48 is too small for alexnet: it needs at least 63 px"),
         ("trainer.amp", "yes", "trainer.amp='yes' is not valid: true or false"),
         ("optim.lr", float("nan"), "a number > 0"),

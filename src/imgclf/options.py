@@ -369,6 +369,19 @@ class Export(Group):
     atol: float = rule(number(0, above=True), 1e-4)
     registered_name: str | None = rule(OPTIONAL_TEXT, None)
 
+    def check(self, where: str) -> None:
+        name = self.registered_name
+        if name is not None and (not name.strip() or "/" in name or ":" in name or not name.isprintable()):
+            raise BadInput(
+                f"{where}.registered_name={name!r} is not valid: null, or a name for MLflow's model registry "
+                "(not blank, no '/' or ':')"
+            )
+        if self.opset > 18:  # the onnx package knows the newest it reads; torch's exporter keeps 18 past it, silently
+            from onnx.defs import onnx_opset_version
+
+            if self.opset > (newest := onnx_opset_version()):
+                raise BadInput(f"{where}.opset={self.opset} is not valid: an integer from 18 to {newest}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Optimise(Group):
