@@ -283,3 +283,26 @@ def test_an_upload_waits_for_its_slot_on_disk_not_in_memory(served, monkeypatch)
     monkeypatch.setattr(client.service, "classify", classify)
     small = client.post("/api/classify", files=[("files", ("a.png", b"\x89PNG" * 16)), ("files", ("b.png", b"x" * 9))])
     assert small.status_code == 200 and seen == [("a.png", True), ("b.png", True)]
+
+
+def test_bad_numbers_and_a_port_in_use_are_one_line_before_anything_loads(capsys):
+    import socket
+
+    from imgclf.deploy.webapp import main
+
+    for args, says in (
+        (["--port", "99999"], "--port 99999 is not valid: an integer from 1 to 65535"),
+        (["--max-upload-mb", "nan"], "the other limits numbers above 0"),
+        (["--max-request-megapixels", "inf"], "the other limits numbers above 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--model", "/nonexistent"])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port), "--model", "/nonexistent"]) == 1  # not the model's error: it never loads
+    said = capsys.readouterr()
+    assert said.out == "" and said.err == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); give " \
+        "another --port\n"  # fmt: skip

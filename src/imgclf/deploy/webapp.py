@@ -278,7 +278,7 @@ def serve_parser():
     import argparse
     import os
 
-    parser = argparse.ArgumentParser(prog="imgclf serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="imgclf serve", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument(
         "--model", default="models/export", help="export dir, model.onnx/.pt2/.xml/.plan/.pt, RUN_ID or models:/n/v"
     )
@@ -328,8 +328,14 @@ def main(argv: list[str]) -> int:
 
     parser = serve_parser()
     args = parser.parse_args(argv)
-    if min(args.max_concurrent, args.max_connections) < 1 or min(args.max_upload_mb, args.max_request_megapixels) <= 0:
-        parser.error("--max-concurrent and --max-connections must be at least 1, the other limits above 0")
+    limits = (args.max_upload_mb, args.max_request_megapixels)
+    if min(args.max_concurrent, args.max_connections) < 1 or not all(0 < v < float("inf") for v in limits):
+        parser.error("--max-concurrent and --max-connections must be at least 1, the other limits numbers above 0")
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not valid: an integer from 1 to 65535")
+    if why := _cannot_listen(args.host, args.port):  # before the banner, and before seconds of loading
+        print(f"error: cannot listen on {args.host}:{args.port} ({why}); give another --port", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.WARNING, format="imgclf serve: %(message)s")
     args.uri = take_uri_credentials(args.uri)  # user:password into MLflow's variables: never on the page
     # one temporary folder (downloaded models, run pictures, uploads), removed however the server stops: under
@@ -354,6 +360,20 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
     return 0
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why a server could not listen on host:port now (a port in use, an address not of this machine), or None."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _service(args, cache: Path) -> Service:
