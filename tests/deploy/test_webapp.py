@@ -80,6 +80,12 @@ def test_list_files_and_folders_are_read_only_under_the_roots(served):
 
 def test_models_are_switched_only_from_under_the_roots_and_only_by_json(served, trained_project, tmp_path):
     client, root, outside = served
+    (root / "ir").mkdir()  # an OpenVINO IR given by its own name: OpenVINO reads foo.bin beside foo.xml
+    (root / "ir" / "foo.xml").write_text("<net/>")
+    (outside / "weights.bin").write_bytes(b"\0" * 64)
+    (root / "ir" / "foo.bin").symlink_to(outside / "weights.bin")
+    answer = client.post("/api/model", json={"model": str(root / "ir" / "foo.xml")})
+    assert answer.status_code == 403 and "foo.bin is outside the allowed roots" in answer.json()["error"]
     (outside / "model").mkdir()
     for name in ("model.onnx", "labels.txt", "preprocessing.json"):
         (outside / "model" / name).write_bytes((trained_project / "models/export" / name).read_bytes())

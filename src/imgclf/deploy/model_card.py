@@ -87,9 +87,13 @@ MODEL_MEMBERS = ("model.onnx", "model.pt2", "model.xml", "model.bin", "model.pla
 
 
 def _check_model_files(path: Path, roots: list[Path]) -> None:
+    """Every file the model's loader reads lies under the roots, links followed: the folder's model files, and the
+    weights beside an OpenVINO IR given by its own name (OpenVINO reads foo.bin beside foo.xml)."""
     folder = path if path.is_dir() else path.parent
-    for name in MODEL_MEMBERS:
-        member = folder / name
+    members = [folder / name for name in MODEL_MEMBERS]
+    if path.suffix == ".xml":
+        members.append(path.with_suffix(".bin"))
+    for member in members:
         if member.is_symlink() or member.exists():
             inside(member, roots)
 
