@@ -143,6 +143,16 @@ def test_a_file_name_that_is_not_utf8_is_classified_and_written_as_its_own_bytes
     assert len(table) == 2 and table[0] == repr(str(folder / "two\nlines.png"))
 
 
+def test_a_pipe_among_the_inputs_is_named_and_never_waited_on(trained, project_env, tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")  # opened as a file, it would wait for a writer for ever
+    image = trained / "data/tiny/images/a/000.png"
+    done = cli([str(tmp_path / "pipe.png"), str(image)], trained, project_env)
+    assert done.returncode == 0 and done.stdout.startswith(str(image))
+    assert f"error: {tmp_path / 'pipe.png'}: not a regular file (a pipe or a device)\n" in done.stderr
+
+
 def test_nothing_classifiable_is_exit_1_and_no_file(trained, project_env, tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     done = cli([str(tmp_path / "notes.png"), "--out", "none.csv"], trained, project_env)

@@ -73,7 +73,21 @@ def _kind(path: Path) -> str:
 
 
 def _open(path: Path) -> BinaryIO:
-    return open(path, "rb")
+    """A regular file (links followed) for reading; a pipe or a device would block or never end."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(f"{path} is a folder")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class PixelBudget:
@@ -190,8 +204,8 @@ class Classifier:
                 results[i].error = "no such file"
             except ValueError as exc:  # a NUL in the name: not a path the system can open
                 results[i].error = why_unreadable(exc) if not str(exc).startswith("embedded null") else "no such file"
-            except IsADirectoryError:
-                results[i].error = "a folder, not an image"
+            except IsADirectoryError as exc:  # a folder, or (from serve's opener) a pipe or a device
+                results[i].error = _not_a_file(exc)
             except UNREADABLE as exc:
                 results[i].error = why_unreadable(exc)
             if len(batch) == batch_size or (i == len(paths) - 1 and batch):
@@ -223,8 +237,8 @@ def serving_request(spec: ServingSpec, paths: Sequence[Path]) -> dict:
             stored = decode_image(path, spec.stored_size, spec.interpolation, spec.resize)
         except FileNotFoundError:
             raise BadInput(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise BadInput(f"{path}: a folder, not an image") from None
+        except IsADirectoryError as exc:
+            raise BadInput(f"{path}: {_not_a_file(exc)}") from None
         except UNREADABLE as exc:
             raise BadInput(f"{path}: {why_unreadable(exc)}") from None
         images.append(center_crop(stored.transpose(2, 0, 1)[None], spec.image_size)[0].transpose(1, 2, 0))
@@ -287,6 +301,10 @@ def write_submission(
     with atomic_path(path) as tmp:
         tmp.write_text("id,label\n" + "".join(f"{i},{v:.6f}\n" for i, v in rows))
     return len(rows)
+
+
+def _not_a_file(exc: IsADirectoryError) -> str:
+    return "not a regular file (a pipe or a device)" if "not a regular file" in str(exc) else "a folder, not an image"
 
 
 class Explainer:
