@@ -234,7 +234,8 @@ def serving_request(spec: ServingSpec, paths: Sequence[Path]) -> dict:
     images = []
     for path in paths:
         try:
-            stored = decode_image(path, spec.stored_size, spec.interpolation, spec.resize)
+            with _open(path) as f:
+                stored = decode_image(f, spec.stored_size, spec.interpolation, spec.resize)
         except FileNotFoundError:
             raise BadInput(f"{path}: no such file") from None
         except IsADirectoryError as exc:
