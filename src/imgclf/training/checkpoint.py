@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,19 +151,34 @@ def find_resume_checkpoint(resume: str, directory: Path, fingerprint: dict) -> R
         os.replace(path, aside)  # kept for a look, never read again; the next run starts afresh
         log.warning("%s; moved aside to %s, starting a new run", exc, aside.name)
         return None
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not state.keys() >= TRAINING_KEYS:  # a model.pt, or any other tensors
         if resume != "auto":
             raise BadInput(f"trainer.resume={resume}: not a training checkpoint (last.pt); use auto, never or the "
                            "path of a last.pt")  # fmt: skip
-        log.warning("%s is not a training checkpoint; starting a new run", path)
+        log.warning("%s is not a training checkpoint; %s, starting a new run", path, _set_aside(path))
         return None
     why = mismatch(state.get("fingerprint"), fingerprint)
     if why:
         if resume == "auto":
-            log.warning("not resuming from %s: %s; starting a new run (trainer.resume=PATH forces a resume)", path, why)
+            aside = _set_aside(path)  # this run's own checkpoints go where it was: the other run's are kept
+            log.warning("not resuming from %s: %s; %s, starting a new run (trainer.resume=PATH resumes it)", path,
+                        why, aside)  # fmt: skip
             return None
         log.warning("resuming from %s although %s: its MLflow run keeps the params it was started with", path, why)
     return Resume(path, state, why)
+
+
+TRAINING_KEYS = {"run_id", "model", "optimizer", "epoch", "history", "best_epoch", "best_metrics", "rng"}
+
+
+def _set_aside(path: Path) -> str:
+    """Move last.pt and its best.pt into a folder of their own beside them, where a new run will not overwrite or
+    remove them (trainer.resume=<folder>/last.pt resumes them); says where."""
+    folder = Path(tempfile.mkdtemp(prefix=f"set-aside-{time.strftime('%Y%m%dT%H%M%S')}-", dir=path.parent))
+    for name in (path.name, BEST):
+        if (path.parent / name).is_file():
+            os.replace(path.parent / name, folder / name)
+    return f"moved aside to {folder / path.name}"
 
 
 def load_training_state(resume: Resume, objects: Resumable) -> FitState:
