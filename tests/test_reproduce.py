@@ -94,3 +94,13 @@ def test_an_out_dir_already_in_use_is_refused_before_anything_is_read(tmp_path, 
         assert reproduce(["0123", "--uri", f"sqlite:///{tmp_path}/none.db", "--out-dir", str(out_dir)]) == 1
         assert says in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "x.txt"]  # no store made, nothing written
+
+
+def test_a_tolerance_below_0_or_not_a_number_is_one_line_before_anything_is_read(capsys):
+    import pytest
+
+    for value in ("-1", "nan", "inf", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            reproduce(["0123", "--tolerance", value])
+        assert exit_.value.code == 2
+        assert f"argument --tolerance: '{value}' is not valid: a number >= 0" in capsys.readouterr().err

@@ -83,6 +83,16 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: a number >= 0")
+    return value
+
+
 def _clip(text: str) -> float:
     try:
         value = float(text)
@@ -254,7 +264,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", help="a new or empty folder the new run writes into (default: reproduce/<run id>)")
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=_tolerance,
         help="max |difference| per metric (default: 0 on the same machine and libraries, 0.02 elsewhere)",
     )
     return parser
