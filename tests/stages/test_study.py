@@ -258,3 +258,22 @@ def test_a_bad_pruner_from_the_command_line_is_one_line_and_leaves_nothing(tmp_p
         "error: hydra.sweeper.pruner=bogus is not valid: one of median, hyperband, none"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_direction_or_storage_is_one_line_and_leaves_nothing(tiny_project):
+    from ..conftest import TINY_OVERRIDES, stage_main
+
+    before = sorted(p.name for p in tiny_project.iterdir())
+    sweep = ["--config-dir", str(ROOT / "conf"), "-m", "+sweep=optuna_lr_wd", *TINY_OVERRIDES]
+    for extra, says in (
+        ("hydra.sweeper.direction=up", "error: hydra.sweeper.direction=up is not valid: one of maximize, minimize"),
+        ("hydra.sweeper.storage=bogus://x", "error: cannot open the Optuna storage at bogus://x (Can't load plugin: "),
+        (
+            f"hydra.sweeper.storage=sqlite:///{tiny_project / 'data/tiny/split/report.json'}",
+            "error: cannot open the "
+            f"Optuna storage at sqlite:///{tiny_project / 'data/tiny/split/report.json'} (file is not a database)",
+        ),
+    ):
+        done = stage_main("train", [*sweep, extra, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"], tiny_project)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and done.stderr.startswith(says), (extra, done)
+    assert sorted(p.name for p in tiny_project.iterdir()) == before  # no multirun/, no optuna.db
