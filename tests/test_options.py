@@ -94,6 +94,8 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("model.resize", "fit", "model.resize='fit' is not valid: one of: crop, squash"),
         ("export.opset", 17, "export.opset=17 is not valid: an integer >= 18"),
         ("export.opset", 99, "export.opset=99 is not valid: an integer from 18 to "),  # torch kept 18, silently
+        ("tracking.uri", "mlruns", "tracking.uri='mlruns' is not a tracking store imgclf can use: give sqlite:///"),
+        ("tracking.uri", "bogus://x", "tracking.uri='bogus://x' is not a tracking store imgclf can use"),
         ("export.registered_name", "a/b", "export.registered_name='a/b' is not valid: null, or a name for MLflow's"),
         ("export.registered_name", " ", "export.registered_name=' ' is not valid: null, or a name for MLflow's"),
         ("export.registered_name", "x:1", "export.registered_name='x:1' is not valid"),

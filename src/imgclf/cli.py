@@ -324,14 +324,18 @@ def sync_parser() -> argparse.ArgumentParser:
 def sync(argv: list[str]) -> int:
     """Send the records that runs left in the outbox when the tracking server stayed away (tracking.outage_wait_s)."""
     from imgclf import tracking
+    from imgclf.credentials import unknown_store
 
     args = sync_parser().parse_args(argv)
+    store = args.uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    if why := unknown_store(store):
+        print(f"error: {why}", file=sys.stderr)
+        return 1
     results = tracking.sync_outboxes(args.outbox, args.uri, args.wait)
     for run_id, left in results:
         print(f"{run_id}: {'sent' if left == 0 else f'{left} records still waiting'}")
     if not results:
         print(f"nothing to send in {args.outbox}")
-    store = args.uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     try:
         for run_id in tracking.end_killed_runs_in_store(store):
             print(f"{run_id}: its process was killed; marked KILLED")

@@ -73,3 +73,19 @@ def strip_overrides(argv: Sequence[str], environ: MutableMapping[str, str] = os.
             match["key"] + quote + take_uri_credentials(value[len(quote) : len(value) - len(quote)], environ) + quote
         )
     return out
+
+
+# the stores imgclf reads and writes through MLflow: SQLite, a tracking server, a database (any driver)
+STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
+
+
+def unknown_store(uri: str) -> str | None:
+    """Why `uri` is no tracking store imgclf can use (one line naming what is valid), or None. MLflow's file store
+    (`mlruns`, `file:///...`) is in maintenance mode and takes no model registry: a folder given here is refused."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
+    if scheme in STORE_SCHEMES:
+        return None
+    return (
+        f"{uri!r} is not a tracking store imgclf can use: give sqlite:///PATH (a file, made if missing), "
+        "http(s)://HOST:PORT (mlflow server) or postgresql://... / mysql://... (a database)"
+    )

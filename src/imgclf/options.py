@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from imgclf.credentials import HTTP_USERINFO
+from imgclf.credentials import HTTP_USERINFO, unknown_store
 from imgclf.errors import BadConfig, BadInput, did_you_mean
 
 # Vocabularies the library dispatches on without checking again. This module imports no other part of imgclf
@@ -409,6 +409,8 @@ class Tracking(Group):
     outage_wait_s: float = rule(number(0), 1800)
 
     def check(self, where: str) -> None:
+        if why := unknown_store(self.uri):
+            raise BadInput(f"{where}.uri={why}")
         # a password in tracking.uri that came from a file (params.yaml, conf/) would reach dvc.lock. On the
         # command line it never gets this far: credentials.strip_overrides moves it into MLflow's variables first
         if HTTP_USERINFO.match(self.uri):

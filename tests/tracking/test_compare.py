@@ -269,3 +269,15 @@ def test_a_database_that_does_not_answer_is_one_line_without_its_password(tmp_pa
     done = imgclf_runs("--uri", "postgresql://alice:pw-secret-5e@127.0.0.1:1/mlflow", cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "pw-secret-5e" not in done.stdout + done.stderr
     assert done.stderr.startswith("error: cannot reach the tracking database at postgresql://alice:***@127.0.0.1:1/")
+
+
+def test_a_uri_that_is_no_store_is_one_line_naming_the_valid_ones(tmp_path):
+    from imgclf.cli import sync
+
+    from ..conftest import console
+
+    for uri in ("bogus://x", "mlruns", "file:///tmp/x", str(tmp_path)):
+        for done in (imgclf_runs("--uri", uri, cwd=tmp_path), console(sync, ["--uri", uri], tmp_path)):
+            assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+            assert done.stderr.startswith(f"error: {uri!r} is not a tracking store imgclf can use: give sqlite:///")
+    assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from imgclf.credentials import take_uri_credentials
+from imgclf.credentials import take_uri_credentials, unknown_store
 from imgclf.errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,8 @@ def _unanswered(uri: str) -> str | None:
 def require_server(uri: str) -> None:
     """For a command that asks a store once (`imgclf runs`, `reproduce`): an http(s) server that does not answer
     one request is one line now, not MLflow's retries for minutes."""
+    if why := unknown_store(uri):
+        raise BadInput(why)
     if uri.startswith(("http://", "https://")) and (error := _unanswered(uri)) is not None:
         raise MissingInput(f"cannot reach the tracking server at {uri} ({error}); start it or give another --uri")
     if uri.split(":", 1)[0].split("+", 1)[0] in DATABASES and (error := _database_unanswered(uri)) is not None:
