@@ -58,7 +58,7 @@ def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, pro
     best = best_of(children)
     assert parent.data.tags["imgclf.best_run_id"] == best.info.run_id
     assert parent.data.metrics["kept/val/acc"] == best.data.metrics["kept/val/acc"]
-    assert parent.data.params["best.optim.lr"] == best.data.params["optim.lr"]
+    assert parent.data.tags["best.optim.lr"] == best.data.params["optim.lr"]
     assert parent.data.metrics["sweep/trials"] == 3 and parent.data.metrics["sweep/failed"] == 0
     from imgclf.metric_names import METRICS, metric_for
 
@@ -119,7 +119,7 @@ def test_optuna_search_runs_three_trials_and_logs_the_best(tiny_project, project
     client = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db")
     logged = [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")]
     assert logged == ["sweep/optimization_results.yaml", "sweep/optuna_history.png", "sweep/optuna_importance.png"]
-    assert pytest.approx(float(parent.data.params["best.optim.lr"])) == float(best.data.params["optim.lr"])
+    assert pytest.approx(float(parent.data.tags["best.optim.lr"])) == float(best.data.params["optim.lr"])
 
     # the winning trial as a DVC experiment, in one command, whose overrides compose
     uri = f"sqlite:///{tiny_project}/mlflow.db"

@@ -211,7 +211,7 @@ class SweepRun(Callback):
             "sweep/pruned": len(pruned),
             "sweep/failed": sum(c.status == "FAILED" for c in children),
         }
-        tags, params = {}, {}
+        tags = {}
         if done:
             best = runs.best_run(done, OBJECTIVE)
             metrics.update({k: best.metrics[k] for k in (OBJECTIVE, "test/acc", "test/macro_f1") if k in best.metrics})
@@ -219,8 +219,10 @@ class SweepRun(Callback):
                 "imgclf.best_run_id": best.id,
                 "imgclf.best_run_name": best.name,
                 "imgclf.best_checkpoint": best.tags.get("imgclf.checkpoint", ""),
+                # tags, not params: a study run again with more trials reopens this parent, and MLflow refuses to
+                # change a param once logged (the parent kept the first best beside a best_run_id naming the new)
+                **{f"best.{k}": best.params[k] for k in self.space if k in best.params},
             }
-            params = {f"best.{k}": best.params[k] for k in self.space if k in best.params}
             log.info(
                 "sweep: %d/%d trials finished; best %s = %.4f (run %s)",
                 len(done),
@@ -238,7 +240,6 @@ class SweepRun(Callback):
             "FINISHED" if done else "FAILED",
             metrics=metrics,
             tags=tags,
-            params=params,
             artifacts=[path for path in written if path.is_file()],
         )
         if not done:  # a sweep where nothing trained is a failure, for CI and scripts too
