@@ -46,3 +46,13 @@ def test_runs_best_names_the_workspace_files_only_while_they_hold_the_runs_model
     shown = best_report(uri, row, "test/acc")
     assert not [line for line in shown if line.startswith(("export:", "checkpoint:"))]
     assert any(line.startswith("checkpoint_artifact: ") for line in shown)  # the run's own copy is still named
+
+
+def test_a_registered_model_by_number_latest_or_alias_names_its_run(trained_project, tmp_path):
+    project = copy_of(trained_project, tmp_path / "project")
+    uri = f"sqlite:///{project}/mlflow.db"
+    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    MlflowClient(tracking_uri=uri).set_registered_model_alias("imgclf-tiny", "champion", "1")
+    for i, ref in enumerate(("models:/imgclf-tiny/1", "models:/imgclf-tiny/latest", "models:/imgclf-tiny@champion")):
+        model = load_model(ref, uri, tmp_path / f"cache{i}")
+        assert model.run_id == run_id and model.card["run_id"] == run_id, ref  # its card: metrics and pictures

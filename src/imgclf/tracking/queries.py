@@ -141,13 +141,29 @@ def download_model(uri: str, model_uri: str, dest: Path) -> tuple[Path, str | No
 
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     client = _query_client(uri)
-    name, _, version = model_uri[len("models:/") :].partition("/")
     with _one_line_errors():
-        run_id = client.get_model_version(name, version).run_id if version.isdigit() else None
+        version = _version_of(client, model_uri[len("models:/") :])
+        # where that version's files are, from this store: a models:/ URI would be resolved against the process's
+        # registry, which need not be `uri`
+        source = client.get_model_version_download_uri(version.name, version.version)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=str(dest), tracking_uri=resolve_uri(uri)
+            artifact_uri=source, dst_path=str(dest), tracking_uri=resolve_uri(uri)
         )
-    return Path(local), run_id
+    return Path(local), version.run_id
+
+
+def _version_of(client, ref: str):
+    """The model version `name/N`, `name/latest` or `name@alias` names (MLflow's forms of models:/...)."""
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, _, version = ref.partition("/")
+    if version == "latest":
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise MissingInput(f"no versions of registered model {name!r}")
+        return max(versions, key=lambda v: int(v.version))
+    return client.get_model_version(name, version)
 
 
 def served_models(uri: str, experiment: str, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
