@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from imgclf.credentials import take_uri_credentials
@@ -83,24 +84,23 @@ def _at_least_one(text: str) -> int:
     return value
 
 
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid: a number >= 0")
-    return value
+def _number_from_0(below: float, says: str) -> Callable[[str], float]:
+    """An argparse type: a number from 0 up to (not including) `below`; anything else is `says` in one line."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value < below:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: {says}")
+        return value
+
+    return parse
 
 
-def _clip(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 0.5:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid: a number >= 0 and < 0.5")
-    return value
+_tolerance = _number_from_0(float("inf"), "a number >= 0")
+_clip = _number_from_0(0.5, "a number >= 0 and < 0.5")
 
 
 def predict(argv: list[str]) -> int:

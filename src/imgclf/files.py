@@ -9,9 +9,11 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from imgclf.errors import BadInput, DiskFull
 
@@ -44,6 +46,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 MAX_NAME = 255 - 16  # the file system's 255 bytes, less the temporary twin's `.` and `.tmp<pid>`
+
+
+def open_regular(path: Path, check: Callable[[int], None] | None = None) -> BinaryIO:
+    """Open a regular file for reading (links followed), never waiting: a folder is IsADirectoryError, and so is a
+    pipe or a device (`not a regular file`), which would block or never end. `check(fd)` may refuse the open file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if check is not None:
+            check(fd)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise IsADirectoryError(f"{path} is {'a folder' if stat.S_ISDIR(mode) else 'not a regular file'}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def refuse_to_replace(path: str | Path, flag: str, force: bool = False) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import stat
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -69,18 +68,15 @@ def under(path: Path, roots: list[Path]) -> bool:
 def open_inside(path: Path, roots: list[Path]) -> BinaryIO:
     """Open a regular file for reading, then check where the open file really is (/proc/self/fd): a folder on its
     way swapped for a link after `inside` looked (a race) is refused here, on the very file that would be read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # links followed: where they lead is checked below
-    try:
+
+    def inside_roots(fd: int) -> None:
         real = Path(os.readlink(f"/proc/self/fd/{fd}")) if Path("/proc/self/fd").is_dir() else Path(path).resolve()
         if not under(real, roots):
             raise PermissionError(f"{path} is outside the allowed roots")
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a pipe or a device would block or never end
-            raise IsADirectoryError(f"{path} is not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+
+    from imgclf.files import open_regular
+
+    return open_regular(path, inside_roots)
 
 
 def _shown(text: str) -> str:

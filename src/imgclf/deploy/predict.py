@@ -73,21 +73,9 @@ def _kind(path: Path) -> str:
 
 
 def _open(path: Path) -> BinaryIO:
-    """A regular file (links followed) for reading; a pipe or a device would block or never end."""
-    import os
-    import stat
+    from imgclf.files import open_regular
 
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise IsADirectoryError(f"{path} is a folder")
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(f"{path} is not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    return open_regular(path)
 
 
 class PixelBudget:
