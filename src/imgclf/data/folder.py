@@ -135,7 +135,8 @@ def usable_name(name: str) -> bool:
 def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[tuple[Path, str]]:
     """(file, out path) for src/<class>/..., nested folders flattened into the name. Hidden entries and excluded
     classes are left out; linked folders (DVC's hash of data.path does not look inside them, so a change there would
-    not rerun anything), links leading outside data.path and unusable names are skipped and counted in `skipped`."""
+    not rerun anything), links leading outside data.path and unusable names are skipped and counted in `skipped`.
+    A class folder with no file to copy (empty, or hidden files only) is BadInput, as it is reached."""
     root = src.resolve()
     for cls_dir in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if cls_dir.name in exclude:
@@ -143,6 +144,7 @@ def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[t
         if cls_dir.is_symlink() or not usable_name(cls_dir.name):
             skipped[LINKED_FOLDER if cls_dir.is_symlink() else UNUSABLE_NAME] += 1
             continue
+        empty = True
         for here, dirs, files in os.walk(cls_dir):  # links to folders are listed, never entered
             here = Path(here)
             skipped[LINKED_FOLDER] += sum((here / d).is_symlink() and not d.startswith(".") for d in dirs)
@@ -154,7 +156,13 @@ def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[t
                 elif path.is_symlink() and not path.resolve().is_relative_to(root):
                     skipped[LINK_OUTSIDE] += 1
                 elif path.is_file():  # not a broken link, a pipe or a socket
+                    empty = False
                     yield path, f"{cls_dir.name}/{prefix}{inside.replace('/', '__')}"
+        if empty:  # fetch_folder plans every copy before the first: nothing is written
+            raise BadInput(
+                f"class folder {cls_dir} has no files; add images, remove it, or leave it out with "
+                f"data.exclude=[{cls_dir.name}]"
+            )
 
 
 def fetch_folder(
@@ -177,24 +185,12 @@ def fetch_folder(
             raise MissingInput(f"{src} is not a directory; point it at a folder of class sub-folders")
         if listing:
             listings[listing] = []
-        found = set()
         for file, rel in class_files(src, exclude, prefix, skipped):
             if rel in plan:
                 raise BadInput(f"{plan[rel]} and {file} would both be copied to {rel}; rename one of them")
             plan[rel] = file
-            found.add(rel.split("/", 1)[0])
             if listing:
                 listings[listing].append(rel)
-        classes = {
-            d.name
-            for d in src.iterdir()
-            if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and d.name not in exclude
-        }
-        if empty := sorted(c for c in classes - found if usable_name(c)):  # before anything is copied
-            raise BadInput(
-                f"class folder {src / empty[0]} has no files; add images, remove it, or leave it out with "
-                f"data.exclude=[{empty[0]}]"
-            )
     for rel, file in plan.items():
         (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, Path(out_dir) / rel)  # a copy: DVC may make its cached files read-only
