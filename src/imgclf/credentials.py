@@ -79,11 +79,15 @@ def strip_overrides(argv: Sequence[str], environ: MutableMapping[str, str] = os.
 STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
 
 
+def store_scheme(uri: str) -> str:
+    """`postgresql` for postgresql+psycopg://..., `sqlite` for sqlite:///...; "" for a path."""
+    return uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
+
+
 def unknown_store(uri: str) -> str | None:
     """Why `uri` is no tracking store imgclf can use (one line naming what is valid), or None. MLflow's file store
     (`mlruns`, `file:///...`) is in maintenance mode and takes no model registry: a folder given here is refused."""
-    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
-    if scheme in STORE_SCHEMES:
+    if store_scheme(uri) in STORE_SCHEMES:
         return None
     return (
         f"{uri!r} is not a tracking store imgclf can use: give sqlite:///PATH (a file, made if missing), "

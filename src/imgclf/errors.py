@@ -36,6 +36,13 @@ class AccessDenied(UserError, PermissionError):
     """A service refused our credentials; the message says what to do."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line for a one-line message (a database driver's own, under SQLAlchemy's wrapper), or
+    its type when it says nothing."""
+    said = str(getattr(exc, "orig", None) or exc).strip()
+    return said.splitlines()[0][:limit] if said else type(exc).__name__
+
+
 def did_you_mean(given: str, valid, prefix: str = "") -> str:
     """' (did you mean X?)' for the valid name closest to a mistyped one ('' when none is close)."""
     import difflib

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from imgclf.errors import BadInput, DiskFull
+from imgclf.errors import BadInput, DiskFull, first_line
 
 log = logging.getLogger(__name__)
 
@@ -320,11 +320,6 @@ def load_tensors(path: str | Path):
 
 def _why(exc: BaseException) -> str:
     """What torch.load said, and what it reads: a pickle's stray byte or key alone (`174812789`) tells nobody."""
-    said = _first_line(exc)
+    said = first_line(exc)
     said = said if any(c.isalpha() for c in said) else f"{type(exc).__name__}: {said}"
     return f"{said}; a checkpoint is a file torch.save wrote, .pt or .pth"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -34,6 +34,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.errors import first_line
+
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "IMGCLF_OPTUNA_STORAGE"  # as imgclf.training.pruning names them (a test checks they agree)
@@ -119,21 +121,6 @@ def masked(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
-def _shown(url: str) -> str:
-    """A storage URL with its password hidden."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: its scheme, at most, says what it was
-        return f"{url.split(':', 1)[0]}:..."
-
-
-def _first_line(exc: BaseException) -> str:
-    said = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return said[0][:200] if said else type(exc).__name__
-
-
 def refuse(message: str) -> NoReturn:
     """A bad sweeper setting: one line and exit 1, as the stages answer a bad config (Hydra would wrap an exception
     raised while it instantiates the sweeper in four lines of its own)."""
@@ -194,7 +181,7 @@ class ImgclfOptunaSweeper(Sweeper):
                 return url, storage
             except Exception as exc:  # workers that start together race to create the schema: one wins, the rest retry
                 if "IntegrityError" not in type(exc).__name__ and "already exists" not in str(exc) or attempt == 19:
-                    refuse(f"cannot open the Optuna storage at {_shown(url)} ({_first_line(exc)}); give "
+                    refuse(f"cannot open the Optuna storage at {masked(url)} ({first_line(exc)}); give "
                            f"hydra.sweeper.storage or {STORAGE_ENV} a database URL (sqlite:///PATH, "
                            "postgresql+psycopg://USER@HOST/DB)")  # fmt: skip
                 time.sleep(0.25 * (attempt + 1))

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from imgclf.credentials import take_uri_credentials, unknown_store
-from imgclf.errors import BadInput, MissingInput
+from imgclf.credentials import store_scheme, take_uri_credentials, unknown_store
+from imgclf.errors import BadInput, MissingInput, first_line
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def require_server(uri: str) -> None:
         raise BadInput(why)
     if uri.startswith(("http://", "https://")) and (error := _unanswered(uri)) is not None:
         raise MissingInput(f"cannot reach the tracking server at {uri} ({error}); start it or give another --uri")
-    if uri.split(":", 1)[0].split("+", 1)[0] in DATABASES and (error := _database_unanswered(uri)) is not None:
+    if store_scheme(uri) in DATABASES and (error := _database_unanswered(uri)) is not None:
         from sqlalchemy.engine import make_url
 
         shown = make_url(uri).render_as_string(hide_password=True)
@@ -161,8 +161,7 @@ def _database_unanswered(uri: str) -> str | None:
             pass
         engine.dispose()
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
-        said = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        error = said[0] if said else type(exc).__name__
+        error = first_line(exc)
         return error.replace(url.password, "***") if url.password else error
     return None
 
