@@ -48,16 +48,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 MAX_NAME = 255 - 16  # the file system's 255 bytes, less the temporary twin's `.` and `.tmp<pid>`
 
 
+class NotARegularFile(IsADirectoryError):
+    """A pipe, a socket or a device where a file was to be read: opened as a file, it would block or never end."""
+
+
 def open_regular(path: Path, check: Callable[[int], None] | None = None) -> BinaryIO:
-    """Open a regular file for reading (links followed), never waiting: a folder is IsADirectoryError, and so is a
-    pipe or a device (`not a regular file`), which would block or never end. `check(fd)` may refuse the open file."""
+    """Open a regular file for reading (links followed), never waiting: a folder is IsADirectoryError, a pipe or a
+    device NotARegularFile. `check(fd)` may refuse the open file."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         if check is not None:
             check(fd)
         mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{path} is a folder")
         if not stat.S_ISREG(mode):
-            raise IsADirectoryError(f"{path} is {'a folder' if stat.S_ISDIR(mode) else 'not a regular file'}")
+            raise NotARegularFile(f"{path} is not a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

@@ -15,6 +15,7 @@ from imgclf.contract import ContractError, ServingSpec, normalize, scaled_stats,
 from imgclf.data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
 from imgclf.data.transforms import center_crop, tta_views
 from imgclf.errors import BadInput, MissingInput
+from imgclf.files import NotARegularFile, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ def _kind(path: Path) -> str:
 
 
 def _open(path: Path) -> BinaryIO:
-    from imgclf.files import open_regular
-
     return open_regular(path)
 
 
@@ -192,8 +191,10 @@ class Classifier:
                 results[i].error = "no such file"
             except ValueError as exc:  # a NUL in the name: not a path the system can open
                 results[i].error = why_unreadable(exc) if not str(exc).startswith("embedded null") else "no such file"
-            except IsADirectoryError as exc:  # a folder, or (from serve's opener) a pipe or a device
-                results[i].error = _not_a_file(exc)
+            except NotARegularFile:
+                results[i].error = NOT_A_FILE
+            except IsADirectoryError:
+                results[i].error = "a folder, not an image"
             except UNREADABLE as exc:
                 results[i].error = why_unreadable(exc)
             if len(batch) == batch_size or (i == len(paths) - 1 and batch):
@@ -226,8 +227,10 @@ def serving_request(spec: ServingSpec, paths: Sequence[Path]) -> dict:
                 stored = decode_image(f, spec.stored_size, spec.interpolation, spec.resize)
         except FileNotFoundError:
             raise BadInput(f"{path}: no such file") from None
-        except IsADirectoryError as exc:
-            raise BadInput(f"{path}: {_not_a_file(exc)}") from None
+        except NotARegularFile:
+            raise BadInput(f"{path}: {NOT_A_FILE}") from None
+        except IsADirectoryError:
+            raise BadInput(f"{path}: a folder, not an image") from None
         except UNREADABLE as exc:
             raise BadInput(f"{path}: {why_unreadable(exc)}") from None
         images.append(center_crop(stored.transpose(2, 0, 1)[None], spec.image_size)[0].transpose(1, 2, 0))
@@ -292,8 +295,7 @@ def write_submission(
     return len(rows)
 
 
-def _not_a_file(exc: IsADirectoryError) -> str:
-    return "not a regular file (a pipe or a device)" if "not a regular file" in str(exc) else "a folder, not an image"
+NOT_A_FILE = "not a regular file (a pipe or a device)"
 
 
 class Explainer:
