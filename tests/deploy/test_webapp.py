@@ -312,3 +312,8 @@ def test_bad_numbers_and_a_port_in_use_are_one_line_before_anything_loads(capsys
     said = capsys.readouterr()
     assert said.out == "" and said.err == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); give " \
         "another --port\n"  # fmt: skip
+    assert main(["--host", "10.255.255.254", "--model", "/nonexistent"]) == 1  # not an address of this machine
+    said = capsys.readouterr().err
+    assert said.startswith("error: cannot listen on 10.255.255.254:7860 (") and said.endswith(
+        "; give --host an address of this machine\n"
+    )

@@ -217,3 +217,58 @@ def test_sync_with_the_server_away_is_one_line_at_once(tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert done.stderr.startswith("error: cannot reach the tracking server at http://127.0.0.1:")
     assert "fake-pw-0d" not in done.stdout + done.stderr
+
+
+def test_the_team_server_refuses_what_it_cannot_serve_in_one_line_before_postgresql_starts(tmp_path):
+    """`make mlflow-server` (python -m imgclf.tracking.server): a bad port, address or folder is one line, and
+    nothing is started or made; a cluster PostgreSQL cannot start is one line naming what its log says."""
+    import socket
+
+    from imgclf.tracking.server import main
+
+    from ..conftest import console
+
+    home = tmp_path / "server"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        used = taken.getsockname()[1]
+        for args, code, says in (
+            (["--port", "99999"], 2, "--port 99999 is not valid: an integer from 1 to 65535"),
+            (["--pg-port", "0"], 2, "--pg-port 0 is not valid: an integer from 1 to 65535"),
+            (["--port", "5999", "--pg-port", "5999"], 2, "--port and --pg-port are both 5999: give each its own"),
+            (["--port", str(used)], 1, f"127.0.0.1:{used} (Address already in use); give another --port"),
+            (["--pg-port", str(used)], 1, "(Address already in use); give another --pg-port"),
+            (["--host", "256.1.1.1"], 1, "cannot listen on 256.1.1.1:"),
+            (["--host", ""], 1, "give --host an address of this machine"),
+        ):
+            done = console(main, ["--dir", str(home), *args], tmp_path)
+            assert done.returncode == code and says in done.stderr, (args, done.stderr)
+            assert done.stderr.count("\n") == 1 or code == 2, done.stderr  # argparse adds its usage
+            assert not home.exists(), args
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    done = console(main, ["--dir", str(afile)], tmp_path)
+    says = f"error: --dir {afile} is a file; give a folder (it is made if missing)\n"
+    assert (done.returncode, done.stderr) == (1, says)
+    assert afile.read_text() == "mine"
+
+
+def test_a_cluster_postgresql_cannot_start_is_one_line_naming_its_log(tmp_path):
+    from imgclf.tracking.server import free_port, main, pg_bin
+
+    from ..conftest import console
+
+    try:
+        pg_bin("pg_ctl")
+    except Exception as exc:  # PostgreSQL not installed: make test installs it
+        pytest.skip(str(exc))
+    data = tmp_path / "server" / "postgres" / "data"
+    data.mkdir(parents=True)
+    (data / "PG_VERSION").write_text("15\n")  # a cluster folder without its configuration (as root, also one the
+    # postgres user may not enter): PostgreSQL refuses either
+    done = console(main, ["--dir", str(tmp_path / "server"), "--port", str(free_port()), "--pg-port", str(free_port())],
+                   tmp_path)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: PostgreSQL did not start in {tmp_path / 'server' / 'postgres'}: ")
+    assert f"(log: {tmp_path / 'server' / 'postgres' / 'postgres.log'})" in done.stderr

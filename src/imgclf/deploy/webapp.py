@@ -37,6 +37,7 @@ from imgclf.deploy.model_card import RUN_ID, Model, load_model, model_home
 from imgclf.deploy.pictures import png_url, thumbnail
 from imgclf.deploy.predict import Prediction, collect_inputs, top_k
 from imgclf.errors import USER_ERRORS, BadInput
+from imgclf.net import cannot_listen
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +334,8 @@ def main(argv: list[str]) -> int:
         parser.error("--max-concurrent and --max-connections must be at least 1, the other limits numbers above 0")
     if not 1 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not valid: an integer from 1 to 65535")
-    if why := _cannot_listen(args.host, args.port):  # before the banner, and before seconds of loading
-        print(f"error: cannot listen on {args.host}:{args.port} ({why}); give another --port", file=sys.stderr)
+    if why := cannot_listen(args.host, args.port):  # before the banner, and before seconds of loading
+        print(f"error: {why}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.WARNING, format="imgclf serve: %(message)s")
     args.uri = take_uri_credentials(args.uri)  # user:password into MLflow's variables: never on the page
@@ -360,20 +361,6 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
     return 0
-
-
-def _cannot_listen(host: str, port: int) -> str | None:
-    """Why a server could not listen on host:port now (a port in use, an address not of this machine), or None."""
-    import socket
-
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            probe.bind(address)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
 
 
 def _service(args, cache: Path) -> Service:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.errors import MissingInput
+from imgclf.net import cannot_listen
 
 PG_USER = "postgres"
 DATABASE = "mlflow"
@@ -165,22 +166,54 @@ def server_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = server_parser().parse_args(argv)
-    root = args.dir.resolve()
-    pg = Postgres(root / "postgres", args.pg_port).start()
+def main(argv: list[str] | None = None) -> int:
+    parser = server_parser()
+    args = parser.parse_args(argv)
+    for flag, port in (("--port", args.port), ("--pg-port", args.pg_port)):
+        if not 1 <= port <= 65535:
+            parser.error(f"{flag} {port} is not valid: an integer from 1 to 65535")
+    if args.port == args.pg_port:
+        parser.error(f"--port and --pg-port are both {args.port}: give each its own")
+    root = args.dir.expanduser().resolve()
+    why = cannot_listen(args.host, args.port) or cannot_listen("127.0.0.1", args.pg_port, "--pg-port")
+    if why is None and root.exists() and not root.is_dir():
+        why = f"--dir {root} is a file; give a folder (it is made if missing)"
+    elif why is None and not root.is_dir():
+        try:
+            root.mkdir(parents=True)
+        except OSError as exc:
+            why = f"--dir {root}: {exc.strerror or exc}; give a folder this user can create"
+    if why is not None:  # before PostgreSQL starts
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    try:
+        pg = Postgres(root / "postgres", args.pg_port).start()
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        why = _why_not(exc, root / "postgres")
+        print(f"error: PostgreSQL did not start in {root / 'postgres'}: {why}", file=sys.stderr)
+        return 1
     server = MlflowServer(pg.uri, root / "artifacts", args.port, host=args.host)
     print(f"PostgreSQL on 127.0.0.1:{args.pg_port} ({root / 'postgres'}); MLflow on {server.uri}", flush=True)
     print(f"send runs there: dvc repro / imgclf train tracking.uri={server.uri}", flush=True)
     print(f"and Optuna studies: IMGCLF_OPTUNA_STORAGE={pg.optuna_uri}", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # stop PostgreSQL on SIGTERM too
     try:
-        subprocess.run(server.command(), check=False, env=server_env())
+        return subprocess.run(server.command(), check=False, env=server_env()).returncode
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         pg.stop()
 
 
+def _why_not(exc: Exception, directory: Path) -> str:
+    """What PostgreSQL said last (its log, else the command's error output), and where to read more."""
+    log = directory / "postgres.log"
+    said = [*(exc.stderr or "").splitlines()] if isinstance(exc, subprocess.CalledProcessError) else []
+    with contextlib.suppress(OSError):
+        said += log.read_text(errors="replace").splitlines()[-20:]
+    said = [line.strip() for line in said if line.strip() and "Examine the log" not in line]
+    return f"{said[-1]} (log: {log})" if said else str(exc)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
