@@ -326,17 +326,23 @@ def sync(argv: list[str]) -> int:
     from imgclf import tracking
     from imgclf.credentials import unknown_store
 
-    args = sync_parser().parse_args(argv)
+    parser = sync_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.wait < float("inf"):
+        parser.error(f"--wait {args.wait} is not valid: seconds, a number from 0")
     store = args.uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    if why := unknown_store(store):
+    why = unknown_store(store)
+    if why is None and args.outbox.exists() and not args.outbox.is_dir():
+        why = f"--outbox {args.outbox} is a file; give the folder runs keep their outboxes in"
+    if why is not None:
         print(f"error: {why}", file=sys.stderr)
         return 1
-    results = tracking.sync_outboxes(args.outbox, args.uri, args.wait)
-    for run_id, left in results:
-        print(f"{run_id}: {'sent' if left == 0 else f'{left} records still waiting'}")
-    if not results:
-        print(f"nothing to send in {args.outbox}")
     try:
+        results = tracking.sync_outboxes(args.outbox, args.uri, args.wait)
+        for run_id, left in results:
+            print(f"{run_id}: {'sent' if left == 0 else f'{left} records still waiting'}")
+        if not results:
+            print(f"nothing to send in {args.outbox}")
         for run_id in tracking.end_killed_runs_in_store(store):
             print(f"{run_id}: its process was killed; marked KILLED")
     except USER_ERRORS as exc:

@@ -168,10 +168,24 @@ def test_sync_sends_to_the_runs_own_store_from_any_folder_and_keeps_what_another
         out = console(sync, ["--outbox", str(root), "--uri", uri, "--wait", "1"], elsewhere)
         assert out.returncode == 1 and f"{run_id}: 1 records still waiting" in out.stdout, out
     assert not (tmp_path / "absent").exists() and (root / run_id / "1").is_dir()
+    foreign = tmp_path / "notes.db"  # an SQLite database of another program: MLflow would add its tables to it
+    with __import__("sqlite3").connect(foreign) as db:
+        db.execute("CREATE TABLE notes (text)")
+    before = foreign.read_bytes()
+    out = console(sync, ["--outbox", str(root), "--uri", f"sqlite:///{foreign}", "--wait", "1"], elsewhere)
+    assert out.returncode == 1 and out.stderr == f"error: {foreign} is an SQLite database of something else, not an " \
+        "MLflow store; it is left as it is\n"  # fmt: skip
+    assert foreign.read_bytes() == before and (root / run_id / "1").is_dir()
     out = console(sync, ["--outbox", str(root), "--wait", "30"], elsewhere)  # the store the run was started on
     assert out.returncode == 0 and f"{run_id}: sent" in out.stdout, out
     assert not (elsewhere / "mlflow.db").exists() and not (root / run_id).exists()
     assert [m.value for m in client.get_metric_history(run_id, "m")] == [1.0]
+    out = console(sync, ["--outbox", str(root), "--uri", f"sqlite:///{foreign}"], elsewhere)  # nothing to send
+    assert out.returncode == 1 and "something else, not an MLflow store" in out.stderr
+    assert foreign.read_bytes() == before
+    for args, says in ((["--wait", "nan"], "--wait nan is not valid"), (["--outbox", str(foreign)], "is a file")):
+        out = console(sync, args, elsewhere)
+        assert out.returncode in (1, 2) and says in out.stderr, out
 
 
 def test_metrics_of_any_class_name_and_any_number_of_classes_all_reach_mlflow(tmp_path):

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from imgclf.credentials import hide
 from imgclf.errors import MissingInput
 from imgclf.files import pid_alive
-from imgclf.tracking.store import answers, resolve_uri, retry_locked, sqlite_file
+from imgclf.tracking.store import answers, check_sqlite_store, resolve_uri, retry_locked, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def end_killed_runs_in_store(uri: str) -> list[str]:
     db = sqlite_file(uri)
     if db is not None and not Path(db).is_file():
         return []
+    if db is not None:
+        check_sqlite_store(db)  # MLflow would add its tables to any SQLite database
     if not answers(uri):  # at once, not after MLflow's minutes of retries, and in one line
         raise MissingInput(f"cannot reach the tracking server at {hide(uri)}; run imgclf sync again when it is back")
     client = MlflowClient(tracking_uri=uri)

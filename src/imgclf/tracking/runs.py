@@ -22,7 +22,16 @@ from imgclf.tracking.artifacts import local_artifact_dir, place_locally, share
 from imgclf.tracking.outbox import Outbox, default_root
 from imgclf.tracking.processes import PROCESS_TAG, end_killed_runs, process_tag
 from imgclf.tracking.redaction import MAX_PARAM_LENGTH, flatten, redact
-from imgclf.tracking.store import OPTIONS, absolute_uri, answers, configure, resolve_uri, retry_locked, sqlite_file
+from imgclf.tracking.store import (
+    OPTIONS,
+    absolute_uri,
+    answers,
+    check_sqlite_store,
+    configure,
+    resolve_uri,
+    retry_locked,
+    sqlite_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +164,8 @@ def _not_in(uri: str, run_id: str) -> str | None:
     db = sqlite_file(uri)
     if db is not None and not Path(db).is_file():
         return f"run {run_id}: no tracking store at {db}"
+    if db is not None:
+        check_sqlite_store(db)  # MLflow would add its tables to any SQLite database: BadInput, before it does
     if not answers(uri):
         return None
     try:
