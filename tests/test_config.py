@@ -179,12 +179,32 @@ def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatc
         # the queue's grid (DVC queues one experiment per combination): each is checked
         (["-S", "optim.lr=0.001,0.0003", "-S", "model=alexnet,vgg16"], 0, "ok: optim.lr=0.001,0.0003 model=alexnet,"),
         (["-S", "optim.lr=0.001,-1"], 1, "error: optim.lr=-1: optim.lr=-1 is not valid: a number > 0"),
+        # a word without `=`, an empty -S: Hydra's grammar error was a traceback here, four lines in a stage
+        (["-S", "optim.lr=0.001", "-S", ""], 2, "error: bad override '': give KEY=VALUE (trainer.epochs=5), +KEY="),
+        (["epochs"], 2, "error: bad override 'epochs': give KEY=VALUE"),
+        (["~trainer.epochs"], 1, "error: trainer.epochs is missing"),
     ]
     for argv, code, said in cases:
         assert check(argv) == code
         out = capsys.readouterr()
         lines = (out.err or out.out).strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(said), lines
+
+
+def test_a_stage_or_check_typed_outside_the_project_is_one_line(tmp_path):
+    """`imgclf train` in a folder without conf/ was Hydra's seven lines on its search path; `imgclf check` a
+    traceback. A bare word is one line too, in the stage as in `imgclf check`."""
+    from imgclf.cli import check
+
+    said = f"error: no conf/ in {tmp_path}: run imgclf from the project's root (the folder holding dvc.yaml and conf/)"
+    for done in (stage_main("train", ["trainer.epochs=1"], tmp_path), console(check, ["-S", "optim.lr=0.1"], tmp_path)):
+        assert done.returncode == 2 and done.stderr.startswith(said) and done.stderr.count("\n") == 1, done.stderr
+    assert not list(tmp_path.iterdir())  # no outputs/ or log left by Hydra
+    done = stage_main("train", ["--config-dir", str(ROOT / "conf"), "trainer.epochs=1", "epochs"], tmp_path)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "error: bad override 'epochs': give KEY=VALUE (trainer.epochs=5), +KEY=VALUE to add a key, ~KEY to drop one\n",
+    )
 
 
 def test_a_model_file_written_for_the_old_base_is_told_where_the_base_went(tmp_path):

@@ -40,6 +40,40 @@ def params_yaml(overrides: Sequence[str] = (), root: str | Path = ".") -> str:
     return OmegaConf.to_yaml(compose(overrides, root))
 
 
+# Hydra's flags that take the next argument (the config's own: DVC's stages, a user's), and --info's optional value
+VALUED = ("-c", "--cfg", "-p", "--package", "--experimental-rerun", "-cd", "--config-dir", "-cn", "--config-name",
+          "-cp", "--config-path")  # fmt: skip
+INFO = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, the overrides): argparse takes the overrides as one run of positionals."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        takes = arg in VALUED or (arg == "--info" and i + 1 < len(argv) and argv[i + 1] in INFO)
+        if arg.startswith("-") and not arg.startswith("~"):
+            flags += argv[i : i + 2] if takes else [arg]
+            i += 2 if takes else 1
+        else:
+            overrides.append(arg)
+            i += 1
+    return flags, overrides
+
+
+def no_conf_here(argv: Sequence[str], root: str | Path = ".") -> str | None:
+    """Why a stage cannot compose here: no conf/ in this folder and no --config-dir given (a command typed in the
+    wrong folder), or None."""
+    if conf_dir(root).is_dir() or any(a.split("=")[0] in ("-cd", "--config-dir") for a in argv):
+        return None
+    return (
+        f"no conf/ in {Path(root).resolve()}: run imgclf from the project's root (the folder holding dvc.yaml and "
+        "conf/), or give --config-dir"
+    )
+
+
 def config_groups(root: str | Path = ".") -> dict[str, list[str]]:
     """Config groups of conf/ and their options: {"model": ["alexnet", "vgg16"], ...}."""
     base = conf_dir(root)
@@ -59,6 +93,9 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
     secret = secret_override(argv)
     if secret:
         return secret
+    bare = [a for a in split_argv(argv)[1] if "=" not in a and not a.startswith("~")]
+    if bare:  # Hydra would say it in four lines (`imgclf check`: a traceback)
+        return f"bad override {bare[0]!r}: give KEY=VALUE (trainer.epochs=5), +KEY=VALUE to add a key, ~KEY to drop one"
     if not conf_dir(root).is_dir() or "--config-name" in argv or "-cn" in argv:
         return None  # DVC runs read params.yaml, already composed (and checked) by DVC
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from imgclf.config import conf_dir, config_groups
+from imgclf.config import conf_dir, config_groups, split_argv
 from imgclf.errors import BadInput
 
 PARAMS = "params.yaml"
@@ -131,25 +131,6 @@ def _key(override: str) -> str:
     return re.split(r"[=]", override.lstrip("+~"), maxsplit=1)[0]
 
 
-VALUED = ("-c", "--cfg", "-p", "--package", "--experimental-rerun")  # Hydra's flags that take the next argument
-INFO = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # --info's optional value
-
-
-def _split(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(Hydra's flags with their values, the overrides): argparse takes the overrides as one run of positionals."""
-    flags, overrides, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        takes = arg in VALUED or (arg == "--info" and i + 1 < len(argv) and argv[i + 1] in INFO)
-        if arg.startswith("-") and not arg.startswith("~"):
-            flags += argv[i : i + 2] if takes else [arg]
-            i += 2 if takes else 1
-        else:
-            overrides.append(arg)
-            i += 1
-    return flags, overrides
-
-
 def _swept(flags: list[str], overrides: list[str], root: str | Path) -> list[str]:
     """The keys a multirun's sweep file (+sweep=models) or hydra.sweeper.params.<key>= varies; [] for one run."""
     if not any(f in ("-m", "--multirun") for f in flags):
@@ -176,7 +157,7 @@ def with_workspace(argv: list[str], root: str | Path = ".") -> tuple[list[str], 
     win, and so do the keys a sweep file varies (Hydra's sweepers let the command line beat them)."""
     if os.environ.get(OFF) == "0" or any(a.split("=")[0] in EXPLICIT for a in argv):
         return argv, []
-    flags, overrides = _split(argv)
+    flags, overrides = split_argv(argv)
     if any(_key(a) == "experiment" for a in overrides):
         return argv, []
     carried = workspace_overrides(root)

@@ -16,7 +16,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf.config import check_overrides, conf_dir
+from imgclf.config import check_overrides, conf_dir, no_conf_here
 from imgclf.credentials import strip_overrides
 from imgclf.errors import USER_ERRORS, BadConfig, BadInput, stoppable
 from imgclf.stages import settle_imports
@@ -63,6 +63,9 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
 
     def main() -> None:
         settle_imports()
+        if why := no_conf_here(sys.argv[1:]):
+            print(f"error: {why}", file=sys.stderr)
+            sys.exit(2)
         try:  # the experiment applied in this workspace (params.yaml), under the user's own overrides
             argv, carried = with_workspace(sys.argv[1:])
         except BadInput as exc:
