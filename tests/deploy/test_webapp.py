@@ -110,11 +110,25 @@ def test_only_the_page_itself_may_post(served):
 
     client, root, _ = served
     image = str(root / "images" / "0.png")
-    for headers in ({"origin": "http://evil.example"}, {"sec-fetch-site": "cross-site"}):
-        assert client.post("/api/classify", data={"path": image}, headers=headers).status_code == 403
-        assert client.post("/api/model", json={"model": "x"}, headers=headers).status_code == 403
-    own = client.post("/api/classify", data={"path": image}, headers={"origin": "http://testserver"})
-    assert own.status_code == 200 and own.json()["results"][0]["top"]
+    for headers in (
+        {"origin": "http://evil.example"},
+        {"origin": "null"},  # a sandboxed frame, a file:// page
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site"},  # another port of the same host: another origin
+        {"referer": "http://evil.example/page"},  # a browser that sends no Origin
+        {"referer": "http://testserver:8080/"},
+    ):
+        assert client.post("/api/classify", data={"path": image}, headers=headers).status_code == 403, headers
+        assert client.post("/api/model", json={"model": "x"}, headers=headers).status_code == 403, headers
+    for headers in (
+        {"origin": "http://testserver"},
+        {"referer": "http://testserver/"},
+        {"sec-fetch-site": "same-origin"},
+        {"sec-fetch-site": "none"},  # typed, or a bookmark
+        {},  # not a browser: curl, a script
+    ):
+        own = client.post("/api/classify", data={"path": image}, headers=headers)
+        assert own.status_code == 200 and own.json()["results"][0]["top"], headers
     # on loopback, a request naming another host (a page that rebound its name to 127.0.0.1) is refused
     guarded = TestClient(create_app(client.service, LOOPBACK))
     assert guarded.get("/api/model").status_code == 403

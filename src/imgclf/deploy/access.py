@@ -128,15 +128,23 @@ class Guard:
         host = request.headers.get("host", "")
         if self.allowed_hosts is not None and _hostname(host) not in self.allowed_hosts:
             return 403, f"Host {host[:100]!r} is not this server's name; use http://127.0.0.1"
-        origin = request.headers.get("origin")
-        cross_site = request.headers.get("sec-fetch-site") == "cross-site"
-        if request.method not in ("GET", "HEAD") and (cross_site or (origin and urlsplit(origin).netloc != host)):
+        if request.method not in ("GET", "HEAD") and _from_elsewhere(request.headers, host):
             return 403, "cross-site request refused: only this server's own page may send it"
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             size = f"{int(declared) / 1e6:.1f} MB" if declared.isdigit() else "an unreadable size"
             return 413, f"upload of {size} is over the limit of {self.max_bytes / 1e6:g} MB"
         return None
+
+
+def _from_elsewhere(headers, host: str) -> bool:
+    """A request another page sent: the browser says so (Sec-Fetch-Site other than same-origin, or none: typed or
+    bookmarked), or its Origin, else its Referer, is not this server (another port of the same host included)."""
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return True
+    sender = headers.get("origin") or headers.get("referer")
+    return sender is not None and urlsplit(sender).netloc != host
 
 
 def _hostname(host: str) -> str:
