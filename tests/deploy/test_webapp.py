@@ -331,3 +331,36 @@ def test_bad_numbers_and_a_port_in_use_are_one_line_before_anything_loads(capsys
     assert said.startswith("error: cannot listen on 10.255.255.254:7860 (") and said.endswith(
         "; give --host an address of this machine\n"
     )
+
+
+def test_review_listings_decode_in_the_servers_slots_whatever_the_number_of_clients(trained_project, tmp_path):
+    """Each Review listing decodes an image per thumbnail: listings wait for one of --max-concurrent's slots, as
+    classifications do, so memory follows the settings, not the number of clients asking at once."""
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy.webapp import create_app
+
+    busy, most, lock = [0], [0], threading.Lock()
+
+    class Listing:  # a Review whose listing decodes (slowly) while it is counted
+        def listing(self, thumbnail):
+            with lock:
+                busy[0] += 1
+                most[0] = max(most[0], busy[0])
+            time.sleep(0.2)
+            with lock:
+                busy[0] -= 1
+            return {"issues": []}
+
+    client = serve_client(trained_project, tmp_path / "cache", [tmp_path], max_concurrent=2, review=Listing())
+    with TestClient(create_app(client.service)) as app:
+        answers: list[int] = []
+        asking = [threading.Thread(target=lambda: answers.append(app.get("/api/review").status_code)) for _ in range(6)]
+        for thread in asking:
+            thread.start()
+        for thread in asking:
+            thread.join()
+    assert answers == [200] * 6 and most[0] == 2

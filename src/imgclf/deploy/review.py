@@ -82,10 +82,14 @@ class Review:
         return {"path": path, "label": label, "fixes": len(every), "file": str(self.relabel)}
 
 
-def review_routes(app: FastAPI, review: Review, answer, thumbnail) -> None:
+def review_routes(app: FastAPI, review: Review, answer, thumbnail, slots) -> None:
+    """The Review view's routes; the listing decodes an image per thumbnail, so it takes one of the server's slots
+    (--max-concurrent), as a classification does: memory follows the settings, not the number of clients."""
+
     @app.get("/api/review")
-    def listing():
-        return review.listing(thumbnail)
+    async def listing():
+        async with slots:
+            return await run_in_threadpool(review.listing, thumbnail)
 
     @app.post("/api/review")
     async def fix(request: Request):

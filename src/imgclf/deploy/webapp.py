@@ -254,7 +254,7 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     if service.review is not None:
         from imgclf.deploy.review import review_routes
 
-        review_routes(app, service.review, answer, thumbnail)
+        review_routes(app, service.review, answer, thumbnail, slots)
 
     @app.get("/api/picture/{name}")
     def picture(name: str):
