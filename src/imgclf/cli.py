@@ -111,7 +111,11 @@ def predict(argv: list[str]) -> int:
     args = predict_parser().parse_args(argv)
     outs = [(flag, path) for flag, path in (("--out", args.out), ("--submission", args.submission),
                                             ("--request", args.request)) if path]  # fmt: skip
+    named = (("--out", args.out), ("--submission", args.submission), ("--request", args.request),
+             ("--explain", args.explain), ("--explain-layer", args.explain_layer))  # fmt: skip
     try:
+        if empty := [flag for flag, value in named if value is not None and not value.strip()]:
+            raise BadInput(f"{empty[0]} was given an empty name: give a path (or leave {empty[0]} out)")
         if len(outs) > 1:  # each writes a file of its own kind, and only one is written
             raise BadInput(f"{' and '.join(flag for flag, _ in outs)} were given: give one of --out, --submission, "
                            "--request")  # fmt: skip

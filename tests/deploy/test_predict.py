@@ -260,6 +260,17 @@ def test_explain_writes_a_grad_cam_overlay_per_image_and_never_replaces_a_file(t
     assert drawn[0].read_bytes() == before
     wrong = cli([str(images[0]), "--explain", str(tmp_path / "c2"), "--explain-layer", "nope"], trained, project_env)
     assert wrong.returncode == 1 and "--explain-layer nope is not a layer" in wrong.stderr
+    # a layer without a map of positions (the head, the global pooling): one line before any image, not a traceback
+    for layer in ("fc", "global_pool"):
+        flat = cli([str(images[0]), "--explain", str(tmp_path / "c3"), "--explain-layer", layer], trained, project_env)
+        assert flat.returncode == 1 and flat.stderr.count("\n") == 1, flat.stderr
+        assert "not a feature map" in flat.stderr
+        assert flat.stderr.startswith(f"error: --explain-layer {layer} gives (1, ")
+    for flag in ("--explain", "--out", "--explain-layer"):  # an empty name was taken as none given, silently
+        empty = cli([str(images[0]), flag, ""], trained, project_env)
+        assert (empty.returncode, empty.stderr) == (1, f"error: {flag} was given an empty name: give a path (or "
+                                                       f"leave {flag} out)\n")  # fmt: skip
+    assert not (tmp_path / "c3").exists()
 
 
 def test_an_output_already_there_is_replaced_only_with_force_and_never_a_file_the_command_reads(

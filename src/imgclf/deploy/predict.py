@@ -303,7 +303,7 @@ class Explainer:
     formats do not keep), for images classified by a model with the same classes."""
 
     def __init__(self, checkpoint: Path, class_names: Sequence[str], layer: str | None = None):
-        from imgclf.models.explain import find_layer
+        from imgclf.models.explain import check_layer
         from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
@@ -311,7 +311,7 @@ class Explainer:
         if list(self.spec.class_names) != list(class_names):
             raise BadInput(f"{checkpoint} has other classes than the model that classified the images")
         self.model, self.layer = model_from_checkpoint(ckpt), layer
-        find_layer(self.model, layer)  # a wrong --explain-layer is refused before any image
+        check_layer(self.model, layer, self.spec.image_size)  # a wrong --explain-layer is refused before any image
 
     def overlay(self, path: Path, class_index: int, opener: Callable[[Path], BinaryIO] | None = None) -> np.ndarray:
         """uint8 HWC: the image as the model saw it, its Grad-CAM for `class_index` over it, at least 224 px."""

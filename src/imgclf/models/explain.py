@@ -38,6 +38,27 @@ def find_layer(model: nn.Module, name: str | None) -> nn.Module:
     return modules[name]
 
 
+def check_layer(model: nn.Module, name: str | None, image_size: int) -> None:
+    """BadInput unless the layer (by name, or the default) gives a map of positions, (N, C, H, W), for an image of
+    `image_size`: Grad-CAM weighs a map's positions; a head's or a pooling's flat output has none. One forward pass
+    of a blank image, before any real one."""
+    layer, shapes = find_layer(model, name), []
+    hook = layer.register_forward_hook(lambda module, args, out: shapes.append(getattr(out, "shape", None)))
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        hook.remove()
+    if not shapes or shapes[0] is None or len(shapes[0]) != 4:
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][-3:]
+        given = tuple(shapes[0]) if shapes and shapes[0] is not None else "no tensor"
+        raise BadInput(
+            f"--explain-layer {name or default_layer(model)} gives {given}, not a feature map (N, C, H, W): name a "
+            f"convolutional layer, e.g. one of {convs}"
+        )
+
+
 def grad_cam(model: nn.Module, inputs: torch.Tensor, classes: Sequence[int], layer: str | None = None) -> np.ndarray:
     """(N, H, W) maps in [0, 1] at the inputs' size: Grad-CAM of `classes[i]` for normalised `inputs[i]`."""
     from captum.attr import LayerAttribution, LayerGradCam
