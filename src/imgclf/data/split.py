@@ -130,9 +130,19 @@ def write_split(
     sample_per_class: int,
     seed: int,
     digests: Mapping[str, str],
+    *,
+    fixes: Mapping[str, str] | None = None,
 ) -> None:
     """Write index CSVs, labels.txt, the sample/ subset of every split, and manifest.csv: the sha256 of every
-    indexed file's bytes, so the data version and the pack cache follow the images' content, not their names."""
+    indexed file's bytes, so the data version and the pack cache follow the images' content, not their names.
+
+    `splits` are as drawn from the source's labels; `fixes` (relabel/<data>.csv) are applied to them and to their
+    samples after the draw, so a fix moves no other image in or out of a split or a sample."""
+    from imgclf.data.relabel import apply_fixes
+
+    drawn, fixes = splits, fixes or {}
+    splits = apply_fixes(drawn, fixes)
+    samples = apply_fixes({name: sample_subset(drawn[name], sample_per_class, seed) for name in SPLITS}, fixes)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / MANIFEST).open("w", newline="") as f:
         writer = csv.writer(f)
@@ -141,7 +151,7 @@ def write_split(
     (out_dir / LABELS_FILE).write_text(format_labels(class_names))
     for name in SPLITS:
         write_index(out_dir / f"{name}.csv", splits[name])
-        write_index(out_dir / "sample" / f"{name}.csv", sample_subset(splits[name], sample_per_class, seed))
+        write_index(out_dir / "sample" / f"{name}.csv", samples[name])
 
 
 def read_manifest(split_dir: str | Path) -> dict[str, str]:

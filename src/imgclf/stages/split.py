@@ -37,7 +37,7 @@ def split(cfg: DictConfig | Options) -> None:
     relabel = paths.relabel_file(opts.data.name)  # drawn from the source's labels, then fixed: nothing else moves
     fixes = read_fixes(relabel)
     check_fixes(relabel, fixes, scan.info, scan.class_names)
-    splits = apply_fixes(splits, fixes)
+    drawn, splits = splits, apply_fixes(splits, fixes)
     report = build_report(scan, splits, params.min_class_images)
     report["relabel"] = {"file": str(relabel), "relabelled": sum(v != EXCLUDE for v in fixes.values())}
     report["relabel"]["excluded"] = len(fixes) - report["relabel"]["relabelled"]
@@ -57,7 +57,7 @@ def split(cfg: DictConfig | Options) -> None:
         )
     with atomic_dir(paths.split(opts.data.name)) as tmp:
         digests = {path: info.sha256 for path, info in scan.info.items()}
-        write_split(tmp, splits, scan.class_names, params.sample_per_class, params.seed, digests)
+        write_split(tmp, drawn, scan.class_names, params.sample_per_class, params.seed, digests, fixes=fixes)
         write_json(tmp / "report.json", report)
     write_data_report(report_dir, images, scan, splits, report)
     log.info(
