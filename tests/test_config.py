@@ -182,6 +182,14 @@ def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatc
         # a word without `=`, an empty -S: Hydra's grammar error was a traceback here, four lines in a stage
         (["-S", "optim.lr=0.001", "-S", ""], 2, "error: bad override '': give KEY=VALUE (trainer.epochs=5), +KEY="),
         (["epochs"], 2, "error: bad override 'epochs': give KEY=VALUE"),
+        # a value Hydra's grammar reads: which override, and how to quote it (was Hydra's lexer, naming neither)
+        (
+            ["-S", "optim.lr=0.1", "-S", "data.path=~/x"],
+            2,
+            "error: bad override 'data.path=~/x' (a character Hydra's grammar does not take): a value holding ~ = , "
+            "[ ] { } ( ) or spaces goes in quotes, data.path='~/x'",
+        ),
+        (["-S", "data.path=/a=b"], 2, "error: bad override 'data.path=/a=b' (mismatched input '='): a value holding"),
         (["~trainer.epochs"], 1, "error: trainer.epochs is missing"),
     ]
     for argv, code, said in cases:

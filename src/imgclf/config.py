@@ -63,6 +63,25 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
+def _grammar_error(parser, args: Sequence[str], exc: Exception) -> str:
+    """Hydra's grammar error in one line, naming the override it is about and how to quote a value."""
+    from hydra.errors import HydraException
+
+    for text in args:
+        try:
+            parser.parse_overrides([text])
+        except HydraException as own:
+            skip = ("See https", "^", "Error parsing override", "LexerNoViableAltException")
+            said = [
+                line.strip() for line in str(own).splitlines() if line.strip() and not line.strip().startswith(skip)
+            ]
+            why = said[0].split(" expecting")[0] if said else "a character Hydra's grammar does not take"
+            key, _, value = text.partition("=")
+            quoted = "a value holding ~ = , [ ] { } ( ) or spaces goes in quotes"
+            return f"bad override {text!r} ({why}): {quoted}, {key}='{value}'"
+    return f"bad override: {str(exc).splitlines()[0]}"
+
+
 def no_conf_here(argv: Sequence[str], root: str | Path = ".") -> str | None:
     """Why a stage cannot compose here: no conf/ in this folder and no --config-dir given (a command typed in the
     wrong folder), or None."""
@@ -103,10 +122,11 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
 
     groups = config_groups(root)
     args = [a for a in argv if "=" in a and not a.startswith("-")]
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(args)
+        parsed = parser.parse_overrides(args)
     except HydraException as exc:  # Hydra's grammar error: its first line names the bad token
-        return f"bad override: {str(exc).splitlines()[0]}"
+        return _grammar_error(parser, args, exc)
     kept = []
     for text, ov in zip(args, parsed):
         key, prefix = ov.key_or_group, text[: len(text) - len(text.lstrip("+~"))]
