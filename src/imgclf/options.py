@@ -51,8 +51,13 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def integer(lo: int) -> Rule:
+def integer(lo: int, hi: int | None = None) -> Rule:
+    if hi is not None:
+        return (lambda v: _is_int(v) and lo <= v <= hi), f"an integer from {lo} to {hi}"
     return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
+
+
+SEED = integer(0, 2**32 - 1)  # what NumPy's generators take
 
 
 def number(lo: float, hi: float | None = None, *, above: bool = False, below: bool = True) -> Rule:
@@ -161,7 +166,7 @@ class Folders(Group):
 class Split(Group):
     val_fraction: float = rule(number(0, 1))
     test_fraction: float = rule(number(0, 1))
-    seed: int = rule(integer(0))
+    seed: int = rule(SEED)
     sample_per_class: int = rule(integer(1))
     min_class_images: int = rule(integer(0), 20)
 
@@ -387,7 +392,7 @@ class Export(Group):
 class Optimise(Group):
     method: str = rule(one_of(*METHODS))
     calibration_images: int = rule(integer(0), 256)
-    seed: int = rule(integer(0), 0)
+    seed: int = rule(SEED, 0)
     per_channel: bool = rule(BOOLEAN, True)
     max_acc_drop: float = rule(number(0, 1, below=False), 0.005)  # 1: keep whatever the optimised model scores
     significance: float = rule(number(0, 1, below=False), 0.05)  # 1: any drop past max_acc_drop fails the gate
@@ -437,7 +442,7 @@ class Options(Group):
     """Every group of conf/config.yaml; `config` is the resolved mapping they came from (logged and fingerprinted
     as it is)."""
 
-    seed: int = rule(integer(0))
+    seed: int = rule(SEED)
     paths: Folders
     data: Data
     model: Model
