@@ -163,3 +163,23 @@ def test_classes_too_small_to_stratify_are_one_line_from_the_command_line(classe
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert done.stderr.startswith("error: cannot carve a test split stratified by class") and "has " in done.stderr
     assert not (tmp_path / "data/folder/split").exists()
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\u2028", "\u2029"], ids=["NEL", "LS", "PS"])
+def test_names_holding_a_unicode_line_break_are_left_out(separator, tmp_path, monkeypatch, compose_cfg):
+    """str.splitlines() ends a line at U+0085, U+2028 and U+2029: a class or a file named with one would be two
+    lines of labels.txt or test.txt."""
+    src = make_class_folders(tmp_path / "src", {"a": 4, "b": 4})
+    (src / f"new{separator}class").mkdir()
+    (src / f"new{separator}class" / "000.png").write_bytes((src / "b" / "001.png").read_bytes())
+    (src / "b" / f"two{separator}lines.png").write_bytes((src / "b" / "001.png").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("data=folder", f"data.path={src}", "data.split.sample_per_class=1")
+    fetch(cfg)
+    images = tmp_path / "data/folder/images"
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file()) == [
+        *(f"a/{i:03d}.png" for i in range(4)),
+        *(f"b/{i:03d}.png" for i in range(4)),
+    ]
+    split(cfg)
+    assert read_labels(tmp_path / "data/folder/split/labels.txt") == ["a", "b"]

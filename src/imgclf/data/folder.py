@@ -120,16 +120,19 @@ def _file_size(path: Path) -> int | None:
 # what fetch leaves behind, and why: a data set is what lies under data.path, as DVC hashes it
 LINKED_FOLDER = "linked folder (DVC does not hash inside it)"
 LINK_OUTSIDE = "link to a file outside data.path"
-UNUSABLE_NAME = "name with a control character or bytes that are not UTF-8"
+UNUSABLE_NAME = "name with a control character, a line separator or bytes that are not UTF-8"
+# str.splitlines() ends a line at these too, beside the C0 controls: a name holding one is two lines of labels.txt
+LINE_SEPARATORS = {"\x85", "\u2028", "\u2029"}
 
 
 def usable_name(name: str) -> bool:
-    """A name every list of the pipeline can hold: UTF-8 (the CSVs, labels.txt) and one line (test.txt)."""
+    """A name every list of the pipeline can hold: UTF-8 (the CSVs, labels.txt) and one line (test.txt), however
+    it is split: no control character (C0, DEL, C1) and no Unicode line or paragraph separator."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes, kept by Python as surrogates
         return False
-    return not any(ord(c) < 32 or ord(c) == 127 for c in name)
+    return not any(ord(c) < 32 or 127 <= ord(c) <= 159 or c in LINE_SEPARATORS for c in name)
 
 
 def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[tuple[Path, str]]:
