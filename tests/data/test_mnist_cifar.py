@@ -228,3 +228,41 @@ def test_sigkill_during_a_download_leaves_nothing_trusted_and_the_rerun_complete
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((tmp_path / "data/mnist/images").rglob("*.png"))) == 120
     assert not list(downloads.glob(".*.tmp*"))  # the killed download's half is gone
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../../escaped", "..", ".", "b/c", "b\\c", ".hidden", "", "new\nline", "x\u2028y", "x\x85y", "nul\x00"],
+)
+def test_a_cifar_class_name_that_is_not_one_plain_folder_name_is_refused_before_anything_is_written(
+    name, tmp_path, monkeypatch, compose_cfg
+):
+    """batches.meta's label names become folders: `..` or a `/` would write outside the images (or into another
+    class), a hidden or a multi-line name would be left out of (or break) the split's lists."""
+    from imgclf.errors import BadInput
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    cifar_tar(archive, classes=("plane", name, "bird"), str_keys=name == "")  # protocol 2 pickles b"" as a call
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg(
+        "data=cifar10", f"data.archive={archive}", f"data.checksums={checksums(tmp_path, [archive.name])}"
+    )
+    with pytest.raises(BadInput, match=r"batches.meta: class name .* is not a plain folder name; each must be") as err:
+        fetch(cfg)
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.rglob("*.png")) == []  # nothing written, anywhere
+    assert not (tmp_path / "data/cifar10/images").exists()
+
+
+def test_a_cifar_class_named_twice_is_refused(tmp_path, monkeypatch, compose_cfg):
+    from imgclf.errors import BadInput
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    cifar_tar(archive, classes=("plane", "car", "plane"))
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg(
+        "data=cifar10", f"data.archive={archive}", f"data.checksums={checksums(tmp_path, [archive.name])}"
+    )
+    with pytest.raises(BadInput, match="batches.meta: class name 'plane' is given twice"):
+        fetch(cfg)
+    assert not (tmp_path / "data/cifar10/images").exists()

@@ -12,6 +12,7 @@ from PIL import Image
 
 from imgclf.data import TEST_LIST
 from imgclf.data.download import download, extract, verify
+from imgclf.data.folder import plain_name
 from imgclf.errors import BadInput, MissingInput
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,22 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_label_names(batch_dir: Path) -> list[str]:
+    """The class names of batches.meta, each one plain folder name (they become folders under the output): a name
+    with a `/`, a `..`, a leading `.` or a control character is refused before anything is written."""
     names = _unpickle(batch_dir / "batches.meta", "label_names")["label_names"]
-    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+    if not isinstance(names, (list, tuple)):
+        raise BadInput(f"batches.meta: label_names is a {type(names).__name__}, expected a list of class names")
+    names = [name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name) for name in names]
+    for name in names:
+        if not plain_name(name):
+            raise BadInput(
+                f"batches.meta: class name {name!r} is not a plain folder name; each must be one folder name: "
+                "not empty, not starting with '.', without '/', '\\', control characters or line separators"
+            )
+    if len(set(names)) < len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise BadInput(f"batches.meta: class name {twice!r} is given twice; each class needs a name of its own")
+    return names
 
 
 def fetch_cifar10(

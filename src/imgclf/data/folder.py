@@ -135,6 +135,12 @@ def usable_name(name: str) -> bool:
     return not any(ord(c) < 32 or 127 <= ord(c) <= 159 or c in LINE_SEPARATORS for c in name)
 
 
+def plain_name(name: str) -> bool:
+    """One folder name that stays where it is put: usable (above), not empty, not hidden (`.`, `..`, `.x`), no `/`
+    or `\\`: a class name a source reads from its data (CIFAR's batches.meta) becomes a folder of exactly this name."""
+    return bool(name) and usable_name(name) and not name.startswith(".") and not {"/", "\\"} & set(name)
+
+
 def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[tuple[Path, str]]:
     """(file, out path) for src/<class>/..., nested folders flattened into the name. Hidden entries and excluded
     classes are left out; linked folders (DVC's hash of data.path does not look inside them, so a change there would
