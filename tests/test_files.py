@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from imgclf.errors import BadInput
-from imgclf.files import atomic_dir, atomic_files, atomic_path, remove_orphans_in, write_text
+from imgclf.files import atomic_dir, atomic_files, atomic_path, remove_orphans_in, scratch_dir, write_text
 
 from .conftest import console
 
@@ -78,6 +78,20 @@ def test_temporary_files_of_killed_writers_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, mine.name, not_ours.name])
     write_text(tmp_path / "report.csv", "x")
     assert (not_ours / "keep").is_dir()
+
+
+def test_a_scratch_folder_is_new_and_gone_afterwards_and_the_named_folder_is_never_touched(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".extracted.tmp{dead.pid}" / "train").mkdir(parents=True)  # a killed fetch's
+    (tmp_path / "extracted").mkdir()
+    (tmp_path / "extracted" / "keep.txt").write_text("the user's")
+    with pytest.raises(RuntimeError), scratch_dir(tmp_path / "extracted") as work:
+        assert list(work.iterdir()) == [] and work.parent == tmp_path
+        (work / "half.zip").write_bytes(b"x")
+        raise RuntimeError("the unpacking failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extracted"]
+    assert (tmp_path / "extracted" / "keep.txt").read_text() == "the user's"
 
 
 def run(args, cwd, env):

@@ -161,6 +161,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
+def scratch_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new, empty folder `.<name>.tmp<pid>` beside `path` (those of killed writers removed first), removed
+    afterwards, on success or failure: where an archive is unpacked, never a folder that was there before."""
+    path = Path(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove(tmp)
+    remove_orphans(path, folders=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
+
+
+@contextmanager
 def atomic_files(path: str | Path) -> Iterator[Path]:
     """Yield a new, empty temporary folder beside the folder `path`; on success each file written there replaces
     its namesake in `path`, and only those: other files in `path` stay (a stage's report folder may hold the

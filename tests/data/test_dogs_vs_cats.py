@@ -17,7 +17,7 @@ def jpeg(color) -> bytes:
     return buf.getvalue()
 
 
-def competition_zip(path, n=12, n_test=5):
+def competition_zip(path, n=12, n_test=5, test1_zip=True):
     train, test1 = io.BytesIO(), io.BytesIO()
     with zipfile.ZipFile(train, "w") as zf:
         for i in range(n):
@@ -29,7 +29,8 @@ def competition_zip(path, n=12, n_test=5):
             zf.writestr(f"test1/{i}.jpg", jpeg((90, 90, 90)))
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("train.zip", train.getvalue())
-        zf.writestr("test1.zip", test1.getvalue())
+        if test1_zip:
+            zf.writestr("test1.zip", test1.getvalue())
         zf.writestr("sampleSubmission.csv", "id,label\n1,0\n")
     return path
 
@@ -51,8 +52,60 @@ def test_archive_gives_labelled_train_and_unlabelled_predict_set(tmp_path, monke
     rows = [r for s in ("train", "val", "test") for r in read_index(split_dir / f"{s}.csv")]
     assert len(rows) == 24 and all(p.split("/")[1].startswith(label + ".") for p, label in rows)
     predict = sorted(p.name for p in (tmp_path / "data/dogs_vs_cats/predict").iterdir())
-    assert predict == [f"{i}.jpg" for i in range(1, 6)]
+    assert predict == [".imgclf-fetch", *(f"{i}.jpg" for i in range(1, 6))]  # the mark: fetch's own, to replace
     assert not (tmp_path / "data/dogs_vs_cats/downloads/extracted").exists()
+
+
+def test_a_predict_dir_holding_the_users_files_is_refused_and_left_as_it_was(tmp_path, monkeypatch, compose_cfg):
+    from imgclf.errors import BadInput
+
+    archive = competition_zip(tmp_path / "dogs-vs-cats.zip")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("the user's")
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("data=dogs_vs_cats", f"data.archive={archive}", f"data.fetch.predict_dir={mine}")
+    with pytest.raises(BadInput, match=f"data.fetch.predict_dir={mine} holds files fetch did not write \\(keep.txt\\)"):
+        fetch(cfg)
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"] and (mine / "keep.txt").read_text() == "the user's"
+    assert not (tmp_path / "data/dogs_vs_cats/images").exists()
+    (mine / "keep.txt").unlink()  # an empty folder is fetch's to fill
+    fetch(cfg)
+    assert len(list(mine.glob("*.jpg"))) == 5
+
+
+def test_the_users_folders_in_download_dir_are_left_alone_and_nothing_is_left_behind(
+    tmp_path, monkeypatch, compose_cfg
+):
+    from imgclf.errors import BadInput
+
+    archive = competition_zip(tmp_path / "dogs-vs-cats.zip")
+    dl = tmp_path / "mydl"
+    (dl / "extracted").mkdir(parents=True)
+    (dl / "extracted" / "keep.txt").write_text("the user's")
+    monkeypatch.chdir(tmp_path)
+    fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={archive}", f"data.fetch.download_dir={dl}"))
+    assert (dl / "extracted" / "keep.txt").read_text() == "the user's"
+    assert sorted(p.name for p in dl.iterdir()) == ["extracted"]  # the scratch folder is gone
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as zf:
+        zf.writestr("train.zip", b"not a zip")
+    with pytest.raises(BadInput, match="holds no train/ folder"):
+        fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={tmp_path / 'bad.zip'}", f"data.fetch.download_dir={dl}"))
+    assert sorted(p.name for p in dl.iterdir()) == ["extracted"]  # a failed fetch leaves no train.zip behind
+    assert len(list((tmp_path / "data/dogs_vs_cats/images").rglob("*.jpg"))) == 24  # the good fetch's, kept
+
+
+def test_a_refetch_replaces_its_own_predict_dir_and_an_archive_without_test1_removes_it(
+    tmp_path, monkeypatch, compose_cfg
+):
+    predict = tmp_path / "data/dogs_vs_cats/predict"
+    monkeypatch.chdir(tmp_path)
+    fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={competition_zip(tmp_path / 'a.zip', n_test=5)}"))
+    assert len(list(predict.glob("*.jpg"))) == 5
+    fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={competition_zip(tmp_path / 'b.zip', n_test=3)}"))
+    assert sorted(p.name for p in predict.glob("*.jpg")) == ["1.jpg", "2.jpg", "3.jpg"]
+    fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={competition_zip(tmp_path / 'c.zip', test1_zip=False)}"))
+    assert not predict.exists()  # another archive's test1 set is not this one's
 
 
 def test_missing_archive_file_says_how_to_get_it(tmp_path, monkeypatch, compose_cfg):

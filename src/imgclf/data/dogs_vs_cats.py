@@ -11,11 +11,13 @@ from pathlib import Path
 from imgclf.data.download import extract
 from imgclf.data.kaggle_client import download_competition
 from imgclf.errors import BadInput, MissingInput
+from imgclf.files import atomic_dir, scratch_dir
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 HOW_TO_GET = "set data.archive=/path/dogs-vs-cats.zip, or data.archive=null to download it with Kaggle credentials"
+PREDICT_MARK = ".imgclf-fetch"  # left in predict_dir: the folder is fetch's own output, which the next fetch replaces
 
 
 def _find(root: Path, name: str) -> Path | None:
@@ -37,27 +39,39 @@ def unpack(archive: Path, work: Path) -> tuple[Path, Path | None]:
     return train, test1 if test1 is not None and test1.is_dir() else None
 
 
-def fetch_dogs_vs_cats(
-    out_dir: str | Path,
-    archive: str | None,
-    download_dir: str | Path,
-    predict_dir: str | Path,
-    competition: str = "dogs-vs-cats",
-) -> int:
-    """Labels from file names into out_dir/<cat|dog>/; the unlabelled test1 set goes to predict_dir.
+def check_predict_dir(predict_dir: Path) -> None:
+    """BadInput unless fetch may write predict_dir: not there, an empty folder, or a previous fetch's output (it
+    holds PREDICT_MARK). A folder holding anything else is the user's: refused before anything is written."""
+    if not (predict_dir.exists() or predict_dir.is_symlink()):
+        return
+    if not predict_dir.is_dir():
+        raise BadInput(f"data.fetch.predict_dir={predict_dir} is not a folder; give a folder for the test1 images")
+    held = sorted(p.name for p in predict_dir.iterdir())
+    if held and PREDICT_MARK not in held:
+        raise BadInput(
+            f"data.fetch.predict_dir={predict_dir} holds files fetch did not write ({', '.join(held[:3])}); fetch "
+            "replaces only an empty folder or its own earlier output: move them away or give another folder"
+        )
 
-    The archive is `archive` when given (offline machines), else downloaded with the kaggle client.
-    """
-    if archive:
-        archive_path = Path(archive).expanduser()
-        if not archive_path.is_file():
-            raise MissingInput(f"data.archive={archive} does not exist; {HOW_TO_GET}")
-    else:
-        archive_path = download_competition(competition, download_dir)
-    work = Path(download_dir) / "extracted"
-    shutil.rmtree(work, ignore_errors=True)
-    train, test1 = unpack(archive_path, work)
-    out_dir, count, unnamed = Path(out_dir), 0, []
+
+def write_predict(test1: Path | None, predict_dir: Path) -> None:
+    """The test1 images become predict_dir, replacing an earlier fetch's (whole or not at all); with no test1 in the
+    archive, an earlier fetch's predict_dir is removed (it came from another archive), anything else left alone."""
+    if test1 is None:
+        if (predict_dir / PREDICT_MARK).is_file():
+            log.info("the archive has no test1/: removing %s, an earlier fetch's", predict_dir)
+            predict_dir.unlink() if predict_dir.is_symlink() else shutil.rmtree(predict_dir)
+        return
+    with atomic_dir(predict_dir) as tmp:
+        for path in test1.iterdir():
+            shutil.move(str(path), tmp / path.name)
+        (tmp / PREDICT_MARK).write_text("written by imgclf fetch (data=dogs_vs_cats); the next fetch replaces it\n")
+    log.info("unlabelled test1 set: %d images in %s", sum(1 for _ in predict_dir.iterdir()) - 1, predict_dir)
+
+
+def move_labelled(train: Path, out_dir: Path) -> int:
+    """Each cat.N.jpg / dog.N.jpg of train/ into out_dir/<cat|dog>/; returns how many."""
+    count, unnamed = 0, []
     for path in sorted(train.iterdir()):
         match = NAME.match(path.name)
         if not match:
@@ -69,10 +83,31 @@ def fetch_dogs_vs_cats(
         count += 1
     if unnamed:  # counted and named, not silently dropped
         log.warning("skipped %d files in train/ not named cat.N.jpg or dog.N.jpg: %s", len(unnamed), unnamed[:10])
-    if test1 is not None:
-        predict_dir = Path(predict_dir)
-        shutil.rmtree(predict_dir, ignore_errors=True)
-        shutil.move(str(test1), predict_dir)
-        log.info("unlabelled test1 set: %d images in %s", sum(1 for _ in predict_dir.iterdir()), predict_dir)
-    shutil.rmtree(work, ignore_errors=True)
+    return count
+
+
+def fetch_dogs_vs_cats(
+    out_dir: str | Path,
+    archive: str | None,
+    download_dir: str | Path,
+    predict_dir: str | Path,
+    competition: str = "dogs-vs-cats",
+) -> int:
+    """Labels from file names into out_dir/<cat|dog>/; the unlabelled test1 set goes to predict_dir.
+
+    The archive is `archive` when given (offline machines), else downloaded with the kaggle client. It is unpacked
+    into a new scratch folder in download_dir, removed afterwards, whether the fetch succeeded or not.
+    """
+    predict_dir = Path(predict_dir)
+    check_predict_dir(predict_dir)
+    if archive:
+        archive_path = Path(archive).expanduser()
+        if not archive_path.is_file():
+            raise MissingInput(f"data.archive={archive} does not exist; {HOW_TO_GET}")
+    else:
+        archive_path = download_competition(competition, download_dir)
+    with scratch_dir(Path(download_dir) / "extracted") as work:
+        train, test1 = unpack(archive_path, work)
+        count = move_labelled(train, Path(out_dir))
+        write_predict(test1, predict_dir)
     return count
