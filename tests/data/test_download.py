@@ -38,6 +38,19 @@ def test_checksum_mismatch_deletes_and_names_file(http_server, tmp_path):
     assert not list((tmp_path / "dl").iterdir())
 
 
+def test_a_file_failing_its_checksum_is_replaced_only_by_a_verified_download(http_server, tmp_path):
+    base, www, _ = http_server
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "f.bin").write_bytes(b"the user's own")
+    with pytest.raises(DownloadError, match="could not download f.bin from any mirror"):
+        download("f.bin", [f"{base}/down"], tmp_path / "dl", md5(b"payload"))
+    assert (tmp_path / "dl" / "f.bin").read_bytes() == b"the user's own"  # no mirror answered: nothing lost
+    (www / "f.bin").write_bytes(b"payload")
+    download("f.bin", [base], tmp_path / "dl", md5(b"payload"))
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == ["f.bin"]
+    assert (tmp_path / "dl" / "f.bin").read_bytes() == b"payload"
+
+
 def test_truncated_download_is_an_error_not_a_short_file(http_server, tmp_path):
     base, www, _ = http_server
     (www / "f.bin").write_bytes(b"x" * 1000)

@@ -64,7 +64,8 @@ def verify(path: str | Path, checksum: str | None, name: str | None = None) -> N
 def download(
     filename: str, mirrors: Sequence[str], dest_dir: str | Path, checksum: str | None = None, timeout: float = 60.0
 ) -> Path:
-    """Fetch `filename` from the first mirror that serves it; verify; rename into place. A verified file is kept."""
+    """Fetch `filename` from the first mirror that serves it; verify; rename into place. A verified file is kept; one
+    that fails its checksum is replaced only by a verified download (it stays as it is when none comes)."""
     dest = Path(dest_dir) / filename
     if dest.is_file():
         try:
@@ -72,8 +73,7 @@ def download(
             log.info("%s already downloaded and verified", dest)
             return dest
         except ChecksumError:
-            log.warning("%s fails its checksum; downloading it again", dest)
-            dest.unlink()
+            log.warning("%s fails its checksum; downloading it again (it is kept until a verified one comes)", dest)
     if not mirrors:
         raise DownloadError(f"no mirror configured for {filename}; set data.mirrors or data.archive")
     errors = []
