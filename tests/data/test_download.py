@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.data.download import ChecksumError, DownloadError, download, extract, parse_checksum
+from imgclf.data.download import DownloadError, download, extract, parse_checksum
 
 
 def md5(data: bytes) -> str:
@@ -33,9 +33,26 @@ def test_mirror_down_then_next_mirror_and_idempotent(http_server, tmp_path):
 def test_checksum_mismatch_deletes_and_names_file(http_server, tmp_path):
     base, www, _ = http_server
     (www / "f.bin").write_bytes(b"tampered")
-    with pytest.raises(ChecksumError, match=f"f.bin: md5 is {md5(b'tampered')}, expected {md5(b'payload')}"):
+    says = f"from any mirror: {base}/f.bin: md5 is {md5(b'tampered')}, expected {md5(b'payload')}"
+    with pytest.raises(DownloadError, match=says):
         download("f.bin", [base], tmp_path / "dl", md5(b"payload"))
     assert not list((tmp_path / "dl").iterdir())
+
+
+def test_a_mirror_serving_the_wrong_bytes_is_passed_over_for_the_next(http_server, tmp_path, caplog):
+    """A mirror answering 200 with an HTML page (a login wall, a moved file) is one mirror's fault, not the file's."""
+    base, www, requests = http_server
+    (www / "html").mkdir()
+    (www / "html" / "f.bin").write_text("<html><body>This file has moved</body></html>")
+    (www / "f.bin").write_bytes(b"payload")
+    caplog.set_level("WARNING")
+    path = download("f.bin", [f"{base}/html", base], tmp_path / "dl", md5(b"payload"))
+    assert path.read_bytes() == b"payload" and requests == ["/html/f.bin", "/f.bin"]
+    assert f"{base}/html/f.bin: md5 is " in caplog.text and "trying the next mirror" in caplog.text
+    (www / "html" / "g.bin").write_text("<html><body>Sign in</body></html>")
+    with pytest.raises(DownloadError) as err:  # every mirror tried is named, with what was wrong with it
+        download("g.bin", [f"{base}/html", f"{base}/down"], tmp_path / "dl2", md5(b"payload"))
+    assert f"{base}/html/g.bin: md5 is " in str(err.value) and f"{base}/down/g.bin: " in str(err.value)
 
 
 def test_a_file_failing_its_checksum_is_replaced_only_by_a_verified_download(http_server, tmp_path):

@@ -82,11 +82,14 @@ def download(
         try:
             with atomic_path(dest) as tmp:  # a bad or partial file is never left where fetch would trust it
                 _fetch(url, tmp, timeout)
-                verify(tmp, checksum, filename)
-        except (DiskFull, ChecksumError):
+                verify(tmp, checksum, url)
+        except DiskFull:
             raise
-        except (urllib.error.URLError, OSError, DownloadError) as exc:
-            errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+        # a mismatch is one mirror's fault (an HTML error page served as 200, a stale copy): the next may be right
+        except (urllib.error.URLError, OSError, DownloadError, ChecksumError) as exc:
+            why = exc if isinstance(exc, ChecksumError) else f"{url}: {getattr(exc, 'reason', exc)}"
+            log.warning("%s; trying the next mirror", why)
+            errors.append(str(why))
             continue
         log.info("downloaded %s from %s", filename, url)
         return dest
