@@ -108,6 +108,11 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("tracking.uri", "https://bob:pw@mlflow.example.com", "holds credentials"),
         ("schedule.pct_start", 5, "schedule.pct_start=5 is not valid: null or a number > 0 and < 1"),
         ("schedule.pct_start", 0, "schedule.pct_start=0 is not valid: null or a number > 0 and < 1"),
+        ("data.name", "..", "data.name='..' is not valid: a plain name: ASCII letters, digits, '_', '-' and '.'"),
+        ("data.name", "/abs", "data.name='/abs' is not valid: a plain name"),
+        ("data.name", "a/b", "data.name='a/b' is not valid: a plain name"),
+        ("data.name", ".hidden", "data.name='.hidden' is not valid: a plain name"),
+        ("data.name", "", "data.name='' is not valid: a plain name"),
     ],
 )
 def test_each_bad_value_gets_one_line_naming_key_and_what_is_valid(default_config, key, value, says):
@@ -159,6 +164,27 @@ def test_bad_override_exits_1_in_one_line_before_any_work(tiny_project, project_
     for written in ("models", "checkpoints", "reports"):
         assert not (tiny_project / written).exists(), written
     assert (tiny_project / "mlflow.db").read_bytes() == store  # no run started
+
+
+@pytest.mark.parametrize("name", ["..", "/abs"])
+def test_a_data_name_that_is_a_path_is_refused_before_fetch_replaces_anything(name, tmp_path):
+    """data/<name>/images is what fetch replaces: data.name=.. was ./images, the user's own folder."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "keep.txt").write_text("the user's")
+    args = [
+        "--config-dir",
+        str(ROOT / "conf"),
+        "data=digits",
+        f"data.name={name}",
+        "hydra.run.dir=.",
+        "hydra.output_subdir=null",
+    ]
+    done = stage_main("fetch", args, tmp_path)
+    assert done.returncode == 1
+    assert (
+        done.stderr.startswith(f"error: data.name='{name}' is not valid: a plain name") and done.stderr.count("\n") == 1
+    )
+    assert [p.name for p in (tmp_path / "images").iterdir()] == ["keep.txt"] and not (tmp_path / "data").exists()
 
 
 def test_uri_credentials_move_into_mlflow_variables_before_anything_sees_them():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,12 @@ def triple() -> Rule:
 BOOLEAN: Rule = ((lambda v: isinstance(v, bool)), "true or false")
 TEXT: Rule = ((lambda v: isinstance(v, str) and v != ""), "a non-empty string")
 OPTIONAL_TEXT: Rule = optional(TEXT)
+# data.name is a folder (data/<name>/, whose images fetch replaces) and a file name (relabel/<name>.csv): one plain
+# name, never a path ('..', '/abs', 'a/b') nor a hidden one
+PLAIN_NAME: Rule = (
+    (lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", v) is not None),
+    "a plain name: ASCII letters, digits, '_', '-' and '.' (not first), as it names the folder data/<name>/",
+)
 ANY: Rule = ((lambda v: True), "anything")
 
 
@@ -185,7 +192,7 @@ FOLDERS = ("path", "val_path", "test_path")  # a folder source's folders of clas
 class Data(Group):
     EXTRA_KEYS = True  # a source's own settings (mirrors, checksums, archive): its fetch node interpolates them
 
-    name: str = rule(TEXT)
+    name: str = rule(PLAIN_NAME)
     fetch: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping) and "_target_" in v), "a node with _target_"))
     split: Split
     subset: str = rule(one_of("full", "sample"), "full")
