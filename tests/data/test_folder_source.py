@@ -183,3 +183,21 @@ def test_names_holding_a_unicode_line_break_are_left_out(separator, tmp_path, mo
     ]
     split(cfg)
     assert read_labels(tmp_path / "data/folder/split/labels.txt") == ["a", "b"]
+
+
+def test_links_that_lead_nowhere_are_counted_and_left_out(tmp_path, monkeypatch, compose_cfg, caplog):
+    """A loop of links made pathlib's resolve() raise RuntimeError (Python 3.11): a traceback instead of a skip."""
+    src = make_class_folders(tmp_path / "src", {"a": 4, "b": 4})
+    (src / "a" / "self.png").symlink_to(src / "a" / "self.png")
+    (src / "a" / "ping.png").symlink_to(src / "a" / "pong.png")
+    (src / "a" / "pong.png").symlink_to(src / "a" / "ping.png")
+    (src / "b" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("WARNING")
+    fetch(compose_cfg("data=folder", f"data.path={src}"))
+    images = tmp_path / "data/folder/images"
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file()) == [
+        *(f"a/{i:03d}.png" for i in range(4)),
+        *(f"b/{i:03d}.png" for i in range(4)),
+    ]
+    assert "'link that leads nowhere (a missing file or a loop of links)': 4" in caplog.text

@@ -120,6 +120,7 @@ def _file_size(path: Path) -> int | None:
 # what fetch leaves behind, and why: a data set is what lies under data.path, as DVC hashes it
 LINKED_FOLDER = "linked folder (DVC does not hash inside it)"
 LINK_OUTSIDE = "link to a file outside data.path"
+BROKEN_LINK = "link that leads nowhere (a missing file or a loop of links)"
 UNUSABLE_NAME = "name with a control character, a line separator or bytes that are not UTF-8"
 # str.splitlines() ends a line at these too, beside the C0 controls: a name holding one is two lines of labels.txt
 LINE_SEPARATORS = {"\x85", "\u2028", "\u2029"}
@@ -144,7 +145,8 @@ def plain_name(name: str) -> bool:
 def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[tuple[Path, str]]:
     """(file, out path) for src/<class>/..., nested folders flattened into the name. Hidden entries and excluded
     classes are left out; linked folders (DVC's hash of data.path does not look inside them, so a change there would
-    not rerun anything), links leading outside data.path and unusable names are skipped and counted in `skipped`.
+    not rerun anything), links leading outside data.path or nowhere (a loop) and unusable names are skipped and
+    counted in `skipped`.
     A class folder with no file to copy (empty, or hidden files only) is BadInput, as it is reached."""
     root = src.resolve()
     for cls_dir in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -162,9 +164,11 @@ def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[t
                 inside = path.relative_to(cls_dir).as_posix()
                 if not usable_name(inside):
                     skipped[UNUSABLE_NAME] += 1
-                elif path.is_symlink() and not path.resolve().is_relative_to(root):
+                elif path.is_symlink() and (target := _link_target(path)) is None:
+                    skipped[BROKEN_LINK] += 1
+                elif path.is_symlink() and not target.is_relative_to(root):
                     skipped[LINK_OUTSIDE] += 1
-                elif path.is_file():  # not a broken link, a pipe or a socket
+                elif path.is_file():  # not a pipe or a socket
                     empty = False
                     yield path, f"{cls_dir.name}/{prefix}{inside.replace('/', '__')}"
         if empty:  # fetch_folder plans every copy before the first: nothing is written
@@ -172,6 +176,15 @@ def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[t
                 f"class folder {cls_dir} has no files; add images, remove it, or leave it out with "
                 f"data.exclude=[{cls_dir.name}]"
             )
+
+
+def _link_target(path: Path) -> Path | None:
+    """Where the link `path` leads, or None when it leads nowhere: a missing file, or a loop of links (Python 3.11's
+    resolve() raises RuntimeError for one, later versions OSError)."""
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
 
 
 def fetch_folder(
