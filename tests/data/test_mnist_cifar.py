@@ -13,6 +13,7 @@ from PIL import Image
 
 from imgclf.data.mnist import read_idx
 from imgclf.data.split import read_index, read_labels
+from imgclf.errors import BadInput
 from imgclf.stages.fetch import fetch
 from imgclf.stages.split import split
 
@@ -75,6 +76,16 @@ def test_mnist_truncated_or_mismatched_files_fail(tmp_path):
     (tmp_path / "labels.gz").write_bytes(idx_gz(np.zeros(5), 2049))
     with pytest.raises(ValueError, match="bad IDX magic 00000801, expected 00000803"):
         read_idx(tmp_path / "labels.gz", 2051)
+
+
+def test_idx_dimensions_whose_product_overflows_int64_are_one_line(tmp_path):
+    """2**31 x 2**31 x 4 is 2**64, which numpy's int64 product makes 0: an empty file then passed the size check."""
+    (tmp_path / "huge.gz").write_bytes(gzip.compress(struct.pack(">IIII", 2051, 2**31, 2**31, 4)))
+    with pytest.raises(BadInput, match=f"header says 2147483648x2147483648x4 = {2**64} bytes of data, file has 0"):
+        read_idx(tmp_path / "huge.gz", 2051)
+    (tmp_path / "short.gz").write_bytes(gzip.compress(struct.pack(">II", 2051, 5)))  # two of three dimensions
+    with pytest.raises(BadInput, match="short.gz: 8 bytes, too short for the header of 3 dimensions it announces"):
+        read_idx(tmp_path / "short.gz", 2051)
 
 
 def cifar_tar(path, per_batch=12, classes=("plane", "car", "bird"), str_keys=False):

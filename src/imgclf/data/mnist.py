@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -38,8 +39,10 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
         raise BadInput(f"{path.name}: bad IDX magic {found}, expected {magic:08x}")
     ndim = data[3]
     header = 4 + 4 * ndim
+    if len(data) < header:
+        raise BadInput(f"{path.name}: {len(data)} bytes, too short for the header of {ndim} dimensions it announces")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)  # Python's ints: numpy's int64 product wraps round (2**31 * 2**31 * 4 is 0)
     if len(data) - header != expected:
         raise BadInput(
             f"{path.name}: header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
