@@ -13,7 +13,7 @@ from PIL import Image
 
 from imgclf.data.mnist import read_idx
 from imgclf.data.split import read_index, read_labels
-from imgclf.errors import BadInput
+from imgclf.errors import BadInput, MissingInput
 from imgclf.stages.fetch import fetch
 from imgclf.stages.split import split
 
@@ -141,6 +141,30 @@ def test_cifar10_fetch_from_mirror_and_from_archive(http_server, tmp_path, monke
     )
     with pytest.raises(ValueError, match="cifar-10-python.tar.gz: md5 is [0-9a-f]{32}, expected 0{32}"):
         fetch(offline)
+
+
+def test_each_cifar_fetch_reads_only_its_own_archive(tmp_path, monkeypatch, compose_cfg):
+    """An earlier archive's batches are not there to fill in for a missing one, and no scratch folder is kept."""
+    good, partial = tmp_path / "good/cifar-10-python.tar.gz", tmp_path / "partial/cifar-10-python.tar.gz"
+    good.parent.mkdir()
+    partial.parent.mkdir()
+    cifar_tar(good)
+    with tarfile.open(good) as full, tarfile.open(partial, "w:gz") as part:
+        for member in full.getmembers():
+            if not member.name.endswith("data_batch_5"):
+                part.addfile(member, full.extractfile(member))
+    monkeypatch.chdir(tmp_path)
+    for archive in (good, partial):
+        cfg = compose_cfg(
+            "data=cifar10", f"data.archive={archive}", f"data.checksums={checksums(archive.parent, [archive.name])}"
+        )
+        if archive == good:
+            fetch(cfg)
+            continue
+        with pytest.raises(MissingInput, match="data_batch_5 missing from .*; the archive is incomplete"):
+            fetch(cfg)
+    assert len(list((tmp_path / "data/cifar10/images").rglob("*.png"))) == 72  # the good fetch's, kept
+    assert list((tmp_path / "data/cifar10/downloads").iterdir()) == []
 
 
 def test_cifar10_repickled_under_python3_reads_the_same(tmp_path):

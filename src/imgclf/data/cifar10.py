@@ -14,6 +14,7 @@ from imgclf.data import TEST_LIST
 from imgclf.data.download import download, extract, verify
 from imgclf.data.folder import plain_name
 from imgclf.errors import BadInput, MissingInput
+from imgclf.files import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,9 @@ def fetch_cifar10(
     download_dir: str | Path,
     archive: str | None = None,
 ) -> int:
-    """Download (or take `archive`), verify, extract safely, write PNGs per class; returns the image count."""
+    """Download (or take `archive`), verify, extract safely, write PNGs per class; returns the image count. The
+    archive is unpacked into a new scratch folder in download_dir, removed afterwards: nothing of an earlier
+    archive is read."""
     out_dir, download_dir = Path(out_dir), Path(download_dir)
     if archive:
         path = Path(archive).expanduser()
@@ -113,7 +116,12 @@ def fetch_cifar10(
         verify(path, checksums.get(ARCHIVE))
     else:
         path = download(ARCHIVE, mirrors, download_dir, checksums.get(ARCHIVE))
-    batch_dir = extract(path, download_dir / "extracted") / BATCH_DIR
+    with scratch_dir(download_dir / "extracted") as work:
+        return write_images(extract(path, work) / BATCH_DIR, out_dir)
+
+
+def write_images(batch_dir: Path, out_dir: Path) -> int:
+    """Every batch of batch_dir as out_dir/<class>/<batch>_<i>.png, test_batch's listed in test.txt."""
     names = read_label_names(batch_dir)
     total, test_paths = 0, []
     for batch_name in (*TRAIN_BATCHES, TEST_BATCH):
