@@ -108,6 +108,44 @@ def test_a_refetch_replaces_its_own_predict_dir_and_an_archive_without_test1_rem
     assert not predict.exists()  # another archive's test1 set is not this one's
 
 
+def test_a_zip_remade_on_macos_reads_train_not_its_resource_forks(tmp_path, monkeypatch, compose_cfg):
+    """macOS's zip adds __MACOSX/train/._cat.0.jpg, which sorts before train/: it was taken as the train set, and an
+    empty images/ replaced the good one with exit 0."""
+    mac = tmp_path / "train.zip"
+    with zipfile.ZipFile(mac, "w") as zf:
+        for i in range(4):
+            zf.writestr(f"train/cat.{i}.jpg", jpeg((200, 10 * i, 0)))
+            zf.writestr(f"train/dog.{i}.jpg", jpeg((0, 10 * i, 200)))
+            zf.writestr(f"__MACOSX/train/._cat.{i}.jpg", b"\0\5\26\7 resource fork")
+    monkeypatch.chdir(tmp_path)
+    fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={mac}"))
+    images = tmp_path / "data/dogs_vs_cats/images"
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*.jpg")) == sorted(
+        f"{label}/{label}.{i}.jpg" for label in ("cat", "dog") for i in range(4)
+    )
+
+
+@pytest.mark.parametrize(
+    "names", [["cat.0.jpg", "cat.1.jpg"], ["IMG_0001.jpg"], []], ids=["cats only", "unnamed", "empty"]
+)
+def test_fewer_than_two_classes_is_refused_and_the_images_kept(names, tmp_path, monkeypatch, compose_cfg):
+    from imgclf.errors import BadInput
+
+    monkeypatch.chdir(tmp_path)
+    fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={competition_zip(tmp_path / 'good.zip')}"))
+    bad = tmp_path / "train.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("train/", b"")
+        for name in names:
+            zf.writestr(f"train/{name}", jpeg((200, 0, 0)))
+    with pytest.raises(
+        BadInput, match=r"train.zip: train/ holds \d images named cat.N.jpg or dog.N.jpg \((cat|neither)\)"
+    ):
+        fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={bad}"))
+    assert len(list((tmp_path / "data/dogs_vs_cats/images").rglob("*.jpg"))) == 24  # the good fetch's
+    assert len(list((tmp_path / "data/dogs_vs_cats/predict").glob("*.jpg"))) == 5
+
+
 def test_missing_archive_file_says_how_to_get_it(tmp_path, monkeypatch, compose_cfg):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="data.archive=/nope.zip does not exist; set data.archive="):

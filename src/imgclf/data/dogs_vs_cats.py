@@ -20,8 +20,14 @@ HOW_TO_GET = "set data.archive=/path/dogs-vs-cats.zip, or data.archive=null to d
 PREDICT_MARK = ".imgclf-fetch"  # left in predict_dir: the folder is fetch's own output, which the next fetch replaces
 
 
-def _find(root: Path, name: str) -> Path | None:
-    found = sorted(root.rglob(name))
+MAC_METADATA = "__MACOSX"  # a zip made on macOS keeps resource forks there (__MACOSX/train/._cat.0.jpg), never data
+
+
+def _find(root: Path, name: str, folder: bool) -> Path | None:
+    """The first `name` under root (in path order), a folder or a file as asked, outside __MACOSX."""
+    found = sorted(
+        p for p in root.rglob(name) if MAC_METADATA not in p.relative_to(root).parts and p.is_dir() == folder
+    )
     return found[0] if found else None
 
 
@@ -29,14 +35,13 @@ def unpack(archive: Path, work: Path) -> tuple[Path, Path | None]:
     """Extract the competition zip (or a bare train.zip) and its inner zips; return the train and test1 dirs."""
     extract(archive, work)
     for inner in ("train.zip", "test1.zip"):
-        path = _find(work, inner)
+        path = _find(work, inner, folder=False)
         if path is not None and zipfile.is_zipfile(path):
             extract(path, path.parent)
-    train = _find(work, "train")
-    if train is None or not train.is_dir():
+    train = _find(work, "train", folder=True)
+    if train is None:
         raise BadInput(f"{archive} holds no train/ folder (from train.zip); expected Kaggle's dogs-vs-cats layout")
-    test1 = _find(work, "test1")
-    return train, test1 if test1 is not None and test1.is_dir() else None
+    return train, _find(work, "test1", folder=True)
 
 
 def check_predict_dir(predict_dir: Path) -> None:
@@ -69,21 +74,28 @@ def write_predict(test1: Path | None, predict_dir: Path) -> None:
     log.info("unlabelled test1 set: %d images in %s", sum(1 for _ in predict_dir.iterdir()) - 1, predict_dir)
 
 
-def move_labelled(train: Path, out_dir: Path) -> int:
-    """Each cat.N.jpg / dog.N.jpg of train/ into out_dir/<cat|dog>/; returns how many."""
-    count, unnamed = 0, []
+def move_labelled(train: Path, out_dir: Path, archive: Path) -> int:
+    """Each cat.N.jpg / dog.N.jpg of train/ into out_dir/<cat|dog>/; returns how many. Fewer than two classes
+    (no cats, no dogs, or nothing named as Kaggle names them) is BadInput, before anything is moved."""
+    labelled, unnamed = [], []
     for path in sorted(train.iterdir()):
         match = NAME.match(path.name)
-        if not match:
+        if match:
+            labelled.append((path, match.group(1).lower()))
+        else:
             unnamed.append(path.name)
-            continue
-        label = match.group(1).lower()
-        (out_dir / label).mkdir(parents=True, exist_ok=True)
-        shutil.move(str(path), out_dir / label / path.name)
-        count += 1
     if unnamed:  # counted and named, not silently dropped
         log.warning("skipped %d files in train/ not named cat.N.jpg or dog.N.jpg: %s", len(unnamed), unnamed[:10])
-    return count
+    found = sorted({label for _, label in labelled})
+    if len(found) < 2:
+        raise BadInput(
+            f"{archive}: train/ holds {len(labelled)} images named cat.N.jpg or dog.N.jpg "
+            f"({', '.join(found) or 'neither'}); a classifier needs both cats and dogs"
+        )
+    for path, label in labelled:
+        (out_dir / label).mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), out_dir / label / path.name)
+    return len(labelled)
 
 
 def fetch_dogs_vs_cats(
@@ -108,6 +120,6 @@ def fetch_dogs_vs_cats(
         archive_path = download_competition(competition, download_dir)
     with scratch_dir(Path(download_dir) / "extracted") as work:
         train, test1 = unpack(archive_path, work)
-        count = move_labelled(train, Path(out_dir))
+        count = move_labelled(train, Path(out_dir), archive_path)
         write_predict(test1, predict_dir)
     return count
