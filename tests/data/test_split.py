@@ -66,13 +66,18 @@ def test_index_files_round_trip_and_the_data_version_follows_content(tmp_path):
 def test_a_fix_moves_no_other_image_in_or_out_of_a_sample(tmp_path):
     """relabel/<data>.csv is applied after the sample is drawn, as after the splits are: a model trained on the
     sample after a fix is evaluated on the same sample images (the fixed one with its new label)."""
+    import functools
+
+    from imgclf.data.relabel import apply_fixes
+
     splits = stratified_split(ITEMS, 0.1, 0.2, seed=0)
     digests = {path: f"{i:064x}" for i, (path, _) in enumerate(ITEMS)}
     write_split(tmp_path / "before", splits, list("abcd"), 3, seed=0, digests=digests)
     before = {n: read_index(tmp_path / "before" / "sample" / f"{n}.csv") for n in ("train", "val", "test")}
     moved, dropped = before["test"][0], before["train"][1]
     fixes = {moved[0]: "d" if moved[1] != "d" else "a", dropped[0]: "exclude"}
-    write_split(tmp_path / "after", splits, list("abcd"), 3, seed=0, digests=digests, fixes=fixes)
+    fix = functools.partial(apply_fixes, fixes=fixes)
+    write_split(tmp_path / "after", splits, list("abcd"), 3, seed=0, digests=digests, fix=fix)
     after = {n: read_index(tmp_path / "after" / "sample" / f"{n}.csv") for n in ("train", "val", "test")}
     assert after["test"] == sorted([(moved[0], fixes[moved[0]]), *before["test"][1:]])
     assert after["train"] == [row for row in before["train"] if row != dropped] and before["val"] == after["val"]

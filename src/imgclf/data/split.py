@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -131,18 +131,16 @@ def write_split(
     seed: int,
     digests: Mapping[str, str],
     *,
-    fixes: Mapping[str, str] | None = None,
+    fix: Callable[[dict[str, list]], dict[str, list]] | None = None,
 ) -> None:
     """Write index CSVs, labels.txt, the sample/ subset of every split, and manifest.csv: the sha256 of every
     indexed file's bytes, so the data version and the pack cache follow the images' content, not their names.
 
-    `splits` are as drawn from the source's labels; `fixes` (relabel/<data>.csv) are applied to them and to their
-    samples after the draw, so a fix moves no other image in or out of a split or a sample."""
-    from imgclf.data.relabel import apply_fixes
-
-    drawn, fixes = splits, fixes or {}
-    splits = apply_fixes(drawn, fixes)
-    samples = apply_fixes({name: sample_subset(drawn[name], sample_per_class, seed) for name in SPLITS}, fixes)
+    `splits` are as drawn from the source's labels; `fix` (relabel/<data>.csv's fixes, applied) is applied to them
+    and to their samples after the draw, so a fix moves no other image in or out of a split or a sample."""
+    fix = fix or (lambda drawn: drawn)
+    samples = fix({name: sample_subset(splits[name], sample_per_class, seed) for name in SPLITS})
+    splits = fix(splits)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / MANIFEST).open("w", newline="") as f:
         writer = csv.writer(f)

@@ -63,9 +63,6 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
 
     def main() -> None:
         settle_imports()
-        if why := no_conf_here(sys.argv[1:]):
-            print(f"error: {why}", file=sys.stderr)
-            sys.exit(2)
         try:  # the experiment applied in this workspace (params.yaml), under the user's own overrides
             argv, carried = with_workspace(sys.argv[1:])
         except BadInput as exc:
@@ -77,7 +74,7 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
         sys.argv[1:], carried = strip_overrides(argv), strip_overrides(carried)  # before Hydra or a line shows them
         if carried:
             print(f"workspace: params.yaml is conf/ plus {' '.join(carried)} ({OFF}=0: conf/ alone)", file=sys.stderr)
-        error = check_overrides(sys.argv[1:])  # before Hydra: its errors are multi-line and exit 1
+        error = no_conf_here(sys.argv[1:]) or check_overrides(sys.argv[1:])  # before Hydra: multi-line, exit 1
         if error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from omegaconf import DictConfig
@@ -57,7 +58,8 @@ def split(cfg: DictConfig | Options) -> None:
         )
     with atomic_dir(paths.split(opts.data.name)) as tmp:
         digests = {path: info.sha256 for path, info in scan.info.items()}
-        write_split(tmp, drawn, scan.class_names, params.sample_per_class, params.seed, digests, fixes=fixes)
+        fix = functools.partial(apply_fixes, fixes=fixes)
+        write_split(tmp, drawn, scan.class_names, params.sample_per_class, params.seed, digests, fix=fix)
         write_json(tmp / "report.json", report)
     write_data_report(report_dir, images, scan, splits, report)
     log.info(
