@@ -47,3 +47,28 @@ def test_accept_takes_ranks_from_1_to_the_last_suggestion_and_says_so_otherwise(
             ranks(text, 5)
     with pytest.raises(BadInput, match="1 is not a rank: there are no suggestions"):
         ranks("1", 0)
+
+
+def _add_fixes(target: str, writer: int, count: int) -> None:
+    from pathlib import Path
+
+    from imgclf.data.relabel import write_fixes
+
+    for i in range(count):
+        write_fixes(Path(target), {f"a/{writer:02d}_{i:02d}.png": "b"})
+
+
+def test_writers_in_several_processes_at_once_lose_no_fix(tmp_path):
+    import multiprocessing
+
+    target = tmp_path / "relabel/tiny.csv"
+    target.parent.mkdir()
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_add_fixes, args=(str(target), w, 10)) for w in range(8)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(60)
+    assert [p.exitcode for p in writers] == [0] * 8
+    assert len(read_fixes(target)) == 80  # every row each writer added
+    assert sorted(p.name for p in target.parent.iterdir()) == ["tiny.csv"]  # no lock file in the DVC dependency

@@ -7,14 +7,17 @@ after a fix is compared with the one before on the same test images (with their 
 
 The file is a DVC dependency of split (the relabel/ folder): adding a row reruns split and what depends on what
 changed. `write_fixes` is how `imgclf relabel` and the web page's Review view add rows: merged with what is there,
-written whole or not at all.
+written whole or not at all, one writer at a time (processes included: a lock on the relabel folder itself, so no
+lock file changes the folder DVC hashes).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from imgclf.errors import BadInput
@@ -67,17 +70,33 @@ def apply_fixes(
 
 
 def write_fixes(path: Path, new: Mapping[str, str]) -> dict[str, str]:
-    """Merge `new` into the file (a later fix of an image replaces its earlier one), atomically; returns all."""
+    """Merge `new` into the file (a later fix of an image replaces its earlier one), atomically and holding the
+    folder's lock from the read to the write, so no other writer's rows are lost; returns all."""
     from imgclf.files import write_text
 
-    fixes = {**read_fixes(path), **new}
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(HEADER)
-    writer.writerows(sorted(fixes.items()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, buf.getvalue())
+    with _locked(path.parent):
+        fixes = {**read_fixes(path), **new}
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(HEADER)
+        writer.writerows(sorted(fixes.items()))
+        write_text(path, buf.getvalue())
     return fixes
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock between writers, processes and threads alike (flock on an open file description), taken
+    on the folder itself: a lock file in relabel/ would change the folder DVC hashes and rerun split."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def relabel_parser():
