@@ -1,6 +1,10 @@
 """`imgclf relabel PATH=LABEL`: a fix is written under the name the split's index gives the image, and only for an
 image the split can take, so the next `dvc repro` applies it instead of refusing it."""
 
+import re
+
+import pytest
+
 from imgclf.data.relabel import command as relabel
 from imgclf.data.relabel import read_fixes
 from imgclf.stages.split import split
@@ -31,8 +35,6 @@ def test_a_file_the_split_did_not_take_is_refused_in_one_line_and_nothing_is_wri
 
 
 def test_accept_takes_ranks_from_1_to_the_last_suggestion_and_says_so_otherwise():
-    import pytest
-
     from imgclf.data.relabel import ranks
     from imgclf.errors import BadInput
 
@@ -72,3 +74,27 @@ def test_writers_in_several_processes_at_once_lose_no_fix(tmp_path):
     assert [p.exitcode for p in writers] == [0] * 8
     assert len(read_fixes(target)) == 80  # every row each writer added
     assert sorted(p.name for p in target.parent.iterdir()) == ["tiny.csv"]  # no lock file in the DVC dependency
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"path,label\na/000.png,b\na/\xe9.png,b\n", "line 3: not UTF-8 text"),
+        (b"path,label\n" + b"x" * 200_000 + b",b\n", "line 2: not a CSV row (field larger than field limit"),
+        (b"path,label\na/000.png,b\na/\x00.png,b\n", "line 3: a NUL character"),
+    ],
+    ids=["not-utf-8", "a-field-too-long", "a-nul"],
+)
+def test_a_malformed_relabel_file_is_one_line_naming_it_and_the_line(tiny_project, tiny_cfg, content, says):
+    from imgclf.errors import BadInput
+
+    target = tiny_project / "relabel/tiny.csv"
+    target.parent.mkdir()
+    target.write_bytes(content)
+    with pytest.raises(BadInput, match=f"^{re.escape(str(target))} {re.escape(says)}"):
+        read_fixes(target)
+    with pytest.raises(BadInput, match=re.escape(says)):
+        split(tiny_cfg())  # the stage: one line, exit 1
+    done = console(relabel, ["--data", "tiny", "a/003.png=b"], tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and says in done.stderr
+    assert target.read_bytes() == content

@@ -86,3 +86,13 @@ def test_review_needs_its_folders_under_the_roots_and_is_off_unless_asked(review
         Review("tiny", [project / "data"])  # relabel/ not allowed: the page could not write its fixes
     plain = TestClient(create_app(serve_client(trained_project, tmp_path / "c2", [project / "data"]).service))
     assert plain.get("/api/review").status_code == 404
+
+
+def test_a_malformed_relabel_file_is_a_400_naming_its_line_not_a_500(review):
+    client, project = review
+    (project / "relabel/tiny.csv").write_bytes(b"path,label\na/\xe9.png,b\n")
+    listed = client.get("/api/review")
+    assert listed.status_code == 400 and "tiny.csv line 2: not UTF-8 text" in listed.json()["error"]
+    done = client.post("/api/review", json={"path": "a/000.png", "label": "b"}, headers=OWN)
+    assert done.status_code == 400 and "line 2: not UTF-8 text" in done.json()["error"]
+    assert (project / "relabel/tiny.csv").read_bytes() == b"path,label\na/\xe9.png,b\n"

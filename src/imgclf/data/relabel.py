@@ -30,11 +30,11 @@ def read_fixes(path: Path) -> dict[str, str]:
     """{image path: label or EXCLUDE}; {} when the file is absent. Refuses a malformed file in one line."""
     if not path.is_file():
         return {}
-    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
-    if not rows or [c.strip() for c in rows[0]] != HEADER:
+    rows = _csv_rows(path)
+    if not rows or [c.strip() for c in rows[0][1]] != HEADER:
         raise BadInput(f"{path}: the first line must be the header path,label")
     fixes: dict[str, str] = {}
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in rows[1:]:
         if not row:
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
@@ -44,6 +44,27 @@ def read_fixes(path: Path) -> dict[str, str]:
             raise BadInput(f"{path} line {line}: {image} is given two labels ({fixes[image]}, {label})")
         fixes[image] = label
     return fixes
+
+
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """A CSV file's rows, each with its line number; bytes that are not UTF-8, a field over csv's limit or a NUL
+    are refused in one line naming the file and the line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BadInput(f"{path} line {line}: not UTF-8 text; save the file as UTF-8 (CSV UTF-8)") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            if any("\0" in field for field in row):
+                raise BadInput(f"{path} line {reader.line_num}: a NUL character; a field is a path or a label")
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise BadInput(f"{path} line {reader.line_num}: not a CSV row ({exc})") from None
+    return rows
 
 
 def check_fixes(path: Path, fixes: Mapping[str, str], images: Iterable[str], class_names: Iterable[str]) -> None:
