@@ -76,6 +76,16 @@ def test_writers_in_several_processes_at_once_lose_no_fix(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["tiny.csv"]  # no lock file in the DVC dependency
 
 
+def test_a_relabel_file_saved_by_excel_as_csv_utf8_is_read_past_its_byte_order_mark(tiny_project):
+    target = tiny_project / "relabel/tiny.csv"
+    target.parent.mkdir()
+    target.write_bytes("\ufeffpath,label\r\na/000.png,b\r\n".encode())
+    assert read_fixes(target) == {"a/000.png": "b"}
+    done = console(relabel, ["--data", "tiny", "a/001.png=c"], tiny_project)
+    assert done.returncode == 0, done.stderr
+    assert target.read_text() == "path,label\na/000.png,b\na/001.png,c\n"
+
+
 @pytest.mark.parametrize(
     "content, says",
     [

@@ -13,6 +13,7 @@ lock file changes the folder DVC hashes).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -47,9 +48,9 @@ def read_fixes(path: Path) -> dict[str, str]:
 
 
 def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """A CSV file's rows, each with its line number; bytes that are not UTF-8, a field over csv's limit or a NUL
-    are refused in one line naming the file and the line."""
-    data = path.read_bytes()
+    """A CSV file's rows, each with its line number; a UTF-8 BOM (Excel's "CSV UTF-8") is skipped; bytes that are
+    not UTF-8, a field over csv's limit or a NUL are refused in one line naming the file and the line."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
