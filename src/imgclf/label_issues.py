@@ -100,9 +100,3 @@ def write_issues(out_dir: Path, issues: LabelIssues, images_of, top: int) -> Non
     captions = [f"#{r['rank']} {r['given_label']} -> {r['suggested_label']}\n{r['path'][-18:]}" for r in shown]
     title = f"likely label issues: given -> suggested (health {issues.health:.3f})"
     plot_image_grid(pixels, captions, title, out_dir / "top_issues.png")
-
-
-def read_issues(path: Path) -> list[dict]:
-    """label_issues.csv as rows of strings (the Review page and `imgclf relabel --accept` read it)."""
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))

@@ -44,6 +44,9 @@ def test_accept_takes_ranks_from_1_to_the_last_suggestion_and_says_so_otherwise(
         ("5-3", "5-3 is not a rank or a range of ranks from 1 to 5"),
         ("2,99999", "99999 is not a rank or a range of ranks from 1 to 5"),
         ("x", "give ranks as 1-10, 3,7,12 or all"),
+        ("1-", "give ranks as 1-10, 3,7,12 or all"),  # a range without its end, not rank 1
+        ("-2", "give ranks as 1-10, 3,7,12 or all"),
+        ("\u00b2", "give ranks as 1-10, 3,7,12 or all"),  # a digit to str.isdigit, not to int()
     ):
         with pytest.raises(BadInput, match=f"--accept {text}: {says}"):
             ranks(text, 5)
@@ -108,3 +111,21 @@ def test_a_malformed_relabel_file_is_one_line_naming_it_and_the_line(tiny_projec
     done = console(relabel, ["--data", "tiny", "a/003.png=b"], tiny_project)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and says in done.stderr
     assert target.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("root:x:0:0:root:/root:/bin/bash\n", "no rank column"),  # --issues /etc/passwd
+        ("rank,path,suggested_label\n1,a/000.png,b\n", "no given_label column"),
+        ("rank,path,given_label,suggested_label\n1,a/000.png,a,b\none,a/001.png,a,c\n", "line 3: rank 'one' is not"),
+        ("rank,path,given_label,suggested_label\n1,a/000.png,a\n", "line 2: 3 fields where the header names 4"),
+    ],
+    ids=["not-label-issues", "a-column-missing", "a-rank-not-a-number", "a-field-missing"],
+)
+def test_accept_refuses_a_hand_edited_issues_file_in_one_line(tiny_project, content, says):
+    issues = tiny_project / "issues.csv"
+    issues.write_text(content)
+    done = console(relabel, ["--data", "tiny", "--accept", "1", "--issues", str(issues)], tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+    assert not (tiny_project / "relabel").exists()

@@ -96,3 +96,12 @@ def test_a_malformed_relabel_file_is_a_400_naming_its_line_not_a_500(review):
     done = client.post("/api/review", json={"path": "a/000.png", "label": "b"}, headers=OWN)
     assert done.status_code == 400 and "line 2: not UTF-8 text" in done.json()["error"]
     assert (project / "relabel/tiny.csv").read_bytes() == b"path,label\na/\xe9.png,b\n"
+
+
+def test_an_issues_file_without_a_column_the_page_needs_is_a_400_naming_it(review):
+    client, project = review
+    (project / "reports/label_issues/label_issues.csv").write_text("rank,path,suggested_label\n1,a/000.png,b\n")
+    listed = client.get("/api/review")
+    assert listed.status_code == 400 and "no given_label column" in listed.json()["error"]
+    done = client.post("/api/review", json={"path": "a/000.png", "label": "b"}, headers=OWN)
+    assert done.status_code == 400 and not (project / "relabel/tiny.csv").exists()

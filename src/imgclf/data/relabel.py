@@ -25,6 +25,7 @@ from imgclf.errors import BadInput
 
 EXCLUDE = "exclude"
 HEADER = ["path", "label"]
+ISSUE_COLUMNS = ("rank", "path", "given_label", "suggested_label")  # of label_issues.csv's (label_issues.COLUMNS)
 
 
 def read_fixes(path: Path) -> dict[str, str]:
@@ -66,6 +67,31 @@ def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
     except csv.Error as exc:
         raise BadInput(f"{path} line {reader.line_num}: not a CSV row ({exc})") from None
     return rows
+
+
+def read_issues(path: Path) -> list[dict[str, str]]:
+    """label_issues.csv as rows of strings, best first (`imgclf relabel --accept` and the Review page read it): the
+    columns either uses must be there and every rank a whole number, or one line names the column or the line."""
+    from imgclf.errors import MissingInput
+
+    if not path.is_file():
+        raise MissingInput(f"{path} not found: run the label_issues stage first (dvc repro label_issues)")
+    rows = _csv_rows(path)
+    header = [c.strip() for c in rows[0][1]] if rows else []
+    missing = [c for c in ISSUE_COLUMNS if c not in header]
+    if missing:
+        raise BadInput(f"{path}: no {missing[0]} column; the label_issues stage writes {','.join(ISSUE_COLUMNS)},...")
+    issues = []
+    for line, row in rows[1:]:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise BadInput(f"{path} line {line}: {len(row)} fields where the header names {len(header)}")
+        issue = dict(zip(header, row))
+        if not (issue["rank"].isascii() and issue["rank"].isdigit()):
+            raise BadInput(f"{path} line {line}: rank '{issue['rank'][:20]}' is not a whole number")
+        issues.append(issue)
+    return issues
 
 
 def check_fixes(path: Path, fixes: Mapping[str, str], images: Iterable[str], class_names: Iterable[str]) -> None:
@@ -144,8 +170,9 @@ def ranks(text: str, last: int) -> set[int]:
         return set(range(1, last + 1))
     chosen: set[int] = set()
     for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
+        lo, dash, hi = part.strip().partition("-")
+        numbers = (lo, hi) if dash else (lo,)  # "1-": a range without its end, refused
+        if not all(n.isascii() and n.isdigit() for n in numbers):
             raise BadInput(f"--accept {text}: give ranks as 1-10, 3,7,12 or all")
         first, end = int(lo), int(hi or lo)
         if not 1 <= first <= end <= last:
@@ -169,7 +196,7 @@ def command(argv: list[str]) -> int:
             raise BadInput(f"no class folders under {images}: run dvc repro fetch, or give --images")
         new = dict(_pair(text) for text in args.fixes)
         if args.accept:
-            rows = _issues(Path(args.issues))
+            rows = read_issues(Path(args.issues))
             wanted = ranks(args.accept, len(rows))
             new.update({r["path"]: r["suggested_label"] for r in rows if int(r["rank"]) in wanted})
         if not new:
@@ -209,13 +236,6 @@ def _pair(text: str) -> tuple[str, str]:
     if not sep or not image or not label:
         raise BadInput(f"'{text}' is not PATH=LABEL (e.g. 3/0045.png=8, or 3/0045.png={EXCLUDE})")
     return image, label
-
-
-def _issues(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise BadInput(f"{path} not found: run the label_issues stage first (dvc repro label_issues)")
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _data_name() -> str:

@@ -19,9 +19,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from imgclf.data.relabel import EXCLUDE, read_fixes, write_fixes
+from imgclf.data.relabel import EXCLUDE, ISSUE_COLUMNS, read_fixes, read_issues, write_fixes
 from imgclf.deploy.access import inside, json_body, open_inside
-from imgclf.errors import BadInput, MissingInput
+from imgclf.errors import BadInput
 from imgclf.paths import Paths
 
 SHOWN = 100  # the likeliest issues listed: what one page holds (thumbnails of 96 px)
@@ -40,12 +40,7 @@ class Review:
         self.lock = threading.Lock()
 
     def rows(self) -> list[dict[str, str]]:
-        import csv
-
-        if not self.issues.is_file():
-            raise MissingInput(f"no {self.issues}: run dvc repro (the label_issues stage) first")
-        with self.issues.open(newline="") as f:
-            return list(csv.DictReader(f))[:SHOWN]
+        return read_issues(self.issues)[:SHOWN]  # a missing column or a bad rank: one line, a 400
 
     def _fixes_file(self) -> Path:
         """The relabel file, checked again before each use: a link put there since must not lead outside."""
@@ -64,7 +59,8 @@ class Review:
                 image = None
             shown.append(
                 {
-                    **{k: row[k] for k in ("rank", "path", "given_label", "suggested_label", "self_confidence")},
+                    **{k: row[k] for k in ISSUE_COLUMNS},
+                    "self_confidence": row.get("self_confidence"),
                     "thumbnail": thumbnail(image, 96, opener) if image else None,
                     "fixed": fixed.get(row["path"]),
                 }
