@@ -26,6 +26,14 @@ def test_a_fix_is_written_under_the_index_name_and_split_applies_it(tiny_project
     assert "a/000.png,b" in rows and "a/002.png" not in rows
 
 
+@pytest.mark.parametrize("fixes", [["a/000.png=b", "a/000.png=c"], ["a/000.png=b", "./a/000.png=exclude"]])
+def test_one_image_given_two_labels_on_the_command_line_is_refused(tiny_project, fixes):
+    done = console(relabel, ["--data", "tiny", *fixes], tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "a/000.png is given two labels" in done.stderr
+    assert not (tiny_project / "relabel").exists()
+    assert console(relabel, ["--data", "tiny", "a/000.png=b", "./a/000.png=b"], tiny_project).returncode == 0
+
+
 def test_a_file_the_split_did_not_take_is_refused_in_one_line_and_nothing_is_written(tiny_project):
     (tiny_project / "data/tiny/images/a/notes.png").write_text("not an image: split skipped it")
     done = console(relabel, ["--data", "tiny", "a/notes.png=b"], tiny_project)

@@ -194,14 +194,7 @@ def command(argv: list[str]) -> int:
         classes = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
         if not classes:
             raise BadInput(f"no class folders under {images}: run dvc repro fetch, or give --images")
-        new = dict(_pair(text) for text in args.fixes)
-        if args.accept:
-            rows = read_issues(Path(args.issues))
-            wanted = ranks(args.accept, len(rows))
-            new.update({r["path"]: r["suggested_label"] for r in rows if int(r["rank"]) in wanted})
-        if not new:
-            raise BadInput("nothing to fix: give PATH=LABEL arguments or --accept RANKS")
-        new = {_indexed_path(image, images): label for image, label in new.items()}
+        new = _new_fixes(args, images)
         target = Path(args.relabel_dir) / f"{name}.csv"
         check_fixes(target, new, _known(images.parent / "split", target) or new.keys(), classes)
         every = write_fixes(target, new)
@@ -210,6 +203,25 @@ def command(argv: list[str]) -> int:
         return 1
     print(f"wrote {len(new)} fixes to {target} ({len(every)} in all); dvc repro applies them")
     return 0
+
+
+def _new_fixes(args, images: Path) -> dict[str, str]:
+    """The fixes asked for (PATH=LABEL arguments, then --accept's suggestions), each image named as the split's
+    index names it; an image given two labels is refused, as in the file."""
+    pairs = [_pair(text) for text in args.fixes]
+    if args.accept:
+        rows = read_issues(Path(args.issues))
+        wanted = ranks(args.accept, len(rows))
+        pairs += [(r["path"], r["suggested_label"]) for r in rows if int(r["rank"]) in wanted]
+    if not pairs:
+        raise BadInput("nothing to fix: give PATH=LABEL arguments or --accept RANKS")
+    new: dict[str, str] = {}
+    for image, label in pairs:
+        indexed = _indexed_path(image, images)
+        if new.get(indexed, label) != label:
+            raise BadInput(f"{indexed} is given two labels ({new[indexed]}, {label}); give it one")
+        new[indexed] = label
+    return new
 
 
 def _indexed_path(image: str, images: Path) -> str:
