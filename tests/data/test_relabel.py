@@ -34,6 +34,13 @@ def test_one_image_given_two_labels_on_the_command_line_is_refused(tiny_project,
     assert console(relabel, ["--data", "tiny", "a/000.png=b", "./a/000.png=b"], tiny_project).returncode == 0
 
 
+@pytest.mark.parametrize("name", ["../data/tiny", "tiny/", ".tiny", ""])
+def test_a_data_name_that_is_a_path_is_refused_and_nothing_is_written(tiny_project, name):
+    done = console(relabel, ["--data", name, "a/000.png=b"], tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "is not a data set's name" in done.stderr
+    assert not (tiny_project / "data/tiny.csv").exists() and not (tiny_project / "relabel").exists()
+
+
 def test_a_file_the_split_did_not_take_is_refused_in_one_line_and_nothing_is_written(tiny_project):
     (tiny_project / "data/tiny/images/a/notes.png").write_text("not an image: split skipped it")
     done = console(relabel, ["--data", "tiny", "a/notes.png=b"], tiny_project)

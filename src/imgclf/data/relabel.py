@@ -157,7 +157,7 @@ def relabel_parser():
         metavar="RANKS",
         help="take label_issues.csv's suggested labels for these ranks: 1-10, 3,7,12 or all",
     )
-    parser.add_argument("--data", default=None, help="the data set (default: data.name in params.yaml)")
+    parser.add_argument("--data", default=None, help="the data set's name, data/NAME (default: data.name in params)")
     parser.add_argument("--issues", default="reports/label_issues/label_issues.csv", help="what --accept reads")
     parser.add_argument("--relabel-dir", default="relabel", help="where <data>.csv is written (paths.relabel)")
     parser.add_argument("--images", default=None, help="the data set's images (default: data/<data>/images)")
@@ -189,7 +189,7 @@ def command(argv: list[str]) -> int:
 
     args = relabel_parser().parse_args(argv)
     try:
-        name = args.data or _data_name()
+        name = _plain_name(args.data) if args.data is not None else _data_name()
         images = Path(args.images or Path("data") / name / "images")
         classes = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
         if not classes:
@@ -248,6 +248,15 @@ def _pair(text: str) -> tuple[str, str]:
     if not sep or not image or not label:
         raise BadInput(f"'{text}' is not PATH=LABEL (e.g. 3/0045.png=8, or 3/0045.png={EXCLUDE})")
     return image, label
+
+
+def _plain_name(name: str) -> str:
+    """A data set's name (data/NAME/, relabel/NAME.csv): a path there would write the fixes outside relabel/, where
+    no stage reads them."""
+    if not name or name.startswith(".") or any(c in name for c in ("/", "\\", "\0")):
+        raise BadInput(f"--data {name[:80]!r} is not a data set's name: a plain name as in data/NAME/ (no / or \\, "
+                       "not starting with .)")  # fmt: skip
+    return name
 
 
 def _data_name() -> str:
