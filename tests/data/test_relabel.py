@@ -41,6 +41,17 @@ def test_a_data_name_that_is_a_path_is_refused_and_nothing_is_written(tiny_proje
     assert not (tiny_project / "data/tiny.csv").exists() and not (tiny_project / "relabel").exists()
 
 
+def test_a_class_is_one_the_split_took_not_any_folder_under_images(tiny_project):
+    (tiny_project / "data/tiny/images/junk").mkdir()  # empty: the next split would refuse it, not take it
+    done = console(relabel, ["--data", "tiny", "a/000.png=junk"], tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "'junk' is not a class; one of: a, b, c, exclude" in done.stderr
+    (tiny_project / "data/tiny/split/labels.txt").unlink()  # before the first split: the folders split would take
+    (tiny_project / "data/tiny/images/.cache").mkdir()
+    done = console(relabel, ["--data", "tiny", "a/000.png=.cache"], tiny_project)
+    assert done.returncode == 1 and "one of: a, b, c, junk, exclude" in done.stderr
+
+
 def test_a_file_the_split_did_not_take_is_refused_in_one_line_and_nothing_is_written(tiny_project):
     (tiny_project / "data/tiny/images/a/notes.png").write_text("not an image: split skipped it")
     done = console(relabel, ["--data", "tiny", "a/notes.png=b"], tiny_project)

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from imgclf.deploy.review import Review
 from imgclf.deploy.webapp import create_app
+from imgclf.errors import BadInput
 
 from ..conftest import serve_client
 
@@ -105,3 +106,17 @@ def test_an_issues_file_without_a_column_the_page_needs_is_a_400_naming_it(revie
     assert listed.status_code == 400 and "no given_label column" in listed.json()["error"]
     done = client.post("/api/review", json={"path": "a/000.png", "label": "b"}, headers=OWN)
     assert done.status_code == 400 and not (project / "relabel/tiny.csv").exists()
+
+
+def test_the_classes_are_the_splits_not_any_folder_under_images(review, trained_project):
+    client, project = review
+    roots = [project / "data", project / "relabel"]
+    (project / "data/tiny/images/junk").mkdir()
+    (project / "data/tiny/images/.thumbnails").mkdir()
+    assert Review("tiny", roots).classes == ["a", "b", "c", "junk"]  # not split yet: the folders split would take
+    (project / "data/tiny/split").mkdir()
+    shutil.copy(trained_project / "data/tiny/split/labels.txt", project / "data/tiny/split/labels.txt")
+    split = Review("tiny", roots)
+    assert split.classes == ["a", "b", "c"]
+    with pytest.raises(BadInput, match="'junk' is not a class"):
+        split.fix("a/000.png", "junk")

@@ -21,7 +21,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from imgclf.contract import LABELS_FILE
 from imgclf.errors import BadInput
+from imgclf.paths import SPLIT_DIR
 
 EXCLUDE = "exclude"
 HEADER = ["path", "label"]
@@ -67,6 +69,19 @@ def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
     except csv.Error as exc:
         raise BadInput(f"{path} line {reader.line_num}: not a CSV row ({exc})") from None
     return rows
+
+
+def data_classes(images: Path, labels: Path | None) -> list[str]:
+    """The classes a fix may name: the last split's (its labels.txt, `labels`), else the class folders the split
+    would take (hidden ones and names no list can hold left out); [] when there are neither."""
+    from imgclf.data.folder import usable_name
+    from imgclf.data.split import read_labels
+
+    if labels is not None and labels.is_file():
+        return read_labels(labels)
+    if not images.is_dir():
+        return []
+    return sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith(".") and usable_name(p.name))
 
 
 def read_issues(path: Path) -> list[dict[str, str]]:
@@ -191,7 +206,7 @@ def command(argv: list[str]) -> int:
     try:
         name = _plain_name(args.data) if args.data is not None else _data_name()
         images = Path(args.images or Path("data") / name / "images")
-        classes = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+        classes = data_classes(images, images.parent / SPLIT_DIR / LABELS_FILE)
         if not classes:
             raise BadInput(f"no class folders under {images}: run dvc repro fetch, or give --images")
         new = _new_fixes(args, images)

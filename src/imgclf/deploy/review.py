@@ -4,7 +4,8 @@ relabel/<data set>.csv, which the split stage applies on the next dvc repro.
 
 `imgclf serve --review DATASET` turns it on. The images, the issues file and the relabel file are the project's
 (data/<ds>/images, reports/label_issues/label_issues.csv, relabel/<ds>.csv) and must lie under the allowed roots,
-resolved, symlinks included: the page reads and writes nothing else. A fix is checked (an image listed in the
+resolved, symlinks included: the page reads and writes nothing else but the split's classes (data/<ds>/split/
+labels.txt, read when it lies under the roots; else the class folders). A fix is checked (an image listed in the
 issues file, a class of the data set or `exclude`) and written whole or not at all, one writer at a time.
 """
 
@@ -19,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from imgclf.data.relabel import EXCLUDE, ISSUE_COLUMNS, read_fixes, read_issues, write_fixes
+from imgclf.data.relabel import EXCLUDE, ISSUE_COLUMNS, data_classes, read_fixes, read_issues, write_fixes
 from imgclf.deploy.access import inside, json_body, open_inside
 from imgclf.errors import BadInput
 from imgclf.paths import Paths
@@ -36,7 +37,11 @@ class Review:
         self.issues = paths.report_dir("label_issues") / "label_issues.csv"
         relabel = paths.relabel_file(dataset)
         self.relabel = inside(relabel.parent, self.roots) / relabel.name  # the file itself may not exist yet
-        self.classes = sorted(p.name for p in self.images.iterdir() if p.is_dir())
+        try:  # the classes split takes: the last split's labels.txt, if the page may read it
+            labels = inside(paths.labels(dataset), self.roots)
+        except (PermissionError, FileNotFoundError):
+            labels = None  # not split yet, or outside the roots: the class folders
+        self.classes = data_classes(self.images, labels)
         self.lock = threading.Lock()
 
     def rows(self) -> list[dict[str, str]]:
