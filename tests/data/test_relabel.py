@@ -52,6 +52,36 @@ def test_a_class_is_one_the_split_took_not_any_folder_under_images(tiny_project)
     assert done.returncode == 1 and "one of: a, b, c, junk, exclude" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "row, says",
+    [
+        ("./a/000.png,b", "./a/000.png is not an image of this data set"),  # not as the split's index names it
+        ("a/000.png,zebra", "a/000.png -> 'zebra' is not a class"),
+        ("a/404.png,exclude", "a/404.png is not an image of this data set"),
+    ],
+    ids=["not-the-index-name", "not-a-class", "no-such-image"],
+)
+def test_a_row_already_in_the_file_that_split_would_refuse_is_not_written_back(tiny_project, row, says):
+    target = tiny_project / "relabel/tiny.csv"
+    target.parent.mkdir()
+    target.write_text(f"path,label\n{row}\n")
+    done = console(relabel, ["--data", "tiny", "a/001.png=c"], tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert f"{target.relative_to(tiny_project)}: {says}" in done.stderr
+    assert target.read_text() == f"path,label\n{row}\n"
+
+
+def test_an_excluded_image_in_no_index_is_still_an_image_of_the_data_set(tiny_project, tiny_cfg):
+    assert console(relabel, ["--data", "tiny", "a/002.png=exclude"], tiny_project).returncode == 0
+    split(tiny_cfg())  # a/002.png is now in no index
+    (tiny_project / "data/tiny/images/b/000.png").unlink()  # an indexed image removed since the split
+    done = console(relabel, ["--data", "tiny", "a/003.png=b"], tiny_project)
+    assert done.returncode == 0, done.stderr
+    done = console(relabel, ["--data", "tiny", "a/004.png=b", "b/000.png=a"], tiny_project)
+    assert done.returncode == 1 and "b/000.png is not an image" in done.stderr
+    assert read_fixes(tiny_project / "relabel/tiny.csv") == {"a/002.png": "exclude", "a/003.png": "b"}
+
+
 def test_a_file_the_split_did_not_take_is_refused_in_one_line_and_nothing_is_written(tiny_project):
     (tiny_project / "data/tiny/images/a/notes.png").write_text("not an image: split skipped it")
     done = console(relabel, ["--data", "tiny", "a/notes.png=b"], tiny_project)

@@ -17,8 +17,9 @@ import codecs
 import csv
 import io
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from imgclf.contract import LABELS_FILE
@@ -132,14 +133,19 @@ def apply_fixes(
     return out
 
 
-def write_fixes(path: Path, new: Mapping[str, str]) -> dict[str, str]:
+def write_fixes(
+    path: Path, new: Mapping[str, str], check: Callable[[dict[str, str]], None] | None = None
+) -> dict[str, str]:
     """Merge `new` into the file (a later fix of an image replaces its earlier one), atomically and holding the
-    folder's lock from the read to the write, so no other writer's rows are lost; returns all."""
+    folder's lock from the read to the write, so no other writer's rows are lost; returns all. `check(all)` may
+    refuse the merged rows (BadInput): nothing is written."""
     from imgclf.files import write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.parent):
         fixes = {**read_fixes(path), **new}
+        if check is not None:
+            check(fixes)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(HEADER)
@@ -211,8 +217,10 @@ def command(argv: list[str]) -> int:
             raise BadInput(f"no class folders under {images}: run dvc repro fetch, or give --images")
         new = _new_fixes(args, images)
         target = Path(args.relabel_dir) / f"{name}.csv"
-        check_fixes(target, new, _known(images.parent / "split", target) or new.keys(), classes)
-        every = write_fixes(target, new)
+        taken = partial(_taken, images=images, indexed=_indexed(images.parent / SPLIT_DIR))
+        check_fixes(target, new, taken(new), classes)
+        # and every row of the file as it will be, under its lock: one split would refuse is not written back
+        every = write_fixes(target, new, check=lambda fixes: check_fixes(target, fixes, taken(fixes), classes))
     except (BadInput, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -247,15 +255,37 @@ def _indexed_path(image: str, images: Path) -> str:
     return resolved.relative_to(images.resolve()).as_posix()
 
 
-def _known(split_dir: Path, fixes: Path) -> set[str]:
-    """The images the last split took (its index files) and those already fixed (an excluded image is in no index):
-    what the next split accepts a fix for. Empty before the first split."""
+def _indexed(split_dir: Path) -> set[str]:
+    """The images the last split took (its index files); empty before the first split."""
     from imgclf.data.split import read_index
 
     indexes = [split_dir / f"{name}.csv" for name in ("train", "val", "test")]
     if not all(index.is_file() for index in indexes):
         return set()
-    return {path for index in indexes for path, _ in read_index(index)} | set(read_fixes(fixes))
+    return {path for index in indexes for path, _ in read_index(index)}
+
+
+def _taken(fixes: Iterable[str], *, images: Path, indexed: set[str]) -> set[str]:
+    """Those of the fixed images the next split takes: the last split's still there, and those in no index (an
+    excluded image, one added since, all before the first split) that split's scan would take."""
+    return {image for image in fixes if _scanned(images, image, decode=image not in indexed)}
+
+
+def _scanned(images: Path, image: str, *, decode: bool = True) -> bool:
+    """Whether split's scan of `images` takes `image` under that name: a file in a class folder, named as the scan
+    names it (no `.` or `..` part, nothing hidden, no doubled /), that decodes (unless not `decode`: the last split
+    decoded it)."""
+    from imgclf.data.folder import inspect_image, usable_name
+
+    parts = image.split("/")
+    if len(parts) < 2 or not usable_name(image) or any(not part or part.startswith(".") for part in parts):
+        return False
+    try:
+        if not (images / image).is_file():
+            return False
+    except (OSError, ValueError):  # a name too long, a NUL
+        return False
+    return not decode or inspect_image(images / image)[0] is None
 
 
 def _pair(text: str) -> tuple[str, str]:
