@@ -82,11 +82,24 @@ def test_an_excluded_image_in_no_index_is_still_an_image_of_the_data_set(tiny_pr
     assert read_fixes(tiny_project / "relabel/tiny.csv") == {"a/002.png": "exclude", "a/003.png": "b"}
 
 
+def test_an_excluded_image_removed_since_is_refused_by_split_with_what_to_do(tiny_project, tiny_cfg):
+    from imgclf.errors import BadInput
+
+    assert console(relabel, ["--data", "tiny", "a/002.png=exclude"], tiny_project).returncode == 0
+    (tiny_project / "data/tiny/images/a/002.png").unlink()
+    says = "a/002.png is not an image of this data set (paths as in split/train.csv); if the image was removed, "
+    says += "delete its row from relabel/tiny.csv"
+    with pytest.raises(BadInput, match=re.escape(says)):
+        split(tiny_cfg())  # refused, not ignored: a typo'd path would be ignored the same way
+    done = console(relabel, ["--data", "tiny", "a/003.png=b"], tiny_project)
+    assert done.returncode == 1 and says in done.stderr
+
+
 def test_a_file_the_split_did_not_take_is_refused_in_one_line_and_nothing_is_written(tiny_project):
     (tiny_project / "data/tiny/images/a/notes.png").write_text("not an image: split skipped it")
     done = console(relabel, ["--data", "tiny", "a/notes.png=b"], tiny_project)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
-    assert "a/notes.png is not an image of this data set" in done.stderr
+    assert "a/notes.png is not an image of this data set" in done.stderr and "delete its row" not in done.stderr
     assert not (tiny_project / "relabel").exists()
 
 

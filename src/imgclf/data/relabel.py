@@ -110,14 +110,19 @@ def read_issues(path: Path) -> list[dict[str, str]]:
     return issues
 
 
-def check_fixes(path: Path, fixes: Mapping[str, str], images: Iterable[str], class_names: Iterable[str]) -> None:
-    """Every fixed image is one of the data set's and every label one of its classes (or EXCLUDE)."""
+def check_fixes(
+    path: Path, fixes: Mapping[str, str], images: Iterable[str], class_names: Iterable[str], *, rows: bool = True
+) -> None:
+    """Every fixed image is one of the data set's and every label one of its classes (or EXCLUDE). `rows`: the
+    fixes are the file's, so an image no longer there (removed since) is refused with how to drop its row; a typo
+    is never ignored."""
     known, classes = set(images), list(class_names)
     if EXCLUDE in classes and any(label == EXCLUDE for label in fixes.values()):
         raise BadInput(f"{path}: the data set has a class named '{EXCLUDE}'; rename it to drop images this way")
     for image, label in fixes.items():
         if image not in known:
-            raise BadInput(f"{path}: {image} is not an image of this data set (paths as in split/train.csv)")
+            removed = f"; if the image was removed, delete its row from {path}" if rows else ""
+            raise BadInput(f"{path}: {image} is not an image of this data set (paths as in split/train.csv){removed}")
         if label not in classes and label != EXCLUDE:
             raise BadInput(f"{path}: {image} -> '{label}' is not a class; one of: {', '.join(classes)}, {EXCLUDE}")
 
@@ -218,7 +223,7 @@ def command(argv: list[str]) -> int:
         new = _new_fixes(args, images)
         target = Path(args.relabel_dir) / f"{name}.csv"
         taken = partial(_taken, images=images, indexed=_indexed(images.parent / SPLIT_DIR))
-        check_fixes(target, new, taken(new), classes)
+        check_fixes(target, new, taken(new), classes, rows=False)
         # and every row of the file as it will be, under its lock: one split would refuse is not written back
         every = write_fixes(target, new, check=lambda fixes: check_fixes(target, fixes, taken(fixes), classes))
     except (BadInput, OSError) as exc:
