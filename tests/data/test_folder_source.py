@@ -1,6 +1,7 @@
 """data=folder: DIGITS' class folders with bad files, optional val/test folders, excluded classes."""
 
 import io
+import re
 
 import pytest
 from PIL import Image
@@ -61,6 +62,49 @@ def test_separate_val_and_test_folders_are_kept(tmp_path, monkeypatch, compose_c
     assert len(read_index(split_dir / "train.csv")) == 16
     assert all(p.split("/")[1].startswith("val__") for p, _ in read_index(split_dir / "val.csv"))
     assert len(read_index(split_dir / "test.csv")) == 6
+
+
+def test_val_and_test_folders_apart_from_the_training_folder_and_of_its_classes(tmp_path, monkeypatch, compose_cfg):
+    """A test folder that is the training folder (or inside it, or around it) would be trained on; a class only the
+    test folder has, nothing learns: each is one line, before anything is copied."""
+    train = make_class_folders(tmp_path / "train", {"a": 8, "b": 8})
+    other = make_class_folders(tmp_path / "test", {"a": 3, "zebra": 3})
+    monkeypatch.chdir(tmp_path)
+    for test, says in (
+        (train, f"data.path={train} and data.test_path={train} overlap: the same images would be trained and tested"),
+        (train / "a", "overlap"),
+        (tmp_path, "overlap"),
+        (other, "data.test_path has class folders data.path lacks: zebra; classes of data.path: a, b"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            fetch(compose_cfg("data=folder", f"data.path={train}", f"data.test_path={test}"))
+        assert not (tmp_path / "data/folder/images").exists()
+    with pytest.raises(ValueError, match=re.escape("data.val_path has class folders data.path lacks: zebra")):
+        fetch(compose_cfg("data=folder", f"data.path={train}", f"data.val_path={other}"))
+
+
+def test_split_reads_a_file_in_pieces_not_whole(tmp_path):
+    """A 300 MB file in a class folder that is no image costs split its header, not its size in memory (the
+    largest file times the workers, before)."""
+    import tracemalloc
+
+    from imgclf.data.folder import inspect_image
+
+    big = tmp_path / "huge.png"
+    with big.open("wb") as f:
+        f.truncate(300_000_000)  # sparse: no disk used
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "small.png")
+    tracemalloc.start()
+    try:
+        assert inspect_image(big) == ("not an image", None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000
+    import hashlib
+
+    reason, info = inspect_image(tmp_path / "small.png")
+    assert reason is None and info.sha256 == hashlib.sha256((tmp_path / "small.png").read_bytes()).hexdigest()
 
 
 def test_folder_errors_are_clear(tmp_path, monkeypatch, compose_cfg):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import itertools
 import logging
 import os
 import shutil
@@ -50,16 +50,19 @@ class FolderScan:
 def inspect_image(path: Path) -> tuple[str | None, ImageInfo | None]:
     """Decode `path` by its content (not its extension): (None, info) if readable, else (reason, None)."""
     try:
-        content = path.read_bytes()  # read once: hashed for the data version, then decoded from memory
+        f = path.open("rb")
     except OSError as exc:
         return f"unreadable ({type(exc).__name__})", None
-    if not content:
-        return "empty file", None
     try:
-        with open_image(io.BytesIO(content)) as img:
-            img.load()  # full decode: catches truncated files that only a header check would pass
-            digest = hashlib.sha1(img.tobytes()).hexdigest()
-            return None, ImageInfo(img.width, img.height, img.mode, digest, hashlib.sha256(content).hexdigest())
+        with f:
+            if not f.peek(1):
+                return "empty file", None
+            with open_image(f) as img:  # from the file: memory follows the pixel limit, not the file's size
+                img.load()  # full decode: catches truncated files that only a header check would pass
+                digest = hashlib.sha1(img.tobytes()).hexdigest()
+                f.seek(0)
+                content = hashlib.file_digest(f, "sha256").hexdigest()  # the bytes, for the data version
+                return None, ImageInfo(img.width, img.height, img.mode, digest, content)
     except (ImageTooLarge, Image.DecompressionBombError):
         return "decompression bomb", None
     except UnidentifiedImageError:
@@ -187,6 +190,16 @@ def _link_target(path: Path) -> Path | None:
         return None
 
 
+def _check_apart(folders: dict[str, str | None]) -> None:
+    """The training, val and test folders are three folders apart: one inside another, its images would be trained
+    on and tested on."""
+    given = {key: Path(value).expanduser().resolve() for key, value in folders.items() if value}
+    for (key, one), (other_key, other) in itertools.combinations(given.items(), 2):
+        if one == other or one.is_relative_to(other) or other.is_relative_to(one):
+            raise BadInput(f"{key}={folders[key]} and {other_key}={folders[other_key]} overlap: the same images would "
+                           "be trained and tested on; give folders apart")  # fmt: skip
+
+
 def fetch_folder(
     out_dir: str | Path, path: str | None, val_path: str | None = None, test_path: str | None = None, exclude=()
 ) -> int:
@@ -196,6 +209,7 @@ def fetch_folder(
 
     if not path:
         raise BadInput("data=folder needs data.path=/path/to/folder (one sub-folder per class)")
+    _check_apart({"data.path": path, "data.val_path": val_path, "data.test_path": test_path})
     plan: dict[str, Path] = {}
     listings: dict[str, list[str]] = {}
     skipped: Counter = Counter()
@@ -213,6 +227,13 @@ def fetch_folder(
             plan[rel] = file
             if listing:
                 listings[listing].append(rel)
+    held_out = {rel for rels in listings.values() for rel in rels}
+    trained = {rel.split("/")[0] for rel in plan if rel not in held_out}
+    for listing, rels in listings.items():  # a class only the val or test folder has: nothing learns it
+        if unknown := sorted({rel.split("/")[0] for rel in rels} - trained):
+            key = "data.val_path" if listing == VAL_LIST else "data.test_path"
+            raise BadInput(f"{key} has class folders data.path lacks: {', '.join(unknown[:5])}; classes of data.path: "
+                           f"{', '.join(sorted(trained)[:20])}")  # fmt: skip
     for rel, file in plan.items():
         (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, Path(out_dir) / rel)  # a copy: DVC may make its cached files read-only
