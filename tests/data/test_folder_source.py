@@ -124,7 +124,11 @@ def test_folder_errors_are_clear(tmp_path, monkeypatch, compose_cfg):
     (src / "c" / "x.png").write_bytes((src / "a" / "000.png").read_bytes())
     with pytest.raises(ValueError, match=f"class folder {src / 'd'} has no files"):
         fetch(compose_cfg("data=folder", f"data.path={src}"))
-    fetch(compose_cfg("data=folder", f"data.path={src}", "data.exclude=[d]"))
+    with pytest.raises(ValueError, match=re.escape("data.exclude names 'D', which is no class folder of")):
+        fetch(compose_cfg("data=folder", f"data.path={src}", "data.exclude=[D]"))  # a typo left the class in
+    with pytest.raises(ValueError, match=re.escape("(did you mean d?)")):
+        fetch(compose_cfg("data=folder", f"data.path={src}", "data.exclude=[dd]"))
+    fetch(compose_cfg("data=folder", f"data.path={src}", "data.exclude=[d,BACKGROUND_Google]"))  # a preset's name
     assert sorted(p.name for p in (tmp_path / "data/folder/images").iterdir()) == ["a", "b", "c"]
 
 

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from imgclf.data.images import ImageTooLarge, open_image
 from imgclf.data.parallel import parallel_map
-from imgclf.errors import BadInput, MissingInput
+from imgclf.errors import BadInput, MissingInput, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,20 @@ def _check_apart(folders: dict[str, str | None]) -> None:
                            "be trained and tested on; give folders apart")  # fmt: skip
 
 
+def _check_exclude(src: Path, exclude) -> None:
+    """A name data.exclude gives that is no class folder of data.path but close to one (a typo, which would leave its
+    class in) is BadInput; one close to none (caltech101's BACKGROUND_Google, where a copy lacks it) a warning."""
+    if not src.is_dir():
+        return  # said in one line below
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in exclude or ():
+        if name in classes:
+            continue
+        if hint := did_you_mean(str(name), classes) or did_you_mean(str(name).lower(), [c.lower() for c in classes]):
+            raise BadInput(f"data.exclude names {name!r}, which is no class folder of {src}{hint}")
+        log.warning("data.exclude names %r, which is no class folder of %s: nothing left out for it", name, src)
+
+
 def fetch_folder(
     out_dir: str | Path, path: str | None, val_path: str | None = None, test_path: str | None = None, exclude=()
 ) -> int:
@@ -210,6 +224,7 @@ def fetch_folder(
     if not path:
         raise BadInput("data=folder needs data.path=/path/to/folder (one sub-folder per class)")
     _check_apart({"data.path": path, "data.val_path": val_path, "data.test_path": test_path})
+    _check_exclude(Path(path).expanduser(), exclude)
     plan: dict[str, Path] = {}
     listings: dict[str, list[str]] = {}
     skipped: Counter = Counter()
