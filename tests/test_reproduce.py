@@ -104,3 +104,26 @@ def test_a_tolerance_below_0_or_not_a_number_is_one_line_before_anything_is_read
             reproduce(["0123", "--tolerance", value])
         assert exit_.value.code == 2
         assert f"argument --tolerance: '{value}' is not valid: a number >= 0" in capsys.readouterr().err
+
+
+def test_a_run_that_is_no_training_is_named_as_such(tmp_path, capsys):
+    """A sweep's parent run, or a run without train/config.yaml (lr-find, one that failed before training, another
+    tool's): one line saying what to give, not MLflow's 'Failed to download artifacts'."""
+    from .conftest import empty_mlflow_store
+
+    store = empty_mlflow_store(tmp_path / "mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiment = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, tags={"imgclf.role": "sweep"}).info.run_id
+    other = client.create_run(experiment, run_name="lr-find").info.run_id
+    out = str(tmp_path / "out")
+    capsys.readouterr()  # what making the store logged
+    assert reproduce([parent, "--uri", f"sqlite:///{store}", "--out-dir", out]) == 1
+    said = capsys.readouterr().err
+    assert said == f"error: run {parent} is a sweep's parent run, not a training: give one of its jobs (imgclf runs " \
+        f"--sweep {parent})\n"  # fmt: skip
+    assert reproduce([other, "--uri", f"sqlite:///{store}", "--out-dir", out]) == 1
+    said = capsys.readouterr().err
+    assert said == f"error: run {other} (lr-find) is no training imgclf recorded (no train/config.yaml): give a " \
+        "train run's id (imgclf runs lists them)\n"  # fmt: skip
+    assert not (tmp_path / "out").exists()

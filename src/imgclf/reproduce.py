@@ -35,7 +35,16 @@ class Record:
         import yaml
 
         run = tracking.run_record(uri, run_id)
-        config = yaml.safe_load(tracking.artifact_text(uri, run_id, "train/config.yaml"))
+        if run["tags"].get("imgclf.role") == "sweep":
+            raise BadInput(f"run {run_id} is a sweep's parent run, not a training: give one of its jobs (imgclf runs "
+                           f"--sweep {run_id})")  # fmt: skip
+        try:
+            config = yaml.safe_load(tracking.artifact_text(uri, run_id, "train/config.yaml"))
+        except BadInput:  # no train/config.yaml: an lr-find run, a run that failed before it trained, not imgclf's
+            raise BadInput(
+                f"run {run_id} ({run['name'] or 'no name'}) is no training imgclf recorded (no train/config.yaml): "
+                "give a train run's id (imgclf runs lists them)"
+            ) from None
         if "paths" not in config or "imgclf.code_version" not in run["tags"]:
             raise BadInput(f"run {run_id} was made by an older imgclf: it records no code version or paths")
         return cls(run_id, run["name"], config, run["tags"], run["metrics"])
