@@ -229,6 +229,11 @@ def runs(argv: list[str]) -> int:
         parser.error("--as-overrides goes with --best")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    given = {flag: getattr(args, flag) for flag in ("sweep", "parent", "out")}
+    if empty := [flag for flag, value in given.items() if value is not None and not value.strip()]:
+        parser.error(f"--{empty[0]} was given an empty value (it would mean none given)")
+    if args.out and (args.out.endswith(("/", os.sep)) or not (args.format or compare.known_suffix(args.out))):
+        parser.error(f"--out {args.out}: give a file name ending .csv, .md or .txt (or none), or a --format")
     args.uri = take_uri_credentials(args.uri)  # user:password into MLflow's variables: in no message or command
     try:
         tracking.require_server(args.uri)

@@ -129,6 +129,15 @@ def test_csv_out_matches_store_exactly(store, tmp_path):
     assert out.read_bytes() == before  # a file already there is replaced only when the user says so
     forced = imgclf_runs("--uri", store["uri"], "--out", str(out), "--metric", "test/acc", "--force", cwd=tmp_path)
     assert forced.returncode == 0 and out.read_bytes() != before
+    for args, says in (  # a folder's name, an unknown suffix, an empty filter: refused, nothing written
+        (["--out", f"{tmp_path}/new/"], "give a file name ending .csv, .md or .txt (or none), or a --format"),
+        (["--out", str(tmp_path / "runs.xlsx")], f"--out {tmp_path / 'runs.xlsx'}: give a file name ending .csv"),
+        (["--sweep", ""], "--sweep was given an empty value (it would mean none given)"),
+        (["--parent", " "], "--parent was given an empty value"),
+    ):
+        refused = imgclf_runs("--uri", store["uri"], *args, cwd=tmp_path)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv"]
 
 
 def test_markdown_is_a_pipe_table(store):

@@ -186,6 +186,12 @@ def format_table(rows: list[RunRow], columns: list[Column], fmt: str = "table") 
     )
 
 
+def known_suffix(path: str) -> bool:
+    """A file name whose suffix says a format (.csv, .md), or the text table's (.txt, or none)."""
+    suffix = Path(path).suffix.lower()
+    return suffix in ("", ".txt") or suffix in SUFFIX_FORMATS
+
+
 def format_for(path: str, fmt: str | None) -> str:
     """The explicit format, else the one the file suffix names (.csv, .md), else the text table."""
     if fmt:
