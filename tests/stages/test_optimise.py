@@ -181,3 +181,31 @@ def test_tensorrt_int8_source_is_symmetric_qdq(project, tmp_path):
         int32 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT32}
         dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
         assert bool(int32 & dequantized) != symmetric
+
+
+def test_a_model_onnxruntime_has_no_kernel_for_is_one_line(tmp_path):
+    """An ONNX opset past what this onnxruntime runs (export.opset takes any onnx reads): the INT8 twin's
+    DequantizeLinear at opset 28 is one line naming the operator and export.opset, not onnxruntime's traceback."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from imgclf.deploy.quantize import onnx_logits
+    from imgclf.errors import BadInput
+
+    consts = [
+        numpy_helper.from_array(np.array(v, t), n)
+        for n, v, t in (("w", [[1, 1]], np.int8), ("s", 0.5, np.float32), ("z", 0, np.int8))
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["dw"]), helper.make_node("Add", ["images", "dw"],
+                                                                                           ["logits"])],
+        "int8",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+        consts,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 28)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "model.onnx")
+    with pytest.raises(BadInput, match=r"cannot run model.onnx \(.*DequantizeLinear\(28\).*\): export at a lower"):
+        onnx_logits(tmp_path / "model.onnx")

@@ -127,7 +127,14 @@ def build_tensorrt(source: Path, out: Path, what: str = "optimise=tensorrt") -> 
 def onnx_logits(path: Path) -> Runner:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own: an operator at an opset this version has no kernel for
+        if "NOT_IMPLEMENTED" not in str(exc):
+            raise
+        said = str(exc).split("NOT_IMPLEMENTED : ")[-1].splitlines()[0][:160]
+        why = f"onnxruntime {ort.__version__} cannot run {path.name} ({said}): export at a lower export.opset"
+        raise BadInput(why) from None
     return lambda images: session.run(["logits"], {"images": images})[0]
 
 
