@@ -182,8 +182,13 @@ def test_sigterm_marks_the_run_killed_and_leaves_a_checkpoint(tiny_project, proj
     ckpt = torch.load(last, weights_only=True)
     assert MlflowClient(tracking_uri=uri).get_run(ckpt["run_id"]).info.status == "KILLED"
     never = stage_main("train", train_cmd(uri, "trainer.epochs=1", "trainer.resume=never")[3:], tiny_project)
-    assert never.returncode == 0 and "resuming" not in never.stdout + never.stderr
+    assert never.returncode == 0 and " after epoch " not in never.stdout + never.stderr  # not resumed
     assert json.loads((tiny_project / "models/run.json").read_text())["run_id"] != ckpt["run_id"]
+    # the interrupted run is set aside, not overwritten then removed by the new one: it can still be resumed
+    (aside,) = tiny_project.glob("checkpoints/set-aside-*/last.pt")
+    assert torch.load(aside, weights_only=True)["run_id"] == ckpt["run_id"] and aside.with_name("best.pt").is_file()
+    said = f"checkpoints/last.pt: trainer.resume=never; moved aside to {aside.relative_to(tiny_project)}, starting"
+    assert f"not resuming from {said} a new run" in never.stdout + never.stderr
 
 
 def test_torchrun_two_gloo_processes_train_what_one_process_trains(tiny_project, project_env):

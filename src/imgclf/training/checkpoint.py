@@ -168,6 +168,17 @@ def find_resume_checkpoint(resume: str, directory: Path, fingerprint: dict) -> R
     return Resume(path, state, why)
 
 
+def set_aside_others(directory: Path, resume: str, resuming: Resume | None) -> None:
+    """Before a run writes into `directory`: an interrupted run's last.pt (and best.pt) there that it does not resume
+    (trainer.resume=never) goes into a folder of their own, as another config's does: nothing a run can resume is
+    overwritten or removed."""
+    last = directory / LAST
+    if not last.is_file() or resuming is not None:
+        return
+    log.warning("not resuming from %s: trainer.resume=%s; %s, starting a new run (trainer.resume=PATH resumes it)",
+                last, resume, _set_aside(last))  # fmt: skip
+
+
 TRAINING_KEYS = {"run_id", "model", "optimizer", "epoch", "history", "best_epoch", "best_metrics", "rng"}
 
 

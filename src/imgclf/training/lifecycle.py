@@ -31,6 +31,7 @@ from imgclf.training.checkpoint import (
     fingerprint,
     load_training_state,
     save_training_state,
+    set_aside_others,
 )
 from imgclf.training.engine import FitState, NonFiniteLoss, fit
 from imgclf.training.finetune import Prepared
@@ -72,7 +73,10 @@ class TrainingRun:
             data_version=data_version(paths.split(dataset)),
             code_version=code_version(),
         )
-        return cls(paths, current, find_resume_checkpoint(resume, paths.checkpoints, current))
+        resuming = find_resume_checkpoint(resume, paths.checkpoints, current)
+        if dist.is_main():  # one process moves files
+            set_aside_others(paths.checkpoints, resume, resuming)
+        return cls(paths, current, resuming)
 
     @contextmanager
     def open(
