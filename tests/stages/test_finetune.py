@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -327,3 +328,30 @@ def test_a_resume_follows_the_content_of_the_weights_file_it_started_from(tiny_c
     assert TrainingRun.plan(paths, "auto", config, dataset="tiny").fingerprint == before  # same bytes: resumable
     torch.save({k: v + 1 for k, v in torch.load(weights).items()}, weights)
     assert TrainingRun.plan(paths, "auto", config, dataset="tiny").fingerprint["config"] != before["config"]
+
+
+def test_a_forced_resume_sets_aside_the_interrupted_run_in_checkpoints_first(tiny_cfg, tiny_project, caplog):
+    """Run A set aside by run B (another lr), B interrupted in checkpoints/; resuming A's set-aside last.pt must not
+    overwrite, then remove, B's last.pt and best.pt: they go into a set-aside folder of their own."""
+    from omegaconf import OmegaConf
+
+    from imgclf.paths import Paths
+    from imgclf.training.lifecycle import TrainingRun
+
+    cfg = tiny_cfg()
+    config, paths = OmegaConf.to_container(cfg, resolve=True), Paths.from_config(cfg.paths)
+    state = {"optimizer": {}, "epoch": 1, "history": [], "best_epoch": 1, "best_metrics": {}, "rng": {}}
+    model = build_model("test_resnet", 3, source="timm").state_dict()
+    a, b = paths.checkpoints / "set-aside-a", paths.checkpoints
+    a.mkdir(parents=True)
+    for folder, run_id in ((a, "run-a"), (b, "run-b")):
+        torch.save({**state, "model": model, "run_id": run_id, "fingerprint": run_id}, folder / "last.pt")
+        torch.save({"model": model, "epoch": 1}, folder / "best.pt")
+    caplog.set_level(logging.WARNING, logger="imgclf")
+    run = TrainingRun.plan(paths, str(a / "last.pt"), config, dataset="tiny")
+    assert run.resume.state["run_id"] == "run-a" and (a / "last.pt").is_file()  # A stays where it was
+    assert not (b / "last.pt").exists() and not (b / "best.pt").exists()  # nothing left for A's run to overwrite
+    (aside,) = [p for p in paths.checkpoints.glob("set-aside-*/last.pt") if p.parent != a]
+    assert torch.load(aside)["run_id"] == "run-b" and aside.with_name("best.pt").is_file()
+    said = f"trainer.resume={a / 'last.pt'}; moved aside to {aside}, resuming {a / 'last.pt'} instead"
+    assert f"not resuming from {b / 'last.pt'}: {said}" in caplog.text

@@ -170,13 +170,14 @@ def find_resume_checkpoint(resume: str, directory: Path, fingerprint: dict) -> R
 
 def set_aside_others(directory: Path, resume: str, resuming: Resume | None) -> None:
     """Before a run writes into `directory`: an interrupted run's last.pt (and best.pt) there that it does not resume
-    (trainer.resume=never) goes into a folder of their own, as another config's does: nothing a run can resume is
-    overwritten or removed."""
+    (trainer.resume=never, or a PATH elsewhere: a set-aside one) goes into a folder of their own, as another config's
+    does: nothing a run can resume is overwritten or removed."""
     last = directory / LAST
-    if not last.is_file() or resuming is not None:
+    if not last.is_file() or (resuming is not None and resuming.path.resolve() == last.resolve()):
         return
-    log.warning("not resuming from %s: trainer.resume=%s; %s, starting a new run (trainer.resume=PATH resumes it)",
-                last, resume, _set_aside(last))  # fmt: skip
+    then = f"resuming {resuming.path} instead" if resuming else "starting a new run"
+    log.warning("not resuming from %s: trainer.resume=%s; %s, %s (trainer.resume=PATH resumes it)", last, resume,
+                _set_aside(last), then)  # fmt: skip
 
 
 TRAINING_KEYS = {"run_id", "model", "optimizer", "epoch", "history", "best_epoch", "best_metrics", "rng"}
