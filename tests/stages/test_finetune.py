@@ -182,12 +182,17 @@ def test_sigterm_marks_the_run_killed_and_leaves_a_checkpoint(tiny_project, proj
     assert err.splitlines()[-1] == "stopped by SIGTERM" and "Traceback" not in err, err[-3000:]
     ckpt = torch.load(last, weights_only=True)
     assert MlflowClient(tracking_uri=uri).get_run(ckpt["run_id"]).info.status == "KILLED"
+    assert ckpt["network"] == "timm/test_resnet, 3 classes"  # named when a resume's weights do not fit
+    best = last.with_name("best.pt").is_file()  # a SIGTERM right after last.pt comes before best.pt
     never = stage_main("train", train_cmd(uri, "trainer.epochs=1", "trainer.resume=never")[3:], tiny_project)
     assert never.returncode == 0 and " after epoch " not in never.stdout + never.stderr  # not resumed
     assert json.loads((tiny_project / "models/run.json").read_text())["run_id"] != ckpt["run_id"]
     # the interrupted run is set aside, not overwritten then removed by the new one: it can still be resumed
     (aside,) = tiny_project.glob("checkpoints/set-aside-*/last.pt")
-    assert torch.load(aside, weights_only=True)["run_id"] == ckpt["run_id"] and aside.with_name("best.pt").is_file()
+    assert (
+        torch.load(aside, weights_only=True)["run_id"] == ckpt["run_id"]
+        and aside.with_name("best.pt").is_file() == best
+    )
     said = f"checkpoints/last.pt: trainer.resume=never; moved aside to {aside.relative_to(tiny_project)}, starting"
     assert f"not resuming from {said} a new run" in never.stdout + never.stderr
 
@@ -355,3 +360,24 @@ def test_a_forced_resume_sets_aside_the_interrupted_run_in_checkpoints_first(tin
     assert torch.load(aside)["run_id"] == "run-b" and aside.with_name("best.pt").is_file()
     said = f"trainer.resume={a / 'last.pt'}; moved aside to {aside}, resuming {a / 'last.pt'} instead"
     assert f"not resuming from {b / 'last.pt'}: {said}" in caplog.text
+
+
+def test_a_forced_resume_of_another_network_is_one_line_before_its_mlflow_run_is_reopened(tiny_project, project_env):
+    """trainer.resume=PATH of a test_resnet checkpoint with model.name=test_vit: one line naming both networks, and
+    the interrupted run it names keeps its status (KILLED), instead of a load_state_dict traceback and a FAILED run."""
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    killed = client.create_run(client.create_experiment("test")).info.run_id
+    client.set_terminated(killed, "KILLED")
+    state = {"optimizer": {}, "epoch": 1, "history": [], "best_epoch": 1, "best_metrics": {}, "rng": {}}
+    model = build_model("test_resnet", 3, source="timm").state_dict()
+    last = tiny_project / "checkpoints/set-aside-a/last.pt"
+    last.parent.mkdir(parents=True)
+    torch.save({**state, "model": model, "run_id": killed, "fingerprint": {}, "network": "timm/test_resnet"}, last)
+    done = stage_main("train", train_cmd(uri, f"trainer.resume={last}", "model.name=test_vit")[3:], tiny_project)
+    err = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "state_dict" not in done.stderr, err[-5:]
+    said = f"error: trainer.resume={last}: the checkpoint's network (timm/test_resnet) does not match the config's "
+    assert err[-1].startswith(said + "(timm/test_vit, 3 classes): ") and "trainer.resume=never" in err[-1]
+    assert client.get_run(killed).info.status == "KILLED"
+    assert [r.info.run_id for r in client.search_runs(client.get_experiment_by_name("test").experiment_id)] == [killed]

@@ -94,6 +94,7 @@ def save_training_state(
     run_id: str | None,
     fingerprint: dict,
     best_improved: bool,
+    network: str | None = None,
 ) -> None:
     """last.pt every epoch (model, optimizer, scheduler, scaler, epoch, RNG, run id); best.pt when val/acc improved."""
     scheduler, scaler = objects.scheduler, objects.scaler
@@ -111,6 +112,7 @@ def save_training_state(
         "rng": rng_state(objects.generators),
         "run_id": run_id,
         "fingerprint": fingerprint,
+        "network": network,  # what built the weights (source/name, classes): named when a resume cannot load them
     }
     with atomic_path(directory / LAST) as tmp:
         torch.save(state, tmp)
@@ -166,6 +168,24 @@ def find_resume_checkpoint(resume: str, directory: Path, fingerprint: dict) -> R
             return None
         log.warning("resuming from %s although %s: its MLflow run keeps the params it was started with", path, why)
     return Resume(path, state, why)
+
+
+def check_network(resume: Resume, network: str, shapes: dict[str, tuple]) -> None:
+    """A checkpoint whose weights do not fit the network the config builds (`shapes`): one line naming both, before
+    any MLflow run is reopened (load_state_dict would list every key, and the resumed run would end FAILED)."""
+    saved = {k: tuple(getattr(v, "shape", ())) for k, v in resume.state["model"].items()}
+    if saved == shapes:
+        return
+    counts = {
+        "missing from it": len(shapes.keys() - saved.keys()),
+        "not in the config's network": len(saved.keys() - shapes.keys()),
+        "shaped differently": sum(saved[k] != shapes[k] for k in saved.keys() & shapes.keys()),
+    }
+    detail = ", ".join(f"{n} weights {what}" for what, n in counts.items() if n)
+    theirs = resume.state.get("network") or "unnamed: written by an older imgclf"
+    raise BadInput(f"trainer.resume={resume.path}: the checkpoint's network ({theirs}) does not match the config's "
+                   f"({network}): {detail}; resume it with the model and data it was trained with, or start afresh "
+                   "with trainer.resume=never")  # fmt: skip
 
 
 def set_aside_others(directory: Path, resume: str, resuming: Resume | None) -> None:

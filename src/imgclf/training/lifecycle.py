@@ -16,7 +16,7 @@ from typing import Any
 
 from imgclf import tracking
 from imgclf.data.download import file_digest
-from imgclf.data.split import data_version
+from imgclf.data.split import data_version, read_labels
 from imgclf.files import atomic_path, remove_orphans, write_json, write_text
 from imgclf.models.saved import save_checkpoint
 from imgclf.paths import Paths
@@ -27,6 +27,7 @@ from imgclf.training import distributed as dist
 from imgclf.training.checkpoint import (
     Resumable,
     Resume,
+    check_network,
     find_resume_checkpoint,
     fingerprint,
     load_training_state,
@@ -54,8 +55,8 @@ class Stopping:
 class TrainingRun:
     """One training run: rank 0 owns the MLflow run and writes checkpoints and outputs; other ranks only train."""
 
-    def __init__(self, paths: Paths, fingerprint: dict, resume: Resume | None = None):
-        self.paths, self.fingerprint, self.resume = paths, fingerprint, resume
+    def __init__(self, paths: Paths, fingerprint: dict, resume: Resume | None = None, network: str | None = None):
+        self.paths, self.fingerprint, self.resume, self.network = paths, fingerprint, resume, network
         self.run_id: str | None = None
 
     @classmethod
@@ -74,9 +75,12 @@ class TrainingRun:
             code_version=code_version(),
         )
         resuming = find_resume_checkpoint(resume, paths.checkpoints, current)
+        model, network, classes = config["model"], network_name(config, paths, dataset), _classes(paths, dataset)
+        if resuming is not None and resuming.mismatch and classes:  # forced across a change: may not fit the network
+            check_network(resuming, network, network_shapes(model["source"], model["name"], classes))
         if dist.is_main():  # one process moves files
             set_aside_others(paths.checkpoints, resume, resuming)
-        return cls(paths, current, resuming)
+        return cls(paths, current, resuming, network)
 
     @contextmanager
     def open(
@@ -136,6 +140,7 @@ class TrainingRun:
                     run_id=self.run_id,
                     fingerprint=self.fingerprint,
                     best_improved=fit_state.best_epoch == epoch,
+                    network=self.network,
                 )
                 tracking.log_metrics(metrics, step=epoch)
 
@@ -189,6 +194,31 @@ class TrainingRun:
             remove_orphans(self.paths.checkpoints / name)  # halves of writes a SIGKILL interrupted
         with contextlib.suppress(OSError):  # no empty folder left behind; one holding anything else stays
             self.paths.checkpoints.rmdir()
+
+
+def _classes(paths: Paths, dataset: str) -> int | None:
+    labels = paths.labels(dataset)
+    return len(read_labels(labels)) if labels.is_file() else None  # no split yet: building the model says so
+
+
+def network_name(config: Mapping[str, Any], paths: Paths, dataset: str) -> str:
+    """What the config builds, in words a checkpoint keeps: `timm/test_resnet, 3 classes`."""
+    model, classes = config["model"], _classes(paths, dataset)
+    return f"{model['source']}/{model['name']}" + (f", {classes} classes" if classes else "")
+
+
+def network_shapes(source: str, name: str, classes: int) -> dict[str, tuple]:
+    """The name and shape of every weight of the network the config builds (on the meta device: no memory)."""
+    import torch
+
+    from imgclf.models.build import build_model
+
+    try:
+        with torch.device("meta"):
+            network = build_model(name, classes, source=source)
+    except (NotImplementedError, RuntimeError):  # an architecture whose init reads values: built for real
+        network = build_model(name, classes, source=source)
+    return {k: tuple(v.shape) for k, v in network.state_dict().items()}
 
 
 def run_tags(
