@@ -199,6 +199,21 @@ def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatc
         assert len(lines) == 1 and lines[0].startswith(said), lines
 
 
+def test_a_deletion_is_checked_like_any_override(capsys, monkeypatch):
+    """`~KEY` (no `=`) was never checked: a traceback in `imgclf check`, Hydra's lines or a traceback in a stage."""
+    from imgclf.cli import check
+
+    monkeypatch.chdir(ROOT)
+    dropped = "error: bad interpolation: Interpolation key 'augment.tta' not found (~augment drops a key the config"
+    unknown = "error: unknown key 'trainer.epochz' (did you mean trainer.epochs?); trainer has: epochs, min_epochs,"
+    for argv, said in ((["~augment"], dropped), (["~trainer.epochz"], unknown)):
+        assert check(argv) == 2
+        out = capsys.readouterr()
+        assert out.err.startswith(said) and out.err.count("\n") == 1, out.err
+        done = stage_main("train", argv, ROOT)
+        assert done.returncode == 2 and done.stderr.startswith(said) and done.stderr.count("\n") == 1, done.stderr
+
+
 def test_a_stage_or_check_typed_outside_the_project_is_one_line(tmp_path):
     """`imgclf train` in a folder without conf/ was Hydra's seven lines on its search path; `imgclf check` a
     traceback. A bare word is one line too, in the stage as in `imgclf check`."""

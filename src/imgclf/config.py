@@ -121,7 +121,7 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
     from hydra.errors import HydraException
 
     groups = config_groups(root)
-    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = [a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith("-")]  # ~KEY: a deletion
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(args)
@@ -154,7 +154,9 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
     try:
         OmegaConf.resolve(cfg)  # an interpolation the overrides broke (${oops}) fails here, not in a stage
     except OmegaConfBaseException as exc:
-        return f"bad interpolation: {str(exc).splitlines()[0]}"
+        dropped = [a for a in args if a.startswith("~")]
+        why = f" ({dropped[0]} drops a key the config reads: keep it or override the key reading it)" if dropped else ""
+        return f"bad interpolation: {str(exc).splitlines()[0]}{why}"
     return None
 
 
@@ -168,15 +170,15 @@ def yaml_error(exc: Exception) -> str:
 
 def _explain(message: str, overrides: list[str], root: str | Path) -> str:
     """Hydra's "Could not override 'a.b'" as one line naming the keys that `a` has."""
-    found = re.search(r"Could not override '([^']+)'", message)
+    found = re.search(r"Could not override '([^']+)'|Could not delete from config\. '([^']+)' does not exist", message)
     if "Could not load 'model/_base'" in message:  # a model file of the user's, from before the base moved
         return f"{message.splitlines()[0]} The keys every model starts from are in conf/model_base.yaml now: " + (
             "write `- /model_base@_here_` in its defaults list instead of `- _base`"
         )
     if not found:
         return message.splitlines()[0]
-    key = found.group(1)
-    cfg = compose([o for o in overrides if not o.startswith(f"{key}=")], root, resolve=False)
+    key = found.group(1) or found.group(2)
+    cfg = compose([o for o in overrides if o.lstrip("+~").partition("=")[0] != key], root, resolve=False)
     node, parts = cfg, key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, DictConfig) or part not in node:
@@ -184,7 +186,7 @@ def _explain(message: str, overrides: list[str], root: str | Path) -> str:
             valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else "no sub-keys"
             prefix = ".".join(parts[:i]) + "." if i else ""
             hint = did_you_mean(part, node.keys(), prefix) if isinstance(node, DictConfig) else ""
-            advice = "" if hint else f" (use +{key}=... to add a new key)"
+            advice = "" if hint or found.group(2) else f" (use +{key}=... to add a new key)"
             return f"unknown key '{key}'{hint}; {parent} has: {valid}{advice}"
         node = node[part]
     return message.splitlines()[0]
