@@ -214,6 +214,24 @@ def test_a_deletion_is_checked_like_any_override(capsys, monkeypatch):
         assert done.returncode == 2 and done.stderr.startswith(said) and done.stderr.count("\n") == 1, done.stderr
 
 
+def test_check_refuses_a_sweep_dvc_cannot_queue_in_one_line(capsys, monkeypatch):
+    """interval(), tag() and glob() were Hydra's traceback in `imgclf check` (it enumerated them as DVC's grid)."""
+    from imgclf.cli import check
+
+    monkeypatch.chdir(ROOT)
+    grid = "takes a list (a,b) or range(start,stop,step) only; interval() and tag() are for an Optuna sweep"
+    for value in ("optim.lr=interval(0,1)", "optim.lr=tag(log,interval(0.01,1))", "optim.lr=glob(*)", "model=glob(*)"):
+        assert check(["-S", value]) == 2
+        out = capsys.readouterr()
+        assert out.err.startswith(f"error: {value}: dvc exp run -S (and its queue's grid) {grid}"), out.err
+        assert out.err.count("\n") == 1
+    assert check(["-S", "model=interval(0,1)"]) == 2
+    said = "error: bad override 'model=interval(0,1)': a group takes its options as a list (a,b) or glob(*)"
+    assert capsys.readouterr().err.startswith(said)
+    assert check_overrides(["-m", "model=glob(vgg*)"]) is None  # Hydra's -m takes a glob over a group's options
+    assert check_overrides(["-m", "model=glob(zz*)"]).startswith("unknown model 'glob(zz*)'; choose one of: alexnet")
+
+
 def test_a_stage_or_check_typed_outside_the_project_is_one_line(tmp_path):
     """`imgclf train` in a folder without conf/ was Hydra's seven lines on its search path; `imgclf check` a
     traceback. A bare word is one line too, in the stage as in `imgclf check`."""

@@ -381,7 +381,11 @@ def check(argv: list[str]) -> int:
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    runs = _experiments(overrides)  # `-S a=1,2 -S b=x,y`: DVC queues the grid; each one is checked
+    try:
+        runs = _experiments(overrides)  # `-S a=1,2 -S b=x,y`: DVC queues the grid; each one is checked
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for run in runs:
         try:
             cfg = compose(run)
@@ -403,6 +407,12 @@ def _experiments(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
+    for text, o in zip(overrides, parsed):
+        if o.is_sweep_override() and type(o.value()).__name__ not in ("ChoiceSweep", "RangeSweep"):
+            raise BadInput(
+                f"{text}: dvc exp run -S (and its queue's grid) takes a list (a,b) or range(start,stop,step) only; "
+                "interval() and tag() are for an Optuna sweep (imgclf train -m +sweep=...), glob() for Hydra's -m"
+            )
     values = [
         [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [text]
         for text, o in zip(overrides, parsed)

@@ -133,7 +133,9 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
         if key.startswith("hydra"):
             continue
         if key in groups and not ov.is_delete():
-            values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+            values = _choices(ov, groups[key])
+            if values is None:
+                return f"bad override {text!r}: a group takes its options as a list (a,b) or glob(*), not interval()"
             bad = [v for v in values if v not in groups[key]]
             if bad:
                 hint = did_you_mean(bad[0], groups[key], f"{key}=")
@@ -158,6 +160,17 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
         why = f" ({dropped[0]} drops a key the config reads: keep it or override the key reading it)" if dropped else ""
         return f"bad interpolation: {str(exc).splitlines()[0]}{why}"
     return None
+
+
+def _choices(ov, options: list[str]) -> list[str] | None:
+    """The options a group override names (a glob's, matched against conf/'s files); None for an interval."""
+    if not ov.is_sweep_override():
+        return [ov.get_value_element_as_str()]
+    if ov.is_interval_sweep():
+        return None
+    if type(ov.value()).__name__ == "Glob":
+        return ov.value().filter(options) or [f"glob({','.join(ov.value().include)})"]
+    return list(ov.sweep_string_iterator())
 
 
 def yaml_error(exc: Exception) -> str:
