@@ -113,6 +113,12 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("data.name", "a/b", "data.name='a/b' is not valid: a plain name"),
         ("data.name", ".hidden", "data.name='.hidden' is not valid: a plain name"),
         ("data.name", "", "data.name='' is not valid: a plain name"),
+        # what instantiate takes: checked against the target's signature, not in training (a FAILED run)
+        ("optim.foo", 1, "unknown key 'optim.foo'; torch.optim.AdamW takes: lr, betas, eps, weight_decay, amsgrad"),
+        ("optim.nesterov", True, "unknown key 'optim.nesterov'; torch.optim.AdamW takes: lr, betas,"),
+        ("optim._target_", "torch.optim.Nope", "optim._target_=torch.optim.Nope is not valid: no class or function"),
+        ("optim.fused", "maybe", "optim.fused='maybe' is not valid: true or false"),
+        ("schedule.gamma", 0.5, "unknown key 'schedule.gamma'; imgclf.training.optimizers."),
     ],
 )
 def test_each_bad_value_gets_one_line_naming_key_and_what_is_valid(default_config, key, value, says):

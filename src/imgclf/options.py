@@ -250,6 +250,34 @@ class Model(Group):
             raise BadInput(f"{where}.weights={shown} {what}: give a .pth, .safetensors or model.pt file")
 
 
+def check_keywords(target: str, keywords: Mapping[str, Any], where: str, bound: tuple[str, ...]) -> None:
+    """Refuse a `_target_` that imports nothing, a keyword it does not take (`instantiate` would fail in training,
+    a FAILED run) and a flag that is no boolean (`fused=maybe` is truthy); `bound` are the arguments the stage gives."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        made = get_object(target)
+    except Exception:  # Hydra's ImportError, several lines
+        raise BadInput(f"{where}._target_={target} is not valid: no class or function of that name imports") from None
+    try:
+        params = inspect.signature(made).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): instantiate is the check
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n, p in params.items() if n not in bound and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key, value in keywords.items():
+        if key not in takes:
+            hint = did_you_mean(key, takes, f"{where}.")
+            raise BadInput(f"unknown key '{where}.{key}'{hint}; {target} takes: {', '.join(takes)}")
+        default = params[key].default
+        flag = isinstance(default, bool) or "bool" in str(params[key].annotation)
+        if flag and not isinstance(value, bool) and not (value is None and default is None):
+            raise BadInput(f"{where}.{key}={value!r} is not valid: true or false")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Optim(Group):
     """The optimizer class (`_target_`) and its arguments; lr and weight_decay reach it only through the parameter
@@ -268,8 +296,13 @@ class Optim(Group):
         """The optimizer class with its keywords bound: call it with parameter groups."""
         from hydra.utils import instantiate
 
-        keywords = {**({"momentum": self.momentum} if self.momentum is not None else {}), **self.extra}
-        return instantiate({"_target_": self._target_, "_partial_": True, **keywords})
+        return instantiate({"_target_": self._target_, "_partial_": True, **self.keywords()})
+
+    def keywords(self) -> dict[str, Any]:
+        return {**({"momentum": self.momentum} if self.momentum is not None else {}), **self.extra}
+
+    def check(self, where: str) -> None:
+        check_keywords(self._target_, {"lr": self.lr, **self.keywords()}, where, ("params",))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,9 +321,14 @@ class Schedule(Group):
         """The schedule with its arguments bound: call it with (optimizer, epochs=, steps_per_epoch=)."""
         from hydra.utils import instantiate
 
+        return instantiate({"_target_": self._target_, "_partial_": True, **self.keywords()})
+
+    def keywords(self) -> dict[str, Any]:
         names = ("pct_start", "warmup_epochs", "min_lr_ratio", "step_epochs", "gamma")
-        keywords = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        return instantiate({"_target_": self._target_, "_partial_": True, **keywords})
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    def check(self, where: str) -> None:
+        check_keywords(self._target_, self.keywords(), where, ("optimizer", "epochs", "steps_per_epoch"))
 
 
 @dataclass(frozen=True, kw_only=True)
