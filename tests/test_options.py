@@ -119,6 +119,11 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("optim._target_", "torch.optim.Nope", "optim._target_=torch.optim.Nope is not valid: no class or function"),
         ("optim.fused", "maybe", "optim.fused='maybe' is not valid: true or false"),
         ("schedule.gamma", 0.5, "unknown key 'schedule.gamma'; imgclf.training.optimizers."),
+        # a folder a stage writes into: checked up front, not when training first saves into it
+        ("paths.checkpoints", "/proc/x", "paths.checkpoints='/proc/x' cannot be written: /proc takes no files"),
+        ("paths.models", "/dev/null", "paths.models='/dev/null' is a file, not a folder"),
+        ("paths.reports", "/dev/null/x", "paths.reports='/dev/null/x' cannot be made: /dev/null is a file"),
+        ("paths.data", " ", "paths.data=' ' is blank: give a folder"),
     ],
 )
 def test_each_bad_value_gets_one_line_naming_key_and_what_is_valid(default_config, key, value, says):

@@ -168,6 +168,28 @@ class Folders(Group):
     checkpoints: str = rule(TEXT)
     relabel: str = rule(TEXT, "relabel")
 
+    def check(self, where: str) -> None:
+        for f in dataclasses.fields(self):
+            if why := unmakeable_folder(getattr(self, f.name)):
+                raise BadInput(f"{where}.{f.name}={getattr(self, f.name)!r} {why}")
+
+
+def unmakeable_folder(path: str) -> str | None:
+    """Why `path` cannot be a folder a stage writes into (a file, under a file, a pseudo filesystem such as /proc, no
+    write access, blank), or None: it is one or can be made. Nothing is made here."""
+    if not path.strip():
+        return "is blank: give a folder"
+    target = Path(os.path.expanduser(path)).absolute()
+    if target.exists() and not target.is_dir():
+        return "is a file, not a folder: give a folder (it is made when missing)"
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        return f"cannot be made: {existing} is a file"
+    stats = os.statvfs(existing)
+    if stats.f_blocks == 0 or not os.access(existing, os.W_OK | os.X_OK):  # /proc, /sys: no space to write
+        return f"cannot be written: {existing} takes no files (give a folder you can write, or one that can be made)"
+    return None
+
 
 @dataclass(frozen=True, kw_only=True)
 class Split(Group):
