@@ -99,6 +99,14 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("export.opset", 99, "export.opset=99 is not valid: an integer from 18 to "),  # torch kept 18, silently
         ("tracking.uri", "mlruns", "tracking.uri='mlruns' is not a tracking store imgclf can use: give sqlite:///"),
         ("tracking.uri", "bogus://x", "tracking.uri='bogus://x' is not a tracking store imgclf can use"),
+        # SQLAlchemy failed on these for half an hour of retries, or made the missing folders
+        ("tracking.uri", "sqlite:///", "tracking.uri='sqlite:///' names no database file: give sqlite:///PATH"),
+        ("tracking.uri", "sqlite://", "tracking.uri='sqlite://' names no database file"),
+        (
+            "tracking.uri",
+            "sqlite:////nonexistent/dir/m.db",
+            "tracking.uri='sqlite:////nonexistent/dir/m.db': the folder /nonexistent/dir does not exist; create it",
+        ),
         ("export.registered_name", "a/b", "export.registered_name='a/b' is not valid: null, or a name for MLflow's"),
         ("export.registered_name", " ", "export.registered_name=' ' is not valid: null, or a name for MLflow's"),
         ("export.registered_name", "x:1", "export.registered_name='x:1' is not valid"),

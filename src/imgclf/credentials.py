@@ -87,9 +87,28 @@ def store_scheme(uri: str) -> str:
 def unknown_store(uri: str) -> str | None:
     """Why `uri` is no tracking store imgclf can use (one line naming what is valid), or None. MLflow's file store
     (`mlruns`, `file:///...`) is in maintenance mode and takes no model registry: a folder given here is refused."""
+    if store_scheme(uri) == "sqlite":
+        return sqlite_file_error(uri)
     if store_scheme(uri) in STORE_SCHEMES:
         return None
     return (
         f"{uri!r} is not a tracking store imgclf can use: give sqlite:///PATH (a file, made if missing), "
         "http(s)://HOST:PORT (mlflow server) or postgresql://... / mysql://... (a database)"
     )
+
+
+def sqlite_file_error(uri: str) -> str | None:
+    """Why an sqlite URI names no database file imgclf can open (none given, its folder missing: SQLAlchemy would
+    make the folders, or fail for half an hour of retries), or None."""
+    from pathlib import Path
+
+    rest = uri.split("://", 1)[1] if "://" in uri else ""
+    path = (rest[1:] if rest.startswith("/") else rest).split("?")[0]  # sqlite:///rel.db, sqlite:////abs/m.db
+    if not path.strip() or path == ":memory:":
+        return f"{uri!r} names no database file: give sqlite:///PATH (sqlite:///mlflow.db, sqlite:////abs/mlflow.db)"
+    file = Path(path).expanduser().absolute()
+    if file.is_dir():
+        return f"{uri!r} names a folder: give the database file in it (sqlite:///{path.rstrip('/')}/mlflow.db)"
+    if not file.parent.is_dir():
+        return f"{uri!r}: the folder {file.parent} does not exist; create it first (mkdir -p {file.parent})"
+    return None
