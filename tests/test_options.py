@@ -132,6 +132,10 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("paths.models", "/dev/null", "paths.models='/dev/null' is a file, not a folder"),
         ("paths.reports", "/dev/null/x", "paths.reports='/dev/null/x' cannot be made: /dev/null is a file"),
         ("paths.data", " ", "paths.data=' ' is blank: give a folder"),
+        # the outbox was found bad only once the run was open: a run left RUNNING, an error naming no key
+        ("tracking.outbox", "/proc/x", "tracking.outbox='/proc/x' cannot be written: /proc takes no files"),
+        ("tracking.outbox", " ", "tracking.outbox=' ' is blank: give a folder"),
+        ("tracking.outbox", "/dev/null", "tracking.outbox='/dev/null' is a file, not a folder"),
     ],
 )
 def test_each_bad_value_gets_one_line_naming_key_and_what_is_valid(default_config, key, value, says):

@@ -483,6 +483,8 @@ class Tracking(Group):
     def check(self, where: str) -> None:
         if why := unknown_store(self.uri):
             raise BadInput(f"{where}.uri={why}")
+        if self.outbox is not None and (why := unmakeable_folder(self.outbox)):  # found only once the run was open
+            raise BadInput(f"{where}.outbox={self.outbox!r} {why}")
         # a password in tracking.uri that came from a file (params.yaml, conf/) would reach dvc.lock. On the
         # command line it never gets this far: credentials.strip_overrides moves it into MLflow's variables first
         if HTTP_USERINFO.match(self.uri):
