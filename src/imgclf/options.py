@@ -499,7 +499,7 @@ class Tracking(Group):
 class LrFind(Group):
     start_lr: float = rule(number(0, above=True), 1e-7)
     end_lr: float = rule(number(0, above=True), 10.0)
-    num_batches: int = rule(integer(2), 100)
+    num_batches: int = rule(integer(3), 100)  # the fewest a rate is suggested from (imgclf.training.lr_find)
 
     def check(self, where: str) -> None:
         if self.end_lr <= self.start_lr:

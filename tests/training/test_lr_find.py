@@ -75,3 +75,21 @@ def test_the_plot_leaves_out_the_exploding_tail_as_fast_ai_does(tmp_path):
     assert capped < 0.45  # at most 4 times the lowest loss, where the finder stops
     plot_lr_find(lrs, losses, 1e-3, tmp_path / "lr_find.png")
     assert (tmp_path / "lr_find.png").stat().st_size > 0
+
+
+def test_a_sweep_with_no_rate_to_suggest_writes_null_never_nan(tiny_cfg, tiny_project, monkeypatch, capsys):
+    """Two batches suggested NaN, written into suggestion.json (not JSON); 1e-300..1e300 overflowed to inf."""
+    from imgclf.options import Options
+    from imgclf.training import lr_find as finder
+
+    with pytest.raises(BadInput, match=r"lr_find.num_batches=2 is not valid: an integer >= 3"):
+        Options.from_config(tiny_cfg("lr_find.num_batches=2"))
+    lrs = [finder._rate(1e-300, 1e300, i / 9) for i in range(10)]
+    assert all(np.isfinite(lrs)) and lrs[0] == pytest.approx(1e-300) and lrs[-1] == pytest.approx(1e300)
+    assert np.isnan(suggest([1e-7, 1e-6, 1e-5], [float("inf")] * 3))
+    diverged = finder.LRFind(lrs=[1e-7, 1e-6], losses=[2.0, float("inf")], suggestion=float("nan"))
+    monkeypatch.setattr("imgclf.stages.lr_find.lr_find", lambda *a, **k: diverged)
+    assert np.isnan(find_lr(tiny_cfg()))
+    said = json.loads((tiny_project / "reports/lr_find/suggestion.json").read_text(), parse_constant=pytest.fail)
+    assert said["lr_find/suggested_lr"] is None and said["batches"] == 2
+    assert capsys.readouterr().out.startswith("no learning rate could be suggested: the loss diverged after 2 batches")

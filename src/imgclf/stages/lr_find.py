@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from dataclasses import replace
 
 from omegaconf import DictConfig
@@ -38,7 +39,8 @@ def find_lr(cfg: DictConfig | Options) -> float:
         csv.writer(file).writerows([("lr", "loss"), *zip(result.lrs, result.losses)])
     plot_lr_find(result.lrs, result.losses, result.suggestion, out / "lr_find.png")
     figures = {"lr_find/suggested_lr": result.suggestion, "lr_find/min_loss_lr_over_10": result.minimum_over_10}
-    write_json(out / "suggestion.json", {**figures, "batches": len(result.lrs)})
+    names, figures = list(figures), {k: v for k, v in figures.items() if math.isfinite(v)}  # null: it diverged at once
+    write_json(out / "suggestion.json", {**dict.fromkeys(names, None), **figures, "batches": len(result.lrs)})
     tags = {"imgclf.role": "lr-find", "imgclf.dataset": opts.data.name, "imgclf.model": opts.model.name}
     name = f"lr-find-{opts.model.name}-{opts.data.name}"
     tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
@@ -46,6 +48,12 @@ def find_lr(cfg: DictConfig | Options) -> float:
         tracking.log_config(opts.config)
         tracking.log_metrics(figures)
         tracking.log_artifacts(out, "lr_find")
+    if not math.isfinite(result.suggestion):
+        print(
+            f"no learning rate could be suggested: the loss diverged after {len(result.lrs)} batches (a suggestion "
+            f"needs 3); lower lr_find.end_lr or lr_find.start_lr; plot: {out / 'lr_find.png'}"
+        )
+        return result.suggestion
     log.info(
         "suggested learning rate %.3g (steepest fall of the loss); plot: %s", result.suggestion, out / "lr_find.png"
     )

@@ -34,9 +34,10 @@ def lr_find(
     """Sweep the head's rate from `start_lr` to `end_lr` over `num_batches` (cycling the loader); every param
     group keeps its ratio to the head (a slower backbone stays slower). Stops when the smoothed loss exceeds
     `diverge` times its best. Restores the model's and the optimizer's state afterwards."""
-    if not 0 < start_lr < end_lr or num_batches < 2:
+    if not 0 < start_lr < end_lr or num_batches < MIN_BATCHES:
         raise BadInput(
-            f"lr_find needs 0 < start_lr < end_lr and num_batches >= 2; got {start_lr}, {end_lr}, {num_batches}"
+            f"lr_find needs 0 < start_lr < end_lr and num_batches >= {MIN_BATCHES}; got {start_lr}, {end_lr}, "
+            f"{num_batches}"
         )
     saved = copy.deepcopy(t.model.state_dict()), copy.deepcopy(t.optimizer.state_dict())
     ratios = [g["lr"] / t.optimizer.param_groups[-1]["lr"] for g in t.optimizer.param_groups]
@@ -44,7 +45,7 @@ def lr_find(
     try:
         set_train_mode(t.model, t.frozen_backbone)
         for step, (images, labels) in enumerate(_cycle(loader, num_batches)):
-            lr = start_lr * (end_lr / start_lr) ** (step / (num_batches - 1))
+            lr = _rate(start_lr, end_lr, step / (num_batches - 1))
             for group, ratio in zip(t.optimizer.param_groups, ratios):
                 group["lr"] = lr * ratio
             loss = _step(t, images, labels)
@@ -62,13 +63,23 @@ def lr_find(
     return result
 
 
+MIN_BATCHES = 3  # the fewest a suggestion is made from (a slope between three points)
+
+
+def _rate(start_lr: float, end_lr: float, fraction: float) -> float:
+    """The rate `fraction` of the way from start_lr to end_lr on a log scale (no overflow of end_lr / start_lr)."""
+    return math.exp(math.log(start_lr) + (math.log(end_lr) - math.log(start_lr)) * fraction)
+
+
 def suggest(lrs: list[float], losses: list[float]) -> float:
-    """The rate where the smoothed loss falls fastest against log(lr), ignoring the diverging tail."""
-    if len(lrs) < 3:
+    """The rate where the smoothed loss falls fastest against log(lr), ignoring the diverging tail; NaN when the
+    sweep recorded fewer than MIN_BATCHES losses (it diverged at once) or none is finite."""
+    if len(lrs) < MIN_BATCHES or not any(map(math.isfinite, losses)):
         return float("nan")
     keep = int(np.argmin(losses)) + 1  # up to the lowest loss: past it the loss only rises
     slopes = np.gradient(np.asarray(losses[:keep]), np.log(np.asarray(lrs[:keep]))) if keep >= 3 else None
-    return float(lrs[int(np.argmin(slopes))]) if slopes is not None else float(lrs[keep - 1]) / 10
+    found = float(lrs[int(np.argmin(slopes))]) if slopes is not None else float(lrs[keep - 1]) / 10
+    return found if math.isfinite(found) else float("nan")
 
 
 def _cycle(loader, n: int):
