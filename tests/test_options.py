@@ -108,7 +108,7 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
             "tracking.uri='sqlite:////nonexistent/dir/m.db': the folder /nonexistent/dir does not exist; create it",
         ),
         ("export.registered_name", "a/b", "export.registered_name='a/b' is not valid: null, or a name for MLflow's"),
-        ("export.registered_name", " ", "export.registered_name=' ' is not valid: null, or a name for MLflow's"),
+        ("export.registered_name", " ", "export.registered_name=' ' is not valid: null or a non-blank string"),
         ("export.registered_name", "x:1", "export.registered_name='x:1' is not valid"),
         ("model.image_size", 48, "model.image_size=48 is too small for alexnet: it needs at least 63 px"),
         ("trainer.amp", "yes", "trainer.amp='yes' is not valid: true or false"),
@@ -131,10 +131,13 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("paths.checkpoints", "/proc/x", "paths.checkpoints='/proc/x' cannot be written: /proc takes no files"),
         ("paths.models", "/dev/null", "paths.models='/dev/null' is a file, not a folder"),
         ("paths.reports", "/dev/null/x", "paths.reports='/dev/null/x' cannot be made: /dev/null is a file"),
-        ("paths.data", " ", "paths.data=' ' is blank: give a folder"),
+        ("paths.data", " ", "paths.data=' ' is not valid: a non-blank string"),
         # the outbox was found bad only once the run was open: a run left RUNNING, an error naming no key
         ("tracking.outbox", "/proc/x", "tracking.outbox='/proc/x' cannot be written: /proc takes no files"),
-        ("tracking.outbox", " ", "tracking.outbox=' ' is blank: give a folder"),
+        ("tracking.outbox", " ", "tracking.outbox=' ' is not valid: null or a non-blank string"),
+        # blank text passed as non-empty: an experiment named ' '
+        ("tracking.experiment", " ", "tracking.experiment=' ' is not valid: a non-blank string"),
+        ("tracking.run_name", "\t", "tracking.run_name='\\t' is not valid: null or a non-blank string"),
         ("tracking.outbox", "/dev/null", "tracking.outbox='/dev/null' is a file, not a folder"),
     ],
 )

@@ -91,7 +91,7 @@ def triple() -> Rule:
 
 
 BOOLEAN: Rule = ((lambda v: isinstance(v, bool)), "true or false")
-TEXT: Rule = ((lambda v: isinstance(v, str) and v != ""), "a non-empty string")
+TEXT: Rule = ((lambda v: isinstance(v, str) and v.strip() != ""), "a non-blank string")  # ' ' named an experiment
 OPTIONAL_TEXT: Rule = optional(TEXT)
 # data.name is a folder (data/<name>/, whose images fetch replaces) and a file name (relabel/<name>.csv): one plain
 # name, never a path ('..', '/abs', 'a/b') nor a hidden one
