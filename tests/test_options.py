@@ -143,7 +143,7 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
 )
 def test_each_bad_value_gets_one_line_naming_key_and_what_is_valid(default_config, key, value, says):
     with pytest.raises(BadInput) as err:
-        Options.from_config(with_value(default_config, key, value))
+        Options.from_config(with_value(default_config, key, value)).check_targets()  # what train and check ask
     assert says in str(err.value) and "\n" not in str(err.value)
 
 

@@ -389,7 +389,7 @@ def check(argv: list[str]) -> int:
     for run in runs:
         try:
             cfg = compose(run)
-            Options.from_config(cfg)
+            Options.from_config(cfg).check_targets()
             error = missing_for_dvc(cfg)
             if error:
                 raise BadInput(error)

@@ -323,7 +323,7 @@ class Optim(Group):
     def keywords(self) -> dict[str, Any]:
         return {**({"momentum": self.momentum} if self.momentum is not None else {}), **self.extra}
 
-    def check(self, where: str) -> None:
+    def check_target(self, where: str) -> None:
         check_keywords(self._target_, {"lr": self.lr, **self.keywords()}, where, ("params",))
 
 
@@ -349,7 +349,7 @@ class Schedule(Group):
         names = ("pct_start", "warmup_epochs", "min_lr_ratio", "step_epochs", "gamma")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
-    def check(self, where: str) -> None:
+    def check_target(self, where: str) -> None:
         check_keywords(self._target_, self.keywords(), where, ("optimizer", "epochs", "steps_per_epoch"))
 
 
@@ -527,6 +527,14 @@ class Options(Group):
     lr_find: LrFind = field(default_factory=LrFind)
     label_issues: LabelIssues = field(default_factory=LabelIssues)
     config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def check_targets(self) -> Options:
+        """The optimizer's and the schedule's keywords against their targets' signatures (check_keywords). It imports
+        them, torch with them, so only what builds them asks: train, lr_find and `imgclf check`, before a run opens;
+        fetch and split start without torch."""
+        self.optim.check_target("optim")
+        self.schedule.check_target("schedule")
+        return self
 
     @classmethod
     def from_config(cls, cfg: Any) -> Options:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def find_lr(cfg: DictConfig | Options) -> float:
-    opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
+    opts = (cfg if isinstance(cfg, Options) else Options.from_config(cfg)).check_targets()
     paths, f = Paths.from_config(opts.paths, output_root()), opts.lr_find
     built = build_training(opts, paths, resolve_device(opts.trainer.device))
     trainer, ft = built.trainer, opts.finetune

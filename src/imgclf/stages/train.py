@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig | Options) -> float:
-    opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
+    opts = (cfg if isinstance(cfg, Options) else Options.from_config(cfg)).check_targets()
     paths, t, m, data = Paths.from_config(opts.paths, output_root()), opts.trainer, opts.model, opts.data.name
     device = dist.setup(resolve_device(t.device))
     try:
