@@ -185,8 +185,8 @@ def unmakeable_folder(path: str) -> str | None:
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not existing.is_dir():
         return f"cannot be made: {existing} is a file"
-    stats = os.statvfs(existing)
-    if stats.f_blocks == 0 or not os.access(existing, os.W_OK | os.X_OK):  # /proc, /sys: no space to write
+    pseudo = existing.parts[:2] in (("/", "proc"), ("/", "sys"))  # the kernel's: writable to root, never a file
+    if pseudo or not os.access(existing, os.W_OK | os.X_OK):
         return f"cannot be written: {existing} takes no files (give a folder you can write, or one that can be made)"
     return None
 
