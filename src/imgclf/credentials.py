@@ -98,8 +98,8 @@ def unknown_store(uri: str) -> str | None:
 
 
 def sqlite_file_error(uri: str) -> str | None:
-    """Why an sqlite URI names no database file imgclf can open (none given, its folder missing: SQLAlchemy would
-    make the folders, or fail for half an hour of retries), or None."""
+    """Why an sqlite URI names no database file imgclf can open (none given, a folder, a folder that cannot be made:
+    SQLAlchemy would fail for half an hour of retries), or None."""
     from pathlib import Path
 
     rest = uri.split("://", 1)[1] if "://" in uri else ""
@@ -109,6 +109,7 @@ def sqlite_file_error(uri: str) -> str | None:
     file = Path(path).expanduser().absolute()
     if file.is_dir():
         return f"{uri!r} names a folder: give the database file in it (sqlite:///{path.rstrip('/')}/mlflow.db)"
-    if not file.parent.is_dir():
-        return f"{uri!r}: the folder {file.parent} does not exist; create it first (mkdir -p {file.parent})"
+    existing = next(p for p in file.parents if p.exists())  # a new store's folders are made, as paths.* are
+    if not existing.is_dir():
+        return f"{uri!r}: its folder cannot be made, {existing} is a file"
     return None
