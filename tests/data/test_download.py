@@ -156,3 +156,34 @@ def test_a_zip_inside_the_kaggle_zip_is_checked_too(tmp_path):
     with pytest.raises(ValueError, match="train.zip' would be written outside|'../../escaped.txt' would be written"):
         unpack(outer, tmp_path / "work")
     assert not any(tmp_path.rglob("escaped.txt"))
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_an_archive_that_would_not_fit_on_the_disk_is_refused_before_anything_is_unpacked(tmp_path, monkeypatch, kind):
+    """A small archive of zeros declares gigabytes: refused in one line when its members would not fit in the free
+    space, before the first is written (the disk filled, then the copy failed half-way)."""
+    import collections
+    import io
+    import tarfile
+    import zipfile
+
+    from imgclf.data import download
+
+    zeros = b"\0" * 3_000_000  # deflates to a few KB
+    archive = tmp_path / f"bomb.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("train/cat.1.jpg", zeros)
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            info = tarfile.TarInfo("train/cat.1.jpg")
+            info.size = len(zeros)
+            tf.addfile(info, io.BytesIO(zeros))
+    assert archive.stat().st_size < 100_000
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2_000_000, 2_000_000))
+    with pytest.raises(download.BadInput, match=r"bomb\..* unpacks to 0\.00 GB and .* has 0\.00 GB free: free some"):
+        download.extract(archive, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("*"))
+    monkeypatch.undo()
+    assert (download.extract(archive, tmp_path / "out") / "train/cat.1.jpg").stat().st_size == len(zeros)

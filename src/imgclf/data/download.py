@@ -118,6 +118,17 @@ def _inside(root: Path, name: str) -> Path:
     return target
 
 
+def _check_room(archive: Path, dest: Path, total: int) -> None:
+    """BadInput, before anything is unpacked, when the archive's members (the sizes it declares, which extraction
+    does not pass) would not fit in the free space under dest: a 2 MB zip of zeros can hold gigabytes."""
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise BadInput(
+            f"{archive.name} unpacks to {total / 1e9:.2f} GB and {dest} has {free / 1e9:.2f} GB free: free some space, "
+            "or give data.fetch.download_dir on a larger disk"
+        )
+
+
 def extract(archive: str | Path, dest: str | Path) -> Path:
     """Extract a .tar(.gz) or .zip into dest: only regular files and folders that stay inside it; an absolute path,
     `..`, a symbolic or hard link or a device file refuses the whole archive before anything is written."""
@@ -133,6 +144,7 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
                     _inside(root, info.filename)
                     if stat.S_ISLNK(info.external_attr >> 16):
                         raise BadInput(f"archive member '{info.filename}' is a link; refusing to extract")
+                _check_room(archive, dest, sum(info.file_size for info in zf.infolist()))  # zipfile stops at them
                 zf.extractall(dest)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
@@ -142,6 +154,7 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
                         raise BadInput(f"archive member '{member.name}' is a link; refusing to extract")
                     if not (member.isfile() or member.isdir()):
                         raise BadInput(f"archive member '{member.name}' is a device or pipe; refusing to extract")
+                _check_room(archive, dest, sum(member.size for member in tf.getmembers() if member.isfile()))
                 tf.extractall(dest, filter="data")
         else:
             raise BadInput(f"{archive} is neither a zip nor a tar archive")
