@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 from imgclf.credentials import HTTP_USERINFO, unknown_store
 from imgclf.errors import BadConfig, BadInput, did_you_mean
+from imgclf.paths import DATA_NAME
 
 # Vocabularies the library dispatches on without checking again. This module imports no other part of imgclf
 # (errors and credentials aside), so a stage's code deps in dvc.yaml do not grow by library modules it never runs:
@@ -93,10 +93,8 @@ def triple() -> Rule:
 BOOLEAN: Rule = ((lambda v: isinstance(v, bool)), "true or false")
 TEXT: Rule = ((lambda v: isinstance(v, str) and v.strip() != ""), "a non-blank string")  # ' ' named an experiment
 OPTIONAL_TEXT: Rule = optional(TEXT)
-# data.name is a folder (data/<name>/, whose images fetch replaces) and a file name (relabel/<name>.csv): one plain
-# name, never a path ('..', '/abs', 'a/b') nor a hidden one
-PLAIN_NAME: Rule = (
-    (lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", v) is not None),
+PLAIN_NAME: Rule = (  # data.name: paths.DATA_NAME
+    (lambda v: isinstance(v, str) and DATA_NAME.fullmatch(v) is not None),
     "a plain name: ASCII letters, digits, '_', '-' and '.' (not first), as it names the folder data/<name>/",
 )
 ANY: Rule = ((lambda v: True), "anything")

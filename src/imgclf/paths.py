@@ -6,12 +6,16 @@ project root for `dvc repro` and a job's own directory in a Hydra sweep.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 IMAGE_DIR = "images"  # data/<dataset>/images/<class>/<file>: the layout every source ends in
+# data.name is a folder (data/<name>/, whose images fetch replaces) and a file name (relabel/<name>.csv): one plain
+# name, never a path ('..', '/abs', 'a/b') nor a hidden one
+DATA_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 SPLIT_DIR = "split"  # data/<dataset>/split/{train,val,test}.csv, labels.txt, sample/
 CACHE_DIR = "cache"  # data/<dataset>/cache/: packed, resized splits; derived data, safe to delete
 

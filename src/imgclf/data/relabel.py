@@ -24,7 +24,7 @@ from pathlib import Path
 
 from imgclf.contract import LABELS_FILE
 from imgclf.errors import BadInput
-from imgclf.paths import SPLIT_DIR
+from imgclf.paths import DATA_NAME, SPLIT_DIR
 
 EXCLUDE = "exclude"
 HEADER = ["path", "label"]
@@ -303,9 +303,9 @@ def _pair(text: str) -> tuple[str, str]:
 def _plain_name(name: str) -> str:
     """A data set's name (data/NAME/, relabel/NAME.csv): a path there would write the fixes outside relabel/, where
     no stage reads them."""
-    if not name or name.startswith(".") or any(c in name for c in ("/", "\\", "\0")):
-        raise BadInput(f"--data {name[:80]!r} is not a data set's name: a plain name as in data/NAME/ (no / or \\, "
-                       "not starting with .)")  # fmt: skip
+    if DATA_NAME.fullmatch(name) is None:
+        raise BadInput(f"--data {name[:80]!r} is not a data set's name: a plain name as in data/NAME/ (ASCII "
+                       "letters, digits, _, - and ., not first), as data.name is")  # fmt: skip
     return name
 
 
