@@ -57,6 +57,20 @@ def test_records_wait_while_the_server_is_away_then_arrive_in_order(tmp_path, ca
     assert "tracking server unreachable" in caplog.text and "tracking server back" in caplog.text
 
 
+def test_a_closing_owner_tries_every_second_whatever_the_backoff_reached(tmp_path, monkeypatch):
+    # while training runs the tries back off (here to a minute); once the owner only waits for its records, the
+    # server's return ends the wait within a second, not a backoff later
+    monkeypatch.setattr(outbox, "FIRST_DELAY", 60.0)
+    monkeypatch.setattr(outbox, "MAX_DELAY", 60.0)
+    server = Server(up=False)
+    box = Outbox(tmp_path / "box", server.send, permanent=never, meta={"run_id": "r"})
+    box.put(batch(0))
+    while box.outage_since is None:  # the first try failed: the next is a minute away
+        time.sleep(0.01)
+    threading.Timer(1.5, setattr, (server, "up", True)).start()
+    assert box.close(timeout=8) and server.taken == [batch(0)]
+
+
 def test_what_close_gives_up_on_is_sent_later_from_the_journal_exactly_once(tmp_path):
     server = Server(up=True)
     box = Outbox(tmp_path / "box", server.send, permanent=never, meta={"run_id": "r"})

@@ -30,6 +30,9 @@ JOURNAL = "journal.jsonl"
 SENT = "sent"
 META = "meta.json"
 FIRST_DELAY, MAX_DELAY = 0.5, 30.0  # seconds between tries while the server is away
+# ... and once the owner only waits for the records (`close`): a try every CLOSING_DELAY s at most, so a process done
+# training ends within seconds of the server's return, not up to MAX_DELAY later
+CLOSING_DELAY = 1.0
 
 
 def default_root() -> Path:
@@ -130,7 +133,7 @@ class Outbox:
                 else:
                     self._waiting(exc)
                     with self._cond:
-                        self._cond.wait(delay)
+                        self._cond.wait(min(delay, CLOSING_DELAY) if self._closing else delay)  # close() wakes it
                     delay = min(delay * 2, MAX_DELAY)
                     continue
             if self.outage_since is not None:
