@@ -22,8 +22,11 @@ from imgclf.tracking.server import free_port
 
 PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol")
 
+# MinJobAge: `sbatch --wait` polls every 2 s, then 8 s, then 32 s, unless finished jobs are kept less than 8 s
+# (SLURM's sbatch.c): kept 4 s, it polls every 2 s, and returns within 2 s of the job's end, not up to 32 s later
 CONF = """\
 ClusterName=imgclf-test
+MinJobAge=4
 SlurmctldHost={node}(127.0.0.1)
 SlurmUser={user}
 SlurmdUser={user}
