@@ -20,18 +20,24 @@ $(VENV)/.installed: pyproject.toml
 pipeline: venv
 	dvc repro
 
+# The tests' temporary folders (checkpoints of hundreds of MB, DVC repos, stores, clusters) are kept in memory when
+# /dev/shm has 8 GB free: written to disk they cost tens of seconds of the kernel's CPU (docs/benchmarks.md). A session
+# peaks near 3 GB there, and pytest keeps only the folders of failed tests. `make test TEST_TMP=` keeps them on disk.
+TEST_TMP ?= $(shell [ -d /dev/shm ] && [ "$$(df -Pk /dev/shm | awk 'NR == 2 {print $$4}')" -gt 8000000 ] && echo /dev/shm/imgclf-tests-$$(id -u))
+TEST_TMPDIR = $(if $(TEST_TMP),mkdir -p $(TEST_TMP) && TMPDIR=$(TEST_TMP))
+
 # pytest-xdist's worksteal, one worker per core (2 to 8; `make test WORKERS=4` to choose): the suite is CPU-bound,
 # so more workers than cores only share them. Each worker starts on its share of the order tests/conftest.py
 # arranges (the longest end-to-end files one per worker), then steals. Four workers peak near 9 GB of memory.
 # The tracking-server tests need PostgreSQL, the browser test Chromium, the cluster tests SLURM: installed here when
 # missing, and required (not skipped) under make.
 test: venv postgres chromium slurm
-	IMGCLF_REQUIRE_SERVERS=1 $(PY) -m pytest -n $(WORKERS) --dist worksteal
+	$(TEST_TMPDIR) IMGCLF_REQUIRE_SERVERS=1 $(PY) -m pytest -n $(WORKERS) --dist worksteal
 
 # the edit-test loop: everything that neither trains a project nor starts a process or server (tests/conftest.py
 # marks the rest slow); no PostgreSQL or Chromium needed
 test-fast: venv
-	$(PY) -m pytest -n $(WORKERS) --dist worksteal -m "not slow"
+	$(TEST_TMPDIR) $(PY) -m pytest -n $(WORKERS) --dist worksteal -m "not slow"
 
 # The manual (mkdocs.yml, docs/): built into site/ with --strict, so a broken link, a missing page or a Reference page
 # that fails to generate (docs/hooks/reference.py: from conf/, the parsers, dvc.yaml, imgclf.metric_names) fails it
