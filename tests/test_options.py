@@ -83,6 +83,9 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("trainer.epochs", 2.5, "auto or an integer >= 1"),
         ("trainer.epochs", "many", "trainer.epochs='many' is not valid: auto or an integer >= 1"),
         ("trainer.min_steps", -5, "trainer.min_steps=-5 is not valid: an integer >= 0"),
+        # shown as typed: null, true, false (not Python's None, True, False)
+        ("trainer.min_steps", None, "trainer.min_steps=null is not valid: an integer >= 0"),
+        ("trainer.batch_size", True, "trainer.batch_size=true is not valid: an integer >= 1"),
         # NumPy's generators take seeds below 2**32: a larger one was refused by split as a class too small
         ("data.split.seed", 2**32, "data.split.seed=4294967296 is not valid: an integer from 0 to 4294967295"),
         ("seed", -1, "seed=-1 is not valid: an integer from 0 to 4294967295"),

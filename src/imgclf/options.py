@@ -44,6 +44,13 @@ METHODS = ("int8_onnx", "int8_openvino", "fp16", "tensorrt", "tensorrt_int8")  #
 Rule = tuple[Callable[[Any], bool], str]
 
 
+def typed(value: Any) -> str:
+    """A value as one types it in conf/ or an override: null, true, false; anything else as Python shows it."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -123,7 +130,7 @@ class Group:
     @classmethod
     def build(cls, node: Mapping[str, Any], where: str):
         if not isinstance(node, Mapping):
-            raise BadInput(f"{where}={node!r} is not valid: a group of keys")
+            raise BadInput(f"{where}={typed(node)} is not valid: a group of keys")
         names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
         unknown = [k for k in node if k not in names]
         if unknown and not cls.EXTRA_KEYS:
@@ -145,7 +152,7 @@ class Group:
                 continue
             ok, valid = f.metadata.get("rule", ANY)
             if not ok(value):
-                raise BadInput(f"{key}={value!r} is not valid: {valid}")
+                raise BadInput(f"{key}={typed(value)} is not valid: {valid}")
             values[f.name] = tuple(value) if isinstance(value, list) else value
         built = cls(**values)
         built.check(where)
@@ -295,7 +302,7 @@ def check_keywords(target: str, keywords: Mapping[str, Any], where: str, bound: 
         default = params[key].default
         flag = isinstance(default, bool) or "bool" in str(params[key].annotation)
         if flag and not isinstance(value, bool) and not (value is None and default is None):
-            raise BadInput(f"{where}.{key}={value!r} is not valid: true or false")
+            raise BadInput(f"{where}.{key}={typed(value)} is not valid: true or false")
 
 
 @dataclass(frozen=True, kw_only=True)
