@@ -176,6 +176,12 @@ def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatc
         (["-S", f"model.weights={tmp_path / 'w.pth'}"], 1, f"error: model.weights={tmp_path / 'w.pth'} does not exist"),
         (["-S", "trainer.epochs=0"], 1, "error: trainer.epochs=0 is not valid: auto or an integer >= 1"),
         (["-S", "trainer.min_steps=null"], 1, "error: trainer.min_steps=null is not valid: an integer >= 0"),
+        (
+            ["-S", "tracking.experiment=2024"],
+            1,
+            "error: tracking.experiment=2024 is not valid: a non-blank string; quoted, it is text: "
+            "tracking.experiment='2024'",
+        ),
         (["-S", "optim.lr=0.001", "-S", "model=vgg16"], 0, "ok: optim.lr=0.001 model=vgg16"),
         # the queue's grid (DVC queues one experiment per combination): each is checked
         (["-S", "optim.lr=0.001,0.0003", "-S", "model=alexnet,vgg16"], 0, "ok: optim.lr=0.001,0.0003 model=alexnet,"),

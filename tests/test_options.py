@@ -86,6 +86,12 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         # shown as typed: null, true, false (not Python's None, True, False)
         ("trainer.min_steps", None, "trainer.min_steps=null is not valid: an integer >= 0"),
         ("trainer.batch_size", True, "trainer.batch_size=true is not valid: an integer >= 1"),
+        # YAML and Hydra read 2024 as a number: where text would do, the line says how to quote it
+        (
+            "tracking.experiment",
+            2024,
+            "tracking.experiment=2024 is not valid: a non-blank string; quoted, it is text: tracking.experiment='2024'",
+        ),
         # NumPy's generators take seeds below 2**32: a larger one was refused by split as a class too small
         ("data.split.seed", 2**32, "data.split.seed=4294967296 is not valid: an integer from 0 to 4294967295"),
         ("seed", -1, "seed=-1 is not valid: an integer from 0 to 4294967295"),

@@ -51,6 +51,14 @@ def typed(value: Any) -> str:
     return repr(value)
 
 
+def _quote_hint(key: str, value: Any, ok: Callable[[Any], bool]) -> str:
+    """How to give a number or flag as text, when the text would do: YAML and Hydra read 2024 as a number."""
+    text = typed(value)
+    if isinstance(value, (int, float, bool)) and ok(text):
+        return f"; quoted, it is text: {key}='{text}'"
+    return ""
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -152,7 +160,7 @@ class Group:
                 continue
             ok, valid = f.metadata.get("rule", ANY)
             if not ok(value):
-                raise BadInput(f"{key}={typed(value)} is not valid: {valid}")
+                raise BadInput(f"{key}={typed(value)} is not valid: {valid}{_quote_hint(key, value, ok)}")
             values[f.name] = tuple(value) if isinstance(value, list) else value
         built = cls(**values)
         built.check(where)
