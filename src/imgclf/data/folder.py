@@ -76,7 +76,7 @@ def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderSca
     root = Path(root)
     if not root.is_dir():
         raise MissingInput(f"image folder {root} does not exist")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and usable_name(p.name))
+    class_dirs = class_folders(root)
     if len(class_dirs) < 2:
         raise BadInput(f"{root} has {len(class_dirs)} class sub-folder(s); a classifier needs at least 2")
     # (class folder, file, path relative to root, size): Path's own order, by parts (its __lt__ is slow by 100,000s)
@@ -109,6 +109,11 @@ def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderSca
     if scan.skipped:
         log.warning("skipped %d unreadable files under %s: %s", len(scan.skipped), root, scan.skipped_counts())
     return scan
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class folders a scan of `root` takes, sorted: folders, not hidden, with names every list can hold."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and usable_name(p.name))
 
 
 def _file_size(path: Path) -> int | None:

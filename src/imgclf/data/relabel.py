@@ -75,14 +75,12 @@ def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
 def data_classes(images: Path, labels: Path | None) -> list[str]:
     """The classes a fix may name: the last split's (its labels.txt, `labels`), else the class folders the split
     would take (hidden ones and names no list can hold left out); [] when there are neither."""
-    from imgclf.data.folder import usable_name
+    from imgclf.data.folder import class_folders
     from imgclf.data.split import read_labels
 
     if labels is not None and labels.is_file():
         return read_labels(labels)
-    if not images.is_dir():
-        return []
-    return sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith(".") and usable_name(p.name))
+    return [p.name for p in class_folders(images)] if images.is_dir() else []
 
 
 def read_issues(path: Path) -> list[dict[str, str]]:

@@ -75,7 +75,8 @@ class TrainingRun:
             code_version=code_version(),
         )
         resuming = find_resume_checkpoint(resume, paths.checkpoints, current)
-        model, network, classes = config["model"], network_name(config, paths, dataset), _classes(paths, dataset)
+        model, classes = config["model"], _classes(paths, dataset)
+        network = network_name(model, classes)
         if resuming is not None and resuming.mismatch and classes:  # forced across a change: may not fit the network
             check_network(resuming, network, network_shapes(model["source"], model["name"], classes))
         if dist.is_main():  # one process moves files
@@ -201,9 +202,8 @@ def _classes(paths: Paths, dataset: str) -> int | None:
     return len(read_labels(labels)) if labels.is_file() else None  # no split yet: building the model says so
 
 
-def network_name(config: Mapping[str, Any], paths: Paths, dataset: str) -> str:
-    """What the config builds, in words a checkpoint keeps: `timm/test_resnet, 3 classes`."""
-    model, classes = config["model"], _classes(paths, dataset)
+def network_name(model: Mapping[str, Any], classes: int | None) -> str:
+    """What the config's `model` builds for `classes`, in words a checkpoint keeps: `timm/test_resnet, 3 classes`."""
     return f"{model['source']}/{model['name']}" + (f", {classes} classes" if classes else "")
 
 
