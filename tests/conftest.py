@@ -35,13 +35,14 @@ def own_cache(tmp_path_factory):
 def no_engine_on_a_deleted_store():
     """MLflow keeps one store, and one SQLAlchemy engine, per store URI for the life of the process. A test's tmp_path
     can come back under the name a passed (and so deleted) test's had (pytest before 9 reuses the number), and what
-    was kept for that URI would write to the deleted file ("attempt to write a readonly database"): before each
-    test, engines whose file is gone are dropped, and with them the stores MLflow keeps."""
+    was kept for that URI would write to the deleted file ("attempt to write a readonly database"); a relative URI
+    kept from one test's folder would write into another's: before each test, engines whose file is gone or named
+    relative are dropped, and with them the stores MLflow keeps."""
     gone = False
     for module in ("tracking", "model_registry", "jobs"):
         store = sys.modules.get(f"mlflow.store.{module}.sqlalchemy_store")
         engines = getattr(getattr(store, "SqlAlchemyStore", None), "_engine_map", {})
-        for uri in [u for u in engines if u.startswith("sqlite:///") and not Path(u[len("sqlite:///") :]).exists()]:
+        for uri in [u for u in engines if u.startswith("sqlite:///") and _stale(Path(u[len("sqlite:///") :]))]:
             engines.pop(uri).dispose()
             gone = True
     if gone:
@@ -50,6 +51,12 @@ def no_engine_on_a_deleted_store():
 
         for registry in (TrackingStoreRegistry, ModelRegistryStoreRegistry):
             registry._get_store_with_resolved_uri.cache_clear()
+
+
+def _stale(store: Path) -> bool:
+    """A kept engine's file is gone, or named relative to a folder: `sqlite:///mlflow.db` is another test's file in
+    another folder (the project's own, once `make pipeline` has made one, would hide it)."""
+    return not store.is_absolute() or not store.exists()
 
 
 @pytest.fixture
