@@ -6,6 +6,7 @@ project root for `dvc repro` and a job's own directory in a Hydra sweep.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ IMAGE_DIR = "images"  # data/<dataset>/images/<class>/<file>: the layout every s
 DATA_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 SPLIT_DIR = "split"  # data/<dataset>/split/{train,val,test}.csv, labels.txt, sample/
 CACHE_DIR = "cache"  # data/<dataset>/cache/: packed, resized splits; derived data, safe to delete
+
+
+def user_cache(*parts: str) -> Path:
+    """~/.cache/imgclf/<parts> (XDG_CACHE_HOME respected): the user's, outside the repo and DVC's temporary
+    experiment copies, shared by every project and run of this user."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "imgclf", *parts)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """The pixel baseline a training run is held against, and the one line it prints when the network falls short."""
 
+import json
+
+import pytest
+import sklearn.linear_model
 import torch
 
 from imgclf.data.datasets import TensorImageDataset
@@ -15,8 +19,46 @@ def blobs(n: int, seed: int) -> TensorImageDataset:
     return TensorImageDataset(images, labels)
 
 
-def test_the_baseline_scores_what_raw_pixels_give():
+def test_the_baseline_scores_what_raw_pixels_give(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # fitted here, not read from an earlier test's cache
     assert pixel_baseline(blobs(40, 0), blobs(20, 1)) == 1.0
+
+
+def test_the_score_is_kept_by_the_content_of_the_pixels_and_labels(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    train, val = blobs(40, 0), blobs(20, 1)
+    assert pixel_baseline(train, val) == 1.0
+    (kept,) = (tmp_path / "imgclf" / "baseline").iterdir()
+    assert json.loads(kept.read_text()) == {"val/acc": 1.0}
+
+    class NoFit:
+        def __init__(self, **settings):
+            raise AssertionError("fitted again")
+
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegression", NoFit)
+    assert pixel_baseline(blobs(40, 0), blobs(20, 1)) == 1.0  # the same content: read, not fitted
+    kept.write_text(json.dumps({"val/acc": 0.25}))
+    assert pixel_baseline(train, val) == 0.25  # what is read is the kept file's (the test's own edit)
+
+    changed = blobs(40, 0)
+    changed.images[0, :, :10] = 255  # one image of the train split: another digest
+    relabelled = blobs(20, 1)
+    relabelled.labels[0] = 1 - relabelled.labels[0]  # one label of the val split: another digest
+    for other in ((changed, val), (train, relabelled)):
+        with pytest.raises(AssertionError, match="fitted again"):
+            pixel_baseline(*other)
+
+    kept.write_text("{")  # an unreadable file is fitted again, and replaced
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert pixel_baseline(train, val) == 1.0 and json.loads(kept.read_text()) == {"val/acc": 1.0}
+
+
+def test_a_cache_that_cannot_be_written_costs_a_fit_not_the_result(tmp_path, monkeypatch, caplog):
+    (tmp_path / "imgclf").write_text("a file where the cache's folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert pixel_baseline(blobs(40, 0), blobs(20, 1)) == 1.0
+    assert "pixel baseline not kept" in caplog.text
 
 
 def test_near_chance_or_below_the_baseline_is_one_line_with_what_to_try():

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.credentials import hide
+from imgclf.paths import user_cache
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ CLOSING_DELAY = 1.0
 
 def default_root() -> Path:
     """~/.cache/imgclf/outbox (XDG_CACHE_HOME respected): outside the repo and DVC's temporary experiment copies."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgclf" / "outbox"
+    return user_cache("outbox")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

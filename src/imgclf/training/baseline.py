@@ -1,14 +1,31 @@
 """What the split could give with no network: logistic regression on small grayscale pixels, fitted on (a sample
-of) the train split and scored on the val split, so a training that ends near chance or far below it says so."""
+of) the train split and scored on the val split, so a training that ends near chance or far below it says so.
+
+The score is kept in the user's cache under a digest of the pixels and labels themselves, the fit's settings and
+scikit-learn's version: the runs of a sweep, and every rerun on the same split, read it instead of fitting again (and
+of importing scikit-learn, a second of each training process). Any change to the images, the split or the settings is
+another digest."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from importlib.metadata import version
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgclf.errors import BadInput
+from imgclf.files import write_json
+from imgclf.paths import user_cache
+
 SIDE = 16  # px: enough for digits, letters and coarse shapes; 256 features keep the fit to seconds
 LIMIT = 2000  # images of each split at most: the check stays cheap on large data sets
+FIT = {"max_iter": 1000}  # LogisticRegression's settings
+
+log = logging.getLogger(__name__)
 
 
 def pixels(dataset, limit: int = LIMIT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -23,14 +40,34 @@ def pixels(dataset, limit: int = LIMIT, seed: int = 0) -> tuple[np.ndarray, np.n
 
 
 def pixel_baseline(train, val) -> float:
-    """val accuracy of logistic regression on SIDE px grayscale pixels, trained on the train split."""
-    from sklearn.linear_model import LogisticRegression
-
+    """val accuracy of logistic regression on SIDE px grayscale pixels, trained on the train split (kept by content
+    in the user's cache: see the module's docstring)."""
     x, y = pixels(train)
     xv, yv = pixels(val)
     if len(np.unique(y)) < 2 or not len(yv):
         return float("nan")
-    return float((LogisticRegression(max_iter=1000).fit(x, y).predict(xv) == yv).mean())
+    kept = user_cache("baseline", f"{_digest(x, y, xv, yv)}.json")
+    try:
+        return float(json.loads(kept.read_text())["val/acc"])
+    except (OSError, ValueError, KeyError, TypeError):  # not kept yet, or unreadable: fitted again
+        pass
+    from sklearn.linear_model import LogisticRegression
+
+    score = float((LogisticRegression(**FIT).fit(x, y).predict(xv) == yv).mean())
+    try:
+        write_json(kept, {"val/acc": score})
+    except (OSError, BadInput) as exc:  # a full or read-only cache costs the next run a fit, never this run its result
+        log.warning("pixel baseline not kept in %s: %s", kept.parent, exc)
+    return score
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    """sha256 of the arrays (shape, type, bytes), the side, the fit's settings and scikit-learn's version."""
+    h = hashlib.sha256(json.dumps([SIDE, FIT, version("scikit-learn")]).encode())
+    for a in arrays:
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def verdict(val_acc: float, baseline: float, classes: int) -> str | None:
