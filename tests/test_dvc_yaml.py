@@ -33,3 +33,14 @@ def test_config_targets_are_followed():
     assert instantiated_targets("train") == {
         "imgclf.training.optimizers"
     }  # the schedules; conf/optim names torch.optim
+
+
+def test_dvc_reads_yaml_with_the_c_parser():
+    """The environment's ruamel.yaml has its C parser (ruamel.yaml.clib, in pyproject.toml), which DVC's own reads of
+    dvc.yaml, dvc.lock and params.yaml take."""
+    from dvc.utils.serialize._yaml import parse_yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None and YAML(typ="safe").Parser is CParser
+    assert parse_yaml("a: [1, 2]\n", "x.yaml") == {"a": [1, 2]}

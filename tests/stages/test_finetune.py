@@ -285,7 +285,7 @@ def test_recipe_composes_and_runs_one_tiny_step(recipe, tiny_project, compose_cf
             "data.name=tiny",
             "data.subset=full",
             "trainer.epochs=1",
-            "trainer.batch_size=8",
+            "trainer.batch_size=36",  # the 36 training images: one step an epoch
             f"model.image_size={size}",
             "model.download=false",
         )
