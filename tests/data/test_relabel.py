@@ -2,6 +2,7 @@
 image the split can take, so the next `dvc repro` applies it instead of refusing it."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -146,6 +147,19 @@ def test_writers_in_several_processes_at_once_lose_no_fix(tmp_path):
     assert [p.exitcode for p in writers] == [0] * 8
     assert len(read_fixes(target)) == 80  # every row each writer added
     assert sorted(p.name for p in target.parent.iterdir()) == ["tiny.csv"]  # no lock file in the DVC dependency
+
+
+def test_a_relabel_file_that_is_a_link_is_written_through_and_stays_a_link(tiny_project):
+    shared = tiny_project / "shared" / "fixes.csv"  # the team's fixes, kept outside relabel/
+    shared.parent.mkdir()
+    shared.write_text("path,label\na/000.png,b\n")
+    link = tiny_project / "relabel/tiny.csv"
+    link.parent.mkdir()
+    link.symlink_to(Path("..") / "shared" / "fixes.csv")
+    done = console(relabel, ["--data", "tiny", "a/001.png=c"], tiny_project)
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and shared.read_text() == "path,label\na/000.png,b\na/001.png,c\n"
+    assert not [p.name for p in shared.parent.iterdir() if p.name != "fixes.csv"]  # no temporary file left
 
 
 def test_a_relabel_file_saved_by_excel_as_csv_utf8_is_read_past_its_byte_order_mark(tiny_project):

@@ -81,6 +81,16 @@ def test_a_link_planted_as_the_relabel_file_is_not_followed_out_of_the_roots(rev
     assert outside.read_text() == "path,label\n"
 
 
+def test_a_relabel_file_linked_inside_the_roots_is_written_through_and_stays_a_link(review):
+    client, project = review
+    kept = project / "relabel/kept/fixes.csv"  # inside the allowed roots
+    kept.parent.mkdir()
+    kept.write_text("path,label\n")
+    (project / "relabel/tiny.csv").symlink_to(kept)
+    assert client.post("/api/review", json={"path": "a/000.png", "label": "b"}, headers=OWN).status_code == 200
+    assert (project / "relabel/tiny.csv").is_symlink() and kept.read_text() == "path,label\na/000.png,b\n"
+
+
 def test_review_needs_its_folders_under_the_roots_and_is_off_unless_asked(review, trained_project, tmp_path):
     client, project = review
     with pytest.raises(PermissionError):

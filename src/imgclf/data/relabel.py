@@ -141,9 +141,12 @@ def write_fixes(
 ) -> dict[str, str]:
     """Merge `new` into the file (a later fix of an image replaces its earlier one), atomically and holding the
     folder's lock from the read to the write, so no other writer's rows are lost; returns all. `check(all)` may
-    refuse the merged rows (BadInput): nothing is written."""
+    refuse the merged rows (BadInput): nothing is written. A link (fixes kept elsewhere, shared) is written through:
+    its target gets the rows and the link stays, as an editor saving the file would leave it."""
     from imgclf.files import write_text
 
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.parent):
         fixes = {**read_fixes(path), **new}

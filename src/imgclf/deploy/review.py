@@ -48,9 +48,10 @@ class Review:
         return read_issues(self.issues)[:SHOWN]  # a missing column or a bad rank: one line, a 400
 
     def _fixes_file(self) -> Path:
-        """The relabel file, checked again before each use: a link put there since must not lead outside."""
+        """The relabel file, checked again before each use: a link put there since must not lead outside. A link is
+        answered by where it leads (inside the roots), so the write goes there, not through a link changed since."""
         if self.relabel.exists() or self.relabel.is_symlink():
-            inside(self.relabel, self.roots)
+            return inside(self.relabel, self.roots)
         return self.relabel
 
     def listing(self, thumbnail) -> dict[str, Any]:
