@@ -8,7 +8,7 @@ import pytest
 from imgclf import config
 from imgclf.config import check_overrides, config_groups, params_yaml
 
-from .conftest import BIN, ROOT, console, stage_main
+from .conftest import BIN, ROOT, TINY_MODEL, console, stage_main
 
 
 def test_params_yaml_is_the_composition_of_conf():
@@ -152,17 +152,38 @@ def test_console_script_rejects_unknown_command(project_env):
     assert proc.stderr.strip() == f"error: unknown command 'trian'; choose one of: {commands}"
 
 
-def test_missing_pretrained_weights_is_one_line_and_a_failed_run(tiny_project, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (
+            ("model=vgg16", "model.pretrained=true", "model.download=false"),
+            "error: pretrained weights for vgg16 not found at {home}/hub/checkpoints/vgg16-397923af.pth; download https://",
+        ),
+        ((*TINY_MODEL, "model.weights={text}"), "error: {text}: not a readable checkpoint ("),
+        (
+            (*TINY_MODEL, "trainer.batch_size=1"),
+            "error: trainer.batch_size=1 gives each of 1 process(es) batches of one image, and test_resnet has batch "
+            "norm",
+        ),
+    ],
+)
+def test_a_network_that_cannot_train_is_one_line_and_no_run(tiny_project, monkeypatch, tmp_path, overrides, says):
+    """Refused when the network is built, before the MLflow run opens: nothing in the store to clean up."""
+    from mlflow.tracking import MlflowClient
+
     from .conftest import TINY_DATA
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    args = ["--config-dir", str(ROOT / "conf"), *TINY_DATA, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"]
-    proc = stage_main("train", [*args, "model=vgg16", "model.pretrained=true", "model.download=false"], tiny_project)
+    home, text = tmp_path / "empty_torch_home", tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")  # any file that is not a checkpoint
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    args = ["--config-dir", str(ROOT / "conf"), *TINY_DATA, f"tracking.uri={uri}"]
+    proc = stage_main("train", [*args, *(o.format(text=text) for o in overrides)], tiny_project)
     assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    expected = tmp_path / "empty_torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
-    assert last.startswith(f"error: pretrained weights for vgg16 not found at {expected}; download https://")
+    assert proc.stderr.strip().splitlines()[-1].startswith(says.format(home=home, text=text))
     assert "Traceback" not in proc.stderr
+    client = MlflowClient(tracking_uri=uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatch, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-import torch
 from omegaconf import DictConfig
 
 from imgclf import tracking
@@ -13,7 +12,7 @@ from imgclf.devices import resolve_device
 from imgclf.options import Options
 from imgclf.paths import Paths
 from imgclf.stages._app import is_multirun, output_root, overrides, stage_main
-from imgclf.stages._build import build_training
+from imgclf.stages._build import Training, build_training
 from imgclf.tracking import sweeps
 from imgclf.training import distributed as dist
 from imgclf.training.baseline import pixel_baseline, verdict
@@ -35,15 +34,17 @@ def train(cfg: DictConfig | Options) -> float:
         sweep_dir = output_root().parent if is_multirun() else None  # jobs of one sweep share its directory as a tag
         labels = {"model": m.name, "finetune": opts.finetune.strategy}
         tags = run_tags(paths, data, device, overrides(), sweep_dir, weights=m.weights, **labels)
+        # a network that cannot train is refused before its run opens; a sweep's trial opens first: a FAILED run
+        built = None if sweep_dir else build_training(opts, paths, device)
         tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
         with run.open(opts.tracking.uri, opts.tracking.experiment, name=name, tags=tags, config=opts.config):
-            return _train(opts, paths, device, run)
+            return _train(opts, paths, run, built or build_training(opts, paths, device))
     finally:
         dist.teardown()
 
 
-def _train(opts: Options, paths: Paths, device: torch.device, run: TrainingRun) -> float:
-    t, built, f = opts.trainer, build_training(opts, paths, device), opts.finetune
+def _train(opts: Options, paths: Paths, run: TrainingRun, built: Training) -> float:
+    t, f = opts.trainer, opts.finetune
     trainer, model, generator = built.trainer, built.model, built.generator
     if dist.is_main():  # rank 0 owns the MLflow run
         _say_what_auto_chose(opts, built)
