@@ -23,13 +23,18 @@ def conf_dir(root: str | Path = ".") -> Path:
     return (Path(root) / CONF_DIR).resolve()
 
 
-def compose(overrides: Sequence[str] = (), root: str | Path = ".", resolve: bool = True) -> DictConfig:
-    """Compose conf/config.yaml with overrides, resolved (DVC's `compose_and_dump`, minus the dump)."""
+def compose(
+    overrides: Sequence[str] = (), root: str | Path = ".", resolve: bool = True, hydra: bool = False
+) -> DictConfig:
+    """Compose conf/config.yaml with overrides, resolved (DVC's `compose_and_dump`, minus the dump); with `hydra`,
+    Hydra's own settings too (`hydra.launcher`, `hydra.sweeper`: what `-m` reads), unresolved."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(str(conf_dir(root)), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+    if hydra:
+        return cfg  # Hydra's config reads its runtime (${hydra:runtime.cwd}), which only a running app has
     if resolve:
         OmegaConf.resolve(cfg)
     return cfg
@@ -115,7 +120,8 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
     bare = [a for a in split_argv(argv)[1] if "=" not in a and not a.startswith("~")]
     if bare:  # Hydra would say it in four lines (`imgclf check`: a traceback)
         return f"bad override {bare[0]!r}: give KEY=VALUE (trainer.epochs=5), +KEY=VALUE to add a key, ~KEY to drop one"
-    if not conf_dir(root).is_dir() or "--config-name" in argv or "-cn" in argv:
+    root = _given_root(argv, root)
+    if root is None or not conf_dir(root).is_dir() or "--config-name" in argv or "-cn" in argv:
         return None  # DVC runs read params.yaml, already composed (and checked) by DVC
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -127,10 +133,11 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
         parsed = parser.parse_overrides(args)
     except HydraException as exc:  # Hydra's grammar error: its first line names the bad token
         return _grammar_error(parser, args, exc)
-    kept = []
+    kept, own = [], []  # the config's overrides, Hydra's own (hydra/launcher=joblib, hydra.launcher.n_jobs=2)
     for text, ov in zip(args, parsed):
         key, prefix = ov.key_or_group, text[: len(text) - len(text.lstrip("+~"))]
         if key.startswith("hydra"):
+            own += [] if ov.is_sweep_override() else [text]
             continue
         if key in groups and not ov.is_delete():
             values = _choices(ov, groups[key])
@@ -159,7 +166,47 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
         dropped = [a for a in args if a.startswith("~")]
         why = f" ({dropped[0]} drops a key the config reads: keep it or override the key reading it)" if dropped else ""
         return f"bad interpolation: {str(exc).splitlines()[0]}{why}"
+    return _check_hydra(kept, own, root) if own else None
+
+
+def _check_hydra(kept: list[str], own: list[str], root: str | Path) -> str | None:
+    """Hydra's own settings composed with Hydra's config, as `-m` composes them before the first job: a launcher or
+    sweeper that does not exist, a key it lacks or a value of the wrong type, in one line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [*kept, *own]
+    try:
+        compose(overrides, root, hydra=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = str(exc)
+        missing = re.search(r"Could not find '(hydra/[^']+)/([^']+)'", message)
+        if missing:
+            options = re.findall(r"^\t(\S+)$", message, re.M)
+            hint = did_you_mean(missing.group(2), options, f"{missing.group(1)}=")
+            return f"unknown {missing.group(1)} '{missing.group(2)}'{hint}; choose one of: {', '.join(options)}"
+        merging = re.match(r"Error merging override (\S+)", message)
+        if merging:  # a value of the wrong type: the cause Hydra chains says which
+            cause = str(exc.__cause__ or "").strip().splitlines() or ["a value of another type"]
+            typed = re.search(r"could not be converted to (\w+)|is not a valid (\w+)", cause[0])
+            kinds = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false"}
+            kind = typed and (typed.group(1) or typed.group(2))
+            why = kinds.get(kind, kind) if kind else cause[0]
+            return f"{merging.group(1)} is not valid: {why}"
+        return _explain(message, overrides, root, hydra=True)
     return None
+
+
+def _given_root(argv: Sequence[str], root: str | Path) -> Path | None:
+    """The project root whose conf/ the command composes: `--config-dir .../conf` names it from anywhere (None for
+    another folder, which only Hydra reads), else `root`."""
+    flags = split_argv(argv)[0]
+    given = [f.split("=", 1)[1] for f in flags if f.startswith(("--config-dir=", "-cd="))]
+    given += [flags[i + 1] for i, f in enumerate(flags[:-1]) if f in ("--config-dir", "-cd")]
+    if not given:
+        return Path(root)
+    folder = Path(given[-1]).expanduser().resolve()
+    return folder.parent if folder.name == CONF_DIR else None
 
 
 def _choices(ov, options: list[str]) -> list[str] | None:
@@ -181,8 +228,8 @@ def yaml_error(exc: Exception) -> str:
     return f"{where} is not valid YAML: {problem}"
 
 
-def _explain(message: str, overrides: list[str], root: str | Path) -> str:
-    """Hydra's "Could not override 'a.b'" as one line naming the keys that `a` has."""
+def _explain(message: str, overrides: list[str], root: str | Path, hydra: bool = False) -> str:
+    """Hydra's "Could not override 'a.b'" as one line naming the keys that `a` has (`hydra`: a key of Hydra's own)."""
     found = re.search(r"Could not override '([^']+)'|Could not delete from config\. '([^']+)' does not exist", message)
     if "Could not load 'model/_base'" in message:  # a model file of the user's, from before the base moved
         return f"{message.splitlines()[0]} The keys every model starts from are in conf/model_base.yaml now: " + (
@@ -191,7 +238,7 @@ def _explain(message: str, overrides: list[str], root: str | Path) -> str:
     if not found:
         return message.splitlines()[0]
     key = found.group(1) or found.group(2)
-    cfg = compose([o for o in overrides if o.lstrip("+~").partition("=")[0] != key], root, resolve=False)
+    cfg = compose([o for o in overrides if o.lstrip("+~").partition("=")[0] != key], root, resolve=False, hydra=hydra)
     node, parts = cfg, key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, DictConfig) or part not in node:
@@ -199,7 +246,7 @@ def _explain(message: str, overrides: list[str], root: str | Path) -> str:
             valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else "no sub-keys"
             prefix = ".".join(parts[:i]) + "." if i else ""
             hint = did_you_mean(part, node.keys(), prefix) if isinstance(node, DictConfig) else ""
-            advice = "" if hint or found.group(2) else f" (use +{key}=... to add a new key)"
+            advice = "" if hint or found.group(2) or hydra else f" (use +{key}=... to add a new key)"
             return f"unknown key '{key}'{hint}; {parent} has: {valid}{advice}"
         node = node[part]
     return message.splitlines()[0]

@@ -233,3 +233,34 @@ def test_a_slurm_sweep_without_a_cluster_stops_in_one_line_leaving_nothing(clust
     assert not (tiny_project / "multirun").exists()
     client = MlflowClient(tracking_uri=uri)
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])  # no parent run left
+
+
+@pytest.mark.parametrize(
+    "launcher, says",
+    [
+        (
+            ["hydra/launcher=joblb"],
+            "error: unknown hydra/launcher 'joblb' (did you mean hydra/launcher=joblib?); choose one of: basic, joblib",
+        ),
+        (
+            ["hydra/launcher=joblib", "hydra.launcher.n_jobz=2"],
+            "error: unknown key 'hydra.launcher.n_jobz' (did you mean hydra.launcher.n_jobs?); hydra.launcher has: ",
+        ),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=two"], "error: hydra.launcher.n_jobs=two is not valid: "),
+        (
+            ["+launcher=slurm", "hydra.launcher.partitionn=gpu"],
+            "error: unknown key 'hydra.launcher.partitionn' (did you mean hydra.launcher.partition?); ",
+        ),
+    ],
+)
+def test_a_launcher_setting_that_does_not_exist_is_one_line_before_the_sweep(launcher, says, tiny_project):
+    """Hydra's own settings under -m (the launcher, its keys and their types) are checked with the config's: one
+    line naming what is valid, exit 2, before the sweep's folder or a run exist."""
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    args = ["--config-dir", str(ROOT / "conf"), "-m", *TINY_OVERRIDES, f"tracking.uri={uri}", "optim.lr=0.1,0.01"]
+    done = stage_main("train", [*args, *launcher, f"hydra.sweep.dir={tiny_project / 'multirun'}"], tiny_project)
+    assert done.returncode == 2 and done.stderr.startswith(says), done.stderr[-3000:]
+    assert done.stderr.strip().count("\n") == 0
+    assert not (tiny_project / "multirun").exists()
+    client = MlflowClient(tracking_uri=uri)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
