@@ -1,6 +1,7 @@
 """The pixel baseline a training run is held against, and the one line it prints when the network falls short."""
 
 import json
+import os
 
 import pytest
 import sklearn.linear_model
@@ -48,6 +49,11 @@ def test_the_score_is_kept_by_the_content_of_the_pixels_and_labels(tmp_path, mon
         with pytest.raises(AssertionError, match="fitted again"):
             pixel_baseline(*other)
 
+    kept.unlink()
+    os.mkfifo(kept)  # a pipe where the file was: not read (it would block), fitted again
+    with pytest.raises(AssertionError, match="fitted again"):
+        pixel_baseline(train, val)
+    kept.unlink()
     kept.write_text("{")  # an unreadable file is fitted again, and replaced
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

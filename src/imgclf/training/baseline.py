@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.errors import BadInput
-from imgclf.files import write_json
+from imgclf.files import open_regular, write_json
 from imgclf.paths import user_cache
 
 SIDE = 16  # px: enough for digits, letters and coarse shapes; 256 features keep the fit to seconds
@@ -47,8 +47,9 @@ def pixel_baseline(train, val) -> float:
     if len(np.unique(y)) < 2 or not len(yv):
         return float("nan")
     kept = user_cache("baseline", f"{_digest(x, y, xv, yv)}.json")
-    try:
-        return float(json.loads(kept.read_text())["val/acc"])
+    try:  # a regular file only: a pipe there would block the run
+        with open_regular(kept) as f:
+            return float(json.loads(f.read())["val/acc"])
     except (OSError, ValueError, KeyError, TypeError):  # not kept yet, or unreadable: fitted again
         pass
     from sklearn.linear_model import LogisticRegression
