@@ -27,6 +27,20 @@ def test_a_fix_is_written_under_the_index_name_and_split_applies_it(tiny_project
     assert "a/000.png,b" in rows and "a/002.png" not in rows
 
 
+def test_a_space_in_a_name_is_part_of_it_so_a_fix_lands_on_the_image_it_names(tiny_project, tiny_cfg):
+    images = tiny_project / "data/tiny/images"
+    (images / "a/000.png ").write_bytes((images / "a/001.png").read_bytes())  # another file: a trailing space
+    done = console(relabel, ["--data", "tiny", "a/000.png =b"], tiny_project)
+    assert done.returncode == 0, done.stderr
+    assert read_fixes(tiny_project / "relabel/tiny.csv") == {"a/000.png ": "b"}  # as written
+    split(tiny_cfg())
+    rows = "".join((tiny_project / f"data/tiny/split/{name}.csv").read_text() for name in ("train", "val", "test"))
+    assert "a/000.png ,b\n" in rows and "a/000.png,a\n" in rows  # the image named, not its neighbour
+    (tiny_project / "relabel/tiny.csv").write_text("path,label\na/002.png, b\n")  # a hand-typed space
+    done = console(relabel, ["--data", "tiny", "a/003.png=c"], tiny_project)
+    assert done.returncode == 1 and "a/002.png -> ' b' is not a class" in done.stderr
+
+
 @pytest.mark.parametrize("fixes", [["a/000.png=b", "a/000.png=c"], ["a/000.png=b", "./a/000.png=exclude"]])
 def test_one_image_given_two_labels_on_the_command_line_is_refused(tiny_project, fixes):
     done = console(relabel, ["--data", "tiny", *fixes], tiny_project)

@@ -32,7 +32,9 @@ ISSUE_COLUMNS = ("rank", "path", "given_label", "suggested_label")  # of label_i
 
 
 def read_fixes(path: Path) -> dict[str, str]:
-    """{image path: label or EXCLUDE}; {} when the file is absent. Refuses a malformed file in one line."""
+    """{image path: label or EXCLUDE}; {} when the file is absent. Refuses a malformed file in one line. Fields are
+    taken as written, as `write_fixes` writes them: a space is part of a name (`a/1.png ` is another file than
+    `a/1.png`, and a class ` b` no class of `b`'s), so the row read is the row written."""
     if not path.is_file():
         return {}
     rows = _csv_rows(path)
@@ -44,7 +46,7 @@ def read_fixes(path: Path) -> dict[str, str]:
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
             raise BadInput(f"{path} line {line}: expected path,label (a class name, or {EXCLUDE} to drop the image)")
-        image, label = row[0].strip(), row[1].strip()
+        image, label = row
         if image in fixes and fixes[image] != label:
             raise BadInput(f"{path} line {line}: {image} is given two labels ({fixes[image]}, {label})")
         fixes[image] = label
