@@ -140,6 +140,20 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     assert inspect_image(tmp_path / "big.png") == ("decompression bomb", None)
 
 
+@pytest.mark.parametrize("resize", ["crop", "squash"])
+def test_a_long_thin_image_is_refused_before_its_resize_outgrows_the_pixel_limit(resize, monkeypatch):
+    """A 1 x 3,000 PNG is under the limit, but its shorter side resized to 64 px makes 64 x 192,000 pixels (a few
+    hundred bytes of 1 x 300,000 would make 19 G): refused from the sizes, before any resize allocates."""
+    from imgclf.data.images import ImageTooLarge, decode_image
+
+    monkeypatch.setattr("imgclf.data.images.MAX_PIXELS", 100_000)
+    thin = io.BytesIO()
+    Image.new("L", (1, 3000), 128).save(thin, "PNG")
+    with pytest.raises(ImageTooLarge, match="1 x 3000 pixels is too long and thin for 64 px"):
+        decode_image(io.BytesIO(thin.getvalue()), 64, resize=resize)
+    assert decode_image(io.BytesIO(thin.getvalue()), 4, resize=resize).shape == (4, 4, 3)  # 4 x 12,000: under
+
+
 def test_links_leading_outside_linked_folders_and_unusable_names_are_left_out(tmp_path, monkeypatch, compose_cfg):
     """A data set is what lies under data.path, as DVC hashes it: a link to a file elsewhere (a checked-out repo's
     link to ~/.ssh/id_rsa would be copied, then pushed to the DVC remote) and a linked folder (DVC's hash does not

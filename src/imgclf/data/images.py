@@ -51,18 +51,32 @@ def decode_image(
         raise BadInput(f"unknown model.resize '{resize}'; choose one of: {', '.join(RESIZE_MODES)}")
     method = Image.Resampling[interpolation.upper()]
     with open_image(source, on_size) as img:
-        img = as_shown(img).convert("RGB")
-        w, h = img.size
+        w, h = img.size  # an EXIF turn swaps them: nothing below depends on which is which
         if resize == "crop" and w != h:
             scale = size / min(w, h)
             w, h = max(size, int(w * scale)), max(size, int(h * scale))  # torchvision's Resize(size)
-            if (w, h) != img.size:
-                img = img.resize((w, h), method)
+        else:
+            w, h = size, size
+        _check_resize(img.size, (w, h), size)
+        img = as_shown(img).convert("RGB")
+        if (w, h) != img.size:
+            img = img.resize((w, h), method)
+        if (w, h) != (size, size):
             left, top = (w - size) // 2, (h - size) // 2
             img = img.crop((left, top, left + size, top + size))
-        elif img.size != (size, size):
-            img = img.resize((size, size), method)
         return np.asarray(img, dtype=np.uint8)
+
+
+def _check_resize(source: tuple[int, int], target: tuple[int, int], size: int) -> None:
+    """A long, thin image resized to `target` would hold more than MAX_PIXELS: the image (a 1 x 300,000 PNG is a
+    few hundred bytes) would cost memory in proportion to its length times `size`. PIL resizes across, then down:
+    it holds the target's width times the source's height on the way."""
+    (width, height), (w, h) = source, target
+    if max(w * h, w * max(width, height)) > MAX_PIXELS:
+        raise ImageTooLarge(
+            f"image of {width} x {height} pixels is too long and thin for {size} px: resized, it would be over the "
+            f"limit of {MAX_PIXELS:,} pixels"
+        )
 
 
 EXIF_ORIENTATION = 0x0112
