@@ -227,6 +227,29 @@ def test_classes_too_small_to_stratify_are_one_line_from_the_command_line(classe
     assert not (tmp_path / "data/folder/split").exists()
 
 
+def test_a_folder_with_fewer_than_two_classes_to_copy_is_one_line_and_the_last_images_stay(tmp_path):
+    """Class folders that are all links (left out), one class, or none: refused by fetch, not passed on as an empty
+    or one-class data set that replaces the images of the last fetch."""
+    from ..conftest import ROOT, stage_main
+
+    good = make_class_folders(tmp_path / "good", {"a": 4, "b": 4})
+    linked, single, empty = tmp_path / "linked", make_class_folders(tmp_path / "single", {"a": 4}), tmp_path / "empty"
+    linked.mkdir()
+    empty.mkdir()
+    for name in ("a", "b"):
+        (linked / name).symlink_to(good / name, target_is_directory=True)
+    base = ["--config-dir", str(ROOT / "conf"), "data=folder", "hydra.run.dir=.", "hydra.output_subdir=null"]
+    assert stage_main("fetch", [*base, f"data.path={good}"], tmp_path).returncode == 0
+    images = tmp_path / "data/folder/images"
+    before = sorted(p.relative_to(images) for p in images.rglob("*"))
+    for folder, count, why in ((linked, 0, " (left out: {'linked folder"), (single, 1, ""), (empty, 0, "")):
+        done = stage_main("fetch", [*base, f"data.path={folder}"], tmp_path)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+        assert f"error: data.path {folder} has {count} class folder(s) with images to copy{why}" in done.stderr
+        assert "needs at least 2" in done.stderr
+        assert sorted(p.relative_to(images) for p in images.rglob("*")) == before
+
+
 @pytest.mark.parametrize("separator", ["\x85", "\u2028", "\u2029"], ids=["NEL", "LS", "PS"])
 def test_names_holding_a_unicode_line_break_are_left_out(separator, tmp_path, monkeypatch, compose_cfg):
     """str.splitlines() ends a line at U+0085, U+2028 and U+2029: a class or a file named with one would be two

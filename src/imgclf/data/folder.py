@@ -249,6 +249,10 @@ def fetch_folder(
                 listings[listing].append(rel)
     held_out = {rel for rels in listings.values() for rel in rels}
     trained = {rel.split("/")[0] for rel in plan if rel not in held_out}
+    if len(trained) < 2:  # nothing, or one class, to learn: refused here, the last fetch's images kept
+        left = f" (left out: {dict(+skipped)})" if +skipped else ""
+        raise BadInput(f"data.path {path} has {len(trained)} class folder(s) with images to copy{left}; a classifier "
+                       "needs at least 2: one sub-folder per class, each holding its images")  # fmt: skip
     for listing, rels in listings.items():  # a class only the val or test folder has: nothing learns it
         if unknown := sorted({rel.split("/")[0] for rel in rels} - trained):
             key = "data.val_path" if listing == VAL_LIST else "data.test_path"
