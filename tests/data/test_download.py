@@ -30,6 +30,16 @@ def test_mirror_down_then_next_mirror_and_idempotent(http_server, tmp_path):
     assert len(requests) == 2  # verified file reused, not fetched again
 
 
+def test_without_a_checksum_a_copy_kept_from_before_is_downloaded_again(http_server, tmp_path):
+    """Nothing verifies it: a mirror's error page saved as the file the first time would be read for ever."""
+    base, www, requests = http_server
+    (www / "f.bin").write_bytes(b"<html>Rate limited</html>")
+    download("f.bin", [base], tmp_path / "dl")
+    (www / "f.bin").write_bytes(b"payload")
+    assert download("f.bin", [base], tmp_path / "dl").read_bytes() == b"payload"
+    assert requests == ["/f.bin", "/f.bin"]
+
+
 def test_checksum_mismatch_deletes_and_names_file(http_server, tmp_path):
     base, www, _ = http_server
     (www / "f.bin").write_bytes(b"tampered")

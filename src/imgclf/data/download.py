@@ -65,9 +65,13 @@ def download(
     filename: str, mirrors: Sequence[str], dest_dir: str | Path, checksum: str | None = None, timeout: float = 60.0
 ) -> Path:
     """Fetch `filename` from the first mirror that serves it; verify; rename into place. A verified file is kept; one
-    that fails its checksum is replaced only by a verified download (it stays as it is when none comes)."""
+    that fails its checksum is replaced only by a verified download (it stays as it is when none comes). Without a
+    checksum nothing verifies a file kept from before (a mirror's error page, saved as the file, would be read for
+    ever): it is downloaded again."""
     dest = Path(dest_dir) / filename
-    if dest.is_file():
+    if dest.is_file() and checksum is None:
+        log.info("%s: no checksum to verify the copy kept from before; downloading it again", dest)
+    elif dest.is_file():
         try:
             verify(dest, checksum)
             log.info("%s already downloaded and verified", dest)
