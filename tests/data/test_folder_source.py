@@ -227,6 +227,26 @@ def test_classes_too_small_to_stratify_are_one_line_from_the_command_line(classe
     assert not (tmp_path / "data/folder/split").exists()
 
 
+def test_a_class_whose_training_images_are_all_unreadable_is_one_line_from_split(tmp_path):
+    """data.test_path holds the test images; data.path's images of a class are all unreadable: nothing to carve val
+    from is one line, not a traceback, and a class with test images but nothing to train on is refused."""
+    from ..conftest import ROOT, stage_main
+
+    train, test = tmp_path / "tr", make_class_folders(tmp_path / "te", {"a": 5, "b": 5})
+    for name in ("a", "b"):
+        (train / name).mkdir(parents=True)
+        (train / name / "1.png").write_text("not an image")
+    base = ["--config-dir", str(ROOT / "conf"), "data=folder", f"data.path={train}", f"data.test_path={test}"]
+    base += ["hydra.run.dir=.", "hydra.output_subdir=null"]
+    for says in ("no readable image left to carve a val split from", "class 'b' has images in the test split but none"):
+        assert stage_main("fetch", base, tmp_path).returncode == 0
+        done = stage_main("split", base, tmp_path)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+        assert done.stderr.startswith(f"error: {says}")
+        assert not (tmp_path / "data/folder/split").exists()
+        make_class_folders(train, {"a": 8})  # then class a can be trained on, b still cannot
+
+
 def test_a_folder_with_fewer_than_two_classes_to_copy_is_one_line_and_the_last_images_stay(tmp_path):
     """Class folders that are all links (left out), one class, or none: refused by fetch, not passed on as an empty
     or one-class data set that replaces the images of the last fetch."""

@@ -22,6 +22,9 @@ def _carve(items: list[tuple[str, str]], fraction: float, seed: int, name: str) 
     from sklearn.model_selection import train_test_split  # imported here: sklearn adds ~1 s to every stage
 
     labels = [lbl for _, lbl in items]
+    if not items:
+        raise BadInput(f"no readable image left to carve a {name} split from: each is unreadable or in a fixed split "
+                       "(data.val_path, data.test_path)")  # fmt: skip
     try:
         return train_test_split(items, test_size=fraction, stratify=labels, random_state=seed)
     except ValueError:  # a class of one image, or fewer images carved (or left) than classes
@@ -72,6 +75,11 @@ def split_with_fixed(
             _check_fraction(f"{name}_fraction", frac)
             rest, out[name] = _carve(rest, frac, seed, name)
     out["train"] = rest
+    trained = {label for _, label in rest}
+    for name in ("val", "test"):  # a class the model never sees, scored on: its training images all unreadable
+        if unseen := sorted({label for _, label in out[name]} - trained):
+            raise BadInput(f"class {unseen[0]!r} has images in the {name} split but none readable to train on; add "
+                           "readable images of it to data.path, or drop it (data.exclude)")  # fmt: skip
     return {name: sorted(out[name]) for name in SPLITS}
 
 
