@@ -107,8 +107,8 @@ def _resolved(path: str | Path) -> Path | None:
 
 
 def refuse_folder(path: str | Path) -> None:
-    """BadInput when `path` cannot be a file this command writes: an existing folder (or a link to one), a name
-    with a NUL, an empty name or one too long for its temporary twin."""
+    """BadInput when `path` cannot be a file this command writes: an existing folder (or a link to one), a pipe,
+    socket or device (or a link to one), a name with a NUL, an empty name or one too long for its temporary twin."""
     path = Path(path)
     if "\0" in str(path) or not path.name:
         raise BadInput(f"{str(path)!r} is not a file name; nothing was written")
@@ -120,6 +120,28 @@ def refuse_folder(path: str | Path) -> None:
         folder = False
     if folder:
         raise BadInput(f"{path} is a folder; give a file name (for example {path / 'out.csv'}); nothing was written")
+    special = _special(path)
+    if special:  # /dev/null, a pipe, a socket, or a link to one (/dev/stdout): replaced, it would be a plain file
+        raise BadInput(f"{path} is {special}, not a file; only a file is replaced (--force included): give a file "
+                       "name; nothing was written")  # fmt: skip
+
+
+SPECIAL = (
+    (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")
+)  # fmt: skip
+
+
+def _special(path: Path) -> str | None:
+    """What `path` (or the file a link there leads to) is when it is a pipe, a socket or a device; else None."""
+    for look in (os.lstat, os.stat):
+        try:
+            mode = look(path).st_mode
+        except (OSError, ValueError):  # absent, a dangling link, a name too long: nothing special to keep
+            return None
+        for test, kind in SPECIAL:
+            if test(mode):
+                return kind
+    return None
 
 
 def _new_twin(path: Path) -> Path:
@@ -230,7 +252,10 @@ NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 # a path the user chose that cannot be written as given: named in one line, not a traceback
-BAD_PATH = {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.EINVAL}
+# a name that cannot be written, whatever the disk holds (EEXIST: a file where a folder on the way should be)
+BAD_PATH = {
+    errno.ENAMETOOLONG, errno.ENOTDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.EINVAL, errno.EEXIST
+}  # fmt: skip
 
 
 # torch.save's zip writer reports a short write in its own words, without the errno

@@ -273,6 +273,28 @@ def test_explain_writes_a_grad_cam_overlay_per_image_and_never_replaces_a_file(t
     assert not (tmp_path / "c3").exists()
 
 
+def test_a_pipe_a_socket_a_device_or_a_link_to_one_is_never_replaced_even_with_force(trained, project_env, tmp_path):
+    """--force replaces an earlier output: a file. Replaced, /dev/null (as root) or a pipe would be a plain file."""
+    import os
+    import socket
+
+    image = str(trained / "data/tiny/images/a/000.png")
+    os.mkfifo(tmp_path / "pipe.csv")
+    (tmp_path / "null.csv").symlink_to(os.devnull)
+    (tmp_path / "to_pipe.csv").symlink_to(tmp_path / "pipe.csv")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock.csv"))
+        for name, kind in (("pipe.csv", "a pipe"), ("sock.csv", "a socket"), ("null.csv", "a device"),
+                           ("to_pipe.csv", "a pipe")):  # fmt: skip
+            for flag in ("--out", "--request"):
+                done = cli([image, flag, str(tmp_path / name), "--force"], trained, project_env)
+                assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+                assert f"error: {tmp_path / name} is {kind}, not a file; only a file is replaced" in done.stderr
+        assert (tmp_path / "sock.csv").is_socket() and (tmp_path / "pipe.csv").is_fifo()
+    assert (tmp_path / "null.csv").is_symlink() and (tmp_path / "to_pipe.csv").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null.csv", "pipe.csv", "sock.csv", "to_pipe.csv"]
+
+
 def test_an_output_already_there_is_replaced_only_with_force_and_never_a_file_the_command_reads(
     trained, project_env, tmp_path
 ):
