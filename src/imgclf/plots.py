@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -116,12 +116,13 @@ def plot_samples(
     items: list[tuple[str, str]],
     class_names: Sequence[str],
     path: str | Path,
+    load: Callable[[Path], object],
+    *,
     per_class: int = 8,
     max_classes: int = 20,
 ) -> None:
-    """A grid: one row per class (first `max_classes`), `per_class` training images each."""
-    from PIL import Image
-
+    """A grid: one row per class (first `max_classes`), `per_class` training images each, as `load` gives them (a
+    thumbnail: a grid of full-size photos would hold hundreds of MB)."""
     plt = pyplot()
     shown = list(class_names)[:max_classes]
     by_class: dict[str, list[str]] = defaultdict(list)
@@ -134,8 +135,7 @@ def plot_samples(
             ax = axes[r][c]
             ax.axis("off")
             if c < len(by_class[label]):
-                with Image.open(image_root / by_class[label][c]) as img:
-                    ax.imshow(img.convert("RGB"))
+                ax.imshow(load(image_root / by_class[label][c]))
         axes[r][0].set_title(label, fontsize=8, loc="left")
     save_figure(fig, Path(path))
 

@@ -3,6 +3,7 @@
 import io
 import re
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -152,6 +153,27 @@ def test_a_long_thin_image_is_refused_before_its_resize_outgrows_the_pixel_limit
     with pytest.raises(ImageTooLarge, match="1 x 3000 pixels is too long and thin for 64 px"):
         decode_image(io.BytesIO(thin.getvalue()), 64, resize=resize)
     assert decode_image(io.BytesIO(thin.getvalue()), 4, resize=resize).shape == (4, 4, 3)  # 4 x 12,000: under
+
+
+def test_the_split_reports_sample_grid_holds_thumbnails_under_the_pixel_limit(tmp_path, monkeypatch):
+    """samples.png shows up to 160 images: each is read as a thumbnail of at most 128 px (a JPEG decoded at 1/8 of
+    its size), turned as shown, and refused past the pixel limit like every decode."""
+    from imgclf.data.images import ImageTooLarge, thumbnail
+
+    photo = np.zeros((3000, 4000, 3), np.uint8)
+    photo[:, :2000] = 255
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", exif=_turned())
+    small = thumbnail(tmp_path / "photo.jpg")
+    assert small.size == (96, 128) and small.mode == "RGB"  # portrait, as the EXIF tag says it is shown
+    monkeypatch.setattr("imgclf.data.images.MAX_PIXELS", 1000)
+    with pytest.raises(ImageTooLarge):
+        thumbnail(tmp_path / "photo.jpg")
+
+
+def _turned():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown as a portrait
+    return exif
 
 
 def test_links_leading_outside_linked_folders_and_unusable_names_are_left_out(tmp_path, monkeypatch, compose_cfg):

@@ -153,6 +153,27 @@ def test_a_pipe_among_the_inputs_is_named_and_never_waited_on(trained, project_e
     assert f"error: {tmp_path / 'pipe.png'}: not a regular file (a pipe or a device)\n" in done.stderr
 
 
+def test_a_file_of_a_format_that_is_no_photo_is_not_decoded_and_runs_no_program(
+    trained, project_env, tmp_path, monkeypatch
+):
+    """PIL opens EPS by its content, whatever the name, by running Ghostscript on it: not an image here, and the
+    rest of the batch is classified. A `gs` on PATH records whether it ran."""
+    from imgclf.data.folder import inspect_image
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/gs").write_text(f"#!/bin/sh\ntouch {tmp_path / 'ran'}\necho 10.0\n")
+    (tmp_path / "bin/gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{project_env['PATH']}")
+    eps = tmp_path / "drawing.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\n")
+    image = trained / "data/tiny/images/a/000.png"
+    done = cli([str(eps), str(image)], trained, project_env)
+    assert done.returncode == 0 and done.stdout.startswith(str(image))
+    assert f"error: {eps}: not a readable image" in done.stderr
+    assert inspect_image(eps) == ("not an image", None)  # and split leaves it out
+    assert not (tmp_path / "ran").exists()
+
+
 def test_nothing_classifiable_is_exit_1_and_no_file(trained, project_env, tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     done = cli([str(tmp_path / "notes.png"), "--out", "none.csv"], trained, project_env)

@@ -67,7 +67,7 @@ def inspect_image(path: Path) -> tuple[str | None, ImageInfo | None]:
         return "decompression bomb", None
     except UnidentifiedImageError:
         return "not an image", None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:  # RuntimeError: libavif's
         return f"corrupt ({type(exc).__name__})", None
 
 

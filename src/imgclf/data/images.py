@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -20,6 +21,11 @@ MAX_PIXELS_32_BIT_GRAY = MAX_PIXELS * 8 // 9
 RESIZE_MODES = ("crop", "squash")  # contract.py's, which imports nothing of imgclf (tests/test_serving.py: equal)
 
 
+# the raster formats a photo or a data set comes in; PIL would also open EPS (through Ghostscript, a program run on
+# the file), PDF, icons and a few dozen rarer formats whose decoders a crafted file reaches: those are not images here
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "PPM")
+
+
 class ImageTooLarge(BadInput):
     """An image whose header claims more pixels than MAX_PIXELS: refused before it is decoded."""
 
@@ -31,7 +37,7 @@ def open_image(source, on_size: Callable[[int, int], None] | None = None) -> Ite
     with warnings.catch_warnings():
         # the size is checked here, against our limit; PIL's own warning (or its error at 2x) would come later
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(source) as img:
+        with Image.open(source, formats=FORMATS) as img:
             width, height = img.size
             limit = MAX_PIXELS_32_BIT_GRAY if img.mode == "I" else MAX_PIXELS
             if width * height > limit:
@@ -79,6 +85,16 @@ def _check_resize(source: tuple[int, int], target: tuple[int, int], size: int) -
         )
 
 
+def thumbnail(path: Path, size: int = 128) -> Image.Image:
+    """The RGB image as shown, at most `size` px a side, for a grid of samples: under the pixel limit, and a JPEG
+    decoded at the smallest scale that still gives `size` (a 12 MP photo: 1/8 of its pixels)."""
+    with open_image(path) as img:
+        img.draft("RGB", (size, size))
+        img = as_shown(img)
+        img.thumbnail((size, size))
+        return img.convert("RGB")
+
+
 EXIF_ORIENTATION = 0x0112
 WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grayscale (PNG, TIFF), as PIL opens it
 
@@ -105,7 +121,8 @@ BAND_PIXELS = 1 << 22  # as_shown converts 16-bit grayscale about 4 M pixels at 
 
 
 # what a file that is not a readable image raises while it is opened or decoded (ImageTooLarge is a ValueError)
-UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# (RuntimeError: libavif's "Failed to decode image")
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, RuntimeError, Image.DecompressionBombError)
 
 
 def why_unreadable(exc: BaseException) -> str:

@@ -78,6 +78,7 @@ def write_data_report(
     out_dir: Path, image_root: Path, scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]], report: dict
 ) -> None:
     """reports/split/: report.json, class_counts.csv and .png, samples.png (what `dvc plots` shows, MLflow logs)."""
+    from imgclf.data.images import thumbnail
     from imgclf.files import atomic_path, write_json
     from imgclf.plots import plot_class_counts, plot_samples
 
@@ -88,7 +89,7 @@ def write_data_report(
         writer.writeheader()
         writer.writerows(rows)
     plot_class_counts(rows, out_dir / "class_counts.png")
-    plot_samples(image_root, splits["train"], scan.class_names, out_dir / "samples.png")
+    plot_samples(image_root, splits["train"], scan.class_names, out_dir / "samples.png", thumbnail)
 
 
 def small_classes(splits: Mapping[str, list[tuple[str, str]]], class_names: Sequence[str], minimum: int) -> list:
