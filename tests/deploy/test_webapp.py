@@ -8,6 +8,7 @@ import struct
 import time
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -290,6 +291,78 @@ def test_classify_one_shows_where_the_network_looked_while_its_own_model_is_serv
     client.service.explained = "another model"  # a model switched to from the picker: not the checkpoint's network
     other = client.post("/api/classify", data={"path": str(root / "tiny/images/b/000.png")}).json()["results"]
     assert "cam" not in other[0]
+
+
+def test_grad_cam_and_model_loads_run_one_at_a_time_whatever_the_number_of_clients(
+    trained_project, tmp_path, monkeypatch
+):
+    """Grad-CAM's hooks hold one call's activations on the one network, and two loads of one run would write one
+    cache folder at once: each runs alone, while --max-concurrent requests classify side by side."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy import webapp
+
+    root = trained_project / "data"
+    service = serve_client(trained_project, tmp_path / "cache", [trained_project], max_concurrent=4).service
+    running, most, guard = {}, {}, threading.Lock()
+
+    def alone(kind, result):
+        def call(*args, **kwargs):
+            with guard:
+                running[kind] = running.get(kind, 0) + 1
+                most[kind] = max(most.get(kind, 0), running[kind])
+            time.sleep(0.05)
+            with guard:
+                running[kind] -= 1
+            return result
+
+        return call
+
+    class Explainer:
+        overlay = staticmethod(alone("overlay", np.zeros((4, 4, 3), np.uint8)))
+
+    service.explainer = Explainer()
+    monkeypatch.setattr(webapp, "load_model", alone("load", service.model))
+    image, export = str(root / "tiny/images/b/000.png"), str(trained_project / "models/export")
+    with TestClient(webapp.create_app(service)) as app:
+        calls = [lambda: app.post("/api/classify", data={"path": image})] * 4
+        calls += [lambda: app.post("/api/model", json={"model": export})] * 4
+        answers: list[int] = []
+        asking = [threading.Thread(target=lambda c=c: answers.append(c().status_code)) for c in calls]
+        for thread in asking:
+            thread.start()
+        for thread in asking:
+            thread.join()
+    assert answers == [200] * 8 and most == {"overlay": 1, "load": 1}
+
+
+def test_sigterm_while_the_model_loads_stops_serve_through_a_library_that_catches_every_exception(monkeypatch):
+    """MLflow retries an unreachable server for minutes inside `except Exception`: SIGTERM then must still stop
+    serve, not be swallowed there and leave it to start serving."""
+    import contextlib
+    import signal
+    import socket
+
+    from imgclf.deploy import webapp
+
+    def loading(args, cache):
+        with contextlib.suppress(Exception):  # a library that swallows what it catches, and goes on
+            webapp._stop(signal.SIGTERM, None)  # SIGTERM arrives while it retries
+        raise AssertionError("serve went on loading after SIGTERM")
+
+    raised, handler = [], signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(webapp, "_service", loading)
+    monkeypatch.setattr(signal, "raise_signal", raised.append)  # not this test process: what serve sends itself
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    try:
+        webapp.main(["--port", str(port)])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert raised == [signal.SIGTERM]
 
 
 def test_an_upload_waits_for_its_slot_on_disk_not_in_memory(served, monkeypatch):

@@ -113,6 +113,7 @@ class Service:
         self.max_request_pixels = max_request_pixels
         self.cache = cache  # downloaded models, run pictures and uploads: the caller's, removed by the caller
         self.lock = threading.Lock()
+        self.switching, self.explaining = threading.Lock(), threading.Lock()
         self.max_concurrent = max_concurrent  # requests decoding and classifying at once: the memory bound
 
     def classify(self, uploads: list[tuple[str, Any]], path: str) -> dict[str, Any]:
@@ -145,7 +146,8 @@ class Service:
             latency = (time.perf_counter() - started) * 1000
             rows = results(merged, model.classifier.class_names, shown, 256 if len(inputs) == 1 else 64, opener)
             if len(rows) == 1 and merged[0].probs is not None and self.explainer and model.ref == self.explained:
-                cam = self.explainer.overlay(inputs[0], int(merged[0].probs.argmax()), opener)
+                with self.explaining:  # its hooks hold one call's activations on the one network
+                    cam = self.explainer.overlay(inputs[0], int(merged[0].probs.argmax()), opener)
                 rows[0]["cam"] = png_url(cam)
         return {"latency_ms": round(latency, 1), "model": model.ref, "results": rows}
 
@@ -177,7 +179,10 @@ class Service:
         return inputs, shown, refused
 
     def switch(self, ref: str) -> dict[str, Any]:
-        model = load_model(ref, self.uri, self.cache, roots=self.model_roots)
+        """Load `ref` and serve it. One switch at a time: two loads of one run or registered model would write its
+        files into the same cache folder at once."""
+        with self.switching:
+            model = load_model(ref, self.uri, self.cache, roots=self.model_roots)
         with self.lock:
             self.model = model
         return model.card
@@ -248,7 +253,10 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     @app.post("/api/model")
     async def switch(request: Request):
         ref = await _model_ref(request, answer)
-        return ref if isinstance(ref, JSONResponse) else await run_in_threadpool(service.switch, ref)
+        if isinstance(ref, JSONResponse):
+            return ref
+        async with slots:  # a load holds a model's weights: counted with the requests decoding and classifying
+            return await run_in_threadpool(service.switch, ref)
 
     _runs_routes(app, service)
     if service.review is not None:
@@ -313,7 +321,7 @@ def serve_parser():
     return parser
 
 
-class _Stopped(Exception):
+class _Stopped(BaseException):  # not an Exception: a library's `except Exception` (MLflow's retries) would swallow it
     """SIGTERM, raised again by uvicorn once it has shut down (under the handler it found: `_stop`)."""
 
 
