@@ -124,6 +124,16 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
             "hydra.sweeper.storage: a secret is not taken as an override (Hydra and DVC write overrides down); put it "
             "in IMGCLF_OPTUNA_STORAGE",
         ),
+        (  # a secret-looking key inside a mapping given as the value
+            ["+data.creds={api_token: fake-tok-9d}"],
+            "data.creds.api_token: a secret is not taken as an override (Hydra and DVC write overrides down); put it "
+            "in the environment variable the tool that reads it takes",
+        ),
+        (  # an http(s) URI's user:password moves into MLflow's variables; a database URI's cannot
+            ["tracking.uri=postgresql://u:fake-pw-55@127.0.0.1:1/db"],
+            "tracking.uri: a database password is not taken in the URI (Hydra and DVC write overrides down); give it "
+            "to the database's driver: PGPASSWORD or ~/.pgpass for PostgreSQL",
+        ),
     ],
 )
 def test_stage_exits_nonzero_with_one_line(project_env, args, expected):
@@ -165,6 +175,15 @@ def test_console_script_rejects_unknown_command(project_env):
             "error: trainer.batch_size=1 gives each of 1 process(es) batches of one image, and test_resnet has batch "
             "norm",
         ),
+        (  # a model no later stage would accept: refused before training, not by evaluate with a traceback
+            (*TINY_MODEL, "model.mean=[5,-1,0.5]"),
+            "error: model (image_size / crop_pct is resize_size): mean=[5, -1, 0.5] is not valid: 3 numbers from 0",
+        ),
+        (
+            (*TINY_MODEL, "model.image_size=110", "model.crop_pct=0.1"),
+            "error: model (image_size / crop_pct is resize_size): resize_size=1100 is not valid: null or an integer "
+            "from image_size (110) to 1024",
+        ),
     ],
 )
 def test_a_network_that_cannot_train_is_one_line_and_no_run(tiny_project, monkeypatch, tmp_path, overrides, says):
@@ -184,6 +203,30 @@ def test_a_network_that_cannot_train_is_one_line_and_no_run(tiny_project, monkey
     assert "Traceback" not in proc.stderr
     client = MlflowClient(tracking_uri=uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_a_second_training_in_a_checkpoints_folder_in_use_is_one_line_and_no_run(tiny_project):
+    """Another process training in the project holds checkpoints/: a second training would resume its checkpoint
+    as its own and log into its MLflow run. Refused before anything is read there; once it ends, training runs."""
+    from mlflow.tracking import MlflowClient
+
+    from imgclf.training.checkpoint import hold
+
+    from .conftest import TINY_OVERRIDES
+
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    args = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, "trainer.epochs=1", f"tracking.uri={uri}"]
+    release = hold(tiny_project / "checkpoints")  # what the training running elsewhere holds
+    try:
+        proc = stage_main("train", args, tiny_project)
+    finally:
+        release()
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: checkpoints is in use by another training (it holds the folder's lock)")
+    client = MlflowClient(tracking_uri=uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+    assert stage_main("train", args, tiny_project).returncode == 0
+    assert not (tiny_project / "checkpoints").exists()  # removed when the run finished, as before
 
 
 def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatch, tmp_path):

@@ -82,6 +82,12 @@ class ServingSpec:
     def __post_init__(self):
         self.resize_size = int(self.resize_size or self.image_size)
 
+    def check(self, source: str) -> ServingSpec:
+        """This spec held to what `checked` accepts from a file, so a model trained with it can be served: a
+        config's mean of 5 or a resize of 1,100 px is refused before training, not by evaluate afterwards."""
+        keys = ("image_size", "mean", "std", "interpolation", "resize_size", "resize", "tta")
+        return self.checked(source, self.class_names, {k: getattr(self, k) for k in keys})
+
     @property
     def stored_size(self) -> int:
         """The square size images are decoded (and packed) at, before the centre crop."""

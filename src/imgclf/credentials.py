@@ -33,14 +33,25 @@ def secret_override(argv: Sequence[str]) -> str | None:
     user:password is the exception: strip_overrides moves them into MLflow's variables first."""
     for arg in argv:
         key, _, value = arg.lstrip("+~").partition("=")
-        if not value.strip("'\"") or value == "null" or key == "tracking.uri" or arg.startswith("-"):
+        if not value.strip("'\"") or value == "null" or arg.startswith("-"):
             continue
-        if SECRET_KEY.search(key) or PASSWORD_URL.search(value):
+        if key == "tracking.uri":  # an http(s) user:password moves into MLflow's variables; a database's cannot
+            if PASSWORD_URL.search(value) and not HTTP_USERINFO.match(value.strip("'\"")):
+                return ("tracking.uri: a database password is not taken in the URI (Hydra and DVC write overrides "
+                        "down); give it to the database's driver: PGPASSWORD or ~/.pgpass for PostgreSQL")  # fmt: skip
+            continue
+        inner = [k for k in MAPPING_KEY.findall(value) if SECRET_KEY.search(k)] if "{" in value else []
+        if SECRET_KEY.search(key) or PASSWORD_URL.search(value) or inner:
             where = ENVIRONMENT.get(key) or _variable_for(key)
+            named = f"{key}.{inner[0]}" if inner and not SECRET_KEY.search(key) else key
             return (
-                f"{key}: a secret is not taken as an override (Hydra and DVC write overrides down); put it in {where}"
+                f"{named}: a secret is not taken as an override (Hydra and DVC write overrides down); put it in {where}"
             )
     return None
+
+
+# a key of a mapping written in an override's value: `+data.creds={api_token: ...}`, `[{token: ...}]`
+MAPPING_KEY = re.compile(r"[{,]\s*['\"]?([A-Za-z_][\w.-]*)['\"]?\s*:")
 
 
 def hide(text: str) -> str:

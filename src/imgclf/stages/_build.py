@@ -48,6 +48,7 @@ def build_training(opts: Options, paths: Paths, device: torch.device) -> Trainin
     )
     labels = read_labels(paths.labels(opts.data.name))
     spec = ServingSpec(labels, pre.image_size, pre.mean, pre.std, pre.interpolation, pre.resize_size, pre.resize)
+    spec.check("model (image_size / crop_pct is resize_size)")  # what evaluate, export and serve will accept
     root, pin = paths.dataset(opts.data.name), device.type == "cuda"
     chosen = auto_preset(root / "split") if opts.augment.preset == "auto" else None  # by what split found
     augment = opts.augment.presets[chosen] if chosen else {"ops": opts.augment.ops, "tta": opts.augment.tta}

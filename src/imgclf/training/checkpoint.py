@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +188,32 @@ def check_network(resume: Resume, network: str, shapes: dict[str, tuple]) -> Non
     raise BadInput(f"trainer.resume={resume.path}: the checkpoint's network ({theirs}) does not match the config's "
                    f"({network}): {detail}; resume it with the model and data it was trained with, or start afresh "
                    "with trainer.resume=never")  # fmt: skip
+
+
+def hold(directory: Path) -> Callable[[], None]:
+    """One training at a time in `directory`: an exclusive lock on the folder itself (flock, released however the
+    process ends), or BadInput while another process's training holds it (it would resume that run's checkpoint as
+    its own and log into its MLflow run, or set its files aside under it). Returns the release, which also removes
+    the folder when this call made it and nothing was written there."""
+    import fcntl
+
+    made = not directory.is_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BadInput(f"{directory} is in use by another training (it holds the folder's lock); wait for it to end, "
+                       "or give this one its own paths.checkpoints") from None  # fmt: skip
+
+    def release() -> None:
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):  # not empty, or removed by the run's end: kept as it is
+                directory.rmdir()
+
+    return release
 
 
 def set_aside_others(directory: Path, resume: str, resuming: Resume | None) -> None:

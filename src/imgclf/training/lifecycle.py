@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from imgclf.training.checkpoint import (
     check_network,
     find_resume_checkpoint,
     fingerprint,
+    hold,
     load_training_state,
     save_training_state,
     set_aside_others,
@@ -55,9 +57,18 @@ class Stopping:
 class TrainingRun:
     """One training run: rank 0 owns the MLflow run and writes checkpoints and outputs; other ranks only train."""
 
-    def __init__(self, paths: Paths, fingerprint: dict, resume: Resume | None = None, network: str | None = None):
+    def __init__(
+        self,
+        paths: Paths,
+        fingerprint: dict,
+        resume: Resume | None = None,
+        network: str | None = None,
+        release: Callable[[], None] | None = None,
+    ):
         self.paths, self.fingerprint, self.resume, self.network = paths, fingerprint, resume, network
         self.run_id: str | None = None
+        # the checkpoints folder's lock (rank 0's): released when the run ends, or when the plan is dropped unused
+        self.release = weakref.finalize(self, release) if release else lambda: None
 
     @classmethod
     def plan(cls, paths: Paths, resume: str, config: Mapping[str, Any], *, dataset: str) -> TrainingRun:
@@ -74,14 +85,20 @@ class TrainingRun:
             data_version=data_version(paths.split(dataset)),
             code_version=code_version(),
         )
-        resuming = find_resume_checkpoint(resume, paths.checkpoints, current)
-        model, classes = config["model"], _classes(paths, dataset)
-        network = network_name(model, classes)
-        if resuming is not None and resuming.mismatch and classes:  # forced across a change: may not fit the network
-            check_network(resuming, network, network_shapes(model["source"], model["name"], classes))
-        if dist.is_main():  # one process moves files
-            set_aside_others(paths.checkpoints, resume, resuming)
-        return cls(paths, current, resuming, network)
+        release = hold(paths.checkpoints) if dist.is_main() else None  # before anything there is read or moved
+        try:
+            resuming = find_resume_checkpoint(resume, paths.checkpoints, current)
+            model, classes = config["model"], _classes(paths, dataset)
+            network = network_name(model, classes)
+            if resuming is not None and resuming.mismatch and classes:  # forced across a change: may not fit
+                check_network(resuming, network, network_shapes(model["source"], model["name"], classes))
+            if dist.is_main():  # one process moves files
+                set_aside_others(paths.checkpoints, resume, resuming)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        return cls(paths, current, resuming, network, release)
 
     @contextmanager
     def open(
@@ -98,6 +115,11 @@ class TrainingRun:
         if not dist.is_main():
             yield self
             return
+        with contextlib.ExitStack() as done:
+            done.callback(self.release)
+            yield from self._open(uri, experiment, name=name, tags=tags, config=config)
+
+    def _open(self, uri, experiment, *, name, tags, config) -> Iterator[TrainingRun]:
         resumed = self.resume.state["run_id"] if self.resume else None
         parent_id = sweeps.parent_run_id()
         # the run opens first: a trial that fails on a bad combination is a FAILED run, not a missing one
