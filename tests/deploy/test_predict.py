@@ -181,6 +181,21 @@ def test_nothing_classifiable_is_exit_1_and_no_file(trained, project_env, tmp_pa
     assert not (trained / "none.csv").exists()  # a file of error rows alone is nothing the user asked for
 
 
+def test_no_images_to_classify_is_one_line_and_no_file(trained, project_env, tmp_path):
+    """An empty folder, one of notes only, an empty list: exit 1 naming what was given, nothing written (it was exit 0
+    and silence, a header-only submission, or a traceback for --request)."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes/readme.md").write_text("no images here")
+    (tmp_path / "list.txt").write_text("")
+    for given in ("empty", "notes", "list.txt"):
+        for out in ([], ["--out", "o.csv"], ["--request", "r.json"], ["--submission", "s.csv", "--positive", "a"]):
+            done = cli([str(tmp_path / given), *out], trained, project_env)
+            assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+            assert done.stderr.startswith(f"error: no images in {tmp_path / given}: give image files")
+    assert not [name for name in ("o.csv", "r.json", "s.csv") if (trained / name).exists()]
+
+
 def test_kaggle_submission_rows_in_id_order(trained, project_env):
     unlabelled = trained / "test1"
     unlabelled.mkdir()

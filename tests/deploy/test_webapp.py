@@ -54,6 +54,19 @@ def test_paths_outside_the_roots_answer_the_same_whether_they_exist_or_not(serve
         assert client.post("/api/classify", data={"path": sneaky}).status_code == 403
 
 
+def test_a_file_name_that_is_not_utf8_in_a_served_folder_is_classified_and_shown_escaped(served):
+    import os
+
+    client, root, _ = served
+    named = root / "odd"
+    named.mkdir()
+    (named / os.fsdecode(b"bad\xff.png")).write_bytes((root / "images/0.png").read_bytes())
+    answer = client.post("/api/classify", data={"path": str(named)})
+    assert answer.status_code == 200, answer.text
+    [row] = answer.json()["results"]
+    assert row["name"] == f"{named}/bad\\xff.png" and row["error"] is None and row["top"]
+
+
 def test_list_files_and_folders_are_read_only_under_the_roots(served):
     client, root, outside = served
     (root / "images" / "link.png").symlink_to(outside / "secret1.png")  # a member that leads outside

@@ -46,6 +46,12 @@ MAX_FILES = 500
 MAX_JSON_BYTES = 64 << 10
 
 
+def displayed(name: str) -> str:
+    """A file name as the page shows it: bytes that are not UTF-8 (`bad\\xff.png`, held as surrogates) as `\\xff`,
+    which JSON can carry, not a 500 for the whole request."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def results(preds: list[Prediction], names: list[str], shown: list[str], thumb: int, opener=None) -> list[dict]:
     rows = []
     for pred, name in zip(preds, shown):
@@ -167,7 +173,7 @@ class Service:
         for i, listed in enumerate(collect_inputs([str(top)], line_kind)):
             if i > MAX_FILES:
                 break  # counted as over the limit below; not resolved one by one
-            shown.append(str(listed))
+            shown.append(displayed(str(listed)))
             try:
                 inputs.append(inside(listed, self.roots, base=base))
             except PermissionError:
