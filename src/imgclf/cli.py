@@ -121,10 +121,8 @@ def predict(argv: list[str]) -> int:
                            "--request")  # fmt: skip
         for flag, out in outs:  # before any work: a file already there is replaced only with --force
             refuse_to_replace(out, flag, args.force)
-        inputs = collect_inputs(args.paths)
-        if not inputs:  # an empty folder or list: nothing to classify is not a success, nor an empty file
-            raise BadInput(f"no images in {', '.join(args.paths)}: give image files (.jpg, .png, ...), a folder of "
-                           "them or a .txt list of their paths")  # fmt: skip
+        if not (inputs := collect_inputs(args.paths)):  # an empty folder or list: no success, and no empty file
+            raise BadInput(f"no images in {', '.join(args.paths)}: give image files, a folder of them or a .txt list")
         model = Path(args.model)
         beside = [p for p in model.parent.iterdir() if p.is_file()] if model.is_file() else []  # its folder's files
         read = [*inputs, *args.paths, model, *beside, args.explain_model]

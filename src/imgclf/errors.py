@@ -11,8 +11,6 @@ import signal
 import sys
 from collections.abc import Iterator
 
-from imgclf.contract import ContractError
-
 
 class UserError(Exception):
     """Bad input or a missing prerequisite: `error: <message>`, exit 1, no traceback."""
@@ -54,8 +52,7 @@ def did_you_mean(given: str, valid, prefix: str = "") -> str:
 
 
 # also one line at the stage boundary: a missing or unreadable file names itself and is the user's to fix
-# (ContractError: a serving spec out of its range, the config's or a model file's)
-USER_ERRORS = (UserError, ContractError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+USER_ERRORS = (UserError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 def _sigterm(signum, frame):

@@ -192,7 +192,8 @@ def test_no_images_to_classify_is_one_line_and_no_file(trained, project_env, tmp
         for out in ([], ["--out", "o.csv"], ["--request", "r.json"], ["--submission", "s.csv", "--positive", "a"]):
             done = cli([str(tmp_path / given), *out], trained, project_env)
             assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-            assert done.stderr.startswith(f"error: no images in {tmp_path / given}: give image files")
+            says = f"error: no images in {tmp_path / given}: give image files, a folder of them or a .txt list\n"
+            assert done.stderr == says
     assert not [name for name in ("o.csv", "r.json", "s.csv") if (trained / name).exists()]
 
 

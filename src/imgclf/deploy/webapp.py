@@ -209,6 +209,15 @@ async def _model_ref(request: Request, answer) -> str | JSONResponse:
     return ref.strip()
 
 
+async def _switch(request: Request, service: Service, answer, slots) -> Any:
+    """POST /api/model: the model named in the body served from now on (the page's picker)."""
+    ref = await _model_ref(request, answer)
+    if isinstance(ref, JSONResponse):
+        return ref
+    async with slots:  # a load holds a model's weights: counted with the requests decoding and classifying
+        return await run_in_threadpool(service.switch, ref)
+
+
 def _runs_routes(app: FastAPI, service: Service) -> None:
     """The Runs view: the experiment's latest runs, and a run's curves as they stand (growing while it trains)."""
     from imgclf import tracking
@@ -258,11 +267,7 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
 
     @app.post("/api/model")
     async def switch(request: Request):
-        ref = await _model_ref(request, answer)
-        if isinstance(ref, JSONResponse):
-            return ref
-        async with slots:  # a load holds a model's weights: counted with the requests decoding and classifying
-            return await run_in_threadpool(service.switch, ref)
+        return await _switch(request, service, answer, slots)
 
     _runs_routes(app, service)
     if service.review is not None:

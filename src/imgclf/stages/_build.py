@@ -7,13 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from imgclf.contract import ServingSpec
+from imgclf.contract import ContractError, ServingSpec
 from imgclf.data.datasets import build_loader, load_split
 from imgclf.data.report import auto_preset
 from imgclf.data.sampling import class_weights
 from imgclf.data.split import read_labels
 from imgclf.data.transforms import Preprocess, build_augment
 from imgclf.devices import seed_everything
+from imgclf.errors import BadInput
 from imgclf.inference import DeviceSetup
 from imgclf.models.build import build_model, check_batch_for_norm
 from imgclf.models.preprocessing import resolve_preprocessing
@@ -48,7 +49,10 @@ def build_training(opts: Options, paths: Paths, device: torch.device) -> Trainin
     )
     labels = read_labels(paths.labels(opts.data.name))
     spec = ServingSpec(labels, pre.image_size, pre.mean, pre.std, pre.interpolation, pre.resize_size, pre.resize)
-    spec.check("model (image_size / crop_pct is resize_size)")  # what evaluate, export and serve will accept
+    try:  # what evaluate, export and serve will accept
+        spec.check("model (image_size / crop_pct is resize_size)")
+    except ContractError as exc:
+        raise BadInput(str(exc)) from None
     root, pin = paths.dataset(opts.data.name), device.type == "cuda"
     chosen = auto_preset(root / "split") if opts.augment.preset == "auto" else None  # by what split found
     augment = opts.augment.presets[chosen] if chosen else {"ops": opts.augment.ops, "tta": opts.augment.tta}
