@@ -45,6 +45,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _remove(tmp)
 
 
+def lock_folder(folder: Path, *, wait: bool = True) -> Callable[[], None]:
+    """An exclusive lock on the folder itself, between processes and threads alike (flock on an open file
+    description), released however the process ends: no lock file beside what the folder holds (a DVC dependency's
+    hash, a run's checkpoints). Returns the release; without `wait`, BlockingIOError while another holds it."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BaseException:
+        os.close(fd)
+        raise
+    return lambda: os.close(fd)  # closing the description releases the lock
+
+
 MAX_NAME = 255 - 16  # the file system's 255 bytes, less the temporary twin's `.` and `.tmp<pid>`
 
 

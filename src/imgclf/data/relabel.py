@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
@@ -164,16 +163,15 @@ def write_fixes(
 
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock between writers, processes and threads alike (flock on an open file description), taken
-    on the folder itself: a lock file in relabel/ would change the folder DVC hashes and rerun split."""
-    import fcntl
+    """One writer at a time: a lock on the folder itself (a lock file in relabel/ would change the folder DVC hashes
+    and rerun split)."""
+    from imgclf.files import lock_folder
 
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    release = lock_folder(folder)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        release()
 
 
 def relabel_parser():

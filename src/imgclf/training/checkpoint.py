@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from imgclf.errors import BadInput, MissingInput
-from imgclf.files import atomic_path, load_tensors
+from imgclf.files import atomic_path, load_tensors, lock_folder
 from imgclf.training.engine import FitState
 
 log = logging.getLogger(__name__)
@@ -195,20 +195,16 @@ def hold(directory: Path) -> Callable[[], None]:
     process ends), or BadInput while another process's training holds it (it would resume that run's checkpoint as
     its own and log into its MLflow run, or set its files aside under it). Returns the release, which also removes
     the folder when this call made it and nothing was written there."""
-    import fcntl
-
     made = not directory.is_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        unlock = lock_folder(directory, wait=False)
     except BlockingIOError:
-        os.close(fd)
         raise BadInput(f"{directory} is in use by another training (it holds the folder's lock); wait for it to end, "
                        "or give this one its own paths.checkpoints") from None  # fmt: skip
 
     def release() -> None:
-        os.close(fd)
+        unlock()
         if made:
             with contextlib.suppress(OSError):  # not empty, or removed by the run's end: kept as it is
                 directory.rmdir()

@@ -115,9 +115,10 @@ class TrainingRun:
         if not dist.is_main():
             yield self
             return
-        with contextlib.ExitStack() as done:
-            done.callback(self.release)
+        try:
             yield from self._open(uri, experiment, name=name, tags=tags, config=config)
+        finally:
+            self.release()
 
     def _open(self, uri, experiment, *, name, tags, config) -> Iterator[TrainingRun]:
         resumed = self.resume.state["run_id"] if self.resume else None
