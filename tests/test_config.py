@@ -177,12 +177,16 @@ def test_console_script_rejects_unknown_command(project_env):
         ),
         (  # a model no later stage would accept: refused before training, not by evaluate with a traceback
             (*TINY_MODEL, "model.mean=[5,-1,0.5]"),
-            "error: model (image_size / crop_pct is resize_size): mean=[5, -1, 0.5] is not valid: 3 numbers from 0",
+            "error: model.mean=[5, -1, 0.5] is not valid: 3 numbers from 0 to 1 (of pixel / 255)",
         ),
         (
             (*TINY_MODEL, "model.image_size=110", "model.crop_pct=0.1"),
-            "error: model (image_size / crop_pct is resize_size): resize_size=1100 is not valid: null or an integer "
-            "from image_size (110) to 1024",
+            "error: model.image_size=110 with crop_pct=0.1 resizes to 1100 px: at most 1024 (image_size / crop_pct)",
+        ),
+        (  # the size the weights give (test_resnet's 160 px), known only once the network is looked up
+            ("model=timm", "model.name=test_resnet", "model.crop_pct=0.1"),
+            "error: model (image_size / crop_pct is resize_size): resize_size=1600 is not valid: null or an integer "
+            "from image_size (160) to 1024",
         ),
     ],
 )

@@ -247,6 +247,7 @@ def test_the_vocabularies_are_what_the_library_implements():
 
     assert options.DEVICES == devices.DEVICES
     assert options.RESIZE_MODES == contract.RESIZE_MODES and options.INTERPOLATIONS == contract.INTERPOLATIONS
+    assert options.MAX_INPUT_SIZE == contract.MAX_INPUT_SIZE
 
     assert set(options.SOURCES) == set(catalog.SOURCES)
     assert set(options.STRATEGIES) == set(finetune.STRATEGIES)

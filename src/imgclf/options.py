@@ -34,6 +34,7 @@ from imgclf.paths import DATA_NAME
 DEVICES = ("auto", "cpu", "cuda")  # imgclf.devices
 RESIZE_MODES = ("crop", "squash")  # imgclf.contract
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # imgclf.contract
+MAX_INPUT_SIZE = 1024  # imgclf.contract: the largest image_size and resize a served model may have
 SOURCES = ("torchvision", "timm")  # imgclf.models.catalog
 STRATEGIES = ("full", "gradual", "head")  # imgclf.training.finetune
 BALANCE = ("none", "weights", "sampler")  # imgclf.stages._build: the loss's class weights or the balanced sampler
@@ -277,8 +278,15 @@ class Model(Group):
             raise BadInput(
                 f"{where}.image_size={self.image_size} is too small for {self.name}: it needs at least {least} px"
             )
-        if self.std is not None and not all(s > 0 for s in self.std):
-            raise BadInput(f"{where}.std={list(self.std)} is not valid: three numbers > 0")
+        for key, values, low in (("mean", self.mean, 0), ("std", self.std, 1e-6)):  # as a served model's spec
+            if values is not None and not all(low <= v <= 1 for v in values):
+                raise BadInput(
+                    f"{where}.{key}={list(values)} is not valid: 3 numbers from {low:g} to 1 (of pixel / 255)"
+                )
+        resized = math.floor(self.image_size / (self.crop_pct or 1)) if self.image_size else 0
+        if resized > MAX_INPUT_SIZE:
+            raise BadInput(f"{where}.image_size={self.image_size} with crop_pct={self.crop_pct} resizes to {resized} "
+                           f"px: at most {MAX_INPUT_SIZE} (image_size / crop_pct)")  # fmt: skip
         if self.weights is not None and not Path(os.path.expanduser(self.weights)).is_file():
             what = "is a folder" if Path(os.path.expanduser(self.weights)).exists() else "does not exist"
             shown = self.weights if self.weights.isprintable() else repr(self.weights)
