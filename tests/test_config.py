@@ -386,3 +386,64 @@ def test_a_new_model_file_without_the_base_is_refused_before_dvc_cannot_parse_dv
             "error: dvc.yaml reads ${model.inputs[0]}, which this config does not set (a conf/ file missing its "
             "defaults?)"
         )
+
+
+def test_a_refused_value_or_hydra_folder_leaves_every_file_as_it_was(tmp_path):
+    """A value the typed options refuse left outputs/DATE/TIME/ with an empty log; hydra.output_subdir=conf replaced
+    conf/config.yaml with the composition; a run folder under a file was Hydra's traceback; a sweep of range(0,1e8)
+    took gigabytes before a word. Each is one line before Hydra writes anything."""
+    import shutil
+
+    from imgclf import cli
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cases = [
+        (["trainer.batch_size=0"], 1, "trainer.batch_size=0 is not valid: an integer >= 1"),
+        (["trainer.batch_size=0", "--cfg", "job"], 1, "trainer.batch_size=0 is not valid"),
+        (
+            ["hydra.run.dir=.", "hydra.output_subdir=conf"],
+            2,
+            "hydra.output_subdir=conf: conf holds files Hydra did not write (augment, data, experiment), and Hydra "
+            "would replace its config.yaml, hydra.yaml, overrides.yaml there: give a new folder (default .hydra), "
+            "or hydra.output_subdir=null for none",
+        ),
+        ([f"hydra.output_subdir={tmp_path / 'conf'}"], 2, f"hydra.output_subdir={tmp_path / 'conf'}: {tmp_path}/conf"),
+        (
+            ["hydra.output_subdir=../../../notes.txt"],
+            2,
+            "hydra.output_subdir=../../../notes.txt: notes.txt is not a folder",
+        ),
+        (
+            ["hydra.run.dir=notes.txt/run"],
+            2,
+            f"hydra.run.dir=notes.txt/run: {tmp_path}/notes.txt is not a folder; give a folder that can be made",
+        ),
+        (["-m", "hydra.sweep.dir=notes.txt", "seed=1,2"], 2, f"hydra.sweep.dir=notes.txt: {tmp_path}/notes.txt"),
+        (
+            ["-m", "seed=range(0,100000000)"],
+            2,
+            "seed=range(0,100000000) lists 100000000 jobs: a sweep lists at most 1000; for a larger space, let an "
+            "Optuna sweep sample an interval()",
+        ),
+        (
+            ["-m", "seed=range(0,100)", "optim.lr=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1"],
+            2,
+            "seed=range(0,100) optim.lr",
+        ),
+    ]
+    for args, code, said in cases:
+        done = stage_main("train", args, tmp_path)
+        assert done.returncode == code and done.stderr.startswith(f"error: {said}"), (args, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before, args
+        assert sorted(tmp_path.iterdir()) == [tmp_path / "conf", tmp_path / "notes.txt"], args
+    done = console(cli.check, ["-S", "seed=range(0,100000000)"], tmp_path)  # dvc exp run -S's queue
+    assert done.returncode == 2 and "lists 100000000 jobs" in done.stderr
+    # what Hydra wrote itself is Hydra's to replace; a sweep of 1000 jobs is taken
+    (tmp_path / "old" / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (tmp_path / "old" / ".hydra" / name).write_text("{}\n")
+    assert check_overrides(["hydra.run.dir=old"], tmp_path) is None
+    assert check_overrides(["-m", "seed=range(0,1000)"], tmp_path) is None

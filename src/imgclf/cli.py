@@ -373,12 +373,12 @@ def check_parser() -> argparse.ArgumentParser:
 def check(argv: list[str]) -> int:
     """`imgclf check -S a -S b`: the overrides of a `dvc exp run` checked as DVC will compose them (from conf/), in
     one line and before DVC prints its own dozen: unknown keys and choices, bad values, missing folders."""
-    from imgclf.config import check_overrides, compose, missing_for_dvc, no_conf_here
+    from imgclf.config import check_overrides, compose, missing_for_dvc
     from imgclf.options import Options
 
     args = check_parser().parse_intermixed_args(argv)
     overrides = [*args.set, *args.overrides]
-    error = no_conf_here(overrides) or check_overrides(overrides)
+    error = check_overrides(overrides)
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2

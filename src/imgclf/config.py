@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -114,26 +116,65 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
     Group choices are checked against conf/'s files (every value of a sweep); keys by one Hydra compose, whose
     multi-line error is turned into one line listing the keys that exist.
     """
-    secret = secret_override(argv)
-    if secret:
-        return secret
+    return checked_config(argv, root)[0]
+
+
+def checked_config(argv: Sequence[str], root: str | Path = ".") -> tuple[str | None, DictConfig | None]:
+    """no_conf_here's or check_overrides' error, and the config it composed, resolved: None when it composed none
+    (an error, a DVC run reading params.yaml) or for a sweep (-m: each job's config differs, and a job refused is a
+    FAILED run); a stage checks its values with it before Hydra makes a run folder."""
+    error = no_conf_here(argv, root) or secret_override(argv)
+    if error:
+        return error, None
     bare = [a for a in split_argv(argv)[1] if "=" not in a and not a.startswith("~")]
     if bare:  # Hydra would say it in four lines (`imgclf check`: a traceback)
-        return f"bad override {bare[0]!r}: give KEY=VALUE (trainer.epochs=5), +KEY=VALUE to add a key, ~KEY to drop one"
+        return (
+            f"bad override {bare[0]!r}: give KEY=VALUE (trainer.epochs=5), +KEY=VALUE to add a key, ~KEY to drop one",
+            None,
+        )
     root = _given_root(argv, root)
     if root is None or not conf_dir(root).is_dir() or "--config-name" in argv or "-cn" in argv:
-        return None  # DVC runs read params.yaml, already composed (and checked) by DVC
+        return None, None  # DVC runs read params.yaml, already composed (and checked) by DVC
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    groups = config_groups(root)
     args = [a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith("-")]  # ~KEY: a deletion
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(args)
     except HydraException as exc:  # Hydra's grammar error: its first line names the bad token
-        return _grammar_error(parser, args, exc)
-    kept, own = [], []  # the config's overrides, Hydra's own (hydra/launcher=joblib, hydra.launcher.n_jobs=2)
+        return _grammar_error(parser, args, exc), None
+    error = _too_many_jobs(args, parsed)
+    if error:
+        return error, None
+    error, kept, own = _kept(args, parsed, config_groups(root))
+    if error:
+        return error, None
+    import yaml
+
+    try:
+        cfg = compose(kept, root, resolve=False)
+    except HydraException as exc:
+        return _explain(str(exc), kept, root), None
+    except yaml.YAMLError as exc:  # a file of conf/ that is not YAML: where, not Hydra's 100 lines
+        return yaml_error(exc), None
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.resolve(cfg)  # an interpolation the overrides broke (${oops}) fails here, not in a stage
+    except OmegaConfBaseException as exc:
+        dropped = [a for a in args if a.startswith("~")]
+        why = f" ({dropped[0]} drops a key the config reads: keep it or override the key reading it)" if dropped else ""
+        return f"bad interpolation: {str(exc).splitlines()[0]}{why}", None
+    swept = any(ov.is_sweep_override() for ov in parsed) or {"-m", "--multirun"} & set(split_argv(argv)[0])
+    return (_check_hydra(kept, own, root) if own else None), (None if swept else cfg)
+
+
+def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[str | None, list[str], list[str]]:
+    """(an unknown group option, the config's overrides to compose, Hydra's own: hydra/launcher=joblib,
+    hydra.launcher.n_jobs=2): each group choice checked against conf/'s files, a swept key kept with a neutral value."""
+    kept: list[str] = []
+    own: list[str] = []
     for text, ov in zip(args, parsed):
         key, prefix = ov.key_or_group, text[: len(text) - len(text.lstrip("+~"))]
         if key.startswith("hydra"):
@@ -142,31 +183,53 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
         if key in groups and not ov.is_delete():
             values = _choices(ov, groups[key])
             if values is None:
-                return f"bad override {text!r}: a group takes its options as a list (a,b) or glob(*), not interval()"
+                return (
+                    f"bad override {text!r}: a group takes its options as a list (a,b) or glob(*), not interval()",
+                    [],
+                    [],
+                )
             bad = [v for v in values if v not in groups[key]]
             if bad:
                 hint = did_you_mean(bad[0], groups[key], f"{key}=")
-                return f"unknown {key} '{bad[0]}'{hint}; choose one of: {', '.join(groups[key])}"
+                return f"unknown {key} '{bad[0]}'{hint}; choose one of: {', '.join(groups[key])}", [], []
             kept.append(f"{prefix}{key}={values[0]}")
         else:  # a swept key is checked for existence with a neutral value
             kept.append(f"{prefix}{key}=null" if ov.is_sweep_override() else text)
-    import yaml
+    return None, kept, own
 
-    try:
-        cfg = compose(kept, root, resolve=False)
-    except HydraException as exc:
-        return _explain(str(exc), kept, root)
-    except yaml.YAMLError as exc:  # a file of conf/ that is not YAML: where, not Hydra's 100 lines
-        return yaml_error(exc)
-    from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        OmegaConf.resolve(cfg)  # an interpolation the overrides broke (${oops}) fails here, not in a stage
-    except OmegaConfBaseException as exc:
-        dropped = [a for a in args if a.startswith("~")]
-        why = f" ({dropped[0]} drops a key the config reads: keep it or override the key reading it)" if dropped else ""
-        return f"bad interpolation: {str(exc).splitlines()[0]}{why}"
-    return _check_hydra(kept, own, root) if own else None
+# the jobs one sweep may list (Hydra's grid, `dvc exp run -S`'s queue, an Optuna sweep's choices): each is listed
+# in memory before the first runs, so a typo such as range(0,1e8) would take gigabytes before anything is said
+MAX_SWEEP_JOBS = 1000
+
+
+def sweep_size(ov) -> int | None:
+    """How many values a sweep override lists, counted without listing them; None for what is sampled or matched
+    against conf/'s files (interval(), glob())."""
+    value = ov.value()
+    kind = type(value).__name__
+    if kind == "RangeSweep":
+        if not value.step:
+            return None  # Hydra's own error says why
+        return max(0, math.ceil((value.stop - value.start) / value.step))
+    if kind == "ChoiceSweep":
+        return len(value.list)
+    return None
+
+
+def _too_many_jobs(args: list[str], parsed: list) -> str | None:
+    """One line when the sweeps of these overrides list more than MAX_SWEEP_JOBS jobs together."""
+    jobs, named = 1, []
+    for text, ov in zip(args, parsed):
+        size = sweep_size(ov) if ov.is_sweep_override() else None
+        if size is not None:
+            jobs, named = jobs * size, [*named, text]
+    if jobs <= MAX_SWEEP_JOBS:
+        return None
+    return (
+        f"{' '.join(named)} lists {jobs} jobs: a sweep lists at most {MAX_SWEEP_JOBS}; for a larger space, let an "
+        "Optuna sweep sample an interval() (python -m imgclf.stages.train -m +sweep=optuna_lr_wd)"
+    )
 
 
 def _check_hydra(kept: list[str], own: list[str], root: str | Path) -> str | None:
@@ -177,7 +240,7 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path) -> str | Non
 
     overrides = [*kept, *own]
     try:
-        compose(overrides, root, hydra=True)
+        cfg = compose(overrides, root, hydra=True)
     except (HydraException, OmegaConfBaseException) as exc:
         message = str(exc)
         missing = re.search(r"Could not find '(hydra/[^']+)/([^']+)'", message)
@@ -194,6 +257,62 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path) -> str | Non
             why = kinds.get(kind, kind) if kind else cause[0]
             return f"{merging.group(1)} is not valid: {why}"
         return _explain(message, overrides, root, hydra=True)
+    return _output_folders(cfg.hydra, own, root)
+
+
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml", "multirun.yaml"}  # what Hydra writes in output_subdir
+
+
+def _output_folders(hydra: DictConfig, own: list[str], root: str | Path) -> str | None:
+    """One line when Hydra could not make the run's folder (hydra.run.dir or hydra.sweep.dir under a file, or where
+    no folder can be made), or when hydra.output_subdir names a folder holding files Hydra did not write: Hydra would
+    replace its config.yaml there (conf/ itself, say) before the stage starts."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    given = {o.partition("=")[0].lstrip("+"): o for o in own}
+    for key in ("run.dir", "sweep.dir"):
+        if f"hydra.{key}" not in given:
+            continue
+        try:
+            folder = Path(root) / str(OmegaConf.select(hydra, key, throw_on_resolution_failure=True))
+        except OmegaConfBaseException:
+            continue  # a value only the running app has (${hydra:...}): Hydra says it
+        why = _cannot_make(folder)
+        if why:
+            return f"{given[f'hydra.{key}']}: {why}; give a folder that can be made (default outputs/DATE/TIME)"
+    subdir = OmegaConf.select(hydra, "output_subdir", throw_on_resolution_failure=False)
+    if "hydra.output_subdir" not in given or subdir is None:
+        return None
+    run = OmegaConf.select(hydra, "run.dir", throw_on_resolution_failure=False)
+    target = Path(os.path.normpath(Path(root) / str(run or ".") / str(subdir)))  # an absolute one replaces both
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in HYDRA_FILES)
+        if foreign:
+            return (
+                f"{given['hydra.output_subdir']}: {target} holds files Hydra did not write ({', '.join(foreign[:3])}), "
+                f"and Hydra would replace its {', '.join(sorted(HYDRA_FILES - {'multirun.yaml'}))} there: give a new "
+                "folder (default .hydra), or hydra.output_subdir=null for none"
+            )
+    elif target.exists() or target.is_symlink():
+        return f"{given['hydra.output_subdir']}: {target} is not a folder; give a new folder (default .hydra)"
+    return None
+
+
+def _cannot_make(folder: Path) -> str | None:
+    """Why `folder` (made with its parents) cannot be made, or None; tries the first missing level and removes it."""
+    folder = Path(os.path.abspath(folder))
+    first = folder
+    while not first.parent.exists() and first.parent != first:
+        first = first.parent
+    if first.exists():
+        return None if first.is_dir() else f"{first} is not a folder"
+    if not first.parent.is_dir():
+        return f"{first.parent} is not a folder"
+    try:
+        first.mkdir()
+    except OSError as exc:
+        return f"{first} cannot be made ({exc.strerror})"
+    first.rmdir()
     return None
 
 

@@ -16,9 +16,10 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf.config import check_overrides, conf_dir, no_conf_here
+from imgclf.config import check_overrides, checked_config, conf_dir
 from imgclf.credentials import strip_overrides
 from imgclf.errors import USER_ERRORS, BadConfig, BadInput, stoppable
+from imgclf.options import Options
 from imgclf.stages import settle_imports
 from imgclf.workspace import OFF, with_workspace
 
@@ -65,19 +66,19 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
         settle_imports()
         try:  # the experiment applied in this workspace (params.yaml), under the user's own overrides
             argv, carried = with_workspace(sys.argv[1:])
-        except BadInput as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        except (HydraException, yaml.YAMLError) as exc:  # conf/ itself does not compose: the override check says why
-            print(f"error: {check_overrides([]) or str(exc).splitlines()[0]}", file=sys.stderr)
+        except (BadInput, HydraException, yaml.YAMLError) as exc:  # conf/ not composing: the override check says why
+            said = str(exc) if isinstance(exc, BadInput) else check_overrides([]) or str(exc).splitlines()[0]
+            print(f"error: {said}", file=sys.stderr)
             sys.exit(2)
         sys.argv[1:], carried = strip_overrides(argv), strip_overrides(carried)  # before Hydra or a line shows them
         if carried:
             print(f"workspace: params.yaml is conf/ plus {' '.join(carried)} ({OFF}=0: conf/ alone)", file=sys.stderr)
-        error = no_conf_here(sys.argv[1:]) or check_overrides(sys.argv[1:])  # before Hydra: multi-line, exit 1
+        error, cfg = checked_config(sys.argv[1:])  # before Hydra: its errors are many lines, and exit 1
         if error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        if cfg is not None:  # its values too, before Hydra makes a run folder (outputs/DATE/TIME) for a refused one
+            one_line_errors(Options.from_config)(cfg)
         path = str(conf_dir()) if conf_dir().is_dir() else None
         with stoppable():
             hydra.main(version_base="1.3", config_path=path, config_name="config")(one_line_errors(task, refused))()
