@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import math
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -16,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgclf.credentials import secret_override
 from imgclf.errors import did_you_mean
+from imgclf.hydra_run import output_folders, too_many_jobs
 
 CONF_DIR = "conf"
 
@@ -144,7 +143,7 @@ def checked_config(argv: Sequence[str], root: str | Path = ".") -> tuple[str | N
         parsed = parser.parse_overrides(args)
     except HydraException as exc:  # Hydra's grammar error: its first line names the bad token
         return _grammar_error(parser, args, exc), None
-    error = _too_many_jobs(args, parsed)
+    error = too_many_jobs(args, parsed)
     if error:
         return error, None
     error, kept, own = _kept(args, parsed, config_groups(root))
@@ -198,40 +197,6 @@ def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[
     return None, kept, own
 
 
-# the jobs one sweep may list (Hydra's grid, `dvc exp run -S`'s queue, an Optuna sweep's choices): each is listed
-# in memory before the first runs, so a typo such as range(0,1e8) would take gigabytes before anything is said
-MAX_SWEEP_JOBS = 1000
-
-
-def sweep_size(ov) -> int | None:
-    """How many values a sweep override lists, counted without listing them; None for what is sampled or matched
-    against conf/'s files (interval(), glob())."""
-    value = ov.value()
-    kind = type(value).__name__
-    if kind == "RangeSweep":
-        if not value.step:
-            return None  # Hydra's own error says why
-        return max(0, math.ceil((value.stop - value.start) / value.step))
-    if kind == "ChoiceSweep":
-        return len(value.list)
-    return None
-
-
-def _too_many_jobs(args: list[str], parsed: list) -> str | None:
-    """One line when the sweeps of these overrides list more than MAX_SWEEP_JOBS jobs together."""
-    jobs, named = 1, []
-    for text, ov in zip(args, parsed):
-        size = sweep_size(ov) if ov.is_sweep_override() else None
-        if size is not None:
-            jobs, named = jobs * size, [*named, text]
-    if jobs <= MAX_SWEEP_JOBS:
-        return None
-    return (
-        f"{' '.join(named)} lists {jobs} jobs: a sweep lists at most {MAX_SWEEP_JOBS}; for a larger space, let an "
-        "Optuna sweep sample an interval() (python -m imgclf.stages.train -m +sweep=optuna_lr_wd)"
-    )
-
-
 def _check_hydra(kept: list[str], own: list[str], root: str | Path) -> str | None:
     """Hydra's own settings composed with Hydra's config, as `-m` composes them before the first job: a launcher or
     sweeper that does not exist, a key it lacks or a value of the wrong type, in one line."""
@@ -257,63 +222,14 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path) -> str | Non
             why = kinds.get(kind, kind) if kind else cause[0]
             return f"{merging.group(1)} is not valid: {why}"
         return _explain(message, overrides, root, hydra=True)
-    return _output_folders(cfg.hydra, own, root)
-
-
-HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml", "multirun.yaml"}  # what Hydra writes in output_subdir
-
-
-def _output_folders(hydra: DictConfig, own: list[str], root: str | Path) -> str | None:
-    """One line when Hydra could not make the run's folder (hydra.run.dir or hydra.sweep.dir under a file, or where
-    no folder can be made), or when hydra.output_subdir names a folder holding files Hydra did not write: Hydra would
-    replace its config.yaml there (conf/ itself, say) before the stage starts."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    given = {o.partition("=")[0].lstrip("+"): o for o in own}
-    for key in ("run.dir", "sweep.dir"):
-        if f"hydra.{key}" not in given:
-            continue
+    folders = {}
+    for key in ("run.dir", "sweep.dir", "output_subdir"):
         try:
-            folder = Path(root) / str(OmegaConf.select(hydra, key, throw_on_resolution_failure=True))
-        except OmegaConfBaseException:
-            continue  # a value only the running app has (${hydra:...}): Hydra says it
-        why = _cannot_make(folder)
-        if why:
-            return f"{given[f'hydra.{key}']}: {why}; give a folder that can be made (default outputs/DATE/TIME)"
-    subdir = OmegaConf.select(hydra, "output_subdir", throw_on_resolution_failure=False)
-    if "hydra.output_subdir" not in given or subdir is None:
-        return None
-    run = OmegaConf.select(hydra, "run.dir", throw_on_resolution_failure=False)
-    target = Path(os.path.normpath(Path(root) / str(run or ".") / str(subdir)))  # an absolute one replaces both
-    if target.is_dir():
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in HYDRA_FILES)
-        if foreign:
-            return (
-                f"{given['hydra.output_subdir']}: {target} holds files Hydra did not write ({', '.join(foreign[:3])}), "
-                f"and Hydra would replace its {', '.join(sorted(HYDRA_FILES - {'multirun.yaml'}))} there: give a new "
-                "folder (default .hydra), or hydra.output_subdir=null for none"
-            )
-    elif target.exists() or target.is_symlink():
-        return f"{given['hydra.output_subdir']}: {target} is not a folder; give a new folder (default .hydra)"
-    return None
-
-
-def _cannot_make(folder: Path) -> str | None:
-    """Why `folder` (made with its parents) cannot be made, or None; tries the first missing level and removes it."""
-    folder = Path(os.path.abspath(folder))
-    first = folder
-    while not first.parent.exists() and first.parent != first:
-        first = first.parent
-    if first.exists():
-        return None if first.is_dir() else f"{first} is not a folder"
-    if not first.parent.is_dir():
-        return f"{first.parent} is not a folder"
-    try:
-        first.mkdir()
-    except OSError as exc:
-        return f"{first} cannot be made ({exc.strerror})"
-    first.rmdir()
-    return None
+            value = OmegaConf.select(cfg.hydra, key, throw_on_resolution_failure=True)
+        except OmegaConfBaseException:  # a value only the running app has (${hydra:...}): Hydra says it
+            value = None
+        folders[key] = None if value is None else str(value)
+    return output_folders(folders, own, root)
 
 
 def _given_root(argv: Sequence[str], root: str | Path) -> Path | None:

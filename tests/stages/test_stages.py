@@ -207,3 +207,28 @@ def test_an_evaluate_that_fails_half_way_leaves_the_last_report_as_it_was(traine
     assert done.returncode != 0 and "Grad-CAM failed" in done.stderr
     assert {p.name: p.read_bytes() for p in report.iterdir()} == before
     assert not list(project.glob("reports/.*"))  # no temporary folder left
+
+
+@pytest.mark.parametrize(
+    "stage,override,said",
+    [
+        ("evaluate", "model.name=resnet18", "model.name=resnet18, but models/model.pt was trained with "
+         "model.name=test_resnet: train it first (dvc repro), or drop the override"),
+        ("export", "model.image_size=48", "model.image_size=48, but models/model.pt was trained with "
+         "model.image_size=32"),
+        ("label_issues", "model.mean=[0.5,0.5,0.5]", "model.mean=[0.5, 0.5, 0.5], but models/model.pt was trained "
+         "with model.mean=null"),
+    ],
+)  # fmt: skip
+def test_a_stage_after_train_given_another_network_refuses_it_in_one_line(
+    trained_project, tmp_path, stage, override, said
+):
+    """`python -m imgclf.stages.evaluate model.name=resnet18` evaluated the checkpoint's test_resnet and logged it as
+    a second value of every test/* metric of its run: an override the stage could not apply, silently dropped."""
+    project = copy_of(trained_project, tmp_path / "project")
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    argv = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, f"tracking.uri=sqlite:///{project}/mlflow.db"]
+    done = stage_main(stage, [*argv, override], project)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {said}") and done.stderr.count("\n") == 1
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before  # no outputs/DATE/TIME left
+    assert not (project / "outputs").exists()

@@ -7,18 +7,18 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.config import check_overrides, checked_config, conf_dir
 from imgclf.credentials import strip_overrides
 from imgclf.errors import USER_ERRORS, BadConfig, BadInput, stoppable
+from imgclf.hydra_run import is_multirun, overrides, run_folder_guard
+from imgclf.hydra_run import output_root as output_root  # the stages' own (train, lr_find)
 from imgclf.options import Options
 from imgclf.stages import settle_imports
 from imgclf.workspace import OFF, with_workspace
@@ -38,6 +38,7 @@ def one_line_errors(task: Callable[[DictConfig], object], refused: Refused | Non
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
+        take_back = run_folder_guard()
         try:
             return task(cfg)
         except Exception as exc:
@@ -53,6 +54,7 @@ def one_line_errors(task: Callable[[DictConfig], object], refused: Refused | Non
                 return None
             if not isinstance(exc, USER_ERRORS):  # a bug: its traceback is what a developer needs
                 raise
+            take_back()  # nothing partial left: the run folder Hydra made for a refused run
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
 
@@ -78,22 +80,13 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         if cfg is not None:  # its values too, before Hydra makes a run folder (outputs/DATE/TIME) for a refused one
-            one_line_errors(Options.from_config)(cfg)
+            try:
+                Options.from_config(cfg)
+            except BadConfig as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(1)
         path = str(conf_dir()) if conf_dir().is_dir() else None
         with stoppable():
             hydra.main(version_base="1.3", config_path=path, config_name="config")(one_line_errors(task, refused))()
 
     return main
-
-
-def is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def output_root() -> Path:
-    """Project root for single runs (the paths dvc.yaml declares); the job's own dir in a sweep."""
-    return Path(HydraConfig.get().runtime.output_dir) if is_multirun() else Path(".")
-
-
-def overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig | Options) -> float:
     opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
     paths, data = Paths.from_config(opts.paths), opts.data
-    ckpt = load_checkpoint(paths.model_file)
+    ckpt = load_checkpoint(paths.model_file, opts.config.get("model"))
     spec = ServingSpec.from_checkpoint(ckpt)
     if read_labels(paths.labels(data.name)) != spec.class_names:
         raise BadInput(

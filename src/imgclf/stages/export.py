@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def export(cfg: DictConfig | Options) -> None:
     opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
     paths, e = Paths.from_config(opts.paths), opts.export
-    ckpt = load_checkpoint(paths.model_file)
+    ckpt = load_checkpoint(paths.model_file, opts.config.get("model"))
     spec = ServingSpec.from_checkpoint(ckpt)
     model = model_from_checkpoint(ckpt)
     test_set = load_split(paths.dataset(opts.data.name), "test", opts.data.subset, spec)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def label_issues(cfg: DictConfig | Options) -> float:
     opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
     paths, data, li = Paths.from_config(opts.paths), opts.data, opts.label_issues
-    ckpt = load_checkpoint(paths.model_file)
+    ckpt = load_checkpoint(paths.model_file, opts.config.get("model"))
     spec = ServingSpec.from_checkpoint(ckpt)
     t = opts.trainer
     setup = DeviceSetup.for_device(resolve_device(t.device), t.amp, t.channels_last)  # as train ran: bf16 on CUDA

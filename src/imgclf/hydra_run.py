@@ -1,0 +1,160 @@
+"""Hydra's run as the stages see it (single run or sweep, its folder, the overrides it was given), Hydra's own
+settings checked before Hydra acts on them (the folders it makes, how many jobs a sweep lists), and a refused run's
+folder taken back."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def output_root() -> Path:
+    """Project root for single runs (the paths dvc.yaml declares); the job's own dir in a sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if is_multirun() else Path(".")
+
+
+def overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run_folder_guard() -> Callable[[], None]:
+    """Called as a single run's task starts: returns what takes back the files Hydra wrote for it when the run is
+    refused (a user error): its output_subdir's files, the job's log when it was empty as the task started (nothing
+    of an earlier run's in it), and the folders left empty up to the working directory, in the default run folder
+    (outputs/DATE/TIME) only: a hydra.run.dir given is left as it is. A sweep's jobs keep theirs: a refused job is
+    a FAILED run whose record they are."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or is_multirun():
+        return lambda: None
+    hydra = HydraConfig.get()
+    if any(o.partition("=")[0].lstrip("+") == "hydra.run.dir" for o in hydra.overrides.hydra):
+        return lambda: None  # a folder of the user's choosing may have been there before, empty
+    folder = Path(hydra.runtime.output_dir)
+    logs = [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]
+    ours = [h for h in logs if Path(h.baseFilename).parent == folder and _empty(Path(h.baseFilename))]
+    subdir = folder / hydra.output_subdir if hydra.output_subdir is not None else None
+
+    def take_back() -> None:
+        for handler in ours:
+            logging.root.removeHandler(handler)
+            handler.close()
+            Path(handler.baseFilename).unlink(missing_ok=True)
+        if subdir is not None:
+            for name in HYDRA_FILES:
+                (subdir / name).unlink(missing_ok=True)
+        here = Path.cwd().resolve()
+        for empty in [*([subdir] if subdir else []), folder, *folder.parents]:
+            resolved = empty.resolve()
+            if resolved == here or resolved in here.parents:
+                break
+            try:
+                empty.rmdir()
+            except OSError:  # not empty (or not ours to remove): the folders above it stay too
+                break
+
+    return take_back
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+# the jobs one sweep may list (Hydra's grid, `dvc exp run -S`'s queue, an Optuna sweep's choices): each is listed
+# in memory before the first runs, so a typo such as range(0,1e8) would take gigabytes before anything is said
+MAX_SWEEP_JOBS = 1000
+
+
+def sweep_size(ov) -> int | None:
+    """How many values a sweep override lists, counted without listing them; None for what is sampled or matched
+    against conf/'s files (interval(), glob())."""
+    value = ov.value()
+    kind = type(value).__name__
+    if kind == "RangeSweep":
+        if not value.step:
+            return None  # Hydra's own error says why
+        return max(0, math.ceil((value.stop - value.start) / value.step))
+    if kind == "ChoiceSweep":
+        return len(value.list)
+    return None
+
+
+def too_many_jobs(args: list[str], parsed: list) -> str | None:
+    """One line when the sweeps of these overrides list more than MAX_SWEEP_JOBS jobs together."""
+    jobs, named = 1, []
+    for text, ov in zip(args, parsed):
+        size = sweep_size(ov) if ov.is_sweep_override() else None
+        if size is not None:
+            jobs, named = jobs * size, [*named, text]
+    if jobs <= MAX_SWEEP_JOBS:
+        return None
+    return (
+        f"{' '.join(named)} lists {jobs} jobs: a sweep lists at most {MAX_SWEEP_JOBS}; for a larger space, let an "
+        "Optuna sweep sample an interval() (python -m imgclf.stages.train -m +sweep=optuna_lr_wd)"
+    )
+
+
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml", "multirun.yaml"}  # what Hydra writes in output_subdir
+
+
+def output_folders(folders: dict[str, str | None], own: list[str], root: str | Path) -> str | None:
+    """One line when Hydra could not make the run's folder (hydra.run.dir or hydra.sweep.dir under a file, or where
+    no folder can be made), or when hydra.output_subdir names a folder holding files Hydra did not write: Hydra would
+    replace its config.yaml there (conf/ itself, say) before the stage starts. `folders`: run.dir, sweep.dir and
+    output_subdir as Hydra's config resolves them (None: unset, or only the running app knows it)."""
+    given = {o.partition("=")[0].lstrip("+"): o for o in own}
+    for key in ("run.dir", "sweep.dir"):
+        if f"hydra.{key}" in given and folders.get(key) is not None:
+            why = _cannot_make(Path(root) / str(folders[key]))
+            if why:
+                return f"{given[f'hydra.{key}']}: {why}; give a folder that can be made (default outputs/DATE/TIME)"
+    subdir = folders.get("output_subdir")
+    if "hydra.output_subdir" not in given or subdir is None:
+        return None
+    target = Path(os.path.normpath(Path(root) / str(folders.get("run.dir") or ".") / subdir))  # absolute: replaces both
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in HYDRA_FILES)
+        if foreign:
+            return (
+                f"{given['hydra.output_subdir']}: {target} holds files Hydra did not write ({', '.join(foreign[:3])}), "
+                f"and Hydra would replace its {', '.join(sorted(HYDRA_FILES - {'multirun.yaml'}))} there: give a new "
+                "folder (default .hydra), or hydra.output_subdir=null for none"
+            )
+    elif target.exists() or target.is_symlink():
+        return f"{given['hydra.output_subdir']}: {target} is not a folder; give a new folder (default .hydra)"
+    return None
+
+
+def _cannot_make(folder: Path) -> str | None:
+    """Why `folder` (made with its parents) cannot be made, or None; tries the first missing level and removes it."""
+    folder = Path(os.path.abspath(folder))
+    first = folder
+    while not first.parent.exists() and first.parent != first:
+        first = first.parent
+    if first.exists():
+        return None if first.is_dir() else f"{first} is not a folder"
+    if not first.parent.is_dir():
+        return f"{first.parent} is not a folder"
+    try:
+        first.mkdir()
+    except OSError as exc:
+        return f"{first} cannot be made ({exc.strerror})"
+    first.rmdir()
+    return None
