@@ -12,7 +12,7 @@ from imgclf.credentials import hide, strip_overrides
 from imgclf.errors import BadInput
 from imgclf.options import Options
 
-from .conftest import ROOT, TINY_OVERRIDES, stage_main
+from .conftest import ROOT, TINY_OVERRIDES, console, stage_main
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +261,34 @@ def test_int8_without_calibration_images_is_refused(default_config):
     with pytest.raises(BadInput, match="optimise.calibration_images=0 is not valid for optimise=int8_onnx"):
         Options.from_config(config)
     Options.from_config(with_value(with_value(config, "optimise.method", "fp16"), "optimise.calibration_images", 0))
+
+
+@pytest.mark.parametrize(
+    "override,said",
+    [
+        ("+data.exclude=[1]", "data.exclude=[1] is not valid: a list of class folder names, quoted where a name is "
+         "a number: data.exclude=['1']"),  # an int never equals a folder's name: nothing was left out
+        ("data.split.val_fraction=0", "data.split.val_fraction=0 leaves no validation images: give a fraction > 0 "
+         "and < 1, or a folder of them (data.val_path)"),  # split refused it, after `imgclf check` said ok
+        ("+data.mirrors=[ftp:x]", "data.mirrors=['ftp:x'] is not valid: a list of URLs (https://host/path)"),
+        ("finetune.backbone_lr_divisor=1e-320", "finetune.backbone_lr_divisor=1e-320 is not valid: a number >= 1"),
+        ("augment.ops.affine.p=5", "augment.ops.affine.p=5 is not valid: a probability, a number from 0 to 1"),
+        ("augment.ops.affine.translate=[2,2]", "augment.ops.affine is not valid: ValueError('translate out of "
+         "bounds. Expected inside (0, 1), got tensor([2., 2.]).')"),
+        ("augment.ops.affine._target_=kornia.augmentation.ColorJitter", "augment.ops.affine is not valid: "
+         "TypeError(\"ColorJitter.__init__() got an unexpected keyword argument 'degrees'\")"),
+    ],
+)  # fmt: skip
+def test_a_value_a_later_step_refused_is_one_line_in_check_and_before_training(override, said, tmp_path):
+    """Each was `ok` in `imgclf check` (what `dvc exp run -S` would run), then silently wrong or refused by a later
+    stage: a traceback after the network was built (augment), or a backbone learning at an infinite rate."""
+    import shutil
+
+    from imgclf import cli
+
+    done = console(cli.check, ["-S", override], ROOT)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {said}") and done.stderr.count("\n") == 1, done
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    done = stage_main("train", [override], tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {said}"), done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"]  # no run folder, no data, no store

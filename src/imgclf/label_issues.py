@@ -11,6 +11,7 @@ data set's label health (the share of labels it trusts).
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 
 from imgclf.files import atomic_path, write_json
 from imgclf.plots import plot_image_grid
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ["rank", "path", "split", "given_label", "suggested_label", "self_confidence", "suggested_prob"]
 
@@ -31,7 +34,14 @@ def out_of_fold_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: int
     from sklearn.preprocessing import StandardScaler
 
     smallest = np.bincount(labels, minlength=n_classes)
-    folds = int(max(2, min(folds, smallest[smallest > 0].min())))  # every class in every fold's training part
+    asked, folds = folds, int(max(2, min(folds, smallest[smallest > 0].min())))  # each class in each fold's training
+    if folds != asked:
+        log.warning(
+            "label_issues.folds=%d: the smallest class has %d labelled images, so %d folds (a fold per image at most)",
+            asked,
+            smallest[smallest > 0].min(),
+            folds,
+        )
     probs = np.zeros((len(labels), n_classes))
     for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(embeddings, labels):
         # strongly regularised: embeddings are wide (AlexNet's 4096) and the labels being judged are noisy

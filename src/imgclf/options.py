@@ -237,10 +237,24 @@ class Data(Group):
     path: str | None = rule(OPTIONAL_TEXT, None)
     val_path: str | None = rule(OPTIONAL_TEXT, None)
     test_path: str | None = rule(OPTIONAL_TEXT, None)
-    exclude: tuple[str, ...] = rule(((lambda v: isinstance(v, (list, tuple))), "a list of class folder names"), ())
+    exclude: tuple[str, ...] = rule(
+        (
+            (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
+            "a list of class folder names, quoted where a name is a number: data.exclude=['1']",
+        ),
+        (),
+    )
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def check(self, where: str) -> None:
+        if self.split.val_fraction == 0 and self.val_path is None:  # the only fixed val split is a folder's
+            raise BadInput(
+                f"{where}.split.val_fraction=0 leaves no validation images: give a fraction > 0 and < 1, or a folder "
+                f"of them ({where}.val_path)"
+            )
+        mirrors = self.extra.get("mirrors", [])
+        if not isinstance(mirrors, (list, tuple)) or not all(map(_is_url, mirrors)):
+            raise BadInput(f"{where}.mirrors={typed(mirrors)} is not valid: a list of URLs (https://host/path)")
         if self.path is None and str(self.fetch.get("_target_", "")).endswith(".fetch_folder"):
             raise BadInput(f"{where}={self.name} needs {where}.path=/path/to/folder (one sub-folder per class)")
         for key in FOLDERS:
@@ -249,6 +263,16 @@ class Data(Group):
                 what = "is a file" if Path(os.path.expanduser(path)).exists() else "does not exist"
                 shown = path if path.isprintable() else repr(path)
                 raise BadInput(f"{where}.{key}={shown} {what}: give a folder with one sub-folder per class")
+
+
+def _is_url(value: Any) -> bool:
+    """A URL a download can start from: http(s) or ftp with a host, or file."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not value.isprintable() or " " in value:
+        return False
+    url = urlsplit(value)
+    return url.scheme == "file" or (url.scheme in ("http", "https", "ftp") and bool(url.hostname))
 
 
 MIN_IMAGE_SIZE = {"alexnet": 63}  # AlexNet's five poolings leave nothing below 63 px; the others work from 32
@@ -378,7 +402,9 @@ class Schedule(Group):
 class Finetune(Group):
     strategy: str = rule(one_of(*STRATEGIES))
     freeze_epochs: int | None = rule(optional(integer(0)), None)  # null: the strategy decides (head: throughout)
-    backbone_lr_divisor: float = rule(number(0, above=True), 1)
+    backbone_lr_divisor: float = rule(
+        number(1), 1
+    )  # the backbone learns at optim.lr / this: never faster than the head
     cache_features: bool = rule(BOOLEAN, False)
 
 
@@ -433,6 +459,14 @@ class Augment(Group):
                 raise BadInput(f"{where}=auto needs {where}.presets.{name}.ops (conf/augment/auto.yaml composes it)")
             if not TTA[0](chosen.get("tta", [])):
                 raise BadInput(f"{where}.presets.{name}.tta={chosen.get('tta')!r} is not valid: {TTA[1]}")
+
+    def check_targets(self, out_size: int) -> None:
+        """Each op (every preset's, for auto) made once, as training makes them: an argument kornia refuses (a
+        translate out of bounds, text for degrees) is one line before the run, not after the network is built."""
+        from imgclf.data.transforms import build_augment
+
+        for ops in [self.ops] if self.preset != "auto" else [self.presets[n]["ops"] for n in AUTO_PRESETS]:
+            build_augment(ops, out_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -555,6 +589,7 @@ class Options(Group):
         fetch and split start without torch."""
         self.optim.check_target("optim")
         self.schedule.check_target("schedule")
+        self.augment.check_targets(self.model.image_size or 224)  # a size from the weights: any size checks the ops
         return self
 
     @classmethod

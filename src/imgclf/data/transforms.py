@@ -52,17 +52,21 @@ def build_augment(ops: Mapping[str, Mapping] | None, out_size: int, seed: int = 
 
     modules = []
     for name, spec in (ops or {}).items():
-        spec = dict(spec)
+        spec = dict(spec) if isinstance(spec, Mapping) else {}
         if not str(spec.get("_target_", "")).startswith("kornia.augmentation."):
             raise BadInput(
                 f"augment.ops.{name} must name a kornia.augmentation class in _target_; got {spec.get('_target_')!r}"
             )
+        p = spec.get("p", 0.5)  # every kornia op's chance of applying: above 1 it is taken as always, without a word
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise BadInput(f"augment.ops.{name}.p={p!r} is not valid: a probability, a number from 0 to 1")
         if "size" in spec and spec["size"] is None:
             spec["size"] = [out_size, out_size]
         try:
             modules.append(instantiate(spec, _convert_="all"))
-        except Exception as exc:  # hydra wraps the library's error: keep its first line
-            raise BadInput(f"augment.ops.{name}: {str(exc).splitlines()[0]}") from exc
+        except Exception as exc:  # Hydra's "Error in call to target ...", then the library's own error: keep that
+            said = [line for line in str(exc).splitlines() if line.strip()]
+            raise BadInput(f"augment.ops.{name} is not valid: {said[-1] if said else type(exc).__name__}") from exc
     return Augment(modules, out_size, seed)
 
 
