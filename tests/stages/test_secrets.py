@@ -1,0 +1,85 @@
+"""Secrets reach no log line, MLflow param or file, and each refusal is one line, through the entry points users
+type: a config value reading a secret's variable, a URL's password in the workspace line and in a mirror's error, a
+tracking database that does not answer. Each test then looks for the secret's value in everything written."""
+
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from imgclf import cli
+from imgclf.config import params_yaml
+
+from ..conftest import ROOT, TINY_OVERRIDES, console, stage_main
+
+SECRET = f"pw-{uuid.uuid4().hex[:12]}"  # made at run time: in no file of the project, this one included
+READS_SECRET = "tracking.experiment=${oc.env:MLFLOW_TRACKING_PASSWORD}"
+REFUSED = (
+    "tracking.experiment=${oc.env:MLFLOW_TRACKING_PASSWORD} would write a secret into the config (run name, MLflow "
+    "params, params.yaml, outputs/): no config key takes one; leave it in MLFLOW_TRACKING_PASSWORD, where the tool "
+    "that needs it reads it"
+)
+DVC_ARGS = ["--config-name", "params", "hydra.run.dir=.", "hydra.output_subdir=null"]  # dvc.yaml's, from --config-dir
+
+
+def nowhere(done: subprocess.CompletedProcess, *roots: Path) -> None:
+    """The secret in no output and in no file under `roots` (outputs/, params.yaml, the MLflow store, the outbox)."""
+    assert SECRET not in done.stdout + done.stderr
+    for root in roots:
+        for path in (p for p in root.rglob("*") if p.is_file()):
+            try:
+                assert SECRET.encode() not in path.read_bytes(), path
+            except FileNotFoundError:  # another worker's outbox, sent and removed meanwhile
+                continue
+
+
+def one_line(done: subprocess.CompletedProcess, code: int) -> str:
+    assert done.returncode == code and done.stderr.count("\n") == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stderr.strip()
+
+
+@pytest.fixture
+def secret_env(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
+
+
+def params_with(project: Path, overrides: list[str], edits: dict[str, str]) -> None:
+    """params.yaml as `dvc exp run -S` composes it from conf/, then edited by hand (`edits`: old text -> new, every
+    occurrence: data.fetch.mirrors repeats data.mirrors)."""
+    text = params_yaml(overrides, ROOT)
+    for old, new in edits.items():
+        assert old in text
+        text = text.replace(old, new)
+    (project / "params.yaml").write_text(text)
+
+
+def test_a_value_reading_a_secrets_variable_is_refused_as_an_override(tiny_project, secret_env, own_cache):
+    uri = f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"
+    argv = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, uri, READS_SECRET]
+    trained = stage_main("train", argv, tiny_project)
+    assert one_line(trained, 2) == f"error: {REFUSED}"
+    checked = console(cli.check, ["-S", READS_SECRET], ROOT)
+    assert one_line(checked, 2) == f"error: {REFUSED}"
+    nowhere(checked)
+    inner = console(cli.check, ["-S", "tracking.run_name='run-${oc.env:KAGGLE_KEY,none}'"], ROOT)
+    assert one_line(inner, 2).startswith("error: tracking.run_name=${oc.env:KAGGLE_KEY} would write a secret")
+    nowhere(trained, tiny_project, own_cache)
+
+
+def test_a_value_reading_a_secrets_variable_in_params_yaml_is_refused(tiny_project, secret_env, own_cache):
+    shutil.copytree(ROOT / "conf", tiny_project / "conf")
+    uri = f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"
+    params_with(
+        tiny_project,
+        [*TINY_OVERRIDES, uri],
+        {"  experiment: test\n": "  experiment: ${oc.env:MLFLOW_TRACKING_PASSWORD}\n"},
+    )
+    by_hand = stage_main("train", [], tiny_project)  # the workspace's experiment, under conf/
+    assert one_line(by_hand, 2) == f"error: params.yaml: {REFUSED}"
+    under_dvc = stage_main("train", ["--config-dir", str(tiny_project), *DVC_ARGS], tiny_project)
+    assert one_line(under_dvc, 1) == f"error: {REFUSED}"
+    nowhere(by_hand, tiny_project, own_cache)
+    nowhere(under_dvc)
+    assert not (tiny_project / "checkpoints").exists()
