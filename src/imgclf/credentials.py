@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
 from urllib.parse import unquote
 
 USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
@@ -95,6 +96,23 @@ MAPPING_KEY = re.compile(r"[{,]\s*['\"]?([A-Za-z_][\w.-]*)['\"]?\s*:")
 def hide(text: str) -> str:
     """`scheme://user:password@host` -> `scheme://***@host`, anywhere in `text`."""
     return USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def redact(key: str, value: Any) -> Any:
+    """Hide secrets: values of secret-looking keys, and user:password@ parts of URLs."""
+    if value is None:
+        return value
+    if SECRET_KEY.search(key):
+        return "***"
+    if isinstance(value, str):
+        return hide(value)
+    return value
+
+
+def redact_overrides(overrides: Sequence[str]) -> str:
+    """Hydra overrides as one string, with secret values hidden: the workspace line, the run's imgclf.overrides."""
+    parts = (o.split("=", 1) for o in overrides)
+    return " ".join(f"{p[0]}={redact(p[0], p[1])}" if len(p) == 2 else p[0] for p in parts)
 
 
 def take_uri_credentials(uri: str, environ: MutableMapping[str, str] = os.environ) -> str:

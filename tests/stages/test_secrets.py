@@ -21,6 +21,7 @@ REFUSED = (
     "params, params.yaml, outputs/): no config key takes one; leave it in MLFLOW_TRACKING_PASSWORD, where the tool "
     "that needs it reads it"
 )
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist", "http://yann.lecun.com/exdb/mnist")  # conf/data/mnist
 DVC_ARGS = ["--config-name", "params", "hydra.run.dir=.", "hydra.output_subdir=null"]  # dvc.yaml's, from --config-dir
 
 
@@ -83,3 +84,20 @@ def test_a_value_reading_a_secrets_variable_in_params_yaml_is_refused(tiny_proje
     nowhere(by_hand, tiny_project, own_cache)
     nowhere(under_dvc)
     assert not (tiny_project / "checkpoints").exists()
+
+
+def test_the_workspace_line_shows_no_password(tmp_path):
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    edits = {
+        MIRRORS[0]: f"https://alice:{SECRET}@mirror.example/mnist",
+        "  uri: sqlite:///mlflow.db\n": f"  uri: postgresql://alice:{SECRET}@127.0.0.1:1/mlflow\n",
+    }
+    params_with(tmp_path, ["data=mnist"], edits)
+    done = stage_main("fetch", [], tmp_path)
+    shown, refused = done.stderr.splitlines()
+    assert shown.startswith(
+        "workspace: params.yaml is conf/ plus data=mnist data.mirrors=['https://***@mirror.example/"
+    )
+    assert "tracking.uri='postgresql://***@127.0.0.1:1/mlflow'" in shown
+    assert done.returncode == 2 and refused.startswith("error: data.mirrors: a secret is not taken as an override")
+    nowhere(done, tmp_path / "conf", tmp_path / "outputs")

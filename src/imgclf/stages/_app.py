@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.config import check_overrides, conf_dir, no_conf_here
-from imgclf.credentials import strip_overrides
+from imgclf.credentials import redact_overrides, strip_overrides
 from imgclf.errors import USER_ERRORS, BadConfig, BadInput, stoppable
 from imgclf.stages import settle_imports
 from imgclf.workspace import OFF, with_workspace
@@ -72,8 +72,9 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
             print(f"error: {check_overrides([]) or str(exc).splitlines()[0]}", file=sys.stderr)
             sys.exit(2)
         sys.argv[1:], carried = strip_overrides(argv), strip_overrides(carried)  # before Hydra or a line shows them
-        if carried:
-            print(f"workspace: params.yaml is conf/ plus {' '.join(carried)} ({OFF}=0: conf/ alone)", file=sys.stderr)
+        if carried:  # secrets shown as *** (a key's value, a URL's user:password): the override check refuses them next
+            shown = redact_overrides(carried)
+            print(f"workspace: params.yaml is conf/ plus {shown} ({OFF}=0: conf/ alone)", file=sys.stderr)
         error = no_conf_here(sys.argv[1:]) or check_overrides(sys.argv[1:])  # before Hydra: multi-line, exit 1
         if error:
             print(f"error: {error}", file=sys.stderr)
