@@ -101,3 +101,18 @@ def test_the_workspace_line_shows_no_password(tmp_path):
     assert "tracking.uri='postgresql://***@127.0.0.1:1/mlflow'" in shown
     assert done.returncode == 2 and refused.startswith("error: data.mirrors: a secret is not taken as an override")
     nowhere(done, tmp_path / "conf", tmp_path / "outputs")
+
+
+def test_a_mirror_url_urllib_cannot_parse_is_one_line_without_its_password(tmp_path):
+    """`https://user:pw@host/` reads `pw@host` as a port: http.client.InvalidURL quoted it, with a traceback."""
+    bad = (f"https://alice:{SECRET}@127.0.0.1/mnist", f"https://alice:{SECRET}@127.0.0.1:port/mnist")
+    params_with(tmp_path, ["data=mnist"], dict(zip(MIRRORS, bad)))
+    done = stage_main("fetch", ["--config-dir", str(tmp_path), *DVC_ARGS], tmp_path)
+    assert one_line(done, 1) == (
+        "error: could not download train-images-idx3-ubyte.gz from any mirror: "
+        "https://***@127.0.0.1/mnist/train-images-idx3-ubyte.gz: nonnumeric port: '***@127.0.0.1' (not a valid URL); "
+        "https://***@127.0.0.1:port/mnist/train-images-idx3-ubyte.gz: nonnumeric port: 'port' (not a valid URL)"
+    )
+    assert "Traceback" not in done.stdout + done.stderr
+    (tmp_path / "params.yaml").unlink()  # it holds the secret: the test wrote it there
+    nowhere(done, tmp_path)
