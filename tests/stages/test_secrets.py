@@ -4,6 +4,7 @@ tracking database that does not answer. Each test then looks for the secret's va
 
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from imgclf import cli
 from imgclf.config import params_yaml
 
-from ..conftest import ROOT, TINY_OVERRIDES, console, stage_main
+from ..conftest import BIN, ROOT, TINY_OVERRIDES, console, stage_main
 
 SECRET = f"pw-{uuid.uuid4().hex[:12]}"  # made at run time: in no file of the project, this one included
 READS_SECRET = "tracking.experiment=${oc.env:MLFLOW_TRACKING_PASSWORD}"
@@ -115,4 +116,37 @@ def test_a_mirror_url_urllib_cannot_parse_is_one_line_without_its_password(tmp_p
     )
     assert "Traceback" not in done.stdout + done.stderr
     (tmp_path / "params.yaml").unlink()  # it holds the secret: the test wrote it there
+    nowhere(done, tmp_path)
+
+
+def run(argv: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """A command in its own process: without the refusal, MLflow's retries would outlast the timeout."""
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=90)
+
+
+def test_a_tracking_database_that_does_not_answer_is_one_line_before_training(tiny_project, project_env, own_cache):
+    database = f"postgresql://alice:{SECRET}@127.0.0.1:1/mlflow"  # a port nothing listens on
+    params_with(tiny_project, [*TINY_OVERRIDES], {"  uri: sqlite:///mlflow.db\n": f"  uri: {database}\n"})
+    outboxes = set((own_cache / "imgclf" / "outbox").glob("*"))
+    argv = [sys.executable, "-m", "imgclf.stages.train", "--config-dir", str(tiny_project), *DVC_ARGS]
+    done = run(argv, tiny_project, project_env)
+    assert one_line(done, 1).startswith(
+        "error: cannot reach the tracking database at postgresql://alice:***@127.0.0.1:1/mlflow (connection failed: "
+    )
+    assert done.stderr.strip().endswith("; start it or set tracking.uri")
+    assert set((own_cache / "imgclf" / "outbox").glob("*")) == outboxes  # no run opened, nothing waiting to send
+    assert not (tiny_project / "checkpoints").exists()
+    (tiny_project / "params.yaml").unlink()
+    nowhere(done, tiny_project)
+
+
+def test_sync_to_a_database_that_does_not_answer_is_one_line(tmp_path, project_env):
+    database = f"postgresql://alice:{SECRET}@127.0.0.1:1/mlflow"
+    done = run(
+        [str(BIN / "imgclf"), "sync", "--uri", database, "--outbox", str(tmp_path / "outbox")], tmp_path, project_env
+    )
+    assert one_line(done, 1).startswith(
+        "error: cannot reach the tracking database at postgresql://alice:***@127.0.0.1:1/"
+    )
+    assert done.stderr.strip().endswith("; start it or give another --uri") and done.stdout == ""
     nowhere(done, tmp_path)
