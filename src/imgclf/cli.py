@@ -347,7 +347,8 @@ def sync(argv: list[str]) -> int:
     if why is not None:
         print(f"error: {why}", file=sys.stderr)
         return 1
-    try:
+    try:  # a database that does not answer: one line now, not MLflow's minutes of retries (a server is waited for)
+        tracking.require_database(tracking.resolve_uri(store), "give another --uri")
         results = tracking.sync_outboxes(args.outbox, args.uri, args.wait)
         for run_id, left in results:
             print(f"{run_id}: {'sent' if left == 0 else f'{left} records still waiting'}")

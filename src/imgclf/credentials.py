@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
 from urllib.parse import unquote
 
 USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
@@ -16,6 +17,8 @@ PASSWORD_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@", re.IGNOREC
 # `key` as a word of its own (kaggle_key, data.key, key_id), not inside another (monkey, keyboard)
 SECRET_KEY = re.compile(r"(password|passwd|secret|token|apikey|credential|(?<![a-z])key(?![a-z]))", re.IGNORECASE)
 ENVIRONMENT = {"hydra.sweeper.storage": "IMGCLF_OPTUNA_STORAGE"}  # where a key's secret goes instead
+# `${oc.env:NAME}` and `${oc.env:NAME,default}`, in a config value or an override's
+ENV_INTERPOLATION = re.compile(r"\$\{\s*oc\.env\s*:\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _variable_for(key: str) -> str:
@@ -27,6 +30,40 @@ def _variable_for(key: str) -> str:
     return "the environment variable the tool that reads it takes"
 
 
+def secret_variable(name: str) -> bool:
+    """True for an environment variable holding a secret: a secret-looking name (MLFLOW_TRACKING_PASSWORD,
+    KAGGLE_KEY, PGPASSWORD) or one imgclf sends a secret to (IMGCLF_OPTUNA_STORAGE)."""
+    return bool(SECRET_KEY.search(name)) or name in ENVIRONMENT.values()
+
+
+def secret_interpolation(key: str, value: object) -> str | None:
+    """A one-line refusal of a config value that reads a secret's variable (`${oc.env:MLFLOW_TRACKING_PASSWORD}`),
+    else None: resolved, it would be the run's name, an MLflow param, a line of params.yaml and outputs/."""
+    if not isinstance(value, str) or "oc.env" not in value:
+        return None
+    name = next((n for n in ENV_INTERPOLATION.findall(value) if secret_variable(n)), None)
+    if name is None:
+        return None
+    return (
+        f"{key}=${{oc.env:{name}}} would write a secret into the config (run name, MLflow params, params.yaml, "
+        f"outputs/): no config key takes one; leave it in {name}, where the tool that needs it reads it"
+    )
+
+
+def secret_in_config(node: object, prefix: str = "") -> str | None:
+    """secret_interpolation's refusal for the first value of an unresolved config (nested mappings and lists)."""
+    if isinstance(node, Mapping):
+        items = ((f"{prefix}{k}", v) for k, v in node.items())
+    elif isinstance(node, list):
+        items = ((f"{prefix.rstrip('.')}[{i}]", v) for i, v in enumerate(node))
+    else:
+        return secret_interpolation(prefix.rstrip("."), node)
+    for key, value in items:
+        if why := secret_in_config(value, f"{key}."):
+            return why
+    return None
+
+
 def secret_override(argv: Sequence[str]) -> str | None:
     """A one-line refusal of an override carrying a secret (a secret-looking key, a URL's password), else None:
     Hydra saves overrides under outputs/ and multirun/, and DVC writes `-S` into params.yaml. A tracking URI's
@@ -35,6 +72,8 @@ def secret_override(argv: Sequence[str]) -> str | None:
         key, _, value = arg.lstrip("+~").partition("=")
         if not value.strip("'\"") or value == "null" or arg.startswith("-"):
             continue
+        if why := secret_interpolation(key, value):
+            return why
         if key == "tracking.uri":  # an http(s) user:password moves into MLflow's variables; a database's cannot
             if PASSWORD_URL.search(value) and not HTTP_USERINFO.match(value.strip("'\"")):
                 return ("tracking.uri: a database password is not taken in the URI (Hydra and DVC write overrides "
@@ -57,6 +96,23 @@ MAPPING_KEY = re.compile(r"[{,]\s*['\"]?([A-Za-z_][\w.-]*)['\"]?\s*:")
 def hide(text: str) -> str:
     """`scheme://user:password@host` -> `scheme://***@host`, anywhere in `text`."""
     return USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def redact(key: str, value: Any) -> Any:
+    """Hide secrets: values of secret-looking keys, and user:password@ parts of URLs."""
+    if value is None:
+        return value
+    if SECRET_KEY.search(key):
+        return "***"
+    if isinstance(value, str):
+        return hide(value)
+    return value
+
+
+def redact_overrides(overrides: Sequence[str]) -> str:
+    """Hydra overrides as one string, with secret values hidden: the workspace line, the run's imgclf.overrides."""
+    parts = (o.split("=", 1) for o in overrides)
+    return " ".join(f"{p[0]}={redact(p[0], p[1])}" if len(p) == 2 else p[0] for p in parts)
 
 
 def take_uri_credentials(uri: str, environ: MutableMapping[str, str] = os.environ) -> str:

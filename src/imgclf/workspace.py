@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from imgclf.config import conf_dir, config_groups, split_argv
+from imgclf.credentials import secret_in_config
 from imgclf.errors import BadInput
 
 PARAMS = "params.yaml"
@@ -99,7 +100,10 @@ def workspace_overrides(root: str | Path = ".") -> list[str]:
     params = Path(root) / PARAMS
     if not params.is_file():
         return []
-    found = overrides_for(OmegaConf.to_container(OmegaConf.load(params), resolve=True), root)
+    loaded = OmegaConf.load(params)
+    if why := secret_in_config(OmegaConf.to_container(loaded, resolve=False)):  # before it is resolved and shown
+        raise BadInput(f"{params}: {why}")
+    found = overrides_for(OmegaConf.to_container(loaded, resolve=True), root)
     if found is None:
         raise BadInput(
             f"{params} cannot be re-created from conf/ (edited since it was written?); run `make params` or "

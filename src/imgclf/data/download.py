@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import shutil
 import stat
@@ -13,7 +14,9 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from imgclf.credentials import hide
 from imgclf.errors import BadInput, DiskFull, MissingInput, UserError
 from imgclf.files import atomic_path
 
@@ -86,18 +89,30 @@ def download(
         try:
             with atomic_path(dest) as tmp:  # a bad or partial file is never left where fetch would trust it
                 _fetch(url, tmp, timeout)
-                verify(tmp, checksum, url)
+                verify(tmp, checksum, hide(url))
         except DiskFull:
             raise
-        # a mismatch is one mirror's fault (an HTML error page served as 200, a stale copy): the next may be right
-        except (urllib.error.URLError, OSError, DownloadError, ChecksumError) as exc:
-            why = exc if isinstance(exc, ChecksumError) else f"{url}: {getattr(exc, 'reason', exc)}"
+        # a mismatch is one mirror's fault (an HTML error page served as 200, a stale copy): the next may be right;
+        # so is a URL urllib cannot parse (InvalidURL, an unknown scheme) and a response cut short (IncompleteRead)
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException, DownloadError) as exc:
+            why = exc if isinstance(exc, ChecksumError) else _failed(url, exc)
             log.warning("%s; trying the next mirror", why)
             errors.append(str(why))
             continue
-        log.info("downloaded %s from %s", filename, url)
+        log.info("downloaded %s from %s", filename, hide(url))
         return dest
     raise DownloadError(f"could not download {filename} from any mirror: {'; '.join(errors)}")
+
+
+def _failed(url: str, exc: Exception) -> str:
+    """`URL: why` with the URL's user:password hidden, in the reason too: a port urllib cannot parse is quoted from
+    the netloc (`https://user:pw@host/` reads `pw@host` as the port)."""
+    said = str(getattr(exc, "reason", exc))
+    password = urlsplit(url).password
+    if password:
+        said = said.replace(password, "***")
+    kind = " (not a valid URL)" if isinstance(exc, (ValueError, http.client.InvalidURL)) else ""
+    return f"{hide(url)}: {said}{kind}"
 
 
 def _fetch(url: str, path: Path, timeout: float) -> None:

@@ -15,7 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.config import check_overrides, checked_config, conf_dir
-from imgclf.credentials import strip_overrides
+from imgclf.credentials import redact_overrides, strip_overrides
 from imgclf.errors import USER_ERRORS, BadConfig, BadInput, stoppable
 from imgclf.hydra_run import is_multirun, overrides, run_folder_guard
 from imgclf.hydra_run import output_root as output_root  # the stages' own (train, lr_find)
@@ -73,8 +73,9 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
             print(f"error: {said}", file=sys.stderr)
             sys.exit(2)
         sys.argv[1:], carried = strip_overrides(argv), strip_overrides(carried)  # before Hydra or a line shows them
-        if carried:
-            print(f"workspace: params.yaml is conf/ plus {' '.join(carried)} ({OFF}=0: conf/ alone)", file=sys.stderr)
+        if carried:  # secrets shown as *** (a key's value, a URL's user:password): the override check refuses them next
+            shown = redact_overrides(carried)
+            print(f"workspace: params.yaml is conf/ plus {shown} ({OFF}=0: conf/ alone)", file=sys.stderr)
         error, cfg = checked_config(sys.argv[1:])  # before Hydra: its errors are many lines, and exit 1
         if error:
             print(f"error: {error}", file=sys.stderr)

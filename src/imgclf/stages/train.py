@@ -30,13 +30,13 @@ def train(cfg: DictConfig | Options) -> float:
     device = dist.setup(resolve_device(t.device))
     try:
         sweep_dir = output_root().parent if is_multirun() else None  # jobs of one sweep share its directory as a tag
+        tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s, store=opts.tracking.uri)
         # a network that cannot train is refused before its run opens; a sweep's trial opens first: a FAILED run
         built = None if sweep_dir else build_training(opts, paths, device)
         run = TrainingRun.plan(paths, t.resume, opts.config, dataset=data)  # holds checkpoints/ until the run ends
         name = opts.tracking.run_name or sweeps.run_name(m.name, data, opts.optim.lr, t.batch_size, overrides())
         labels = {"model": m.name, "finetune": opts.finetune.strategy}
         tags = run_tags(paths, data, device, overrides(), sweep_dir, weights=m.weights, **labels)
-        tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
         with run.open(opts.tracking.uri, opts.tracking.experiment, name=name, tags=tags, config=opts.config):
             return _train(opts, paths, run, built or build_training(opts, paths, device))
     finally:

@@ -43,6 +43,7 @@ _WHERE = {
     "sync_outboxes": "runs",
     "log_served_model": "served",
     "REACHED_ENV": "store",
+    "require_database": "store",
     "require_server": "store",
     "resolve_uri": "store",
     "retry_locked": "store",

@@ -1,33 +1,15 @@
-"""Secrets out of everything logged: secret-looking keys and user:password in URLs."""
+"""Secrets out of everything logged: secret-looking keys and user:password in URLs. `redact` and `redact_overrides`
+live in credentials.py, where the stages' workspace line takes them without importing this package."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from imgclf.credentials import SECRET_KEY, USERINFO
+from imgclf.credentials import redact, redact_overrides
 
+__all__ = ["MAX_PARAM_LENGTH", "flatten", "redact", "redact_overrides", "redacted"]
 MAX_PARAM_LENGTH = 6000
-
-
-URL_USERINFO = USERINFO
-
-
-def redact(key: str, value: Any) -> Any:
-    """Hide secrets: values of secret-looking keys, and user:password@ parts of URLs."""
-    if value is None:
-        return value
-    if SECRET_KEY.search(key):
-        return "***"
-    if isinstance(value, str):
-        return URL_USERINFO.sub(r"\g<scheme>***@", value)
-    return value
-
-
-def redact_overrides(overrides: list[str]) -> str:
-    """Hydra overrides as one string, with secret values hidden."""
-    parts = (o.split("=", 1) for o in overrides)
-    return " ".join(f"{p[0]}={redact(p[0], p[1])}" if len(p) == 2 else p[0] for p in parts)
 
 
 def redacted(cfg: Mapping[str, Any]) -> dict[str, Any]:

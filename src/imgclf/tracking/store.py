@@ -86,11 +86,14 @@ def retry_locked(fn: Callable[..., T], *args, **kwargs) -> T:
 OPTIONS: dict[str, Any] = {"outbox": None, "outage_wait_s": 1800.0}
 
 
-def use(outbox: str | None = None, outage_wait_s: float | None = None) -> None:
-    """Take `tracking.outbox` (null: ~/.cache/imgclf/outbox) and `tracking.outage_wait_s` from the config."""
+def use(outbox: str | None = None, outage_wait_s: float | None = None, *, store: str | None = None) -> None:
+    """Take `tracking.outbox` (null: ~/.cache/imgclf/outbox) and `tracking.outage_wait_s` from the config; `store`
+    (tracking.uri), when a database, is asked once now (require_database): train, before it builds its network."""
     for key, value in (("outbox", outbox), ("outage_wait_s", outage_wait_s)):
         if value is not None:
             OPTIONS[key] = value
+    if store is not None:
+        require_database(resolve_uri(store), "set tracking.uri")
 
 
 FIRST_CONTACT_S = 20.0  # a server never reached in this process: a mistyped URI fails in seconds, in one line
@@ -138,14 +141,24 @@ def require_server(uri: str) -> None:
         raise BadInput(why)
     if uri.startswith(("http://", "https://")) and (error := _unanswered(uri)) is not None:
         raise MissingInput(f"cannot reach the tracking server at {uri} ({error}); start it or give another --uri")
-    if store_scheme(uri) in DATABASES and (error := _database_unanswered(uri)) is not None:
-        from sqlalchemy.engine import make_url
-
-        shown = make_url(uri).render_as_string(hide_password=True)
-        raise MissingInput(f"cannot reach the tracking database at {shown} ({error}); start it or give another --uri")
+    require_database(uri, "give another --uri")
 
 
 DATABASES = ("postgresql", "mysql", "mssql")  # the SQLAlchemy stores MLflow takes besides SQLite
+
+
+def require_database(uri: str, instead: str) -> None:
+    """A database store (PostgreSQL, MySQL) that takes no connection now, within a 10 s connect timeout, is one line
+    with its password hidden, not MLflow's SQLAlchemy retries for minutes. One this process or its sweep reached
+    before is left to those retries, as a server that was there is waited for."""
+    if store_scheme(uri) not in DATABASES or uri in _reached or os.environ.get(REACHED_ENV) == uri:
+        return
+    if (error := _database_unanswered(uri)) is not None:
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(uri).render_as_string(hide_password=True)
+        raise MissingInput(f"cannot reach the tracking database at {shown} ({error}); start it or {instead}")
+    _reached.add(uri)
 
 
 def _database_unanswered(uri: str) -> str | None:
@@ -167,7 +180,10 @@ def _database_unanswered(uri: str) -> str | None:
 
 
 def answers(uri: str) -> bool:
-    """True when the store at `uri` can be asked now: a server that answers one request, or any other store."""
+    """True when the store at `uri` can be asked now: a server that answers one request, a database that takes a
+    connection, or any other store."""
+    if store_scheme(uri) in DATABASES:
+        return _database_unanswered(uri) is None
     return not uri.startswith(("http://", "https://")) or _unanswered(uri) is None
 
 
@@ -240,6 +256,7 @@ def configure(uri: str, experiment: str | None = None) -> None:
     """Point MLflow at `uri` (and select `experiment`, creating it beside the store if needed)."""
     uri = resolve_uri(uri)
     wait_for_server(uri)
+    require_database(uri, "set tracking.uri")
     init_store(uri)
     mlflow.set_tracking_uri(uri)
     if experiment:
