@@ -447,3 +447,41 @@ def test_a_refused_value_or_hydra_folder_leaves_every_file_as_it_was(tmp_path):
         (tmp_path / "old" / ".hydra" / name).write_text("{}\n")
     assert check_overrides(["hydra.run.dir=old"], tmp_path) is None
     assert check_overrides(["-m", "seed=range(0,1000)"], tmp_path) is None
+
+
+def test_a_tracking_store_that_is_no_file_or_an_experiment_mlflow_refuses_is_one_line(tiny_project):
+    """A FIFO as the SQLite store hung train for ever (opened for appending, no reader); a deleted experiment and a
+    name over MLflow's 500 characters were MLflow's tracebacks."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from .conftest import TINY_OVERRIDES
+
+    os.mkfifo(tiny_project / "pipe.db")
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    args = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, "trainer.epochs=1"]
+    cases = [
+        (
+            [f"tracking.uri=sqlite:///{tiny_project}/pipe.db"],
+            f"error: tracking store {tiny_project}/pipe.db is not a file (a folder, pipe or device); give an MLflow "
+            "store file, e.g. sqlite:///mlflow.db",
+        ),
+        (
+            [f"tracking.uri={uri}", "tracking.experiment=gone"],
+            f"error: tracking.experiment=gone is deleted in {uri}: restore it (mlflow experiments restore "
+            "--experiment-id 1) or give another name",
+        ),
+        (
+            [f"tracking.uri={uri}", f"tracking.experiment={'x' * 501}"],
+            f"error: tracking.experiment='{'x' * 501}' is not valid: a non-blank string of at most 500 characters",
+        ),
+    ]
+    for extra, said in cases:
+        done = stage_main("train", [*args, *extra], tiny_project)
+        assert done.returncode == 1 and done.stderr.splitlines()[-1] == said, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+    assert client.search_runs([e.experiment_id for e in client.search_experiments(view_type=3)]) == []
+    assert not (tiny_project / "outputs").exists() and not (tiny_project / "checkpoints").exists()

@@ -530,7 +530,9 @@ class Optimise(Group):
 @dataclass(frozen=True, kw_only=True)
 class Tracking(Group):
     uri: str = rule(TEXT)
-    experiment: str = rule(TEXT, "imgclf")
+    experiment: str = rule(
+        (lambda v: TEXT[0](v) and len(v) <= 500, "a non-blank string of at most 500 characters"), "imgclf"
+    )  # MLflow's limit
     run_name: str | None = rule(OPTIONAL_TEXT, None)
     outbox: str | None = rule(OPTIONAL_TEXT, None)
     outage_wait_s: float = rule(number(0), 1800)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from imgclf.credentials import store_scheme, take_uri_credentials, unknown_store
+from imgclf.credentials import hide, store_scheme, take_uri_credentials, unknown_store
 from imgclf.errors import BadInput, MissingInput, first_line
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,9 @@ def init_store(uri: str) -> None:
     db = sqlite_path(uri)
     if db in (None, "", ":memory:") or uri in _initialised:
         return
+    if Path(db).exists() and not Path(db).is_file():  # a pipe would block the open below for ever, a device be written
+        raise BadInput(f"tracking store {db} is not a file (a folder, pipe or device); give an MLflow store file, e.g. "
+                       "sqlite:///mlflow.db")  # fmt: skip
     if Path(db).is_file() and Path(db).stat().st_size > 0:
         check_sqlite_store(db)  # MLflow would migrate (rewrite) any SQLite database it is pointed at
     Path(db).parent.mkdir(parents=True, exist_ok=True)
@@ -267,4 +270,10 @@ def configure(uri: str, experiment: str | None = None) -> None:
             except Exception as exc:  # a parallel job created it first
                 if "already exists" not in str(exc) and "UNIQUE constraint" not in str(exc):
                     raise
+        found = retry_locked(client.get_experiment_by_name, experiment)
+        if found is not None and found.lifecycle_stage == "deleted":  # MLflow's own error is a traceback
+            raise BadInput(
+                f"tracking.experiment={experiment} is deleted in {hide(uri)}: restore it (mlflow experiments restore "
+                f"--experiment-id {found.experiment_id}) or give another name"
+            )
         retry_locked(mlflow.set_experiment, experiment)
