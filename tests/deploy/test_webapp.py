@@ -450,3 +450,30 @@ def test_review_listings_decode_in_the_servers_slots_whatever_the_number_of_clie
         for thread in asking:
             thread.join()
     assert answers == [200] * 6 and most[0] == 2
+
+
+def test_every_answer_forbids_framing_and_sniffing(served):
+    client, root, _ = served
+    answers = [
+        client.get("/"),
+        client.head("/"),
+        client.get("/api/model"),
+        client.get("/nowhere"),  # 404
+        client.post("/api/classify", data={"path": "/etc/passwd"}),  # 403 from a route
+        client.post("/api/model", json={"model": "x"}, headers={"origin": "http://evil.example"}),  # 403 at the door
+        client.post("/api/classify", data={"path": "x" * 20_000}),  # 400 from the form parser
+    ]
+    for answer in answers:
+        assert answer.headers["x-frame-options"] == "DENY", answer.request.url
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'", answer.request.url
+        assert answer.headers["x-content-type-options"] == "nosniff", answer.request.url
+
+
+def test_head_answers_wherever_get_does_with_headers_only(served):
+    client, root, _ = served
+    for url in ("/", "/api/model", "/api/runs", "/nowhere", "/api/classify"):
+        got, head = client.get(url), client.head(url)
+        assert head.status_code == got.status_code and head.content == b"", url
+        assert head.headers["content-type"] == got.headers["content-type"], url
+        assert head.headers["content-length"] == got.headers["content-length"], url
+    assert client.head("/").status_code == 200 and client.head("/api/classify").status_code == 405
