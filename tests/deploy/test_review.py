@@ -154,3 +154,9 @@ def test_the_classes_are_the_splits_not_any_folder_under_images(review, trained_
     assert split.classes == ["a", "b", "c"]
     with pytest.raises(BadInput, match="'junk' is not a class"):
         split.fix("a/000.png", "junk")
+
+
+def test_a_fix_naming_control_characters_is_refused_with_them_shown_escaped(review):
+    client, project = review
+    answer = client.post("/api/review", json={"path": "a/000.png", "label": "b\n\x1b[2Jz"}, headers=OWN)
+    assert answer.status_code == 400 and answer.json()["error"].startswith("'b\\n\\x1b[2Jz' is not a class; one of: a")

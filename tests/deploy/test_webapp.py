@@ -477,3 +477,23 @@ def test_head_answers_wherever_get_does_with_headers_only(served):
         assert head.headers["content-type"] == got.headers["content-type"], url
         assert head.headers["content-length"] == got.headers["content-length"], url
     assert client.head("/").status_code == 200 and client.head("/api/classify").status_code == 405
+
+
+def test_user_text_in_an_error_is_shown_escaped_whole_and_never_reaches_the_log_raw(served, caplog):
+    client, root, _ = served
+    caplog.set_level(logging.WARNING)
+    answers = {
+        "/etc/a\nb\x1b[2Jc\rd": client.post("/api/classify", data={"path": "/etc/a\nb\x1b[2Jc\rd"}),  # 403
+        f"{root}/new\nline.png": client.post("/api/classify", data={"path": f"{root}/new\nline.png"}),  # 404
+    }
+    (root / "em\npty\tx").mkdir()  # a folder that is there, whose name a newline and a tab are part of
+    answers[f"{root}/em\npty\tx"] = client.post("/api/classify", data={"path": f"{root}/em\npty\tx"})
+    said = [a.json()["error"] for a in answers.values()]
+    assert [a.status_code for a in answers.values()] == [403, 404, 400]
+    assert said[0].startswith("/etc/a\\nb\\x1b[2Jc\\rd is outside the allowed roots: ")
+    assert said[1] == f"{root}/new\\nline.png does not exist"
+    assert said[2] == f"no images in {root}/em\\npty\\tx"
+    assert client.get("/nowhere%1b[2J").status_code == 404
+    logged = [r.getMessage() for r in caplog.records if r.name == "imgclf.deploy.webapp"]
+    assert len(logged) == 4 and "/nowhere\\x1b[2J -> 404" in logged[3]
+    assert not any(c in line for line in logged for c in "\n\r\x1b")

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 
+from imgclf.errors import shown
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -51,13 +53,13 @@ def inside(path: str | Path, roots: list[Path], *, base: Path | None = None) -> 
             resolved = None
     if resolved is None or not under(resolved, roots):
         allowed = ", ".join(map(str, roots)) or "none (serve --allow-root DIR)"
-        raise PermissionError(f"{_shown(text)} is outside the allowed roots: {allowed}")
+        raise PermissionError(f"{shown(text)} is outside the allowed roots: {allowed}")
     try:
         exists = resolved.exists()
     except OSError:  # a name too long for the file system, a component that is not a folder
         exists = False
     if not exists:
-        raise FileNotFoundError(f"{_shown(text)} does not exist")
+        raise FileNotFoundError(f"{shown(text)} does not exist")
     return resolved
 
 
@@ -77,10 +79,6 @@ def open_inside(path: Path, roots: list[Path]) -> BinaryIO:
     from imgclf.files import open_regular
 
     return open_regular(path, inside_roots)
-
-
-def _shown(text: str) -> str:
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 class UploadTooLarge(Exception):

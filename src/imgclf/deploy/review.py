@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imgclf.data.relabel import EXCLUDE, ISSUE_COLUMNS, data_classes, read_fixes, read_issues, write_fixes
 from imgclf.deploy.access import inside, json_body, open_inside
-from imgclf.errors import BadInput
+from imgclf.errors import BadInput, shown
 from imgclf.paths import Paths
 
 SHOWN = 100  # the likeliest issues listed: what one page holds (thumbnails of 96 px)
@@ -86,9 +86,9 @@ class Review:
 
     def fix(self, path: str, label: str) -> dict[str, Any]:
         if path not in {r["path"] for r in self.rows()}:
-            raise BadInput(f"{path[:80]} is not one of the listed issues")
+            raise BadInput(f"{shown(path, 80)} is not one of the listed issues")
         if label not in self.classes and label != EXCLUDE:
-            raise BadInput(f"'{label[:40]}' is not a class; one of: {', '.join(self.classes)}, {EXCLUDE}")
+            raise BadInput(f"'{shown(label, 40)}' is not a class; one of: {', '.join(self.classes)}, {EXCLUDE}")
         inside(self.images / path, [self.images])  # the image is still there, under the data set's images
         with self.lock:
             every = write_fixes(self._fixes_file(), {path: label})

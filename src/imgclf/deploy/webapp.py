@@ -36,7 +36,7 @@ from imgclf.deploy.access import Guard, UploadTooLarge, inside, json_body, loopb
 from imgclf.deploy.model_card import RUN_ID, Model, load_model, model_home
 from imgclf.deploy.pictures import png_url, thumbnail
 from imgclf.deploy.predict import Prediction, collect_inputs, top_k
-from imgclf.errors import USER_ERRORS, BadInput
+from imgclf.errors import USER_ERRORS, BadInput, shown
 from imgclf.net import cannot_listen
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ def displayed(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def results(preds: list[Prediction], names: list[str], shown: list[str], thumb: int, opener=None) -> list[dict]:
+def results(preds: list[Prediction], names: list[str], titles: list[str], thumb: int, opener=None) -> list[dict]:
     rows = []
-    for pred, name in zip(preds, shown):
+    for pred, name in zip(preds, titles):
         row: dict[str, Any] = {"name": name, "error": pred.error}
         if pred.probs is not None:
             row["top"] = [{"label": c, "prob": p} for c, p in top_k(pred, names, 5)]
@@ -80,11 +80,11 @@ def _answer_errors(app: FastAPI, answer, max_bytes: int) -> None:
         @app.exception_handler(kind)
         async def client_error(request: Request, exc: Exception):
             status = next((s for k, s in CLIENT_ERRORS.items() if isinstance(exc, k)), 400)
-            return answer(request, status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return answer(request, status, str(exc) or type(exc).__name__)  # one line: answer escapes it
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, exc: ClientDisconnect):  # nobody to answer: one line, no traceback
-        log.warning("%s %s: the client went away mid-request", request.method, request.url.path)
+        log.warning("%s %s: the client went away mid-request", request.method, shown(request.url.path))
         return JSONResponse({"error": "client disconnected"}, 400)
 
     @app.exception_handler(Exception)
@@ -129,18 +129,18 @@ class Service:
         with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
             opener = None
             if path:
-                inputs, shown, refused = self._server_inputs(path)
+                inputs, titles, refused = self._server_inputs(path)
                 opener = partial(open_inside, roots=self.roots)  # checked again on each file as it is opened
             else:
-                inputs, shown, refused = [], [], {}
+                inputs, titles, refused = [], [], {}
                 for i, (name, upload) in enumerate(uploads):
                     inputs.append(Path(tmp) / f"{i}{re.sub(r'[^a-z0-9.]', '', Path(name).suffix.lower())[:8]}")
                     upload.seek(0)
                     with inputs[-1].open("wb") as out:
                         shutil.copyfileobj(upload, out)
-                    shown.append(Path(name).name)
+                    titles.append(Path(name).name)
             if not inputs:
-                raise BadInput(f"no images in {path}")
+                raise BadInput(f"no images in {shown(path)}")
             if len(inputs) > MAX_FILES:
                 raise BadInput(f"{len(inputs)} images: at most {MAX_FILES} at a time")
             model = self.model
@@ -150,7 +150,7 @@ class Service:
             merged = [Prediction(str(p), error=refused[i]) if i in refused else next(preds) for i, p in
                       enumerate(inputs)]  # fmt: skip
             latency = (time.perf_counter() - started) * 1000
-            rows = results(merged, model.classifier.class_names, shown, 256 if len(inputs) == 1 else 64, opener)
+            rows = results(merged, model.classifier.class_names, titles, 256 if len(inputs) == 1 else 64, opener)
             if len(rows) == 1 and merged[0].probs is not None and self.explainer and model.ref == self.explained:
                 with self.explaining:  # its hooks hold one call's activations on the one network
                     cam = self.explainer.overlay(inputs[0], int(merged[0].probs.argmax()), opener)
@@ -160,7 +160,7 @@ class Service:
     def _server_inputs(self, path: str) -> tuple[list[Path], list[str], dict[int, str]]:
         """The images a typed path names, each resolved and checked against the roots: a folder's members and a
         list file's lines too. Those outside get the same error row whether they exist or not."""
-        inputs, shown, refused = [], [], {}
+        inputs, titles, refused = [], [], {}
         top = inside(path, self.roots)
         base = top.parent if top.suffix.lower() == ".txt" and top.is_file() else None  # a list's relative lines
 
@@ -173,7 +173,7 @@ class Service:
         for i, listed in enumerate(collect_inputs([str(top)], line_kind)):
             if i > MAX_FILES:
                 break  # counted as over the limit below; not resolved one by one
-            shown.append(displayed(str(listed)))
+            titles.append(displayed(str(listed)))
             try:
                 inputs.append(inside(listed, self.roots, base=base))
             except PermissionError:
@@ -182,7 +182,7 @@ class Service:
             except FileNotFoundError:
                 inputs.append(Path(listed))
                 refused[i] = "no such file"
-        return inputs, shown, refused
+        return inputs, titles, refused
 
     def switch(self, ref: str) -> dict[str, Any]:
         """Load `ref` and serve it. One switch at a time: two loads of one run or registered model would write its
@@ -246,7 +246,8 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     MultiPartParser.spool_max_size = SPOOL_IN_MEMORY
 
     def answer(request: Request, status: int, message: str) -> JSONResponse:
-        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, message)  # one line per 4xx
+        message = shown(message, limit=None)  # whatever user text it holds: one line, no control characters
+        log.warning("%s %s -> %d: %s", request.method, shown(request.url.path), status, message)  # one line per 4xx
         return JSONResponse({"error": message}, status)
 
     _answer_errors(app, answer, service.max_bytes)
