@@ -497,3 +497,33 @@ def test_user_text_in_an_error_is_shown_escaped_whole_and_never_reaches_the_log_
     logged = [r.getMessage() for r in caplog.records if r.name == "imgclf.deploy.webapp"]
     assert len(logged) == 4 and "/nowhere\\x1b[2J -> 404" in logged[3]
     assert not any(c in line for line in logged for c in "\n\r\x1b")
+
+
+def test_a_folder_or_list_past_the_cap_is_refused_having_listed_no_further(served, monkeypatch):
+    from pathlib import Path
+
+    from imgclf.deploy.webapp import MAX_FILES
+
+    client, root, _ = served
+    many = root / "many"
+    for part in range(3):
+        (many / str(part)).mkdir(parents=True)
+        for i in range(MAX_FILES // 2):
+            (many / str(part) / f"{i}.png").write_bytes(b"")
+    looked = []
+    is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: looked.append(self) or is_file(self))
+    answer = client.post("/api/classify", data={"path": str(many)})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"{many} names more than 500 images; give at most 500 at a time"
+    assert len(looked) < MAX_FILES + 20  # not the 750 there are
+    # a list longer than the cap whose later lines are not even text: never read that far
+    listed = root / "list.txt"
+    listed.write_bytes(b"".join(f"{root}/images/0.png\n".encode() for _ in range(MAX_FILES + 1)) + b"\xff\n" * 100)
+    answer = client.post("/api/classify", data={"path": str(listed)})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"{listed} names more than 500 images; give at most 500 at a time"
+    listed.write_bytes(f"{root}/images/0.png\n".encode() * MAX_FILES)  # at the cap: classified
+    assert [bool(r["top"]) for r in client.post("/api/classify", data={"path": str(listed)}).json()["results"]] == [
+        True
+    ] * MAX_FILES

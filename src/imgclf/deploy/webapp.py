@@ -21,7 +21,9 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import closing
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,10 @@ from starlette.requests import ClientDisconnect
 
 from imgclf.credentials import take_uri_credentials
 from imgclf.deploy.access import Guard, UploadTooLarge, inside, json_body, loopback_names, open_inside
+from imgclf.deploy.inputs import iter_inputs
 from imgclf.deploy.model_card import RUN_ID, Model, load_model, model_home
 from imgclf.deploy.pictures import png_url, thumbnail
-from imgclf.deploy.predict import Prediction, collect_inputs, top_k
+from imgclf.deploy.predict import Prediction, top_k
 from imgclf.errors import USER_ERRORS, BadInput, shown
 from imgclf.net import cannot_listen
 
@@ -142,7 +145,7 @@ class Service:
             if not inputs:
                 raise BadInput(f"no images in {shown(path)}")
             if len(inputs) > MAX_FILES:
-                raise BadInput(f"{len(inputs)} images: at most {MAX_FILES} at a time")
+                raise BadInput(f"more than {MAX_FILES} images; give at most {MAX_FILES} at a time")
             model = self.model
             started = time.perf_counter()
             allowed = [p for i, p in enumerate(inputs) if i not in refused]
@@ -170,9 +173,12 @@ class Service:
             except (PermissionError, FileNotFoundError):
                 return "other"
 
-        for i, listed in enumerate(collect_inputs([str(top)], line_kind)):
-            if i > MAX_FILES:
-                break  # counted as over the limit below; not resolved one by one
+        # listed only as far as the cap: a folder of a million files or a list of a million lines costs 501 names
+        with closing(iter_inputs([str(top)], line_kind, partial(open_inside, roots=self.roots))) as found:
+            taken = list(islice(found, MAX_FILES + 1))
+        if len(taken) > MAX_FILES:
+            raise BadInput(f"{shown(path)} names more than {MAX_FILES} images; give at most {MAX_FILES} at a time")
+        for i, listed in enumerate(sorted(taken) if top.is_dir() else taken):  # a folder's in name order
             titles.append(displayed(str(listed)))
             try:
                 inputs.append(inside(listed, self.roots, base=base))
