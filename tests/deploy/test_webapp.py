@@ -378,17 +378,31 @@ def test_sigterm_while_the_model_loads_stops_serve_through_a_library_that_catche
     assert raised == [signal.SIGTERM]
 
 
-def test_an_upload_waits_for_its_slot_on_disk_not_in_memory(served, monkeypatch):
+def test_a_form_holds_one_open_file_however_many_it_sends_and_at_most_500(served, monkeypatch):
+    """Each uploaded file is written to disk and closed as its part ends: by the time the request's slot is free it
+    holds its files on disk, not open (the sender does not choose how many files the server holds open); a 501st
+    file is refused before it is opened."""
+    import os
+
     client, _, _ = served
     seen = []
 
     def classify(uploads, path):  # what a request holds by the time its slot is free
-        seen.extend((name, f._rolled) for name, f in uploads)  # SpooledTemporaryFile: on disk once rolled over
+        seen.append(([(name, p.read_bytes()) for name, p in uploads], len(os.listdir("/proc/self/fd"))))
         return {"latency_ms": 0, "model": "", "results": []}
 
     monkeypatch.setattr(client.service, "classify", classify)
-    small = client.post("/api/classify", files=[("files", ("a.png", b"\x89PNG" * 16)), ("files", ("b.png", b"x" * 9))])
-    assert small.status_code == 200 and seen == [("a.png", True), ("b.png", True)]
+    before = len(os.listdir("/proc/self/fd"))
+    sent = [(f"{i}.png", b"\x89PNG" + bytes([i])) for i in range(200)]
+    assert client.post("/api/classify", files=[("files", f) for f in sent]).status_code == 200
+    [(uploads, open_then)] = seen
+    assert uploads == sent and open_then < before + 20  # not one per file
+    over = client.post("/api/classify", files=[("files", (f"{i}.png", b"x")) for i in range(501)])
+    assert (
+        over.status_code == 400
+        and over.json()["error"] == "more than 500 files in one form; send at most 500 at a time"
+    )
+    assert len(seen) == 1 and not list(client.service.cache.glob("upload-*"))  # never classified; nothing left
 
 
 def test_bad_numbers_and_a_port_in_use_are_one_line_before_anything_loads(capsys):
@@ -527,3 +541,31 @@ def test_a_folder_or_list_past_the_cap_is_refused_having_listed_no_further(serve
     assert [bool(r["top"]) for r in client.post("/api/classify", data={"path": str(listed)}).json()["results"]] == [
         True
     ] * MAX_FILES
+
+
+def test_a_hostile_multipart_form_is_refused_in_one_line_and_leaves_nothing(served):
+    client, root, _ = served
+    image = ("a.png", (root / "images" / "0.png").read_bytes())
+    answers = {
+        "more than 8 fields in one form": client.post(
+            "/api/classify", files={"files": image}, data={f"f{i}": "x" for i in range(9)}
+        ),
+        "a form field over 8192 bytes": client.post("/api/classify", files={"files": image}, data={"path": "x" * 9000}),
+        "not a readable multipart form (Maximum header size exceeded)": client.post(
+            "/api/classify", files={"files": ("a" * 9000, b"x")}
+        ),
+        "a multipart form without a boundary": client.post(
+            "/api/classify", content=b"x", headers={"content-type": "multipart/form-data"}
+        ),
+        "a form part without a name": client.post(
+            "/api/classify",
+            content=b'--b\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nx\r\n--b--\r\n',
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        ),
+    }
+    for says, answer in answers.items():
+        assert answer.status_code == 400 and answer.json()["error"].startswith(says), (says, answer.text)
+    assert not list(client.service.cache.glob("upload-*"))
+    # a file sent under another name is not the page's: not classified, and it does not count as an upload
+    rows = client.post("/api/classify", files=[("other", image), ("files", image)]).json()["results"]
+    assert len(rows) == 1 and rows[0]["name"] == "a.png" and rows[0]["top"]

@@ -16,8 +16,6 @@ once, each image refused past the pixel limit from its header: memory is bounded
 from __future__ import annotations
 
 import logging
-import re
-import shutil
 import tempfile
 import threading
 import time
@@ -39,6 +37,7 @@ from imgclf.deploy.inputs import iter_inputs
 from imgclf.deploy.model_card import RUN_ID, Model, load_model, model_home
 from imgclf.deploy.pictures import png_url, thumbnail
 from imgclf.deploy.predict import Prediction, top_k
+from imgclf.deploy.uploads import Limits, read_form
 from imgclf.errors import USER_ERRORS, BadInput, shown
 from imgclf.net import cannot_listen
 
@@ -47,6 +46,7 @@ log = logging.getLogger(__name__)
 WEB = Path(__file__).parent / "web"
 MAX_FILES = 500
 MAX_JSON_BYTES = 64 << 10
+FORM = Limits(files=MAX_FILES, fields=8, field_bytes=8192)  # a Classify form: its files, a path and a few more
 
 
 def displayed(name: str) -> str:
@@ -125,39 +125,31 @@ class Service:
         self.switching, self.explaining = threading.Lock(), threading.Lock()
         self.max_concurrent = max_concurrent  # requests decoding and classifying at once: the memory bound
 
-    def classify(self, uploads: list[tuple[str, Any]], path: str) -> dict[str, Any]:
-        """Uploaded (name, file) pairs, or a file, folder or list file under the allowed roots: one row per image."""
+    def classify(self, uploads: list[tuple[str, Path]], path: str) -> dict[str, Any]:
+        """Uploaded files ((the name sent, where it was written) pairs), or a file, folder or list file under the
+        allowed roots: one row per image."""
         if not uploads and not path:
             raise BadInput("choose an image (or several), or type a path")
-        with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
-            opener = None
-            if path:
-                inputs, titles, refused = self._server_inputs(path)
-                opener = partial(open_inside, roots=self.roots)  # checked again on each file as it is opened
-            else:
-                inputs, titles, refused = [], [], {}
-                for i, (name, upload) in enumerate(uploads):
-                    inputs.append(Path(tmp) / f"{i}{re.sub(r'[^a-z0-9.]', '', Path(name).suffix.lower())[:8]}")
-                    upload.seek(0)
-                    with inputs[-1].open("wb") as out:
-                        shutil.copyfileobj(upload, out)
-                    titles.append(Path(name).name)
-            if not inputs:
-                raise BadInput(f"no images in {shown(path)}")
-            if len(inputs) > MAX_FILES:
-                raise BadInput(f"more than {MAX_FILES} images; give at most {MAX_FILES} at a time")
-            model = self.model
-            started = time.perf_counter()
-            allowed = [p for i, p in enumerate(inputs) if i not in refused]
-            preds = iter(model.classifier.classify(allowed, opener=opener, max_pixels=self.max_request_pixels))
-            merged = [Prediction(str(p), error=refused[i]) if i in refused else next(preds) for i, p in
-                      enumerate(inputs)]  # fmt: skip
-            latency = (time.perf_counter() - started) * 1000
-            rows = results(merged, model.classifier.class_names, titles, 256 if len(inputs) == 1 else 64, opener)
-            if len(rows) == 1 and merged[0].probs is not None and self.explainer and model.ref == self.explained:
-                with self.explaining:  # its hooks hold one call's activations on the one network
-                    cam = self.explainer.overlay(inputs[0], int(merged[0].probs.argmax()), opener)
-                rows[0]["cam"] = png_url(cam)
+        opener = None
+        if path:
+            inputs, titles, refused = self._server_inputs(path)
+            opener = partial(open_inside, roots=self.roots)  # checked again on each file as it is opened
+        else:  # at most MAX_FILES: the form refused more before writing them
+            inputs, titles, refused = [p for _, p in uploads], [Path(name).name for name, _ in uploads], {}
+        if not inputs:
+            raise BadInput(f"no images in {shown(path)}")
+        model = self.model
+        started = time.perf_counter()
+        allowed = [p for i, p in enumerate(inputs) if i not in refused]
+        preds = iter(model.classifier.classify(allowed, opener=opener, max_pixels=self.max_request_pixels))
+        merged = [Prediction(str(p), error=refused[i]) if i in refused else next(preds) for i, p in
+                  enumerate(inputs)]  # fmt: skip
+        latency = (time.perf_counter() - started) * 1000
+        rows = results(merged, model.classifier.class_names, titles, 256 if len(inputs) == 1 else 64, opener)
+        if len(rows) == 1 and merged[0].probs is not None and self.explainer and model.ref == self.explained:
+            with self.explaining:  # its hooks hold one call's activations on the one network
+                cam = self.explainer.overlay(inputs[0], int(merged[0].probs.argmax()), opener)
+            rows[0]["cam"] = png_url(cam)
         return {"latency_ms": round(latency, 1), "model": model.ref, "results": rows}
 
     def _server_inputs(self, path: str) -> tuple[list[Path], list[str], dict[int, str]]:
@@ -201,7 +193,6 @@ class Service:
 
 
 CLIENT_ERRORS = {PermissionError: 403, FileNotFoundError: 404}
-SPOOL_IN_MEMORY = 1  # bytes of an uploaded file kept in memory before it goes to disk (0 would mean all of it)
 
 
 async def _model_ref(request: Request, answer) -> str | JSONResponse:
@@ -224,6 +215,16 @@ async def _switch(request: Request, service: Service, answer, slots) -> Any:
         return await run_in_threadpool(service.switch, ref)
 
 
+async def _classify(request: Request, service: Service, slots) -> Any:
+    """POST /api/classify: the form written into a folder of its own as it arrives (removed after the answer), then
+    classified in one of the slots. The form is read before the slot is taken, so a slow sender holds its socket
+    and one open file, not a slot the others wait for."""
+    with tempfile.TemporaryDirectory(dir=service.cache, prefix="upload-") as folder:
+        form = await read_form(request, Path(folder), FORM)
+        async with slots:
+            return await run_in_threadpool(service.classify, form.files, form.fields.get("path", "").strip())
+
+
 def _runs_routes(app: FastAPI, service: Service) -> None:
     """The Runs view: the experiment's latest runs, and a run's curves as they stand (growing while it trains)."""
     from imgclf import tracking
@@ -243,13 +244,10 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     """The routes. `allowed_hosts`: the Host names a request may carry (a server on loopback answers only to
     loopback names, so a web page cannot reach it by rebinding its own name to 127.0.0.1); None takes any."""
     import anyio
-    from starlette.formparsers import MultiPartParser
 
     app = FastAPI(title="imgclf", docs_url=None, redoc_url=None, openapi_url=None)
-    slots = anyio.Semaphore(service.max_concurrent)  # waiting requests: a socket and a file each
-    # every uploaded file goes to a temporary file as it arrives (Starlette keeps up to 1 MB each in memory, and the
-    # form is read before a slot is free): a waiting request holds its socket and its upload on disk, not in memory
-    MultiPartParser.spool_max_size = SPOOL_IN_MEMORY
+    # a waiting request holds its socket and its upload on disk (uploads.read_form: one open file while it arrives)
+    slots = anyio.Semaphore(service.max_concurrent)
 
     def answer(request: Request, status: int, message: str) -> JSONResponse:
         message = shown(message, limit=None)  # whatever user text it holds: one line, no control characters
@@ -291,12 +289,7 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
 
     @app.post("/api/classify")
     async def classify(request: Request):
-        # at most MAX_FILES files (on disk past 64 KB each) and a few small fields: what a form costs in memory
-        form = await request.form(max_files=MAX_FILES + 1, max_fields=8, max_part_size=8192)
-        uploads = [(f.filename or "upload", f.file) for f in form.getlist("files") if hasattr(f, "read")]
-        path = form.get("path")
-        async with slots:
-            return await run_in_threadpool(service.classify, uploads, path.strip() if isinstance(path, str) else "")
+        return await _classify(request, service, slots)
 
     return Guard(app, max_bytes=service.max_bytes, allowed_hosts=allowed_hosts, answer=answer)
 
