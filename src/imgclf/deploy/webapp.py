@@ -9,8 +9,9 @@ What it may read and hold: every server-side path (an image, a folder's members,
 switch to) is resolved, symlinks included, and must lie under an allowed root (a model also under the folder of
 the model it started with); a path outside answers the same 403 whether it exists or not. Requests that change
 or read server state accept only the page's own origin, and a model switch only a JSON body. Uploads are counted
-as they arrive (chunked or not) against the limit, and at most `max_concurrent` requests decode and classify at
-once, each image refused past the pixel limit from its header: memory is bounded by these settings.
+as they arrive (chunked or not) against the limit and written to disk one file at a time (deploy/uploads.py), and
+at most `max_concurrent` requests decode and classify at once, each image refused past the pixel limit from its
+header: memory and open files are bounded by these settings.
 """
 
 from __future__ import annotations
