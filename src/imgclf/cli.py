@@ -105,7 +105,8 @@ _clip = _number_from_0(0.5, "a number >= 0 and < 0.5")
 
 def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
-    from imgclf.deploy.predict import Classifier, Explanations, collect_inputs, top_k, write_submission, write_table
+    from imgclf.deploy.inputs import collect_inputs
+    from imgclf.deploy.predict import Classifier, Explanations, write_submission, write_table
     from imgclf.files import refuse_reading, refuse_to_replace
 
     args = predict_parser().parse_args(argv)
@@ -147,11 +148,7 @@ def predict(argv: list[str]) -> int:
             write_table(preds, names, args.out)
             print(f"wrote {len(preds)} predictions to {args.out}")
         else:
-            for pred in preds:
-                if pred.probs is not None:
-                    print(_shown(pred.path))
-                    for rank, (name, prob) in enumerate(top_k(pred, names, args.top_k), start=1):
-                        print(f"  {rank}. {name:<20s} {prob:7.2%}")
+            _print_top(preds, names, args.top_k)
         if explanations:
             print(f"wrote {len(explanations.write())} Grad-CAM overlays to {args.explain}")
     except USER_ERRORS as exc:
@@ -163,6 +160,17 @@ def predict(argv: list[str]) -> int:
     if failed:
         print(f"{len(failed)} of {len(preds)} inputs could not be classified", file=sys.stderr)
     return 1 if failed and len(failed) == len(preds) else 0
+
+
+def _print_top(preds, names: list[str], k: int) -> None:
+    """Classify One's table: each classified image's top-k classes and their probabilities."""
+    from imgclf.deploy.predict import top_k
+
+    for pred in preds:
+        if pred.probs is not None:
+            print(_shown(pred.path))
+            for rank, (name, prob) in enumerate(top_k(pred, names, k), start=1):
+                print(f"  {rank}. {name:<20s} {prob:7.2%}")
 
 
 def _write_request(classifier, images: list[Path], out: str) -> int:

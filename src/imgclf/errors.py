@@ -43,6 +43,20 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return said.splitlines()[0][:limit] if said else type(exc).__name__
 
 
+def shown(text: object, limit: int | None = 200) -> str:
+    """User text (a path, a file name, a label) as a one-line message shows it: control characters as repr writes
+    them (`a\\nb`, `\\x1b`) and bytes that are not UTF-8 as `\\xff`, so a newline in it neither cuts the message
+    nor starts a line of the log; cut past `limit` characters."""
+    said = "".join(map(_escaped, str(text)))
+    return said if limit is None or len(said) <= limit else said[:limit] + "..."
+
+
+def _escaped(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # a byte that is not UTF-8, as a file name holds it (surrogateescape)
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return char if char.isprintable() else repr(char)[1:-1]
+
+
 def did_you_mean(given: str, valid, prefix: str = "") -> str:
     """' (did you mean X?)' for the valid name closest to a mistyped one ('' when none is close)."""
     import difflib

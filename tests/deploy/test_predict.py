@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.deploy.predict import Classifier, collect_inputs
+from imgclf.deploy.inputs import collect_inputs
+from imgclf.deploy.predict import Classifier
 from imgclf.errors import BadInput
 
 from ..conftest import BIN, console, copy_of

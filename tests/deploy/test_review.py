@@ -81,6 +81,30 @@ def test_a_link_planted_as_the_relabel_file_is_not_followed_out_of_the_roots(rev
     assert outside.read_text() == "path,label\n"
 
 
+def test_the_issues_file_is_read_only_under_the_roots_or_its_own_folder_never_through_a_link_out(review, tmp_path):
+    client, project = review
+    issues = project / "reports/label_issues/label_issues.csv"
+    (tmp_path / "secret.csv").write_text(issues.read_text().replace("a/001.png", "a/002.png"))
+    (project / "data/issues.csv").write_text(issues.read_text())
+    issues.unlink()
+    issues.symlink_to(project / "data/issues.csv")  # a link to a file under a root is read
+    assert [r["path"] for r in client.get("/api/review").json()["issues"]] == ["a/000.png", "a/001.png"]
+    for target in (tmp_path / "secret.csv", tmp_path / "missing.csv"):  # out: the same 403, there or not
+        issues.unlink()
+        issues.symlink_to(target)
+        listed = client.get("/api/review")
+        assert listed.status_code == 403 and "is outside the allowed roots" in listed.json()["error"]
+        assert "a/002.png" not in listed.text
+        fixed = client.post("/api/review", json={"path": "a/002.png", "label": "b"}, headers=OWN)
+        assert fixed.status_code == 403 and not (project / "relabel/tiny.csv").exists()
+    # the report folder itself swapped for a link after serve started
+    issues.unlink()
+    shutil.move(project / "reports/label_issues", tmp_path / "moved")
+    (tmp_path / "moved/label_issues.csv").write_text((project / "data/issues.csv").read_text())
+    (project / "reports/label_issues").symlink_to(tmp_path / "moved")
+    assert client.get("/api/review").status_code == 403
+
+
 def test_a_relabel_file_linked_inside_the_roots_is_written_through_and_stays_a_link(review):
     client, project = review
     kept = project / "relabel/kept/fixes.csv"  # inside the allowed roots
@@ -130,3 +154,9 @@ def test_the_classes_are_the_splits_not_any_folder_under_images(review, trained_
     assert split.classes == ["a", "b", "c"]
     with pytest.raises(BadInput, match="'junk' is not a class"):
         split.fix("a/000.png", "junk")
+
+
+def test_a_fix_naming_control_characters_is_refused_with_them_shown_escaped(review):
+    client, project = review
+    answer = client.post("/api/review", json={"path": "a/000.png", "label": "b\n\x1b[2Jz"}, headers=OWN)
+    assert answer.status_code == 400 and answer.json()["error"].startswith("'b\\n\\x1b[2Jz' is not a class; one of: a")

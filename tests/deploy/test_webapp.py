@@ -378,17 +378,31 @@ def test_sigterm_while_the_model_loads_stops_serve_through_a_library_that_catche
     assert raised == [signal.SIGTERM]
 
 
-def test_an_upload_waits_for_its_slot_on_disk_not_in_memory(served, monkeypatch):
+def test_a_form_holds_one_open_file_however_many_it_sends_and_at_most_500(served, monkeypatch):
+    """Each uploaded file is written to disk and closed as its part ends: by the time the request's slot is free it
+    holds its files on disk, not open (the sender does not choose how many files the server holds open); a 501st
+    file is refused before it is opened."""
+    import os
+
     client, _, _ = served
     seen = []
 
     def classify(uploads, path):  # what a request holds by the time its slot is free
-        seen.extend((name, f._rolled) for name, f in uploads)  # SpooledTemporaryFile: on disk once rolled over
+        seen.append(([(name, p.read_bytes()) for name, p in uploads], len(os.listdir("/proc/self/fd"))))
         return {"latency_ms": 0, "model": "", "results": []}
 
     monkeypatch.setattr(client.service, "classify", classify)
-    small = client.post("/api/classify", files=[("files", ("a.png", b"\x89PNG" * 16)), ("files", ("b.png", b"x" * 9))])
-    assert small.status_code == 200 and seen == [("a.png", True), ("b.png", True)]
+    before = len(os.listdir("/proc/self/fd"))
+    sent = [(f"{i}.png", b"\x89PNG" + bytes([i])) for i in range(200)]
+    assert client.post("/api/classify", files=[("files", f) for f in sent]).status_code == 200
+    [(uploads, open_then)] = seen
+    assert uploads == sent and open_then < before + 20  # not one per file
+    over = client.post("/api/classify", files=[("files", (f"{i}.png", b"x")) for i in range(501)])
+    assert (
+        over.status_code == 400
+        and over.json()["error"] == "more than 500 files in one form; send at most 500 at a time"
+    )
+    assert len(seen) == 1 and not list(client.service.cache.glob("upload-*"))  # never classified; nothing left
 
 
 def test_bad_numbers_and_a_port_in_use_are_one_line_before_anything_loads(capsys):
@@ -450,3 +464,108 @@ def test_review_listings_decode_in_the_servers_slots_whatever_the_number_of_clie
         for thread in asking:
             thread.join()
     assert answers == [200] * 6 and most[0] == 2
+
+
+def test_every_answer_forbids_framing_and_sniffing(served):
+    client, root, _ = served
+    answers = [
+        client.get("/"),
+        client.head("/"),
+        client.get("/api/model"),
+        client.get("/nowhere"),  # 404
+        client.post("/api/classify", data={"path": "/etc/passwd"}),  # 403 from a route
+        client.post("/api/model", json={"model": "x"}, headers={"origin": "http://evil.example"}),  # 403 at the door
+        client.post("/api/classify", data={"path": "x" * 20_000}),  # 400 from the form parser
+    ]
+    for answer in answers:
+        assert answer.headers["x-frame-options"] == "DENY", answer.request.url
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'", answer.request.url
+        assert answer.headers["x-content-type-options"] == "nosniff", answer.request.url
+
+
+def test_head_answers_wherever_get_does_with_headers_only(served):
+    client, root, _ = served
+    for url in ("/", "/api/model", "/api/runs", "/nowhere", "/api/classify"):
+        got, head = client.get(url), client.head(url)
+        assert head.status_code == got.status_code and head.content == b"", url
+        assert head.headers["content-type"] == got.headers["content-type"], url
+        assert head.headers["content-length"] == got.headers["content-length"], url
+    assert client.head("/").status_code == 200 and client.head("/api/classify").status_code == 405
+
+
+def test_user_text_in_an_error_is_shown_escaped_whole_and_never_reaches_the_log_raw(served, caplog):
+    client, root, _ = served
+    caplog.set_level(logging.WARNING)
+    answers = {
+        "/etc/a\nb\x1b[2Jc\rd": client.post("/api/classify", data={"path": "/etc/a\nb\x1b[2Jc\rd"}),  # 403
+        f"{root}/new\nline.png": client.post("/api/classify", data={"path": f"{root}/new\nline.png"}),  # 404
+    }
+    (root / "em\npty\tx").mkdir()  # a folder that is there, whose name a newline and a tab are part of
+    answers[f"{root}/em\npty\tx"] = client.post("/api/classify", data={"path": f"{root}/em\npty\tx"})
+    said = [a.json()["error"] for a in answers.values()]
+    assert [a.status_code for a in answers.values()] == [403, 404, 400]
+    assert said[0].startswith("/etc/a\\nb\\x1b[2Jc\\rd is outside the allowed roots: ")
+    assert said[1] == f"{root}/new\\nline.png does not exist"
+    assert said[2] == f"no images in {root}/em\\npty\\tx"
+    assert client.get("/nowhere%1b[2J").status_code == 404
+    logged = [r.getMessage() for r in caplog.records if r.name == "imgclf.deploy.webapp"]
+    assert len(logged) == 4 and "/nowhere\\x1b[2J -> 404" in logged[3]
+    assert not any(c in line for line in logged for c in "\n\r\x1b")
+
+
+def test_a_folder_or_list_past_the_cap_is_refused_having_listed_no_further(served, monkeypatch):
+    from pathlib import Path
+
+    from imgclf.deploy.webapp import MAX_FILES
+
+    client, root, _ = served
+    many = root / "many"
+    for part in range(3):
+        (many / str(part)).mkdir(parents=True)
+        for i in range(MAX_FILES // 2):
+            (many / str(part) / f"{i}.png").write_bytes(b"")
+    looked = []
+    is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: looked.append(self) or is_file(self))
+    answer = client.post("/api/classify", data={"path": str(many)})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"{many} names more than 500 images; give at most 500 at a time"
+    assert len(looked) < MAX_FILES + 20  # not the 750 there are
+    # a list longer than the cap whose later lines are not even text: never read that far
+    listed = root / "list.txt"
+    listed.write_bytes(b"".join(f"{root}/images/0.png\n".encode() for _ in range(MAX_FILES + 1)) + b"\xff\n" * 100)
+    answer = client.post("/api/classify", data={"path": str(listed)})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"{listed} names more than 500 images; give at most 500 at a time"
+    listed.write_bytes(f"{root}/images/0.png\n".encode() * MAX_FILES)  # at the cap: classified
+    assert [bool(r["top"]) for r in client.post("/api/classify", data={"path": str(listed)}).json()["results"]] == [
+        True
+    ] * MAX_FILES
+
+
+def test_a_hostile_multipart_form_is_refused_in_one_line_and_leaves_nothing(served):
+    client, root, _ = served
+    image = ("a.png", (root / "images" / "0.png").read_bytes())
+    answers = {
+        "more than 8 fields in one form": client.post(
+            "/api/classify", files={"files": image}, data={f"f{i}": "x" for i in range(9)}
+        ),
+        "a form field over 8192 bytes": client.post("/api/classify", files={"files": image}, data={"path": "x" * 9000}),
+        "not a readable multipart form (Maximum header size exceeded)": client.post(
+            "/api/classify", files={"files": ("a" * 9000, b"x")}
+        ),
+        "a multipart form without a boundary": client.post(
+            "/api/classify", content=b"x", headers={"content-type": "multipart/form-data"}
+        ),
+        "a form part without a name": client.post(
+            "/api/classify",
+            content=b'--b\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nx\r\n--b--\r\n',
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        ),
+    }
+    for says, answer in answers.items():
+        assert answer.status_code == 400 and answer.json()["error"].startswith(says), (says, answer.text)
+    assert not list(client.service.cache.glob("upload-*"))
+    # a file sent under another name is not the page's: not classified, and it does not count as an upload
+    rows = client.post("/api/classify", files=[("other", image), ("files", image)]).json()["results"]
+    assert len(rows) == 1 and rows[0]["name"] == "a.png" and rows[0]["top"]

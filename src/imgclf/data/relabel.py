@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 from imgclf.contract import LABELS_FILE
 from imgclf.errors import BadInput
@@ -30,13 +31,17 @@ HEADER = ["path", "label"]
 ISSUE_COLUMNS = ("rank", "path", "given_label", "suggested_label")  # of label_issues.csv's (label_issues.COLUMNS)
 
 
-def read_fixes(path: Path) -> dict[str, str]:
+Opener = Callable[[Path], BinaryIO]
+
+
+def read_fixes(path: Path, opener: Opener | None = None) -> dict[str, str]:
     """{image path: label or EXCLUDE}; {} when the file is absent. Refuses a malformed file in one line. Fields are
     taken as written, as `write_fixes` writes them: a space is part of a name (`a/1.png ` is another file than
-    `a/1.png`, and a class ` b` no class of `b`'s), so the row read is the row written."""
+    `a/1.png`, and a class ` b` no class of `b`'s), so the row read is the row written. `opener` may refuse the
+    file it opens (`imgclf serve` checks where the open file lies)."""
     if not path.is_file():
         return {}
-    rows = _csv_rows(path)
+    rows = _csv_rows(path, opener)
     if not rows or [c.strip() for c in rows[0][1]] != HEADER:
         raise BadInput(f"{path}: the first line must be the header path,label")
     fixes: dict[str, str] = {}
@@ -52,10 +57,11 @@ def read_fixes(path: Path) -> dict[str, str]:
     return fixes
 
 
-def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+def _csv_rows(path: Path, opener: Opener | None = None) -> list[tuple[int, list[str]]]:
     """A CSV file's rows, each with its line number; a UTF-8 BOM (Excel's "CSV UTF-8") is skipped; bytes that are
     not UTF-8, a field over csv's limit or a NUL are refused in one line naming the file and the line."""
-    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    with opener(path) if opener is not None else path.open("rb") as f:
+        data = f.read().removeprefix(codecs.BOM_UTF8)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -84,14 +90,15 @@ def data_classes(images: Path, labels: Path | None) -> list[str]:
     return [p.name for p in class_folders(images)] if images.is_dir() else []
 
 
-def read_issues(path: Path) -> list[dict[str, str]]:
+def read_issues(path: Path, opener: Opener | None = None) -> list[dict[str, str]]:
     """label_issues.csv as rows of strings, best first (`imgclf relabel --accept` and the Review page read it): the
-    columns either uses must be there and every rank a whole number, or one line names the column or the line."""
+    columns either uses must be there and every rank a whole number, or one line names the column or the line.
+    `opener` as for `read_fixes`."""
     from imgclf.errors import MissingInput
 
     if not path.is_file():
         raise MissingInput(f"{path} not found: run the label_issues stage first (dvc repro label_issues)")
-    rows = _csv_rows(path)
+    rows = _csv_rows(path, opener)
     header = [c.strip() for c in rows[0][1]] if rows else []
     missing = [c for c in ISSUE_COLUMNS if c not in header]
     if missing:

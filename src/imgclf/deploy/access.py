@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 
+from imgclf.errors import shown
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -51,13 +53,13 @@ def inside(path: str | Path, roots: list[Path], *, base: Path | None = None) -> 
             resolved = None
     if resolved is None or not under(resolved, roots):
         allowed = ", ".join(map(str, roots)) or "none (serve --allow-root DIR)"
-        raise PermissionError(f"{_shown(text)} is outside the allowed roots: {allowed}")
+        raise PermissionError(f"{shown(text)} is outside the allowed roots: {allowed}")
     try:
         exists = resolved.exists()
     except OSError:  # a name too long for the file system, a component that is not a folder
         exists = False
     if not exists:
-        raise FileNotFoundError(f"{_shown(text)} does not exist")
+        raise FileNotFoundError(f"{shown(text)} does not exist")
     return resolved
 
 
@@ -79,19 +81,40 @@ def open_inside(path: Path, roots: list[Path]) -> BinaryIO:
     return open_regular(path, inside_roots)
 
 
-def _shown(text: str) -> str:
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
 class UploadTooLarge(Exception):
     """A request body grew past the limit while it was read."""
+
+
+# on every answer: no other site's page may frame this one (clickjacking the Review's fixes), and a browser takes
+# each answer as the type it is sent as
+HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
+def _answering(send, *, head: bool):
+    """`send` with HEADERS added to the answer's start; for a HEAD request, the GET answer's headers without its
+    body."""
+
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            given = {name.lower() for name, _ in message.get("headers", [])}
+            message = {**message, "headers": [*message.get("headers", []), *(h for h in HEADERS if h[0] not in given)]}
+        elif head and message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return sending
 
 
 class Guard:
     """ASGI middleware in front of every route: the Host must be this server's (when `allowed_hosts` says which),
     a request that is not a GET must come from this server's own page (no foreign Origin, not cross-site), and a
     body over `max_bytes` is refused with 413, by its Content-Length when it has one, else counted as it arrives
-    (chunked): nothing past the limit is read into the app."""
+    (chunked): nothing past the limit is read into the app. Every answer carries HEADERS, and a HEAD request is
+    answered as its GET is, headers only."""
 
     def __init__(self, app: FastAPI, *, max_bytes: int, allowed_hosts: tuple[str, ...] | None, answer):
         self.app, self.max_bytes, self.allowed_hosts, self.answer = app, max_bytes, allowed_hosts, answer
@@ -102,6 +125,9 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        send = _answering(send, head=scope["method"] == "HEAD")
+        if scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
         request = Request(scope)
         refusal = self.refusal(request)
         if refusal is not None:

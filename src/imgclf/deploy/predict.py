@@ -19,58 +19,12 @@ from imgclf.files import NotARegularFile, open_regular
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
-
 
 @dataclass
 class Prediction:
     path: str
     probs: np.ndarray | None = None  # None when the file could not be classified
     error: str | None = None
-
-
-def collect_inputs(args: Sequence[str], line_kind: Callable[[Path], str] | None = None) -> list[Path]:
-    """Files as given, folders expanded (images inside, recursively, sorted), .txt files read as lists of paths.
-    A list none of whose lines names a file (by `line_kind`: `imgclf serve` reads a relative line from the list's
-    folder and counts no line outside its roots, so the answer tells nothing of what lies there) is refused."""
-    line_kind = line_kind or _kind
-    paths: list[Path] = []
-    for arg in args:
-        path = Path(arg)
-        kind = _kind(path)
-        if kind == "folder":
-            paths.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                    and _kind(p) == "file"
-                )
-            )
-        elif kind == "file" and path.suffix.lower() == ".txt":
-            try:
-                text = path.read_text()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise BadInput(f"{path}: not a readable list of image paths ({type(exc).__name__})") from None
-            listed = [Path(line.strip()) for line in text.splitlines() if line.strip()]
-            if listed and not any(line_kind(p) == "file" for p in listed):  # notes, not a list of images
-                raise BadInput(
-                    f"{path}: a .txt file is read as a list of image paths, one per line, and none of its "
-                    f"{len(listed)} lines names a file (line 1: {str(listed[0])[:60]!r})"
-                )
-            paths.extend(listed)
-        else:
-            paths.append(path)  # a missing or odd file is reported per file later, not here
-    return paths
-
-
-def _kind(path: Path) -> str:
-    """folder, file or other (missing, a name the file system refuses, a loop of links)."""
-    try:
-        return "folder" if path.is_dir() else "file" if path.is_file() else "other"
-    except (OSError, ValueError):
-        return "other"
 
 
 def _open(path: Path) -> BinaryIO:

@@ -2,11 +2,13 @@
 suggested label; accepting a suggestion (or choosing another class, or excluding the image) writes a row of
 relabel/<data set>.csv, which the split stage applies on the next dvc repro.
 
-`imgclf serve --review DATASET` turns it on. The images, the issues file and the relabel file are the project's
-(data/<ds>/images, reports/label_issues/label_issues.csv, relabel/<ds>.csv) and must lie under the allowed roots,
-resolved, symlinks included: the page reads and writes nothing else but the split's classes (data/<ds>/split/
-labels.txt, read when it lies under the roots; else the class folders). A fix is checked (an image listed in the
-issues file, a class of the data set or `exclude`) and written whole or not at all, one writer at a time.
+`imgclf serve --review DATASET` turns it on. The images and the relabel file are the project's (data/<ds>/images,
+relabel/<ds>.csv) and must lie under the allowed roots, resolved, symlinks included; the issues file (reports/
+label_issues/label_issues.csv) under them too, or in the label_issues report folder as it resolved when serve
+started; each is checked again on every read, on the open file. The page reads and writes nothing else but the
+split's classes (data/<ds>/split/labels.txt, read when it lies under the roots; else the class folders). A fix is
+checked (an image listed in the issues file, a class of the data set or `exclude`) and written whole or not at all,
+one writer at a time.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imgclf.data.relabel import EXCLUDE, ISSUE_COLUMNS, data_classes, read_fixes, read_issues, write_fixes
 from imgclf.deploy.access import inside, json_body, open_inside
-from imgclf.errors import BadInput
+from imgclf.errors import BadInput, shown
 from imgclf.paths import Paths
 
 SHOWN = 100  # the likeliest issues listed: what one page holds (thumbnails of 96 px)
@@ -35,6 +37,9 @@ class Review:
         self.dataset, self.roots = dataset, [r.resolve() for r in roots]
         self.images = inside(paths.images(dataset), self.roots)  # PermissionError (403) or FileNotFoundError
         self.issues = paths.report_dir("label_issues") / "label_issues.csv"
+        # the issues file's own folder, as it resolves now, like the folder of the model serve starts with: the
+        # stage's report need not lie under a root, but a link planted there later leads nowhere outside
+        self.readable = [*self.roots, self.issues.parent.resolve()]
         relabel = paths.relabel_file(dataset)
         self.relabel = inside(relabel.parent, self.roots) / relabel.name  # the file itself may not exist yet
         try:  # the classes split takes: the last split's labels.txt, if the page may read it
@@ -45,7 +50,13 @@ class Review:
         self.lock = threading.Lock()
 
     def rows(self) -> list[dict[str, str]]:
-        return read_issues(self.issues)[:SHOWN]  # a missing column or a bad rank: one line, a 400
+        """The likeliest issues, read only under the roots (or the report folder), checked on the open file too."""
+        try:
+            issues = inside(self.issues, self.readable)  # a link out: PermissionError (403), missing or not
+        except FileNotFoundError:
+            issues = self.issues  # not made yet: read_issues says which stage makes it
+        opener = partial(open_inside, roots=self.readable)
+        return read_issues(issues, opener)[:SHOWN]  # a missing column or a bad rank: one line, a 400
 
     def _fixes_file(self) -> Path:
         """The relabel file, checked again before each use: a link put there since must not lead outside. A link is
@@ -55,7 +66,7 @@ class Review:
         return self.relabel
 
     def listing(self, thumbnail) -> dict[str, Any]:
-        fixed = read_fixes(self._fixes_file())
+        fixed = read_fixes(self._fixes_file(), partial(open_inside, roots=self.roots))
         opener = partial(open_inside, roots=[self.images])  # checked again on the open file
         shown = []
         for row in self.rows():
@@ -75,9 +86,9 @@ class Review:
 
     def fix(self, path: str, label: str) -> dict[str, Any]:
         if path not in {r["path"] for r in self.rows()}:
-            raise BadInput(f"{path[:80]} is not one of the listed issues")
+            raise BadInput(f"{shown(path, 80)} is not one of the listed issues")
         if label not in self.classes and label != EXCLUDE:
-            raise BadInput(f"'{label[:40]}' is not a class; one of: {', '.join(self.classes)}, {EXCLUDE}")
+            raise BadInput(f"'{shown(label, 40)}' is not a class; one of: {', '.join(self.classes)}, {EXCLUDE}")
         inside(self.images / path, [self.images])  # the image is still there, under the data set's images
         with self.lock:
             every = write_fixes(self._fixes_file(), {path: label})

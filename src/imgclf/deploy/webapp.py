@@ -9,19 +9,20 @@ What it may read and hold: every server-side path (an image, a folder's members,
 switch to) is resolved, symlinks included, and must lie under an allowed root (a model also under the folder of
 the model it started with); a path outside answers the same 403 whether it exists or not. Requests that change
 or read server state accept only the page's own origin, and a model switch only a JSON body. Uploads are counted
-as they arrive (chunked or not) against the limit, and at most `max_concurrent` requests decode and classify at
-once, each image refused past the pixel limit from its header: memory is bounded by these settings.
+as they arrive (chunked or not) against the limit and written to disk one file at a time (deploy/uploads.py), and
+at most `max_concurrent` requests decode and classify at once, each image refused past the pixel limit from its
+header: memory and open files are bounded by these settings.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import shutil
 import tempfile
 import threading
 import time
+from contextlib import closing
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,12 @@ from starlette.requests import ClientDisconnect
 
 from imgclf.credentials import take_uri_credentials
 from imgclf.deploy.access import Guard, UploadTooLarge, inside, json_body, loopback_names, open_inside
+from imgclf.deploy.inputs import iter_inputs
 from imgclf.deploy.model_card import RUN_ID, Model, load_model, model_home
 from imgclf.deploy.pictures import png_url, thumbnail
-from imgclf.deploy.predict import Prediction, collect_inputs, top_k
-from imgclf.errors import USER_ERRORS, BadInput
+from imgclf.deploy.predict import Prediction, top_k
+from imgclf.deploy.uploads import Limits, read_form
+from imgclf.errors import USER_ERRORS, BadInput, shown
 from imgclf.net import cannot_listen
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 WEB = Path(__file__).parent / "web"
 MAX_FILES = 500
 MAX_JSON_BYTES = 64 << 10
+FORM = Limits(files=MAX_FILES, fields=8, field_bytes=8192)  # a Classify form: its files, a path and a few more
 
 
 def displayed(name: str) -> str:
@@ -52,9 +56,9 @@ def displayed(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def results(preds: list[Prediction], names: list[str], shown: list[str], thumb: int, opener=None) -> list[dict]:
+def results(preds: list[Prediction], names: list[str], titles: list[str], thumb: int, opener=None) -> list[dict]:
     rows = []
-    for pred, name in zip(preds, shown):
+    for pred, name in zip(preds, titles):
         row: dict[str, Any] = {"name": name, "error": pred.error}
         if pred.probs is not None:
             row["top"] = [{"label": c, "prob": p} for c, p in top_k(pred, names, 5)]
@@ -80,11 +84,11 @@ def _answer_errors(app: FastAPI, answer, max_bytes: int) -> None:
         @app.exception_handler(kind)
         async def client_error(request: Request, exc: Exception):
             status = next((s for k, s in CLIENT_ERRORS.items() if isinstance(exc, k)), 400)
-            return answer(request, status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return answer(request, status, str(exc) or type(exc).__name__)  # one line: answer escapes it
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, exc: ClientDisconnect):  # nobody to answer: one line, no traceback
-        log.warning("%s %s: the client went away mid-request", request.method, request.url.path)
+        log.warning("%s %s: the client went away mid-request", request.method, shown(request.url.path))
         return JSONResponse({"error": "client disconnected"}, 400)
 
     @app.exception_handler(Exception)
@@ -122,45 +126,37 @@ class Service:
         self.switching, self.explaining = threading.Lock(), threading.Lock()
         self.max_concurrent = max_concurrent  # requests decoding and classifying at once: the memory bound
 
-    def classify(self, uploads: list[tuple[str, Any]], path: str) -> dict[str, Any]:
-        """Uploaded (name, file) pairs, or a file, folder or list file under the allowed roots: one row per image."""
+    def classify(self, uploads: list[tuple[str, Path]], path: str) -> dict[str, Any]:
+        """Uploaded files ((the name sent, where it was written) pairs), or a file, folder or list file under the
+        allowed roots: one row per image."""
         if not uploads and not path:
             raise BadInput("choose an image (or several), or type a path")
-        with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
-            opener = None
-            if path:
-                inputs, shown, refused = self._server_inputs(path)
-                opener = partial(open_inside, roots=self.roots)  # checked again on each file as it is opened
-            else:
-                inputs, shown, refused = [], [], {}
-                for i, (name, upload) in enumerate(uploads):
-                    inputs.append(Path(tmp) / f"{i}{re.sub(r'[^a-z0-9.]', '', Path(name).suffix.lower())[:8]}")
-                    upload.seek(0)
-                    with inputs[-1].open("wb") as out:
-                        shutil.copyfileobj(upload, out)
-                    shown.append(Path(name).name)
-            if not inputs:
-                raise BadInput(f"no images in {path}")
-            if len(inputs) > MAX_FILES:
-                raise BadInput(f"{len(inputs)} images: at most {MAX_FILES} at a time")
-            model = self.model
-            started = time.perf_counter()
-            allowed = [p for i, p in enumerate(inputs) if i not in refused]
-            preds = iter(model.classifier.classify(allowed, opener=opener, max_pixels=self.max_request_pixels))
-            merged = [Prediction(str(p), error=refused[i]) if i in refused else next(preds) for i, p in
-                      enumerate(inputs)]  # fmt: skip
-            latency = (time.perf_counter() - started) * 1000
-            rows = results(merged, model.classifier.class_names, shown, 256 if len(inputs) == 1 else 64, opener)
-            if len(rows) == 1 and merged[0].probs is not None and self.explainer and model.ref == self.explained:
-                with self.explaining:  # its hooks hold one call's activations on the one network
-                    cam = self.explainer.overlay(inputs[0], int(merged[0].probs.argmax()), opener)
-                rows[0]["cam"] = png_url(cam)
+        opener = None
+        if path:
+            inputs, titles, refused = self._server_inputs(path)
+            opener = partial(open_inside, roots=self.roots)  # checked again on each file as it is opened
+        else:  # at most MAX_FILES: the form refused more before writing them
+            inputs, titles, refused = [p for _, p in uploads], [Path(name).name for name, _ in uploads], {}
+        if not inputs:
+            raise BadInput(f"no images in {shown(path)}")
+        model = self.model
+        started = time.perf_counter()
+        allowed = [p for i, p in enumerate(inputs) if i not in refused]
+        preds = iter(model.classifier.classify(allowed, opener=opener, max_pixels=self.max_request_pixels))
+        merged = [Prediction(str(p), error=refused[i]) if i in refused else next(preds) for i, p in
+                  enumerate(inputs)]  # fmt: skip
+        latency = (time.perf_counter() - started) * 1000
+        rows = results(merged, model.classifier.class_names, titles, 256 if len(inputs) == 1 else 64, opener)
+        if len(rows) == 1 and merged[0].probs is not None and self.explainer and model.ref == self.explained:
+            with self.explaining:  # its hooks hold one call's activations on the one network
+                cam = self.explainer.overlay(inputs[0], int(merged[0].probs.argmax()), opener)
+            rows[0]["cam"] = png_url(cam)
         return {"latency_ms": round(latency, 1), "model": model.ref, "results": rows}
 
     def _server_inputs(self, path: str) -> tuple[list[Path], list[str], dict[int, str]]:
         """The images a typed path names, each resolved and checked against the roots: a folder's members and a
         list file's lines too. Those outside get the same error row whether they exist or not."""
-        inputs, shown, refused = [], [], {}
+        inputs, titles, refused = [], [], {}
         top = inside(path, self.roots)
         base = top.parent if top.suffix.lower() == ".txt" and top.is_file() else None  # a list's relative lines
 
@@ -170,10 +166,13 @@ class Service:
             except (PermissionError, FileNotFoundError):
                 return "other"
 
-        for i, listed in enumerate(collect_inputs([str(top)], line_kind)):
-            if i > MAX_FILES:
-                break  # counted as over the limit below; not resolved one by one
-            shown.append(displayed(str(listed)))
+        # listed only as far as the cap: a folder of a million files or a list of a million lines costs 501 names
+        with closing(iter_inputs([str(top)], line_kind, partial(open_inside, roots=self.roots))) as found:
+            taken = list(islice(found, MAX_FILES + 1))
+        if len(taken) > MAX_FILES:
+            raise BadInput(f"{shown(path)} names more than {MAX_FILES} images; give at most {MAX_FILES} at a time")
+        for i, listed in enumerate(sorted(taken) if top.is_dir() else taken):  # a folder's in name order
+            titles.append(displayed(str(listed)))
             try:
                 inputs.append(inside(listed, self.roots, base=base))
             except PermissionError:
@@ -182,7 +181,7 @@ class Service:
             except FileNotFoundError:
                 inputs.append(Path(listed))
                 refused[i] = "no such file"
-        return inputs, shown, refused
+        return inputs, titles, refused
 
     def switch(self, ref: str) -> dict[str, Any]:
         """Load `ref` and serve it. One switch at a time: two loads of one run or registered model would write its
@@ -195,7 +194,6 @@ class Service:
 
 
 CLIENT_ERRORS = {PermissionError: 403, FileNotFoundError: 404}
-SPOOL_IN_MEMORY = 1  # bytes of an uploaded file kept in memory before it goes to disk (0 would mean all of it)
 
 
 async def _model_ref(request: Request, answer) -> str | JSONResponse:
@@ -218,6 +216,16 @@ async def _switch(request: Request, service: Service, answer, slots) -> Any:
         return await run_in_threadpool(service.switch, ref)
 
 
+async def _classify(request: Request, service: Service, slots) -> Any:
+    """POST /api/classify: the form written into a folder of its own as it arrives (removed after the answer), then
+    classified in one of the slots. The form is read before the slot is taken, so a slow sender holds its socket
+    and one open file, not a slot the others wait for."""
+    with tempfile.TemporaryDirectory(dir=service.cache, prefix="upload-") as folder:
+        form = await read_form(request, Path(folder), FORM)
+        async with slots:
+            return await run_in_threadpool(service.classify, form.files, form.fields.get("path", "").strip())
+
+
 def _runs_routes(app: FastAPI, service: Service) -> None:
     """The Runs view: the experiment's latest runs, and a run's curves as they stand (growing while it trains)."""
     from imgclf import tracking
@@ -237,16 +245,14 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
     """The routes. `allowed_hosts`: the Host names a request may carry (a server on loopback answers only to
     loopback names, so a web page cannot reach it by rebinding its own name to 127.0.0.1); None takes any."""
     import anyio
-    from starlette.formparsers import MultiPartParser
 
     app = FastAPI(title="imgclf", docs_url=None, redoc_url=None, openapi_url=None)
-    slots = anyio.Semaphore(service.max_concurrent)  # waiting requests: a socket and a file each
-    # every uploaded file goes to a temporary file as it arrives (Starlette keeps up to 1 MB each in memory, and the
-    # form is read before a slot is free): a waiting request holds its socket and its upload on disk, not in memory
-    MultiPartParser.spool_max_size = SPOOL_IN_MEMORY
+    # a waiting request holds its socket and its upload on disk (uploads.read_form: one open file while it arrives)
+    slots = anyio.Semaphore(service.max_concurrent)
 
     def answer(request: Request, status: int, message: str) -> JSONResponse:
-        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, message)  # one line per 4xx
+        message = shown(message, limit=None)  # whatever user text it holds: one line, no control characters
+        log.warning("%s %s -> %d: %s", request.method, shown(request.url.path), status, message)  # one line per 4xx
         return JSONResponse({"error": message}, status)
 
     _answer_errors(app, answer, service.max_bytes)
@@ -284,12 +290,7 @@ def create_app(service: Service, allowed_hosts: tuple[str, ...] | None = None) -
 
     @app.post("/api/classify")
     async def classify(request: Request):
-        # at most MAX_FILES files (on disk past 64 KB each) and a few small fields: what a form costs in memory
-        form = await request.form(max_files=MAX_FILES + 1, max_fields=8, max_part_size=8192)
-        uploads = [(f.filename or "upload", f.file) for f in form.getlist("files") if hasattr(f, "read")]
-        path = form.get("path")
-        async with slots:
-            return await run_in_threadpool(service.classify, uploads, path.strip() if isinstance(path, str) else "")
+        return await _classify(request, service, slots)
 
     return Guard(app, max_bytes=service.max_bytes, allowed_hosts=allowed_hosts, answer=answer)
 
