@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from imgclf import config
 from imgclf.config import check_overrides, config_groups, params_yaml
@@ -485,3 +486,18 @@ def test_a_tracking_store_that_is_no_file_or_an_experiment_mlflow_refuses_is_one
         assert "Traceback" not in done.stderr
     assert client.search_runs([e.experiment_id for e in client.search_experiments(view_type=3)]) == []
     assert not (tiny_project / "outputs").exists() and not (tiny_project / "checkpoints").exists()
+
+
+def test_flags_after_overrides_and_hydras_own_interpolations_are_taken(tmp_path):
+    """`imgclf train trainer.epochs=1 -m seed=1,2` was argparse's usage text (Hydra's parser takes no override after
+    a flag that follows one); `tracking.run_name=${hydra:job.name}` was refused by the override check, which
+    resolves the config without the running app Hydra's own interpolations read."""
+    import shutil
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    done = stage_main("train", ["trainer.epochs=1", "--cfg", "job", "seed=7", "tracking.run_name=${hydra:job.name}"],
+                      tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert (shown["trainer"]["epochs"], shown["seed"], shown["tracking"]["run_name"]) == (1, 7, "${hydra:job.name}")
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"]

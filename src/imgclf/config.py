@@ -162,6 +162,8 @@ def checked_config(argv: Sequence[str], root: str | Path = ".") -> tuple[str | N
     try:
         OmegaConf.resolve(cfg)  # an interpolation the overrides broke (${oops}) fails here, not in a stage
     except OmegaConfBaseException as exc:
+        if "HydraConfig was not set" in str(exc):  # ${hydra:job.name}: only the running app resolves it
+            return (_check_hydra(kept, own, root) if own else None), None
         dropped = [a for a in args if a.startswith("~")]
         why = f" ({dropped[0]} drops a key the config reads: keep it or override the key reading it)" if dropped else ""
         return f"bad interpolation: {str(exc).splitlines()[0]}{why}", None

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf.config import check_overrides, checked_config, conf_dir
+from imgclf.config import check_overrides, checked_config, conf_dir, split_argv
 from imgclf.credentials import redact_overrides, strip_overrides
 from imgclf.errors import USER_ERRORS, BadConfig, BadInput, stoppable
 from imgclf.hydra_run import is_multirun, overrides, run_folder_guard
@@ -72,7 +72,8 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
             said = str(exc) if isinstance(exc, BadInput) else check_overrides([]) or str(exc).splitlines()[0]
             print(f"error: {said}", file=sys.stderr)
             sys.exit(2)
-        sys.argv[1:], carried = strip_overrides(argv), strip_overrides(carried)  # before Hydra or a line shows them
+        flags, given = split_argv(strip_overrides(argv))  # before Hydra or a line shows them; flags first: Hydra's
+        sys.argv[1:], carried = [*flags, *given], strip_overrides(carried)  # parser takes no override before -m
         if carried:  # secrets shown as *** (a key's value, a URL's user:password): the override check refuses them next
             shown = redact_overrides(carried)
             print(f"workspace: params.yaml is conf/ plus {shown} ({OFF}=0: conf/ alone)", file=sys.stderr)
