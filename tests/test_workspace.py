@@ -98,3 +98,13 @@ def test_hydra_flags_anywhere_take_the_workspace_too(project):
         assert "workspace: params.yaml is conf/ plus data=folder" in shown.stderr
         job = OmegaConf.create(shown.stdout)
         assert job.data.name == "folder" and job.data.path == str(folder) and job.data.split.seed == 3
+
+
+def test_a_params_yaml_that_is_not_yaml_is_named_in_one_line(tmp_path):
+    """Every stage said `error: while parsing a flow sequence`, naming no file."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text() + "seed: [1\n")
+    done = stage_main("fetch", [], tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {tmp_path / 'params.yaml'} line ") and "is not valid YAML" in done.stderr
+    assert done.stderr.endswith("fix it, or write it again from conf/ (make params)\n")

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 
-from imgclf.config import conf_dir, config_groups, split_argv
+from imgclf.config import conf_dir, config_groups, split_argv, yaml_error
 from imgclf.credentials import secret_in_config
 from imgclf.errors import BadInput
 
@@ -100,7 +101,10 @@ def workspace_overrides(root: str | Path = ".") -> list[str]:
     params = Path(root) / PARAMS
     if not params.is_file():
         return []
-    loaded = OmegaConf.load(params)
+    try:
+        loaded = OmegaConf.load(params)
+    except yaml.YAMLError as exc:  # stages said "while parsing a flow sequence", naming no file
+        raise BadInput(f"{yaml_error(exc)}: fix it, or write it again from conf/ (make params)") from None
     if why := secret_in_config(OmegaConf.to_container(loaded, resolve=False)):  # before it is resolved and shown
         raise BadInput(f"{params}: {why}")
     found = overrides_for(OmegaConf.to_container(loaded, resolve=True), root)
