@@ -108,3 +108,13 @@ def test_a_params_yaml_that_is_not_yaml_is_named_in_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: {tmp_path / 'params.yaml'} line ") and "is not valid YAML" in done.stderr
     assert done.stderr.endswith("fix it, or write it again from conf/ (make params)\n")
+
+
+@pytest.mark.parametrize("text", ["C:\\Users\\me\\", "a\\b", "a\\\\b", "it's", "a\\'b", "end\\", "\\'", "plain"])
+def test_a_params_yaml_string_with_backslashes_comes_back_as_it_was(tmp_path, text):
+    """A params.yaml value holding a backslash (a Windows path, a regex) came back doubled when a stage started by
+    hand carried the workspace: Hydra's quotes keep a backslash literal unless a quote or the end follows it."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "params.yaml").write_text(params_yaml([f"tracking.run_name={value(text)}"], tmp_path))
+    carried = workspace_overrides(tmp_path)
+    assert compose(carried, tmp_path).tracking.run_name == text

@@ -76,8 +76,9 @@ def value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, str):
-        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(v, str):  # in Hydra's quotes a backslash is literal, except a run of them before a quote or the end
+        body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", v)
+        return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body) + "'"
     if isinstance(v, Mapping):
         return "{" + ",".join(f"{k}:{value(x)}" for k, x in v.items()) + "}"
     return "[" + ",".join(value(x) for x in v) + "]"
