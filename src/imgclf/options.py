@@ -585,6 +585,20 @@ class Options(Group):
     label_issues: LabelIssues = field(default_factory=LabelIssues)
     config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    def check(self, where: str) -> None:
+        """A folder of images that holds fetch's own output (data/<name>), or lies inside it: fetch would copy its
+        last output into the new one as a class (data.path=data), or replace the folder it reads from."""
+        own = Path(os.path.expanduser(self.paths.data), self.data.name).absolute()
+        for key in FOLDERS:
+            given = getattr(self.data, key)
+            folder = Path(os.path.expanduser(given)).absolute() if given is not None else None
+            if folder is not None and (folder == own or own in folder.parents or folder in own.parents):
+                how = "holds" if folder in own.parents else "is inside"
+                raise BadInput(
+                    f"data.{key}={given} {how} fetch's own output ({self.paths.data}/{self.data.name}): give the "
+                    "folder your images are in, outside it"
+                )
+
     def check_targets(self) -> Options:
         """The optimizer's and the schedule's keywords against their targets' signatures (check_keywords). It imports
         them, torch with them, so only what builds them asks: train, lr_find and `imgclf check`, before a run opens;
@@ -630,7 +644,9 @@ class Options(Group):
                 if not ok(node[f.name]):
                     raise BadInput(f"{f.name}={node[f.name]!r} is not valid: {valid}")
                 values[f.name] = node[f.name]
-        return cls(**values)
+        built = cls(**values)
+        built.check(where)
+        return built
 
 
 OPTIONAL_GROUPS = ("augment", "evaluate", "export", "lr_find")  # older configs (a run being reproduced) lack them

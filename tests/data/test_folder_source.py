@@ -11,7 +11,7 @@ from imgclf.data.split import read_index, read_labels
 from imgclf.stages.fetch import fetch
 from imgclf.stages.split import split
 
-from ..conftest import make_class_folders
+from ..conftest import ROOT, make_class_folders, stage_main
 
 
 def add_odd_images(root):
@@ -328,3 +328,19 @@ def test_links_that_lead_nowhere_are_counted_and_left_out(tmp_path, monkeypatch,
         *(f"b/{i:03d}.png" for i in range(4)),
     ]
     assert "'link that leads nowhere (a missing file or a loop of links)': 4" in caplog.text
+
+
+@pytest.mark.parametrize("given", ["data", ".", "data/folder/images"])
+def test_a_folder_holding_or_inside_fetchs_own_output_is_refused_before_fetch(tmp_path, given):
+    """data.path=data copied data/folder/ (the last fetch's output) into the new one as a class; a path inside it
+    would be replaced by the copy it is read for."""
+    import shutil
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    make_class_folders(tmp_path / "data" / "folder" / "images", {"a": 2, "b": 2})  # the last fetch's
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    done = stage_main("fetch", ["data=folder", f"data.path={given}"], tmp_path)
+    how = "is inside" if given.startswith("data/") else "holds"
+    said = f"error: data.path={given} {how} fetch's own output (data/folder): give the folder your images are in"
+    assert done.returncode == 1 and done.stderr.startswith(said), done.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
