@@ -373,6 +373,13 @@ def test_an_output_already_there_is_replaced_only_with_force_and_never_a_file_th
     done = cli([str(image), "--out", str(table), "--explain", str(tmp_path / "cams")], trained, project_env)
     assert done.returncode == 1 and "already there" in done.stderr and not table.exists()
     assert (tmp_path / "cams" / "victim.cam.png").read_bytes() == b"mine"
+    # a folder that cannot be made was found only after --out was written
+    done = cli([str(image), "--out", str(table), "--explain", str(earlier / "cams")], trained, project_env)
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"error: --explain {earlier / 'cams'} cannot be made: {earlier} is a file; nothing was written\n",
+    )
+    assert not table.exists()
 
 
 @pytest.mark.parametrize(
@@ -383,3 +390,15 @@ def test_an_output_already_there_is_replaced_only_with_force_and_never_a_file_th
 def test_an_option_out_of_its_range_is_one_line_and_exit_2(trained, project_env, option, value, valid):
     done = cli(["data/tiny/images/a", option, value], trained, project_env)
     assert done.returncode == 2 and f"argument {option}: '{value}' is not valid: {valid}" in done.stderr
+
+
+def test_explain_gives_each_image_its_own_overlay_whatever_the_names(trained, project_env, tmp_path):
+    """x.2.png, then two x.png: the second x.png was named x.2.cam.png too, and its overlay replaced the first's."""
+    source = (trained / "data/tiny/images/a/000.png").read_bytes()
+    images = [tmp_path / "x.2.png", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"]
+    for image in images:
+        image.parent.mkdir(exist_ok=True)
+        image.write_bytes(source)
+    done = cli([*map(str, images), "--explain", str(tmp_path / "cams")], trained, project_env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == ["x.1.cam.png", "x.2.cam.png", "x.cam.png"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,14 +299,23 @@ class Explanations:
     ):
         self.explainer = Explainer(checkpoint, class_names, layer)
         self.done = [p for p in preds if p.probs is not None]
-        names, self.targets = {}, []
-        for pred in self.done:
-            stem = Path(pred.path).stem
-            name = f"{stem}.cam.png" if f"{stem}.cam.png" not in names else f"{stem}.{len(names)}.cam.png"
-            names[name] = pred
+        names, self.targets = set(), []
+        for pred in self.done:  # a.png and a.jpg, or a.png beside a.1.png: each overlay its own file
+            stem, n = Path(pred.path).stem, 0
+            name = f"{stem}.cam.png"
+            while name in names:
+                n += 1
+                name = f"{stem}.{n}.cam.png"
+            names.add(name)
             self.targets.append(out_dir / name)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise BadInput(f"--explain {out_dir} is a file, not a folder; nothing was written")
+        existing = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists() or p.is_symlink())
+        if not existing.is_dir():
+            where = (
+                "is a file, not a folder" if existing == out_dir.absolute() else f"cannot be made: {existing} is a file"
+            )
+            raise BadInput(f"--explain {out_dir} {where}; nothing was written")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise BadInput(f"--explain {out_dir} cannot be made: {existing} is not writable; nothing was written")
         if taken := [t for t in self.targets if t.exists() or t.is_symlink()]:
             raise BadInput(f"--explain: {taken[0]} is already there (and {len(taken) - 1} more); nothing was written")
         self.out_dir = out_dir
