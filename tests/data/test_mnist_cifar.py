@@ -88,9 +88,9 @@ def test_idx_dimensions_whose_product_overflows_int64_are_one_line(tmp_path):
         read_idx(tmp_path / "short.gz", 2051)
 
 
-def cifar_tar(path, per_batch=12, classes=("plane", "car", "bird"), str_keys=False):
+def cifar_tar(path, per_batch=12, classes=("plane", "car", "bird"), str_keys=False, poison=None):
     """cifar-10-python.tar.gz layout: Python-2 style pickles with bytes keys (or, as some mirrors re-pickle them
-    under Python 3, str keys), rows of R, G, B planes."""
+    under Python 3, str keys), rows of R, G, B planes; `poison` ({batch: {key: value}}) replaces entries."""
     batches = {}
     key = (lambda k: k.decode()) if str_keys else (lambda k: k)
     with tarfile.open(path, "w:gz") as tf:
@@ -107,7 +107,8 @@ def cifar_tar(path, per_batch=12, classes=("plane", "car", "bird"), str_keys=Fal
             rows = RNG.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
             labels = [i % len(classes) for i in range(per_batch)]
             batches[name] = (rows, labels)
-            add(name, {key(b"data"): rows, key(b"labels"): labels, key(b"batch_label"): name.encode()})
+            entries = {b"data": rows, b"labels": labels, b"batch_label": name.encode(), **(poison or {}).get(name, {})}
+            add(name, {key(k): v for k, v in entries.items()})
     return batches
 
 
