@@ -81,7 +81,7 @@ def test_mnist_truncated_or_mismatched_files_fail(tmp_path):
 def test_idx_dimensions_whose_product_overflows_int64_are_one_line(tmp_path):
     """2**31 x 2**31 x 4 is 2**64, which numpy's int64 product makes 0: an empty file then passed the size check."""
     (tmp_path / "huge.gz").write_bytes(gzip.compress(struct.pack(">IIII", 2051, 2**31, 2**31, 4)))
-    with pytest.raises(BadInput, match=f"header says 2147483648x2147483648x4 = {2**64} bytes of data, file has 0"):
+    with pytest.raises(BadInput, match="huge.gz: header declares 2147483648 images of 2147483648x4; MNIST holds at"):
         read_idx(tmp_path / "huge.gz", 2051)
     (tmp_path / "short.gz").write_bytes(gzip.compress(struct.pack(">II", 2051, 5)))  # two of three dimensions
     with pytest.raises(BadInput, match="short.gz: 8 bytes, too short for the header of 3 dimensions it announces"):
