@@ -21,6 +21,7 @@ def fetch_args(archive):
         f"data.checksums={sums}",
         "hydra.run.dir=.",
         "hydra.output_subdir=null",
+        "hydra/job_logging=stdout",  # as dvc.yaml runs it: no fetch.log in the project
     ]
 
 
@@ -75,3 +76,41 @@ def test_a_good_batch_given_as_an_integer_array_of_labels_is_read(tmp_path):
     done = stage_main("fetch", fetch_args(archive), tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((tmp_path / "data/cifar10/images").rglob("*.png"))) == 72
+
+
+@pytest.mark.parametrize("how", ["mirror down", "bad batch downloaded", "bad batch as data.archive"])
+def test_a_failed_first_fetch_leaves_no_folder_behind(how, http_server, tmp_path):
+    """Only a verified download stays (the next fetch reuses it); no empty data/cifar10/ or downloads/ is left."""
+    base, www, _ = http_server
+    archive = www / "cifar-10-python.tar.gz"
+    cifar_tar(archive, poison={"test_batch": {b"labels": [10] * 12}})
+    project = tmp_path / "project"
+    project.mkdir()
+    args = fetch_args(archive)
+    if how != "bad batch as data.archive":
+        args[args.index(f"data.archive={archive}")] = (
+            f"data.mirrors=[{base}/down]" if how == "mirror down" else (f"data.mirrors=[{base}]")
+        )
+    done = stage_main("fetch", args, project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    kept = ["data/cifar10/downloads/cifar-10-python.tar.gz"] if how == "bad batch downloaded" else []
+    assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file()) == kept
+    assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_dir()) == (
+        ["data", "data/cifar10", "data/cifar10/downloads"] if kept else []
+    )
+
+
+def test_a_failed_fetch_leaves_the_folders_that_were_there_before(http_server, tmp_path):
+    base, www, _ = http_server
+    archive = www / "cifar-10-python.tar.gz"
+    cifar_tar(archive)
+    project = tmp_path / "project"
+    (project / "data/cifar10/downloads").mkdir(parents=True)  # empty, and not the fetch's to remove
+    args = fetch_args(archive)
+    args[args.index(f"data.archive={archive}")] = f"data.mirrors=[{base}/down]"
+    assert stage_main("fetch", args, project).returncode == 1
+    assert [p.relative_to(project).as_posix() for p in sorted(project.rglob("*"))] == [
+        "data",
+        "data/cifar10",
+        "data/cifar10/downloads",
+    ]
