@@ -95,7 +95,7 @@ def test_the_users_folders_in_download_dir_are_left_alone_and_nothing_is_left_be
     assert len(list((tmp_path / "data/dogs_vs_cats/images").rglob("*.jpg"))) == 24  # the good fetch's, kept
 
 
-def test_a_refetch_replaces_its_own_predict_dir_and_an_archive_without_test1_removes_it(
+def test_a_refetch_replaces_its_own_predict_dir_and_an_archive_without_test1_empties_it(
     tmp_path, monkeypatch, compose_cfg
 ):
     predict = tmp_path / "data/dogs_vs_cats/predict"
@@ -105,7 +105,7 @@ def test_a_refetch_replaces_its_own_predict_dir_and_an_archive_without_test1_rem
     fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={competition_zip(tmp_path / 'b.zip', n_test=3)}"))
     assert sorted(p.name for p in predict.glob("*.jpg")) == ["1.jpg", "2.jpg", "3.jpg"]
     fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={competition_zip(tmp_path / 'c.zip', test1_zip=False)}"))
-    assert not predict.exists()  # another archive's test1 set is not this one's
+    assert list(predict.iterdir()) == []  # another archive's test1 set is not this one's; DVC's output stays
 
 
 def test_a_zip_remade_on_macos_reads_train_not_its_resource_forks(tmp_path, monkeypatch, compose_cfg):

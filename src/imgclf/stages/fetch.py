@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from imgclf.errors import BadInput
 from imgclf.files import atomic_dir
 from imgclf.options import Options
 from imgclf.paths import Paths
@@ -23,12 +24,16 @@ SOURCE_FOLDERS = ("download_dir", "predict_dir")
 
 def fetch(cfg: DictConfig | Options) -> None:
     opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
-    out = Paths.from_config(opts.paths).images(opts.data.name)
+    paths = Paths.from_config(opts.paths)
+    out, predict = paths.images(opts.data.name), paths.predict(opts.data.name)
+    if (predict.exists() or predict.is_symlink()) and not predict.is_dir():
+        raise BadInput(f"{predict} is not a folder; fetch writes the unlabelled images there: move it away")
     # a partial, called here: errors reach the user as they are, not wrapped by Hydra
     fetcher = instantiate(opts.data.fetch, _partial_=True, _convert_="all")
     written = [out, *(Path(opts.data.fetch[key]) for key in SOURCE_FOLDERS if opts.data.fetch.get(key))]
     with new_folders_taken_back(written), atomic_dir(out) as tmp:  # a failed fetch leaves the previous images
         fetcher(out_dir=tmp)
+    predict.mkdir(exist_ok=True)  # dvc.yaml's output for every data set: empty where the source has no such images
     log.info("fetched %s into %s", opts.data.name, out)
 
 
