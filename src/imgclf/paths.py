@@ -17,6 +17,8 @@ IMAGE_DIR = "images"  # data/<dataset>/images/<class>/<file>: the layout every s
 # data.name is a folder (data/<name>/, whose images fetch replaces) and a file name (relabel/<name>.csv): one plain
 # name, never a path ('..', '/abs', 'a/b') nor a hidden one
 DATA_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+# data/<dataset>/predict/: unlabelled images fetch brings (dogs_vs_cats' test1), empty for the others: a DVC output
+PREDICT_DIR = "predict"
 SPLIT_DIR = "split"  # data/<dataset>/split/{train,val,test}.csv, labels.txt, sample/
 CACHE_DIR = "cache"  # data/<dataset>/cache/: packed, resized splits; derived data, safe to delete
 
@@ -51,6 +53,9 @@ class Paths:
 
     def images(self, name: str) -> Path:
         return self.dataset(name) / IMAGE_DIR
+
+    def predict(self, name: str) -> Path:
+        return self.dataset(name) / PREDICT_DIR
 
     def split(self, name: str) -> Path:
         return self.dataset(name) / SPLIT_DIR

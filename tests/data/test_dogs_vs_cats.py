@@ -95,7 +95,7 @@ def test_the_users_folders_in_download_dir_are_left_alone_and_nothing_is_left_be
     assert len(list((tmp_path / "data/dogs_vs_cats/images").rglob("*.jpg"))) == 24  # the good fetch's, kept
 
 
-def test_a_refetch_replaces_its_own_predict_dir_and_an_archive_without_test1_removes_it(
+def test_a_refetch_replaces_its_own_predict_dir_and_an_archive_without_test1_empties_it(
     tmp_path, monkeypatch, compose_cfg
 ):
     predict = tmp_path / "data/dogs_vs_cats/predict"
@@ -105,7 +105,7 @@ def test_a_refetch_replaces_its_own_predict_dir_and_an_archive_without_test1_rem
     fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={competition_zip(tmp_path / 'b.zip', n_test=3)}"))
     assert sorted(p.name for p in predict.glob("*.jpg")) == ["1.jpg", "2.jpg", "3.jpg"]
     fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={competition_zip(tmp_path / 'c.zip', test1_zip=False)}"))
-    assert not predict.exists()  # another archive's test1 set is not this one's
+    assert list(predict.iterdir()) == []  # another archive's test1 set is not this one's; DVC's output stays
 
 
 def test_a_zip_remade_on_macos_reads_train_not_its_resource_forks(tmp_path, monkeypatch, compose_cfg):
@@ -144,6 +144,66 @@ def test_fewer_than_two_classes_is_refused_and_the_images_kept(names, tmp_path, 
         fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={bad}"))
     assert len(list((tmp_path / "data/dogs_vs_cats/images").rglob("*.jpg"))) == 24  # the good fetch's
     assert len(list((tmp_path / "data/dogs_vs_cats/predict").glob("*.jpg"))) == 5
+
+
+def fetch_args(archive, *more):
+    """The fetch stage's command line, as dvc.yaml runs it."""
+    from ..conftest import ROOT
+
+    conf = ["--config-dir", str(ROOT / "conf"), "data=dogs_vs_cats", f"data.archive={archive}", *more]
+    return [*conf, "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
+@pytest.mark.parametrize(
+    "second,listed",
+    [("train/train/", "train/, train/train/"), ("copy/train/", "copy/train/, train/")],
+    ids=["train inside train", "train elsewhere"],
+)
+def test_a_zip_with_two_train_folders_is_refused_in_one_line(second, listed, tmp_path):
+    """Which train/ holds the data set is not ours to guess: the first in path order was taken, the other dropped."""
+    from ..conftest import stage_main
+
+    bad = tmp_path / "in" / "train.zip"
+    bad.parent.mkdir()
+    with zipfile.ZipFile(bad, "w") as zf:
+        for folder in ("train/", second):
+            zf.writestr(f"{folder}cat.1.jpg", jpeg((200, 0, 0)))
+            zf.writestr(f"{folder}dog.1.jpg", jpeg((0, 0, 200)))
+    done = stage_main("fetch", fetch_args(bad), tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith(f"error: {bad}: holds 2 train/ ({listed}); expected one, as Kaggle's"), done.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_folders_and_names_with_control_characters_are_skipped_and_counted_in_one_warning(tmp_path):
+    """A folder named like an image, a name ending in a newline (a regex `$` let it through: a newline in a file name
+    splits the split's lists), another script's digits: none is an image of Kaggle's, each is named in the warning."""
+    from ..conftest import stage_main
+
+    archive = tmp_path / "in" / "dogs-vs-cats.zip"
+    archive.parent.mkdir()
+    hostile = ["cat.99.jpg/x.jpg", "cat.5.jpg\n", "dog.6.jpg\r", "cat.\u0667.jpg", "dog.7.jpg\u2028"]
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"train/cat.{i}.jpg", jpeg((200, 0, 0)))
+            zf.writestr(f"train/dog.{i}.jpg", jpeg((0, 0, 200)))
+        for name in hostile:
+            zf.writestr(f"train/{name}", jpeg((0, 200, 0)))
+        for name in ("1.jpg", "2.jpg\n", "sub/3.jpg"):
+            zf.writestr(f"test1/{name}", jpeg((90, 90, 90)))
+    done = stage_main("fetch", fetch_args(archive), tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    images = tmp_path / "data/dogs_vs_cats/images"
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*")) == [
+        "cat", *(f"cat/cat.{i}.jpg" for i in range(3)), "dog", *(f"dog/dog.{i}.jpg" for i in range(3))
+    ]  # fmt: skip
+    predict = tmp_path / "data/dogs_vs_cats/predict"
+    assert sorted(p.name for p in predict.iterdir()) == [".imgclf-fetch", "1.jpg"]
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "skipped" in line]
+    assert len(said) == 2, done.stdout[-3000:]
+    assert "skipped 5 entries of train/: 3 a control character in the name: 'cat.5.jpg\\n'" in said[0], said
+    assert "1 not a file: 'cat.99.jpg'" in said[0] and "1 not named cat.N.jpg or dog.N.jpg: 'cat.\u0667.jpg'" in said[0]
+    assert "skipped 2 entries of test1/: 1 a control character in the name: '2.jpg\\n'; 1 not a file: 'sub'" in said[1]
 
 
 def test_missing_archive_file_says_how_to_get_it(tmp_path, monkeypatch, compose_cfg):

@@ -22,6 +22,7 @@ ARCHIVE = "cifar-10-python.tar.gz"
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
+NUM_CLASSES = 10
 
 
 # all a CIFAR batch holds: a dict of bytes/str, lists and one numpy array (and codecs for Python 3 re-pickles)
@@ -66,17 +67,41 @@ def _unpickle(path: Path, *keys: str) -> dict:
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) and labels (N,) of one batch; rows are 1,024 R, then G, then B bytes."""
     batch = _unpickle(path, "data", "labels")
-    try:
-        data, labels = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch["labels"], dtype=np.int64)
-    except (TypeError, ValueError) as exc:
-        raise BadInput(f"{path.name}: data or labels are not numbers ({exc})") from None
-    if labels.size and labels.min() < 0:
-        raise BadInput(f"{path.name}: negative label {labels.min()}")
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise BadInput(f"{path.name}: data rows have shape {data.shape}, expected (N, 3072)")
+    data, labels = _checked_data(path.name, batch["data"]), _checked_labels(path.name, batch["labels"])
     if len(labels) != len(data):
-        raise BadInput(f"{path.name}: {len(data)} rows but {len(labels)} labels")
+        raise BadInput(f"{path.name}: {len(data)} rows of data but {len(labels)} labels; each row needs one label")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def _checked_data(name: str, data: object) -> np.ndarray:
+    """A batch's `data` as CIFAR-10 has it: a uint8 array of N rows of 3,072 bytes. Nothing is converted: a float or
+    int64 array cast to bytes would wrap (300 becomes 44) or truncate, silently."""
+    if not isinstance(data, np.ndarray):
+        raise BadInput(f"{name}: data is a {type(data).__name__}; expected a uint8 array of N x 3072 (R, G, B bytes)")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise BadInput(
+            f"{name}: data is an array of {data.dtype} with shape {data.shape}; expected uint8 with shape (N, 3072)"
+        )
+    return data
+
+
+def _checked_labels(name: str, labels: object) -> np.ndarray:
+    """A batch's `labels` as CIFAR-10 has them: integers in 0..9, one a row (a list, or an integer array)."""
+    valid = f"expected a list of integers in 0..{NUM_CLASSES - 1}, one a row of data"
+    if not isinstance(labels, (list, tuple, np.ndarray)):
+        raise BadInput(f"{name}: labels is a {type(labels).__name__}; {valid}")
+    try:
+        array = np.asarray(labels)
+    except (TypeError, ValueError):  # lists of uneven lengths
+        raise BadInput(f"{name}: labels hold nested lists; {valid}") from None
+    if array.ndim != 1:
+        raise BadInput(f"{name}: labels have shape {array.shape}; {valid}")
+    if array.size and array.dtype.kind not in "iu":  # floats (1.5 would become 1), bools, strings, huge ints
+        raise BadInput(f"{name}: labels hold {array.dtype} values; {valid}")
+    if array.size and (array.min() < 0 or array.max() >= NUM_CLASSES):
+        bad = array.min() if array.min() < 0 else array.max()
+        raise BadInput(f"{name}: label {bad} is outside 0..{NUM_CLASSES - 1}; {valid}")
+    return array.astype(np.int64)
 
 
 def read_label_names(batch_dir: Path) -> list[str]:

@@ -9,13 +9,15 @@ import zipfile
 from pathlib import Path
 
 from imgclf.data.download import extract
+from imgclf.data.folder import usable_name
 from imgclf.data.kaggle_client import download_competition
 from imgclf.errors import BadInput, MissingInput
 from imgclf.files import atomic_dir, scratch_dir
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
+# matched whole (fullmatch: `$` would let a trailing newline through) and ASCII (`\d` would take any script's digits)
+NAME = re.compile(r"(cat|dog)\.([0-9]+)\.jpe?g", re.IGNORECASE | re.ASCII)
 HOW_TO_GET = "set data.archive=/path/dogs-vs-cats.zip, or data.archive=null to download it with Kaggle credentials"
 PREDICT_MARK = ".imgclf-fetch"  # left in predict_dir: the folder is fetch's own output, which the next fetch replaces
 
@@ -23,11 +25,18 @@ PREDICT_MARK = ".imgclf-fetch"  # left in predict_dir: the folder is fetch's own
 MAC_METADATA = "__MACOSX"  # a zip made on macOS keeps resource forks there (__MACOSX/train/._cat.0.jpg), never data
 
 
-def _find(root: Path, name: str, folder: bool) -> Path | None:
-    """The first `name` under root (in path order), a folder or a file as asked, outside __MACOSX."""
+def _find(root: Path, name: str, folder: bool, archive: Path) -> Path | None:
+    """The one `name` under root, a folder or a file as asked, outside __MACOSX; two or more (a train/ inside
+    train/, a second copy elsewhere) are BadInput: which one holds the data set is the zip's maker's to say."""
     found = sorted(
         p for p in root.rglob(name) if MAC_METADATA not in p.relative_to(root).parts and p.is_dir() == folder
     )
+    if len(found) > 1:
+        where = ", ".join(f"{p.relative_to(root).as_posix()}{'/' if folder else ''}" for p in found[:3])
+        raise BadInput(
+            f"{archive}: holds {len(found)} {name}{'/' if folder else ''} ({where}); expected one, as Kaggle's "
+            f"dogs-vs-cats has it (train/cat.N.jpg, test1/N.jpg): remake the zip with one"
+        )
     return found[0] if found else None
 
 
@@ -35,13 +44,30 @@ def unpack(archive: Path, work: Path) -> tuple[Path, Path | None]:
     """Extract the competition zip (or a bare train.zip) and its inner zips; return the train and test1 dirs."""
     extract(archive, work)
     for inner in ("train.zip", "test1.zip"):
-        path = _find(work, inner, folder=False)
+        path = _find(work, inner, False, archive)
         if path is not None and zipfile.is_zipfile(path):
             extract(path, path.parent)
-    train = _find(work, "train", folder=True)
+    train = _find(work, "train", True, archive)
     if train is None:
         raise BadInput(f"{archive} holds no train/ folder (from train.zip); expected Kaggle's dogs-vs-cats layout")
-    return train, _find(work, "test1", folder=True)
+    return train, _find(work, "test1", True, archive)
+
+
+def _skipped(path: Path) -> str | None:
+    """Why an entry of train/ or test1/ is not an image to take, or None: a folder (one named cat.99.jpg too) or a
+    name with a control character or a line separator (a newline would split the split's line-based lists)."""
+    if not usable_name(path.name):
+        return "a control character in the name"
+    if path.is_symlink() or not path.is_file():
+        return "not a file"
+    return None
+
+
+def _warn_skipped(folder: str, skipped: dict[str, list[str]]) -> None:
+    """One warning counting and naming what was left out of `folder`, by reason: never dropped silently."""
+    if skipped:
+        said = "; ".join(f"{len(names)} {why}: {', '.join(map(repr, names[:5]))}" for why, names in skipped.items())
+        log.warning("skipped %d entries of %s: %s", sum(map(len, skipped.values())), folder, said)
 
 
 def check_predict_dir(predict_dir: Path) -> None:
@@ -67,25 +93,31 @@ def write_predict(test1: Path | None, predict_dir: Path) -> None:
             log.info("the archive has no test1/: removing %s, an earlier fetch's", predict_dir)
             predict_dir.unlink() if predict_dir.is_symlink() else shutil.rmtree(predict_dir)
         return
+    skipped: dict[str, list[str]] = {}
     with atomic_dir(predict_dir) as tmp:
-        for path in test1.iterdir():
-            shutil.move(str(path), tmp / path.name)
+        for path in sorted(test1.iterdir()):
+            why = _skipped(path)
+            if why:
+                skipped.setdefault(why, []).append(path.name)
+            else:
+                shutil.move(str(path), tmp / path.name)
         (tmp / PREDICT_MARK).write_text("written by imgclf fetch (data=dogs_vs_cats); the next fetch replaces it\n")
+    _warn_skipped("test1/", skipped)
     log.info("unlabelled test1 set: %d images in %s", sum(1 for _ in predict_dir.iterdir()) - 1, predict_dir)
 
 
 def move_labelled(train: Path, out_dir: Path, archive: Path) -> int:
     """Each cat.N.jpg / dog.N.jpg of train/ into out_dir/<cat|dog>/; returns how many. Fewer than two classes
     (no cats, no dogs, or nothing named as Kaggle names them) is BadInput, before anything is moved."""
-    labelled, unnamed = [], []
+    labelled, skipped = [], {}
     for path in sorted(train.iterdir()):
-        match = NAME.match(path.name)
+        why = _skipped(path)
+        match = None if why else NAME.fullmatch(path.name)
         if match:
             labelled.append((path, match.group(1).lower()))
         else:
-            unnamed.append(path.name)
-    if unnamed:  # counted and named, not silently dropped
-        log.warning("skipped %d files in train/ not named cat.N.jpg or dog.N.jpg: %s", len(unnamed), unnamed[:10])
+            skipped.setdefault(why or "not named cat.N.jpg or dog.N.jpg", []).append(path.name)
+    _warn_skipped("train/", skipped)  # counted and named, not silently dropped
     found = sorted({label for _, label in labelled})
     if len(found) < 2:
         raise BadInput(

@@ -9,6 +9,7 @@ import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -20,6 +21,10 @@ from imgclf.errors import BadInput
 log = logging.getLogger(__name__)
 
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # 0x00000803: ubyte, 3 dims; 0x00000801: ubyte, 1 dim
+# what MNIST's files hold (train: 60,000, t10k: 10,000, images 28 x 28): a header claiming more is refused before
+# its data is decompressed, so a file's memory is at most 47 MB whatever it declares or unpacks to
+MAX_ITEMS = 60_000
+ITEM_SHAPE = {IMAGES_MAGIC: (28, 28), LABELS_MAGIC: ()}
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -27,28 +32,46 @@ FILES = {
 
 
 def read_idx(path: str | Path, magic: int) -> np.ndarray:
-    """Parse a gzipped unsigned-byte IDX file; the header's dimensions must account for every byte."""
+    """Parse a gzipped unsigned-byte IDX file as it decompresses: the header first (magic, dimensions, each within
+    what MNIST's files hold), then exactly the bytes it declares, and nothing after them. A file that claims or
+    holds more is refused having decompressed at most MAX_ITEMS images' bytes, whatever it would unpack to."""
     path = Path(path)
     try:
         with gzip.open(path) as f:
-            data = f.read()
+            dims = _read_header(path.name, f, magic)
+            expected = math.prod(dims)
+            data = f.read(expected)
+            longer = bool(f.read(1))  # one byte past the end: a file longer than its header is not what it says
     except (EOFError, OSError, zlib.error) as exc:
         raise BadInput(f"{path.name}: truncated or corrupt gzip ({exc})") from exc
-    if len(data) < 4 or struct.unpack(">I", data[:4])[0] != magic:
-        found = data[:4].hex() if len(data) >= 4 else "nothing"
-        raise BadInput(f"{path.name}: bad IDX magic {found}, expected {magic:08x}")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise BadInput(f"{path.name}: {len(data)} bytes, too short for the header of {ndim} dimensions it announces")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = math.prod(dims)  # Python's ints: numpy's int64 product wraps round (2**31 * 2**31 * 4 is 0)
-    if len(data) - header != expected:
+    said = f"{path.name}: header says {'x'.join(map(str, dims))} = {expected} bytes of data"
+    if longer:
+        raise BadInput(f"{said}, file has more; an IDX file holds exactly what its header declares")
+    if len(data) != expected:
+        raise BadInput(f"{said}, file has {len(data)}; the file is truncated or corrupt")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _read_header(name: str, f: BinaryIO, magic: int) -> tuple[int, ...]:
+    """The dimensions of the IDX header at the start of `f`, checked against `magic` (unsigned bytes, its number of
+    dimensions) and against what MNIST's files hold: at most MAX_ITEMS, each image ITEM_SHAPE."""
+    head = f.read(4)
+    if len(head) < 4 or struct.unpack(">I", head)[0] != magic:
         raise BadInput(
-            f"{path.name}: header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
-            f"file has {len(data) - header}; the file is truncated or corrupt"
+            f"{name}: bad IDX magic {head.hex() if len(head) == 4 else 'nothing'}, expected {magic:08x} "
+            f"(unsigned bytes, {magic & 0xFF} dimensions)"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    ndim = magic & 0xFF
+    raw = f.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise BadInput(f"{name}: {4 + len(raw)} bytes, too short for the header of {ndim} dimensions it announces")
+    dims = struct.unpack(f">{ndim}I", raw)
+    shape = ITEM_SHAPE[magic]
+    if dims[0] > MAX_ITEMS or dims[1:] != shape:
+        noun, size = ("images", "x".join(map(str, dims[1:]))) if shape else ("labels", "")
+        valid = f"at most {MAX_ITEMS:,} {noun}" + (f" of {'x'.join(map(str, shape))}" if shape else "")
+        raise BadInput(f"{name}: header declares {dims[0]} {noun}{f' of {size}' if size else ''}; MNIST holds {valid}")
+    return dims
 
 
 def read_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
