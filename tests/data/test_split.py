@@ -148,6 +148,11 @@ def test_a_photo_is_decoded_as_a_viewer_shows_it_turned_by_exif_and_16_bit_scale
     pixels = decode_image(tmp_path / "depth.png", 8, "nearest", resize="squash")[..., 0].ravel()
     assert pixels[0] == 0 and pixels[-1] == 255 and np.all(np.diff(pixels.astype(int)) >= 0)  # not clipped white
     assert abs(int(pixels[32]) - 130) <= 2
+    # a float TIFF (microscopy, remote sensing) holds 0 to 1, or 0 to 255: PIL's convert made the first black
+    for top in (1.0, 255.0):
+        Image.fromarray(np.linspace(0, top, 64, dtype=np.float32).reshape(8, 8), "F").save(tmp_path / "f.tif")
+        shown = decode_image(tmp_path / "f.tif", 8, "nearest", resize="squash")[..., 0].ravel()
+        assert shown[0] == 0 and shown[-1] == 255 and abs(int(shown[32]) - 130) <= 2, top
 
 
 def test_crop_keeps_the_centre_of_the_shorter_side_and_squash_keeps_everything(tmp_path):

@@ -16,7 +16,8 @@ from imgclf.errors import BadInput
 # PIL's own default (about 9459 x 9459): above every camera's photo, below what a 20 KB PNG can claim. One decode
 # holds at most MAX_PIXELS x 4 bytes as RGB (358 MB) plus the file's own mode while converting (up to as much).
 MAX_PIXELS = 89_478_485
-# 32-bit grayscale holds 4 bytes a pixel, its 8-bit scaling 1 (as_shown) and the RGB copy 4: 9, so fewer pixels
+# 32-bit grayscale (integer or float) holds 4 bytes a pixel, its 8-bit scaling 1 (as_shown) and the RGB copy 4:
+# 9, so fewer pixels
 MAX_PIXELS_32_BIT_GRAY = MAX_PIXELS * 8 // 9
 RESIZE_MODES = ("crop", "squash")  # contract.py's, which imports nothing of imgclf (tests/test_serving.py: equal)
 
@@ -39,7 +40,7 @@ def open_image(source, on_size: Callable[[int, int], None] | None = None) -> Ite
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(source, formats=FORMATS) as img:
             width, height = img.size
-            limit = MAX_PIXELS_32_BIT_GRAY if img.mode == "I" else MAX_PIXELS
+            limit = MAX_PIXELS_32_BIT_GRAY if img.mode in ("I", "F") else MAX_PIXELS
             if width * height > limit:
                 raise ImageTooLarge(f"image of {width} x {height} pixels is over the limit of {limit:,} pixels")
             if on_size is not None:
@@ -106,15 +107,31 @@ def as_shown(img: Image.Image) -> Image.Image:
         from PIL import ImageOps
 
         img = ImageOps.exif_transpose(img)
-    if img.mode in WIDE_GRAY:  # in bands of rows: no full-size copy beside the image (2 or 4 bytes a pixel)
-        width, height = img.size
-        shown = np.empty((height, width), np.uint8)
-        rows = max(1, BAND_PIXELS // max(width, 1))
-        for top in range(0, height, rows):
-            band = np.asarray(img.crop((0, top, width, min(top + rows, height))))
-            shown[top : top + rows] = (np.clip(band, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
-        img = Image.fromarray(shown, "L")
+    if img.mode in WIDE_GRAY:
+        img = _to_8_bits(img, lambda band: (np.clip(band, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8))
+    elif img.mode == "F":  # float grayscale (TIFF): 0 to 1 when no value is above 1 (PIL's convert made it black)
+        scale = 255.0 if _bands_max(img) <= 1 else 1.0
+        img = _to_8_bits(img, lambda band: np.clip(np.nan_to_num(band) * scale, 0, 255).round().astype(np.uint8))
     return img
+
+
+def _bands(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """The image's rows in bands of about BAND_PIXELS: no full-size copy beside the image (2 or 4 bytes a pixel)."""
+    width, height = img.size
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        yield top, np.asarray(img.crop((0, top, width, min(top + rows, height))))
+
+
+def _bands_max(img: Image.Image) -> float:
+    return max((float(np.nanmax(band, initial=0.0)) for _, band in _bands(img)), default=0.0)
+
+
+def _to_8_bits(img: Image.Image, convert: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
+    shown = np.empty((img.size[1], img.size[0]), np.uint8)
+    for top, band in _bands(img):
+        shown[top : top + len(band)] = convert(band)
+    return Image.fromarray(shown, "L")
 
 
 BAND_PIXELS = 1 << 22  # as_shown converts 16-bit grayscale about 4 M pixels at a time
