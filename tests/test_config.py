@@ -402,6 +402,7 @@ def test_a_refused_value_or_hydra_folder_leaves_every_file_as_it_was(tmp_path):
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     cases = [
         (["trainer.batch_size=0"], 1, "trainer.batch_size=0 is not valid: an integer >= 1"),
+        ([f"+data.{'k' * 260}=1"], 2, f"an override's key of 265 characters (data.{'k' * 35}...): at most 250"),
         (["trainer.batch_size=0", "--cfg", "job"], 1, "trainer.batch_size=0 is not valid"),
         (
             ["hydra.run.dir=.", "hydra.output_subdir=conf"],

@@ -171,6 +171,9 @@ def checked_config(argv: Sequence[str], root: str | Path = ".") -> tuple[str | N
     return (_check_hydra(kept, own, root) if own else None), (None if swept else cfg)
 
 
+MAX_KEY = 250  # MLflow's longest param name: every key of the config is logged as one
+
+
 def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[str | None, list[str], list[str]]:
     """(an unknown group option, the config's overrides to compose, Hydra's own: hydra/launcher=joblib,
     hydra.launcher.n_jobs=2): each group choice checked against conf/'s files, a swept key kept with a neutral value."""
@@ -178,6 +181,8 @@ def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[
     own: list[str] = []
     for text, ov in zip(args, parsed):
         key, prefix = ov.key_or_group, text[: len(text) - len(text.lstrip("+~"))]
+        if len(key) > MAX_KEY:  # Hydra looks for a file of that name first: the system's "File name too long"
+            return f"an override's key of {len(key)} characters ({key[:40]}...): at most {MAX_KEY}", [], []
         if key.startswith("hydra"):
             own += [] if ov.is_sweep_override() else [text]
             continue
