@@ -226,3 +226,20 @@ def test_accept_refuses_a_hand_edited_issues_file_in_one_line(tiny_project, cont
     done = console(relabel, ["--data", "tiny", "--accept", "1", "--issues", str(issues)], tiny_project)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
     assert not (tiny_project / "relabel").exists()
+
+
+def test_a_large_relabel_file_is_read_row_by_row(tmp_path):
+    """The file's bytes, its text and every row were held at once beside the fixes: 20 times the file's size at the
+    peak. Read as it comes, the peak is the fixes themselves."""
+    import tracemalloc
+
+    path = tmp_path / "big.csv"
+    path.write_text("path,label\n" + "".join(f"c{i % 10}/{i:07d}.png,b\n" for i in range(200_000)))
+    tracemalloc.start()
+    try:
+        fixes = read_fixes(path)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(fixes) == 200_000
+    assert peak < 1.2 * kept, (peak, kept)

@@ -42,10 +42,11 @@ def read_fixes(path: Path, opener: Opener | None = None) -> dict[str, str]:
     if not path.is_file():
         return {}
     rows = _csv_rows(path, opener)
-    if not rows or [c.strip() for c in rows[0][1]] != HEADER:
+    first = next(rows, None)
+    if first is None or [c.strip() for c in first[1]] != HEADER:
         raise BadInput(f"{path}: the first line must be the header path,label")
     fixes: dict[str, str] = {}
-    for line, row in rows[1:]:
+    for line, row in rows:
         if not row:
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
@@ -57,26 +58,28 @@ def read_fixes(path: Path, opener: Opener | None = None) -> dict[str, str]:
     return fixes
 
 
-def _csv_rows(path: Path, opener: Opener | None = None) -> list[tuple[int, list[str]]]:
-    """A CSV file's rows, each with its line number; a UTF-8 BOM (Excel's "CSV UTF-8") is skipped; bytes that are
-    not UTF-8, a field over csv's limit or a NUL are refused in one line naming the file and the line."""
+def _csv_rows(path: Path, opener: Opener | None = None) -> Iterator[tuple[int, list[str]]]:
+    """A CSV file's rows, each with its line number, read as they come (a file of a million fixes is never held
+    whole, nor its text beside it); a UTF-8 BOM (Excel's "CSV UTF-8") is skipped; bytes that are not UTF-8, a field
+    over csv's limit or a NUL are refused in one line naming the file and the line."""
+    read = [0]  # lines decoded so far: where bytes that are not UTF-8 are
+
+    def lines(f: BinaryIO) -> Iterator[str]:
+        for raw in f:
+            read[0] += 1
+            yield (raw.removeprefix(codecs.BOM_UTF8) if read[0] == 1 else raw).decode("utf-8")
+
     with opener(path) if opener is not None else path.open("rb") as f:
-        data = f.read().removeprefix(codecs.BOM_UTF8)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise BadInput(f"{path} line {line}: not UTF-8 text; save the file as UTF-8 (CSV UTF-8)") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows = []
-    try:
-        for row in reader:
-            if any("\0" in field for field in row):
-                raise BadInput(f"{path} line {reader.line_num}: a NUL character; a field is a path or a label")
-            rows.append((reader.line_num, row))
-    except csv.Error as exc:
-        raise BadInput(f"{path} line {reader.line_num}: not a CSV row ({exc})") from None
-    return rows
+        reader = csv.reader(lines(f))
+        try:
+            for row in reader:
+                if any("\0" in field for field in row):
+                    raise BadInput(f"{path} line {reader.line_num}: a NUL character; a field is a path or a label")
+                yield reader.line_num, row
+        except UnicodeDecodeError:
+            raise BadInput(f"{path} line {read[0]}: not UTF-8 text; save the file as UTF-8 (CSV UTF-8)") from None
+        except csv.Error as exc:
+            raise BadInput(f"{path} line {reader.line_num}: not a CSV row ({exc})") from None
 
 
 def data_classes(images: Path, labels: Path | None) -> list[str]:
@@ -99,12 +102,13 @@ def read_issues(path: Path, opener: Opener | None = None) -> list[dict[str, str]
     if not path.is_file():
         raise MissingInput(f"{path} not found: run the label_issues stage first (dvc repro label_issues)")
     rows = _csv_rows(path, opener)
-    header = [c.strip() for c in rows[0][1]] if rows else []
+    first = next(rows, None)
+    header = [c.strip() for c in first[1]] if first else []
     missing = [c for c in ISSUE_COLUMNS if c not in header]
     if missing:
         raise BadInput(f"{path}: no {missing[0]} column; the label_issues stage writes {','.join(ISSUE_COLUMNS)},...")
     issues = []
-    for line, row in rows[1:]:
+    for line, row in rows:
         if not row:
             continue
         if len(row) != len(header):
