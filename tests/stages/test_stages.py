@@ -62,6 +62,12 @@ def test_train_evaluate_export_in_one_mlflow_run(tiny_cfg, tiny_project):
     assert [metrics[f"test/support/{c}"] for c in "abc"] == list(counts.sum(1))
     n_wrong = sum(r["actual"] != r["predicted"] for r in rows)
     assert sum(p["count"] for p in analysis["most_confused"]) == n_wrong
+    # the run's test/* are the last evaluation's: a tag says with which test-time views (its params hold train's)
+    run = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db").get_run(run_id)
+    assert run.data.tags["imgclf.evaluate.tta"] == ("+".join(cfg.evaluate.tta) or "none")
+    evaluate(tiny_cfg("evaluate.tta=[hflip]"))
+    run = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db").get_run(run_id)
+    assert run.data.tags["imgclf.evaluate.tta"] == "hflip" and "test_tta/acc" in run.data.metrics
 
     export(cfg)
     report = json.loads((tiny_project / "reports/export/metrics.json").read_text())

@@ -68,7 +68,8 @@ def evaluate(cfg: DictConfig | Options) -> float:
         )
     tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
     with tracking.reopen(paths.run_file, opts.tracking.uri):
-        tracking.log_metrics(metrics)
+        tracking.log_metrics(metrics)  # the run's test/* are the last evaluation's; the tag says which config made it
+        tracking.set_tags({"imgclf.evaluate.tta": "+".join(views) or "none"})
         tracking.log_artifacts(out, "evaluate")
         tracking.share_artifacts({"checkpoint/model.pt": paths.model_file})  # one file with DVC's cached model.pt
     log.info(
