@@ -248,7 +248,8 @@ def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatc
         (
             ["-S", "tracking.experiment=2024"],
             1,
-            "error: tracking.experiment=2024 is not valid: a non-blank string; quoted, it is text: "
+            "error: tracking.experiment=2024 is not valid: a non-blank string of at most 500 characters; quoted, it is "
+            "text: "
             "tracking.experiment='2024'",
         ),
         (["-S", "optim.lr=0.001", "-S", "model=vgg16"], 0, "ok: optim.lr=0.001 model=vgg16"),

@@ -90,7 +90,8 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         (
             "tracking.experiment",
             2024,
-            "tracking.experiment=2024 is not valid: a non-blank string; quoted, it is text: tracking.experiment='2024'",
+            "tracking.experiment=2024 is not valid: a non-blank string of at most 500 characters; quoted, it is text: "
+            "tracking.experiment='2024'",
         ),
         # NumPy's generators take seeds below 2**32: a larger one was refused by split as a class too small
         ("data.split.seed", 2**32, "data.split.seed=4294967296 is not valid: an integer from 0 to 4294967295"),

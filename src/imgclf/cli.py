@@ -383,6 +383,7 @@ def check(argv: list[str]) -> int:
     """`imgclf check -S a -S b`: the overrides of a `dvc exp run` checked as DVC will compose them (from conf/), in
     one line and before DVC prints its own dozen: unknown keys and choices, bad values, missing folders."""
     from imgclf.config import check_overrides, compose, missing_for_dvc
+    from imgclf.data.transforms import check_augment
     from imgclf.options import Options
 
     args = check_parser().parse_intermixed_args(argv)
@@ -399,7 +400,8 @@ def check(argv: list[str]) -> int:
     for run in runs:
         try:
             cfg = compose(run)
-            Options.from_config(cfg).check_targets()
+            opts = Options.from_config(cfg).check_targets()
+            check_augment(opts.augment.op_sets(), opts.model.image_size)
             error = missing_for_dvc(cfg)
             if error:
                 raise BadInput(error)

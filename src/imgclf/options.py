@@ -460,13 +460,9 @@ class Augment(Group):
             if not TTA[0](chosen.get("tta", [])):
                 raise BadInput(f"{where}.presets.{name}.tta={chosen.get('tta')!r} is not valid: {TTA[1]}")
 
-    def check_targets(self, out_size: int) -> None:
-        """Each op (every preset's, for auto) made once, as training makes them: an argument kornia refuses (a
-        translate out of bounds, text for degrees) is one line before the run, not after the network is built."""
-        from imgclf.data.transforms import build_augment
-
-        for ops in [self.ops] if self.preset != "auto" else [self.presets[n]["ops"] for n in AUTO_PRESETS]:
-            build_augment(ops, out_size)
+    def op_sets(self) -> list[Mapping[str, Any]]:
+        """The ops training may make: the chosen preset's, or for auto each preset's (split's images choose)."""
+        return [self.ops] if self.preset != "auto" else [self.presets[n]["ops"] for n in AUTO_PRESETS]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -605,7 +601,6 @@ class Options(Group):
         fetch and split start without torch."""
         self.optim.check_target("optim")
         self.schedule.check_target("schedule")
-        self.augment.check_targets(self.model.image_size or 224)  # a size from the weights: any size checks the ops
         return self
 
     @classmethod

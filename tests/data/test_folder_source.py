@@ -74,7 +74,7 @@ def test_val_and_test_folders_apart_from_the_training_folder_and_of_its_classes(
     for test, says in (
         (train, f"data.path={train} and data.test_path={train} overlap: the same images would be trained and tested"),
         (train / "a", "overlap"),
-        (tmp_path, "overlap"),
+        (tmp_path, "holds fetch's own output (data/folder)"),  # and overlaps data.path
         (other, "data.test_path has class folders data.path lacks: zebra; classes of data.path: a, b"),
     ):
         with pytest.raises(ValueError, match=re.escape(says)):

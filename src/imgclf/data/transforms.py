@@ -70,6 +70,14 @@ def build_augment(ops: Mapping[str, Mapping] | None, out_size: int, seed: int = 
     return Augment(modules, out_size, seed)
 
 
+def check_augment(op_sets: Sequence[Mapping[str, Mapping]], out_size: int | None) -> None:
+    """Each op of each set made once, as training makes them (`imgclf check`, and train before it seeds or builds
+    anything): an argument kornia refuses is one line before the run. A size the weights give (None) is taken as 224:
+    the ops' own arguments are what is checked."""
+    for ops in op_sets:
+        build_augment(ops, out_size or 224)
+
+
 def center_crop(images, size: int):
     """The centre `size` x `size` of NCHW images (numpy or torch), offsets (H - size) // 2: packs, clients alike."""
     h, w = images.shape[-2:]

@@ -12,7 +12,7 @@ from imgclf.data.datasets import build_loader, load_split
 from imgclf.data.report import auto_preset
 from imgclf.data.sampling import class_weights
 from imgclf.data.split import read_labels
-from imgclf.data.transforms import Preprocess, build_augment
+from imgclf.data.transforms import Preprocess, build_augment, check_augment
 from imgclf.devices import seed_everything
 from imgclf.errors import BadInput
 from imgclf.inference import DeviceSetup
@@ -42,6 +42,7 @@ class Training:
 def build_training(opts: Options, paths: Paths, device: torch.device) -> Training:
     """Seed, data, network, optimizer, augmentation and schedule, in the order the seeded RNG sees them."""
     t, m, o = opts.trainer, opts.model, opts.optim
+    check_augment(opts.augment.op_sets(), m.image_size)  # before the seed, the data and the network: one line
     setup = DeviceSetup.for_device(device, t.amp, t.channels_last)
     generator = seed_everything(opts.seed, t.deterministic)
     pre = resolve_preprocessing(
