@@ -243,3 +243,14 @@ def test_a_large_relabel_file_is_read_row_by_row(tmp_path):
         tracemalloc.stop()
     assert len(fixes) == 200_000
     assert peak < 1.2 * kept, (peak, kept)
+
+
+def test_a_relabel_file_with_any_line_ending_is_read(tmp_path):
+    """Old Mac line endings (a lone CR) were refused once the file was read line by line; a bad byte is still named
+    by its line."""
+    for ending in (b"\r", b"\r\n", b"\n"):
+        (tmp_path / "fixes.csv").write_bytes(ending.join([b"path,label", b"a/1.png,b", b'"a/x,y.png",c', b""]))
+        assert read_fixes(tmp_path / "fixes.csv") == {"a/1.png": "b", "a/x,y.png": "c"}, ending
+    (tmp_path / "fixes.csv").write_bytes(b"path,label\ra/1.png,b\ra/\xff.png,c\r")
+    with pytest.raises(ValueError, match="fixes.csv line 3: not UTF-8 text"):
+        read_fixes(tmp_path / "fixes.csv")

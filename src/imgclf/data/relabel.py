@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
@@ -65,9 +66,10 @@ def _csv_rows(path: Path, opener: Opener | None = None) -> Iterator[tuple[int, l
     read = [0]  # lines decoded so far: where bytes that are not UTF-8 are
 
     def lines(f: BinaryIO) -> Iterator[str]:
-        for raw in f:
-            read[0] += 1
-            yield (raw.removeprefix(codecs.BOM_UTF8) if read[0] == 1 else raw).decode("utf-8")
+        for chunk in f:  # split at \n; a lone \r (old Mac files) ends a line too, as csv reads them
+            for raw in filter(None, re.split(rb"(?<=\r)(?!\n)", chunk)):
+                read[0] += 1
+                yield (raw.removeprefix(codecs.BOM_UTF8) if read[0] == 1 else raw).decode("utf-8")
 
     with opener(path) if opener is not None else path.open("rb") as f:
         reader = csv.reader(lines(f))
