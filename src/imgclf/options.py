@@ -584,10 +584,10 @@ class Options(Group):
     def check(self, where: str) -> None:
         """A folder of images that holds fetch's own output (data/<name>), or lies inside it: fetch would copy its
         last output into the new one as a class (data.path=data), or replace the folder it reads from."""
-        own = Path(os.path.expanduser(self.paths.data), self.data.name).absolute()
+        own = Path(os.path.expanduser(self.paths.data), self.data.name).resolve()  # links and .. followed
         for key in FOLDERS:
             given = getattr(self.data, key)
-            folder = Path(os.path.expanduser(given)).absolute() if given is not None else None
+            folder = Path(os.path.expanduser(given)).resolve() if given is not None else None
             if folder is not None and (folder == own or own in folder.parents or folder in own.parents):
                 how = "holds" if folder in own.parents else "is inside"
                 raise BadInput(

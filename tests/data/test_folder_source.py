@@ -330,7 +330,7 @@ def test_links_that_lead_nowhere_are_counted_and_left_out(tmp_path, monkeypatch,
     assert "'link that leads nowhere (a missing file or a loop of links)': 4" in caplog.text
 
 
-@pytest.mark.parametrize("given", ["data", ".", "data/folder/images"])
+@pytest.mark.parametrize("given", ["data", ".", "data/folder/images", "src/../data", "link"])
 def test_a_folder_holding_or_inside_fetchs_own_output_is_refused_before_fetch(tmp_path, given):
     """data.path=data copied data/folder/ (the last fetch's output) into the new one as a class; a path inside it
     would be replaced by the copy it is read for."""
@@ -338,6 +338,8 @@ def test_a_folder_holding_or_inside_fetchs_own_output_is_refused_before_fetch(tm
 
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     make_class_folders(tmp_path / "data" / "folder" / "images", {"a": 2, "b": 2})  # the last fetch's
+    (tmp_path / "src").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")  # a link or a .. is followed, as fetch's copy follows it
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     done = stage_main("fetch", ["data=folder", f"data.path={given}"], tmp_path)
     how = "is inside" if given.startswith("data/") else "holds"
