@@ -435,7 +435,16 @@ def test_a_refused_value_or_hydra_folder_leaves_every_file_as_it_was(tmp_path):
             2,
             "seed=range(0,100) optim.lr",
         ),
-    ]
+        (["-m", "hydra.output_subdir=../../../../conf", "seed=1"], 2, "hydra.output_subdir=../../../../conf: conf "),
+        (["-m", "hydra.sweep.dir=.", "hydra.sweep.subdir=conf", "hydra.output_subdir=."], 2, "hydra.output_subdir=.: "),
+        (["hydra.job.chdir=true"], 2, "hydra.job.chdir=true: stages read and write paths from the project's root"),
+        (["-m", "+sweep=lr_wd", "seed=range(0,170)"], 2, "seed=range(0,170) optim.lr=1e-3,5e-4,2e-4 "
+         "optim.weight_decay=0.0,0.05 lists 1020 jobs"),  # the sweep file's grid counts too
+        (["-m", "seed=range(0,10,0)"], 2, "seed=range(0,10,0): a range's step is not 0"),
+        (["-m", "seed=interval(0,1)"], 2, "seed=interval(0,1): interval() is sampled by an Optuna sweep"),
+        (["seed=1,2"], 2, "seed=1,2 lists values: add -m to run a job for each, or quote a value holding a comma"),
+        (["-m", "--cfg", "job", "seed=1"], 2, "-m and --cfg: give one of -m, --run, --cfg, --info"),
+    ]  # fmt: skip
     for args, code, said in cases:
         done = stage_main("train", args, tmp_path)
         assert done.returncode == code and done.stderr.startswith(f"error: {said}"), (args, done.stderr)
@@ -444,6 +453,8 @@ def test_a_refused_value_or_hydra_folder_leaves_every_file_as_it_was(tmp_path):
         assert sorted(tmp_path.iterdir()) == [tmp_path / "conf", tmp_path / "notes.txt"], args
     done = console(cli.check, ["-S", "seed=range(0,100000000)"], tmp_path)  # dvc exp run -S's queue
     assert done.returncode == 2 and "lists 100000000 jobs" in done.stderr
+    done = console(cli.check, ["-S", "seed=range(0,10,0)"], tmp_path)  # was a traceback
+    assert done.returncode == 2 and "a range's step is not 0" in done.stderr and "Traceback" not in done.stderr
     # what Hydra wrote itself is Hydra's to replace; a sweep of 1000 jobs is taken
     (tmp_path / "old" / ".hydra").mkdir(parents=True)
     for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):

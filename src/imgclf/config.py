@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgclf.credentials import secret_override
 from imgclf.errors import did_you_mean
-from imgclf.hydra_run import output_folders, too_many_jobs
+from imgclf.hydra_run import output_folders, sweep_error, too_many_jobs
 
 CONF_DIR = "conf"
 
@@ -118,19 +118,19 @@ def check_overrides(argv: Sequence[str], root: str | Path = ".") -> str | None:
     return checked_config(argv, root)[0]
 
 
-def checked_config(argv: Sequence[str], root: str | Path = ".") -> tuple[str | None, DictConfig | None]:
+def checked_config(
+    argv: Sequence[str], root: str | Path = ".", *, stage: bool = False
+) -> tuple[str | None, DictConfig | None]:
     """no_conf_here's or check_overrides' error, and the config it composed, resolved: None when it composed none
     (an error, a DVC run reading params.yaml) or for a sweep (-m: each job's config differs, and a job refused is a
-    FAILED run); a stage checks its values with it before Hydra makes a run folder."""
+    FAILED run); a stage checks its values with it before Hydra makes a run folder. `stage`: a stage's own command
+    line, where a list without -m is a mistake (`imgclf check -S a=1,2` checks DVC's grid)."""
     error = no_conf_here(argv, root) or secret_override(argv)
     if error:
         return error, None
     bare = [a for a in split_argv(argv)[1] if "=" not in a and not a.startswith("~")]
     if bare:  # Hydra would say it in four lines (`imgclf check`: a traceback)
-        return (
-            f"bad override {bare[0]!r}: give KEY=VALUE (trainer.epochs=5), +KEY=VALUE to add a key, ~KEY to drop one",
-            None,
-        )
+        return _bare(bare[0]), None
     root = _given_root(argv, root)
     if root is None or not conf_dir(root).is_dir() or "--config-name" in argv or "-cn" in argv:
         return None, None  # DVC runs read params.yaml, already composed (and checked) by DVC
@@ -143,10 +143,17 @@ def checked_config(argv: Sequence[str], root: str | Path = ".") -> tuple[str | N
         parsed = parser.parse_overrides(args)
     except HydraException as exc:  # Hydra's grammar error: its first line names the bad token
         return _grammar_error(parser, args, exc), None
-    error = too_many_jobs(args, parsed)
+    multirun = bool({"-m", "--multirun"} & set(split_argv(argv)[0]))
+    swept = [text for text, ov in zip(args, parsed) if ov.is_sweep_override()]
+    modes = [f for f in split_argv(argv)[0] if f.split("=")[0] in MODES]
+    if stage and (len(modes) > 1 or (swept and not multirun)):  # Hydra's traceback, or its lines
+        return (
+            f"{' and '.join(modes)}: give one of {', '.join(MODES[::2])}" if len(modes) > 1 else _unswept(swept[0])
+        ), None
+    error, kept, own = _kept(args, parsed, config_groups(root))
+    error = error or (None if multirun else too_many_jobs(args, parsed))  # -m: with the sweeper's params, below
     if error:
         return error, None
-    error, kept, own = _kept(args, parsed, config_groups(root))
     if error:
         return error, None
     import yaml
@@ -163,12 +170,26 @@ def checked_config(argv: Sequence[str], root: str | Path = ".") -> tuple[str | N
         OmegaConf.resolve(cfg)  # an interpolation the overrides broke (${oops}) fails here, not in a stage
     except OmegaConfBaseException as exc:
         if "HydraConfig was not set" in str(exc):  # ${hydra:job.name}: only the running app resolves it
-            return (_check_hydra(kept, own, root) if own else None), None
+            return (
+                _check_hydra(kept, own, root, (args, parsed) if multirun else None) if own or multirun else None
+            ), None
         dropped = [a for a in args if a.startswith("~")]
         why = f" ({dropped[0]} drops a key the config reads: keep it or override the key reading it)" if dropped else ""
         return f"bad interpolation: {str(exc).splitlines()[0]}{why}", None
-    swept = any(ov.is_sweep_override() for ov in parsed) or {"-m", "--multirun"} & set(split_argv(argv)[0])
-    return (_check_hydra(kept, own, root) if own else None), (None if swept else cfg)
+    hydra = _check_hydra(kept, own, root, (args, parsed) if multirun else None) if own or multirun else None
+    return hydra, (None if swept or multirun else cfg)
+
+
+MODES = ("-m", "--multirun", "--run", "-r", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")  # Hydra's: one
+
+
+def _bare(text: str) -> str:
+    return f"bad override {text!r}: give KEY=VALUE (trainer.epochs=5), +KEY=VALUE to add a key, ~KEY to drop one"
+
+
+def _unswept(text: str) -> str:
+    key, _, value = text.partition("=")
+    return f"{text} lists values: add -m to run a job for each, or quote a value holding a comma: {key}='{value}'"
 
 
 MAX_KEY = 250  # MLflow's longest param name: every key of the config is logged as one
@@ -184,6 +205,12 @@ def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[
         if len(key) > MAX_KEY:  # Hydra looks for a file of that name first: the system's "File name too long"
             return f"an override's key of {len(key)} characters ({key[:40]}...): at most {MAX_KEY}", [], []
         if key.startswith("hydra"):
+            if key == "hydra.job.chdir" and str(ov.value()).lower() == "true":
+                return (
+                    "hydra.job.chdir=true: stages read and write paths from the project's root (data/, models/)",
+                    [],
+                    [],
+                )
             own += [] if ov.is_sweep_override() else [text]
             continue
         if key in groups and not ov.is_delete():
@@ -204,9 +231,10 @@ def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[
     return None, kept, own
 
 
-def _check_hydra(kept: list[str], own: list[str], root: str | Path) -> str | None:
+def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple[list, list] | None) -> str | None:
     """Hydra's own settings composed with Hydra's config, as `-m` composes them before the first job: a launcher or
-    sweeper that does not exist, a key it lacks or a value of the wrong type, in one line."""
+    sweeper that does not exist, a key it lacks or a value of the wrong type, in one line; the folders Hydra would
+    make; with `sweep` (-m's overrides, parsed), the whole sweep as its sweeper lists it."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -230,13 +258,18 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path) -> str | Non
             return f"{merging.group(1)} is not valid: {why}"
         return _explain(message, overrides, root, hydra=True)
     folders = {}
-    for key in ("run.dir", "sweep.dir", "output_subdir"):
+    for key in ("run.dir", "sweep.dir", "sweep.subdir", "output_subdir"):
         try:
             value = OmegaConf.select(cfg.hydra, key, throw_on_resolution_failure=True)
-        except OmegaConfBaseException:  # a value only the running app has (${hydra:...}): Hydra says it
-            value = None
+        except OmegaConfBaseException:  # a value only the running app has (${hydra:job.num}, the default subdir)
+            value = "0" if key == "sweep.subdir" else None  # a job's folder: any job's stands for them all
         folders[key] = None if value is None else str(value)
-    return output_folders(folders, own, root)
+    if sweep is None:
+        return output_folders(folders, own, root)
+    sweeper = cfg.hydra.sweeper
+    node = sweeper.get("params")
+    params = {str(k): str(v) for k, v in OmegaConf.to_container(node).items()} if node is not None else {}
+    return output_folders(folders, own, root, multirun=True) or sweep_error(str(sweeper._target_), params, *sweep)
 
 
 def _given_root(argv: Sequence[str], root: str | Path) -> Path | None:

@@ -88,20 +88,38 @@ def sweep_size(ov) -> int | None:
     value = ov.value()
     kind = type(value).__name__
     if kind == "RangeSweep":
-        if not value.step:
-            return None  # Hydra's own error says why
-        return max(0, math.ceil((value.stop - value.start) / value.step))
+        return max(0, math.ceil((value.stop - value.start) / value.step)) if value.step else None
     if kind == "ChoiceSweep":
         return len(value.list)
     return None
 
 
-def too_many_jobs(args: list[str], parsed: list) -> str | None:
-    """One line when the sweeps of these overrides list more than MAX_SWEEP_JOBS jobs together."""
+def _value_error(text: str, ov, grid: bool) -> str | None:
+    """A sweep no sweeper can list: a range stepping by 0, or an interval() in a grid (Hydra's basic sweeper)."""
+    value = ov.value()
+    if type(value).__name__ == "RangeSweep" and not value.step:
+        return f"{text}: a range's step is not 0; give range(start,stop,step) with step > 0 (or < 0 to count down)"
+    if grid and ov.is_interval_sweep():
+        return (
+            f"{text}: interval() is sampled by an Optuna sweep (+sweep=optuna_lr_wd); Hydra's grid takes a list "
+            "(a,b) or range(start,stop)"
+        )
+    return None
+
+
+def too_many_jobs(args: list[str], parsed: list, grid: bool = True, intervals: bool = False) -> str | None:
+    """One line when these sweep overrides cannot be listed (a range stepping by 0), or, in a grid (`dvc exp run -S`,
+    Hydra's basic sweeper), list more than MAX_SWEEP_JOBS jobs together (an Optuna sweep samples: each list alone);
+    `intervals`: an interval() in a grid is refused here too (DVC's grid: `imgclf check` says it its own way)."""
     jobs, named = 1, []
     for text, ov in zip(args, parsed):
-        size = sweep_size(ov) if ov.is_sweep_override() else None
-        if size is not None:
+        if not ov.is_sweep_override():
+            continue
+        error = _value_error(text, ov, grid and intervals)
+        if error:
+            return error
+        size = sweep_size(ov)
+        if size is not None and (size > MAX_SWEEP_JOBS or grid):
             jobs, named = jobs * size, [*named, text]
     if jobs <= MAX_SWEEP_JOBS:
         return None
@@ -111,34 +129,52 @@ def too_many_jobs(args: list[str], parsed: list) -> str | None:
     )
 
 
+def sweep_error(target: str, file_params: dict[str, str], args: list[str], parsed: list) -> str | None:
+    """`-m`'s whole sweep as the chosen sweeper sees it: the sweep file's params (hydra.sweeper.params, each beaten
+    by the command line's value of its key) with the command line's, checked by too_many_jobs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = {ov.key_or_group for ov in parsed}
+    files = [f"{key}={value}" for key, value in file_params.items() if key not in given]
+    grid = target.endswith("BasicSweeper")
+    return too_many_jobs([*args, *files], [*parsed, *OverridesParser.create().parse_overrides(files)], grid, True)
+
+
 HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml", "multirun.yaml"}  # what Hydra writes in output_subdir
 
 
-def output_folders(folders: dict[str, str | None], own: list[str], root: str | Path) -> str | None:
+def output_folders(
+    folders: dict[str, str | None], own: list[str], root: str | Path, multirun: bool = False
+) -> str | None:
     """One line when Hydra could not make the run's folder (hydra.run.dir or hydra.sweep.dir under a file, or where
     no folder can be made), or when hydra.output_subdir names a folder holding files Hydra did not write: Hydra would
     replace its config.yaml there (conf/ itself, say) before the stage starts. `folders`: run.dir, sweep.dir and
     output_subdir as Hydra's config resolves them (None: unset, or only the running app knows it)."""
     given = {o.partition("=")[0].lstrip("+"): o for o in own}
+    run = folders.get("run.dir") or "."
+    if multirun:  # a job's folder: sweep.dir/sweep.subdir
+        run = str(Path(folders.get("sweep.dir") or ".", folders.get("sweep.subdir") or "0"))
     for key in ("run.dir", "sweep.dir"):
         if f"hydra.{key}" in given and folders.get(key) is not None:
             why = _cannot_make(Path(root) / str(folders[key]))
             if why:
                 return f"{given[f'hydra.{key}']}: {why}; give a folder that can be made (default outputs/DATE/TIME)"
     subdir = folders.get("output_subdir")
-    if "hydra.output_subdir" not in given or subdir is None:
+    moved = {"hydra.output_subdir", "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir"} & set(given)
+    if not moved or subdir is None:
         return None
-    target = Path(os.path.normpath(Path(root) / str(folders.get("run.dir") or ".") / subdir))  # absolute: replaces both
+    target = Path(os.path.normpath(Path(root) / run / subdir))  # an absolute output_subdir replaces both
+    named = given.get("hydra.output_subdir") or given[sorted(moved)[0]]
     if target.is_dir():
         foreign = sorted(p.name for p in target.iterdir() if p.name not in HYDRA_FILES)
         if foreign:
             return (
-                f"{given['hydra.output_subdir']}: {target} holds files Hydra did not write ({', '.join(foreign[:3])}), "
+                f"{named}: {target} holds files Hydra did not write ({', '.join(foreign[:3])}), "
                 f"and Hydra would replace its {', '.join(sorted(HYDRA_FILES - {'multirun.yaml'}))} there: give a new "
                 "folder (default .hydra), or hydra.output_subdir=null for none"
             )
     elif target.exists() or target.is_symlink():
-        return f"{given['hydra.output_subdir']}: {target} is not a folder; give a new folder (default .hydra)"
+        return f"{named}: {target} is not a folder; give a new folder (default .hydra)"
     return None
 
 

@@ -42,7 +42,7 @@ def test_every_option_composes_and_validates(group, option):
             params = hydra_compose("config", [override], return_hydra_config=True).hydra.sweeper.params
         assert params
         for key, values in params.items():
-            assert check_overrides(["-m", f"{key}={values}"], root=ROOT) is None, key
+            assert check_overrides(["-m", override, f"{key}={values}"], root=ROOT) is None, key  # with its sweeper
 
 
 def run_stage(stage, *overrides):

@@ -77,7 +77,7 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
         if carried:  # secrets shown as *** (a key's value, a URL's user:password): the override check refuses them next
             shown = redact_overrides(carried)
             print(f"workspace: params.yaml is conf/ plus {shown} ({OFF}=0: conf/ alone)", file=sys.stderr)
-        error, cfg = checked_config(sys.argv[1:])  # before Hydra: its errors are many lines, and exit 1
+        error, cfg = checked_config(sys.argv[1:], stage=True)  # before Hydra: its errors are many lines, and exit 1
         if error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
