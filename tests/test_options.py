@@ -273,6 +273,7 @@ def test_int8_without_calibration_images_is_refused(default_config):
          "and < 1, or a folder of them (data.val_path)"),  # split refused it, after `imgclf check` said ok
         ("+data.mirrors=[ftp:x]", "data.mirrors=['ftp:x'] is not valid: a list of URLs (https://host/path)"),
         ("finetune.backbone_lr_divisor=1e-320", "finetune.backbone_lr_divisor=1e-320 is not valid: a number >= 1"),
+        (f"+data.{'y' * 243}={{abc:1}}", f"data.{'y' * 55}...: a key of 252 characters; MLflow takes at most 250"),
         ("augment.ops.affine.p=5", "augment.ops.affine.p=5 is not valid: a probability, a number from 0 to 1"),
         ("augment.ops.affine.translate=[2,2]", "augment.ops.affine is not valid: ValueError('translate out of "
          "bounds. Expected inside (0, 1), got tensor([2., 2.]).')"),

@@ -150,3 +150,20 @@ def test_sync_to_a_database_that_does_not_answer_is_one_line(tmp_path, project_e
     )
     assert done.stderr.strip().endswith("; start it or give another --uri") and done.stdout == ""
     nowhere(done, tmp_path)
+
+
+def test_a_variable_holding_a_url_with_a_password_is_refused_where_it_is_read(monkeypatch, own_cache):
+    """DATABASE_URL=postgresql://u:pw@host/db is no secret by its name, but `tracking.uri=${oc.env:DATABASE_URL}`
+    wrote the password into the composition `make params` writes, and `imgclf check -S` said ok."""
+    from imgclf import config
+
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://u:{SECRET}@127.0.0.1:1/db")
+    said = "tracking.uri: ${oc.env:DATABASE_URL} holds a URL with a password, which would be logged and written"
+    for done in (
+        console(cli.check, ["-S", "tracking.uri=${oc.env:DATABASE_URL}"], ROOT),
+        console(config.main, ["tracking.uri=${oc.env:DATABASE_URL}"], ROOT),  # make params
+    ):
+        assert one_line(done, 2).startswith(f"error: bad interpolation: {said}"), done.stderr
+        nowhere(done)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@127.0.0.1:1/db")  # the password in PGPASSWORD: taken
+    assert console(cli.check, ["-S", "tracking.uri=${oc.env:DATABASE_URL}"], ROOT).returncode == 0

@@ -5,8 +5,9 @@
 input is not set (DVC cannot interpolate null into a dependency; that file never changes).
 
 `${oc.env:NAME}` is OmegaConf's own, except for a variable holding a secret (MLFLOW_TRACKING_PASSWORD, KAGGLE_KEY:
-imgclf.credentials.secret_variable): resolved, the secret would be the run's name, an MLflow param, or a line DVC
-writes into params.yaml before any stage starts; this is the one place that sees it in time.
+imgclf.credentials.secret_variable), or one whose value is a URL holding a password (DATABASE_URL): resolved, the
+secret would be the run's name, an MLflow param, or a line DVC writes into params.yaml before any stage starts;
+this is the one place that sees it in time.
 """
 
 import os
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from omegaconf.resolvers import oc
 
-from imgclf.credentials import secret_interpolation
+from imgclf.credentials import PASSWORD_URL, secret_interpolation
 from imgclf.errors import BadInput
 
 NO_INPUT = "conf/no_input.md"
@@ -38,7 +39,14 @@ def environment(key: str, default=oc._DEFAULT_MARKER_, *, _node_=None):
     name = _node_._get_full_key(None) if _node_ is not None else "a config value"
     if why := secret_interpolation(name, f"${{oc.env:{key}}}"):
         raise SecretInConfig(why)
-    return oc.env(key, default)
+    value = oc.env(key, default)
+    if isinstance(value, str) and PASSWORD_URL.search(value):  # DATABASE_URL=postgresql://u:pw@host/db
+        raise SecretInConfig(
+            f"{name}: ${{oc.env:{key}}} holds a URL with a password, which would be logged and written with the "
+            "config; give the password to the tool that reads it (PGPASSWORD or ~/.pgpass for PostgreSQL, "
+            "MLFLOW_TRACKING_PASSWORD for a server) and the URL without it"
+        )
+    return value
 
 
 OmegaConf.register_new_resolver("imgclf.dep", dependency, replace=True)
