@@ -493,10 +493,23 @@ def test_a_tracking_store_that_is_no_file_or_an_experiment_mlflow_refuses_is_one
             f"error: tracking.experiment='{'x' * 501}' is not valid: a non-blank string of at most 500 characters",
         ),
     ]
+    import sqlite3
+
+    with sqlite3.connect(tiny_project / "other.db") as db:  # someone's own database: MLflow would add its tables
+        db.execute("CREATE TABLE mine (x)")
+    cases.append(
+        (
+            [f"tracking.uri=sqlite+pysqlite:///{tiny_project}/other.db"],
+            f"error: {tiny_project}/other.db is an SQLite database of something else, not an MLflow store; it is left "
+            "as it is",
+        )
+    )
     for extra, said in cases:
         done = stage_main("train", [*args, *extra], tiny_project)
         assert done.returncode == 1 and done.stderr.splitlines()[-1] == said, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
+    with sqlite3.connect(tiny_project / "other.db") as db:
+        assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["mine"]
     assert client.search_runs([e.experiment_id for e in client.search_experiments(view_type=3)]) == []
     assert not (tiny_project / "outputs").exists() and not (tiny_project / "checkpoints").exists()
 

@@ -286,3 +286,14 @@ def test_a_cluster_postgresql_cannot_start_is_one_line_naming_its_log(tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: PostgreSQL did not start in {tmp_path / 'server' / 'postgres'}: ")
     assert f"(log: {tmp_path / 'server' / 'postgres' / 'postgres.log'})" in done.stderr
+
+
+def test_a_sqlite_store_under_home_is_the_one_in_home(monkeypatch, tmp_path):
+    """`tracking.uri='sqlite:///~/x.db'` passed the checks (they expand ~) and MLflow made a folder named ~ in the
+    project, a trap for a later `rm -r ~`."""
+    from imgclf.tracking.store import resolve_uri, sqlite_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_uri("sqlite:///~/x.db") == f"sqlite:///{tmp_path}/x.db"
+    assert resolve_uri("sqlite+pysqlite:///~/x.db") == f"sqlite+pysqlite:///{tmp_path}/x.db"
+    assert sqlite_path("sqlite+pysqlite:////a/b.db?mode=ro") == "/a/b.db" and sqlite_path("postgresql://h/db") is None

@@ -29,9 +29,14 @@ LOCK_RETRIES = 12  # ~30 s of backoff: parallel jobs each hold SQLite's write lo
 SQLITE = "sqlite:///"
 
 
+SQLITE_URI = re.compile(r"^sqlite(\+\w+)?:///", re.IGNORECASE)  # sqlite+pysqlite:/// is SQLite's too
+
+
 def sqlite_path(uri: str) -> str | None:
-    """The database file of a `sqlite:///` URI (query string dropped); None for other stores."""
-    return uri[len(SQLITE) :].split("?", 1)[0] if uri.startswith(SQLITE) else None
+    """The database file of a `sqlite:///` URI (or `sqlite+DRIVER:///`; query string dropped); None for other
+    stores."""
+    found = SQLITE_URI.match(uri)
+    return uri[found.end() :].split("?", 1)[0] if found else None
 
 
 def sqlite_file(uri: str) -> str | None:
@@ -50,10 +55,13 @@ def absolute_uri(uri: str) -> str:
 
 
 def resolve_uri(uri: str) -> str:
-    """A relative `sqlite:///file.db` taken from the DVC project root when DVC runs us (DVC_ROOT): queued
+    """A relative `sqlite:///file.db` taken from the DVC project root when DVC runs us (DVC_ROOT), `~` expanded: queued
     experiments run in a temporary copy of the project, and their runs belong in the project's store. An http(s)
     URI's user:password move into MLflow's variables (credentials.py), out of every message that quotes a URL."""
     uri = take_uri_credentials(uri)
+    found = SQLITE_URI.match(uri)
+    if found and uri[found.end() :].startswith("~"):  # MLflow would make a folder named ~ where it runs
+        uri = uri[: found.end()] + os.path.expanduser(uri[found.end() :])
     if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/") and os.environ.get("DVC_ROOT"):
         return SQLITE + str(Path(os.environ["DVC_ROOT"]) / uri[len(SQLITE) :])
     return uri
