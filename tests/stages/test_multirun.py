@@ -264,3 +264,15 @@ def test_a_launcher_setting_that_does_not_exist_is_one_line_before_the_sweep(lau
     assert not (tiny_project / "multirun").exists()
     client = MlflowClient(tracking_uri=uri)
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_a_sweep_of_a_stage_that_opens_no_run_succeeds_without_a_parent_run(tiny_project):
+    """`split -m seed=1` split, then said `error: all 0 jobs of the sweep failed` and exited 1: the parent run waited
+    for children only train makes."""
+    from ..conftest import TINY_DATA
+
+    args = ["--config-dir", str(ROOT / "conf"), *TINY_DATA, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"]
+    done = stage_main("split", ["-m", *args, "seed=1", f"hydra.sweep.dir={tiny_project}/multirun/s"], tiny_project)
+    assert done.returncode == 0 and "jobs of the sweep failed" not in done.stderr, done.stderr[-2000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_project}/mlflow.db")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

@@ -131,6 +131,9 @@ def join_study_parent(config: DictConfig, study, wait_s: float = 120.0) -> str:
     return found
 
 
+TRACKED_JOBS = ("train",)  # the stages whose jobs are MLflow runs of their own: a sweep of them has a parent run
+
+
 class SweepRun(Callback):
     """Registered in conf/config.yaml: opens the parent run before any job starts (which also creates the
     SQLite store, so parallel jobs never race to create it) and closes it with the best trial."""
@@ -143,6 +146,8 @@ class SweepRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 tracks
+            return
+        if OmegaConf.select(config, "hydra.job.name") not in TRACKED_JOBS:  # `split -m seed=1,2`: no job is a run
             return
         SweepRun.active = self
         try:
