@@ -75,3 +75,18 @@ def test_a_labels_file_declaring_more_than_mnist_holds_is_refused(tmp_path):
         read_idx(tmp_path / "labels.gz", LABELS_MAGIC)
     (tmp_path / "labels.gz").write_bytes(idx_gz(np.arange(60_000) % 10, LABELS_MAGIC))  # MNIST's own size is read
     assert len(read_idx(tmp_path / "labels.gz", LABELS_MAGIC)) == 60_000
+
+
+def test_idx_files_declaring_no_items_are_refused_in_one_line(http_server, tmp_path):
+    """Four IDX files of 0 images and 0 labels agree with each other: they fetched nothing, with exit 0."""
+    base, www, _ = http_server
+    for prefix in ("train", "t10k"):
+        (www / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(header(2051, 0, 28, 28)))
+        (www / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(header(2049, 0)))
+    sums = checksums(www, [p.name for p in www.iterdir()])
+    args = ["--config-dir", str(ROOT / "conf"), "data=mnist", f"data.mirrors=[{base}]", f"data.checksums={sums}"]
+    done = stage_main("fetch", [*args, "hydra.run.dir=.", "hydra.output_subdir=null"], tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    said = "error: train-images-idx3-ubyte.gz: header declares 0 items; an MNIST file holds 1 to 60,000"
+    assert done.stderr.startswith(said), done.stderr
+    assert not (tmp_path / "data/mnist/images").exists()

@@ -67,6 +67,8 @@ def _read_header(name: str, f: BinaryIO, magic: int) -> tuple[int, ...]:
         raise BadInput(f"{name}: {4 + len(raw)} bytes, too short for the header of {ndim} dimensions it announces")
     dims = struct.unpack(f">{ndim}I", raw)
     shape = ITEM_SHAPE[magic]
+    if dims[0] == 0:  # four such files fetched no image at all, with exit 0
+        raise BadInput(f"{name}: header declares 0 items; an MNIST file holds 1 to {MAX_ITEMS:,} (t10k 10,000)")
     if dims[0] > MAX_ITEMS or dims[1:] != shape:
         noun, size = ("images", "x".join(map(str, dims[1:]))) if shape else ("labels", "")
         valid = f"at most {MAX_ITEMS:,} {noun}" + (f" of {'x'.join(map(str, shape))}" if shape else "")
