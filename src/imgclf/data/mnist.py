@@ -100,9 +100,10 @@ def write_images(out_dir: Path, images: np.ndarray, labels: np.ndarray, prefix: 
 
 
 def fetch_mnist(
-    out_dir: str | Path, mirrors: Sequence[str], checksums: Mapping[str, str | None], download_dir: str | Path
+    out_dir: str | Path, mirrors: Sequence[str], checksums: Mapping[str, str | None] | None, download_dir: str | Path
 ) -> int:
     """Download (or reuse) the IDX files, validate them, write PNGs; t10k becomes the official test list."""
+    checksums = checksums or {}  # data.checksums=null: none, as for a file whose checksum is null
     out_dir = Path(out_dir)
     names = [name for pair in FILES.values() for name in pair]
     paths = fetch_files({n: checksums.get(n) for n in names}, mirrors, download_dir)
