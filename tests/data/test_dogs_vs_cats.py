@@ -201,6 +201,15 @@ def test_a_corrupt_inner_train_zip_is_named_as_not_a_zip(tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert done.stderr.startswith(f"error: {archive}: its train.zip is not a readable zip"), done.stderr
     assert not (tmp_path / "data").exists()
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:  # stored, so one flipped byte is a bad CRC, not a bad header
+        zf.writestr("train/cat.0.jpg", jpeg((200, 0, 0)))
+    damaged = inner.getvalue().replace(b"JFIF", b"JFIX", 1)
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("train.zip", damaged)
+    done = stage_main("fetch", fetch_args(archive), tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith(f"error: {archive}: train.zip: corrupt or truncated archive (BadZipFile"), done.stderr
 
 
 def test_folders_and_names_with_control_characters_are_skipped_and_counted_in_one_warning(tmp_path):

@@ -53,7 +53,10 @@ def _extract_inner(path: Path, work: Path, archive: Path) -> None:
         )
     if not zipfile.is_zipfile(path):
         raise BadInput(f"{archive}: its {where} is not a readable zip; expected Kaggle's {path.name}, a zip of images")
-    extract(path, path.parent)
+    try:
+        extract(path, path.parent)
+    except BadInput as exc:  # named as the scratch folder holds it, which is gone by the time the user reads this
+        raise BadInput(f"{archive}: {str(exc).replace(str(path), where)}") from None
 
 
 def unpack(archive: Path, work: Path) -> tuple[Path, Path | None]:
