@@ -110,6 +110,33 @@ def test_a_params_yaml_that_is_not_yaml_is_named_in_one_line(tmp_path):
     assert done.stderr.endswith("fix it, or write it again from conf/ (make params)\n")
 
 
+@pytest.mark.parametrize(
+    "text,said",
+    [("- a\n- b\n", "holds a list"), ("just some text\n", "holds a plain string"), ("3.5\n", "holds a number")],
+)
+def test_a_params_yaml_that_is_no_mapping_is_named_in_one_line(text, said, tmp_path):
+    """Every stage failed with `AttributeError: 'list' object has no attribute 'get'`."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "params.yaml").write_text(text)
+    done = stage_main("fetch", [], tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith(f"error: params.yaml {said}, not the mapping of config sections `make params`")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_params_yaml_with_a_broken_interpolation_is_named_in_one_line(tmp_path):
+    """An InterpolationKeyError traceback from deep in OmegaConf, before the stage started."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    text = (ROOT / "params.yaml").read_text()
+    assert "  run_name: null\n" in text
+    (tmp_path / "params.yaml").write_text(text.replace("  run_name: null\n", "  run_name: ${model.nam}\n", 1))
+    done = stage_main("fetch", [], tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    said = "error: params.yaml: tracking.run_name: Interpolation key 'model.nam' not found; fix it, or write it again"
+    assert done.stderr.startswith(said), done.stderr
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("text", ["C:\\Users\\me\\", "a\\b", "a\\\\b", "it's", "a\\'b", "end\\", "\\'", "plain"])
 def test_a_params_yaml_string_with_backslashes_comes_back_as_it_was(tmp_path, text):
     """A params.yaml value holding a backslash (a Windows path, a regex) came back doubled when a stage started by

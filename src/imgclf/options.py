@@ -252,9 +252,7 @@ class Data(Group):
                 f"{where}.split.val_fraction=0 leaves no validation images: give a fraction > 0 and < 1, or a folder "
                 f"of them ({where}.val_path)"
             )
-        mirrors = self.extra.get("mirrors", [])
-        if not isinstance(mirrors, (list, tuple)) or not all(map(_is_url, mirrors)):
-            raise BadInput(f"{where}.mirrors={typed(mirrors)} is not valid: a list of URLs (https://host/path)")
+        _check_downloads(self.extra, where)
         if self.path is None and str(self.fetch.get("_target_", "")).endswith(".fetch_folder"):
             raise BadInput(f"{where}={self.name} needs {where}.path=/path/to/folder (one sub-folder per class)")
         for key in FOLDERS:
@@ -263,6 +261,22 @@ class Data(Group):
                 what = "is a file" if Path(os.path.expanduser(path)).exists() else "does not exist"
                 shown = path if path.isprintable() else repr(path)
                 raise BadInput(f"{where}.{key}={shown} {what}: give a folder with one sub-folder per class")
+
+
+def _check_downloads(extra: Mapping[str, Any], where: str) -> None:
+    """A source's mirrors are a list of URLs; its checksums a mapping of file name to digest (or null: none), or
+    null, no checksums at all, each file then downloaded again at every fetch as one whose digest is null is."""
+    mirrors = extra.get("mirrors", [])
+    if not isinstance(mirrors, (list, tuple)) or not all(map(_is_url, mirrors)):
+        raise BadInput(f"{where}.mirrors={typed(mirrors)} is not valid: a list of URLs (https://host/path)")
+    checksums = extra.get("checksums")
+    if checksums is not None and not (
+        isinstance(checksums, Mapping) and all(isinstance(v, (str, type(None))) for v in checksums.values())
+    ):
+        raise BadInput(
+            f"{where}.checksums={typed(checksums)} is not valid: a mapping of file name to md5 or sha256 digest "
+            "(a digest, or the whole mapping, null: downloaded again at every fetch, unverified)"
+        )
 
 
 def _is_url(value: Any) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import GrammarParseError, InterpolationResolutionError
 
 from imgclf.config import conf_dir, config_groups, split_argv, yaml_error
 from imgclf.credentials import secret_in_config
@@ -29,6 +30,7 @@ OFF = "IMGCLF_WORKSPACE"  # =0: start from conf/ alone
 # groups a composition picks, data first (its defaults list picks the augment preset); experiment, sweep and
 # launcher are added with + and leave no section of their own
 PICKED = ("data", "augment", "model", "optim", "schedule", "finetune", "trainer", "tracking", "optimise")
+REMAKE = "fix it, or write it again from conf/ (make params)"
 EXPLICIT = ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp")  # DVC's stages, a user's own
 
 
@@ -97,18 +99,38 @@ def _differences(want: Mapping, have: Mapping, raw: Mapping, prefix: str = "") -
     yield from (f"~{prefix}{key}" for key in have if key not in want)
 
 
+def _load(params: Path) -> Any:
+    """params.yaml as OmegaConf reads it: one line, naming the file, when it is not YAML or not a mapping (a list, a
+    plain string: every stage failed on it with an AttributeError)."""
+    try:
+        with params.absolute().open(encoding="utf-8") as f:  # a file object: YAML's errors name it
+            top = yaml.safe_load(f)  # the kind of document, which OmegaConf blurs ("text" reads as {"text": None})
+        loaded = OmegaConf.load(params) if isinstance(top, dict) else None
+    except yaml.YAMLError as exc:  # stages said "while parsing a flow sequence", naming no file
+        raise BadInput(f"{yaml_error(exc)}: {REMAKE}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{params} is not UTF-8 text ({exc.reason} at byte {exc.start}): {REMAKE}") from None
+    if not OmegaConf.is_dict(loaded):
+        kinds = {list: "a list", str: "a plain string", type(None): "nothing", bool: "a boolean"}
+        kind = kinds.get(type(top), "a number")  # what else YAML reads at the top level
+        raise BadInput(f"{params} holds {kind}, not the mapping of config sections `make params` writes: {REMAKE}")
+    return loaded
+
+
 def workspace_overrides(root: str | Path = ".") -> list[str]:
     """The overrides that make conf/ compose to `root`'s params.yaml ([] when it is conf/'s default or absent)."""
     params = Path(root) / PARAMS
     if not params.is_file():
         return []
-    try:
-        loaded = OmegaConf.load(params)
-    except yaml.YAMLError as exc:  # stages said "while parsing a flow sequence", naming no file
-        raise BadInput(f"{yaml_error(exc)}: fix it, or write it again from conf/ (make params)") from None
+    loaded = _load(params)
     if why := secret_in_config(OmegaConf.to_container(loaded, resolve=False)):  # before it is resolved and shown
         raise BadInput(f"{params}: {why}")
-    found = overrides_for(OmegaConf.to_container(loaded, resolve=True), root)
+    try:
+        want = OmegaConf.to_container(loaded, resolve=True)
+    except (InterpolationResolutionError, GrammarParseError) as exc:  # a traceback from OmegaConf's depths
+        said = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"{params}: {exc.full_key}: {said}; {REMAKE}") from None
+    found = overrides_for(want, root)
     if found is None:
         raise BadInput(
             f"{params} cannot be re-created from conf/ (edited since it was written?); run `make params` or "

@@ -89,7 +89,7 @@ def test_the_users_folders_in_download_dir_are_left_alone_and_nothing_is_left_be
     assert sorted(p.name for p in dl.iterdir()) == ["extracted"]  # the scratch folder is gone
     with zipfile.ZipFile(tmp_path / "bad.zip", "w") as zf:
         zf.writestr("train.zip", b"not a zip")
-    with pytest.raises(BadInput, match="holds no train/ folder"):
+    with pytest.raises(BadInput, match="its train.zip is not a readable zip"):
         fetch(compose_cfg("data=dogs_vs_cats", f"data.archive={tmp_path / 'bad.zip'}", f"data.fetch.download_dir={dl}"))
     assert sorted(p.name for p in dl.iterdir()) == ["extracted"]  # a failed fetch leaves no train.zip behind
     assert len(list((tmp_path / "data/dogs_vs_cats/images").rglob("*.jpg"))) == 24  # the good fetch's, kept
@@ -173,6 +173,43 @@ def test_a_zip_with_two_train_folders_is_refused_in_one_line(second, listed, tmp
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert done.stderr.startswith(f"error: {bad}: holds 2 train/ ({listed}); expected one, as Kaggle's"), done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_zip_with_train_and_train_zip_is_refused_naming_both(tmp_path):
+    """Unpacked, the inner train.zip's train/ merged into the outer one: the union, fetched with exit 0."""
+    from ..conftest import stage_main
+
+    (tmp_path / "in").mkdir()
+    archive = competition_zip(tmp_path / "in" / "dogs-vs-cats.zip", n=3)
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("train/cat.0.jpg", jpeg((0, 200, 0)))
+        zf.writestr("train/dog.0.jpg", jpeg((0, 200, 0)))
+    done = stage_main("fetch", fetch_args(archive), tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith(f"error: {archive}: holds both train/ and train.zip; expected one"), done.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_corrupt_inner_train_zip_is_named_as_not_a_zip(tmp_path):
+    from ..conftest import stage_main
+
+    archive = tmp_path / "in" / "dogs-vs-cats.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("train.zip", b"PK\x03\x04 cut short")
+    done = stage_main("fetch", fetch_args(archive), tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith(f"error: {archive}: its train.zip is not a readable zip"), done.stderr
+    assert not (tmp_path / "data").exists()
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:  # stored, so one flipped byte is a bad CRC, not a bad header
+        zf.writestr("train/cat.0.jpg", jpeg((200, 0, 0)))
+    damaged = inner.getvalue().replace(b"JFIF", b"JFIX", 1)
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("train.zip", damaged)
+    done = stage_main("fetch", fetch_args(archive), tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith(f"error: {archive}: train.zip: corrupt or truncated archive (BadZipFile"), done.stderr
 
 
 def test_folders_and_names_with_control_characters_are_skipped_and_counted_in_one_warning(tmp_path):

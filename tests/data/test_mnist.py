@@ -75,3 +75,50 @@ def test_a_labels_file_declaring_more_than_mnist_holds_is_refused(tmp_path):
         read_idx(tmp_path / "labels.gz", LABELS_MAGIC)
     (tmp_path / "labels.gz").write_bytes(idx_gz(np.arange(60_000) % 10, LABELS_MAGIC))  # MNIST's own size is read
     assert len(read_idx(tmp_path / "labels.gz", LABELS_MAGIC)) == 60_000
+
+
+def test_idx_files_declaring_no_items_are_refused_in_one_line(http_server, tmp_path):
+    """Four IDX files of 0 images and 0 labels agree with each other: they fetched nothing, with exit 0."""
+    base, www, _ = http_server
+    for prefix in ("train", "t10k"):
+        (www / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(header(2051, 0, 28, 28)))
+        (www / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(header(2049, 0)))
+    sums = checksums(www, [p.name for p in www.iterdir()])
+    args = ["--config-dir", str(ROOT / "conf"), "data=mnist", f"data.mirrors=[{base}]", f"data.checksums={sums}"]
+    done = stage_main("fetch", [*args, "hydra.run.dir=.", "hydra.output_subdir=null"], tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    said = "error: train-images-idx3-ubyte.gz: header declares 0 items; an MNIST file holds 1 to 60,000"
+    assert done.stderr.startswith(said), done.stderr
+    assert not (tmp_path / "data/mnist/images").exists()
+
+
+def test_checksums_null_fetches_unverified_and_downloads_again_at_every_fetch(http_server, tmp_path):
+    """data.checksums=null is no checksums, as a file's own null is: it was an AttributeError traceback."""
+    from imgclf import cli
+
+    from ..conftest import console
+
+    base, www, requests = http_server
+    write_mnist(www, n_train=20, n_test=10)
+    args = ["--config-dir", str(ROOT / "conf"), "data=mnist", f"data.mirrors=[{base}]", "data.checksums=null"]
+    for _ in range(2):
+        done = stage_main("fetch", [*args, "hydra.run.dir=.", "hydra.output_subdir=null"], tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "data/mnist/images").rglob("*.png"))) == 30
+    assert sum("idx" in line for line in requests) == 8  # nothing verifies a kept copy: each fetch downloads again
+    assert console(cli.check, ["-S", "data=mnist", "-S", "data.checksums=null"], ROOT).returncode == 0
+
+
+@pytest.mark.parametrize("data", ["mnist", "cifar10"])
+def test_checksums_that_are_no_mapping_are_one_line_in_check_and_fetch(data, tmp_path):
+    from imgclf import cli
+
+    from ..conftest import console
+
+    said = "error: data.checksums='abc' is not valid: a mapping of file name to md5 or sha256 digest"
+    done = console(cli.check, ["-S", f"data={data}", "-S", "data.checksums=abc"], ROOT)
+    assert done.returncode == 1 and done.stderr.startswith(said) and done.stderr.count("\n") == 1, done.stderr
+    args = ["--config-dir", str(ROOT / "conf"), f"data={data}", "data.checksums=abc", "hydra.run.dir=."]
+    done = stage_main("fetch", [*args, "hydra.output_subdir=null"], tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(said) and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "data").exists()

@@ -228,6 +228,29 @@ def test_accept_refuses_a_hand_edited_issues_file_in_one_line(tiny_project, cont
     assert not (tiny_project / "relabel").exists()
 
 
+@pytest.mark.parametrize("accept", ["9" * 5000, "1-" + "9" * 5000, "0" * 5000 + "1"])
+def test_accept_with_thousands_of_digits_is_one_line(tiny_project, accept):
+    """int() of over 4,300 digits is a ValueError: a traceback, where a rank past the last is one line."""
+    issues = tiny_project / "issues.csv"
+    issues.write_text("rank,path,given_label,suggested_label\n1,a/000.png,a,b\n")
+    done = console(relabel, ["--data", "tiny", "--accept", accept, "--issues", str(issues)], tiny_project)
+    if accept.endswith("01"):  # leading zeros: rank 1
+        assert done.returncode == 0 and "wrote 1 fixes" in done.stdout, done.stderr
+        return
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert "is not a rank or a range of ranks from 1 to 1" in done.stderr and len(done.stderr) < 600, done.stderr
+    assert not (tiny_project / "relabel").exists()
+
+
+def test_a_rank_of_thousands_of_digits_in_the_issues_file_is_one_line(tiny_project):
+    issues = tiny_project / "issues.csv"
+    issues.write_text(f"rank,path,given_label,suggested_label\n{'9' * 5000},a/000.png,a,b\n")
+    done = console(relabel, ["--data", "tiny", "--accept", "all", "--issues", str(issues)], tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert "line 2: rank '99999" in done.stderr and "is not a whole number of at most 18 digits" in done.stderr
+    assert not (tiny_project / "relabel").exists()
+
+
 def test_a_large_relabel_file_is_read_row_by_row(tmp_path):
     """The file's bytes, its text and every row were held at once beside the fixes: 20 times the file's size at the
     peak. Read as it comes, the peak is the fixes themselves."""

@@ -126,13 +126,14 @@ def read_label_names(batch_dir: Path) -> list[str]:
 def fetch_cifar10(
     out_dir: str | Path,
     mirrors: Sequence[str],
-    checksums: Mapping[str, str | None],
+    checksums: Mapping[str, str | None] | None,
     download_dir: str | Path,
     archive: str | None = None,
 ) -> int:
     """Download (or take `archive`), verify, extract safely, write PNGs per class; returns the image count. The
     archive is unpacked into a new scratch folder in download_dir, removed afterwards: nothing of an earlier
     archive is read."""
+    checksums = checksums or {}  # data.checksums=null: none, as for a file whose checksum is null
     out_dir, download_dir = Path(out_dir), Path(download_dir)
     if archive:
         path = Path(archive).expanduser()

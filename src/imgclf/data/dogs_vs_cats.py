@@ -40,13 +40,32 @@ def _find(root: Path, name: str, folder: bool, archive: Path) -> Path | None:
     return found[0] if found else None
 
 
+def _extract_inner(path: Path, work: Path, archive: Path) -> None:
+    """Unpack an inner train.zip (test1.zip) beside itself. One that is not a zip is BadInput, and so is one beside a
+    train/ (test1/) the outer zip holds already: unpacked, the two would merge, the inner images replacing the
+    outer ones of the same name, and which of them is the data set is the zip maker's to say."""
+    where = path.relative_to(work).as_posix()
+    folder = _find(work, path.stem, True, archive)
+    if folder is not None:
+        raise BadInput(
+            f"{archive}: holds both {folder.relative_to(work).as_posix()}/ and {where}; expected one, as Kaggle's "
+            f"dogs-vs-cats has it ({path.name} holding {path.stem}/): remake the zip with one"
+        )
+    if not zipfile.is_zipfile(path):
+        raise BadInput(f"{archive}: its {where} is not a readable zip; expected Kaggle's {path.name}, a zip of images")
+    try:
+        extract(path, path.parent)
+    except BadInput as exc:  # named as the scratch folder holds it, which is gone by the time the user reads this
+        raise BadInput(f"{archive}: {str(exc).replace(str(path), where)}") from None
+
+
 def unpack(archive: Path, work: Path) -> tuple[Path, Path | None]:
     """Extract the competition zip (or a bare train.zip) and its inner zips; return the train and test1 dirs."""
     extract(archive, work)
     for inner in ("train.zip", "test1.zip"):
         path = _find(work, inner, False, archive)
-        if path is not None and zipfile.is_zipfile(path):
-            extract(path, path.parent)
+        if path is not None:
+            _extract_inner(path, work, archive)
     train = _find(work, "train", True, archive)
     if train is None:
         raise BadInput(f"{archive} holds no train/ folder (from train.zip); expected Kaggle's dogs-vs-cats layout")

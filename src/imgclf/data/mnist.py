@@ -67,6 +67,8 @@ def _read_header(name: str, f: BinaryIO, magic: int) -> tuple[int, ...]:
         raise BadInput(f"{name}: {4 + len(raw)} bytes, too short for the header of {ndim} dimensions it announces")
     dims = struct.unpack(f">{ndim}I", raw)
     shape = ITEM_SHAPE[magic]
+    if dims[0] == 0:  # four such files fetched no image at all, with exit 0
+        raise BadInput(f"{name}: header declares 0 items; an MNIST file holds 1 to {MAX_ITEMS:,} (t10k 10,000)")
     if dims[0] > MAX_ITEMS or dims[1:] != shape:
         noun, size = ("images", "x".join(map(str, dims[1:]))) if shape else ("labels", "")
         valid = f"at most {MAX_ITEMS:,} {noun}" + (f" of {'x'.join(map(str, shape))}" if shape else "")
@@ -98,9 +100,10 @@ def write_images(out_dir: Path, images: np.ndarray, labels: np.ndarray, prefix: 
 
 
 def fetch_mnist(
-    out_dir: str | Path, mirrors: Sequence[str], checksums: Mapping[str, str | None], download_dir: str | Path
+    out_dir: str | Path, mirrors: Sequence[str], checksums: Mapping[str, str | None] | None, download_dir: str | Path
 ) -> int:
     """Download (or reuse) the IDX files, validate them, write PNGs; t10k becomes the official test list."""
+    checksums = checksums or {}  # data.checksums=null: none, as for a file whose checksum is null
     out_dir = Path(out_dir)
     names = [name for pair in FILES.values() for name in pair]
     paths = fetch_files({n: checksums.get(n) for n in names}, mirrors, download_dir)

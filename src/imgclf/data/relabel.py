@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from imgclf.contract import LABELS_FILE
-from imgclf.errors import BadInput
+from imgclf.errors import BadInput, shown
 from imgclf.paths import DATA_NAME, SPLIT_DIR
 
 EXCLUDE = "exclude"
 HEADER = ["path", "label"]
+MAX_RANK_DIGITS = 18  # a rank counts rows; int() of over 4,300 digits is a ValueError, not our one line
 ISSUE_COLUMNS = ("rank", "path", "given_label", "suggested_label")  # of label_issues.csv's (label_issues.COLUMNS)
 
 
@@ -116,8 +117,11 @@ def read_issues(path: Path, opener: Opener | None = None) -> list[dict[str, str]
         if len(row) != len(header):
             raise BadInput(f"{path} line {line}: {len(row)} fields where the header names {len(header)}")
         issue = dict(zip(header, row))
-        if not (issue["rank"].isascii() and issue["rank"].isdigit()):
-            raise BadInput(f"{path} line {line}: rank '{issue['rank'][:20]}' is not a whole number")
+        if not (issue["rank"].isascii() and issue["rank"].isdigit()) or len(issue["rank"]) > MAX_RANK_DIGITS:
+            raise BadInput(
+                f"{path} line {line}: rank '{shown(issue['rank'], 20)}' is not a whole number of at most "
+                f"{MAX_RANK_DIGITS} digits"
+            )
         issues.append(issue)
     return issues
 
@@ -213,11 +217,13 @@ def ranks(text: str, last: int) -> set[int]:
         lo, dash, hi = part.strip().partition("-")
         numbers = (lo, hi) if dash else (lo,)  # "1-": a range without its end, refused
         if not all(n.isascii() and n.isdigit() for n in numbers):
-            raise BadInput(f"--accept {text}: give ranks as 1-10, 3,7,12 or all")
-        first, end = int(lo), int(hi or lo)
+            raise BadInput(f"--accept {shown(text)}: give ranks as 1-10, 3,7,12 or all")
+        # more digits than `last` has is past it, and int() refuses a number of over 4,300 digits with a traceback
+        lo, hi = (n.lstrip("0") or "0" for n in (lo, hi or lo))  # leading zeros count towards int()'s limit too
+        first, end = (0, 0) if max(len(lo), len(hi)) > len(str(last)) else (int(lo), int(hi))
         if not 1 <= first <= end <= last:
             valid = f"a rank or a range of ranks from 1 to {last}" if last else "a rank: there are no suggestions"
-            raise BadInput(f"--accept {text}: {part.strip()} is not {valid}")
+            raise BadInput(f"--accept {shown(text)}: {shown(part.strip())} is not {valid}")
         chosen.update(range(first, end + 1))
     return chosen
 
