@@ -241,6 +241,8 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple
     overrides = [*kept, *own]
     try:
         cfg = compose(overrides, root, hydra=True)
+    except AssertionError:  # OmegaConf's, setting a key under a null (hydra.sweeper.params.x with the basic sweeper)
+        return f"{' '.join(own)}: Hydra's config has no such key here (the chosen sweeper or launcher lacks it)"
     except (HydraException, OmegaConfBaseException) as exc:
         message = str(exc)
         missing = re.search(r"Could not find '(hydra/[^']+)/([^']+)'", message)
