@@ -31,22 +31,45 @@ def overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+_PRESENT: set[Path] | None = None  # what was there before Hydra, in a run folder the command line gave
+
+
+def note_run_folder(argv: list[str]) -> None:
+    """Before Hydra starts: with hydra.run.dir given (a folder that may be there already), what exists of the run
+    folder, the folders above it, its output_subdir with Hydra's files and its logs, so that a refused run takes back
+    only what Hydra made for it."""
+    global _PRESENT
+    given = {a.partition("=")[0].lstrip("+"): a.partition("=")[2] for a in argv if a.lstrip("+").startswith("hydra.")}
+    folder, subdir = given.get("hydra.run.dir"), given.get("hydra.output_subdir", ".hydra")
+    if folder is None or "${" in folder + subdir:
+        _PRESENT = None
+        return
+    run = Path(folder.strip("'\""))
+    inside = run / subdir.strip("'\"") if subdir not in ("null", "") else run
+    candidates = [run, *run.parents, inside, *(inside / n for n in HYDRA_FILES), *run.glob("*.log")]
+    _PRESENT = {p.absolute() for p in candidates if p.exists() or p.is_symlink()}
+
+
 def run_folder_guard() -> Callable[[], None]:
     """Called as a single run's task starts: returns what takes back the files Hydra wrote for it when the run is
     refused (a user error): its output_subdir's files, the job's log when it was empty as the task started (nothing
-    of an earlier run's in it), and the folders left empty up to the working directory, in the default run folder
-    (outputs/DATE/TIME) only: a hydra.run.dir given is left as it is. A sweep's jobs keep theirs: a refused job is
-    a FAILED run whose record they are."""
+    of an earlier run's in it), and the folders left empty up to the working directory; in a hydra.run.dir given, only
+    what note_run_folder did not find there before. A sweep's jobs keep theirs: a refused job is a FAILED run whose
+    record they are."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized() or is_multirun():
         return lambda: None
     hydra = HydraConfig.get()
+    present: set[Path] = set()
     if any(o.partition("=")[0].lstrip("+") == "hydra.run.dir" for o in hydra.overrides.hydra):
-        return lambda: None  # a folder of the user's choosing may have been there before, empty
+        if _PRESENT is None:
+            return lambda: None  # a folder only the running app names (${...}): what was there is not known
+        present = _PRESENT
     folder = Path(hydra.runtime.output_dir)
     logs = [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]
     ours = [h for h in logs if Path(h.baseFilename).parent == folder and _empty(Path(h.baseFilename))]
+    ours = [h for h in ours if Path(h.baseFilename).absolute() not in present]
     subdir = folder / hydra.output_subdir if hydra.output_subdir is not None else None
 
     def take_back() -> None:
@@ -54,13 +77,13 @@ def run_folder_guard() -> Callable[[], None]:
             logging.root.removeHandler(handler)
             handler.close()
             Path(handler.baseFilename).unlink(missing_ok=True)
-        if subdir is not None:
-            for name in HYDRA_FILES:
+        for name in HYDRA_FILES if subdir is not None else ():
+            if (subdir / name).absolute() not in present:
                 (subdir / name).unlink(missing_ok=True)
         here = Path.cwd().resolve()
         for empty in [*([subdir] if subdir else []), folder, *folder.parents]:
             resolved = empty.resolve()
-            if resolved == here or resolved in here.parents:
+            if resolved == here or resolved in here.parents or empty.absolute() in present:
                 break
             try:
                 empty.rmdir()

@@ -238,3 +238,18 @@ def test_a_stage_after_train_given_another_network_refuses_it_in_one_line(
     assert done.returncode == 1 and done.stderr.startswith(f"error: {said}") and done.stderr.count("\n") == 1
     assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before  # no outputs/DATE/TIME left
     assert not (project / "outputs").exists()
+
+
+def test_a_refused_run_in_a_run_folder_given_takes_back_only_what_hydra_made(trained_project, tmp_path):
+    """`evaluate hydra.run.dir=.` refused left ./.hydra/ and ./evaluate.log in the project; a folder given that was
+    there before keeps what it held."""
+    project = copy_of(trained_project, tmp_path / "project")
+    (project / "mine").mkdir()
+    (project / "mine" / "notes.txt").write_text("mine\n")
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    argv = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, f"tracking.uri=sqlite:///{project}/mlflow.db"]
+    for run_dir in (".", "mine", "runs/x"):
+        done = stage_main("evaluate", [*argv, "model.name=resnet18", f"hydra.run.dir={run_dir}"], project)
+        assert done.returncode == 1 and "was trained with model.name=test_resnet" in done.stderr, done.stderr
+        assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before, run_dir
+        assert not (project / ".hydra").exists() and not (project / "runs").exists(), run_dir

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from imgclf.config import check_overrides, checked_config, conf_dir, split_argv
 from imgclf.credentials import redact_overrides, strip_overrides
 from imgclf.errors import USER_ERRORS, BadConfig, BadInput, stoppable
-from imgclf.hydra_run import is_multirun, overrides, run_folder_guard
+from imgclf.hydra_run import is_multirun, note_run_folder, overrides, run_folder_guard
 from imgclf.hydra_run import output_root as output_root  # the stages' own (train, lr_find)
 from imgclf.options import Options
 from imgclf.stages import settle_imports
@@ -87,6 +87,7 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
             except BadConfig as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(1)
+        note_run_folder(sys.argv[1:])  # what a hydra.run.dir given holds already: a refused run leaves it as it was
         path = str(conf_dir()) if conf_dir().is_dir() else None
         with stoppable():
             hydra.main(version_base="1.3", config_path=path, config_name="config")(one_line_errors(task, refused))()
