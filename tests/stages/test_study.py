@@ -270,10 +270,17 @@ def test_a_bad_direction_or_storage_is_one_line_and_leaves_nothing(tiny_project)
         ("hydra.sweeper.storage=bogus://x", "error: cannot open the Optuna storage at bogus://x (Can't load plugin: "),
         (
             f"hydra.sweeper.storage=sqlite:///{tiny_project / 'data/tiny/split/report.json'}",
-            "error: cannot open the "
-            f"Optuna storage at sqlite:///{tiny_project / 'data/tiny/split/report.json'} (file is not a database)",
+            f"error: the Optuna storage sqlite:///{tiny_project / 'data/tiny/split/report.json'}: "
+            f"{tiny_project / 'data/tiny/split/report.json'} is not an SQLite database; it is left as it is",
+        ),
+        (  # someone's own database: Optuna added its tables to it
+            f"hydra.sweeper.storage=sqlite+pysqlite:///{tiny_project / 'mlflow.db'}",
+            f"error: the Optuna storage sqlite+pysqlite:///{tiny_project / 'mlflow.db'}: {tiny_project / 'mlflow.db'} "
+            "is an SQLite database of something else; it is left as it is",
         ),
     ):
         done = stage_main("train", [*sweep, extra, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"], tiny_project)
         assert done.returncode == 1 and done.stderr.count("\n") == 1 and done.stderr.startswith(says), (extra, done)
     assert sorted(p.name for p in tiny_project.iterdir()) == before  # no multirun/, no optuna.db
+    with sqlite3.connect(tiny_project / "mlflow.db") as db:
+        assert "studies" not in {row[0] for row in db.execute("SELECT name FROM sqlite_master")}

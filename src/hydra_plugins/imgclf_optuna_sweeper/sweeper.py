@@ -128,6 +128,31 @@ def refuse(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+def foreign_sqlite(url: str) -> str | None:
+    """Why a SQLite storage URL names a file that is no Optuna storage (another program's database, not a database,
+    a pipe or a folder), or None (a new or empty file, or a study's database)."""
+    import re
+    import sqlite3
+
+    found = re.match(r"^sqlite(\+\w+)?:///", url, re.IGNORECASE)
+    path = Path(os.path.expanduser(url[found.end() :].split("?", 1)[0])) if found else None
+    if path is None or not (path.exists() or path.is_symlink()) or str(path) == ":memory:":
+        return None
+    if not path.is_file():
+        return f"{path} is not a file"
+    if path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as f:
+        if f.read(16) != b"SQLite format 3\x00":
+            return f"{path} is not an SQLite database"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        return f"{path} is not a readable SQLite database ({exc})"
+    return None if not tables or "studies" in tables else f"{path} is an SQLite database of something else"
+
+
 class Heartbeat:
     """Records a RUNNING trial's heartbeat from a thread while its job runs (ask/tell has no optimize() doing it)."""
 
@@ -173,6 +198,8 @@ class ImgclfOptunaSweeper(Sweeper):
         from optuna.storages import RDBStorage
 
         url = self.conf.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+        if why := foreign_sqlite(url):  # Optuna would add its tables to someone's own database
+            refuse(f"the Optuna storage {masked(url)}: {why}; it is left as it is: give a new file or a study's")
         interval = self.conf.heartbeat_s
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers wait for the lock
         for attempt in range(20):
