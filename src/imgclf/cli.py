@@ -135,7 +135,7 @@ def predict(argv: list[str]) -> int:
         preds = classifier.classify(inputs, args.batch_size, tta=args.tta)
         names = classifier.class_names
         explanations = (  # checked before any file is written: a refused --explain leaves --out as it was
-            Explanations(preds, names, Path(args.explain_model), Path(args.explain), args.explain_layer)
+            Explanations(preds, classifier, Path(args.explain_model), Path(args.explain), args.explain_layer)
             if args.explain
             else None
         )

@@ -402,3 +402,36 @@ def test_explain_gives_each_image_its_own_overlay_whatever_the_names(trained, pr
     done = cli([*map(str, images), "--explain", str(tmp_path / "cams")], trained, project_env)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == ["x.1.cam.png", "x.2.cam.png", "x.cam.png"]
+
+
+def _retrained(trained, dest):
+    """models/model.pt retrained without re-export: the same classes, other weights, in a models/ of its own."""
+    import torch
+
+    from imgclf.models.saved import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(trained / "models/model.pt")
+    state = {k: v + 0.5 if v.is_floating_point() else v for k, v in ckpt.pop("model").items()}
+    dest.mkdir(parents=True)
+    save_checkpoint(dest / "model.pt", state, **ckpt)
+    (dest / "run.json").write_text(json.dumps({"run_id": "b" * 32}))
+    assert torch.load(dest / "model.pt", weights_only=True)["class_names"] == ckpt["class_names"]
+    return dest / "model.pt"
+
+
+def test_explain_refuses_a_checkpoint_the_model_was_not_exported_from(trained, project_env, tmp_path):
+    image = str(trained / "data/tiny/images/a/000.png")
+    other = _retrained(trained, tmp_path / "b")
+    out = tmp_path / "cams"
+    wrong = cli([image, "--explain", str(out), "--explain-model", str(other), "--out", str(tmp_path / "o.csv")],
+                trained, project_env)  # fmt: skip
+    said = wrong.stderr.strip().splitlines()
+    assert wrong.returncode == 1 and len(said) == 1, wrong.stderr
+    assert f"{other} is not the checkpoint models/export was made from" in said[0]
+    assert f"run {'b' * 32}'s" in said[0] and "re-export" in said[0] and "--explain-model" in said[0]
+    assert not out.exists() and not (tmp_path / "o.csv").exists()
+    # the checkpoint itself, as the model: its own network explains it
+    right = cli([image, "--model", str(other), "--explain", str(out), "--explain-model", str(other)], trained,
+                project_env)  # fmt: skip
+    assert right.returncode == 0, right.stderr
+    assert (trained / "models/export/run.json").is_file() and len(list(out.iterdir())) == 1

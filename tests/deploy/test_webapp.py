@@ -14,7 +14,7 @@ from PIL import Image
 
 from imgclf.data.images import MAX_PIXELS
 
-from ..conftest import serve_client
+from ..conftest import copy_of, serve_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -569,3 +569,23 @@ def test_a_hostile_multipart_form_is_refused_in_one_line_and_leaves_nothing(serv
     # a file sent under another name is not the page's: not classified, and it does not count as an upload
     rows = client.post("/api/classify", files=[("other", image), ("files", image)]).json()["results"]
     assert len(rows) == 1 and rows[0]["name"] == "a.png" and rows[0]["top"]
+
+
+def test_serve_shows_no_grad_cam_from_a_checkpoint_the_served_model_was_not_exported_from(trained_project, tmp_path):
+    """models/model.pt retrained, models/export not: Classify One says why there is no map, and draws none."""
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy.webapp import _service, create_app, serve_parser
+
+    from .test_predict import _retrained
+
+    project = copy_of(trained_project, tmp_path / "project")
+    _retrained(trained_project, tmp_path / "b")
+    (project / "models/model.pt").write_bytes((tmp_path / "b/model.pt").read_bytes())
+    root = project / "data"
+    args = serve_parser().parse_args(["--model", str(project / "models/export"), "--uri", f"sqlite:///{project}/mlflow.db",
+                                      "--allow-root", str(root)])  # fmt: skip
+    with TestClient(create_app(_service(args, tmp_path / "cache"))) as app:
+        row = app.post("/api/classify", data={"path": str(root / "tiny/images/b/000.png")}).json()["results"][0]
+    assert "cam" not in row and row["top"]
+    assert "is not the checkpoint" in row["cam_note"] and "re-export" in row["cam_note"]

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from imgclf.contract import ContractError, ServingSpec, normalize, scaled_stats, softmax
+from imgclf.contract import ContractError, ServingSpec, normalize, run_of, scaled_stats, softmax
 from imgclf.data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
 from imgclf.data.transforms import center_crop, tta_views
 from imgclf.errors import BadInput, MissingInput
@@ -63,6 +63,7 @@ class Classifier:
             from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
             ckpt = load_checkpoint(model_path)
+            self.source, self.checkpoint = model_path, model_path
             self.spec = ServingSpec.from_checkpoint(ckpt, str(model_path))
             self._run = torch_logits(model_from_checkpoint(ckpt))
         else:
@@ -90,6 +91,7 @@ class Classifier:
                     "--model models/export, models/optimised or models/model.pt"
                 )
             self.spec = ServingSpec.read(model_file.parent)  # checked before the model file is even opened
+            self.source, self.checkpoint = model_file.parent, None
             self._run = load_runner(model_file)
         self._check_contract(model_path)
 
@@ -257,10 +259,19 @@ class Explainer:
     """Grad-CAM overlays from the trained network in `checkpoint` (Grad-CAM needs its gradients, which the exported
     formats do not keep), for images classified by a model with the same classes."""
 
-    def __init__(self, checkpoint: Path, class_names: Sequence[str], layer: str | None = None):
+    def __init__(
+        self,
+        checkpoint: Path,
+        class_names: Sequence[str],
+        layer: str | None = None,
+        *,
+        made_for: Classifier | None = None,
+    ):
         from imgclf.models.explain import check_layer
         from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
+        if made_for is not None:  # before the checkpoint is loaded: another network's gradients are never drawn
+            check_same_network(Path(checkpoint), made_for)
         ckpt = load_checkpoint(checkpoint)
         self.spec = ServingSpec.from_checkpoint(ckpt, str(checkpoint))
         if list(self.spec.class_names) != list(class_names):
@@ -284,6 +295,29 @@ class Explainer:
         return drawn.repeat(scale, 0).repeat(scale, 1)
 
 
+def check_same_network(checkpoint: Path, classifier: Classifier) -> None:
+    """Refuse Grad-CAM from `checkpoint` unless it is the network `classifier` runs: that checkpoint, or the one its
+    export recorded (run.json's checkpoint_sha256). Same classes are not enough: a retrain keeps them."""
+    from imgclf.data.download import file_digest
+
+    if classifier.checkpoint is not None and classifier.checkpoint.resolve() == checkpoint.resolve():
+        return
+    if not checkpoint.is_file():
+        raise MissingInput(f"--explain-model {checkpoint}: no such checkpoint; pass the model.pt to explain with")
+    if classifier.checkpoint is not None:
+        wanted = file_digest(classifier.checkpoint, "sha256")
+    elif (wanted := run_of(classifier.source, "checkpoint_sha256")) is None:
+        raise BadInput(f"{classifier.source} does not record which checkpoint it was exported from, so Grad-CAM "
+                       "cannot be checked against it; re-export it (dvc repro export)")  # fmt: skip
+    if file_digest(checkpoint, "sha256") != wanted:
+        ours, theirs = (run_of(p if p.is_dir() else p.parent) or "unknown" for p in (checkpoint, classifier.source))
+        runs = f" (it is run {ours}'s, the model run {theirs}'s)"
+        raise BadInput(
+            f"{checkpoint} is not the checkpoint {classifier.source} was made from{runs}; re-export it "
+            "(dvc repro export) or pass --explain-model with the checkpoint it was exported from"
+        )
+
+
 class Explanations:
     """`predict --explain DIR`: a Grad-CAM overlay PNG per classified image (`<name>.cam.png`) for the class it was
     given. Made (the checkpoint loaded, the layer found, the names planned) before `write`: a refusal comes before
@@ -292,12 +326,12 @@ class Explanations:
     def __init__(
         self,
         preds: Sequence[Prediction],
-        class_names: Sequence[str],
+        classifier: Classifier,
         checkpoint: Path,
         out_dir: Path,
         layer: str | None = None,
     ):
-        self.explainer = Explainer(checkpoint, class_names, layer)
+        self.explainer = Explainer(checkpoint, classifier.class_names, layer, made_for=classifier)
         self.done = [p for p in preds if p.probs is not None]
         names, self.targets = set(), []
         for pred in self.done:  # a.png and a.jpg, or a.png beside a.1.png: each overlay its own file
