@@ -106,7 +106,7 @@ _clip = _number_from_0(0.5, "a number >= 0 and < 0.5")
 def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
     from imgclf.deploy.inputs import collect_inputs
-    from imgclf.deploy.predict import Classifier, Explanations, write_submission, write_table
+    from imgclf.deploy.predict import Classifier, Explanations, check_outputs, write_submission, write_table
     from imgclf.files import refuse_reading, refuse_to_replace
 
     args = predict_parser().parse_args(argv)
@@ -129,6 +129,10 @@ def predict(argv: list[str]) -> int:
         read = [*inputs, *args.paths, model, *beside, args.explain_model]
         for flag, out in outs:  # and never a file the command reads: an image, the model and what lies beside it
             refuse_reading(out, flag, read, [model] if model.is_dir() else [])
+        if args.request and args.explain:
+            raise BadInput("--request and --explain were given: --request classifies nothing, so there is nothing to "
+                           "explain; give one of them")  # fmt: skip
+        check_outputs(outs)
         classifier = Classifier(args.model)
         if args.request:
             return _write_request(classifier, inputs, args.request)
@@ -139,6 +143,7 @@ def predict(argv: list[str]) -> int:
             if args.explain
             else None
         )
+        check_outputs([*outs, *(("--explain", t) for t in (explanations.targets if explanations else []))])
         if args.submission:
             print(
                 f"wrote {write_submission(preds, names, args.positive, args.clip, args.submission)} rows "

@@ -435,3 +435,55 @@ def test_explain_refuses_a_checkpoint_the_model_was_not_exported_from(trained, p
                 project_env)  # fmt: skip
     assert right.returncode == 0, right.stderr
     assert (trained / "models/export/run.json").is_file() and len(list(out.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("names", "says"),
+    [
+        (["1.png", "01.png", "1.jpg"], "01.png and {d}/1.jpg are both id 1"),  # files sorted: 01.png comes first
+        (["².png", "2.png"], "².png: file name is not a numeric Kaggle id (digits 0-9)"),
+    ],
+)
+def test_a_submission_refuses_two_images_of_one_id_and_a_name_that_is_no_id(
+    trained, project_env, tmp_path, names, says
+):
+    for name in names:
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / name, format="PNG")
+    sub = tmp_path / "sub.csv"
+    proc = cli([str(tmp_path), "--submission", str(sub), "--positive", "b"], trained, project_env)
+    said = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(said) == 1 and said[0].startswith("error: "), proc.stderr
+    assert says.format(d=tmp_path) in said[0] and "no submission written" in said[0]
+    assert not sub.exists()
+
+
+def test_every_output_is_its_own_file_and_named_before_anything_is_written(trained, project_env, tmp_path):
+    """--out where an overlay goes, --out where the overlays' folder goes, a name too long for the system: refused
+    in one line, and nothing written."""
+    source = (trained / "data/tiny/images/a/000.png").read_bytes()
+    (tmp_path / "a.png").write_bytes(source)
+    cams = tmp_path / "cams"
+    for out, explain in ((cams / "a.cam.png", cams), (cams, cams)):
+        proc = cli([str(tmp_path / "a.png"), "--out", str(out), "--explain", str(explain)], trained, project_env)
+        said = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(said) == 1 and "clashes with --out" in said[0], proc.stderr
+        assert "Traceback" not in proc.stderr and not cams.exists()
+    long = tmp_path / ("x" * 246 + ".png")  # 250 bytes: itself a name, but its overlay's temporary twin is not
+    long.write_bytes(source)
+    out = tmp_path / "o.csv"
+    proc = cli([str(tmp_path / "a.png"), str(long), "--out", str(out), "--explain", str(cams)], trained, project_env)
+    said = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(said) == 1 and "at most 255 bytes" in said[0], proc.stderr
+    assert not out.exists() and not cams.exists()
+
+
+def test_explain_leaves_no_empty_folder_and_is_refused_with_request(trained, project_env, tmp_path):
+    (tmp_path / "notimg.png").write_bytes(b"not a png")
+    cams = tmp_path / "d" / "cams"
+    proc = cli([str(tmp_path / "notimg.png"), "--explain", str(cams)], trained, project_env)
+    assert proc.returncode == 1 and "not a readable image" in proc.stderr
+    assert not (tmp_path / "d").exists()
+    image = str(trained / "data/tiny/images/a/000.png")
+    both = cli([image, "--request", str(tmp_path / "r.json"), "--explain", str(cams)], trained, project_env)
+    assert (both.returncode, both.stderr.count("\n")) == (1, 1) and "--request and --explain" in both.stderr
+    assert not (tmp_path / "r.json").exists()

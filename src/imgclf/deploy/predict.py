@@ -15,7 +15,7 @@ import numpy as np
 from imgclf.contract import ContractError, ServingSpec, normalize, run_of, scaled_stats, softmax
 from imgclf.data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
 from imgclf.data.transforms import center_crop, tta_views
-from imgclf.errors import BadInput, MissingInput
+from imgclf.errors import BadInput, MissingInput, shown
 from imgclf.files import NotARegularFile, open_regular
 
 log = logging.getLogger(__name__)
@@ -240,12 +240,17 @@ def write_submission(
     if positive not in class_names:
         raise BadInput(f"--positive {positive!r} is not a class of this model; choose one of: {', '.join(class_names)}")
     index = list(class_names).index(positive)
-    rows = []
+    rows, named = [], {}
     for p in preds:
         stem = Path(p.path).stem
-        if p.error or not stem.isdigit():
-            raise BadInput(f"{p.path}: {p.error or 'file name is not a numeric Kaggle id'}; no submission written")
-        rows.append((int(stem), float(np.clip(p.probs[index], clip, 1 - clip))))
+        if p.error or not (stem.isascii() and stem.isdigit()):  # '²' passes isdigit, and int() refuses it
+            why = p.error or "file name is not a numeric Kaggle id (digits 0-9)"
+            raise BadInput(f"{shown(p.path)}: {why}; no submission written")
+        if (i := int(stem)) in named:  # 1.png, 01.png, 1.jpg: Kaggle scores one row per id
+            raise BadInput(f"{shown(named[i])} and {shown(p.path)} are both id {i}: a submission has one row per id; "
+                           "no submission written")  # fmt: skip
+        named[i] = p.path
+        rows.append((i, float(np.clip(p.probs[index], clip, 1 - clip))))
     rows.sort()
     with atomic_path(path) as tmp:
         tmp.write_text("id,label\n" + "".join(f"{i},{v:.6f}\n" for i, v in rows))
@@ -355,13 +360,53 @@ class Explanations:
         self.out_dir = out_dir
 
     def write(self) -> list[Path]:
+        """The overlays; a failure part-way removes those written and the folders made for them (none for none)."""
         from PIL import Image
 
         from imgclf.files import atomic_path
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for target, pred in zip(self.targets, self.done):
-            with atomic_path(target) as tmp:
-                overlay = self.explainer.overlay(Path(pred.path), int(pred.probs.argmax()))
-                Image.fromarray(overlay).save(tmp, format="PNG")
+        if not self.done:  # nothing was classified: no empty folder left behind
+            return []
+        made = [p for p in (self.out_dir.absolute(), *self.out_dir.absolute().parents) if not p.exists()]
+        written: list[Path] = []
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for target, pred in zip(self.targets, self.done):
+                with atomic_path(target) as tmp:
+                    overlay = self.explainer.overlay(Path(pred.path), int(pred.probs.argmax()))
+                    Image.fromarray(overlay).save(tmp, format="PNG")
+                written.append(target)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            for folder in made:  # deepest first
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
         return self.targets
+
+
+def check_outputs(outputs: Sequence[tuple[str, Path]]) -> None:
+    """Refuse, before the first is written, output files that clash (one path twice, a file where a folder of
+    another goes) or that this system cannot name (a part, or its temporary twin, past the file-name limit)."""
+    files: dict[Path, str] = {}
+    folders: dict[Path, str] = {}
+    for flag, path in outputs:
+        full = Path(path).resolve()
+        _check_name(full, flag)
+        clash = files.get(full) or folders.get(full) or next((files[p] for p in full.parents if p in files), None)
+        if clash:
+            raise BadInput(f"{flag} {shown(path)} clashes with {clash}: each output needs its own name, and not one "
+                           "inside another's; nothing was written")  # fmt: skip
+        files[full] = f"{flag} {shown(path)}"
+        folders.update(dict.fromkeys(full.parents, files[full]))
+
+
+def _check_name(path: Path, flag: str) -> None:
+    """A path every part of which the file system takes: an over-long name fails only at its write, after others."""
+    existing = next(p for p in path.parents if p.is_dir())
+    limit = os.pathconf(existing, "PC_NAME_MAX")
+    for part in (*path.parts[1:-1], f".{path.name}.tmp{os.getpid()}"):  # atomic_path writes the twin first
+        if len(os.fsencode(part)) > limit:
+            raise BadInput(f"{flag} {shown(path)}: a file name here has at most {limit} bytes (with the temporary "
+                           "name's 12 more); give a shorter one. Nothing was written")  # fmt: skip
