@@ -589,3 +589,21 @@ def test_serve_shows_no_grad_cam_from_a_checkpoint_the_served_model_was_not_expo
         row = app.post("/api/classify", data={"path": str(root / "tiny/images/b/000.png")}).json()["results"][0]
     assert "cam" not in row and row["top"]
     assert "is not the checkpoint" in row["cam_note"] and "re-export" in row["cam_note"]
+
+
+def test_a_float_tiff_is_shown_as_the_decoder_sees_it_not_black(served, trained_project, tmp_path):
+    """A 0-1 float TIFF: PIL's own convert made its thumbnail black, while the model was given its real values."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy.webapp import create_app
+
+    client, root, _ = served
+    Image.fromarray(np.full((30, 40), 0.8, np.float32), mode="F").save(root / "images/f.tif")
+    with TestClient(create_app(client.service)) as app:
+        row = app.post("/api/classify", data={"path": str(root / "images/f.tif")}).json()["results"][0]
+    assert row["top"], row
+    with Image.open(io.BytesIO(base64.b64decode(row["thumbnail"].split(",", 1)[1]))) as shown:
+        assert abs(np.asarray(shown.convert("L"), np.float32).mean() - 0.8 * 255) < 8  # light gray, not black
