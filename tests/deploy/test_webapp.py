@@ -557,6 +557,11 @@ def test_a_hostile_multipart_form_is_refused_in_one_line_and_leaves_nothing(serv
         "a multipart form without a boundary": client.post(
             "/api/classify", content=b"x", headers={"content-type": "multipart/form-data"}
         ),
+        "the multipart form is incomplete: it ends before its closing boundary": client.post(
+            "/api/classify",
+            content=b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + image[1][:50],
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        ),
         "a form part without a name": client.post(
             "/api/classify",
             content=b'--b\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nx\r\n--b--\r\n',
