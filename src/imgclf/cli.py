@@ -112,14 +112,8 @@ def predict(argv: list[str]) -> int:
     args = predict_parser().parse_args(argv)
     outs = [(flag, path) for flag, path in (("--out", args.out), ("--submission", args.submission),
                                             ("--request", args.request)) if path]  # fmt: skip
-    named = (("--out", args.out), ("--submission", args.submission), ("--request", args.request),
-             ("--explain", args.explain), ("--explain-layer", args.explain_layer))  # fmt: skip
     try:
-        if empty := [flag for flag, value in named if value is not None and not value.strip()]:
-            raise BadInput(f"{empty[0]} was given an empty name: give a path (or leave {empty[0]} out)")
-        if len(outs) > 1:  # each writes a file of its own kind, and only one is written
-            raise BadInput(f"{' and '.join(flag for flag, _ in outs)} were given: give one of --out, --submission, "
-                           "--request")  # fmt: skip
+        _check_outputs_asked(args, outs)
         for flag, out in outs:  # before any work: a file already there is replaced only with --force
             refuse_to_replace(out, flag, args.force)
         if not (inputs := collect_inputs(args.paths)):  # an empty folder or list: no success, and no empty file
@@ -129,9 +123,6 @@ def predict(argv: list[str]) -> int:
         read = [*inputs, *args.paths, model, *beside, args.explain_model]
         for flag, out in outs:  # and never a file the command reads: an image, the model and what lies beside it
             refuse_reading(out, flag, read, [model] if model.is_dir() else [])
-        if args.request and args.explain:
-            raise BadInput("--request and --explain were given: --request classifies nothing, so there is nothing to "
-                           "explain; give one of them")  # fmt: skip
         check_outputs(outs)
         classifier = Classifier(args.model)
         if args.request:
@@ -165,6 +156,20 @@ def predict(argv: list[str]) -> int:
     if failed:
         print(f"{len(failed)} of {len(preds)} inputs could not be classified", file=sys.stderr)
     return 1 if failed and len(failed) == len(preds) else 0
+
+
+def _check_outputs_asked(args, outs: list[tuple[str, str]]) -> None:
+    """The output options, before any work: no empty name, one output file, no --explain with --request."""
+    named = (("--out", args.out), ("--submission", args.submission), ("--request", args.request),
+             ("--explain", args.explain), ("--explain-layer", args.explain_layer))  # fmt: skip
+    if empty := [flag for flag, value in named if value is not None and not value.strip()]:
+        raise BadInput(f"{empty[0]} was given an empty name: give a path (or leave {empty[0]} out)")
+    if len(outs) > 1:  # each writes a file of its own kind, and only one is written
+        raise BadInput(f"{' and '.join(flag for flag, _ in outs)} were given: give one of --out, --submission, "
+                       "--request")  # fmt: skip
+    if args.request and args.explain:
+        raise BadInput("--request and --explain were given: --request classifies nothing, so there is nothing to "
+                       "explain; give one of them")  # fmt: skip
 
 
 def _print_top(preds, names: list[str], k: int) -> None:
