@@ -105,8 +105,9 @@ _clip = _number_from_0(0.5, "a number >= 0 and < 0.5")
 
 def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
+    from imgclf.deploy.explain import Explanations
     from imgclf.deploy.inputs import collect_inputs
-    from imgclf.deploy.predict import Classifier, Explanations, check_outputs, write_submission, write_table
+    from imgclf.deploy.predict import Classifier, check_outputs, write_submission, write_table
     from imgclf.files import refuse_reading, refuse_to_replace
 
     args = predict_parser().parse_args(argv)

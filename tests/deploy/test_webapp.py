@@ -291,7 +291,7 @@ def test_the_runs_view_reads_the_curves_of_finished_and_running_runs(trained_pro
 
 
 def test_classify_one_shows_where_the_network_looked_while_its_own_model_is_served(trained_project, tmp_path):
-    from imgclf.deploy.predict import Explainer
+    from imgclf.deploy.explain import Explainer
 
     model = trained_project / "models/model.pt"
     root = trained_project / "data"

@@ -116,7 +116,7 @@ class Service:
         cam_note: str | None = None,
     ):
         self.model, self.uri, self.experiment, self.review = model, uri, experiment, review  # review: deploy.review
-        # Grad-CAM for Classify One (deploy.predict.Explainer): from the checkpoint beside the model served first,
+        # Grad-CAM for Classify One (deploy.explain.Explainer): from the checkpoint beside the model served first,
         # so only while that model is served
         self.explainer, self.explained = explainer, model.ref
         self.cam_note = cam_note  # why Classify One shows no Grad-CAM (another network's checkpoint), said beside it
@@ -396,7 +396,7 @@ def _service(args, cache: Path) -> Service:
     trained = model_home(start) / "model.pt" if start.exists() else None
     explainer = note = None
     if trained is not None and trained.is_file() and not args.no_explain:
-        from imgclf.deploy.predict import Explainer
+        from imgclf.deploy.explain import Explainer
 
         try:
             explainer = Explainer(trained, model.classifier.class_names, made_for=model.classifier)
