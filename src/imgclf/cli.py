@@ -105,21 +105,16 @@ _clip = _number_from_0(0.5, "a number >= 0 and < 0.5")
 
 def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
+    from imgclf.deploy.explain import Explanations
     from imgclf.deploy.inputs import collect_inputs
-    from imgclf.deploy.predict import Classifier, Explanations, write_submission, write_table
+    from imgclf.deploy.predict import Classifier, check_outputs, write_submission, write_table
     from imgclf.files import refuse_reading, refuse_to_replace
 
     args = predict_parser().parse_args(argv)
     outs = [(flag, path) for flag, path in (("--out", args.out), ("--submission", args.submission),
                                             ("--request", args.request)) if path]  # fmt: skip
-    named = (("--out", args.out), ("--submission", args.submission), ("--request", args.request),
-             ("--explain", args.explain), ("--explain-layer", args.explain_layer))  # fmt: skip
     try:
-        if empty := [flag for flag, value in named if value is not None and not value.strip()]:
-            raise BadInput(f"{empty[0]} was given an empty name: give a path (or leave {empty[0]} out)")
-        if len(outs) > 1:  # each writes a file of its own kind, and only one is written
-            raise BadInput(f"{' and '.join(flag for flag, _ in outs)} were given: give one of --out, --submission, "
-                           "--request")  # fmt: skip
+        _check_outputs_asked(args, outs)
         for flag, out in outs:  # before any work: a file already there is replaced only with --force
             refuse_to_replace(out, flag, args.force)
         if not (inputs := collect_inputs(args.paths)):  # an empty folder or list: no success, and no empty file
@@ -129,16 +124,18 @@ def predict(argv: list[str]) -> int:
         read = [*inputs, *args.paths, model, *beside, args.explain_model]
         for flag, out in outs:  # and never a file the command reads: an image, the model and what lies beside it
             refuse_reading(out, flag, read, [model] if model.is_dir() else [])
+        check_outputs(outs)
         classifier = Classifier(args.model)
         if args.request:
             return _write_request(classifier, inputs, args.request)
         preds = classifier.classify(inputs, args.batch_size, tta=args.tta)
         names = classifier.class_names
         explanations = (  # checked before any file is written: a refused --explain leaves --out as it was
-            Explanations(preds, names, Path(args.explain_model), Path(args.explain), args.explain_layer)
+            Explanations(preds, classifier, Path(args.explain_model), Path(args.explain), args.explain_layer)
             if args.explain
             else None
         )
+        check_outputs([*outs, *(("--explain", t) for t in (explanations.targets if explanations else []))])
         if args.submission:
             print(
                 f"wrote {write_submission(preds, names, args.positive, args.clip, args.submission)} rows "
@@ -160,6 +157,20 @@ def predict(argv: list[str]) -> int:
     if failed:
         print(f"{len(failed)} of {len(preds)} inputs could not be classified", file=sys.stderr)
     return 1 if failed and len(failed) == len(preds) else 0
+
+
+def _check_outputs_asked(args, outs: list[tuple[str, str]]) -> None:
+    """The output options, before any work: no empty name, one output file, no --explain with --request."""
+    named = (("--out", args.out), ("--submission", args.submission), ("--request", args.request),
+             ("--explain", args.explain), ("--explain-layer", args.explain_layer))  # fmt: skip
+    if empty := [flag for flag, value in named if value is not None and not value.strip()]:
+        raise BadInput(f"{empty[0]} was given an empty name: give a path (or leave {empty[0]} out)")
+    if len(outs) > 1:  # each writes a file of its own kind, and only one is written
+        raise BadInput(f"{' and '.join(flag for flag, _ in outs)} were given: give one of --out, --submission, "
+                       "--request")  # fmt: skip
+    if args.request and args.explain:
+        raise BadInput("--request and --explain were given: --request classifies nothing, so there is nothing to "
+                       "explain; give one of them")  # fmt: skip
 
 
 def _print_top(preds, names: list[str], k: int) -> None:

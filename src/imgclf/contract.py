@@ -133,12 +133,14 @@ class ServingSpec:
         means, stds = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
         return cls(list(class_names), size, means, stds, interpolation, resize_size, resize, list(tta))
 
-    def write(self, directory: str | Path, run_id: str | None = None) -> None:
+    def write(self, directory: str | Path, run_id: str | None = None, checkpoint_sha256: str | None = None) -> None:
         """labels.txt and preprocessing.json into `directory` (the export's temporary directory), and with `run_id`
-        run.json: which run's model this is, whatever models/run.json says after a later train."""
+        run.json: which run's model this is, whatever models/run.json says after a later train, and the sha256 of
+        the checkpoint it was exported from (Grad-CAM reads that checkpoint, and only that one)."""
         directory = Path(directory)
-        if run_id:
-            (directory / RUN_FILE).write_text(json.dumps({"run_id": run_id}) + "\n")
+        if run_id or checkpoint_sha256:
+            record = {"run_id": run_id, **({"checkpoint_sha256": checkpoint_sha256} if checkpoint_sha256 else {})}
+            (directory / RUN_FILE).write_text(json.dumps(record) + "\n")
         (directory / LABELS_FILE).write_text(format_labels(self.class_names))
         if self.resize == "crop":
             how = f"{self.interpolation}: the shorter side to {self.stored_size}, then the centre {self.image_size} px"
@@ -206,10 +208,11 @@ def _fraction(value, low: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= 1
 
 
-def run_of(directory: str | Path) -> str | None:
-    """The run whose model `directory` holds (its run.json), or None when it does not say."""
+def run_of(directory: str | Path, key: str = "run_id") -> str | None:
+    """The run whose model `directory` holds (its run.json), or None when it does not say; with `key`
+    "checkpoint_sha256", the digest of the checkpoint that model was exported from."""
     try:
-        run_id = json.loads((Path(directory) / RUN_FILE).read_text()).get("run_id")
+        value = json.loads((Path(directory) / RUN_FILE).read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return None
-    return run_id if isinstance(run_id, str) else None
+    return value if isinstance(value, str) else None

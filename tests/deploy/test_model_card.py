@@ -1,6 +1,7 @@
 """Which run's model a folder holds: export and optimise write run.json beside the model, so a run id loads that
 run's model (not whatever models/export holds since) and a folder's card names the run that trained its model."""
 
+import hashlib
 import json
 
 from mlflow.tracking import MlflowClient
@@ -16,7 +17,8 @@ def test_a_run_id_loads_its_own_model_after_the_workspace_export_was_replaced(tr
     uri = f"sqlite:///{project}/mlflow.db"
     run_id = json.loads((project / "models/run.json").read_text())["run_id"]
     export = project / "models/export"
-    assert json.loads((export / "run.json").read_text()) == {"run_id": run_id}  # the export names its run
+    digest = hashlib.sha256((project / "models/model.pt").read_bytes()).hexdigest()  # its checkpoint
+    assert json.loads((export / "run.json").read_text()) == {"run_id": run_id, "checkpoint_sha256": digest}
     MlflowClient(tracking_uri=uri).set_tag(run_id, "imgclf.export_dir", str(export))  # the copy's, in the copy's store
     assert load_model(run_id, uri, tmp_path / "cache").run_id == run_id
     assert not (tmp_path / "cache" / run_id / "export").exists()  # the folder on disk is that run's: read in place

@@ -402,3 +402,88 @@ def test_explain_gives_each_image_its_own_overlay_whatever_the_names(trained, pr
     done = cli([*map(str, images), "--explain", str(tmp_path / "cams")], trained, project_env)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == ["x.1.cam.png", "x.2.cam.png", "x.cam.png"]
+
+
+def _retrained(trained, dest):
+    """models/model.pt retrained without re-export: the same classes, other weights, in a models/ of its own."""
+    import torch
+
+    from imgclf.models.saved import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(trained / "models/model.pt")
+    state = {k: v + 0.5 if v.is_floating_point() else v for k, v in ckpt.pop("model").items()}
+    dest.mkdir(parents=True)
+    save_checkpoint(dest / "model.pt", state, **ckpt)
+    (dest / "run.json").write_text(json.dumps({"run_id": "b" * 32}))
+    assert torch.load(dest / "model.pt", weights_only=True)["class_names"] == ckpt["class_names"]
+    return dest / "model.pt"
+
+
+def test_explain_refuses_a_checkpoint_the_model_was_not_exported_from(trained, project_env, tmp_path):
+    image = str(trained / "data/tiny/images/a/000.png")
+    other = _retrained(trained, tmp_path / "b")
+    out = tmp_path / "cams"
+    wrong = cli([image, "--explain", str(out), "--explain-model", str(other), "--out", str(tmp_path / "o.csv")],
+                trained, project_env)  # fmt: skip
+    said = wrong.stderr.strip().splitlines()
+    assert wrong.returncode == 1 and len(said) == 1, wrong.stderr
+    assert f"{other} is not the checkpoint models/export was made from" in said[0]
+    assert f"run {'b' * 32}'s" in said[0] and "re-export" in said[0] and "--explain-model" in said[0]
+    assert not out.exists() and not (tmp_path / "o.csv").exists()
+    # the checkpoint itself, as the model: its own network explains it
+    right = cli([image, "--model", str(other), "--explain", str(out), "--explain-model", str(other)], trained,
+                project_env)  # fmt: skip
+    assert right.returncode == 0, right.stderr
+    assert (trained / "models/export/run.json").is_file() and len(list(out.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("names", "says"),
+    [
+        (["1.png", "01.png", "1.jpg"], "01.png and {d}/1.jpg are both id 1"),  # files sorted: 01.png comes first
+        (["².png", "2.png"], "².png: file name is not a numeric Kaggle id (digits 0-9)"),
+    ],
+)
+def test_a_submission_refuses_two_images_of_one_id_and_a_name_that_is_no_id(
+    trained, project_env, tmp_path, names, says
+):
+    for name in names:
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / name, format="PNG")
+    sub = tmp_path / "sub.csv"
+    proc = cli([str(tmp_path), "--submission", str(sub), "--positive", "b"], trained, project_env)
+    said = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(said) == 1 and said[0].startswith("error: "), proc.stderr
+    assert says.format(d=tmp_path) in said[0] and "no submission written" in said[0]
+    assert not sub.exists()
+
+
+def test_every_output_is_its_own_file_and_named_before_anything_is_written(trained, project_env, tmp_path):
+    """--out where an overlay goes, --out where the overlays' folder goes, a name too long for the system: refused
+    in one line, and nothing written."""
+    source = (trained / "data/tiny/images/a/000.png").read_bytes()
+    (tmp_path / "a.png").write_bytes(source)
+    cams = tmp_path / "cams"
+    for out, explain in ((cams / "a.cam.png", cams), (cams, cams)):
+        proc = cli([str(tmp_path / "a.png"), "--out", str(out), "--explain", str(explain)], trained, project_env)
+        said = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(said) == 1 and "clashes with --out" in said[0], proc.stderr
+        assert "Traceback" not in proc.stderr and not cams.exists()
+    long = tmp_path / ("x" * 246 + ".png")  # 250 bytes: itself a name, but its overlay's temporary twin is not
+    long.write_bytes(source)
+    out = tmp_path / "o.csv"
+    proc = cli([str(tmp_path / "a.png"), str(long), "--out", str(out), "--explain", str(cams)], trained, project_env)
+    said = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(said) == 1 and "at most 255 bytes" in said[0], proc.stderr
+    assert not out.exists() and not cams.exists()
+
+
+def test_explain_leaves_no_empty_folder_and_is_refused_with_request(trained, project_env, tmp_path):
+    (tmp_path / "notimg.png").write_bytes(b"not a png")
+    cams = tmp_path / "d" / "cams"
+    proc = cli([str(tmp_path / "notimg.png"), "--explain", str(cams)], trained, project_env)
+    assert proc.returncode == 1 and "not a readable image" in proc.stderr
+    assert not (tmp_path / "d").exists()
+    image = str(trained / "data/tiny/images/a/000.png")
+    both = cli([image, "--request", str(tmp_path / "r.json"), "--explain", str(cams)], trained, project_env)
+    assert (both.returncode, both.stderr.count("\n")) == (1, 1) and "--request and --explain" in both.stderr
+    assert not (tmp_path / "r.json").exists()

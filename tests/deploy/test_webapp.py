@@ -14,7 +14,7 @@ from PIL import Image
 
 from imgclf.data.images import MAX_PIXELS
 
-from ..conftest import serve_client
+from ..conftest import copy_of, serve_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -291,7 +291,7 @@ def test_the_runs_view_reads_the_curves_of_finished_and_running_runs(trained_pro
 
 
 def test_classify_one_shows_where_the_network_looked_while_its_own_model_is_served(trained_project, tmp_path):
-    from imgclf.deploy.predict import Explainer
+    from imgclf.deploy.explain import Explainer
 
     model = trained_project / "models/model.pt"
     root = trained_project / "data"
@@ -557,6 +557,11 @@ def test_a_hostile_multipart_form_is_refused_in_one_line_and_leaves_nothing(serv
         "a multipart form without a boundary": client.post(
             "/api/classify", content=b"x", headers={"content-type": "multipart/form-data"}
         ),
+        "the multipart form is incomplete: it ends before its closing boundary": client.post(
+            "/api/classify",
+            content=b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + image[1][:50],
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        ),
         "a form part without a name": client.post(
             "/api/classify",
             content=b'--b\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nx\r\n--b--\r\n',
@@ -569,3 +574,41 @@ def test_a_hostile_multipart_form_is_refused_in_one_line_and_leaves_nothing(serv
     # a file sent under another name is not the page's: not classified, and it does not count as an upload
     rows = client.post("/api/classify", files=[("other", image), ("files", image)]).json()["results"]
     assert len(rows) == 1 and rows[0]["name"] == "a.png" and rows[0]["top"]
+
+
+def test_serve_shows_no_grad_cam_from_a_checkpoint_the_served_model_was_not_exported_from(trained_project, tmp_path):
+    """models/model.pt retrained, models/export not: Classify One says why there is no map, and draws none."""
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy.webapp import _service, create_app, serve_parser
+
+    from .test_predict import _retrained
+
+    project = copy_of(trained_project, tmp_path / "project")
+    _retrained(trained_project, tmp_path / "b")
+    (project / "models/model.pt").write_bytes((tmp_path / "b/model.pt").read_bytes())
+    root = project / "data"
+    args = serve_parser().parse_args(["--model", str(project / "models/export"), "--uri", f"sqlite:///{project}/mlflow.db",
+                                      "--allow-root", str(root)])  # fmt: skip
+    with TestClient(create_app(_service(args, tmp_path / "cache"))) as app:
+        row = app.post("/api/classify", data={"path": str(root / "tiny/images/b/000.png")}).json()["results"][0]
+    assert "cam" not in row and row["top"]
+    assert "is not the checkpoint" in row["cam_note"] and "re-export" in row["cam_note"]
+
+
+def test_a_float_tiff_is_shown_as_the_decoder_sees_it_not_black(served, trained_project, tmp_path):
+    """A 0-1 float TIFF: PIL's own convert made its thumbnail black, while the model was given its real values."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from imgclf.deploy.webapp import create_app
+
+    client, root, _ = served
+    Image.fromarray(np.full((30, 40), 0.8, np.float32), mode="F").save(root / "images/f.tif")
+    with TestClient(create_app(client.service)) as app:
+        row = app.post("/api/classify", data={"path": str(root / "images/f.tif")}).json()["results"][0]
+    assert row["top"], row
+    with Image.open(io.BytesIO(base64.b64decode(row["thumbnail"].split(",", 1)[1]))) as shown:
+        assert abs(np.asarray(shown.convert("L"), np.float32).mean() - 0.8 * 255) < 8  # light gray, not black

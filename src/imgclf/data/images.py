@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -86,7 +87,7 @@ def _check_resize(source: tuple[int, int], target: tuple[int, int], size: int) -
         )
 
 
-def thumbnail(path: Path, size: int = 128) -> Image.Image:
+def thumbnail(path: Path | BinaryIO, size: int = 128) -> Image.Image:
     """The RGB image as shown, at most `size` px a side, for a grid of samples: under the pixel limit, and a JPEG
     decoded at the smallest scale that still gives `size` (a 12 MP photo: 1/8 of its pixels)."""
     with open_image(path) as img:

@@ -28,9 +28,11 @@ def export_model(
     opset: int,
     atol: float,
     run_id: str | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> dict[str, float]:
     """model.onnx, model.pt2, labels.txt, preprocessing.json and run.json (`run_id`'s) into `out_dir`, only if both
-    formats agree with PyTorch on `inputs` (normalised test images) within `atol`; returns the checks' figures."""
+    formats agree with PyTorch on `inputs` (normalised test images) within `atol`; returns the checks' figures.
+    run.json keeps `checkpoint_sha256`, the file the model came from: Grad-CAM refuses any other checkpoint."""
     with atomic_dir(out_dir) as tmp:
         program = trace(model, inputs)
         save_program(program, tmp / PROGRAM)
@@ -51,7 +53,7 @@ def export_model(
                     f"{fmt} output differs from PyTorch by {report[f'export/{fmt}_max_abs_diff']:.3g}"
                     f" > export.atol={atol}; not writing {out_dir}"
                 )
-        spec.write(tmp, run_id)
+        spec.write(tmp, run_id, checkpoint_sha256)
     return report
 
 

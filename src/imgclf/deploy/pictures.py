@@ -6,17 +6,17 @@ import base64
 import io
 from pathlib import Path
 
-from imgclf.data.images import UNREADABLE, open_image
+from imgclf.data import images
+from imgclf.data.images import UNREADABLE
 
 
 def thumbnail(path: Path, size: int, opener=None) -> str | None:
-    """A small JPEG of the image as a data URL (None when it cannot be read)."""
+    """A small JPEG of the image as a data URL (None when it cannot be read): the image as shown (EXIF turned, a
+    16-bit or a 0-1 float image scaled to 8 bits), as the data pages show it."""
     try:
-        with (opener or (lambda p: open(p, "rb")))(path) as f, open_image(f) as image:
-            image.draft("RGB", (size, size))  # a JPEG decodes at 1/2 to 1/8 scale: a fraction of the pixels
-            image.thumbnail((size, size))
+        with (opener or (lambda p: open(p, "rb")))(path) as f:
             buf = io.BytesIO()
-            image.convert("RGB").save(buf, format="JPEG", quality=85)
+            images.thumbnail(f, size).save(buf, format="JPEG", quality=85)
     except UNREADABLE:
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -15,7 +15,7 @@ import numpy as np
 from imgclf.contract import ContractError, ServingSpec, normalize, scaled_stats, softmax
 from imgclf.data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
 from imgclf.data.transforms import center_crop, tta_views
-from imgclf.errors import BadInput, MissingInput
+from imgclf.errors import BadInput, MissingInput, shown
 from imgclf.files import NotARegularFile, open_regular
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Classifier:
             from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
             ckpt = load_checkpoint(model_path)
+            self.source, self.checkpoint = model_path, model_path
             self.spec = ServingSpec.from_checkpoint(ckpt, str(model_path))
             self._run = torch_logits(model_from_checkpoint(ckpt))
         else:
@@ -90,6 +91,7 @@ class Classifier:
                     "--model models/export, models/optimised or models/model.pt"
                 )
             self.spec = ServingSpec.read(model_file.parent)  # checked before the model file is even opened
+            self.source, self.checkpoint = model_file.parent, None
             self._run = load_runner(model_file)
         self._check_contract(model_path)
 
@@ -238,12 +240,17 @@ def write_submission(
     if positive not in class_names:
         raise BadInput(f"--positive {positive!r} is not a class of this model; choose one of: {', '.join(class_names)}")
     index = list(class_names).index(positive)
-    rows = []
+    rows, named = [], {}
     for p in preds:
         stem = Path(p.path).stem
-        if p.error or not stem.isdigit():
-            raise BadInput(f"{p.path}: {p.error or 'file name is not a numeric Kaggle id'}; no submission written")
-        rows.append((int(stem), float(np.clip(p.probs[index], clip, 1 - clip))))
+        if p.error or not (stem.isascii() and stem.isdigit()):  # '²' passes isdigit, and int() refuses it
+            why = p.error or "file name is not a numeric Kaggle id (digits 0-9)"
+            raise BadInput(f"{shown(p.path)}: {why}; no submission written")
+        if (i := int(stem)) in named:  # 1.png, 01.png, 1.jpg: Kaggle scores one row per id
+            raise BadInput(f"{shown(named[i])} and {shown(p.path)} are both id {i}: a submission has one row per id; "
+                           "no submission written")  # fmt: skip
+        named[i] = p.path
+        rows.append((i, float(np.clip(p.probs[index], clip, 1 - clip))))
     rows.sort()
     with atomic_path(path) as tmp:
         tmp.write_text("id,label\n" + "".join(f"{i},{v:.6f}\n" for i, v in rows))
@@ -253,81 +260,27 @@ def write_submission(
 NOT_A_FILE = "not a regular file (a pipe or a device)"
 
 
-class Explainer:
-    """Grad-CAM overlays from the trained network in `checkpoint` (Grad-CAM needs its gradients, which the exported
-    formats do not keep), for images classified by a model with the same classes."""
-
-    def __init__(self, checkpoint: Path, class_names: Sequence[str], layer: str | None = None):
-        from imgclf.models.explain import check_layer
-        from imgclf.models.saved import load_checkpoint, model_from_checkpoint
-
-        ckpt = load_checkpoint(checkpoint)
-        self.spec = ServingSpec.from_checkpoint(ckpt, str(checkpoint))
-        if list(self.spec.class_names) != list(class_names):
-            raise BadInput(f"{checkpoint} has other classes than the model that classified the images")
-        self.model, self.layer = model_from_checkpoint(ckpt), layer
-        check_layer(self.model, layer, self.spec.image_size)  # a wrong --explain-layer is refused before any image
-
-    def overlay(self, path: Path, class_index: int, opener: Callable[[Path], BinaryIO] | None = None) -> np.ndarray:
-        """uint8 HWC: the image as the model saw it, its Grad-CAM for `class_index` over it, at least 224 px."""
-        import torch
-
-        from imgclf.models.explain import grad_cam, overlay
-
-        spec = self.spec
-        with (opener or _open)(path) as f:
-            stored = decode_image(f, spec.stored_size, spec.interpolation, spec.resize).transpose(2, 0, 1)[None]
-        image = center_crop(stored, spec.image_size)
-        inputs = torch.from_numpy(normalize(image, *scaled_stats(spec.mean, spec.std)))
-        drawn = overlay(image, grad_cam(self.model, inputs, [class_index], self.layer))[0].transpose(1, 2, 0)
-        scale = max(1, 224 // max(drawn.shape[:2]))  # a digit's 32 px drawn big enough to see
-        return drawn.repeat(scale, 0).repeat(scale, 1)
+def check_outputs(outputs: Sequence[tuple[str, Path]]) -> None:
+    """Refuse, before the first is written, output files that clash (one path twice, a file where a folder of
+    another goes) or that this system cannot name (a part, or its temporary twin, past the file-name limit)."""
+    files: dict[Path, str] = {}
+    folders: dict[Path, str] = {}
+    for flag, path in outputs:
+        full = Path(path).resolve()
+        _check_name(full, flag)
+        clash = files.get(full) or folders.get(full) or next((files[p] for p in full.parents if p in files), None)
+        if clash:
+            raise BadInput(f"{flag} {shown(path)} clashes with {clash}: each output needs its own name, and not one "
+                           "inside another's; nothing was written")  # fmt: skip
+        files[full] = f"{flag} {shown(path)}"
+        folders.update(dict.fromkeys(full.parents, files[full]))
 
 
-class Explanations:
-    """`predict --explain DIR`: a Grad-CAM overlay PNG per classified image (`<name>.cam.png`) for the class it was
-    given. Made (the checkpoint loaded, the layer found, the names planned) before `write`: a refusal comes before
-    any file is written, here or by the other outputs, and a file already in DIR is never replaced."""
-
-    def __init__(
-        self,
-        preds: Sequence[Prediction],
-        class_names: Sequence[str],
-        checkpoint: Path,
-        out_dir: Path,
-        layer: str | None = None,
-    ):
-        self.explainer = Explainer(checkpoint, class_names, layer)
-        self.done = [p for p in preds if p.probs is not None]
-        names, self.targets = set(), []
-        for pred in self.done:  # a.png and a.jpg, or a.png beside a.1.png: each overlay its own file
-            stem, n = Path(pred.path).stem, 0
-            name = f"{stem}.cam.png"
-            while name in names:
-                n += 1
-                name = f"{stem}.{n}.cam.png"
-            names.add(name)
-            self.targets.append(out_dir / name)
-        existing = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists() or p.is_symlink())
-        if not existing.is_dir():
-            where = (
-                "is a file, not a folder" if existing == out_dir.absolute() else f"cannot be made: {existing} is a file"
-            )
-            raise BadInput(f"--explain {out_dir} {where}; nothing was written")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise BadInput(f"--explain {out_dir} cannot be made: {existing} is not writable; nothing was written")
-        if taken := [t for t in self.targets if t.exists() or t.is_symlink()]:
-            raise BadInput(f"--explain: {taken[0]} is already there (and {len(taken) - 1} more); nothing was written")
-        self.out_dir = out_dir
-
-    def write(self) -> list[Path]:
-        from PIL import Image
-
-        from imgclf.files import atomic_path
-
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for target, pred in zip(self.targets, self.done):
-            with atomic_path(target) as tmp:
-                overlay = self.explainer.overlay(Path(pred.path), int(pred.probs.argmax()))
-                Image.fromarray(overlay).save(tmp, format="PNG")
-        return self.targets
+def _check_name(path: Path, flag: str) -> None:
+    """A path every part of which the file system takes: an over-long name fails only at its write, after others."""
+    existing = next(p for p in path.parents if p.is_dir())
+    limit = os.pathconf(existing, "PC_NAME_MAX")
+    for part in (*path.parts[1:-1], f".{path.name}.tmp{os.getpid()}"):  # atomic_path writes the twin first
+        if len(os.fsencode(part)) > limit:
+            raise BadInput(f"{flag} {shown(path)}: a file name here has at most {limit} bytes (with the temporary "
+                           "name's 12 more); give a shorter one. Nothing was written")  # fmt: skip

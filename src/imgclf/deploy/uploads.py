@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from imgclf.errors import BadInput, first_line
 
 CALLBACKS = ("on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
-             "on_part_data", "on_part_end")  # fmt: skip
+             "on_part_data", "on_part_end", "on_end")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ async def read_form(request: Request, folder: Path, limits: Limits, file_field: 
         async for chunk in request.stream():
             parser.write(chunk)
             await run_in_threadpool(parts.flush)  # file work off the event loop, as Starlette does it
-        parser.finalize()
+        parser.finalize()  # python-multipart's does not check that the form ended: on_end says so
+        if not parts.ended:  # cut off before its closing boundary: its last file may be a part of one
+            raise BadInput("the multipart form is incomplete: it ends before its closing boundary; send it whole")
     except FormParserError as exc:
         raise BadInput(f"not a readable multipart form ({first_line(exc)})") from None
     finally:
@@ -71,6 +73,10 @@ class _Parts:
         self.writing = False  # a file part being written
         self.queued: list[tuple[str, object]] = []  # ("open", path), ("write", bytes), ("close", None)
         self.out: BinaryIO | None = None
+        self.ended = False  # the closing boundary was read
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_part_begin(self) -> None:
         self.disposition, self.field, self.writing = b"", None, False

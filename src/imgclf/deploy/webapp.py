@@ -113,11 +113,13 @@ class Service:
         model_roots: list[Path] = (),
         review: Any = None,
         explainer: Any = None,
+        cam_note: str | None = None,
     ):
         self.model, self.uri, self.experiment, self.review = model, uri, experiment, review  # review: deploy.review
-        # Grad-CAM for Classify One (deploy.predict.Explainer): from the checkpoint beside the model served first,
+        # Grad-CAM for Classify One (deploy.explain.Explainer): from the checkpoint beside the model served first,
         # so only while that model is served
         self.explainer, self.explained = explainer, model.ref
+        self.cam_note = cam_note  # why Classify One shows no Grad-CAM (another network's checkpoint), said beside it
         self.roots, self.max_bytes = [r.resolve() for r in roots], int(max_upload_mb * 1e6)
         self.model_roots = self.roots + [r.resolve() for r in model_roots]
         self.max_request_pixels = max_request_pixels
@@ -151,6 +153,8 @@ class Service:
             with self.explaining:  # its hooks hold one call's activations on the one network
                 cam = self.explainer.overlay(inputs[0], int(merged[0].probs.argmax()), opener)
             rows[0]["cam"] = png_url(cam)
+        elif len(rows) == 1 and merged[0].probs is not None and self.cam_note and model.ref == self.explained:
+            rows[0]["cam_note"] = self.cam_note
         return {"latency_ms": round(latency, 1), "model": model.ref, "results": rows}
 
     def _server_inputs(self, path: str) -> tuple[list[Path], list[str], dict[int, str]]:
@@ -390,14 +394,15 @@ def _service(args, cache: Path) -> Service:
     review = Review(args.review, args.allow_root) if args.review else None
     model = load_model(args.model, args.uri, cache)
     trained = model_home(start) / "model.pt" if start.exists() else None
-    explainer = None
+    explainer = note = None
     if trained is not None and trained.is_file() and not args.no_explain:
-        from imgclf.deploy.predict import Explainer
+        from imgclf.deploy.explain import Explainer
 
         try:
-            explainer = Explainer(trained, model.classifier.class_names)
-        except BadInput as exc:  # another network's checkpoint: no Grad-CAM rather than a wrong one
-            log.warning("no Grad-CAM: %s", exc)
+            explainer = Explainer(trained, model.classifier.class_names, made_for=model.classifier)
+        except USER_ERRORS as exc:  # another network's checkpoint: no Grad-CAM rather than a wrong one
+            note = f"no Grad-CAM: {exc}"
+            log.warning("%s", note)
     return Service(
         model,
         cache=cache,
@@ -412,4 +417,5 @@ def _service(args, cache: Path) -> Service:
         model_roots=[model_home(start)] if start.exists() else [],
         review=review,
         explainer=explainer,
+        cam_note=note,
     )

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from imgclf import tracking
 from imgclf.contract import ServingSpec
 from imgclf.data.datasets import load_split
+from imgclf.data.download import file_digest
 from imgclf.data.transforms import Preprocess
 from imgclf.deploy.export import export_model, latency_report
 from imgclf.files import write_json
@@ -30,7 +31,10 @@ def export(cfg: DictConfig | Options) -> None:
     test_set = load_split(paths.dataset(opts.data.name), "test", opts.data.subset, spec)
     inputs = Preprocess(spec.mean, spec.std)(test_set.batch(range(min(e.verify_images, len(test_set)))))
     run_id = tracking.read_run_file(paths.run_file)["run_id"]  # the model's own record, beside it
-    report = export_model(model, inputs, paths.export_dir, spec, opset=e.opset, atol=e.atol, run_id=run_id)
+    digest = file_digest(paths.model_file, "sha256")  # which checkpoint this export is: Grad-CAM checks it
+    report = export_model(
+        model, inputs, paths.export_dir, spec, opset=e.opset, atol=e.atol, run_id=run_id, checkpoint_sha256=digest
+    )
     latency = latency_report(model, paths.export_dir, inputs)
     for fmt, figures in latency.items():
         log.info("%-12s batch 1: %.1f ms, batch 32: %.0f img/s", fmt, figures["b1_ms"], figures["b32_images_per_sec"])

@@ -74,7 +74,7 @@ def optimise(cfg: DictConfig | Options) -> dict:
             "" if verdict["promoted"] else f"; {out_dir} holds only gate.json",
         )
         if verdict["promoted"]:
-            spec.write(tmp, run_of(paths.export_dir))  # the run of the export it was made from
+            spec.write(tmp, run_of(paths.export_dir), run_of(paths.export_dir, "checkpoint_sha256"))  # the export's
         for path in [] if verdict["promoted"] else [p for p in tmp.iterdir() if p.name != "gate.json"]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     reports = paths.report_dir("optimise")
