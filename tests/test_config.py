@@ -445,6 +445,7 @@ def test_a_refused_value_or_hydra_folder_leaves_every_file_as_it_was(tmp_path):
         (["seed=1,2"], 2, "seed=1,2 lists values: add -m to run a job for each, or quote a value holding a comma"),
         (["-m", "--cfg", "job", "seed=1"], 2, "-m and --cfg: give one of -m, --run, --cfg, --info"),
         (["hydra.sweeper.params.seed=x"], 2, "hydra.sweeper.params.seed=x: Hydra's config has no such key here"),
+        (["-m", "seed=range(5,1)"], 2, "seed=range(5,1) lists no value; give range(start,stop) with start < stop"),
     ]  # fmt: skip
     for args, code, said in cases:
         done = stage_main("train", args, tmp_path)

@@ -93,9 +93,16 @@ def secret_override(argv: Sequence[str]) -> str | None:
 MAPPING_KEY = re.compile(r"[{,]\s*['\"]?([A-Za-z_][\w.-]*)['\"]?\s*:")
 
 
+# a URL's query parameter named like a secret: `?token=...`, `&api_key=...`, `X-Amz-Signature=...`
+QUERY_SECRET = re.compile(
+    r"(?P<name>[?&][^=&#\s]*(?:password|passwd|secret|token|key|signature|sig)[^=&#\s]*=)[^&#\s]+", re.IGNORECASE
+)
+
+
 def hide(text: str) -> str:
-    """`scheme://user:password@host` -> `scheme://***@host`, anywhere in `text`."""
-    return USERINFO.sub(r"\g<scheme>***@", text)
+    """`scheme://user:password@host` -> `scheme://***@host`, and a secret-named query value (`?token=...`) -> `***`,
+    anywhere in `text`."""
+    return QUERY_SECRET.sub(r"\g<name>***", USERINFO.sub(r"\g<scheme>***@", text))
 
 
 def redact(key: str, value: Any) -> Any:

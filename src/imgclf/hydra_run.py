@@ -142,6 +142,8 @@ def too_many_jobs(args: list[str], parsed: list, grid: bool = True, intervals: b
         if error:
             return error
         size = sweep_size(ov)
+        if size == 0:  # range(5,1): a sweep of no job made a parent run and a folder, then failed
+            return f"{text} lists no value; give range(start,stop) with start < stop (or a negative step)"
         if size is not None and (size > MAX_SWEEP_JOBS or grid):
             jobs, named = jobs * size, [*named, text]
     if jobs <= MAX_SWEEP_JOBS:

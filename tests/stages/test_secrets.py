@@ -119,6 +119,17 @@ def test_a_mirror_url_urllib_cannot_parse_is_one_line_without_its_password(tmp_p
     nowhere(done, tmp_path)
 
 
+def test_a_mirror_token_in_the_query_is_shown_as_stars(tmp_path):
+    """A signed mirror URL (`?token=...`) that failed was quoted whole in the error line and the log."""
+    mirrors = (f"http://127.0.0.1:1/mnist?token={SECRET}", f"http://127.0.0.1:1/m?X-Amz-Signature={SECRET}&d=1")
+    params_with(tmp_path, ["data=mnist"], dict(zip(MIRRORS, mirrors)))
+    done = stage_main("fetch", ["--config-dir", str(tmp_path), *DVC_ARGS], tmp_path)
+    said = one_line(done, 1)
+    assert said.startswith("error: could not download train-images-idx3-ubyte.gz from any mirror: ") and "=***" in said
+    (tmp_path / "params.yaml").unlink()  # it holds the secret: the test wrote it there
+    nowhere(done, tmp_path)
+
+
 def run(argv: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     """A command in its own process: without the refusal, MLflow's retries would outlast the timeout."""
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=90)
