@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from imgclf.config import MAX_KEY  # MLflow's longest param name: each key of the config, flattened
 from imgclf.credentials import HTTP_USERINFO, unknown_store
 from imgclf.errors import BadConfig, BadInput, did_you_mean
 from imgclf.paths import DATA_NAME
@@ -573,9 +574,6 @@ class LrFind(Group):
             raise BadInput(f"{where}.end_lr={self.end_lr} is not valid: a number > {where}.start_lr={self.start_lr}")
 
 
-MAX_PARAM_KEY = 250  # MLflow's longest param name: each key of the config, flattened (data.split.seed), is one
-
-
 def _flat_keys(node: Mapping[str, Any], prefix: str = "") -> typing.Iterator[str]:
     for key, value in node.items():
         if isinstance(value, Mapping) and value:
@@ -635,9 +633,9 @@ class Options(Group):
 
         config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         groups = {k: v for k, v in config.items() if k != "hydra"}
-        long = next((k for k in _flat_keys(groups) if len(k) > MAX_PARAM_KEY), None)
+        long = next((k for k in _flat_keys(groups) if len(k) > MAX_KEY), None)
         if long:  # MLflow refuses the run's whole batch of params: a run with no config logged
-            raise BadConfig(f"{long[:60]}...: a key of {len(long)} characters; MLflow takes at most {MAX_PARAM_KEY}")
+            raise BadConfig(f"{long[:60]}...: a key of {len(long)} characters; MLflow takes at most {MAX_KEY}")
         known = [f.name for f in dataclasses.fields(cls) if f.name != "config"]
         unknown = [k for k in groups if k not in known]
         if unknown:
