@@ -421,9 +421,14 @@ def test_a_refused_value_or_hydra_folder_leaves_every_file_as_it_was(tmp_path):
         (
             ["hydra.run.dir=notes.txt/run"],
             2,
-            f"hydra.run.dir=notes.txt/run: {tmp_path}/notes.txt is not a folder; give a folder that can be made",
+            f"hydra.run.dir=notes.txt/run: notes.txt/run cannot be made: {tmp_path}/notes.txt is a file; "
+            "give a folder that can be made",
         ),
-        (["-m", "hydra.sweep.dir=notes.txt", "seed=1,2"], 2, f"hydra.sweep.dir=notes.txt: {tmp_path}/notes.txt"),
+        (
+            ["-m", "hydra.sweep.dir=notes.txt", "seed=1,2"],
+            2,
+            "hydra.sweep.dir=notes.txt: notes.txt is a file, not a folder",
+        ),
         (
             ["-m", "seed=range(0,100000000)"],
             2,

@@ -7,7 +7,16 @@ import subprocess
 import pytest
 
 from imgclf.errors import BadInput
-from imgclf.files import atomic_dir, atomic_files, atomic_path, remove_orphans_in, scratch_dir, write_text
+from imgclf.files import (
+    atomic_dir,
+    atomic_files,
+    atomic_path,
+    remove_empty,
+    remove_orphans_in,
+    scratch_dir,
+    unmakeable_folder,
+    write_text,
+)
 
 from .conftest import console
 
@@ -157,3 +166,32 @@ def test_a_file_that_is_not_a_checkpoint_is_named_with_what_was_wrong_and_what_i
     said = str(err.value)
     assert said.startswith(f"{tmp_path / 'notes.pth'}: not a readable checkpoint (KeyError: ")
     assert said.endswith("; a checkpoint is a file torch.save wrote, .pt or .pth)") and "\n" not in said
+
+
+def test_why_a_folder_cannot_be_made_is_known_before_anything_is_made(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "ro").mkdir(mode=0o500)
+    cases = {
+        tmp_path / "new" / "deeper": None,
+        tmp_path: None,
+        " ": "is blank",
+        tmp_path / "notes.txt": "is a file, not a folder",
+        tmp_path / "notes.txt" / "run": f"cannot be made: {tmp_path / 'notes.txt'} is a file",
+        "/proc/x/y": "cannot be written: /proc takes no files",
+        tmp_path / "new" / ("x" * 256): "cannot be made: a name in it is longer than 255 bytes",
+    }
+    if os.geteuid() != 0:  # root writes anywhere
+        cases[tmp_path / "ro" / "run"] = f"cannot be written: {tmp_path / 'ro'} takes no files"
+    assert {str(path): unmakeable_folder(path) for path in cases} == {str(p): why for p, why in cases.items()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "ro"]  # nothing made
+
+
+def test_only_empty_folders_are_taken_back_deepest_first(tmp_path):
+    made = [tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c", tmp_path / "d", tmp_path / "e"]
+    for folder in made:
+        folder.mkdir()
+    (tmp_path / "d" / "kept.txt").write_text("mine")
+    (tmp_path / "link").symlink_to(tmp_path / "e", target_is_directory=True)
+    remove_empty([*made[:4], tmp_path / "link", tmp_path / "never-made"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "e", "link"]
+    assert (tmp_path / "d" / "kept.txt").read_text() == "mine"

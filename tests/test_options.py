@@ -141,6 +141,7 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("paths.checkpoints", "/proc/x", "paths.checkpoints='/proc/x' cannot be written: /proc takes no files"),
         ("paths.models", "/dev/null", "paths.models='/dev/null' is a file, not a folder"),
         ("paths.reports", "/dev/null/x", "paths.reports='/dev/null/x' cannot be made: /dev/null is a file"),
+        ("paths.reports", "r/" + "x" * 256, "cannot be made: a name in it is longer than 255 bytes; give a folder"),
         ("paths.data", " ", "paths.data=' ' is not valid: a non-blank string"),
         # the outbox was found bad only once the run was open: a run left RUNNING, an error naming no key
         ("tracking.outbox", "/proc/x", "tracking.outbox='/proc/x' cannot be written: /proc takes no files"),
@@ -240,7 +241,7 @@ def test_uri_credentials_move_into_mlflow_variables_before_anything_sees_them():
 
 
 def test_the_vocabularies_are_what_the_library_implements():
-    """options.py imports only base modules (a stage's code deps stay its own); its lists must match the library's."""
+    """options/ imports only base modules (a stage's code deps stay its own); its lists must match the library's."""
     from imgclf import contract, devices
     from imgclf.deploy import quantize
     from imgclf.models import catalog

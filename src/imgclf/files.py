@@ -86,6 +86,39 @@ def open_regular(path: Path, check: Callable[[int], None] | None = None) -> Bina
         raise
 
 
+def unmakeable_folder(path: str | Path) -> str | None:
+    """Why `path` cannot be a folder a command writes into, as the words after its name (a file; under a file; a
+    pseudo filesystem such as /proc, or no write access; a name longer than a file system takes; blank), or None: it
+    is one, or it can be made. Nothing is made here."""
+    if not str(path).strip():
+        return "is blank"
+    target = Path(os.path.expanduser(path)).absolute()
+    if (target.exists() or target.is_symlink()) and not target.is_dir():
+        return "is a file, not a folder"
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        return f"cannot be made: {existing} is a file"
+    pseudo = existing.parts[:2] in (("/", "proc"), ("/", "sys"))  # the kernel's: writable to root, never a file
+    if pseudo or not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: {existing} takes no files"
+    missing = [p.name for p in (target, *target.parents) if p != existing and existing in p.parents]
+    if any(len(os.fsencode(name)) > 255 for name in missing):
+        return "cannot be made: a name in it is longer than 255 bytes"
+    return None
+
+
+def remove_empty(folders: Iterable[Path]) -> None:
+    """Remove each of `folders` that is an empty folder (not a link), deepest first: what a failed command made on the
+    way to its outputs. One holding anything stays, and with it those above; a folder that cannot be removed is
+    logged (the command's own error is the one to show)."""
+    for folder in sorted(set(folders), key=lambda p: len(p.absolute().parts), reverse=True):
+        try:
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError as exc:
+            log.warning("could not remove %s: %s", folder, exc)
+
+
 def refuse_to_replace(path: str | Path, flag: str, force: bool = False) -> None:
     """BadInput when `path` cannot be a file this command writes (refuse_folder), or is a file already there and
     `force` was not given: a command replaces only what the user has said it may."""

@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from imgclf.files import remove_empty, unmakeable_folder
+
 
 def is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
@@ -80,15 +82,13 @@ def run_folder_guard() -> Callable[[], None]:
         for name in HYDRA_FILES if subdir is not None else ():
             if (subdir / name).absolute() not in present:
                 (subdir / name).unlink(missing_ok=True)
-        here = Path.cwd().resolve()
+        here, made = Path.cwd().resolve(), []
         for empty in [*([subdir] if subdir else []), folder, *folder.parents]:
             resolved = empty.resolve()
             if resolved == here or resolved in here.parents or empty.absolute() in present:
                 break
-            try:
-                empty.rmdir()
-            except OSError:  # not empty (or not ours to remove): the folders above it stay too
-                break
+            made.append(empty)
+        remove_empty(made)  # one that holds anything stays, and those above it
 
     return take_back
 
@@ -181,9 +181,10 @@ def output_folders(
         run = str(Path(folders.get("sweep.dir") or ".", folders.get("sweep.subdir") or "0"))
     for key in ("run.dir", "sweep.dir"):
         if f"hydra.{key}" in given and folders.get(key) is not None:
-            why = _cannot_make(Path(root) / str(folders[key]))
-            if why:
-                return f"{given[f'hydra.{key}']}: {why}; give a folder that can be made (default outputs/DATE/TIME)"
+            folder = Path(root) / str(folders[key])
+            if why := unmakeable_folder(folder):
+                return (f"{given[f'hydra.{key}']}: {folder} {why}; give a folder that can be made "
+                        "(default outputs/DATE/TIME)")  # fmt: skip
     subdir = folders.get("output_subdir")
     moved = {"hydra.output_subdir", "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir"} & set(given)
     if not moved or subdir is None:
@@ -200,22 +201,4 @@ def output_folders(
             )
     elif target.exists() or target.is_symlink():
         return f"{named}: {target} is not a folder; give a new folder (default .hydra)"
-    return None
-
-
-def _cannot_make(folder: Path) -> str | None:
-    """Why `folder` (made with its parents) cannot be made, or None; tries the first missing level and removes it."""
-    folder = Path(os.path.abspath(folder))
-    first = folder
-    while not first.parent.exists() and first.parent != first:
-        first = first.parent
-    if first.exists():
-        return None if first.is_dir() else f"{first} is not a folder"
-    if not first.parent.is_dir():
-        return f"{first.parent} is not a folder"
-    try:
-        first.mkdir()
-    except OSError as exc:
-        return f"{first} cannot be made ({exc.strerror})"
-    first.rmdir()
     return None

@@ -3,7 +3,6 @@ formats keep no gradients), and only from the one the classifying model was expo
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -15,7 +14,7 @@ from imgclf.data.images import decode_image
 from imgclf.data.transforms import center_crop
 from imgclf.deploy.predict import Classifier, Prediction
 from imgclf.errors import BadInput, MissingInput
-from imgclf.files import open_regular
+from imgclf.files import open_regular, unmakeable_folder
 
 
 class Explainer:
@@ -105,14 +104,8 @@ class Explanations:
                 name = f"{stem}.{n}.cam.png"
             names.add(name)
             self.targets.append(out_dir / name)
-        existing = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists() or p.is_symlink())
-        if not existing.is_dir():
-            where = (
-                "is a file, not a folder" if existing == out_dir.absolute() else f"cannot be made: {existing} is a file"
-            )
-            raise BadInput(f"--explain {out_dir} {where}; nothing was written")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise BadInput(f"--explain {out_dir} cannot be made: {existing} is not writable; nothing was written")
+        if why := unmakeable_folder(out_dir):
+            raise BadInput(f"--explain {out_dir} {why}; nothing was written")
         if taken := [t for t in self.targets if t.exists() or t.is_symlink()]:
             raise BadInput(f"--explain: {taken[0]} is already there (and {len(taken) - 1} more); nothing was written")
         self.out_dir = out_dir
@@ -121,7 +114,7 @@ class Explanations:
         """The overlays; a failure part-way removes those written and the folders made for them (none for none)."""
         from PIL import Image
 
-        from imgclf.files import atomic_path
+        from imgclf.files import atomic_path, remove_empty
 
         if not self.done:  # nothing was classified: no empty folder left behind
             return []
@@ -137,8 +130,6 @@ class Explanations:
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
-            for folder in made:  # deepest first
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+            remove_empty(made)
             raise
         return self.targets

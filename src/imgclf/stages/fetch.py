@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from imgclf.errors import BadInput
-from imgclf.files import atomic_dir
+from imgclf.files import atomic_dir, remove_empty
 from imgclf.options import Options
 from imgclf.paths import Paths
 from imgclf.stages._app import stage_main
@@ -46,12 +46,7 @@ def new_folders_taken_back(paths: Iterable[Path]) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for folder in sorted(new, key=lambda p: len(p.parts), reverse=True):
-            try:
-                if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
-                    folder.rmdir()
-            except OSError as exc:  # the fetch's own error is the one to show; this one is logged
-                log.warning("could not remove %s, made by the failed fetch: %s", folder, exc)
+        remove_empty(new)
         raise
 
 

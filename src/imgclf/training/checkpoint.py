@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from imgclf.errors import BadInput, MissingInput
-from imgclf.files import atomic_path, load_tensors, lock_folder
+from imgclf.files import atomic_path, load_tensors, lock_folder, remove_empty
 from imgclf.training.engine import FitState
 
 log = logging.getLogger(__name__)
@@ -205,9 +204,8 @@ def hold(directory: Path) -> Callable[[], None]:
 
     def release() -> None:
         unlock()
-        if made:
-            with contextlib.suppress(OSError):  # not empty, or removed by the run's end: kept as it is
-                directory.rmdir()
+        if made:  # not empty, or removed by the run's end: kept as it is
+            remove_empty([directory])
 
     return release
 

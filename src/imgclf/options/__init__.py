@@ -1,0 +1,157 @@
+"""The composed config as typed, frozen values: built once at a stage's edge (`Options.from_config`), checked there,
+and passed on; the library below takes these values or plain arguments, never a config.
+
+Each group of conf/ is one dataclass; each field says what is valid (`rule`), so the first wrong key is one line
+naming the key, its value and what is valid, before any stage reads data, builds a network or writes anything.
+A key a group does not have is refused the same way (a typo such as `+trainer.epoch=3` never passes silently).
+Groups whose keys are arguments of a class chosen by `_target_` (optim, schedule, augment.ops, data.fetch) keep
+those arguments as a mapping for Hydra's `instantiate`.
+
+Plain frozen dataclasses rather than pydantic: no new dependency, the same objects Hydra's structured configs use,
+and errors we word ourselves (pydantic's are multi-line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgclf.config import MAX_KEY  # MLflow's longest param name: each key of the config, flattened
+from imgclf.errors import BadConfig, BadInput, did_you_mean
+from imgclf.options.data import FOLDERS, Data, Folders, Split
+from imgclf.options.results import Evaluate, Export, LabelIssues, Optimise, Tracking
+from imgclf.options.rules import (
+    ANY,
+    BALANCE,
+    DEVICES,
+    INTERPOLATIONS,
+    MAX_INPUT_SIZE,
+    METHODS,
+    RESIZE_MODES,
+    SEED,
+    SOURCES,
+    STRATEGIES,
+    Group,
+    _hints,
+    rule,
+)
+from imgclf.options.training import (
+    Augment,
+    EarlyStopping,
+    Finetune,
+    LrFind,
+    Model,
+    Optim,
+    Schedule,
+    Trainer,
+)
+
+__all__ = [
+    "ANY", "BALANCE", "DEVICES", "INTERPOLATIONS", "MAX_INPUT_SIZE", "METHODS", "OPTIONAL_GROUPS", "RESIZE_MODES",
+    "SOURCES", "STRATEGIES", "Augment", "Data", "EarlyStopping", "Evaluate", "Export", "Finetune", "Folders", "Group",
+    "LabelIssues", "LrFind", "Model", "Optim", "Optimise", "Options", "Schedule", "Split", "Tracking", "Trainer",
+]  # fmt: skip
+
+
+def _flat_keys(node: Mapping[str, Any], prefix: str = "") -> typing.Iterator[str]:
+    for key, value in node.items():
+        if isinstance(value, Mapping) and value:
+            yield from _flat_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options(Group):
+    """Every group of conf/config.yaml; `config` is the resolved mapping they came from (logged and fingerprinted
+    as it is)."""
+
+    seed: int = rule(SEED)
+    paths: Folders
+    data: Data
+    model: Model
+    optim: Optim
+    schedule: Schedule
+    finetune: Finetune
+    trainer: Trainer
+    augment: Augment = field(default_factory=Augment)
+    evaluate: Evaluate = field(default_factory=Evaluate)
+    tracking: Tracking
+    export: Export = field(default_factory=Export)
+    optimise: Optimise
+    lr_find: LrFind = field(default_factory=LrFind)
+    label_issues: LabelIssues = field(default_factory=LabelIssues)
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def check(self, where: str) -> None:
+        """A folder of images that holds fetch's own output (data/<name>), or lies inside it: fetch would copy its
+        last output into the new one as a class (data.path=data), or replace the folder it reads from."""
+        own = Path(os.path.expanduser(self.paths.data), self.data.name).resolve()  # links and .. followed
+        for key in FOLDERS:
+            given = getattr(self.data, key)
+            folder = Path(os.path.expanduser(given)).resolve() if given is not None else None
+            if folder is not None and (folder == own or own in folder.parents or folder in own.parents):
+                how = "holds" if folder in own.parents else "is inside"
+                raise BadInput(
+                    f"data.{key}={given} {how} fetch's own output ({self.paths.data}/{self.data.name}): give the "
+                    "folder your images are in, outside it"
+                )
+
+    def check_targets(self) -> Options:
+        """The optimizer's and the schedule's keywords against their targets' signatures (check_keywords). It imports
+        them, torch with them, so only what builds them asks: train, lr_find and `imgclf check`, before a run opens;
+        fetch and split start without torch."""
+        self.optim.check_target("optim")
+        self.schedule.check_target("schedule")
+        return self
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Options:
+        """Check and type a composed config (a DictConfig or the plain mapping); BadInput names the first wrong key."""
+        from omegaconf import DictConfig, OmegaConf
+
+        config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        groups = {k: v for k, v in config.items() if k != "hydra"}
+        long = next((k for k in _flat_keys(groups) if len(k) > MAX_KEY), None)
+        if long:  # MLflow refuses the run's whole batch of params: a run with no config logged
+            raise BadConfig(f"{long[:60]}...: a key of {len(long)} characters; MLflow takes at most {MAX_KEY}")
+        known = [f.name for f in dataclasses.fields(cls) if f.name != "config"]
+        unknown = [k for k in groups if k not in known]
+        if unknown:
+            hint = did_you_mean(unknown[0], known)
+            raise BadConfig(f"unknown key '{unknown[0]}'{hint}; the config has: {', '.join(known)}")
+        missing = [k for k in known if k not in groups and k not in OPTIONAL_GROUPS]
+        if missing:
+            raise BadConfig(f"{missing[0]} is missing from the config; compose it from conf/ (make params)")
+        try:
+            built = cls.build(groups, "config")
+        except BadInput as exc:
+            raise BadConfig(str(exc)) from None
+        return dataclasses.replace(built, config=config)
+
+    @classmethod
+    def build(cls, node: Mapping[str, Any], where: str):
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "config" or f.name not in node:
+                continue
+            kind = _hints(cls)[f.name]
+            kind = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, type(int | None)) else kind
+            if isinstance(kind, type) and issubclass(kind, Group):
+                values[f.name] = kind.build(node[f.name], f.name) if node[f.name] is not None else None
+            else:
+                ok, valid = f.metadata.get("rule", ANY)
+                if not ok(node[f.name]):
+                    raise BadInput(f"{f.name}={node[f.name]!r} is not valid: {valid}")
+                values[f.name] = node[f.name]
+        built = cls(**values)
+        built.check(where)
+        return built
+
+
+OPTIONAL_GROUPS = ("augment", "evaluate", "export", "lr_find")  # older configs (a run being reproduced) lack them
