@@ -7,16 +7,8 @@ import subprocess
 import pytest
 
 from imgclf.errors import BadInput
-from imgclf.files import (
-    atomic_dir,
-    atomic_files,
-    atomic_path,
-    remove_empty,
-    remove_orphans_in,
-    scratch_dir,
-    unmakeable_folder,
-    write_text,
-)
+from imgclf.files import atomic_dir, atomic_files, atomic_path, remove_orphans_in, scratch_dir, write_text
+from imgclf.targets import remove_empty, unmakeable_folder
 
 from .conftest import console
 

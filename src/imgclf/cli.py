@@ -108,7 +108,7 @@ def predict(argv: list[str]) -> int:
     from imgclf.deploy.explain import Explanations
     from imgclf.deploy.inputs import collect_inputs
     from imgclf.deploy.predict import Classifier, check_outputs, write_submission, write_table
-    from imgclf.files import refuse_reading, refuse_to_replace
+    from imgclf.targets import refuse_reading, refuse_to_replace
 
     args = predict_parser().parse_args(argv)
     outs = [(flag, path) for flag, path in (("--out", args.out), ("--submission", args.submission),
@@ -238,7 +238,8 @@ def runs_parser() -> argparse.ArgumentParser:
 def runs(argv: list[str]) -> int:
     """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
     from imgclf import tracking
-    from imgclf.files import refuse_to_replace, write_text
+    from imgclf.files import write_text
+    from imgclf.targets import refuse_to_replace
     from imgclf.tracking import compare as compare
 
     parser = runs_parser()

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from imgclf.files import remove_empty, unmakeable_folder
+from imgclf.targets import remove_empty, unmakeable_folder
 
 
 def is_multirun() -> bool:

@@ -132,7 +132,9 @@ def foreign_sqlite(url: str) -> str | None:
     """Why a SQLite storage URL names a file that is no Optuna storage (another program's database, not a database,
     a pipe or a folder), or None (a new or empty file, or a study's database)."""
     import re
-    import sqlite3
+
+    from imgclf.errors import BadInput
+    from imgclf.targets import sqlite_tables
 
     found = re.match(r"^sqlite(\+\w+)?:///", url, re.IGNORECASE)
     path = Path(os.path.expanduser(url[found.end() :].split("?", 1)[0])) if found else None
@@ -142,14 +144,10 @@ def foreign_sqlite(url: str) -> str | None:
         return f"{path} is not a file"
     if path.stat().st_size == 0:
         return None
-    with open(path, "rb") as f:
-        if f.read(16) != b"SQLite format 3\x00":
-            return f"{path} is not an SQLite database"
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        return f"{path} is not a readable SQLite database ({exc})"
+        tables = sqlite_tables(path)
+    except BadInput as exc:
+        return str(exc)
     return None if not tables or "studies" in tables else f"{path} is an SQLite database of something else"
 
 

@@ -14,7 +14,8 @@ from imgclf.data.images import decode_image
 from imgclf.data.transforms import center_crop
 from imgclf.deploy.predict import Classifier, Prediction
 from imgclf.errors import BadInput, MissingInput
-from imgclf.files import open_regular, unmakeable_folder
+from imgclf.files import open_regular
+from imgclf.targets import unmakeable_folder
 
 
 class Explainer:
@@ -114,7 +115,8 @@ class Explanations:
         """The overlays; a failure part-way removes those written and the folders made for them (none for none)."""
         from PIL import Image
 
-        from imgclf.files import atomic_path, remove_empty
+        from imgclf.files import atomic_path
+        from imgclf.targets import remove_empty
 
         if not self.done:  # nothing was classified: no empty folder left behind
             return []

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.errors import BadInput
-from imgclf.files import unmakeable_folder
 from imgclf.options.rules import (
     ANY,
     BALANCE,
@@ -25,6 +24,7 @@ from imgclf.options.rules import (
     rule,
     typed,
 )
+from imgclf.targets import unmakeable_folder
 
 WRITABLE = "give a folder you can write, or one that can be made"
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from imgclf.credentials import HTTP_USERINFO, unknown_store
 from imgclf.errors import BadInput
-from imgclf.files import unmakeable_folder
 from imgclf.options.data import WRITABLE
 from imgclf.options.rules import BOOLEAN, METHODS, OPTIONAL_TEXT, SEED, TEXT, TTA, Group, integer, number, one_of, rule
+from imgclf.targets import unmakeable_folder
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,10 +11,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from imgclf.errors import BadInput
-from imgclf.files import atomic_dir, remove_empty
+from imgclf.files import atomic_dir
 from imgclf.options import Options
 from imgclf.paths import Paths
 from imgclf.stages._app import stage_main
+from imgclf.targets import remove_empty
 
 log = logging.getLogger(__name__)
 

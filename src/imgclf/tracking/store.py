@@ -3,7 +3,6 @@ SQLite is locked, and the settings a run takes from the config."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -18,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf.credentials import hide, store_scheme, take_uri_credentials, unknown_store
 from imgclf.errors import BadInput, MissingInput, first_line
+from imgclf.targets import sqlite_tables
 
 log = logging.getLogger(__name__)
 
@@ -223,44 +223,14 @@ def init_store(uri: str) -> None:
     _initialised.add(uri)
 
 
-_READONLY_NEEDS_RECOVERY = {776, 264}  # SQLITE_READONLY_ROLLBACK, SQLITE_READONLY_RECOVERY
-
-
 def check_sqlite_store(db: str) -> None:
-    """BadInput unless `db` is an SQLite database holding MLflow's tables. A read-only look: nothing is changed,
-    except that a transaction a killed process left unfinished is rolled back, as SQLite does on any open."""
-    import sqlite3
-
+    """BadInput unless `db` is an SQLite database holding MLflow's tables (or none yet). A read-only look."""
     try:
-        with open(db, "rb") as f:
-            magic = f.read(16)
-    except OSError as exc:
-        raise BadInput(f"tracking store {db}: {exc.strerror or exc}") from None
-    if magic != b"SQLite format 3\x00":
-        raise BadInput(f"{db} is not an SQLite database; give an MLflow store, e.g. sqlite:///mlflow.db")
-    try:
-        tables = _table_names(db)
-    except sqlite3.DatabaseError as exc:
-        raise BadInput(f"{db} is not a readable SQLite database ({exc})") from None
+        tables = sqlite_tables(db)
+    except BadInput as exc:
+        raise BadInput(f"{exc}; give an MLflow store, e.g. sqlite:///mlflow.db") from None
     if tables and not {"experiments", "runs", "alembic_version"} <= tables:
         raise BadInput(f"{db} is an SQLite database of something else, not an MLflow store; it is left as it is")
-
-
-def _table_names(db: str) -> set[str]:
-    import sqlite3
-
-    query = "SELECT name FROM sqlite_master WHERE type = 'table'"
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-            return {row[0] for row in con.execute(query)}
-    except sqlite3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorcode", None) not in _READONLY_NEEDS_RECOVERY:
-            raise
-    # A process killed inside a transaction left a hot journal (or an unrecovered WAL): a read-only connection may
-    # not roll it back, so read once read-write and let SQLite restore the last commit, as any writer opening the
-    # store would.
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
-        return {row[0] for row in con.execute(query)}
 
 
 def configure(uri: str, experiment: str | None = None) -> None:

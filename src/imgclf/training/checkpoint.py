@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from imgclf.errors import BadInput, MissingInput
-from imgclf.files import atomic_path, load_tensors, lock_folder, remove_empty
+from imgclf.files import atomic_path, load_tensors, lock_folder
+from imgclf.targets import remove_empty
 from imgclf.training.engine import FitState
 
 log = logging.getLogger(__name__)
