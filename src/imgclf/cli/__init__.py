@@ -1,9 +1,9 @@
 """`imgclf STAGE [OVERRIDES]` runs a pipeline stage; `imgclf predict PATH...` classifies images;
 `imgclf runs` compares MLflow runs.
 
-This module dispatches; each family of commands has a module of its own: _predict, _runs (runs, reproduce, sync)
-and _check. They import their heavy libraries inside the command, so `imgclf --help`, fetch and split load neither
-torch nor MLflow.
+This module dispatches; each family of commands has a module of its own: _predict, _runs (runs, reproduce, sync),
+_check, and _serve (imported only when serve runs or its parser is asked for: it loads the web app). They import
+their heavy libraries inside the command, so `imgclf --help`, fetch and split load neither torch nor MLflow.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ COMMANDS = (*STAGES, "label-issues", "relabel", "predict", "runs", "reproduce", 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
     """Every console command with options of its own, by name: the CLI reference is generated from these."""
+    from imgclf.cli._serve import serve_parser
     from imgclf.data.relabel import relabel_parser
-    from imgclf.deploy.webapp import serve_parser
 
     return {
         "relabel": relabel_parser(),
@@ -69,7 +69,7 @@ def main() -> None:
 
         sys.exit(relabel(sys.argv[2:]))
     if command == "serve":
-        from imgclf.deploy.webapp import main as serve
+        from imgclf.cli._serve import main as serve
 
         sys.exit(serve(sys.argv[2:]))
     if command == "reproduce":  # trains in this process: SIGTERM ends its runs as KILLED, as a stage's do
