@@ -86,7 +86,7 @@ def test_the_stages_that_never_track_start_without_mlflow_or_torch():
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
-# what each part of the library may import (its own part included); nothing runs back up. stages/, cli.py and
+# what each part of the library may import (its own part included); nothing runs back up. stages/, cli/ and
 # reproduce.py compose them all.
 BASE = {"errors", "paths", "files", "targets", "provenance", "contract", "credentials", "devices", "slurm", "config",
         "net", "hydra_run", "workspace", "plots", "analysis", "label_issues"}  # fmt: skip

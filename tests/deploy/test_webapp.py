@@ -358,21 +358,21 @@ def test_sigterm_while_the_model_loads_stops_serve_through_a_library_that_catche
     import signal
     import socket
 
-    from imgclf.deploy import webapp
+    from imgclf.cli import _serve as serve
 
     def loading(args, cache):
         with contextlib.suppress(Exception):  # a library that swallows what it catches, and goes on
-            webapp._stop(signal.SIGTERM, None)  # SIGTERM arrives while it retries
+            serve._stop(signal.SIGTERM, None)  # SIGTERM arrives while it retries
         raise AssertionError("serve went on loading after SIGTERM")
 
     raised, handler = [], signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(webapp, "_service", loading)
+    monkeypatch.setattr(serve, "_service", loading)
     monkeypatch.setattr(signal, "raise_signal", raised.append)  # not this test process: what serve sends itself
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     try:
-        webapp.main(["--port", str(port)])
+        serve.main(["--port", str(port)])
     finally:
         signal.signal(signal.SIGTERM, handler)
     assert raised == [signal.SIGTERM]
@@ -408,7 +408,7 @@ def test_a_form_holds_one_open_file_however_many_it_sends_and_at_most_500(served
 def test_bad_numbers_and_a_port_in_use_are_one_line_before_anything_loads(capsys):
     import socket
 
-    from imgclf.deploy.webapp import main
+    from imgclf.cli._serve import main
 
     for args, says in (
         (["--port", "99999"], "--port 99999 is not valid: an integer from 1 to 65535"),
@@ -580,7 +580,8 @@ def test_serve_shows_no_grad_cam_from_a_checkpoint_the_served_model_was_not_expo
     """models/model.pt retrained, models/export not: Classify One says why there is no map, and draws none."""
     from fastapi.testclient import TestClient
 
-    from imgclf.deploy.webapp import _service, create_app, serve_parser
+    from imgclf.cli._serve import _service, serve_parser
+    from imgclf.deploy.webapp import create_app
 
     from .test_predict import _retrained
 
