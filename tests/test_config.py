@@ -418,6 +418,13 @@ def test_a_refused_value_or_hydra_folder_leaves_every_file_as_it_was(tmp_path):
             2,
             "hydra.output_subdir=../../../notes.txt: notes.txt is not a folder",
         ),
+        # Hydra's flags: its usage, many lines or a traceback (--experimental-rerun unpickles the file it is given)
+        (["--config-name=nope"], 2, "--config-name nope: no such config in"),
+        (["-cn", "nope.yaml", "seed=1"], 2, "-cn nope.yaml: no such config in"),
+        (["-"], 2, "unknown flag '-': an override is KEY=VALUE"),
+        (["--multi", "seed=1,2"], 2, "unknown flag '--multi'"),
+        (["--experimental-rerun", "notes.txt"], 2, "--experimental-rerun is not supported: it unpickles a file"),
+        (["-cp", "elsewhere"], 2, "-cp is not supported: the stages read conf/"),
         (
             ["hydra.run.dir=notes.txt/run"],
             2,
@@ -534,3 +541,29 @@ def test_flags_after_overrides_and_hydras_own_interpolations_are_taken(tmp_path)
     shown = yaml.safe_load(done.stdout)
     assert (shown["trainer"]["epochs"], shown["seed"], shown["tracking"]["run_name"]) == (1, 7, "${hydra:job.name}")
     assert [p.name for p in tmp_path.iterdir()] == ["conf"]
+
+
+def test_a_run_folder_only_the_running_app_names_is_checked_by_its_fixed_part(tmp_path, project_env):
+    """`hydra.run.dir=/etc/passwd/${hydra:job.name}` was Hydra's traceback: what only the running app resolves is left
+    to it, and the folders before it are checked first. A new process: a test's own Hydra state would resolve it."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for flag in ([], ["-m", "seed=1,2"]):
+        key = "hydra.sweep.dir" if flag else "hydra.run.dir"
+        done = subprocess.run(
+            [sys.executable, "-m", "imgclf.stages.split", *flag, f"{key}=notes.txt/${{hydra:job.name}}"],
+            cwd=tmp_path,
+            env=project_env,
+            capture_output=True,
+            text=True,
+        )
+        assert (done.returncode, done.stderr) == (
+            2,
+            f"error: {key}=notes.txt/${{hydra:job.name}}: notes.txt is a file, not a folder; give a folder that can "
+            "be made (default outputs/DATE/TIME)\n",
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "notes.txt"]

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgclf.credentials import secret_override
 from imgclf.errors import did_you_mean
-from imgclf.hydra_run import output_folders, sweep_error, too_many_jobs
+from imgclf.hydra_run import INFO, VALUED, flags_error, output_folders, sweep_error, too_many_jobs
 
 CONF_DIR = "conf"
 
@@ -47,9 +47,6 @@ def params_yaml(overrides: Sequence[str] = (), root: str | Path = ".") -> str:
 
 
 # Hydra's flags that take the next argument (the config's own: DVC's stages, a user's), and --info's optional value
-VALUED = ("-c", "--cfg", "-p", "--package", "--experimental-rerun", "-cd", "--config-dir", "-cn", "--config-name",
-          "-cp", "--config-path")  # fmt: skip
-INFO = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -125,7 +122,9 @@ def checked_config(
     (an error, a DVC run reading params.yaml) or for a sweep (-m: each job's config differs, and a job refused is a
     FAILED run); a stage checks its values with it before Hydra makes a run folder. `stage`: a stage's own command
     line, where a list without -m is a mistake (`imgclf check -S a=1,2` checks DVC's grid)."""
-    error = no_conf_here(argv, root) or secret_override(argv)
+    error = (
+        no_conf_here(argv, root) or secret_override(argv) or flags_error(split_argv(argv)[0], _config_dirs(argv, root))
+    )
     if error:
         return error, None
     bare = [a for a in split_argv(argv)[1] if "=" not in a and not a.startswith("~")]
@@ -152,8 +151,6 @@ def checked_config(
         ), None
     error, kept, own = _kept(args, parsed, config_groups(root))
     error = error or (None if multirun else too_many_jobs(args, parsed))  # -m: with the sweeper's params, below
-    if error:
-        return error, None
     if error:
         return error, None
     import yaml
@@ -231,6 +228,11 @@ def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[
     return None, kept, own
 
 
+def _fixed_folder(raw: str) -> str | None:
+    """The folders of a Hydra path before its first interpolation (`/data/${hydra:job.name}`: /data), or None."""
+    return raw.split("${", 1)[0].rpartition("/")[0] or None
+
+
 def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple[list, list] | None) -> str | None:
     """Hydra's own settings composed with Hydra's config, as `-m` composes them before the first job: a launcher or
     sweeper that does not exist, a key it lacks or a value of the wrong type, in one line; the folders Hydra would
@@ -259,13 +261,17 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple
             why = kinds.get(kind, kind) if kind else cause[0]
             return f"{merging.group(1)} is not valid: {why}"
         return _explain(message, overrides, root, hydra=True)
-    folders = {}
+    folders: dict[str, str | None] = {}
     for key in ("run.dir", "sweep.dir", "sweep.subdir", "output_subdir"):
         try:
             value = OmegaConf.select(cfg.hydra, key, throw_on_resolution_failure=True)
         except OmegaConfBaseException:  # a value only the running app has (${hydra:job.num}, the default subdir)
             value = "0" if key == "sweep.subdir" else None  # a job's folder: any job's stands for them all
-        folders[key] = None if value is None else str(value)
+            if key in ("run.dir", "sweep.dir"):  # its fixed folders are made whatever the rest turns out to be
+                group, _, name = key.partition(".")
+                value = _fixed_folder(str(OmegaConf.to_container(cfg.hydra[group], resolve=False)[name]))
+                folders["output_subdir"] = None  # under a folder only the app knows: the app's own check
+        folders.setdefault(key, None if value is None else str(value))
     if sweep is None:
         return output_folders(folders, own, root)
     sweeper = cfg.hydra.sweeper
@@ -274,15 +280,21 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple
     return output_folders(folders, own, root, multirun=True) or sweep_error(str(sweeper._target_), params, *sweep)
 
 
-def _given_root(argv: Sequence[str], root: str | Path) -> Path | None:
-    """The project root whose conf/ the command composes: `--config-dir .../conf` names it from anywhere (None for
-    another folder, which only Hydra reads), else `root`."""
+def _config_dirs(argv: Sequence[str], root: str | Path) -> list[Path]:
+    """Where Hydra looks for the primary config: conf/ and each --config-dir given."""
     flags = split_argv(argv)[0]
     given = [f.split("=", 1)[1] for f in flags if f.startswith(("--config-dir=", "-cd="))]
     given += [flags[i + 1] for i, f in enumerate(flags[:-1]) if f in ("--config-dir", "-cd")]
+    return [conf_dir(root), *(Path(root, g).expanduser() for g in given)]
+
+
+def _given_root(argv: Sequence[str], root: str | Path) -> Path | None:
+    """The project root whose conf/ the command composes: `--config-dir .../conf` names it from anywhere (None for
+    another folder, which only Hydra reads), else `root`."""
+    given = _config_dirs(argv, root)[1:]
     if not given:
         return Path(root)
-    folder = Path(given[-1]).expanduser().resolve()
+    folder = given[-1].resolve()
     return folder.parent if folder.name == CONF_DIR else None
 
 

@@ -12,6 +12,43 @@ from pathlib import Path
 
 from imgclf.targets import remove_empty, unmakeable_folder
 
+# Hydra's command-line flags (its argparse parser), those taking a value, and --info's optional values
+FLAGS = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p", "--package", "-r", "--run",
+         "-m", "--multirun", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name", "-cd",
+         "--config-dir", "--experimental-rerun", "-i", "--info")  # fmt: skip
+VALUED = ("-c", "--cfg", "-p", "--package", "--experimental-rerun", "-cd", "--config-dir", "-cn", "--config-name",
+          "-cp", "--config-path")  # fmt: skip
+INFO = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def flags_error(flags: list[str], config_dirs: list[Path]) -> str | None:
+    """One line for a flag Hydra would answer with its usage, many lines or a traceback: a flag it does not have (a
+    bare `-` too), --config-name naming no config in `config_dirs`, --config-path (the stages read conf/), and
+    --experimental-rerun, which unpickles a file (a crafted one runs code: imgclf reads no file as code)."""
+    i = 0
+    while i < len(flags):
+        name, eq, value = flags[i].partition("=")
+        if name not in FLAGS:
+            return (f"unknown flag {flags[i]!r}: an override is KEY=VALUE; Hydra's flags are -m, --cfg job, --info, "
+                    "-cd DIR, -cn NAME, ... (--hydra-help lists them)")  # fmt: skip
+        if name in VALUED and not eq:
+            i, value = i + 1, flags[i + 1] if i + 1 < len(flags) else ""
+        elif name in ("-i", "--info") and i + 1 < len(flags) and flags[i + 1] in INFO:
+            i += 1
+        if name == "--experimental-rerun":
+            return (f"{name} is not supported: it unpickles a file, and a crafted one runs code; rerun a run with "
+                    "imgclf reproduce RUN_ID, or give the overrides its .hydra/overrides.yaml lists")  # fmt: skip
+        if name in ("-cp", "--config-path"):  # relative to the stage's module: Hydra's lines, whatever is given
+            return f"{name} is not supported: the stages read conf/ in the project's root; -cd DIR adds a folder"
+        if name in ("-cn", "--config-name"):
+            names = sorted({p.stem for d in config_dirs if d.is_dir() for p in d.glob("*.yaml")})
+            if value.removesuffix(".yaml") not in names:
+                return f"{name} {value}: no such config in {', '.join(map(str, config_dirs))}; give one of: " + (
+                    ", ".join(names) or "none there"
+                )
+        i += 1
+    return None
+
 
 def is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
