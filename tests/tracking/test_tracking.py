@@ -297,3 +297,41 @@ def test_a_sqlite_store_under_home_is_the_one_in_home(monkeypatch, tmp_path):
     assert resolve_uri("sqlite:///~/x.db") == f"sqlite:///{tmp_path}/x.db"
     assert resolve_uri("sqlite+pysqlite:///~/x.db") == f"sqlite+pysqlite:///{tmp_path}/x.db"
     assert sqlite_path("sqlite+pysqlite:////a/b.db?mode=ro") == "/a/b.db" and sqlite_path("postgresql://h/db") is None
+
+
+def test_a_store_another_process_is_making_is_waited_for_not_refused(tmp_path):
+    """Trainings started together on a new store (`dvc queue start -j 3`): the first makes MLflow's tables, one
+    migration at a time, under a lock on the file; a second that looked before taking the lock saw half the tables
+    and refused the store as another program's database."""
+    import fcntl
+    import shutil
+    import sqlite3
+    import threading
+
+    from imgclf.tracking.store import init_store
+
+    from ..conftest import empty_mlflow_store
+
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as con:  # the first process, part-way through MLflow's migrations
+        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    con.close()
+    whole = empty_mlflow_store(tmp_path / "whole" / "mlflow.db")
+    failed: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            init_store(f"sqlite:///{db}")
+        except BaseException as exc:  # noqa: BLE001 - what the second process would have died of
+            failed.append(exc)
+
+    with open(db, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(1)
+        assert thread.is_alive() and not failed  # waiting for the first, not refusing its half-made store
+        shutil.copyfile(whole, db)  # the first process's migrations done
+        fcntl.flock(held, fcntl.LOCK_UN)
+    thread.join(60)
+    assert not thread.is_alive() and not failed, failed

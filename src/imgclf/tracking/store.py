@@ -211,12 +211,12 @@ def init_store(uri: str) -> None:
     if Path(db).exists() and not Path(db).is_file():  # a pipe would block the open below for ever, a device be written
         raise BadInput(f"tracking store {db} is not a file (a folder, pipe or device); give an MLflow store file, e.g. "
                        "sqlite:///mlflow.db")  # fmt: skip
-    if Path(db).is_file() and Path(db).stat().st_size > 0:
-        check_sqlite_store(db)  # MLflow would migrate (rewrite) any SQLite database it is pointed at
     Path(db).parent.mkdir(parents=True, exist_ok=True)
     with open(db, "ab") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX)  # first: a store another process is making has half its tables
         try:
+            if Path(db).stat().st_size > 0:
+                check_sqlite_store(db)  # MLflow would migrate (rewrite) any SQLite database it is pointed at
             retry_locked(MlflowClient(tracking_uri=uri).search_experiments, max_results=1)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
