@@ -81,6 +81,15 @@ def test_a_link_planted_as_the_relabel_file_is_not_followed_out_of_the_roots(rev
     assert outside.read_text() == "path,label\n"
 
 
+def test_a_relabel_folder_swapped_for_a_link_out_since_the_start_is_not_written_through(review, tmp_path):
+    client, project = review
+    (project / "relabel").rmdir()
+    (tmp_path / "outside").mkdir()
+    (project / "relabel").symlink_to(tmp_path / "outside", target_is_directory=True)
+    assert client.post("/api/review", json={"path": "a/000.png", "label": "b"}, headers=OWN).status_code == 403
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
 def test_the_issues_file_is_read_only_under_the_roots_or_its_own_folder_never_through_a_link_out(review, tmp_path):
     client, project = review
     issues = project / "reports/label_issues/label_issues.csv"

@@ -335,3 +335,10 @@ def test_a_store_another_process_is_making_is_waited_for_not_refused(tmp_path):
         fcntl.flock(held, fcntl.LOCK_UN)
     thread.join(60)
     assert not thread.is_alive() and not failed, failed
+
+
+def test_the_link_serve_shows_to_a_run_never_holds_a_database_password():
+    from imgclf.tracking.queries import run_link
+
+    link = run_link("postgresql+psycopg://team:S3cretPW@db.example:5432/mlflow", "abc")
+    assert link == "mlflow ui --backend-store-uri postgresql+psycopg://***@db.example:5432/mlflow  (run abc)"

@@ -63,7 +63,9 @@ class Review:
         answered by where it leads (inside the roots), so the write goes there, not through a link changed since."""
         if self.relabel.exists() or self.relabel.is_symlink():
             return inside(self.relabel, self.roots)
-        return self.relabel
+        wanted = self.relabel.absolute()  # a new file: the folder it goes in, swapped for a link since, is checked
+        existing = next(p for p in wanted.parents if p.exists() or p.is_symlink())
+        return inside(existing, self.roots) / wanted.relative_to(existing)
 
     def listing(self, thumbnail) -> dict[str, Any]:
         fixed = read_fixes(self._fixes_file(), partial(open_inside, roots=self.roots))

@@ -190,8 +190,8 @@ def run_link(uri: str, run_id: str) -> str:
     if uri.startswith(("http://", "https://")):
         with _one_line_errors():
             experiment_id = _query_client(uri).get_run(run_id).info.experiment_id
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"mlflow ui --backend-store-uri {uri}  (run {run_id})"
+        return hide(f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}")
+    return hide(f"mlflow ui --backend-store-uri {uri}  (run {run_id})")  # a database's password: shown on a page
 
 
 CURVES = ("train/loss", "val/loss", "train/acc", "val/acc")  # what the Runs view draws, per epoch
