@@ -138,6 +138,15 @@ def test_csv_out_matches_store_exactly(store, tmp_path):
         refused = imgclf_runs("--uri", store["uri"], *args, cwd=tmp_path)
         assert refused.returncode == 2 and says in refused.stderr, refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv"]
+    db = Path(store["uri"].removeprefix("sqlite:///"))
+    kept = db.read_bytes()
+    for out in (db, tmp_path / "link.db"):  # the store the table is read from, or a link to it: never replaced
+        if out != db:
+            out.symlink_to(db)
+        args = ("--uri", store["uri"], "--format", "csv", "--out", str(out), "--force")
+        refused = imgclf_runs(*args, cwd=tmp_path)
+        assert refused.returncode == 1 and "which this command reads" in refused.stderr, refused.stderr
+    assert db.read_bytes() == kept and (tmp_path / "link.db").is_symlink()
 
 
 def test_markdown_is_a_pipe_table(store):

@@ -57,8 +57,9 @@ def runs(argv: list[str]) -> int:
     """Compare MLflow runs: a table sorted by a metric showing the params that differ, or the best run's outputs."""
     from imgclf import tracking
     from imgclf.files import write_text
-    from imgclf.targets import refuse_to_replace
+    from imgclf.targets import refuse_reading, refuse_to_replace
     from imgclf.tracking import compare as compare
+    from imgclf.tracking.store import sqlite_file
 
     parser = runs_parser()
     args = parser.parse_args(argv)
@@ -78,6 +79,8 @@ def runs(argv: list[str]) -> int:
         tracking.require_server(args.uri)
         if args.out:
             refuse_to_replace(args.out, "--out", args.force)
+            store = sqlite_file(args.uri)  # --force replaces an earlier table, never the store the table is read from
+            refuse_reading(args.out, "--out", [os.path.expanduser(store)] if store else [])
         rows = compare.list_runs(args.uri, args.experiment, args.sweep, args.parent)
         if not rows:
             raise BadInput(compare.no_match_message(args.uri, args.experiment, args.sweep, args.parent))
