@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -309,6 +310,24 @@ def test_explain_writes_a_grad_cam_overlay_per_image_and_never_replaces_a_file(t
         assert (empty.returncode, empty.stderr) == (1, f"error: {flag} was given an empty name: give a path (or "
                                                        f"leave {flag} out)\n")  # fmt: skip
     assert not (tmp_path / "c3").exists()
+
+
+def test_overlays_never_go_among_what_predict_reads(trained, project_env, tmp_path):
+    """An overlay in a class folder is a training image at the next split; in models/export, a change to a DVC
+    output: --explain is refused in the model's folder, an image's own folder and a folder given to classify."""
+    image = trained / "data/tiny/images/a/000.png"
+    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
+    for inputs, folder, says in (
+        ([image], image.parent, f"is {image.parent}, which this command reads"),
+        ([image], trained / "models/export", "which this command reads"),
+        ([trained / "data/tiny/images"], trained / "data/tiny/images/cams", "which this command reads"),
+    ):
+        done = cli([*map(str, inputs), "--explain", str(folder)], trained, project_env)
+        assert done.returncode == 1 and says in done.stderr and "nothing was written" in done.stderr, done.stderr
+    assert sorted(p.relative_to(trained) for p in trained.rglob("*")) == before
+    shutil.copy(image, tmp_path / "photo.png")  # an image beside the folder of overlays: the usual way, kept
+    done = cli([str(tmp_path / "photo.png"), "--explain", str(tmp_path / "cams")], trained, project_env)
+    assert done.returncode == 0 and (tmp_path / "cams/photo.cam.png").is_file(), done.stderr
 
 
 def test_a_pipe_a_socket_a_device_or_a_link_to_one_is_never_replaced_even_with_force(trained, project_env, tmp_path):

@@ -88,6 +88,11 @@ def predict(argv: list[str]) -> int:
         read = [*inputs, *args.paths, model, *beside, args.explain_model]
         for flag, out in outs:  # and never a file the command reads: an image, the model and what lies beside it
             refuse_reading(out, flag, read, [model] if model.is_dir() else [])
+        if args.explain:  # overlays never go among what the command reads: the model's folder, an image's, a folder's
+            given = [Path(p) for p in args.paths if Path(p).is_dir()]
+            beside_inputs = {Path(i).parent for i in inputs if not any(Path(i).is_relative_to(g) for g in given)}
+            holds = [*beside_inputs, *([model.parent] if model.is_file() else [])]
+            refuse_reading(args.explain, "--explain", holds, [*given, *([model] if model.is_dir() else [])])
         check_outputs(outs)
         classifier = Classifier(args.model)
         if args.request:
