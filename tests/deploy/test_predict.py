@@ -305,6 +305,9 @@ def test_explain_writes_a_grad_cam_overlay_per_image_and_never_replaces_a_file(t
         said = flat.stderr.strip().splitlines()  # in this process, an earlier in-process stage's log handlers may
         assert flat.returncode == 1 and "not a feature map" in said[-1], flat.stderr  # add lines of their own
         assert said[-1].startswith(f"error: --explain-layer {layer} gives (1, ") and "Error(s)" not in flat.stderr
+    blank = cli(["", "--out", str(tmp_path / "all.csv")], trained, project_env)  # it classified the working folder
+    assert (blank.returncode, blank.stderr) == (1, "error: an input was given as '': give image files, a folder of "
+                                                   "them or a .txt list\n")  # fmt: skip
     for flag in ("--explain", "--out", "--explain-layer"):  # an empty name was taken as none given, silently
         empty = cli([str(images[0]), flag, ""], trained, project_env)
         assert (empty.returncode, empty.stderr) == (1, f"error: {flag} was given an empty name: give a path (or "

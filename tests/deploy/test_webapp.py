@@ -414,6 +414,10 @@ def test_bad_numbers_and_a_port_in_use_are_one_line_before_anything_loads(capsys
         (["--port", "99999"], "--port 99999 is not valid: an integer from 1 to 65535"),
         (["--max-upload-mb", "nan"], "the other limits numbers above 0"),
         (["--max-request-megapixels", "inf"], "the other limits numbers above 0"),
+        # a root of '' allowed the whole working folder; a file or a missing folder, nothing, silently
+        (["--allow-root", ""], "--allow-root: an empty name (it would allow the whole working folder)"),
+        (["--allow-root", "/nonexistent"], "--allow-root: /nonexistent does not exist: give a folder"),
+        (["--allow-root", "/etc/hostname"], "--allow-root: /etc/hostname is not a folder"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main([*args, "--model", "/nonexistent"])

@@ -81,6 +81,8 @@ def predict(argv: list[str]) -> int:
         _check_outputs_asked(args, outs)
         for flag, out in outs:  # before any work: a file already there is replaced only with --force
             refuse_to_replace(out, flag, args.force)
+        if blank := [p for p in args.paths if not p.strip()]:  # "" was the working folder, walked whole
+            raise BadInput(f"an input was given as {blank[0]!r}: give image files, a folder of them or a .txt list")
         if not (inputs := collect_inputs(args.paths)):  # an empty folder or list: no success, and no empty file
             raise BadInput(f"no images in {', '.join(args.paths)}: give image files, a folder of them or a .txt list")
         model = Path(args.model)

@@ -36,7 +36,7 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     parser.add_argument("--experiment", default="imgclf", help="where the model picker looks for runs")
     parser.add_argument(
-        "--allow-root", action="append", type=Path, default=[], help="folders the page may read images from"
+        "--allow-root", action="append", type=_root, default=[], help="folders the page may read images from"
     )
     parser.add_argument("--review", metavar="DATASET", help="the Review view of data/DATASET's likeliest label issues; "
                         "fixes go to relabel/DATASET.csv (data/, relabel/ allowed roots)")  # fmt: skip
@@ -67,6 +67,19 @@ class _Stopped(BaseException):  # not an Exception: a library's `except Exceptio
 
 def _stop(signum, frame):
     raise _Stopped
+
+
+def _root(text: str) -> Path:
+    """An --allow-root: a folder there now (an empty name would be the working folder, a file or a missing folder
+    a root that reads nothing until someone puts something there)."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name (it would allow the whole working folder): give a folder")
+    if not Path(text).expanduser().is_dir():
+        what = "is not a folder" if Path(text).expanduser().exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text} {what}: give a folder the page may read images from")
+    return Path(text).expanduser()
 
 
 def main(argv: list[str]) -> int:
