@@ -22,6 +22,7 @@ PREPROCESSING_FILE = "preprocessing.json"
 RUN_FILE = "run.json"  # beside a model: the MLflow run that trained it (models/run.json names the last train's)
 # a served model's input side: timm's largest (800 px) fits; the batch memory a request costs stays bounded
 MAX_INPUT_SIZE = 1024
+MAX_SPEC_BYTES = 16 << 20  # labels.txt, preprocessing.json: a million class names fit; a larger file is read no further
 
 
 class ContractError(ValueError):
@@ -170,17 +171,19 @@ class ServingSpec:
         directory = Path(directory)
         spec_file, labels_file = directory / PREPROCESSING_FILE, directory / LABELS_FILE
         for file in (spec_file, labels_file):
+            if file.exists() and not file.is_file():  # a pipe would block the read, a device never end it
+                raise ContractError(f"{file}: not a regular file; a model is served with the files export writes")
             if not file.is_file():
                 raise FileNotFoundError(f"{file} not found: a model is served with its {LABELS_FILE} and "
                                         f"{PREPROCESSING_FILE} beside it, as export writes them")  # fmt: skip
         try:
-            spec = json.loads(spec_file.read_text())
+            spec = json.loads(_read_spec_file(spec_file))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ContractError(f"{spec_file}: not valid JSON ({str(exc).splitlines()[0]})") from None
         if not isinstance(spec, dict):
             raise ContractError(f"{spec_file}: a JSON object of the preprocessing keys is expected")
         try:
-            labels = parse_labels(labels_file.read_text())
+            labels = parse_labels(_read_spec_file(labels_file))
         except UnicodeDecodeError:
             raise ContractError(f"{labels_file}: not UTF-8 text (one class name per line)") from None
         if len(labels) < 2:
@@ -216,3 +219,12 @@ def run_of(directory: str | Path, key: str = "run_id") -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None
+
+
+def _read_spec_file(file: Path) -> str:
+    """A spec file's text, read no further than MAX_SPEC_BYTES: memory follows the limit, not the file."""
+    with open(file, "rb") as f:
+        data = f.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise ContractError(f"{file}: more than {MAX_SPEC_BYTES >> 20} MB, no file export writes; it is not read")
+    return data.decode("utf-8")

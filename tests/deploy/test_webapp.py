@@ -4,6 +4,7 @@ cost (bodies counted as they arrive, images refused past the pixel limit from th
 
 import json
 import logging
+import os
 import struct
 import time
 import zlib
@@ -111,6 +112,18 @@ def test_models_are_switched_only_from_under_the_roots_and_only_by_json(served, 
         assert answer.status_code == 400 and answer.json()["error"].startswith("the body must be a JSON object")
     plain = client.post("/api/model", content=json.dumps({"model": "x"}), headers={"content-type": "text/plain"})
     assert plain.status_code == 415
+    # a model folder whose labels.txt is huge (read whole, it took gigabytes) or a pipe (the read would block)
+    (root / "big").mkdir()
+    for name in ("model.onnx", "preprocessing.json"):
+        (root / "big" / name).write_bytes((trained_project / "models/export" / name).read_bytes())
+    with open(root / "big" / "labels.txt", "wb") as f:
+        f.truncate(64 << 20)  # sparse: no disk, but 64 MB to read
+    answer = client.post("/api/model", json={"model": str(root / "big")})
+    assert answer.status_code == 400 and "labels.txt: more than 16 MB" in answer.json()["error"]
+    (root / "big" / "labels.txt").unlink()
+    os.mkfifo(root / "big" / "labels.txt")
+    answer = client.post("/api/model", json={"model": str(root / "big")})
+    assert answer.status_code == 400 and "labels.txt: not a regular file" in answer.json()["error"]
     # a checkpoint beside the served export: the card finds its run (run.json beside model.pt)
     card = client.post("/api/model", json={"model": str(trained_project / "models/model.pt")}).json()
     assert card["run_id"] == json.loads((trained_project / "models/run.json").read_text())["run_id"]
