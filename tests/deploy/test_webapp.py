@@ -184,6 +184,10 @@ def test_images_past_the_pixel_limit_are_refused_from_their_header(served, monke
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded past the limit"))
     rows = client.post("/api/classify", files={"files": ("bomb.png", png_header(side, side))}).json()["results"]
     assert rows[0]["error"] == f"image of {side} x {side} pixels is over the limit of {MAX_PIXELS:,} pixels"
+    # a WebP's decoder takes about twice the memory a pixel: 8192 x 5600 (a 34-byte lossless WebP) is refused too
+    webp = bytes.fromhex("524946461a000000574542505650384c0e0000002fffdf7705071011fd0f4444ff03")
+    rows = client.post("/api/classify", files={"files": ("bomb.webp", webp)}).json()["results"]
+    assert rows[0]["error"] == f"image of 8192 x 5600 pixels is over the limit of {MAX_PIXELS // 2:,} pixels"
 
 
 def test_each_client_error_is_one_log_line(served, caplog):

@@ -20,6 +20,9 @@ MAX_PIXELS = 89_478_485
 # 32-bit grayscale (integer or float) holds 4 bytes a pixel, its 8-bit scaling 1 (as_shown) and the RGB copy 4:
 # 9, so fewer pixels
 MAX_PIXELS_32_BIT_GRAY = MAX_PIXELS * 8 // 9
+# PIL's WebP decoder holds about 15 bytes a pixel at its peak (libwebp's RGBA, PIL's copy, the RGB conversion):
+# half the pixels, so that a WebP stays within the memory another format of MAX_PIXELS takes
+MAX_PIXELS_WEBP = MAX_PIXELS // 2
 RESIZE_MODES = ("crop", "squash")  # contract.py's, which imports nothing of imgclf (tests/test_serving.py: equal)
 
 
@@ -42,6 +45,7 @@ def open_image(source, on_size: Callable[[int, int], None] | None = None) -> Ite
         with Image.open(source, formats=FORMATS) as img:
             width, height = img.size
             limit = MAX_PIXELS_32_BIT_GRAY if img.mode in ("I", "F") else MAX_PIXELS
+            limit = MAX_PIXELS_WEBP if img.format == "WEBP" else limit
             if width * height > limit:
                 raise ImageTooLarge(f"image of {width} x {height} pixels is over the limit of {limit:,} pixels")
             if on_size is not None:
