@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def server(project, tmp_path_factory):
     cmd = [str(BIN / "imgclf"), "serve", "--model", "models/export", "--port", str(port)]
     cmd += ["--uri", f"sqlite:///{project}/mlflow.db", "--experiment", "test", "--allow-root", "data"]
     cmd += ["--allow-root", "relabel", "--review", "tiny"]
-    cmd += ["--max-upload-mb", "5"]
+    cmd += ["--max-upload-mb", "5", "--max-connections", "16", "--header-timeout", "3"]
     tmp = tmp_path_factory.mktemp("serve-tmp")  # its temporary folder: downloaded models, run pictures, uploads
     env = dict(os.environ, TMPDIR=str(tmp))
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -266,3 +267,27 @@ def test_uploads_are_limited_and_huge_images_are_refused_without_taking_the_serv
         assert switched["model"] == ref and switched["run_id"] == card["run_id"]
     status, body = post(server + "/api/classify", {"path": "data/tiny/images/a/000.png"}, [])
     assert status == 200 and body["model"] == card["run_id"] and body["results"][0]["top"]
+
+
+def test_connections_that_never_finish_their_headers_are_closed_and_the_page_answers_again(server):
+    """A few connections that send part of a request and then nothing held every slot of --max-connections for as
+    long as they stayed open: every other client got 503. Each has --header-timeout seconds for its headers."""
+    import socket
+
+    port = int(server.rsplit(":", 1)[1])
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]  # past --max-connections 16
+    for sock in held:
+        sock.sendall(b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+    deadline = time.time() + 30
+    while True:  # polled: answered once the held connections are closed (3 s), 503 before
+        try:
+            with urllib.request.urlopen(server + "/api/model", timeout=5) as answer:
+                assert answer.status == 200
+                break
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503 and time.time() < deadline, exc
+            time.sleep(0.5)
+    for sock in held:
+        sock.settimeout(5)
+        assert sock.recv(100) == b""  # closed by the server, nothing sent
+        sock.close()

@@ -58,7 +58,54 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-connections", type=int, default=64, help="open connections; past them 503 (default: %(default)s)"
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has to send a request's line and headers; then it is closed (default: %(default)s)",
+    )
     return parser
+
+
+def timed_protocol(seconds: float):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's line and headers, from the connection's start
+    or the last response: a connection that sends no whole request by then is closed. Without it, a few
+    connections that never finish their headers held every one of --max-connections for as long as they stayed open
+    (every other client answered 503)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._answered, self._deadline = None, None
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+        def _expire(self) -> None:
+            if self.cycle is self._answered and not self.transport.is_closing():  # no new request began since
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not self._answered and self._deadline is not None:  # a request's headers arrived
+                self._deadline.cancel()
+                self._deadline = None
+
+        def on_response_complete(self) -> None:
+            self._answered = self.cycle
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
 
 
 class _Stopped(BaseException):  # not an Exception: a library's `except Exception` (MLflow's retries) would swallow it
@@ -87,7 +134,7 @@ def main(argv: list[str]) -> int:
 
     parser = serve_parser()
     args = parser.parse_args(argv)
-    limits = (args.max_upload_mb, args.max_request_megapixels)
+    limits = (args.max_upload_mb, args.max_request_megapixels, args.header_timeout)
     if min(args.max_concurrent, args.max_connections) < 1 or not all(0 < v < float("inf") for v in limits):
         parser.error("--max-concurrent and --max-connections must be at least 1, the other limits numbers above 0")
     if not 1 <= args.port <= 65535:
@@ -110,9 +157,8 @@ def main(argv: list[str]) -> int:
                 return 1
             print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
             app = create_app(service, loopback_names(args.host))
-            uvicorn.run(
-                app, host=args.host, port=args.port, log_level="warning", limit_concurrency=args.max_connections
-            )
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                        limit_concurrency=args.max_connections, http=timed_protocol(args.header_timeout))  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C while it loads (once it serves, uvicorn takes Ctrl-C and returns)
         return 130
     except _Stopped:
