@@ -147,6 +147,9 @@ def test_only_the_page_itself_may_post(served):
     ):
         assert client.post("/api/classify", data={"path": image}, headers=headers).status_code == 403, headers
         assert client.post("/api/model", json={"model": "x"}, headers=headers).status_code == 403, headers
+        for path in ("/api/model", "/api/runs", "/api/picture/x"):  # another site's <img src>: a slot and decoding
+            assert client.get(path, headers=headers).status_code == 403, (path, headers)
+    assert client.get("/", headers={"sec-fetch-site": "cross-site"}).status_code == 200  # a link to the page
     for headers in (
         {"origin": "http://testserver"},
         {"referer": "http://testserver/"},
