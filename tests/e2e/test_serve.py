@@ -153,6 +153,9 @@ def test_classify_one_many_and_bad_files_in_a_browser(project, server, browser, 
     page = {r.find_element(By.CLASS_NAME, "name").text: r.find_element(By.CLASS_NAME, "top1").text for r in rows}
     assert page == {p.name: cli_top1(project, p) for p in picks}
     assert browser.find_element(By.ID, "many-csv").get_attribute("href").startswith("blob:")
+    # a cell a spreadsheet would run (=, +, -, @, or one behind a tab or CR) is kept as text in the download
+    cells = browser.execute_script("return ['=1+1', '\\t=1+1', '\\r@SUM(1)', 'a=1'].map(csvText)")
+    assert cells == ["'=1+1", "'\t=1+1", "'\r@SUM(1)", "a=1"]
     screenshot(browser, "many", tmp_path)
 
     # bad files: one clear message each, and the server goes on serving
