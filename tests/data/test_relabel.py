@@ -277,3 +277,14 @@ def test_a_relabel_file_with_any_line_ending_is_read(tmp_path):
     (tmp_path / "fixes.csv").write_bytes(b"path,label\ra/1.png,b\ra/\xff.png,c\r")
     with pytest.raises(ValueError, match="fixes.csv line 3: not UTF-8 text"):
         read_fixes(tmp_path / "fixes.csv")
+
+
+def test_a_relabel_dir_that_is_a_file_or_cannot_be_made_is_one_line(tiny_project):
+    (tiny_project / "notes.txt").write_text("mine\n")
+    for given, says in (
+        ("notes.txt", "--relabel-dir notes.txt is a file, not a folder: give the folder relabel files go in"),
+        ("notes.txt/fixes", "--relabel-dir notes.txt/fixes cannot be made: "),
+    ):
+        done = console(relabel, ["--data", "tiny", "--relabel-dir", given, "a/000.png=b"], tiny_project)
+        assert done.returncode == 1 and done.stderr.startswith(f"error: {says}"), done.stderr  # not [Errno 17]
+    assert (tiny_project / "notes.txt").read_text() == "mine\n"

@@ -26,6 +26,7 @@ from typing import BinaryIO
 from imgclf.contract import LABELS_FILE
 from imgclf.errors import BadInput, shown
 from imgclf.paths import DATA_NAME, SPLIT_DIR
+from imgclf.targets import unmakeable_folder
 
 EXCLUDE = "exclude"
 HEADER = ["path", "label"]
@@ -241,6 +242,8 @@ def command(argv: list[str]) -> int:
         if not classes:
             raise BadInput(f"no class folders under {images}: run dvc repro fetch, or give --images")
         new = _new_fixes(args, images)
+        if why := unmakeable_folder(args.relabel_dir):  # [Errno 17] File exists, from the folder's mkdir
+            raise BadInput(f"--relabel-dir {shown(args.relabel_dir)} {why}: give the folder relabel files go in")
         target = Path(args.relabel_dir) / f"{name}.csv"
         taken = partial(_taken, images=images, indexed=_indexed(images.parent / SPLIT_DIR))
         check_fixes(target, new, taken(new), classes, rows=False)
