@@ -458,6 +458,14 @@ def test_a_refused_value_or_hydra_folder_leaves_every_file_as_it_was(tmp_path):
         (["-m", "--cfg", "job", "seed=1"], 2, "-m and --cfg: give one of -m, --run, --cfg, --info"),
         (["hydra.sweeper.params.seed=x"], 2, "hydra.sweeper.params.seed=x: Hydra's config has no such key here"),
         (["-m", "seed=range(5,1)"], 2, "seed=range(5,1) lists no value; give range(start,stop) with start < stop"),
+        (["trainer.epoch=1", "trainer.batch=3"], 2, "unknown key 'trainer.epoch' (did you mean trainer.epochs?)"),
+        # a log file of Hydra's moved onto a file of the user's (it was truncated, or appended to, then deleted)
+        (["hydra.job_logging.handlers.file.filename=notes.txt"], 2, "hydra.job_logging.handlers.file.filename="
+         "notes.txt: a stage logs to its run folder's <stage>.log"),
+        (["+hydra.job_logging.handlers.file.mode=w"], 2, "+hydra.job_logging.handlers.file.mode=w: a stage logs"),
+        # a config named (-cn, or --config-dir elsewhere) skipped every check: Hydra's folders are checked still
+        (["-cn", "config", "hydra.run.dir=.", "hydra.output_subdir=conf"], 2, "hydra.output_subdir=conf: conf holds"),
+        (["--config-dir", "/tmp", "hydra.run.dir=.", "hydra.output_subdir=conf"], 2, "hydra.output_subdir=conf: conf"),
     ]  # fmt: skip
     for args, code, said in cases:
         done = stage_main("train", args, tmp_path)
@@ -567,3 +575,19 @@ def test_a_run_folder_only_the_running_app_names_is_checked_by_its_fixed_part(tm
             "be made (default outputs/DATE/TIME)\n",
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "notes.txt"]
+
+
+def test_a_refused_run_in_a_run_dir_named_with_dots_keeps_what_an_earlier_run_left(tmp_path):
+    """`hydra.run.dir=keep/../keep`: what was there was noted under the name as typed, Hydra's folder under its
+    normalised name, and a refused run took an earlier run's keep/.hydra/ back as its own."""
+    import shutil
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "keep" / ".hydra").mkdir(parents=True)
+    earlier = {tmp_path / "keep" / ".hydra" / n: f"{n}: an earlier run's\n" for n in ("config.yaml", "hydra.yaml")}
+    for path, text in earlier.items():
+        path.write_text(text)
+    done = stage_main("evaluate", ["hydra.run.dir=keep/../keep"], tmp_path)  # refused inside: no model to evaluate
+    assert done.returncode == 1 and done.stderr.startswith("error: "), done.stderr
+    # Hydra's own files are Hydra's to replace; none of those there before is taken back, and nothing new stays
+    assert sorted(p for p in (tmp_path / "keep").rglob("*") if p.is_file()) == sorted(earlier)

@@ -13,8 +13,18 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.credentials import secret_override
-from imgclf.errors import did_you_mean
-from imgclf.hydra_run import INFO, VALUED, flags_error, output_folders, sweep_error, too_many_jobs
+from imgclf.errors import did_you_mean, yaml_error
+from imgclf.hydra_run import (
+    DVC_HYDRA,
+    INFO,
+    VALUED,
+    fixed_folder,
+    flags_error,
+    log_file_error,
+    output_folders,
+    sweep_error,
+    too_many_jobs,
+)
 
 CONF_DIR = "conf"
 
@@ -122,17 +132,16 @@ def checked_config(
     (an error, a DVC run reading params.yaml) or for a sweep (-m: each job's config differs, and a job refused is a
     FAILED run); a stage checks its values with it before Hydra makes a run folder. `stage`: a stage's own command
     line, where a list without -m is a mistake (`imgclf check -S a=1,2` checks DVC's grid)."""
-    error = (
-        no_conf_here(argv, root) or secret_override(argv) or flags_error(split_argv(argv)[0], _config_dirs(argv, root))
-    )
-    if error:
+    flags, given = split_argv(argv)
+    error = no_conf_here(argv, root) or secret_override(argv) or flags_error(flags, _config_dirs(argv, root))
+    if error := error or log_file_error(given):
         return error, None
-    bare = [a for a in split_argv(argv)[1] if "=" not in a and not a.startswith("~")]
+    bare = [a for a in given if "=" not in a and not a.startswith("~")]
     if bare:  # Hydra would say it in four lines (`imgclf check`: a traceback)
         return _bare(bare[0]), None
-    root = _given_root(argv, root)
-    if root is None or not conf_dir(root).is_dir() or "--config-name" in argv or "-cn" in argv:
-        return None, None  # DVC runs read params.yaml, already composed (and checked) by DVC
+    home, root = root, _given_root(argv, root)
+    if root is None or not conf_dir(root).is_dir() or any(f.split("=")[0] in ("-cn", "--config-name") for f in flags):
+        return _named_config(given, home), None
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -192,6 +201,14 @@ def _unswept(text: str) -> str:
 MAX_KEY = 250  # MLflow's longest param name: every key of the config is logged as one
 
 
+def _named_config(given: list[str], home: str | Path) -> str | None:
+    """A config named (-cn, or a --config-dir not conf/): DVC's runs read params.yaml, already composed (and
+    checked) by DVC; Hydra's folders are checked all the same, from conf/'s Hydra settings and the overrides."""
+    own = [o for o in given if o.lstrip("+").startswith("hydra.")]
+    checked = set(own) - set(DVC_HYDRA) and conf_dir(home).is_dir()
+    return _check_hydra([], own, home, None) if checked else None
+
+
 def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[str | None, list[str], list[str]]:
     """(an unknown group option, the config's overrides to compose, Hydra's own: hydra/launcher=joblib,
     hydra.launcher.n_jobs=2): each group choice checked against conf/'s files, a swept key kept with a neutral value."""
@@ -203,21 +220,15 @@ def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[
             return f"an override's key of {len(key)} characters ({key[:40]}...): at most {MAX_KEY}", [], []
         if key.startswith("hydra"):
             if key == "hydra.job.chdir" and str(ov.value()).lower() == "true":
-                return (
-                    "hydra.job.chdir=true: stages read and write paths from the project's root (data/, models/)",
-                    [],
-                    [],
-                )
+                why = "hydra.job.chdir=true: stages read and write paths from the project's root (data/, models/)"
+                return why, [], []
             own += [] if ov.is_sweep_override() else [text]
             continue
         if key in groups and not ov.is_delete():
             values = _choices(ov, groups[key])
             if values is None:
-                return (
-                    f"bad override {text!r}: a group takes its options as a list (a,b) or glob(*), not interval()",
-                    [],
-                    [],
-                )
+                why = f"bad override {text!r}: a group takes its options as a list (a,b) or glob(*), not interval()"
+                return why, [], []
             bad = [v for v in values if v not in groups[key]]
             if bad:
                 hint = did_you_mean(bad[0], groups[key], f"{key}=")
@@ -226,11 +237,6 @@ def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[
         else:  # a swept key is checked for existence with a neutral value
             kept.append(f"{prefix}{key}=null" if ov.is_sweep_override() else text)
     return None, kept, own
-
-
-def _fixed_folder(raw: str) -> str | None:
-    """The folders of a Hydra path before its first interpolation (`/data/${hydra:job.name}`: /data), or None."""
-    return raw.split("${", 1)[0].rpartition("/")[0] or None
 
 
 def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple[list, list] | None) -> str | None:
@@ -269,7 +275,7 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple
             value = "0" if key == "sweep.subdir" else None  # a job's folder: any job's stands for them all
             if key in ("run.dir", "sweep.dir"):  # its fixed folders are made whatever the rest turns out to be
                 group, _, name = key.partition(".")
-                value = _fixed_folder(str(OmegaConf.to_container(cfg.hydra[group], resolve=False)[name]))
+                value = fixed_folder(str(OmegaConf.to_container(cfg.hydra[group], resolve=False)[name]))
                 folders["output_subdir"] = None  # under a folder only the app knows: the app's own check
         folders.setdefault(key, None if value is None else str(value))
     if sweep is None:
@@ -309,14 +315,6 @@ def _choices(ov, options: list[str]) -> list[str] | None:
     return list(ov.sweep_string_iterator())
 
 
-def yaml_error(exc: Exception) -> str:
-    """A YAML parser's error as one line: the file, line and column, and the problem."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{mark.name} line {mark.line + 1}, column {mark.column + 1}" if mark else "a file of conf/"
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"{where} is not valid YAML: {problem}"
-
-
 def _explain(message: str, overrides: list[str], root: str | Path, hydra: bool = False) -> str:
     """Hydra's "Could not override 'a.b'" as one line naming the keys that `a` has (`hydra`: a key of Hydra's own)."""
     found = re.search(r"Could not override '([^']+)'|Could not delete from config\. '([^']+)' does not exist", message)
@@ -327,7 +325,9 @@ def _explain(message: str, overrides: list[str], root: str | Path, hydra: bool =
     if not found:
         return message.splitlines()[0]
     key = found.group(1) or found.group(2)
-    cfg = compose([o for o in overrides if o.lstrip("+~").partition("=")[0] != key], root, resolve=False, hydra=hydra)
+    cfg = _without_unknown(overrides, key, root, hydra)
+    if cfg is None:
+        return message.splitlines()[0]
     node, parts = cfg, key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, DictConfig) or part not in node:
@@ -339,6 +339,24 @@ def _explain(message: str, overrides: list[str], root: str | Path, hydra: bool =
             return f"unknown key '{key}'{hint}; {parent} has: {valid}{advice}"
         node = node[part]
     return message.splitlines()[0]
+
+
+def _without_unknown(overrides: list[str], key: str, root: str | Path, hydra: bool) -> DictConfig | None:
+    """The config composed without `key`'s override, and without any other a key of which is unknown too (two typos:
+    the first is named), or None when it does not compose for another reason."""
+    from hydra.errors import HydraException
+
+    dropped = {key}
+    for _ in overrides:
+        kept = [o for o in overrides if o.lstrip("+~").partition("=")[0] not in dropped]
+        try:
+            return compose(kept, root, resolve=False, hydra=hydra)
+        except HydraException as exc:
+            found = re.search(r"Could not override '([^']+)'|'([^']+)' does not exist", str(exc))
+            if not found or (found.group(1) or found.group(2)) in dropped:
+                return None
+            dropped.add(found.group(1) or found.group(2))
+    return None
 
 
 def missing_for_dvc(cfg: DictConfig, root: str | Path = ".") -> str | None:

@@ -87,3 +87,11 @@ def stoppable() -> Iterator[None]:
         term = str(exc) == f"signal {signal.SIGTERM}"
         print(f"stopped by {'SIGTERM' if term else 'Ctrl-C'}", file=sys.stderr)
         sys.exit(128 + (signal.SIGTERM if term else signal.SIGINT))
+
+
+def yaml_error(exc: Exception) -> str:
+    """A YAML parser's error as one line: the file, line and column, and the problem."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{mark.name} line {mark.line + 1}, column {mark.column + 1}" if mark else "a file of conf/"
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where} is not valid YAML: {problem}"

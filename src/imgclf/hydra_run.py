@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +51,26 @@ def flags_error(flags: list[str], config_dirs: list[Path]) -> str | None:
     return None
 
 
+# what dvc.yaml's stages give Hydra (`app` in its vars): a run in the stage's folder, nothing of Hydra's written
+DVC_HYDRA = ("hydra.run.dir=.", "hydra.output_subdir=null")
+LOG_FILE = re.compile(r"[+~]*hydra\.(job_logging|hydra_logging)\.handlers\.[^.=]+\.(filename|mode)(=|$)")
+
+
+def fixed_folder(raw: str) -> str | None:
+    """The folders of a Hydra path before its first interpolation (`/data/${hydra:job.name}`: /data), or None."""
+    return raw.split("${", 1)[0].rpartition("/")[0] or None
+
+
+def log_file_error(overrides: list[str]) -> str | None:
+    """One line for a log file moved out of the run's folder, or opened to truncate: Hydra would write (or empty) a
+    file the run did not make, README.md or conf/config.yaml say, and a refused run would take it back as its own."""
+    moved = next((o for o in overrides if LOG_FILE.match(o)), None)
+    return moved and (
+        f"{moved}: a stage logs to its run folder's <stage>.log; choose the folder with hydra.run.dir, or no file "
+        "with hydra/job_logging=stdout"
+    )
+
+
 def is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -86,7 +107,7 @@ def note_run_folder(argv: list[str]) -> None:
     run = Path(folder.strip("'\""))
     inside = run / subdir.strip("'\"") if subdir not in ("null", "") else run
     candidates = [run, *run.parents, inside, *(inside / n for n in HYDRA_FILES), *run.glob("*.log")]
-    _PRESENT = {p.absolute() for p in candidates if p.exists() or p.is_symlink()}
+    _PRESENT = {_norm(p) for p in candidates if p.exists() or p.is_symlink()}
 
 
 def run_folder_guard() -> Callable[[], None]:
@@ -105,10 +126,10 @@ def run_folder_guard() -> Callable[[], None]:
         if _PRESENT is None:
             return lambda: None  # a folder only the running app names (${...}): what was there is not known
         present = _PRESENT
-    folder = Path(hydra.runtime.output_dir)
+    folder = _norm(hydra.runtime.output_dir)
     logs = [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]
-    ours = [h for h in logs if Path(h.baseFilename).parent == folder and _empty(Path(h.baseFilename))]
-    ours = [h for h in ours if Path(h.baseFilename).absolute() not in present]
+    ours = [h for h in logs if _norm(h.baseFilename).parent == folder and _empty(Path(h.baseFilename))]
+    ours = [h for h in ours if _norm(h.baseFilename) not in present]
     subdir = folder / hydra.output_subdir if hydra.output_subdir is not None else None
 
     def take_back() -> None:
@@ -117,17 +138,22 @@ def run_folder_guard() -> Callable[[], None]:
             handler.close()
             Path(handler.baseFilename).unlink(missing_ok=True)
         for name in HYDRA_FILES if subdir is not None else ():
-            if (subdir / name).absolute() not in present:
+            if _norm(subdir / name) not in present:
                 (subdir / name).unlink(missing_ok=True)
         here, made = Path.cwd().resolve(), []
         for empty in [*([subdir] if subdir else []), folder, *folder.parents]:
             resolved = empty.resolve()
-            if resolved == here or resolved in here.parents or empty.absolute() in present:
+            if resolved == here or resolved in here.parents or _norm(empty) in present:
                 break
             made.append(empty)
         remove_empty(made)  # one that holds anything stays, and those above it
 
     return take_back
+
+
+def _norm(path: str | Path) -> Path:
+    """`path` made absolute with its `..` taken out, as Hydra names its folders (links kept: they are not resolved)."""
+    return Path(os.path.abspath(path))
 
 
 def _empty(path: Path) -> bool:

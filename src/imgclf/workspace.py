@@ -21,9 +21,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import GrammarParseError, InterpolationResolutionError
 
-from imgclf.config import conf_dir, config_groups, split_argv, yaml_error
+from imgclf.config import conf_dir, config_groups, split_argv
 from imgclf.credentials import secret_in_config
-from imgclf.errors import BadInput
+from imgclf.errors import BadInput, yaml_error
 
 PARAMS = "params.yaml"
 OFF = "IMGCLF_WORKSPACE"  # =0: start from conf/ alone

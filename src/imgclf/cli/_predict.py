@@ -72,7 +72,7 @@ def predict(argv: list[str]) -> int:
     from imgclf.deploy.explain import Explanations
     from imgclf.deploy.inputs import collect_inputs
     from imgclf.deploy.predict import Classifier, check_outputs, write_submission, write_table
-    from imgclf.targets import refuse_reading, refuse_to_replace
+    from imgclf.targets import refuse_to_replace
 
     args = predict_parser().parse_args(argv)
     outs = [(flag, path) for flag, path in (("--out", args.out), ("--submission", args.submission),
@@ -85,16 +85,7 @@ def predict(argv: list[str]) -> int:
             raise BadInput(f"an input was given as {blank[0]!r}: give image files, a folder of them or a .txt list")
         if not (inputs := collect_inputs(args.paths)):  # an empty folder or list: no success, and no empty file
             raise BadInput(f"no images in {', '.join(args.paths)}: give image files, a folder of them or a .txt list")
-        model = Path(args.model)
-        beside = [p for p in model.parent.iterdir() if p.is_file()] if model.is_file() else []  # its folder's files
-        read = [*inputs, *args.paths, model, *beside, args.explain_model]
-        for flag, out in outs:  # and never a file the command reads: an image, the model and what lies beside it
-            refuse_reading(out, flag, read, [model] if model.is_dir() else [])
-        if args.explain:  # overlays never go among what the command reads: the model's folder, an image's, a folder's
-            given = [Path(p) for p in args.paths if Path(p).is_dir()]
-            beside_inputs = {Path(i).parent for i in inputs if not any(Path(i).is_relative_to(g) for g in given)}
-            holds = [*beside_inputs, *([model.parent] if model.is_file() else [])]
-            refuse_reading(args.explain, "--explain", holds, [*given, *([model] if model.is_dir() else [])])
+        _refuse_reading(args, outs, inputs)
         check_outputs(outs)
         classifier = Classifier(args.model)
         if args.request:
@@ -128,6 +119,23 @@ def predict(argv: list[str]) -> int:
     if failed:
         print(f"{len(failed)} of {len(preds)} inputs could not be classified", file=sys.stderr)
     return 1 if failed and len(failed) == len(preds) else 0
+
+
+def _refuse_reading(args, outs: list[tuple[str, str]], inputs: list[Path]) -> None:
+    """No output is a file the command reads (an image, the model and what lies beside it), and the overlays of
+    --explain go in none of the folders it reads: the model's, an image's own, a folder given to classify."""
+    from imgclf.targets import refuse_reading
+
+    model = Path(args.model)
+    beside = [p for p in model.parent.iterdir() if p.is_file()] if model.is_file() else []  # its folder's files
+    read = [*inputs, *args.paths, model, *beside, args.explain_model]
+    for flag, out in outs:
+        refuse_reading(out, flag, read, [model] if model.is_dir() else [])
+    if args.explain:
+        given = [Path(p) for p in args.paths if Path(p).is_dir()]
+        beside_inputs = {Path(i).parent for i in inputs if not any(Path(i).is_relative_to(g) for g in given)}
+        holds = [*beside_inputs, *([model.parent] if model.is_file() else [])]
+        refuse_reading(args.explain, "--explain", holds, [*given, *([model] if model.is_dir() else [])])
 
 
 def _check_outputs_asked(args, outs: list[tuple[str, str]]) -> None:
