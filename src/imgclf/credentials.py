@@ -15,7 +15,10 @@ HTTP_USERINFO = re.compile(r"^(?P<scheme>https?://)(?P<user>[^:/@\s]+)(?::(?P<pa
 URI_OVERRIDE = re.compile(r"^(?P<key>[+~]*tracking\.uri=)(?P<value>.*)$")
 PASSWORD_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@", re.IGNORECASE)  # user:password@
 # `key` as a word of its own (kaggle_key, data.key, key_id), not inside another (monkey, keyboard)
-SECRET_KEY = re.compile(r"(password|passwd|secret|token|apikey|credential|(?<![a-z])key(?![a-z]))", re.IGNORECASE)
+# MYSQL_PWD, DB_PASS: a password under its abbreviation, after an underscore (PWD alone is the working folder)
+SECRET_KEY = re.compile(
+    r"(password|passwd|secret|token|apikey|credential|(?<![a-z])key(?![a-z])|(?<=_)(pwd|pass)(?![a-z]))", re.IGNORECASE
+)
 ENVIRONMENT = {"hydra.sweeper.storage": "IMGCLF_OPTUNA_STORAGE"}  # where a key's secret goes instead
 # `${oc.env:NAME}` and `${oc.env:NAME,default}`, in a config value or an override's
 ENV_INTERPOLATION = re.compile(r"\$\{\s*oc\.env\s*:\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)")

@@ -67,6 +67,10 @@ def test_a_value_reading_a_secrets_variable_is_refused_as_an_override(tiny_proje
     nowhere(checked)
     inner = console(cli.check, ["-S", "tracking.run_name='run-${oc.env:KAGGLE_KEY,none}'"], ROOT)
     assert one_line(inner, 2).startswith("error: tracking.run_name=${oc.env:KAGGLE_KEY} would write a secret")
+    for name in ("MYSQL_PWD", "DB_PASS"):  # a password under its abbreviation (MySQL's own variable)
+        short = console(cli.check, ["-S", f"tracking.run_name=${{oc.env:{name},none}}"], ROOT)
+        assert one_line(short, 2).startswith(f"error: tracking.run_name=${{oc.env:{name}}} would write a secret")
+    assert console(cli.check, ["-S", "tracking.run_name=${oc.env:PWD}"], ROOT).returncode == 0  # the working folder
     nowhere(trained, tiny_project, own_cache)
 
 
