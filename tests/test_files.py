@@ -171,11 +171,15 @@ def test_why_a_folder_cannot_be_made_is_known_before_anything_is_made(tmp_path):
         tmp_path / "notes.txt" / "run": f"cannot be made: {tmp_path / 'notes.txt'} is a file",
         "/proc/x/y": "cannot be written: /proc takes no files",
         tmp_path / "new" / ("x" * 256): "cannot be made: a name in it is longer than 255 bytes",
+        tmp_path / "dangling": "is a link that leads nowhere (or to itself)",
+        tmp_path / "loop" / "run": f"cannot be made: {tmp_path / 'loop'} is a link that leads nowhere (or to itself)",
     }
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
     if os.geteuid() != 0:  # root writes anywhere
         cases[tmp_path / "ro" / "run"] = f"cannot be written: {tmp_path / 'ro'} takes no files"
     assert {str(path): unmakeable_folder(path) for path in cases} == {str(p): why for p, why in cases.items()}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "ro"]  # nothing made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop", "notes.txt", "ro"]  # nothing made
 
 
 def test_only_empty_folders_are_taken_back_deepest_first(tmp_path):

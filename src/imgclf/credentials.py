@@ -179,6 +179,8 @@ def sqlite_file_error(uri: str) -> str | None:
     SQLAlchemy would fail for half an hour of retries), or None."""
     from pathlib import Path
 
+    from imgclf.targets import unmakeable_folder
+
     rest = uri.split("://", 1)[1] if "://" in uri else ""
     path = (rest[1:] if rest.startswith("/") else rest).split("?")[0]  # sqlite:///rel.db, sqlite:////abs/m.db
     if not path.strip() or path == ":memory:":
@@ -186,7 +188,7 @@ def sqlite_file_error(uri: str) -> str | None:
     file = Path(path).expanduser().absolute()
     if file.is_dir():
         return f"{uri!r} names a folder: give the database file in it (sqlite:///{path.rstrip('/')}/mlflow.db)"
-    existing = next(p for p in file.parents if p.exists())  # a new store's folders are made, as paths.* are
-    if not existing.is_dir():
-        return f"{uri!r}: its folder cannot be made, {existing} is a file"
-    return None
+    if file.is_symlink() and not file.exists():  # SQLAlchemy's "unable to open database file", after retries
+        return f"{uri!r}: {file} is a link that leads nowhere (or to itself)"
+    why = unmakeable_folder(file.parent)  # a new store's folders are made, as paths.* are
+    return f"{uri!r}: its folder {file.parent} {why}" if why else None

@@ -26,9 +26,13 @@ def unmakeable_folder(path: str | Path) -> str | None:
     if not str(path).strip():
         return "is blank"
     target = Path(os.path.expanduser(path)).absolute()
-    if (target.exists() or target.is_symlink()) and not target.is_dir():
+    if target.is_symlink() and not target.exists():
+        return "is a link that leads nowhere (or to itself)"
+    if target.exists() and not target.is_dir():
         return "is a file, not a folder"
-    existing = next(p for p in (target, *target.parents) if p.exists())
+    existing = next(p for p in (target, *target.parents) if p.exists() or p.is_symlink())
+    if existing.is_symlink() and not existing.exists():  # mkdir would say "File exists", or "Too many levels"
+        return f"cannot be made: {existing} is a link that leads nowhere (or to itself)"
     if not existing.is_dir():
         return f"cannot be made: {existing} is a file"
     pseudo = existing.parts[:2] in (("/", "proc"), ("/", "sys"))  # the kernel's: writable to root, never a file
