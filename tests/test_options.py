@@ -115,7 +115,8 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         (
             "tracking.uri",
             "sqlite:////dev/null/runs/m.db",
-            "tracking.uri='sqlite:////dev/null/runs/m.db': its folder /dev/null/runs cannot be made: /dev/null is a file",
+            "tracking.uri='sqlite:////dev/null/runs/m.db': its folder /dev/null/runs cannot be made: /dev/null is "
+            "a file",
         ),
         ("export.registered_name", "a/b", "export.registered_name='a/b' is not valid: null, or a name for MLflow's"),
         ("export.registered_name", " ", "export.registered_name=' ' is not valid: null or a non-blank string"),
