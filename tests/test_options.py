@@ -138,6 +138,9 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("optim._target_", "torch.optim.Nope", "optim._target_=torch.optim.Nope is not valid: no class or function"),
         ("optim.fused", "maybe", "optim.fused='maybe' is not valid: true or false"),
         ("schedule.gamma", 0.5, "unknown key 'schedule.gamma'; imgclf.training.optimizers."),
+        # a keyword it takes, a value it refuses: the optimizer made once, as training makes it (was a traceback)
+        ("optim.eps", -1, "optim: torch.optim.AdamW refuses these values: Invalid epsilon value: -1"),
+        ("optim.betas", [1.5, 0.9], "optim: torch.optim.AdamW refuses these values: Invalid beta parameter at index 0"),
         # a folder a stage writes into: checked up front, not when training first saves into it
         ("paths.checkpoints", "/proc/x", "paths.checkpoints='/proc/x' cannot be written: /proc takes no files"),
         ("paths.models", "/dev/null", "paths.models='/dev/null' is a file, not a folder"),

@@ -127,7 +127,17 @@ class Optim(Group):
         return {**({"momentum": self.momentum} if self.momentum is not None else {}), **self.extra}
 
     def check_target(self, where: str) -> None:
+        """The keywords by name (check_keywords), then by value: the optimizer made once for one parameter, as
+        training makes it (`+optim.eps=-1` was a traceback at the start of training)."""
         check_keywords(self._target_, {"lr": self.lr, **self.keywords()}, where, ("params",))
+        import torch
+
+        group = {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": self.lr, "weight_decay": self.weight_decay}
+        try:
+            self.factory()([group])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            said = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise BadInput(f"{where}: {self._target_} refuses these values: {said}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
