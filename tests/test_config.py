@@ -591,3 +591,14 @@ def test_a_refused_run_in_a_run_dir_named_with_dots_keeps_what_an_earlier_run_le
     assert done.returncode == 1 and done.stderr.startswith("error: "), done.stderr
     # Hydra's own files are Hydra's to replace; none of those there before is taken back, and nothing new stays
     assert sorted(p for p in (tmp_path / "keep").rglob("*") if p.is_file()) == sorted(earlier)
+
+
+def test_info_after_the_overrides_or_short_shows_hydras_info(tmp_path):
+    """Flags go before the overrides for Hydra's parser: a bare --info moved there took the first override as the
+    part to show (argparse's usage, exit 2), and `-i config` was read as an override."""
+    import shutil
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    for args, shows in ((["seed=1", "--info"], "Installed Hydra Plugins"), (["-i", "config", "seed=1"], "Config")):
+        done = stage_main("split", args, tmp_path)
+        assert done.returncode == 0 and shows in done.stdout, (args, done.stderr[-500:])

@@ -66,7 +66,7 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        takes = arg in VALUED or (arg == "--info" and i + 1 < len(argv) and argv[i + 1] in INFO)
+        takes = arg in VALUED or (arg in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in INFO)
         if arg.startswith("-") and not arg.startswith("~"):
             flags += argv[i : i + 2] if takes else [arg]
             i += 2 if takes else 1

@@ -73,7 +73,9 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
             print(f"error: {said}", file=sys.stderr)
             sys.exit(2)
         flags, given = split_argv(strip_overrides(argv))  # before Hydra or a line shows them; flags first: Hydra's
-        sys.argv[1:], carried = [*flags, *given], strip_overrides(carried)  # parser takes no override before -m
+        bare = [f for i, f in enumerate(flags) if f in ("--info", "-i") and flags[i + 1 : i + 2] == []]  # last, or it
+        flags = [f for f in flags if f not in bare]  # takes the first override as what to show
+        sys.argv[1:], carried = [*flags, *given, *bare], strip_overrides(carried)  # parser takes no override before -m
         if carried:  # secrets shown as *** (a key's value, a URL's user:password): the override check refuses them next
             shown = redact_overrides(carried)
             print(f"workspace: params.yaml is conf/ plus {shown} ({OFF}=0: conf/ alone)", file=sys.stderr)
