@@ -140,6 +140,10 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("schedule.gamma", 0.5, "unknown key 'schedule.gamma'; imgclf.training.optimizers."),
         # a keyword it takes, a value it refuses: the optimizer made once, as training makes it (was a traceback)
         ("optim.eps", -1, "optim: torch.optim.AdamW refuses these values: Invalid epsilon value: -1"),
+        # what train refused and `imgclf check` passed, or a wrong word, or a finder that never ends
+        ("tracking.uri", "sqlite:////etc/passwd", "tracking.uri='sqlite:////etc/passwd': /etc/passwd is not an SQLite"),
+        ("model.weights", "/dev/null", "model.weights=/dev/null is not a regular file: give a .pth"),
+        ("lr_find.num_batches", 10**11, "lr_find.num_batches=100000000000 is not valid: an integer from 3 to 100000"),
         ("optim.betas", [1.5, 0.9], "optim: torch.optim.AdamW refuses these values: Invalid beta parameter at index 0"),
         # a folder a stage writes into: checked up front, not when training first saves into it
         ("paths.checkpoints", "/proc/x", "paths.checkpoints='/proc/x' cannot be written: /proc takes no files"),

@@ -179,7 +179,8 @@ def sqlite_file_error(uri: str) -> str | None:
     SQLAlchemy would fail for half an hour of retries), or None."""
     from pathlib import Path
 
-    from imgclf.targets import unmakeable_folder
+    from imgclf.errors import BadInput
+    from imgclf.targets import sqlite_tables, unmakeable_folder
 
     rest = uri.split("://", 1)[1] if "://" in uri else ""
     path = (rest[1:] if rest.startswith("/") else rest).split("?")[0]  # sqlite:///rel.db, sqlite:////abs/m.db
@@ -190,5 +191,10 @@ def sqlite_file_error(uri: str) -> str | None:
         return f"{uri!r} names a folder: give the database file in it (sqlite:///{path.rstrip('/')}/mlflow.db)"
     if file.is_symlink() and not file.exists():  # SQLAlchemy's "unable to open database file", after retries
         return f"{uri!r}: {file} is a link that leads nowhere (or to itself)"
+    if file.is_file() and file.stat().st_size > 0:  # imgclf check says what train would: not a database
+        try:
+            sqlite_tables(file)
+        except BadInput as exc:
+            return f"{uri!r}: {exc}; give an MLflow store, e.g. sqlite:///mlflow.db"
     why = unmakeable_folder(file.parent)  # a new store's folders are made, as paths.* are
     return f"{uri!r}: its folder {file.parent} {why}" if why else None

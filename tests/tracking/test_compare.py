@@ -232,7 +232,7 @@ def test_a_store_that_is_not_mlflows_is_refused_untouched(tmp_path):
     sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE notes (text)").connection.commit()
     before = (tmp_path / "other.db").read_bytes()
     for uri, says in (
-        ("sqlite:////etc/passwd", "error: /etc/passwd is not an SQLite database; give an MLflow store"),
+        ("sqlite:////etc/passwd", "error: 'sqlite:////etc/passwd': /etc/passwd is not an SQLite database; give an"),
         (f"sqlite:///{tmp_path}/other.db", f"error: {tmp_path}/other.db is an SQLite database of something else"),
     ):
         result = imgclf_runs("--uri", uri, cwd=tmp_path)

@@ -70,7 +70,8 @@ class Model(Group):
             raise BadInput(f"{where}.image_size={self.image_size} with crop_pct={self.crop_pct} resizes to {resized} "
                            f"px: at most {MAX_INPUT_SIZE} (image_size / crop_pct)")  # fmt: skip
         if self.weights is not None and not Path(os.path.expanduser(self.weights)).is_file():
-            what = "is a folder" if Path(os.path.expanduser(self.weights)).exists() else "does not exist"
+            given = Path(os.path.expanduser(self.weights))
+            what = "is a folder" if given.is_dir() else "is not a regular file" if given.exists() else "does not exist"
             shown = self.weights if self.weights.isprintable() else repr(self.weights)
             raise BadInput(f"{where}.weights={shown} {what}: give a .pth, .safetensors or model.pt file")
 
@@ -236,7 +237,7 @@ class Augment(Group):
 class LrFind(Group):
     start_lr: float = rule(number(0, above=True), 1e-7)
     end_lr: float = rule(number(0, above=True), 10.0)
-    num_batches: int = rule(integer(3), 100)  # the fewest a rate is suggested from (imgclf.training.lr_find)
+    num_batches: int = rule(integer(3, 100_000), 100)  # from the fewest a rate is suggested from (training.lr_find)
 
     def check(self, where: str) -> None:
         if self.end_lr <= self.start_lr:
