@@ -144,6 +144,9 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("tracking.uri", "sqlite:////etc/passwd", "tracking.uri='sqlite:////etc/passwd': /etc/passwd is not an SQLite"),
         ("model.weights", "/dev/null", "model.weights=/dev/null is not a regular file: give a .pth"),
         ("lr_find.num_batches", 10**11, "lr_find.num_batches=100000000000 is not valid: an integer from 3 to 100000"),
+        # an output inside fetch's: the next split read a models/ folder, or the store's mlruns/, as a class
+        ("paths.models", "data/digits/images", "paths.models=data/digits/images is inside fetch's output"),
+        ("tracking.uri", "sqlite:///data/digits/m.db", "tracking.uri=data/digits/m.db is inside fetch's output"),
         ("optim.betas", [1.5, 0.9], "optim: torch.optim.AdamW refuses these values: Invalid beta parameter at index 0"),
         # a folder a stage writes into: checked up front, not when training first saves into it
         ("paths.checkpoints", "/proc/x", "paths.checkpoints='/proc/x' cannot be written: /proc takes no files"),

@@ -161,6 +161,16 @@ def store_scheme(uri: str) -> str:
     return uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
 
 
+SQLITE_URI = re.compile(r"^sqlite(\+\w+)?:///", re.IGNORECASE)  # sqlite+pysqlite:/// is SQLite's too
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The database file of a `sqlite:///` URI (or `sqlite+DRIVER:///`; query string dropped); None for other
+    stores."""
+    found = SQLITE_URI.match(uri)
+    return uri[found.end() :].split("?", 1)[0] if found else None
+
+
 def unknown_store(uri: str) -> str | None:
     """Why `uri` is no tracking store imgclf can use (one line naming what is valid), or None. MLflow's file store
     (`mlruns`, `file:///...`) is in maintenance mode and takes no model registry: a folder given here is refused."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.config import MAX_KEY  # MLflow's longest param name: each key of the config, flattened
+from imgclf.credentials import sqlite_path
 from imgclf.errors import BadConfig, BadInput, did_you_mean
 from imgclf.options.data import FOLDERS, Data, Folders, Split
 from imgclf.options.results import Evaluate, Export, LabelIssues, Optimise, Tracking
@@ -56,6 +57,10 @@ __all__ = [
     "SOURCES", "STRATEGIES", "Augment", "Data", "EarlyStopping", "Evaluate", "Export", "Finetune", "Folders", "Group",
     "LabelIssues", "LrFind", "Model", "Optim", "Optimise", "Options", "Schedule", "Split", "Tracking", "Trainer",
 ]  # fmt: skip
+
+
+def _resolved(path: str) -> Path:
+    return Path(os.path.expanduser(path)).resolve()
 
 
 def _flat_keys(node: Mapping[str, Any], prefix: str = "") -> typing.Iterator[str]:
@@ -101,6 +106,18 @@ class Options(Group):
                     f"data.{key}={given} {how} fetch's own output ({self.paths.data}/{self.data.name}): give the "
                     "folder your images are in, outside it"
                 )
+        self.check_outputs_outside(own)
+
+    def check_outputs_outside(self, own: Path) -> None:
+        """What a stage writes never lies in fetch's output: the next split would read a models/ folder (or the
+        tracking store's mlruns/) among the images as a class, and the next fetch would replace it."""
+        store = sqlite_path(self.tracking.uri)
+        written = {f"paths.{k}": getattr(self.paths, k) for k in ("models", "reports", "checkpoints", "relabel")}
+        written.update({"tracking.outbox": self.tracking.outbox, "tracking.uri": store})
+        for key, given in written.items():
+            if given and (own == Path(os.path.expanduser(given)).resolve() or own in _resolved(given).parents):
+                raise BadInput(f"{key}={given} is inside fetch's output ({self.paths.data}/{self.data.name}), which "
+                               "the next fetch replaces and split reads: give a folder outside it")  # fmt: skip
 
     def check_targets(self) -> Options:
         """The optimizer's and the schedule's keywords against their targets' signatures (check_keywords). It imports

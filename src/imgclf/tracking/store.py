@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from imgclf.credentials import hide, store_scheme, take_uri_credentials, unknown_store
+from imgclf.credentials import SQLITE_URI, hide, sqlite_path, store_scheme, take_uri_credentials, unknown_store
 from imgclf.errors import BadInput, MissingInput, first_line
 from imgclf.targets import sqlite_tables
 
@@ -27,16 +27,6 @@ LOCK_RETRIES = 12  # ~30 s of backoff: parallel jobs each hold SQLite's write lo
 
 
 SQLITE = "sqlite:///"
-
-
-SQLITE_URI = re.compile(r"^sqlite(\+\w+)?:///", re.IGNORECASE)  # sqlite+pysqlite:/// is SQLite's too
-
-
-def sqlite_path(uri: str) -> str | None:
-    """The database file of a `sqlite:///` URI (or `sqlite+DRIVER:///`; query string dropped); None for other
-    stores."""
-    found = SQLITE_URI.match(uri)
-    return uri[found.end() :].split("?", 1)[0] if found else None
 
 
 def sqlite_file(uri: str) -> str | None:
