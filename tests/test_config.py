@@ -360,6 +360,11 @@ def test_a_conf_file_that_is_not_yaml_or_holds_a_bad_value_is_one_line_everywher
         assert done.returncode == 2 and not done.stdout, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "adamw.yaml line " in lines[0] and "not valid YAML" in lines[0], done.stderr
+    adamw.write_bytes(good.encode() + b"# caf\xe9, in Latin-1\n")  # a byte that is no UTF-8: was a traceback
+    commands = (console(config.main, [], tmp_path), console(cli.check, [], tmp_path), stage_main("train", [], tmp_path))
+    for done in commands:
+        assert done.returncode == 2 and done.stderr == f"error: {adamw} is not valid YAML: unacceptable character " \
+            "#x00e9: not UTF-8 text (invalid continuation byte)\n", done.stderr  # fmt: skip
     adamw.write_text(good.replace("\nweight_decay: ", "\nweight_decay: -1 #", 1))  # what every stage refuses
     before = (tmp_path / "params.yaml").read_bytes()
     make = ["make", "-s", "-f", str(ROOT / "Makefile"), "-o", "venv", f"VENV={BIN.parent}", "params"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.credentials import secret_override
-from imgclf.errors import did_you_mean, yaml_error
+from imgclf.errors import did_you_mean, not_text, yaml_error
 from imgclf.hydra_run import (
     DVC_HYDRA,
     INFO,
@@ -43,7 +43,10 @@ def compose(
     from hydra import initialize_config_dir
 
     with initialize_config_dir(str(conf_dir(root)), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+        try:
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+        except UnicodeDecodeError as exc:  # a traceback from Hydra's loader: a YAML error naming the file instead
+            raise not_text(conf_dir(root), exc) from None
     if hydra:
         return cfg  # Hydra's config reads its runtime (${hydra:runtime.cwd}), which only a running app has
     if resolve:

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -92,6 +93,22 @@ def stoppable() -> Iterator[None]:
 def yaml_error(exc: Exception) -> str:
     """A YAML parser's error as one line: the file, line and column, and the problem."""
     mark = getattr(exc, "problem_mark", None)
-    where = f"{mark.name} line {mark.line + 1}, column {mark.column + 1}" if mark else "a file of conf/"
+    where = f"{mark.name} line {mark.line + 1}, column {mark.column + 1}" if mark else getattr(exc, "name", None)
+    where = where or "a file of conf/"
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     return f"{where} is not valid YAML: {problem}"
+
+
+def not_text(conf: Path, exc: UnicodeDecodeError) -> Exception:
+    """Hydra's UnicodeDecodeError from a conf/ file as a YAML reader's error naming the file (yaml_error's line)."""
+    from yaml.reader import ReaderError
+
+    for path in sorted(conf.rglob("*.yaml")):
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as found:
+            exc, name = found, str(path)
+            break
+    else:
+        name = "a file of conf/"
+    return ReaderError(name, exc.start, exc.object[exc.start], "utf-8", f"not UTF-8 text ({exc.reason})")

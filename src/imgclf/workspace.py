@@ -23,7 +23,7 @@ from omegaconf.errors import GrammarParseError, InterpolationResolutionError
 
 from imgclf.config import conf_dir, config_groups, split_argv
 from imgclf.credentials import secret_in_config
-from imgclf.errors import BadInput, yaml_error
+from imgclf.errors import BadInput, not_text, yaml_error
 
 PARAMS = "params.yaml"
 OFF = "IMGCLF_WORKSPACE"  # =0: start from conf/ alone
@@ -44,7 +44,10 @@ def _composer(root: Path) -> Iterator[Callable[[Sequence[str]], tuple[dict, dict
     def composed(overrides: Sequence[str]) -> tuple[dict, dict]:
         key = tuple(overrides)
         if key not in cache:
-            cfg = compose(config_name="config", overrides=list(key))
+            try:
+                cfg = compose(config_name="config", overrides=list(key))
+            except UnicodeDecodeError as exc:
+                raise not_text(conf_dir(root), exc) from None
             cache[key] = OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg, resolve=False)
         return cache[key]
 
