@@ -59,9 +59,6 @@ def params_yaml(overrides: Sequence[str] = (), root: str | Path = ".") -> str:
     return OmegaConf.to_yaml(compose(overrides, root))
 
 
-# Hydra's flags that take the next argument (the config's own: DVC's stages, a user's), and --info's optional value
-
-
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """(Hydra's flags with their values, the overrides): argparse takes the overrides as one run of positionals."""
     flags: list[str] = []
@@ -137,7 +134,7 @@ def checked_config(
     line, where a list without -m is a mistake (`imgclf check -S a=1,2` checks DVC's grid)."""
     flags, given = split_argv(argv)
     error = no_conf_here(argv, root) or secret_override(argv) or flags_error(flags, _config_dirs(argv, root))
-    if error := error or log_file_error(given):
+    if error := error or log_file_error(given):  # Hydra's log moved onto a file of the user's
         return error, None
     bare = [a for a in given if "=" not in a and not a.startswith("~")]
     if bare:  # Hydra would say it in four lines (`imgclf check`: a traceback)

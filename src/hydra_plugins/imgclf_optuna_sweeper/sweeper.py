@@ -131,13 +131,12 @@ def refuse(message: str) -> NoReturn:
 def foreign_sqlite(url: str) -> str | None:
     """Why a SQLite storage URL names a file that is no Optuna storage (another program's database, not a database,
     a pipe or a folder), or None (a new or empty file, or a study's database)."""
-    import re
-
+    from imgclf.credentials import sqlite_path
     from imgclf.errors import BadInput
     from imgclf.targets import sqlite_tables
 
-    found = re.match(r"^sqlite(\+\w+)?:///", url, re.IGNORECASE)
-    path = Path(os.path.expanduser(url[found.end() :].split("?", 1)[0])) if found else None
+    found = sqlite_path(url)
+    path = Path(os.path.expanduser(found)) if found is not None else None
     if path is None or not (path.exists() or path.is_symlink()) or str(path) == ":memory:":
         return None
     if not path.is_file():

@@ -60,6 +60,7 @@ __all__ = [
 
 
 def _resolved(path: str) -> Path:
+    """`path` with `~`, links and `..` followed: how two names of one folder compare equal."""
     return Path(os.path.expanduser(path)).resolve()
 
 
@@ -96,10 +97,10 @@ class Options(Group):
     def check(self, where: str) -> None:
         """A folder of images that holds fetch's own output (data/<name>), or lies inside it: fetch would copy its
         last output into the new one as a class (data.path=data), or replace the folder it reads from."""
-        own = Path(os.path.expanduser(self.paths.data), self.data.name).resolve()  # links and .. followed
+        own = _resolved(os.path.join(self.paths.data, self.data.name))  # links and .. followed
         for key in FOLDERS:
             given = getattr(self.data, key)
-            folder = Path(os.path.expanduser(given)).resolve() if given is not None else None
+            folder = _resolved(given) if given is not None else None
             if folder is not None and (folder == own or own in folder.parents or folder in own.parents):
                 how = "holds" if folder in own.parents else "is inside"
                 raise BadInput(
@@ -115,7 +116,7 @@ class Options(Group):
         written = {f"paths.{k}": getattr(self.paths, k) for k in ("models", "reports", "checkpoints", "relabel")}
         written.update({"tracking.outbox": self.tracking.outbox, "tracking.uri": store})
         for key, given in written.items():
-            if given and (own == Path(os.path.expanduser(given)).resolve() or own in _resolved(given).parents):
+            if given and (own == _resolved(given) or own in _resolved(given).parents):
                 raise BadInput(f"{key}={given} is inside fetch's output ({self.paths.data}/{self.data.name}), which "
                                "the next fetch replaces and split reads: give a folder outside it")  # fmt: skip
 
