@@ -9,7 +9,7 @@ import yaml
 from imgclf import config
 from imgclf.config import check_overrides, config_groups, params_yaml
 
-from .conftest import BIN, ROOT, TINY_MODEL, console, stage_main
+from .conftest import BIN, ROOT, TINY_MODEL, console, make_class_folders, stage_main
 
 
 def test_params_yaml_is_the_composition_of_conf():
@@ -607,3 +607,20 @@ def test_info_after_the_overrides_or_short_shows_hydras_info(tmp_path):
     for args, shows in ((["seed=1", "--info"], "Installed Hydra Plugins"), (["-i", "config", "seed=1"], "Config")):
         done = stage_main("split", args, tmp_path)
         assert done.returncode == 0 and shows in done.stdout, (args, done.stderr[-500:])
+
+
+def test_a_sweep_over_a_group_is_checked_with_each_of_its_options(tmp_path, capsys, monkeypatch):
+    """A key that only some options of a swept group have: one line before the first job (it was job 0 run, then
+    Hydra's lines), from the stage's command line and from `imgclf check` (DVC's grid)."""
+    from imgclf.cli import check
+
+    folder = make_class_folders(tmp_path / "images", {"a": 2, "b": 2})
+    args = ["--config-dir", str(ROOT / "conf"), "-m", "data=folder,digits", f"data.path={folder}", "trainer.epochs=1"]
+    done = stage_main("train", args, tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: data=digits: unknown key 'data.path'; data has: name,"), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no sweep folder, no run
+    monkeypatch.chdir(ROOT)
+    assert check(["-S", "optim=sgd,adamw", "-S", "optim.momentum=0.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: optim=adamw: unknown key 'optim.momentum'; optim has: ")
+    assert check_overrides(["-m", "data=digits,folder", "data.split.seed=3"]) is None  # a key both options have

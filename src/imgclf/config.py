@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +21,7 @@ from imgclf.hydra_run import (
     VALUED,
     fixed_folder,
     flags_error,
+    grammar_error,
     log_file_error,
     output_folders,
     sweep_error,
@@ -74,25 +76,6 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
             overrides.append(arg)
             i += 1
     return flags, overrides
-
-
-def _grammar_error(parser, args: Sequence[str], exc: Exception) -> str:
-    """Hydra's grammar error in one line, naming the override it is about and how to quote a value."""
-    from hydra.errors import HydraException
-
-    for text in args:
-        try:
-            parser.parse_overrides([text])
-        except HydraException as own:
-            skip = ("See https", "^", "Error parsing override", "LexerNoViableAltException")
-            said = [
-                line.strip() for line in str(own).splitlines() if line.strip() and not line.strip().startswith(skip)
-            ]
-            why = said[0].split(" expecting")[0] if said else "a character Hydra's grammar does not take"
-            key, _, value = text.partition("=")
-            quoted = "a value holding ~ = , [ ] { } ( ) or spaces goes in quotes"
-            return f"bad override {text!r} ({why}): {quoted}, {key}='{value}'"
-    return f"bad override: {str(exc).splitlines()[0]}"
 
 
 def no_conf_here(argv: Sequence[str], root: str | Path = ".") -> str | None:
@@ -150,7 +133,7 @@ def checked_config(
     try:
         parsed = parser.parse_overrides(args)
     except HydraException as exc:  # Hydra's grammar error: its first line names the bad token
-        return _grammar_error(parser, args, exc), None
+        return grammar_error(parser, args, exc), None
     multirun = bool({"-m", "--multirun"} & set(split_argv(argv)[0]))
     swept = [text for text, ov in zip(args, parsed) if ov.is_sweep_override()]
     modes = [f for f in split_argv(argv)[0] if f.split("=")[0] in MODES]
@@ -158,18 +141,11 @@ def checked_config(
         return (
             f"{' and '.join(modes)}: give one of {', '.join(MODES[::2])}" if len(modes) > 1 else _unswept(swept[0])
         ), None
-    error, kept, own = _kept(args, parsed, config_groups(root))
+    error, kept, own, others = _kept(args, parsed, config_groups(root))
     error = error or (None if multirun else too_many_jobs(args, parsed))  # -m: with the sweeper's params, below
+    error, cfg = (error, None) if error else _composed(kept, others, root)
     if error:
         return error, None
-    import yaml
-
-    try:
-        cfg = compose(kept, root, resolve=False)
-    except HydraException as exc:
-        return _explain(str(exc), kept, root), None
-    except yaml.YAMLError as exc:  # a file of conf/ that is not YAML: where, not Hydra's 100 lines
-        return yaml_error(exc), None
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -209,34 +185,61 @@ def _named_config(given: list[str], home: str | Path) -> str | None:
     return _check_hydra([], own, home, None) if checked else None
 
 
-def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[str | None, list[str], list[str]]:
+def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[str | None, list[str], list[str], list]:
     """(an unknown group option, the config's overrides to compose, Hydra's own: hydra/launcher=joblib,
-    hydra.launcher.n_jobs=2): each group choice checked against conf/'s files, a swept key kept with a neutral value."""
+    hydra.launcher.n_jobs=2, a swept group's other options as (its place in the overrides, the options)): each group
+    choice checked against conf/'s files, a swept group kept at its first option, a swept key with a neutral value."""
     kept: list[str] = []
     own: list[str] = []
+    others: list[tuple[int, list[str]]] = []
     for text, ov in zip(args, parsed):
         key, prefix = ov.key_or_group, text[: len(text) - len(text.lstrip("+~"))]
         if len(key) > MAX_KEY:  # Hydra looks for a file of that name first: the system's "File name too long"
-            return f"an override's key of {len(key)} characters ({key[:40]}...): at most {MAX_KEY}", [], []
+            return f"an override's key of {len(key)} characters ({key[:40]}...): at most {MAX_KEY}", [], [], []
         if key.startswith("hydra"):
             if key == "hydra.job.chdir" and str(ov.value()).lower() == "true":
                 why = "hydra.job.chdir=true: stages read and write paths from the project's root (data/, models/)"
-                return why, [], []
+                return why, [], [], []
             own += [] if ov.is_sweep_override() else [text]
             continue
         if key in groups and not ov.is_delete():
             values = _choices(ov, groups[key])
             if values is None:
                 why = f"bad override {text!r}: a group takes its options as a list (a,b) or glob(*), not interval()"
-                return why, [], []
+                return why, [], [], []
             bad = [v for v in values if v not in groups[key]]
             if bad:
                 hint = did_you_mean(bad[0], groups[key], f"{key}=")
-                return f"unknown {key} '{bad[0]}'{hint}; choose one of: {', '.join(groups[key])}", [], []
+                return f"unknown {key} '{bad[0]}'{hint}; choose one of: {', '.join(groups[key])}", [], [], []
+            others += [(len(kept), values[1:])] if len(values) > 1 else []
             kept.append(f"{prefix}{key}={values[0]}")
         else:  # a swept key is checked for existence with a neutral value
             kept.append(f"{prefix}{key}=null" if ov.is_sweep_override() else text)
-    return None, kept, own
+    return None, kept, own, others
+
+
+def _composed(kept: list[str], others: list[tuple[int, list[str]]], root: str | Path) -> tuple[str | None, Any]:
+    """(one line, None) when the overrides do not compose, else (None, the config, unresolved). A sweep over a group
+    composes each of its other options too, with the rest of the overrides (any other swept group at its first
+    option), so that a key one option lacks (`-m data=folder,digits data.path=X`) is one line before the first job
+    rather than Hydra's lines after it."""
+    import yaml
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose(kept, root, resolve=False)
+        for at, options in others:
+            for option in options:
+                trial = [*kept[:at], f"{kept[at].split('=')[0]}={option}", *kept[at + 1 :]]
+                try:
+                    compose(trial, root, resolve=False)
+                except HydraException as exc:
+                    return f"{trial[at].lstrip('+')}: {_explain(str(exc), trial, root)}", None
+    except HydraException as exc:
+        return _explain(str(exc), kept, root), None
+    except yaml.YAMLError as exc:  # a file of conf/ that is not YAML: where, not Hydra's 100 lines
+        return yaml_error(exc), None
+    return None, cfg
 
 
 def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple[list, list] | None) -> str | None:

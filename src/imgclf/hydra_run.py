@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imgclf.targets import remove_empty, unmakeable_folder
@@ -52,6 +52,25 @@ def flags_error(flags: list[str], config_dirs: list[Path]) -> str | None:
 
 
 # what dvc.yaml's stages give Hydra (`app` in its vars): a run in the stage's folder, nothing of Hydra's written
+def grammar_error(parser, args: Sequence[str], exc: Exception) -> str:
+    """Hydra's grammar error in one line, naming the override it is about and how to quote a value."""
+    from hydra.errors import HydraException
+
+    for text in args:
+        try:
+            parser.parse_overrides([text])
+        except HydraException as own:
+            skip = ("See https", "^", "Error parsing override", "LexerNoViableAltException")
+            said = [
+                line.strip() for line in str(own).splitlines() if line.strip() and not line.strip().startswith(skip)
+            ]
+            why = said[0].split(" expecting")[0] if said else "a character Hydra's grammar does not take"
+            key, _, value = text.partition("=")
+            quoted = "a value holding ~ = , [ ] { } ( ) or spaces goes in quotes"
+            return f"bad override {text!r} ({why}): {quoted}, {key}='{value}'"
+    return f"bad override: {str(exc).splitlines()[0]}"
+
+
 DVC_HYDRA = ("hydra.run.dir=.", "hydra.output_subdir=null")
 LOG_FILE = re.compile(r"[+~]*hydra\.(job_logging|hydra_logging)\.handlers\.[^.=]+\.(filename|mode)(=|$)")
 
