@@ -624,3 +624,27 @@ def test_a_sweep_over_a_group_is_checked_with_each_of_its_options(tmp_path, caps
     assert check(["-S", "optim=sgd,adamw", "-S", "optim.momentum=0.5"]) == 2
     assert capsys.readouterr().err.startswith("error: optim=adamw: unknown key 'optim.momentum'; optim has: ")
     assert check_overrides(["-m", "data=digits,folder", "data.split.seed=3"]) is None  # a key both options have
+
+
+def test_hydra_help_shell_completion_and_sweeper_settings_are_taken_or_one_line(tmp_path):
+    """--hydra-help with overrides was Hydra's traceback (it composes no app config), `-sc install=bash` was refused
+    as an unknown key, a bad -sc a traceback, and max_batch_size=0 Hydra's AssertionError after the sweep's folder;
+    ~KEY on a key whose value is null said it did not exist."""
+    import shutil
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    done = stage_main("split", ["--hydra-help", "trainer.epochs=1", "hydra/launcher=joblib"], tmp_path)
+    assert done.returncode == 0 and "Hydra (" in done.stdout and "--cfg hydra" in done.stdout, done.stderr[-500:]
+    done = stage_main("split", ["-sc", "install=bash"], tmp_path)
+    assert done.returncode == 0 and "complete -o nospace" in done.stdout, done.stderr[-500:]
+    for args in (["-sc"], ["-sc", "install=cmd"], ["-sc", "install=bash", "seed=1"]):
+        done = stage_main("split", args, tmp_path)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr[-500:])
+        assert "-sc takes one of install|uninstall|query=bash|fish|zsh" in done.stderr
+    done = stage_main("split", ["-m", "hydra.sweeper.max_batch_size=0", "seed=1,2"], tmp_path)
+    assert done.returncode == 2 and done.stderr == (
+        "error: hydra.sweeper.max_batch_size=0 is not valid: null (every job at once) or an integer >= 1\n"
+    )
+    done = stage_main("train", ["~trainer.grad_clip"], tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("error: ~trainer.grad_clip: the stages read every key")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]  # no run or sweep folder

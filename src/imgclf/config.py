@@ -22,10 +22,12 @@ from imgclf.hydra_run import (
     fixed_folder,
     flags_error,
     grammar_error,
+    group_choices,
     log_file_error,
     output_folders,
     sweep_error,
     too_many_jobs,
+    unswept,
 )
 
 CONF_DIR = "conf"
@@ -139,7 +141,7 @@ def checked_config(
     modes = [f for f in split_argv(argv)[0] if f.split("=")[0] in MODES]
     if stage and (len(modes) > 1 or (swept and not multirun)):  # Hydra's traceback, or its lines
         return (
-            f"{' and '.join(modes)}: give one of {', '.join(MODES[::2])}" if len(modes) > 1 else _unswept(swept[0])
+            f"{' and '.join(modes)}: give one of {', '.join(MODES[::2])}" if len(modes) > 1 else unswept(swept[0])
         ), None
     error, kept, own, others = _kept(args, parsed, config_groups(root))
     error = error or (None if multirun else too_many_jobs(args, parsed))  # -m: with the sweeper's params, below
@@ -167,11 +169,6 @@ MODES = ("-m", "--multirun", "--run", "-r", "--cfg", "-c", "--info", "-i", "--sh
 
 def _bare(text: str) -> str:
     return f"bad override {text!r}: give KEY=VALUE (trainer.epochs=5), +KEY=VALUE to add a key, ~KEY to drop one"
-
-
-def _unswept(text: str) -> str:
-    key, _, value = text.partition("=")
-    return f"{text} lists values: add -m to run a job for each, or quote a value holding a comma: {key}='{value}'"
 
 
 MAX_KEY = 250  # MLflow's longest param name: every key of the config is logged as one
@@ -203,7 +200,7 @@ def _kept(args: list[str], parsed: list, groups: dict[str, list[str]]) -> tuple[
             own += [] if ov.is_sweep_override() else [text]
             continue
         if key in groups and not ov.is_delete():
-            values = _choices(ov, groups[key])
+            values = group_choices(ov, groups[key])
             if values is None:
                 why = f"bad override {text!r}: a group takes its options as a list (a,b) or glob(*), not interval()"
                 return why, [], [], []
@@ -286,7 +283,9 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple
     sweeper = cfg.hydra.sweeper
     node = sweeper.get("params")
     params = {str(k): str(v) for k, v in OmegaConf.to_container(node).items()} if node is not None else {}
-    return output_folders(folders, own, root, multirun=True) or sweep_error(str(sweeper._target_), params, *sweep)
+    return output_folders(folders, own, root, multirun=True) or sweep_error(
+        str(sweeper._target_), params, *sweep, batch=sweeper.get("max_batch_size")
+    )
 
 
 def _config_dirs(argv: Sequence[str], root: str | Path) -> list[Path]:
@@ -305,17 +304,6 @@ def _given_root(argv: Sequence[str], root: str | Path) -> Path | None:
         return Path(root)
     folder = given[-1].resolve()
     return folder.parent if folder.name == CONF_DIR else None
-
-
-def _choices(ov, options: list[str]) -> list[str] | None:
-    """The options a group override names (a glob's, matched against conf/'s files); None for an interval."""
-    if not ov.is_sweep_override():
-        return [ov.get_value_element_as_str()]
-    if ov.is_interval_sweep():
-        return None
-    if type(ov.value()).__name__ == "Glob":
-        return ov.value().filter(options) or [f"glob({','.join(ov.value().include)})"]
-    return list(ov.sweep_string_iterator())
 
 
 def _explain(message: str, overrides: list[str], root: str | Path, hydra: bool = False) -> str:
@@ -341,6 +329,8 @@ def _explain(message: str, overrides: list[str], root: str | Path, hydra: bool =
             advice = "" if hint or found.group(2) or hydra else f" (use +{key}=... to add a new key)"
             return f"unknown key '{key}'{hint}; {parent} has: {valid}{advice}"
         node = node[part]
+    if found.group(2):  # Hydra cannot delete a key whose value is null
+        return f"~{key}: the stages read every key of conf/, so it cannot be dropped; set it instead ({key}=null)"
     return message.splitlines()[0]
 
 

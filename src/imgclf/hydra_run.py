@@ -51,7 +51,6 @@ def flags_error(flags: list[str], config_dirs: list[Path]) -> str | None:
     return None
 
 
-# what dvc.yaml's stages give Hydra (`app` in its vars): a run in the stage's folder, nothing of Hydra's written
 def grammar_error(parser, args: Sequence[str], exc: Exception) -> str:
     """Hydra's grammar error in one line, naming the override it is about and how to quote a value."""
     from hydra.errors import HydraException
@@ -71,6 +70,42 @@ def grammar_error(parser, args: Sequence[str], exc: Exception) -> str:
     return f"bad override: {str(exc).splitlines()[0]}"
 
 
+def unswept(text: str) -> str:
+    key, _, value = text.partition("=")
+    return f"{text} lists values: add -m to run a job for each, or quote a value holding a comma: {key}='{value}'"
+
+
+def group_choices(ov, options: list[str]) -> list[str] | None:
+    """The options a group override names (a glob's, matched against conf/'s files); None for an interval."""
+    if not ov.is_sweep_override():
+        return [ov.get_value_element_as_str()]
+    if ov.is_interval_sweep():
+        return None
+    if type(ov.value()).__name__ == "Glob":
+        return ov.value().filter(options) or [f"glob({','.join(ov.value().include)})"]
+    return list(ov.sweep_string_iterator())
+
+
+COMPLETION = ("install", "uninstall", "query")
+SHELLS = ("bash", "fish", "zsh")
+
+
+def help_or_completion(flags: list[str], given: list[str]) -> tuple[str | None, list[str] | None]:
+    """(an error, the arguments for Hydra) for what composes no job: -sc (shell completion) takes one of
+    install|uninstall|query=SHELL and nothing else; --hydra-help shows Hydra's help, which Hydra composes without the
+    app's config, so only Hydra's own overrides (hydra/launcher=joblib) are kept. (None, None) for anything else."""
+    names = {f.split("=")[0] for f in flags}
+    if names & {"-sc", "--shell-completion"}:
+        asked = [o for o in given if o.partition("=")[0] in COMPLETION and o.partition("=")[2] in SHELLS]
+        if len(given) != 1 or not asked:
+            return f"{' '.join(given) or 'nothing'}: -sc takes one of {'|'.join(COMPLETION)}={'|'.join(SHELLS)}", None
+        return None, [*flags, *given]
+    if "--hydra-help" in names:
+        return None, [*flags, *(o for o in given if o.lstrip("+~").startswith("hydra"))]
+    return None, None
+
+
+# what dvc.yaml's stages give Hydra (`app` in its vars): a run in the stage's folder, nothing of Hydra's written
 DVC_HYDRA = ("hydra.run.dir=.", "hydra.output_subdir=null")
 LOG_FILE = re.compile(r"[+~]*hydra\.(job_logging|hydra_logging)\.handlers\.[^.=]+\.(filename|mode)(=|$)")
 
@@ -236,14 +271,17 @@ def too_many_jobs(args: list[str], parsed: list, grid: bool = True, intervals: b
     )
 
 
-def sweep_error(target: str, file_params: dict[str, str], args: list[str], parsed: list) -> str | None:
+def sweep_error(target: str, file_params: dict[str, str], args: list[str], parsed: list, batch=None) -> str | None:
     """`-m`'s whole sweep as the chosen sweeper sees it: the sweep file's params (hydra.sweeper.params, each beaten
-    by the command line's value of its key) with the command line's, checked by too_many_jobs."""
+    by the command line's value of its key) with the command line's, checked by too_many_jobs; Hydra's grid sweeper's
+    `batch` (hydra.sweeper.max_batch_size: its assertion, a traceback, after the sweep's folder is made)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     given = {ov.key_or_group for ov in parsed}
     files = [f"{key}={value}" for key, value in file_params.items() if key not in given]
     grid = target.endswith("BasicSweeper")
+    if grid and batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        return f"hydra.sweeper.max_batch_size={batch} is not valid: null (every job at once) or an integer >= 1"
     return too_many_jobs([*args, *files], [*parsed, *OverridesParser.create().parse_overrides(files)], grid, True)
 
 

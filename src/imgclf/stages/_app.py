@@ -9,19 +9,15 @@ import sys
 from collections.abc import Callable
 
 import hydra
-import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf.config import check_overrides, checked_config, conf_dir, split_argv
-from imgclf.credentials import redact_overrides, strip_overrides
-from imgclf.errors import USER_ERRORS, BadConfig, BadInput, stoppable
-from imgclf.hydra_run import is_multirun, note_run_folder, overrides, run_folder_guard
+from imgclf.config import conf_dir, split_argv
+from imgclf.errors import USER_ERRORS, BadConfig, stoppable
+from imgclf.hydra_run import help_or_completion, is_multirun, note_run_folder, overrides, run_folder_guard
 from imgclf.hydra_run import output_root as output_root  # the stages' own (train, lr_find)
-from imgclf.options import Options
 from imgclf.stages import settle_imports
-from imgclf.workspace import OFF, with_workspace
+from imgclf.stages._argv import checked_argv, exit_if
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +62,11 @@ def stage_main(task: Callable[[DictConfig], object], refused: Refused | None = N
 
     def main() -> None:
         settle_imports()
-        try:  # the experiment applied in this workspace (params.yaml), under the user's own overrides
-            argv, carried = with_workspace(sys.argv[1:])
-        except (BadInput, HydraException, yaml.YAMLError) as exc:  # conf/ not composing: the override check says why
-            said = str(exc) if isinstance(exc, BadInput) else check_overrides([]) or str(exc).splitlines()[0]
-            print(f"error: {said}", file=sys.stderr)
-            sys.exit(2)
-        flags, given = split_argv(strip_overrides(argv))  # before Hydra or a line shows them; flags first: Hydra's
-        bare = [f for i, f in enumerate(flags) if f in ("--info", "-i") and flags[i + 1 : i + 2] == []]  # last, or it
-        flags = [f for f in flags if f not in bare]  # takes the first override as what to show
-        sys.argv[1:], carried = [*flags, *given, *bare], strip_overrides(carried)  # parser takes no override before -m
-        if carried:  # secrets shown as *** (a key's value, a URL's user:password): the override check refuses them next
-            shown = redact_overrides(carried)
-            print(f"workspace: params.yaml is conf/ plus {shown} ({OFF}=0: conf/ alone)", file=sys.stderr)
-        error, cfg = checked_config(sys.argv[1:], stage=True)  # before Hydra: its errors are many lines, and exit 1
-        if error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        if cfg is not None:  # its values too, before Hydra makes a run folder (outputs/DATE/TIME) for a refused one
-            try:
-                Options.from_config(cfg)
-            except BadConfig as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                sys.exit(1)
+        error, hydra_only = help_or_completion(*split_argv(sys.argv[1:]))  # no job: Hydra answers from conf/ alone
+        exit_if(error, 2)
+        if hydra_only is None:
+            checked_argv()
+        sys.argv[1:] = hydra_only or sys.argv[1:]
         note_run_folder(sys.argv[1:])  # what a hydra.run.dir given holds already: a refused run leaves it as it was
         path = str(conf_dir()) if conf_dir().is_dir() else None
         with stoppable():
