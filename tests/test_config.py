@@ -645,6 +645,8 @@ def test_hydra_help_shell_completion_and_sweeper_settings_are_taken_or_one_line(
     assert done.returncode == 2 and done.stderr == (
         "error: hydra.sweeper.max_batch_size=0 is not valid: null (every job at once) or an integer >= 1\n"
     )
+    done = stage_main("split", ["tracking.run_name=a\\${seed}"], tmp_path)  # was a traceback, or 42 read twice
+    assert done.returncode == 2 and done.stderr.startswith("error: tracking.run_name=a\\${seed}: a value cannot hold")
     done = stage_main("train", ["~trainer.grad_clip"], tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("error: ~trainer.grad_clip: the stages read every key")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]  # no run or sweep folder

@@ -124,6 +124,8 @@ def checked_config(
     bare = [a for a in given if "=" not in a and not a.startswith("~")]
     if bare:  # Hydra would say it in four lines (`imgclf check`: a traceback)
         return _bare(bare[0]), None
+    if escaped := [a for a in given if "\\${" in a]:  # resolved once it is text ${x}, which the next read resolves
+        return f"{escaped[0]}: a value cannot hold ${{...}} as text, escaped or not (it would be resolved)", None
     home, root = root, _given_root(argv, root)
     if root is None or not conf_dir(root).is_dir() or any(f.split("=")[0] in ("-cn", "--config-name") for f in flags):
         return _named_config(given, home), None
