@@ -4,10 +4,8 @@ augmentation, and the learning-rate finder."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from imgclf.errors import BadInput, did_you_mean
@@ -32,6 +30,7 @@ from imgclf.options.rules import (
     triple,
     typed,
 )
+from imgclf.targets import unreadable_file
 
 MIN_IMAGE_SIZE = {"alexnet": 63}  # AlexNet's five poolings leave nothing below 63 px; the others work from 32
 DEFAULT_MIN_IMAGE_SIZE = 32
@@ -69,11 +68,9 @@ class Model(Group):
         if resized > MAX_INPUT_SIZE:
             raise BadInput(f"{where}.image_size={self.image_size} with crop_pct={self.crop_pct} resizes to {resized} "
                            f"px: at most {MAX_INPUT_SIZE} (image_size / crop_pct)")  # fmt: skip
-        if self.weights is not None and not Path(os.path.expanduser(self.weights)).is_file():
-            given = Path(os.path.expanduser(self.weights))
-            what = "is a folder" if given.is_dir() else "is not a regular file" if given.exists() else "does not exist"
+        if self.weights is not None and (why := unreadable_file(self.weights)):
             shown = self.weights if self.weights.isprintable() else repr(self.weights)
-            raise BadInput(f"{where}.weights={shown} {what}: give a .pth, .safetensors or model.pt file")
+            raise BadInput(f"{where}.weights={shown} {why}: give a .pth, .safetensors or model.pt file")
 
 
 def check_keywords(target: str, keywords: Mapping[str, Any], where: str, bound: tuple[str, ...]) -> None:
@@ -200,6 +197,18 @@ class Trainer(Group):
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
     keep: str = rule(one_of("last", "best"), "last")
     resume: str = rule(((lambda v: isinstance(v, str) and v != ""), "auto, never or the path of a last.pt"), "auto")
+
+    def check(self, where: str) -> None:
+        """A checkpoint that is there but no file (a folder, a pipe, /dev/zero, /proc/self/mem): one line before the
+        network is built, where torch.load's traceback or endless read came after. One not there is train's to
+        refuse: evaluate's options outlive the file a finished resume started from."""
+        if self.resume in ("auto", "never"):
+            return
+        why = unreadable_file(self.resume)
+        if why and why != "does not exist":
+            shown = self.resume if self.resume.isprintable() else repr(self.resume)
+            raise BadInput(f"{where}.resume={shown} {why}: give auto, never or the path of a checkpoint file (a "
+                           "last.pt training wrote)")  # fmt: skip
 
     def epochs_for(self, steps_per_epoch: int) -> int:
         """trainer.epochs, or for auto: min_epochs, or more when an epoch is short, until min_steps steps."""
