@@ -297,6 +297,12 @@ def test_int8_without_calibration_images_is_refused(default_config):
          "not one on disk: give auto, never or the path of a checkpoint file (a last.pt training wrote)"),
         ("trainer.resume=/dev/zero", "trainer.resume=/dev/zero is a device, not a file: give auto, never or the "
          "path of a checkpoint file"),
+        # a finder's range past any rate that trains: its batches spread over 315 powers of ten
+        ("lr_find.end_lr=1e308", "lr_find.end_lr=1e+308 is not valid: a number from 1e-10 to 100 (below, a step "
+         "moves no float32 weight; past 100 the loss has long diverged)"),
+        ("lr_find.start_lr=1e-320", "lr_find.start_lr=1e-320 is not valid: a number from 1e-10 to 100"),
+        ("lr_find.start_lr=20", "lr_find.start_lr=20 is not below lr_find.end_lr=10: give lr_find.start_lr < "
+         "lr_find.end_lr, both from 1e-10 to 100"),
     ],
 )  # fmt: skip
 def test_a_value_a_later_step_refused_is_one_line_in_check_and_before_training(override, said, tmp_path):

@@ -22,6 +22,7 @@ from imgclf.options.rules import (
     TEXT,
     TTA,
     Group,
+    Rule,
     integer,
     number,
     one_of,
@@ -242,12 +243,22 @@ class Augment(Group):
         return [self.ops] if self.preset != "auto" else [self.presets[n]["ops"] for n in AUTO_PRESETS]
 
 
+# The rates a finder sweeps: below 1e-10 a step moves no float32 weight (a float32 resolves 1e-7 of the weight), and
+# past 100 the loss has diverged long before, where the sweep stops; the batches spread evenly over the log of the
+# range, so a wider one (1e308) only leaves fewer of them where a network learns. fast.ai sweeps 1e-7 to 10.
+LR_FIND_RATE: Rule = (
+    number(1e-10, 100, below=False)[0],
+    "a number from 1e-10 to 100 (below, a step moves no float32 weight; past 100 the loss has long diverged)",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LrFind(Group):
-    start_lr: float = rule(number(0, above=True), 1e-7)
-    end_lr: float = rule(number(0, above=True), 10.0)
+    start_lr: float = rule(LR_FIND_RATE, 1e-7)
+    end_lr: float = rule(LR_FIND_RATE, 10.0)
     num_batches: int = rule(integer(3, 100_000), 100)  # from the fewest a rate is suggested from (training.lr_find)
 
     def check(self, where: str) -> None:
-        if self.end_lr <= self.start_lr:
-            raise BadInput(f"{where}.end_lr={self.end_lr} is not valid: a number > {where}.start_lr={self.start_lr}")
+        if self.end_lr <= self.start_lr:  # the sweep rises from start_lr to end_lr
+            raise BadInput(f"{where}.start_lr={self.start_lr:g} is not below {where}.end_lr={self.end_lr:g}: give "
+                           f"{where}.start_lr < {where}.end_lr, both from 1e-10 to 100")  # fmt: skip
