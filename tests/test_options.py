@@ -303,6 +303,9 @@ def test_int8_without_calibration_images_is_refused(default_config):
         ("lr_find.start_lr=1e-320", "lr_find.start_lr=1e-320 is not valid: a number from 1e-10 to 100"),
         ("lr_find.start_lr=20", "lr_find.start_lr=20 is not below lr_find.end_lr=10: give lr_find.start_lr < "
          "lr_find.end_lr, both from 1e-10 to 100"),
+        ("augment.ops=null", "augment.ops=null is not valid: a mapping of name: kornia.augmentation op, as "
+         "conf/augment/ writes them (add one with +augment.ops.flip={_target_:kornia.augmentation."
+         "RandomHorizontalFlip}); no augmentation is augment=none"),
     ],
 )  # fmt: skip
 def test_a_value_a_later_step_refused_is_one_line_in_check_and_before_training(override, said, tmp_path):

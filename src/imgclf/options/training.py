@@ -219,11 +219,16 @@ class Trainer(Group):
 
 
 AUTO_PRESETS = ("digits", "photos")  # what augment=auto chooses between
+OPS: Rule = (
+    lambda v: isinstance(v, Mapping),
+    "a mapping of name: kornia.augmentation op, as conf/augment/ writes them (add one with "
+    "+augment.ops.flip={_target_:kornia.augmentation.RandomHorizontalFlip}); no augmentation is augment=none",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Augment(Group):
-    ops: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping)), "a mapping of name: kornia op"), {})
+    ops: Mapping[str, Any] = rule(OPS, {})
     tta: tuple[str, ...] = rule(TTA, ())
     preset: str | None = rule(optional(one_of("auto")), None)  # auto: ops and tta from presets, by the data
     presets: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping)), "a mapping of preset: ops and tta"), {})
