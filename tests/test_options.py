@@ -344,3 +344,24 @@ def test_a_resume_path_that_is_no_checkpoint_file_is_one_line_before_training(ki
     done = stage_main("train", [f"trainer.resume={given}"], project)
     assert done.returncode == 1 and done.stderr.startswith(said), done.stderr
     assert [p.name for p in project.iterdir()] == ["conf"]  # no run folder, no store
+
+
+def test_a_seed_a_resolver_gives_as_text_is_refused_saying_how_to_write_the_integer(tmp_path):
+    """seed=${now:%s} gives text: refused as any text where a number is valid (docs/explanation/decisions.md), with
+    the number it spelled and the shell's way to a seed from the clock."""
+    import re
+    import shutil
+
+    from imgclf import cli
+
+    said = re.compile(
+        r"error: seed='(\d+)' is not valid: an integer from 0 to 4294967295; '\1' is text \(as a quoted number or a "
+        r"resolver such as \$\{now:%s\} gives it\): write the number, seed=\1, or let the shell pick one: "
+        r"seed=\$\(date \+%s\)\n"
+    )
+    done = console(cli.check, ["-S", "seed=${now:%s}"], ROOT)
+    assert done.returncode == 1 and said.fullmatch(done.stderr), done
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    done = stage_main("train", ["seed=${now:%s}"], tmp_path)
+    assert done.returncode == 1 and said.fullmatch(done.stderr), done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"]
