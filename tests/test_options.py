@@ -142,7 +142,8 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("optim.eps", -1, "optim: torch.optim.AdamW refuses these values: Invalid epsilon value: -1"),
         # what train refused and `imgclf check` passed, or a wrong word, or a finder that never ends
         ("tracking.uri", "sqlite:////etc/passwd", "tracking.uri='sqlite:////etc/passwd': /etc/passwd is not an SQLite"),
-        ("model.weights", "/dev/null", "model.weights=/dev/null is not a regular file: give a .pth"),
+        ("model.weights", "/dev/null", "model.weights=/dev/null is a device, not a file: give a .pth"),
+        ("model.weights", "/proc/self/mem", "model.weights=/proc/self/mem is a file of the kernel's (/proc, /sys)"),
         ("lr_find.num_batches", 10**11, "lr_find.num_batches=100000000000 is not valid: an integer from 3 to 100000"),
         # an output inside fetch's: the next split read a models/ folder, or the store's mlruns/, as a class
         ("paths.models", "data/digits/images", "paths.models=data/digits/images is inside fetch's output"),
@@ -291,6 +292,20 @@ def test_int8_without_calibration_images_is_refused(default_config):
          "bounds. Expected inside (0, 1), got tensor([2., 2.]).')"),
         ("augment.ops.affine._target_=kornia.augmentation.ColorJitter", "augment.ops.affine is not valid: "
          "TypeError(\"ColorJitter.__init__() got an unexpected keyword argument 'degrees'\")"),
+        # a checkpoint that is no file: torch.load's traceback (/proc/self/mem) once the network was built
+        ("trainer.resume=/proc/self/mem", "trainer.resume=/proc/self/mem is a file of the kernel's (/proc, /sys), "
+         "not one on disk: give auto, never or the path of a checkpoint file (a last.pt training wrote)"),
+        ("trainer.resume=/dev/zero", "trainer.resume=/dev/zero is a device, not a file: give auto, never or the "
+         "path of a checkpoint file"),
+        # a finder's range past any rate that trains: its batches spread over 315 powers of ten
+        ("lr_find.end_lr=1e308", "lr_find.end_lr=1e+308 is not valid: a number from 1e-10 to 100 (below, a step "
+         "moves no float32 weight; past 100 the loss has long diverged)"),
+        ("lr_find.start_lr=1e-320", "lr_find.start_lr=1e-320 is not valid: a number from 1e-10 to 100"),
+        ("lr_find.start_lr=20", "lr_find.start_lr=20 is not below lr_find.end_lr=10: give lr_find.start_lr < "
+         "lr_find.end_lr, both from 1e-10 to 100"),
+        ("augment.ops=null", "augment.ops=null is not valid: a mapping of name: kornia.augmentation op, as "
+         "conf/augment/ writes them (add one with +augment.ops.flip={_target_:kornia.augmentation."
+         "RandomHorizontalFlip}); no augmentation is augment=none"),
     ],
 )  # fmt: skip
 def test_a_value_a_later_step_refused_is_one_line_in_check_and_before_training(override, said, tmp_path):
@@ -306,3 +321,47 @@ def test_a_value_a_later_step_refused_is_one_line_in_check_and_before_training(o
     done = stage_main("train", [override], tmp_path)
     assert done.returncode == 1 and done.stderr.startswith(f"error: {said}"), done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["conf"]  # no run folder, no data, no store
+
+
+@pytest.mark.parametrize("kind", ["pipe", "folder", "empty"])
+def test_a_resume_path_that_is_no_checkpoint_file_is_one_line_before_training(kind, tmp_path):
+    """A pipe was read without end; a folder and an empty file were 'no such checkpoint', after the network was
+    built. One not there is train's own line (tests/stages/test_faults.py): evaluate outlives the file."""
+    import os
+    import shutil
+
+    from imgclf import cli
+
+    given = tmp_path / "given" / "last.pt"
+    given.parent.mkdir()
+    {"pipe": lambda: os.mkfifo(given), "folder": given.mkdir, "empty": given.touch}[kind]()
+    what = {"pipe": "is a pipe, not a file", "folder": "is a folder", "empty": "is empty (0 bytes)"}[kind]
+    said = f"error: trainer.resume={given} {what}: give auto, never or the path of a checkpoint file"
+    done = console(cli.check, ["-S", f"trainer.resume={given}"], ROOT)
+    assert done.returncode == 1 and done.stderr.startswith(said) and done.stderr.count("\n") == 1, done
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "conf", project / "conf")
+    done = stage_main("train", [f"trainer.resume={given}"], project)
+    assert done.returncode == 1 and done.stderr.startswith(said), done.stderr
+    assert [p.name for p in project.iterdir()] == ["conf"]  # no run folder, no store
+
+
+def test_a_seed_a_resolver_gives_as_text_is_refused_saying_how_to_write_the_integer(tmp_path):
+    """seed=${now:%s} gives text: refused as any text where a number is valid (docs/explanation/decisions.md), with
+    the number it spelled and the shell's way to a seed from the clock."""
+    import re
+    import shutil
+
+    from imgclf import cli
+
+    said = re.compile(
+        r"error: seed='(\d+)' is not valid: an integer from 0 to 4294967295; '\1' is text \(as a quoted number or a "
+        r"resolver such as \$\{now:%s\} gives it\): write the number, seed=\1, or let the shell pick one: "
+        r"seed=\$\(date \+%s\)\n"
+    )
+    done = console(cli.check, ["-S", "seed=${now:%s}"], ROOT)
+    assert done.returncode == 1 and said.fullmatch(done.stderr), done
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    done = stage_main("train", ["seed=${now:%s}"], tmp_path)
+    assert done.returncode == 1 and said.fullmatch(done.stderr), done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"]

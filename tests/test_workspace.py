@@ -145,3 +145,45 @@ def test_a_params_yaml_string_with_backslashes_comes_back_as_it_was(tmp_path, te
     (tmp_path / "params.yaml").write_text(params_yaml([f"tracking.run_name={value(text)}"], tmp_path))
     carried = workspace_overrides(tmp_path)
     assert compose(carried, tmp_path).tracking.run_name == text
+
+
+DVC_ROUTE = ["--config-dir", ".", "--config-name", "params", "hydra.run.dir=.", "hydra.output_subdir=null"]
+
+
+@pytest.mark.parametrize("route", [[], DVC_ROUTE], ids=["by-hand", "dvc"])
+def test_a_params_yaml_holding_a_nul_byte_is_named_in_one_line(route, tmp_path):
+    """By hand and as dvc.yaml runs a stage (`--config-name params`, where Hydra's loader raised a traceback)."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    text = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("  run_name: null\n", "  run_name: a\0b\n", 1))
+    done = stage_main("fetch", route, tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    said = f"error: {tmp_path / 'params.yaml'} is not valid YAML: unacceptable character #x0000"
+    assert done.stderr.startswith(said) and done.stderr.endswith("write it again from conf/ (make params)\n")
+    assert not (tmp_path / "data").exists()
+
+
+def billion_laughs() -> str:
+    """Nine levels of ten aliases each: a billion strings once expanded, a few hundred bytes as written."""
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("route", [[], DVC_ROUTE], ids=["by-hand", "dvc"])
+def test_a_params_yaml_of_nested_aliases_is_one_line_not_a_command_that_never_ends(route, tmp_path, project_env):
+    """`imgclf train` in a folder whose params.yaml nests aliases: OmegaConf expanded them one copy at a time."""
+    import subprocess
+
+    from .conftest import BIN
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "params.yaml").write_text(billion_laughs())
+    done = subprocess.run(
+        [str(BIN / "imgclf"), "train", *route], cwd=tmp_path, env=project_env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    said = f"error: {tmp_path / 'params.yaml'} line 2, column 10: an alias (*a0); params.yaml holds each value"
+    assert done.stderr.startswith(said), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "params.yaml"]

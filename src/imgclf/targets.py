@@ -129,6 +129,28 @@ def _special(path: Path) -> str | None:
     return None
 
 
+def unreadable_file(path: str | Path) -> str | None:
+    """Why `path` cannot be a file a command reads whole (a checkpoint, weights), as the words after its name, or
+    None. A pipe or a device blocks or never ends (/dev/zero); a file of the kernel's (/proc/self/mem) says 0 bytes
+    and fails its reads: both were a traceback from torch.load, or a read that never ended."""
+    target = Path(os.path.expanduser(path))
+    try:
+        mode, size = (info := target.stat()).st_mode, info.st_size
+    except FileNotFoundError:
+        return "does not exist"
+    except (OSError, ValueError) as exc:  # a NUL in the name, a loop of links, a name too long
+        return f"cannot be looked up ({getattr(exc, 'strerror', None) or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if kind := next((kind for test, kind in SPECIAL if test(mode)), None):
+        return f"is {kind}, not a file"
+    if (_resolved(target) or target).parts[:2] in (("/", "proc"), ("/", "sys")):
+        return "is a file of the kernel's (/proc, /sys), not one on disk"
+    if size == 0:
+        return "is empty (0 bytes)"
+    return None if os.access(target, os.R_OK) else "cannot be read (no permission)"
+
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READONLY_NEEDS_RECOVERY = {776, 264}  # SQLITE_READONLY_ROLLBACK, SQLITE_READONLY_RECOVERY
 

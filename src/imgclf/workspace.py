@@ -102,12 +102,27 @@ def _differences(want: Mapping, have: Mapping, raw: Mapping, prefix: str = "") -
     yield from (f"~{prefix}{key}" for key in have if key not in want)
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without aliases: `make params` and DVC write none, and nine levels of ten aliases each are a billion
+    copies, which OmegaConf makes one by one (a command that never ended)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise BadInput(
+                f"{mark.name} line {mark.line + 1}, column {mark.column + 1}: an alias (*{event.anchor}); params.yaml "
+                f"holds each value written out, as `make params` and DVC write it: {REMAKE}"
+            )
+        return super().compose_node(parent, index)
+
+
 def _load(params: Path) -> Any:
     """params.yaml as OmegaConf reads it: one line, naming the file, when it is not YAML or not a mapping (a list, a
-    plain string: every stage failed on it with an AttributeError)."""
+    plain string: every stage failed on it with an AttributeError), or holds an alias."""
     try:
         with params.absolute().open(encoding="utf-8") as f:  # a file object: YAML's errors name it
-            top = yaml.safe_load(f)  # the kind of document, which OmegaConf blurs ("text" reads as {"text": None})
+            top = yaml.load(f, Loader=_PlainLoader)  # the kind of document, which OmegaConf blurs ("a" as {"a": None})
         loaded = OmegaConf.load(params) if isinstance(top, dict) else None
     except yaml.YAMLError as exc:  # stages said "while parsing a flow sequence", naming no file
         raise BadInput(f"{yaml_error(exc)}: {REMAKE}") from None
@@ -188,8 +203,11 @@ def _swept(flags: list[str], overrides: list[str], root: str | Path) -> list[str
 def with_workspace(argv: list[str], root: str | Path = ".") -> tuple[list[str], list[str]]:
     """(argv with the workspace's overrides before the user's, those overrides): none where the command names its
     own config, adds a recipe (+experiment=, which sets keys across groups), or IMGCLF_WORKSPACE=0; the user's keys
-    win, and so do the keys a sweep file varies (Hydra's sweepers let the command line beat them)."""
+    win, and so do the keys a sweep file varies (Hydra's sweepers let the command line beat them). A config named in
+    a folder given (DVC's `--config-dir . --config-name params`) is read as params.yaml is, for a one-line error."""
     if os.environ.get(OFF) == "0" or any(a.split("=")[0] in EXPLICIT for a in argv):
+        if (named := _named_file(argv)) is not None:
+            _load(named)
         return argv, []
     flags, overrides = split_argv(argv)
     if any(_key(a) == "experiment" for a in overrides):
@@ -202,3 +220,19 @@ def with_workspace(argv: list[str], root: str | Path = ".") -> tuple[list[str], 
         if not any(_key(o) == k or _key(o).startswith(f"{k}.") for k in mine)  # a group or key the user sets
     ]
     return ([*flags, *kept, *overrides] if kept else argv), kept
+
+
+def _named_file(argv: list[str]) -> Path | None:
+    """The file `--config-dir DIR --config-name NAME` names, when there is one: Hydra read it with a traceback for
+    a NUL or a byte that is not UTF-8, and without end for nested aliases."""
+    given: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        flag = {"-cd": "dir", "--config-dir": "dir", "-cn": "name", "--config-name": "name"}.get(name)
+        if flag and (eq or i + 1 < len(argv)):
+            given[flag] = value if eq else argv[i + 1]
+    if "dir" not in given or "name" not in given:
+        return None
+    path = Path(given["dir"]).expanduser() / given["name"]
+    path = path if path.suffix == ".yaml" else path.with_name(f"{path.name}.yaml")
+    return path if path.is_file() else None

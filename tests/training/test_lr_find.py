@@ -93,3 +93,24 @@ def test_a_sweep_with_no_rate_to_suggest_writes_null_never_nan(tiny_cfg, tiny_pr
     said = json.loads((tiny_project / "reports/lr_find/suggestion.json").read_text(), parse_constant=pytest.fail)
     assert said["lr_find/suggested_lr"] is None and said["batches"] == 2
     assert capsys.readouterr().out.startswith("no learning rate could be suggested: the loss diverged after 2 batches")
+
+
+@pytest.mark.parametrize(
+    "override,said",
+    [
+        ("lr_find.end_lr=1e308", "lr_find.end_lr=1e+308 is not valid: a number from 1e-10 to 100"),
+        ("lr_find.start_lr=1e-320", "lr_find.start_lr=1e-320 is not valid: a number from 1e-10 to 100"),
+        ("lr_find.start_lr=50", "lr_find.start_lr=50 is not below lr_find.end_lr=10: give lr_find.start_lr <"),
+    ],
+)
+def test_a_range_no_network_trains_in_is_one_line_before_the_finder_starts(override, said, tmp_path):
+    """`imgclf lr-find lr_find.end_lr=1e308` was accepted: its batches spread over 315 powers of ten, a few on the
+    rates a network learns at."""
+    import shutil
+
+    from ..conftest import ROOT, stage_main
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    done = stage_main("lr_find", [override], tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {said}") and done.stderr.count("\n") == 1, done
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"]  # no run folder, no report, no store

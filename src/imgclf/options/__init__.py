@@ -39,6 +39,7 @@ from imgclf.options.rules import (
     STRATEGIES,
     Group,
     _hints,
+    refusal,
     rule,
 )
 from imgclf.options.training import (
@@ -163,9 +164,9 @@ class Options(Group):
             if isinstance(kind, type) and issubclass(kind, Group):
                 values[f.name] = kind.build(node[f.name], f.name) if node[f.name] is not None else None
             else:
-                ok, valid = f.metadata.get("rule", ANY)
-                if not ok(node[f.name]):
-                    raise BadInput(f"{f.name}={node[f.name]!r} is not valid: {valid}")
+                check = f.metadata.get("rule", ANY)
+                if not check[0](node[f.name]):
+                    raise BadInput(refusal(f.name, node[f.name], check))
                 values[f.name] = node[f.name]
         built = cls(**values)
         built.check(where)

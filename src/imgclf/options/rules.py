@@ -39,12 +39,33 @@ def typed(value: Any) -> str:
     return repr(value)
 
 
-def _quote_hint(key: str, value: Any, ok: Callable[[Any], bool]) -> str:
-    """How to give a number or flag as text, when the text would do: YAML and Hydra read 2024 as a number."""
+def refusal(key: str, value: Any, check: Rule) -> str:
+    """`key=value is not valid: what is valid`, and how to write the value so that it is, where a change of type
+    would do: YAML and Hydra read 2024 as a number, and a quoted number or a resolver's result (${now:%s}) is text."""
+    ok, valid = check
+    said = f"{key}={typed(value)} is not valid: {valid}"
     text = typed(value)
     if isinstance(value, (int, float, bool)) and ok(text):
-        return f"; quoted, it is text: {key}='{text}'"
-    return ""
+        return f"{said}; quoted, it is text: {key}='{text}'"
+    number = _as_number(value)
+    if number is None or not ok(number):
+        return said
+    said += f"; {text} is text (as a quoted number or a resolver such as ${{now:%s}} gives it): write the number"
+    if check is SEED:  # a seed from the clock, recorded as the number it was: the shell's, not a resolver's
+        return f"{said}, {key}={number}, or let the shell pick one: {key}=$(date +%s)"
+    return f"{said}, {key}={number}"
+
+
+def _as_number(value: Any) -> int | float | None:
+    """The number a text spells (' 12' and '1e3' too), or None."""
+    if not isinstance(value, str):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return None
 
 
 def _is_number(v: Any) -> bool:
@@ -146,9 +167,9 @@ class Group:
             if isinstance(kind, type) and issubclass(kind, Group):
                 values[f.name] = kind.build(value, key)
                 continue
-            ok, valid = f.metadata.get("rule", ANY)
-            if not ok(value):
-                raise BadInput(f"{key}={typed(value)} is not valid: {valid}{_quote_hint(key, value, ok)}")
+            check = f.metadata.get("rule", ANY)
+            if not check[0](value):
+                raise BadInput(refusal(key, value, check))
             values[f.name] = tuple(value) if isinstance(value, list) else value
         built = cls(**values)
         built.check(where)

@@ -4,10 +4,8 @@ augmentation, and the learning-rate finder."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from imgclf.errors import BadInput, did_you_mean
@@ -24,6 +22,7 @@ from imgclf.options.rules import (
     TEXT,
     TTA,
     Group,
+    Rule,
     integer,
     number,
     one_of,
@@ -32,6 +31,7 @@ from imgclf.options.rules import (
     triple,
     typed,
 )
+from imgclf.targets import unreadable_file
 
 MIN_IMAGE_SIZE = {"alexnet": 63}  # AlexNet's five poolings leave nothing below 63 px; the others work from 32
 DEFAULT_MIN_IMAGE_SIZE = 32
@@ -69,11 +69,9 @@ class Model(Group):
         if resized > MAX_INPUT_SIZE:
             raise BadInput(f"{where}.image_size={self.image_size} with crop_pct={self.crop_pct} resizes to {resized} "
                            f"px: at most {MAX_INPUT_SIZE} (image_size / crop_pct)")  # fmt: skip
-        if self.weights is not None and not Path(os.path.expanduser(self.weights)).is_file():
-            given = Path(os.path.expanduser(self.weights))
-            what = "is a folder" if given.is_dir() else "is not a regular file" if given.exists() else "does not exist"
+        if self.weights is not None and (why := unreadable_file(self.weights)):
             shown = self.weights if self.weights.isprintable() else repr(self.weights)
-            raise BadInput(f"{where}.weights={shown} {what}: give a .pth, .safetensors or model.pt file")
+            raise BadInput(f"{where}.weights={shown} {why}: give a .pth, .safetensors or model.pt file")
 
 
 def check_keywords(target: str, keywords: Mapping[str, Any], where: str, bound: tuple[str, ...]) -> None:
@@ -201,6 +199,18 @@ class Trainer(Group):
     keep: str = rule(one_of("last", "best"), "last")
     resume: str = rule(((lambda v: isinstance(v, str) and v != ""), "auto, never or the path of a last.pt"), "auto")
 
+    def check(self, where: str) -> None:
+        """A checkpoint that is there but no file (a folder, a pipe, /dev/zero, /proc/self/mem): one line before the
+        network is built, where torch.load's traceback or endless read came after. One not there is train's to
+        refuse: evaluate's options outlive the file a finished resume started from."""
+        if self.resume in ("auto", "never"):
+            return
+        why = unreadable_file(self.resume)
+        if why and why != "does not exist":
+            shown = self.resume if self.resume.isprintable() else repr(self.resume)
+            raise BadInput(f"{where}.resume={shown} {why}: give auto, never or the path of a checkpoint file (a "
+                           "last.pt training wrote)")  # fmt: skip
+
     def epochs_for(self, steps_per_epoch: int) -> int:
         """trainer.epochs, or for auto: min_epochs, or more when an epoch is short, until min_steps steps."""
         if self.epochs != "auto":
@@ -209,11 +219,16 @@ class Trainer(Group):
 
 
 AUTO_PRESETS = ("digits", "photos")  # what augment=auto chooses between
+OPS: Rule = (
+    lambda v: isinstance(v, Mapping),
+    "a mapping of name: kornia.augmentation op, as conf/augment/ writes them (add one with "
+    "+augment.ops.flip={_target_:kornia.augmentation.RandomHorizontalFlip}); no augmentation is augment=none",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Augment(Group):
-    ops: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping)), "a mapping of name: kornia op"), {})
+    ops: Mapping[str, Any] = rule(OPS, {})
     tta: tuple[str, ...] = rule(TTA, ())
     preset: str | None = rule(optional(one_of("auto")), None)  # auto: ops and tta from presets, by the data
     presets: Mapping[str, Any] = rule(((lambda v: isinstance(v, Mapping)), "a mapping of preset: ops and tta"), {})
@@ -233,12 +248,22 @@ class Augment(Group):
         return [self.ops] if self.preset != "auto" else [self.presets[n]["ops"] for n in AUTO_PRESETS]
 
 
+# The rates a finder sweeps: below 1e-10 a step moves no float32 weight (a float32 resolves 1e-7 of the weight), and
+# past 100 the loss has diverged long before, where the sweep stops; the batches spread evenly over the log of the
+# range, so a wider one (1e308) only leaves fewer of them where a network learns. fast.ai sweeps 1e-7 to 10.
+LR_FIND_RATE: Rule = (
+    number(1e-10, 100, below=False)[0],
+    "a number from 1e-10 to 100 (below, a step moves no float32 weight; past 100 the loss has long diverged)",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LrFind(Group):
-    start_lr: float = rule(number(0, above=True), 1e-7)
-    end_lr: float = rule(number(0, above=True), 10.0)
+    start_lr: float = rule(LR_FIND_RATE, 1e-7)
+    end_lr: float = rule(LR_FIND_RATE, 10.0)
     num_batches: int = rule(integer(3, 100_000), 100)  # from the fewest a rate is suggested from (training.lr_find)
 
     def check(self, where: str) -> None:
-        if self.end_lr <= self.start_lr:
-            raise BadInput(f"{where}.end_lr={self.end_lr} is not valid: a number > {where}.start_lr={self.start_lr}")
+        if self.end_lr <= self.start_lr:  # the sweep rises from start_lr to end_lr
+            raise BadInput(f"{where}.start_lr={self.start_lr:g} is not below {where}.end_lr={self.end_lr:g}: give "
+                           f"{where}.start_lr < {where}.end_lr, both from 1e-10 to 100")  # fmt: skip
