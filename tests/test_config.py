@@ -650,3 +650,16 @@ def test_hydra_help_shell_completion_and_sweeper_settings_are_taken_or_one_line(
     done = stage_main("train", ["~trainer.grad_clip"], tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("error: ~trainer.grad_clip: the stages read every key")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]  # no run or sweep folder
+
+
+def test_a_list_for_a_mapping_or_the_reverse_names_what_the_key_holds(tmp_path):
+    """Hydra merges an override into the key's node: a list for a mapping said only "Error merging override"."""
+    assert check_overrides(["label_issues.splits={a:1}"], root=ROOT) == (
+        "label_issues.splits={a:1} is not valid: label_issues.splits is a list: give its values as [a,b]"
+    )
+    done = stage_main("train", ["--config-dir", str(ROOT / "conf"), "augment.ops=[]"], tmp_path)
+    assert done.returncode == 2 and done.stderr == (
+        "error: augment.ops=[] is not valid: augment.ops is a mapping (affine): set augment.ops.KEY=... or drop "
+        "~augment.ops.KEY\n"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -315,6 +315,12 @@ def _explain(message: str, overrides: list[str], root: str | Path, hydra: bool =
         return f"{message.splitlines()[0]} The keys every model starts from are in conf/model_base.yaml now: " + (
             "write `- /model_base@_here_` in its defaults list instead of `- _base`"
         )
+    merging = re.match(r"Error merging override (([^=\s]+)=\S*)", message)  # a list for a mapping, or the reverse
+    if merging and (cfg := _without_unknown(overrides, merging.group(2), root, hydra)) is not None:
+        text, key, node = merging.group(1), merging.group(2), OmegaConf.select(cfg, merging.group(2))
+        if isinstance(node, DictConfig):
+            return f"{text} is not valid: {key} is a mapping ({', '.join(node)}): set {key}.KEY=... or drop ~{key}.KEY"
+        return f"{text} is not valid: {key} is a list: give its values as [a,b]"
     if not found:
         return message.splitlines()[0]
     key = found.group(1) or found.group(2)
