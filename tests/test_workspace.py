@@ -5,6 +5,7 @@ import shutil
 import sys
 
 import pytest
+import yaml
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
@@ -135,6 +136,28 @@ def test_a_params_yaml_with_a_broken_interpolation_is_named_in_one_line(tmp_path
     said = "error: params.yaml: tracking.run_name: Interpolation key 'model.nam' not found; fix it, or write it again"
     assert done.stderr.startswith(said), done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_params_yaml_missing_a_section_is_one_line(tmp_path):
+    """A section deleted by hand (augment, which evaluate.tta interpolates): an InterpolationKeyError traceback."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del params["augment"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = stage_main("fetch", [], tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("error: params.yaml cannot be re-created from conf/ (edited since it was written?)")
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_workspace_line_shows_control_characters_escaped(tmp_path):
+    """A value of params.yaml holding ESC or NUL was written to the terminal as it was (ESC[2J clears it)."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    text = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("  run_name: null\n", '  run_name: "\\e[2Jx"\n', 1))
+    done = stage_main("fetch", ["--cfg", "job"], tmp_path)
+    line = next(line for line in done.stderr.splitlines() if line.startswith("workspace: "))
+    assert "\x1b" not in line and "tracking.run_name='\\x1b[2Jx'" in line, line
 
 
 @pytest.mark.parametrize("text", ["C:\\Users\\me\\", "a\\b", "a\\\\b", "it's", "a\\'b", "end\\", "\\'", "plain"])

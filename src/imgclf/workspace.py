@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import GrammarParseError, InterpolationResolutionError
+from omegaconf.errors import GrammarParseError, InterpolationResolutionError, OmegaConfBaseException
 
 from imgclf.config import conf_dir, config_groups, split_argv
 from imgclf.credentials import secret_in_config
@@ -172,8 +172,13 @@ def overrides_for(want: Mapping[str, Any], root: str | Path = ".") -> list[str] 
             best = min(options, key=lambda o: _distance(want[group], options[o]))
             if options[best] != current:
                 choices.append(f"{group}={best}")
+        from hydra.errors import HydraException
+
         found = [*choices, *_differences(want, *composed(choices))]
-        return found if composed(found)[0] == want else None
+        try:
+            return found if composed(found)[0] == want else None
+        except (HydraException, OmegaConfBaseException):  # a section dropped (~augment) that another interpolates
+            return None
 
 
 def _key(override: str) -> str:

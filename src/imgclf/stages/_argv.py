@@ -26,7 +26,7 @@ def checked_argv() -> None:
     flags = [f for f in flags if f not in bare]  # takes the first override as what to show
     sys.argv[1:], carried = [*flags, *given, *bare], strip_overrides(carried)  # parser takes no override before -m
     if carried:  # secrets shown as *** (a key's value, a URL's user:password): the override check refuses them next
-        shown = redact_overrides(carried)
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in redact_overrides(carried))  # no ESC, NUL
         print(f"workspace: params.yaml is conf/ plus {shown} ({OFF}=0: conf/ alone)", file=sys.stderr)
     error, cfg = checked_config(sys.argv[1:], stage=True)  # before Hydra: its errors are many lines, and exit 1
     exit_if(error, 2)
