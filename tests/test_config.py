@@ -234,6 +234,31 @@ def test_a_second_training_in_a_checkpoints_folder_in_use_is_one_line_and_no_run
     assert not (tiny_project / "checkpoints").exists()  # removed when the run finished, as before
 
 
+@pytest.mark.parametrize("resume", ["auto", "never"])
+def test_a_checkpoint_name_taken_by_a_folder_or_pipe_is_one_line_before_training(tiny_project, resume):
+    """checkpoints/last.pt a folder (or best.pt a pipe): the run trained its epochs, then failed to write there."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from .conftest import TINY_OVERRIDES
+
+    uri = f"sqlite:///{tiny_project}/mlflow.db"
+    args = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, "trainer.epochs=1", f"tracking.uri={uri}"]
+    (tiny_project / "checkpoints" / "last.pt").mkdir(parents=True)
+    proc = stage_main("train", [*args, f"trainer.resume={resume}"], tiny_project)
+    assert proc.returncode == 1 and proc.stderr == (
+        "error: checkpoints/last.pt is a folder: the run writes its checkpoint there; move it away\n"
+    )
+    (tiny_project / "checkpoints" / "last.pt").rmdir()
+    os.mkfifo(tiny_project / "checkpoints" / "best.pt")
+    proc = stage_main("train", [*args, f"trainer.resume={resume}"], tiny_project)
+    assert proc.returncode == 1 and "checkpoints/best.pt is no regular file" in proc.stderr, proc.stderr[-2000:]
+    client = MlflowClient(tracking_uri=uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+    assert sorted(p.name for p in (tiny_project / "checkpoints").iterdir()) == ["best.pt"]  # left as it was
+
+
 def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatch, tmp_path):
     from imgclf.cli import check
 

@@ -138,7 +138,12 @@ def _read(path: Path) -> dict:
 
 def find_resume_checkpoint(resume: str, directory: Path, fingerprint: dict) -> Resume | None:
     """The checkpoint to continue from: `never` -> None; `auto` -> last.pt of this config, data and code if any;
-    else a path (continued even when they differ, with a warning saying what)."""
+    else a path (continued even when they differ, with a warning saying what). A last.pt or best.pt there that is no
+    file (a folder, a pipe) is refused first, whatever `resume` says: the run would train, then fail to write it."""
+    for name in (LAST, BEST):
+        if os.path.lexists(directory / name) and not (directory / name).is_file():
+            kind = "a folder" if (directory / name).is_dir() else "no regular file (a pipe, a device or a broken link)"
+            raise BadInput(f"{directory / name} is {kind}: the run writes its checkpoint there; move it away")
     if resume == "never":
         return None
     path = directory / LAST if resume == "auto" else Path(resume)
