@@ -58,3 +58,42 @@ def test_a_registered_model_by_number_latest_or_alias_names_its_run(trained_proj
     for i, ref in enumerate(("models:/imgclf-tiny/1", "models:/imgclf-tiny/latest", "models:/imgclf-tiny@champion")):
         model = load_model(ref, uri, tmp_path / f"cache{i}")
         assert model.run_id == run_id and model.card["run_id"] == run_id, ref  # its card: metrics and pictures
+
+
+def test_a_registered_name_with_quotes_loads_its_own_latest_version_and_selects_no_others(trained_project, tmp_path):
+    """`models:/NAME/latest` searched for `name = 'NAME'`: a name holding a quote broke the filter (`it's`) or
+    changed it (`imgclf-tiny' AND name != '` selected imgclf-tiny's versions). Through the page's model switch and
+    `imgclf serve --model`."""
+    import signal
+
+    from imgclf.cli._serve import main
+    from imgclf.tracking.server import free_port
+
+    from ..conftest import console, serve_client
+
+    project = copy_of(trained_project, tmp_path / "project")
+    uri = f"sqlite:///{project}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    first = client.get_model_version("imgclf-tiny", "1")
+    other = client.create_run(client.get_run(first.run_id).info.experiment_id).info.run_id  # tells versions apart
+    for name, run in (("it's", first.run_id), ("x", other), ("x' AND name != '", first.run_id), ("both'\"\\", other)):
+        client.create_registered_model(name)
+        client.create_model_version(name, first.source, run)
+    page = serve_client(project, tmp_path / "cache", [project])
+    for name, run in (("it's", first.run_id), ("x' AND name != '", first.run_id), ("both'\"\\", other)):
+        answer = page.post("/api/model", json={"model": f"models:/{name}/latest"})
+        assert answer.status_code == 200 and answer.json()["run_id"] == run, (name, answer.json())
+    for name in ("imgclf-tiny' AND name != '", "x' OR name != '", 'x" AND name != "'):  # no model has these names
+        answer = page.post("/api/model", json={"model": f"models:/{name}/latest"})
+        assert answer.status_code == 404 and answer.json()["error"] == f"no versions of registered model {name!r}"
+
+    handler = signal.getsignal(signal.SIGTERM)  # serve's own, set as it starts loading
+    try:
+        ref = "models:/imgclf-tiny' AND name != '/latest"
+        said = console(main, ["--model", ref, "--uri", uri, "--port", str(free_port())], project)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert (
+        said.returncode == 1
+        and said.stderr == "error: no versions of registered model \"imgclf-tiny' AND name != '\"\n"
+    )

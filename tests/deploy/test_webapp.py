@@ -432,8 +432,14 @@ def test_bad_numbers_and_a_port_in_use_are_one_line_before_anything_loads(capsys
 
     for args, says in (
         (["--port", "99999"], "--port 99999 is not valid: an integer from 1 to 65535"),
-        (["--max-upload-mb", "nan"], "the other limits numbers above 0"),
-        (["--max-request-megapixels", "inf"], "the other limits numbers above 0"),
+        (["--max-upload-mb", "nan"], "--max-upload-mb nan is not valid: a finite number above 0"),
+        (["--max-request-megapixels", "inf"], "--max-request-megapixels inf is not valid: a finite number above 0"),
+        (["--max-connections", "0"], "--max-connections 0 is not valid: an integer of at least 1"),
+        # a trickled body held its connection for as long as it went on; a rate of 0 or nan would again
+        (["--min-body-rate", "0"], "--min-body-rate 0.0 is not valid: a finite number above 0"),
+        (["--min-body-rate", "-5"], "--min-body-rate -5.0 is not valid: a finite number above 0"),
+        (["--min-body-rate", "inf"], "--min-body-rate inf is not valid: a finite number above 0"),
+        (["--min-body-rate", "nan"], "--min-body-rate nan is not valid: a finite number above 0"),
         # a root of '' allowed the whole working folder; a file or a missing folder, nothing, silently
         (["--allow-root", ""], "--allow-root: an empty name (it would allow the whole working folder)"),
         (["--allow-root", "/nonexistent"], "--allow-root: /nonexistent does not exist: give a folder"),

@@ -281,16 +281,113 @@ def test_connections_that_never_finish_their_headers_are_closed_and_the_page_ans
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]  # past --max-connections 16
     for sock in held:
         sock.sendall(b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
-    deadline = time.time() + 30
-    while True:  # polled: answered once the held connections are closed (3 s), 503 before
-        try:
-            with urllib.request.urlopen(server + "/api/model", timeout=5) as answer:
-                assert answer.status == 200
-                break
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 503 and time.time() < deadline, exc
-            time.sleep(0.5)
+    answered_within(server, 30)  # once the held connections are closed (3 s), 503 before
     for sock in held:
         sock.settimeout(5)
         assert sock.recv(100) == b""  # closed by the server, nothing sent
         sock.close()
+
+
+def answered_within(server, seconds):
+    """Polls the page until it answers 200; only 503 (every connection slot taken) is allowed before."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(server + "/api/model", timeout=5) as answer:
+                assert answer.status == 200
+                return
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503 and time.time() < deadline, exc
+            time.sleep(0.5)
+
+
+FORM_HEAD = b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n'  # a file part begins
+
+
+def test_connections_that_trickle_their_bodies_are_closed_and_the_page_answers_again(server):
+    """Connections that send whole headers, then a body a byte a second, held every slot of --max-connections for
+    as long as they went on: every other client got 503. A body must average --min-body-rate (10 KB/s) once its
+    first --header-timeout (3 s) has passed; slower, it is answered 408 and closed."""
+    import select
+    import socket
+    import threading
+
+    port = int(server.rsplit(":", 1)[1])
+    head = b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n"
+    head += b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" + FORM_HEAD
+    held = []
+    for _ in range(20):  # past --max-connections 16; each request in before the next connection is open
+        held.append(socket.create_connection(("127.0.0.1", port)))
+        held[-1].sendall(head)
+        time.sleep(0.1)
+    closed, stop = set(), threading.Event()
+
+    def trickle():  # a byte a second on each until the server answers or closes it: for a minute at most
+        for _ in range(60):
+            for sock in set(held) - closed:
+                try:
+                    if select.select([sock], [], [], 0)[0]:
+                        closed.add(sock)
+                    else:
+                        sock.sendall(b"x")
+                except OSError:  # closed between the two
+                    closed.add(sock)
+            if stop.wait(1):
+                return
+
+    def answer(sock):
+        try:
+            return sock.recv(1000)
+        except ConnectionResetError:  # the byte sent as the server closed it: its answer dropped
+            return b""
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        answered_within(server, 20)
+        deadline = time.time() + 15
+        while closed != set(held) and time.time() < deadline:  # the later ones, opened up to 2 s later
+            time.sleep(0.2)
+        assert closed == set(held) and sender.is_alive()  # closed by the server, not by the client's stopping
+        answers = [answer(sock) for sock in held]
+    finally:
+        stop.set()
+        sender.join()
+        for sock in held:
+            sock.close()
+    timed_out = [a for a in answers if a.startswith(b"HTTP/1.1 408 ")]
+    assert len(timed_out) >= 10 and all(a.startswith(b"HTTP/1.1 503 ") or not a for a in answers if a not in timed_out)
+    said = b'{"error":"the request body came slower than 10 KB/s after its first 3 s; send it at least that fast"}'
+    assert timed_out[0].endswith(said)
+
+
+def test_uploads_at_full_speed_and_at_a_slow_links_pace_are_classified(server):
+    """A body over the first --header-timeout seconds is not refused while it averages --min-body-rate: 280 KB sent
+    at 80 KB/s (3.5 s, over the 3 s) is classified, as is 3 MB at full speed."""
+    import http.client
+    import io
+    import socket
+
+    def png(side):
+        out = io.BytesIO()
+        Image.fromarray(np.random.default_rng(side).integers(0, 256, (side, side, 3), np.uint8)).save(out, "PNG")
+        return out.getvalue()
+
+    big = png(1000)
+    assert len(big) > 2_900_000
+    status, body = post(server + "/api/classify", {}, [("big.png", big)])
+    assert status == 200 and body["results"][0]["top"], body
+    form = FORM_HEAD + png(300) + b"\r\n--b--\r\n"
+    assert len(form) > 270_000
+    port = int(server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(form)}\r\n".encode())
+        sock.sendall(b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+        started = time.time()
+        for start in range(0, len(form), 20_000):  # 20 KB every quarter of a second
+            sock.sendall(form[start : start + 20_000])
+            time.sleep(0.25)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        assert time.time() - started > 3.3 and answer.status == 200, answer.read()
+        assert json.loads(answer.read())["results"][0]["top"]

@@ -64,48 +64,16 @@ def serve_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds a connection has to send a request's line and headers; then it is closed (default: %(default)s)",
     )
+    parser.add_argument(
+        "--min-body-rate",
+        type=float,
+        default=10.0,
+        metavar="KB_PER_S",
+        help="KB a second a request's body must average once its first --header-timeout seconds have passed; slower, "
+        "it is answered 408 and closed. A rate, not a deadline: a trickle is closed in seconds, while an upload of "
+        "any size passes on any link faster (the default lets 20 MB take 2,000 s: 80 kbit/s) (default: %(default)s)",
+    )
     return parser
-
-
-def timed_protocol(seconds: float):
-    """uvicorn's HTTP/1.1 protocol with a deadline for each request's line and headers, from the connection's start
-    or the last response: a connection that sends no whole request by then is closed. Without it, a few
-    connections that never finish their headers held every one of --max-connections for as long as they stayed open
-    (every other client answered 503)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class TimedH11Protocol(H11Protocol):
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._answered, self._deadline = None, None
-            self._arm()
-
-        def _arm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-            self._deadline = self.loop.call_later(seconds, self._expire)
-
-        def _expire(self) -> None:
-            if self.cycle is self._answered and not self.transport.is_closing():  # no new request began since
-                self.transport.close()
-
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.cycle is not self._answered and self._deadline is not None:  # a request's headers arrived
-                self._deadline.cancel()
-                self._deadline = None
-
-        def on_response_complete(self) -> None:
-            self._answered = self.cycle
-            super().on_response_complete()
-            self._arm()
-
-        def connection_lost(self, exc) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-            super().connection_lost(exc)
-
-    return TimedH11Protocol
 
 
 class _Stopped(BaseException):  # not an Exception: a library's `except Exception` (MLflow's retries) would swallow it
@@ -132,11 +100,16 @@ def _root(text: str) -> Path:
 def main(argv: list[str]) -> int:
     import uvicorn
 
+    from imgclf.deploy.connections import timed_protocol
+
     parser = serve_parser()
     args = parser.parse_args(argv)
-    limits = (args.max_upload_mb, args.max_request_megapixels, args.header_timeout)
-    if min(args.max_concurrent, args.max_connections) < 1 or not all(0 < v < float("inf") for v in limits):
-        parser.error("--max-concurrent and --max-connections must be at least 1, the other limits numbers above 0")
+    for name in ("max_concurrent", "max_connections"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is not valid: an integer of at least 1")
+    for name in ("max_upload_mb", "max_request_megapixels", "header_timeout", "min_body_rate"):
+        if not 0 < getattr(args, name) < float("inf"):  # nan too
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is not valid: a finite number above 0")
     if not 1 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not valid: an integer from 1 to 65535")
     if why := cannot_listen(args.host, args.port):  # before the banner, and before seconds of loading
@@ -158,7 +131,8 @@ def main(argv: list[str]) -> int:
             print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
             app = create_app(service, loopback_names(args.host))
             uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                        limit_concurrency=args.max_connections, http=timed_protocol(args.header_timeout))  # fmt: skip
+                        limit_concurrency=args.max_connections,
+                        http=timed_protocol(args.header_timeout, args.min_body_rate * 1000))  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C while it loads (once it serves, uvicorn takes Ctrl-C and returns)
         return 130
     except _Stopped:

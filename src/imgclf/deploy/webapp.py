@@ -86,7 +86,8 @@ def _answer_errors(app: FastAPI, answer, max_bytes: int) -> None:
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, exc: ClientDisconnect):  # nobody to answer: one line, no traceback
-        log.warning("%s %s: the client went away mid-request", request.method, shown(request.url.path))
+        if not getattr(request.state, "body_timed_out", False):  # else deploy/connections.py said why: 408
+            log.warning("%s %s: the client went away mid-request", request.method, shown(request.url.path))
         return JSONResponse({"error": "client disconnected"}, 400)
 
     @app.exception_handler(Exception)

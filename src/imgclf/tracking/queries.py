@@ -159,11 +159,26 @@ def _version_of(client, ref: str):
         return client.get_model_version_by_alias(name, alias)
     name, _, version = ref.partition("/")
     if version == "latest":
-        versions = client.search_model_versions(f"name = '{name}'")
+        versions = _versions_named(client, name)
         if not versions:
             raise MissingInput(f"no versions of registered model {name!r}")
         return max(versions, key=lambda v: int(v.version))
     return client.get_model_version(name, version)
+
+
+def _versions_named(client, name: str) -> list:
+    """Every version of registered model `name`. MLflow's filter strings have no escapes, so the name is quoted
+    with a quote it does not hold and stays one string (`x' AND name != '` names a model, it selects no other's
+    versions); a name holding both quotes is looked for among every model's versions. Matched exactly here."""
+    quote = next((q for q in ("'", '"') if q not in name), None)
+    query = f"name = {quote}{name}{quote}" if quote else None
+    found, token = [], None
+    while True:
+        page = client.search_model_versions(query, page_token=token)
+        found += [v for v in page if v.name == name]
+        token = page.token
+        if not token:
+            return found
 
 
 def served_models(uri: str, experiment: str, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
