@@ -94,6 +94,8 @@ def test_an_image_edited_in_place_is_what_the_next_load_sees(tiny_project):
     Image.new("RGB", (8, 8), (7, 7, 7)).save(path)  # same name, new pixels
     with pytest.raises(BadInput, match="changed since the split stage ran"):  # a new pack checks every file
         load_split("data/tiny", "train", "full", spec(9))
+    with pytest.raises(BadInput, match="changed since the split stage ran"):  # the pack made before: served as it was
+        load_split("data/tiny", "train", "full", spec(8))
     scan = scan_image_folder(tiny_project / "data/tiny/images")  # what the split stage reruns on
     splits = {s: read_index(f"data/tiny/split/{s}.csv") for s in ("train", "val", "test")}
     write_split(
@@ -256,3 +258,24 @@ def test_16_bit_grayscale_is_scaled_in_bands_exactly_as_in_one_pass_without_a_fu
                 images.decode_image(io.BytesIO(stored.getvalue()), 8, "nearest")
         else:
             assert images.decode_image(io.BytesIO(stored.getvalue()), 8, "nearest").shape == (8, 8, 3)
+
+
+def test_an_edit_to_the_decoding_code_makes_new_packs(tmp_path):
+    """Packs were keyed by a version tag bumped by hand: after an edit to images.py, the stages DVC reran (the file is
+    their dependency) read the pixels the old code made."""
+    import shutil
+    import subprocess
+    import sys
+
+    from imgclf.data.datasets import decoder
+
+    from ..conftest import ROOT
+
+    shutil.copytree(ROOT / "src" / "imgclf", tmp_path / "imgclf")
+    images = tmp_path / "imgclf" / "data" / "images.py"
+    images.write_text(images.read_text().replace("def decode_image(", "def decode_image(  # edited\n", 1))
+    probe = "from imgclf.data.datasets import decoder; print(decoder())"
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    edited = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert edited.returncode == 0, edited.stderr[-2000:]
+    assert edited.stdout.strip().startswith("pillow-") and edited.stdout.strip() != decoder()

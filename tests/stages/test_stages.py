@@ -253,3 +253,23 @@ def test_a_refused_run_in_a_run_folder_given_takes_back_only_what_hydra_made(tra
         assert done.returncode == 1 and "was trained with model.name=test_resnet" in done.stderr, done.stderr
         assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before, run_dir
         assert not (project / ".hydra").exists() and not (project / "runs").exists(), run_dir
+
+
+def test_an_image_edited_after_its_pack_was_made_is_refused_by_a_stage_run_by_hand(trained_project, tmp_path):
+    """`python -m imgclf.stages.evaluate` after a test image was edited (no split since): the pack made before the
+    edit was evaluated as it was, with the old pixels, and nothing said."""
+    from PIL import Image
+
+    from imgclf.data.split import read_index
+
+    project = copy_of(trained_project, tmp_path / "project")
+    assert list((project / "data/tiny/cache").glob("full-test-*.npy"))  # evaluate's pack, made before
+    rel = read_index(project / "data/tiny/split/test.csv")[0][0]
+    Image.new("RGB", (8, 8), (7, 7, 7)).save(project / "data/tiny/images" / rel)
+    argv = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, f"tracking.uri=sqlite:///{project}/mlflow.db"]
+    done = stage_main("evaluate", argv, project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr == (
+        f"error: data/tiny/images/{rel} changed since the split stage ran (its sha256 differs from manifest.csv); "
+        "rerun split (dvc repro) so the data version follows the images\n"
+    )

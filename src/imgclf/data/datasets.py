@@ -26,9 +26,6 @@ from imgclf.paths import CACHE_DIR, IMAGE_DIR, SPLIT_DIR
 
 log = logging.getLogger(__name__)
 
-# how images become pixels (turned by their EXIF orientation, 16-bit scaled to 8, RGB; the shorter side resized and
-# the centre cropped to a square, or the whole image squashed to one): part of every pack's key
-DECODER = f"pillow-{PIL.__version__}-rgb-v3"
 RELEASE_BYTES = 256 << 20  # a pack's pages this process has read are let go after this many bytes: RSS stays flat
 
 
@@ -102,11 +99,29 @@ def decode_checked(path: Path, sha256: str | None, size: int, interpolation: str
     """decode_image(), refusing a file whose bytes are not the ones the split's manifest recorded."""
     content = Path(path).read_bytes()
     if sha256 is not None and hashlib.sha256(content).hexdigest() != sha256:
-        raise BadInput(
-            f"{path} changed since the split stage ran (its sha256 differs from manifest.csv); "
-            "rerun split (dvc repro) so the data version follows the images"
-        )
+        raise _changed(path)
     return decode_image(io.BytesIO(content), size, interpolation, resize)
+
+
+def _changed(path: Path) -> BadInput:
+    return BadInput(
+        f"{path} changed since the split stage ran (its sha256 differs from manifest.csv); "
+        "rerun split (dvc repro) so the data version follows the images"
+    )
+
+
+def _check_unchanged(images: Path, rows: list[tuple[str, str]], digests: Mapping[str, str], since: int) -> None:
+    """An image edited after its pack was made (a stage run by hand; DVC would rerun split first) was served from
+    the pack as it had been: each image modified later than the pack is read again and checked against the
+    manifest, as decode_checked checks what a new pack decodes."""
+    for rel, _ in rows:
+        path = images / rel
+        try:
+            later = path.stat().st_mtime_ns > since
+        except OSError:
+            raise BadInput(f"{path} is gone since the split stage ran; rerun split (dvc repro)") from None
+        if later and hashlib.sha256(path.read_bytes()).hexdigest() != digests[rel]:
+            raise _changed(path)
 
 
 def _decode_item(item: tuple[Path, str | None], size: int, interpolation: str, resize: str) -> np.ndarray:
@@ -131,10 +146,24 @@ def write_pack(
         del pack
 
 
+def decoder() -> str:
+    """How images become pixels (turned by their EXIF orientation, 16-bit scaled to 8, RGB; the shorter side resized
+    and the centre cropped to a square, or the whole image squashed to one): Pillow's version and the source of the
+    code that decodes, so that an edit to it makes new packs as a new Pillow does (a version tag bumped by hand was
+    forgotten, and the stages DVC reran read pixels the old code made)."""
+    import inspect
+
+    from imgclf.data import images
+
+    code = inspect.getsource(images) + "".join(map(inspect.getsource, (decode_checked, _decode_item, write_pack)))
+    return f"pillow-{PIL.__version__}-{hashlib.sha256(code.encode()).hexdigest()[:16]}"
+
+
 def pack_key(rows: list[tuple[str, str]], digests: Mapping[str, str], size: int, interpolation: str, resize: str):
     """The pack's cache key: every image's content digest in index order, the size, the resampling, the resize mode
-    and the decoder, so an image edited in place (same name, new pixels) or a new Pillow makes a new pack."""
-    h = hashlib.sha256(f"{DECODER}|{size}|{interpolation}|{resize}\n".encode())
+    and the decoder, so an image edited in place (same name, new pixels), a new Pillow or new decoding code makes a
+    new pack."""
+    h = hashlib.sha256(f"{decoder()}|{size}|{interpolation}|{resize}\n".encode())
     for rel, _ in rows:
         if rel not in digests:
             raise BadInput(f"{rel} is indexed but missing from the split's manifest.csv; rerun split (dvc repro split)")
@@ -158,7 +187,9 @@ def packed_split(
     cache = root / CACHE_DIR / f"{tag}-{size}px-{key}.npy"
     remove_orphans_in(cache.parent)  # half-written packs of killed writers: keyed by content, never read again
     pack = _open_pack(cache, (len(rows), 3, size, size)) if cache.is_file() else None
-    if pack is None:
+    if pack is not None:
+        _check_unchanged(root / IMAGE_DIR, rows, digests, cache.stat().st_mtime_ns)
+    else:
         expected = [digests[rel] for rel, _ in rows]
         write_pack(cache, [root / IMAGE_DIR / rel for rel, _ in rows], size, interpolation, resize, expected)
         pack = np.load(cache, mmap_mode="r")
