@@ -190,6 +190,20 @@ def test_the_study_name_follows_the_sweep_not_its_size_or_folder():
     )
     assert key != plugin.study_key(["optim.lr=interval(0.1,2)"], ["model=timm"], conf)
     assert key != plugin.study_key(["optim.lr=interval(0.1,1)"], ["model=vgg16"], conf)
+    assert key != plugin.study_key(["optim.lr=interval(0.1,1)"], ["model=timm"], conf, {"data": "1", "code": "2"})
+
+
+def test_a_study_resumed_on_other_data_is_a_new_study(tiny_project):
+    """After the split changed (a label fixed), the same sweep command resumed the old study: trials of two data
+    sets in one study, and the best chosen across them."""
+    run(command(tiny_project, 1), tiny_project)
+    train = tiny_project / "data/tiny/split/train.csv"
+    path, label = train.read_text().splitlines()[1].split(",")  # under the header
+    fixed = {"a": "b", "b": "c", "c": "a"}[label]
+    train.write_text(train.read_text().replace(f"{path},{label}\n", f"{path},{fixed}\n", 1))  # what split writes
+    run(command(tiny_project, 1), tiny_project)
+    studies = optuna.get_all_study_summaries(f"sqlite:///{tiny_project}/optuna.db")
+    assert [s.n_trials for s in studies] == [1, 1], [(s.study_name, s.n_trials) for s in studies]
     assert plugin.masked("postgresql://me:s3cret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
 
 

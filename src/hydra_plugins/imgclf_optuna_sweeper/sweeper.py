@@ -105,13 +105,27 @@ def suggest(trial, name: str, dist) -> Any:
     return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
-def study_key(space: list[str], fixed: list[str], conf: ImgclfOptunaSweeperConf) -> str:
-    """What makes two sweeps the same study: the space, the other overrides, the direction and the sampler (not
-    n_trials: raising it extends the study; not hydra.* settings such as the sweep dir)."""
+def study_key(space: list[str], fixed: list[str], conf: ImgclfOptunaSweeperConf, inputs: dict | None = None) -> str:
+    """What makes two sweeps the same study: the space, the other overrides, the direction, the sampler and the
+    `inputs` its trials train on (the data and code versions: a study resumed after a relabel mixed trials of two
+    data sets, and chose the best across them); not n_trials (raising it extends the study), nor hydra.* settings
+    such as the sweep dir."""
     text = json.dumps(
         {"space": sorted(space), "fixed": sorted(fixed), "direction": conf.direction, "sampler": conf.sampler.name}
+        | ({"inputs": inputs} if inputs else {})
     )
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def trial_inputs(config) -> dict:
+    """The data version of the split the trials read (none before split has run) and the code version: what a
+    resumed training requires to be the same, asked of a resumed study too."""
+    from imgclf.data.split import data_version
+    from imgclf.paths import SPLIT_DIR
+    from imgclf.provenance import code_version
+
+    split = Path(str(config.paths.data)) / str(config.data.name) / SPLIT_DIR  # Paths.split, without the outputs
+    return {"data": data_version(split) if split.is_dir() else None, "code": code_version()}
 
 
 def masked(url: str) -> str:
@@ -231,7 +245,8 @@ class ImgclfOptunaSweeper(Sweeper):
         if not space:
             raise ValueError("an Optuna sweep needs a search space: hydra.sweeper.params or a key=a,b override")
         keyed = [o.input_line for o in parsed if o.is_sweep_override()]
-        name = f"{self.conf.study_name or 'sweep'}-{study_key(keyed, fixed, self.conf)}"
+        key = study_key(keyed, fixed, self.conf, trial_inputs(self.config))
+        name = f"{self.conf.study_name or 'sweep'}-{key}"
         url, storage = self._storage()
         sampler = self._sampler(0)
         from imgclf.training.pruning import make_pruner  # the rule the jobs apply, built the same way
