@@ -288,3 +288,27 @@ def test_a_relabel_dir_that_is_a_file_or_cannot_be_made_is_one_line(tiny_project
         done = console(relabel, ["--data", "tiny", "--relabel-dir", given, "a/000.png=b"], tiny_project)
         assert done.returncode == 1 and done.stderr.startswith(f"error: {says}"), done.stderr  # not [Errno 17]
     assert (tiny_project / "notes.txt").read_text() == "mine\n"
+
+
+def test_accept_keeps_a_reviewers_fix_and_refuses_suggestions_older_than_the_split(tiny_project, tiny_cfg):
+    """`--accept 1` (a -> b), a reviewer's `a/000.png=a` after it, split: a later `--accept 1-2` from the same
+    label_issues.csv wrote a/000.png=b again, silently undoing the reviewer's fix."""
+    issues = tiny_project / "issues.csv"
+    issues.write_text("rank,path,given_label,suggested_label\n1,a/000.png,a,b\n2,a/001.png,a,c\n")
+    accept = ["--data", "tiny", "--issues", str(issues), "--accept"]
+    assert console(relabel, [*accept, "1"], tiny_project).returncode == 0
+    assert console(relabel, ["--data", "tiny", "a/000.png=a"], tiny_project).returncode == 0  # the reviewer
+    done = console(relabel, [*accept, "1-2"], tiny_project)
+    assert done.returncode == 0 and done.stdout.splitlines() == [
+        "kept a/000.png=a from relabel/tiny.csv (suggested: b; a/000.png=b changes it)",
+        "wrote 1 fixes to relabel/tiny.csv (2 in all); dvc repro applies them",
+    ], done.stdout
+    assert read_fixes(tiny_project / "relabel/tiny.csv") == {"a/000.png": "a", "a/001.png": "c"}
+    split(tiny_cfg())  # the next dvc repro: a/001.png is labelled c now, and the suggestions say a
+    before = (tiny_project / "relabel/tiny.csv").read_bytes()
+    done = console(relabel, [*accept, "2"], tiny_project)
+    assert done.returncode == 1 and done.stderr == (
+        f"error: {issues} is older than the split: rank 2, a/001.png, was labelled a there and is c now; "
+        "dvc repro label_issues for new suggestions\n"
+    )
+    assert (tiny_project / "relabel/tiny.csv").read_bytes() == before

@@ -241,11 +241,15 @@ def command(argv: list[str]) -> int:
         classes = data_classes(images, images.parent / SPLIT_DIR / LABELS_FILE)
         if not classes:
             raise BadInput(f"no class folders under {images}: run dvc repro fetch, or give --images")
-        new = _new_fixes(args, images)
+        indexed = _indexed(images.parent / SPLIT_DIR)
+        new, suggested = _new_fixes(args, images, indexed)
         if why := unmakeable_folder(args.relabel_dir):  # [Errno 17] File exists, from the folder's mkdir
             raise BadInput(f"--relabel-dir {shown(args.relabel_dir)} {why}: give the folder relabel files go in")
         target = Path(args.relabel_dir) / f"{name}.csv"
-        taken = partial(_taken, images=images, indexed=_indexed(images.parent / SPLIT_DIR))
+        new, kept = _keep_earlier(new, suggested, target)
+        for line in kept:
+            print(line)
+        taken = partial(_taken, images=images, indexed=set(indexed))
         check_fixes(target, new, taken(new), classes, rows=False)
         # and every row of the file as it will be, under its lock: one split would refuse is not written back
         every = write_fixes(target, new, check=lambda fixes: check_fixes(target, fixes, taken(fixes), classes))
@@ -256,23 +260,42 @@ def command(argv: list[str]) -> int:
     return 0
 
 
-def _new_fixes(args, images: Path) -> dict[str, str]:
+def _new_fixes(args, images: Path, indexed: Mapping[str, str]) -> tuple[dict[str, str], set[str]]:
     """The fixes asked for (PATH=LABEL arguments, then --accept's suggestions), each image named as the split's
-    index names it; an image given two labels is refused, as in the file."""
-    pairs = [_pair(text) for text in args.fixes]
+    index names it, and those that only --accept asked for; an image given two labels is refused, as in the file.
+    Suggestions made on other labels than the split's now (a fix applied since) are refused: stale, they would undo
+    a fix made after them."""
+    pairs = [(*_pair(text), False) for text in args.fixes]
     if args.accept:
         rows = read_issues(Path(args.issues))
-        wanted = ranks(args.accept, len(rows))
-        pairs += [(r["path"], r["suggested_label"]) for r in rows if int(r["rank"]) in wanted]
+        wanted = [r for r in rows if int(r["rank"]) in ranks(args.accept, len(rows))]
+        if stale := [r for r in wanted if indexed.get(r["path"], r["given_label"]) != r["given_label"]]:
+            r = stale[0]
+            raise BadInput(
+                f"{args.issues} is older than the split: rank {r['rank']}, {r['path']}, was labelled "
+                f"{r['given_label']} there and is {indexed[r['path']]} now; dvc repro label_issues for new suggestions"
+            )
+        pairs += [(r["path"], r["suggested_label"], True) for r in wanted]
     if not pairs:
         raise BadInput("nothing to fix: give PATH=LABEL arguments or --accept RANKS")
     new: dict[str, str] = {}
-    for image, label in pairs:
-        indexed = _indexed_path(image, images)
-        if new.get(indexed, label) != label:
-            raise BadInput(f"{indexed} is given two labels ({new[indexed]}, {label}); give it one")
-        new[indexed] = label
-    return new
+    given: set[str] = set()
+    for image, label, suggested in pairs:
+        indexed_path = _indexed_path(image, images)
+        if new.get(indexed_path, label) != label:
+            raise BadInput(f"{indexed_path} is given two labels ({new[indexed_path]}, {label}); give it one")
+        new[indexed_path] = label
+        given |= set() if suggested else {indexed_path}
+    return new, set(new) - given
+
+
+def _keep_earlier(new: dict[str, str], suggested: set[str], target: Path) -> tuple[dict[str, str], list[str]]:
+    """(the fixes to write, a line for each earlier fix kept): a suggestion never replaces a fix already in the file
+    with another label (a reviewer's, which the model that made the suggestion had not seen); PATH=LABEL does."""
+    earlier = read_fixes(target) if target.is_file() else {}
+    kept = [p for p in sorted(suggested) if earlier.get(p, new[p]) != new[p]]
+    said = [f"kept {p}={earlier[p]} from {target} (suggested: {new[p]}; {p}={new[p]} changes it)" for p in kept]
+    return {p: label for p, label in new.items() if p not in kept}, said
 
 
 def _indexed_path(image: str, images: Path) -> str:
@@ -283,14 +306,14 @@ def _indexed_path(image: str, images: Path) -> str:
     return resolved.relative_to(images.resolve()).as_posix()
 
 
-def _indexed(split_dir: Path) -> set[str]:
-    """The images the last split took (its index files); empty before the first split."""
+def _indexed(split_dir: Path) -> dict[str, str]:
+    """The images the last split took (its index files) and their labels; empty before the first split."""
     from imgclf.data.split import read_index
 
     indexes = [split_dir / f"{name}.csv" for name in ("train", "val", "test")]
     if not all(index.is_file() for index in indexes):
-        return set()
-    return {path for index in indexes for path, _ in read_index(index)}
+        return {}
+    return {path: label for index in indexes for path, label in read_index(index)}
 
 
 def _taken(fixes: Iterable[str], *, images: Path, indexed: set[str]) -> set[str]:
