@@ -326,6 +326,28 @@ def test_classify_one_shows_where_the_network_looked_while_its_own_model_is_serv
     assert "cam" not in other[0]
 
 
+def test_grad_cam_is_drawn_after_a_switch_only_for_a_model_of_the_explainers_network(trained_project, tmp_path):
+    """The page switched to models/export again after a retrain and re-export (the same name, another network):
+    Grad-CAM was drawn from the network loaded at start, beside the new model's class."""
+    import json
+
+    from imgclf.deploy.explain import Explainer
+
+    project = copy_of(trained_project, tmp_path / "project")
+    root = project / "data"
+    client = serve_client(project, tmp_path / "cache", [root], model_roots=[project / "models"])
+    made_for = client.service.model.classifier
+    client.service.explainer = Explainer(project / "models/model.pt", made_for.class_names, made_for=made_for)
+    image = {"path": str(root / "tiny/images/b/000.png")}
+    assert client.post("/api/model", json={"model": str(project / "models/export")}).status_code == 200
+    assert "cam" in client.post("/api/classify", data=image).json()["results"][0]  # the same network: drawn
+    record = project / "models/export/run.json"
+    run = json.loads(record.read_text())
+    record.write_text(json.dumps({**run, "checkpoint_sha256": "0" * 64}))  # what a re-export of a retrain records
+    assert client.post("/api/model", json={"model": str(project / "models/export")}).status_code == 200
+    assert "cam" not in client.post("/api/classify", data=image).json()["results"][0]
+
+
 def test_grad_cam_and_model_loads_run_one_at_a_time_whatever_the_number_of_clients(
     trained_project, tmp_path, monkeypatch
 ):

@@ -30,17 +30,28 @@ class Explainer:
         *,
         made_for: Classifier | None = None,
     ):
+        from imgclf.data.download import file_digest
         from imgclf.models.explain import check_layer
         from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
         if made_for is not None:  # before the checkpoint is loaded: another network's gradients are never drawn
             check_same_network(Path(checkpoint), made_for)
+        self.digest = file_digest(Path(checkpoint), "sha256")  # the network loaded, whatever the file holds later
         ckpt = load_checkpoint(checkpoint)
         self.spec = ServingSpec.from_checkpoint(ckpt, str(checkpoint))
         if list(self.spec.class_names) != list(class_names):
             raise BadInput(f"{checkpoint} has other classes than the model that classified the images")
         self.model, self.layer = model_from_checkpoint(ckpt), layer
         check_layer(self.model, layer, self.spec.image_size)  # a wrong --explain-layer is refused before any image
+
+    def explains(self, classifier: Classifier) -> bool:
+        """Whether `classifier` runs the network loaded here: the checkpoint it is, or the one its export recorded
+        (a page switched to a model re-exported since, under the same name, runs another network)."""
+        from imgclf.data.download import file_digest
+
+        if classifier.checkpoint is not None:
+            return file_digest(classifier.checkpoint, "sha256") == self.digest
+        return run_of(classifier.source, "checkpoint_sha256") == self.digest
 
     def overlay(self, path: Path, class_index: int, opener: Callable[[Path], BinaryIO] | None = None) -> np.ndarray:
         """uint8 HWC: the image as the model saw it, its Grad-CAM for `class_index` over it, at least 224 px."""

@@ -116,7 +116,7 @@ class Service:
     ):
         self.model, self.uri, self.experiment, self.review = model, uri, experiment, review  # review: deploy.review
         # Grad-CAM for Classify One (deploy.explain.Explainer): from the checkpoint beside the model served first,
-        # so only while that model is served
+        # so only while a model of that network is served (checked at each switch)
         self.explainer, self.explained = explainer, model.ref
         self.cam_note = cam_note  # why Classify One shows no Grad-CAM (another network's checkpoint), said beside it
         self.roots, self.max_bytes = [r.resolve() for r in roots], int(max_upload_mb * 1e6)
@@ -191,8 +191,11 @@ class Service:
         files into the same cache folder at once."""
         with self.switching:
             model = load_model(ref, self.uri, self.cache, roots=self.model_roots)
+            explained = self.explainer is not None and self.explainer.explains(model.classifier)
         with self.lock:
             self.model = model
+            if self.explainer is not None:  # Grad-CAM only where the explainer's network is the one served
+                self.explained = model.ref if explained else None
         return model.card
 
 
