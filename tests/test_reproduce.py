@@ -127,3 +127,35 @@ def test_a_run_that_is_no_training_is_named_as_such(tmp_path, capsys):
     assert said == f"error: run {other} (lr-find) is no training imgclf recorded (no train/config.yaml): give a " \
         "train run's id (imgclf runs lists them)\n"  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_refuses_when_the_cached_imagenet_weights_changed(tiny_cfg, tiny_project, monkeypatch, tmp_path, capsys):
+    """model.pretrained reads a file in Hugging Face's cache, which no DVC dependency follows: a new snapshot there
+    (`hf download` moves refs/main) trained another model under the same params. The run records the file's
+    sha256, a resume and `imgclf reproduce` compare it."""
+    import hashlib
+
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k"
+    digests = {}
+    for seed, revision in ((1, "a" * 40), (2, "b" * 40)):
+        torch.manual_seed(seed)
+        (folder := repo / "snapshots" / revision).mkdir(parents=True)
+        save_file(timm.create_model("test_resnet").state_dict(), folder / "model.safetensors")
+        digests[revision] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = tiny_cfg("model.pretrained=true", "model.download=false")
+    train(cfg)
+    run_id = json.loads((tiny_project / "models/run.json").read_text())["run_id"]
+    tags = MlflowClient(tracking_uri=cfg.tracking.uri).get_run(run_id).data.tags
+    assert tags["imgclf.pretrained_sha256"] == digests["a" * 40]
+    assert tags["imgclf.pretrained_file"].endswith(f"snapshots/{'a' * 40}/model.safetensors")
+    (repo / "refs" / "main").write_text("b" * 40)  # a new snapshot of the same weights' name
+    assert reproduce([run_id, "--uri", cfg.tracking.uri]) == 1
+    err = capsys.readouterr().err
+    assert f"its ImageNet weights differ (sha256 {digests['a' * 40][:12]} then, sha256 {digests['b' * 40][:12]}" in err

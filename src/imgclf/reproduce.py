@@ -13,6 +13,7 @@ from imgclf.data.split import data_version
 from imgclf.errors import BadInput
 from imgclf.paths import Paths
 from imgclf.provenance import code_version, environment
+from imgclf.training.lifecycle import pretrained_start, sha256_of
 
 COMPARED = ("best/val/acc", "test/acc", "test/macro_f1", "test/loss")
 # what must match for bit-identical metrics on the CPU: the same machine, threads and library versions
@@ -68,6 +69,11 @@ def differences(record: Record, paths: Paths) -> list[str]:
         )
         if now != tags["imgclf.weights_sha256"]:
             found.append(f"model.weights {weights} differs (sha256 {tags['imgclf.weights_sha256'][:12]} -> {now[:12]})")
+    cached = pretrained_start(record.config["model"])  # ImageNet weights from a cache no DVC dependency follows
+    was = tags.get("imgclf.pretrained_sha256")
+    if was and (sha256_of(cached) if cached else None) != was:
+        now = f"sha256 {sha256_of(cached)[:12]} at {cached}" if cached else "none cached"
+        found.append(f"its ImageNet weights differ (sha256 {was[:12]} then, {now} now)")
     code = code_version()
     if tags["imgclf.code_version"] != code:
         commit = tags.get("mlflow.source.git.commit", "")[:10] or "unknown"

@@ -36,7 +36,7 @@ def train(cfg: DictConfig | Options) -> float:
         run = TrainingRun.plan(paths, t.resume, opts.config, dataset=data)  # holds checkpoints/ until the run ends
         name = opts.tracking.run_name or sweeps.run_name(m.name, data, opts.optim.lr, t.batch_size, overrides())
         labels = {"model": m.name, "finetune": opts.finetune.strategy}
-        tags = run_tags(paths, data, device, overrides(), sweep_dir, weights=m.weights, **labels)
+        tags = run_tags(paths, data, device, overrides(), sweep_dir, start=opts.config["model"], **labels)
         with run.open(opts.tracking.uri, opts.tracking.experiment, name=name, tags=tags, config=opts.config):
             return _train(opts, paths, run, built or build_training(opts, paths, device))
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import os
@@ -78,7 +79,9 @@ class TrainingRun:
         flat = tracking.flatten(config)
         weights = flat.get("model.weights")
         if weights and Path(str(weights)).expanduser().is_file():  # the file's content, not only its name
-            flat["model.weights"] = f"{weights} {file_digest(Path(str(weights)).expanduser(), 'sha256')}"
+            flat["model.weights"] = f"{weights} {sha256_of(Path(str(weights)).expanduser())}"
+        if (cached := pretrained_start(config["model"])) is not None:  # which ImageNet weights the cache holds now
+            flat["model.pretrained"] = f"{flat['model.pretrained']} {sha256_of(cached)}"
         current = fingerprint(
             flat,
             world_size=dist.world_size(),
@@ -251,11 +254,12 @@ def run_tags(
     overrides: list[str],
     sweep_dir: Path | None,
     *,
-    weights: str | None = None,
+    start: Mapping[str, Any] | None = None,
     **labels: str,
 ) -> dict[str, str]:
     """What a run says about itself: data set and its version, device, overrides, where model.pt goes, git state,
-    the sha256 of a `weights` file it starts from; `labels` become imgclf.<name> tags (model, finetune)."""
+    the sha256 of the weights file it starts from (`start`, the model's config: model.weights, or the cached
+    ImageNet weights of model.pretrained, which no DVC dependency follows); `labels` become imgclf.<name> tags."""
     git = git_state()
     tags = {
         "imgclf.dataset": dataset,
@@ -275,9 +279,36 @@ def run_tags(
     if "SLURM_JOB_ID" in os.environ:  # `sacct -j`, `scontrol show job` find the job (array: <job>_<task>)
         array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
         tags["imgclf.slurm_job"] = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
+    weights = (start or {}).get("weights")
     if weights and Path(weights).expanduser().is_file():
-        tags["imgclf.weights_sha256"] = file_digest(Path(weights).expanduser(), "sha256")
+        tags["imgclf.weights_sha256"] = sha256_of(Path(weights).expanduser())
+    if (cached := pretrained_start(start or {})) is not None:
+        tags |= {"imgclf.pretrained_file": str(cached), "imgclf.pretrained_sha256": sha256_of(cached)}
     return tags
+
+
+def pretrained_start(model: Mapping[str, Any]) -> Path | None:
+    """The cached ImageNet weights file a run of `model` (its config) starts from, or None: no model.pretrained, a
+    model.weights file instead, or nothing cached yet (the download comes with the network)."""
+    if model.get("weights") or not model.get("pretrained"):
+        return None
+    from imgclf.models.weights import WeightsNotFound, pretrained_file
+
+    try:
+        return pretrained_file(model["source"], model["name"], download=False)
+    except WeightsNotFound:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    return file_digest(path, "sha256")
+
+
+def sha256_of(path: Path) -> str:
+    """A weights file's sha256, read once per process while the file is unchanged (the plan and the tags ask)."""
+    info = path.stat()
+    return _sha256(str(path.resolve()), info.st_mtime_ns, info.st_size)
 
 
 def log_data_report(report: Path, report_dir: Path) -> None:
