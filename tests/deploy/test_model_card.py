@@ -76,9 +76,21 @@ def test_a_registered_name_with_quotes_loads_its_own_latest_version_and_selects_
     client = MlflowClient(tracking_uri=uri)
     first = client.get_model_version("imgclf-tiny", "1")
     other = client.create_run(client.get_run(first.run_id).info.experiment_id).info.run_id  # tells versions apart
-    for name, run in (("it's", first.run_id), ("x", other), ("x' AND name != '", first.run_id), ("both'\"\\", other)):
-        client.create_registered_model(name)
-        client.create_model_version(name, first.source, run)
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # MLflow finds a version's logged model (models:/m-...) in the default store
+    try:
+        for name, run in (
+            ("it's", first.run_id),
+            ("x", other),
+            ("x' AND name != '", first.run_id),
+            ("both'\"\\", other),
+        ):
+            client.create_registered_model(name)
+            client.create_model_version(name, first.source, run)
+    finally:
+        mlflow.set_tracking_uri(before)
     page = serve_client(project, tmp_path / "cache", [project])
     for name, run in (("it's", first.run_id), ("x' AND name != '", first.run_id), ("both'\"\\", other)):
         answer = page.post("/api/model", json={"model": f"models:/{name}/latest"})
