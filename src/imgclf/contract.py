@@ -23,6 +23,9 @@ RUN_FILE = "run.json"  # beside a model: the MLflow run that trained it (models/
 # a served model's input side: timm's largest (800 px) fits; the batch memory a request costs stays bounded
 MAX_INPUT_SIZE = 1024
 MAX_SPEC_BYTES = 16 << 20  # labels.txt, preprocessing.json: a million class names fit; a larger file is read no further
+# class names a model may have: the largest head timm ships (vit_base_patch16_224.bamboo, 115,217 classes) fits, and
+# ImageNet-21k's 21,843 six times; a count read from a file sizes the head rebuilt and each image's probabilities
+MAX_CLASSES = 131_072
 
 
 class ContractError(ValueError):
@@ -109,6 +112,8 @@ class ServingSpec:
         def bad(key, valid):
             return ContractError(f"{source}: {key}={spec.get(key)!r} is not valid: {valid}")
 
+        if isinstance(class_names, (list, tuple)) and len(class_names) > MAX_CLASSES:
+            raise ContractError(f"{source}: {len(class_names):,} class names; a classifier has 2 to {MAX_CLASSES:,}")
         if not isinstance(class_names, (list, tuple)) or not all(isinstance(c, str) and c for c in class_names):
             raise ContractError(f"{source}: the class names are not a list of names")
         if len(class_names) < 2 or len(set(class_names)) != len(class_names):

@@ -253,3 +253,16 @@ def test_a_refused_run_in_a_run_folder_given_takes_back_only_what_hydra_made(tra
         assert done.returncode == 1 and "was trained with model.name=test_resnet" in done.stderr, done.stderr
         assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before, run_dir
         assert not (project / ".hydra").exists() and not (project / "runs").exists(), run_dir
+
+
+def test_a_split_with_more_classes_than_a_classifier_has_is_refused_before_training(tiny_project):
+    """The split's labels.txt sizes the head train builds: past MAX_CLASSES, one line before any data is read."""
+    from imgclf.contract import MAX_CLASSES
+
+    labels = tiny_project / "data/tiny/split/labels.txt"
+    labels.write_text(labels.read_text() + "".join(f"extra{i}\n" for i in range(MAX_CLASSES)))
+    argv = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"]
+    done = stage_main("train", argv, tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert f"{MAX_CLASSES + 3:,} class names; a classifier has 2 to {MAX_CLASSES:,}" in done.stderr
+    assert not (tiny_project / "models").exists()
