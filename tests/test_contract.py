@@ -71,3 +71,33 @@ def test_more_class_names_than_a_classifier_has_are_refused_wherever_they_enter(
         assert done.returncode == 1 and done.stderr == f"error: {said}\n", done.stderr
         answer = client.post("/api/model", json={"model": str(model)})
         assert answer.status_code == 400 and answer.json()["error"] == said, answer.text
+
+
+def test_an_error_repeats_at_most_200_characters_of_a_value_from_a_file(trained_project, tmp_path, caplog):
+    """A preprocessing.json whose mean was a 15 MB list gave a 15 MB error line, in serve both its answer and its
+    log line; a checkpoint's network name the same."""
+    import json
+    import logging
+    import shutil
+
+    from imgclf.cli import predict
+
+    from .conftest import console, serve_client
+
+    folder = tmp_path / "export"
+    shutil.copytree(trained_project / "models/export", folder)
+    spec = json.loads((folder / "preprocessing.json").read_text())
+    (folder / "preprocessing.json").write_text(json.dumps({**spec, "mean": [[0.5] * 1000] * 300}))  # 1.5 MB
+    ckpt = torch.load(trained_project / "models/model.pt", weights_only=True)
+    torch.save({**ckpt, "arch": "vgg" * 300_000}, tmp_path / "named.pt")
+    image = next((trained_project / "data/tiny/images/a").iterdir())
+    client = serve_client(trained_project, tmp_path / "cache", [tmp_path])
+    caplog.set_level(logging.INFO)
+    for model, said in ((folder, "mean=[[0.5, 0.5, "), (tmp_path / "named.pt", "named.pt: unknown timm model 'vgg")):
+        done = console(predict, [str(image), "--model", str(model)], tmp_path)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and said in done.stderr
+        assert len(done.stderr) < 600, len(done.stderr)
+        answer = client.post("/api/model", json={"model": str(model)})
+        assert answer.status_code == 400 and said in answer.json()["error"] and len(answer.text) < 700
+    logged = [r.getMessage() for r in caplog.records if r.name == "imgclf.deploy.webapp"]
+    assert len(logged) == 2 and all(len(line) < 700 for line in logged), [len(line) for line in logged]

@@ -43,8 +43,8 @@ def load_checkpoint(path, model: Mapping[str, Any] | None = None) -> dict:
 
 
 def _shown(value: Any) -> str:
-    """A config value as it is typed on the command line: null, true, [0.5, 0.5]."""
-    return json.dumps(value) if not isinstance(value, str) else value
+    """A config value as it is typed on the command line: null, true, [0.5, 0.5] (cut: it may come from the file)."""
+    return shown(json.dumps(value) if not isinstance(value, str) else value)
 
 
 def check_network(ckpt: dict, path) -> None:
@@ -61,8 +61,11 @@ def check_network(ckpt: dict, path) -> None:
         raise BadInput(f"{path}: its arch and source are not names of a network (model.name, model.source)")
     if not isinstance(state, dict) or not all(isinstance(k, str) and _plain(v) for k, v in state.items()):
         raise BadInput(f"{path}: its model is not a state dict of tensors held in the file, as train writes it")
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the seeded RNG as it was: init draws nothing
-        wanted = build_model(arch, len(spec.class_names), source=source).state_dict(keep_vars=True)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the seeded RNG as it was: init draws nothing
+            wanted = build_model(arch, len(spec.class_names), source=source).state_dict(keep_vars=True)
+    except BadInput as exc:  # a network imgclf does not know
+        raise BadInput(f"{path}: {exc}") from None
     network = f"{shown(arch, 100)} with {len(spec.class_names):,} classes"
     misfit = _first_misfit(wanted, state)
     if misfit:
