@@ -79,3 +79,14 @@ def test_a_checkpoint_that_fits_rebuilds_its_weights_and_draws_nothing_from_the_
     rebuilt = model_from_checkpoint(ckpt).state_dict()
     assert rebuilt.keys() == ckpt["model"].keys()
     assert all(torch.equal(rebuilt[k], v) for k, v in ckpt["model"].items())
+
+
+def test_a_checkpoint_whose_config_is_no_mapping_is_read_as_one_without_config(trained_project, tmp_path):
+    """The config only tells a stage whether its own `model` section differs: a list there was an AttributeError."""
+    from imgclf.cli import predict
+
+    ckpt = torch.load(trained_project / "models/model.pt", weights_only=True)
+    torch.save({**ckpt, "config": ["not", "a", "mapping"]}, tmp_path / "listed.pt")
+    image = next((trained_project / "data/tiny/images/a").iterdir())
+    done = console(predict, [str(image), "--model", str(tmp_path / "listed.pt")], tmp_path)
+    assert done.returncode == 0 and "1. " in done.stdout, done.stderr[-2000:]

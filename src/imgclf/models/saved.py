@@ -29,7 +29,8 @@ def load_checkpoint(path, model: Mapping[str, Any] | None = None) -> dict:
     ckpt = load_tensors(path)
     if not isinstance(ckpt, dict):
         raise BadInput(f"{path} holds a {type(ckpt).__name__}, not a checkpoint train writes (a dict of its weights)")
-    trained = (ckpt.get("config") or {}).get("model")
+    config = ckpt.get("config")
+    trained = config.get("model") if isinstance(config, Mapping) else None
     if model is not None and isinstance(trained, Mapping):
         changed = [k for k in sorted({*trained, *model} - UNTRAINED) if trained.get(k) != model.get(k)]
         if changed:
@@ -93,7 +94,8 @@ def _first_misfit(wanted: Mapping[str, torch.Tensor], state: Mapping[str, torch.
             lacking = sum(k not in state for k in wanted)
             return f"{shown(key, 100)} is missing ({lacking:,} of its {len(wanted):,} weights are)"
         if state[key].shape != tensor.shape:
-            return f"{shown(key, 100)} is {tuple(state[key].shape)} where the network's is {tuple(tensor.shape)}"
+            held = shown(tuple(state[key].shape), 80)  # the file's: any number of dimensions
+            return f"{shown(key, 100)} is {held} where the network's is {tuple(tensor.shape)}"
     extra = next((k for k in state if k not in wanted), None)
     return None if extra is None else f"{shown(extra, 100)} is no weight of that network"
 
