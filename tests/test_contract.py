@@ -45,3 +45,59 @@ def test_the_decoder_knows_the_contracts_resize_modes():
     from imgclf.data import images
 
     assert images.RESIZE_MODES == RESIZE_MODES  # two copies: contract.py imports nothing of imgclf
+
+
+def test_more_class_names_than_a_classifier_has_are_refused_wherever_they_enter(trained_project, tmp_path):
+    """A checkpoint's class names rebuild its head (Linear(features, N): 1.6 GB for AlexNet at 100,000 names) and a
+    labels.txt's size every answer: past MAX_CLASSES either is one line, before the network is built or opened."""
+    import shutil
+
+    from imgclf.cli import predict
+    from imgclf.contract import MAX_CLASSES
+
+    from .conftest import console, serve_client
+
+    names = [f"c{i}" for i in range(MAX_CLASSES + 1)]
+    ckpt = torch.load(trained_project / "models/model.pt", weights_only=True)
+    torch.save({**ckpt, "class_names": names}, tmp_path / "many.pt")
+    folder = tmp_path / "export"
+    shutil.copytree(trained_project / "models/export", folder)
+    (folder / "labels.txt").write_text("".join(f"{name}\n" for name in names))
+    image = next((trained_project / "data/tiny/images/a").iterdir())
+    client = serve_client(trained_project, tmp_path / "cache", [tmp_path])
+    for model, source in ((tmp_path / "many.pt", tmp_path / "many.pt"), (folder, folder / "preprocessing.json")):
+        said = f"{source}: {MAX_CLASSES + 1:,} class names; a classifier has 2 to {MAX_CLASSES:,}"
+        done = console(predict, [str(image), "--model", str(model)], tmp_path)
+        assert done.returncode == 1 and done.stderr == f"error: {said}\n", done.stderr
+        answer = client.post("/api/model", json={"model": str(model)})
+        assert answer.status_code == 400 and answer.json()["error"] == said, answer.text
+
+
+def test_an_error_repeats_at_most_200_characters_of_a_value_from_a_file(trained_project, tmp_path, caplog):
+    """A preprocessing.json whose mean was a 15 MB list gave a 15 MB error line, in serve both its answer and its
+    log line; a checkpoint's network name the same."""
+    import json
+    import logging
+    import shutil
+
+    from imgclf.cli import predict
+
+    from .conftest import console, serve_client
+
+    folder = tmp_path / "export"
+    shutil.copytree(trained_project / "models/export", folder)
+    spec = json.loads((folder / "preprocessing.json").read_text())
+    (folder / "preprocessing.json").write_text(json.dumps({**spec, "mean": [[0.5] * 1000] * 300}))  # 1.5 MB
+    ckpt = torch.load(trained_project / "models/model.pt", weights_only=True)
+    torch.save({**ckpt, "arch": "vgg" * 300_000}, tmp_path / "named.pt")
+    image = next((trained_project / "data/tiny/images/a").iterdir())
+    client = serve_client(trained_project, tmp_path / "cache", [tmp_path])
+    caplog.set_level(logging.INFO)
+    for model, said in ((folder, "mean=[[0.5, 0.5, "), (tmp_path / "named.pt", "named.pt: unknown timm model 'vgg")):
+        done = console(predict, [str(image), "--model", str(model)], tmp_path)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and said in done.stderr
+        assert len(done.stderr) < 600, len(done.stderr)
+        answer = client.post("/api/model", json={"model": str(model)})
+        assert answer.status_code == 400 and said in answer.json()["error"] and len(answer.text) < 700
+    logged = [r.getMessage() for r in caplog.records if r.name == "imgclf.deploy.webapp"]
+    assert len(logged) == 2 and all(len(line) < 700 for line in logged), [len(line) for line in logged]

@@ -98,8 +98,8 @@ def test_the_stages_that_never_track_start_without_mlflow_or_torch():
 
 # what each part of the library may import (its own part included); nothing runs back up. stages/, cli/ and
 # reproduce.py compose them all.
-BASE = {"errors", "paths", "files", "targets", "provenance", "contract", "credentials", "devices", "slurm", "config",
-        "net", "hydra_run", "workspace", "plots", "analysis", "label_issues"}  # fmt: skip
+BASE = {"errors", "paths", "files", "archives", "targets", "provenance", "contract", "credentials", "devices", "slurm",
+        "config", "net", "hydra_run", "workspace", "plots", "analysis", "label_issues"}  # fmt: skip
 ALLOWED = {
     "base": {"base"},
     "data": {"base", "data"},

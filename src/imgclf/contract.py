@@ -8,6 +8,7 @@ only numpy and the standard library: the MLflow model pickles it by value and ru
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,10 @@ RUN_FILE = "run.json"  # beside a model: the MLflow run that trained it (models/
 # a served model's input side: timm's largest (800 px) fits; the batch memory a request costs stays bounded
 MAX_INPUT_SIZE = 1024
 MAX_SPEC_BYTES = 16 << 20  # labels.txt, preprocessing.json: a million class names fit; a larger file is read no further
+# class names a model may have: the largest head timm ships (vit_base_patch16_224.bamboo, 115,217 classes) fits, and
+# ImageNet-21k's 21,843 six times; a count read from a file sizes the head rebuilt and each image's probabilities
+MAX_CLASSES = 131_072
+SHOWN = 200  # characters of a value an error repeats: a 15 MB list in preprocessing.json is not written out whole
 
 
 class ContractError(ValueError):
@@ -107,8 +112,10 @@ class ServingSpec:
         """A spec from untrusted values (a file anyone may have written), each checked against its valid range."""
 
         def bad(key, valid):
-            return ContractError(f"{source}: {key}={spec.get(key)!r} is not valid: {valid}")
+            return ContractError(f"{source}: {key}={_shown(spec.get(key))} is not valid: {valid}")
 
+        if isinstance(class_names, (list, tuple)) and len(class_names) > MAX_CLASSES:
+            raise ContractError(f"{source}: {len(class_names):,} class names; a classifier has 2 to {MAX_CLASSES:,}")
         if not isinstance(class_names, (list, tuple)) or not all(isinstance(c, str) and c for c in class_names):
             raise ContractError(f"{source}: the class names are not a list of names")
         if len(class_names) < 2 or len(set(class_names)) != len(class_names):
@@ -201,6 +208,17 @@ class ServingSpec:
     def normalize_images(self, images: np.ndarray) -> np.ndarray:
         """RGB uint8 images (N, S, S, 3) resized and cropped as `how` says -> the model's float32 NCHW input."""
         return normalize(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), *scaled_stats(self.mean, self.std))
+
+
+def _shown(value) -> str:
+    """`repr(value)` cut to SHOWN characters, by reprlib: a huge list or string is never written out whole first."""
+    said = _REPR.repr(value)
+    return said if len(said) <= SHOWN else said[:SHOWN] + "..."
+
+
+_REPR = reprlib.Repr()  # past these, reprlib writes `...`: short values read as repr writes them
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 30, 30, 30
+_REPR.maxstring = _REPR.maxother = SHOWN
 
 
 def _integer(value) -> bool:

@@ -283,27 +283,39 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # how a zip archive starts, torch.save's format since torch 1.6
+
+
 def load_tensors(path: str | Path):
     """torch.load with weights_only=True (tensors and plain values, never code): a file holding other Python
     objects, a pickle that could run code when loaded, is refused in one line naming it, and so is a file that is
-    not a torch checkpoint at all (truncated, empty, another format)."""
+    not a torch checkpoint at all (truncated, empty, another format). A zip archive (what torch.save writes) is
+    checked before torch reads it (imgclf.archives), so it loads into no more memory than its own size."""
     import pickle
     import zipfile
 
     import torch
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = next((line for line in str(exc).splitlines() if "Unsupported global" in line), "")
-        if not detail and "weights_only" not in str(exc):
+    from imgclf.archives import ArchiveRefused, checked_zip
+
+    with open_regular(Path(path)) as f:
+        try:
+            if f.read(4) == ZIP_MAGIC:  # torch's own test of the format: anything else is its legacy pickle
+                checked_zip(f).close()
+            f.seek(0)  # the file checked, not whatever is at the path by now
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except ArchiveRefused as exc:
+            raise BadInput(f"{path}: refused: {exc}; only checkpoints as torch.save writes them are read") from None
+        except pickle.UnpicklingError as exc:
+            detail = next((line for line in str(exc).splitlines() if "Unsupported global" in line), "")
+            if not detail and "weights_only" not in str(exc):
+                raise BadInput(f"{path}: not a readable checkpoint ({_why(exc)})") from None
+            raise BadInput(
+                f"{path}: refused: it holds Python objects, not only tensors and plain values, and loading it could "
+                f"run code; only weights-only checkpoints are read{f' ({detail.strip()})' if detail else ''}"
+            ) from None
+        except (RuntimeError, EOFError, ValueError, IndexError, KeyError, TypeError, zipfile.BadZipFile) as exc:
             raise BadInput(f"{path}: not a readable checkpoint ({_why(exc)})") from None
-        raise BadInput(
-            f"{path}: refused: it holds Python objects, not only tensors and plain values, and loading it could run "
-            f"code; only weights-only checkpoints are read{f' ({detail.strip()})' if detail else ''}"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, IndexError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        raise BadInput(f"{path}: not a readable checkpoint ({_why(exc)})") from None
 
 
 def _why(exc: BaseException) -> str:

@@ -273,3 +273,16 @@ def test_an_image_edited_after_its_pack_was_made_is_refused_by_a_stage_run_by_ha
         f"error: data/tiny/images/{rel} changed since the split stage ran (its sha256 differs from manifest.csv); "
         "rerun split (dvc repro) so the data version follows the images\n"
     )
+
+
+def test_a_split_with_more_classes_than_a_classifier_has_is_refused_before_training(tiny_project):
+    """The split's labels.txt sizes the head train builds: past MAX_CLASSES, one line before any data is read."""
+    from imgclf.contract import MAX_CLASSES
+
+    labels = tiny_project / "data/tiny/split/labels.txt"
+    labels.write_text(labels.read_text() + "".join(f"extra{i}\n" for i in range(MAX_CLASSES)))
+    argv = ["--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES, f"tracking.uri=sqlite:///{tiny_project}/mlflow.db"]
+    done = stage_main("train", argv, tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert f"{MAX_CLASSES + 3:,} class names; a classifier has 2 to {MAX_CLASSES:,}" in done.stderr
+    assert not (tiny_project / "models").exists()

@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from imgclf.archives import ArchiveRefused, checked_zip
 from imgclf.errors import BadInput
 
 # the archive's files below its root folder: the program, its tensors and their configs, and nothing else
@@ -76,15 +77,14 @@ def check_program(f, path: Path) -> io.BytesIO:
     """The archive rebuilt from its checked entries, for torch to read; BadInput, naming `path` and the part
     refused, unless it holds only what export writes."""
     try:
-        archive = zipfile.ZipFile(f)
+        archive = checked_zip(f)  # entries stored, within the file's size: the copy torch reads is no larger
+    except ArchiveRefused as exc:
+        raise _refused(path, str(exc)) from None
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise _refused(path, f"not a torch.export archive ({exc})") from None
     with archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
         names = [i.orig_filename for i in infos]
-        if any(i.compress_type != zipfile.ZIP_STORED or i.file_size != i.compress_size for i in infos):
-            # torch writes every entry stored: a compressed one could unpack to any size (a zip bomb)
-            raise _refused(path, "it holds compressed entries, and torch.export writes them stored")
         if any(i.orig_filename != i.filename for i in infos) or len(set(names)) != len(names) or not names:
             raise _refused(path, "its file names are not plain and distinct (a NUL in one, or one twice)")
         roots = {name.split("/", 1)[0] for name in names}
@@ -140,15 +140,23 @@ def _check_payloads(config: Any, kind: str, path: Path) -> None:
 
 
 def _check_sample_inputs(archive: zipfile.ZipFile, name: str, path: Path) -> None:
-    """torch reads them weights-only first and falls back to a full unpickle: only a file the first reads passes."""
+    """torch reads them weights-only first and falls back to a full unpickle: only a file the first reads passes.
+    They are kept: from their shapes `.module()` makes the guards that check each call's inputs. A torch.save
+    archive of their own, checked as the program is before torch reads it: stored inside stored, it could still
+    unpack to any size."""
     import pickle
 
     import torch
 
     if name not in archive.namelist():
         return
+    inputs = io.BytesIO(archive.read(name))
     try:
-        torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+        checked_zip(inputs).close()
+        inputs.seek(0)
+        torch.load(inputs, map_location="cpu", weights_only=True)
+    except ArchiveRefused as exc:
+        raise _refused(path, f"its sample inputs: {exc}") from None
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise _refused(path, f"its sample inputs are not plain tensors ({detail[:200]})") from None

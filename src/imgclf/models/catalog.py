@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgclf.errors import BadInput, did_you_mean
+from imgclf.errors import BadInput, did_you_mean, shown
 
 SOURCES = ("torchvision", "timm")
 TORCHVISION_ARCHS = ("alexnet", "vgg16", "vgg16_bn")  # networks whose head is classifier[-1]
@@ -19,15 +19,15 @@ def check_name(source: str, name: str) -> None:
         if not timm.is_model(name):
             hint = did_you_mean(name, timm.list_models(), "model.name=")
             raise BadInput(
-                f"unknown timm model '{name}'{hint}; list them with: python -c \"import timm; "
-                f"print(timm.list_models('{name.split('.')[0][:4]}*'))\""
+                f"unknown timm model '{shown(name, 100)}'{hint}; list them with: python -c \"import timm; "
+                f"print(timm.list_models('{shown(name.split('.')[0][:4])}*'))\""
             )
     elif source != "torchvision":
-        raise BadInput(f"unknown model.source '{source}'; choose one of: {', '.join(SOURCES)}")
+        raise BadInput(f"unknown model.source '{shown(source, 100)}'; choose one of: {', '.join(SOURCES)}")
     elif name not in TORCHVISION_ARCHS:
         hint = did_you_mean(name, TORCHVISION_ARCHS)
         raise BadInput(
-            f"unknown model '{name}'{hint}; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
+            f"unknown model '{shown(name, 100)}'{hint}; choose one of: {', '.join(TORCHVISION_ARCHS)}, "
             "or model=timm model.name=<any timm model>"
         )
 
