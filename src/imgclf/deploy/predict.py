@@ -59,7 +59,7 @@ class Classifier:
 
     def _load(self, model_path: Path) -> None:
         if model_path.suffix == ".pt":
-            from imgclf.deploy.quantize import torch_logits
+            from imgclf.deploy.runtimes import torch_logits
             from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
             ckpt = load_checkpoint(model_path)
@@ -67,7 +67,7 @@ class Classifier:
             self.spec = ServingSpec.from_checkpoint(ckpt, str(model_path))
             self._run = torch_logits(model_from_checkpoint(ckpt))
         else:
-            from imgclf.deploy.quantize import LOADERS, MODEL_FILES, load_runner
+            from imgclf.deploy.runtimes import LOADERS, MODEL_FILES, load_runner
 
             if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), model.pt2, model.xml, a .plan
                 model_file = model_path

@@ -1,0 +1,138 @@
+"""The runtimes that run a deployed model file, numpy in and out: onnxruntime (ONNX FP32, INT8, FP16), OpenVINO IR,
+a TensorRT engine, torch (a checkpoint's network, the .pt2 program)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.contract import softmax
+from imgclf.errors import BadInput, MissingInput, UserError
+
+MODEL_FILES = ("model.onnx", "model.xml", "model.plan")  # ONNX, OpenVINO IR (+ model.bin), TensorRT engine
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def onnx_logits(path: Path) -> Runner:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own: an operator at an opset this version has no kernel for
+        if "NOT_IMPLEMENTED" not in str(exc):
+            raise
+        said = str(exc).split("NOT_IMPLEMENTED : ")[-1].splitlines()[0][:160]
+        why = f"onnxruntime {ort.__version__} cannot run {path.name} ({said}): export at a lower export.opset"
+        raise BadInput(why) from None
+    return lambda images: session.run(["logits"], {"images": images})[0]
+
+
+def openvino_logits(path: Path) -> Runner:
+    import openvino as ov
+
+    compiled, lock = ov.Core().compile_model(str(path), "CPU"), threading.Lock()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with lock:  # one infer request behind __call__: imgclf serve classifies from several threads
+            return compiled(images)[0]
+
+    return run
+
+
+def require_tensorrt(what: str):
+    """The tensorrt module, or one line naming what this machine lacks (CUDA, the tensorrt package or both)."""
+    import torch
+
+    try:
+        import tensorrt as trt
+    except ImportError:
+        trt = None
+    missing = [name for name, ok in (("CUDA", torch.cuda.is_available()), ("tensorrt", trt is not None)) if not ok]
+    if missing:
+        raise MissingInput(
+            f"{what} needs CUDA and the tensorrt package; this machine lacks {' and '.join(missing)} "
+            "(use optimise=int8_onnx or int8_openvino on a CPU, or an NVIDIA machine with `pip install tensorrt`)"
+        )
+    return trt
+
+
+def tensorrt_logits(path: Path) -> Runner:
+    """A serialized TensorRT engine on the GPU, inputs and outputs through torch's CUDA tensors."""
+    import torch
+
+    trt = require_tensorrt(f"the TensorRT engine {path}")
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise BadInput(f"{path} is not a TensorRT engine this TensorRT and GPU can run; rebuild it (optimise=tensorrt)")
+    context, lock = engine.create_execution_context(), threading.Lock()
+    most = engine.get_tensor_profile_shape("images", 0)[2][0]  # the optimisation profile's largest batch
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with lock:  # one execution context
+            return np.concatenate([infer(images[i : i + most]) for i in range(0, len(images), most)])
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
+        if not context.set_input_shape("images", tuple(x.shape)):
+            raise BadInput(f"{path} takes input {tuple(engine.get_tensor_shape('images'))}; got {tuple(x.shape)}")
+        out = torch.empty(tuple(context.get_tensor_shape("logits")), dtype=torch.float32, device="cuda")
+        context.set_tensor_address("images", x.data_ptr())
+        context.set_tensor_address("logits", out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT could not run {path} (its log above says why)")
+        stream.synchronize()
+        return out.cpu().numpy()
+
+    return run
+
+
+def torch_logits(module) -> Runner:
+    """A PyTorch module (a checkpoint's network, a loaded .pt2 program) on the CPU, numpy in and out."""
+    import torch
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(images)).numpy()
+
+    return run
+
+
+def program_logits(path: Path) -> Runner:
+    """The torch.export program (.pt2) that export writes."""
+    from imgclf.deploy.program import load_program
+
+    return torch_logits(load_program(path))
+
+
+LOADERS = {
+    ".onnx": onnx_logits,
+    ".pt2": program_logits,
+    ".xml": openvino_logits,
+    ".plan": tensorrt_logits,
+    ".engine": tensorrt_logits,
+}
+
+
+def load_runner(path: Path) -> Runner:
+    """Logits (float32, NCHW normalised images in) of a deployed model file, by its suffix: ONNX (onnxruntime),
+    the torch.export program (.pt2), OpenVINO IR (.xml) on the CPU, a TensorRT engine (.plan/.engine) on the GPU."""
+    path = Path(path)
+    if path.suffix not in LOADERS:
+        raise BadInput(f"{path}: not a deployable model; valid: {', '.join(LOADERS)} (or a .pt checkpoint)")
+    try:
+        return LOADERS[path.suffix](path)
+    except (UserError, FileNotFoundError, PermissionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runtime's own words for a file it cannot load, in one line
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"{path}: not a model this runtime can load ({detail})") from None
+
+
+def probabilities(path: Path) -> Runner:
+    """Class probabilities (float64) of a deployed model file, batch after batch."""
+    logits = load_runner(path)
+    return lambda images: softmax(np.asarray(logits(images), dtype=np.float64))
