@@ -11,7 +11,8 @@ the model it started with); a path outside answers the same 403 whether it exist
 or read server state accept only the page's own origin, and a model switch only a JSON body. Uploads are counted
 as they arrive (chunked or not) against the limit and written to disk one file at a time (deploy/uploads.py), and
 at most `max_concurrent` requests decode and classify at once, each image refused past the pixel limit from its
-header: memory and open files are bounded by these settings.
+header: memory and open files are bounded by these settings. A model switched to is read once, each of its files
+checked on the file opened (deploy/model_files.py).
 """
 
 from __future__ import annotations

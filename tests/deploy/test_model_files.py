@@ -1,0 +1,116 @@
+"""Loading a model, from the page (serve's model switch) and from `imgclf predict`: every file the load reads lies
+under the roots on the file opened, is a regular file read once, and the runtimes load exactly the bytes checked;
+what a file on the server says is never shown on the page."""
+
+import errno
+import json
+import os
+
+import pytest
+
+from imgclf.cli import predict
+
+from ..conftest import console, serve_client
+from .crafted import as_ir, plain, within
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+WAIT = 60  # seconds before a call counts as hung: past any load of these models on a busy machine
+
+
+@pytest.fixture
+def page(trained_project, tmp_path):
+    """(client, root, outside): serve's app, switching to models under `root` only."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    client = serve_client(trained_project, tmp_path / "cache", [root])
+    return client, root, outside
+
+
+def switch(client, model):
+    return within(WAIT, lambda: client.post("/api/model", json={"model": str(model)}))
+
+
+def an_image(trained_project) -> str:
+    return str(sorted((trained_project / "data/tiny/images/a").iterdir())[0])
+
+
+def release(fifo) -> None:
+    """A reader blocked on the pipe `fifo` gets its end of file (nothing when none is)."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+
+
+def test_a_gate_json_is_read_only_under_the_roots_and_what_it_says_is_never_shown(page):
+    client, root, outside = page
+    (outside / "settings.json").write_text(json.dumps({"reason": "DB_PASSWORD=hunter2"}))
+    (outside / "folder").mkdir()
+    said = []
+    for target in ("settings.json", "missing.json", "folder"):  # a file, nothing, a folder: the same answer
+        (root / target).mkdir()
+        (root / target / "gate.json").symlink_to(outside / target)
+        answer = switch(client, root / target)
+        assert answer.status_code == 403, answer.text
+        said.append(answer.json()["error"].replace(target, "X"))
+    assert said[0] == said[1] == said[2] and "hunter2" not in said[0]
+    # optimise's verdict under the roots: that it is one, not what it says (a file on the server, not the page's)
+    kept = root / "kept"
+    kept.mkdir()
+    (kept / "gate.json").write_text(json.dumps({"promoted": False, "reason": "not promoted: DB_PASSWORD=hunter2"}))
+    answer = switch(client, kept)
+    assert answer.status_code == 404
+    assert answer.json()["error"] == f"{kept} holds no model: optimise did not promote its model (gate.json says why)"
+    # a gate.json of 256 MB (sparse: no disk) or a pipe is no verdict, said at once: read no further than 64 KB
+    with open(kept / "gate.json", "wb") as f:
+        f.truncate(256 << 20)
+    os.mkfifo(root / "kept-pipe.json")
+    for gate in (kept / "gate.json", root / "kept-pipe.json"):
+        if gate.name != "gate.json":
+            (kept / "gate.json").unlink()
+            (kept / "gate.json").symlink_to(gate)
+        answer = switch(client, kept)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["error"] == (f"{kept} holds no model: {kept / 'gate.json'} is not optimise's verdict "
+                                          "(rerun dvc repro optimise)")  # fmt: skip
+
+
+def test_a_file_swapped_for_a_link_out_after_the_check_never_reaches_the_load(page, monkeypatch):
+    """The race of a writer under the roots: labels.txt replaced by a link to a file outside between the check of
+    the names and the load (taken here every time, not one load in three hundred). The load reads only the files it
+    opened, checked where they really are, so the outside file's lines never become the card's class names."""
+    from imgclf.deploy import model_card
+
+    client, root, outside = page
+    model = plain(root / "m")
+    (outside / "secret.txt").write_text("DB_PASSWORD\nhunter2\n")
+    checked = model_card._check_model_files
+
+    def then_swapped(path, roots):
+        checked(path, roots)
+        (model / "labels.txt").unlink()
+        (model / "labels.txt").symlink_to(outside / "secret.txt")
+
+    monkeypatch.setattr(model_card, "_check_model_files", then_swapped)
+    answer = switch(client, model)
+    assert answer.status_code == 403 and "hunter2" not in answer.text, answer.text
+    assert answer.json()["error"].startswith(f"{model / 'labels.txt'} is outside the allowed roots")
+    assert client.get("/api/model").json()["classes"] == ["a", "b", "c"]  # still the model it served
+
+
+def test_a_pipe_where_a_model_file_goes_is_refused_before_any_runtime_opens_it(page, trained_project, tmp_path):
+    """OpenVINO opened model.bin, a pipe, and waited for ever, in serve's switch and in predict."""
+    client, root, _ = page
+    model = as_ir(plain(tmp_path / "onnx"), root / "ir")
+    (model / "model.bin").unlink()
+    os.mkfifo(model / "model.bin")
+    refused = f"{model / 'model.bin'}: not a regular file (a pipe or a device); a model is read from the files export "
+    try:
+        answer = switch(client, model)
+        assert answer.status_code == 400 and answer.json()["error"] == refused + "writes"
+        said = within(WAIT, lambda: console(predict, [an_image(trained_project), "--model", str(model)], tmp_path))
+        assert said.returncode == 1 and said.stderr == f"error: {refused}writes\n" and not said.stdout
+    finally:
+        release(model / "model.bin")
