@@ -51,6 +51,34 @@ def plain(folder: Path) -> Path:
     return _save(folder, [], [numpy_helper.from_array(np.zeros((1, 1), np.float32), "extra")])
 
 
+def looping(folder: Path, *, on_images: bool = False) -> Path:
+    """A Loop of 4e18 iterations (a few hundred bytes): at once, or with `on_images` only on an image whose
+    normalised pixels are not all 0 (the load's check on blank images passes, a real image then runs for ever)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["go_in"], ["go_on"]), helper.make_node("Identity", ["x_in"], ["x_on"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("go_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("go_on", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_on", TensorProto.FLOAT, [1, 1])],
+    )  # fmt: skip
+    constants = [numpy_helper.from_array(np.array(v, t), n) for n, v, t in
+                 (("go", True, np.bool_), ("x0", [[0.0]], np.float32), ("trips", 4e18, np.float32))]  # fmt: skip
+    if on_images:  # trips x the largest absolute pixel: 0 on blank images
+        nodes = [helper.make_node("Abs", ["images"], ["absolute"]),
+                 helper.make_node("ReduceMax", ["absolute"], ["most"], keepdims=0),
+                 helper.make_node("Mul", ["most", "trips"], ["count"])]  # fmt: skip
+    else:
+        nodes = [helper.make_node("ReduceMax", ["images"], ["most"], keepdims=0),  # an input: not folded away
+                 helper.make_node("Add", ["most", "trips"], ["count"])]  # fmt: skip
+    nodes += [helper.make_node("Cast", ["count"], ["m"], to=TensorProto.INT64),
+              helper.make_node("Loop", ["m", "go", "x0"], ["extra"], body=body)]  # fmt: skip
+    return _save(folder, nodes, constants)
+
+
 def as_ir(source: Path, folder: Path) -> Path:
     """The ONNX model of `source` as OpenVINO IR (model.xml, model.bin) in `folder`, with the same contract."""
     import openvino as ov

@@ -1,6 +1,6 @@
 """Loading a model, from the page (serve's model switch) and from `imgclf predict`: every file the load reads lies
 under the roots on the file opened, is a regular file read once, and the runtimes load exactly the bytes checked;
-what a file on the server says is never shown on the page."""
+what a file on the server says is never shown on the page; and every run of the model ends."""
 
 import errno
 import json
@@ -11,7 +11,7 @@ import pytest
 from imgclf.cli import predict
 
 from ..conftest import console, serve_client
-from .crafted import as_ir, plain, within
+from .crafted import as_ir, looping, plain, within
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 WAIT = 60  # seconds before a call counts as hung: past any load of these models on a busy machine
@@ -19,11 +19,11 @@ WAIT = 60  # seconds before a call counts as hung: past any load of these models
 
 @pytest.fixture
 def page(trained_project, tmp_path):
-    """(client, root, outside): serve's app, switching to models under `root` only."""
+    """(client, root, outside): serve's app on one slot, 0.5 s a run, switching to models under `root` only."""
     root, outside = tmp_path / "root", tmp_path / "outside"
     root.mkdir()
     outside.mkdir()
-    client = serve_client(trained_project, tmp_path / "cache", [root])
+    client = serve_client(trained_project, tmp_path / "cache", [root], max_concurrent=1, inference_timeout=0.5)
     return client, root, outside
 
 
@@ -114,3 +114,53 @@ def test_a_pipe_where_a_model_file_goes_is_refused_before_any_runtime_opens_it(p
         assert said.returncode == 1 and said.stderr == f"error: {refused}writes\n" and not said.stdout
     finally:
         release(model / "model.bin")
+
+
+def test_a_model_that_runs_past_the_inference_timeout_is_stopped_and_its_slot_freed(page, trained_project):
+    """A 500-byte ONNX Loop of 4e18 iterations ran for ever, holding the switch's lock and a slot: now its load's
+    check is stopped at --inference-timeout (0.5 s here), and a model that loops only on real images answers each
+    request 503, its one slot free for the next."""
+    client, root, _ = page
+    answer = switch(client, looping(root / "loop"))
+    assert answer.status_code == 400
+    assert answer.json()["error"] == (f"{root / 'loop'}: refused: the model ran for more than 0.5 s on a batch of 2 "
+                                      "images and was stopped (--inference-timeout)")  # fmt: skip
+    assert switch(client, looping(root / "later", on_images=True)).status_code == 200  # blank images: no loop
+    image = open(an_image(trained_project), "rb").read()
+    for _ in range(2):  # one slot: a second request gets it only once the first's run was stopped
+        answer = within(WAIT, lambda: client.post("/api/classify", files=[("files", ("a.png", image))]))
+        assert answer.status_code == 503 and answer.json()["error"] == (
+            "the model ran for more than 0.5 s on a batch of 1 image and was stopped (--inference-timeout)"
+        )
+    assert switch(client, plain(root / "plain")).status_code == 200
+    assert within(WAIT, lambda: client.post("/api/classify", files=[("files", ("a.png", image))])).status_code == 200
+
+
+def test_predict_stops_a_run_past_its_inference_timeout_in_one_line_and_writes_nothing(trained_project, tmp_path):
+    image = an_image(trained_project)
+    for model, says in (
+        (looping(tmp_path / "loop"), f"{tmp_path / 'loop'}: refused: the model ran for more than 0.5 s on a batch "
+                                     "of 2 images"),
+        (looping(tmp_path / "later", on_images=True), "the model ran for more than 0.5 s on a batch of 1 image"),
+    ):  # fmt: skip
+        args = [image, "--model", str(model), "--inference-timeout", "0.5", "--out", "out.csv"]
+        said = within(WAIT, lambda args=args: console(predict, args, tmp_path))
+        assert said.returncode == 1 and not said.stdout
+        assert said.stderr == f"error: {says} and was stopped (--inference-timeout)\n"
+        assert not (tmp_path / "out.csv").exists()
+    said = console(predict, [image, "--model", str(model), "--inference-timeout", "0"], tmp_path)
+    assert said.returncode == 2 and "argument --inference-timeout: '0' is not valid: a number of seconds above 0" in (
+        said.stderr
+    )
+
+
+def test_an_openvino_model_that_loops_is_refused_before_it_is_compiled(page, tmp_path):
+    """OpenVINO's cancel stops a request between operations, not inside a Loop, and it constant-folds a Loop of
+    fixed length while compiling: a loop is refused before either."""
+    client, root, _ = page
+    model = as_ir(looping(tmp_path / "onnx"), root / "ir")
+    answer = switch(client, model)
+    assert answer.status_code == 400 and answer.json()["error"] == (
+        f"{model / 'model.xml'}: refused: it holds control flow (Loop), and OpenVINO can stop no loop once it runs; "
+        "an exported classifier has none"
+    )

@@ -19,6 +19,7 @@ from pathlib import Path
 from imgclf.credentials import take_uri_credentials
 from imgclf.deploy.access import loopback_names
 from imgclf.deploy.model_card import load_model, model_home
+from imgclf.deploy.runtimes import RUN_SECONDS
 from imgclf.deploy.webapp import Service, create_app
 from imgclf.errors import USER_ERRORS
 from imgclf.net import cannot_listen
@@ -57,6 +58,14 @@ def serve_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-connections", type=int, default=64, help="open connections; past them 503 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--inference-timeout",
+        type=float,
+        default=RUN_SECONDS,
+        help="seconds one run of the model (a batch, or a load's check on two blank images) may take; past them the "
+        "run is stopped: a model switched to is refused, a request answered 503 (onnxruntime and OpenVINO models) "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--header-timeout",
@@ -107,7 +116,7 @@ def main(argv: list[str]) -> int:
     for name in ("max_concurrent", "max_connections"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is not valid: an integer of at least 1")
-    for name in ("max_upload_mb", "max_request_megapixels", "header_timeout", "min_body_rate"):
+    for name in ("max_upload_mb", "max_request_megapixels", "header_timeout", "min_body_rate", "inference_timeout"):
         if not 0 < getattr(args, name) < float("inf"):  # nan too
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is not valid: a finite number above 0")
     if not 1 <= args.port <= 65535:
@@ -146,7 +155,7 @@ def _service(args, cache: Path) -> Service:
 
     start = Path(args.model).expanduser()
     review = Review(args.review, args.allow_root) if args.review else None
-    model = load_model(args.model, args.uri, cache)
+    model = load_model(args.model, args.uri, cache, timeout=args.inference_timeout)
     trained = model_home(start) / "model.pt" if start.exists() else None
     explainer = note = None
     if trained is not None and trained.is_file() and not args.no_explain:
@@ -166,6 +175,7 @@ def _service(args, cache: Path) -> Service:
         max_upload_mb=args.max_upload_mb,
         max_concurrent=args.max_concurrent,
         max_request_pixels=int(args.max_request_megapixels * 1e6),
+        inference_timeout=args.inference_timeout,
         # the model it starts with was chosen on this machine's command line: the page may switch between the
         # models beside it too (models/: model.pt, export/, optimised/)
         model_roots=[model_home(start)] if start.exists() else [],

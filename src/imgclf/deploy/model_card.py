@@ -13,6 +13,7 @@ from imgclf.credentials import hide
 from imgclf.deploy.access import inside, under
 from imgclf.deploy.model_files import read_small
 from imgclf.deploy.predict import Classifier
+from imgclf.deploy.runtimes import RUN_SECONDS
 from imgclf.errors import BadInput, MissingInput
 
 ARTIFACTS = {  # the model card's pictures: name -> the run's artifact
@@ -37,10 +38,11 @@ class Model:
     pictures: dict[str, Path] = field(default_factory=dict)
 
 
-def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None) -> Model:
+def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None, *,
+               timeout: float | None = RUN_SECONDS) -> Model:  # fmt: skip
     """An export or optimised dir, a model file (.onnx, .pt2, .xml, .plan, .pt), a run id (its export) or
     `models:/name/version`. With `roots` (a switch asked for from the page), a path must lie under one of them, and
-    so must every file its load reads, checked on the open file."""
+    so must every file its load reads, checked on the open file. `timeout`: seconds each run of the model may take."""
     from imgclf import tracking
 
     run_id, reading = None, roots
@@ -68,7 +70,7 @@ def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None)
             _check_model_files(path, roots)
         run_id = _run_id_beside(path, roots)
     cache.mkdir(parents=True, exist_ok=True)  # the load's private copies go in a folder of their own there
-    model = Model(ref, Classifier(path, roots=reading, scratch=cache), run_id)
+    model = Model(ref, Classifier(path, roots=reading, scratch=cache, timeout=timeout), run_id)
     model.card = model_card(model, uri, cache)
     return model
 

@@ -27,7 +27,8 @@ from imgclf.contract import (
 from imgclf.data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
 from imgclf.data.transforms import center_crop, tta_views
 from imgclf.deploy.model_files import ModelFiles
-from imgclf.errors import USER_ERRORS, BadInput, MissingInput, shown
+from imgclf.deploy.runtimes import RUN_SECONDS
+from imgclf.errors import USER_ERRORS, BadInput, MissingInput, Overrun, shown
 from imgclf.files import NotARegularFile, open_regular
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,13 @@ class Classifier:
     Every file it reads is read once, and the runtimes read private copies (deploy/model_files.py). `roots`: the
     page asked for the model: each file must lie under them, and no file's text is shown in an error. `scratch`:
     the folder the copies go in (a new folder inside it, removed once loaded; default: the temporary folder).
+    `timeout`: the seconds each run of the model may take, None for no limit (deploy/runtimes.py).
     """
 
-    def __init__(self, model_path: str | Path, *, roots: list[Path] | None = None, scratch: Path | None = None):
+    def __init__(self, model_path: str | Path, *, roots: list[Path] | None = None, scratch: Path | None = None,
+                 timeout: float | None = RUN_SECONDS):  # fmt: skip
         model_path = Path(model_path)
+        self.timeout = timeout
         with tempfile.TemporaryDirectory(prefix="imgclf-model-", dir=scratch) as private:
             files = ModelFiles(model_path if model_path.is_dir() else model_path.parent, Path(private), roots)
             try:
@@ -107,7 +111,7 @@ class Classifier:
                 with contextlib.suppress(FileNotFoundError):
                     files.copy(model_file.with_suffix(".bin"))
             self.source, self.checkpoint = model_file.parent, None
-            self._run = load_runner(copied)
+            self._run = load_runner(copied, self.timeout)
         self._check_contract(model_path)
 
     def _check_contract(self, source: Path) -> None:
@@ -116,6 +120,8 @@ class Classifier:
         size = self.spec.image_size
         try:
             logits = np.asarray(self._run(np.zeros((2, 3, size, size), np.float32)))
+        except Overrun as exc:
+            raise BadInput(f"{source}: refused: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - each runtime words a wrong input shape its own way
             detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise BadInput(

@@ -1,22 +1,58 @@
 """The runtimes that run a deployed model file, numpy in and out: onnxruntime (ONNX FP32, INT8, FP16), OpenVINO IR,
-a TensorRT engine, torch (a checkpoint's network, the .pt2 program)."""
+a TensorRT engine, torch (a checkpoint's network, the .pt2 program).
+
+With a `timeout`, every run of an onnxruntime or OpenVINO model is stopped past it (onnxruntime's terminate flag,
+checked between kernels and at each iteration of a Loop; OpenVINO's cancel, checked between its operations) and is
+one Overrun line: a 496-byte ONNX Loop of 2^62 iterations ran for ever. OpenVINO cannot stop a loop once it runs, and
+constant-folds one of fixed length while it compiles, for as long as it runs: an IR with control flow (Loop,
+TensorIterator, or an If whose branch may hold one) is refused before it is compiled. An exported classifier has
+none.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from imgclf.contract import softmax
-from imgclf.errors import BadInput, MissingInput, UserError
+from imgclf.errors import BadInput, MissingInput, Overrun, UserError
 
 MODEL_FILES = ("model.onnx", "model.xml", "model.plan")  # ONNX, OpenVINO IR (+ model.bin), TensorRT engine
 Runner = Callable[[np.ndarray], np.ndarray]
+# the default limit of one run (a batch of serve's or predict's, a load's check): a minute is far more than a
+# classifier takes on a CPU (VGG16, 32 images of 224 px: under 3 s on 2 cores), and what a stuck request waits
+RUN_SECONDS = 60.0
+# OpenVINO's operations that run a body of their own: a loop, or a branch that may hold one
+CONTROL_FLOW = ("Loop", "TensorIterator", "If")
 
 
-def onnx_logits(path: Path) -> Runner:
+@contextlib.contextmanager
+def _deadline(seconds: float | None, stop: Callable[[], None]) -> Iterator[threading.Event]:
+    """`stop` called from another thread once `seconds` have passed, unless the block ends first; the event says
+    whether it was."""
+    fired = threading.Event()
+    timer = None if seconds is None else threading.Timer(seconds, lambda: (fired.set(), stop()))
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield fired
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def overran(seconds: float, images: np.ndarray) -> Overrun:
+    batch = f"{len(images)} image{'s' if len(images) != 1 else ''}"
+    return Overrun(f"the model ran for more than {seconds:g} s on a batch of {batch} and was stopped "
+                   "(--inference-timeout)")  # fmt: skip
+
+
+def onnx_logits(path: Path, timeout: float | None = None) -> Runner:
     import onnxruntime as ort
 
     try:
@@ -27,17 +63,42 @@ def onnx_logits(path: Path) -> Runner:
         said = str(exc).split("NOT_IMPLEMENTED : ")[-1].splitlines()[0][:160]
         why = f"onnxruntime {ort.__version__} cannot run {path.name} ({said}): export at a lower export.opset"
         raise BadInput(why) from None
-    return lambda images: session.run(["logits"], {"images": images})[0]
-
-
-def openvino_logits(path: Path) -> Runner:
-    import openvino as ov
-
-    compiled, lock = ov.Core().compile_model(str(path), "CPU"), threading.Lock()
 
     def run(images: np.ndarray) -> np.ndarray:
-        with lock:  # one infer request behind __call__: imgclf serve classifies from several threads
-            return compiled(images)[0]
+        options = ort.RunOptions()  # one per run: the flag stops this run alone
+        options.log_severity_level = 4  # a stopped run is our one line, not onnxruntime's log too
+        with _deadline(timeout, lambda: setattr(options, "terminate", True)) as fired:
+            try:
+                return session.run(["logits"], {"images": images}, options)[0]
+            except Exception:
+                if fired.is_set():
+                    raise overran(timeout, images) from None
+                raise
+
+    return run
+
+
+def openvino_logits(path: Path, timeout: float | None = None) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if found := sorted({op.get_type_name() for op in model.get_ordered_ops()} & set(CONTROL_FLOW)):
+        raise BadInput(f"{path}: refused: it holds control flow ({', '.join(found)}), and OpenVINO can stop no loop "
+                       "once it runs; an exported classifier has none")  # fmt: skip
+    request, lock = core.compile_model(model, "CPU").create_infer_request(), threading.Lock()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with lock:  # one infer request: imgclf serve classifies from several threads
+            request.start_async({0: images})
+            if timeout is None:
+                request.wait()
+            elif not request.wait_for(max(1, int(timeout * 1000))):
+                request.cancel()
+                with contextlib.suppress(RuntimeError):  # "Infer Request was canceled"
+                    request.wait()
+                raise overran(timeout, images)
+            return np.array(request.get_output_tensor(0).data)  # a copy: the next run reuses the buffer
 
     return run
 
@@ -59,8 +120,9 @@ def require_tensorrt(what: str):
     return trt
 
 
-def tensorrt_logits(path: Path) -> Runner:
-    """A serialized TensorRT engine on the GPU, inputs and outputs through torch's CUDA tensors."""
+def tensorrt_logits(path: Path, timeout: float | None = None) -> Runner:
+    """A serialized TensorRT engine on the GPU, inputs and outputs through torch's CUDA tensors. TensorRT can stop
+    no run: `timeout` is not applied."""
     import torch
 
     trt = require_tensorrt(f"the TensorRT engine {path}")
@@ -101,8 +163,9 @@ def torch_logits(module) -> Runner:
     return run
 
 
-def program_logits(path: Path) -> Runner:
-    """The torch.export program (.pt2) that export writes."""
+def program_logits(path: Path, timeout: float | None = None) -> Runner:
+    """The torch.export program (.pt2) that export writes: ATen operators only, no loop, so a run ends; torch can
+    stop none, and `timeout` is not applied."""
     from imgclf.deploy.program import load_program
 
     return torch_logits(load_program(path))
@@ -117,14 +180,15 @@ LOADERS = {
 }
 
 
-def load_runner(path: Path) -> Runner:
+def load_runner(path: Path, timeout: float | None = None) -> Runner:
     """Logits (float32, NCHW normalised images in) of a deployed model file, by its suffix: ONNX (onnxruntime),
-    the torch.export program (.pt2), OpenVINO IR (.xml) on the CPU, a TensorRT engine (.plan/.engine) on the GPU."""
+    the torch.export program (.pt2), OpenVINO IR (.xml) on the CPU, a TensorRT engine (.plan/.engine) on the GPU.
+    `timeout`: the seconds each run may take (onnxruntime, OpenVINO), None for no limit."""
     path = Path(path)
     if path.suffix not in LOADERS:
         raise BadInput(f"{path}: not a deployable model; valid: {', '.join(LOADERS)} (or a .pt checkpoint)")
     try:
-        return LOADERS[path.suffix](path)
+        return LOADERS[path.suffix](path, timeout)
     except (UserError, FileNotFoundError, PermissionError):
         raise
     except Exception as exc:  # noqa: BLE001 - the runtime's own words for a file it cannot load, in one line
