@@ -164,3 +164,56 @@ def test_an_openvino_model_that_loops_is_refused_before_it_is_compiled(page, tmp
         f"{model / 'model.xml'}: refused: it holds control flow (Loop), and OpenVINO can stop no loop once it runs; "
         "an exported classifier has none"
     )
+
+
+def test_serve_ends_on_sigterm_while_a_request_is_stuck_in_a_run_and_removes_its_folder(tmp_path, project_env):
+    """A run that does not end (a model switched to, checked for up to --inference-timeout 600 s) kept `imgclf
+    serve` from ending: two SIGTERMs were ignored. It waits for its requests a few seconds, then cancels them, ends as
+    SIGTERM ends a process, its temporary folder removed, and says so in one line, not a traceback."""
+    import contextlib
+    import signal
+    import subprocess
+    import threading
+    import time
+    import urllib.request
+
+    from imgclf.tracking.server import free_port
+
+    from ..conftest import BIN
+
+    plain(tmp_path / "models/export")
+    looping(tmp_path / "models/loop")
+    (tmp_path / "models/run.json").write_text("{}")  # models/ is the home: the page may switch to models/loop
+    port, tmp = free_port(), tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [str(BIN / "imgclf"), "serve", "--model", "models/export", "--port", str(port), "--inference-timeout", "600"]
+    env = dict(project_env, TMPDIR=str(tmp))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/api/model"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+                time.sleep(0.3)
+        body = json.dumps({"model": "models/loop"}).encode()
+        stuck = urllib.request.Request(url, body, {"content-type": "application/json"})
+
+        def ask():
+            with contextlib.suppress(OSError):  # cut off when serve stops: the answer is not what is tested
+                urllib.request.urlopen(stuck, timeout=120)
+
+        threading.Thread(target=ask, daemon=True).start()
+        time.sleep(2)  # the switch's check is running the loop
+        proc.terminate()
+        started = time.time()
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+        assert time.time() - started < 15 and not list(tmp.glob("imgclf-*"))
+        said = proc.stdout.read()
+        assert "Cancel 1 running task(s), timeout graceful shutdown exceeded" in said and "Traceback" not in said, said
+    finally:
+        proc.kill()
+        proc.wait()

@@ -25,6 +25,9 @@ from imgclf.errors import USER_ERRORS
 from imgclf.net import cannot_listen
 
 log = logging.getLogger(__name__)
+# stopped (SIGTERM, Ctrl-C), serve waits this long for the requests it is answering, then cancels them: a request
+# stuck in a model's run would otherwise keep it from ending, whatever the signals sent
+GRACE_SECONDS = 5.0
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -93,6 +96,14 @@ def _stop(signum, frame):
     raise _Stopped
 
 
+def _not_cancelled(record: logging.LogRecord) -> bool:
+    """A request cancelled past GRACE_SECONDS is said in uvicorn's one line (`Cancel 1 running task(s), timeout
+    graceful shutdown exceeded`), not again as the cancellation's traceback."""
+    import asyncio
+
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 def _root(text: str) -> Path:
     """An --allow-root: a folder there now (an empty name would be the working folder, a file or a missing folder
     a root that reads nothing until someone puts something there)."""
@@ -139,8 +150,9 @@ def main(argv: list[str]) -> int:
                 return 1
             print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
             app = create_app(service, loopback_names(args.host))
+            logging.getLogger("uvicorn.error").addFilter(_not_cancelled)
             uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                        limit_concurrency=args.max_connections,
+                        limit_concurrency=args.max_connections, timeout_graceful_shutdown=GRACE_SECONDS,
                         http=timed_protocol(args.header_timeout, args.min_body_rate * 1000))  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C while it loads (once it serves, uvicorn takes Ctrl-C and returns)
         return 130
