@@ -5,13 +5,14 @@ what a file on the server says is never shown on the page; and every run of the 
 import errno
 import json
 import os
+import shutil
 
 import pytest
 
 from imgclf.cli import predict
 
 from ..conftest import console, serve_client
-from .crafted import as_ir, looping, plain, within
+from .crafted import as_ir, looping, plain, within, write_contract
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 WAIT = 60  # seconds before a call counts as hung: past any load of these models on a busy machine
@@ -163,6 +164,24 @@ def test_an_openvino_model_that_loops_is_refused_before_it_is_compiled(page, tmp
     assert answer.status_code == 400 and answer.json()["error"] == (
         f"{model / 'model.xml'}: refused: it holds control flow (Loop), and OpenVINO can stop no loop once it runs; "
         "an exported classifier has none"
+    )
+
+
+def test_openvino_refusals_say_what_was_wrong(trained_project, tmp_path):
+    """The line OpenVINO's message ends with (its first ones name its own source files), and an ONNX file named
+    model.xml is not read by OpenVINO's ONNX reader."""
+    image = an_image(trained_project)
+    ir = as_ir(plain(tmp_path / "onnx"), tmp_path / "ir")
+    (ir / "model.bin").write_bytes((ir / "model.bin").read_bytes()[:3])
+    said = console(predict, [image, "--model", str(ir)], tmp_path)
+    assert said.returncode == 1 and said.stderr == (
+        f"error: {ir / 'model.xml'}: not a model this runtime can load (Incorrect weights in bin file!)\n"
+    )
+    named = write_contract(tmp_path / "named")
+    shutil.copyfile(tmp_path / "onnx/model.onnx", named / "model.xml")
+    said = console(predict, [image, "--model", str(named)], tmp_path)
+    assert said.returncode == 1 and said.stderr == (
+        f"error: {named / 'model.xml'}: not an OpenVINO IR (an XML file whose element is <net>, model.bin beside it)\n"
     )
 
 

@@ -27,7 +27,7 @@ from imgclf.contract import (
 from imgclf.data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
 from imgclf.data.transforms import center_crop, tta_views
 from imgclf.deploy.model_files import ModelFiles
-from imgclf.deploy.runtimes import RUN_SECONDS
+from imgclf.deploy.runtimes import RUN_SECONDS, runtime_words
 from imgclf.errors import USER_ERRORS, BadInput, MissingInput, Overrun, shown
 from imgclf.files import NotARegularFile, open_regular
 
@@ -123,7 +123,7 @@ class Classifier:
         except Overrun as exc:
             raise BadInput(f"{source}: refused: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - each runtime words a wrong input shape its own way
-            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            detail = runtime_words(exc)[:200]
             raise BadInput(
                 f"{source}: the model does not take a batch of 3 x {size} x {size} images, as preprocessing.json "
                 f"describes ({detail})"

@@ -12,6 +12,7 @@ none.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,8 @@ Runner = Callable[[np.ndarray], np.ndarray]
 RUN_SECONDS = 60.0
 # OpenVINO's operations that run a body of their own: a loop, or a branch that may hold one
 CONTROL_FLOW = ("Loop", "TensorIterator", "If")
+# what an OpenVINO IR file opens with: an XML declaration and comments at most, then its <net> element
+IR_START = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*\?>\s*)?(?:<!--.*?-->\s*)*<net[\s>/]", re.DOTALL)
 
 
 @contextlib.contextmanager
@@ -81,6 +84,9 @@ def onnx_logits(path: Path, timeout: float | None = None) -> Runner:
 def openvino_logits(path: Path, timeout: float | None = None) -> Runner:
     import openvino as ov
 
+    with open(path, "rb") as f:
+        if not IR_START.match(f.read(4096)):  # OpenVINO would open an ONNX file named .xml with its ONNX reader
+            raise BadInput(f"{path}: not an OpenVINO IR (an XML file whose element is <net>, model.bin beside it)")
     core = ov.Core()
     model = core.read_model(str(path))
     if found := sorted({op.get_type_name() for op in model.get_ordered_ops()} & set(CONTROL_FLOW)):
@@ -192,8 +198,21 @@ def load_runner(path: Path, timeout: float | None = None) -> Runner:
     except (UserError, FileNotFoundError, PermissionError):
         raise
     except Exception as exc:  # noqa: BLE001 - the runtime's own words for a file it cannot load, in one line
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise BadInput(f"{path}: not a model this runtime can load ({detail})") from None
+        raise BadInput(f"{path}: not a model this runtime can load ({runtime_words(exc)})") from None
+
+
+# a line of OpenVINO's that says where in its sources it raised, not what was wrong
+WHERE = re.compile(r"(Exception from |Check '.*' failed at )src/\S+:\d+:$")
+
+
+def runtime_words(exc: BaseException) -> str:
+    """The line of a runtime's message that says what was wrong: onnxruntime's first; OpenVINO's last, below the
+    lines that name its source files (`Exception from src/inference/src/cpp/core.cpp:132:`)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not WHERE.match(line)]
+    if not said:
+        return lines[0][:300] if lines else type(exc).__name__
+    return said[-1 if len(said) < len(lines) else 0][:300]
 
 
 def probabilities(path: Path) -> Runner:
