@@ -23,15 +23,8 @@ from imgclf.contract import ServingSpec
 from imgclf.data.datasets import load_split
 from imgclf.data.transforms import Preprocess
 from imgclf.deploy.export import export_onnx, trace
-from imgclf.deploy.quantize import (
-    calibration_indices,
-    convert_fp16,
-    load_runner,
-    model_size_mb,
-    quantize_int8,
-    quantize_openvino,
-    torch_logits,
-)
+from imgclf.deploy.quantize import calibration_indices, convert_fp16, model_size_mb, quantize_int8, quantize_openvino
+from imgclf.deploy.runtimes import load_runner, torch_logits
 from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

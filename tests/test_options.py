@@ -255,7 +255,7 @@ def test_uri_credentials_move_into_mlflow_variables_before_anything_sees_them():
 def test_the_vocabularies_are_what_the_library_implements():
     """options/ imports only base modules (a stage's code deps stay its own); its lists must match the library's."""
     from imgclf import contract, devices
-    from imgclf.deploy import quantize
+    from imgclf.deploy import quantize, runtimes
     from imgclf.models import catalog
     from imgclf.training import finetune
 
@@ -267,7 +267,7 @@ def test_the_vocabularies_are_what_the_library_implements():
     assert set(options.STRATEGIES) == set(finetune.STRATEGIES)
     assert set(options.METHODS) == set(quantize.METHODS)
     for method in options.METHODS:
-        assert quantize.optimised_file(method) in quantize.MODEL_FILES
+        assert quantize.optimised_file(method) in runtimes.MODEL_FILES
 
 
 def test_int8_without_calibration_images_is_refused(default_config):

@@ -37,6 +37,10 @@ class AccessDenied(UserError, PermissionError):
     """A service refused our credentials; the message says what to do."""
 
 
+class Overrun(UserError, TimeoutError):
+    """A run of a model took longer than its limit and was stopped; the message names the limit."""
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line for a one-line message (a database driver's own, under SQLAlchemy's wrapper), or
     its type when it says nothing."""

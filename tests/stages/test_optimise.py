@@ -189,7 +189,7 @@ def test_a_model_onnxruntime_has_no_kernel_for_is_one_line(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from imgclf.deploy.quantize import onnx_logits
+    from imgclf.deploy.runtimes import onnx_logits
     from imgclf.errors import BadInput
 
     consts = [

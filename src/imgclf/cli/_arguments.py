@@ -16,6 +16,17 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):  # nan too
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: a number of seconds above 0")
+    return value
+
+
 def number_from_0(below: float, says: str) -> Callable[[str], float]:
     """An argparse type: a number from 0 up to (not including) `below`; anything else is `says` in one line."""
 

@@ -7,13 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from imgclf.cli._arguments import at_least_one, number_from_0
+from imgclf.cli._arguments import at_least_one, number_from_0, seconds
 from imgclf.errors import USER_ERRORS, BadInput
 
 _clip = number_from_0(0.5, "a number >= 0 and < 0.5")
 
 
 def predict_parser() -> argparse.ArgumentParser:
+    from imgclf.deploy.runtimes import RUN_SECONDS
     from imgclf.paths import Paths
 
     parser = argparse.ArgumentParser(prog="imgclf predict", description=predict.__doc__)
@@ -27,6 +28,13 @@ def predict_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top-k", type=at_least_one, default=5, help="classes shown per image (default: 5)")
     parser.add_argument("--batch-size", type=at_least_one, default=32)
+    parser.add_argument(
+        "--inference-timeout",
+        type=seconds,
+        default=RUN_SECONDS,
+        help="seconds one run of the model (a batch, or the load's check on two blank images) may take; past them it "
+        "is stopped and predict ends in one line (onnxruntime and OpenVINO models) (default: %(default)s)",
+    )
     parser.add_argument(
         "--tta", action="store_true", help="average over the test-time views the model was trained for (evaluate.tta)"
     )
@@ -87,7 +95,7 @@ def predict(argv: list[str]) -> int:
             raise BadInput(f"no images in {', '.join(args.paths)}: give image files, a folder of them or a .txt list")
         _refuse_reading(args, outs, inputs)
         check_outputs(outs)
-        classifier = Classifier(args.model)
+        classifier = Classifier(args.model, timeout=args.inference_timeout)
         if args.request:
             return _write_request(classifier, inputs, args.request)
         preds = classifier.classify(inputs, args.batch_size, tta=args.tta)

@@ -19,11 +19,15 @@ from pathlib import Path
 from imgclf.credentials import take_uri_credentials
 from imgclf.deploy.access import loopback_names
 from imgclf.deploy.model_card import load_model, model_home
+from imgclf.deploy.runtimes import RUN_SECONDS
 from imgclf.deploy.webapp import Service, create_app
 from imgclf.errors import USER_ERRORS
 from imgclf.net import cannot_listen
 
 log = logging.getLogger(__name__)
+# stopped (SIGTERM, Ctrl-C), serve waits this long for the requests it is answering, then cancels them: a request
+# stuck in a model's run would otherwise keep it from ending, whatever the signals sent
+GRACE_SECONDS = 5.0
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -59,6 +63,14 @@ def serve_parser() -> argparse.ArgumentParser:
         "--max-connections", type=int, default=64, help="open connections; past them 503 (default: %(default)s)"
     )
     parser.add_argument(
+        "--inference-timeout",
+        type=float,
+        default=RUN_SECONDS,
+        help="seconds one run of the model (a batch, or a load's check on two blank images) may take; past them the "
+        "run is stopped: a model switched to is refused, a request answered 503 (onnxruntime and OpenVINO models) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--header-timeout",
         type=float,
         default=10.0,
@@ -84,6 +96,14 @@ def _stop(signum, frame):
     raise _Stopped
 
 
+def _not_cancelled(record: logging.LogRecord) -> bool:
+    """A request cancelled past GRACE_SECONDS is said in uvicorn's one line (`Cancel 1 running task(s), timeout
+    graceful shutdown exceeded`), not again as the cancellation's traceback."""
+    import asyncio
+
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 def _root(text: str) -> Path:
     """An --allow-root: a folder there now (an empty name would be the working folder, a file or a missing folder
     a root that reads nothing until someone puts something there)."""
@@ -107,7 +127,7 @@ def main(argv: list[str]) -> int:
     for name in ("max_concurrent", "max_connections"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is not valid: an integer of at least 1")
-    for name in ("max_upload_mb", "max_request_megapixels", "header_timeout", "min_body_rate"):
+    for name in ("max_upload_mb", "max_request_megapixels", "header_timeout", "min_body_rate", "inference_timeout"):
         if not 0 < getattr(args, name) < float("inf"):  # nan too
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is not valid: a finite number above 0")
     if not 1 <= args.port <= 65535:
@@ -130,8 +150,9 @@ def main(argv: list[str]) -> int:
                 return 1
             print(f"imgclf serve: {service.model.ref} on http://{args.host}:{args.port}", flush=True)
             app = create_app(service, loopback_names(args.host))
+            logging.getLogger("uvicorn.error").addFilter(_not_cancelled)
             uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                        limit_concurrency=args.max_connections,
+                        limit_concurrency=args.max_connections, timeout_graceful_shutdown=GRACE_SECONDS,
                         http=timed_protocol(args.header_timeout, args.min_body_rate * 1000))  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C while it loads (once it serves, uvicorn takes Ctrl-C and returns)
         return 130
@@ -146,7 +167,7 @@ def _service(args, cache: Path) -> Service:
 
     start = Path(args.model).expanduser()
     review = Review(args.review, args.allow_root) if args.review else None
-    model = load_model(args.model, args.uri, cache)
+    model = load_model(args.model, args.uri, cache, timeout=args.inference_timeout)
     trained = model_home(start) / "model.pt" if start.exists() else None
     explainer = note = None
     if trained is not None and trained.is_file() and not args.no_explain:
@@ -166,6 +187,7 @@ def _service(args, cache: Path) -> Service:
         max_upload_mb=args.max_upload_mb,
         max_concurrent=args.max_concurrent,
         max_request_pixels=int(args.max_request_megapixels * 1e6),
+        inference_timeout=args.inference_timeout,
         # the model it starts with was chosen on this machine's command line: the page may switch between the
         # models beside it too (models/: model.pt, export/, optimised/)
         model_roots=[model_home(start)] if start.exists() else [],

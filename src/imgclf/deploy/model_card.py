@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclf.contract import RUN_FILE, run_of
+from imgclf.contract import RUN_FILE
 from imgclf.credentials import hide
 from imgclf.deploy.access import inside, under
+from imgclf.deploy.model_files import read_small
 from imgclf.deploy.predict import Classifier
+from imgclf.deploy.runtimes import RUN_SECONDS
 from imgclf.errors import BadInput, MissingInput
 
 ARTIFACTS = {  # the model card's pictures: name -> the run's artifact
@@ -36,26 +38,28 @@ class Model:
     pictures: dict[str, Path] = field(default_factory=dict)
 
 
-def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None) -> Model:
+def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None, *,
+               timeout: float | None = RUN_SECONDS) -> Model:  # fmt: skip
     """An export or optimised dir, a model file (.onnx, .pt2, .xml, .plan, .pt), a run id (its export) or
-    `models:/name/version`. With `roots` (a switch asked for from the page), a path must lie under one of them."""
+    `models:/name/version`. With `roots` (a switch asked for from the page), a path must lie under one of them, and
+    so must every file its load reads, checked on the open file. `timeout`: seconds each run of the model may take."""
     from imgclf import tracking
 
-    run_id = None
+    run_id, reading = None, roots
     if ref.startswith("models:/"):
         local, run_id = tracking.download_model(uri, ref, cache / "registered")
         found = sorted(local.rglob("model.onnx"))
         if not found:
             raise MissingInput(f"{ref} holds no model.onnx; register a model from `imgclf export`")
-        path = found[0].parent
+        path, reading = found[0].parent, _downloaded(cache, roots)
     elif RUN_ID.fullmatch(ref) and (roots is not None or not Path(ref).exists()):
         run_id = ref
         export = tracking.run_record(uri, ref)["tags"].get("imgclf.export_dir")
         path = _local_export(export, roots)
-        if path is not None and run_of(path) != run_id:  # the folder holds another run's model now
+        if path is not None and _run_in(path, roots) != run_id:  # the folder holds another run's model now
             path = None
         if path is None:  # not on this disk, not where the page may read, or replaced: the run's logged copy
-            path = tracking.artifact_file(uri, ref, "export", cache / ref)
+            path, reading = tracking.artifact_file(uri, ref, "export", cache / ref), _downloaded(cache, roots)
         if path is None:
             raise MissingInput(f"run {ref} has no export; run `imgclf export` (dvc repro) for it first")
     else:
@@ -65,9 +69,15 @@ def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None)
         if roots is not None:
             _check_model_files(path, roots)
         run_id = _run_id_beside(path, roots)
-    model = Model(ref, Classifier(path), run_id)
+    cache.mkdir(parents=True, exist_ok=True)  # the load's private copies go in a folder of their own there
+    model = Model(ref, Classifier(path, roots=reading, scratch=cache, timeout=timeout), run_id)
     model.card = model_card(model, uri, cache)
     return model
+
+
+def _downloaded(cache: Path, roots: list[Path] | None) -> list[Path] | None:
+    """Where a model downloaded into the server's own folder is read from, when the page asked for it."""
+    return None if roots is None else [cache.resolve()]
 
 
 def _local_export(export: str | None, roots: list[Path] | None) -> Path | None:
@@ -83,12 +93,14 @@ def _local_export(export: str | None, roots: list[Path] | None) -> Path | None:
 
 # what loading a model folder reads: each must lie under the roots too, links followed
 MODEL_MEMBERS = ("model.onnx", "model.pt2", "model.xml", "model.bin", "model.plan", "model.engine", "model.pt",
-                 "labels.txt", "preprocessing.json")  # fmt: skip
+                 "labels.txt", "preprocessing.json", "gate.json", RUN_FILE)  # fmt: skip
 
 
 def _check_model_files(path: Path, roots: list[Path]) -> None:
     """Every file the model's loader reads lies under the roots, links followed: the folder's model files, and the
-    weights beside an OpenVINO IR given by its own name (OpenVINO reads foo.bin beside foo.xml)."""
+    weights beside an OpenVINO IR given by its own name (OpenVINO reads foo.bin beside foo.xml). The load then
+    checks each again on the file it opens (deploy/model_files.py): this first look answers the same for a link
+    out to a file and one out to nothing."""
     folder = path if path.is_dir() else path.parent
     members = [folder / name for name in MODEL_MEMBERS]
     if path.suffix == ".xml":
@@ -105,8 +117,20 @@ def _run_id_beside(path: Path, roots: list[Path] | None = None) -> str | None:
     for home in (folder, folder.parent):
         record = home / RUN_FILE
         if (roots is None or under(record.resolve(), roots)) and record.is_file():
-            return run_of(home)
+            return _run_in(home, roots)
     return None
+
+
+def _run_in(folder: Path, roots: list[Path] | None) -> str | None:
+    """The run id `folder`'s run.json names, read from its open file (a regular file, under the roots with roots,
+    at most MAX_SMALL_BYTES); None when it names none or may not be read."""
+    import json
+
+    try:
+        run_id = json.loads(read_small(folder / RUN_FILE, roots)).get("run_id")
+    except (OSError, ValueError, AttributeError, RecursionError):  # missing, outside, a pipe, too long, not JSON
+        return None
+    return run_id if isinstance(run_id, str) else None
 
 
 def model_home(path: Path) -> Path:

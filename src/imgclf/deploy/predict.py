@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,21 @@ from typing import BinaryIO
 
 import numpy as np
 
-from imgclf.contract import ContractError, ServingSpec, normalize, scaled_stats, softmax
+from imgclf.contract import (
+    LABELS_FILE,
+    MAX_SPEC_BYTES,
+    PREPROCESSING_FILE,
+    ContractError,
+    ServingSpec,
+    normalize,
+    scaled_stats,
+    softmax,
+)
 from imgclf.data.images import UNREADABLE, ImageTooLarge, decode_image, why_unreadable
 from imgclf.data.transforms import center_crop, tta_views
-from imgclf.errors import BadInput, MissingInput, shown
+from imgclf.deploy.model_files import ModelFiles
+from imgclf.deploy.runtimes import RUN_SECONDS, runtime_words
+from imgclf.errors import USER_ERRORS, BadInput, MissingInput, Overrun, shown
 from imgclf.files import NotARegularFile, open_regular
 
 log = logging.getLogger(__name__)
@@ -49,50 +62,56 @@ class PixelBudget:
 
 class Classifier:
     """A deployed model (ONNX FP32/INT8/FP16, the .pt2 program, OpenVINO IR, a TensorRT engine) or a checkpoint,
-    with its serving contract (labels.txt and preprocessing.json beside it)."""
+    with its serving contract (labels.txt and preprocessing.json beside it).
 
-    def __init__(self, model_path: str | Path):
-        try:
-            self._load(Path(model_path))
-        except ContractError as exc:  # contract.py stays free of imgclf's imports (MLflow pickles it by value)
-            raise BadInput(str(exc)) from None
+    Every file it reads is read once, and the runtimes read private copies (deploy/model_files.py). `roots`: the
+    page asked for the model: each file must lie under them, and no file's text is shown in an error. `scratch`:
+    the folder the copies go in (a new folder inside it, removed once loaded; default: the temporary folder).
+    `timeout`: the seconds each run of the model may take, None for no limit (deploy/runtimes.py).
+    """
 
-    def _load(self, model_path: Path) -> None:
+    def __init__(self, model_path: str | Path, *, roots: list[Path] | None = None, scratch: Path | None = None,
+                 timeout: float | None = RUN_SECONDS):  # fmt: skip
+        model_path = Path(model_path)
+        self.timeout = timeout
+        with tempfile.TemporaryDirectory(prefix="imgclf-model-", dir=scratch) as private:
+            files = ModelFiles(model_path if model_path.is_dir() else model_path.parent, Path(private), roots)
+            try:
+                self._load(model_path, files)
+            except ContractError as exc:  # contract.py stays free of imgclf's imports (MLflow pickles it by value)
+                raise BadInput(files.named(str(exc))) from None
+            except USER_ERRORS as exc:
+                if private not in str(exc):
+                    raise
+                raise type(exc)(files.named(str(exc))) from None
+
+    def _load(self, model_path: Path, files: ModelFiles) -> None:
         if model_path.suffix == ".pt":
-            from imgclf.deploy.quantize import torch_logits
+            from imgclf.deploy.runtimes import torch_logits
             from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
-            ckpt = load_checkpoint(model_path)
+            try:
+                copied = files.copy(model_path)
+            except FileNotFoundError:
+                raise MissingInput(f"{model_path} not found; run the train stage first (dvc repro train)") from None
+            ckpt = load_checkpoint(copied)
             self.source, self.checkpoint = model_path, model_path
             self.spec = ServingSpec.from_checkpoint(ckpt, str(model_path))
             self._run = torch_logits(model_from_checkpoint(ckpt))
         else:
-            from imgclf.deploy.quantize import LOADERS, MODEL_FILES, load_runner
+            from imgclf.deploy.runtimes import load_runner
 
-            if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), model.pt2, model.xml, a .plan
-                model_file = model_path
-            elif model_path.is_file():  # labels.txt, a model.PT: not a model this command can read
-                kinds = ", ".join(sorted({*LOADERS, ".pt"}))
-                raise BadInput(f"{model_path} is not a model: give its folder, or a file ending in {kinds}")
-            else:  # an export or optimised directory: its model, whichever format it holds
-                model_file = next(
-                    (model_path / f for f in MODEL_FILES if (model_path / f).is_file()), model_path / "model.onnx"
-                )
-            gate = model_path / "gate.json"
-            if not model_file.is_file() and gate.is_file():  # optimise's gate kept the verdict, not the model
-                try:
-                    reason = str(json.loads(gate.read_text()).get("reason", "not promoted"))
-                except (ValueError, AttributeError, OSError):  # not the JSON object optimise writes
-                    reason = f"{gate} is not optimise's verdict (rerun dvc repro optimise)"
-                raise MissingInput(f"{model_path} holds no model: {reason}")
-            if not model_file.is_file():
-                raise MissingInput(
-                    f"no exported model at {model_file}; run the pipeline (dvc repro) or pass "
-                    "--model models/export, models/optimised or models/model.pt"
-                )
-            self.spec = ServingSpec.read(model_file.parent)  # checked before the model file is even opened
+            model_file = _model_file(model_path, files)
+            for name in (PREPROCESSING_FILE, LABELS_FILE):  # checked before the model file is even opened
+                with contextlib.suppress(FileNotFoundError):  # ServingSpec.read names it
+                    files.copy(model_file.parent / name, MAX_SPEC_BYTES + 1)  # past the cap: refused, not read
+            self.spec = ServingSpec.read(files.private)
+            copied = files.copy(model_file)
+            if model_file.suffix == ".xml":  # OpenVINO reads the weights beside the IR
+                with contextlib.suppress(FileNotFoundError):
+                    files.copy(model_file.with_suffix(".bin"))
             self.source, self.checkpoint = model_file.parent, None
-            self._run = load_runner(model_file)
+            self._run = load_runner(copied, self.timeout)
         self._check_contract(model_path)
 
     def _check_contract(self, source: Path) -> None:
@@ -101,8 +120,10 @@ class Classifier:
         size = self.spec.image_size
         try:
             logits = np.asarray(self._run(np.zeros((2, 3, size, size), np.float32)))
+        except Overrun as exc:
+            raise BadInput(f"{source}: refused: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - each runtime words a wrong input shape its own way
-            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            detail = runtime_words(exc)[:200]
             raise BadInput(
                 f"{source}: the model does not take a batch of 3 x {size} x {size} images, as preprocessing.json "
                 f"describes ({detail})"
@@ -172,6 +193,55 @@ class Classifier:
         views = tta_views(torch.from_numpy(images), self.spec.image_size, self.spec.tta)
         probs = [softmax(self._run(np.ascontiguousarray(normalize(v.numpy(), *stats)))) for v in views]
         return np.mean(probs, axis=0)
+
+
+GATE_FILE = "gate.json"  # optimise's verdict, alone in its folder when the model was not promoted
+
+
+def _model_file(model_path: Path, files: ModelFiles) -> Path:
+    """The model file that `model_path` names: itself, or the one its folder holds, whichever format."""
+    from imgclf.deploy.runtimes import LOADERS, MODEL_FILES
+
+    if model_path.suffix in LOADERS:  # model.onnx (FP32, INT8, FP16), model.pt2, model.xml, a .plan
+        found = model_path
+    elif model_path.is_file():  # labels.txt, a model.PT: not a model this command can read
+        kinds = ", ".join(sorted({*LOADERS, ".pt"}))
+        raise BadInput(f"{model_path} is not a model: give its folder, or a file ending in {kinds}")
+    else:
+        found = next((model_path / f for f in MODEL_FILES if (model_path / f).is_file()), model_path / "model.onnx")
+        if not found.is_file():
+            _refuse_gate(model_path, files)  # optimise's gate kept the verdict, not the model
+    if not found.is_file():
+        raise MissingInput(
+            f"no exported model at {found}; run the pipeline (dvc repro) or pass "
+            "--model models/export, models/optimised or models/model.pt"
+        )
+    return found
+
+
+def _refuse_gate(folder: Path, files: ModelFiles) -> None:
+    """MissingInput saying why optimise kept no model in `folder`, when its gate.json is there."""
+    try:
+        verdict = _verdict(files.read(folder / GATE_FILE), files.roots is not None)
+    except FileNotFoundError:
+        return
+    except BadInput:  # past the cap, a pipe, a folder
+        verdict = None
+    if verdict is None:
+        verdict = f"{folder / GATE_FILE} is not optimise's verdict (rerun dvc repro optimise)"
+    raise MissingInput(f"{folder} holds no model: {verdict}")
+
+
+def _verdict(data: bytes, on_page: bool) -> str | None:
+    """Why optimise kept no model, as gate.json says (None: not the JSON object optimise writes). Asked from the
+    page, what the file says is not shown: it is a file on the server, not the page's to read."""
+    try:
+        reason = json.loads(data).get("reason", "not promoted")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if not isinstance(reason, str):
+        return None
+    return f"optimise did not promote its model ({GATE_FILE} says why)" if on_page else shown(reason, limit=None)
 
 
 def serving_request(spec: ServingSpec, paths: Sequence[Path]) -> dict:

@@ -5,26 +5,22 @@ seeded sample of the train split; `int8_openvino`: OpenVINO IR quantised by NNCF
 the same sample; `fp16`: half-precision weights and activations (inputs and outputs stay FP32) for GPUs;
 `tensorrt` / `tensorrt_int8`: an engine built from the FP16 / the symmetric QDQ INT8 ONNX model (TensorRT's explicit
 quantisation, strongly typed) where CUDA and TensorRT are, else one clear error. Each optimised model is compared
-with the FP32 model on the whole test split before it is kept; `load_runner` serves every format.
+with the FP32 model on the whole test split before it is kept; deploy/runtimes.py runs every format.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from imgclf.contract import softmax
-from imgclf.errors import BadInput, MissingInput, UserError
+from imgclf.deploy.runtimes import Runner, probabilities, require_tensorrt
+from imgclf.errors import BadInput
 
 log = logging.getLogger(__name__)
 METHODS = ("int8_onnx", "int8_openvino", "fp16", "tensorrt", "tensorrt_int8")
-MODEL_FILES = ("model.onnx", "model.xml", "model.plan")  # ONNX, OpenVINO IR (+ model.bin), TensorRT engine
-Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def calibration_batches(calibration: np.ndarray) -> list[np.ndarray]:
@@ -86,23 +82,6 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     onnx.save(model, str(out))
 
 
-def require_tensorrt(what: str):
-    """The tensorrt module, or one line naming what this machine lacks (CUDA, the tensorrt package or both)."""
-    import torch
-
-    try:
-        import tensorrt as trt
-    except ImportError:
-        trt = None
-    missing = [name for name, ok in (("CUDA", torch.cuda.is_available()), ("tensorrt", trt is not None)) if not ok]
-    if missing:
-        raise MissingInput(
-            f"{what} needs CUDA and the tensorrt package; this machine lacks {' and '.join(missing)} "
-            "(use optimise=int8_onnx or int8_openvino on a CPU, or an NVIDIA machine with `pip install tensorrt`)"
-        )
-    return trt
-
-
 def build_tensorrt(source: Path, out: Path, what: str = "optimise=tensorrt") -> None:
     """A serialized TensorRT engine from an ONNX model, strongly typed: it keeps the model's own precision (FP16
     from the FP16 model, INT8 where the QDQ model quantises), TensorRT's way since precision flags were deprecated."""
@@ -122,111 +101,6 @@ def build_tensorrt(source: Path, out: Path, what: str = "optimise=tensorrt") -> 
     if engine is None:
         raise BadInput(f"TensorRT could not build an engine from {source} (its log above says why)")
     out.write_bytes(bytes(engine))
-
-
-def onnx_logits(path: Path) -> Runner:
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own: an operator at an opset this version has no kernel for
-        if "NOT_IMPLEMENTED" not in str(exc):
-            raise
-        said = str(exc).split("NOT_IMPLEMENTED : ")[-1].splitlines()[0][:160]
-        why = f"onnxruntime {ort.__version__} cannot run {path.name} ({said}): export at a lower export.opset"
-        raise BadInput(why) from None
-    return lambda images: session.run(["logits"], {"images": images})[0]
-
-
-def openvino_logits(path: Path) -> Runner:
-    import openvino as ov
-
-    compiled, lock = ov.Core().compile_model(str(path), "CPU"), threading.Lock()
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with lock:  # one infer request behind __call__: imgclf serve classifies from several threads
-            return compiled(images)[0]
-
-    return run
-
-
-def tensorrt_logits(path: Path) -> Runner:
-    """A serialized TensorRT engine on the GPU, inputs and outputs through torch's CUDA tensors."""
-    import torch
-
-    trt = require_tensorrt(f"the TensorRT engine {path}")
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
-    if engine is None:
-        raise BadInput(f"{path} is not a TensorRT engine this TensorRT and GPU can run; rebuild it (optimise=tensorrt)")
-    context, lock = engine.create_execution_context(), threading.Lock()
-    most = engine.get_tensor_profile_shape("images", 0)[2][0]  # the optimisation profile's largest batch
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with lock:  # one execution context
-            return np.concatenate([infer(images[i : i + most]) for i in range(0, len(images), most)])
-
-    def infer(images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
-        if not context.set_input_shape("images", tuple(x.shape)):
-            raise BadInput(f"{path} takes input {tuple(engine.get_tensor_shape('images'))}; got {tuple(x.shape)}")
-        out = torch.empty(tuple(context.get_tensor_shape("logits")), dtype=torch.float32, device="cuda")
-        context.set_tensor_address("images", x.data_ptr())
-        context.set_tensor_address("logits", out.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT could not run {path} (its log above says why)")
-        stream.synchronize()
-        return out.cpu().numpy()
-
-    return run
-
-
-def torch_logits(module) -> Runner:
-    """A PyTorch module (a checkpoint's network, a loaded .pt2 program) on the CPU, numpy in and out."""
-    import torch
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(images)).numpy()
-
-    return run
-
-
-def program_logits(path: Path) -> Runner:
-    """The torch.export program (.pt2) that export writes."""
-    from imgclf.deploy.program import load_program
-
-    return torch_logits(load_program(path))
-
-
-LOADERS = {
-    ".onnx": onnx_logits,
-    ".pt2": program_logits,
-    ".xml": openvino_logits,
-    ".plan": tensorrt_logits,
-    ".engine": tensorrt_logits,
-}
-
-
-def load_runner(path: Path) -> Runner:
-    """Logits (float32, NCHW normalised images in) of a deployed model file, by its suffix: ONNX (onnxruntime),
-    the torch.export program (.pt2), OpenVINO IR (.xml) on the CPU, a TensorRT engine (.plan/.engine) on the GPU."""
-    path = Path(path)
-    if path.suffix not in LOADERS:
-        raise BadInput(f"{path}: not a deployable model; valid: {', '.join(LOADERS)} (or a .pt checkpoint)")
-    try:
-        return LOADERS[path.suffix](path)
-    except (UserError, FileNotFoundError, PermissionError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - the runtime's own words for a file it cannot load, in one line
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise BadInput(f"{path}: not a model this runtime can load ({detail})") from None
-
-
-def probabilities(path: Path) -> Runner:
-    """Class probabilities (float64) of a deployed model file, batch after batch."""
-    logits = load_runner(path)
-    return lambda images: softmax(np.asarray(logits(images), dtype=np.float64))
 
 
 def model_size_mb(path: Path) -> float:

@@ -11,7 +11,8 @@ the model it started with); a path outside answers the same 403 whether it exist
 or read server state accept only the page's own origin, and a model switch only a JSON body. Uploads are counted
 as they arrive (chunked or not) against the limit and written to disk one file at a time (deploy/uploads.py), and
 at most `max_concurrent` requests decode and classify at once, each image refused past the pixel limit from its
-header: memory and open files are bounded by these settings.
+header: memory and open files are bounded by these settings. A model switched to is read once, each of its files
+checked on the file opened (deploy/model_files.py), and each run of a model is stopped past `inference_timeout`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from imgclf.deploy.inputs import iter_inputs
 from imgclf.deploy.model_card import RUN_ID, Model, load_model
 from imgclf.deploy.pictures import png_url, thumbnail
 from imgclf.deploy.predict import Prediction, top_k
+from imgclf.deploy.runtimes import RUN_SECONDS
 from imgclf.deploy.uploads import Limits, read_form
 from imgclf.errors import USER_ERRORS, BadInput, shown
 
@@ -110,6 +112,7 @@ class Service:
         max_concurrent: int = 2,
         max_request_pixels: int | None = None,
         model_roots: list[Path] = (),
+        inference_timeout: float | None = RUN_SECONDS,
         review: Any = None,
         explainer: Any = None,
         cam_note: str | None = None,
@@ -126,6 +129,7 @@ class Service:
         self.lock = threading.Lock()
         self.switching, self.explaining = threading.Lock(), threading.Lock()
         self.max_concurrent = max_concurrent  # requests decoding and classifying at once: the memory bound
+        self.inference_timeout = inference_timeout  # seconds a run of a model switched to may take
 
     def classify(self, uploads: list[tuple[str, Path]], path: str) -> dict[str, Any]:
         """Uploaded files ((the name sent, where it was written) pairs), or a file, folder or list file under the
@@ -190,7 +194,7 @@ class Service:
         """Load `ref` and serve it. One switch at a time: two loads of one run or registered model would write its
         files into the same cache folder at once."""
         with self.switching:
-            model = load_model(ref, self.uri, self.cache, roots=self.model_roots)
+            model = load_model(ref, self.uri, self.cache, roots=self.model_roots, timeout=self.inference_timeout)
             explained = self.explainer is not None and self.explainer.explains(model.classifier)
         with self.lock:
             self.model = model
@@ -199,7 +203,8 @@ class Service:
         return model.card
 
 
-CLIENT_ERRORS = {PermissionError: 403, FileNotFoundError: 404}
+# a model's run stopped past --inference-timeout: the server's model, not the request, was at fault
+CLIENT_ERRORS = {PermissionError: 403, FileNotFoundError: 404, TimeoutError: 503}
 
 
 async def _model_ref(request: Request, answer) -> str | JSONResponse:

@@ -18,15 +18,8 @@ from imgclf import tracking
 from imgclf.contract import ServingSpec, run_of
 from imgclf.data.datasets import load_split
 from imgclf.data.transforms import Preprocess
-from imgclf.deploy.quantize import (
-    build,
-    calibration_indices,
-    compare,
-    gate,
-    model_size_mb,
-    optimised_file,
-    probabilities,
-)
+from imgclf.deploy.quantize import build, calibration_indices, compare, gate, model_size_mb, optimised_file
+from imgclf.deploy.runtimes import probabilities
 from imgclf.errors import MissingInput
 from imgclf.files import atomic_dir, write_json
 from imgclf.options import Options
