@@ -509,3 +509,36 @@ def test_explain_leaves_no_empty_folder_and_is_refused_with_request(trained, pro
     both = cli([image, "--request", str(tmp_path / "r.json"), "--explain", str(cams)], trained, project_env)
     assert (both.returncode, both.stderr.count("\n")) == (1, 1) and "--request and --explain" in both.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_an_export_older_than_the_trained_model_is_said_by_predict_and_on_serves_card(trained_project, tmp_path):
+    """`dvc repro train` alone, then `imgclf predict` or `imgclf serve` on models/export: another run's model was
+    served, and nothing said so."""
+    from imgclf.cli import predict
+
+    from ..conftest import serve_client
+
+    project = copy_of(trained_project, tmp_path / "project")
+    image = str(project / "data/tiny/images/a/000.png")
+    done = console(predict, ["--model", "models/export", image], project)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    record = project / "models/run.json"
+    exported = json.loads(record.read_text())["run_id"]
+    record.write_text(json.dumps({**json.loads(record.read_text()), "run_id": "f" * 32}))  # trained since
+    done = console(predict, ["--model", "models/export", image], project)
+    said = f"models/export holds run {exported}'s model, models/model.pt run {'f' * 32}'s: dvc repro brings it up"
+    assert done.returncode == 0 and done.stderr.startswith(f"warning: {said}"), done.stderr
+    card = serve_client(project, tmp_path / "cache", [project]).get("/api/model").json()
+    assert card["note"].startswith(f"{project / 'models/export'} holds run {exported}'s model"), card
+
+
+def test_a_positive_class_not_among_many_names_them_in_a_short_line(tmp_path):
+    """The refusal listed every class name: up to 131,072 of them, a megabyte on one line."""
+    from imgclf.deploy.predict import write_submission
+
+    names = [f"class_{i:06d}" for i in range(100_000)]
+    with pytest.raises(BadInput) as refused:
+        write_submission([], names, "dog", 0.0, tmp_path / "submission.csv")
+    said = str(refused.value)
+    assert said.startswith("--positive 'dog' is not a class of this model; choose one of: class_000000, class_000001")
+    assert said.endswith(" (100000 in all)") and len(said) < 300 and not (tmp_path / "submission.csv").exists()

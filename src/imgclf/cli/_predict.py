@@ -79,6 +79,7 @@ def predict(argv: list[str]) -> int:
     """Classify One / Classify Many: a top-k table per image, or a CSV/JSON file, or a Kaggle submission."""
     from imgclf.deploy.explain import Explanations
     from imgclf.deploy.inputs import collect_inputs
+    from imgclf.deploy.model_card import older_than_training
     from imgclf.deploy.predict import Classifier, check_outputs, write_submission, write_table
     from imgclf.targets import refuse_to_replace
 
@@ -96,6 +97,8 @@ def predict(argv: list[str]) -> int:
         _refuse_reading(args, outs, inputs)
         check_outputs(outs)
         classifier = Classifier(args.model, timeout=args.inference_timeout)
+        if note := older_than_training(Path(args.model).expanduser()):
+            print(f"warning: {note}", file=sys.stderr)
         if args.request:
             return _write_request(classifier, inputs, args.request)
         preds = classifier.classify(inputs, args.batch_size, tta=args.tta)

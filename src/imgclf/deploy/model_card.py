@@ -3,6 +3,7 @@ the registry, and its card (the run, its metrics and pictures)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from imgclf.deploy.model_files import read_small
 from imgclf.deploy.predict import Classifier
 from imgclf.deploy.runtimes import RUN_SECONDS
 from imgclf.errors import BadInput, MissingInput
+
+log = logging.getLogger(__name__)
 
 ARTIFACTS = {  # the model card's pictures: name -> the run's artifact
     "curves": "train/curves.png",
@@ -72,6 +75,9 @@ def load_model(ref: str, uri: str, cache: Path, roots: list[Path] | None = None,
     cache.mkdir(parents=True, exist_ok=True)  # the load's private copies go in a folder of their own there
     model = Model(ref, Classifier(path, roots=reading, scratch=cache, timeout=timeout), run_id)
     model.card = model_card(model, uri, cache)
+    if not ref.startswith("models:/") and (note := older_than_training(path)):  # on the card, and in the log
+        model.card["note"] = note
+        log.warning("%s", note)
     return model
 
 
@@ -138,6 +144,19 @@ def model_home(path: Path) -> Path:
     model's own folder."""
     folder = path if path.is_dir() else path.parent
     return folder.parent if (folder.parent / "run.json").is_file() else folder
+
+
+def older_than_training(path: Path) -> str | None:
+    """A line when the model at `path` (models/export, models/optimised, a file in one) was made from another run than
+    the models/model.pt beside it, by run.json's run ids: trained since and not exported again (`dvc repro train`
+    alone), so what is served is not what was just trained and evaluated."""
+    from imgclf.contract import run_of
+
+    folder, home = (path if path.is_dir() else path.parent), model_home(path)
+    made, trained = (run_of(folder), run_of(home)) if home != folder else (None, None)
+    if not made or not trained or made == trained:
+        return None
+    return f"{folder} holds run {made}'s model, {home / 'model.pt'} run {trained}'s: dvc repro brings it up to date"
 
 
 def model_card(model: Model, uri: str, cache: Path) -> dict[str, Any]:

@@ -308,7 +308,8 @@ def write_submission(
     from imgclf.files import atomic_path
 
     if positive not in class_names:
-        raise BadInput(f"--positive {positive!r} is not a class of this model; choose one of: {', '.join(class_names)}")
+        listed = shown(", ".join(class_names)) + ("" if len(class_names) <= 20 else f" ({len(class_names)} in all)")
+        raise BadInput(f"--positive {shown(positive)!r} is not a class of this model; choose one of: {listed}")
     index = list(class_names).index(positive)
     rows, named = [], {}
     for p in preds:
