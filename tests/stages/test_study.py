@@ -12,6 +12,7 @@ import time
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from hydra_plugins.imgclf_optuna_sweeper import sweeper as plugin
@@ -216,6 +217,7 @@ def test_a_trial_asked_by_a_worker_killed_before_its_job_started_is_failed(tmp_p
         heartbeat_s=1,
         params={"optim.lr": "interval(1e-4, 1e-2)"},
     )
+    sweeper.config = OmegaConf.create({"paths": {"data": str(tmp_path / "data")}, "data": {"name": "tiny"}})  # setup's
     study, *_ = sweeper._study([])
     orphan = sweeper._next_trial(study)  # asked, and the worker dies here: no job, no heartbeat thread
     assert sweeper._counted(study) == (1, 1)
