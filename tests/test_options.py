@@ -3,7 +3,7 @@
 import dataclasses
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
@@ -195,6 +195,8 @@ values = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(key=st.sampled_from(sorted(RULES)), value=values)
+@example(key="paths.checkpoints", value="\x00")  # found by the search: ValueError, embedded null byte
+@example(key="paths.models", value="a\x00b")
 def test_any_value_of_any_key_is_accepted_or_refused_in_one_line_naming_it(default_config, key, value):
     try:
         Options.from_config(with_value(default_config, key, value))

@@ -25,6 +25,8 @@ def unmakeable_folder(path: str | Path) -> str | None:
     is one, or it can be made. Nothing is made here."""
     if not str(path).strip():
         return "is blank"
+    if "\x00" in str(path):  # no file name holds one: pathlib says it exists nowhere, os.stat raises ValueError
+        return "holds a NUL byte, which no file name can"
     target = Path(os.path.expanduser(path)).absolute()
     if target.is_symlink() and not target.exists():
         return "is a link that leads nowhere (or to itself)"
