@@ -25,7 +25,7 @@ from imgclf.errors import BadInput, MissingInput, Overrun, UserError
 MODEL_FILES = ("model.onnx", "model.xml", "model.plan")  # ONNX, OpenVINO IR (+ model.bin), TensorRT engine
 Runner = Callable[[np.ndarray], np.ndarray]
 # the default limit of one run (a batch of serve's or predict's, a load's check): a minute is far more than a
-# classifier takes on a CPU (VGG16, 32 images of 224 px: under 3 s on 2 cores), and what a stuck request waits
+# classifier's batch takes on a CPU (decisions.md has the figure), and what a stuck request waits
 RUN_SECONDS = 60.0
 # OpenVINO's operations that run a body of their own: a loop, or a branch that may hold one
 CONTROL_FLOW = ("Loop", "TensorIterator", "If")
