@@ -34,9 +34,10 @@ class Explainer:
         from imgclf.models.explain import check_layer
         from imgclf.models.saved import load_checkpoint, model_from_checkpoint
 
+        # the network loaded, whatever the file holds later (read once; a missing file is refused below)
+        self.digest = file_digest(Path(checkpoint), "sha256") if Path(checkpoint).is_file() else None
         if made_for is not None:  # before the checkpoint is loaded: another network's gradients are never drawn
-            check_same_network(Path(checkpoint), made_for)
-        self.digest = file_digest(Path(checkpoint), "sha256")  # the network loaded, whatever the file holds later
+            check_same_network(Path(checkpoint), made_for, self.digest)
         ckpt = load_checkpoint(checkpoint)
         self.spec = ServingSpec.from_checkpoint(ckpt, str(checkpoint))
         if list(self.spec.class_names) != list(class_names):
@@ -47,11 +48,7 @@ class Explainer:
     def explains(self, classifier: Classifier) -> bool:
         """Whether `classifier` runs the network loaded here: the checkpoint it is, or the one its export recorded
         (a page switched to a model re-exported since, under the same name, runs another network)."""
-        from imgclf.data.download import file_digest
-
-        if classifier.checkpoint is not None:
-            return file_digest(classifier.checkpoint, "sha256") == self.digest
-        return run_of(classifier.source, "checkpoint_sha256") == self.digest
+        return network_digest(classifier) == self.digest
 
     def overlay(self, path: Path, class_index: int, opener: Callable[[Path], BinaryIO] | None = None) -> np.ndarray:
         """uint8 HWC: the image as the model saw it, its Grad-CAM for `class_index` over it, at least 224 px."""
@@ -69,21 +66,29 @@ class Explainer:
         return drawn.repeat(scale, 0).repeat(scale, 1)
 
 
-def check_same_network(checkpoint: Path, classifier: Classifier) -> None:
-    """Refuse Grad-CAM from `checkpoint` unless it is the network `classifier` runs: that checkpoint, or the one its
-    export recorded (run.json's checkpoint_sha256). Same classes are not enough: a retrain keeps them."""
+def network_digest(classifier: Classifier) -> str | None:
+    """The sha256 of the checkpoint `classifier` runs: the file itself, or the one its export recorded (run.json's
+    checkpoint_sha256); None when an export records none."""
+    from imgclf.data.download import file_digest
+
+    if classifier.checkpoint is not None:
+        return file_digest(classifier.checkpoint, "sha256")
+    return run_of(classifier.source, "checkpoint_sha256")
+
+
+def check_same_network(checkpoint: Path, classifier: Classifier, digest: str | None = None) -> None:
+    """Refuse Grad-CAM from `checkpoint` (its sha256 `digest`, when read already) unless it is the network
+    `classifier` runs (network_digest). Same classes are not enough: a retrain keeps them."""
     from imgclf.data.download import file_digest
 
     if classifier.checkpoint is not None and classifier.checkpoint.resolve() == checkpoint.resolve():
         return
     if not checkpoint.is_file():
         raise MissingInput(f"--explain-model {checkpoint}: no such checkpoint; pass the model.pt to explain with")
-    if classifier.checkpoint is not None:
-        wanted = file_digest(classifier.checkpoint, "sha256")
-    elif (wanted := run_of(classifier.source, "checkpoint_sha256")) is None:
+    if (wanted := network_digest(classifier)) is None:
         raise BadInput(f"{classifier.source} does not record which checkpoint it was exported from, so Grad-CAM "
                        "cannot be checked against it; re-export it (dvc repro export)")  # fmt: skip
-    if file_digest(checkpoint, "sha256") != wanted:
+    if (digest or file_digest(checkpoint, "sha256")) != wanted:
         ours, theirs = (run_of(p if p.is_dir() else p.parent) or "unknown" for p in (checkpoint, classifier.source))
         runs = f" (it is run {ours}'s, the model run {theirs}'s)"
         raise BadInput(
