@@ -4,6 +4,7 @@ import pytest
 from imgclf.analysis import (
     Predictions,
     confident_mistakes,
+    confusion,
     most_confused,
     most_uncertain,
     per_image_loss,
@@ -41,6 +42,28 @@ def test_most_confused_pairs():
         {"true": "b", "predicted": "a", "count": 7},
         {"true": "a", "predicted": "b", "count": 2},
     ]
+
+
+def test_most_confused_breaks_ties_by_true_then_predicted_class_and_the_matrix_counts_every_pair():
+    matrix = np.array([[0, 2, 2], [2, 0, 0], [1, 0, 4]])
+    assert [(p["true"], p["predicted"]) for p in most_confused(matrix, ["a", "b", "c"])] == [
+        ("a", "b"), ("a", "c"), ("b", "a"), ("c", "a")
+    ]  # fmt: skip
+    y_true, y_pred = np.array([0, 0, 2, 2, 1]), np.array([1, 1, 2, 0, 1])
+    assert confusion(y_true, y_pred, 4).tolist() == [[0, 2, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_the_figures_of_over_a_hundred_classes_are_drawn_at_a_bounded_size(tmp_path):
+    """A figure grew 0.45 inch a class: 300 classes took 45 s and 4 GB a confusion matrix, 1,000 did not fit."""
+    from PIL import Image
+
+    from imgclf.plots import MAX_FIGURE_INCHES, plot_class_counts, plot_confusion
+
+    names = [f"class_{i:03d}" for i in range(120)]
+    plot_confusion(np.eye(120, dtype=int), names, tmp_path / "confusion.png")
+    plot_class_counts([{"class": c, "split": "train", "images": 3} for c in names], tmp_path / "counts.png")
+    for name in ("confusion.png", "counts.png"):
+        assert max(Image.open(tmp_path / name).size) <= 100 * MAX_FIGURE_INCHES, name  # saved at 100 dpi
 
 
 def test_write_error_analysis(tmp_path):

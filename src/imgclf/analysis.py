@@ -62,9 +62,8 @@ def classification_metrics(
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class."""
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+    cells = np.asarray(y_true, dtype=np.int64) * num_classes + np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def per_image_loss(probs: np.ndarray, y_true: np.ndarray) -> np.ndarray:
@@ -98,9 +97,14 @@ def random_correct(probs: np.ndarray, y_true: np.ndarray, per_class: int, seed: 
 
 def most_confused(matrix: np.ndarray, class_names: Sequence[str], n: int = 10) -> list[dict]:
     """Off-diagonal cells of the confusion matrix, largest first: (true, predicted, count)."""
-    off = [(int(matrix[i, j]), i, j) for i in range(len(matrix)) for j in range(len(matrix)) if i != j and matrix[i, j]]
-    off.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return [{"true": class_names[i], "predicted": class_names[j], "count": c} for c, i, j in off[:n]]
+    rows, cols = np.nonzero(matrix)  # row-major: ties keep the order of (true, predicted)
+    off = rows != cols
+    rows, cols = rows[off], cols[off]
+    first = np.argsort(-matrix[rows, cols], kind="stable")[:n]
+    return [
+        {"true": class_names[i], "predicted": class_names[j], "count": int(matrix[i, j])}
+        for i, j in zip(rows[first], cols[first])
+    ]
 
 
 def top_k_accuracy(probs: np.ndarray, y_true: np.ndarray, k: int) -> float:

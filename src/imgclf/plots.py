@@ -10,6 +10,11 @@ import numpy as np
 
 from imgclf.files import atomic_path
 
+# A figure's size follows its class count up to a cap, and at most this many classes are named along an axis (every
+# k-th past it): drawn at 0.45 inch a class, 300 classes took 45 s and 4 GB a matrix, 1,000 would not fit in memory.
+MAX_FIGURE_INCHES = 30.0
+MAX_CLASS_LABELS = 128
+
 
 def pyplot():
     # imported on first use: matplotlib adds ~0.5 s to every stage that only might plot
@@ -19,6 +24,13 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def class_ticks(class_names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Where an axis names its classes: each of them, or every k-th so that at most MAX_CLASS_LABELS are named."""
+    step = -(-len(class_names) // MAX_CLASS_LABELS) or 1
+    ticks = np.arange(0, len(class_names), step)
+    return ticks, [class_names[i] for i in ticks]
 
 
 def save_figure(fig, path: Path) -> None:
@@ -50,12 +62,12 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | P
     if normalize:
         matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     n = len(class_names)
-    size = max(4.0, 0.45 * n + 2)
+    size = min(MAX_FIGURE_INCHES, max(4.0, 0.45 * n + 2))
     fig, ax = pyplot().subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    ticks = np.arange(n)
-    ax.set_xticks(ticks, class_names, rotation=90 if n > 10 else 0)
-    ax.set_yticks(ticks, class_names)
+    ticks, names = class_ticks(class_names)
+    ax.set_xticks(ticks, names, rotation=90 if n > 10 else 0)
+    ax.set_yticks(ticks, names)
     kind = "row-normalised confusion" if normalize else "confusion matrix"
     ax.set(xlabel="predicted", ylabel="true", title=f"{kind} ({total} images)")
     if n <= 30:  # past that, numbers are unreadable
@@ -99,13 +111,14 @@ def plot_class_counts(rows: list[dict], path: str | Path) -> None:
     plt = pyplot()
     classes = list(dict.fromkeys(r["class"] for r in rows))
     x = np.arange(len(classes))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(classes) + 2), 4))
+    fig, ax = plt.subplots(figsize=(min(MAX_FIGURE_INCHES, max(6.0, 0.35 * len(classes) + 2)), 4))
     splits = list(dict.fromkeys(r["split"] for r in rows))
     width = 0.8 / len(splits)
     for k, split in enumerate(splits):
         counts = [r["images"] for r in rows if r["split"] == split]
         ax.bar(x + k * width, counts, width, label=split)
-    ax.set_xticks(x + width, classes, rotation=90 if len(classes) > 12 else 0)
+    ticks, names = class_ticks(classes)
+    ax.set_xticks(ticks + width, names, rotation=90 if len(classes) > 12 else 0)
     ax.set(ylabel="images", title="images per class per split")
     ax.legend()
     save_figure(fig, Path(path))

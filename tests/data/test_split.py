@@ -279,3 +279,24 @@ def test_an_edit_to_the_decoding_code_makes_new_packs(tmp_path):
     edited = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert edited.returncode == 0, edited.stderr[-2000:]
     assert edited.stdout.strip().startswith("pillow-") and edited.stdout.strip() != decoder()
+
+
+def test_more_class_folders_than_a_classifier_takes_are_one_line_before_an_image_is_read(tmp_path, monkeypatch):
+    """train, export, predict and serve refuse more than MAX_CLASSES classes; split refuses them first, without
+    opening the images of a folder that cannot be trained on."""
+    from imgclf.data import folder
+    from imgclf.stages import split
+
+    from ..conftest import ROOT, make_class_folders, stage_main
+
+    make_class_folders(tmp_path / "data" / "tiny" / "images", dict.fromkeys("abcd", 1))
+    monkeypatch.setattr(split, "MAX_CLASSES", 3)  # the real cap, 131,072 folders, is the same test at length
+
+    def read(*args, **kwargs):
+        raise AssertionError("an image was read")
+
+    monkeypatch.setattr(folder, "parallel_map", read)
+    done = stage_main("split", ["--config-dir", str(ROOT / "conf"), "data.name=tiny"], tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "error: data/tiny/images has 4 class sub-folders; a classifier has 2 to 3\n"
+    assert not (tmp_path / "data" / "tiny" / "split").exists()

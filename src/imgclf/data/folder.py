@@ -71,14 +71,17 @@ def inspect_image(path: Path) -> tuple[str | None, ImageInfo | None]:
         return f"corrupt ({type(exc).__name__})", None
 
 
-def scan_image_folder(root: str | Path, workers: int | None = None) -> FolderScan:
-    """List every decodable image in root/<class>/...; hidden files are ignored, bad ones recorded."""
+def scan_image_folder(root: str | Path, workers: int | None = None, max_classes: int | None = None) -> FolderScan:
+    """List every decodable image in root/<class>/...; hidden files are ignored, bad ones recorded. More than
+    `max_classes` class folders are refused before a file is read."""
     root = Path(root)
     if not root.is_dir():
         raise MissingInput(f"image folder {root} does not exist")
     class_dirs = class_folders(root)
     if len(class_dirs) < 2:
         raise BadInput(f"{root} has {len(class_dirs)} class sub-folder(s); a classifier needs at least 2")
+    if max_classes is not None and len(class_dirs) > max_classes:
+        raise BadInput(f"{root} has {len(class_dirs):,} class sub-folders; a classifier has 2 to {max_classes:,}")
     # (class folder, file, path relative to root, size): Path's own order, by parts (its __lt__ is slow by 100,000s)
     files = [
         (cls_dir, p, "/".join(p.parts[len(root.parts) :]), size)

@@ -7,6 +7,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from imgclf.contract import MAX_CLASSES
 from imgclf.data import SPLITS, TEST_LIST, VAL_LIST
 from imgclf.data.folder import scan_image_folder
 from imgclf.data.relabel import EXCLUDE, apply_fixes, check_fixes, read_fixes
@@ -24,7 +25,7 @@ def split(cfg: DictConfig | Options) -> None:
     opts = cfg if isinstance(cfg, Options) else Options.from_config(cfg)
     paths = Paths.from_config(opts.paths)
     images, params = paths.images(opts.data.name), opts.data.split
-    scan = scan_image_folder(images)
+    scan = scan_image_folder(images, max_classes=MAX_CLASSES)  # what train, export, predict and serve take
     # fixed splits: an official test set (MNIST's t10k, CIFAR's test_batch), a folder source's val/test folders
     fixed = {
         name: (images / listing).read_text().splitlines()
