@@ -312,3 +312,25 @@ def test_accept_keeps_a_reviewers_fix_and_refuses_suggestions_older_than_the_spl
         "dvc repro label_issues for new suggestions\n"
     )
     assert (tiny_project / "relabel/tiny.csv").read_bytes() == before
+
+
+def test_accept_keeps_a_fix_a_reviewer_writes_while_it_runs(tiny_project, monkeypatch):
+    """The file's earlier fixes were read before the folder's lock was taken: a reviewer's fix written in between
+    (the web page's Review) was replaced by the suggestion it had just been kept from."""
+    from imgclf.data import relabel as module
+
+    issues = tiny_project / "issues.csv"
+    issues.write_text("rank,path,given_label,suggested_label\n1,a/000.png,a,b\n")
+    checked = module.check_fixes
+
+    def reviewer_meanwhile(target, fixes, *args, rows=True):
+        if not rows:  # the suggestions' own check, before the write: the reviewer saves a/000.png=c now
+            module.write_fixes(target, {"a/000.png": "c"})
+        return checked(target, fixes, *args, rows=rows)
+
+    monkeypatch.setattr(module, "check_fixes", reviewer_meanwhile)
+    done = console(relabel, ["--data", "tiny", "--issues", str(issues), "--accept", "1"], tiny_project)
+    assert done.returncode == 0 and done.stdout.splitlines()[0] == (
+        "kept a/000.png=c from relabel/tiny.csv (suggested: b; a/000.png=b changes it)"
+    ), done.stdout
+    assert read_fixes(tiny_project / "relabel/tiny.csv") == {"a/000.png": "c"}

@@ -156,19 +156,23 @@ def apply_fixes(
 
 
 def write_fixes(
-    path: Path, new: Mapping[str, str], check: Callable[[dict[str, str]], None] | None = None
+    path: Path,
+    new: Mapping[str, str] | Callable[[dict[str, str]], Mapping[str, str]],
+    check: Callable[[dict[str, str]], None] | None = None,
 ) -> dict[str, str]:
     """Merge `new` into the file (a later fix of an image replaces its earlier one), atomically and holding the
-    folder's lock from the read to the write, so no other writer's rows are lost; returns all. `check(all)` may
-    refuse the merged rows (BadInput): nothing is written. A link (fixes kept elsewhere, shared) is written through:
-    its target gets the rows and the link stays, as an editor saving the file would leave it."""
+    folder's lock from the read to the write, so no other writer's rows are lost; returns all. `new` may be a
+    function of the rows in the file, read under the lock, that gives the rows to add. `check(all)` may refuse the
+    merged rows (BadInput): nothing is written. A link (fixes kept elsewhere, shared) is written through: its target
+    gets the rows and the link stays, as an editor saving the file would leave it."""
     from imgclf.files import write_text
 
     if path.is_symlink():
         path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.parent):
-        fixes = {**read_fixes(path), **new}
+        earlier = read_fixes(path)
+        fixes = {**earlier, **(new(earlier) if callable(new) else new)}
         if check is not None:
             check(fixes)
         buf = io.StringIO()
@@ -246,17 +250,22 @@ def command(argv: list[str]) -> int:
         if why := unmakeable_folder(args.relabel_dir):  # [Errno 17] File exists, from the folder's mkdir
             raise BadInput(f"--relabel-dir {shown(args.relabel_dir)} {why}: give the folder relabel files go in")
         target = Path(args.relabel_dir) / f"{name}.csv"
-        new, kept = _keep_earlier(new, suggested, target)
-        for line in kept:
-            print(line)
         taken = partial(_taken, images=images, indexed=set(indexed))
         check_fixes(target, new, taken(new), classes, rows=False)
+        written: dict[str, str] = {}
+
+        def keeping(earlier: dict[str, str]) -> dict[str, str]:  # the file's rows as read under its lock
+            written.update(_keep_earlier(new, suggested, earlier))
+            return written
+
         # and every row of the file as it will be, under its lock: one split would refuse is not written back
-        every = write_fixes(target, new, check=lambda fixes: check_fixes(target, fixes, taken(fixes), classes))
+        every = write_fixes(target, keeping, check=lambda fixes: check_fixes(target, fixes, taken(fixes), classes))
     except (BadInput, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {len(new)} fixes to {target} ({len(every)} in all); dvc repro applies them")
+    for p in sorted(set(new) - set(written)):
+        print(f"kept {p}={every[p]} from {target} (suggested: {new[p]}; {p}={new[p]} changes it)")
+    print(f"wrote {len(written)} fixes to {target} ({len(every)} in all); dvc repro applies them")
     return 0
 
 
@@ -289,13 +298,10 @@ def _new_fixes(args, images: Path, indexed: Mapping[str, str]) -> tuple[dict[str
     return new, set(new) - given
 
 
-def _keep_earlier(new: dict[str, str], suggested: set[str], target: Path) -> tuple[dict[str, str], list[str]]:
-    """(the fixes to write, a line for each earlier fix kept): a suggestion never replaces a fix already in the file
-    with another label (a reviewer's, which the model that made the suggestion had not seen); PATH=LABEL does."""
-    earlier = read_fixes(target) if target.is_file() else {}
-    kept = [p for p in sorted(suggested) if earlier.get(p, new[p]) != new[p]]
-    said = [f"kept {p}={earlier[p]} from {target} (suggested: {new[p]}; {p}={new[p]} changes it)" for p in kept]
-    return {p: label for p, label in new.items() if p not in kept}, said
+def _keep_earlier(new: dict[str, str], suggested: set[str], earlier: Mapping[str, str]) -> dict[str, str]:
+    """The fixes to write: a suggestion never replaces a fix already in the file with another label (a reviewer's,
+    which the model that made the suggestion had not seen); PATH=LABEL does."""
+    return {p: label for p, label in new.items() if p not in suggested or earlier.get(p, label) == label}
 
 
 def _indexed_path(image: str, images: Path) -> str:
