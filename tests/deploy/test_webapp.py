@@ -250,9 +250,15 @@ def test_loopback_servers_answer_only_to_loopback_names(served):
 
     client, _, _ = served
     assert loopback_names("0.0.0.0") is None and loopback_names("example.org") is None
+    assert loopback_names("::") is None and loopback_names("no such host.invalid") is None
     guarded = TestClient(create_app(client.service, loopback_names("127.0.0.2")))
     assert guarded.get("/api/model", headers={"host": "attacker.example:7860"}).status_code == 403
     assert guarded.get("/api/model", headers={"host": "127.0.0.2:7860"}).status_code == 200
+    # loopback spelt otherwise: each took any Host, so a rebinding page could read and write through the server
+    for host in ("127.1", "2130706433", "0x7f000001", "::ffff:127.0.0.1"):
+        guarded = TestClient(create_app(client.service, loopback_names(host)))
+        assert guarded.get("/api/model", headers={"host": "attacker.example:7860"}).status_code == 403, host
+        assert guarded.get("/api/model", headers={"host": "127.0.0.1:7860"}).status_code == 200, host
 
 
 def test_what_a_request_may_cost_is_bounded(served, trained_project):

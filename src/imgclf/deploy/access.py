@@ -18,14 +18,25 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def loopback_names(host: str) -> tuple[str, ...] | None:
-    """The Host names a server bound to `host` answers to: loopback names when it is bound to a loopback address
-    (any of 127.0.0.0/8 or ::1; a web page rebinding its own name to it is refused), None (any) otherwise."""
+    """The Host names a server bound to `host` answers to: loopback names when every address `host` stands for is a
+    loopback address (127.0.0.0/8, ::1, ::ffff:127.x.x.x), however it is spelt (127.1, 2130706433, 0x7f000001, the
+    machine's own name where /etc/hosts maps it to 127.0.1.1): a web page rebinding its own name to it is refused.
+    None (any) otherwise: a name or address others reach is shared on purpose."""
+    import socket
+
     try:
-        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:  # a host name: shared on purpose
+        found = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):  # what uvicorn cannot bind to either
+        return None
+    if not found or not all(_loopback(address) for address in found):
         return None
     return (*LOOPBACK, host)
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.partition("%")[0])  # an IPv6 address may carry its interface: fe80::1%eth0
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 DRAIN_FACTOR = 10  # a refused body up to 10 x the limit is read and dropped, so a client sending it hears why
