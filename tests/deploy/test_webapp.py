@@ -311,6 +311,15 @@ def test_the_runs_view_reads_the_curves_of_finished_and_running_runs(trained_pro
         assert (newest["run_id"], newest["name"], newest["status"]) == (live, "training-now", "RUNNING")
         tracking.log_metrics({"train/loss": 1.0, "val/loss": 1.2, "val/acc": 0.6}, step=2)
         assert val_acc(live, [[1, 0.3], [2, 0.6]])  # the curve grows while the run trains
+    with tracking.run(uri, "test", run_name="diverged") as diverged:  # a NaN made both views a 500
+        tracking.log_metrics({"train/loss": 1.5, "val/acc": 0.4}, step=1)
+        tracking.log_metrics({"train/loss": float("nan"), "val/acc": float("nan")}, step=2)
+    deadline = time.monotonic() + 30
+    while (listed := client.get("/api/runs")).status_code != 200 or listed.json()["runs"][0]["status"] != "FINISHED":
+        assert time.monotonic() < deadline, listed.text
+        time.sleep(0.1)
+    assert listed.json()["runs"][0]["metrics"] == {"val/acc": "nan"}
+    assert client.get(f"/api/runs/{diverged}").json()["curves"]["train/loss"] == [[1, 1.5]]  # where it stops
     for bad in ("0" * 31, "../../etc/passwd", "f" * 32):
         answer = client.get(f"/api/runs/{bad}")
         assert answer.status_code in (400, 404) and "error" in answer.json()

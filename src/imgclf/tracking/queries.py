@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -227,19 +228,31 @@ def recent_runs(uri: str, experiment: str, limit: int = 20) -> list[dict[str, An
             "name": r.info.run_name,
             "status": r.info.status,
             "start_time": r.info.start_time,
-            "metrics": {k: r.data.metrics[k] for k in ("val/acc", "best/val/acc", "test/acc") if k in r.data.metrics},
+            "metrics": {
+                k: _shown(r.data.metrics[k]) for k in ("val/acc", "best/val/acc", "test/acc") if k in r.data.metrics
+            },
         }
         for r in runs
     ]
 
 
+def _shown(value: float) -> float | str:
+    """A metric as JSON carries it: a number, or "nan" / "inf" / "-inf" (which JSON has no number for)."""
+    return value if math.isfinite(value) else str(value)
+
+
 def run_curves(uri: str, run_id: str) -> dict[str, Any]:
-    """A run's status and its CURVES as [step, value] pairs (at most MAX_POINTS each), as they stand now."""
+    """A run's status and its CURVES as [step, value] pairs (at most MAX_POINTS each), as they stand now; a point
+    that is not a number (a loss gone to NaN) is left out, where the curve stops."""
     client = _query_client(uri)
     with _one_line_errors():
         run = client.get_run(run_id)
         curves = {
-            key: [[m.step, m.value] for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+            key: [
+                [m.step, m.value]
+                for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+                if math.isfinite(m.value)
+            ]
             for key in CURVES
             if key in run.data.metrics
         }
