@@ -1,3 +1,4 @@
+import os
 from collections import Counter
 
 import numpy as np
@@ -96,6 +97,13 @@ def test_an_image_edited_in_place_is_what_the_next_load_sees(tiny_project):
         load_split("data/tiny", "train", "full", spec(9))
     with pytest.raises(BadInput, match="changed since the split stage ran"):  # the pack made before: served as it was
         load_split("data/tiny", "train", "full", spec(8))
+    older = tiny_project / "older.png"  # the same, moved into place with an older time: mv, cp -p, rsync -a
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(older)
+    os.utime(older, ns=(0, 0))
+    older.replace(path)
+    with pytest.raises(BadInput, match="changed since the split stage ran"):
+        load_split("data/tiny", "train", "full", spec(8))
+    Image.new("RGB", (8, 8), (7, 7, 7)).save(path)
     scan = scan_image_folder(tiny_project / "data/tiny/images")  # what the split stage reruns on
     splits = {s: read_index(f"data/tiny/split/{s}.csv") for s in ("train", "val", "test")}
     write_split(

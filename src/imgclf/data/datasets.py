@@ -113,11 +113,13 @@ def _changed(path: Path) -> BadInput:
 def _check_unchanged(images: Path, rows: list[tuple[str, str]], digests: Mapping[str, str], since: int) -> None:
     """An image edited after its pack was made (a stage run by hand; DVC would rerun split first) was served from
     the pack as it had been: each image modified later than the pack is read again and checked against the
-    manifest, as decode_checked checks what a new pack decodes."""
+    manifest, as decode_checked checks what a new pack decodes. Later by its change time too: a file moved or
+    copied into place keeping an older modification time (mv, cp -p, rsync -a) is changed all the same."""
     for rel, _ in rows:
         path = images / rel
         try:
-            later = path.stat().st_mtime_ns > since
+            st = path.stat()
+            later = max(st.st_mtime_ns, st.st_ctime_ns) > since
         except OSError:
             raise BadInput(f"{path} is gone since the split stage ran; rerun split (dvc repro)") from None
         if later and hashlib.sha256(path.read_bytes()).hexdigest() != digests[rel]:
