@@ -176,7 +176,9 @@ def _turned():
     return exif
 
 
-def test_links_leading_outside_linked_folders_and_unusable_names_are_left_out(tmp_path, monkeypatch, compose_cfg):
+def test_links_leading_outside_linked_folders_and_unusable_names_are_left_out(
+    tmp_path, monkeypatch, compose_cfg, caplog
+):
     """A data set is what lies under data.path, as DVC hashes it: a link to a file elsewhere (a checked-out repo's
     link to ~/.ssh/id_rsa would be copied, then pushed to the DVC remote) and a linked folder (DVC's hash does not
     look inside it: a change there would rerun nothing) are skipped, and so are names a line-based list or a UTF-8
@@ -189,6 +191,15 @@ def test_links_leading_outside_linked_folders_and_unusable_names_are_left_out(tm
     (src / "a" / "secret.png").symlink_to(tmp_path / "secret.txt")
     (src / "a" / "elsewhere.png").symlink_to(outside / "c" / "000.png")
     (src / "a" / "inside.png").symlink_to(src / "b" / "000.png")
+    (src / ".secrets").mkdir()  # what fetch leaves out stays out when a link names it
+    (src / ".secrets" / "token").write_text("API_KEY=hunter2")
+    (src / "a" / "token.png").symlink_to(src / ".secrets" / "token")
+    (src / "BG").mkdir()
+    (src / "BG" / "bg.png").write_bytes((src / "b" / "001.png").read_bytes())
+    (src / "b" / "from_bg.png").symlink_to(src / "BG" / "bg.png")
+    (src / "notes.txt").write_text("beside the class folders")
+    (src / "b" / "notes.png").symlink_to(src / "notes.txt")
+    os.mkfifo(src / "a" / "pipe.png")
     (src / "c").symlink_to(outside / "c", target_is_directory=True)
     (src / "b" / "nested").symlink_to(outside / "c", target_is_directory=True)
     (src / "b" / "new\nline.png").write_bytes((src / "b" / "001.png").read_bytes())
@@ -196,8 +207,12 @@ def test_links_leading_outside_linked_folders_and_unusable_names_are_left_out(tm
     (src / "new\nclass").mkdir()
     (src / "new\nclass" / "000.png").write_bytes((src / "b" / "001.png").read_bytes())
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg("data=folder", f"data.path={src}", "data.split.sample_per_class=1")
-    fetch(cfg)
+    cfg = compose_cfg("data=folder", f"data.path={src}", "data.split.sample_per_class=1", "data.exclude=[BG]")
+    with caplog.at_level("WARNING"):
+        fetch(cfg)
+    said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("left out of"))
+    assert "'link to a hidden file, or one outside the class folders taken': 3" in said, said
+    assert "'pipe, socket or device: not a file': 1" in said, said
     images = tmp_path / "data/folder/images"
     assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file()) == [
         *(f"a/{i:03d}.png" for i in range(4)),

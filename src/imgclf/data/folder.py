@@ -131,6 +131,8 @@ def _file_size(path: Path) -> int | None:
 # what fetch leaves behind, and why: a data set is what lies under data.path, as DVC hashes it
 LINKED_FOLDER = "linked folder (DVC does not hash inside it)"
 LINK_OUTSIDE = "link to a file outside data.path"
+LINK_LEFT_OUT = "link to a hidden file, or one outside the class folders taken"
+NOT_A_FILE = "pipe, socket or device: not a file"
 BROKEN_LINK = "link that leads nowhere (a missing file or a loop of links)"
 UNUSABLE_NAME = "name with a control character, a line separator or bytes that are not UTF-8"
 # str.splitlines() ends a line at these too, beside the C0 controls: a name holding one is two lines of labels.txt
@@ -179,14 +181,23 @@ def class_files(src: Path, exclude, prefix: str, skipped: Counter) -> Iterator[t
                     skipped[BROKEN_LINK] += 1
                 elif path.is_symlink() and not target.is_relative_to(root):
                     skipped[LINK_OUTSIDE] += 1
-                elif path.is_file():  # not a pipe or a socket
+                elif path.is_symlink() and _left_out(target.relative_to(root).parts, exclude):
+                    skipped[LINK_LEFT_OUT] += 1  # ../.secrets/token, ../excluded/x.png: copied as what it names
+                elif path.is_file():
                     empty = False
                     yield path, f"{cls_dir.name}/{prefix}{inside.replace('/', '__')}"
+                else:
+                    skipped[NOT_A_FILE] += 1
         if empty:  # fetch_folder plans every copy before the first: nothing is written
             raise BadInput(
                 f"class folder {cls_dir} has no files; add images, remove it, or leave it out with "
                 f"data.exclude=[{cls_dir.name}]"
             )
+
+
+def _left_out(parts: tuple[str, ...], exclude) -> bool:
+    """A file under data.path that fetch does not take: hidden, of an excluded class, or beside the class folders."""
+    return len(parts) < 2 or parts[0] in exclude or any(part.startswith(".") for part in parts)
 
 
 def _link_target(path: Path) -> Path | None:
