@@ -155,6 +155,22 @@ def test_a_long_thin_image_is_refused_before_its_resize_outgrows_the_pixel_limit
     assert decode_image(io.BytesIO(thin.getvalue()), 4, resize=resize).shape == (4, 4, 3)  # 4 x 12,000: under
 
 
+def test_a_long_thin_image_the_split_took_is_named_when_training_decodes_it(tmp_path, monkeypatch):
+    """The split knows no image size, so it takes an image too long and thin for model.image_size: the stage that
+    decodes it at that size names the file and how to leave it out (it said only "image of 1 x 3000 pixels")."""
+    from imgclf.data.datasets import decode_checked
+    from imgclf.data.images import ImageTooLarge
+
+    monkeypatch.setattr("imgclf.data.images.MAX_PIXELS", 100_000)
+    Image.new("L", (1, 3000), 128).save(tmp_path / "thin.png")
+    with pytest.raises(ImageTooLarge) as refused:
+        decode_checked(tmp_path / "thin.png", None, 64)
+    assert str(refused.value) == (
+        f"{tmp_path / 'thin.png'}: image of 1 x 3000 pixels is too long and thin for 64 px: resized, it would be over "
+        "the limit of 100,000 pixels; leave it out: imgclf relabel PATH=exclude, then dvc repro"
+    )
+
+
 def test_the_split_reports_sample_grid_holds_thumbnails_under_the_pixel_limit(tmp_path, monkeypatch):
     """samples.png shows up to 160 images: each is read as a thumbnail of at most 128 px (a JPEG decoded at 1/8 of
     its size), turned as shown, and refused past the pixel limit like every decode."""

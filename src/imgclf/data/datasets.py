@@ -17,7 +17,7 @@ import PIL
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgclf.data.images import decode_image
+from imgclf.data.images import ImageTooLarge, decode_image
 from imgclf.data.parallel import parallel_map
 from imgclf.data.split import read_index, read_labels, read_manifest
 from imgclf.errors import BadInput
@@ -100,7 +100,10 @@ def decode_checked(path: Path, sha256: str | None, size: int, interpolation: str
     content = Path(path).read_bytes()
     if sha256 is not None and hashlib.sha256(content).hexdigest() != sha256:
         raise _changed(path)
-    return decode_image(io.BytesIO(content), size, interpolation, resize)
+    try:
+        return decode_image(io.BytesIO(content), size, interpolation, resize)
+    except ImageTooLarge as exc:  # too long and thin for this image size: split, which knows no size, took it
+        raise ImageTooLarge(f"{path}: {exc}; leave it out: imgclf relabel PATH=exclude, then dvc repro") from None
 
 
 def _changed(path: Path) -> BadInput:
