@@ -81,6 +81,25 @@ def test_temporary_files_of_killed_writers_are_removed(tmp_path):
     assert (not_ours / "keep").is_dir()
 
 
+def test_the_temporary_files_of_writers_on_other_machines_of_a_shared_folder_are_left_alone(tmp_path):
+    """A cluster's jobs share data/ over NFS: another node's process id is no process here (its pack being written
+    was removed as a killed writer's), and may be this process's own (its twin was removed as a leftover)."""
+    from imgclf.files import MACHINE as here
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with atomic_path(tmp_path / "pack.npy") as tmp:
+        assert tmp.name == f".pack.npy.tmp{os.getpid()}@{here}"
+        elsewhere = [tmp_path / f".pack.npy.tmp{pid}@0badc0de" for pid in (dead.pid, os.getpid())]
+        for other in elsewhere:
+            other.write_bytes(b"another machine's writer at work")
+        tmp.write_bytes(b"mine")
+    (tmp_path / f".x.npy.tmp{dead.pid}@{here}").write_bytes(b"")  # this machine's killed writers: removed
+    (tmp_path / f".y.npy.tmp{dead.pid}").write_bytes(b"")  # as versions before named them
+    remove_orphans_in(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["pack.npy", *(p.name for p in elsewhere)])
+
+
 def test_a_scratch_folder_is_new_and_gone_afterwards_and_the_named_folder_is_never_touched(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -4,11 +4,13 @@ twins of killed writers removed, and weights-only reads."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +21,17 @@ from imgclf.errors import BadInput, DiskFull, first_line
 from imgclf.targets import refuse_folder
 
 log = logging.getLogger(__name__)
+
+
+# this machine in a temporary twin's name: 8 hex digits of its host name's hash, so a twin is as long everywhere
+MACHINE = hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def twin(path: Path, marker: str = ".tmp") -> Path:
+    """`.<name><marker><pid>@<machine>`: where this process writes before a rename puts it at `path`. The machine
+    keeps the writers of a folder shared between machines (a cluster's NFS) apart: another machine's process id
+    means nothing here, and may even be this process's."""
+    return path.with_name(f".{path.name}{marker}{os.getpid()}@{MACHINE}")
 
 
 @contextmanager
@@ -32,7 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     refuse_folder(path)
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = twin(path)
     _remove(tmp)
     remove_orphans(path)
     try:
@@ -85,12 +98,13 @@ def open_regular(path: Path, check: Callable[[int], None] | None = None) -> Bina
 
 
 def _new_twin(path: Path) -> Path:
-    """A new, empty `.<name>.tmp<pid>` folder beside the folder `path` (a file at `path` is refused), after the
-    twins of killed writers are removed: where atomic_dir and atomic_files write before anything reaches `path`."""
+    """A new, empty twin folder (`.<name>.tmp<pid>@<machine>`) beside the folder `path` (a file at `path` is
+    refused), after the twins of killed writers are removed: where atomic_dir and atomic_files write before anything
+    reaches `path`."""
     if path.exists() and not path.is_dir():
         raise BadInput(f"{path} is a file, not a folder; move it away or choose another path; nothing was written")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = twin(path)
     _remove(tmp)
     remove_orphans(path, folders=True)
     tmp.mkdir()
@@ -105,7 +119,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     An existing file at `path` is refused (BadInput): a folder replaces only a folder.
     """
     path = Path(path)
-    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    old = twin(path, ".old")
     _remove(old)
     remove_orphans(path, ".old", folders=True)
     tmp = _new_twin(path)
@@ -124,12 +138,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def scratch_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a new, empty folder `.<name>.tmp<pid>` beside `path` (those of killed writers removed first), removed
-    afterwards, on success or failure: where an archive is unpacked, never a folder that was there before."""
+    """Yield a new, empty twin folder (`.<name>.tmp<pid>@<machine>`) beside `path` (those of killed writers removed
+    first), removed afterwards, on success or failure: where an archive is unpacked, never a folder that was there
+    before."""
     path = Path(path)
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = twin(path)
     _remove(tmp)
     remove_orphans(path, folders=True)
     tmp.mkdir()
@@ -228,18 +243,19 @@ def remove_orphans(path: Path, marker: str = ".tmp", *, folders: bool = False) -
     cleanup): never read, removed. Only what those writers make: files, or folders with `folders` (atomic_dir)."""
     import glob
 
-    for twin in path.parent.glob(glob.escape(f".{path.name}{marker}") + "*"):
-        if twin.is_symlink() or twin.is_dir() != folders:
+    prefix = f".{path.name}{marker}"
+    for found in path.parent.glob(glob.escape(prefix) + "*"):
+        if found.is_symlink() or found.is_dir() != folders:
             continue
-        _remove_if_orphan(twin, twin.name.rsplit(marker, 1)[1])
+        _remove_if_orphan(found, found.name[len(prefix) :])
 
 
-ORPHAN = re.compile(r"\..+\.(?:tmp|old)(\d+)")
+ORPHAN = re.compile(r"\..+\.(?:tmp|old)(\d+(?:@[^@]+)?)")
 
 
 def remove_orphans_in(directory: Path) -> None:
-    """Every temporary twin (`.<name>.tmp<pid>`, `.<name>.old<pid>`) in `directory` whose writer is gone: a
-    cache whose keys change (packs) would otherwise keep a killed writer's file for ever."""
+    """Every temporary twin (`.<name>.tmp<pid>@<machine>`, `.<name>.old<pid>@<machine>`) in `directory` whose
+    writer is gone: a cache whose keys change (packs) would otherwise keep a killed writer's file for ever."""
     if directory.is_dir():
         for child in directory.iterdir():
             match = ORPHAN.fullmatch(child.name)
@@ -247,10 +263,15 @@ def remove_orphans_in(directory: Path) -> None:
                 _remove_if_orphan(child, match.group(1))
 
 
-def _remove_if_orphan(twin: Path, pid: str) -> None:
+def _remove_if_orphan(found: Path, writer: str) -> None:
+    """Remove the twin `found` if its writer (`<pid>@<machine>`, or `<pid>` as older versions named it) was a
+    process of this machine that is gone; another machine's writer is never looked for here."""
+    pid, _, machine = writer.partition("@")
+    if machine and machine != MACHINE:
+        return
     if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-        log.info("removing %s, left by a writer that was killed", twin)
-        _remove(twin)
+        log.info("removing %s, left by a writer that was killed", found)
+        _remove(found)
 
 
 def pid_alive(pid: int) -> bool:

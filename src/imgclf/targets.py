@@ -16,7 +16,7 @@ from imgclf.errors import BadInput
 
 log = logging.getLogger(__name__)
 
-MAX_NAME = 255 - 16  # the file system's 255 bytes, less the temporary twin's `.` and `.tmp<pid>`
+MAX_NAME = 255 - 25  # the file system's 255 bytes, less the temporary twin's `.` and `.tmp<pid>@<machine>`
 
 
 def unmakeable_folder(path: str | Path) -> str | None:

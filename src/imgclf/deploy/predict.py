@@ -29,7 +29,7 @@ from imgclf.data.transforms import center_crop, tta_views
 from imgclf.deploy.model_files import ModelFiles
 from imgclf.deploy.runtimes import RUN_SECONDS, runtime_words
 from imgclf.errors import USER_ERRORS, BadInput, MissingInput, Overrun, shown
-from imgclf.files import NotARegularFile, open_regular
+from imgclf.files import NotARegularFile, open_regular, twin
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ def _check_name(path: Path, flag: str) -> None:
     """A path every part of which the file system takes: an over-long name fails only at its write, after others."""
     existing = next(p for p in path.parents if p.is_dir())
     limit = os.pathconf(existing, "PC_NAME_MAX")
-    for part in (*path.parts[1:-1], f".{path.name}.tmp{os.getpid()}"):  # atomic_path writes the twin first
+    for part in (*path.parts[1:-1], twin(path).name):  # atomic_path writes the twin first
         if len(os.fsencode(part)) > limit:
             raise BadInput(f"{flag} {shown(path)}: a file name here has at most {limit} bytes (with the temporary "
-                           "name's 12 more); give a shorter one. Nothing was written")  # fmt: skip
+                           "name's few more); give a shorter one. Nothing was written")  # fmt: skip
