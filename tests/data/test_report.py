@@ -4,7 +4,7 @@ import json
 from PIL import Image
 
 from imgclf.data.folder import ImageInfo
-from imgclf.data.report import class_counts, cross_split_duplicates, size_stats
+from imgclf.data.report import class_counts, conflicting_labels, cross_split_duplicates, size_stats
 from imgclf.stages.fetch import fetch
 from imgclf.stages.split import split
 
@@ -27,6 +27,28 @@ def test_duplicates_only_across_splits():
     assert dups == [{"digest": "same", "images": [{"split": "train", "path": "a/1"}, {"split": "val", "path": "a/3"}]}]
     infos["a/2"] = info(1, 1, digest="other")  # now a/2 (train) and b/4 (test) match too
     assert len(cross_split_duplicates(splits, infos)) == 2
+
+
+def test_one_picture_under_two_classes_is_a_conflict_in_any_split_and_only_pixels_and_size_make_a_picture(tmp_path):
+    from imgclf.data.folder import inspect_image
+
+    splits = {"train": [("a/1", "a"), ("b/1", "b"), ("a/2", "a")], "val": [("a/3", "a")], "test": []}
+    infos = {"a/1": info(1, 1, digest="same"), "b/1": info(1, 1, digest="same")}
+    infos |= {"a/2": info(1, 1, digest="twin"), "a/3": info(1, 1, digest="twin")}  # one class: a duplicate only
+    assert conflicting_labels(splits, infos) == [
+        {"digest": "same", "images": [{"split": "train", "path": "a/1", "label": "a"},
+                                      {"split": "train", "path": "b/1", "label": "b"}]}
+    ]  # fmt: skip
+    digests = set()
+    for name, size, mode in (
+        ("tall", (2, 8), "L"),
+        ("wide", (8, 2), "L"),
+        ("square", (4, 4), "L"),
+        ("rgb", (4, 4), "RGB"),
+    ):
+        Image.new(mode, size).save(tmp_path / f"{name}.png")  # all black: the same bytes of pixels, or a prefix
+        digests.add(inspect_image(tmp_path / f"{name}.png")[1].digest)
+    assert len(digests) == 4
 
 
 def test_size_stats_and_counts():
@@ -54,6 +76,7 @@ def test_split_writes_the_report_with_leakage(tmp_path, monkeypatch, compose_cfg
     assert report["image_size"]["width"] == {"min": 8, "max": 8, "mean": 8.0}
     groups = report["cross_split_duplicates"]["examples"]
     assert report["cross_split_duplicates"]["groups"] == 1 and all("/dup" in m["path"] for m in groups[0]["images"])
+    assert report["conflicting_labels"] == {"groups": 0, "examples": []}  # every copy is an a
     rows = list(csv.DictReader(open(tmp_path / "reports/split/class_counts.csv")))
     assert sum(int(r["images"]) for r in rows) == 46
     for png in ("class_counts.png", "samples.png"):

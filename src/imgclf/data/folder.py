@@ -59,7 +59,9 @@ def inspect_image(path: Path) -> tuple[str | None, ImageInfo | None]:
                 return "empty file", None
             with open_image(f) as img:  # from the file: memory follows the pixel limit, not the file's size
                 img.load()  # full decode: catches truncated files that only a header check would pass
-                digest = hashlib.sha1(img.tobytes()).hexdigest()
+                digest = hashlib.sha1(f"{img.mode} {img.width}x{img.height}\n".encode())  # 2x8 and 8x2 black differ
+                digest.update(img.tobytes())
+                digest = digest.hexdigest()
                 f.seek(0)
                 content = hashlib.file_digest(f, "sha256").hexdigest()  # the bytes, for the data version
                 return None, ImageInfo(img.width, img.height, img.mode, digest, content)

@@ -51,6 +51,20 @@ def cross_split_duplicates(splits: Mapping[str, list[tuple[str, str]]], info: Ma
     ]
 
 
+def conflicting_labels(splits: Mapping[str, list[tuple[str, str]]], info: Mapping[str, ImageInfo]) -> list[dict]:
+    """Groups of pixel-identical images filed under more than one class, in any split: one picture taught as two
+    things (a copy misfiled, or a class that is another's under a second name)."""
+    by_digest: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for split in SPLITS:
+        for path, label in splits[split]:
+            by_digest[info[path].digest].append((split, path, label))
+    return [
+        {"digest": d, "images": [{"split": s, "path": p, "label": label} for s, p, label in members]}
+        for d, members in sorted(by_digest.items())
+        if len({label for _, _, label in members}) > 1
+    ]
+
+
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 SYMBOL_MAX_SIDE = 32  # px: MNIST's 28, CIFAR's 32 are photos in colour, digits and letters in gray
 
@@ -100,7 +114,7 @@ def small_classes(splits: Mapping[str, list[tuple[str, str]]], class_names: Sequ
 
 
 def build_report(scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]], min_class_images: int = 20) -> dict:
-    dups = cross_split_duplicates(splits, scan.info)
+    dups, conflicts = cross_split_duplicates(splits, scan.info), conflicting_labels(splits, scan.info)
     return {
         "small_classes": {
             "min_class_images": min_class_images,
@@ -112,4 +126,5 @@ def build_report(scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]], 
         "image_size": size_stats(scan.info),
         "skipped": {"counts": scan.skipped_counts(), "files": [{"path": p, "reason": r} for p, r in scan.skipped]},
         "cross_split_duplicates": {"groups": len(dups), "examples": dups[:50]},
+        "conflicting_labels": {"groups": len(conflicts), "examples": conflicts[:50]},
     }

@@ -51,12 +51,14 @@ def split(cfg: DictConfig | Options) -> None:
             params.min_class_images,
             ", ".join(f"{r['class']} {r['train_images']}" for r in small[:5]) + (", ..." if len(small) > 5 else ""),
         )
-    if report["cross_split_duplicates"]["groups"]:
-        log.warning(
-            "%d groups of identical images appear in more than one split (see %s/report.json)",
-            report["cross_split_duplicates"]["groups"],
-            report_dir,
-        )
+    for key, what in (
+        ("cross_split_duplicates", "in more than one split"),
+        ("conflicting_labels", "under two classes"),
+    ):
+        if report[key]["groups"]:
+            log.warning(
+                "%d groups of identical images %s (%s/report.json: %s)", report[key]["groups"], what, report_dir, key
+            )
     with atomic_dir(paths.split(opts.data.name)) as tmp:
         digests = {path: info.sha256 for path, info in scan.info.items()}
         fix = functools.partial(apply_fixes, fixes=fixes)
