@@ -174,14 +174,32 @@ def sqlite_path(uri: str) -> str | None:
 def unknown_store(uri: str) -> str | None:
     """Why `uri` is no tracking store imgclf can use (one line naming what is valid), or None. MLflow's file store
     (`mlruns`, `file:///...`) is in maintenance mode and takes no model registry: a folder given here is refused."""
+    netloc = re.match(r"[^:]+://[^/]", uri)  # sqlite://user:pw@/m.db: SQLAlchemy's traceback
+    if store_scheme(uri) == "sqlite" and netloc:
+        return f"{hide(uri)!r} is not an SQLite URI: give sqlite:///PATH (sqlite:///mlflow.db, sqlite:////abs/m.db)"
     if store_scheme(uri) == "sqlite":
         return sqlite_file_error(uri)
     if store_scheme(uri) in STORE_SCHEMES:
-        return None
+        return _malformed(uri)
     return (
-        f"{uri!r} is not a tracking store imgclf can use: give sqlite:///PATH (a file, made if missing), "
+        f"{hide(uri)!r} is not a tracking store imgclf can use: give sqlite:///PATH (a file, made if missing), "
         "http(s)://HOST:PORT (mlflow server) or postgresql://... / mysql://... (a database)"
     )
+
+
+def _malformed(uri: str) -> str | None:
+    """Why a server's or a database's URI is no URL (a port that is no number, an IPv6 host missing its bracket:
+    tracebacks from the HTTP client or SQLAlchemy), or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (a port that is no number from 0 to 65535 raises)
+    except ValueError:  # not its words: `http://user:pw/` puts the password where the port goes
+        return f"{hide(uri)!r} is not a URL: give SCHEME://HOST:PORT/..., the port a number to 65535, [an IPv6 host]"
+    if not parts.hostname and store_scheme(uri) in ("http", "https"):
+        return f"{hide(uri)!r} names no host: give http(s)://HOST:PORT (the mlflow server)"
+    return None
 
 
 def sqlite_file_error(uri: str) -> str | None:
@@ -194,6 +212,7 @@ def sqlite_file_error(uri: str) -> str | None:
 
     rest = uri.split("://", 1)[1] if "://" in uri else ""
     path = (rest[1:] if rest.startswith("/") else rest).split("?")[0]  # sqlite:///rel.db, sqlite:////abs/m.db
+    uri = hide(uri)  # a query's ?password=..., as every message below shows it
     if not path.strip() or path == ":memory:":
         return f"{uri!r} names no database file: give sqlite:///PATH (sqlite:///mlflow.db, sqlite:////abs/mlflow.db)"
     file = Path(path).expanduser().absolute()

@@ -299,3 +299,29 @@ def test_a_uri_that_is_no_store_is_one_line_naming_the_valid_ones(tmp_path):
             assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
             assert done.stderr.startswith(f"error: {uri!r} is not a tracking store imgclf can use: give sqlite:///")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "uri, says",
+    [
+        ("ftp://bob:pw-secret-5e@x/", "'ftp://***@x/' is not a tracking store imgclf can use: give sqlite:///"),
+        ("http://bob:pw-secret-5e@host:port/", "host:port/' is not a URL: give SCHEME://HOST:PORT/"),
+        ("http://bob:pw-secret-5e/", "is not a URL: give SCHEME://HOST:PORT/"),  # no @: a port of letters
+        ("http://bob:pw-secret-5e@[::1", "[::1' is not a URL"),
+        ("postgresql://bob:pw-secret-5e@h:99999/db", "'postgresql://***@h:99999/db' is not a URL"),
+        ("sqlite://bob:pw-secret-5e@/x.db", "'sqlite://***@/x.db' is not an SQLite URI: give sqlite:///PATH"),
+    ],
+)
+def test_a_store_uri_that_is_no_url_is_one_line_without_its_password(uri, says, tmp_path):
+    """Each was a traceback (InvalidURL, ValueError, SQLAlchemy's ArgumentError), or its error line showed the
+    password."""
+    from imgclf.cli import reproduce, runs, sync
+
+    from ..conftest import console
+
+    for command, argv in ((runs, []), (sync, ["--outbox", str(tmp_path / "outbox")]), (reproduce, ["0" * 32])):
+        done = console(command, [*argv, "--uri", uri], tmp_path)
+        shown = done.stdout + done.stderr
+        assert done.returncode == 1 and shown.startswith("error: ") and says in shown, (command, shown)
+        assert shown.count("\n") == 1 and ("pw-secret-5e" not in shown or "@" not in uri), shown
+    assert list(tmp_path.iterdir()) == []
