@@ -62,6 +62,28 @@ def test_imgclf_lr_find_writes_the_plot_and_an_mlflow_run(tiny_cfg, tiny_project
     assert not (tiny_project / "models").exists()  # nothing trained for keeps
 
 
+def test_a_finder_stopped_while_writing_leaves_the_last_runs_three_files_together(tiny_cfg, tiny_project, monkeypatch):
+    """lr_find.csv, lr_find.png and suggestion.json were three writes: stopped after the first (SIGTERM, a full
+    disk), the new CSV lay beside the last run's plot and suggestion."""
+    from imgclf.training import lr_find as finder
+
+    out = tiny_project / "reports/lr_find"
+    out.mkdir(parents=True)
+    last = {"lr_find.csv": "lr,loss\n1e-07,2.3\n", "lr_find.png": "the last plot", "suggestion.json": "{}"}
+    for name, text in last.items():
+        (out / name).write_text(text)
+    found = finder.LRFind(lrs=[1e-7, 1e-6, 1e-5, 1e-4], losses=[2.3, 2.0, 1.5, 9.0], suggestion=1e-5)
+    monkeypatch.setattr("imgclf.stages.lr_find.lr_find", lambda *a, **k: found)
+
+    def stopped(*args):
+        raise KeyboardInterrupt  # what the stage's SIGTERM handler raises
+
+    monkeypatch.setattr("imgclf.stages.lr_find.plot_lr_find", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        find_lr(tiny_cfg())
+    assert {p.name: p.read_text() for p in out.iterdir()} == last
+
+
 def test_the_plot_leaves_out_the_exploding_tail_as_fast_ai_does(tmp_path):
     from imgclf.plots import lr_find_view, plot_lr_find
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from imgclf import tracking
 from imgclf.devices import resolve_device
-from imgclf.files import atomic_path, write_json
+from imgclf.files import atomic_files, write_json
 from imgclf.models.build import set_backbone_trainable
 from imgclf.options import Options
 from imgclf.paths import Paths
@@ -35,12 +35,13 @@ def find_lr(cfg: DictConfig | Options) -> float:
         trainer = replace(trainer, frozen_backbone=True)
     result = lr_find(trainer, built.train_loader, start_lr=f.start_lr, end_lr=f.end_lr, num_batches=f.num_batches)
     out = paths.report_dir("lr_find")
-    with atomic_path(out / "lr_find.csv") as tmp, tmp.open("w", newline="") as file:
-        csv.writer(file).writerows([("lr", "loss"), *zip(result.lrs, result.losses)])
-    plot_lr_find(result.lrs, result.losses, result.suggestion, out / "lr_find.png")
     figures = {"lr_find/suggested_lr": result.suggestion, "lr_find/min_loss_lr_over_10": result.minimum_over_10}
     names, figures = list(figures), {k: v for k, v in figures.items() if math.isfinite(v)}  # null: it diverged at once
-    write_json(out / "suggestion.json", {**dict.fromkeys(names, None), **figures, "batches": len(result.lrs)})
+    with atomic_files(out) as tmp:  # the three together: a run stopped half-way left a new CSV beside the old plot
+        with (tmp / "lr_find.csv").open("w", newline="") as file:
+            csv.writer(file).writerows([("lr", "loss"), *zip(result.lrs, result.losses)])
+        plot_lr_find(result.lrs, result.losses, result.suggestion, tmp / "lr_find.png")
+        write_json(tmp / "suggestion.json", {**dict.fromkeys(names, None), **figures, "batches": len(result.lrs)})
     tags = {"imgclf.role": "lr-find", "imgclf.dataset": opts.data.name, "imgclf.model": opts.model.name}
     name = f"lr-find-{opts.model.name}-{opts.data.name}"
     tracking.use(opts.tracking.outbox, opts.tracking.outage_wait_s)
