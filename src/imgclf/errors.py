@@ -83,7 +83,7 @@ def stoppable() -> Iterator[None]:
     """SIGTERM (dvc queue kill, a scheduler) ends the work as Ctrl-C does: the run marked KILLED, its outbox
     closed, not left RUNNING; then either ends the process in one line with the shell's status for the signal
     (143, 130) instead of a traceback (IMGCLF_DEBUG=1 keeps it)."""
-    signal.signal(signal.SIGTERM, _sigterm)
+    before = signal.signal(signal.SIGTERM, _sigterm)
     try:
         yield
     except KeyboardInterrupt as exc:
@@ -92,6 +92,8 @@ def stoppable() -> Iterator[None]:
         term = str(exc) == f"signal {signal.SIGTERM}"
         print(f"stopped by {'SIGTERM' if term else 'Ctrl-C'}", file=sys.stderr)
         sys.exit(128 + (signal.SIGTERM if term else signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def yaml_error(exc: Exception) -> str:

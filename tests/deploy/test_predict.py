@@ -414,6 +414,48 @@ def test_an_option_out_of_its_range_is_one_line_and_exit_2(trained, project_env,
     assert done.returncode == 2 and f"argument {option}: '{value}' is not valid: {valid}" in done.stderr
 
 
+def test_predict_stopped_by_ctrl_c_or_sigterm_is_one_line_and_takes_back_what_it_wrote(
+    trained, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C was a traceback; SIGTERM ended predict with half the overlays and the table written, and the same
+    command then refused them as already there."""
+    import os
+    import signal
+    import sys
+
+    from imgclf import cli
+    from imgclf.deploy import predict as module
+    from imgclf.deploy.explain import Explainer
+
+    before = signal.getsignal(signal.SIGTERM)
+    images = [str(trained / f"data/tiny/images/a/00{i}.png") for i in range(3)]
+    table, cams = tmp_path / "out" / "table.csv", tmp_path / "cams"
+    drawn = Explainer.overlay
+
+    def sigterm_at_the_second(self, *args):
+        if len(list(cams.glob("*.png"))) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return drawn(self, *args)
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    for patch, said, status in (
+        ((Explainer, "overlay", sigterm_at_the_second), "stopped by SIGTERM\n", 143),
+        ((module, "write_table", ctrl_c), "stopped by Ctrl-C\n", 130),  # the overlays all written by then
+    ):
+        with monkeypatch.context() as m:
+            m.setattr(*patch)
+            models = ["--model", str(trained / "models/export"), "--explain-model", str(trained / "models/model.pt")]
+            m.setattr(sys, "argv", ["imgclf", "predict", *images, *models, "--out", str(table), "--explain", str(cams)])
+            with pytest.raises(SystemExit) as stopped:
+                cli.main()
+        err = capsys.readouterr().err
+        assert stopped.value.code == status and err == said, err
+        assert list(tmp_path.iterdir()) == []  # no overlay, no table, no folder made for them
+    assert signal.getsignal(signal.SIGTERM) is before  # predict's own handler goes with it
+
+
 def test_explain_gives_each_image_its_own_overlay_whatever_the_names(trained, project_env, tmp_path):
     """x.2.png, then two x.png: the second x.png was named x.2.cam.png too, and its overlay replaced the first's."""
     source = (trained / "data/tiny/images/a/000.png").read_bytes()

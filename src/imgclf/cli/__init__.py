@@ -62,8 +62,9 @@ def main() -> None:
         sys.exit(2)
     if command != "serve":  # a command that ends: no walk of the whole heap at its exit (stages._app.settle_imports)
         atexit.register(gc.freeze)
-    if command == "predict":
-        sys.exit(predict(sys.argv[2:]))
+    if command == "predict":  # Ctrl-C and SIGTERM: one line, and what it wrote taken back
+        with stoppable():
+            sys.exit(predict(sys.argv[2:]))
     if command == "relabel":
         from imgclf.data.relabel import command as relabel
 

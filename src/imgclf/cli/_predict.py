@@ -80,7 +80,7 @@ def predict(argv: list[str]) -> int:
     from imgclf.deploy.explain import Explanations
     from imgclf.deploy.inputs import collect_inputs
     from imgclf.deploy.model_card import older_than_training
-    from imgclf.deploy.predict import Classifier, check_outputs, write_submission, write_table
+    from imgclf.deploy.predict import Classifier, check_outputs
     from imgclf.targets import refuse_to_replace
 
     args = predict_parser().parse_args(argv)
@@ -109,18 +109,7 @@ def predict(argv: list[str]) -> int:
             else None
         )
         check_outputs([*outs, *(("--explain", t) for t in (explanations.targets if explanations else []))])
-        if args.submission:
-            print(
-                f"wrote {write_submission(preds, names, args.positive, args.clip, args.submission)} rows "
-                f"to {args.submission}"
-            )
-        elif args.out and any(p.error is None for p in preds):  # not a file of error rows only
-            write_table(preds, names, args.out)
-            print(f"wrote {len(preds)} predictions to {args.out}")
-        else:
-            _print_top(preds, names, args.top_k)
-        if explanations:
-            print(f"wrote {len(explanations.write())} Grad-CAM overlays to {args.explain}")
+        _write(args, preds, names, explanations)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -130,6 +119,29 @@ def predict(argv: list[str]) -> int:
     if failed:
         print(f"{len(failed)} of {len(preds)} inputs could not be classified", file=sys.stderr)
     return 1 if failed and len(failed) == len(preds) else 0
+
+
+def _write(args, preds, names: list[str], explanations) -> None:
+    """The overlays first (the slow part: stopped there, no table is written), then the table, the submission or
+    the printout; a failure or a stop in the table takes the overlays back: nothing partial is left."""
+    from imgclf.deploy.predict import write_submission, write_table
+
+    overlays = explanations.write() if explanations else []
+    try:
+        if args.submission:
+            rows = write_submission(preds, names, args.positive, args.clip, args.submission)
+            print(f"wrote {rows} rows to {args.submission}")
+        elif args.out and any(p.error is None for p in preds):  # not a file of error rows only
+            write_table(preds, names, args.out)
+            print(f"wrote {len(preds)} predictions to {args.out}")
+        else:
+            _print_top(preds, names, args.top_k)
+    except BaseException:
+        if explanations:
+            explanations.remove()
+        raise
+    if explanations:
+        print(f"wrote {len(overlays)} Grad-CAM overlays to {args.explain}")
 
 
 def _refuse_reading(args, outs: list[tuple[str, str]], inputs: list[Path]) -> None:

@@ -126,28 +126,35 @@ class Explanations:
         if taken := [t for t in self.targets if t.exists() or t.is_symlink()]:
             raise BadInput(f"--explain: {taken[0]} is already there (and {len(taken) - 1} more); nothing was written")
         self.out_dir = out_dir
+        self.written: list[Path] = []
+        self.made: list[Path] = []
 
     def write(self) -> list[Path]:
         """The overlays; a failure part-way removes those written and the folders made for them (none for none)."""
         from PIL import Image
 
         from imgclf.files import atomic_path
-        from imgclf.targets import remove_empty
 
         if not self.done:  # nothing was classified: no empty folder left behind
             return []
-        made = [p for p in (self.out_dir.absolute(), *self.out_dir.absolute().parents) if not p.exists()]
-        written: list[Path] = []
+        self.made = [p for p in (self.out_dir.absolute(), *self.out_dir.absolute().parents) if not p.exists()]
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for target, pred in zip(self.targets, self.done):
                 with atomic_path(target) as tmp:
                     overlay = self.explainer.overlay(Path(pred.path), int(pred.probs.argmax()))
                     Image.fromarray(overlay).save(tmp, format="PNG")
-                written.append(target)
+                self.written.append(target)
         except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
-            remove_empty(made)
+            self.remove()
             raise
         return self.targets
+
+    def remove(self) -> None:
+        """Take back what `write` wrote: the overlays and the folders made for them."""
+        from imgclf.targets import remove_empty
+
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        remove_empty(self.made)
+        self.written = []
