@@ -82,6 +82,13 @@ def test_unknown_choice_is_one_line_listing_options(monkeypatch):
         "(use +optim.momentum=... to add a new key)"
     )
     assert check_overrides(["+optim.momentum=0.8"]) is None
+    for key in ("nokey", "trainer.nokey", "model.nokey"):  # typed options take no new key: `+` was said, then refused
+        assert check_overrides([f"{key}=1"]).startswith(f"unknown key '{key}'") and "+" not in check_overrides(
+            [f"{key}=1"]
+        )
+    assert check_overrides(["augment.ops.jitter._target_=kornia.augmentation.ColorJitter"]).endswith(
+        "(use +augment.ops.jitter._target_=... to add a new key)"
+    )  # fmt: skip
     assert check_overrides(["+experiment=cifar10_vgg16"]) is None
     assert check_overrides(["+experiment=imagenet_vgg16"]) == (
         "unknown experiment 'imagenet_vgg16'; choose one of: cifar10_vgg16, dogs_vs_cats_vgg16, mnist_alexnet"

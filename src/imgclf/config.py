@@ -334,7 +334,8 @@ def _explain(message: str, overrides: list[str], root: str | Path, hydra: bool =
             valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else "no sub-keys"
             prefix = ".".join(parts[:i]) + "." if i else ""
             hint = did_you_mean(part, node.keys(), prefix) if isinstance(node, DictConfig) else ""
-            advice = "" if hint or found.group(2) or hydra else f" (use +{key}=... to add a new key)"
+            new = isinstance(node, DictConfig) and ("_target_" in node or parent == "augment.ops")  # kwargs take +
+            advice = f" (use +{key}=... to add a new key)" if new and not (hint or found.group(2) or hydra) else ""
             return f"unknown key '{key}'{hint}; {parent} has: {valid}{advice}"
         node = node[part]
     if found.group(2):  # Hydra cannot delete a key whose value is null
