@@ -34,6 +34,7 @@ _WHERE = {
     "log_config": "runs",
     "log_metrics": "runs",
     "log_text": "runs",
+    "metric_name": "runs",
     "read_run_file": "runs",
     "reopen": "runs",
     "run": "runs",

@@ -4,6 +4,7 @@ runs; the train stage's run reopened by the stages after it (run.json)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +42,13 @@ MAX_PARAMS_PER_BATCH, MAX_METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch li
 NOT_IN_A_NAME = re.compile(r"[^/\w.\- :]")
 _active: Outbox | None = None
 _active_run_id: str | None = None
+
+
+def metric_name(key: str) -> str:
+    """`key` as MLflow takes a metric's name: each character it refuses becomes _, and the name then ends in 6 hex
+    digits of the key's hash, so two classes such as `a,b` and `a;b` (or `a_b`) keep a metric each."""
+    name = NOT_IN_A_NAME.sub("_", key)
+    return name if name == key else f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
 
 
 def active_run_id() -> str | None:
@@ -291,7 +299,7 @@ def _put_batch(
     """Metrics, params and tags as outbox batches within MLflow's log_batch limits (100 params, 100 tags)."""
     if metrics:
         now = int(time.time() * 1000)
-        rows = [[NOT_IN_A_NAME.sub("_", k), float(v), now, step or 0] for k, v in metrics.items()]
+        rows = [[metric_name(k), float(v), now, step or 0] for k, v in metrics.items()]
         for i in range(0, len(rows), MAX_METRICS_PER_BATCH):
             box.put({"op": "batch", "metrics": rows[i : i + MAX_METRICS_PER_BATCH]})
     for field, values in (("params", params), ("tags", tags)):
