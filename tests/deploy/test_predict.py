@@ -313,6 +313,11 @@ def test_explain_writes_a_grad_cam_overlay_per_image_and_never_replaces_a_file(t
         assert (empty.returncode, empty.stderr) == (1, f"error: {flag} was given an empty name: give a path (or "
                                                        f"leave {flag} out)\n")  # fmt: skip
     assert not (tmp_path / "c3").exists()
+    for name in ("out.txt", "out", "out.csv.png"):  # a CSV written into a name predict reads as a list, or none
+        done = cli([str(images[0]), "--out", str(tmp_path / name)], trained, project_env)
+        assert (done.returncode, done.stderr) == (1, f"error: --out {str(tmp_path / name)!r}: give a .csv or a .json "
+                                                     "file (its suffix picks the format)\n")  # fmt: skip
+        assert not (tmp_path / name).exists()
 
 
 def test_overlays_never_go_among_what_predict_reads(trained, project_env, tmp_path):

@@ -109,6 +109,8 @@ def predict(argv: list[str]) -> int:
             else None
         )
         check_outputs([*outs, *(("--explain", t) for t in (explanations.targets if explanations else []))])
+        if args.out and Path(args.out).suffix.lower() not in (".csv", ".json"):  # a .txt is a list predict reads
+            raise BadInput(f"--out {args.out!r}: give a .csv or a .json file (its suffix picks the format)")
         _write(args, preds, names, explanations)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
