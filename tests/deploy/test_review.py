@@ -129,7 +129,20 @@ def test_review_needs_its_folders_under_the_roots_and_is_off_unless_asked(review
     with pytest.raises(PermissionError):
         Review("tiny", [project / "data"])  # relabel/ not allowed: the page could not write its fixes
     plain = TestClient(create_app(serve_client(trained_project, tmp_path / "c2", [project / "data"]).service))
-    assert plain.get("/api/review").status_code == 404
+    assert plain.get("/api/review").status_code == 404 and plain.head("/api/review").status_code == 404
+
+
+def test_the_pages_question_whether_there_is_a_review_decodes_no_image(review, monkeypatch):
+    """The page asks with HEAD on every load: it was the whole listing, a slot and a thumbnail per issue (seconds
+    for a hundred large photos), its body thrown away."""
+    client, _ = review
+
+    def listing(*args):
+        raise AssertionError("the issues were listed for a HEAD")
+
+    monkeypatch.setattr(client.service.review, "listing", listing)
+    asked = client.head("/api/review")
+    assert asked.status_code == 200 and asked.content == b""
 
 
 def test_a_malformed_relabel_file_is_a_400_naming_its_line_not_a_500(review):

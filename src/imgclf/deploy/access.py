@@ -39,6 +39,8 @@ def _loopback(address: str) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+HEAD_ONLY = "imgclf.head"  # in a request's scope: a HEAD request, whose body nobody reads
+
 DRAIN_FACTOR = 10  # a refused body up to 10 x the limit is read and dropped, so a client sending it hears why
 
 
@@ -137,8 +139,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         send = _answering(send, head=scope["method"] == "HEAD")
-        if scope["method"] == "HEAD":
-            scope = {**scope, "method": "GET"}
+        if scope["method"] == "HEAD":  # answered as a GET without its body; HEAD_ONLY says so to a costly route
+            scope = {**scope, "method": "GET", HEAD_ONLY: True}
         request = Request(scope)
         refusal = self.refusal(request)
         if refusal is not None:

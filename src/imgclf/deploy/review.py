@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from imgclf.data.relabel import EXCLUDE, ISSUE_COLUMNS, data_classes, read_fixes, read_issues, write_fixes
-from imgclf.deploy.access import inside, json_body, open_inside
+from imgclf.deploy.access import HEAD_ONLY, inside, json_body, open_inside
 from imgclf.errors import BadInput, shown
 from imgclf.paths import Paths
 
@@ -102,7 +102,9 @@ def review_routes(app: FastAPI, review: Review, answer, thumbnail, slots) -> Non
     (--max-concurrent), as a classification does: memory follows the settings, not the number of clients."""
 
     @app.get("/api/review")
-    async def listing():
+    async def listing(request: Request):
+        if request.scope.get(HEAD_ONLY):  # the page asking whether there is a Review: no thumbnails decoded for it
+            return JSONResponse({})
         async with slots:
             return await run_in_threadpool(review.listing, thumbnail)
 
