@@ -334,3 +334,29 @@ def test_accept_keeps_a_fix_a_reviewer_writes_while_it_runs(tiny_project, monkey
         "kept a/000.png=c from relabel/tiny.csv (suggested: b; a/000.png=b changes it)"
     ), done.stdout
     assert read_fixes(tiny_project / "relabel/tiny.csv") == {"a/000.png": "c"}
+
+
+def test_relabel_writes_where_it_checked_and_says_what_is_wrong_with_what_it_reads(tiny_project, monkeypatch):
+    """--relabel-dir ~/x was checked as the home folder's and written to ./~/x; a link to a folder that is not there
+    was followed and its folders made; --issues naming a folder or a device said 'not found'."""
+    home = tiny_project / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    done = console(relabel, ["--data", "tiny", "--relabel-dir", "~/fixes", "a/000.png=b"], tiny_project)
+    assert done.returncode == 0 and read_fixes(home / "fixes/tiny.csv") == {"a/000.png": "b"}
+    assert not (tiny_project / "~").exists()
+
+    (tiny_project / "relabel").mkdir()
+    (tiny_project / "relabel/tiny.csv").symlink_to(tiny_project / "nowhere/x/tiny.csv")
+    done = console(relabel, ["--data", "tiny", "a/000.png=b"], tiny_project)
+    assert done.returncode == 1 and done.stderr == (
+        f"error: relabel/tiny.csv is a link to {tiny_project / 'nowhere/x/tiny.csv'}, whose folder is not there: "
+        "make it, or remove the link\n"
+    )
+    assert not (tiny_project / "nowhere").exists()
+
+    for given in ("relabel", "/dev/zero"):
+        done = console(relabel, ["--data", "tiny", "--issues", given, "--accept", "1"], tiny_project)
+        assert done.returncode == 1 and done.stderr == (
+            f"error: {given} is not a file: give the label_issues stage's CSV (--issues)\n"
+        ), done.stderr

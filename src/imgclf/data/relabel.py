@@ -103,8 +103,10 @@ def read_issues(path: Path, opener: Opener | None = None) -> list[dict[str, str]
     `opener` as for `read_fixes`."""
     from imgclf.errors import MissingInput
 
+    if path.exists() and not path.is_file():  # a folder, a pipe, a device: not the stage's CSV
+        raise BadInput(f"{shown(str(path))} is not a file: give the label_issues stage's CSV (--issues)")
     if not path.is_file():
-        raise MissingInput(f"{path} not found: run the label_issues stage first (dvc repro label_issues)")
+        raise MissingInput(f"{shown(str(path))} not found: run the label_issues stage first (dvc repro label_issues)")
     rows = _csv_rows(path, opener)
     first = next(rows, None)
     header = [c.strip() for c in first[1]] if first else []
@@ -168,7 +170,10 @@ def write_fixes(
     from imgclf.files import write_text
 
     if path.is_symlink():
-        path = path.resolve()
+        link, path = path, path.resolve()
+        if not path.parent.is_dir():  # no folder is made where a link leads
+            raise BadInput(f"{shown(str(link))} is a link to {shown(str(path))}, whose folder is not there: make it, "
+                           "or remove the link")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.parent):
         earlier = read_fixes(path)
@@ -249,7 +254,7 @@ def command(argv: list[str]) -> int:
         new, suggested = _new_fixes(args, images, indexed)
         if why := unmakeable_folder(args.relabel_dir):  # [Errno 17] File exists, from the folder's mkdir
             raise BadInput(f"--relabel-dir {shown(args.relabel_dir)} {why}: give the folder relabel files go in")
-        target = Path(args.relabel_dir) / f"{name}.csv"
+        target = Path(args.relabel_dir).expanduser() / f"{name}.csv"  # the folder checked above, ~ and all
         taken = partial(_taken, images=images, indexed=set(indexed))
         check_fixes(target, new, taken(new), classes, rows=False)
         written: dict[str, str] = {}
