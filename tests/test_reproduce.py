@@ -127,6 +127,15 @@ def test_a_run_that_is_no_training_is_named_as_such(tmp_path, capsys):
     assert said == f"error: run {other} (lr-find) is no training imgclf recorded (no train/config.yaml): give a " \
         "train run's id (imgclf runs lists them)\n"  # fmt: skip
     assert not (tmp_path / "out").exists()
+    uri = f"sqlite:///{store}"
+    for run_id, says in (
+        ("nosuchrun", "'nosuchrun' is not an MLflow run id (32 hex digits)"),  # was MLflow's 'Run ... not found'
+        ("", "'' is not an MLflow run id (32 hex digits)"),  # was 'Invalid value "" for parameter'
+        ("0" * 32, f"no run {'0' * 32} in {uri}"),
+    ):
+        assert reproduce([run_id, "--uri", uri, "--out-dir", out]) == 1
+        assert capsys.readouterr().err == f"error: {says}: `imgclf runs --uri {uri}` lists the runs there\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_refuses_when_the_cached_imagenet_weights_changed(tiny_cfg, tiny_project, monkeypatch, tmp_path, capsys):

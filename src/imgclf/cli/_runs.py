@@ -144,7 +144,7 @@ def reproduce(argv: list[str]) -> int:
                 "folder (the reproduction writes its models/, reports/ and checkpoints/ in it); nothing was written"
             )
         tracking.require_server(args.uri)
-        record = Record.load(args.uri, args.run_id)
+        record = _record(Record, args.uri, args.run_id)
         found = differences(record, Paths.from_config(record.config["paths"]))
         if found:
             raise BadInput(f"cannot reproduce run {args.run_id}: {'; '.join(found)}")
@@ -161,6 +161,22 @@ def reproduce(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0 if ok else 1
+
+
+def _record(record, uri: str, run_id: str):
+    """The run's record, or one line naming the id or the store, and where the runs are listed."""
+    from imgclf.deploy.model_card import RUN_ID
+    from imgclf.errors import shown
+
+    listed = f"`imgclf runs --uri {uri}` lists the runs there"
+    if not RUN_ID.fullmatch(run_id):
+        raise BadInput(f"{shown(run_id, 40)!r} is not an MLflow run id (32 hex digits): {listed}")
+    try:
+        return record.load(uri, run_id)
+    except USER_ERRORS as exc:
+        if f"Run with id={run_id} not found" in str(exc):  # MLflow's words
+            raise BadInput(f"no run {run_id} in {uri}: {listed}") from None
+        raise
 
 
 def sync_parser() -> argparse.ArgumentParser:
