@@ -4,7 +4,13 @@ import json
 from PIL import Image
 
 from imgclf.data.folder import ImageInfo
-from imgclf.data.report import class_counts, conflicting_labels, cross_split_duplicates, size_stats
+from imgclf.data.report import (
+    class_counts,
+    conflicting_labels,
+    cross_split_duplicates,
+    lookalike_classes,
+    size_stats,
+)
 from imgclf.stages.fetch import fetch
 from imgclf.stages.split import split
 
@@ -51,6 +57,12 @@ def test_one_picture_under_two_classes_is_a_conflict_in_any_split_and_only_pixel
     assert len(digests) == 4
 
 
+def test_class_names_that_differ_only_by_case_or_unicode_form_are_one_group():
+    names = ["Case", "case", "caf\u00e9", "cafe\u0301", "plain", "CASE"]
+    assert lookalike_classes(names) == [["Case", "case", "CASE"], ["caf\u00e9", "cafe\u0301"]]
+    assert lookalike_classes(["a", "b"]) == []
+
+
 def test_size_stats_and_counts():
     stats = size_stats({"a": info(10, 20, "L"), "b": info(30, 40), "c": info(20, 30)})
     assert stats == {
@@ -77,6 +89,7 @@ def test_split_writes_the_report_with_leakage(tmp_path, monkeypatch, compose_cfg
     groups = report["cross_split_duplicates"]["examples"]
     assert report["cross_split_duplicates"]["groups"] == 1 and all("/dup" in m["path"] for m in groups[0]["images"])
     assert report["conflicting_labels"] == {"groups": 0, "examples": []}  # every copy is an a
+    assert report["lookalike_classes"] == {"groups": 0, "examples": []}
     rows = list(csv.DictReader(open(tmp_path / "reports/split/class_counts.csv")))
     assert sum(int(r["images"]) for r in rows) == 46
     for png in ("class_counts.png", "samples.png"):

@@ -65,6 +65,17 @@ def conflicting_labels(splits: Mapping[str, list[tuple[str, str]]], info: Mappin
     ]
 
 
+def lookalike_classes(class_names: Sequence[str]) -> list[list[str]]:
+    """Class names that differ only by case or by Unicode form (é as one character or as e and an accent): one
+    folder on a file system that folds them (macOS, Windows), and two classes nobody can tell apart in a list."""
+    import unicodedata
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in class_names:
+        groups[unicodedata.normalize("NFC", name).casefold()].append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 SYMBOL_MAX_SIDE = 32  # px: MNIST's 28, CIFAR's 32 are photos in colour, digits and letters in gray
 
@@ -127,4 +138,5 @@ def build_report(scan: FolderScan, splits: Mapping[str, list[tuple[str, str]]], 
         "skipped": {"counts": scan.skipped_counts(), "files": [{"path": p, "reason": r} for p, r in scan.skipped]},
         "cross_split_duplicates": {"groups": len(dups), "examples": dups[:50]},
         "conflicting_labels": {"groups": len(conflicts), "examples": conflicts[:50]},
+        "lookalike_classes": {"groups": len(alike := lookalike_classes(scan.class_names)), "examples": alike[:50]},
     }

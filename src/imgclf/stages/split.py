@@ -52,13 +52,12 @@ def split(cfg: DictConfig | Options) -> None:
             ", ".join(f"{r['class']} {r['train_images']}" for r in small[:5]) + (", ..." if len(small) > 5 else ""),
         )
     for key, what in (
-        ("cross_split_duplicates", "in more than one split"),
-        ("conflicting_labels", "under two classes"),
+        ("cross_split_duplicates", "of identical images in more than one split"),
+        ("conflicting_labels", "of identical images under two classes"),
+        ("lookalike_classes", "of class names that differ only by case or Unicode form (one folder on macOS)"),
     ):
         if report[key]["groups"]:
-            log.warning(
-                "%d groups of identical images %s (%s/report.json: %s)", report[key]["groups"], what, report_dir, key
-            )
+            log.warning("%d groups %s (%s/report.json: %s)", report[key]["groups"], what, report_dir, key)
     with atomic_dir(paths.split(opts.data.name)) as tmp:
         digests = {path: info.sha256 for path, info in scan.info.items()}
         fix = functools.partial(apply_fixes, fixes=fixes)
