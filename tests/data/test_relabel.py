@@ -360,3 +360,13 @@ def test_relabel_writes_where_it_checked_and_says_what_is_wrong_with_what_it_rea
         assert done.returncode == 1 and done.stderr == (
             f"error: {given} is not a file: give the label_issues stage's CSV (--issues)\n"
         ), done.stderr
+
+
+def test_a_class_whose_name_holds_an_equals_sign_can_be_given(tmp_path):
+    """PATH=LABEL was split at the last `=`: plain/000.png=x=y named the image plain/000.png=x."""
+    from ..conftest import make_class_folders
+
+    images = make_class_folders(tmp_path / "data/eq/images", {"x=y": 2, "plain": 2})
+    done = console(relabel, ["--data", "eq", "--images", str(images), "plain/000.png=x=y"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert read_fixes(tmp_path / "relabel/eq.csv") == {"plain/000.png": "x=y"}

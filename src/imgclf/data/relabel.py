@@ -251,7 +251,7 @@ def command(argv: list[str]) -> int:
         if not classes:
             raise BadInput(f"no class folders under {images}: run dvc repro fetch, or give --images")
         indexed = _indexed(images.parent / SPLIT_DIR)
-        new, suggested = _new_fixes(args, images, indexed)
+        new, suggested = _new_fixes(args, images, indexed, classes)
         if why := unmakeable_folder(args.relabel_dir):  # [Errno 17] File exists, from the folder's mkdir
             raise BadInput(f"--relabel-dir {shown(args.relabel_dir)} {why}: give the folder relabel files go in")
         target = Path(args.relabel_dir).expanduser() / f"{name}.csv"  # the folder checked above, ~ and all
@@ -274,12 +274,14 @@ def command(argv: list[str]) -> int:
     return 0
 
 
-def _new_fixes(args, images: Path, indexed: Mapping[str, str]) -> tuple[dict[str, str], set[str]]:
+def _new_fixes(
+    args, images: Path, indexed: Mapping[str, str], classes: Iterable[str] = ()
+) -> tuple[dict[str, str], set[str]]:
     """The fixes asked for (PATH=LABEL arguments, then --accept's suggestions), each image named as the split's
     index names it, and those that only --accept asked for; an image given two labels is refused, as in the file.
     Suggestions made on other labels than the split's now (a fix applied since) are refused: stale, they would undo
     a fix made after them."""
-    pairs = [(*_pair(text), False) for text in args.fixes]
+    pairs = [(*_pair(text, {*classes, EXCLUDE}), False) for text in args.fixes]
     if args.accept:
         rows = read_issues(Path(args.issues))
         wanted = [r for r in rows if int(r["rank"]) in ranks(args.accept, len(rows))]
@@ -350,9 +352,12 @@ def _scanned(images: Path, image: str, *, decode: bool = True) -> bool:
     return not decode or inspect_image(images / image)[0] is None
 
 
-def _pair(text: str) -> tuple[str, str]:
-    image, sep, label = text.rpartition("=")
-    if not sep or not image or not label:
+def _pair(text: str, labels: set[str] = frozenset()) -> tuple[str, str]:
+    """PATH=LABEL split at the `=` after which a label is named, so a class may hold one (`x=y`: 3/0.png=x=y);
+    else at the last."""
+    splits = [(text[:i], text[i + 1 :]) for i, c in enumerate(text) if c == "="]
+    image, label = next(((i, lb) for i, lb in reversed(splits) if lb in labels), splits[-1] if splits else ("", ""))
+    if not splits or not image or not label:
         raise BadInput(f"'{text}' is not PATH=LABEL (e.g. 3/0045.png=8, or 3/0045.png={EXCLUDE})")
     return image, label
 
