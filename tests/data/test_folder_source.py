@@ -133,6 +133,26 @@ def test_folder_errors_are_clear(tmp_path, monkeypatch, compose_cfg):
     assert sorted(p.name for p in (tmp_path / "data/folder/images").iterdir()) == ["a", "b", "c"]
 
 
+def test_a_class_named_as_a_list_or_a_name_too_long_once_flattened_is_one_line_naming_it(
+    tmp_path, monkeypatch, compose_cfg
+):
+    """Both failed at the copy, blaming data/folder/images: `could not write ...: Is a directory` for a class folder
+    named val.txt beside data.val_path's list, `File name too long` for nested folders flattened into one name."""
+    from imgclf.targets import MAX_NAME
+
+    monkeypatch.chdir(tmp_path)
+    src = make_class_folders(tmp_path / "src", {"a": 3, "b": 3, "val.txt": 3})
+    val = make_class_folders(tmp_path / "val", {"a": 1, "b": 1})
+    with pytest.raises(ValueError, match="^data.path has a class folder named val.txt, the file fetch lists the held"):
+        fetch(compose_cfg("data=folder", f"data.path={src}", f"data.val_path={val}"))
+    deep = src / "a" / ("d" * 120) / ("e" * 120)
+    deep.mkdir(parents=True)
+    (deep / "x.png").write_bytes((src / "a" / "000.png").read_bytes())
+    with pytest.raises(ValueError, match=f"would be copied as a name of over {MAX_NAME} bytes"):
+        fetch(compose_cfg("data=folder", f"data.path={src}"))
+    assert not (tmp_path / "data").exists()
+
+
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     from imgclf.data.folder import inspect_image
 

@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from imgclf.data.images import ImageTooLarge, open_image
 from imgclf.data.parallel import parallel_map
-from imgclf.errors import BadInput, MissingInput, did_you_mean
+from imgclf.errors import BadInput, MissingInput, did_you_mean, shown
+from imgclf.targets import MAX_NAME
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +261,15 @@ def fetch_folder(
         for file, rel in class_files(src, exclude, prefix, skipped):
             if rel in plan:
                 raise BadInput(f"{plan[rel]} and {file} would both be copied to {rel}; rename one of them")
+            if len(os.fsencode(rel.rsplit("/", 1)[-1])) > MAX_NAME:  # nested folders flattened into one name
+                raise BadInput(f"{shown(str(file))} would be copied as a name of over {MAX_NAME} bytes (its folders "
+                               "flattened into it): shorten its folders' names; nothing was copied")  # fmt: skip
             plan[rel] = file
             if listing:
                 listings[listing].append(rel)
+    if taken := sorted({rel.split("/")[0] for rel in plan} & set(listings)):  # val.txt: a class, and the val list
+        raise BadInput(f"data.path has a class folder named {taken[0]}, the file fetch lists the held-out images in; "
+                       "rename the folder")  # fmt: skip
     held_out = {rel for rels in listings.values() for rel in rels}
     trained = {rel.split("/")[0] for rel in plan if rel not in held_out}
     if len(trained) < 2:  # nothing, or one class, to learn: refused here, the last fetch's images kept
