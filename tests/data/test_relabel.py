@@ -370,3 +370,14 @@ def test_a_class_whose_name_holds_an_equals_sign_can_be_given(tmp_path):
     done = console(relabel, ["--data", "eq", "--images", str(images), "plain/000.png=x=y"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert read_fixes(tmp_path / "relabel/eq.csv") == {"plain/000.png": "x=y"}
+
+
+def test_names_holding_a_newline_and_an_empty_accept_are_one_line(tiny_project):
+    (tiny_project / "issues.csv").write_text("rank,path,given_label,suggested_label\n1,a/000.png,a,b\n")
+    for argv, says in (
+        (["a/00\n3.png=b"], "error: a/00\\n3.png is not an image under"),  # the message was two lines
+        (["a/000.png=b\nc"], "error: relabel/tiny.csv: a/000.png -> 'b\\nc' is not a class; one of: a, b, c,"),
+        (["--accept", ""], "error: --accept : give ranks as 1-10, 3,7,12 or all"),  # was: nothing to fix
+    ):
+        done = console(relabel, ["--data", "tiny", "--issues", str(tiny_project / "issues.csv"), *argv], tiny_project)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and done.stderr.startswith(says), done.stderr

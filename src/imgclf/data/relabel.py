@@ -56,7 +56,9 @@ def read_fixes(path: Path, opener: Opener | None = None) -> dict[str, str]:
             raise BadInput(f"{path} line {line}: expected path,label (a class name, or {EXCLUDE} to drop the image)")
         image, label = row
         if image in fixes and fixes[image] != label:
-            raise BadInput(f"{path} line {line}: {image} is given two labels ({fixes[image]}, {label})")
+            raise BadInput(
+                f"{path} line {line}: {shown(image)} is given two labels ({shown(fixes[image])}, {shown(label)})"
+            )
         fixes[image] = label
     return fixes
 
@@ -141,9 +143,12 @@ def check_fixes(
     for image, label in fixes.items():
         if image not in known:
             removed = f"; if the image was removed, delete its row from {path}" if rows else ""
-            raise BadInput(f"{path}: {image} is not an image of this data set (paths as in split/train.csv){removed}")
+            raise BadInput(
+                f"{path}: {shown(image)} is not an image of this data set (paths as in split/train.csv){removed}"
+            )
         if label not in classes and label != EXCLUDE:
-            raise BadInput(f"{path}: {image} -> '{label}' is not a class; one of: {', '.join(classes)}, {EXCLUDE}")
+            valid = shown(", ".join(classes))
+            raise BadInput(f"{path}: {shown(image)} -> '{shown(label)}' is not a class; one of: {valid}, {EXCLUDE}")
 
 
 def apply_fixes(
@@ -269,8 +274,9 @@ def command(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for p in sorted(set(new) - set(written)):
-        print(f"kept {p}={every[p]} from {target} (suggested: {new[p]}; {p}={new[p]} changes it)")
-    print(f"wrote {len(written)} fixes to {target} ({len(every)} in all); dvc repro applies them")
+        print(f"kept {shown(p)}={shown(every[p])} from {shown(str(target))} (suggested: {shown(new[p])}; "
+              f"{shown(p)}={shown(new[p])} changes it)")  # fmt: skip
+    print(f"wrote {len(written)} fixes to {shown(str(target))} ({len(every)} in all); dvc repro applies them")
     return 0
 
 
@@ -282,7 +288,7 @@ def _new_fixes(
     Suggestions made on other labels than the split's now (a fix applied since) are refused: stale, they would undo
     a fix made after them."""
     pairs = [(*_pair(text, {*classes, EXCLUDE}), False) for text in args.fixes]
-    if args.accept:
+    if args.accept is not None:  # --accept "" is no rank: said so, not "nothing to fix"
         rows = read_issues(Path(args.issues))
         wanted = [r for r in rows if int(r["rank"]) in ranks(args.accept, len(rows))]
         if stale := [r for r in wanted if indexed.get(r["path"], r["given_label"]) != r["given_label"]]:
@@ -299,7 +305,8 @@ def _new_fixes(
     for image, label, suggested in pairs:
         indexed_path = _indexed_path(image, images)
         if new.get(indexed_path, label) != label:
-            raise BadInput(f"{indexed_path} is given two labels ({new[indexed_path]}, {label}); give it one")
+            raise BadInput(f"{shown(indexed_path)} is given two labels ({shown(new[indexed_path])}, {shown(label)}); "
+                           "give it one")  # fmt: skip
         new[indexed_path] = label
         given |= set() if suggested else {indexed_path}
     return new, set(new) - given
@@ -315,7 +322,7 @@ def _indexed_path(image: str, images: Path) -> str:
     """`image` as the split's index names it (`./a/1.png`, `a//1.png`, `b/../a/1.png`: `a/1.png`), or BadInput."""
     resolved = (images / image).resolve()
     if not resolved.is_relative_to(images.resolve()) or not resolved.is_file():
-        raise BadInput(f"{image} is not an image under {images} (paths as in split/train.csv)")
+        raise BadInput(f"{shown(image)} is not an image under {shown(str(images))} (paths as in split/train.csv)")
     return resolved.relative_to(images.resolve()).as_posix()
 
 
