@@ -10,7 +10,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
-USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s]+@", re.IGNORECASE)  # to the last @: p@ss is hidden
 HTTP_USERINFO = re.compile(r"^(?P<scheme>https?://)(?P<user>[^:/@\s]+)(?::(?P<password>[^/@\s]*))?@", re.IGNORECASE)
 URI_OVERRIDE = re.compile(r"^(?P<key>[+~]*tracking\.uri=)(?P<value>.*)$")
 PASSWORD_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@", re.IGNORECASE)  # user:password@
@@ -83,7 +83,7 @@ def secret_override(argv: Sequence[str]) -> str | None:
                         "down); give it to the database's driver: PGPASSWORD or ~/.pgpass for PostgreSQL")  # fmt: skip
             continue
         inner = [k for k in MAPPING_KEY.findall(value) if SECRET_KEY.search(k)] if "{" in value else []
-        if SECRET_KEY.search(key) or PASSWORD_URL.search(value) or inner:
+        if SECRET_KEY.search(key) or url_secret(value) or inner:
             where = ENVIRONMENT.get(key) or _variable_for(key)
             named = f"{key}.{inner[0]}" if inner and not SECRET_KEY.search(key) else key
             return (
@@ -100,6 +100,11 @@ MAPPING_KEY = re.compile(r"[{,]\s*['\"]?([A-Za-z_][\w.-]*)['\"]?\s*:")
 QUERY_SECRET = re.compile(
     r"(?P<name>[?&][^=&#\s]*(?:password|passwd|secret|token|key|signature|sig)[^=&#\s]*=)[^&#\s]+", re.IGNORECASE
 )
+
+
+def url_secret(value: str) -> bool:
+    """Whether `value` holds a URL's password (`user:pw@`) or a secret-named query value (`?password=...`)."""
+    return bool(PASSWORD_URL.search(value) or QUERY_SECRET.search(value))
 
 
 def hide(text: str) -> str:

@@ -3,6 +3,7 @@ workers share one study, a trial that falls behind is pruned. Real processes, th
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -205,7 +206,29 @@ def test_a_study_resumed_on_other_data_is_a_new_study(tiny_project):
     run(command(tiny_project, 1), tiny_project)
     studies = optuna.get_all_study_summaries(f"sqlite:///{tiny_project}/optuna.db")
     assert [s.n_trials for s in studies] == [1, 1], [(s.study_name, s.n_trials) for s in studies]
-    assert plugin.masked("postgresql://me:s3cret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+    # and after an edit to conf/ (another default, here grad_clip): it resumed the study, trials of two configs
+    conf = tiny_project / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    default = conf / "trainer" / "default.yaml"
+    default.write_text(default.read_text().replace("grad_clip: null", "grad_clip: 0.5", 1))
+    edited = command(tiny_project, 1)
+    edited[edited.index(str(ROOT / "conf"))] = str(conf)
+    run(edited, tiny_project)
+    studies = optuna.get_all_study_summaries(f"sqlite:///{tiny_project}/optuna.db")
+    assert [s.n_trials for s in studies] == [1, 1, 1], [(s.study_name, s.n_trials) for s in studies]
+
+
+def test_a_storage_url_is_shown_without_its_secrets_and_one_in_its_query_is_refused(tiny_project, capsys):
+    """The sweeper masked user:pw@ by a regex of its own: a raw @ in the password left the rest shown, and a
+    ?password= in the storage URL was taken and logged."""
+    from imgclf.credentials import hide
+
+    assert hide("postgresql://me:p@ss!s3cret@db:5432/optuna") == "postgresql://***@db:5432/optuna"
+    assert hide("sqlite:///st.db?password=s3cret") == "sqlite:///st.db?password=***"
+    storage = f"hydra.sweeper.storage='sqlite:///{tiny_project}/st.db?password=s3cret'"
+    done = stage_main("train", command(tiny_project, 1, storage)[3:], tiny_project)
+    assert done.returncode == 2 and done.stderr.startswith("error: hydra.sweeper.storage: a secret is not taken")
+    assert "s3cret" not in done.stdout + done.stderr and not (tiny_project / "st.db").exists()
 
 
 def test_a_trial_asked_by_a_worker_killed_before_its_job_started_is_failed(tmp_path):

@@ -34,6 +34,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.credentials import hide
 from imgclf.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -118,21 +119,16 @@ def study_key(space: list[str], fixed: list[str], conf: ImgclfOptunaSweeperConf,
 
 
 def trial_inputs(config) -> dict:
-    """The data version of the split the trials read (none before split has run) and the code version: what a
-    resumed training requires to be the same, asked of a resumed study too."""
+    """The data version of the split the trials read (none before split has run), the code version and the config
+    as composed before the search: what a resumed training requires to be the same, asked of a resumed study too."""
     from imgclf.data.split import data_version
     from imgclf.paths import SPLIT_DIR
     from imgclf.provenance import code_version
 
     split = Path(str(config.paths.data)) / str(config.data.name) / SPLIT_DIR  # Paths.split, without the outputs
-    return {"data": data_version(split) if split.is_dir() else None, "code": code_version()}
-
-
-def masked(url: str) -> str:
-    """A storage URL for the log: any password replaced."""
-    import re
-
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+    task = OmegaConf.to_container(config, resolve=False)  # conf/ as composed (an edit there is another study)
+    composed = json.dumps({k: v for k, v in task.items() if k != "hydra"}, sort_keys=True, default=str)
+    return {"data": data_version(split) if split.is_dir() else None, "code": code_version(), "config": composed}
 
 
 def refuse(message: str) -> NoReturn:
@@ -210,7 +206,7 @@ class ImgclfOptunaSweeper(Sweeper):
 
         url = self.conf.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{Path.cwd() / 'optuna.db'}"
         if why := foreign_sqlite(url):  # Optuna would add its tables to someone's own database
-            refuse(f"the Optuna storage {masked(url)}: {why}; it is left as it is: give a new file or a study's")
+            refuse(f"the Optuna storage {hide(url)}: {why}; it is left as it is: give a new file or a study's")
         interval = self.conf.heartbeat_s
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers wait for the lock
         for attempt in range(20):
@@ -219,7 +215,7 @@ class ImgclfOptunaSweeper(Sweeper):
                 return url, storage
             except Exception as exc:  # workers that start together race to create the schema: one wins, the rest retry
                 if "IntegrityError" not in type(exc).__name__ and "already exists" not in str(exc) or attempt == 19:
-                    refuse(f"cannot open the Optuna storage at {masked(url)} ({first_line(exc)}); give "
+                    refuse(f"cannot open the Optuna storage at {hide(url)} ({first_line(exc)}); give "
                            f"hydra.sweeper.storage or {STORAGE_ENV} a database URL (sqlite:///PATH, "
                            "postgresql+psycopg://USER@HOST/DB)")  # fmt: skip
                 time.sleep(0.25 * (attempt + 1))
@@ -260,7 +256,7 @@ class ImgclfOptunaSweeper(Sweeper):
             direction=self.conf.direction,
             load_if_exists=True,
         )
-        log.info("Optuna study %s in %s: %d trials so far", name, masked(url), len(study.trials))
+        log.info("Optuna study %s in %s: %d trials so far", name, hide(url), len(study.trials))
         return study, url, space, fixed
 
     def sweep(self, arguments: list[str]) -> Any:

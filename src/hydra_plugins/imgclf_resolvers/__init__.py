@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from omegaconf.resolvers import oc
 
-from imgclf.credentials import PASSWORD_URL, secret_interpolation
+from imgclf.credentials import secret_interpolation, url_secret
 from imgclf.errors import BadInput
 
 NO_INPUT = "conf/no_input.md"
@@ -40,7 +40,7 @@ def environment(key: str, default=oc._DEFAULT_MARKER_, *, _node_=None):
     if why := secret_interpolation(name, f"${{oc.env:{key}}}"):
         raise SecretInConfig(why)
     value = oc.env(key, default)
-    if isinstance(value, str) and PASSWORD_URL.search(value):  # DATABASE_URL=postgresql://u:pw@host/db
+    if isinstance(value, str) and url_secret(value):  # DATABASE_URL=postgresql://u:pw@host/db, or ?password=
         raise SecretInConfig(
             f"{name}: ${{oc.env:{key}}} holds a URL with a password, which would be logged and written with the "
             "config; give the password to the tool that reads it (PGPASSWORD or ~/.pgpass for PostgreSQL, "
