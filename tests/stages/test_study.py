@@ -218,6 +218,17 @@ def test_a_study_resumed_on_other_data_is_a_new_study(tiny_project):
     assert [s.n_trials for s in studies] == [1, 1, 1], [(s.study_name, s.n_trials) for s in studies]
 
 
+def test_a_study_extended_in_the_same_sweep_folder_leaves_the_finished_trials_outputs_alone(tiny_project):
+    """The jobs were numbered from 0 at every run: raising n_trials with the same hydra.sweep.dir (a worker's fixed
+    folder) replaced the first trials' models, reports and logs with the new trials'."""
+    where = f"hydra.sweep.dir={tiny_project}/multirun/w0"
+    run(command(tiny_project, 1, where), tiny_project)
+    first = (tiny_project / "multirun/w0/0/models/model.pt").read_bytes()
+    run(command(tiny_project, 2, where), tiny_project)
+    assert (tiny_project / "multirun/w0/0/models/model.pt").read_bytes() == first
+    assert (tiny_project / "multirun/w0/1/models/model.pt").is_file()
+
+
 def test_a_storage_url_is_shown_without_its_secrets_and_one_in_its_query_is_refused(tiny_project, capsys):
     """The sweeper masked user:pw@ by a regex of its own: a raw @ in the password left the rest shown, and a
     ?password= in the storage URL was taken and logged."""

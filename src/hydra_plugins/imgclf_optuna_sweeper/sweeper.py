@@ -277,13 +277,17 @@ class ImgclfOptunaSweeper(Sweeper):
             values = {key: suggest(trial, key, dist) for key, dist in space.items()}
             overrides = [*fixed, *(f"{k}={v}" for k, v in values.items())]
             overrides.append(f"++hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}")
+            # the job's folder: numbered after the trials before it, never a finished one's (a rerun with the same
+            # hydra.sweep.dir started again at 0 and replaced their models and reports)
+            self.job_idx = max(self.job_idx, trial.number)
+            while (Path(str(self.config.hydra.sweep.dir)) / str(self.job_idx)).exists():
+                self.job_idx += 1
             try:
                 with Heartbeat(study._storage, trial._trial_id, self.conf.heartbeat_s):
                     [ret] = self.launcher.launch([overrides], initial_job_idx=self.job_idx)
             except BaseException:  # interrupted here: the trial is failed now, not left RUNNING until it goes stale
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
-            self.job_idx += 1
             returns.append(ret)
             self._tell(study, trial, ret)
         self._write_results(study)
