@@ -239,6 +239,30 @@ def run_of(directory: str | Path, key: str = "run_id") -> str | None:
     return value if isinstance(value, str) else None
 
 
+def export_behind(folder: str | Path, home: str | Path) -> str | None:
+    """A line when the model in `folder` (models/export, models/optimised) was made from another checkpoint than
+    `home`'s model.pt: another run's, by run.json's run ids (trained since, not exported again), or the same run's
+    trained further since (a resumed run), by the sha256 export recorded; None when they agree or nothing says."""
+    import hashlib
+
+    folder, home = Path(folder), Path(home)
+    made, trained, exported = run_of(folder), run_of(home), run_of(folder, "checkpoint_sha256")
+    if not made or not trained:
+        return None
+    if made != trained:
+        return f"{folder} holds run {made}'s model, {home / 'model.pt'} run {trained}'s"
+    try:
+        checkpoint, since = (home / "model.pt").stat(), (folder / RUN_FILE).stat().st_mtime_ns
+    except OSError:
+        return None
+    if not exported or max(checkpoint.st_mtime_ns, checkpoint.st_ctime_ns) <= since:  # hashed only when newer
+        return None
+    with open(home / "model.pt", "rb") as f:
+        if hashlib.file_digest(f, "sha256").hexdigest() == exported:
+            return None
+    return f"{folder} was exported from run {made}'s model.pt before {home / 'model.pt'} was trained further"
+
+
 def _read_spec_file(file: Path) -> str:
     """A spec file's text, read no further than MAX_SPEC_BYTES: memory follows the limit, not the file."""
     with open(file, "rb") as f:

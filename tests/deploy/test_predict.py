@@ -577,6 +577,16 @@ def test_an_export_older_than_the_trained_model_is_said_by_predict_and_on_serves
     assert done.returncode == 0 and done.stderr.startswith(f"warning: {said}"), done.stderr
     card = serve_client(project, tmp_path / "cache", [project]).get("/api/model").json()
     assert card["note"].startswith(f"{project / 'models/export'} holds run {exported}'s model"), card
+    # the same run trained further (trainer.resume keeps the run): the checkpoint's sha256 tells them apart
+    import torch
+
+    record.write_text(json.dumps({**json.loads(record.read_text()), "run_id": exported}))
+    checkpoint = torch.load(project / "models/model.pt", weights_only=False)
+    checkpoint["epoch"] += 1
+    torch.save(checkpoint, project / "models/model.pt")
+    done = console(predict, ["--model", "models/export", image], project)
+    said = f"warning: models/export was exported from run {exported}'s model.pt before models/model.pt was trained"
+    assert done.returncode == 0 and done.stderr.startswith(said), done.stderr
 
 
 def test_a_positive_class_not_among_many_names_them_in_a_short_line(tmp_path):

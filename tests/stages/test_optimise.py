@@ -140,6 +140,25 @@ def test_the_gate_weighs_a_drop_by_the_images_behind_it():
     assert not verdict["promoted"] and "6 test images lost, 0 gained, p=0.0156" in verdict["reason"]
 
 
+def test_an_export_of_another_checkpoint_is_refused_before_its_result_is_filed_under_this_run(project, tmp_path):
+    """optimise run by hand after train alone: the INT8 twin of the old export was logged and registered under the
+    new run's id, beside its FP32 figures, with no word said."""
+    from imgclf.errors import BadInput
+
+    copy = shutil.copytree(project, tmp_path / "copy", ignore=shutil.ignore_patterns("checkpoints"))
+    record = copy / "models/run.json"
+    exported = json.loads(record.read_text())["run_id"]
+    record.write_text(json.dumps({**json.loads(record.read_text()), "run_id": "f" * 32}))
+    before = {p: p.read_bytes() for p in copy.glob("*/optimise*/**/*") if p.is_file()}  # an earlier test's, if any
+    os.chdir(copy)
+    try:
+        with pytest.raises(BadInput, match=rf"^models/export holds run {exported}'s model, .* export it first"):
+            optimise(cfg(copy))
+    finally:
+        os.chdir(project)
+    assert {p: p.read_bytes() for p in copy.glob("*/optimise*/**/*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("method", ["tensorrt", "tensorrt_int8"])
 def test_tensorrt_without_cuda_is_one_clear_line(project, method):
     if torch.cuda.is_available():

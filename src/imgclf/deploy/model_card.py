@@ -147,16 +147,14 @@ def model_home(path: Path) -> Path:
 
 
 def older_than_training(path: Path) -> str | None:
-    """A line when the model at `path` (models/export, models/optimised, a file in one) was made from another run than
-    the models/model.pt beside it, by run.json's run ids: trained since and not exported again (`dvc repro train`
-    alone), so what is served is not what was just trained and evaluated."""
-    from imgclf.contract import run_of
+    """A line when the model at `path` (models/export, models/optimised, a file in one) was made from another
+    checkpoint than the models/model.pt beside it (contract.export_behind): trained since and not exported again
+    (`dvc repro train` alone), so what is served is not what was just trained and evaluated."""
+    from imgclf.contract import export_behind
 
     folder, home = (path if path.is_dir() else path.parent), model_home(path)
-    made, trained = (run_of(folder), run_of(home)) if home != folder else (None, None)
-    if not made or not trained or made == trained:
-        return None
-    return f"{folder} holds run {made}'s model, {home / 'model.pt'} run {trained}'s: dvc repro brings it up to date"
+    behind = export_behind(folder, home) if home != folder else None
+    return f"{behind}: dvc repro brings it up to date" if behind else None
 
 
 def model_card(model: Model, uri: str, cache: Path) -> dict[str, Any]:

@@ -15,12 +15,12 @@ import numpy as np
 from omegaconf import DictConfig
 
 from imgclf import tracking
-from imgclf.contract import ServingSpec, run_of
+from imgclf.contract import ServingSpec, export_behind, run_of
 from imgclf.data.datasets import load_split
 from imgclf.data.transforms import Preprocess
 from imgclf.deploy.quantize import build, calibration_indices, compare, gate, model_size_mb, optimised_file
 from imgclf.deploy.runtimes import probabilities
-from imgclf.errors import MissingInput
+from imgclf.errors import BadInput, MissingInput
 from imgclf.files import atomic_dir, write_json
 from imgclf.options import Options
 from imgclf.paths import Paths
@@ -36,6 +36,8 @@ def optimise(cfg: DictConfig | Options) -> dict:
     fp32 = paths.export_dir / "model.onnx"
     if not fp32.is_file():
         raise MissingInput(f"{fp32} not found; run export first (dvc repro export)")
+    if behind := export_behind(paths.export_dir, paths.models):  # its result would be filed under models/run.json's run
+        raise BadInput(f"{behind}: export it first (dvc repro export)")
     spec = ServingSpec.read(paths.export_dir)
     root, preprocess = paths.dataset(opts.data.name), Preprocess(spec.mean, spec.std)
     train = load_split(root, "train", opts.data.subset, spec)
