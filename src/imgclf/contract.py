@@ -239,6 +239,21 @@ def run_of(directory: str | Path, key: str = "run_id") -> str | None:
     return value if isinstance(value, str) else None
 
 
+def seal(directory: str | Path) -> None:
+    """run.json (written first, by ServingSpec.write) records the sha256 of each file beside it: a file edited or
+    replaced since (labels.txt reordered, preprocessing.json changed, another network's model.onnx copied over it) is
+    refused when the model is loaded, not served with wrong labels (deploy/model_files.py checks the copies)."""
+    import hashlib
+
+    directory = Path(directory)
+    record = json.loads((directory / RUN_FILE).read_text())
+    files = {}
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != RUN_FILE):
+        with open(path, "rb") as f:
+            files[path.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    (directory / RUN_FILE).write_text(json.dumps({**record, "files": files}) + "\n")
+
+
 def export_behind(folder: str | Path, home: str | Path) -> str | None:
     """A line when the model in `folder` (models/export, models/optimised) was made from another checkpoint than
     `home`'s model.pt: another run's, by run.json's run ids (trained since, not exported again), or the same run's

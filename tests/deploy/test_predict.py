@@ -270,6 +270,7 @@ def test_a_model_whose_contract_is_wrong_is_refused_in_one_line(trained, tmp_pat
 
     model = tmp_path / "model"
     shutil.copytree(trained / "models/export", model)
+    (model / "run.json").unlink()  # a model folder made by hand: no record of its files, each check below refuses it
     if isinstance(change, dict):
         spec = json.loads((model / file).read_text())
         (model / file).write_text(json.dumps({**spec, **change}))
@@ -587,6 +588,30 @@ def test_an_export_older_than_the_trained_model_is_said_by_predict_and_on_serves
     done = console(predict, ["--model", "models/export", image], project)
     said = f"warning: models/export was exported from run {exported}'s model.pt before models/model.pt was trained"
     assert done.returncode == 0 and done.stderr.startswith(said), done.stderr
+
+
+def test_a_file_of_the_export_edited_or_replaced_since_is_refused_not_served(trained_project, tmp_path):
+    """Nothing tied labels.txt, preprocessing.json or model.onnx to the export: labels.txt reordered by hand gave
+    every image another class's name, and another network copied over model.onnx was served, with exit 0."""
+    from imgclf.cli import predict
+
+    project = copy_of(trained_project, tmp_path / "project")
+    image = str(project / "data/tiny/images/a/000.png")
+    export = project / "models/export"
+    files = json.loads((export / "run.json").read_text())["files"]
+    assert sorted(files) == ["labels.txt", "model.onnx", "model.pt2", "preprocessing.json"]
+    for name, edit in (("labels.txt", "c\nb\na\n"), ("preprocessing.json", None), ("model.onnx", None)):
+        path, kept = export / name, (export / name).read_bytes()
+        path.chmod(0o644)
+        path.write_bytes(edit.encode() if edit else kept.replace(b'"mean"', b'"mean" ') if name.endswith("json")
+                         else kept + b"\0")  # fmt: skip
+        done = console(predict, ["--model", "models/export", image], project)
+        assert done.returncode == 1 and done.stderr == (
+            f"error: models/export/{name} is not the file export wrote there (its sha256 is not the one run.json "
+            "records): edited or replaced since; export again (dvc repro export)\n"
+        ), done.stderr
+        path.write_bytes(kept)
+    assert console(predict, ["--model", "models/export", image], project).returncode == 0
 
 
 def test_a_positive_class_not_among_many_names_them_in_a_short_line(tmp_path):

@@ -61,7 +61,11 @@ def test_int8_and_fp16_are_checked_kept_logged_and_served(project):
     assert json.loads((project / "reports/optimise/metrics.json").read_text()) == metrics
     kept = ["gate.json", "labels.txt", "model.onnx", "preprocessing.json", "run.json"]
     assert sorted(p.name for p in int8.iterdir()) == kept
-    assert (int8 / "run.json").read_text() == (project / "models/export/run.json").read_text()  # the export's run
+    made, exported = (json.loads((f / "run.json").read_text()) for f in (int8, project / "models/export"))
+    assert {k: made[k] for k in ("run_id", "checkpoint_sha256")} == {
+        k: exported[k] for k in ("run_id", "checkpoint_sha256")
+    }
+    assert sorted(made["files"]) == [f for f in kept if f != "run.json"]  # its own files, sealed
     assert json.loads((int8 / "gate.json").read_text())["promoted"] is True and metrics["optimise/int8_onnx/promoted"]
     import onnx
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgclf.contract import ServingSpec
+from imgclf.contract import ServingSpec, seal
 from imgclf.deploy.program import load_program, save_program
 from imgclf.files import atomic_dir
 
@@ -54,6 +54,8 @@ def export_model(
                     f" > export.atol={atol}; not writing {out_dir}"
                 )
         spec.write(tmp, run_id, checkpoint_sha256)
+        if run_id or checkpoint_sha256:
+            seal(tmp)  # each file's sha256 in run.json: one edited since is refused at its load
     return report
 
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
+from imgclf.contract import RUN_FILE
 from imgclf.errors import BadInput, DiskFull
 from imgclf.files import NotARegularFile, open_regular
 
@@ -26,6 +27,7 @@ class ModelFiles:
 
     def __init__(self, folder: Path, private: Path, roots: list[Path] | None):
         self.folder, self.private, self.roots = folder, private, roots
+        self.sealed = _sealed(folder, roots)
 
     def copy(self, path: Path, limit: int | None = None) -> Path:
         """The private copy of `path` (same name), from its open file; with `limit`, its first `limit` bytes only."""
@@ -38,12 +40,18 @@ class ModelFiles:
                                "temporary folder it is loaded from")  # fmt: skip
             try:
                 with open(target, "xb") as out:
-                    _copy(source, out, limit)
+                    digest = _copy(source, out, limit)
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                     raise
                 raise DiskFull(f"could not copy {path} into the temporary folder it is loaded from: "
                                f"{os.strerror(exc.errno)}") from None  # fmt: skip
+        if (
+            os.path.abspath(path.parent) == os.path.abspath(self.folder)
+            and self.sealed.get(path.name, digest) != digest
+        ):
+            raise BadInput(f"{path} is not the file export wrote there (its sha256 is not the one {RUN_FILE} "
+                           "records): edited or replaced since; export again (dvc repro export)")  # fmt: skip
         return target
 
     def read(self, path: Path, limit: int = MAX_SMALL_BYTES) -> bytes:
@@ -80,11 +88,30 @@ def read_small(path: Path, roots: list[Path] | None, limit: int = MAX_SMALL_BYTE
     return data
 
 
-def _copy(source: BinaryIO, out: BinaryIO, limit: int | None) -> None:
-    left = limit
+def _sealed(folder: Path, roots: list[Path] | None) -> dict[str, str]:
+    """The sha256 of each file that run.json in `folder` records (contract.seal), or none: no run.json, one of an
+    export made before it recorded them, or one that is no record."""
+    import json
+
+    try:
+        files = json.loads(read_small(folder / RUN_FILE, roots)).get("files")
+    except (OSError, ValueError, AttributeError, RecursionError, BadInput):
+        return {}
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _copy(source: BinaryIO, out: BinaryIO, limit: int | None) -> str:
+    """Copy up to `limit` bytes; returns their sha256."""
+    import hashlib
+
+    left, digest = limit, hashlib.sha256()
     while left is None or left > 0:
         chunk = source.read(CHUNK if left is None else min(CHUNK, left))
         if not chunk:
-            return
+            break
         out.write(chunk)
+        digest.update(chunk)
         left = None if left is None else left - len(chunk)
+    return digest.hexdigest()

@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from imgclf import tracking
-from imgclf.contract import ServingSpec, export_behind, run_of
+from imgclf.contract import ServingSpec, export_behind, run_of, seal
 from imgclf.data.datasets import load_split
 from imgclf.data.transforms import Preprocess
 from imgclf.deploy.quantize import build, calibration_indices, compare, gate, model_size_mb, optimised_file
@@ -70,6 +70,7 @@ def optimise(cfg: DictConfig | Options) -> dict:
         )
         if verdict["promoted"]:
             spec.write(tmp, run_of(paths.export_dir), run_of(paths.export_dir, "checkpoint_sha256"))  # the export's
+            seal(tmp)
         for path in [] if verdict["promoted"] else [p for p in tmp.iterdir() if p.name != "gate.json"]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     reports = paths.report_dir("optimise")
