@@ -280,9 +280,8 @@ def test_check_says_in_one_line_what_dvc_exp_run_would_refuse(capsys, monkeypatc
         (
             ["-S", "tracking.experiment=2024"],
             1,
-            "error: tracking.experiment=2024 is not valid: a non-blank string of at most 500 characters; quoted, it is "
-            "text: "
-            "tracking.experiment='2024'",
+            "error: tracking.experiment=2024 is not valid: a non-blank name of at most 500 characters, no '/', "
+            "not only dots; quoted, it is text: tracking.experiment='2024'",
         ),
         (["-S", "optim.lr=0.001", "-S", "model=vgg16"], 0, "ok: optim.lr=0.001 model=vgg16"),
         # the queue's grid (DVC queues one experiment per combination): each is checked
@@ -549,7 +548,8 @@ def test_a_tracking_store_that_is_no_file_or_an_experiment_mlflow_refuses_is_one
         ),
         (
             [f"tracking.uri={uri}", f"tracking.experiment={'x' * 501}"],
-            f"error: tracking.experiment='{'x' * 501}' is not valid: a non-blank string of at most 500 characters",
+            f"error: tracking.experiment='{'x' * 501}' is not valid: a non-blank name of at most 500 characters, "
+            "no '/', not only dots",
         ),
     ]
     import sqlite3

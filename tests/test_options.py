@@ -90,8 +90,8 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         (
             "tracking.experiment",
             2024,
-            "tracking.experiment=2024 is not valid: a non-blank string of at most 500 characters; quoted, it is text: "
-            "tracking.experiment='2024'",
+            "tracking.experiment=2024 is not valid: a non-blank name of at most 500 characters, no '/', not only dots; "
+            "quoted, it is text: tracking.experiment='2024'",
         ),
         # NumPy's generators take seeds below 2**32: a larger one was refused by split as a class too small
         ("data.split.seed", 2**32, "data.split.seed=4294967296 is not valid: an integer from 0 to 4294967295"),
@@ -121,6 +121,13 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("export.registered_name", "a/b", "export.registered_name='a/b' is not valid: null, or a name for MLflow's"),
         ("export.registered_name", " ", "export.registered_name=' ' is not valid: null or a non-blank string"),
         ("export.registered_name", "x:1", "export.registered_name='x:1' is not valid"),
+        ("export.registered_name", "odd name?#", "export.registered_name='odd name?#' is not valid"),  # no URI found it
+        (
+            "tracking.experiment",
+            "..",
+            "tracking.experiment='..' is not valid: a non-blank name of at most 500 characters, no '/'",
+        ),
+        ("tracking.experiment", "a/b", "tracking.experiment='a/b' is not valid"),
         ("model.image_size", 48, "model.image_size=48 is too small for alexnet: it needs at least 63 px"),
         ("trainer.amp", "yes", "trainer.amp='yes' is not valid: true or false"),
         ("optim.lr", float("nan"), "a number > 0"),
@@ -159,7 +166,7 @@ def test_a_key_a_group_lacks_is_refused_naming_the_keys_it_has(default_config):
         ("tracking.outbox", "/proc/x", "tracking.outbox='/proc/x' cannot be written: /proc takes no files"),
         ("tracking.outbox", " ", "tracking.outbox=' ' is not valid: null or a non-blank string"),
         # blank text passed as non-empty: an experiment named ' '
-        ("tracking.experiment", " ", "tracking.experiment=' ' is not valid: a non-blank string"),
+        ("tracking.experiment", " ", "tracking.experiment=' ' is not valid: a non-blank name"),
         ("tracking.run_name", "\t", "tracking.run_name='\\t' is not valid: null or a non-blank string"),
         ("tracking.outbox", "/dev/null", "tracking.outbox='/dev/null' is a file, not a folder"),
     ],

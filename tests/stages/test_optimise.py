@@ -163,6 +163,16 @@ def test_an_export_of_another_checkpoint_is_refused_before_its_result_is_filed_u
     assert {p: p.read_bytes() for p in copy.glob("*/optimise*/**/*") if p.is_file()} == before
 
 
+def test_an_export_past_its_tolerance_is_one_line_and_leaves_the_last_export_whole(project):
+    """A RuntimeError: the stage printed Hydra's "Error executing job" and a traceback."""
+    from imgclf.errors import BadInput
+
+    before = {p.name: p.read_bytes() for p in (project / "models/export").iterdir()}
+    with pytest.raises(BadInput, match=r"onnx output differs from PyTorch by .* > export.atol=1e-30; models/export is"):
+        export(cfg(project, "export.atol=1e-30"))
+    assert {p.name: p.read_bytes() for p in (project / "models/export").iterdir()} == before
+
+
 @pytest.mark.parametrize("method", ["tensorrt", "tensorrt_int8"])
 def test_tensorrt_without_cuda_is_one_clear_line(project, method):
     if torch.cuda.is_available():

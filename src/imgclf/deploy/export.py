@@ -12,6 +12,7 @@ from torch import nn
 
 from imgclf.contract import ServingSpec, seal
 from imgclf.deploy.program import load_program, save_program
+from imgclf.errors import BadInput
 from imgclf.files import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ def export_model(
         )
         for fmt in FORMATS:
             if report[f"export/{fmt}_max_abs_diff"] > atol:
-                raise RuntimeError(
+                raise BadInput(  # one line: a setting too tight for this network, or an exporter at fault
                     f"{fmt} output differs from PyTorch by {report[f'export/{fmt}_max_abs_diff']:.3g}"
-                    f" > export.atol={atol}; not writing {out_dir}"
+                    f" > export.atol={atol}; {out_dir} is left as it was: raise export.atol"
                 )
         spec.write(tmp, run_id, checkpoint_sha256)
         if run_id or checkpoint_sha256:

@@ -41,10 +41,10 @@ class Export(Group):
 
     def check(self, where: str) -> None:
         name = self.registered_name
-        if name is not None and (not name.strip() or "/" in name or ":" in name or not name.isprintable()):
-            raise BadInput(
+        if name is not None and (not name.strip() or set("/:?#%") & set(name) or not name.isprintable()):
+            raise BadInput(  # ? # %: registered, then no models:/ URI reached it (MLflow reads them as the URL's)
                 f"{where}.registered_name={name!r} is not valid: null, or a name for MLflow's model registry "
-                "(not blank, no '/' or ':')"
+                "(not blank, none of / : ? # %)"
             )
         if self.opset > 18:  # the onnx package knows the newest it reads; torch's exporter keeps 18 past it, silently
             from onnx.defs import onnx_opset_version
@@ -70,12 +70,15 @@ class Optimise(Group):
             )
 
 
+EXPERIMENT = "a non-blank name of at most 500 characters, no '/', not only dots"  # its artifacts go in mlruns/NAME
+
+
 @dataclass(frozen=True, kw_only=True)
 class Tracking(Group):
     uri: str = rule(TEXT)
-    experiment: str = rule(
-        (lambda v: TEXT[0](v) and len(v) <= 500, "a non-blank string of at most 500 characters"), "imgclf"
-    )  # MLflow's limit
+    experiment: str = rule(  # MLflow's limit; a name with / or .. puts its artifacts outside mlruns/ (. and ..)
+        (lambda v: TEXT[0](v) and len(v) <= 500 and "/" not in v and v.strip(".") != "", EXPERIMENT), "imgclf"
+    )
     run_name: str | None = rule(OPTIONAL_TEXT, None)
     outbox: str | None = rule(OPTIONAL_TEXT, None)
     outage_wait_s: float = rule(number(0), 1800)
