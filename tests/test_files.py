@@ -100,6 +100,33 @@ def test_the_temporary_files_of_writers_on_other_machines_of_a_shared_folder_are
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["pack.npy", *(p.name for p in elsewhere)])
 
 
+def test_a_stop_asked_while_a_set_of_files_takes_its_place_comes_after_the_last(tmp_path, monkeypatch):
+    """SIGTERM (a stage's handler raises KeyboardInterrupt) between two renames left new files beside old ones."""
+    import signal
+
+    for name in ("a.json", "b.json", "c.json"):
+        (tmp_path / name).write_text("old")
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    renamed = os.replace
+
+    def replace_then_term(src, dst):
+        renamed(src, dst)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    monkeypatch.setattr(os, "replace", replace_then_term)
+    try:
+        with pytest.raises(KeyboardInterrupt), atomic_files(tmp_path) as tmp:
+            for name in ("a.json", "b.json", "c.json"):
+                (tmp / name).write_text("new")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == dict.fromkeys(("a.json", "b.json", "c.json"), "new")
+
+
 def test_a_scratch_folder_is_new_and_gone_afterwards_and_the_named_folder_is_never_touched(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 from collections.abc import Callable, Iterator
@@ -175,8 +176,12 @@ def atomic_files(path: str | Path) -> Iterator[Path]:
                     f"nothing in {path} was changed"
                 )
         path.mkdir(exist_ok=True)
-        for child in written:
-            os.replace(child, path / child.name)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # all the files, or none
+        try:
+            for child in written:
+                os.replace(child, path / child.name)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop asked meanwhile comes now, after the last
         _fsync_dir(path)
     finally:
         _remove(tmp)
