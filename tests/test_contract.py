@@ -62,6 +62,7 @@ def test_more_class_names_than_a_classifier_has_are_refused_wherever_they_enter(
     torch.save({**ckpt, "class_names": names}, tmp_path / "many.pt")
     folder = tmp_path / "export"
     shutil.copytree(trained_project / "models/export", folder)
+    (folder / "run.json").unlink()  # made by hand: no record of its files, so the check under test refuses it
     (folder / "labels.txt").write_text("".join(f"{name}\n" for name in names))
     image = next((trained_project / "data/tiny/images/a").iterdir())
     client = serve_client(trained_project, tmp_path / "cache", [tmp_path])
@@ -86,6 +87,7 @@ def test_an_error_repeats_at_most_200_characters_of_a_value_from_a_file(trained_
 
     folder = tmp_path / "export"
     shutil.copytree(trained_project / "models/export", folder)
+    (folder / "run.json").unlink()  # made by hand: no record of its files, so the check under test refuses it
     spec = json.loads((folder / "preprocessing.json").read_text())
     (folder / "preprocessing.json").write_text(json.dumps({**spec, "mean": [[0.5] * 1000] * 300}))  # 1.5 MB
     ckpt = torch.load(trained_project / "models/model.pt", weights_only=True)
