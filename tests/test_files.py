@@ -110,11 +110,16 @@ def test_a_stop_asked_while_a_set_of_files_takes_its_place_comes_after_the_last(
     def stop(*args):
         raise KeyboardInterrupt
 
-    renamed = os.replace
+    import threading
+
+    renamed, idle = os.replace, threading.Event()
+    other = threading.Thread(target=idle.wait)  # the kernel gives a process's signal to any thread: here, this one
+    other.start()
 
     def replace_then_term(src, dst):
         renamed(src, dst)
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_kill(other.ident, signal.SIGTERM)
+        idle.wait(0.1)  # time for that thread to take it: the main thread runs the handler at its next step
 
     previous = signal.signal(signal.SIGTERM, stop)
     monkeypatch.setattr(os, "replace", replace_then_term)
@@ -124,6 +129,7 @@ def test_a_stop_asked_while_a_set_of_files_takes_its_place_comes_after_the_last(
                 (tmp / name).write_text("new")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        idle.set()
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == dict.fromkeys(("a.json", "b.json", "c.json"), "new")
 
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,15 +177,32 @@ def atomic_files(path: str | Path) -> Iterator[Path]:
                     f"nothing in {path} was changed"
                 )
         path.mkdir(exist_ok=True)
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # all the files, or none
-        try:
+        with _stops_held():  # all the files, or none
             for child in written:
                 os.replace(child, path / child.name)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop asked meanwhile comes now, after the last
         _fsync_dir(path)
     finally:
         _remove(tmp)
+
+
+@contextmanager
+def _stops_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM asked while the block runs are noted and delivered once it is done, to the handlers they
+    would have reached (a stage's raise KeyboardInterrupt). Blocking the signal is not enough: the kernel gives a
+    process's signal to any thread that does not block it. In the main thread only, where Python runs handlers."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or any(signal.getsignal(s) is None for s in stops):
+        yield
+        return
+    noted: list[int] = []
+    before = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in stops}
+    try:
+        yield
+    finally:
+        for stop, handler in before.items():
+            signal.signal(stop, handler)
+        for stop in noted[:1]:
+            signal.raise_signal(stop)
 
 
 def _fsync_tree(path: Path) -> None:
