@@ -6,7 +6,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 2 ? 2 : n > 8 ? 8 : n )))
 
-.PHONY: venv pipeline test test-fast docs docs-serve lint format params dvc-deps clean-runs postgres chromium slurm mlflow-server serve exps
+.PHONY: venv bytecode pipeline test test-fast docs docs-serve lint format params dvc-deps clean-runs postgres chromium slurm mlflow-server serve exps
 
 venv: $(VENV)/.installed
 
@@ -17,7 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-pipeline: venv
+# The package's bytecode, compiled as pip compiles an installed package's: an editable install's is not, and where
+# PYTHONDONTWRITEBYTECODE is set every process (each stage, each one a test starts) compiled it again. Only what
+# changed is compiled; __pycache__/ is ignored by git.
+bytecode: venv
+	$(PY) -m compileall -q src >/dev/null
+
+pipeline: venv bytecode
 	dvc repro
 
 # The tests' temporary folders (checkpoints of hundreds of MB, DVC repos, stores, clusters) are kept in memory when
@@ -31,7 +37,7 @@ TEST_TMPDIR = $(if $(TEST_TMP),mkdir -p $(TEST_TMP) && TMPDIR=$(TEST_TMP))
 # arranges (the longest end-to-end files one per worker), then steals. Four workers peak near 9 GB of memory.
 # The tracking-server tests need PostgreSQL, the browser test Chromium, the cluster tests SLURM: installed here when
 # missing, and required (not skipped) under make.
-test: venv postgres chromium slurm
+test: venv bytecode postgres chromium slurm
 	$(TEST_TMPDIR) IMGCLF_REQUIRE_SERVERS=1 $(PY) -m pytest -n $(WORKERS) --dist worksteal
 
 # the edit-test loop: everything that neither trains a project nor starts a process or server (tests/conftest.py
