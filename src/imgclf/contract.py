@@ -243,14 +243,9 @@ def seal(directory: str | Path) -> None:
     """run.json (written first, by ServingSpec.write) records the sha256 of each file beside it: a file edited or
     replaced since (labels.txt reordered, preprocessing.json changed, another network's model.onnx copied over it) is
     refused when the model is loaded, not served with wrong labels (deploy/model_files.py checks the copies)."""
-    import hashlib
-
     directory = Path(directory)
     record = json.loads((directory / RUN_FILE).read_text())
-    files = {}
-    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != RUN_FILE):
-        with open(path, "rb") as f:
-            files[path.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    files = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != RUN_FILE}
     (directory / RUN_FILE).write_text(json.dumps({**record, "files": files}) + "\n")
 
 
@@ -258,8 +253,6 @@ def export_behind(folder: str | Path, home: str | Path) -> str | None:
     """A line when the model in `folder` (models/export, models/optimised) was made from another checkpoint than
     `home`'s model.pt: another run's, by run.json's run ids (trained since, not exported again), or the same run's
     trained further since (a resumed run), by the sha256 export recorded; None when they agree or nothing says."""
-    import hashlib
-
     folder, home = Path(folder), Path(home)
     made, trained, exported = run_of(folder), run_of(home), run_of(folder, "checkpoint_sha256")
     if not made or not trained:
@@ -272,10 +265,17 @@ def export_behind(folder: str | Path, home: str | Path) -> str | None:
         return None
     if not exported or max(checkpoint.st_mtime_ns, checkpoint.st_ctime_ns) <= since:  # hashed only when newer
         return None
-    with open(home / "model.pt", "rb") as f:
-        if hashlib.file_digest(f, "sha256").hexdigest() == exported:
-            return None
+    if _sha256(home / "model.pt") == exported:
+        return None
     return f"{folder} was exported from run {made}'s model.pt before {home / 'model.pt'} was trained further"
+
+
+def _sha256(path: Path) -> str:
+    """A file's sha256 (here, not imgclf's file_digest: this module travels into MLflow models without imgclf)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _read_spec_file(file: Path) -> str:
