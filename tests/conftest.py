@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from . import warm
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -24,6 +26,7 @@ def own_cache(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp().parent / "cache"  # one per session, shared by pytest-xdist's workers
     saved = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(cache)
+    warm.remember(os.environ)
     yield cache
     if saved is None:
         os.environ.pop("XDG_CACHE_HOME", None)
@@ -61,8 +64,9 @@ def _stale(store: Path) -> bool:
 
 @pytest.fixture
 def project_env(monkeypatch):
-    """Environment for subprocesses: the venv's tools first on PATH."""
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    """Environment for subprocesses: the venv's tools first on PATH, after tests/warm.py's `python` (the stages DVC
+    starts, `python -m imgclf.stages.*`, run in a warm interpreter)."""
+    env = dict(os.environ, PATH=os.pathsep.join([str(warm.shim()), str(BIN), os.environ.get("PATH", "")]))
     env.pop("IMGCLF_DEBUG", None)
     env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri() in an earlier in-process test exports it
     return env

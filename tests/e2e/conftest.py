@@ -14,6 +14,7 @@ from imgclf.errors import MissingInput
 from imgclf.tracking.server import Postgres, free_port, pg_bin
 
 from ..conftest import BIN, ROOT, TINY_MODEL
+from ..warm import shim
 
 STAGES = ("fetch", "split", "train", "evaluate", "label_issues", "export", "optimise")
 # the sample subset and timm's tiny test network: a smoke run of every stage in seconds (optimise's default gate:
@@ -50,7 +51,7 @@ def repo(tmp_path_factory):
 def env(repo):
     env = dict(
         os.environ,
-        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        PATH=os.pathsep.join([str(shim()), str(BIN), os.environ["PATH"]]),  # DVC's `python -m imgclf.stages.*`: warm
         GIT_AUTHOR_NAME="t",
         GIT_AUTHOR_EMAIL="t@t",
         GIT_COMMITTER_NAME="t",

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from imgclf.tracking.server import MlflowServer, free_port, pg_bin
 
 from ..conftest import ROOT, TINY_OVERRIDES
+from ..warm import python
 
 pytestmark = pytest.mark.slow
 SECRETS = {"KAGGLE_KEY": "fake-kaggle-key-7d1e", "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-pw-93ab"}
@@ -34,7 +35,7 @@ def server(postgres, tmp_path_factory):
 
 
 def stage(name, uri, *overrides):
-    args = [sys.executable, "-m", f"imgclf.stages.{name}", "--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES]
+    args = [python(), "-m", f"imgclf.stages.{name}", "--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES]
     return [*args, f"tracking.uri={uri}", *overrides]
 
 

@@ -19,13 +19,14 @@ from mlflow.tracking import MlflowClient
 from imgclf import tracking
 
 from ..conftest import BIN, ROOT, TINY_OVERRIDES, empty_mlflow_store, stage_main
+from ..warm import python
 from .test_finetune import train_cmd, wait_for
 
 
 def test_sigkill_at_random_points_never_leaves_a_checkpoint_read_as_valid(tiny_project, project_env):
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     epochs = 6  # three kills at random points, then the rest: each kill costs a process start
-    cmd = train_cmd(uri, f"trainer.epochs={epochs}")
+    cmd = train_cmd(uri, f"trainer.epochs={epochs}", warm=False)
     last = tiny_project / "checkpoints" / "last.pt"
     rng = random.Random(0)
     seen = 0
@@ -64,7 +65,7 @@ def _limit_file_size(limit):
 
 def test_disk_full_under_a_checkpoint_is_one_line_and_keeps_the_previous_one(tiny_project, project_env):
     uri = f"sqlite:///{tiny_project}/mlflow.db"
-    cmd = train_cmd(uri, "trainer.epochs=20")
+    cmd = train_cmd(uri, "trainer.epochs=20", warm=False)
     proc = subprocess.Popen(cmd, cwd=tiny_project, env=project_env, stdout=subprocess.DEVNULL, stderr=PIPE)
     last = tiny_project / "checkpoints" / "last.pt"
     wait_for(last, proc)
@@ -166,7 +167,11 @@ def test_runs_started_together_on_a_new_store_all_finish(tiny_project, project_e
 def test_a_run_killed_before_its_first_checkpoint_is_marked_killed_at_the_next_start(tiny_project, project_env):
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     proc = subprocess.Popen(
-        train_cmd(uri, "trainer.epochs=50"), cwd=tiny_project, env=project_env, stdout=subprocess.DEVNULL, stderr=PIPE
+        train_cmd(uri, "trainer.epochs=50", warm=False),
+        cwd=tiny_project,
+        env=project_env,
+        stdout=subprocess.DEVNULL,
+        stderr=PIPE,
     )
     client, deadline = MlflowClient(tracking_uri=uri), time.time() + 300
     while True:  # killed as soon as its MLflow run exists: before the first epoch's checkpoint, as a rule
@@ -245,7 +250,7 @@ def test_export_under_a_file_size_limit_is_one_line_not_an_abort(trained_project
     before = {p.name: p.read_bytes() for p in export.iterdir()}
     done = subprocess.run(
         [
-            sys.executable, "-m", "imgclf.stages.export", "--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES,
+            python(), "-m", "imgclf.stages.export", "--config-dir", str(ROOT / "conf"), *TINY_OVERRIDES,
             f"tracking.uri=sqlite:///{project}/mlflow.db",
         ],
         cwd=project, env=project_env, capture_output=True, text=True, timeout=600,

@@ -3,7 +3,6 @@
 import shlex
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -13,6 +12,7 @@ from omegaconf import OmegaConf
 from imgclf import cli
 
 from ..conftest import ROOT, TINY_OVERRIDES, console, stage_main
+from ..warm import python
 
 
 def multirun(project, env, *overrides, sweep_dir=None, returncode=0):
@@ -21,7 +21,7 @@ def multirun(project, env, *overrides, sweep_dir=None, returncode=0):
     args = ["--config-dir", str(ROOT / "conf"), "-m", *TINY_OVERRIDES, "trainer.epochs=1", f"tracking.uri={uri}"]
     args += [f"hydra.sweep.dir={sweep_dir}", *overrides]
     if "hydra/launcher=joblib" in overrides:  # jobs in processes of their own: the sweep itself is one too
-        cmd = [sys.executable, "-m", "imgclf.stages.train", *args]
+        cmd = [python(), "-m", "imgclf.stages.train", *args]
         proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
     else:  # Hydra's basic launcher runs the jobs in the sweep's process: the stage's main, in this one
         proc = stage_main("train", args, project)

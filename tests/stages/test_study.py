@@ -20,11 +20,13 @@ from hydra_plugins.imgclf_optuna_sweeper import sweeper as plugin
 from imgclf.training import pruning
 
 from ..conftest import ROOT, TINY_OVERRIDES, stage_main
+from ..warm import python
 
 
-def command(project, n_trials, *overrides, space=("+sweep=optuna_lr_wd",)):
+def command(project, n_trials, *overrides, space=("+sweep=optuna_lr_wd",), warm=True):
+    """A sweep's command line; in the warm interpreter unless a test SIGKILLs it (tests/warm.py)."""
     return [
-        sys.executable,
+        python() if warm else sys.executable,
         "-m",
         "imgclf.stages.train",
         "--config-dir",
@@ -77,7 +79,9 @@ def running_fourth(db):
 
 
 def test_a_killed_sweep_resumes_where_it_stopped(tiny_project, project_env):
-    cmd = command(tiny_project, 6, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tiny_project}/multirun/first")
+    cmd = command(
+        tiny_project, 6, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tiny_project}/multirun/first", warm=False
+    )
     first = subprocess.Popen(cmd, cwd=tiny_project, env=project_env, start_new_session=True)
     deadline = time.time() + 300
     while True:  # SIGKILL once trial 3 has finished and trial 4 runs

@@ -1,0 +1,332 @@
+"""A warm interpreter for the stage processes the tests start: `python -m imgclf.stages.<stage> ...` forked from a
+process that has already imported torch, torchvision, timm, MLflow, scikit-learn, Hydra and the rest (about 4 s of
+CPU a stage process spends before its first line of work, the larger part of what the suite's processes cost).
+
+`shim()` starts this worker's warm process on first use and returns a folder holding a `python` program to put first
+on PATH. That program runs any command line as the real interpreter does (it execs it), except `-m imgclf.stages.*`,
+which it hands to the warm process with its arguments, working folder, environment, umask, resource limits and
+standard streams: the warm process forks, and the child runs the stage's real `__main__` through runpy, as `python -m`
+does, in a process of its own. Nothing of imgclf is imported before the fork (the code under test is read fresh); the
+warm process is used only when every variable read while those libraries were imported (PYTHON*, OMP_*, ...) is the
+same as the caller's, and otherwise the real interpreter runs the command. Signals the program receives go to the
+child, and the child's exit (its code, or the signal that ended it) is the program's. A SIGKILL of the program kills
+the child a moment later (the warm process sees its connection close): a test that SIGKILLs a stage and goes on at
+once starts the real interpreter. Fresh interpreters still run every stage: the end-to-end pipeline test's first
+`dvc exp run` (`fresh`), the tests that SIGKILL a stage, torchrun's and SLURM's processes and the sweeps' workers.
+
+Run as a script, this file is the warm process: `python tests/warm.py SOCKET`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# what a stage imports before its first line of work (the warm process imports them once)
+PRELOAD = (
+    "numpy",
+    "PIL.Image",
+    "torch",
+    "torchvision",
+    "torch._dynamo",
+    "timm",
+    "kornia.augmentation",
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "sklearn.linear_model",
+    "sklearn.metrics",
+    "sklearn.model_selection",
+    "matplotlib.pyplot",
+    "hydra",
+    "omegaconf",
+    "onnx",
+    "onnxruntime",
+    "pandas",
+)
+# variables read while those are imported: where the caller's differ, the real interpreter runs the command
+IMPORT_TIME = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "TORCH", "CUDA", "LD_", "MALLOC", "MPL", "XDG_CACHE_HOME")
+LIMITS = [name for name in dir(__import__("resource")) if name.startswith("RLIMIT_")]
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+PROGRAM = """#!{python} -IS
+import os, signal, socket, struct, sys, json, resource
+REAL, SOCKET = {python!r}, {socket!r}
+args = sys.argv[1:]
+if len(args) < 2 or args[0] != "-m" or not args[1].startswith("imgclf.stages."):
+    os.execv(REAL, [REAL, *args])
+limits = {{n: resource.getrlimit(getattr(resource, n)) for n in {limits!r}}}
+mask = os.umask(0)
+os.umask(mask)
+request = json.dumps({{"argv": args, "cwd": os.getcwd(), "env": dict(os.environ), "umask": mask, "limits": limits}})
+pending, child = [], []
+def forward(sig, frame):
+    os.kill(child[0], sig) if child else pending.append(sig)
+for sig in {signals!r}:
+    signal.signal(sig, forward)
+try:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(SOCKET)
+    socket.send_fds(conn, [b"fds"], [0, 1, 2])
+    body = request.encode()
+    conn.sendall(struct.pack("!Q", len(body)) + body)
+    reply = conn.makefile("r")
+    first = reply.readline().split()
+except OSError:
+    first = ["real"]
+if first[:1] != ["pid"]:  # no warm process, or one started in another environment
+    for sig in {signals!r}:
+        signal.signal(sig, signal.SIG_DFL)
+    os.execv(REAL, [REAL, *args])
+child.append(int(first[1]))
+for sig in pending:
+    os.kill(child[0], sig)
+while True:
+    try:
+        end = reply.readline().split()
+        break
+    except InterruptedError:
+        continue
+if end[:1] == ["signal"]:
+    for sig in {signals!r}:
+        signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), int(end[1]))
+sys.exit(int(end[1]) if end[:1] == ["exit"] else 1)
+"""
+
+_STARTED: list = []
+ADDED: dict[str, str] = {}
+SESSION: dict[str, str] = {}  # the test session's environment (tests/conftest.py own_cache), not one test's
+
+
+def remember(environment: dict) -> None:
+    """The environment the warm process starts in: the session's, whichever test first needs it."""
+    SESSION.clear()
+    SESSION.update(environment)
+
+
+def shim() -> Path:
+    """The folder of this worker's `python` program (see the module's docstring), its warm process started on first
+    use and stopped when the worker exits."""
+    if _STARTED:
+        return _STARTED[0]
+    import atexit
+
+    home = Path(tempfile.mkdtemp(prefix="imgclf-warm-"))
+    path = home / "warm.sock"
+    warm = subprocess.Popen(
+        [sys.executable, __file__, str(path)],
+        start_new_session=True,
+        env=SESSION or None,
+        stdin=subprocess.DEVNULL,
+        stdout=open(home / "warm.log", "w"),
+        stderr=subprocess.STDOUT,  # noqa: SIM115 - the process's for its life
+    )
+    atexit.register(_stop, warm, home)
+    program = home / "bin" / "python"
+    program.parent.mkdir()
+    program.write_text(
+        PROGRAM.format(python=sys.executable, socket=str(path), limits=LIMITS, signals=[int(s) for s in FORWARDED])
+    )
+    program.chmod(0o755)
+    deadline = time.monotonic() + 60
+    while not path.exists():  # bound before the imports: a caller waits for them in the listen queue
+        if warm.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the warm interpreter did not start: {(home / 'warm.log').read_text()[-2000:]}")
+        time.sleep(0.01)
+    _STARTED.append(program.parent)
+    return program.parent
+
+
+def fresh(env: dict) -> dict:
+    """`env` without shim()'s folder on PATH: DVC's stages in fresh interpreters, as a user's run starts them."""
+    return dict(env, PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != str(shim())))
+
+
+def python() -> str:
+    """The `python` program of shim(): for a test's own `python -m imgclf.stages.* ...` command line."""
+    return str(shim() / "python")
+
+
+def _stop(warm: subprocess.Popen, home: Path) -> None:
+    import shutil
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(warm.pid, signal.SIGKILL)  # the warm process and any child still running
+    warm.wait()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _import_env(env: dict) -> dict:
+    """What of `env` the imports read, less what they set themselves (a caller that imported them has it too)."""
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME) and ADDED.get(k) != v}
+
+
+def _read(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the caller went away")
+        data += chunk
+    return data
+
+
+def _run(request: dict, fds: list[int]) -> int:
+    """In the forked child: become the caller's `python -m MODULE ARGS` and run it; the exit code."""
+    import atexit
+    import resource
+    import runpy
+    import threading
+    import traceback
+    import uuid
+
+    for sig in (*FORWARDED, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.set_wakeup_fd(-1)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    for name, (soft, hard) in request["limits"].items():
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for name, value in ADDED.items():  # as the imports of a fresh interpreter set them, a session id its own
+        os.environ.setdefault(name, uuid.uuid4().hex if name.endswith("SESSION_ID") else value)
+    sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
+    sys.modules["numpy"].random.seed()  # NumPy's global generator from fresh entropy, as at a fresh import
+    sys.path[0] = request["cwd"]
+    sys.argv = ["-m", *request["argv"][2:]]
+    code = 0
+    try:
+        runpy._run_module_as_main(request["argv"][1], alter_argv=True)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        code = -signal.SIGINT
+    except BaseException:  # noqa: BLE001 - as the interpreter reports an uncaught exception
+        traceback.print_exc()
+        code = 1
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    return code
+
+
+def serve(path: str) -> None:
+    """The warm process: listen on `path`, import PRELOAD, then fork a child per request (see the docstring)."""
+    import importlib
+
+    import matplotlib
+
+    started, parent = dict(os.environ), os.getppid()  # as started: the imports set some (torch, scikit-learn)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(128)
+    matplotlib.use("Agg")
+    before = dict(os.environ)
+    for name in PRELOAD:
+        importlib.import_module(name)
+    # what the imports set (torch's inductor cache folder, MLflow's session id, ...): each child sets it again
+    ADDED.update({k: v for k, v in os.environ.items() if before.get(k) != v})
+    mine = _import_env(started)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children: dict[int, socket.socket] = {}
+    while os.getppid() == parent:
+        ready, _, _ = select.select([listener, wake_r, *children.values()], [], [], 1.0)
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+        for conn in [c for c in ready if c not in (listener, wake_r)]:
+            pid = next(p for p, c in children.items() if c is conn)
+            if not conn.recv(1):  # the caller was killed: so is its stage
+                os.kill(pid, signal.SIGKILL)
+        _reap(children)
+        if listener in ready:
+            _accept(listener, mine, children, (wake_r, wake_w))
+    os.killpg(0, signal.SIGKILL)
+
+
+def _accept(listener: socket.socket, mine: dict, children: dict, wake: tuple[int, int]) -> None:
+    conn, _ = listener.accept()
+    fds: list[int] = []
+    try:
+        _, fds, _, _ = socket.recv_fds(conn, 16, 3)
+        request = json.loads(_read(conn, struct.unpack("!Q", _read(conn, 8))[0]))
+    except (OSError, ValueError, ConnectionError):
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return
+    if _import_env(request["env"]) != mine or len(fds) != 3:
+        conn.sendall(b"real\n")
+        conn.close()
+        for fd in fds:
+            os.close(fd)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            listener.close()
+            for fd in wake:
+                os.close(fd)
+            for other in children.values():
+                other.close()
+            conn.close()
+            code = _run(request, fds)
+        finally:
+            if code < 0:
+                signal.signal(-code, signal.SIG_DFL)
+                os.kill(os.getpid(), -code)
+            os._exit(code & 0xFF)
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(f"pid {pid}\n".encode())
+    children[pid] = conn
+    print(pid, *request["argv"][:2], flush=True)  # warm.log: what ran warm
+
+
+def _reap(children: dict) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is None:
+            continue
+        end = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+        with contextlib.suppress(OSError):
+            conn.sendall(f"{end}\n".encode())
+        conn.close()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
