@@ -105,6 +105,7 @@ sys.exit(int(end[1]) if end[:1] == ["exit"] else 1)
 """
 
 _STARTED: list = []
+PROCESS: list[subprocess.Popen] = []  # the warm process, once started (benchmarks/warm_stages.py reads its CPU)
 ADDED: dict[str, str] = {}
 SESSION: dict[str, str] = {}  # the test session's environment (tests/conftest.py own_cache), not one test's
 
@@ -122,7 +123,8 @@ def shim() -> Path:
         return _STARTED[0]
     import atexit
 
-    home = Path(tempfile.mkdtemp(prefix="imgclf-warm-"))
+    # a socket's path holds at most 107 bytes: a long TMPDIR's folder would not do
+    home = Path(tempfile.mkdtemp(prefix="imgclf-warm-", dir=None if len(tempfile.gettempdir()) < 64 else "/tmp"))
     path = home / "warm.sock"
     warm = subprocess.Popen(
         [sys.executable, __file__, str(path)],
@@ -133,6 +135,7 @@ def shim() -> Path:
         stderr=subprocess.STDOUT,  # noqa: SIM115 - the process's for its life
     )
     atexit.register(_stop, warm, home)
+    PROCESS[:] = [warm]
     program = home / "bin" / "python"
     program.parent.mkdir()
     program.write_text(
