@@ -279,6 +279,9 @@ def test_a_trial_asked_by_a_worker_killed_before_its_job_started_is_failed(tmp_p
         ({"n_trials": 0}, "an integer >= 1"),
         ({"sampler": {"name": "grid"}}, "one of tpe, random"),
         ({"heartbeat_s": 0}, "an integer >= 1"),
+        ({"sampler": {"seed": -1}}, "null or an integer from 0 to 2**31 - 1"),  # NumPy's seeds: from 0 to 2**32 - 1
+        ({"sampler": {"seed": 2**31}}, "null or an integer from 0 to 2**31 - 1"),
+        ({"sampler": {"n_startup_trials": -1}}, "an integer >= 0"),
     ],
 )
 def test_a_bad_sweeper_setting_is_refused_in_one_line(setting, valid, capsys):

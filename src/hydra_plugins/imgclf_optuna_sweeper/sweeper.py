@@ -151,10 +151,8 @@ def foreign_sqlite(url: str) -> str | None:
         return None
     if not path.is_file():
         return f"{path} is not a file"
-    if path.stat().st_size == 0:
-        return None
     try:
-        tables = sqlite_tables(path)
+        tables = sqlite_tables(path) if path.stat().st_size else []  # an empty file: a new database
     except BadInput as exc:
         return str(exc)
     return None if not tables or "studies" in tables else f"{path} is an SQLite database of something else"
@@ -165,8 +163,7 @@ class Heartbeat:
 
     def __init__(self, storage, trial_id: int, interval: float) -> None:
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.stopped, self.thread = threading.Event(), threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
         while not self.stopped.is_set():
@@ -185,15 +182,18 @@ class Heartbeat:
 class ImgclfOptunaSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
         self.conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ImgclfOptunaSweeperConf), conf))
-        if self.conf.pruner not in PRUNERS:
-            refuse(f"hydra.sweeper.pruner={self.conf.pruner} is not valid: one of {', '.join(PRUNERS)}")
-        if self.conf.sampler.name not in SAMPLERS:
-            refuse(f"hydra.sweeper.sampler.name={self.conf.sampler.name} is not valid: one of {', '.join(SAMPLERS)}")
-        if self.conf.direction not in ("maximize", "minimize"):
-            refuse(f"hydra.sweeper.direction={self.conf.direction} is not valid: one of maximize, minimize")
-        for key in ("n_trials", "heartbeat_s"):
-            if getattr(self.conf, key) < 1:
-                refuse(f"hydra.sweeper.{key}={getattr(self.conf, key)} is not valid: an integer >= 1")
+        c, s = self.conf, self.conf.sampler  # a trial's seed is sampler.seed + its number: below 2**32, as NumPy's
+        for key, value, ok, valid in (
+            ("pruner", c.pruner, c.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}"),
+            ("sampler.name", s.name, s.name in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+            ("direction", c.direction, c.direction in ("maximize", "minimize"), "one of maximize, minimize"),
+            ("n_trials", c.n_trials, c.n_trials >= 1, "an integer >= 1"),
+            ("heartbeat_s", c.heartbeat_s, c.heartbeat_s >= 1, "an integer >= 1"),
+            ("sampler.seed", s.seed, s.seed is None or 0 <= s.seed < 2**31, "null or an integer from 0 to 2**31 - 1"),
+            ("sampler.n_startup_trials", s.n_startup_trials, s.n_startup_trials >= 0, "an integer >= 0"),
+        ):
+            if not ok:
+                refuse(f"hydra.sweeper.{key}={value} is not valid: {valid}")
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.job_idx = config, 0
