@@ -677,6 +677,10 @@ def test_hydra_help_shell_completion_and_sweeper_settings_are_taken_or_one_line(
     assert done.returncode == 2 and done.stderr == (
         "error: hydra.sweeper.max_batch_size=0 is not valid: null (every job at once) or an integer >= 1\n"
     )
+    done = stage_main("split", ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=1,2"], tmp_path)
+    assert done.returncode == 2 and done.stderr == (  # was joblib's ValueError, a traceback, after the folder
+        "error: hydra.launcher.n_jobs=0 is not valid: an integer >= 1, or -1 for one job per core (-2: all but one)\n"
+    )
     done = stage_main("split", ["tracking.run_name=a\\${seed}"], tmp_path)  # was a traceback, or 42 read twice
     assert done.returncode == 2 and done.stderr.startswith("error: tracking.run_name=a\\${seed}: a value cannot hold")
     done = stage_main("train", ["~trainer.grad_clip"], tmp_path)

@@ -282,11 +282,11 @@ def _check_hydra(kept: list[str], own: list[str], root: str | Path, sweep: tuple
         folders.setdefault(key, None if value is None else str(value))
     if sweep is None:
         return output_folders(folders, own, root)
-    sweeper = cfg.hydra.sweeper
+    sweeper, launcher = cfg.hydra.sweeper, cfg.hydra.launcher
     node = sweeper.get("params")
     params = {str(k): str(v) for k, v in OmegaConf.to_container(node).items()} if node is not None else {}
     return output_folders(folders, own, root, multirun=True) or sweep_error(
-        str(sweeper._target_), params, *sweep, batch=sweeper.get("max_batch_size")
+        str(sweeper._target_), params, *sweep, batch=sweeper.get("max_batch_size"), jobs=launcher.get("n_jobs")
     )
 
 

@@ -271,10 +271,13 @@ def too_many_jobs(args: list[str], parsed: list, grid: bool = True, intervals: b
     )
 
 
-def sweep_error(target: str, file_params: dict[str, str], args: list[str], parsed: list, batch=None) -> str | None:
+def sweep_error(
+    target: str, file_params: dict[str, str], args: list[str], parsed: list, batch=None, jobs=None
+) -> str | None:
     """`-m`'s whole sweep as the chosen sweeper sees it: the sweep file's params (hydra.sweeper.params, each beaten
     by the command line's value of its key) with the command line's, checked by too_many_jobs; Hydra's grid sweeper's
-    `batch` (hydra.sweeper.max_batch_size: its assertion, a traceback, after the sweep's folder is made)."""
+    `batch` (hydra.sweeper.max_batch_size: its assertion, a traceback, after the sweep's folder is made); joblib's
+    `jobs` (hydra.launcher.n_jobs: 0 is joblib's ValueError, a traceback once the sweep has begun)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     given = {ov.key_or_group for ov in parsed}
@@ -282,6 +285,8 @@ def sweep_error(target: str, file_params: dict[str, str], args: list[str], parse
     grid = target.endswith("BasicSweeper")
     if grid and batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         return f"hydra.sweeper.max_batch_size={batch} is not valid: null (every job at once) or an integer >= 1"
+    if jobs == 0:  # negative: joblib's count back from the cores (-1 each core, -2 all but one), at least 1
+        return "hydra.launcher.n_jobs=0 is not valid: an integer >= 1, or -1 for one job per core (-2: all but one)"
     return too_many_jobs([*args, *files], [*parsed, *OverridesParser.create().parse_overrides(files)], grid, True)
 
 
