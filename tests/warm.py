@@ -20,6 +20,7 @@ Run as a script, this file is the warm process: `python tests/warm.py SOCKET`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -91,12 +92,7 @@ if first[:1] != ["pid"]:  # no warm process, or one started in another environme
 child.append(int(first[1]))
 for sig in pending:
     os.kill(child[0], sig)
-while True:
-    try:
-        end = reply.readline().split()
-        break
-    except InterruptedError:
-        continue
+end = reply.readline().split()  # a forwarded signal's handler returns: the read goes on (PEP 475)
 if end[:1] == ["signal"]:
     for sig in {signals!r}:
         signal.signal(sig, signal.SIG_DFL)
@@ -104,7 +100,6 @@ if end[:1] == ["signal"]:
 sys.exit(int(end[1]) if end[:1] == ["exit"] else 1)
 """
 
-_STARTED: list = []
 PROCESS: list[subprocess.Popen] = []  # the warm process, once started (benchmarks/warm_stages.py reads its CPU)
 ADDED: dict[str, str] = {}
 SESSION: dict[str, str] = {}  # the test session's environment (tests/conftest.py own_cache), not one test's
@@ -116,11 +111,10 @@ def remember(environment: dict) -> None:
     SESSION.update(environment)
 
 
+@functools.cache
 def shim() -> Path:
     """The folder of this worker's `python` program (see the module's docstring), its warm process started on first
     use and stopped when the worker exits."""
-    if _STARTED:
-        return _STARTED[0]
     import atexit
 
     # a socket's path holds at most 107 bytes: a long TMPDIR's folder would not do
@@ -147,7 +141,6 @@ def shim() -> Path:
         if warm.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the warm interpreter did not start: {(home / 'warm.log').read_text()[-2000:]}")
         time.sleep(0.01)
-    _STARTED.append(program.parent)
     return program.parent
 
 
