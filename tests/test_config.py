@@ -593,14 +593,15 @@ def test_a_run_folder_only_the_running_app_names_is_checked_by_its_fixed_part(tm
     to it, and the folders before it are checked first. A new process: a test's own Hydra state would resolve it."""
     import shutil
     import subprocess
-    import sys
+
+    from .warm import python
 
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     (tmp_path / "notes.txt").write_text("mine\n")
     for flag in ([], ["-m", "seed=1,2"]):
         key = "hydra.sweep.dir" if flag else "hydra.run.dir"
         done = subprocess.run(
-            [sys.executable, "-m", "imgclf.stages.split", *flag, f"{key}=notes.txt/${{hydra:job.name}}"],
+            [python(), "-m", "imgclf.stages.split", *flag, f"{key}=notes.txt/${{hydra:job.name}}"],
             cwd=tmp_path,
             env=project_env,
             capture_output=True,

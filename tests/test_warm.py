@@ -2,12 +2,14 @@
 runs, it is used where the caller's environment allows, and the real interpreter runs the rest."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from .warm import python, shim
+from .warm import _running, kill, python, shim
 
 pytestmark = pytest.mark.slow
 
@@ -15,9 +17,13 @@ pytestmark = pytest.mark.slow
 def served(argv: list[str], env: dict) -> tuple[subprocess.CompletedProcess, bool]:
     """Run `argv` through the warm `python`; its result, and whether the warm process forked it."""
     log = shim().parent / "warm.log"
-    before = log.read_text()
+
+    def forks():  # warm.log's lines for a child forked ("PID -m MODULE"; "real ..." for one it declined)
+        return sum(line.split(" ", 1)[0].isdigit() for line in log.read_text().splitlines())
+
+    before = forks()
     done = subprocess.run([python(), *argv], env=env, capture_output=True, text=True, timeout=120)
-    return done, len(log.read_text().splitlines()) > len(before.splitlines())
+    return done, forks() > before
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["trainer.epochs=x"]], ids=["help", "refused"])
@@ -37,3 +43,15 @@ def test_another_environment_or_command_runs_in_the_real_interpreter(project_env
     assert other.returncode == 0 and "train" in other.stdout and not forked
     done, forked = served(["-c", "import sys; print(sys.executable)"], project_env)
     assert done.stdout.strip() == sys.executable and not forked
+
+
+def test_kill_ends_the_warm_stage_with_its_caller(project_env):
+    """A SIGKILL through kill() ends the stage itself, not a moment after: the next command finds nothing held."""
+    proc = subprocess.Popen([python(), "-m", "imgclf.stages.train", "trainer.epochs=x"], env=project_env)
+    record = shim().parent / "children" / str(proc.pid)
+    while not record.is_file():  # the child records its pid before the stage's first line
+        assert proc.poll() is None
+        time.sleep(0.001)
+    child = int(record.read_text())
+    kill(proc)
+    assert proc.returncode == -signal.SIGKILL and not _running(child)

@@ -9,10 +9,11 @@ standard streams: the warm process forks, and the child runs the stage's real `_
 does, in a process of its own. Nothing of imgclf is imported before the fork (the code under test is read fresh); the
 warm process is used only when every variable read while those libraries were imported (PYTHON*, OMP_*, ...) is the
 same as the caller's, and otherwise the real interpreter runs the command. Signals the program receives go to the
-child, and the child's exit (its code, or the signal that ended it) is the program's. A SIGKILL of the program kills
-the child a moment later (the warm process sees its connection close): a test that SIGKILLs a stage and goes on at
-once starts the real interpreter. Fresh interpreters still run every stage: the end-to-end pipeline test's first
-`dvc exp run` (`fresh`), the tests that SIGKILL a stage, torchrun's and SLURM's processes and the sweeps' workers.
+child, and the child's exit (its code, or the signal that ended it) is the program's. A SIGKILL of the program alone
+kills the child only a moment later (the warm process sees its connection close), so a test SIGKILLs a stage with
+`kill(proc)`: the child records its pid under its caller's before it runs, and both get SIGKILL at once. Fresh
+interpreters still run every stage in the end-to-end pipeline test's first `dvc exp run` (`fresh`), and torchrun's
+and SLURM's processes and the sweeps' workers.
 
 Run as a script, this file is the warm process: `python tests/warm.py SOCKET`.
 """
@@ -69,7 +70,8 @@ if len(args) < 2 or args[0] != "-m" or not args[1].startswith("imgclf.stages."):
 limits = {{n: resource.getrlimit(getattr(resource, n)) for n in {limits!r}}}
 mask = os.umask(0)
 os.umask(mask)
-request = json.dumps({{"argv": args, "cwd": os.getcwd(), "env": dict(os.environ), "umask": mask, "limits": limits}})
+request = json.dumps({{"argv": args, "cwd": os.getcwd(), "env": dict(os.environ), "umask": mask, "limits": limits,
+                      "caller": os.getpid()}})
 pending, child = [], []
 def forward(sig, frame):
     os.kill(child[0], sig) if child else pending.append(sig)
@@ -100,6 +102,8 @@ if end[:1] == ["signal"]:
 sys.exit(int(end[1]) if end[:1] == ["exit"] else 1)
 """
 
+CHILDREN = Path()  # in the warm process: the folder where each child records its pid under its caller's
+CALLERS: dict[int, int] = {}  # in the warm process: each running child's caller
 PROCESS: list[subprocess.Popen] = []  # the warm process, once started (benchmarks/warm_stages.py reads its CPU)
 ADDED: dict[str, str] = {}
 SESSION: dict[str, str] = {}  # the test session's environment (tests/conftest.py own_cache), not one test's
@@ -123,6 +127,7 @@ def shim() -> Path:
     warm = subprocess.Popen(
         [sys.executable, __file__, str(path)],
         start_new_session=True,
+        cwd=home,  # not the test's folder, which may be gone before the imports ask for it (torch's do)
         env=SESSION or None,
         stdin=subprocess.DEVNULL,
         stdout=open(home / "warm.log", "w"),
@@ -147,6 +152,29 @@ def shim() -> Path:
 def fresh(env: dict) -> dict:
     """`env` without shim()'s folder on PATH: DVC's stages in fresh interpreters, as a user's run starts them."""
     return dict(env, PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != str(shim())))
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a command a test started, as `proc.kill(); proc.wait()`, and where it runs warm its stage at the same
+    moment (the warm process would kill the stage only once it sees the caller gone); returns when both are gone."""
+    record = shim().parent / "children" / str(proc.pid)
+    child = int(record.read_text()) if record.is_file() else None
+    if child is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    proc.kill()
+    proc.wait()
+    while child is not None and _running(child):
+        time.sleep(0.001)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs: a zombie has ended (its files closed, its locks let go), only not yet reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def python() -> str:
@@ -187,6 +215,9 @@ def _run(request: dict, fds: list[int]) -> int:
     import traceback
     import uuid
 
+    record = CHILDREN / str(request["caller"])  # kill() reads it: written before the stage's first line
+    record.with_suffix(".tmp").write_text(str(os.getpid()))
+    record.with_suffix(".tmp").rename(record)
     for sig in (*FORWARDED, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -235,6 +266,9 @@ def serve(path: str) -> None:
 
     import matplotlib
 
+    global CHILDREN
+    CHILDREN = Path(path).parent / "children"
+    CHILDREN.mkdir()
     started, parent = dict(os.environ), os.getppid()  # as started: the imports set some (torch, scikit-learn)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -276,7 +310,10 @@ def _accept(listener: socket.socket, mine: dict, children: dict, wake: tuple[int
             os.close(fd)
         conn.close()
         return
-    if _import_env(request["env"]) != mine or len(fds) != 3:
+    theirs = _import_env(request["env"])
+    if theirs != mine or len(fds) != 3:
+        differ = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
+        print("real", *request["argv"][:2], "differs in", *differ, flush=True)  # warm.log: why it ran cold
         conn.sendall(b"real\n")
         conn.close()
         for fd in fds:
@@ -303,7 +340,7 @@ def _accept(listener: socket.socket, mine: dict, children: dict, wake: tuple[int
     for fd in fds:
         os.close(fd)
     conn.sendall(f"pid {pid}\n".encode())
-    children[pid] = conn
+    children[pid], CALLERS[pid] = conn, request["caller"]
     print(pid, *request["argv"][:2], flush=True)  # warm.log: what ran warm
 
 
@@ -318,6 +355,8 @@ def _reap(children: dict) -> None:
         conn = children.pop(pid, None)
         if conn is None:
             continue
+        with contextlib.suppress(FileNotFoundError):
+            (CHILDREN / str(CALLERS.pop(pid))).unlink()
         end = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
         with contextlib.suppress(OSError):
             conn.sendall(f"{end}\n".encode())

@@ -237,17 +237,16 @@ def test_a_cifar_batch_carrying_code_is_refused_before_it_runs(tmp_path):
 
 
 def test_sigkill_during_a_download_leaves_nothing_trusted_and_the_rerun_completes(http_server, tmp_path, project_env):
-    import signal
     import subprocess
-    import sys
     import time
 
     from ..conftest import ROOT
+    from ..warm import kill, python
 
     base, www, _ = http_server
     write_mnist(www)
     sums = checksums(www, [p.name for p in www.iterdir()])
-    cmd = [sys.executable, "-m", "imgclf.stages.fetch", "--config-dir", str(ROOT / "conf"), "data=mnist"]
+    cmd = [python(), "-m", "imgclf.stages.fetch", "--config-dir", str(ROOT / "conf"), "data=mnist"]
     cmd.append(f"data.checksums={sums}")
     proc = subprocess.Popen([*cmd, f"data.mirrors=[{base}/slow]"], cwd=tmp_path, env=project_env)
     downloads = tmp_path / "data/mnist/downloads"
@@ -256,8 +255,7 @@ def test_sigkill_during_a_download_leaves_nothing_trusted_and_the_rerun_complete
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)  # in the middle of the first file
-    proc.wait()
+    kill(proc)  # SIGKILL in the middle of the first file
     assert [p.name for p in downloads.iterdir() if not p.name.startswith(".")] == []  # nothing under a final name
     assert not (tmp_path / "data/mnist/images").exists()
     done = subprocess.run([*cmd, f"data.mirrors=[{base}]"], cwd=tmp_path, env=project_env, capture_output=True)

@@ -19,14 +19,14 @@ from mlflow.tracking import MlflowClient
 from imgclf import tracking
 
 from ..conftest import BIN, ROOT, TINY_OVERRIDES, empty_mlflow_store, stage_main
-from ..warm import python
+from ..warm import kill, python
 from .test_finetune import train_cmd, wait_for
 
 
 def test_sigkill_at_random_points_never_leaves_a_checkpoint_read_as_valid(tiny_project, project_env):
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     epochs = 6  # three kills at random points, then the rest: each kill costs a process start
-    cmd = train_cmd(uri, f"trainer.epochs={epochs}", warm=False)
+    cmd = train_cmd(uri, f"trainer.epochs={epochs}")
     last = tiny_project / "checkpoints" / "last.pt"
     rng = random.Random(0)
     seen = 0
@@ -40,8 +40,7 @@ def test_sigkill_at_random_points_never_leaves_a_checkpoint_read_as_valid(tiny_p
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             time.sleep(0.005)
         time.sleep(rng.uniform(0, 0.3))  # somewhere in the next epoch, or in the middle of writing its checkpoint
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill(proc)
         state = torch.load(last, weights_only=True)  # whatever the moment, last.pt is a whole checkpoint
         assert state["epoch"] >= seen
         seen = state["epoch"]
@@ -65,12 +64,11 @@ def _limit_file_size(limit):
 
 def test_disk_full_under_a_checkpoint_is_one_line_and_keeps_the_previous_one(tiny_project, project_env):
     uri = f"sqlite:///{tiny_project}/mlflow.db"
-    cmd = train_cmd(uri, "trainer.epochs=20", warm=False)
+    cmd = train_cmd(uri, "trainer.epochs=20")
     proc = subprocess.Popen(cmd, cwd=tiny_project, env=project_env, stdout=subprocess.DEVNULL, stderr=PIPE)
     last = tiny_project / "checkpoints" / "last.pt"
     wait_for(last, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill(proc)
     kept = last.read_bytes()
     epoch = torch.load(last, weights_only=True)["epoch"]
     # the next checkpoint cannot be written whole: as if the disk filled up
@@ -167,7 +165,7 @@ def test_runs_started_together_on_a_new_store_all_finish(tiny_project, project_e
 def test_a_run_killed_before_its_first_checkpoint_is_marked_killed_at_the_next_start(tiny_project, project_env):
     uri = f"sqlite:///{tiny_project}/mlflow.db"
     proc = subprocess.Popen(
-        train_cmd(uri, "trainer.epochs=50", warm=False),
+        train_cmd(uri, "trainer.epochs=50"),
         cwd=tiny_project,
         env=project_env,
         stdout=subprocess.DEVNULL,
@@ -180,8 +178,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_killed_at_the_next_s
         if experiment and client.search_runs([experiment.experiment_id]):
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill(proc)
     (killed,) = client.search_runs([experiment.experiment_id])
     assert killed.info.status == "RUNNING"  # what MLflow is left with
     with tracking.run(uri, "test") as later:  # the next start, of any run, in the same store

@@ -5,7 +5,6 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -18,7 +17,7 @@ from imgclf.training import engine
 
 from ..conftest import BIN, ROOT, TINY_DATA, TINY_OVERRIDES, stage_main
 from ..models.test_models import torchvision_cache
-from ..warm import python
+from ..warm import kill, python
 
 TIMING = ("train/epoch_time_s", "train/images_per_sec")
 
@@ -115,11 +114,10 @@ def test_nan_loss_fails_the_run_names_the_step_and_keeps_the_last_good_checkpoin
     assert run.info.status == "FAILED"
 
 
-def train_cmd(uri, *overrides, warm=True):
-    """The train stage's command line; in the warm interpreter unless a test SIGKILLs it (its warm child outlives the
-    killed caller by a moment: tests/warm.py)."""
+def train_cmd(uri, *overrides):
+    """The train stage's command line, in the warm interpreter (tests/warm.py; a test SIGKILLs it with `kill`)."""
     return [
-        python() if warm else sys.executable,
+        python(),
         "-m",
         "imgclf.stages.train",
         "--config-dir",
@@ -140,7 +138,7 @@ def wait_for(path, proc, timeout=300):
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run_in_the_same_mlflow_run(tiny_project, project_env):
     uri = f"sqlite:///{tiny_project}/mlflow.db"
-    cmd = train_cmd(uri, "trainer.epochs=4", warm=False)  # the tiny model trains an epoch in well under a second
+    cmd = train_cmd(uri, "trainer.epochs=4")  # the tiny model trains an epoch in well under a second
     done = stage_main("train", cmd[3:], tiny_project)  # uninterrupted: its main, in this process
     assert done.returncode == 0, done.stderr[-3000:]
     uninterrupted = history(tiny_project)
@@ -150,7 +148,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_in_the_same_mlflow_run(
     )
     last = tiny_project / "checkpoints" / "last.pt"
     wait_for(last, proc)
-    proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: as if the machine died
+    kill(proc)  # no handler, no cleanup: as if the machine died
     proc.communicate()
     ckpt = torch.load(last, weights_only=True)
     assert 1 <= ckpt["epoch"] < 4

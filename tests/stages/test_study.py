@@ -2,9 +2,7 @@
 workers share one study, a trial that falls behind is pruned. Real processes, the project's SQLite study file."""
 
 import contextlib
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,13 +18,13 @@ from hydra_plugins.imgclf_optuna_sweeper import sweeper as plugin
 from imgclf.training import pruning
 
 from ..conftest import ROOT, TINY_OVERRIDES, stage_main
-from ..warm import python
+from ..warm import kill, python
 
 
-def command(project, n_trials, *overrides, space=("+sweep=optuna_lr_wd",), warm=True):
-    """A sweep's command line; in the warm interpreter unless a test SIGKILLs it (tests/warm.py)."""
+def command(project, n_trials, *overrides, space=("+sweep=optuna_lr_wd",)):
+    """A sweep's command line, in the warm interpreter (tests/warm.py; a test SIGKILLs it with `kill`)."""
     return [
-        python() if warm else sys.executable,
+        python(),
         "-m",
         "imgclf.stages.train",
         "--config-dir",
@@ -79,18 +77,15 @@ def running_fourth(db):
 
 
 def test_a_killed_sweep_resumes_where_it_stopped(tiny_project, project_env):
-    cmd = command(
-        tiny_project, 6, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tiny_project}/multirun/first", warm=False
-    )
-    first = subprocess.Popen(cmd, cwd=tiny_project, env=project_env, start_new_session=True)
+    cmd = command(tiny_project, 6, "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tiny_project}/multirun/first")
+    first = subprocess.Popen(cmd, cwd=tiny_project, env=project_env)
     deadline = time.time() + 300
     while True:  # SIGKILL once trial 3 has finished and trial 4 runs
         assert first.poll() is None and time.time() < deadline, "the sweep ended before it could be killed"
         if running_fourth(tiny_project / "optuna.db"):
             break
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill(first)
     _, children = sweep_runs(tiny_project)
     before = {r.info.run_id for r in children if r.info.status == "FINISHED"}
     assert len(before) == 3
