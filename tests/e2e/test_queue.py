@@ -1,4 +1,5 @@
-"""A DVC experiment queue: a pair of queued experiments in dvc exp show and in the project's MLflow store."""
+"""A DVC experiment queue: a pair of queued experiments, run side by side by two queue workers, in dvc exp show and in
+the project's MLflow store (one SQLite file both write to)."""
 
 import json
 import time
@@ -40,14 +41,14 @@ def test_dvc_queue_runs_a_pair_shown_in_exp_show_and_mlflow(repo, env, tmp_path)
     overrides = [arg for o in data for arg in ("-S", o)]
     # up to evaluate: the metrics compared below come from train and evaluate; export is tested elsewhere
     sh(["dvc", "exp", "run", "--queue", "-S", "optim.lr=0.002,0.0002", *TINY, *overrides, "evaluate"], repo, env)
-    sh(["dvc", "queue", "start", "-j", "1"], repo, env)
+    sh(["dvc", "queue", "start", "-j", "2"], repo, env)
     deadline = time.time() + 900
     while True:
         status = sh(["dvc", "queue", "status"], repo, env)
         if not any(word in status for word in ("Queued", "Running")):
             break
         assert time.time() < deadline, status
-        time.sleep(3)
+        time.sleep(1)
     failed = [line.split()[0] for line in status.splitlines() if "Failed" in line]
     assert not failed, status + "".join(sh(["dvc", "queue", "logs", task], repo, env) for task in failed)
     shown = experiments(json.loads(sh(["dvc", "exp", "show", "--json"], repo, env)))
