@@ -314,8 +314,11 @@ class FakeKaggle:
 
 @pytest.fixture
 def fake_kaggle(tmp_path, monkeypatch):
+    import tempfile
+
+    from filelock import FileLock
+
     archive = competition_zip(tmp_path / "served.zip")
-    server = FakeKaggle(archive.read_bytes())
     for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
         monkeypatch.delenv(var, raising=False)
     config = tmp_path / "kaggle-config"
@@ -329,8 +332,10 @@ def fake_kaggle(tmp_path, monkeypatch):
     monkeypatch.setattr(KaggleApi, "args", ["--local"])
     monkeypatch.setattr(KaggleApi, "config_dir", str(config))
     monkeypatch.setattr(KaggleApi, "config", str(config / "kaggle.json"))
-    yield server
-    server.close()
+    with FileLock(f"{tempfile.gettempdir()}/imgclf-tests-port-80.lock"):  # Kaggle's local API is on port 80: one
+        server = FakeKaggle(archive.read_bytes())  # test worker at a time
+        yield server
+        server.close()
 
 
 def test_kaggle_download_with_the_real_client(fake_kaggle, tmp_path, monkeypatch, compose_cfg, caplog):
