@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from . import warm
+from . import memo, warm
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+memo.install()  # conf/ loaded by text once per test process (tests/memo.py)
 
 
 @pytest.fixture(scope="session", autouse=True)
