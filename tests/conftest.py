@@ -169,8 +169,26 @@ def empty_mlflow_store(dest: Path) -> Path:
     return dest
 
 
+_TINY: list[Path] = []  # this process's tiny project, made once (make_tiny_project copies it)
+
+
 def make_tiny_project(root: Path) -> Path:
-    """data/tiny under root: 3 classes of 20 images, already split (36/12/12), and an empty MLflow store."""
+    """data/tiny under root: 3 classes of 20 images, already split (36/12/12), and an empty MLflow store. Made once
+    per test process and copied (no file of it names the folder it is in): the same files each time, without
+    drawing, encoding and hashing the images again."""
+    if not _TINY or not _TINY[0].is_dir():
+        import atexit
+        import tempfile
+
+        _TINY[:] = [_tiny_project(Path(tempfile.mkdtemp(prefix="imgclf-tiny-")))]
+        atexit.register(shutil.rmtree, _TINY[0], ignore_errors=True)
+    # files written anew, as making them would (their times now)
+    shutil.copytree(_TINY[0] / "data", root / "data", copy_function=shutil.copyfile, dirs_exist_ok=True)
+    empty_mlflow_store(root / "mlflow.db")
+    return root
+
+
+def _tiny_project(root: Path) -> Path:
     from imgclf.data.folder import scan_image_folder
     from imgclf.data.report import build_report
     from imgclf.data.split import stratified_split, write_split
@@ -182,7 +200,6 @@ def make_tiny_project(root: Path) -> Path:
     digests = {path: info.sha256 for path, info in scan.info.items()}
     write_split(root / "data" / "tiny" / "split", splits, scan.class_names, 4, seed=0, digests=digests)
     write_json(root / "data" / "tiny" / "split" / "report.json", build_report(scan, splits))  # as split writes it
-    empty_mlflow_store(root / "mlflow.db")
     return root
 
 
