@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .warm import _running, kill, python, shim
+from .warm import _running, kill, python, record_of, shim
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def test_another_environment_or_command_runs_in_the_real_interpreter(project_env
 def test_kill_ends_the_warm_stage_with_its_caller(project_env):
     """A SIGKILL through kill() ends the stage itself, not a moment after: the next command finds nothing held."""
     proc = subprocess.Popen([python(), "-m", "imgclf.stages.train", "trainer.epochs=x"], env=project_env)
-    record = shim().parent / "children" / str(proc.pid)
+    record = record_of(proc.pid)
     while not record.is_file():  # the child records its pid before the stage's first line
         assert proc.poll() is None
         time.sleep(0.001)

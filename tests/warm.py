@@ -102,7 +102,8 @@ if end[:1] == ["signal"]:
 sys.exit(int(end[1]) if end[:1] == ["exit"] else 1)
 """
 
-CHILDREN = Path()  # in the warm process: the folder where each child records its pid under its caller's
+RECORDS = "children"  # the warm process's folder, beside its socket, where each child records its pid
+CHILDREN = Path()  # in the warm process: that folder
 CALLERS: dict[int, int] = {}  # in the warm process: each running child's caller
 PROCESS: list[subprocess.Popen] = []  # the warm process, once started (benchmarks/warm_stages.py reads its CPU)
 ADDED: dict[str, str] = {}
@@ -157,7 +158,7 @@ def fresh(env: dict) -> dict:
 def kill(proc: subprocess.Popen) -> None:
     """SIGKILL a command a test started, as `proc.kill(); proc.wait()`, and where it runs warm its stage at the same
     moment (the warm process would kill the stage only once it sees the caller gone); returns when both are gone."""
-    record = shim().parent / "children" / str(proc.pid)
+    record = record_of(proc.pid)
     child = int(record.read_text()) if record.is_file() else None
     if child is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -166,6 +167,11 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
     while child is not None and _running(child):
         time.sleep(0.001)
+
+
+def record_of(caller: int) -> Path:
+    """The file where the warm child of the program with pid `caller` records its own pid, while it runs."""
+    return shim().parent / RECORDS / str(caller)
 
 
 def _running(pid: int) -> bool:
@@ -267,7 +273,7 @@ def serve(path: str) -> None:
     import matplotlib
 
     global CHILDREN
-    CHILDREN = Path(path).parent / "children"
+    CHILDREN = Path(path).parent / RECORDS
     CHILDREN.mkdir()
     started, parent = dict(os.environ), os.getppid()  # as started: the imports set some (torch, scikit-learn)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
