@@ -17,7 +17,7 @@ from . import memo, warm
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-memo.install()  # conf/ loaded by text once per test process (tests/memo.py)
+memo.install()  # conf/'s files loaded, and compositions composed, once per test process (tests/memo.py)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,16 +1,28 @@
-"""OmegaConf.load memoised by the text it reads, in the test processes only: Hydra loads every file of conf/ (and its
-own) anew for each composition, and the suite composes thousands of times in its own processes (each stage's main
-three times: the override check, Hydra's mode, the run). A text seen before is answered with a deep copy of what
-loading it gave, far cheaper than parsing it again; a text not seen before, or one that fails to load, goes to
-OmegaConf itself, so every error the tests provoke is OmegaConf's own. The stage processes the tests start (warm or
-not) never import this."""
+"""Memos for the test processes only: Hydra composes from nothing each time, and the suite composes thousands of times
+in its own processes (each stage's main three or four times: the override check, Hydra's mode, the run). The stage
+processes the tests start (warm or not) never import this.
+
+- OmegaConf.load by the text it reads: a text seen before is answered with a deep copy of what loading it gave; a
+  text not seen before, or one that fails to load, goes to OmegaConf itself, so every YAML error is OmegaConf's own.
+- Hydra's composition (ConfigLoaderImpl.load_configuration) by its inputs: the search path, the config name, the
+  overrides, the version base and Hydra's structured configs (the packages' own files are taken as they are); and
+  by every question it asked the folders of the search path, each asked again before a composition is reused: a
+  file's text, whether a path is a file or a folder, what a folder lists. A change to any of them composes anew.
+  What Hydra takes from the process at each composition (the working folder, the variables hydra.job.env_copy
+  names, the running script's name where the config names no job) is taken again, the sweep-override check runs
+  again, and a composition that fails is never kept: each error is Hydra's own. The tests in tests/test_memo.py
+  compare what it serves with Hydra's own composition."""
 
 from __future__ import annotations
 
+import collections
 import copy
+import inspect
 import os
+import pickle
+import threading
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 _LOAD = OmegaConf.load
 _LOADED: dict[str, object] = {}  # never handed out: callers change what they get (Hydra pops `defaults`)
@@ -28,5 +40,151 @@ def _load(file_):
     return copy.deepcopy(_LOADED[text])
 
 
+KEPT = 256  # compositions kept (pickled: a few tens of kB each, nothing for the garbage collector to walk)
+_COMPOSED: collections.OrderedDict[tuple, tuple[list, bytes, bool]] = collections.OrderedDict()
+_ASKED = threading.local()  # `now`: what a composition running in this thread was told (the folders' answers)
+_SOURCE: dict[str, object] = {}  # FileConfigSource's own methods
+
+
+def _text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _answer(method: str, source, args: tuple):
+    """What FileConfigSource answers now: a file's text for load_config, else the method's own answer."""
+    if method == "load_config":
+        return _text(os.path.realpath(os.path.join(source.path, source._normalize_file_name(args[0]))))
+    try:
+        return _SOURCE[method](source, *args)
+    except OSError as exc:
+        return type(exc)
+
+
+def _asking(method: str):
+    own = _SOURCE[method]
+    signature = inspect.signature(own)
+
+    def asked(self, *args, **kwargs):
+        args = signature.bind(self, *args, **kwargs).args[1:]  # Hydra names them
+        try:
+            return own(self, *args)
+        finally:
+            now = getattr(_ASKED, "now", None)
+            if now is not None:
+                now["log"].append((method, self.provider, self.path, args, _answer(method, self, args)))
+
+    return asked
+
+
+def _same_answers(log: list) -> bool:
+    source = _file_source()
+    return all(_answer(m, source(p, path), args) == was for m, p, path, args, was in log)
+
+
+def _file_source() -> type:
+    """The class Hydra reads folders with, its questions recorded. Hydra's plugin scan executes its module again
+    (a class of the same name, unpatched): so the one registered is asked for, and patched where it is not yet."""
+    from hydra._internal.sources_registry import SourcesRegistry
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # the scan, once per process
+    source = SourcesRegistry.instance().resolve("file")
+    if source.__dict__.get("_recorded") is None:
+        for method in ("load_config", "is_group", "is_config", "list"):
+            _SOURCE[method] = source.__dict__[method]
+            setattr(source, method, _asking(method))
+        source._recorded = True
+    return source
+
+
+def _inputs(loader, config_name, overrides) -> tuple:
+    from hydra import version
+    from hydra.core.config_store import ConfigStore
+
+    def entries(node) -> int:
+        return sum(entries(v) if isinstance(v, dict) else 1 for v in node.values())
+
+    sources = tuple((s.scheme(), s.path, s.provider) for s in loader.repository.get_sources())
+    return sources, config_name, tuple(overrides), version.getbase(), entries(ConfigStore.instance().repo)
+
+
+def _composing(own):
+    """load_configuration, memoised. The run mode changes a composition only where a group's option is `???`
+    (skipped by -m, an error otherwise): a composition that skipped none serves either mode, and one that did is
+    kept for its own mode only. The job's name is Hydra's (the script's) unless the config sets one: where it was
+    asked for, it is asked for again."""
+    from hydra.core.utils import JobRuntime
+
+    def load_configuration(self, config_name, overrides, run_mode, from_shell=True, validate_sweep_overrides=True):
+        inputs = _inputs(self, config_name, overrides)
+        key = next((k for k in ((*inputs, None), (*inputs, run_mode)) if k in _COMPOSED), None)
+        if key is not None and _same_answers(_COMPOSED[key][0]):
+            _COMPOSED.move_to_end(key)
+            if validate_sweep_overrides:
+                from hydra.core.override_parser.overrides_parser import OverridesParser
+
+                parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+                self.validate_sweep_overrides_legal(overrides=parsed, run_mode=run_mode, from_shell=from_shell)
+            _, blob, named = _COMPOSED[key]
+            cfg = pickle.loads(blob)
+            with open_dict(cfg.hydra):  # what Hydra takes from the process each time
+                for name in cfg.hydra.job.env_copy:
+                    cfg.hydra.job.env_set[name] = os.environ[name]
+                cfg.hydra.runtime.cwd = os.getcwd()
+                if named:
+                    cfg.hydra.job.name = JobRuntime.instance().get("name")
+            return cfg
+        _file_source()
+        outer, _ASKED.now = getattr(_ASKED, "now", None), {"log": [], "named": False, "skipped": False, "other": False}
+        try:
+            cfg = own(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+            now = _ASKED.now
+            if not now["log"] or now["other"]:  # no folder asked (packages alone), or the runtime asked otherwise
+                return cfg
+            key = (*inputs, run_mode if now["skipped"] else None)
+            _COMPOSED[key] = (now["log"], pickle.dumps(cfg), now["named"])
+            _COMPOSED.move_to_end(key)
+            while len(_COMPOSED) > KEPT:
+                _COMPOSED.popitem(last=False)
+            return cfg
+        finally:
+            _ASKED.now = outer
+
+    return load_configuration
+
+
+def _noting(own, what):
+    """Hydra's `own`, noting in the composition running in this thread what `what` makes of its answer."""
+
+    def noted(*args, **kwargs):
+        answer = own(*args, **kwargs)
+        now = getattr(_ASKED, "now", None)
+        if now is not None:
+            now.update(what(args, kwargs, answer))
+        return answer
+
+    return noted
+
+
+_COMPOSING = None  # Hydra's own load_configuration, once installed
+
+
 def install() -> None:
+    global _COMPOSING
+    if _COMPOSING is not None:
+        return
+    from hydra._internal import defaults_list
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.utils import JobRuntime
+
     OmegaConf.load = staticmethod(_load)
+    _COMPOSING = ConfigLoaderImpl.load_configuration
+    ConfigLoaderImpl.load_configuration = _composing(_COMPOSING)
+    JobRuntime.get = _noting(JobRuntime.get, lambda args, _, __: {"named" if args[1:] == ("name",) else "other": True})
+    defaults_list._check_not_missing = _noting(
+        defaults_list._check_not_missing, lambda _, __, skip: {"skipped": True} if skip else {}
+    )
