@@ -88,7 +88,7 @@ def test_the_request_printed_for_mlflow_models_serve_works_as_copied(trained, pr
     import urllib.request
 
     images = sorted((trained / "data/tiny/images/c").iterdir())[:3]
-    made = cli([*map(str, images), "--request", str(tmp_path / "request.json")], trained, project_env, process=True)
+    made = cli([*map(str, images), "--request", str(tmp_path / "request.json")], trained, project_env)
     assert made.returncode == 0 and made.stdout.strip() == f"wrote a request of 3 images to {tmp_path / 'request.json'}"
     body = json.loads((tmp_path / "request.json").read_text())
     assert np.array(body["inputs"]).shape == (3, 32, 32, 3)  # the model's size, RGB, HWC

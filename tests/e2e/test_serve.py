@@ -19,7 +19,7 @@ from PIL import Image
 
 from imgclf.tracking.server import free_port
 
-from ..conftest import BIN, trained_tiny_project
+from ..conftest import BIN, console, trained_tiny_project
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -101,13 +101,11 @@ def browser(tmp_path_factory):
 
 
 def cli_top1(project, path):
-    out = subprocess.run(
-        [str(BIN / "imgclf"), "predict", str(path), "--top-k", "1"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """`imgclf predict PATH --top-k 1`'s top class: the command's function in this process (its script is tested in
+    tests/deploy/test_predict.py)."""
+    from imgclf.cli import predict
+
+    out = console(predict, [str(path), "--top-k", "1"], project)
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()[1].split()[1]  # "  1. <class>  <prob>"
 
