@@ -9,18 +9,13 @@ import time
 
 import pytest
 
-from .warm import _running, kill, python, record_of, shim
+from .warm import _running, forks, kill, python, record_of
 
 pytestmark = pytest.mark.slow
 
 
 def served(argv: list[str], env: dict) -> tuple[subprocess.CompletedProcess, bool]:
     """Run `argv` through the warm `python`; its result, and whether the warm process forked it."""
-    log = shim().parent / "warm.log"
-
-    def forks():  # warm.log's lines for a child forked ("PID -m MODULE"; "real ..." for one it declined)
-        return sum(line.split(" ", 1)[0].isdigit() for line in log.read_text().splitlines())
-
     before = forks()
     done = subprocess.run([python(), *argv], env=env, capture_output=True, text=True, timeout=120)
     return done, forks() > before

@@ -3,17 +3,19 @@ process that has already imported torch, torchvision, timm, MLflow, scikit-learn
 CPU a stage process spends before its first line of work, the larger part of what the suite's processes cost).
 
 `shim()` starts this worker's warm process on first use and returns a folder holding a `python` program to put first
-on PATH. That program runs any command line as the real interpreter does (it execs it), except `-m imgclf.stages.*`,
-which it hands to the warm process with its arguments, working folder, environment, umask, resource limits and
-standard streams: the warm process forks, and the child runs the stage's real `__main__` through runpy, as `python -m`
-does, in a process of its own. Nothing of imgclf is imported before the fork (the code under test is read fresh); the
-warm process is used only when every variable read while those libraries were imported (PYTHON*, OMP_*, ...) is the
-same as the caller's, and otherwise the real interpreter runs the command. Signals the program receives go to the
-child, and the child's exit (its code, or the signal that ended it) is the program's. A SIGKILL of the program alone
-kills the child only a moment later (the warm process sees its connection close), so a test SIGKILLs a stage with
-`kill(proc)`: the child records its pid under its caller's before it runs, and both get SIGKILL at once. Fresh
-interpreters still run every stage in the end-to-end pipeline test's first `dvc exp run` (`fresh`), and torchrun's
-and SLURM's processes and the sweeps' workers.
+on PATH. That program runs any command line as the real interpreter does (it execs it), except `-m imgclf.stages.*`
+and `-m` of the module joblib's loky starts its workers with (a sweep's jobs under hydra/launcher=joblib), which it
+hands to the warm process with its arguments, working folder, environment, umask, resource limits and every file
+descriptor it was started with (as exec keeps them: the standard streams, a loky worker's pipes): the warm process
+forks, and the child runs the module's real `__main__` through runpy, as `python -m` does, in a process of its own,
+with `sys.executable` this program (so the workers a stage starts with it run warm too). Nothing of imgclf is
+imported before the fork (the code under test is read fresh); the warm process is used only when every variable
+read while those libraries were imported (PYTHON*, OMP_*, ...) is the same as the caller's, and otherwise the real
+interpreter runs the command. Signals the program receives go to the child, and the child's exit (its code, or the
+signal that ended it) is the program's. A SIGKILL of the program alone kills the child only a moment later (the
+warm process sees its connection close), so a test SIGKILLs a stage with `kill(proc)`: the child records its pid
+under its caller's before it runs, and both get SIGKILL at once. Fresh interpreters still run every stage in the
+end-to-end pipeline test's first `dvc exp run` (`fresh`), and torchrun's and SLURM's processes.
 
 Run as a script, this file is the warm process: `python tests/warm.py SOCKET`.
 """
@@ -59,19 +61,28 @@ PRELOAD = (
 # variables read while those are imported: where the caller's differ, the real interpreter runs the command
 IMPORT_TIME = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "TORCH", "CUDA", "LD_", "MALLOC", "MPL", "XDG_CACHE_HOME")
 LIMITS = [name for name in dir(__import__("resource")) if name.startswith("RLIMIT_")]
+# the modules run warm: the stages, and the workers joblib's loky starts for a sweep's jobs (hydra/launcher=joblib)
+WARM = ("imgclf.stages.", "joblib.externals.loky.backend.popen_loky_posix")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 PROGRAM = """#!{python} -IS
 import os, signal, socket, struct, sys, json, resource
 REAL, SOCKET = {python!r}, {socket!r}
 args = sys.argv[1:]
-if len(args) < 2 or args[0] != "-m" or not args[1].startswith("imgclf.stages."):
+if len(args) < 2 or args[0] != "-m" or not args[1].startswith({modules!r}):
     os.execv(REAL, [REAL, *args])
+fds = []  # every file descriptor this program was started with, as exec keeps them (a loky worker's pipes)
+for name in os.listdir("/proc/self/fd"):
+    try:
+        os.fstat(int(name))
+        fds.append(int(name))
+    except OSError:  # the listing's own, closed since
+        pass
 limits = {{n: resource.getrlimit(getattr(resource, n)) for n in {limits!r}}}
 mask = os.umask(0)
 os.umask(mask)
 request = json.dumps({{"argv": args, "cwd": os.getcwd(), "env": dict(os.environ), "umask": mask, "limits": limits,
-                      "caller": os.getpid()}})
+                      "caller": os.getpid(), "fds": fds}})
 pending, child = [], []
 def forward(sig, frame):
     os.kill(child[0], sig) if child else pending.append(sig)
@@ -80,7 +91,7 @@ for sig in {signals!r}:
 try:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(SOCKET)
-    socket.send_fds(conn, [b"fds"], [0, 1, 2])
+    socket.send_fds(conn, [b"fds"], fds)
     body = request.encode()
     conn.sendall(struct.pack("!Q", len(body)) + body)
     reply = conn.makefile("r")
@@ -139,7 +150,9 @@ def shim() -> Path:
     program = home / "bin" / "python"
     program.parent.mkdir()
     program.write_text(
-        PROGRAM.format(python=sys.executable, socket=str(path), limits=LIMITS, signals=[int(s) for s in FORWARDED])
+        PROGRAM.format(
+            python=sys.executable, socket=str(path), limits=LIMITS, signals=[int(s) for s in FORWARDED], modules=WARM
+        )
     )
     program.chmod(0o755)
     deadline = time.monotonic() + 60
@@ -181,6 +194,13 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def forks(module: str = "") -> int:
+    """How many children the warm process has forked so far (for `module` alone, where given): warm.log's lines
+    "PID -m MODULE" ("real ..." for a command it declined)."""
+    lines = (shim().parent / "warm.log").read_text().splitlines()
+    return sum(line.split(" ", 1)[0].isdigit() and line.split()[2].startswith(module) for line in lines)
 
 
 def python() -> str:
@@ -228,7 +248,13 @@ def _run(request: dict, fds: list[int]) -> int:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.set_wakeup_fd(-1)
-    for target, fd in enumerate(fds):
+    import fcntl
+
+    above = max(request["fds"]) + 1  # each one the caller had, at its own number: first out of the way, then placed
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, above) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for target, fd in zip(request["fds"], moved):
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
@@ -244,6 +270,7 @@ def _run(request: dict, fds: list[int]) -> int:
     sys.modules["numpy"].random.seed()  # NumPy's global generator from fresh entropy, as at a fresh import
     sys.path[0] = request["cwd"]
     sys.argv = ["-m", *request["argv"][2:]]
+    sys.executable = str(Path(CHILDREN.parent, "bin", "python"))  # what the stage starts with it (joblib's workers)
     code = 0
     try:
         runpy._run_module_as_main(request["argv"][1], alter_argv=True)
@@ -309,7 +336,7 @@ def _accept(listener: socket.socket, mine: dict, children: dict, wake: tuple[int
     conn, _ = listener.accept()
     fds: list[int] = []
     try:
-        _, fds, _, _ = socket.recv_fds(conn, 16, 3)
+        _, fds, _, _ = socket.recv_fds(conn, 16, 64)
         request = json.loads(_read(conn, struct.unpack("!Q", _read(conn, 8))[0]))
     except (OSError, ValueError, ConnectionError):
         for fd in fds:
@@ -317,7 +344,7 @@ def _accept(listener: socket.socket, mine: dict, children: dict, wake: tuple[int
         conn.close()
         return
     theirs = _import_env(request["env"])
-    if theirs != mine or len(fds) != 3:
+    if theirs != mine or len(fds) != len(request.get("fds", ())) or request["fds"][:3] != [0, 1, 2]:
         differ = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
         print("real", *request["argv"][:2], "differs in", *differ, flush=True)  # warm.log: why it ran cold
         conn.sendall(b"real\n")

@@ -12,7 +12,9 @@ from omegaconf import OmegaConf
 from imgclf import cli
 
 from ..conftest import ROOT, TINY_OVERRIDES, console, stage_main
-from ..warm import python
+from ..warm import forks, python
+
+LOKY = "joblib.externals.loky.backend.popen_loky_posix"  # the module of joblib's workers
 
 
 def multirun(project, env, *overrides, sweep_dir=None, returncode=0):
@@ -42,9 +44,11 @@ def best_of(children):
 
 def test_grid_of_three_jobs_is_three_children_under_one_parent(tiny_project, project_env):
     # joblib: two jobs at a time in their own processes, every one recorded (SQLite locks retried)
+    workers = forks(LOKY)
     parent, children, _, sweep_dir = multirun(
         tiny_project, project_env, "optim.lr=0.001,0.0003,0.0001", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
     )
+    assert forks(LOKY) == workers + 2  # joblib's two workers ran in the warm interpreter too (tests/warm.py)
     assert sorted(c.data.params["optim.lr"] for c in children) == ["0.0001", "0.0003", "0.001"]
     assert sorted(c.info.run_name for c in children) == [
         "test_resnet-tiny-lr1e-3-b8",
