@@ -4,19 +4,21 @@ processes the tests start (warm or not) never import this.
 
 - OmegaConf.load by the text it reads: a text seen before is answered with a deep copy of what loading it gave; a
   text not seen before, or one that fails to load, goes to OmegaConf itself, so every YAML error is OmegaConf's own.
-- Hydra's composition (ConfigLoaderImpl.load_configuration) by its inputs: the search path, the config name, the
-  overrides, the version base and Hydra's structured configs (the packages' own files are taken as they are); and
-  by every question it asked the folders of the search path, each asked again before a composition is reused: a
-  file's text, whether a path is a file or a folder, what a folder lists. A change to any of them composes anew.
-  What Hydra takes from the process at each composition (the working folder, the variables hydra.job.env_copy
-  names, the running script's name where the config names no job) is taken again, the sweep-override check runs
-  again, and a composition that fails is never kept: each error is Hydra's own. The tests in tests/test_memo.py
-  compare what it serves with Hydra's own composition."""
+- Hydra's composition (ConfigLoaderImpl.load_configuration) by its inputs: the search path (less its providers'
+  names and the packages in it that hold no config), the config name, the overrides, the version base and Hydra's
+  structured configs (the packages' own files are taken as they are); and by every question it asked the folders
+  of the search path, each asked again before a composition is reused: a file's text, whether a path is a file or
+  a folder, what a folder lists. A change to any of them composes anew. What Hydra takes from the process at each
+  composition (the working folder, the variables hydra.job.env_copy names, the running script's name where the
+  config names no job, the search path's list) is taken again, the sweep-override check runs again, and a
+  composition that fails is never kept: each error is Hydra's own. The tests in tests/test_memo.py compare what it
+  serves with Hydra's own composition."""
 
 from __future__ import annotations
 
 import collections
 import copy
+import functools
 import inspect
 import os
 import pickle
@@ -101,28 +103,60 @@ def _file_source() -> type:
     return source
 
 
-def _inputs(loader, config_name, overrides) -> tuple:
+def _inputs(loader, config_name, overrides, exact: bool) -> tuple:
+    """What a composition is keyed by; not `exact`: the search path without the names of its providers and without
+    the packages that hold no config (a stage's own, where its folder has no conf/), which answer no question."""
     from hydra import version
     from hydra.core.config_store import ConfigStore
 
     def entries(node) -> int:
         return sum(entries(v) if isinstance(v, dict) else 1 for v in node.values())
 
-    sources = tuple((s.scheme(), s.path, s.provider) for s in loader.repository.get_sources())
-    return sources, config_name, tuple(overrides), version.getbase(), entries(ConfigStore.instance().repo)
+    sources = loader.repository.get_sources()
+    if exact:
+        searched = tuple((s.scheme(), s.path, s.provider) for s in sources)
+    else:
+        searched = tuple((s.scheme(), s.path) for s in sources if not (s.scheme() == "pkg" and _inert(s.path)))
+    return searched, config_name, tuple(overrides), version.getbase(), entries(ConfigStore.instance().repo)
+
+
+@functools.cache
+def _inert(package: str) -> bool:
+    """Whether the installed `package` holds no config a search could find: no YAML file and no folder but
+    Python's caches, at any depth."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    for top in spec.submodule_search_locations or [] if spec else []:
+        for folder, subfolders, files in os.walk(top):
+            subfolders[:] = [d for d in subfolders if d != "__pycache__"]
+            if subfolders and folder == top or any(f.endswith((".yaml", ".yml")) for f in files):
+                return False
+    return spec is not None
+
+
+def _sources_of(cfg) -> list:
+    return [(x.path, x.schema, x.provider) for x in cfg.hydra.runtime.config_sources]
 
 
 def _composing(own):
     """load_configuration, memoised. The run mode changes a composition only where a group's option is `???`
     (skipped by -m, an error otherwise): a composition that skipped none serves either mode, and one that did is
     kept for its own mode only. The job's name is Hydra's (the script's) unless the config sets one: where it was
-    asked for, it is asked for again."""
+    asked for, it is asked for again. The search path's own list (hydra.runtime.config_sources) is the loader's,
+    where no hydra.searchpath added to it: such a composition is kept without the providers' names, and serves a
+    search path that differs in them or in packages that hold no config."""
+    from hydra.conf import ConfigSourceInfo
     from hydra.core.utils import JobRuntime
 
     def load_configuration(self, config_name, overrides, run_mode, from_shell=True, validate_sweep_overrides=True):
-        inputs = _inputs(self, config_name, overrides)
-        key = next((k for k in ((*inputs, None), (*inputs, run_mode)) if k in _COMPOSED), None)
-        if key is not None and _same_answers(_COMPOSED[key][0]):
+        keys = [
+            (*_inputs(self, config_name, overrides, exact), mode)
+            for exact in (False, True)
+            for mode in (None, run_mode)
+        ]
+        key = next((k for k in keys if k in _COMPOSED and _same_answers(_COMPOSED[k][0])), None)
+        if key is not None:
             _COMPOSED.move_to_end(key)
             if validate_sweep_overrides:
                 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -137,6 +171,10 @@ def _composing(own):
                 cfg.hydra.runtime.cwd = os.getcwd()
                 if named:
                     cfg.hydra.job.name = JobRuntime.instance().get("name")
+                cfg.hydra.runtime.config_sources = [
+                    ConfigSourceInfo(path=s.path, schema=s.scheme(), provider=s.provider)
+                    for s in self.repository.get_sources()
+                ]
             return cfg
         _file_source()
         outer, _ASKED.now = getattr(_ASKED, "now", None), {"log": [], "named": False, "skipped": False, "other": False}
@@ -145,7 +183,9 @@ def _composing(own):
             now = _ASKED.now
             if not now["log"] or now["other"]:  # no folder asked (packages alone), or the runtime asked otherwise
                 return cfg
-            key = (*inputs, run_mode if now["skipped"] else None)
+            loaders = [(s.path, s.scheme(), s.provider) for s in self.repository.get_sources()]
+            exact = _sources_of(cfg) != loaders  # hydra.searchpath added some
+            key = (*_inputs(self, config_name, overrides, exact), run_mode if now["skipped"] else None)
             _COMPOSED[key] = (now["log"], pickle.dumps(cfg), now["named"])
             _COMPOSED.move_to_end(key)
             while len(_COMPOSED) > KEPT:

@@ -125,3 +125,23 @@ def test_the_jobs_name_is_the_running_scripts_unless_the_config_names_it(conf):
                 assert load("config", [], RunMode.RUN).hydra.job.name == "mine"
     finally:
         runtime.set("name", before)
+
+
+def test_a_search_path_that_differs_only_in_names_or_a_package_without_configs_is_served(conf):
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    with loader(conf) as load:
+        load("config", ["epochs=2"], RunMode.RUN)
+    kept = len(memo._COMPOSED)
+    path = create_automatic_config_search_path(None, "imgclf.stages.train", None)  # a stage run outside its project
+    path.prepend("command-line", f"file://{conf}", anchor=SearchPathQuery(provider="schema"))  # as --config-dir
+    other = ConfigLoaderImpl(path)
+    served = other.load_configuration("config", ["epochs=2"], RunMode.MULTIRUN, validate_sweep_overrides=False)
+    assert len(memo._COMPOSED) == kept
+    own = memo._COMPOSING(other, "config", ["epochs=2"], RunMode.MULTIRUN, True, False)
+    assert OmegaConf.to_yaml(served) == OmegaConf.to_yaml(own)  # its own search path listed, the rest the same
+    assert [s.provider for s in served.hydra.runtime.config_sources] == ["hydra", "main", "command-line", "schema"]
+    path.prepend("test", "pkg://hydra.test_utils.configs", anchor=SearchPathQuery(provider="schema"))  # configs
+    ConfigLoaderImpl(path).load_configuration("config", ["epochs=2"], RunMode.RUN)
+    assert len(memo._COMPOSED) == kept + 1
