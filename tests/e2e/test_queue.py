@@ -30,6 +30,15 @@ def experiments(shown):
     return found
 
 
+def queue_states(repo):
+    """The states `dvc queue status` lists, through DVC's Python API in this process (polled each second: a DVC
+    start-up per look saved)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return [entry["status"] for entry in dvc.experiments.celery_queue.status()]
+
+
 @pytest.mark.slow
 def test_dvc_queue_runs_a_pair_shown_in_exp_show_and_mlflow(repo, env, tmp_path):
     from ..conftest import make_class_folders
@@ -42,12 +51,10 @@ def test_dvc_queue_runs_a_pair_shown_in_exp_show_and_mlflow(repo, env, tmp_path)
     sh(["dvc", "exp", "run", "--queue", "-S", "optim.lr=0.002,0.0002", *TINY, *overrides, "evaluate"], repo, env)
     sh(["dvc", "queue", "start", "-j", "1"], repo, env)
     deadline = time.time() + 900
-    while True:
-        status = sh(["dvc", "queue", "status"], repo, env)
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        assert time.time() < deadline, status
+    while any(state in ("Queued", "Running") for state in queue_states(repo)):
+        assert time.time() < deadline, sh(["dvc", "queue", "status"], repo, env)
         time.sleep(1)
+    status = sh(["dvc", "queue", "status"], repo, env)
     failed = [line.split()[0] for line in status.splitlines() if "Failed" in line]
     assert not failed, status + "".join(sh(["dvc", "queue", "logs", task], repo, env) for task in failed)
     shown = experiments(json.loads(sh(["dvc", "exp", "show", "--json"], repo, env)))
