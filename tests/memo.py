@@ -5,13 +5,15 @@ processes the tests start (warm or not) never import this.
 - OmegaConf.load by the text it reads: a text seen before is answered with a deep copy of what loading it gave; a
   text not seen before, or one that fails to load, goes to OmegaConf itself, so every YAML error is OmegaConf's own.
 - Hydra's composition (ConfigLoaderImpl.load_configuration) by its inputs: the search path (less its providers'
-  names and the packages in it that hold no config), the config name, the overrides, the version base and Hydra's
-  structured configs (the packages' own files are taken as they are); and by every question it asked the folders
-  of the search path, each asked again before a composition is reused: a file's text, whether a path is a file or
-  a folder, what a folder lists. A change to any of them composes anew. What Hydra takes from the process at each
-  composition (the working folder, the variables hydra.job.env_copy names, the running script's name where the
-  config names no job, the search path's list) is taken again, the sweep-override check runs again, and a
-  composition that fails is never kept: each error is Hydra's own. The tests in tests/test_memo.py compare what it
+  names and the packages in it that hold no config), the config name, the overrides, the version base, Hydra's
+  structured configs (the objects stored: one changed in place is not seen) and whether Hydra's warnings are errors
+  (the packages' own files are taken as they are); and by every question it asked the folders of the search path,
+  each asked again before a composition is reused: a file's text, whether a path is a file or a folder, what a
+  folder lists. A change to any of them composes anew. What Hydra takes from the process at each composition (the
+  working folder, the variables hydra.job.env_copy names, the running script's name where the config names no job,
+  the search path's list) is taken again, and its checks of the main config source and of sweep overrides run
+  again; a composition that fails is never kept, so each error is Hydra's own. A warning Hydra gave while
+  composing is not given again when the composition is served. The tests in tests/test_memo.py compare what it
   serves with Hydra's own composition."""
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ KEPT = 256  # compositions kept (pickled: a few tens of kB each, nothing for the
 _COMPOSED: collections.OrderedDict[tuple, tuple[list, bytes, bool]] = collections.OrderedDict()
 _ASKED = threading.local()  # `now`: what a composition running in this thread was told (the folders' answers)
 _SOURCE: dict[str, object] = {}  # FileConfigSource's own methods
+_LOCK = threading.RLock()  # the kept compositions and the patching, between threads
+ANEW = [0]  # compositions handed to Hydra itself, in this process (tests/test_memo.py counts them)
 
 
 def _text(path: str) -> str | None:
@@ -94,12 +98,13 @@ def _file_source() -> type:
     from hydra.core.plugins import Plugins
 
     Plugins.instance()  # the scan, once per process
-    source = SourcesRegistry.instance().resolve("file")
-    if source.__dict__.get("_recorded") is None:
-        for method in ("load_config", "is_group", "is_config", "list"):
-            _SOURCE[method] = source.__dict__[method]
-            setattr(source, method, _asking(method))
-        source._recorded = True
+    with _LOCK:
+        source = SourcesRegistry.instance().resolve("file")
+        if source.__dict__.get("_recorded") is None:
+            for method in ("load_config", "is_group", "is_config", "list"):
+                _SOURCE[method] = source.__dict__[method]
+                setattr(source, method, _asking(method))
+            source._recorded = True
     return source
 
 
@@ -109,15 +114,20 @@ def _inputs(loader, config_name, overrides, exact: bool) -> tuple:
     from hydra import version
     from hydra.core.config_store import ConfigStore
 
-    def entries(node) -> int:
-        return sum(entries(v) if isinstance(v, dict) else 1 for v in node.values())
+    def nodes(node: dict, under: str = "") -> tuple:  # each structured config, by the object stored
+        return tuple(
+            x
+            for k, v in node.items()
+            for x in (nodes(v, f"{under}/{k}") if isinstance(v, dict) else [(f"{under}/{k}", id(v))])
+        )
 
     sources = loader.repository.get_sources()
     if exact:
         searched = tuple((s.scheme(), s.path, s.provider) for s in sources)
     else:
         searched = tuple((s.scheme(), s.path) for s in sources if not (s.scheme() == "pkg" and _inert(s.path)))
-    return searched, config_name, tuple(overrides), version.getbase(), entries(ConfigStore.instance().repo)
+    strict = os.environ.get("HYDRA_DEPRECATION_WARNINGS_AS_ERRORS")  # a warning Hydra raises instead
+    return searched, config_name, tuple(overrides), version.getbase(), nodes(ConfigStore.instance().repo), strict
 
 
 @functools.cache
@@ -155,15 +165,18 @@ def _composing(own):
             for exact in (False, True)
             for mode in (None, run_mode)
         ]
-        key = next((k for k in keys if k in _COMPOSED and _same_answers(_COMPOSED[k][0])), None)
+        with _LOCK:
+            key = next((k for k in keys if k in _COMPOSED and _same_answers(_COMPOSED[k][0])), None)
+            if key is not None:
+                _COMPOSED.move_to_end(key)
+                _, blob, named = _COMPOSED[key]
         if key is not None:
-            _COMPOSED.move_to_end(key)
+            self.ensure_main_config_source_available()
             if validate_sweep_overrides:
                 from hydra.core.override_parser.overrides_parser import OverridesParser
 
                 parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
                 self.validate_sweep_overrides_legal(overrides=parsed, run_mode=run_mode, from_shell=from_shell)
-            _, blob, named = _COMPOSED[key]
             cfg = pickle.loads(blob)
             with open_dict(cfg.hydra):  # what Hydra takes from the process each time
                 for name in cfg.hydra.job.env_copy:
@@ -171,11 +184,13 @@ def _composing(own):
                 cfg.hydra.runtime.cwd = os.getcwd()
                 if named:
                     cfg.hydra.job.name = JobRuntime.instance().get("name")
-                cfg.hydra.runtime.config_sources = [
-                    ConfigSourceInfo(path=s.path, schema=s.scheme(), provider=s.provider)
-                    for s in self.repository.get_sources()
-                ]
+                if keys.index(key) < 2:  # kept without the providers' names: no hydra.searchpath added to them
+                    cfg.hydra.runtime.config_sources = [
+                        ConfigSourceInfo(path=s.path, schema=s.scheme(), provider=s.provider)
+                        for s in self.repository.get_sources()
+                    ]
             return cfg
+        ANEW[0] += 1
         _file_source()
         outer, _ASKED.now = getattr(_ASKED, "now", None), {"log": [], "named": False, "skipped": False, "other": False}
         try:
@@ -186,10 +201,11 @@ def _composing(own):
             loaders = [(s.path, s.scheme(), s.provider) for s in self.repository.get_sources()]
             exact = _sources_of(cfg) != loaders  # hydra.searchpath added some
             key = (*_inputs(self, config_name, overrides, exact), run_mode if now["skipped"] else None)
-            _COMPOSED[key] = (now["log"], pickle.dumps(cfg), now["named"])
-            _COMPOSED.move_to_end(key)
-            while len(_COMPOSED) > KEPT:
-                _COMPOSED.popitem(last=False)
+            with _LOCK:
+                _COMPOSED[key] = (now["log"], pickle.dumps(cfg), now["named"])
+                _COMPOSED.move_to_end(key)
+                while len(_COMPOSED) > KEPT:
+                    _COMPOSED.popitem(last=False)
             return cfg
         finally:
             _ASKED.now = outer

@@ -62,7 +62,9 @@ def test_a_composition_served_again_is_hydras_own_and_a_config_of_its_own(conf, 
     first = composed(conf, "epochs=3")
     assert memo._same_answers(next(reversed(memo._COMPOSED.values()))[0])  # kept, with the folders' answers
     first.epochs = 99
+    anew = memo.ANEW[0]
     again = composed(conf, "epochs=3")
+    assert memo.ANEW[0] == anew  # served
     assert OmegaConf.to_yaml(again) == OmegaConf.to_yaml(unmemoised(conf, "epochs=3"))
     assert again.epochs == 3 and OmegaConf.is_struct(again) and not OmegaConf.is_readonly(again.hydra)
     monkeypatch.chdir(conf / "model")
@@ -105,9 +107,9 @@ def test_a_composition_that_skipped_an_option_to_give_serves_its_own_mode_only(c
         with pytest.raises(ConfigCompositionException, match="You must specify 'model'"):
             load("config", [], RunMode.RUN)
         load("config", ["model=small"], RunMode.MULTIRUN)
-        kept = len(memo._COMPOSED)
+        anew = memo.ANEW[0]
         assert load("config", ["model=small"], RunMode.RUN).model.width == 8
-        assert len(memo._COMPOSED) == kept  # skipping none, it served the other mode
+        assert memo.ANEW[0] == anew  # skipping none, it served the other mode
 
 
 def test_the_jobs_name_is_the_running_scripts_unless_the_config_names_it(conf):
@@ -133,15 +135,38 @@ def test_a_search_path_that_differs_only_in_names_or_a_package_without_configs_i
 
     with loader(conf) as load:
         load("config", ["epochs=2"], RunMode.RUN)
-    kept = len(memo._COMPOSED)
+    anew = memo.ANEW[0]
     path = create_automatic_config_search_path(None, "imgclf.stages.train", None)  # a stage run outside its project
     path.prepend("command-line", f"file://{conf}", anchor=SearchPathQuery(provider="schema"))  # as --config-dir
     other = ConfigLoaderImpl(path)
     served = other.load_configuration("config", ["epochs=2"], RunMode.MULTIRUN, validate_sweep_overrides=False)
-    assert len(memo._COMPOSED) == kept
+    assert memo.ANEW[0] == anew
     own = memo._COMPOSING(other, "config", ["epochs=2"], RunMode.MULTIRUN, True, False)
     assert OmegaConf.to_yaml(served) == OmegaConf.to_yaml(own)  # its own search path listed, the rest the same
     assert [s.provider for s in served.hydra.runtime.config_sources] == ["hydra", "main", "command-line", "schema"]
     path.prepend("test", "pkg://hydra.test_utils.configs", anchor=SearchPathQuery(provider="schema"))  # configs
     ConfigLoaderImpl(path).load_configuration("config", ["epochs=2"], RunMode.RUN)
-    assert len(memo._COMPOSED) == kept + 1
+    assert memo.ANEW[0] == anew + 1
+
+
+def test_a_search_path_the_config_adds_to_is_listed_each_time(conf, tmp_path_factory):
+    more = tmp_path_factory.mktemp("more")
+    (conf / "config.yaml").write_text(f"defaults:\n  - _self_\nhydra:\n  searchpath:\n    - file://{more}\n")
+    with loader(conf) as load:
+        first, again = (load("config", [], RunMode.RUN) for _ in range(2))
+    listed = [s.path for s in again.hydra.runtime.config_sources]
+    assert str(more) in listed and listed == [s.path for s in first.hydra.runtime.config_sources]
+
+
+def test_a_structured_config_stored_again_is_composed_anew(conf):
+    from hydra.core.config_store import ConfigStore
+
+    (conf / "config.yaml").write_text("defaults:\n  - memo_test\n  - _self_\n")
+    store = ConfigStore.instance()
+    try:
+        for a in (1, 2):
+            store.store(name="memo_test", node={"a": a})
+            with loader(conf) as load:
+                assert load("config", [], RunMode.RUN).a == a
+    finally:
+        store.repo.pop("memo_test.yaml", None)
