@@ -160,11 +160,8 @@ def _composing(own):
     from hydra.core.utils import JobRuntime
 
     def load_configuration(self, config_name, overrides, run_mode, from_shell=True, validate_sweep_overrides=True):
-        keys = [
-            (*_inputs(self, config_name, overrides, exact), mode)
-            for exact in (False, True)
-            for mode in (None, run_mode)
-        ]
+        inputs = {exact: _inputs(self, config_name, overrides, exact) for exact in (False, True)}
+        keys = [(*inputs[exact], mode) for exact in (False, True) for mode in (None, run_mode)]
         with _LOCK:
             key = next((k for k in keys if k in _COMPOSED and _same_answers(_COMPOSED[k][0])), None)
             if key is not None:
@@ -200,7 +197,7 @@ def _composing(own):
                 return cfg
             loaders = [(s.path, s.scheme(), s.provider) for s in self.repository.get_sources()]
             exact = _sources_of(cfg) != loaders  # hydra.searchpath added some
-            key = (*_inputs(self, config_name, overrides, exact), run_mode if now["skipped"] else None)
+            key = (*inputs[exact], run_mode if now["skipped"] else None)
             with _LOCK:
                 _COMPOSED[key] = (now["log"], pickle.dumps(cfg), now["named"])
                 _COMPOSED.move_to_end(key)

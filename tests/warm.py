@@ -72,7 +72,7 @@ args = sys.argv[1:]
 if len(args) < 2 or args[0] != "-m" or not args[1].startswith({modules!r}):
     os.execv(REAL, [REAL, *args])
 fds = []  # every file descriptor this program was started with, as exec keeps them (a loky worker's pipes)
-for name in os.listdir("/proc/self/fd"):
+for name in sorted(os.listdir("/proc/self/fd"), key=int):
     try:
         os.fstat(int(name))
         fds.append(int(name))
@@ -147,7 +147,7 @@ def shim() -> Path:
     )
     atexit.register(_stop, warm, home)
     PROCESS[:] = [warm]
-    program = home / "bin" / "python"
+    program = program_in(home)
     program.parent.mkdir()
     program.write_text(
         PROGRAM.format(
@@ -180,6 +180,11 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
     while child is not None and _running(child):
         time.sleep(0.001)
+
+
+def program_in(home: Path) -> Path:
+    """The `python` program of the warm process whose folder is `home`."""
+    return home / "bin" / "python"
 
 
 def record_of(caller: int) -> Path:
@@ -270,7 +275,7 @@ def _run(request: dict, fds: list[int]) -> int:
     sys.modules["numpy"].random.seed()  # NumPy's global generator from fresh entropy, as at a fresh import
     sys.path[0] = request["cwd"]
     sys.argv = ["-m", *request["argv"][2:]]
-    sys.executable = str(Path(CHILDREN.parent, "bin", "python"))  # what the stage starts with it (joblib's workers)
+    sys.executable = str(program_in(CHILDREN.parent))  # what the stage starts with it (joblib's workers)
     code = 0
     try:
         runpy._run_module_as_main(request["argv"][1], alter_argv=True)
