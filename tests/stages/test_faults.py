@@ -41,6 +41,9 @@ def test_sigkill_at_random_points_never_leaves_a_checkpoint_read_as_valid(tiny_p
             time.sleep(0.005)
         time.sleep(rng.uniform(0, 0.3))  # somewhere in the next epoch, or in the middle of writing its checkpoint
         kill(proc)
+        if not last.exists():  # it reached its end first (a fast machine): run.json written, then checkpoints removed
+            assert (tiny_project / "models" / "run.json").is_file(), proc.stderr.read()[-2000:]
+            break
         state = torch.load(last, weights_only=True)  # whatever the moment, last.pt is a whole checkpoint
         assert state["epoch"] >= seen
         seen = state["epoch"]
