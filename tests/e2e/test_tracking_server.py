@@ -142,7 +142,8 @@ def test_a_parallel_sweep_outlives_an_outage_and_sigterm_marks_killed_on_the_ser
     _, runs = runs_of(server.uri, "sweep")
     parent = next(r for r in runs if r.data.tags.get("imgclf.role") == "sweep")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    found = [(r.info.run_id, r.info.status, r.data.tags.get("mlflow.parentRunId")) for r in runs]
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children), (found, err[-3000:])
     for child in children:
         assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val/acc")) == list(range(1, 9))
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/finished"] == 3
@@ -162,6 +163,34 @@ def test_a_parallel_sweep_outlives_an_outage_and_sigterm_marks_killed_on_the_ser
     assert proc.returncode != 0 and last.is_file()  # the last checkpoint is kept for a resume
     _, (killed,) = runs_of(server.uri, "sigterm")
     assert killed.info.status == "KILLED"
+
+
+def test_a_run_whose_server_goes_away_as_it_opens_waits_it_out(server, tmp_path, monkeypatch):
+    """A sweep's job starting as an outage begins: the server answered its check, then went away before the run was
+    created. The job waits for it (it has reached this server: tracking.outage_wait_s), and its run is there."""
+    import threading
+
+    from imgclf import tracking
+    from imgclf.tracking import store
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the outage is ours to wait out, not MLflow's retries
+    monkeypatch.setenv(tracking.REACHED_ENV, server.uri)  # as a sweep sets it for its jobs
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the run's outbox
+    checked, restart = store.wait_for_server, threading.Timer(2, server.start)
+
+    def check_then_outage(uri):  # the first check answered: the server goes away for 2 s
+        checked(uri)
+        if restart.ident is None:
+            server.kill()
+            restart.start()
+
+    monkeypatch.setattr(store, "wait_for_server", check_then_outage)
+    try:
+        with tracking.run(server.uri, "opened-in-an-outage") as run_id:
+            tracking.log_metrics({"m": 1.0})
+    finally:
+        restart.join()
+    assert MlflowClient(tracking_uri=server.uri).get_run(run_id).info.status == "FINISHED"
 
 
 def test_runs_started_together_on_a_new_experiment_of_the_server_all_finish(server, tmp_path, project_env):

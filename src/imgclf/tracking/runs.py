@@ -32,6 +32,7 @@ from imgclf.tracking.store import (
     resolve_uri,
     retry_locked,
     sqlite_file,
+    through_outage,
 )
 
 log = logging.getLogger(__name__)
@@ -224,12 +225,18 @@ def run(
     `tracking.outage_wait_s` for the server to take everything.
     """
     global _active, _active_run_id
-    configure(uri, None if run_id else experiment)
-    uri = resolve_uri(uri)
     tags = dict(tags or {})
     if run_id is None and parent_id:
         tags["mlflow.parentRunId"] = parent_id
-    run_id = _open_run(uri, experiment, run_id, run_name, tags)
+
+    reopened = run_id
+
+    def opened() -> str:
+        configure(uri, None if reopened else experiment)
+        return _open_run(resolve_uri(uri), experiment, reopened, run_name, tags)
+
+    uri = resolve_uri(uri)
+    run_id = through_outage(uri, opened)  # a server gone between its check and the run's requests: waited out
     outer = (_active, _active_run_id)
     _active, _active_run_id = open_outbox(uri, run_id), run_id
     status = "FAILED"

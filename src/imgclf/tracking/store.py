@@ -118,6 +118,20 @@ def wait_for_server(uri: str) -> None:
     _reached.add(uri)
 
 
+def through_outage(uri: str, step: Callable[[], T]) -> T:
+    """`step` (requests to an http(s) server), tried again once the server is back where it failed because the
+    server went away: a sweep's job that passed wait_for_server as an outage began waits it out as it would have
+    before its first request, instead of failing its trial. An error the answering server gives is raised."""
+    while True:
+        try:
+            return step()
+        except Exception:
+            if not uri.startswith(("http://", "https://")) or _unanswered(uri) is None:
+                raise
+            log.warning("the tracking server at %s went away; waiting for it to come back", hide(uri))
+            wait_for_server(uri)  # MissingInput once it stays away past its wait
+
+
 def _unanswered(uri: str) -> str | None:
     """Why the http(s) server at `uri` did not answer one request (None: it answered)."""
     import urllib.error
