@@ -226,6 +226,25 @@ def test_runs_and_reproduce_with_the_server_away_are_one_line_at_once(tmp_path, 
     assert "fake-pw-0d" not in done.stdout + done.stderr
 
 
+def test_a_run_on_a_server_never_reached_fails_after_one_wait_not_two(monkeypatch, caplog):
+    """A server that never answered this process is not an outage to wait out again: one FIRST_CONTACT_S wait,
+    then its one line; no "went away" warning."""
+    from imgclf import tracking
+    from imgclf.errors import MissingInput
+    from imgclf.tracking import store
+    from imgclf.tracking.server import free_port
+
+    waits = []
+    checked = store.wait_for_server
+    monkeypatch.setattr(store, "FIRST_CONTACT_S", 0.5)
+    monkeypatch.setattr(store, "wait_for_server", lambda uri: waits.append(uri) or checked(uri))
+    monkeypatch.delenv(tracking.REACHED_ENV, raising=False)
+    with pytest.raises(MissingInput, match="cannot reach the tracking server at http://127.0.0.1:"):
+        with tracking.run(f"http://127.0.0.1:{free_port()}", "never"):
+            pass
+    assert len(waits) == 1 and "went away" not in caplog.text
+
+
 def test_sync_with_the_server_away_is_one_line_at_once(tmp_path):
     from imgclf.cli import sync
     from imgclf.tracking.server import free_port

@@ -125,6 +125,8 @@ def through_outage(uri: str, step: Callable[[], T]) -> T:
     while True:
         try:
             return step()
+        except MissingInput:  # wait_for_server's own: it stayed away past its wait (or was never reached)
+            raise
         except Exception:
             if not uri.startswith(("http://", "https://")) or _unanswered(uri) is None:
                 raise
