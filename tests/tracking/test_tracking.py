@@ -239,9 +239,9 @@ def test_a_run_on_a_server_never_reached_fails_after_one_wait_not_two(monkeypatc
     monkeypatch.setattr(store, "FIRST_CONTACT_S", 0.5)
     monkeypatch.setattr(store, "wait_for_server", lambda uri: waits.append(uri) or checked(uri))
     monkeypatch.delenv(tracking.REACHED_ENV, raising=False)
-    with pytest.raises(MissingInput, match="cannot reach the tracking server at http://127.0.0.1:"):
-        with tracking.run(f"http://127.0.0.1:{free_port()}", "never"):
-            pass
+    refused = pytest.raises(MissingInput, match="cannot reach the tracking server at http://127.0.0.1:")
+    with refused, tracking.run(f"http://127.0.0.1:{free_port()}", "never"):
+        pass
     assert len(waits) == 1 and "went away" not in caplog.text
 
 
