@@ -1,6 +1,7 @@
 """A DVC experiment queue: a pair of queued experiments in dvc exp show and in the project's MLflow store."""
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -49,7 +50,10 @@ def test_dvc_queue_runs_a_pair_shown_in_exp_show_and_mlflow(repo, env, tmp_path)
     overrides = [arg for o in data for arg in ("-S", o)]
     # up to evaluate: the metrics compared below come from train and evaluate; export is tested elsewhere
     sh(["dvc", "exp", "run", "--queue", "-S", "optim.lr=0.002,0.0002", *TINY, *overrides, "evaluate"], repo, env)
-    sh(["dvc", "queue", "start", "-j", "1"], repo, env)
+    # the worker DVC starts keeps the command's output open until it stops (10 s after the queue empties): to a file
+    with open(tmp_path / "queue-start.log", "w") as log:
+        started = subprocess.run(["dvc", "queue", "start", "-j", "1"], cwd=repo, env=env, stdout=log, stderr=log)
+    assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
     deadline = time.time() + 900
     while any(state in ("Queued", "Running") for state in queue_states(repo)):
         assert time.time() < deadline, sh(["dvc", "queue", "status"], repo, env)
