@@ -29,7 +29,9 @@ URI_SECRET = "fake-uri-pw-c4f0"
 @pytest.fixture(scope="module")
 def server(postgres, tmp_path_factory):
     home = tmp_path_factory.mktemp("mlflow-server")
-    srv = MlflowServer(postgres.uri, home / "artifacts", free_port(), log=home / "server.log").start()
+    # one uvicorn process (the app in the server's own): a team's default two start a second copy of MLflow at each
+    # of this file's four starts, seconds of CPU each, and change nothing the tests look at
+    srv = MlflowServer(postgres.uri, home / "artifacts", free_port(), log=home / "server.log", workers=1).start()
     yield srv
     srv.kill()
 

@@ -276,6 +276,7 @@ def test_the_team_server_refuses_what_it_cannot_serve_in_one_line_before_postgre
             (["--port", "99999"], 2, "--port 99999 is not valid: an integer from 1 to 65535"),
             (["--pg-port", "0"], 2, "--pg-port 0 is not valid: an integer from 1 to 65535"),
             (["--port", "5999", "--pg-port", "5999"], 2, "--port and --pg-port are both 5999: give each its own"),
+            (["--workers", "0"], 2, "--workers 0 is not valid: an integer >= 1"),
             (["--port", str(used)], 1, f"127.0.0.1:{used} (Address already in use); give another --port"),
             (["--pg-port", str(used)], 1, "(Address already in use); give another --pg-port"),
             (["--host", "256.1.1.1"], 1, "cannot listen on 256.1.1.1:"),

@@ -108,6 +108,7 @@ class MlflowServer:
     host: str = "127.0.0.1"
     log: Path | None = None
     process: subprocess.Popen | None = None
+    workers: int = 2  # uvicorn's processes answering requests: 1 runs the app in the server's own process
 
     @property
     def uri(self) -> str:
@@ -127,7 +128,7 @@ class MlflowServer:
             "--port",
             str(self.port),
             "--workers",
-            "2",
+            str(self.workers),
         ]
 
     def start(self, timeout: float = 120.0) -> MlflowServer:
@@ -163,6 +164,9 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="the address MLflow binds (default: %(default)s)")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's port, on 127.0.0.1 only")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="MLflow's server processes, each taking requests (default: %(default)s)"
+    )
     return parser
 
 
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{flag} {port} is not valid: an integer from 1 to 65535")
     if args.port == args.pg_port:
         parser.error(f"--port and --pg-port are both {args.port}: give each its own")
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers} is not valid: an integer >= 1")
     root = args.dir.expanduser().resolve()
     why = cannot_listen(args.host, args.port) or cannot_listen("127.0.0.1", args.pg_port, "--pg-port")
     if why is None and root.exists() and not root.is_dir():
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         why = _why_not(exc, root / "postgres")
         print(f"error: PostgreSQL did not start in {root / 'postgres'}: {why}", file=sys.stderr)
         return 1
-    server = MlflowServer(pg.uri, root / "artifacts", args.port, host=args.host)
+    server = MlflowServer(pg.uri, root / "artifacts", args.port, host=args.host, workers=args.workers)
     print(f"PostgreSQL on 127.0.0.1:{args.pg_port} ({root / 'postgres'}); MLflow on {server.uri}", flush=True)
     print(f"send runs there: dvc repro / imgclf train tracking.uri={server.uri}", flush=True)
     print(f"and Optuna studies: IMGCLF_OPTUNA_STORAGE={pg.optuna_uri}", flush=True)
