@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import shutil
@@ -351,6 +352,17 @@ SLOW_FIXTURES = {"tiny_project", "trained_project", "project_env", "tiny_cfg", "
 SLOW_CALLS = ("subprocess", "Popen", "trained_tiny_project", "make_tiny_project", "sh([", "@SETTINGS", "100_000")
 
 
+@functools.cache
+def _source(function) -> str | None:
+    """A function's source, read once: the parametrized tests and the shared fixtures and helpers ask again."""
+    import inspect
+
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return None
+
+
 def is_slow(item) -> bool:
     """The test, its fixtures and the helpers of its own module they call (transitively) train or start something."""
     import inspect
@@ -372,9 +384,8 @@ def is_slow(item) -> bool:
         if function in seen:
             continue
         seen.add(function)
-        try:
-            text = inspect.getsource(function)
-        except (OSError, TypeError):
+        text = _source(function)
+        if text is None:
             return True
         source += text
         functions += [helpers[name] for name in re.findall(r"\b(\w+)\(", text) if name in helpers]
