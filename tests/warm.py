@@ -171,7 +171,7 @@ def fresh(env: dict) -> dict:
 def kill(proc: subprocess.Popen) -> None:
     """SIGKILL a command a test started, as `proc.kill(); proc.wait()`, and where it runs warm its stage at the same
     moment (the warm process would kill the stage only once it sees the caller gone); returns when both are gone and
-    reaped (the next start's check of killed runs sees a zombie's pid as a live process)."""
+    reaped, as `proc.wait()` leaves a stage run by the real interpreter."""
     record = record_of(proc.pid)
     child = int(record.read_text()) if record.is_file() else None
     if child is not None:
@@ -181,7 +181,7 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
     deadline = time.monotonic() + 30
     while child is not None and Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
-        time.sleep(0.001)  # until the warm process has reaped it: a zombie still answers kill(pid, 0), as alive
+        time.sleep(0.001)  # until the warm process has reaped it
 
 
 def program_in(home: Path) -> Path:

@@ -298,14 +298,18 @@ def _remove_if_orphan(found: Path, writer: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine (another user's counts)."""
+    """Whether process `pid` runs on this machine (another user's counts). A zombie has ended (its files closed, its
+    locks let go): only its parent has not reaped it yet, and `kill(pid, 0)` still answers for it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc here, or the process went as it was read: as kill answered
         return True
-    return True
 
 
 def _remove(path: Path) -> None:
