@@ -176,6 +176,19 @@ def test_a_relabel_file_that_is_a_link_is_written_through_and_stays_a_link(tiny_
     assert not [p.name for p in shared.parent.iterdir() if p.name != "fixes.csv"]  # no temporary file left
 
 
+def test_a_read_only_relabel_file_is_refused_in_one_line_and_left_as_it_was(tiny_project):
+    """Its owner made it read-only; the fixes were written by a rename, which replaces a file whatever its mode."""
+    target = tiny_project / "relabel/tiny.csv"
+    target.parent.mkdir()
+    target.write_text("path,label\na/000.png,b\n")
+    target.chmod(0o444)
+    done = console(relabel, ["--data", "tiny", "a/001.png=c"], tiny_project)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr == "error: relabel/tiny.csv is read-only: make it writable (chmod u+w) to add fixes to it\n"
+    assert target.read_text() == "path,label\na/000.png,b\n" and target.stat().st_mode & 0o777 == 0o444
+    assert sorted(p.name for p in target.parent.iterdir()) == ["tiny.csv"]
+
+
 def test_a_relabel_file_saved_by_excel_as_csv_utf8_is_read_past_its_byte_order_mark(tiny_project):
     target = tiny_project / "relabel/tiny.csv"
     target.parent.mkdir()

@@ -71,6 +71,16 @@ def test_a_bad_fix_is_refused_and_writes_nothing(review, body, headers, status):
     assert form.status_code == 415
 
 
+def test_a_read_only_relabel_file_is_a_400_saying_so_and_is_left_as_it_was(review):
+    client, project = review
+    target = project / "relabel/tiny.csv"
+    target.write_text("path,label\na/001.png,c\n")
+    target.chmod(0o444)
+    answer = client.post("/api/review", json={"path": "a/000.png", "label": "b"}, headers=OWN)
+    assert answer.status_code == 400 and "is read-only: make it writable" in answer.json()["error"]
+    assert target.read_text() == "path,label\na/001.png,c\n" and target.stat().st_mode & 0o777 == 0o444
+
+
 def test_a_link_planted_as_the_relabel_file_is_not_followed_out_of_the_roots(review, tmp_path):
     client, project = review
     outside = tmp_path / "outside.csv"

@@ -171,7 +171,8 @@ def write_fixes(
     folder's lock from the read to the write, so no other writer's rows are lost; returns all. `new` may be a
     function of the rows in the file, read under the lock, that gives the rows to add. `check(all)` may refuse the
     merged rows (BadInput): nothing is written. A link (fixes kept elsewhere, shared) is written through: its target
-    gets the rows and the link stays, as an editor saving the file would leave it."""
+    gets the rows and the link stays, as an editor saving the file would leave it. A file no one may write is refused
+    (BadInput), not replaced: a rename would replace it whatever its mode."""
     from imgclf.files import write_text
 
     if path.is_symlink():
@@ -181,6 +182,8 @@ def write_fixes(
                            "or remove the link")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.parent):
+        if path.is_file() and not path.stat().st_mode & 0o222:  # kept as it is, whoever runs this (root may write)
+            raise BadInput(f"{shown(str(path))} is read-only: make it writable (chmod u+w) to add fixes to it")
         earlier = read_fixes(path)
         fixes = {**earlier, **(new(earlier) if callable(new) else new)}
         if check is not None:
