@@ -203,6 +203,16 @@ def test_each_client_error_is_one_log_line(served, caplog):
         lambda: client.post("/api/model", content="x", headers={"content-type": "application/json"}),  # 400
         lambda: client.get("/api/picture/nothing"),  # 404
         lambda: client.get("/nowhere"),  # 404
+        lambda: client.post(  # a form cut off mid-part
+            "/api/classify",
+            content=b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\nabc',
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        ),
+        lambda: client.post(  # a part with no name
+            "/api/classify",
+            content=b"--b\r\nContent-Type: text/plain\r\n\r\nabc\r\n--b--\r\n",
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        ),
     ]
     for send in requests:
         caplog.clear()
