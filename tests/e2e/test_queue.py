@@ -55,7 +55,8 @@ def test_dvc_queue_runs_a_pair_shown_in_exp_show_and_mlflow(repo, env, tmp_path)
         started = subprocess.run(["dvc", "queue", "start", "-j", "1"], cwd=repo, env=env, stdout=log, stderr=log)
     assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
     deadline = time.time() + 900
-    while any(state in ("Queued", "Running") for state in queue_states(repo)):
+    # both ended, a count that only goes up: an entry moving from Queued to Running can be in neither list of a look
+    while sum(state in ("Success", "Failed") for state in queue_states(repo)) < 2:
         assert time.time() < deadline, sh(["dvc", "queue", "status"], repo, env)
         time.sleep(1)
     status = sh(["dvc", "queue", "status"], repo, env)
