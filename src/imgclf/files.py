@@ -307,7 +307,9 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         pass
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1  # its main thread ended, others still run: alive
     except (OSError, IndexError):  # no /proc here, or the process went as it was read: as kill answered
         return True
 
