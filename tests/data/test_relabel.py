@@ -184,7 +184,8 @@ def test_a_read_only_relabel_file_is_refused_in_one_line_and_left_as_it_was(tiny
     target.chmod(0o444)
     done = console(relabel, ["--data", "tiny", "a/001.png=c"], tiny_project)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr == "error: relabel/tiny.csv is read-only: make it writable (chmod u+w) to add fixes to it\n"
+    says = "error: relabel/tiny.csv is read-only: make it writable (chmod u+w, as its owner) to add fixes\n"
+    assert done.stderr == says
     assert target.read_text() == "path,label\na/000.png,b\n" and target.stat().st_mode & 0o777 == 0o444
     assert sorted(p.name for p in target.parent.iterdir()) == ["tiny.csv"]
 

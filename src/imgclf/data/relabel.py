@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -182,8 +183,9 @@ def write_fixes(
                            "or remove the link")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.parent):
-        if path.is_file() and not path.stat().st_mode & 0o222:  # kept as it is, whoever runs this (root may write)
-            raise BadInput(f"{shown(str(path))} is read-only: make it writable (chmod u+w) to add fixes to it")
+        # kept as it is: a file no one may write (root may, yet is refused too), or one this user may not
+        if path.is_file() and (not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK)):
+            raise BadInput(f"{shown(str(path))} is read-only: make it writable (chmod u+w, as its owner) to add fixes")
         earlier = read_fixes(path)
         fixes = {**earlier, **(new(earlier) if callable(new) else new)}
         if check is not None:
