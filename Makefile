@@ -83,8 +83,9 @@ serve: venv
 # bound to 127.0.0.1 (HOST=0.0.0.0 to share it; put it behind authentication first). Ctrl-C stops both.
 HOST ?= 127.0.0.1
 PORT ?= 5000
+MLFLOW_WORKERS ?= 2
 mlflow-server: venv postgres
-	$(PY) -m imgclf.tracking.server --dir .mlflow-server --host $(HOST) --port $(PORT)
+	$(PY) -m imgclf.tracking.server --dir .mlflow-server --host $(HOST) --port $(PORT) --workers $(MLFLOW_WORKERS)
 
 # ruff: lint and formatting, configured in pyproject.toml (CI runs `make lint` before `make test`)
 lint: venv
