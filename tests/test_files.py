@@ -4,7 +4,6 @@ with a folder, reach the disk before they rename, and the commands refuse an exi
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -86,7 +85,7 @@ def test_temporary_files_of_killed_writers_are_removed(tmp_path):
 def test_a_killed_process_not_yet_reaped_has_ended(tmp_path):
     """A zombie (killed, its parent not yet waiting on it) still answers kill(pid, 0): a run it held stayed RUNNING
     and its temporary files stayed, as a live process's, until a later look after the parent reaped it."""
-    from imgclf.files import pid_alive
+    from imgclf.files import pid_alive, proc_stat
     from imgclf.tracking.processes import process_gone, process_tag
 
     child = subprocess.Popen(["sleep", "60"])
@@ -98,9 +97,8 @@ def test_a_killed_process_not_yet_reaped_has_ended(tmp_path):
         remove_orphans_in(tmp_path)
         assert orphan.is_file()  # a writer still at work
         child.kill()
-        stat = Path(f"/proc/{child.pid}/stat")
         deadline = time.monotonic() + 30
-        while stat.read_text().rpartition(")")[2].split()[0] != "Z":  # killed, not reaped: this test never waits
+        while proc_stat(child.pid)[0] != "Z":  # killed, not reaped: this test never waits
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert not pid_alive(child.pid) and process_gone(tag)

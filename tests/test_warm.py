@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from .warm import _running, forks, kill, python, record_of
+from imgclf.files import pid_alive
+
+from .warm import forks, kill, python, record_of
 
 pytestmark = pytest.mark.slow
 
@@ -49,4 +51,4 @@ def test_kill_ends_the_warm_stage_with_its_caller(project_env):
         time.sleep(0.001)
     child = int(record.read_text())
     kill(proc)
-    assert proc.returncode == -signal.SIGKILL and not _running(child)
+    assert proc.returncode == -signal.SIGKILL and not pid_alive(child)

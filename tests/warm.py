@@ -194,15 +194,6 @@ def record_of(caller: int) -> Path:
     return shim().parent / RECORDS / str(caller)
 
 
-def _running(pid: int) -> bool:
-    """Whether `pid` still runs: a zombie has ended (its files closed, its locks let go), only not yet reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def forks(module: str = "") -> int:
     """How many children the warm process has forked so far (for `module` alone, where given): warm.log's lines
     "PID -m MODULE" ("real ..." for a command it declined)."""

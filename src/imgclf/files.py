@@ -297,6 +297,12 @@ def _remove_if_orphan(found: Path, writer: str) -> None:
         _remove(found)
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name, which may hold spaces and parentheses: [0] is the
+    state ("Z" a zombie), [19] the start time. OSError where there is no such process (or no /proc)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` runs on this machine (another user's counts). A zombie has ended (its files closed, its
     locks let go): only its parent has not reaped it yet, and `kill(pid, 0)` still answers for it."""
@@ -307,7 +313,7 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         pass
     try:
-        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        if proc_stat(pid)[0] != "Z":
             return True
         return len(os.listdir(f"/proc/{pid}/task")) > 1  # its main thread ended, others still run: alive
     except (OSError, IndexError):  # no /proc here, or the process went as it was read: as kill answered

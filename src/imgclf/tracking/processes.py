@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf.credentials import hide
 from imgclf.errors import MissingInput
-from imgclf.files import pid_alive
+from imgclf.files import pid_alive, proc_stat
 from imgclf.tracking.store import answers, check_sqlite_store, resolve_uri, retry_locked, sqlite_file
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def process_tag(pid: int | None = None) -> str:
 def _start_time(pid: int) -> str:
     """When `pid` started, in clock ticks since boot (Linux): a pid reused by another process has another."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return proc_stat(pid)[19]
     except (OSError, IndexError):
         return ""
 

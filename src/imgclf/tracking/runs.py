@@ -229,13 +229,12 @@ def run(
     if run_id is None and parent_id:
         tags["mlflow.parentRunId"] = parent_id
 
-    reopened = run_id
+    uri, reopened = resolve_uri(uri), run_id
 
     def opened() -> str:
         configure(uri, None if reopened else experiment)
-        return _open_run(resolve_uri(uri), experiment, reopened, run_name, tags)
+        return _open_run(uri, experiment, reopened, run_name, tags)
 
-    uri = resolve_uri(uri)
     run_id = through_outage(uri, opened)  # a server gone between its check and the run's requests: waited out
     outer = (_active, _active_run_id)
     _active, _active_run_id = open_outbox(uri, run_id), run_id
